@@ -1,0 +1,15 @@
+//! SPIFFE building blocks shared by `spire-server` and `spire-agent`, with no I/O: SPIFFE IDs
+//! and trust domains, selectors, private keys, X509-SVIDs and CAs, JWT-SVIDs, SPIFFE bundles,
+//! Go-style durations and HCL/JSON configuration loading.
+//!
+//! Everything here is pure: callers read files and sockets, this crate parses, builds and
+//! verifies. Each module has one error enum describing what was wrong with the input.
+
+#![forbid(unsafe_code)]
+
+pub mod keys;
+pub mod pem;
+pub mod spiffe_id;
+
+pub use keys::{KeyType, PrivateKey};
+pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

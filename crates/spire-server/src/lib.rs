@@ -1,0 +1,1 @@
+//! The `spire-server` library: everything the binary does, so tests can drive it in process.
