@@ -7,9 +7,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
+pub mod jwt;
 pub mod keys;
 pub mod pem;
 pub mod spiffe_id;
+pub mod x509;
 
 pub use keys::{KeyType, PrivateKey};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
