@@ -333,13 +333,11 @@ mod tests {
         assert_eq!(key.key_type(), KeyType::EcP384);
         assert!(key.to_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
 
-        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-        let pkcs1 = AsDer::<aws_lc_rs::encoding::Pkcs1PrivateKeyDer<'_>>::as_der(&rsa);
-        if let Ok(pkcs1) = pkcs1 {
-            let pkcs1_pem = pem::encode("RSA PRIVATE KEY", pkcs1.as_ref());
-            let key = PrivateKey::from_pem(&pkcs1_pem).unwrap();
-            assert_eq!(key.key_type(), KeyType::Rsa2048);
-        }
+        let key = PrivateKey::from_pem(include_str!("testdata/rsa2048-pkcs1.pem")).unwrap();
+        assert_eq!(key.key_type(), KeyType::Rsa2048);
+        assert!(key.to_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+        let key = PrivateKey::from_pem(include_str!("testdata/ec-p256-sec1.pem")).unwrap();
+        assert_eq!(key.key_type(), KeyType::EcP256);
     }
 
     #[test]

@@ -8,11 +8,15 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod config;
+pub mod duration;
 pub mod jwt;
 pub mod keys;
 pub mod pem;
+pub mod selector;
 pub mod spiffe_id;
 pub mod x509;
 
 pub use keys::{KeyType, PrivateKey};
+pub use selector::{Selector, SelectorSet};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

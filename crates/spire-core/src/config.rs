@@ -1,0 +1,451 @@
+//! Loading `server.conf` / `agent.conf` in HCL or JSON into serde structs.
+//!
+//! Both formats are first read into a `serde_json::Value` (HCL through hcl-rs, which maps
+//! blocks the way HCL's JSON form writes them), then deserialized into the caller's type with
+//! the path of every error tracked, so an unknown or mistyped key is reported with the block it
+//! sits in. `-expandEnv` substitutes `$VAR` and `${VAR}` in the raw text first, exactly as Go's
+//! `os.ExpandEnv` does.
+
+use serde::de::DeserializeOwned;
+use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// Which syntax a configuration file is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    /// HashiCorp Configuration Language, upstream's default.
+    Hcl,
+    /// JSON, as the Helm charts render configs.
+    Json,
+}
+
+impl ConfigFormat {
+    /// Picks the format from the file name (`.json`) or, failing that, from the first
+    /// non-blank character (`{` means JSON).
+    pub fn detect(source: &str, text: &str) -> Self {
+        if source.ends_with(".json") || text.trim_start().starts_with('{') {
+            Self::Json
+        } else {
+            Self::Hcl
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. Every variant names the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The text is not valid HCL or JSON.
+    #[error("{file}: could not parse {format}: {message}")]
+    Syntax {
+        /// The file (or other source) name.
+        file: String,
+        /// "HCL" or "JSON".
+        format: &'static str,
+        /// The parser's description, with line and column where it has them.
+        message: String,
+    },
+    /// A key that the block does not have.
+    #[error("{file}: unknown key {key:?} in {block}; {expected}")]
+    UnknownKey {
+        /// The file name.
+        file: String,
+        /// The unknown key.
+        key: String,
+        /// The block it appeared in, e.g. `the "server" block` or `the top level`.
+        block: String,
+        /// What the block accepts.
+        expected: String,
+    },
+    /// A value of the wrong type or form, or a missing required key.
+    #[error("{file}: {path}: {message}")]
+    Invalid {
+        /// The file name.
+        file: String,
+        /// Where in the document, e.g. `server.ca_ttl`.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads a configuration from `text` into `T`.
+///
+/// `source` names the file in errors. With `expand_env`, `$VAR` and `${VAR}` are replaced by
+/// `lookup(VAR)` (empty when unset) before parsing.
+pub fn load<T: DeserializeOwned>(
+    source: &str,
+    text: &str,
+    expand_env: bool,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigError> {
+    let expanded;
+    let text = if expand_env {
+        expanded = expand_env_vars(text, lookup);
+        expanded.as_str()
+    } else {
+        text
+    };
+    let value = parse_value(source, text)?;
+    from_value(source, value)
+}
+
+/// Parses HCL or JSON text into a JSON value without interpreting it.
+pub fn parse_value(source: &str, text: &str) -> Result<Value, ConfigError> {
+    match ConfigFormat::detect(source, text) {
+        ConfigFormat::Json => serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: source.to_owned(),
+            format: "JSON",
+            message: e.to_string(),
+        }),
+        ConfigFormat::Hcl => hcl::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: source.to_owned(),
+            format: "HCL",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Deserializes an already parsed document into `T`, naming the path of any error.
+pub fn from_value<T: DeserializeOwned>(source: &str, value: Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        describe(source, &path, &message)
+    })
+}
+
+fn describe(source: &str, path: &str, message: &str) -> ConfigError {
+    if let Some((key, expected)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        // The reported path ends at the enclosing block or, depending on the
+        // deserializer, at the unknown key itself.
+        let parent = if path == key {
+            ""
+        } else {
+            path.strip_suffix(key)
+                .and_then(|p| p.strip_suffix('.'))
+                .unwrap_or(path)
+        };
+        let block = if parent.is_empty() || parent == "." {
+            "the top level".to_owned()
+        } else {
+            format!("the {parent:?} block")
+        };
+        let expected = expected.trim_start_matches(", ").trim();
+        let expected = if expected.is_empty() {
+            "this block takes no keys".to_owned()
+        } else {
+            expected.replace('`', "\"")
+        };
+        return ConfigError::UnknownKey {
+            file: source.to_owned(),
+            key: key.to_owned(),
+            block,
+            expected,
+        };
+    }
+    ConfigError::Invalid {
+        file: source.to_owned(),
+        path: if path.is_empty() || path == "." {
+            "top level".to_owned()
+        } else {
+            path.to_owned()
+        },
+        message: message.to_owned(),
+    }
+}
+
+/// Replaces `$VAR` and `${VAR}` as Go's `os.Expand` does: unset variables become empty,
+/// `${}` and an unterminated `${` are dropped, and a `$` followed by anything else stays.
+pub fn expand_env_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(rest.get(..pos).unwrap_or_default());
+        let after = rest.get(pos + 1..).unwrap_or_default();
+        if after.is_empty() {
+            out.push('$');
+            rest = after;
+            break;
+        }
+        let (name, consumed) = shell_name(after);
+        match (name, consumed) {
+            (None, 0) => out.push('$'),
+            (None, _) => {}
+            (Some(name), _) => out.push_str(&lookup(name).unwrap_or_default()),
+        }
+        rest = after.get(consumed..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_special_var(c: u8) -> bool {
+    matches!(
+        c,
+        b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9'
+    )
+}
+
+/// Go's `getShellName`: the variable name after a `$` and how many bytes it used.
+fn shell_name(s: &str) -> (Option<&str>, usize) {
+    let bytes = s.as_bytes();
+    match bytes.first() {
+        Some(b'{') => {
+            if bytes.len() > 2
+                && bytes.get(1).copied().is_some_and(is_special_var)
+                && bytes.get(2) == Some(&b'}')
+            {
+                return (s.get(1..2), 3);
+            }
+            match s.get(1..).and_then(|inner| inner.find('}')) {
+                Some(0) => (None, 2),
+                Some(end) => (s.get(1..=end), end + 2),
+                None => (None, 1),
+            }
+        }
+        Some(&c) if is_special_var(c) => (s.get(..1), 1),
+        _ => {
+            let end = s
+                .bytes()
+                .position(|c| !(c == b'_' || c.is_ascii_alphanumeric()))
+                .unwrap_or(s.len());
+            if end == 0 {
+                (None, 0)
+            } else {
+                (s.get(..end), end)
+            }
+        }
+    }
+}
+
+/// Deserializes a block that HCL writes as an object and JSON configs sometimes write as a
+/// one-element array (`"server": [{...}]`), as upstream's HCL v1 decoder accepts both.
+/// Errors inside the block keep their full path.
+pub fn single_block<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    deserializer.deserialize_any(BlockVisitor(std::marker::PhantomData))
+}
+
+struct BlockVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for BlockVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a block (an object, or a list holding one object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        let first = seq
+            .next_element()?
+            .ok_or_else(|| serde::de::Error::custom("block is an empty list; write it once"))?;
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(serde::de::Error::custom(
+                "block is given more than once; it may appear once",
+            ));
+        }
+        Ok(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Server {
+        trust_domain: String,
+        #[serde(default)]
+        bind_port: Option<u16>,
+        #[serde(default, with = "crate::duration::serde_go::option")]
+        ca_ttl: Option<std::time::Duration>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(deserialize_with = "single_block")]
+        server: Server,
+        #[serde(default)]
+        plugins: Option<Value>,
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const HCL: &str = r#"
+server {
+    trust_domain = "example.org"
+    bind_port = 8081
+    ca_ttl = "168h"
+}
+
+plugins {
+    DataStore "sql" {
+        plugin_data {
+            database_type = "sqlite3"
+            connection_string = "/run/spire/data/datastore.sqlite3"
+        }
+    }
+}
+"#;
+
+    #[test]
+    fn hcl_and_json_load_into_the_same_struct() {
+        let from_hcl: File = load("server.conf", HCL, false, no_env).unwrap();
+        assert_eq!(from_hcl.server.trust_domain, "example.org");
+        assert_eq!(from_hcl.server.bind_port, Some(8081));
+        assert_eq!(
+            from_hcl.server.ca_ttl,
+            Some(std::time::Duration::from_secs(168 * 3600))
+        );
+        let json = r#"{"server": {"trust_domain": "example.org", "bind_port": 8081, "ca_ttl": "168h"},
+            "plugins": {"DataStore": {"sql": {"plugin_data": {"database_type": "sqlite3",
+            "connection_string": "/run/spire/data/datastore.sqlite3"}}}}}"#;
+        let from_json: File = load("server.json", json, false, no_env).unwrap();
+        assert_eq!(from_hcl, from_json);
+    }
+
+    #[test]
+    fn json_blocks_may_be_one_element_arrays() {
+        let json = r#"{"server": [{"trust_domain": "example.org"}]}"#;
+        let file: File = load("server.conf", json, false, no_env).unwrap();
+        assert_eq!(file.server.trust_domain, "example.org");
+        let json = r#"{"server": [{"trust_domain": "a"}, {"trust_domain": "b"}]}"#;
+        let err = load::<File>("server.conf", json, false, no_env).unwrap_err();
+        assert!(err.to_string().contains("may appear once"), "{err}");
+        let json = r#"{"server": [{"trust_domain": "a", "bind_port": "x"}]}"#;
+        let err = load::<File>("server.conf", json, false, no_env).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("server.conf: server[0].bind_port: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_the_block_and_the_file() {
+        let text = "server {\n trust_domain = \"td\"\n trust_domian = \"x\"\n}\n";
+        let err = load::<File>("/etc/spire/server.conf", text, false, no_env).unwrap_err();
+        let ConfigError::UnknownKey { key, block, .. } = &err else {
+            panic!("wrong error: {err}");
+        };
+        assert_eq!(key, "trust_domian");
+        assert_eq!(block, "the \"server\" block");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("/etc/spire/server.conf: unknown key \"trust_domian\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\"trust_domain\""),
+            "the message lists valid keys: {msg}"
+        );
+
+        let err = load::<File>(
+            "a.conf",
+            "server { trust_domain = \"td\" }\nsrever {}\n",
+            false,
+            no_env,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown key \"srever\" in the top level"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_path() {
+        let text = "server {\n trust_domain = \"td\"\n ca_ttl = \"10d\"\n}\n";
+        let err = load::<File>("s.conf", text, false, no_env).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("s.conf: server.ca_ttl: unknown unit \"d\""),
+            "{msg}"
+        );
+        let err = load::<File>("s.conf", "server {}\n", false, no_env).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `trust_domain`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_format() {
+        let err = load::<File>("s.conf", "server {\n", false, no_env).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Syntax { format: "HCL", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("s.conf: could not parse HCL"));
+        let err = load::<File>("s.json", "{\"server\": ", false, no_env).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Syntax { format: "JSON", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn expand_env_substitutes_before_parsing() {
+        let env: HashMap<&str, &str> = [("TD", "prod.example.org"), ("PORT", "9000")].into();
+        let lookup = |k: &str| env.get(k).map(|v| (*v).to_owned());
+        let text = "server {\n trust_domain = \"${TD}\"\n bind_port = $PORT\n}\n";
+        let file: File = load("s.conf", text, true, lookup).unwrap();
+        assert_eq!(file.server.trust_domain, "prod.example.org");
+        assert_eq!(file.server.bind_port, Some(9000));
+        // Without -expandEnv the text is taken literally.
+        let file: File =
+            load("s.conf", "server { trust_domain = \"$TD\" }", false, lookup).unwrap();
+        assert_eq!(file.server.trust_domain, "$TD");
+    }
+
+    #[test]
+    fn expansion_matches_go_os_expand() {
+        let lookup = |k: &str| match k {
+            "A" => Some("x".to_owned()),
+            "1" => Some("one".to_owned()),
+            _ => None,
+        };
+        let cases = [
+            ("$A", "x"),
+            ("${A}", "x"),
+            ("a${A}b", "axb"),
+            ("$A$A", "xx"),
+            ("$UNSET", ""),
+            ("${UNSET}", ""),
+            ("$", "$"),
+            ("a$", "a$"),
+            ("$ a", "$ a"),
+            ("${}", ""),
+            ("${A", "A"),
+            ("$1", "one"),
+            ("${1}", "one"),
+            ("$$", ""),
+            ("cost: 5$/h", "cost: 5$/h"),
+            ("ünïcödé $A", "ünïcödé x"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(expand_env_vars(input, lookup), want, "{input:?}");
+        }
+    }
+}
