@@ -99,7 +99,7 @@ pub fn parse_value(source: &str, text: &str) -> Result<Value, ConfigError> {
             format: "JSON",
             message: e.to_string(),
         }),
-        ConfigFormat::Hcl => hcl::from_str(text).map_err(|e| ConfigError::Syntax {
+        ConfigFormat::Hcl => hcl::from_str(&hcl1_compat(text)).map_err(|e| ConfigError::Syntax {
             file: source.to_owned(),
             format: "HCL",
             message: e.to_string(),
@@ -221,6 +221,146 @@ fn shell_name(s: &str) -> (Option<&str>, usize) {
             }
         }
     }
+}
+
+/// Rewrites the HCL v1 forms upstream accepts and hcl-rs (HCL v2) refuses, leaving meaning
+/// unchanged: quoted block types and keys at the start of a line (`"server" {`,
+/// `"trust_domain" = ...`) lose their quotes, and every `{` and `}` outside strings, comments
+/// and heredocs gets its own line, so one-line nested blocks (`NodeAttestor "x" { plugin_data
+/// {} }`) parse.
+pub fn hcl1_compat(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut chars = text.char_indices().peekable();
+    let mut at_line_start = true;
+    while let Some((i, c)) = chars.next() {
+        let rest = text.get(i..).unwrap_or_default();
+        match c {
+            '"' => {
+                let end = string_end(rest);
+                let literal = rest.get(..end).unwrap_or(rest);
+                let inner = literal
+                    .get(1..literal.len().saturating_sub(1))
+                    .unwrap_or_default();
+                let after = rest
+                    .get(end..)
+                    .unwrap_or_default()
+                    .trim_start_matches([' ', '\t']);
+                let unquote = at_line_start
+                    && is_identifier(inner)
+                    && (after.starts_with('=') || after.starts_with('{') || after.starts_with('"'));
+                out.push_str(if unquote { inner } else { literal });
+                skip(&mut chars, i + end);
+                at_line_start = false;
+            }
+            '#' => copy_until(
+                &mut out,
+                &mut chars,
+                rest,
+                rest.find('\n').unwrap_or(rest.len()),
+                i,
+            ),
+            '/' if rest.starts_with("//") => {
+                copy_until(
+                    &mut out,
+                    &mut chars,
+                    rest,
+                    rest.find('\n').unwrap_or(rest.len()),
+                    i,
+                );
+            }
+            '/' if rest.starts_with("/*") => {
+                let end = rest.find("*/").map_or(rest.len(), |e| e + 2);
+                copy_until(&mut out, &mut chars, rest, end, i);
+            }
+            '<' if rest.starts_with("<<") => {
+                copy_until(&mut out, &mut chars, rest, heredoc_end(rest), i);
+                at_line_start = false;
+            }
+            '{' => {
+                out.push_str("{\n");
+                at_line_start = true;
+            }
+            '}' => {
+                out.push_str("\n}");
+                at_line_start = false;
+            }
+            '\n' => {
+                out.push('\n');
+                at_line_start = true;
+            }
+            c if c.is_whitespace() => out.push(c),
+            c => {
+                out.push(c);
+                at_line_start = false;
+            }
+        }
+    }
+    out
+}
+
+/// Length of the string literal at the start of `s` (which starts with `"`), quotes included.
+fn string_end(s: &str) -> usize {
+    let mut escaped = false;
+    for (i, c) in s.char_indices().skip(1) {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return i + 1,
+            '\n' => return i,
+            _ => escaped = false,
+        }
+    }
+    s.len()
+}
+
+/// Length of the heredoc at the start of `s` (`<<EOF` or `<<-EOF` ... `EOF`).
+fn heredoc_end(s: &str) -> usize {
+    let header_end = s.find('\n').unwrap_or(s.len());
+    let marker = s
+        .get(2..header_end)
+        .unwrap_or_default()
+        .trim_start_matches('-')
+        .trim();
+    if marker.is_empty() {
+        return 2;
+    }
+    let mut offset = header_end;
+    while offset < s.len() {
+        let line_start = offset + 1;
+        let line_end = s
+            .get(line_start..)
+            .and_then(|r| r.find('\n'))
+            .map_or(s.len(), |e| line_start + e);
+        if s.get(line_start..line_end).unwrap_or_default().trim() == marker {
+            return line_end;
+        }
+        offset = line_end;
+    }
+    s.len()
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Advances `chars` to byte offset `end` (absolute).
+fn skip(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, end: usize) {
+    while chars.peek().is_some_and(|(j, _)| *j < end) {
+        chars.next();
+    }
+}
+
+/// Copies `rest[..len]` verbatim and advances `chars` past it.
+fn copy_until(
+    out: &mut String,
+    chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+    rest: &str,
+    len: usize,
+    start: usize,
+) {
+    out.push_str(rest.get(..len).unwrap_or(rest));
+    skip(chars, start + len);
 }
 
 /// Deserializes a block that HCL writes as an object and JSON configs sometimes write as a
@@ -403,6 +543,61 @@ plugins {
             matches!(err, ConfigError::Syntax { format: "JSON", .. }),
             "{err}"
         );
+    }
+
+    /// Shapes found in upstream's documented configs that HCL v2 parsers refuse.
+    const HCL1: &str = r#"
+# comment with { braces }
+"server" {
+    "trust_domain" = "example.org"
+    bind_port = "8081"
+    ca_subject = {
+        Country = ["US"],
+        Organization = ["SPIFFE"],
+        CommonName = "",
+    }
+    jwt_issuer = "https://x/{a}"  // trailing { comment
+}
+
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" } }
+    KeyManager "memory" {
+        plugin_data = {}
+    }
+    NodeAttestor "join_token" { plugin_data {} }
+    UpstreamAuthority "disk" {
+        plugin_data {
+            pem = <<EOT
+{ not a block }
+EOT
+        }
+    }
+}
+"#;
+
+    #[test]
+    fn hcl1_only_forms_parse() {
+        let value = parse_value("server.conf", HCL1).unwrap();
+        assert_eq!(value["server"]["trust_domain"], "example.org");
+        assert_eq!(value["server"]["bind_port"], "8081");
+        assert_eq!(value["server"]["jwt_issuer"], "https://x/{a}");
+        assert_eq!(value["server"]["ca_subject"]["Country"][0], "US");
+        let plugins = &value["plugins"];
+        assert_eq!(
+            plugins["DataStore"]["sql"]["plugin_data"]["database_type"],
+            "sqlite3"
+        );
+        assert!(plugins["NodeAttestor"]["join_token"]["plugin_data"].is_object());
+        assert_eq!(
+            plugins["UpstreamAuthority"]["disk"]["plugin_data"]["pem"],
+            "{ not a block }\n"
+        );
+    }
+
+    #[test]
+    fn hcl1_compat_leaves_strings_alone() {
+        let text = "a = \"{\\\"}\"\nb = \"x\" # {\n";
+        assert_eq!(hcl1_compat(text), text);
     }
 
     #[test]
