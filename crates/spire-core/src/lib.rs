@@ -1,6 +1,6 @@
 //! SPIFFE building blocks shared by `spire-server` and `spire-agent`, with no I/O: SPIFFE IDs
 //! and trust domains, selectors, private keys, X509-SVIDs and CAs, JWT-SVIDs, SPIFFE bundles,
-//! Go-style durations and HCL/JSON configuration loading.
+//! Go-style durations, HCL/JSON configuration loading and Go-style CLI flags.
 //!
 //! Everything here is pure: callers read files and sockets, this crate parses, builds and
 //! verifies. Each module has one error enum describing what was wrong with the input.
@@ -10,6 +10,7 @@
 pub mod bundle;
 pub mod config;
 pub mod duration;
+pub mod goflags;
 pub mod jwt;
 pub mod keys;
 pub mod pem;
