@@ -1,1 +1,11 @@
-//! The `spire-server` library: everything the binary does, so tests can drive it in process.
+//! `spire-server`: the SPIRE server library behind the `spire-server` binary.
+//!
+//! Start order: config -> catalog -> datastore -> CA manager -> authorized-entry index ->
+//! listeners (see ARCHITECTURE.md).
+
+pub mod api;
+pub mod authorized;
+pub mod ca;
+pub mod datastore;
+pub mod logging;
+pub mod plugins;
