@@ -1,1 +1,216 @@
-//! End-to-end tests live in `tests/`; this library is empty.
+//! Harness for the end-to-end tests in `tests/`: finds the real `spire-server` and
+//! `spire-agent` binaries built by `cargo test --workspace`, writes configs into temporary
+//! directories, starts processes on free ports and stops them when dropped.
+
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a test harness: failing loudly with the server log is its whole job"
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`spire-server`, `spire-agent`) next to the test executable.
+///
+/// Cargo puts test executables in `target/<profile>/deps/` and binaries in
+/// `target/<profile>/`; `cargo test --workspace` builds both before running anything.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --bins` or `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (racy by nature, good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18081)
+}
+
+/// A running `spire-server` with its own data directory, port and admin socket.
+pub struct ServerProcess {
+    child: Option<Child>,
+    /// The admin socket path (pass as `-socketPath`).
+    pub socket_path: PathBuf,
+    /// The TCP port agents connect to.
+    pub port: u16,
+    /// The config file the server was started with.
+    pub config_path: PathBuf,
+    /// Where the server writes logs (stdout and stderr).
+    pub log_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Writes a quickstart-like HCL config into `dir` (SQLite, disk key manager, join_token)
+    /// with `extra_server_keys` appended inside `server { }`, and starts the server.
+    pub fn start(dir: &Path, extra_server_keys: &str) -> Self {
+        let port = free_port();
+        let socket_path = dir.join("api.sock");
+        let data_dir = dir.join("data");
+        let config = format!(
+            r#"server {{
+    bind_address = "127.0.0.1"
+    bind_port = "{port}"
+    socket_path = "{socket}"
+    trust_domain = "example.org"
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    {extra_server_keys}
+}}
+
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "sqlite3"
+            connection_string = "{data}/datastore.sqlite3"
+        }}
+    }}
+
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+
+    KeyManager "disk" {{
+        plugin_data {{
+            keys_path = "{data}/keys.json"
+        }}
+    }}
+}}
+"#,
+            socket = socket_path.display(),
+            data = data_dir.display(),
+        );
+        let config_path = dir.join("server.conf");
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        Self::start_with_config(dir, &config_path, socket_path, port)
+    }
+
+    /// Starts the server with an existing config whose socket and port are given.
+    pub fn start_with_config(
+        dir: &Path,
+        config_path: &Path,
+        socket_path: PathBuf,
+        port: u16,
+    ) -> Self {
+        let log_path = dir.join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("open log: {e}"));
+        let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
+        let child = Command::new(binary("spire-server"))
+            .args(["run", "-config"])
+            .arg(config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn spire-server: {e}"));
+        let mut server = Self {
+            child: Some(child),
+            socket_path,
+            port,
+            config_path: config_path.to_path_buf(),
+            log_path,
+        };
+        server.wait_healthy(Duration::from_secs(60));
+        server
+    }
+
+    /// Polls `spire-server healthcheck` until it succeeds, failing with the server log.
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("spire-server exited with {status}:\n{}", self.log());
+            }
+            let out = self.cli(&["healthcheck"]);
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "spire-server not healthy after {timeout:?}:\n{}",
+            self.log()
+        );
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Runs `spire-server <args> -socketPath <socket>` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("spire-server"))
+            .args(args)
+            .arg("-socketPath")
+            .arg(&self.socket_path)
+            .output()
+            .unwrap_or_else(|e| panic!("run spire-server {args:?}: {e}"))
+    }
+
+    /// Like [`cli`](Self::cli) but requires success and returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "spire-server {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like [`cli_ok`](Self::cli_ok) with `-output json`, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-output", "json"]);
+        let text = self.cli_ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
+    }
+
+    /// Stops the server (SIGTERM, then kill) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -6,6 +6,11 @@
 pub mod api;
 pub mod authorized;
 pub mod ca;
+pub mod catalog;
+pub mod config;
+pub mod cli;
 pub mod datastore;
+pub mod endpoints;
 pub mod logging;
 pub mod plugins;
+pub mod server;

@@ -11,6 +11,18 @@ use crate::authorized::AuthorizedIndex;
 use crate::ca::CaManager;
 use crate::datastore::DataStore;
 
+pub mod agent;
+pub mod bundle;
+pub mod convert;
+pub mod debug;
+pub mod entry;
+pub mod health;
+pub mod localauthority;
+pub mod logger;
+pub mod ratelimit;
+pub mod svid;
+pub mod trustdomain;
+
 /// What every service needs, built once at start and shared.
 pub struct ApiContext {
     /// The server's trust domain.
@@ -27,6 +39,8 @@ pub struct ApiContext {
     pub log_level: crate::logging::LogLevelHandle,
     /// When the server started (debug.v1 uptime).
     pub started_at: std::time::Instant,
+    /// Per-IP limits for attestation and signing.
+    pub rate_limits: ratelimit::RateLimiters,
 }
 
 /// Settings the APIs need from the configuration.

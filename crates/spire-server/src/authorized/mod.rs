@@ -1,39 +1,295 @@
 //! The authorized-entry index: every entry and agent in memory, kept fresh from the
 //! datastore's change events, answering "which entries may this agent obtain" without SQL.
 //!
-//! INTERFACE (owned by the index helper; the API layer calls exactly these).
+//! [`AuthorizedIndex::load`] lists everything once; [`AuthorizedIndex::run`] then polls the
+//! entry and agent event streams every `cache_reload_interval` and re-fetches only what
+//! changed (a record that is gone was deleted). Event IDs that are skipped (a transaction not
+//! yet committed) are re-checked on later polls, and a periodic full reload heals anything
+//! the events missed. API handlers call [`AuthorizedIndex::refresh`] after a write so the
+//! writer's next read sees it.
+//!
+//! Readers take a read lock on the in-memory [`EntryIndex`]; the refresher builds new records
+//! outside the lock and holds the write lock only to swap them in.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
-use crate::datastore::{AttestedNode, RegistrationEntry};
+use tokio_util::sync::CancellationToken;
+
+use crate::datastore::{
+    AttestedNode, DataStore, DataStoreError, ListEntriesRequest, ListNodesRequest,
+    RegistrationEntry,
+};
+
+mod cursor;
+mod index;
+
+use cursor::EventCursor;
+pub use index::EntryIndex;
 
 /// A read-only snapshot answer for one agent.
 pub type AuthorizedEntries = Vec<Arc<RegistrationEntry>>;
 
-/// The in-memory index.
+/// Upstream's default `experimental.cache_reload_interval`.
+pub const DEFAULT_CACHE_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The shortest poll period [`AuthorizedIndex::run`] accepts; shorter ones are raised to it.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How many changed entries are fetched (and swapped in under one write lock) at a time.
+const FETCH_CHUNK: usize = 500;
+
+/// How the index stays fresh beyond the poll interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexOptions {
+    /// How often [`AuthorizedIndex::run`] reloads everything, so a change whose event was
+    /// lost (pruned before it was read, or timed out) is picked up within this bound.
+    pub full_reload_interval: Duration,
+    /// How long a skipped event ID is looked for before its transaction is assumed rolled
+    /// back (upstream's `sql_transaction_timeout` plays this role).
+    pub missed_event_timeout: Duration,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self {
+            full_reload_interval: Duration::from_secs(10 * 60),
+            missed_event_timeout: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Where the refresher stands in both event streams; guarded by an async mutex so polls,
+/// full reloads and API-triggered refreshes never interleave.
+#[derive(Debug)]
+struct SyncState {
+    entries: EventCursor,
+    agents: EventCursor,
+    loaded_at: Instant,
+}
+
+/// The in-memory index, kept fresh from the datastore.
 pub struct AuthorizedIndex {
-    _private: (),
+    datastore: Arc<dyn DataStore>,
+    options: IndexOptions,
+    index: RwLock<EntryIndex>,
+    sync: tokio::sync::Mutex<SyncState>,
+}
+
+impl std::fmt::Debug for AuthorizedIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let index = self.read();
+        f.debug_struct("AuthorizedIndex")
+            .field("entries", &index.entry_count())
+            .field("agents", &index.agent_count())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthorizedIndex {
+    /// Lists every entry and agent (with selectors) and the current event positions, with the
+    /// default [`IndexOptions`]. Call once at server start, then spawn [`Self::run`].
+    pub async fn load(datastore: Arc<dyn DataStore>) -> Result<Arc<Self>, DataStoreError> {
+        Self::load_with(datastore, IndexOptions::default()).await
+    }
+
+    /// Like [`Self::load`] with explicit freshness options.
+    pub async fn load_with(
+        datastore: Arc<dyn DataStore>,
+        options: IndexOptions,
+    ) -> Result<Arc<Self>, DataStoreError> {
+        let (index, state) = full_load(datastore.as_ref(), None).await?;
+        Ok(Arc::new(Self {
+            datastore,
+            options,
+            index: RwLock::new(index),
+            sync: tokio::sync::Mutex::new(state),
+        }))
+    }
+
     /// Entries the agent may obtain: those parented by the agent, by node-alias entries whose
     /// selectors the agent's node selectors satisfy, and recursively their descendants.
-    pub fn authorized_entries(&self, _agent_id: &str) -> AuthorizedEntries {
-        Vec::new()
+    /// See [`EntryIndex::authorized_entries`] for the exact rules.
+    pub fn authorized_entries(&self, agent_id: &str) -> AuthorizedEntries {
+        self.read().authorized_entries(agent_id)
     }
 
     /// The cached agent record (serials, ban state, selectors) used to authorize agent calls.
-    pub fn agent(&self, _agent_id: &str) -> Option<Arc<AttestedNode>> {
-        None
+    pub fn agent(&self, agent_id: &str) -> Option<Arc<AttestedNode>> {
+        self.read().agent(agent_id)
     }
 
-    /// The cached entry with this ID.
-    pub fn entry(&self, _entry_id: &str) -> Option<Arc<RegistrationEntry>> {
-        None
+    /// The cached entry with this ID (node-alias entries included).
+    pub fn entry(&self, entry_id: &str) -> Option<Arc<RegistrationEntry>> {
+        self.read().entry(entry_id)
+    }
+
+    /// How many entries the index holds, for debug and metrics output.
+    pub fn entry_count(&self) -> usize {
+        self.read().entry_count()
+    }
+
+    /// How many agents the index holds, for debug and metrics output.
+    pub fn agent_count(&self) -> usize {
+        self.read().agent_count()
     }
 
     /// Applies pending datastore events now, so a write is visible to the next read.
-    pub async fn refresh(&self) -> Result<(), crate::datastore::DataStoreError> {
+    pub async fn refresh(&self) -> Result<(), DataStoreError> {
+        let mut state = self.sync.lock().await;
+        self.apply_events(&mut state).await
+    }
+
+    /// Reloads every entry and agent now, replacing the index in one swap.
+    pub async fn reload(&self) -> Result<(), DataStoreError> {
+        let mut state = self.sync.lock().await;
+        self.full_reload(&mut state).await
+    }
+
+    /// Polls the event streams every `interval` (upstream `experimental.cache_reload_interval`,
+    /// default [`DEFAULT_CACHE_RELOAD_INTERVAL`]) and reloads everything every
+    /// [`IndexOptions::full_reload_interval`], until `cancel` fires. Failures are logged and
+    /// retried on the next tick; readers keep the last good state meanwhile.
+    pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        let period = interval.max(MIN_POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                result = self.tick() => {
+                    if let Err(err) = result {
+                        tracing::warn!(error = %err, "authorized-entry index refresh failed; retrying next interval");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One run-loop step: a full reload when due, otherwise an event poll.
+    async fn tick(&self) -> Result<(), DataStoreError> {
+        let mut state = self.sync.lock().await;
+        let reload_due = state.loaded_at.elapsed() >= self.options.full_reload_interval
+            || state.entries.needs_reload()
+            || state.agents.needs_reload();
+        if reload_due {
+            self.full_reload(&mut state).await
+        } else {
+            self.apply_events(&mut state).await
+        }
+    }
+
+    async fn full_reload(&self, state: &mut SyncState) -> Result<(), DataStoreError> {
+        let (index, next) = full_load(self.datastore.as_ref(), Some(state)).await?;
+        let old = std::mem::replace(&mut *self.write(), index);
+        // Freeing every old record takes a while at scale: do it after the lock is released.
+        drop(old);
+        *state = next;
         Ok(())
     }
+
+    /// Applies entry and agent events after the cursors. Cursors advance only once every
+    /// changed record was fetched, so a failure replays the same events next time (applying
+    /// a re-fetched record twice is harmless).
+    async fn apply_events(&self, state: &mut SyncState) -> Result<(), DataStoreError> {
+        let timeout = self.options.missed_event_timeout;
+        let ds = self.datastore.as_ref();
+
+        let now = Instant::now();
+        let mut entries = state.entries.clone();
+        entries.expire(now, timeout);
+        let events = ds
+            .list_registration_entry_events(entries.query_after())
+            .await?;
+        let changed = entries.observe(&events, now);
+        for ids in changed.chunks(FETCH_CHUNK) {
+            let fetched = ds.fetch_registration_entries(ids).await?;
+            self.apply_entries(ids, fetched);
+        }
+        state.entries = entries;
+
+        let now = Instant::now();
+        let mut agents = state.agents.clone();
+        agents.expire(now, timeout);
+        let events = ds.list_attested_node_events(agents.query_after()).await?;
+        let changed = agents.observe(&events, now);
+        for agent_id in &changed {
+            let fetched = ds.fetch_attested_node(agent_id).await?;
+            let mut index = self.write();
+            match fetched {
+                Some(agent) => index.upsert_agent(Arc::new(agent)),
+                None => index.remove_agent(agent_id),
+            }
+        }
+        state.agents = agents;
+        Ok(())
+    }
+
+    /// Replaces the entries with these IDs by their fetched versions; IDs not fetched were
+    /// deleted.
+    fn apply_entries(&self, ids: &[String], fetched: Vec<RegistrationEntry>) {
+        let mut by_id: HashMap<String, Arc<RegistrationEntry>> = fetched
+            .into_iter()
+            .map(|entry| (entry.entry_id.clone(), Arc::new(entry)))
+            .collect();
+        let mut index = self.write();
+        for id in ids {
+            match by_id.remove(id) {
+                Some(entry) => index.upsert_entry(entry),
+                None => index.remove_entry(id),
+            }
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, EntryIndex> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, EntryIndex> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Lists the event positions first, then every record, and builds a fresh index off the
+/// async workers. A change committed in between has an event past the positions read, so
+/// the next poll applies it again.
+async fn full_load(
+    ds: &dyn DataStore,
+    previous: Option<&SyncState>,
+) -> Result<(EntryIndex, SyncState), DataStoreError> {
+    let started = Instant::now();
+    let entry_events = ds.list_registration_entry_events(0).await?;
+    let agent_events = ds.list_attested_node_events(0).await?;
+    let state = SyncState {
+        entries: EventCursor::from_listing(&entry_events, started, previous.map(|p| &p.entries)),
+        agents: EventCursor::from_listing(&agent_events, started, previous.map(|p| &p.agents)),
+        loaded_at: started,
+    };
+    drop((entry_events, agent_events));
+
+    let (entries, _) = ds
+        .list_registration_entries(&ListEntriesRequest::default())
+        .await?;
+    let (agents, _) = ds
+        .list_attested_nodes(&ListNodesRequest {
+            fetch_selectors: true,
+            ..ListNodesRequest::default()
+        })
+        .await?;
+    let index = tokio::task::spawn_blocking(move || EntryIndex::from_records(entries, agents))
+        .await
+        .map_err(|err| {
+            DataStoreError::Internal(format!("building the authorized-entry index failed: {err}"))
+        })?;
+    tracing::info!(
+        entries = index.entry_count(),
+        agents = index.agent_count(),
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "loaded authorized-entry index"
+    );
+    Ok((index, state))
 }

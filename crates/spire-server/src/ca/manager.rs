@@ -1,59 +1,1146 @@
-//! Placeholder CA manager with the final signatures; the CA helper replaces the bodies.
+//! The CA manager: two slots (current and next) for the X509 CA and two for the JWT key,
+//! rotated on upstream's schedule (`pkg/server/ca/manager` and `ca/rotator`):
+//!
+//! - the next authority is prepared once the current one has passed half of its lifetime
+//!   (at most 30 days before it expires), and goes into the trust bundle at once, so every
+//!   consumer trusts it before anything is signed with it;
+//! - it is activated when `min(lifetime / 6, 7 days)` of the current one's lifetime is left;
+//! - the old one stays in the bundle until it has been expired for a day, then is pruned.
+//!
+//! Every change is written to the CA journal, so a restart with the same key manager and
+//! datastore resumes with the same authorities.
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use spire_core::jwt::{JwtSvidParams, mint_jwt_svid};
+use spire_core::keys::{KeyType, PrivateKey};
 use spire_core::spiffe_id::{SpiffeId, TrustDomain};
-use tokio::sync::watch;
+use spire_core::x509::{self, CaTemplate, Issuer, Subject, SvidTemplate, Validity, X509Error};
+use spire_proto::spire::api::types;
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
 
-use super::{AuthorityState, CaError, ServerIdentity, SignedJwtSvid, X509SvidRequest};
+use super::journal::{Journal, JwtKeyEntry, Status, X509CaEntry};
+use super::{AuthorityState, CaConfig, CaError, ServerIdentity, SignedJwtSvid, X509SvidRequest};
+use crate::datastore::{DataStore, DataStoreError};
+use crate::plugins::keymanager::KeyManager;
+use crate::plugins::upstreamauthority::UpstreamAuthority;
+
+/// Prepare the next authority when this much of the current one's lifetime is left, at most.
+const PREPARATION_CAP: time::Duration = time::Duration::days(30);
+/// ... and at least `lifetime / 2`.
+const PREPARATION_DIVISOR: i32 = 2;
+/// Activate the next authority when this much of the current one's lifetime is left, at most.
+const ACTIVATION_CAP: time::Duration = time::Duration::days(7);
+/// ... and at least `lifetime / 6`.
+const ACTIVATION_DIVISOR: i32 = 6;
+/// Authorities stay in the bundle this long after they expire (upstream's safety threshold).
+const BUNDLE_PRUNE_GRACE: time::Duration = time::Duration::hours(24);
+/// How often expired authorities are pruned from the bundle.
+const BUNDLE_PRUNE_INTERVAL: time::Duration = time::Duration::hours(6);
+
+/// An X509 CA that can sign: its key, certificate and the chain from the upstream authority.
+struct X509Ca {
+    key: Arc<PrivateKey>,
+    certificate: Vec<u8>,
+    /// The CA certificate followed by upstream intermediates; empty when self-signed.
+    upstream_chain: Vec<Vec<u8>>,
+}
+
+/// A JWT signing key with its `kid` and expiry.
+struct JwtKey {
+    key: Arc<PrivateKey>,
+    kid: String,
+    not_after: OffsetDateTime,
+}
+
+/// One slot (`A` or `B`). After rotation the old slot keeps its ID, expiry and status `Old`
+/// but no longer its key material (upstream's `Reset`).
+struct Slot<T> {
+    id: &'static str,
+    issued_at: OffsetDateTime,
+    authority: Option<Arc<T>>,
+    status: Status,
+    authority_id: String,
+    not_after: OffsetDateTime,
+}
+
+impl<T> Slot<T> {
+    fn empty(id: &'static str) -> Self {
+        Self {
+            id,
+            issued_at: OffsetDateTime::UNIX_EPOCH,
+            authority: None,
+            status: Status::Unknown,
+            authority_id: String::new(),
+            not_after: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.authority.is_none() || self.status == Status::Old
+    }
+
+    fn reset(&mut self) {
+        self.authority = None;
+        self.status = Status::Old;
+    }
+
+    fn should_prepare_next(&self, now: OffsetDateTime) -> bool {
+        self.authority.is_some()
+            && now
+                > threshold(
+                    self.issued_at,
+                    self.not_after,
+                    PREPARATION_DIVISOR,
+                    PREPARATION_CAP,
+                )
+    }
+
+    fn should_activate_next(&self, now: OffsetDateTime) -> bool {
+        self.authority.is_some()
+            && now
+                > threshold(
+                    self.issued_at,
+                    self.not_after,
+                    ACTIVATION_DIVISOR,
+                    ACTIVATION_CAP,
+                )
+    }
+
+    fn state(&self) -> AuthorityState {
+        AuthorityState {
+            authority_id: self.authority_id.clone(),
+            expires_at: self.not_after.unix_timestamp(),
+        }
+    }
+}
+
+/// `not_after - min(lifetime / divisor, cap)`, as upstream's preparation and activation
+/// thresholds.
+fn threshold(
+    issued_at: OffsetDateTime,
+    not_after: OffsetDateTime,
+    divisor: i32,
+    cap: time::Duration,
+) -> OffsetDateTime {
+    let lifetime = not_after - issued_at;
+    not_after - (lifetime / divisor).min(cap)
+}
+
+fn other_slot_id(id: &str) -> &'static str {
+    if id == "A" { "B" } else { "A" }
+}
+
+fn x509_key_id(slot: &str) -> String {
+    format!("x509-CA-{slot}")
+}
+
+fn jwt_key_id(slot: &str) -> String {
+    format!("JWT-Signer-{slot}")
+}
+
+/// The state changed by rotation, under one lock so rotation steps never interleave.
+struct State {
+    journal: Journal,
+    current_x509: Slot<X509Ca>,
+    next_x509: Slot<X509Ca>,
+    current_jwt: Slot<JwtKey>,
+    next_jwt: Slot<JwtKey>,
+    /// When the server identity is due for renewal; `None` renews on the next tick.
+    identity_renew_at: Option<OffsetDateTime>,
+    last_prune: OffsetDateTime,
+}
 
 /// Signs SVIDs with the active authorities and rotates them.
 pub struct CaManager {
+    config: CaConfig,
     trust_domain: TrustDomain,
+    key_manager: Arc<dyn KeyManager>,
+    upstream: Option<Arc<dyn UpstreamAuthority>>,
+    datastore: Arc<dyn DataStore>,
+    state: Mutex<State>,
+    /// The active authorities, for the signing paths (which never wait for rotation).
+    active_x509: RwLock<Option<Arc<X509Ca>>>,
+    active_jwt: RwLock<Option<Arc<JwtKey>>>,
+    identity_tx: watch::Sender<Option<ServerIdentity>>,
     identity: watch::Receiver<Option<ServerIdentity>>,
 }
 
+impl std::fmt::Debug for CaManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaManager")
+            .field("trust_domain", &self.trust_domain)
+            .field("key_manager", &self.key_manager.name())
+            .field("upstream", &self.upstream.as_ref().map(|u| u.name()))
+            .finish_non_exhaustive()
+    }
+}
+
+fn datastore_error(context: &str, e: DataStoreError) -> CaError {
+    match e {
+        DataStoreError::InvalidArgument(m) => CaError::InvalidArgument(format!("{context}: {m}")),
+        DataStoreError::NotFound(m) => {
+            CaError::FailedPrecondition(format!("{context}: {m} not found"))
+        }
+        other => CaError::Internal(format!("{context}: {other}")),
+    }
+}
+
+/// Maps certificate building errors: those caused by the request are InvalidArgument.
+fn x509_error(e: X509Error) -> CaError {
+    match e {
+        X509Error::UnsupportedPublicKey(_)
+        | X509Error::MultiValuedSubject { .. }
+        | X509Error::InvalidDnsName(_)
+        | X509Error::LeafIdWithoutPath(_)
+        | X509Error::MalformedCsr(_)
+        | X509Error::CsrSignature(_)
+        | X509Error::TimeOutOfRange(_) => CaError::InvalidArgument(e.to_string()),
+        X509Error::EmptyValidity { .. } => {
+            CaError::FailedPrecondition(format!("the CA expires too soon to sign: {e}"))
+        }
+        other => CaError::Internal(format!("signing failed: {other}")),
+    }
+}
+
+fn to_time(ttl: Duration) -> Result<time::Duration, CaError> {
+    time::Duration::try_from(ttl)
+        .map_err(|_| CaError::InvalidArgument(format!("TTL {ttl:?} is too large")))
+}
+
+/// SHA-1 of the public key bits of a SubjectPublicKeyInfo, lowercase hex: the subject key ID
+/// upstream computes, and so the X509 authority ID of a CA with this key.
+fn spki_key_id(spki_der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).ok()?;
+    let sum = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &spki.subject_public_key.data,
+    );
+    Some(hex::encode(sum.as_ref()))
+}
+
+/// The X509 authority ID of a CA certificate: its subject key ID, lowercase hex.
+fn certificate_authority_id(der: &[u8]) -> Result<String, CaError> {
+    match x509::subject_key_id(der).map_err(|e| CaError::Internal(e.to_string()))? {
+        Some(skid) => Ok(hex::encode(skid)),
+        None => x509::certificate_public_key(der)
+            .ok()
+            .as_deref()
+            .and_then(spki_key_id)
+            .ok_or_else(|| CaError::Internal("CA certificate has no usable public key".into())),
+    }
+}
+
+/// The authority key ID of a certificate, lowercase hex; empty when absent.
+fn certificate_authority_key_id(der: &[u8]) -> String {
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return String::new();
+    };
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| hex::encode(k.0))
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// A random `kid` of 32 letters and digits, as upstream's `newKeyID`.
+fn new_key_id() -> Result<String, CaError> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| CaError::Internal("no randomness for a JWT key ID".into()))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
+
+async fn generate_key(key_type: KeyType) -> Result<PrivateKey, CaError> {
+    tokio::task::spawn_blocking(move || PrivateKey::generate(key_type))
+        .await
+        .map_err(|e| CaError::Internal(format!("key generation task failed: {e}")))?
+        .map_err(|e| CaError::Internal(e.to_string()))
+}
+
 impl CaManager {
+    /// Loads the CA journal and key manager keys (or mints new authorities), activates the
+    /// current authorities and issues the server identity, so the returned manager can sign
+    /// at once. Fails when no CA can be made (e.g. the upstream authority refuses).
+    pub async fn new(
+        config: CaConfig,
+        key_manager: Arc<dyn KeyManager>,
+        upstream: Option<Arc<dyn UpstreamAuthority>>,
+        datastore: Arc<dyn DataStore>,
+    ) -> Result<Arc<Self>, CaError> {
+        let trust_domain = config.trust_domain.clone();
+        let now = (config.clock)();
+        let (identity_tx, identity) = watch::channel(None);
+        let manager = Arc::new(Self {
+            trust_domain,
+            key_manager,
+            upstream,
+            datastore,
+            state: Mutex::new(State {
+                journal: Journal::default(),
+                current_x509: Slot::empty("A"),
+                next_x509: Slot::empty("B"),
+                current_jwt: Slot::empty("A"),
+                next_jwt: Slot::empty("B"),
+                identity_renew_at: None,
+                last_prune: now,
+            }),
+            active_x509: RwLock::new(None),
+            active_jwt: RwLock::new(None),
+            identity_tx,
+            identity,
+            config,
+        });
+        manager.load(now).await?;
+        manager.rotate().await?;
+        Ok(manager)
+    }
+
     /// The trust domain this CA signs for.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        (self.config.clock)()
+    }
+
+    fn jwt_key_type(&self) -> KeyType {
+        self.config.jwt_key_type.unwrap_or(self.config.ca_key_type)
+    }
+
+    /// Checks rotation every `rotate_interval` (shorter for short `ca_ttl`s) until `cancel`
+    /// fires. Errors are logged and retried on the next tick, as upstream's rotator does.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let short = (self.config.ca_ttl / 60).max(Duration::from_millis(100));
+        let interval = self.config.rotate_interval.min(short);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {
+                    if let Err(e) = self.rotate().await {
+                        tracing::error!(error = %e, "CA rotation failed; retrying on the next tick");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One rotation step at the clock's current time: mints authorities when there are
+    /// none, prepares and activates the next ones when due, renews the server identity and
+    /// prunes the bundle when due. [`CaManager::run`] calls this on every tick; tests call it
+    /// after moving the clock.
+    pub async fn rotate(&self) -> Result<(), CaError> {
+        let now = self.now();
+        let mut state = self.state.lock().await;
+        let x509 = self.rotate_x509(&mut state, now).await;
+        if let Err(e) = &x509 {
+            tracing::error!(error = %e, "Unable to rotate X509 CA");
+        }
+        let jwt = self.rotate_jwt(&mut state, now).await;
+        if let Err(e) = &jwt {
+            tracing::error!(error = %e, "Unable to rotate JWT key");
+        }
+        if state.identity_renew_at.is_none_or(|at| now >= at)
+            && let Err(e) = self.renew_identity(&mut state, now).await
+        {
+            tracing::error!(error = %e, "Unable to renew the server identity");
+        }
+        if now - state.last_prune >= BUNDLE_PRUNE_INTERVAL {
+            state.last_prune = now;
+            if let Err(e) = self.prune_bundle_at(now).await {
+                tracing::error!(error = %e, "Could not prune the trust bundle");
+            }
+        }
+        x509.and(jwt)
+    }
+
+    /// Removes authorities that expired more than a day ago from the trust bundle (never
+    /// the last X509 one); tells whether anything was removed. Runs every 6 hours on its own.
+    pub async fn prune_bundle(&self) -> Result<bool, CaError> {
+        self.prune_bundle_at(self.now()).await
+    }
+
+    async fn prune_bundle_at(&self, now: OffsetDateTime) -> Result<bool, CaError> {
+        let before = (now - BUNDLE_PRUNE_GRACE).unix_timestamp();
+        let changed = self
+            .datastore
+            .prune_bundle(self.trust_domain.name(), before)
+            .await
+            .map_err(|e| datastore_error("unable to prune bundle", e))?;
+        if changed {
+            tracing::info!("Expired authorities were pruned from the trust bundle");
+        }
+        Ok(changed)
+    }
+
+    // ---- loading ----
+
+    /// Finds this server's journal row: the one whose active X509 authority ID is the key ID
+    /// of one of our key manager keys (upstream's `findCAJournal`).
+    async fn find_journal(&self) -> Result<Journal, CaError> {
+        for slot in ["A", "B"] {
+            for id in [x509_key_id(slot), jwt_key_id(slot)] {
+                let key = self
+                    .key_manager
+                    .get_key(&id)
+                    .await
+                    .map_err(|e| CaError::Internal(format!("key manager: {e}")))?;
+                let Some(authority_id) = key.and_then(|k| spki_key_id(&k.public_key_der())) else {
+                    continue;
+                };
+                let row = self
+                    .datastore
+                    .find_ca_journal(&authority_id)
+                    .await
+                    .map_err(|e| datastore_error("failed to find the CA journal", e))?;
+                if let Some(row) = row {
+                    return Journal::from_row(&row).map_err(|e| {
+                        CaError::Internal(format!("unable to decode CA journal {}: {e}", row.id))
+                    });
+                }
+            }
+        }
+        tracing::info!(
+            "There is not a CA journal record that matches any of the local X509 authority IDs"
+        );
+        Ok(Journal::default())
+    }
+
+    async fn load(&self, now: OffsetDateTime) -> Result<(), CaError> {
+        let journal = self.find_journal().await?;
+        tracing::info!(
+            x509_cas = journal.entries.x509_cas.len(),
+            jwt_keys = journal.entries.jwt_keys.len(),
+            "Journal loaded"
+        );
+        // Keys missing from the bundle (e.g. after a database restore) are not used: nobody
+        // could verify what they sign. A new authority is minted instead.
+        let bundle = self
+            .datastore
+            .fetch_bundle(self.trust_domain.name())
+            .await
+            .map_err(|e| datastore_error("failed to fetch the trust bundle", e))?;
+        let x509_entries: Vec<X509CaEntry> = journal
+            .entries
+            .x509_cas
+            .iter()
+            .filter(|e| {
+                self.upstream.is_some()
+                    || bundle
+                        .as_ref()
+                        .is_none_or(|b| b.x509_authorities.iter().any(|a| a.asn1 == e.certificate))
+            })
+            .cloned()
+            .collect();
+        let jwt_entries: Vec<JwtKeyEntry> = journal
+            .entries
+            .jwt_keys
+            .iter()
+            .filter(|e| {
+                bundle
+                    .as_ref()
+                    .is_none_or(|b| b.jwt_authorities.iter().any(|a| a.key_id == e.kid))
+            })
+            .cloned()
+            .collect();
+
+        let mut current_x509 = None;
+        let mut next_x509 = None;
+        for entry in x509_entries.iter().rev() {
+            let Some(slot) = self.load_x509_slot(entry).await? else {
+                continue;
+            };
+            place(&mut current_x509, &mut next_x509, slot);
+            if current_x509.is_some() && next_x509.is_some() {
+                break;
+            }
+        }
+        let mut current_jwt = None;
+        let mut next_jwt = None;
+        for entry in jwt_entries.iter().rev() {
+            let Some(slot) = self.load_jwt_slot(entry).await? else {
+                continue;
+            };
+            place(&mut current_jwt, &mut next_jwt, slot);
+            if current_jwt.is_some() && next_jwt.is_some() {
+                break;
+            }
+        }
+        let (current_x509, next_x509) = complete(current_x509, next_x509);
+        let (current_jwt, next_jwt) = complete(current_jwt, next_jwt);
+
+        let mut state = self.state.lock().await;
+        state.journal = journal;
+        state.current_x509 = current_x509;
+        state.next_x509 = next_x509;
+        state.current_jwt = current_jwt;
+        state.next_jwt = next_jwt;
+        // Activate at once unless the next one is already due to take over.
+        if !state.current_x509.is_empty() && !state.current_x509.should_activate_next(now) {
+            self.activate_x509(&mut state).await;
+        }
+        if !state.current_jwt.is_empty() && !state.current_jwt.should_activate_next(now) {
+            self.activate_jwt(&mut state).await;
+        }
+        Ok(())
+    }
+
+    async fn load_x509_slot(&self, entry: &X509CaEntry) -> Result<Option<Slot<X509Ca>>, CaError> {
+        let Some(id) = slot_id(&entry.slot_id) else {
+            tracing::warn!(slot = %entry.slot_id, "X509CA slot unusable: no slot id");
+            return Ok(None);
+        };
+        let validity = x509::certificate_validity(&entry.certificate)
+            .map_err(|e| CaError::Internal(format!("unable to parse CA certificate: {e}")))?;
+        let key = self
+            .key_manager
+            .get_key(&x509_key_id(id))
+            .await
+            .map_err(|e| CaError::Internal(format!("key manager: {e}")))?;
+        let Some(key) = key else {
+            tracing::warn!(slot = id, "X509CA slot unusable: no key manager key");
+            return Ok(None);
+        };
+        let cert_key = x509::certificate_public_key(&entry.certificate).ok();
+        if cert_key.as_deref().and_then(spki_key_id) != spki_key_id(&key.public_key_der()) {
+            tracing::warn!(
+                slot = id,
+                "X509CA slot unusable: public key does not match key manager key"
+            );
+            return Ok(None);
+        }
+        let authority_id = if entry.authority_id.is_empty() {
+            certificate_authority_id(&entry.certificate)?
+        } else {
+            entry.authority_id.clone()
+        };
+        Ok(Some(Slot {
+            id,
+            issued_at: OffsetDateTime::from_unix_timestamp(entry.issued_at)
+                .unwrap_or(validity.not_before),
+            authority: Some(Arc::new(X509Ca {
+                key,
+                certificate: entry.certificate.clone(),
+                upstream_chain: entry.upstream_chain.clone(),
+            })),
+            status: Status::try_from(entry.status).unwrap_or(Status::Unknown),
+            authority_id,
+            not_after: validity.not_after,
+        }))
+    }
+
+    async fn load_jwt_slot(&self, entry: &JwtKeyEntry) -> Result<Option<Slot<JwtKey>>, CaError> {
+        let Some(id) = slot_id(&entry.slot_id) else {
+            tracing::warn!(slot = %entry.slot_id, "JWT key slot unusable: no slot id");
+            return Ok(None);
+        };
+        let key = self
+            .key_manager
+            .get_key(&jwt_key_id(id))
+            .await
+            .map_err(|e| CaError::Internal(format!("key manager: {e}")))?;
+        let Some(key) = key else {
+            tracing::warn!(slot = id, "JWT key slot unusable: no key manager key");
+            return Ok(None);
+        };
+        if spki_key_id(&entry.public_key) != spki_key_id(&key.public_key_der()) {
+            tracing::warn!(
+                slot = id,
+                "JWT key slot unusable: public key does not match key manager key"
+            );
+            return Ok(None);
+        }
+        let not_after = OffsetDateTime::from_unix_timestamp(entry.not_after)
+            .map_err(|e| CaError::Internal(format!("JWT key expiry out of range: {e}")))?;
+        Ok(Some(Slot {
+            id,
+            issued_at: OffsetDateTime::from_unix_timestamp(entry.issued_at)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            authority: Some(Arc::new(JwtKey {
+                key,
+                kid: entry.kid.clone(),
+                not_after,
+            })),
+            status: Status::try_from(entry.status).unwrap_or(Status::Unknown),
+            authority_id: if entry.authority_id.is_empty() {
+                entry.kid.clone()
+            } else {
+                entry.authority_id.clone()
+            },
+            not_after,
+        }))
+    }
+
+    // ---- rotation (upstream's rotator) ----
+
+    async fn rotate_x509(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        if state.current_x509.is_empty() {
+            self.prepare_x509(state, now).await?;
+            self.activate_x509(state).await;
+        }
+        if state.next_x509.is_empty() && state.current_x509.should_prepare_next(now) {
+            self.prepare_x509(state, now).await?;
+        }
+        if state.current_x509.should_activate_next(now) && !state.next_x509.is_empty() {
+            self.rotate_x509_slots(state).await;
+        }
+        Ok(())
+    }
+
+    async fn rotate_jwt(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        if state.current_jwt.is_empty() {
+            self.prepare_jwt(state, now).await?;
+            self.activate_jwt(state).await;
+        }
+        if state.next_jwt.is_empty() && state.current_jwt.should_prepare_next(now) {
+            self.prepare_jwt(state, now).await?;
+        }
+        if state.current_jwt.should_activate_next(now) && !state.next_jwt.is_empty() {
+            self.rotate_jwt_slots(state).await;
+        }
+        Ok(())
+    }
+
+    async fn save_journal(&self, state: &mut State) {
+        if let Err(e) = state.journal.save(&self.datastore).await {
+            tracing::error!(error = %e, "Could not save the CA journal in the datastore");
+        }
+    }
+
+    /// Mints a CA into the current slot when it is empty, else into the next slot, and puts
+    /// what consumers need to trust it into the bundle before it can sign anything.
+    async fn prepare_x509(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        let use_current = state.current_x509.is_empty();
+        let slot = if use_current {
+            &mut state.current_x509
+        } else {
+            &mut state.next_x509
+        };
+        slot.reset();
+        let slot_id = slot.id;
+        let key = self
+            .key_manager
+            .generate_key(&x509_key_id(slot_id), self.config.ca_key_type)
+            .await
+            .map_err(|e| CaError::Internal(format!("key manager: {e}")))?;
+        let ca = match &self.upstream {
+            Some(upstream) => self.upstream_sign_x509_ca(upstream.as_ref(), key).await?,
+            None => self.self_sign_x509_ca(key, now).await?,
+        };
+        let validity = x509::certificate_validity(&ca.certificate)
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let authority_id = certificate_authority_id(&ca.certificate)?;
+        let upstream_authority_id = certificate_authority_key_id(&ca.certificate);
+        let entry = X509CaEntry {
+            slot_id: slot_id.to_owned(),
+            issued_at: now.unix_timestamp(),
+            certificate: ca.certificate.clone(),
+            upstream_chain: ca.upstream_chain.clone(),
+            status: Status::Prepared as i32,
+            authority_id: authority_id.clone(),
+            not_after: validity.not_after.unix_timestamp(),
+            upstream_authority_id: if self.upstream.is_some() {
+                upstream_authority_id.clone()
+            } else {
+                String::new()
+            },
+            not_after_is_effective: false,
+        };
+        let slot = if use_current {
+            &mut state.current_x509
+        } else {
+            &mut state.next_x509
+        };
+        *slot = Slot {
+            id: slot_id,
+            issued_at: now,
+            authority: Some(Arc::new(ca)),
+            status: Status::Prepared,
+            authority_id: authority_id.clone(),
+            not_after: validity.not_after,
+        };
+        state.journal.append_x509(entry);
+        self.save_journal(state).await;
+        tracing::info!(
+            slot = slot_id,
+            issued_at = %now,
+            expiration = %validity.not_after,
+            self_signed = self.upstream.is_none(),
+            local_authority_id = %authority_id,
+            upstream_authority_id = %upstream_authority_id,
+            "X509 CA prepared"
+        );
+        Ok(())
+    }
+
+    async fn self_sign_x509_ca(
+        &self,
+        key: Arc<PrivateKey>,
+        now: OffsetDateTime,
+    ) -> Result<X509Ca, CaError> {
+        let template = CaTemplate {
+            trust_domain: self.trust_domain.clone(),
+            subject: self.config.ca_subject.clone(),
+            validity: Validity::from_now(now, to_time(self.config.ca_ttl)?),
+        };
+        let certificate = x509::self_signed_ca(&key, &template)
+            .map_err(|e| CaError::Internal(format!("unable to self-sign the X509 CA: {e}")))?;
+        self.append_bundle(vec![certificate.clone()], vec![])
+            .await?;
+        Ok(X509Ca {
+            key,
+            certificate,
+            upstream_chain: Vec::new(),
+        })
+    }
+
+    async fn upstream_sign_x509_ca(
+        &self,
+        upstream: &dyn UpstreamAuthority,
+        key: Arc<PrivateKey>,
+    ) -> Result<X509Ca, CaError> {
+        let csr = x509::csr_der(&key).map_err(|e| CaError::Internal(e.to_string()))?;
+        let minted = upstream
+            .mint_x509_ca(&csr, self.config.ca_ttl)
+            .await
+            .map_err(|e| {
+                CaError::Internal(format!(
+                    "upstream authority {} failed to mint the X509 CA: {e}",
+                    upstream.name()
+                ))
+            })?;
+        let certificate = minted.x509_ca_chain.first().cloned().ok_or_else(|| {
+            CaError::Internal(format!(
+                "upstream authority {} returned an empty X509 CA chain",
+                upstream.name()
+            ))
+        })?;
+        let cert_key = x509::certificate_public_key(&certificate)
+            .map_err(|e| CaError::Internal(format!("upstream-signed X509 CA: {e}")))?;
+        if spki_key_id(&cert_key) != spki_key_id(&key.public_key_der()) {
+            return Err(CaError::Internal(
+                "upstream-signed X509 CA does not certify the key the CSR was made with".into(),
+            ));
+        }
+        match x509::certificate_spiffe_id(&certificate) {
+            Ok(id) if id.as_str() == self.trust_domain.id_string() => {}
+            Ok(id) => {
+                return Err(CaError::Internal(format!(
+                    "upstream-signed X509 CA has URI SAN {id}, expected {}",
+                    self.trust_domain.id_string()
+                )));
+            }
+            Err(e) => {
+                return Err(CaError::Internal(format!("upstream-signed X509 CA: {e}")));
+            }
+        }
+        if minted.upstream_x509_roots.is_empty() {
+            return Err(CaError::Internal(format!(
+                "upstream authority {} returned no X509 roots",
+                upstream.name()
+            )));
+        }
+        // The upstream roots are the trust bundle; our intermediate chains to them.
+        self.append_bundle(minted.upstream_x509_roots, vec![])
+            .await?;
+        Ok(X509Ca {
+            key,
+            certificate,
+            upstream_chain: minted.x509_ca_chain,
+        })
+    }
+
+    async fn append_bundle(
+        &self,
+        x509_authorities: Vec<Vec<u8>>,
+        jwt_authorities: Vec<types::JwtKey>,
+    ) -> Result<types::Bundle, CaError> {
+        self.datastore
+            .append_bundle(types::Bundle {
+                trust_domain: self.trust_domain.name().to_owned(),
+                x509_authorities: x509_authorities
+                    .into_iter()
+                    .map(|asn1| types::X509Certificate {
+                        asn1,
+                        tainted: false,
+                    })
+                    .collect(),
+                jwt_authorities,
+                refresh_hint: 0,
+                sequence_number: 0,
+            })
+            .await
+            .map_err(|e| datastore_error("unable to append to the trust bundle", e))
+    }
+
+    async fn activate_x509(&self, state: &mut State) {
+        let slot = &mut state.current_x509;
+        slot.status = Status::Active;
+        let authority = slot.authority.clone();
+        let (authority_id, issued_at) = (slot.authority_id.clone(), slot.issued_at);
+        tracing::info!(
+            slot = slot.id,
+            issued_at = %slot.issued_at,
+            expiration = %slot.not_after,
+            local_authority_id = %slot.authority_id,
+            "X509 CA activated"
+        );
+        if !state
+            .journal
+            .set_x509_status(&authority_id, issued_at.unix_timestamp(), Status::Active)
+        {
+            tracing::error!(local_authority_id = %authority_id, "Failed to update to activated status on X509CA journal entry");
+        }
+        self.save_journal(state).await;
+        *self
+            .active_x509
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = authority;
+        // SVIDs from the new CA from now on, including the server's own.
+        state.identity_renew_at = None;
+    }
+
+    async fn rotate_x509_slots(&self, state: &mut State) {
+        std::mem::swap(&mut state.current_x509, &mut state.next_x509);
+        state.next_x509.reset();
+        let (old_id, old_issued) = (
+            state.next_x509.authority_id.clone(),
+            state.next_x509.issued_at,
+        );
+        if !state
+            .journal
+            .set_x509_status(&old_id, old_issued.unix_timestamp(), Status::Old)
+        {
+            tracing::error!(local_authority_id = %old_id, "Failed to update status on X509CA journal entry");
+        }
+        self.activate_x509(state).await;
+    }
+
+    async fn prepare_jwt(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        let use_current = state.current_jwt.is_empty();
+        let slot = if use_current {
+            &mut state.current_jwt
+        } else {
+            &mut state.next_jwt
+        };
+        slot.reset();
+        let slot_id = slot.id;
+        let key = self
+            .key_manager
+            .generate_key(&jwt_key_id(slot_id), self.jwt_key_type())
+            .await
+            .map_err(|e| CaError::Internal(format!("key manager: {e}")))?;
+        let kid = new_key_id()?;
+        let not_after = now + to_time(self.config.ca_ttl)?;
+        let public_key = key.public_key_der();
+        self.append_bundle(
+            vec![],
+            vec![types::JwtKey {
+                public_key: public_key.clone(),
+                key_id: kid.clone(),
+                expires_at: not_after.unix_timestamp(),
+                tainted: false,
+            }],
+        )
+        .await?;
+        let slot = if use_current {
+            &mut state.current_jwt
+        } else {
+            &mut state.next_jwt
+        };
+        *slot = Slot {
+            id: slot_id,
+            issued_at: now,
+            authority: Some(Arc::new(JwtKey {
+                key,
+                kid: kid.clone(),
+                not_after,
+            })),
+            status: Status::Prepared,
+            authority_id: kid.clone(),
+            not_after,
+        };
+        state.journal.append_jwt(JwtKeyEntry {
+            slot_id: slot_id.to_owned(),
+            issued_at: now.unix_timestamp(),
+            not_after: not_after.unix_timestamp(),
+            kid: kid.clone(),
+            public_key,
+            status: Status::Prepared as i32,
+            authority_id: kid.clone(),
+        });
+        self.save_journal(state).await;
+        tracing::info!(
+            slot = slot_id,
+            issued_at = %now,
+            expiration = %not_after,
+            local_authority_id = %kid,
+            "JWT key prepared"
+        );
+        Ok(())
+    }
+
+    async fn activate_jwt(&self, state: &mut State) {
+        let slot = &mut state.current_jwt;
+        slot.status = Status::Active;
+        let authority = slot.authority.clone();
+        let (authority_id, issued_at) = (slot.authority_id.clone(), slot.issued_at);
+        tracing::info!(
+            slot = slot.id,
+            issued_at = %slot.issued_at,
+            expiration = %slot.not_after,
+            local_authority_id = %slot.authority_id,
+            "JWT key activated"
+        );
+        if !state
+            .journal
+            .set_jwt_status(&authority_id, issued_at.unix_timestamp(), Status::Active)
+        {
+            tracing::error!(local_authority_id = %authority_id, "Failed to update to activated status on JWTKey journal entry");
+        }
+        self.save_journal(state).await;
+        *self
+            .active_jwt
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = authority;
+    }
+
+    async fn rotate_jwt_slots(&self, state: &mut State) {
+        std::mem::swap(&mut state.current_jwt, &mut state.next_jwt);
+        state.next_jwt.reset();
+        let (old_id, old_issued) = (
+            state.next_jwt.authority_id.clone(),
+            state.next_jwt.issued_at,
+        );
+        if !state
+            .journal
+            .set_jwt_status(&old_id, old_issued.unix_timestamp(), Status::Old)
+        {
+            tracing::error!(local_authority_id = %old_id, "Failed to update status on JWTKey journal entry");
+        }
+        self.activate_jwt(state).await;
+    }
+
+    async fn renew_identity(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        let Some(ca) = self.active_x509() else {
+            return Ok(());
+        };
+        let key = generate_key(self.config.ca_key_type).await?;
+        let server_id = self
+            .trust_domain
+            .id_with_path("/spire/server")
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let chain = self.sign_leaf(
+            &ca,
+            &key.public_key_der(),
+            server_id,
+            Vec::new(),
+            Subject::default_x509_svid(),
+            self.config.default_x509_svid_ttl,
+            now,
+        )?;
+        let not_after = chain
+            .first()
+            .map(|leaf| x509::certificate_not_after(leaf))
+            .transpose()
+            .map_err(|e| CaError::Internal(e.to_string()))?
+            .unwrap_or(now);
+        // Renew at half of the lifetime, as upstream's server SVID rotator.
+        state.identity_renew_at = Some(now + (not_after - now) / 2);
+        self.identity_tx.send_replace(Some(ServerIdentity {
+            chain,
+            key: Arc::new(key),
+        }));
+        Ok(())
+    }
+
+    // ---- signing ----
+
+    fn active_x509(&self) -> Option<Arc<X509Ca>> {
+        self.active_x509
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn require_active_x509(&self) -> Result<Arc<X509Ca>, CaError> {
+        self.active_x509()
+            .ok_or_else(|| CaError::NotReady("no active X509 CA".into()))
+    }
+
+    fn check_member(&self, id: &SpiffeId) -> Result<(), CaError> {
+        if id.is_member_of(&self.trust_domain) {
+            Ok(())
+        } else {
+            Err(CaError::InvalidArgument(format!(
+                "SPIFFE ID {id} is not a member of trust domain {}",
+                self.trust_domain
+            )))
+        }
+    }
+
+    /// Signs a leaf with `ca`; the chain is the leaf then the upstream chain (empty when
+    /// self-signed), as upstream's `makeCertChain`.
+    #[allow(clippy::too_many_arguments, reason = "one call site per SVID kind")]
+    fn sign_leaf(
+        &self,
+        ca: &X509Ca,
+        public_key_der: &[u8],
+        spiffe_id: SpiffeId,
+        dns_names: Vec<String>,
+        subject: Subject,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Vec<u8>>, CaError> {
+        let issuer = Issuer::new(&ca.certificate, &ca.key)
+            .map_err(|e| CaError::Internal(format!("active X509 CA unusable: {e}")))?;
+        let mut template = SvidTemplate::new(spiffe_id, Validity::from_now(now, to_time(ttl)?));
+        template.dns_names = dns_names;
+        template.subject = subject;
+        let leaf =
+            x509::x509_svid_for_key(&issuer, public_key_der, &template).map_err(x509_error)?;
+        let mut chain = Vec::with_capacity(1 + ca.upstream_chain.len());
+        chain.push(leaf);
+        chain.extend(ca.upstream_chain.iter().cloned());
+        Ok(chain)
     }
 
     /// Signs a workload X509-SVID; returns leaf then intermediates (upstream chain included,
     /// root excluded).
     pub async fn sign_workload_x509_svid(
         &self,
-        _request: X509SvidRequest,
+        request: X509SvidRequest,
     ) -> Result<Vec<Vec<u8>>, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+        self.check_member(&request.spiffe_id)?;
+        let ca = self.require_active_x509()?;
+        let ttl = request
+            .ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.config.default_x509_svid_ttl);
+        let subject = request
+            .subject
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(Subject::default_x509_svid);
+        self.sign_leaf(
+            &ca,
+            &request.public_key_der,
+            request.spiffe_id,
+            request.dns_names,
+            subject,
+            ttl,
+            self.now(),
+        )
     }
 
     /// Signs an agent X509-SVID (TTL default `agent_ttl`, else the default X509-SVID TTL).
     pub async fn sign_agent_x509_svid(
         &self,
-        _public_key_der: &[u8],
-        _agent_id: &SpiffeId,
+        public_key_der: &[u8],
+        agent_id: &SpiffeId,
     ) -> Result<Vec<Vec<u8>>, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+        self.check_member(agent_id)?;
+        let ca = self.require_active_x509()?;
+        let ttl = self
+            .config
+            .agent_ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.config.default_x509_svid_ttl);
+        self.sign_leaf(
+            &ca,
+            public_key_der,
+            agent_id.clone(),
+            Vec::new(),
+            Subject::default_x509_svid(),
+            ttl,
+            self.now(),
+        )
     }
 
     /// Signs a downstream intermediate CA for a `downstream` entry's caller.
     pub async fn sign_downstream_x509_ca(
         &self,
-        _public_key_der: &[u8],
-        _ttl: Option<Duration>,
+        public_key_der: &[u8],
+        ttl: Option<Duration>,
     ) -> Result<Vec<Vec<u8>>, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+        let ca = self.require_active_x509()?;
+        let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(self.config.ca_ttl);
+        let issuer = Issuer::new(&ca.certificate, &ca.key)
+            .map_err(|e| CaError::Internal(format!("active X509 CA unusable: {e}")))?;
+        let template = CaTemplate {
+            trust_domain: self.trust_domain.clone(),
+            subject: self.config.ca_subject.clone(),
+            validity: Validity::from_now(self.now(), to_time(ttl)?),
+        };
+        let cert = x509::intermediate_ca(&issuer, public_key_der, &template).map_err(x509_error)?;
+        let mut chain = Vec::with_capacity(1 + ca.upstream_chain.len());
+        chain.push(cert);
+        chain.extend(ca.upstream_chain.iter().cloned());
+        Ok(chain)
     }
 
     /// Signs a JWT-SVID with the active JWT key.
     pub async fn sign_jwt_svid(
         &self,
-        _spiffe_id: &SpiffeId,
-        _audience: &[String],
-        _ttl: Option<Duration>,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Option<Duration>,
     ) -> Result<SignedJwtSvid, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+        self.check_member(spiffe_id)?;
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(CaError::InvalidArgument(
+                "at least one audience is required and none may be empty".into(),
+            ));
+        }
+        let key = self
+            .active_jwt
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| CaError::NotReady("no active JWT key".into()))?;
+        let now = self.now();
+        let ttl = ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.config.default_jwt_svid_ttl);
+        let expires_at = (now + to_time(ttl)?).min(key.not_after).unix_timestamp();
+        let issued_at = now.unix_timestamp();
+        if expires_at <= issued_at {
+            return Err(CaError::FailedPrecondition(
+                "the active JWT key has expired".into(),
+            ));
+        }
+        let token = mint_jwt_svid(
+            &key.key,
+            &key.kid,
+            &JwtSvidParams {
+                subject: spiffe_id.clone(),
+                audience: audience.to_vec(),
+                expires_at,
+                issued_at: Some(issued_at),
+                issuer: self.config.jwt_issuer.clone(),
+                algorithm: None,
+            },
+        )
+        .map_err(|e| CaError::Internal(format!("unable to sign JWT-SVID: {e}")))?;
+        Ok(SignedJwtSvid {
+            token,
+            issued_at,
+            expires_at,
+        })
     }
 
     /// The server's TLS identity, updated on every renewal.
@@ -61,57 +1148,309 @@ impl CaManager {
         self.identity.clone()
     }
 
+    // ---- local authority operations (upstream's localauthority API) ----
+
     /// States of the X509 authorities: (active, prepared, old).
     pub async fn x509_authority_states(
         &self,
-    ) -> (Option<AuthorityState>, Option<AuthorityState>, Option<AuthorityState>) {
-        (None, None, None)
+    ) -> (
+        Option<AuthorityState>,
+        Option<AuthorityState>,
+        Option<AuthorityState>,
+    ) {
+        let state = self.state.lock().await;
+        slot_states(&state.current_x509, &state.next_x509)
     }
 
     /// States of the JWT authorities: (active, prepared, old).
     pub async fn jwt_authority_states(
         &self,
-    ) -> (Option<AuthorityState>, Option<AuthorityState>, Option<AuthorityState>) {
-        (None, None, None)
+    ) -> (
+        Option<AuthorityState>,
+        Option<AuthorityState>,
+        Option<AuthorityState>,
+    ) {
+        let state = self.state.lock().await;
+        slot_states(&state.current_jwt, &state.next_jwt)
     }
 
     /// Prepares the next X509 authority now.
     pub async fn prepare_x509_authority(&self) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+        let mut state = self.state.lock().await;
+        if state.current_x509.status != Status::Active {
+            return Err(CaError::NotReady("server is initializing".into()));
+        }
+        self.prepare_x509(&mut state, self.now()).await?;
+        Ok(state.next_x509.state())
     }
 
     /// Activates the prepared X509 authority with this ID.
-    pub async fn activate_x509_authority(&self, _id: &str) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+    pub async fn activate_x509_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
+        let mut state = self.state.lock().await;
+        check_prepared(&state.next_x509, id)?;
+        self.rotate_x509_slots(&mut state).await;
+        Ok(state.current_x509.state())
     }
 
     /// Taints the old X509 authority with this ID.
-    pub async fn taint_x509_authority(&self, _id: &str) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+    pub async fn taint_x509_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
+        let state = self.state.lock().await;
+        self.check_local_x509(&state, id)?;
+        self.datastore
+            .taint_x509_ca(self.trust_domain.name(), id)
+            .await
+            .map_err(|e| datastore_error("failed to taint X.509 authority", e))?;
+        tracing::info!(local_authority_id = %id, "X.509 authority tainted");
+        Ok(state.next_x509.state())
     }
 
     /// Revokes the tainted old X509 authority with this ID.
-    pub async fn revoke_x509_authority(&self, _id: &str) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+    pub async fn revoke_x509_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
+        let state = self.state.lock().await;
+        self.check_local_x509(&state, id)?;
+        let bundle = self.fetch_bundle().await?;
+        let tainted = bundle
+            .x509_authorities
+            .iter()
+            .any(|a| a.tainted && certificate_authority_id(&a.asn1).is_ok_and(|aid| aid == id));
+        if !tainted {
+            return Err(CaError::FailedPrecondition(format!(
+                "X.509 authority {id} is not tainted; taint it before revoking it"
+            )));
+        }
+        self.datastore
+            .revoke_x509_ca(self.trust_domain.name(), id)
+            .await
+            .map_err(|e| datastore_error("failed to revoke X.509 authority", e))?;
+        tracing::info!(local_authority_id = %id, "X.509 authority revoked");
+        Ok(state.next_x509.state())
     }
 
     /// Prepares the next JWT authority now.
     pub async fn prepare_jwt_authority(&self) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+        let mut state = self.state.lock().await;
+        if state.current_jwt.status != Status::Active {
+            return Err(CaError::NotReady("server is initializing".into()));
+        }
+        self.prepare_jwt(&mut state, self.now()).await?;
+        Ok(state.next_jwt.state())
     }
 
     /// Activates the prepared JWT authority with this ID.
-    pub async fn activate_jwt_authority(&self, _id: &str) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+    pub async fn activate_jwt_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
+        let mut state = self.state.lock().await;
+        check_prepared(&state.next_jwt, id)?;
+        self.rotate_jwt_slots(&mut state).await;
+        Ok(state.current_jwt.state())
     }
 
     /// Taints the old JWT authority with this ID.
-    pub async fn taint_jwt_authority(&self, _id: &str) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+    pub async fn taint_jwt_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
+        let state = self.state.lock().await;
+        check_old(&state.current_jwt, &state.next_jwt, id)?;
+        self.datastore
+            .taint_jwt_key(self.trust_domain.name(), id)
+            .await
+            .map_err(|e| datastore_error("failed to taint JWT authority", e))?;
+        tracing::info!(local_authority_id = %id, "JWT authority tainted");
+        Ok(state.next_jwt.state())
     }
 
     /// Revokes the tainted old JWT authority with this ID.
-    pub async fn revoke_jwt_authority(&self, _id: &str) -> Result<AuthorityState, CaError> {
-        Err(CaError::NotReady("not implemented".into()))
+    pub async fn revoke_jwt_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
+        let state = self.state.lock().await;
+        check_old(&state.current_jwt, &state.next_jwt, id)?;
+        let bundle = self.fetch_bundle().await?;
+        if !bundle
+            .jwt_authorities
+            .iter()
+            .any(|a| a.tainted && a.key_id == id)
+        {
+            return Err(CaError::FailedPrecondition(format!(
+                "JWT authority {id} is not tainted; taint it before revoking it"
+            )));
+        }
+        self.datastore
+            .revoke_jwt_key(self.trust_domain.name(), id)
+            .await
+            .map_err(|e| datastore_error("failed to revoke JWT authority", e))?;
+        tracing::info!(local_authority_id = %id, "JWT authority revoked");
+        Ok(state.next_jwt.state())
+    }
+
+    fn check_local_x509(&self, state: &State, id: &str) -> Result<(), CaError> {
+        if self.upstream.is_some() {
+            return Err(CaError::FailedPrecondition(
+                "local authority can't be tainted or revoked if there is an upstream authority"
+                    .into(),
+            ));
+        }
+        check_old(&state.current_x509, &state.next_x509, id)
+    }
+
+    async fn fetch_bundle(&self) -> Result<types::Bundle, CaError> {
+        self.datastore
+            .fetch_bundle(self.trust_domain.name())
+            .await
+            .map_err(|e| datastore_error("failed to fetch the trust bundle", e))?
+            .ok_or_else(|| CaError::Internal("trust domain bundle is missing".into()))
+    }
+}
+
+/// Puts a loaded slot where upstream's slot loader would: the active one in current, the
+/// newest prepared or old one in next; entries from before 1.7 (status unknown) fill next,
+/// then current.
+fn place<T>(current: &mut Option<Slot<T>>, next: &mut Option<Slot<T>>, slot: Slot<T>) {
+    match slot.status {
+        Status::Active => *current = Some(slot),
+        Status::Unknown => {
+            if next.is_none() {
+                *next = Some(slot);
+            } else if current.is_none() {
+                *current = Some(slot);
+            }
+        }
+        Status::Prepared | Status::Old => {
+            if next.is_none() {
+                *next = Some(slot);
+            }
+        }
+    }
+}
+
+/// Fills missing slots with empty ones, as upstream's `getX509CASlots`.
+fn complete<T>(current: Option<Slot<T>>, next: Option<Slot<T>>) -> (Slot<T>, Slot<T>) {
+    match (current, next) {
+        (Some(current), Some(next)) => (current, next),
+        (Some(current), None) => {
+            let next = Slot::empty(other_slot_id(current.id));
+            (current, next)
+        }
+        (None, Some(next)) => {
+            let empty = Slot::empty(other_slot_id(next.id));
+            (next, empty)
+        }
+        (None, None) => (Slot::empty("A"), Slot::empty("B")),
+    }
+}
+
+fn slot_id(id: &str) -> Option<&'static str> {
+    match id {
+        "A" => Some("A"),
+        "B" => Some("B"),
+        _ => None,
+    }
+}
+
+fn slot_states<T>(
+    current: &Slot<T>,
+    next: &Slot<T>,
+) -> (
+    Option<AuthorityState>,
+    Option<AuthorityState>,
+    Option<AuthorityState>,
+) {
+    let active = (!current.is_empty()).then(|| current.state());
+    let prepared =
+        (next.status == Status::Prepared && next.authority.is_some()).then(|| next.state());
+    let old = (next.status == Status::Old && !next.authority_id.is_empty()).then(|| next.state());
+    (active, prepared, old)
+}
+
+fn check_prepared<T>(next: &Slot<T>, id: &str) -> Result<(), CaError> {
+    if id.is_empty() {
+        return Err(CaError::InvalidArgument("no authority ID provided".into()));
+    }
+    if next.status != Status::Prepared || next.authority.is_none() {
+        return Err(CaError::FailedPrecondition(
+            "no prepared authority found; prepare one first".into(),
+        ));
+    }
+    if next.authority_id != id {
+        return Err(CaError::InvalidArgument(format!(
+            "unexpected authority ID {id:?}: the prepared authority is {:?}",
+            next.authority_id
+        )));
+    }
+    Ok(())
+}
+
+fn check_old<T>(current: &Slot<T>, next: &Slot<T>, id: &str) -> Result<(), CaError> {
+    if id.is_empty() {
+        return Err(CaError::InvalidArgument("no authority ID provided".into()));
+    }
+    if id == current.authority_id {
+        return Err(CaError::InvalidArgument(
+            "unable to use current authority".into(),
+        ));
+    }
+    if id != next.authority_id {
+        return Err(CaError::InvalidArgument(format!(
+            "no old authority with ID {id:?}"
+        )));
+    }
+    if next.status != Status::Old {
+        return Err(CaError::FailedPrecondition(
+            "only Old local authorities can be tainted or revoked; this one is prepared".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[test]
+    fn thresholds_follow_upstream() {
+        let issued = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let day = time::Duration::hours(24);
+        // 24h lifetime: prepare after 12h, activate with 4h left.
+        assert_eq!(
+            threshold(issued, issued + day, PREPARATION_DIVISOR, PREPARATION_CAP),
+            issued + time::Duration::hours(12)
+        );
+        assert_eq!(
+            threshold(issued, issued + day, ACTIVATION_DIVISOR, ACTIVATION_CAP),
+            issued + time::Duration::hours(20)
+        );
+        // A year: capped at 30 days and 7 days before expiry.
+        let year = time::Duration::days(365);
+        assert_eq!(
+            threshold(issued, issued + year, PREPARATION_DIVISOR, PREPARATION_CAP),
+            issued + year - time::Duration::days(30)
+        );
+        assert_eq!(
+            threshold(issued, issued + year, ACTIVATION_DIVISOR, ACTIVATION_CAP),
+            issued + year - time::Duration::days(7)
+        );
+    }
+
+    #[test]
+    fn key_ids_are_32_alphanumerics() {
+        let kid = new_key_id().unwrap();
+        assert_eq!(kid.len(), 32);
+        assert!(kid.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(kid, new_key_id().unwrap());
+    }
+
+    #[test]
+    fn slot_placement_prefers_active_for_current() {
+        let slot = |id, status| {
+            let mut s: Slot<()> = Slot::empty(id);
+            s.status = status;
+            s
+        };
+        let (mut current, mut next) = (None, None);
+        // newest first: a prepared B, then the active A.
+        place(&mut current, &mut next, slot("B", Status::Prepared));
+        place(&mut current, &mut next, slot("A", Status::Active));
+        let (current, next) = complete(current, next);
+        assert_eq!((current.id, next.id), ("A", "B"));
+
+        let (current, next) = complete::<()>(None, Some(slot("B", Status::Old)));
+        assert_eq!((current.id, next.id), ("B", "A"));
     }
 }

@@ -1,12 +1,89 @@
 //! The CA manager: the X509 CA and the JWT signing key, each in two slots (current and next),
 //! prepared, activated and retired on upstream's schedule, with state kept in the CA journal.
 //!
-//! INTERFACE (owned by the CA helper; the signatures below are what the API layer calls).
+//! Construct with [`CaManager::new`], which loads the journal and keys (or mints new ones)
+//! and activates an authority before returning; then spawn [`CaManager::run`] for rotation.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use spire_core::spiffe_id::SpiffeId;
+use spire_core::keys::KeyType;
+use spire_core::spiffe_id::{SpiffeId, TrustDomain};
 use spire_core::x509::Subject;
+use time::OffsetDateTime;
+
+/// The time source of the CA: what "now" is when certificates are issued and rotation is
+/// decided. Tests pass a clock they move by hand instead of sleeping.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The real clock.
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+/// The server settings the CA uses (the `server { }` keys of the same names).
+#[derive(Clone)]
+pub struct CaConfig {
+    /// The trust domain every authority and SVID belongs to.
+    pub trust_domain: TrustDomain,
+    /// Lifetime of each X509 CA and JWT key (`ca_ttl`, default 24h).
+    pub ca_ttl: Duration,
+    /// Key type of the X509 CA (`ca_key_type`, default ec-p256).
+    pub ca_key_type: KeyType,
+    /// Key type of the JWT signing key (`jwt_key_type`); `None` means `ca_key_type`.
+    pub jwt_key_type: Option<KeyType>,
+    /// Subject of the CA certificates (`ca_subject`, default C=US, O=SPIFFE).
+    pub ca_subject: Subject,
+    /// `iss` claim of JWT-SVIDs (`jwt_issuer`); no claim when `None`.
+    pub jwt_issuer: Option<String>,
+    /// TTL of X509-SVIDs when neither the entry nor the caller sets one (default 1h).
+    pub default_x509_svid_ttl: Duration,
+    /// TTL of JWT-SVIDs when neither the entry nor the caller sets one (default 5m).
+    pub default_jwt_svid_ttl: Duration,
+    /// TTL of agent SVIDs (`agent_ttl`); `None` means the default X509-SVID TTL.
+    pub agent_ttl: Option<Duration>,
+    /// How often [`CaManager::run`] checks for rotation (upstream: 10 s); shortened
+    /// automatically for very short `ca_ttl`s.
+    pub rotate_interval: Duration,
+    /// The time source.
+    pub clock: Clock,
+}
+
+impl CaConfig {
+    /// Upstream's defaults for `trust_domain`.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            ca_ttl: Duration::from_secs(24 * 3600),
+            ca_key_type: KeyType::EcP256,
+            jwt_key_type: None,
+            ca_subject: Subject::default_ca(),
+            jwt_issuer: None,
+            default_x509_svid_ttl: Duration::from_secs(3600),
+            default_jwt_svid_ttl: Duration::from_secs(300),
+            agent_ttl: None,
+            rotate_interval: Duration::from_secs(10),
+            clock: system_clock(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaConfig")
+            .field("trust_domain", &self.trust_domain)
+            .field("ca_ttl", &self.ca_ttl)
+            .field("ca_key_type", &self.ca_key_type)
+            .field("jwt_key_type", &self.jwt_key_type)
+            .field("ca_subject", &self.ca_subject)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("default_x509_svid_ttl", &self.default_x509_svid_ttl)
+            .field("default_jwt_svid_ttl", &self.default_jwt_svid_ttl)
+            .field("agent_ttl", &self.agent_ttl)
+            .field("rotate_interval", &self.rotate_interval)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why the CA could not sign or change state; the API maps these to gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +140,7 @@ pub struct ServerIdentity {
 
 pub use self::manager::CaManager;
 
+mod journal;
 mod manager;
 
 /// Re-exported so callers name one module.

@@ -134,7 +134,10 @@ impl AttestedNodeMask {
 
 /// Which entry fields an update touches (upstream `common.RegistrationEntryMask`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs, reason = "one flag per RegistrationEntry field of the same name")]
+#[allow(
+    missing_docs,
+    reason = "one flag per RegistrationEntry field of the same name"
+)]
 pub struct EntryMask {
     pub spiffe_id: bool,
     pub parent_id: bool,
@@ -326,6 +329,19 @@ pub trait DataStore: Send + Sync + 'static {
         &self,
         entry: RegistrationEntry,
     ) -> Result<(RegistrationEntry, bool)>;
+    /// Create-or-return for many entries at once (BatchCreateEntry): one result per input, in
+    /// order. The default calls [`DataStore::create_or_return_registration_entry`] per entry;
+    /// the SQL store overrides it with one transaction for the whole batch.
+    async fn create_or_return_registration_entries(
+        &self,
+        entries: Vec<RegistrationEntry>,
+    ) -> Vec<Result<(RegistrationEntry, bool)>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            out.push(self.create_or_return_registration_entry(entry).await);
+        }
+        out
+    }
     /// Fetches one entry.
     async fn fetch_registration_entry(&self, entry_id: &str) -> Result<Option<RegistrationEntry>>;
     /// Fetches several entries at once (missing ones are left out).
@@ -400,8 +416,7 @@ pub trait DataStore: Send + Sync + 'static {
     /// Fetches a journal row by ID.
     async fn fetch_ca_journal(&self, id: u32) -> Result<Option<CaJournal>>;
     /// Finds the journal whose active X509 authority ID is this one.
-    async fn find_ca_journal(&self, active_x509_authority_id: &str)
-    -> Result<Option<CaJournal>>;
+    async fn find_ca_journal(&self, active_x509_authority_id: &str) -> Result<Option<CaJournal>>;
     /// Every journal row.
     async fn list_ca_journals(&self) -> Result<Vec<CaJournal>>;
 

@@ -1,10 +1,20 @@
 //! KeyManager plugins hold the CA and JWT signing keys under stable IDs
 //! (`x509-CA-A`, `x509-CA-B`, `JWT-Signer-A`, `JWT-Signer-B`, as upstream names them).
+//!
+//! Two built-ins, chosen by name in the `KeyManager "<name>" { }` block:
+//! [`memory`] (keys are lost on restart, so every start mints a new CA) and [`disk`] (keys
+//! persist in upstream's JSON key file, so a restart keeps the same CA).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use spire_core::keys::{KeyType, PrivateKey};
+
+pub mod disk;
+pub mod memory;
+
+pub use self::disk::{DiskKeyManager, DiskKeyManagerConfig};
+pub use self::memory::MemoryKeyManager;
 
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +42,20 @@ pub trait KeyManager: Send + Sync + 'static {
     ) -> Result<Arc<PrivateKey>, KeyManagerError>;
     /// The key under `id`, if any.
     async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError>;
+}
+
+/// Generates a key off the async runtime: RSA-4096 generation takes seconds.
+async fn generate_blocking(key_type: KeyType) -> Result<PrivateKey, KeyManagerError> {
+    tokio::task::spawn_blocking(move || PrivateKey::generate(key_type))
+        .await
+        .map_err(|e| KeyManagerError::Key(format!("key generation task failed: {e}")))?
+        .map_err(|e| KeyManagerError::Key(e.to_string()))
+}
+
+/// Rejects the empty key ID upstream's key managers also refuse.
+fn check_key_id(id: &str) -> Result<(), KeyManagerError> {
+    if id.is_empty() {
+        return Err(KeyManagerError::Key("key id is required".into()));
+    }
+    Ok(())
 }

@@ -3,6 +3,10 @@
 
 use async_trait::async_trait;
 
+pub mod disk;
+
+pub use self::disk::{DiskUpstreamAuthority, DiskUpstreamAuthorityConfig};
+
 /// Why the upstream authority could not sign.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,0 +1,215 @@
+//! `spire.api.server.localauthority.v1.LocalAuthority`: lets operators drive CA rotation by
+//! hand (prepare, activate, taint, revoke) for the X.509 and JWT authorities. Every RPC maps
+//! to one CA manager call; the CA manager checks the state machine.
+
+use std::sync::Arc;
+
+use spire_proto::spire::api::server::localauthority::v1 as pb;
+use spire_proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthority;
+use tonic::{Request, Response, Status};
+
+use super::ApiContext;
+use super::convert::ca_status;
+
+/// The local authority service.
+pub struct LocalAuthorityApi {
+    ctx: Arc<ApiContext>,
+}
+
+impl LocalAuthorityApi {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<ApiContext>) -> Self {
+        Self { ctx }
+    }
+}
+
+/// Refuses an empty authority ID before it reaches the CA.
+fn authority_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("no authority ID provided"));
+    }
+    Ok(id)
+}
+
+/// Refuses an empty subject key ID.
+fn subject_key_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("no subject key ID provided"));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl LocalAuthority for LocalAuthorityApi {
+    async fn get_jwt_authority_state(
+        &self,
+        _request: Request<pb::GetJwtAuthorityStateRequest>,
+    ) -> Result<Response<pb::GetJwtAuthorityStateResponse>, Status> {
+        let (active, prepared, old) = self.ctx.ca.jwt_authority_states().await;
+        Ok(Response::new(pb::GetJwtAuthorityStateResponse {
+            active,
+            prepared,
+            old,
+        }))
+    }
+
+    async fn prepare_jwt_authority(
+        &self,
+        _request: Request<pb::PrepareJwtAuthorityRequest>,
+    ) -> Result<Response<pb::PrepareJwtAuthorityResponse>, Status> {
+        let state = self
+            .ctx
+            .ca
+            .prepare_jwt_authority()
+            .await
+            .map_err(|e| ca_status("failed to prepare JWT authority", &e))?;
+        Ok(Response::new(pb::PrepareJwtAuthorityResponse {
+            prepared_authority: Some(state),
+        }))
+    }
+
+    async fn activate_jwt_authority(
+        &self,
+        request: Request<pb::ActivateJwtAuthorityRequest>,
+    ) -> Result<Response<pb::ActivateJwtAuthorityResponse>, Status> {
+        let request = request.into_inner();
+        let state = self
+            .ctx
+            .ca
+            .activate_jwt_authority(authority_id(&request.authority_id)?)
+            .await
+            .map_err(|e| ca_status("failed to activate JWT authority", &e))?;
+        Ok(Response::new(pb::ActivateJwtAuthorityResponse {
+            activated_authority: Some(state),
+        }))
+    }
+
+    async fn taint_jwt_authority(
+        &self,
+        request: Request<pb::TaintJwtAuthorityRequest>,
+    ) -> Result<Response<pb::TaintJwtAuthorityResponse>, Status> {
+        let request = request.into_inner();
+        let state = self
+            .ctx
+            .ca
+            .taint_jwt_authority(authority_id(&request.authority_id)?)
+            .await
+            .map_err(|e| ca_status("failed to taint JWT authority", &e))?;
+        Ok(Response::new(pb::TaintJwtAuthorityResponse {
+            tainted_authority: Some(state),
+        }))
+    }
+
+    async fn revoke_jwt_authority(
+        &self,
+        request: Request<pb::RevokeJwtAuthorityRequest>,
+    ) -> Result<Response<pb::RevokeJwtAuthorityResponse>, Status> {
+        let request = request.into_inner();
+        let state = self
+            .ctx
+            .ca
+            .revoke_jwt_authority(authority_id(&request.authority_id)?)
+            .await
+            .map_err(|e| ca_status("failed to revoke JWT authority", &e))?;
+        Ok(Response::new(pb::RevokeJwtAuthorityResponse {
+            revoked_authority: Some(state),
+        }))
+    }
+
+    async fn get_x509_authority_state(
+        &self,
+        _request: Request<pb::GetX509AuthorityStateRequest>,
+    ) -> Result<Response<pb::GetX509AuthorityStateResponse>, Status> {
+        let (active, prepared, old) = self.ctx.ca.x509_authority_states().await;
+        Ok(Response::new(pb::GetX509AuthorityStateResponse {
+            active,
+            prepared,
+            old,
+        }))
+    }
+
+    async fn prepare_x509_authority(
+        &self,
+        _request: Request<pb::PrepareX509AuthorityRequest>,
+    ) -> Result<Response<pb::PrepareX509AuthorityResponse>, Status> {
+        let state = self
+            .ctx
+            .ca
+            .prepare_x509_authority()
+            .await
+            .map_err(|e| ca_status("failed to prepare X.509 authority", &e))?;
+        Ok(Response::new(pb::PrepareX509AuthorityResponse {
+            prepared_authority: Some(state),
+        }))
+    }
+
+    async fn activate_x509_authority(
+        &self,
+        request: Request<pb::ActivateX509AuthorityRequest>,
+    ) -> Result<Response<pb::ActivateX509AuthorityResponse>, Status> {
+        let request = request.into_inner();
+        let state = self
+            .ctx
+            .ca
+            .activate_x509_authority(authority_id(&request.authority_id)?)
+            .await
+            .map_err(|e| ca_status("failed to activate X.509 authority", &e))?;
+        Ok(Response::new(pb::ActivateX509AuthorityResponse {
+            activated_authority: Some(state),
+        }))
+    }
+
+    async fn taint_x509_authority(
+        &self,
+        request: Request<pb::TaintX509AuthorityRequest>,
+    ) -> Result<Response<pb::TaintX509AuthorityResponse>, Status> {
+        let request = request.into_inner();
+        let state = self
+            .ctx
+            .ca
+            .taint_x509_authority(authority_id(&request.authority_id)?)
+            .await
+            .map_err(|e| ca_status("failed to taint X.509 authority", &e))?;
+        Ok(Response::new(pb::TaintX509AuthorityResponse {
+            tainted_authority: Some(state),
+        }))
+    }
+
+    async fn taint_x509_upstream_authority(
+        &self,
+        request: Request<pb::TaintX509UpstreamAuthorityRequest>,
+    ) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
+        subject_key_id(&request.into_inner().subject_key_id)?;
+        // The CA manager has no upstream-authority operations yet; with no UpstreamAuthority
+        // this is upstream's answer too.
+        Err(Status::failed_precondition(
+            "upstream authority is not configured",
+        ))
+    }
+
+    async fn revoke_x509_authority(
+        &self,
+        request: Request<pb::RevokeX509AuthorityRequest>,
+    ) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
+        let request = request.into_inner();
+        let state = self
+            .ctx
+            .ca
+            .revoke_x509_authority(authority_id(&request.authority_id)?)
+            .await
+            .map_err(|e| ca_status("failed to revoke X.509 authority", &e))?;
+        Ok(Response::new(pb::RevokeX509AuthorityResponse {
+            revoked_authority: Some(state),
+        }))
+    }
+
+    async fn revoke_x509_upstream_authority(
+        &self,
+        request: Request<pb::RevokeX509UpstreamAuthorityRequest>,
+    ) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
+        subject_key_id(&request.into_inner().subject_key_id)?;
+        Err(Status::failed_precondition(
+            "upstream authority is not configured",
+        ))
+    }
+}

@@ -1,0 +1,375 @@
+//! The pure in-memory index (no I/O): entries by ID, by parent ID and, for node-alias
+//! entries, by selector; agents by SPIFFE ID. [`super::AuthorizedIndex`] wraps it in a lock
+//! and keeps it fresh from the datastore.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use spire_core::selector::Selector;
+
+use crate::datastore::{AttestedNode, RegistrationEntry};
+
+/// The path of the server's own SPIFFE ID; entries parented by it are node aliases.
+const SERVER_ID_PATH: &str = "/spire/server";
+
+/// A node-alias entry with its selectors deduplicated, ready for subset checks.
+#[derive(Debug)]
+struct Alias {
+    entry: Arc<RegistrationEntry>,
+    selectors: Vec<Selector>,
+}
+
+/// Every entry and agent, indexed so one agent's authorized entries are found without
+/// scanning: children by parent ID, node aliases by each of their selectors.
+///
+/// It is public so benchmarks and tools can build one directly from records; the server
+/// uses it through [`super::AuthorizedIndex`], which keeps it fresh.
+#[derive(Debug, Default)]
+pub struct EntryIndex {
+    /// Every entry (node aliases included) by entry ID.
+    entries: HashMap<String, Arc<RegistrationEntry>>,
+    /// Non-alias entries by parent ID, then by entry ID (sorted, so answers are stable).
+    children: HashMap<String, BTreeMap<String, Arc<RegistrationEntry>>>,
+    /// Node-alias entries by entry ID.
+    aliases: HashMap<String, Alias>,
+    /// Entry IDs of node-alias entries that carry a selector.
+    aliases_by_selector: HashMap<Selector, HashSet<String>>,
+    /// Agents by SPIFFE ID, with their node selectors.
+    agents: HashMap<String, Arc<AttestedNode>>,
+}
+
+impl EntryIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds an index from a full listing of entries and agents (agents with selectors).
+    pub fn from_records(
+        entries: impl IntoIterator<Item = RegistrationEntry>,
+        agents: impl IntoIterator<Item = AttestedNode>,
+    ) -> Self {
+        let mut index = Self::new();
+        for entry in entries {
+            index.upsert_entry(Arc::new(entry));
+        }
+        for agent in agents {
+            index.upsert_agent(Arc::new(agent));
+        }
+        index
+    }
+
+    /// Number of entries (node aliases included).
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Number of agents.
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// The entry with this ID.
+    pub fn entry(&self, entry_id: &str) -> Option<Arc<RegistrationEntry>> {
+        self.entries.get(entry_id).cloned()
+    }
+
+    /// The agent with this SPIFFE ID.
+    pub fn agent(&self, agent_id: &str) -> Option<Arc<AttestedNode>> {
+        self.agents.get(agent_id).cloned()
+    }
+
+    /// Adds an entry or replaces the one with the same entry ID (its parent may have changed).
+    pub fn upsert_entry(&mut self, entry: Arc<RegistrationEntry>) {
+        self.remove_entry(&entry.entry_id);
+        self.entries
+            .insert(entry.entry_id.clone(), Arc::clone(&entry));
+        if is_node_alias(&entry.parent_id) {
+            let mut selectors = entry.selectors.clone();
+            selectors.sort();
+            selectors.dedup();
+            for selector in &selectors {
+                self.aliases_by_selector
+                    .entry(selector.clone())
+                    .or_default()
+                    .insert(entry.entry_id.clone());
+            }
+            self.aliases
+                .insert(entry.entry_id.clone(), Alias { entry, selectors });
+        } else {
+            self.children
+                .entry(entry.parent_id.clone())
+                .or_default()
+                .insert(entry.entry_id.clone(), entry);
+        }
+    }
+
+    /// Removes an entry; unknown IDs are ignored.
+    pub fn remove_entry(&mut self, entry_id: &str) {
+        let Some(old) = self.entries.remove(entry_id) else {
+            return;
+        };
+        if let Some(alias) = self.aliases.remove(entry_id) {
+            for selector in &alias.selectors {
+                if let Some(ids) = self.aliases_by_selector.get_mut(selector) {
+                    ids.remove(entry_id);
+                    if ids.is_empty() {
+                        self.aliases_by_selector.remove(selector);
+                    }
+                }
+            }
+        } else if let Some(siblings) = self.children.get_mut(&old.parent_id) {
+            siblings.remove(entry_id);
+            if siblings.is_empty() {
+                self.children.remove(&old.parent_id);
+            }
+        }
+    }
+
+    /// Adds an agent or replaces the one with the same SPIFFE ID (selectors included).
+    pub fn upsert_agent(&mut self, agent: Arc<AttestedNode>) {
+        self.agents.insert(agent.spiffe_id.clone(), agent);
+    }
+
+    /// Removes an agent; unknown IDs are ignored.
+    pub fn remove_agent(&mut self, agent_id: &str) {
+        self.agents.remove(agent_id);
+    }
+
+    /// Entries the agent may obtain: those parented by the agent; the descendants of every
+    /// node-alias entry (parented by `spiffe://<agent's td>/spire/server`) whose selectors are
+    /// all among the agent's node selectors; and recursively every entry parented by the
+    /// SPIFFE ID of an entry already included. Each entry appears once; cycles end.
+    ///
+    /// As upstream's cache does, the alias entries themselves are not returned, and an agent
+    /// not (yet) in the index still gets the entries parented directly by it: callers
+    /// authenticate the agent (see [`Self::agent`]) before asking.
+    pub fn authorized_entries(&self, agent_id: &str) -> Vec<Arc<RegistrationEntry>> {
+        let mut found = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut pending: Vec<&str> = Vec::new();
+        seen.insert(agent_id);
+        pending.push(agent_id);
+        if let Some(agent) = self.agents.get(agent_id) {
+            for alias in self.aliases_of(agent_id, &agent.selectors) {
+                let alias_id = alias.spiffe_id.as_str();
+                if seen.insert(alias_id) {
+                    pending.push(alias_id);
+                }
+            }
+        }
+        while let Some(parent_id) = pending.pop() {
+            let Some(children) = self.children.get(parent_id) else {
+                continue;
+            };
+            found.reserve(children.len());
+            for child in children.values() {
+                found.push(Arc::clone(child));
+                let child_id = child.spiffe_id.as_str();
+                if seen.insert(child_id) {
+                    pending.push(child_id);
+                }
+            }
+        }
+        found
+    }
+
+    /// The node-alias entries of the agent's trust domain whose selectors are a non-empty
+    /// subset of `agent_selectors`.
+    fn aliases_of(&self, agent_id: &str, agent_selectors: &[Selector]) -> Vec<&RegistrationEntry> {
+        let Some(server_id) = server_id_for(agent_id) else {
+            return Vec::new();
+        };
+        let have: HashSet<&Selector> = agent_selectors.iter().collect();
+        let mut checked: HashSet<&str> = HashSet::new();
+        let mut matched = Vec::new();
+        for selector in &have {
+            let Some(ids) = self.aliases_by_selector.get(*selector) else {
+                continue;
+            };
+            for id in ids {
+                if !checked.insert(id.as_str()) {
+                    continue;
+                }
+                let Some(alias) = self.aliases.get(id) else {
+                    continue;
+                };
+                if alias.entry.parent_id == server_id
+                    && alias.selectors.iter().all(|s| have.contains(s))
+                {
+                    matched.push(alias.entry.as_ref());
+                }
+            }
+        }
+        matched
+    }
+}
+
+/// Whether `parent_id` is some trust domain's server ID, `spiffe://<td>/spire/server`.
+fn is_node_alias(parent_id: &str) -> bool {
+    parent_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.find('/').map(|slash| &rest[slash..]))
+        .is_some_and(|path| path == SERVER_ID_PATH)
+}
+
+/// The server ID of the agent's trust domain; `None` when the agent ID is not a SPIFFE ID.
+fn server_id_for(agent_id: &str) -> Option<String> {
+    let rest = agent_id.strip_prefix("spiffe://")?;
+    let trust_domain = rest.split('/').next().filter(|td| !td.is_empty())?;
+    Some(format!("spiffe://{trust_domain}{SERVER_ID_PATH}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT: &str = "spiffe://example.org/spire/agent/join_token/abc";
+    const SERVER: &str = "spiffe://example.org/spire/server";
+
+    fn sel(kind: &str, value: &str) -> Selector {
+        Selector {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    fn entry(id: &str, parent: &str, spiffe: &str, selectors: Vec<Selector>) -> RegistrationEntry {
+        RegistrationEntry {
+            entry_id: id.to_owned(),
+            parent_id: parent.to_owned(),
+            spiffe_id: spiffe.to_owned(),
+            selectors,
+            ..RegistrationEntry::default()
+        }
+    }
+
+    fn agent(id: &str, selectors: Vec<Selector>) -> AttestedNode {
+        AttestedNode {
+            spiffe_id: id.to_owned(),
+            cert_serial_number: "1".to_owned(),
+            selectors,
+            ..AttestedNode::default()
+        }
+    }
+
+    fn ids(found: &[Arc<RegistrationEntry>]) -> Vec<String> {
+        let mut ids: Vec<String> = found.iter().map(|e| e.entry_id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn recognizes_server_ids() {
+        assert!(is_node_alias(SERVER));
+        assert!(is_node_alias("spiffe://other.org/spire/server"));
+        assert!(!is_node_alias("spiffe://example.org/spire/server/x"));
+        assert!(!is_node_alias("spiffe://example.org"));
+        assert!(!is_node_alias("example.org/spire/server"));
+        assert_eq!(server_id_for(AGENT).as_deref(), Some(SERVER));
+        assert_eq!(
+            server_id_for("spiffe://td").as_deref(),
+            Some("spiffe://td/spire/server")
+        );
+        assert_eq!(server_id_for("not-an-id"), None);
+    }
+
+    #[test]
+    fn alias_in_another_trust_domain_does_not_apply() {
+        let index = EntryIndex::from_records(
+            [
+                entry(
+                    "alias",
+                    "spiffe://other.org/spire/server",
+                    "spiffe://other.org/a",
+                    vec![sel("k", "v")],
+                ),
+                entry(
+                    "w",
+                    "spiffe://other.org/a",
+                    "spiffe://other.org/w",
+                    vec![sel("unix", "uid:0")],
+                ),
+            ],
+            [agent(AGENT, vec![sel("k", "v")])],
+        );
+        assert!(index.authorized_entries(AGENT).is_empty());
+    }
+
+    #[test]
+    fn replacing_an_entry_moves_it_between_parents_and_alias_sets() {
+        let mut index = EntryIndex::from_records(
+            [entry(
+                "e",
+                AGENT,
+                "spiffe://example.org/w",
+                vec![sel("k", "v")],
+            )],
+            [agent(AGENT, vec![sel("k", "v")])],
+        );
+        assert_eq!(ids(&index.authorized_entries(AGENT)), ["e"]);
+
+        // Turned into an alias: no longer a child of the agent, and nothing hangs below it.
+        index.upsert_entry(Arc::new(entry(
+            "e",
+            SERVER,
+            "spiffe://example.org/w",
+            vec![sel("k", "v")],
+        )));
+        assert!(index.authorized_entries(AGENT).is_empty());
+        assert_eq!(index.entry_count(), 1);
+
+        index.remove_entry("e");
+        assert_eq!(index.entry_count(), 0);
+        assert!(index.aliases_by_selector.is_empty());
+        assert!(index.children.is_empty());
+    }
+
+    #[test]
+    fn duplicate_alias_selectors_still_match() {
+        let index = EntryIndex::from_records(
+            [
+                entry(
+                    "alias",
+                    SERVER,
+                    "spiffe://example.org/a",
+                    vec![sel("k", "v"), sel("k", "v")],
+                ),
+                entry(
+                    "w",
+                    "spiffe://example.org/a",
+                    "spiffe://example.org/w",
+                    vec![sel("u", "1")],
+                ),
+            ],
+            [agent(AGENT, vec![sel("k", "v")])],
+        );
+        assert_eq!(ids(&index.authorized_entries(AGENT)), ["w"]);
+    }
+
+    #[test]
+    fn alias_without_selectors_matches_no_agent() {
+        let index = EntryIndex::from_records(
+            [
+                entry("alias", SERVER, "spiffe://example.org/a", vec![]),
+                entry(
+                    "w",
+                    "spiffe://example.org/a",
+                    "spiffe://example.org/w",
+                    vec![sel("u", "1")],
+                ),
+            ],
+            [agent(AGENT, vec![sel("k", "v")])],
+        );
+        assert!(index.authorized_entries(AGENT).is_empty());
+    }
+
+    #[test]
+    fn self_parented_entry_is_returned_once() {
+        let index = EntryIndex::from_records(
+            [entry("loop", AGENT, AGENT, vec![sel("u", "1")])],
+            [agent(AGENT, vec![])],
+        );
+        assert_eq!(ids(&index.authorized_entries(AGENT)), ["loop"]);
+    }
+}

@@ -1,0 +1,314 @@
+//! `spire-server run`: loads the config, builds the catalog, opens the datastore, starts the
+//! CA manager, the authorized-entry index and the listeners, and stops them all on SIGINT or
+//! SIGTERM.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiContext, ApiSettings, ratelimit::RateLimiters};
+use crate::authorized::{AuthorizedIndex, IndexOptions};
+use crate::ca::{CaConfig, CaManager};
+use crate::catalog::{self, Catalog, DatabaseType, KeyManagerChoice, UpstreamAuthorityChoice};
+use crate::cli::RunArgs;
+use crate::config::{self, Overrides, ResolvedServerConfig};
+use crate::datastore::DataStore;
+use crate::datastore::sql::{SqlConfig, SqlDataStore};
+use crate::endpoints::health_http::{self, HealthChecksConfig};
+use crate::endpoints::{self, EndpointsConfig};
+use crate::plugins::keymanager::KeyManager;
+use crate::plugins::keymanager::disk::DiskKeyManager;
+use crate::plugins::keymanager::memory::MemoryKeyManager;
+use crate::plugins::upstreamauthority::UpstreamAuthority;
+use crate::plugins::upstreamauthority::disk::{DiskUpstreamAuthority, DiskUpstreamAuthorityConfig};
+
+/// How often expired join tokens, expired entries and old change events are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Loads the config named by the `run` flags, applies the flag overrides and runs the
+/// server until a signal stops it.
+pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        bind_address: args.bind_address,
+        bind_port: args.server_port,
+        socket_path: args.socket_path.map(|p| p.display().to_string()),
+        trust_domain: args.trust_domain,
+        log_level: args.log_level,
+        log_format: args.log_format,
+        log_file: args.log_file.map(|p| p.display().to_string()),
+        log_source_location: false,
+        data_dir: args.data_dir.map(|p| p.display().to_string()),
+        config_path: Some(args.config.clone()),
+        expand_env: args.expand_env,
+    };
+    let mut file = config::load_file(&args.config, args.expand_env)?;
+    file.apply_overrides(&overrides);
+    let resolved = file.resolve()?;
+    let catalog = catalog::from_config(&file)?;
+
+    let log_level = crate::logging::init_with_source_location(
+        &resolved.log_level,
+        resolved.log_format.as_str(),
+        resolved.log_file.as_deref(),
+        resolved.log_source_location,
+    )?;
+    for warning in &resolved.warnings {
+        tracing::warn!("{warning}");
+    }
+    run(resolved, catalog, log_level, shutdown_signal()).await
+}
+
+/// Loads and checks a config file (syntax, keys, values and plugins) without starting.
+pub fn validate_file(path: &Path, expand_env: bool) -> anyhow::Result<()> {
+    let file = config::load_file(path, expand_env)?;
+    file.resolve()?;
+    catalog::from_config(&file)?;
+    Ok(())
+}
+
+/// Runs a server with an already resolved config until `shutdown` completes.
+pub async fn run(
+    config: ResolvedServerConfig,
+    catalog: Catalog,
+    log_level: crate::logging::LogLevelHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {}; set server.data_dir to a writable directory",
+            config.data_dir.display()
+        )
+    })?;
+    tracing::info!(
+        trust_domain = config.trust_domain.name(),
+        data_dir = %config.data_dir.display(),
+        "starting spire-server"
+    );
+
+    let datastore: Arc<dyn DataStore> = Arc::new(open_datastore(&catalog).await?);
+    let key_manager = key_manager(&catalog)?;
+    let upstream = upstream_authority(&catalog, &config)?;
+
+    let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
+        .await
+        .context("cannot start the CA")?;
+    let index = AuthorizedIndex::load_with(
+        datastore.clone(),
+        IndexOptions {
+            full_reload_interval: config.experimental.full_cache_reload_interval,
+            ..IndexOptions::default()
+        },
+    )
+    .await
+    .context("cannot load registration entries and agents from the datastore")?;
+
+    let ctx = Arc::new(ApiContext {
+        trust_domain: config.trust_domain.clone(),
+        datastore: datastore.clone(),
+        ca: ca.clone(),
+        index: index.clone(),
+        settings: ApiSettings {
+            default_x509_svid_ttl: config.default_x509_svid_ttl,
+            default_jwt_svid_ttl: config.default_jwt_svid_ttl,
+            agent_ttl: config.agent_ttl,
+            admin_ids: config.admin_ids.clone(),
+            rate_limit_attestation: config.rate_limit.attestation,
+            rate_limit_signing: config.rate_limit.signing,
+            join_token_enabled: catalog.join_token_enabled(),
+        },
+        log_level,
+        started_at: Instant::now(),
+        rate_limits: RateLimiters::new(config.rate_limit.attestation, config.rate_limit.signing),
+    });
+
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(ca.clone().run(cancel.clone()));
+    tasks.spawn(
+        index
+            .clone()
+            .run(config.experimental.cache_reload_interval, cancel.clone()),
+    );
+    tasks.spawn(prune_loop(
+        datastore.clone(),
+        config.experimental.prune_events_older_than,
+        cancel.clone(),
+    ));
+
+    let bind_addr = resolve_bind_addr(&config)?;
+    let endpoints_task = {
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        let endpoints_config = EndpointsConfig {
+            bind_addr,
+            socket_path: config.socket_path.clone(),
+        };
+        tokio::spawn(async move { endpoints::serve(ctx, endpoints_config, cancel).await })
+    };
+    let health = HealthChecksConfig {
+        listener_enabled: config.health_checks.listener_enabled,
+        bind_address: config.health_checks.bind_address.clone(),
+        bind_port: config.health_checks.bind_port,
+        live_path: config.health_checks.live_path.clone(),
+        ready_path: config.health_checks.ready_path.clone(),
+    };
+    let health_task = tokio::spawn(health_http::serve_health(health, ctx, cancel.clone()));
+
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("stopping spire-server");
+            Ok(())
+        }
+        served = endpoints_task => match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("server listeners stopped")),
+            Err(e) => Err(anyhow::anyhow!("server listeners failed: {e}")),
+        },
+    };
+    cancel.cancel();
+    let _ = health_task.await;
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+async fn open_datastore(catalog: &Catalog) -> anyhow::Result<SqlDataStore> {
+    let ds = &catalog.datastore;
+    let database_type = match ds.database_type {
+        DatabaseType::Sqlite3 => "sqlite3",
+        DatabaseType::Postgres => "postgres",
+        DatabaseType::Mysql => "mysql",
+    };
+    let sql = SqlConfig {
+        database_type: database_type.to_owned(),
+        connection_string: ds.connection_string.clone(),
+        max_open_conns: Some(ds.max_open_conns),
+        disable_migration: ds.disable_migration,
+    };
+    SqlDataStore::open(&sql)
+        .await
+        .context("cannot open the datastore (plugins.DataStore \"sql\")")
+}
+
+fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {
+    Ok(match &catalog.key_manager {
+        KeyManagerChoice::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerChoice::Disk { keys_path } => Arc::new(
+            DiskKeyManager::open(keys_path)
+                .context("cannot open plugins.KeyManager \"disk\" keys_path")?,
+        ),
+    })
+}
+
+fn upstream_authority(
+    catalog: &Catalog,
+    config: &ResolvedServerConfig,
+) -> anyhow::Result<Option<Arc<dyn UpstreamAuthority>>> {
+    let Some(choice) = &catalog.upstream_authority else {
+        return Ok(None);
+    };
+    let UpstreamAuthorityChoice::Disk {
+        key_file_path,
+        cert_file_path,
+        bundle_file_path,
+    } = choice;
+    let disk = DiskUpstreamAuthority::new(
+        DiskUpstreamAuthorityConfig {
+            key_file_path: key_file_path.clone(),
+            cert_file_path: cert_file_path.clone(),
+            bundle_file_path: bundle_file_path.clone(),
+            ttl: None,
+        },
+        config.trust_domain.clone(),
+    )
+    .context("cannot load plugins.UpstreamAuthority \"disk\"")?;
+    Ok(Some(Arc::new(disk)))
+}
+
+fn ca_config(config: &ResolvedServerConfig) -> CaConfig {
+    let mut ca = CaConfig::new(config.trust_domain.clone());
+    ca.ca_ttl = config.ca_ttl;
+    ca.ca_key_type = config.ca_key_type;
+    ca.jwt_key_type = Some(config.jwt_key_type);
+    ca.ca_subject = spire_core::x509::Subject {
+        country: config.ca_subject.country.clone(),
+        organization: config.ca_subject.organization.clone(),
+        common_name: (!config.ca_subject.common_name.is_empty())
+            .then(|| config.ca_subject.common_name.clone()),
+        ..spire_core::x509::Subject::default()
+    };
+    ca.jwt_issuer = config.jwt_issuer.clone();
+    ca.default_x509_svid_ttl = config.default_x509_svid_ttl;
+    ca.default_jwt_svid_ttl = config.default_jwt_svid_ttl;
+    ca.agent_ttl = config.agent_ttl;
+    ca
+}
+
+fn resolve_bind_addr(config: &ResolvedServerConfig) -> anyhow::Result<SocketAddr> {
+    let host_port = config.bind_host_port();
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .with_context(|| {
+            format!("server.bind_address {host_port:?} is not an address this host can bind")
+        })
+}
+
+/// Prunes expired join tokens, expired entries and old change events, as upstream does on a
+/// timer.
+async fn prune_loop(
+    datastore: Arc<dyn DataStore>,
+    events_older_than: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let events_cutoff = now - i64::try_from(events_older_than.as_secs()).unwrap_or(i64::MAX);
+        let results = [
+            datastore.prune_join_tokens(now).await,
+            datastore.prune_registration_entries(now).await,
+            datastore
+                .prune_registration_entry_events(events_cutoff)
+                .await,
+            datastore.prune_attested_node_events(events_cutoff).await,
+        ];
+        for result in results {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "pruning the datastore failed");
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,594 @@
+//! Configuration files as operators write them: upstream's example configs, the JSON the Helm
+//! charts render, and the mistakes the loader must explain.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use spire_core::keys::KeyType;
+use spire_server::catalog::{self, DatabaseType, KeyManagerChoice, UpstreamAuthorityChoice};
+use spire_server::config::{
+    self, BundleEndpointProfile, ConfigError, FederatesWithProfile, LogFormat, Overrides,
+    ServerConfig,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn load(text: &str) -> Result<ServerConfig, ConfigError> {
+    config::load_str("server.conf", text, false)
+}
+
+const MINIMAL: &str = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "./.data"
+}
+plugins {
+    DataStore "sql" {
+        plugin_data {
+            database_type = "sqlite3"
+            connection_string = "./.data/datastore.sqlite3"
+        }
+    }
+    KeyManager "memory" { plugin_data {} }
+    NodeAttestor "join_token" { plugin_data {} }
+}
+"#;
+
+#[test]
+fn upstream_quickstart_config_loads() {
+    let cfg = config::load_file(&fixture("upstream_server.conf"), false).unwrap();
+    let r = cfg.resolve().unwrap();
+    assert_eq!(r.trust_domain.name(), "example.org");
+    assert_eq!(r.bind_host_port(), "127.0.0.1:8081");
+    assert_eq!(r.log_level, "debug");
+    assert_eq!(r.ca_subject.country, ["US"]);
+    let cat = catalog::from_config(&cfg).unwrap();
+    assert_eq!(cat.key_manager, KeyManagerChoice::Memory);
+    assert_eq!(cat.node_attestors, ["join_token"]);
+    assert_eq!(
+        cat.upstream_authority,
+        Some(UpstreamAuthorityChoice::Disk {
+            key_file_path: "./conf/server/dummy_upstream_ca.key".into(),
+            cert_file_path: "./conf/server/dummy_upstream_ca.crt".into(),
+            bundle_file_path: None,
+        })
+    );
+}
+
+#[test]
+fn upstream_full_config_loads_and_names_the_unsupported_plugin() {
+    let cfg = config::load_file(&fixture("upstream_server_full.conf"), false).unwrap();
+    let r = cfg.resolve().unwrap();
+    let be = r.federation.bundle_endpoint.as_ref().unwrap();
+    assert_eq!(be.port, 8443);
+    assert_eq!(be.refresh_hint, Duration::from_secs(300));
+    let BundleEndpointProfile::HttpsWebAcme {
+        domain_name,
+        email,
+        cache_dir,
+        ..
+    } = &be.profile
+    else {
+        panic!("expected https_web acme, got {:?}", be.profile);
+    };
+    assert_eq!(domain_name, "example.org");
+    assert_eq!(email, "some@mail.com");
+    assert_eq!(cache_dir, Path::new("./.data/bundle-acme"));
+    let (td, fw) = r.federation.federates_with.iter().next().unwrap();
+    assert_eq!(td.name(), "domain1.test");
+    assert_eq!(
+        fw.bundle_endpoint_url,
+        "https://example.com/global/bundle.json"
+    );
+    assert!(matches!(
+        &fw.profile,
+        FederatesWithProfile::HttpsSpiffe { endpoint_spiffe_id }
+            if endpoint_spiffe_id.as_str() == "spiffe://example.com/spire/server"
+    ));
+    // The full example enables the EJBCA UpstreamAuthority, which is not built in here.
+    let err = catalog::from_config(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown or not yet supported built-in plugin UpstreamAuthority \"ejbca\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_documented_key_is_accepted() {
+    let cfg = config::load_file(&fixture("server_all_keys.conf"), false).unwrap();
+    let r = cfg.resolve().unwrap();
+    assert_eq!(r.ca_key_type, KeyType::EcP384);
+    assert_eq!(r.jwt_key_type, KeyType::Rsa2048);
+    assert_eq!(r.ca_ttl, Duration::from_secs(168 * 3600));
+    assert_eq!(r.default_x509_svid_ttl, Duration::from_secs(2 * 3600));
+    assert_eq!(r.default_jwt_svid_ttl, Duration::from_secs(600));
+    assert_eq!(r.agent_ttl, Some(Duration::from_secs(72 * 3600)));
+    assert_eq!(r.log_format, LogFormat::Json);
+    assert!(r.log_source_location);
+    assert_eq!(r.log_file, None, "an empty log_file means stdout");
+    assert_eq!(
+        r.admin_ids.len(),
+        2,
+        "admin IDs may be in federated domains"
+    );
+    assert!(!r.rate_limit.signing && r.rate_limit.attestation);
+    assert!(r.audit_log_enabled);
+    assert_eq!(r.jwt_issuer.as_deref(), Some("https://oidc.example.org"));
+    assert_eq!(
+        r.experimental.cache_reload_interval,
+        Duration::from_secs(10)
+    );
+    assert!(r.experimental.events_based_cache);
+    assert_eq!(
+        r.prune_attested_nodes_expired_for,
+        Some(Duration::from_secs(720 * 3600))
+    );
+    assert_eq!(r.federation.federates_with.len(), 2);
+    assert!(matches!(
+        r.federation.bundle_endpoint.as_ref().unwrap().profile,
+        BundleEndpointProfile::HttpsWebServingCert { .. }
+    ));
+    assert_eq!(r.tls_config.as_ref().unwrap().curve_preferences.len(), 3);
+    assert!(r.health_checks.listener_enabled);
+    assert_eq!(r.health_checks.bind_port, 80);
+    let prom = r.telemetry.prometheus.as_ref().unwrap();
+    assert_eq!(prom.port, Some(9988));
+    assert_eq!(
+        prom.tls.as_ref().unwrap().client_ca_file.as_deref(),
+        Some("/path/to/ca.pem")
+    );
+    assert_eq!(r.telemetry.statsd.len(), 2);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("Experimental features")),
+        "{:?}",
+        r.warnings
+    );
+
+    let cat = catalog::from_config(&cfg).unwrap();
+    assert_eq!(cat.datastore.database_type, DatabaseType::Sqlite3);
+    assert_eq!(cat.datastore.max_open_conns, 100);
+    assert_eq!(cat.datastore.conn_max_lifetime, None, "0 means unlimited");
+    assert_eq!(
+        cat.key_manager,
+        KeyManagerChoice::Disk {
+            keys_path: "/opt/spire/data/server/keys.json".into()
+        }
+    );
+}
+
+#[test]
+fn helm_rendered_json_loads_with_expand_env() {
+    let text = std::fs::read_to_string(fixture("helm_server.json")).unwrap();
+    let env = |name: &str| match name {
+        "TRUST_DOMAIN" => Some("prod.example.org".to_owned()),
+        "SPIRE_DB_PATH" => Some("/run/spire/data/datastore.sqlite3".to_owned()),
+        _ => None,
+    };
+    let cfg = config::load_str_with_env("server.conf", &text, true, env).unwrap();
+    let r = cfg.resolve().unwrap();
+    assert_eq!(r.trust_domain.name(), "prod.example.org");
+    assert_eq!(
+        r.jwt_issuer.as_deref(),
+        Some("https://oidc-discovery.prod.example.org")
+    );
+    assert_eq!(r.ca_key_type, KeyType::Rsa2048);
+    assert_eq!(r.ca_subject.organization, ["Example"]);
+    assert_eq!(r.health_checks.bind_port, 8080);
+    assert_eq!(
+        r.federation.bundle_endpoint.as_ref().unwrap().profile,
+        BundleEndpointProfile::HttpsSpiffe
+    );
+    assert_eq!(r.telemetry.prometheus.as_ref().unwrap().port, Some(9988));
+    let cat = catalog::from_config(&cfg).unwrap();
+    assert_eq!(
+        cat.datastore.connection_string,
+        "/run/spire/data/datastore.sqlite3"
+    );
+    assert_eq!(cat.datastore.max_idle_conns, 100);
+
+    // Without -expandEnv the variable is taken literally and is not a trust domain.
+    let cfg = config::load_str_with_env("server.conf", &text, false, env).unwrap();
+    let err = cfg.resolve().unwrap_err().to_string();
+    assert!(err.contains("server.trust_domain"), "{err}");
+}
+
+#[test]
+fn repository_example_configs_work_and_agree() {
+    let hcl = config::load_file(&repo_file("conf/server/server.conf"), false).unwrap();
+    let json = config::load_file(&repo_file("conf/server/server.json"), false).unwrap();
+    let (rh, rj) = (hcl.resolve().unwrap(), json.resolve().unwrap());
+    assert_eq!(rh.trust_domain.name(), "example.org");
+    assert_eq!(rh.bind_host_port(), "127.0.0.1:8081");
+    assert_eq!(rh.data_dir, Path::new("./.data"));
+    assert_eq!(
+        rh.socket_path,
+        Path::new("/tmp/spire-server/private/api.sock")
+    );
+    assert!(rh.warnings.is_empty(), "{:?}", rh.warnings);
+    assert_eq!(rh, rj);
+    let (ch, cj) = (
+        catalog::from_config(&hcl).unwrap(),
+        catalog::from_config(&json).unwrap(),
+    );
+    assert_eq!(ch, cj);
+    assert_eq!(ch.datastore.connection_string, "./.data/datastore.sqlite3");
+    assert_eq!(
+        ch.key_manager,
+        KeyManagerChoice::Disk {
+            keys_path: "./.data/keys.json".into()
+        }
+    );
+    assert!(ch.join_token_enabled());
+    assert_eq!(ch.upstream_authority, None);
+}
+
+#[test]
+fn defaults_are_upstreams() {
+    let r = load(MINIMAL).unwrap().resolve().unwrap();
+    assert_eq!(r.bind_address, "0.0.0.0");
+    assert_eq!(r.bind_port, 8081);
+    assert_eq!(
+        r.socket_path,
+        Path::new("/tmp/spire-server/private/api.sock")
+    );
+    assert_eq!(r.log_level, "info");
+    assert_eq!(r.log_format, LogFormat::Text);
+    assert_eq!(r.ca_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(r.ca_key_type, KeyType::EcP256);
+    assert_eq!(r.jwt_key_type, KeyType::EcP256);
+    assert_eq!(r.default_x509_svid_ttl, Duration::from_secs(3600));
+    assert_eq!(r.default_jwt_svid_ttl, Duration::from_secs(300));
+    assert_eq!(r.agent_ttl, None);
+    assert!(r.rate_limit.attestation && r.rate_limit.signing);
+    assert_eq!(r.ca_subject.country, ["US"]);
+    assert_eq!(r.ca_subject.organization, ["SPIFFE"]);
+    assert!(!r.health_checks.listener_enabled);
+    assert_eq!(r.health_checks.bind_address, "localhost");
+    assert_eq!(r.health_checks.live_path, "/live");
+    assert_eq!(
+        r.experimental.prune_events_older_than,
+        Duration::from_secs(12 * 3600)
+    );
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let cat = catalog::from_config(&load(MINIMAL).unwrap()).unwrap();
+    assert_eq!(cat.datastore.max_open_conns, 100);
+    assert_eq!(cat.datastore.max_idle_conns, 2);
+    assert!(!cat.datastore.disable_migration);
+}
+
+#[test]
+fn jwt_key_type_follows_ca_key_type() {
+    let text = MINIMAL.replace("data_dir", "ca_key_type = \"RSA-4096\"\n data_dir");
+    let r = load(&text).unwrap().resolve().unwrap();
+    assert_eq!(r.ca_key_type, KeyType::Rsa4096);
+    assert_eq!(r.jwt_key_type, KeyType::Rsa4096);
+}
+
+#[test]
+fn numbers_may_be_strings() {
+    let text = MINIMAL.replace(
+        "data_dir",
+        "bind_port = \"9090\"\n prune_attested_nodes_batch_size = \"50\"\n data_dir",
+    );
+    let r = load(&text).unwrap().resolve().unwrap();
+    assert_eq!(r.bind_port, 9090);
+    assert_eq!(r.prune_attested_nodes_batch_size, 50);
+    let text = MINIMAL.replace("data_dir", "bind_port = 9091\n data_dir");
+    assert_eq!(load(&text).unwrap().resolve().unwrap().bind_port, 9091);
+}
+
+#[test]
+fn unknown_keys_name_the_key_block_and_file() {
+    let text = MINIMAL.replace("data_dir", "trust_domian = \"x\"\n data_dir");
+    let err = config::load_str("/etc/spire/server.conf", &text, false).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("/etc/spire/server.conf: "), "{msg}");
+    assert!(msg.contains("unknown key \"trust_domian\""), "{msg}");
+    assert!(msg.contains("\"server\" block"), "{msg}");
+
+    let text = format!("{MINIMAL}\nhealth_checks {{ listener = true }}\n");
+    let msg = load(&text).unwrap_err().to_string();
+    assert!(msg.contains("unknown key \"listener\""), "{msg}");
+    assert!(msg.contains("health_checks"), "{msg}");
+
+    let text = MINIMAL.replace("data_dir", "ratelimit { signin = false }\n data_dir");
+    let msg = load(&text).unwrap_err().to_string();
+    assert!(msg.contains("unknown key \"signin\""), "{msg}");
+    assert!(msg.contains("ratelimit"), "{msg}");
+}
+
+#[test]
+fn removed_keys_say_what_replaces_them() {
+    let text = MINIMAL.replace("data_dir", "default_svid_ttl = \"1h\"\n data_dir");
+    let msg = load(&text).unwrap_err().to_string();
+    assert!(msg.contains("default_x509_svid_ttl"), "{msg}");
+    let text = MINIMAL.replace("data_dir", "registration_uds_path = \"/tmp/x\"\n data_dir");
+    let msg = load(&text).unwrap_err().to_string();
+    assert!(msg.contains("use socket_path"), "{msg}");
+}
+
+#[test]
+fn bad_trust_domains_are_explained() {
+    let text = MINIMAL.replace("example.org", "Example.ORG");
+    let err = load(&text).unwrap().resolve().unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("server.conf: server.trust_domain: "),
+        "{msg}"
+    );
+    assert!(msg.contains("\"Example.ORG\""), "{msg}");
+    assert!(msg.contains("lowercase"), "{msg}");
+
+    let text = MINIMAL.replace("trust_domain = \"example.org\"", "");
+    let msg = load(&text).unwrap().resolve().unwrap_err().to_string();
+    assert!(msg.contains("trust_domain must be configured"), "{msg}");
+    assert!(msg.contains("-trustDomain"), "{msg}");
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let mut cfg = load(&MINIMAL.replace("trust_domain = \"example.org\"", "")).unwrap();
+    cfg.apply_overrides(&Overrides {
+        trust_domain: Some("cli.example".into()),
+        bind_address: Some("127.0.0.1".into()),
+        bind_port: Some(18081),
+        socket_path: Some("/tmp/other.sock".into()),
+        log_level: Some("DEBUG".into()),
+        data_dir: Some("/var/lib/spire".into()),
+        ..Overrides::default()
+    });
+    let r = cfg.resolve().unwrap();
+    assert_eq!(r.trust_domain.name(), "cli.example");
+    assert_eq!(r.bind_host_port(), "127.0.0.1:18081");
+    assert_eq!(r.socket_path, Path::new("/tmp/other.sock"));
+    assert_eq!(r.log_level, "debug");
+    assert_eq!(r.data_dir, Path::new("/var/lib/spire"));
+    assert_eq!(
+        Overrides::default().config_path(),
+        Path::new("conf/server/server.conf")
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_key_and_the_fix() {
+    let cases = [
+        ("ca_ttl = \"0s\"", "server.ca_ttl", "greater than zero"),
+        (
+            "default_x509_svid_ttl = \"0\"",
+            "server.default_x509_svid_ttl",
+            "greater than zero",
+        ),
+        ("ca_key_type = \"ed25519\"", "server.ca_key_type", "ec-p256"),
+        (
+            "jwt_key_type = \"rsa-1024\"",
+            "server.jwt_key_type",
+            "rsa-2048",
+        ),
+        ("admin_ids = [\"admin\"]", "server.admin_ids", "spiffe://"),
+        ("log_level = \"LOUD\"", "server.log_level", "DEBUG, INFO"),
+        ("log_format = \"xml\"", "server.log_format", "\"json\""),
+    ];
+    for (line, key, fix) in cases {
+        let text = MINIMAL.replace("data_dir", &format!("{line}\n data_dir"));
+        let msg = load(&text).unwrap().resolve().unwrap_err().to_string();
+        assert!(msg.contains(key), "{line}: {msg}");
+        assert!(msg.contains(fix), "{line}: {msg}");
+    }
+    let text = MINIMAL.replace("data_dir", "bind_port = 70000\n data_dir");
+    let msg = load(&text).unwrap_err().to_string();
+    assert!(
+        msg.contains("server.bind_port") && msg.contains("1 to 65535"),
+        "{msg}"
+    );
+    let text = MINIMAL.replace("data_dir = \"./.data\"", "");
+    let msg = load(&text).unwrap().resolve().unwrap_err().to_string();
+    assert!(msg.contains("data_dir must be configured"), "{msg}");
+    let text = MINIMAL.replace("data_dir", "ca_ttl = \"10d\"\n data_dir");
+    let msg = load(&text).unwrap_err().to_string();
+    assert!(
+        msg.contains("server.ca_ttl") && msg.contains("unknown unit"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn short_ca_ttl_warns_like_upstream() {
+    let text = MINIMAL.replace("data_dir", "ca_ttl = \"2h\"\n data_dir");
+    let r = load(&text).unwrap().resolve().unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("default_x509_svid_ttl is too high")
+                && w.contains("20m or less")
+                && w.contains("6h or more")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+#[test]
+fn federation_requires_https_and_a_profile() {
+    let fed = |body: &str| {
+        MINIMAL.replace(
+            "data_dir",
+            &format!("federation {{ federates_with \"other.test\" {{ {body} }} }}\n data_dir"),
+        )
+    };
+    let msg = load(&fed(
+        "bundle_endpoint_url = \"http://x\"\nbundle_endpoint_profile \"https_web\" {}",
+    ))
+    .unwrap()
+    .resolve()
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("must use the HTTPS protocol"), "{msg}");
+    let msg = load(&fed("bundle_endpoint_url = \"https://x\""))
+        .unwrap()
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("bundle_endpoint_profile"), "{msg}");
+}
+
+#[test]
+fn catalog_needs_one_key_manager() {
+    let text = MINIMAL.replace(
+        "KeyManager \"memory\" { plugin_data {} }",
+        "KeyManager \"memory\" { plugin_data {} }\n KeyManager \"disk\" { plugin_data { keys_path = \"k.json\" } }",
+    );
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("exactly one KeyManager"), "{msg}");
+    assert!(msg.contains("found 2"), "{msg}");
+
+    let text = MINIMAL.replace("KeyManager \"memory\" { plugin_data {} }", "");
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("exactly one KeyManager") && msg.contains("found none"),
+        "{msg}"
+    );
+
+    let text = MINIMAL.replace("NodeAttestor \"join_token\" { plugin_data {} }", "");
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("at least one NodeAttestor"), "{msg}");
+}
+
+#[test]
+fn catalog_refuses_unknown_plugins_by_name() {
+    let text = MINIMAL.replace(
+        "NodeAttestor \"join_token\" { plugin_data {} }",
+        "NodeAttestor \"join_token\" { plugin_data {} }\n NodeAttestor \"k8s_psat\" { plugin_data { clusters = {} } }",
+    );
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown or not yet supported built-in plugin NodeAttestor \"k8s_psat\""),
+        "{msg}"
+    );
+
+    let text = MINIMAL.replace("KeyManager \"memory\"", "KeyManagr \"memory\"");
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("unknown plugin type \"KeyManagr\""), "{msg}");
+
+    let text = MINIMAL.replace(
+        "KeyManager \"memory\" { plugin_data {} }",
+        "KeyManager \"memory\" {\n plugin_cmd = \"/opt/km\"\n plugin_data {} }",
+    );
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("external plugins are not supported"), "{msg}");
+
+    // A disabled plugin is skipped, whatever it is.
+    let text = MINIMAL.replace(
+        "NodeAttestor \"join_token\" { plugin_data {} }",
+        "NodeAttestor \"join_token\" { plugin_data {} }\n NodeAttestor \"x509pop\" {\n enabled = false\n plugin_data {} }",
+    );
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    assert_eq!(cat.node_attestors, ["join_token"]);
+}
+
+#[test]
+fn catalog_refuses_unknown_plugin_data_keys() {
+    let text = MINIMAL.replace(
+        "KeyManager \"memory\" { plugin_data {} }",
+        "KeyManager \"disk\" { plugin_data { key_path = \"k.json\" } }",
+    );
+    let err = catalog::from_config(&load(&text).unwrap()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("server.conf: unknown key \"key_path\""),
+        "{msg}"
+    );
+    assert!(msg.contains("plugin_data of KeyManager \"disk\""), "{msg}");
+    assert!(
+        msg.contains("keys_path"),
+        "the message lists valid keys: {msg}"
+    );
+
+    let text = MINIMAL.replace("database_type", "databse_type = \"x\"\n database_type");
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown key \"databse_type\"") && msg.contains("DataStore \"sql\""),
+        "{msg}"
+    );
+
+    let text = MINIMAL.replace(
+        "KeyManager \"memory\" { plugin_data {} }",
+        "KeyManager \"disk\" { plugin_data {} }",
+    );
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("keys_path is required"), "{msg}");
+
+    let text = MINIMAL.replace("\"sqlite3\"", "\"oracle\"");
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unsupported database_type \"oracle\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn catalog_reads_json_list_forms() {
+    let json = r#"{
+        "server": {"trust_domain": "example.org", "data_dir": "d"},
+        "plugins": {
+            "DataStore": [{"sql": [{"plugin_data": [{"database_type": "postgres",
+                "connection_string": "dbname=spire", "max_open_conns": "20",
+                "conn_max_lifetime": "30m"}]}]}],
+            "KeyManager": [{"memory": {"plugin_data": null}}],
+            "NodeAttestor": [{"join_token": null}]
+        }
+    }"#;
+    let cfg = config::load_str("server.json", json, false).unwrap();
+    let cat = catalog::from_config(&cfg).unwrap();
+    assert_eq!(cat.datastore.database_type, DatabaseType::Postgres);
+    assert_eq!(cat.datastore.max_open_conns, 20);
+    assert_eq!(
+        cat.datastore.conn_max_lifetime,
+        Some(Duration::from_secs(1800))
+    );
+    assert_eq!(cat.key_manager, KeyManagerChoice::Memory);
+    assert_eq!(cat.node_attestors, ["join_token"]);
+}
+
+#[test]
+fn missing_files_point_at_the_config_flag() {
+    let err = config::load_file(Path::new("/nonexistent/server.conf"), false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not find config file /nonexistent/server.conf: please use the -config flag"
+    );
+}

@@ -1,0 +1,663 @@
+//! The listeners end to end: a real datastore and CA behind `Endpoints`, called over the
+//! admin unix socket and over mTLS on a TCP port, checking who may call what.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use spire_core::keys::{KeyType, PrivateKey};
+use spire_core::spiffe_id::{SpiffeId, TrustDomain};
+use spire_proto::spire::api::server::bundle::v1 as bundlepb;
+use spire_proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
+use spire_proto::spire::api::server::debug::v1::GetInfoRequest;
+use spire_proto::spire::api::server::debug::v1::debug_client::DebugClient;
+use spire_proto::spire::api::server::logger::v1 as loggerpb;
+use spire_proto::spire::api::server::logger::v1::logger_client::LoggerClient;
+use spire_proto::spire::api::types;
+use spire_server::api::{ApiContext, ApiSettings};
+use spire_server::authorized::AuthorizedIndex;
+use spire_server::ca::{CaConfig, CaManager, X509SvidRequest};
+use spire_server::datastore::DataStore;
+use spire_server::endpoints::health_http::{self, HealthChecksConfig};
+use spire_server::endpoints::{Endpoints, EndpointsConfig};
+use spire_server::plugins::keymanager::memory::MemoryKeyManager;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+const TD: &str = "example.org";
+const ADMIN_ID: &str = "spiffe://example.org/admin";
+
+struct Server {
+    _dir: tempfile::TempDir,
+    ctx: Arc<ApiContext>,
+    socket: PathBuf,
+    tcp: SocketAddr,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), spire_server::endpoints::EndpointsError>>,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = spire_server::datastore::sql::SqlConfig {
+        database_type: "sqlite3".into(),
+        connection_string: dir
+            .path()
+            .join("datastore.sqlite3")
+            .to_string_lossy()
+            .into_owned(),
+        max_open_conns: None,
+        disable_migration: false,
+    };
+    let datastore: Arc<dyn DataStore> = Arc::new(
+        spire_server::datastore::sql::SqlDataStore::open(&config)
+            .await
+            .unwrap(),
+    );
+    let trust_domain = TrustDomain::new(TD).unwrap();
+    let ca = CaManager::new(
+        CaConfig::new(trust_domain.clone()),
+        Arc::new(MemoryKeyManager::new()),
+        None,
+        datastore.clone(),
+    )
+    .await
+    .unwrap();
+    let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
+    let ctx = Arc::new(ApiContext {
+        trust_domain,
+        datastore,
+        ca,
+        index,
+        settings: ApiSettings {
+            default_x509_svid_ttl: Duration::from_secs(3600),
+            default_jwt_svid_ttl: Duration::from_secs(300),
+            agent_ttl: None,
+            admin_ids: vec![SpiffeId::parse(ADMIN_ID).unwrap()],
+            rate_limit_attestation: true,
+            rate_limit_signing: true,
+            join_token_enabled: true,
+        },
+        log_level: Default::default(),
+        started_at: Instant::now(),
+        rate_limits: Default::default(),
+    });
+    let socket = dir.path().join("private").join("api.sock");
+    let endpoints = Endpoints::bind(
+        ctx.clone(),
+        &EndpointsConfig {
+            bind_addr: "127.0.0.1:0".parse().unwrap(),
+            socket_path: socket.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let tcp = endpoints.local_tcp_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(endpoints.run(cancel.clone()));
+    Server {
+        _dir: dir,
+        ctx,
+        socket,
+        tcp,
+        cancel,
+        task,
+    }
+}
+
+impl Server {
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("endpoints stop on cancel")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// An X509-SVID for `id` signed by the server's CA: (chain, key).
+    async fn svid(&self, id: &str) -> (Vec<Vec<u8>>, PrivateKey) {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let chain = self
+            .ctx
+            .ca
+            .sign_workload_x509_svid(X509SvidRequest {
+                public_key_der: key.public_key_der(),
+                spiffe_id: SpiffeId::parse(id).unwrap(),
+                dns_names: Vec::new(),
+                ttl: None,
+                subject: None,
+            })
+            .await
+            .unwrap();
+        (chain, key)
+    }
+}
+
+fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://spire-server.admin").connect_with_connector_lazy(
+        tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }),
+    )
+}
+
+/// Trusts any server certificate: these tests are about the server's client checks.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client_tls(identity: Option<(Vec<Vec<u8>>, &PrivateKey)>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                chain.into_iter().map(CertificateDer::from).collect(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
+fn tls_channel(addr: SocketAddr, config: rustls::ClientConfig) -> Channel {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Endpoint::from_static("http://spire-server.tcp").connect_with_connector_lazy(tower::service_fn(
+        move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("spire-server").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        },
+    ))
+}
+
+fn get_bundle_request() -> bundlepb::GetBundleRequest {
+    bundlepb::GetBundleRequest { output_mask: None }
+}
+
+#[tokio::test]
+async fn get_bundle_over_the_admin_socket_and_over_tls() {
+    let server = start().await;
+
+    let mode = std::fs::metadata(&server.socket).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        mode.permissions().mode() & 0o777,
+        0o770,
+        "server socket is 0770"
+    );
+
+    let over_socket = BundleClient::new(unix_channel(&server.socket))
+        .get_bundle(get_bundle_request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(over_socket.trust_domain, TD);
+    assert!(!over_socket.x509_authorities.is_empty());
+
+    // No client certificate: GetBundle is open to anyone.
+    let over_tls = BundleClient::new(tls_channel(server.tcp, client_tls(None)))
+        .get_bundle(get_bundle_request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(over_tls, over_socket);
+
+    // A masked request leaves the authorities out.
+    let masked = BundleClient::new(unix_channel(&server.socket))
+        .get_bundle(bundlepb::GetBundleRequest {
+            output_mask: Some(types::BundleMask::default()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(masked.trust_domain, TD);
+    assert!(masked.x509_authorities.is_empty());
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn admin_rpcs_over_tls_need_an_admin_svid() {
+    let server = start().await;
+
+    // Without any certificate.
+    let err = BundleClient::new(tls_channel(server.tcp, client_tls(None)))
+        .count_bundles(bundlepb::CountBundlesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "Authorization denied for method /spire.api.server.bundle.v1.Bundle/CountBundles"
+    );
+
+    // A valid workload SVID that is not an admin.
+    let (chain, key) = server.svid("spiffe://example.org/workload").await;
+    let err = BundleClient::new(tls_channel(server.tcp, client_tls(Some((chain, &key)))))
+        .count_bundles(bundlepb::CountBundlesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // An SVID listed in admin_ids.
+    let (chain, key) = server.svid(ADMIN_ID).await;
+    let admin_channel = tls_channel(server.tcp, client_tls(Some((chain, &key))));
+    let count = BundleClient::new(admin_channel.clone())
+        .count_bundles(bundlepb::CountBundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(count.count, 1);
+
+    // Admins still may not use the local-only RPCs.
+    let err = DebugClient::new(admin_channel)
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_svid_from_another_ca_fails_the_handshake() {
+    let server = start().await;
+    let foreign_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let foreign_ca = spire_core::x509::self_signed_ca(
+        &foreign_key,
+        &spire_core::x509::CaTemplate::new(
+            TrustDomain::new(TD).unwrap(),
+            spire_core::x509::Validity::from_now(
+                time::OffsetDateTime::now_utc(),
+                time::Duration::hours(1),
+            ),
+        ),
+    )
+    .unwrap();
+    let leaf_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let issuer = spire_core::x509::Issuer::new(&foreign_ca, &foreign_key).unwrap();
+    let leaf = spire_core::x509::x509_svid_for_key(
+        &issuer,
+        &leaf_key.public_key_der(),
+        &spire_core::x509::SvidTemplate::new(
+            SpiffeId::parse(ADMIN_ID).unwrap(),
+            spire_core::x509::Validity::from_now(
+                time::OffsetDateTime::now_utc(),
+                time::Duration::minutes(10),
+            ),
+        ),
+    )
+    .unwrap();
+    let err = BundleClient::new(tls_channel(
+        server.tcp,
+        client_tls(Some((vec![leaf], &leaf_key))),
+    ))
+    .count_bundles(bundlepb::CountBundlesRequest {})
+    .await
+    .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    assert_ne!(
+        err.code(),
+        Code::PermissionDenied,
+        "refused at the handshake: {err:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn local_rpcs_work_over_the_admin_socket() {
+    let server = start().await;
+    let channel = unix_channel(&server.socket);
+
+    let info = DebugClient::new(channel.clone())
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.agents_count, 0);
+    assert_eq!(info.federated_bundles_count, 0);
+    let leaf = info.svid_chain.first().expect("server SVID chain");
+    assert_eq!(leaf.id.as_ref().unwrap().path, "/spire/server");
+
+    let mut logger = LoggerClient::new(channel.clone());
+    let set = logger
+        .set_log_level(loggerpb::SetLogLevelRequest {
+            new_level: types::LogLevel::Debug as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.current_level, types::LogLevel::Debug as i32);
+    assert_eq!(set.launch_level, types::LogLevel::Info as i32);
+    let reset = logger
+        .reset_log_level(loggerpb::ResetLogLevelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.current_level, types::LogLevel::Info as i32);
+
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn federated_bundles_refuse_the_own_trust_domain_per_item() {
+    let server = start().await;
+    let mut client = BundleClient::new(unix_channel(&server.socket));
+    let own = client
+        .get_bundle(get_bundle_request())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut foreign = own.clone();
+    foreign.trust_domain = "other.org".into();
+    let response = client
+        .batch_create_federated_bundle(bundlepb::BatchCreateFederatedBundleRequest {
+            bundle: vec![
+                own.clone(),
+                foreign,
+                types::Bundle {
+                    trust_domain: "not a domain!".into(),
+                    ..types::Bundle::default()
+                },
+            ],
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = response
+        .results
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            Code::InvalidArgument as i32,
+            Code::Ok as i32,
+            Code::InvalidArgument as i32
+        ]
+    );
+
+    let listed = client
+        .list_federated_bundles(bundlepb::ListFederatedBundlesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = listed
+        .bundles
+        .iter()
+        .map(|b| b.trust_domain.as_str())
+        .collect();
+    assert_eq!(names, ["other.org"]);
+
+    let err = client
+        .get_federated_bundle(bundlepb::GetFederatedBundleRequest {
+            trust_domain: TD.into(),
+            output_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let deleted = client
+        .batch_delete_federated_bundle(bundlepb::BatchDeleteFederatedBundleRequest {
+            trust_domains: vec!["other.org".into(), "missing.org".into()],
+            mode: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = deleted
+        .results
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
+    assert_eq!(codes, [Code::Ok as i32, Code::NotFound as i32]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_health_checks_answer_live_and_ready() {
+    let server = start().await;
+    let config = HealthChecksConfig {
+        listener_enabled: true,
+        bind_address: "127.0.0.1".into(),
+        bind_port: 0,
+        ..HealthChecksConfig::default()
+    };
+    let listener = health_http::bind(&config).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(health_http::serve_on(
+        listener,
+        config,
+        server.ctx.clone(),
+        cancel.clone(),
+    ));
+    for path in ["/live", "/ready"] {
+        let status = http_get_status(addr, path).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    assert_eq!(http_get_status(addr, "/nope").await, 404);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+async fn http_get_status(addr: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn agents_are_authorized_by_their_current_serial() {
+    let server = start().await;
+    let agent_id = "spiffe://example.org/spire/agent/join_token/abc";
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let chain = server
+        .ctx
+        .ca
+        .sign_agent_x509_svid(&key.public_key_der(), &SpiffeId::parse(agent_id).unwrap())
+        .await
+        .unwrap();
+    let serial = spire_core::x509::certificate_serial_decimal(&chain[0]).unwrap();
+    let not_after = spire_core::x509::certificate_not_after(&chain[0])
+        .unwrap()
+        .unix_timestamp();
+    let channel = tls_channel(server.tcp, client_tls(Some((chain, &key))));
+    let request = || bundlepb::GetFederatedBundleRequest {
+        trust_domain: "other.org".into(),
+        output_mask: None,
+    };
+
+    // Not attested yet.
+    let err = BundleClient::new(channel.clone())
+        .get_federated_bundle(request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("is not attested"),
+        "{}",
+        err.message()
+    );
+
+    // Attested with this SVID as the new (renewed) one: allowed, and promoted to current.
+    server
+        .ctx
+        .datastore
+        .create_attested_node(spire_server::datastore::AttestedNode {
+            spiffe_id: agent_id.into(),
+            attestation_data_type: "join_token".into(),
+            cert_serial_number: "12345".into(),
+            cert_not_after: not_after,
+            new_cert_serial_number: serial.clone(),
+            new_cert_not_after: not_after,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = BundleClient::new(channel.clone())
+        .get_federated_bundle(request())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "authorized, bundle missing: {err:?}"
+    );
+    let node = server
+        .ctx
+        .datastore
+        .fetch_attested_node(agent_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.cert_serial_number, serial);
+    assert_eq!(node.new_cert_serial_number, "");
+
+    // Agents may not call admin RPCs.
+    let err = BundleClient::new(channel.clone())
+        .count_bundles(bundlepb::CountBundlesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Another serial is current: not active.
+    let mut other = node.clone();
+    other.cert_serial_number = "999".into();
+    server
+        .ctx
+        .datastore
+        .update_attested_node(other, spire_server::datastore::AttestedNodeMask::ALL)
+        .await
+        .unwrap();
+    let err = BundleClient::new(channel.clone())
+        .get_federated_bundle(request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("expected to have serial number"),
+        "{}",
+        err.message()
+    );
+
+    // Banned (serials cleared).
+    let mut banned = node;
+    banned.cert_serial_number.clear();
+    banned.new_cert_serial_number.clear();
+    server
+        .ctx
+        .datastore
+        .update_attested_node(banned, spire_server::datastore::AttestedNodeMask::ALL)
+        .await
+        .unwrap();
+    let err = BundleClient::new(channel)
+        .get_federated_bundle(request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("is banned"), "{}", err.message());
+    server.stop().await;
+}
