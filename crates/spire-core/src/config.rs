@@ -290,12 +290,41 @@ pub fn hcl1_compat(text: &str) -> String {
             }
             c if c.is_whitespace() => out.push(c),
             c => {
+                if !at_line_start && starts_new_attribute(&out, rest) {
+                    out.push('\n');
+                }
                 out.push(c);
                 at_line_start = false;
             }
         }
     }
     out
+}
+
+/// Whether `rest` starts a `key = value` attribute that HCL v1 lets follow the previous value
+/// on the same line (`{ database_type = "sqlite3" connection_string = "x" }`), which hcl-rs
+/// only accepts on a line of its own.
+fn starts_new_attribute(out: &str, rest: &str) -> bool {
+    if !out.ends_with([' ', '\t']) {
+        return false;
+    }
+    let previous_ends_value = out
+        .trim_end_matches([' ', '\t'])
+        .chars()
+        .next_back()
+        .is_some_and(|p| p == '"' || p == ']' || p == '}' || p.is_alphanumeric());
+    let key_len = rest
+        .find(|ch: char| !(ch.is_alphanumeric() || ch == '_' || ch == '-'))
+        .unwrap_or(rest.len());
+    let after_key = rest
+        .get(key_len..)
+        .unwrap_or_default()
+        .trim_start_matches([' ', '\t']);
+    previous_ends_value
+        && key_len > 0
+        && rest.starts_with(|ch: char| ch.is_alphabetic() || ch == '_')
+        && after_key.starts_with('=')
+        && !after_key.starts_with("==")
 }
 
 /// Length of the string literal at the start of `s` (which starts with `"`), quotes included.
@@ -592,6 +621,22 @@ EOT
             plugins["UpstreamAuthority"]["disk"]["plugin_data"]["pem"],
             "{ not a block }\n"
         );
+    }
+
+    #[test]
+    fn hcl1_one_line_attributes_without_commas_parse() {
+        let text = "plugins {\n  DataStore \"sql\" { plugin_data { database_type = \"sqlite3\" \
+                    connection_string = \"./d.sqlite3\" max_open_conns = 5 } }\n}\n\
+                    telemetry { M3 = [{ address = \"localhost:9000\" env = \"prod\" }] }\n";
+        let value = parse_value("server.conf", text).unwrap();
+        let data = &value["plugins"]["DataStore"]["sql"]["plugin_data"];
+        assert_eq!(data["database_type"], "sqlite3");
+        assert_eq!(data["connection_string"], "./d.sqlite3");
+        assert_eq!(data["max_open_conns"], 5);
+        assert_eq!(value["telemetry"]["M3"][0]["env"], "prod");
+        // A value that merely contains `x = y` is left alone.
+        let quoted = "a = \"b c = d\"\n";
+        assert_eq!(hcl1_compat(quoted), quoted);
     }
 
     #[test]

@@ -39,8 +39,8 @@ fn entries_tokens_and_bundle_survive_a_restart() {
     ]);
     let entry = first_entry(&created);
     let entry_id = entry["id"].as_str().expect("entry id").to_owned();
-    assert_eq!(entry["spiffeId"]["path"], "/myservice");
-    assert_eq!(entry["x509SvidTtl"], 600);
+    assert_eq!(entry["spiffe_id"]["path"], "/myservice");
+    assert_eq!(entry["x509_svid_ttl"], 600);
     assert_eq!(entry["hint"], "web");
 
     // The pretty form names the entry.

@@ -394,7 +394,7 @@ async fn entry_filters_and_every_match_mode() {
             sels,
         );
         e.federates_with = feds.iter().map(|s| (*s).to_owned()).collect();
-        e.hint = if i % 2 == 0 {
+        e.hint = if i.is_multiple_of(2) {
             "even".into()
         } else {
             "odd".into()
@@ -1138,7 +1138,7 @@ async fn batch_create_is_fast_and_listing_many_entries_is_bulk() {
             &["k8s:ns:default", &format!("k8s:sa:sa{i}")],
         );
         e.dns_names = vec![format!("w{i}.example")];
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             e.federates_with = vec!["spiffe://fed.org".into()];
         }
         e

@@ -147,64 +147,80 @@ impl EntryApi {
         out
     }
 
-    async fn create_entry(
+    /// Validates every entry, stores the valid ones in one datastore batch, and answers one
+    /// result per input in order.
+    async fn create_entries(
         &self,
-        entry: &types::Entry,
+        entries: &[types::Entry],
         output_mask: Option<&types::EntryMask>,
-    ) -> pb::batch_create_entry_response::Result {
-        let record = match convert::entry_from_proto(&self.ctx.trust_domain, entry, None) {
-            Ok(record) => record,
-            Err(err) => {
-                return pb::batch_create_entry_response::Result {
-                    status: Some(make_status(
-                        Code::InvalidArgument,
-                        "failed to convert entry",
-                        Some(&err),
-                    )),
-                    entry: None,
-                };
+    ) -> Vec<pb::batch_create_entry_response::Result> {
+        let failed =
+            |code, message, err: &dyn std::fmt::Display| pb::batch_create_entry_response::Result {
+                status: Some(make_status(code, message, Some(err))),
+                entry: None,
+            };
+        let mut results: Vec<Option<pb::batch_create_entry_response::Result>> =
+            Vec::with_capacity(entries.len());
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match convert::entry_from_proto(&self.ctx.trust_domain, entry, None) {
+                Ok(record) => {
+                    records.push(record);
+                    results.push(None);
+                }
+                Err(err) => results.push(Some(failed(
+                    Code::InvalidArgument,
+                    "failed to convert entry",
+                    &err,
+                ))),
             }
-        };
-        let (stored, existing) = match self
+        }
+        let mut stored = self
             .ctx
             .datastore
-            .create_or_return_registration_entry(record)
+            .create_or_return_registration_entries(records)
             .await
-        {
-            Ok(result) => result,
-            Err(err) => {
-                return pb::batch_create_entry_response::Result {
-                    status: Some(make_status(
-                        convert::datastore_code(&err),
-                        "failed to create entry",
-                        Some(&err),
-                    )),
-                    entry: None,
-                };
-            }
-        };
-        let status = if existing {
-            make_status(Code::AlreadyExists, "similar entry already exists", None)
-        } else {
-            convert::ok_status()
-        };
-        match convert::entry_to_proto(&stored) {
-            Ok(mut wire) => {
-                convert::apply_entry_mask(&mut wire, output_mask);
-                pb::batch_create_entry_response::Result {
-                    status: Some(status),
-                    entry: Some(wire),
+            .into_iter();
+        results
+            .into_iter()
+            .map(|slot| {
+                if let Some(done) = slot {
+                    return done;
                 }
-            }
-            Err(err) => pb::batch_create_entry_response::Result {
-                status: Some(make_status(
-                    Code::Internal,
-                    "failed to convert entry",
-                    Some(&err),
-                )),
-                entry: None,
-            },
-        }
+                let (entry, existing) = match stored.next() {
+                    Some(Ok(result)) => result,
+                    Some(Err(err)) => {
+                        return failed(
+                            convert::datastore_code(&err),
+                            "failed to create entry",
+                            &err,
+                        );
+                    }
+                    None => {
+                        return failed(
+                            Code::Internal,
+                            "failed to create entry",
+                            &"the datastore returned fewer results than entries",
+                        );
+                    }
+                };
+                let status = if existing {
+                    make_status(Code::AlreadyExists, "similar entry already exists", None)
+                } else {
+                    convert::ok_status()
+                };
+                match convert::entry_to_proto(&entry) {
+                    Ok(mut wire) => {
+                        convert::apply_entry_mask(&mut wire, output_mask);
+                        pb::batch_create_entry_response::Result {
+                            status: Some(status),
+                            entry: Some(wire),
+                        }
+                    }
+                    Err(err) => failed(Code::Internal, "failed to convert entry", &err),
+                }
+            })
+            .collect()
     }
 
     async fn update_entry(
@@ -489,10 +505,9 @@ impl pb::entry_server::Entry for EntryApi {
         request: Request<pb::BatchCreateEntryRequest>,
     ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
         let request = request.into_inner();
-        let mut results = Vec::with_capacity(request.entries.len());
-        for entry in &request.entries {
-            results.push(self.create_entry(entry, request.output_mask.as_ref()).await);
-        }
+        let results = self
+            .create_entries(&request.entries, request.output_mask.as_ref())
+            .await;
         self.refresh_index().await;
         Ok(Response::new(pb::BatchCreateEntryResponse { results }))
     }

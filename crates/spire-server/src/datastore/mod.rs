@@ -298,7 +298,8 @@ pub trait DataStore: Send + Sync + 'static {
     async fn delete_bundle(&self, trust_domain: &str, mode: DeleteBundleMode) -> Result<()>;
     /// Fetches one bundle by trust domain name.
     async fn fetch_bundle(&self, trust_domain: &str) -> Result<Option<types::Bundle>>;
-    /// Lists bundles ordered by trust domain; returns the page and the next token.
+    /// Lists bundles in creation (row ID) order, as upstream pages them; returns the page and
+    /// the next token.
     async fn list_bundles(
         &self,
         pagination: Option<Pagination>,
@@ -431,7 +432,7 @@ pub trait DataStore: Send + Sync + 'static {
         &self,
         trust_domain: &str,
     ) -> Result<Option<types::FederationRelationship>>;
-    /// Lists relationships ordered by trust domain.
+    /// Lists relationships in creation (row ID) order, as upstream pages them.
     async fn list_federation_relationships(
         &self,
         pagination: Option<Pagination>,

@@ -1,0 +1,726 @@
+//! Server API throughput and latency on a real in-process server: SQLite datastore in a temp
+//! dir, in-memory key manager, real CA manager and authorized-entry index, and the gRPC
+//! service implementations called directly (and over a loopback gRPC server where noted).
+//!
+//! Run with `cargo bench -p spire-server --bench server_api` (or `scripts/bench.sh`); prints
+//! markdown tables to stdout and progress to stderr. Scenarios:
+//!
+//! 1. `svid.v1.BatchNewX509SVID`: SVIDs/s from 2 concurrent callers, batches of 100 CSRs,
+//!    against this machine's ECDSA P-256 ceiling measured with `openssl speed`.
+//! 2. `entry.v1.GetAuthorizedEntries` / `SyncAuthorizedEntries` latency for agents with 1k,
+//!    10k and 100k authorized entries.
+//! 3. `entry.v1.BatchCreateEntry` entries/s into SQLite, batches of 50, 1 and 2 callers.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "benchmark"
+)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spire_core::keys::{KeyType, PrivateKey};
+use spire_core::selector::Selector;
+use spire_core::spiffe_id::{SpiffeId, TrustDomain};
+use spire_proto::spire::api::server::entry::v1 as entrypb;
+use spire_proto::spire::api::server::entry::v1::entry_server::{Entry, EntryServer};
+use spire_proto::spire::api::server::svid::v1 as svidpb;
+use spire_proto::spire::api::server::svid::v1::svid_server::{Svid, SvidServer};
+use spire_proto::spire::api::types;
+use spire_server::api::entry::EntryApi;
+use spire_server::api::ratelimit::RateLimiters;
+use spire_server::api::svid::SvidApi;
+use spire_server::api::{ApiContext, ApiSettings, Caller};
+use spire_server::authorized::AuthorizedIndex;
+use spire_server::ca::{CaConfig, CaManager};
+use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
+use spire_server::datastore::{AttestedNode, DataStore, RegistrationEntry};
+use spire_server::plugins::keymanager::memory::MemoryKeyManager;
+use tonic::Request;
+
+const TD: &str = "example.org";
+/// Concurrent callers; the bench machine has 2 cores.
+const CALLERS: usize = 2;
+/// CSRs per BatchNewX509SVID call (an agent sends all its due SVIDs in one call).
+const SVID_BATCH: usize = 100;
+/// How long each SVID scenario runs after its warm-up.
+const SVID_RUN: Duration = Duration::from_secs(6);
+/// Upstream's CLI sends `entry create -data` files in batches of this many.
+const ENTRY_BATCH: usize = 50;
+/// Batches per caller in the BatchCreateEntry scenarios.
+const ENTRY_BATCHES_PER_CALLER: usize = 60;
+/// Entries written per datastore transaction when populating the sync scenario.
+const POPULATE_CHUNK: usize = 1000;
+/// Authorized-entry counts of the sync scenario, one agent each.
+const SYNC_SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
+// ---------------------------------------------------------------------------------------
+// Server context
+// ---------------------------------------------------------------------------------------
+
+/// One in-process server: what `spire-server run` builds, minus the listeners.
+struct Server {
+    ctx: Arc<ApiContext>,
+    _dir: tempfile::TempDir,
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = SqlConfig {
+        database_type: "sqlite3".into(),
+        connection_string: dir
+            .path()
+            .join("datastore.sqlite3")
+            .to_string_lossy()
+            .into_owned(),
+        max_open_conns: None,
+        disable_migration: false,
+    };
+    let datastore: Arc<dyn DataStore> =
+        Arc::new(SqlDataStore::open(&config).await.expect("open sqlite"));
+    let trust_domain = TrustDomain::new(TD).unwrap();
+    let ca = CaManager::new(
+        CaConfig::new(trust_domain.clone()),
+        Arc::new(MemoryKeyManager::new()),
+        None,
+        datastore.clone(),
+    )
+    .await
+    .expect("CA manager");
+    let index = AuthorizedIndex::load(datastore.clone())
+        .await
+        .expect("index");
+    let ctx = Arc::new(ApiContext {
+        trust_domain,
+        datastore,
+        ca,
+        index,
+        settings: ApiSettings {
+            default_x509_svid_ttl: Duration::from_secs(3600),
+            default_jwt_svid_ttl: Duration::from_secs(300),
+            agent_ttl: None,
+            admin_ids: Vec::new(),
+            rate_limit_attestation: false,
+            rate_limit_signing: false,
+            join_token_enabled: true,
+        },
+        log_level: Default::default(),
+        started_at: Instant::now(),
+        rate_limits: RateLimiters::new(false, false),
+    });
+    Server { ctx, _dir: dir }
+}
+
+fn agent_id(name: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TD}/spire/agent/join_token/{name}")).unwrap()
+}
+
+/// Stores an attested agent whose SVID is current, as a successful attestation would.
+async fn add_agent(server: &Server, id: &SpiffeId) {
+    server
+        .ctx
+        .datastore
+        .create_attested_node(AttestedNode {
+            spiffe_id: id.to_string(),
+            attestation_data_type: "join_token".into(),
+            cert_serial_number: "1".into(),
+            cert_not_after: 4_000_000_000,
+            ..AttestedNode::default()
+        })
+        .await
+        .expect("create agent");
+}
+
+fn agent_caller(id: &SpiffeId) -> Caller {
+    Caller {
+        agent_id: Some(id.clone()),
+        spiffe_id: Some(id.clone()),
+        ..Caller::default()
+    }
+}
+
+fn admin_caller() -> Caller {
+    Caller {
+        local: true,
+        ..Caller::default()
+    }
+}
+
+fn req<T>(caller: Caller, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.extensions_mut().insert(caller);
+    request
+}
+
+fn wire_id(path: &str) -> Option<types::Spiffeid> {
+    Some(types::Spiffeid {
+        trust_domain: TD.into(),
+        path: path.into(),
+    })
+}
+
+/// A workload entry as `spire-server entry create` would send it.
+fn wire_entry(parent: &SpiffeId, tag: &str, n: usize) -> types::Entry {
+    types::Entry {
+        spiffe_id: wire_id(&format!("/workload/{tag}/{n}")),
+        parent_id: wire_id(parent.path()),
+        selectors: vec![
+            types::Selector {
+                r#type: "k8s".into(),
+                value: "ns:default".into(),
+            },
+            types::Selector {
+                r#type: "k8s".into(),
+                value: format!("sa:{tag}-{n}"),
+            },
+        ],
+        dns_names: vec![format!("{tag}-{n}.default.svc")],
+        ..types::Entry::default()
+    }
+}
+
+/// The same entry as a datastore record, for bulk population.
+fn record(parent: &SpiffeId, tag: &str, n: usize) -> RegistrationEntry {
+    RegistrationEntry {
+        spiffe_id: format!("spiffe://{TD}/workload/{tag}/{n}"),
+        parent_id: parent.to_string(),
+        selectors: vec![
+            Selector {
+                kind: "k8s".into(),
+                value: "ns:default".into(),
+            },
+            Selector {
+                kind: "k8s".into(),
+                value: format!("sa:{tag}-{n}"),
+            },
+        ],
+        dns_names: vec![format!("{tag}-{n}.default.svc")],
+        ..RegistrationEntry::default()
+    }
+}
+
+/// Creates entries through the API as an admin and returns their IDs; panics on any
+/// per-entry failure, since a bench over failed creates measures nothing.
+async fn create_entries(entry_api: &EntryApi, entries: Vec<types::Entry>) -> Vec<String> {
+    let results = entry_api
+        .batch_create_entry(req(
+            admin_caller(),
+            entrypb::BatchCreateEntryRequest {
+                entries,
+                output_mask: None,
+            },
+        ))
+        .await
+        .expect("BatchCreateEntry")
+        .into_inner()
+        .results;
+    results
+        .into_iter()
+        .map(|r| {
+            let code = r.status.as_ref().map_or(-1, |s| s.code);
+            assert_eq!(code, 0, "entry not created: {:?}", r.status);
+            r.entry.expect("created entry").id
+        })
+        .collect()
+}
+
+/// Serves the SVID and entry services on a loopback port, every request carrying `caller`
+/// as the auth layer would leave it (no TLS: this measures the gRPC path, not the handshake).
+async fn serve(ctx: Arc<ApiContext>, caller: Caller) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let inject = move |mut request: Request<()>| {
+        request.extensions_mut().insert(caller.clone());
+        Ok(request)
+    };
+    let svid = SvidServer::with_interceptor(SvidApi::new(ctx.clone()), inject.clone());
+    let entry = EntryServer::with_interceptor(EntryApi::new(ctx), inject);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svid)
+            .add_service(entry)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median, nearest-rank p99 and max of a sample.
+fn summary(mut samples: Vec<Duration>) -> (f64, f64, f64) {
+    samples.sort();
+    let n = samples.len();
+    let p99_rank = (n * 99).div_ceil(100).clamp(1, n);
+    (
+        ms(samples[n / 2]),
+        ms(samples[p99_rank - 1]),
+        ms(samples[n - 1]),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. BatchNewX509SVID
+// ---------------------------------------------------------------------------------------
+
+/// ECDSA P-256 sign/s and verify/s of one core, from `openssl speed`.
+fn openssl_ecdsa_p256() -> Option<(f64, f64)> {
+    let output = Command::new("openssl")
+        .args(["speed", "-seconds", "5", "ecdsap256"])
+        .output()
+        .ok()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| l.contains("nistp256"))?;
+    let numbers: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<f64>().ok())
+        .collect();
+    match numbers.as_slice() {
+        [.., sign, verify] => Some((*sign, *verify)),
+        _ => None,
+    }
+}
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Per caller: the agent's entry IDs and one pre-made CSR per entry.
+struct SvidCaller {
+    agent: SpiffeId,
+    params: Vec<svidpb::NewX509svidParams>,
+}
+
+async fn svid_setup(server: &Server) -> Vec<SvidCaller> {
+    let entry_api = EntryApi::new(server.ctx.clone());
+    let mut callers = Vec::new();
+    for c in 0..CALLERS {
+        let agent = agent_id(&format!("svid-agent-{c}"));
+        add_agent(server, &agent).await;
+        let entries = (0..SVID_BATCH)
+            .map(|n| wire_entry(&agent, &format!("svid{c}"), n))
+            .collect();
+        let ids = create_entries(&entry_api, entries).await;
+        let params = ids
+            .into_iter()
+            .map(|entry_id| {
+                let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+                svidpb::NewX509svidParams {
+                    entry_id,
+                    csr: spire_core::x509::csr_der(&key).unwrap(),
+                }
+            })
+            .collect();
+        callers.push(SvidCaller { agent, params });
+    }
+    server.ctx.index.refresh().await.expect("index refresh");
+    callers
+}
+
+fn check_svids(response: &svidpb::BatchNewX509svidResponse) -> usize {
+    for result in &response.results {
+        let code = result.status.as_ref().map_or(-1, |s| s.code);
+        assert_eq!(code, 0, "SVID not signed: {:?}", result.status);
+    }
+    response.results.len()
+}
+
+/// Runs `call` in a loop on every caller concurrently for `SVID_RUN` (after a short
+/// warm-up); returns SVIDs/s over all callers.
+async fn svids_per_second<F, Fut>(callers: &[SvidCaller], call: F) -> f64
+where
+    F: Fn(usize, SpiffeId, Vec<svidpb::NewX509svidParams>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = usize> + Send,
+{
+    let warm_up = Instant::now() + Duration::from_millis(500);
+    let deadline = warm_up + SVID_RUN;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, caller) in callers.iter().enumerate() {
+        let call = call.clone();
+        let agent = caller.agent.clone();
+        let params = caller.params.clone();
+        tasks.spawn(async move {
+            while Instant::now() < warm_up {
+                call(i, agent.clone(), params.clone()).await;
+            }
+            let started = Instant::now();
+            let mut signed = 0;
+            while Instant::now() < deadline {
+                signed += call(i, agent.clone(), params.clone()).await;
+            }
+            (signed, started.elapsed())
+        });
+    }
+    let mut rate = 0.0;
+    while let Some(done) = tasks.join_next().await {
+        let (signed, elapsed) = done.expect("caller task");
+        rate += signed as f64 / elapsed.as_secs_f64();
+    }
+    rate
+}
+
+async fn bench_svid() -> Vec<(String, f64)> {
+    eprintln!("svid: setting up");
+    let server = server().await;
+    let callers = svid_setup(&server).await;
+    let mut rows = Vec::new();
+
+    eprintln!("svid: in-process handler");
+    let api = Arc::new(SvidApi::new(server.ctx.clone()));
+    let in_process = svids_per_second(&callers, move |_, agent, params| {
+        let api = api.clone();
+        async move {
+            let response = api
+                .batch_new_x509svid(req(
+                    agent_caller(&agent),
+                    svidpb::BatchNewX509svidRequest { params },
+                ))
+                .await
+                .expect("BatchNewX509SVID")
+                .into_inner();
+            check_svids(&response)
+        }
+    })
+    .await;
+    rows.push(("handler, in-process".to_owned(), in_process));
+
+    eprintln!("svid: loopback gRPC");
+    let mut clients = Vec::new();
+    for caller in &callers {
+        let addr = serve(server.ctx.clone(), agent_caller(&caller.agent)).await;
+        let client = svidpb::svid_client::SvidClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        clients.push(client);
+    }
+    let clients = Arc::new(clients);
+    let grpc = svids_per_second(&callers, move |i, _, params| {
+        let mut client = clients[i].clone();
+        async move {
+            let response = client
+                .batch_new_x509svid(svidpb::BatchNewX509svidRequest { params })
+                .await
+                .expect("BatchNewX509SVID over gRPC")
+                .into_inner();
+            check_svids(&response)
+        }
+    })
+    .await;
+    rows.push(("loopback gRPC (h2c, no TLS)".to_owned(), grpc));
+    rows
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Authorized entries
+// ---------------------------------------------------------------------------------------
+
+struct SyncRow {
+    entries: usize,
+    runs: usize,
+    unary: (f64, f64, f64),
+    revisions: (f64, f64, f64),
+    full: (f64, f64, f64),
+}
+
+/// Reads response pages until `more = false`; returns (revisions, entries) received.
+async fn read_pages(
+    responses: &mut tonic::Streaming<entrypb::SyncAuthorizedEntriesResponse>,
+) -> (Vec<entrypb::EntryRevision>, usize) {
+    let mut revisions = Vec::new();
+    let mut entries = 0;
+    loop {
+        let page = responses
+            .message()
+            .await
+            .expect("sync page")
+            .expect("stream ended early");
+        revisions.extend(page.entry_revisions);
+        entries += page.entries.len();
+        if !page.more {
+            return (revisions, entries);
+        }
+    }
+}
+
+/// One SyncAuthorizedEntries exchange over gRPC. An up-to-date agent reads the revisions
+/// and stops; a fresh one then asks for every entry. Returns how many entries it ended with.
+async fn sync_once(
+    client: &mut entrypb::entry_client::EntryClient<tonic::transport::Channel>,
+    fetch_all: bool,
+) -> usize {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(entrypb::SyncAuthorizedEntriesRequest::default())
+        .await
+        .unwrap();
+    let mut responses = client
+        .sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("SyncAuthorizedEntries")
+        .into_inner();
+    let (revisions, entries) = read_pages(&mut responses).await;
+    if entries > 0 || !fetch_all {
+        // Small sets come whole in the first response.
+        return entries.max(revisions.len());
+    }
+    tx.send(entrypb::SyncAuthorizedEntriesRequest {
+        output_mask: None,
+        ids: revisions.into_iter().map(|r| r.id).collect(),
+    })
+    .await
+    .unwrap();
+    let (_, entries) = read_pages(&mut responses).await;
+    entries
+}
+
+async fn bench_sync() -> (Vec<SyncRow>, f64, f64) {
+    eprintln!("sync: populating the datastore");
+    let server = server().await;
+    let total: usize = SYNC_SIZES.iter().sum();
+    let started = Instant::now();
+    for &size in &SYNC_SIZES {
+        let agent = agent_id(&format!("sync-{size}"));
+        add_agent(&server, &agent).await;
+        let tag = format!("sync{size}");
+        let mut n = 0;
+        while n < size {
+            let chunk = (n..(n + POPULATE_CHUNK).min(size))
+                .map(|i| record(&agent, &tag, i))
+                .collect();
+            for result in server
+                .ctx
+                .datastore
+                .create_or_return_registration_entries(chunk)
+                .await
+            {
+                result.expect("populate entry");
+            }
+            n += POPULATE_CHUNK;
+        }
+    }
+    let populate_rate = total as f64 / started.elapsed().as_secs_f64();
+
+    eprintln!("sync: loading the index ({total} entries)");
+    // A full reload is what `AuthorizedIndex::load` does at server start.
+    let started = Instant::now();
+    server.ctx.index.reload().await.expect("index reload");
+    let index_load = ms(started.elapsed());
+
+    let entry_api = EntryApi::new(server.ctx.clone());
+    let mut rows = Vec::new();
+    for &size in &SYNC_SIZES {
+        eprintln!("sync: {size} entries");
+        let agent = agent_id(&format!("sync-{size}"));
+        let runs = match size {
+            s if s <= 1_000 => 50,
+            s if s <= 10_000 => 20,
+            _ => 7,
+        };
+
+        let mut unary = Vec::with_capacity(runs);
+        for _ in 0..=runs {
+            let started = Instant::now();
+            let response = entry_api
+                .get_authorized_entries(req(
+                    agent_caller(&agent),
+                    entrypb::GetAuthorizedEntriesRequest { output_mask: None },
+                ))
+                .await
+                .expect("GetAuthorizedEntries")
+                .into_inner();
+            unary.push(started.elapsed());
+            assert_eq!(response.entries.len(), size, "wrong authorized entries");
+        }
+        unary.remove(0); // warm-up
+
+        let addr = serve(server.ctx.clone(), agent_caller(&agent)).await;
+        let mut client = entrypb::entry_client::EntryClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20);
+        let mut revisions = Vec::with_capacity(runs);
+        let mut full = Vec::with_capacity(runs);
+        for run in 0..=runs {
+            let started = Instant::now();
+            let got = sync_once(&mut client, false).await;
+            let elapsed = started.elapsed();
+            assert_eq!(got, size, "wrong revision count");
+            if run > 0 {
+                revisions.push(elapsed);
+            }
+            let started = Instant::now();
+            let got = sync_once(&mut client, true).await;
+            let elapsed = started.elapsed();
+            assert_eq!(got, size, "wrong synced entry count");
+            if run > 0 {
+                full.push(elapsed);
+            }
+        }
+        rows.push(SyncRow {
+            entries: size,
+            runs,
+            unary: summary(unary),
+            revisions: summary(revisions),
+            full: summary(full),
+        });
+    }
+    (rows, index_load, populate_rate)
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. BatchCreateEntry
+// ---------------------------------------------------------------------------------------
+
+/// Entries/s for `callers` concurrent admins each sending `ENTRY_BATCHES_PER_CALLER`
+/// batches of `ENTRY_BATCH` new entries; also returns per-call median and p99.
+async fn entries_per_second(server: &Server, callers: usize, tag: &str) -> (f64, f64, f64) {
+    let parent = agent_id(&format!("create-{tag}"));
+    add_agent(server, &parent).await;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..callers {
+        let api = EntryApi::new(server.ctx.clone());
+        let parent = parent.clone();
+        let tag = format!("{tag}{c}");
+        tasks.spawn(async move {
+            let mut calls = Vec::with_capacity(ENTRY_BATCHES_PER_CALLER);
+            for b in 0..ENTRY_BATCHES_PER_CALLER {
+                let entries = (0..ENTRY_BATCH)
+                    .map(|n| wire_entry(&parent, &tag, b * ENTRY_BATCH + n))
+                    .collect();
+                let call = Instant::now();
+                create_entries(&api, entries).await;
+                calls.push(call.elapsed());
+            }
+            calls
+        });
+    }
+    let mut calls = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        calls.extend(done.expect("caller task"));
+    }
+    let rate =
+        (callers * ENTRY_BATCHES_PER_CALLER * ENTRY_BATCH) as f64 / started.elapsed().as_secs_f64();
+    let (median, p99, _) = summary(calls);
+    (rate, median, p99)
+}
+
+async fn bench_create() -> Vec<(usize, (f64, f64, f64))> {
+    eprintln!("create: sequential");
+    let server = server().await;
+    let sequential = entries_per_second(&server, 1, "seq").await;
+    eprintln!("create: {CALLERS} concurrent callers");
+    let concurrent = entries_per_second(&server, CALLERS, "par").await;
+    vec![(1, sequential), (CALLERS, concurrent)]
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn main() {
+    let cores = nproc();
+    eprintln!("openssl speed -seconds 5 ecdsap256 (about 10 s)");
+    let ceiling = openssl_ecdsa_p256();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let svid_rows = runtime.block_on(bench_svid());
+    let create_rows = runtime.block_on(bench_create());
+    let (sync_rows, index_load, populate_rate) = runtime.block_on(bench_sync());
+
+    println!("### 1. BatchNewX509SVID ({CALLERS} concurrent callers, {SVID_BATCH} CSRs per call)");
+    println!();
+    match ceiling {
+        Some((sign, verify)) => {
+            let per_core = 1.0 / (1.0 / sign + 1.0 / verify);
+            let machine = per_core * cores as f64;
+            println!(
+                "Ceiling: openssl ECDSA P-256 {sign:.0} sign/s, {verify:.0} verify/s per core; \
+                 one SVID = one verify (CSR) + one sign = {per_core:.0}/s per core x {cores} cores \
+                 = {machine:.0} SVIDs/s."
+            );
+            println!();
+            println!("| path | SVIDs/s | % of ceiling | target >= 70% |");
+            println!("|---|---:|---:|---|");
+            for (path, rate) in &svid_rows {
+                let ratio = rate / machine * 100.0;
+                println!(
+                    "| {path} | {rate:.0} | {ratio:.1}% | {} |",
+                    met(ratio >= 70.0)
+                );
+            }
+        }
+        None => {
+            println!("Ceiling: `openssl speed` not available; no ratio computed.");
+            println!();
+            println!("| path | SVIDs/s |");
+            println!("|---|---:|");
+            for (path, rate) in &svid_rows {
+                println!("| {path} | {rate:.0} |");
+            }
+        }
+    }
+
+    println!();
+    println!("### 2. Authorized entries for one agent (ms; median / p99 / max)");
+    println!();
+    println!(
+        "Datastore holds {} entries over {} agents; index full load {index_load:.0} ms; \
+         populating via the datastore's batch insert ({POPULATE_CHUNK}/transaction) ran at \
+         {populate_rate:.0} entries/s.",
+        SYNC_SIZES.iter().sum::<usize>(),
+        SYNC_SIZES.len()
+    );
+    println!();
+    println!(
+        "| entries | runs | GetAuthorizedEntries (in-process) | Sync, revisions only (gRPC) | \
+         Sync, fresh agent: revisions + all entries (gRPC) | target: 100k < 500 ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---|");
+    for row in &sync_rows {
+        let fmt =
+            |(median, p99, max): (f64, f64, f64)| format!("{median:.1} / {p99:.1} / {max:.1}");
+        let target = if row.entries == 100_000 {
+            met(row.full.1 < 500.0 && row.unary.1 < 500.0)
+        } else {
+            "-"
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {target} |",
+            row.entries,
+            row.runs,
+            fmt(row.unary),
+            fmt(row.revisions),
+            fmt(row.full),
+        );
+    }
+
+    println!();
+    println!(
+        "### 3. BatchCreateEntry into SQLite ({ENTRY_BATCH} entries per call, \
+         {ENTRY_BATCHES_PER_CALLER} calls per caller)"
+    );
+    println!();
+    println!("| callers | entries/s | call median (ms) | call p99 (ms) | target >= 5000/s |");
+    println!("|---:|---:|---:|---:|---|");
+    for (callers, (rate, median, p99)) in &create_rows {
+        println!(
+            "| {callers} | {rate:.0} | {median:.1} | {p99:.1} | {} |",
+            met(*rate >= 5000.0)
+        );
+    }
+}
