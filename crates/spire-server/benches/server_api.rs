@@ -49,6 +49,8 @@ const CALLERS: usize = 2;
 const SVID_BATCH: usize = 100;
 /// How long each SVID scenario runs after its warm-up.
 const SVID_RUN: Duration = Duration::from_secs(6);
+/// Set to run every scenario at a tenth of its size (a smoke run, e.g. in a debug build).
+const QUICK_ENV: &str = "SPIRE_BENCH_QUICK";
 /// Upstream's CLI sends `entry create -data` files in batches of this many.
 const ENTRY_BATCH: usize = 50;
 /// Batches per caller in the BatchCreateEntry scenarios.
@@ -57,6 +59,20 @@ const ENTRY_BATCHES_PER_CALLER: usize = 60;
 const POPULATE_CHUNK: usize = 1000;
 /// Authorized-entry counts of the sync scenario, one agent each.
 const SYNC_SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
+/// Whether this is a smoke run (`SPIRE_BENCH_QUICK` set).
+fn quick() -> bool {
+    std::env::var_os(QUICK_ENV).is_some()
+}
+
+/// `full` normally, a tenth of it (at least 1) in a smoke run.
+fn scaled(full: usize) -> usize {
+    if quick() { (full / 10).max(1) } else { full }
+}
+
+fn svid_run() -> Duration {
+    if quick() { SVID_RUN / 6 } else { SVID_RUN }
+}
 
 // ---------------------------------------------------------------------------------------
 // Server context
@@ -342,7 +358,7 @@ where
     Fut: std::future::Future<Output = usize> + Send,
 {
     let warm_up = Instant::now() + Duration::from_millis(500);
-    let deadline = warm_up + SVID_RUN;
+    let deadline = warm_up + svid_run();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, caller) in callers.iter().enumerate() {
         let call = call.clone();
@@ -481,12 +497,13 @@ async fn sync_once(
     entries
 }
 
-async fn bench_sync() -> (Vec<SyncRow>, f64, f64) {
+async fn bench_sync() -> (Vec<SyncRow>, f64, f64, usize) {
     eprintln!("sync: populating the datastore");
     let server = server().await;
-    let total: usize = SYNC_SIZES.iter().sum();
+    let sizes: Vec<usize> = SYNC_SIZES.iter().map(|&s| scaled(s)).collect();
+    let total: usize = sizes.iter().sum();
     let started = Instant::now();
-    for &size in &SYNC_SIZES {
+    for &size in &sizes {
         let agent = agent_id(&format!("sync-{size}"));
         add_agent(&server, &agent).await;
         let tag = format!("sync{size}");
@@ -516,7 +533,7 @@ async fn bench_sync() -> (Vec<SyncRow>, f64, f64) {
 
     let entry_api = EntryApi::new(server.ctx.clone());
     let mut rows = Vec::new();
-    for &size in &SYNC_SIZES {
+    for &size in &sizes {
         eprintln!("sync: {size} entries");
         let agent = agent_id(&format!("sync-{size}"));
         let runs = match size {
@@ -572,16 +589,17 @@ async fn bench_sync() -> (Vec<SyncRow>, f64, f64) {
             full: summary(full),
         });
     }
-    (rows, index_load, populate_rate)
+    (rows, index_load, populate_rate, total)
 }
 
 // ---------------------------------------------------------------------------------------
 // 3. BatchCreateEntry
 // ---------------------------------------------------------------------------------------
 
-/// Entries/s for `callers` concurrent admins each sending `ENTRY_BATCHES_PER_CALLER`
+/// Entries/s for `callers` concurrent admins each sending `ENTRY_BATCHES_PER_CALLER` (scaled)
 /// batches of `ENTRY_BATCH` new entries; also returns per-call median and p99.
 async fn entries_per_second(server: &Server, callers: usize, tag: &str) -> (f64, f64, f64) {
+    let batches = scaled(ENTRY_BATCHES_PER_CALLER);
     let parent = agent_id(&format!("create-{tag}"));
     add_agent(server, &parent).await;
     let started = Instant::now();
@@ -591,8 +609,8 @@ async fn entries_per_second(server: &Server, callers: usize, tag: &str) -> (f64,
         let parent = parent.clone();
         let tag = format!("{tag}{c}");
         tasks.spawn(async move {
-            let mut calls = Vec::with_capacity(ENTRY_BATCHES_PER_CALLER);
-            for b in 0..ENTRY_BATCHES_PER_CALLER {
+            let mut calls = Vec::with_capacity(batches);
+            for b in 0..batches {
                 let entries = (0..ENTRY_BATCH)
                     .map(|n| wire_entry(&parent, &tag, b * ENTRY_BATCH + n))
                     .collect();
@@ -607,8 +625,7 @@ async fn entries_per_second(server: &Server, callers: usize, tag: &str) -> (f64,
     while let Some(done) = tasks.join_next().await {
         calls.extend(done.expect("caller task"));
     }
-    let rate =
-        (callers * ENTRY_BATCHES_PER_CALLER * ENTRY_BATCH) as f64 / started.elapsed().as_secs_f64();
+    let rate = (callers * batches * ENTRY_BATCH) as f64 / started.elapsed().as_secs_f64();
     let (median, p99, _) = summary(calls);
     (rate, median, p99)
 }
@@ -640,7 +657,11 @@ fn main() {
         .expect("tokio runtime");
     let svid_rows = runtime.block_on(bench_svid());
     let create_rows = runtime.block_on(bench_create());
-    let (sync_rows, index_load, populate_rate) = runtime.block_on(bench_sync());
+    let (sync_rows, index_load, populate_rate, total) = runtime.block_on(bench_sync());
+    if quick() {
+        println!("**Smoke run ({QUICK_ENV} set): sizes are a tenth of the real ones.**");
+        println!();
+    }
 
     println!("### 1. BatchNewX509SVID ({CALLERS} concurrent callers, {SVID_BATCH} CSRs per call)");
     println!();
@@ -682,8 +703,8 @@ fn main() {
         "Datastore holds {} entries over {} agents; index full load {index_load:.0} ms; \
          populating via the datastore's batch insert ({POPULATE_CHUNK}/transaction) ran at \
          {populate_rate:.0} entries/s.",
-        SYNC_SIZES.iter().sum::<usize>(),
-        SYNC_SIZES.len()
+        total,
+        sync_rows.len()
     );
     println!();
     println!(
@@ -712,7 +733,8 @@ fn main() {
     println!();
     println!(
         "### 3. BatchCreateEntry into SQLite ({ENTRY_BATCH} entries per call, \
-         {ENTRY_BATCHES_PER_CALLER} calls per caller)"
+         {} calls per caller)",
+        scaled(ENTRY_BATCHES_PER_CALLER)
     );
     println!();
     println!("| callers | entries/s | call median (ms) | call p99 (ms) | target >= 5000/s |");

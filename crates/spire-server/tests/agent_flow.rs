@@ -80,10 +80,7 @@ async fn start(dir: &Path, rate_limit_attestation: bool) -> Server {
     let store = Arc::new(
         SqlDataStore::open(&SqlConfig {
             database_type: "sqlite3".into(),
-            connection_string: dir
-                .join("datastore.sqlite3")
-                .to_string_lossy()
-                .into_owned(),
+            connection_string: dir.join("datastore.sqlite3").to_string_lossy().into_owned(),
             max_open_conns: None,
             disable_migration: false,
         })
@@ -338,7 +335,11 @@ fn agent_tls(
         None => builder.with_no_client_auth(),
         Some(svid) => builder
             .with_client_auth_cert(
-                svid.chain.iter().cloned().map(CertificateDer::from).collect(),
+                svid.chain
+                    .iter()
+                    .cloned()
+                    .map(CertificateDer::from)
+                    .collect(),
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key.pkcs8_der().to_vec())),
             )
             .unwrap(),
@@ -472,10 +473,10 @@ struct AnyDetail {
 /// The `PermissionDeniedDetails` reason an agent reads to decide whether to re-attest.
 fn denied_reason(status: &Status) -> Option<Reason> {
     let decoded = RpcStatus::decode(status.details()).ok()?;
-    let detail = decoded
-        .details
-        .iter()
-        .find(|d| d.type_url.ends_with("spire.api.types.PermissionDeniedDetails"))?;
+    let detail = decoded.details.iter().find(|d| {
+        d.type_url
+            .ends_with("spire.api.types.PermissionDeniedDetails")
+    })?;
     let details = types::PermissionDeniedDetails::decode(detail.value.as_slice()).ok()?;
     Reason::try_from(details.reason).ok()
 }
@@ -668,7 +669,10 @@ async fn sync_entries(channel: Channel) -> Result<Vec<types::Entry>, Status> {
         .ok_or_else(|| Status::internal("the sync stream ended without a page"))?;
     drop(tx);
     assert!(!first.more, "a small set fits one page");
-    assert!(first.entry_revisions.is_empty(), "full entries, not revisions");
+    assert!(
+        first.entry_revisions.is_empty(),
+        "full entries, not revisions"
+    );
     Ok(first.entries)
 }
 
@@ -794,7 +798,11 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
         .unwrap()
         .into_inner();
     assert_eq!(over_tls, bundle, "the same bundle over TLS and the socket");
-    assert_eq!(checked.load(Ordering::SeqCst), 1, "the server SVID was checked");
+    assert_eq!(
+        checked.load(Ordering::SeqCst),
+        1,
+        "the server SVID was checked"
+    );
 
     let (svid, key) = attest(bootstrap.clone(), &token).await.expect("attested");
     assert_eq!(svid.id, spiffe_id(&agent_path));
@@ -828,6 +836,10 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
         "{err:?}"
     );
 
+    // Agent RPCs need the agent SVID.
+    let err = authorized_entries(bootstrap.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
     // 3. mTLS with the agent SVID.
     let agent = server.agent_channel(&roots, Some(&first));
     let expected: BTreeSet<String> = [
@@ -839,7 +851,11 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
     .map(str::to_owned)
     .collect();
     let synced = sync_entries(agent.clone()).await.unwrap();
-    assert_eq!(spiffe_ids(&synced), expected, "direct, alias and under-alias");
+    assert_eq!(
+        spiffe_ids(&synced),
+        expected,
+        "direct, alias and under-alias"
+    );
     let fetched = authorized_entries(agent.clone()).await.unwrap();
     assert_eq!(spiffe_ids(&fetched), expected);
     let synced_workload = synced.iter().find(|e| &e.id == workload_id).unwrap();
@@ -909,6 +925,12 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
     );
     let left = seconds_left(chain);
     assert!((590..=600).contains(&left), "entry TTL 600 s: {left}");
+    let validity = spire_core::x509::certificate_validity(&chain[0]).unwrap();
+    let backdated = (time::OffsetDateTime::now_utc() - validity.not_before).whole_seconds();
+    assert!(
+        (10..=20).contains(&backdated),
+        "upstream backdates NotBefore by 10 s: {backdated}"
+    );
     assert_eq!(
         workload_svid.expires_at,
         spire_core::x509::certificate_not_after(&chain[0])
@@ -954,7 +976,10 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let validated =
         spire_core::jwt::validate_jwt_svid(&jwt.token, &core_bundle, &[AUDIENCE], now).unwrap();
-    assert_eq!(validated.spiffe_id.as_str(), "spiffe://example.org/workload");
+    assert_eq!(
+        validated.spiffe_id.as_str(),
+        "spiffe://example.org/workload"
+    );
     assert_eq!(validated.audience, [AUDIENCE]);
     assert!(
         spire_core::jwt::validate_jwt_svid(&jwt.token, &core_bundle, &["someone-else"], now)
@@ -1011,7 +1036,10 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
         .svid
         .unwrap();
     assert_eq!(renewed.id, spiffe_id(&agent_path));
-    assert_eq!(verify_svid(&renewed.cert_chain, &renew_key, &roots), agent_id);
+    assert_eq!(
+        verify_svid(&renewed.cert_chain, &renew_key, &roots),
+        agent_id
+    );
     let second = AgentSvid {
         chain: renewed.cert_chain,
         key: renew_key,
@@ -1103,7 +1131,9 @@ async fn bootstrap_refuses_bad_tokens_and_untrusted_servers() {
     let roots = x509_roots(&admin.bundle().await);
     let bootstrap = server.agent_channel(&roots, None);
 
-    let err = attest(bootstrap.clone(), "no-such-token").await.unwrap_err();
+    let err = attest(bootstrap.clone(), "no-such-token")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(
         err.message()
@@ -1122,10 +1152,14 @@ async fn bootstrap_refuses_bad_tokens_and_untrusted_servers() {
         })
         .await
         .unwrap();
-    let err = attest(bootstrap.clone(), "expired-token").await.unwrap_err();
+    let err = attest(bootstrap.clone(), "expired-token")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("join token expired"), "{err:?}");
-    let err = attest(bootstrap.clone(), "expired-token").await.unwrap_err();
+    let err = attest(bootstrap.clone(), "expired-token")
+        .await
+        .unwrap_err();
     assert!(
         err.message()
             .contains("join token does not exist or has already been used"),
@@ -1134,11 +1168,7 @@ async fn bootstrap_refuses_bad_tokens_and_untrusted_servers() {
 
     // An attestor the server does not run.
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-    let request = attest_request(
-        "aws_iid",
-        b"{}",
-        spire_core::x509::csr_der(&key).unwrap(),
-    );
+    let request = attest_request("aws_iid", b"{}", spire_core::x509::csr_der(&key).unwrap());
     let err = AgentClient::new(bootstrap.clone())
         .attest_agent(tokio_stream::iter(vec![request]))
         .await

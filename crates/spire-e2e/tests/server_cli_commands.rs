@@ -1,0 +1,169 @@
+//! Every `spire-server` command group against a live server, checked the way an operator
+//! reads the output: entries (batch `-data`, update, delete), federated bundles (pem and
+//! spiffe formats), agents, x509/jwt mint, local authorities and the logger.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use spire_core::keys::{KeyType, PrivateKey};
+use spire_core::spiffe_id::TrustDomain;
+use spire_core::x509::{CaTemplate, Validity, self_signed_ca};
+use spire_e2e::ServerProcess;
+
+fn other_org_root_pem() -> String {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let td = TrustDomain::new("other.org").unwrap();
+    let validity = Validity::from_now(time::OffsetDateTime::now_utc(), time::Duration::hours(24));
+    let der = self_signed_ca(&key, &CaTemplate::new(td, validity)).unwrap();
+    spire_core::pem::encode_certificates([der.as_slice()])
+}
+
+#[test]
+fn every_command_group_works_against_a_live_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "");
+
+    // entry create -data: a batch in upstream's documented JSON form (IDs as strings).
+    let data = dir.path().join("entries.json");
+    std::fs::write(
+        &data,
+        r#"{"entries": [
+            {"spiffe_id": "spiffe://example.org/a",
+             "parent_id": "spiffe://example.org/agent",
+             "selectors": [{"type": "unix", "value": "uid:1"}]},
+            {"spiffe_id": "spiffe://example.org/b",
+             "parent_id": "spiffe://example.org/agent",
+             "selectors": [{"type": "unix", "value": "uid:2"}], "dns_names": ["b.example.org"]}
+        ]}"#,
+    )
+    .unwrap();
+    let created = server.cli_json(&["entry", "create", "-data", data.to_str().unwrap()]);
+    let results = created["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{created}");
+    let id_b = results[1]["entry"]["id"].as_str().unwrap().to_owned();
+
+    // Filters: by selector (superset by default) and by SPIFFE ID.
+    let by_selector = server.cli_json(&["entry", "show", "-selector", "unix:uid:2"]);
+    assert_eq!(
+        by_selector["entries"].as_array().unwrap().len(),
+        1,
+        "{by_selector}"
+    );
+    let by_id = server.cli_json(&["entry", "show", "-spiffeID", "spiffe://example.org/a"]);
+    assert_eq!(by_id["entries"][0]["spiffe_id"]["path"], "/a");
+
+    // Update then delete.
+    let updated = server.cli_json(&[
+        "entry",
+        "update",
+        "-entryID",
+        &id_b,
+        "-parentID",
+        "spiffe://example.org/agent",
+        "-spiffeID",
+        "spiffe://example.org/b2",
+        "-selector",
+        "unix:uid:3",
+    ]);
+    assert_eq!(
+        updated["results"][0]["entry"]["spiffe_id"]["path"], "/b2",
+        "{updated}"
+    );
+    server.cli_ok(&["entry", "delete", "-entryID", &id_b]);
+    let missing = server.cli(&["entry", "show", "-entryID", &id_b]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("NotFound"),
+        "{missing:?}"
+    );
+
+    // Federated bundles: set from PEM, list, show in SPIFFE format, count, delete.
+    let pem_path = dir.path().join("other.pem");
+    std::fs::write(&pem_path, other_org_root_pem()).unwrap();
+    server.cli_ok(&[
+        "bundle",
+        "set",
+        "-id",
+        "spiffe://other.org",
+        "-path",
+        pem_path.to_str().unwrap(),
+    ]);
+    let listed = server.cli_ok(&["bundle", "list", "-format", "spiffe"]);
+    assert!(listed.contains("* other.org"), "{listed}");
+    assert!(listed.contains("\"x509-svid\""), "{listed}");
+    let count = server.cli_ok(&["bundle", "count"]);
+    assert!(count.contains('2'), "{count}");
+    // Our own trust domain cannot be replaced as a federated bundle.
+    let own = server.cli(&[
+        "bundle",
+        "set",
+        "-id",
+        "spiffe://example.org",
+        "-path",
+        pem_path.to_str().unwrap(),
+    ]);
+    assert_eq!(own.status.code(), Some(1), "{own:?}");
+    server.cli_ok(&["bundle", "delete", "-id", "spiffe://other.org"]);
+    assert!(server.cli_ok(&["bundle", "count"]).contains('1'));
+
+    // Agents: none attested yet.
+    let agents = server.cli_ok(&["agent", "count"]);
+    assert!(agents.contains('0'), "{agents}");
+    let unknown = server.cli(&[
+        "agent",
+        "show",
+        "-spiffeID",
+        "spiffe://example.org/spire/agent/x",
+    ]);
+    assert_eq!(unknown.status.code(), Some(1));
+
+    // x509 mint -write: an SVID, its key and the bundle on disk.
+    let out_dir = dir.path().join("minted");
+    std::fs::create_dir(&out_dir).unwrap();
+    server.cli_ok(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/minted",
+        "-ttl",
+        "10m",
+        "-write",
+        out_dir.to_str().unwrap(),
+    ]);
+    let svid = std::fs::read_to_string(out_dir.join("svid.pem")).unwrap();
+    let chain = spire_core::pem::decode_certificates(svid.as_bytes()).unwrap();
+    let id = spire_core::x509::certificate_spiffe_id(&chain[0]).unwrap();
+    assert_eq!(id.as_str(), "spiffe://example.org/minted");
+    assert!(out_dir.join("key.pem").exists());
+    assert!(out_dir.join("bundle.pem").exists());
+
+    // jwt mint: a token for the audience.
+    let token = server.cli_ok(&[
+        "jwt",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/minted",
+        "-audience",
+        "db",
+    ]);
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+
+    // Local authorities: an active X509 authority exists; prepare a next one.
+    let state = server.cli_json(&["localauthority", "x509", "show"]);
+    assert!(state["active"]["authority_id"].is_string(), "{state}");
+    let prepared = server.cli_json(&["localauthority", "x509", "prepare"]);
+    assert!(
+        prepared["prepared_authority"]["authority_id"].is_string(),
+        "{prepared}"
+    );
+
+    // Logger: set, get, reset.
+    server.cli_ok(&["logger", "set", "-level", "debug"]);
+    let level = server.cli_json(&["logger", "get"]);
+    assert_eq!(level["current_level"], "DEBUG", "{level}");
+    server.cli_ok(&["logger", "reset"]);
+}
