@@ -728,8 +728,14 @@ pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, X509Error> {
 /// Builds a DER CSR for `key` with an empty subject and no SANs, which is what agents send
 /// to have workload and agent SVIDs minted.
 pub fn csr_der(key: &PrivateKey) -> Result<Vec<u8>, X509Error> {
+    csr_der_with_subject(key, &Subject::default())
+}
+
+/// Builds a DER CSR for `key` carrying `subject`: the server's intermediate CA request to an
+/// UpstreamAuthority, which copies the subject (`ca_subject`) into the certificate.
+pub fn csr_der_with_subject(key: &PrivateKey, subject: &Subject) -> Result<Vec<u8>, X509Error> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name = subject.to_distinguished_name()?;
     let csr = params
         .serialize_request(key.key_pair())
         .map_err(signing_error)?;

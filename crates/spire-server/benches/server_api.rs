@@ -253,13 +253,23 @@ async fn serve(ctx: Arc<ApiContext>, caller: Caller) -> SocketAddr {
         request.extensions_mut().insert(caller.clone());
         Ok(request)
     };
+    // As the real TCP endpoint does: without it small responses wait on delayed ACKs.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(stream) = &conn {
+                let _ = stream.set_nodelay(true);
+            }
+            conn
+        },
+    );
     let svid = SvidServer::with_interceptor(SvidApi::new(ctx.clone()), inject.clone());
     let entry = EntryServer::with_interceptor(EntryApi::new(ctx), inject);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svid)
             .add_service(entry)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
     addr
 }

@@ -828,8 +828,10 @@ async fn upstream_disk_authority_chain_verifies_to_the_upstream_root() {
         .unwrap(),
     );
     let ds = Arc::new(FakeDataStore::default());
+    let mut ca_config = config(&clock, Duration::from_secs(3600));
+    ca_config.ca_subject.organization = vec!["Acme".to_owned()];
     let ca = CaManager::new(
-        config(&clock, Duration::from_secs(3600)),
+        ca_config,
         Arc::new(MemoryKeyManager::new()),
         Some(upstream),
         ds.clone(),
@@ -846,6 +848,12 @@ async fn upstream_disk_authority_chain_verifies_to_the_upstream_root() {
     let (_, chain) = workload_svid(&ca).await;
     assert_eq!(chain.len(), 2, "leaf and the server's intermediate");
     assert_eq!(issuer_skid(&chain[1]), skid(&root));
+    let (_, intermediate) = x509_parser::parse_x509_certificate(&chain[1]).unwrap();
+    let subject = intermediate.subject().to_string();
+    assert!(
+        subject.contains("O=Acme"),
+        "ca_subject reaches the upstream-signed CA: {subject}"
+    );
     verify_x509_svid(&chain, &roots(&b), clock.now()).unwrap();
     let identity = ca.server_identity().borrow().clone().unwrap();
     verify_x509_svid(&identity.chain, &roots(&b), clock.now()).unwrap();

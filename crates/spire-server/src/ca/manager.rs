@@ -714,7 +714,8 @@ impl CaManager {
         upstream: &dyn UpstreamAuthority,
         key: Arc<PrivateKey>,
     ) -> Result<X509Ca, CaError> {
-        let csr = x509::csr_der(&key).map_err(|e| CaError::Internal(e.to_string()))?;
+        let csr = x509::csr_der_with_subject(&key, &self.config.ca_subject)
+            .map_err(|e| CaError::Internal(e.to_string()))?;
         let minted = upstream
             .mint_x509_ca(&csr, self.config.ca_ttl)
             .await
