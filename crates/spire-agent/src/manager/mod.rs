@@ -1,0 +1,90 @@
+//! The manager: the sync loop with the server, the cache of entries, SVIDs and bundles, and
+//! the subscriptions the Workload API serves from.
+//!
+//! INTERFACE between the manager (owned by the manager helper) and the Workload API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use spire_core::bundle::Bundle;
+use spire_core::keys::PrivateKey;
+use spire_core::selector::Selector;
+use spire_core::spiffe_id::SpiffeId;
+use tokio::sync::watch;
+
+/// Why the manager could not answer; the Workload API maps these to gRPC codes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// No entry matches the caller (PermissionDenied, "no identity issued").
+    #[error("no identity issued")]
+    NoIdentity,
+    /// The server could not be reached or refused (Unavailable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Bad request, e.g. an empty audience (InvalidArgument).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Anything else (Internal).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One X509-SVID a workload may receive.
+#[derive(Clone)]
+pub struct X509Identity {
+    /// The registration entry it was minted for.
+    pub entry_id: String,
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The entry's hint.
+    pub hint: String,
+    /// Leaf first, then intermediates (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// The SVID's private key.
+    pub key: Arc<PrivateKey>,
+    /// Trust domain names whose bundles the workload also receives.
+    pub federates_with: Vec<String>,
+}
+
+/// Everything a workload with a given selector set may see, pushed again on every change.
+#[derive(Clone)]
+pub struct WorkloadUpdate {
+    /// The X509-SVIDs of every matching entry (empty when none match).
+    pub identities: Vec<X509Identity>,
+    /// The agent's own trust domain bundle.
+    pub bundle: Arc<Bundle>,
+    /// Federated bundles by trust domain name (only those some matching entry federates with).
+    pub federated_bundles: BTreeMap<String, Arc<Bundle>>,
+}
+
+/// A minted JWT-SVID.
+#[derive(Debug, Clone)]
+pub struct JwtIdentity {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The compact token.
+    pub token: String,
+    /// The entry's hint.
+    pub hint: String,
+}
+
+/// What the Workload API needs from the manager.
+#[async_trait]
+pub trait WorkloadIdentities: Send + Sync + 'static {
+    /// A subscription for a workload with these selectors: the current state now and a new
+    /// value whenever its identities or bundles change.
+    fn subscribe(&self, selectors: Vec<Selector>) -> watch::Receiver<Arc<WorkloadUpdate>>;
+    /// JWT-SVIDs for the entries matching `selectors` (only `spiffe_id` when given), minted by
+    /// the server or taken from the cache while past less than half their lifetime.
+    async fn fetch_jwt_svids(
+        &self,
+        selectors: &[Selector],
+        spiffe_id: Option<&SpiffeId>,
+        audience: &[String],
+    ) -> Result<Vec<JwtIdentity>, ManagerError>;
+    /// The current bundles (own and federated) by trust domain name, for ValidateJWTSVID and
+    /// FetchJWTBundles.
+    fn bundles(&self) -> watch::Receiver<Arc<BTreeMap<String, Arc<Bundle>>>>;
+}

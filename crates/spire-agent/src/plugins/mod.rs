@@ -1,0 +1,3 @@
+//! Built-in agent plugins, one folder per plugin type.
+
+pub mod workloadattestor;
