@@ -417,6 +417,13 @@ impl SvidTemplate {
 #[derive(Debug)]
 pub struct Issuer<'a> {
     key: &'a PrivateKey,
+    checked: CheckedIssuer,
+}
+
+/// What [`Issuer::new`] took from a CA certificate after checking it against its key. A CA
+/// that signs many SVIDs keeps it, so each signature skips parsing the certificate again.
+#[derive(Debug, Clone)]
+pub struct CheckedIssuer {
     subject_name_der: Vec<u8>,
     subject_key_id: Option<Vec<u8>>,
     not_after: OffsetDateTime,
@@ -436,15 +443,27 @@ impl<'a> Issuer<'a> {
         }
         Ok(Self {
             key,
-            subject_name_der: cert.subject().as_raw().to_vec(),
-            subject_key_id: subject_key_id_of(&cert, 0)?,
-            not_after: cert.validity().not_after.to_datetime(),
+            checked: CheckedIssuer {
+                subject_name_der: cert.subject().as_raw().to_vec(),
+                subject_key_id: subject_key_id_of(&cert, 0)?,
+                not_after: cert.validity().not_after.to_datetime(),
+            },
         })
+    }
+
+    /// Rebuilds an issuer from what [`Issuer::new`] checked earlier for this same `key`.
+    pub fn from_checked(key: &'a PrivateKey, checked: CheckedIssuer) -> Self {
+        Self { key, checked }
+    }
+
+    /// What was checked, to keep for [`Issuer::from_checked`].
+    pub fn checked(&self) -> &CheckedIssuer {
+        &self.checked
     }
 
     /// When the CA expires; no certificate it signs is valid longer.
     pub fn not_after(&self) -> OffsetDateTime {
-        self.not_after
+        self.checked.not_after
     }
 }
 
@@ -466,7 +485,9 @@ pub fn intermediate_ca(
     subject_public_key: &[u8],
     template: &CaTemplate,
 ) -> Result<Vec<u8>, X509Error> {
-    let validity = template.validity.capped_at(Some(issuer.not_after))?;
+    let validity = template
+        .validity
+        .capped_at(Some(issuer.checked.not_after))?;
     let params = ca_params(template, validity)?;
     sign(params, subject_public_key, issuer)
 }
@@ -506,7 +527,9 @@ pub fn x509_svid_for_key(
     if template.spiffe_id.path().is_empty() {
         return Err(X509Error::LeafIdWithoutPath(template.spiffe_id.clone()));
     }
-    let validity = template.validity.capped_at(Some(issuer.not_after))?;
+    let validity = template
+        .validity
+        .capped_at(Some(issuer.checked.not_after))?;
     let mut subject = non_empty_or(&template.subject, Subject::default_x509_svid);
     if let Some(first) = template.dns_names.first() {
         subject.common_name = Some(first.clone());
@@ -604,17 +627,17 @@ fn sign(
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(subject_public_key)
         .map_err(|e| X509Error::UnsupportedPublicKey(e.to_string()))?;
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(subject_public_key)?);
-    params.use_authority_key_identifier_extension = issuer.subject_key_id.is_some();
+    params.use_authority_key_identifier_extension = issuer.checked.subject_key_id.is_some();
 
     let mut issuer_params = CertificateParams::default();
     issuer_params.distinguished_name = DistinguishedName::new();
     issuer_params.key_identifier_method =
-        KeyIdMethod::PreSpecified(issuer.subject_key_id.clone().unwrap_or_default());
+        KeyIdMethod::PreSpecified(issuer.checked.subject_key_id.clone().unwrap_or_default());
     let layout_only = rcgen::Issuer::new(issuer_params, Unsigned(issuer.key.key_pair()));
     let draft = params
         .signed_by(&public_key, &layout_only)
         .map_err(signing_error)?;
-    sign_with_issuer_name(draft.der(), &issuer.subject_name_der, issuer.key)
+    sign_with_issuer_name(draft.der(), &issuer.checked.subject_name_der, issuer.key)
 }
 
 /// Stands in for the issuer key while rcgen lays a certificate out: it signs nothing, as the

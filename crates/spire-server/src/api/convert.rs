@@ -439,23 +439,21 @@ pub fn validate_entry_id(id: &str) -> Result<(), ConvertError> {
 
 /// The wire form of a stored entry; federated trust domains are shown by name.
 pub fn entry_to_proto(entry: &RegistrationEntry) -> Result<types::Entry, ConvertError> {
-    let spiffe_id = SpiffeId::parse(&entry.spiffe_id)
+    // Stored IDs were validated when written (by us or by upstream), so splitting them is
+    // enough here; this runs for every entry of every agent sync.
+    let spiffe_id = stored_id_to_proto(&entry.spiffe_id)
         .map_err(|e| ConvertError::field("invalid SPIFFE ID", e))?;
-    let parent_id = SpiffeId::parse(&entry.parent_id)
+    let parent_id = stored_id_to_proto(&entry.parent_id)
         .map_err(|e| ConvertError::field("invalid parent ID", e))?;
     let federates_with = entry
         .federates_with
         .iter()
-        .map(|td| {
-            TrustDomain::new(td)
-                .map(|td| td.name().to_owned())
-                .map_err(|e| ConvertError::field("invalid federated trust domain", e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|td| td.strip_prefix("spiffe://").unwrap_or(td).to_owned())
+        .collect();
     Ok(types::Entry {
         id: entry.entry_id.clone(),
-        spiffe_id: Some(proto_from_id(&spiffe_id)),
-        parent_id: Some(proto_from_id(&parent_id)),
+        spiffe_id: Some(spiffe_id),
+        parent_id: Some(parent_id),
         selectors: proto_from_selectors(&entry.selectors),
         x509_svid_ttl: entry.x509_svid_ttl,
         federates_with,
@@ -468,6 +466,21 @@ pub fn entry_to_proto(entry: &RegistrationEntry) -> Result<types::Entry, Convert
         jwt_svid_ttl: entry.jwt_svid_ttl,
         hint: entry.hint.clone(),
         created_at: entry.created_at,
+    })
+}
+
+/// Splits a stored `spiffe://td/path` into its wire form without re-validating it.
+fn stored_id_to_proto(id: &str) -> Result<types::Spiffeid, String> {
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or_else(|| format!("{id:?} does not start with spiffe://"))?;
+    let (trust_domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if trust_domain.is_empty() {
+        return Err(format!("{id:?} has no trust domain"));
+    }
+    Ok(types::Spiffeid {
+        trust_domain: trust_domain.to_owned(),
+        path: path.to_owned(),
     })
 }
 

@@ -17,7 +17,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::ApiContext;
 use super::agent::{caller_agent_id, caller_of};
 use super::convert::{self, make_err, make_status};
-use crate::datastore::{DataStoreError, ListEntriesRequest, Pagination};
+use crate::datastore::{DataStoreError, ListEntriesRequest, Pagination, RegistrationEntry};
 
 /// Upstream's page size for SyncAuthorizedEntries: up to this many entries are sent whole;
 /// above it, revisions go first and full entries are paged on request.
@@ -132,19 +132,10 @@ impl EntryApi {
         mask: Option<&types::EntryMask>,
     ) -> Vec<types::Entry> {
         let entries = self.ctx.index.authorized_entries(agent_id);
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            match convert::entry_to_proto(entry) {
-                Ok(mut wire) => {
-                    convert::apply_entry_mask(&mut wire, mask);
-                    out.push(wire);
-                }
-                Err(err) => {
-                    tracing::error!(entry_id = %entry.entry_id, error = %err, "Failed to convert entry");
-                }
-            }
-        }
-        out
+        entries
+            .iter()
+            .filter_map(|entry| wire_entry(entry, mask))
+            .collect()
     }
 
     /// Validates every entry, stores the valid ones in one datastore batch, and answers one
@@ -323,10 +314,27 @@ impl Drop for SyncStream {
     }
 }
 
+/// An authorized entry on the wire, masked; logged and skipped when it cannot be converted.
+fn wire_entry(entry: &RegistrationEntry, mask: Option<&types::EntryMask>) -> Option<types::Entry> {
+    match convert::entry_to_proto(entry) {
+        Ok(mut wire) => {
+            convert::apply_entry_mask(&mut wire, mask);
+            Some(wire)
+        }
+        Err(err) => {
+            tracing::error!(entry_id = %entry.entry_id, error = %err, "Failed to convert entry");
+            None
+        }
+    }
+}
+
 /// Sends `entries` as pages of revisions, then answers each request for full entries with
 /// pages of at most `page_size`, the last one with `more = false`, until the client closes.
+/// Entries are converted to the wire form only when the client asks for them, so an agent
+/// that is up to date costs one pass over the revisions.
 async fn sync_pages<S>(
-    mut entries: Vec<types::Entry>,
+    entries: Vec<Arc<RegistrationEntry>>,
+    mask: Option<types::EntryMask>,
     page_size: usize,
     mut inbound: S,
     tx: mpsc::Sender<Result<pb::SyncAuthorizedEntriesResponse, Status>>,
@@ -336,31 +344,28 @@ async fn sync_pages<S>(
     use tokio_stream::StreamExt as _;
 
     let total = entries.len();
-    let mut start = 0;
-    while start < total {
-        let end = (start + page_size).min(total);
-        let entry_revisions = entries
-            .get(start..end)
-            .unwrap_or_default()
+    for (index, chunk) in entries.chunks(page_size.max(1)).enumerate() {
+        let entry_revisions = chunk
             .iter()
             .map(|e| pb::EntryRevision {
-                id: e.id.clone(),
+                id: e.entry_id.clone(),
                 revision_number: e.revision_number,
             })
             .collect();
         let response = pb::SyncAuthorizedEntriesResponse {
             entry_revisions,
             entries: Vec::new(),
-            more: end < total,
+            more: (index + 1) * page_size < total,
         };
         if tx.send(Ok(response)).await.is_err() {
             return;
         }
-        start = end;
     }
 
-    entries.sort_by(|a, b| a.id.cmp(&b.id));
-    let by_id: HashMap<&str, &types::Entry> = entries.iter().map(|e| (e.id.as_str(), e)).collect();
+    let by_id: HashMap<&str, &RegistrationEntry> = entries
+        .iter()
+        .map(|e| (e.entry_id.as_str(), e.as_ref()))
+        .collect();
     while let Some(request) = inbound.next().await {
         let mut request = match request {
             Ok(request) => request,
@@ -378,6 +383,9 @@ async fn sync_pages<S>(
             let Some(entry) = by_id.get(id.as_str()) else {
                 continue;
             };
+            let Some(wire) = wire_entry(entry, mask.as_ref()) else {
+                continue;
+            };
             if page.len() == page_size {
                 let response = pb::SyncAuthorizedEntriesResponse {
                     entry_revisions: Vec::new(),
@@ -388,7 +396,7 @@ async fn sync_pages<S>(
                     return;
                 }
             }
-            page.push((*entry).clone());
+            page.push(wire);
         }
         let response = pb::SyncAuthorizedEntriesResponse {
             entry_revisions: Vec::new(),
@@ -591,18 +599,22 @@ impl pb::entry_server::Entry for EntryApi {
                 None,
             ));
         }
-        let entries = self.authorized_entries(agent_id.as_str(), first.output_mask.as_ref());
-        if entries.len() <= self.entry_page_size {
+        let records = self.ctx.index.authorized_entries(agent_id.as_str());
+        let mask = first.output_mask;
+        if records.len() <= self.entry_page_size {
             let response = pb::SyncAuthorizedEntriesResponse {
                 entry_revisions: Vec::new(),
-                entries,
+                entries: records
+                    .iter()
+                    .filter_map(|entry| wire_entry(entry, mask.as_ref()))
+                    .collect(),
                 more: false,
             };
             let once: SyncStreamBox = Box::pin(tokio_stream::once(Ok(response)));
             return Ok(Response::new(once));
         }
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(sync_pages(entries, self.entry_page_size, inbound, tx));
+        let task = tokio::spawn(sync_pages(records, mask, self.entry_page_size, inbound, tx));
         let stream: SyncStreamBox = Box::pin(SyncStream {
             inner: ReceiverStream::new(rx),
             task: Some(task),

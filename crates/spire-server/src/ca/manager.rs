@@ -16,7 +16,9 @@ use std::time::Duration;
 use spire_core::jwt::{JwtSvidParams, mint_jwt_svid};
 use spire_core::keys::{KeyType, PrivateKey};
 use spire_core::spiffe_id::{SpiffeId, TrustDomain};
-use spire_core::x509::{self, CaTemplate, Issuer, Subject, SvidTemplate, Validity, X509Error};
+use spire_core::x509::{
+    self, CaTemplate, CheckedIssuer, Issuer, Subject, SvidTemplate, Validity, X509Error,
+};
 use spire_proto::spire::api::types;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
@@ -47,6 +49,31 @@ struct X509Ca {
     certificate: Vec<u8>,
     /// The CA certificate followed by upstream intermediates; empty when self-signed.
     upstream_chain: Vec<Vec<u8>>,
+    /// The certificate checked against the key once, so signing does not parse it again.
+    issuer: CheckedIssuer,
+}
+
+impl X509Ca {
+    fn new(
+        key: Arc<PrivateKey>,
+        certificate: Vec<u8>,
+        upstream_chain: Vec<Vec<u8>>,
+    ) -> Result<Self, CaError> {
+        let issuer = Issuer::new(&certificate, &key)
+            .map_err(|e| CaError::Internal(format!("X509 CA unusable: {e}")))?
+            .checked()
+            .clone();
+        Ok(Self {
+            key,
+            certificate,
+            upstream_chain,
+            issuer,
+        })
+    }
+
+    fn issuer(&self) -> Issuer<'_> {
+        Issuer::from_checked(&self.key, self.issuer.clone())
+    }
 }
 
 /// A JWT signing key with its `kid` and expiry.
@@ -533,11 +560,11 @@ impl CaManager {
             id,
             issued_at: OffsetDateTime::from_unix_timestamp(entry.issued_at)
                 .unwrap_or(validity.not_before),
-            authority: Some(Arc::new(X509Ca {
+            authority: Some(Arc::new(X509Ca::new(
                 key,
-                certificate: entry.certificate.clone(),
-                upstream_chain: entry.upstream_chain.clone(),
-            })),
+                entry.certificate.clone(),
+                entry.upstream_chain.clone(),
+            )?)),
             status: Status::try_from(entry.status).unwrap_or(Status::Unknown),
             authority_id,
             not_after: validity.not_after,
@@ -702,11 +729,7 @@ impl CaManager {
             .map_err(|e| CaError::Internal(format!("unable to self-sign the X509 CA: {e}")))?;
         self.append_bundle(vec![certificate.clone()], vec![])
             .await?;
-        Ok(X509Ca {
-            key,
-            certificate,
-            upstream_chain: Vec::new(),
-        })
+        X509Ca::new(key, certificate, Vec::new())
     }
 
     async fn upstream_sign_x509_ca(
@@ -759,11 +782,7 @@ impl CaManager {
         // The upstream roots are the trust bundle; our intermediate chains to them.
         self.append_bundle(minted.upstream_x509_roots, vec![])
             .await?;
-        Ok(X509Ca {
-            key,
-            certificate,
-            upstream_chain: minted.x509_ca_chain,
-        })
+        X509Ca::new(key, certificate, minted.x509_ca_chain)
     }
 
     async fn append_bundle(
@@ -1008,8 +1027,7 @@ impl CaManager {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<Vec<u8>>, CaError> {
-        let issuer = Issuer::new(&ca.certificate, &ca.key)
-            .map_err(|e| CaError::Internal(format!("active X509 CA unusable: {e}")))?;
+        let issuer = ca.issuer();
         let mut template = SvidTemplate::new(spiffe_id, Validity::from_now(now, to_time(ttl)?));
         template.dns_names = dns_names;
         template.subject = subject;
@@ -1080,8 +1098,7 @@ impl CaManager {
     ) -> Result<Vec<Vec<u8>>, CaError> {
         let ca = self.require_active_x509()?;
         let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(self.config.ca_ttl);
-        let issuer = Issuer::new(&ca.certificate, &ca.key)
-            .map_err(|e| CaError::Internal(format!("active X509 CA unusable: {e}")))?;
+        let issuer = ca.issuer();
         let template = CaTemplate {
             trust_domain: self.trust_domain.clone(),
             subject: self.config.ca_subject.clone(),
