@@ -3,6 +3,13 @@
 //! Start order: config -> catalog -> node attestation (or the stored SVID) -> manager (sync
 //! loop and cache) -> Workload API listener (see ARCHITECTURE.md).
 
+pub mod agent;
+pub mod attestation;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod logging;
 pub mod manager;
 pub mod plugins;
+pub mod storage;
 pub mod workload;

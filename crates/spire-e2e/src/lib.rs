@@ -214,3 +214,168 @@ impl Drop for ServerProcess {
         self.stop();
     }
 }
+
+/// A running `spire-agent` with its own data directory and Workload API socket.
+pub struct AgentProcess {
+    child: Option<Child>,
+    /// The Workload API socket (pass as `-socketPath`).
+    pub socket_path: PathBuf,
+    /// The config file the agent was started with.
+    pub config_path: PathBuf,
+    /// Where the agent writes logs (stdout and stderr).
+    pub log_path: PathBuf,
+}
+
+impl AgentProcess {
+    /// Writes an agent config into `dir` for `server` (insecure bootstrap, disk key manager,
+    /// unix workload attestor) and starts the agent, with `-joinToken` when given.
+    pub fn start(dir: &Path, server: &ServerProcess, join_token: Option<&str>) -> Self {
+        let socket_path = dir.join("agent.sock");
+        let data_dir = dir.join("agent-data");
+        let config = format!(
+            r#"agent {{
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    trust_domain = "example.org"
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{socket}"
+    insecure_bootstrap = true
+}}
+
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "disk" {{
+        plugin_data {{
+            directory = "{data}"
+        }}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+            data = data_dir.display(),
+            port = server.port,
+            socket = socket_path.display(),
+        );
+        let config_path = dir.join("agent.conf");
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        Self::start_with_config(dir, &config_path, socket_path, join_token)
+    }
+
+    /// Starts the agent with an existing config whose Workload API socket is given.
+    pub fn start_with_config(
+        dir: &Path,
+        config_path: &Path,
+        socket_path: PathBuf,
+        join_token: Option<&str>,
+    ) -> Self {
+        let log_path = dir.join("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("open log: {e}"));
+        let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
+        let mut command = Command::new(binary("spire-agent"));
+        command.args(["run", "-config"]).arg(config_path);
+        if let Some(token) = join_token {
+            command.args(["-joinToken", token]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn spire-agent: {e}"));
+        let mut agent = Self {
+            child: Some(child),
+            socket_path,
+            config_path: config_path.to_path_buf(),
+            log_path,
+        };
+        agent.wait_socket(Duration::from_secs(60));
+        agent
+    }
+
+    fn wait_socket(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("spire-agent exited with {status}:\n{}", self.log());
+            }
+            if self.socket_path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "spire-agent socket not there after {timeout:?}:\n{}",
+            self.log()
+        );
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Runs `spire-agent <args> -socketPath <socket>` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("spire-agent"))
+            .args(args)
+            .arg("-socketPath")
+            .arg(&self.socket_path)
+            .output()
+            .unwrap_or_else(|e| panic!("run spire-agent {args:?}: {e}"))
+    }
+
+    /// Retries `spire-agent <args>` until it succeeds (the agent syncs every few seconds),
+    /// returning its stdout; fails with the agent log after `timeout`.
+    pub fn cli_eventually(&self, args: &[&str], timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.cli(args);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "spire-agent {args:?} kept failing: {}\nagent log:\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops the agent (SIGTERM, then kill) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -13,6 +13,14 @@ use spire_core::selector::Selector;
 use spire_core::spiffe_id::SpiffeId;
 use tokio::sync::watch;
 
+mod cache;
+mod jwt_cache;
+pub mod server_api;
+pub mod sync;
+
+pub use server_api::{ServerApi, bundle_from_proto};
+pub use sync::{CacheStats, Clock, Manager, ManagerOptions};
+
 /// Why the manager could not answer; the Workload API maps these to gRPC codes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,3 +1,4 @@
 //! Built-in agent plugins, one folder per plugin type.
 
+pub mod keymanager;
 pub mod workloadattestor;

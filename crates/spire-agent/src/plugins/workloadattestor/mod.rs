@@ -1,5 +1,7 @@
 //! WorkloadAttestor plugins turn the calling process (its pid) into selectors.
 
+pub mod unix;
+
 use async_trait::async_trait;
 use spire_core::selector::Selector;
 

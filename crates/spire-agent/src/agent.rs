@@ -1,0 +1,297 @@
+//! `spire-agent run`: loads the config, obtains the agent SVID (the one stored in `data_dir`
+//! when it is still valid, otherwise by node attestation), starts the manager's sync loop,
+//! the agent SVID rotation and the Workload API, and stops them all on SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use spire_core::keys::PrivateKey;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::attestation::{self, AgentSvid, RotationConfig};
+use crate::cli::RunArgs;
+use crate::client::{ServerAddress, ServerClient, ServerTrust};
+use crate::config::{self, BootstrapBundle, KeyManagerChoice, ResolvedAgentConfig};
+use crate::manager::server_api::bundle_from_proto;
+use crate::manager::{Manager, ManagerOptions, WorkloadIdentities};
+use crate::plugins::keymanager::disk::DiskKeyManager;
+use crate::plugins::keymanager::memory::MemoryKeyManager;
+use crate::plugins::keymanager::{
+    AGENT_SVID_KEY_TYPE, KeyManager, find_agent_svid_key, next_agent_svid_key_id,
+};
+use crate::plugins::workloadattestor::WorkloadAttestor;
+use crate::plugins::workloadattestor::unix::{UnixAttestor, UnixAttestorConfig};
+use crate::storage::AgentStorage;
+use crate::workload::{self, WorkloadApiOptions};
+
+/// Loads the config named by the `run` flags and runs the agent until a signal stops it.
+pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let config = config::load_and_resolve(&args.overrides())?;
+    crate::logging::init_with_source_location(
+        &config.log_level,
+        config.log_format.as_str(),
+        config.log_file.as_deref(),
+        config.log_source_location,
+    )?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    run(config, shutdown_signal()).await
+}
+
+/// Runs an agent with a resolved config until `shutdown` completes.
+pub async fn run(
+    config: ResolvedAgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {}; set agent.data_dir to a writable directory",
+            config.data_dir.display()
+        )
+    })?;
+    tracing::info!(
+        trust_domain = config.trust_domain.name(),
+        data_dir = %config.data_dir.display(),
+        "starting spire-agent"
+    );
+    let storage = Arc::new(AgentStorage::open(&config.data_dir)?);
+    let key_manager: Arc<dyn KeyManager> = match &config.plugins.key_manager {
+        KeyManagerChoice::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerChoice::Disk { directory } => Arc::new(
+            DiskKeyManager::open(directory)
+                .context("cannot open plugins.KeyManager \"disk\" directory")?,
+        ),
+    };
+
+    let trust = server_trust(&config, &storage)?;
+    let insecure = matches!(trust, ServerTrust::InsecureBootstrap);
+    let address = ServerAddress {
+        server_address: config.server_address.clone(),
+        server_port: config.server_port,
+        trust_domain: config.trust_domain.clone(),
+    };
+    let client = ServerClient::new(&address, trust, None)?;
+
+    let (svid, reattestable) = agent_svid(&config, &client, &storage, key_manager.as_ref())
+        .await
+        .context("cannot obtain an agent SVID")?;
+    if insecure || client.bundle().is_none() {
+        let roots = attestation::fetch_bundle(&client).await?;
+        client.set_bundle(roots.clone())?;
+        storage.store_bundle(&roots)?;
+    }
+    client.set_identity(svid.chain.clone(), svid.key.clone())?;
+
+    let bundle = bundle_from_proto(&spire_proto::spire::api::types::Bundle {
+        trust_domain: config.trust_domain.name().to_owned(),
+        x509_authorities: client
+            .bundle()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|asn1| spire_proto::spire::api::types::X509Certificate {
+                asn1,
+                tainted: false,
+            })
+            .collect(),
+        ..Default::default()
+    })?;
+    let manager = Manager::new(
+        Arc::new(client.clone()),
+        config.trust_domain.clone(),
+        bundle,
+        ManagerOptions {
+            sync_interval: config.experimental.sync_interval,
+            x509_svid_cache_max_size: config.x509_svid_cache_max_size,
+            jwt_svid_cache_max_size: config.jwt_svid_cache_max_size,
+            svid_key_type: config.workload_x509_svid_key_type,
+            ..ManagerOptions::default()
+        },
+    );
+
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(manager.clone().run(cancel.clone()));
+    tasks.spawn(keep_bundle(
+        manager.clone(),
+        client.clone(),
+        storage.clone(),
+        config.trust_domain.name().to_owned(),
+        cancel.clone(),
+    ));
+    let rotation = RotationConfig {
+        client: client.clone(),
+        key_manager: key_manager.clone(),
+        storage: storage.clone(),
+        reattestable,
+        updates: None,
+    };
+    let rotation_cancel = cancel.clone();
+    tasks.spawn(async move {
+        if let Err(e) = attestation::run_rotation(rotation, svid, rotation_cancel).await {
+            tracing::error!(error = %e, "agent SVID rotation stopped; restart the agent to attest again");
+        }
+    });
+
+    let attestors = workload_attestors(&config);
+    let options = WorkloadApiOptions {
+        trust_domain: Some(config.trust_domain.clone()),
+        allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.iter().cloned().collect(),
+        allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
+    };
+    let workload_task = tokio::spawn(workload::serve_with_options(
+        manager,
+        attestors,
+        options,
+        config.socket_path.clone(),
+        cancel.clone(),
+    ));
+
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("stopping spire-agent");
+            Ok(())
+        }
+        served = workload_task => match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("Workload API stopped")),
+            Err(e) => Err(anyhow::anyhow!("Workload API failed: {e}")),
+        },
+    };
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+/// How the first connection to the server is trusted: the bundle kept in `data_dir` from an
+/// earlier run, else the configured bootstrap source.
+fn server_trust(
+    config: &ResolvedAgentConfig,
+    storage: &AgentStorage,
+) -> anyhow::Result<ServerTrust> {
+    if let Some(roots) = storage.load_bundle().filter(|r| !r.is_empty()) {
+        return Ok(ServerTrust::Bundle(roots));
+    }
+    match &config.bootstrap_bundle {
+        BootstrapBundle::Insecure => Ok(ServerTrust::InsecureBootstrap),
+        BootstrapBundle::Path { path, .. } => {
+            let roots = config
+                .bootstrap_bundle
+                .read_file(&config.trust_domain)
+                .unwrap_or_else(|| Err("no bundle file".to_owned()))
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read agent.trust_bundle_path {}: {e}",
+                        path.display()
+                    )
+                })?;
+            Ok(ServerTrust::Bundle(roots))
+        }
+        BootstrapBundle::Url { url, .. } => anyhow::bail!(
+            "agent.trust_bundle_url {url:?} is not supported yet; download the bundle and set \
+             trust_bundle_path, or use insecure_bootstrap for development"
+        ),
+    }
+}
+
+/// The stored agent SVID when it is still valid and its key is in the key manager (no
+/// re-attestation after a restart), otherwise a new one from join-token attestation.
+async fn agent_svid(
+    config: &ResolvedAgentConfig,
+    client: &ServerClient,
+    storage: &AgentStorage,
+    key_manager: &dyn KeyManager,
+) -> anyhow::Result<(AgentSvid, bool)> {
+    let now = time::OffsetDateTime::now_utc();
+    if let Some((chain, reattestable)) = storage.load_svid()
+        && let Some(leaf) = chain.first()
+        && spire_core::x509::certificate_not_after(leaf).is_ok_and(|t| t > now)
+        && let Some((key_id, key)) = find_agent_svid_key(key_manager, leaf).await?
+    {
+        tracing::info!("using the agent SVID stored in data_dir; no attestation needed");
+        return Ok((AgentSvid { chain, key, key_id }, reattestable));
+    }
+    let token = config.join_token.as_deref().context(
+        "no valid agent SVID in data_dir and no join token: pass -joinToken or set agent.join_token",
+    )?;
+    let key_id = next_agent_svid_key_id(None);
+    let key: Arc<PrivateKey> = key_manager
+        .generate_key(key_id, AGENT_SVID_KEY_TYPE)
+        .await?;
+    let attested = attestation::attest_join_token(client, token, &key).await?;
+    storage.store_svid(&attested.svid_chain, attested.reattestable)?;
+    tracing::info!("node attestation succeeded");
+    Ok((
+        AgentSvid {
+            chain: attested.svid_chain,
+            key,
+            key_id: key_id.to_owned(),
+        },
+        attested.reattestable,
+    ))
+}
+
+fn workload_attestors(config: &ResolvedAgentConfig) -> Vec<Arc<dyn WorkloadAttestor>> {
+    config
+        .plugins
+        .unix_attestor()
+        .map(|unix| {
+            let attestor: Arc<dyn WorkloadAttestor> =
+                Arc::new(UnixAttestor::new(UnixAttestorConfig {
+                    discover_workload_path: unix.discover_workload_path,
+                    workload_size_limit: unix.workload_size_limit,
+                }));
+            attestor
+        })
+        .into_iter()
+        .collect()
+}
+
+/// Keeps the server connection's trust and `data_dir` in step with the bundle the manager
+/// syncs, so a CA rotation never strands the agent.
+async fn keep_bundle(
+    manager: Arc<Manager>,
+    client: ServerClient,
+    storage: Arc<AgentStorage>,
+    trust_domain: String,
+    cancel: CancellationToken,
+) {
+    let mut bundles = manager.bundles();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = bundles.changed() => if changed.is_err() { return },
+        }
+        let roots = bundles
+            .borrow()
+            .get(&trust_domain)
+            .map(|b| b.x509_authorities.clone());
+        if let Some(roots) = roots.filter(|r| !r.is_empty())
+            && client.bundle().as_ref() != Some(&roots)
+        {
+            if let Err(e) = client.set_bundle(roots.clone()) {
+                tracing::warn!(error = %e, "cannot use the new trust bundle for the server connection");
+            }
+            if let Err(e) = storage.store_bundle(&roots) {
+                tracing::warn!(error = %e, "cannot store the new trust bundle in data_dir");
+            }
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

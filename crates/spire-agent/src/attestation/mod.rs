@@ -1,0 +1,231 @@
+//! Node attestation (join token over `agent.v1.AttestAgent`), the bootstrap trust bundle,
+//! and the agent SVID's renewal (`agent.v1.RenewAgent` at half-life, see [`rotation`]).
+
+use spire_core::keys::PrivateKey;
+use spire_proto::spire::api::server::agent::v1 as agentpb;
+use spire_proto::spire::api::server::bundle::v1 as bundlepb;
+use spire_proto::spire::api::types;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+
+use crate::client::{ClientError, ServerClient};
+use crate::plugins::keymanager::KeyManagerError;
+use crate::storage::StorageError;
+
+pub mod bootstrap;
+pub mod rotation;
+
+pub use self::bootstrap::{BootstrapConfig, TrustBundleFormat, bootstrap_trust};
+pub use self::rotation::{AgentSvid, RotationConfig, renewal_due, run_rotation};
+
+/// The attestation data type of the join token attestor.
+pub const JOIN_TOKEN_TYPE: &str = "join_token";
+
+/// Why attestation, renewal or bootstrap failed. Server refusals keep the server's message,
+/// which says what is wrong (e.g. "join token does not exist or has already been used").
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// The server could not be reached, or its certificate was refused.
+    #[error("cannot reach the SPIRE server: {0}")]
+    Unavailable(String),
+    /// The server refused the attestation data or CSR (bad, expired or used join token).
+    #[error("the SPIRE server refused the attestation: {0}")]
+    InvalidArgument(String),
+    /// The server denied the agent (banned, evicted or SVID not current).
+    #[error("the SPIRE server denied the agent: {0}")]
+    PermissionDenied(String),
+    /// Any other error status from the server.
+    #[error("the SPIRE server failed the request ({code:?}): {message}")]
+    Server {
+        /// The gRPC status code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+    /// The server answered something the protocol does not allow.
+    #[error("unexpected answer from the SPIRE server: {0}")]
+    Protocol(String),
+    /// The agent SVID is past its expiry; the agent must attest again.
+    #[error("the agent SVID expired at {0}; the agent must attest again")]
+    Expired(time::OffsetDateTime),
+    /// A key or CSR could not be made.
+    #[error("{0}")]
+    Key(String),
+    /// The bootstrap trust bundle could not be loaded.
+    #[error("{0}")]
+    Bootstrap(String),
+    /// The server client could not be configured.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The data directory could not be written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The key manager failed.
+    #[error(transparent)]
+    KeyManager(#[from] KeyManagerError),
+}
+
+impl AttestError {
+    /// Maps a gRPC status to the variant a caller acts on, keeping the transport's error
+    /// chain (e.g. the TLS refusal) in the message.
+    pub fn from_status(status: &Status) -> Self {
+        let mut message = status.message().to_owned();
+        let mut source = std::error::Error::source(status);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            source = cause.source();
+        }
+        match status.code() {
+            Code::Unavailable => Self::Unavailable(message),
+            Code::InvalidArgument => Self::InvalidArgument(message),
+            Code::PermissionDenied => Self::PermissionDenied(message),
+            code => Self::Server { code, message },
+        }
+    }
+}
+
+/// The outcome of node attestation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestResult {
+    /// The agent X509-SVID, leaf first, DER.
+    pub svid_chain: Vec<Vec<u8>>,
+    /// Whether the agent may re-attest instead of renewing (never for join tokens).
+    pub reattestable: bool,
+}
+
+/// Attests with a join token: sends `{data: {type: "join_token", payload: token}, params:
+/// {csr}}` on the AttestAgent stream and returns the agent SVID for `key`. The token is
+/// single-use; a reused, unknown or expired token is [`AttestError::InvalidArgument`] with
+/// the server's explanation.
+pub async fn attest_join_token(
+    client: &ServerClient,
+    token: &str,
+    key: &PrivateKey,
+) -> Result<AttestResult, AttestError> {
+    attest(client, JOIN_TOKEN_TYPE, token.as_bytes(), key).await
+}
+
+/// Runs AttestAgent for an attestor that needs no challenge.
+async fn attest(
+    client: &ServerClient,
+    data_type: &str,
+    payload: &[u8],
+    key: &PrivateKey,
+) -> Result<AttestResult, AttestError> {
+    let csr = spire_core::x509::csr_der(key)
+        .map_err(|e| AttestError::Key(format!("cannot build the agent CSR: {e}")))?;
+    let request = agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(
+            agentpb::attest_agent_request::Params {
+                data: Some(types::AttestationData {
+                    r#type: data_type.to_owned(),
+                    payload: payload.to_vec(),
+                }),
+                params: Some(agentpb::AgentX509svidParams { csr }),
+            },
+        )),
+    };
+    // The request stream stays open until the server answered, as upstream's does.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(request)
+        .await
+        .map_err(|_| AttestError::Protocol("the attestation stream closed early".into()))?;
+    let mut responses = client
+        .agent_client()
+        .attest_agent(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| AttestError::from_status(&s))?
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .map_err(|s| AttestError::from_status(&s))?
+        .ok_or_else(|| {
+            AttestError::Protocol("the attestation stream ended without a result".into())
+        })?;
+    drop(tx);
+    match response.step {
+        Some(agentpb::attest_agent_response::Step::Result(result)) => {
+            let svid = result.svid.ok_or_else(|| {
+                AttestError::Protocol("the attestation result has no SVID".into())
+            })?;
+            check_svid(&svid.cert_chain, key)?;
+            Ok(AttestResult {
+                svid_chain: svid.cert_chain,
+                reattestable: result.reattestable,
+            })
+        }
+        Some(agentpb::attest_agent_response::Step::Challenge(_)) => Err(AttestError::Protocol(
+            format!("the server sent a challenge, which {data_type} attestation does not answer"),
+        )),
+        None => Err(AttestError::Protocol(
+            "the attestation response is empty".into(),
+        )),
+    }
+}
+
+/// Renews the agent SVID for `new_key` (upstream uses a fresh key per renewal) over the
+/// client's current identity; returns the new chain, leaf first. The server makes it the
+/// agent's current SVID on its first use.
+pub async fn renew(
+    client: &ServerClient,
+    new_key: &PrivateKey,
+) -> Result<Vec<Vec<u8>>, AttestError> {
+    let csr = spire_core::x509::csr_der(new_key)
+        .map_err(|e| AttestError::Key(format!("cannot build the renewal CSR: {e}")))?;
+    let svid = client
+        .agent_client()
+        .renew_agent(agentpb::RenewAgentRequest {
+            params: Some(agentpb::AgentX509svidParams { csr }),
+        })
+        .await
+        .map_err(|s| AttestError::from_status(&s))?
+        .into_inner()
+        .svid
+        .ok_or_else(|| AttestError::Protocol("the renewal response has no SVID".into()))?;
+    check_svid(&svid.cert_chain, new_key)?;
+    Ok(svid.cert_chain)
+}
+
+/// Fetches the trust domain's bundle with `bundle.v1.GetBundle` and returns its X.509
+/// authorities, DER; after insecure bootstrap this is the bundle the agent trusts.
+pub async fn fetch_bundle(client: &ServerClient) -> Result<Vec<Vec<u8>>, AttestError> {
+    let bundle = client
+        .bundle_client()
+        .get_bundle(bundlepb::GetBundleRequest { output_mask: None })
+        .await
+        .map_err(|s| AttestError::from_status(&s))?
+        .into_inner();
+    let roots: Vec<Vec<u8>> = bundle
+        .x509_authorities
+        .into_iter()
+        .map(|a| a.asn1)
+        .collect();
+    if roots.is_empty() {
+        return Err(AttestError::Protocol(
+            "the server's bundle has no X.509 authorities".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// The agent identity the server just issued must be an X509-SVID for our key.
+fn check_svid(chain: &[Vec<u8>], key: &PrivateKey) -> Result<(), AttestError> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| AttestError::Protocol("the server returned an empty SVID chain".into()))?;
+    spire_core::x509::X509Svid::parse(chain.to_vec())
+        .map_err(|e| AttestError::Protocol(format!("the server returned an invalid SVID: {e}")))?;
+    let public = spire_core::x509::certificate_public_key(leaf)
+        .map_err(|e| AttestError::Protocol(format!("the server returned an invalid SVID: {e}")))?;
+    if public != key.public_key_der() {
+        return Err(AttestError::Protocol(
+            "the server returned an SVID for a different key".into(),
+        ));
+    }
+    Ok(())
+}

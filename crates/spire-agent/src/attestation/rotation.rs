@@ -1,0 +1,138 @@
+//! Agent SVID rotation: at half of its lifetime the agent generates a key in the other
+//! KeyManager slot (`agent-svid-A` / `agent-svid-B`), renews with `RenewAgent`, stores the
+//! new chain in `data_dir`, and presents it on later connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spire_core::keys::PrivateKey;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{AttestError, renew};
+use crate::client::{AgentIdentity, ServerClient};
+use crate::plugins::keymanager::{AGENT_SVID_KEY_TYPE, KeyManager, next_agent_svid_key_id};
+use crate::storage::AgentStorage;
+
+/// First wait after a failed renewal; grows ×1.5 per failure up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between renewal attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(240);
+
+/// The agent's current SVID, its key, and the KeyManager slot the key lives in.
+#[derive(Debug, Clone)]
+pub struct AgentSvid {
+    /// The SVID chain, leaf first, DER.
+    pub chain: Vec<Vec<u8>>,
+    /// The SVID's private key.
+    pub key: Arc<PrivateKey>,
+    /// The KeyManager ID of `key` (`agent-svid-A` or `agent-svid-B`).
+    pub key_id: String,
+}
+
+/// What the rotation task works with.
+#[derive(Debug, Clone)]
+pub struct RotationConfig {
+    /// The server client; its identity is swapped after every renewal.
+    pub client: ServerClient,
+    /// Where new agent SVID keys are generated.
+    pub key_manager: Arc<dyn KeyManager>,
+    /// Where the new chain is stored.
+    pub storage: Arc<AgentStorage>,
+    /// Stored beside the SVID (upstream's flag); join-token agents are not re-attestable.
+    pub reattestable: bool,
+    /// Told of every new agent SVID, e.g. by the manager.
+    pub updates: Option<watch::Sender<AgentIdentity>>,
+}
+
+/// When the SVID whose leaf is `leaf_der` should be renewed: half-way between its
+/// not-before and not-after, as upstream.
+pub fn renewal_due(leaf_der: &[u8]) -> Result<OffsetDateTime, AttestError> {
+    let validity = spire_core::x509::certificate_validity(leaf_der)
+        .map_err(|e| AttestError::Protocol(format!("the agent SVID cannot be read: {e}")))?;
+    Ok(validity.not_before + (validity.not_after - validity.not_before) / 2)
+}
+
+/// Renews the agent SVID at every half-life until `cancel` fires (then `Ok`). Failed
+/// renewals are retried with backoff (5 s, ×1.5, at most 4 min) while the SVID is valid;
+/// returns an error when the SVID expired or the server denies the agent (banned or
+/// evicted), so the caller can attest again.
+pub async fn run_rotation(
+    config: RotationConfig,
+    mut current: AgentSvid,
+    cancel: CancellationToken,
+) -> Result<(), AttestError> {
+    let mut backoff = BASE_BACKOFF;
+    loop {
+        let leaf = current
+            .chain
+            .first()
+            .ok_or_else(|| AttestError::Protocol("the agent SVID chain is empty".into()))?;
+        let due = renewal_due(leaf)?;
+        let not_after = spire_core::x509::certificate_not_after(leaf)
+            .map_err(|e| AttestError::Protocol(format!("the agent SVID cannot be read: {e}")))?;
+        if !sleep_until(due, &cancel).await {
+            return Ok(());
+        }
+        match rotate_once(&config, &current).await {
+            Ok(next) => {
+                tracing::info!(
+                    key_id = %next.key_id,
+                    "agent SVID renewed"
+                );
+                current = next;
+                backoff = BASE_BACKOFF;
+            }
+            Err(err @ AttestError::PermissionDenied(_)) => return Err(err),
+            Err(err) => {
+                if OffsetDateTime::now_utc() >= not_after {
+                    return Err(AttestError::Expired(not_after));
+                }
+                tracing::warn!(error = %err, retry_in = ?backoff, "agent SVID renewal failed");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = backoff.mul_f64(1.5).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One renewal: new key in the other slot, RenewAgent, store, switch the client.
+pub async fn rotate_once(
+    config: &RotationConfig,
+    current: &AgentSvid,
+) -> Result<AgentSvid, AttestError> {
+    let key_id = next_agent_svid_key_id(Some(&current.key_id));
+    let key = config
+        .key_manager
+        .generate_key(key_id, AGENT_SVID_KEY_TYPE)
+        .await?;
+    let chain = renew(&config.client, &key).await?;
+    config.storage.store_svid(&chain, config.reattestable)?;
+    config.client.set_identity(chain.clone(), key.clone())?;
+    if let Some(updates) = &config.updates {
+        updates.send_replace(AgentIdentity {
+            chain: chain.clone(),
+            key: key.clone(),
+        });
+    }
+    Ok(AgentSvid {
+        chain,
+        key,
+        key_id: key_id.to_owned(),
+    })
+}
+
+/// Sleeps until `when`; `false` when cancelled first.
+async fn sleep_until(when: OffsetDateTime, cancel: &CancellationToken) -> bool {
+    let wait = (when - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}

@@ -1,0 +1,284 @@
+//! The agent's client for the SPIRE server's TCP API (agent, entry, svid and bundle
+//! services), over TLS with ALPN h2.
+//!
+//! The server must present the X509-SVID of `spiffe://<trust domain>/spire/server` chained
+//! to the agent's trust bundle (or, during insecure bootstrap only, any chain naming that
+//! ID). The agent presents its own SVID once attested. One HTTP/2 connection is cached and
+//! shared by every gRPC client handed out; [`ServerClient::set_identity`] and
+//! [`ServerClient::set_bundle`] drop it so the next call reconnects with the new
+//! credentials (the server promotes a renewed SVID on its first use).
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use spire_core::keys::PrivateKey;
+use spire_core::spiffe_id::TrustDomain;
+use spire_proto::spire::api::server::agent::v1::agent_client::AgentClient;
+use spire_proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
+use spire_proto::spire::api::server::entry::v1::entry_client::EntryClient;
+use spire_proto::spire::api::server::svid::v1::svid_client::SvidClient;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+mod server_api;
+mod tls;
+
+/// How long dialing the server (TCP and TLS) may take before the call fails Unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the client could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The trust bundle is empty or holds an unusable certificate.
+    #[error("invalid trust bundle: {0}")]
+    InvalidBundle(String),
+    /// The agent SVID or its key cannot be used for TLS.
+    #[error("invalid agent identity: {0}")]
+    InvalidIdentity(String),
+    /// The TLS configuration could not be built.
+    #[error("{0}")]
+    Tls(String),
+    /// `server_address` and `server_port` do not form a usable endpoint.
+    #[error("invalid server address {0:?}")]
+    InvalidAddress(String),
+}
+
+/// The agent's X509-SVID (leaf first, DER) and its private key, presented to the server.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    /// The SVID chain, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// The SVID's private key.
+    pub key: Arc<PrivateKey>,
+}
+
+/// How the agent decides to trust the server it dials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// Trust chains to these X.509 roots (DER), from the stored or configured bundle.
+    Bundle(Vec<Vec<u8>>),
+    /// `insecure_bootstrap = true`: accept any chain that names the server's SPIFFE ID, for
+    /// the first attestation only; call [`ServerClient::set_bundle`] right after.
+    InsecureBootstrap,
+}
+
+/// Where the server is: `server_address`, `server_port` and `trust_domain` of agent.conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    /// Host name or IP address of the server.
+    pub server_address: String,
+    /// TCP port of the server API.
+    pub server_port: u16,
+    /// The agent's trust domain; the server must be `spiffe://<td>/spire/server`.
+    pub trust_domain: TrustDomain,
+}
+
+/// A cheap-to-clone handle on the agent's connection to the server.
+#[derive(Debug, Clone)]
+pub struct ServerClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoint: Endpoint,
+    host: String,
+    port: u16,
+    server_id: String,
+    /// The configuration new TLS connections use; read by the connector on every dial.
+    tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    roots: Option<Vec<Vec<u8>>>,
+    identity: Option<AgentIdentity>,
+    channel: Option<Channel>,
+}
+
+impl ServerClient {
+    /// A client for the server at `address`, trusting it per `trust`, presenting `identity`
+    /// when the agent already has an SVID. No connection is made until the first call.
+    pub fn new(
+        address: &ServerAddress,
+        trust: ServerTrust,
+        identity: Option<AgentIdentity>,
+    ) -> Result<Self, ClientError> {
+        let server_id = format!("spiffe://{}/spire/server", address.trust_domain);
+        let roots = match trust {
+            ServerTrust::Bundle(roots) => Some(roots),
+            ServerTrust::InsecureBootstrap => None,
+        };
+        let config = tls::client_config(
+            tls::SpireServerVerifier::new(roots.as_deref(), &server_id)?,
+            identity.as_ref(),
+        )?;
+        // The URI only names the target in logs; the connector dials host:port itself.
+        let uri = format!(
+            "http://{}:{}",
+            bracket_ipv6(&address.server_address),
+            address.server_port
+        );
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|_| ClientError::InvalidAddress(uri))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                host: address.server_address.clone(),
+                port: address.server_port,
+                server_id,
+                tls: Arc::new(RwLock::new(Arc::new(config))),
+                state: Mutex::new(State {
+                    roots,
+                    identity,
+                    channel: None,
+                }),
+            }),
+        })
+    }
+
+    /// The SPIFFE ID the server must present, `spiffe://<td>/spire/server`.
+    pub fn server_id(&self) -> &str {
+        &self.inner.server_id
+    }
+
+    /// The trust bundle roots in use; `None` during insecure bootstrap.
+    pub fn bundle(&self) -> Option<Vec<Vec<u8>>> {
+        self.lock().roots.clone()
+    }
+
+    /// The agent SVID presented to the server, if any.
+    pub fn identity(&self) -> Option<AgentIdentity> {
+        self.lock().identity.clone()
+    }
+
+    /// Presents `chain` and `key` on every later connection (after attestation or
+    /// renewal). The cached connection is dropped; calls already running finish on it.
+    pub fn set_identity(
+        &self,
+        chain: Vec<Vec<u8>>,
+        key: Arc<PrivateKey>,
+    ) -> Result<(), ClientError> {
+        let mut state = self.lock();
+        let identity = AgentIdentity { chain, key };
+        let roots = state.roots.clone();
+        self.rebuild(&mut state, roots, Some(identity.clone()))?;
+        state.identity = Some(identity);
+        Ok(())
+    }
+
+    /// Trusts `roots` from now on (after insecure bootstrap, or when the bundle rotates).
+    /// The cached connection is dropped.
+    pub fn set_bundle(&self, roots: Vec<Vec<u8>>) -> Result<(), ClientError> {
+        let mut state = self.lock();
+        let identity = state.identity.clone();
+        self.rebuild(&mut state, Some(roots.clone()), identity)?;
+        state.roots = Some(roots);
+        Ok(())
+    }
+
+    /// Forgets the cached connection, e.g. after the server refused the agent.
+    pub fn reset_connection(&self) {
+        self.lock().channel = None;
+    }
+
+    /// The shared HTTP/2 channel, dialed on first use.
+    pub fn channel(&self) -> Channel {
+        let mut state = self.lock();
+        if let Some(channel) = &state.channel {
+            return channel.clone();
+        }
+        let channel = self.connect();
+        state.channel = Some(channel.clone());
+        channel
+    }
+
+    /// `spire.api.server.agent.v1.Agent`: AttestAgent, RenewAgent.
+    pub fn agent_client(&self) -> AgentClient<Channel> {
+        AgentClient::new(self.channel())
+    }
+
+    /// `spire.api.server.entry.v1.Entry`: GetAuthorizedEntries, SyncAuthorizedEntries.
+    pub fn entry_client(&self) -> EntryClient<Channel> {
+        EntryClient::new(self.channel())
+    }
+
+    /// `spire.api.server.svid.v1.SVID`: BatchNewX509SVID, NewJWTSVID.
+    pub fn svid_client(&self) -> SvidClient<Channel> {
+        SvidClient::new(self.channel())
+    }
+
+    /// `spire.api.server.bundle.v1.Bundle`: GetBundle, ListFederatedBundles.
+    pub fn bundle_client(&self) -> BundleClient<Channel> {
+        BundleClient::new(self.channel())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is replaced field by field after every fallible step, so a poisoned
+        // lock still guards consistent data.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn rebuild(
+        &self,
+        state: &mut State,
+        roots: Option<Vec<Vec<u8>>>,
+        identity: Option<AgentIdentity>,
+    ) -> Result<(), ClientError> {
+        let config = tls::client_config(
+            tls::SpireServerVerifier::new(roots.as_deref(), &self.inner.server_id)?,
+            identity.as_ref(),
+        )?;
+        *self
+            .inner
+            .tls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+        state.channel = None;
+        Ok(())
+    }
+
+    fn connect(&self) -> Channel {
+        let tls = self.inner.tls.clone();
+        let host = self.inner.host.clone();
+        let port = self.inner.port;
+        self.inner
+            .endpoint
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let config = tls
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                let host = host.clone();
+                async move {
+                    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                    // The server is identified by its SPIFFE ID, not by name; SNI carries
+                    // the configured address when it is a valid name.
+                    let name = ServerName::try_from(host)
+                        .or_else(|_| ServerName::try_from("spire-server".to_owned()))
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                    let tls = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }))
+    }
+}
+
+/// `::1` -> `[::1]`, so an IPv6 `server_address` forms a valid URI.
+fn bracket_ipv6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}

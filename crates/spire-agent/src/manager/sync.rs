@@ -1,0 +1,590 @@
+//! The [`Manager`]: syncs with the server every `sync_interval` (with jittered backoff on
+//! failure), mints every missing or half-expired X509-SVID in one batch per sync, and serves
+//! subscriptions and JWT-SVIDs from its cache.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use spire_core::bundle::Bundle;
+use spire_core::jwt::parse_jwt_svid_insecure;
+use spire_core::keys::{KeyType, PrivateKey};
+use spire_core::selector::{Selector, SelectorSet};
+use spire_core::spiffe_id::{SpiffeId, TrustDomain};
+use spire_core::x509::{X509Svid, certificate_public_key, certificate_validity, csr_der};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{CachedEntry, CachedSvid, MintRequest, State, Subscriber};
+use super::jwt_cache::{CachedJwt, JwtCache};
+use super::server_api::{ServerApi, bundle_from_proto};
+use super::{JwtIdentity, ManagerError, WorkloadIdentities, WorkloadUpdate};
+
+/// The time source; tests inject one to move past an SVID's half-life.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// How often an extra sync may run for a subscriber waiting on a missing SVID (upstream's
+/// SVID sync interval).
+const MIN_TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
+
+/// Upstream's default for both SVID cache bounds.
+const DEFAULT_CACHE_MAX_SIZE: usize = 1000;
+
+/// Tuning of the manager; [`ManagerOptions::default`] has upstream's defaults.
+#[derive(Clone)]
+pub struct ManagerOptions {
+    /// Time between syncs while the server answers (upstream: 5 s).
+    pub sync_interval: Duration,
+    /// Soft bound on cached X509-SVIDs (`x509_svid_cache_max_size`, default 1000); entries a
+    /// workload subscribes to are always kept. 0 means the default, as upstream.
+    pub x509_svid_cache_max_size: usize,
+    /// Bound on cached JWT-SVIDs (`jwt_svid_cache_max_size`, default 1000). 0 means the
+    /// default, as upstream.
+    pub jwt_svid_cache_max_size: usize,
+    /// Key type of the workload SVIDs' private keys (`workload_x509_svid_key_type`).
+    pub svid_key_type: KeyType,
+    /// Current time, for half-life checks.
+    pub clock: Clock,
+    /// First retry delay after a failed sync; grows ×1.5 per failure (default 5 s).
+    pub retry_base: Duration,
+    /// Longest retry delay (default 4 min).
+    pub retry_max: Duration,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        Self {
+            sync_interval: Duration::from_secs(5),
+            x509_svid_cache_max_size: DEFAULT_CACHE_MAX_SIZE,
+            jwt_svid_cache_max_size: DEFAULT_CACHE_MAX_SIZE,
+            svid_key_type: KeyType::EcP256,
+            clock: Arc::new(OffsetDateTime::now_utc),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(240),
+        }
+    }
+}
+
+impl std::fmt::Debug for ManagerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerOptions")
+            .field("sync_interval", &self.sync_interval)
+            .field("x509_svid_cache_max_size", &self.x509_svid_cache_max_size)
+            .field("jwt_svid_cache_max_size", &self.jwt_svid_cache_max_size)
+            .field("svid_key_type", &self.svid_key_type)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cache sizes, for `debug getinfo` and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Authorized entries known from the last sync.
+    pub entries: usize,
+    /// X509-SVIDs held.
+    pub x509_svids: usize,
+    /// JWT-SVIDs held.
+    pub jwt_svids: usize,
+    /// When the last sync succeeded (Unix seconds), for `debug getinfo`'s `lastSyncSuccess`.
+    pub last_sync_success: Option<i64>,
+}
+
+/// The agent's cache of entries, SVIDs and bundles, kept in sync with the server.
+pub struct Manager {
+    api: Arc<dyn ServerApi>,
+    trust_domain: TrustDomain,
+    options: ManagerOptions,
+    state: Mutex<State>,
+    jwt: Mutex<JwtCache>,
+    /// Serialises syncs (the loop and explicit `sync_once` calls).
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Raised when a subscriber waits for an SVID that is not minted yet.
+    sync_now: Notify,
+    bundles_tx: watch::Sender<Arc<BTreeMap<String, Arc<Bundle>>>>,
+    /// Unix seconds of the last successful sync.
+    last_sync_success: Mutex<Option<i64>>,
+}
+
+impl Manager {
+    /// A manager serving `initial_bundle` (from bootstrap or the last attestation) until the
+    /// first sync. Nothing talks to the server until [`Manager::sync_once`] or
+    /// [`Manager::run`].
+    pub fn new(
+        api: Arc<dyn ServerApi>,
+        trust_domain: TrustDomain,
+        initial_bundle: Bundle,
+        mut options: ManagerOptions,
+    ) -> Arc<Self> {
+        for size in [
+            &mut options.x509_svid_cache_max_size,
+            &mut options.jwt_svid_cache_max_size,
+        ] {
+            if *size == 0 {
+                *size = DEFAULT_CACHE_MAX_SIZE;
+            }
+        }
+        let jwt = JwtCache::new(options.jwt_svid_cache_max_size);
+        let state = State::new(initial_bundle);
+        let (bundles_tx, _) = watch::channel(Arc::new(state.all_bundles()));
+        Arc::new(Self {
+            api,
+            trust_domain,
+            options,
+            state: Mutex::new(state),
+            jwt: Mutex::new(jwt),
+            sync_lock: tokio::sync::Mutex::new(()),
+            sync_now: Notify::new(),
+            bundles_tx,
+            last_sync_success: Mutex::new(None),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the cache half-updated in a way that
+        // matters more than stopping to serve: keep going with what is there.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn jwt_cache(&self) -> MutexGuard<'_, JwtCache> {
+        self.jwt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now(&self) -> i64 {
+        (self.options.clock)().unix_timestamp()
+    }
+
+    /// Sizes of the caches.
+    pub fn cache_stats(&self) -> CacheStats {
+        let (entries, x509_svids) = {
+            let state = self.state();
+            (state.entries.len(), state.svids.len())
+        };
+        CacheStats {
+            entries,
+            x509_svids,
+            jwt_svids: self.jwt_cache().len(),
+            last_sync_success: *self
+                .last_sync_success
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        }
+    }
+
+    /// The agent's own trust domain bundle as currently cached.
+    pub fn bundle(&self) -> Arc<Bundle> {
+        Arc::clone(&self.state().bundle)
+    }
+
+    /// One sync: fetch entries and bundles, drop what was deleted, mint every needed
+    /// X509-SVID in one batch, and tell subscribers whose view changed. On error the cache
+    /// keeps what it had (SVIDs minted in this sync before the error are kept).
+    pub async fn sync_once(&self) -> Result<(), ManagerError> {
+        let _guard = self.sync_lock.lock().await;
+        let raw_entries = self.api.authorized_entries().await?;
+        let bundle = bundle_from_proto(&self.api.bundle().await?)?;
+        if bundle.trust_domain != self.trust_domain {
+            return Err(ManagerError::Internal(format!(
+                "server sent the bundle of {} but the agent is in trust domain {}",
+                bundle.trust_domain, self.trust_domain
+            )));
+        }
+
+        let mut entries = BTreeMap::new();
+        for raw in &raw_entries {
+            match CachedEntry::from_proto(raw) {
+                Ok(entry) => {
+                    entries.insert(entry.id.clone(), entry);
+                }
+                Err(reason) => tracing::warn!("ignoring registration entry: {reason}"),
+            }
+        }
+        let federated = self.fetch_federated_bundles(&entries).await;
+
+        let now = self.now();
+        let needed = {
+            let mut state = self.state();
+            state.bundle = Arc::new(bundle);
+            state.federated = federated;
+            let needed = state.apply_entries(entries, self.options.x509_svid_cache_max_size, now);
+            let all = state.all_bundles();
+            self.bundles_tx.send_if_modified(|current| {
+                if **current == all {
+                    false
+                } else {
+                    *current = Arc::new(all);
+                    true
+                }
+            });
+            needed
+        };
+
+        let result = if needed.is_empty() {
+            Ok(())
+        } else {
+            self.mint(needed).await
+        };
+        self.state().notify_subscribers();
+        if result.is_ok() {
+            *self
+                .last_sync_success
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.now());
+        }
+        result
+    }
+
+    /// Federated bundles for every trust domain some entry federates with; a bundle that
+    /// cannot be fetched now keeps its cached version.
+    async fn fetch_federated_bundles(
+        &self,
+        entries: &BTreeMap<String, CachedEntry>,
+    ) -> BTreeMap<String, Arc<Bundle>> {
+        let wanted: BTreeSet<&str> = entries
+            .values()
+            .flat_map(|e| e.federates_with.iter().map(String::as_str))
+            .filter(|td| *td != self.trust_domain.name())
+            .collect();
+        let previous = self.state().federated.clone();
+        let mut federated = BTreeMap::new();
+        for td in wanted {
+            let fetched = match self.api.federated_bundle(td).await {
+                Ok(Some(proto)) => bundle_from_proto(&proto).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match fetched {
+                Ok(Some(bundle)) if bundle.trust_domain.name() == td => {
+                    federated.insert(td.to_owned(), Arc::new(bundle));
+                }
+                Ok(Some(bundle)) => tracing::warn!(
+                    "server answered the federated bundle of {td} with one for {}; ignoring it",
+                    bundle.trust_domain
+                ),
+                Ok(None) => {
+                    tracing::debug!("server has no federated bundle for {td}");
+                }
+                Err(e) => {
+                    tracing::warn!("could not fetch the federated bundle of {td}: {e}");
+                    if let Some(old) = previous.get(td) {
+                        federated.insert(td.to_owned(), Arc::clone(old));
+                    }
+                }
+            }
+        }
+        federated
+    }
+
+    /// Generates keys and CSRs for `needed`, sends them in one batch and stores the results.
+    async fn mint(&self, needed: Vec<MintRequest>) -> Result<(), ManagerError> {
+        let key_type = self.options.svid_key_type;
+        let count = needed.len();
+        let prepared = tokio::task::spawn_blocking(move || {
+            needed
+                .into_iter()
+                .map(|request| {
+                    let key = PrivateKey::generate(key_type).map_err(|e| {
+                        ManagerError::Internal(format!("could not generate an SVID key: {e}"))
+                    })?;
+                    let csr = csr_der(&key).map_err(|e| {
+                        ManagerError::Internal(format!("could not build a CSR: {e}"))
+                    })?;
+                    Ok((request, key, csr))
+                })
+                .collect::<Result<Vec<_>, ManagerError>>()
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(format!("key generation task failed: {e}")))??;
+
+        let csrs = prepared
+            .iter()
+            .map(|(request, _, csr)| (request.entry_id.clone(), csr.clone()))
+            .collect();
+        let results = self.api.new_x509_svids(csrs).await?;
+        if results.len() != count {
+            return Err(ManagerError::Internal(format!(
+                "server answered {} of {count} X509-SVID requests",
+                results.len()
+            )));
+        }
+
+        let mut state = self.state();
+        let tick = state.tick;
+        for ((request, key, _), result) in prepared.into_iter().zip(results) {
+            let chain = match result {
+                Ok(chain) => chain,
+                Err(e) => {
+                    tracing::warn!(
+                        "server did not sign the SVID of entry {}: {e}",
+                        request.entry_id
+                    );
+                    continue;
+                }
+            };
+            match check_svid(&request.spiffe_id, &key, chain) {
+                Ok((chain, not_before, not_after)) => {
+                    let still_current = state
+                        .entries
+                        .get(&request.entry_id)
+                        .is_some_and(|e| e.revision == request.revision);
+                    if still_current {
+                        state.svids.insert(
+                            request.entry_id.clone(),
+                            CachedSvid {
+                                chain,
+                                key: Arc::new(key),
+                                not_before,
+                                not_after,
+                                revision: request.revision,
+                                last_used: tick,
+                            },
+                        );
+                    }
+                }
+                Err(reason) => tracing::warn!(
+                    "server returned an unusable SVID for entry {}: {reason}",
+                    request.entry_id
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs every `sync_interval` until `cancel`; after a failure waits with jittered
+    /// exponential backoff instead, serving the cached SVIDs meanwhile. A subscriber waiting
+    /// for a not-yet-minted SVID starts a sync early.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let started = Instant::now();
+            match self.sync_once().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!("sync with the server failed (attempt {failures}): {e}");
+                }
+            }
+            if failures == 0 {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(self.options.sync_interval) => {}
+                    () = self.sync_now.notified() => {
+                        let wait = (started + MIN_TRIGGERED_SYNC_SPACING)
+                            .saturating_duration_since(Instant::now());
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            } else {
+                let delay = backoff_delay(
+                    self.options.retry_base,
+                    self.options.retry_max,
+                    failures,
+                    random_unit(),
+                );
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+
+    fn matching_entries(
+        &self,
+        selectors: &SelectorSet,
+        spiffe_id: Option<&SpiffeId>,
+    ) -> Vec<CachedEntry> {
+        self.state()
+            .entries
+            .values()
+            .filter(|e| e.matches(selectors))
+            .filter(|e| spiffe_id.is_none_or(|id| *id == e.spiffe_id))
+            .cloned()
+            .collect()
+    }
+
+    async fn jwt_for_entry(
+        &self,
+        entry: &CachedEntry,
+        audience: &[String],
+    ) -> Result<String, ManagerError> {
+        let now = self.now();
+        let cached = self
+            .jwt_cache()
+            .get(entry.spiffe_id.as_str(), audience)
+            .cloned();
+        if let Some(cached) = cached.as_ref().filter(|c| c.fresh(now)) {
+            return Ok(cached.token.clone());
+        }
+        let token = match self.api.new_jwt_svid(&entry.id, audience).await {
+            Ok(token) => token,
+            Err(e) => {
+                return match cached.filter(|c| c.unexpired(now)) {
+                    Some(cached) => {
+                        tracing::warn!(
+                            "could not renew the JWT-SVID of {}, serving the cached one: {e}",
+                            entry.spiffe_id
+                        );
+                        Ok(cached.token)
+                    }
+                    None => Err(e),
+                };
+            }
+        };
+        let parsed = parse_jwt_svid_insecure(&token).map_err(|e| {
+            ManagerError::Internal(format!("server returned an unreadable JWT-SVID: {e}"))
+        })?;
+        if parsed.spiffe_id != entry.spiffe_id {
+            return Err(ManagerError::Internal(format!(
+                "server returned a JWT-SVID for {} instead of {}",
+                parsed.spiffe_id, entry.spiffe_id
+            )));
+        }
+        let issued_at = parsed
+            .claims
+            .get("iat")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(now);
+        self.jwt_cache().insert(
+            entry.spiffe_id.as_str(),
+            audience,
+            CachedJwt {
+                token: token.clone(),
+                issued_at,
+                expires_at: parsed.expiry,
+            },
+            now,
+        );
+        Ok(token)
+    }
+}
+
+/// Checks that a minted chain is for the entry's SPIFFE ID and our key; returns it with
+/// the leaf's validity in Unix seconds.
+fn check_svid(
+    spiffe_id: &SpiffeId,
+    key: &PrivateKey,
+    chain: Vec<Vec<u8>>,
+) -> Result<(Vec<Vec<u8>>, i64, i64), String> {
+    let svid = X509Svid::parse(chain).map_err(|e| e.to_string())?;
+    if svid.spiffe_id() != spiffe_id {
+        return Err(format!(
+            "it names {} instead of {spiffe_id}",
+            svid.spiffe_id()
+        ));
+    }
+    let public_key = certificate_public_key(svid.leaf_der()).map_err(|e| e.to_string())?;
+    if public_key != key.public_key_der() {
+        return Err("its public key is not the one in the CSR".to_owned());
+    }
+    let validity = certificate_validity(svid.leaf_der()).map_err(|e| e.to_string())?;
+    Ok((
+        svid.chain().to_vec(),
+        validity.not_before.unix_timestamp(),
+        validity.not_after.unix_timestamp(),
+    ))
+}
+
+/// Delay before retry number `failures` (1 = first): `base × 1.5^(failures-1)`, spread by
+/// ±20 % with `unit` (a random number in [0, 1)), never more than `max`.
+pub fn backoff_delay(base: Duration, max: Duration, failures: u32, unit: f64) -> Duration {
+    let exponent = i32::try_from(failures.saturating_sub(1))
+        .unwrap_or(i32::MAX)
+        .min(64);
+    let raw = base.as_secs_f64() * 1.5_f64.powi(exponent);
+    let jittered = raw.min(max.as_secs_f64()) * (0.8 + 0.4 * unit.clamp(0.0, 1.0));
+    Duration::from_secs_f64(jittered.min(max.as_secs_f64()).max(0.0))
+}
+
+/// A random number in [0, 1) from the system RNG (0.5 if it fails: no jitter, still safe).
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 4];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[async_trait]
+impl WorkloadIdentities for Manager {
+    /// The current view now, and a new value after every sync that changes it. Identities
+    /// list only SVIDs already minted: when a matching entry has none yet, an early sync is
+    /// started and the receiver changes once it is minted (one server round trip).
+    fn subscribe(&self, selectors: Vec<Selector>) -> watch::Receiver<Arc<WorkloadUpdate>> {
+        let selectors: SelectorSet = selectors.into_iter().collect();
+        let (rx, missing) = {
+            let mut state = self.state();
+            state.drop_closed_subscribers();
+            let (update, missing) = state.view(&selectors);
+            let (tx, rx) = watch::channel(Arc::new(update));
+            state.subscribers.push(Subscriber { selectors, tx });
+            (rx, missing)
+        };
+        if missing {
+            self.sync_now.notify_one();
+        }
+        rx
+    }
+
+    async fn fetch_jwt_svids(
+        &self,
+        selectors: &[Selector],
+        spiffe_id: Option<&SpiffeId>,
+        audience: &[String],
+    ) -> Result<Vec<JwtIdentity>, ManagerError> {
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(ManagerError::InvalidArgument(
+                "audience must be specified".to_owned(),
+            ));
+        }
+        let selectors: SelectorSet = selectors.iter().cloned().collect();
+        let entries = self.matching_entries(&selectors, spiffe_id);
+        if entries.is_empty() {
+            return Err(ManagerError::NoIdentity);
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let token = self.jwt_for_entry(entry, audience).await?;
+            out.push(JwtIdentity {
+                spiffe_id: entry.spiffe_id.clone(),
+                token,
+                hint: entry.hint.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn bundles(&self) -> watch::Receiver<Arc<BTreeMap<String, Arc<Bundle>>>> {
+        self.bundles_tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_by_half_and_is_capped() {
+        let base = Duration::from_secs(5);
+        let max = Duration::from_secs(240);
+        assert_eq!(backoff_delay(base, max, 1, 0.5), Duration::from_secs(5));
+        assert_eq!(
+            backoff_delay(base, max, 2, 0.5),
+            Duration::from_secs_f64(7.5)
+        );
+        assert_eq!(backoff_delay(base, max, 40, 0.99), max);
+        let low = backoff_delay(base, max, 1, 0.0);
+        let high = backoff_delay(base, max, 1, 0.999);
+        assert!(low >= Duration::from_secs(4) && high < Duration::from_secs(6));
+    }
+}

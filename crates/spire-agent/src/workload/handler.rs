@@ -1,0 +1,409 @@
+//! The five `SpiffeWorkloadAPI` RPCs, answered as upstream's
+//! `pkg/agent/endpoints/workload/handler.go` does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use spire_core::bundle::Bundle;
+use spire_core::jwt::{JwtAuthority, JwtBundleSource, validate_jwt_svid};
+use spire_core::selector::Selector;
+use spire_core::spiffe_id::{SpiffeId, TrustDomain};
+use spire_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use spire_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::stream::UpdateStream;
+use super::{Caller, SECURITY_HEADER, WorkloadApiOptions, peer};
+use crate::manager::{ManagerError, WorkloadIdentities, WorkloadUpdate, X509Identity};
+use crate::plugins::workloadattestor::{AttestError, WorkloadAttestor};
+
+/// The message the `spiffe` crates and go-spiffe recognise as "registered nowhere (yet)".
+const NO_IDENTITY: &str = "no identity issued";
+
+/// The `SpiffeWorkloadAPI` gRPC service: attests each caller, then answers from the manager.
+#[derive(Clone)]
+pub struct WorkloadApiService {
+    identities: Arc<dyn WorkloadIdentities>,
+    attestors: Arc<[Arc<dyn WorkloadAttestor>]>,
+    options: Arc<WorkloadApiOptions>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for WorkloadApiService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.attestors.iter().map(|a| a.name()).collect();
+        f.debug_struct("WorkloadApiService")
+            .field("attestors", &names)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkloadApiService {
+    /// A service answering from `identities`, attesting callers with every one of `attestors`;
+    /// its streams end when `shutdown` fires.
+    pub fn new(
+        identities: Arc<dyn WorkloadIdentities>,
+        attestors: Vec<Arc<dyn WorkloadAttestor>>,
+        options: WorkloadApiOptions,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            identities,
+            attestors: attestors.into(),
+            options: Arc::new(options),
+            shutdown,
+        }
+    }
+
+    /// Checks the security header, attests the caller of `request` and makes sure the
+    /// attested pid still is the caller; gives the caller's selectors.
+    async fn attest<T>(&self, request: &Request<T>) -> Result<Vec<Selector>, Status> {
+        check_security_header(request)?;
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .copied()
+            .ok_or_else(|| {
+                Status::internal("unable to resolve the caller's pid: is this a supported system?")
+            })?;
+        let selectors = self.run_attestors(caller).await?;
+        peer::verify_still_alive(&caller).map_err(|reason| {
+            tracing::warn!(pid = caller.process.pid, %reason, "Refusing workload: caller changed during attestation");
+            Status::unauthenticated(format!(
+                "could not verify existence of the original caller: {reason}"
+            ))
+        })?;
+        tracing::debug!(
+            pid = caller.process.pid,
+            count = selectors.len(),
+            "PID attested to have selectors"
+        );
+        Ok(selectors)
+    }
+
+    /// Runs every attestor concurrently and concatenates their selectors in configuration
+    /// order. A failing attestor is logged and skipped, as upstream; when every one fails, the
+    /// call fails.
+    async fn run_attestors(&self, caller: Caller) -> Result<Vec<Selector>, Status> {
+        let mut tasks = JoinSet::new();
+        for (index, attestor) in self.attestors.iter().enumerate() {
+            let attestor = Arc::clone(attestor);
+            let process = caller.process;
+            tasks.spawn(async move {
+                let result = attestor.attest(process).await;
+                (index, attestor.name(), result)
+            });
+        }
+        let mut results = Vec::with_capacity(self.attestors.len());
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, _, Ok(selectors))) => results.push((index, selectors)),
+                Ok((_, name, Err(e))) => {
+                    tracing::error!(pid = caller.process.pid, attestor = name, error = %e, "Failed to collect all selectors for PID");
+                    failures.push((name, e));
+                }
+                Err(e) => {
+                    tracing::error!(pid = caller.process.pid, error = %e, "Workload attestor task failed");
+                }
+            }
+        }
+        if results.is_empty()
+            && let Some((name, error)) = failures.into_iter().next()
+        {
+            let message = format!("workload attestor {name:?} failed: {error}");
+            return Err(match error {
+                AttestError::ProcessGone(_) => Status::unauthenticated(message),
+                _ => Status::internal(message),
+            });
+        }
+        results.sort_by_key(|(index, _)| *index);
+        Ok(results.into_iter().flat_map(|(_, s)| s).collect())
+    }
+}
+
+/// Upstream requires exactly one `workload.spiffe.io` value, equal to `true`.
+fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
+    let mut values = request.metadata().get_all(SECURITY_HEADER).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) if value.as_bytes() == b"true" => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+/// `spiffe://<trust domain>` for a bundle, the key of every bundle map of the API.
+fn bundle_key(bundle: &Bundle) -> String {
+    bundle.trust_domain.id_string()
+}
+
+/// The concatenated DER of a bundle's X.509 authorities.
+fn x509_authorities_der(bundle: &Bundle) -> Vec<u8> {
+    bundle.x509_authorities.concat()
+}
+
+/// A standard JWKS of a bundle's JWT authorities only (no X.509 keys, no SPIFFE fields), as
+/// upstream's FetchJWTBundles sends.
+fn jwt_authorities_jwks(bundle: &Bundle) -> Result<Vec<u8>, Status> {
+    let mut jwt_only = Bundle::new(bundle.trust_domain.clone());
+    jwt_only.jwt_authorities.clone_from(&bundle.jwt_authorities);
+    jwt_only
+        .to_spiffe_document()
+        .map(String::into_bytes)
+        .map_err(|e| Status::unavailable(format!("could not serialize response: {e}")))
+}
+
+/// The identities to send: when several share a non-empty hint, only the first is kept
+/// (upstream keeps one per hint and logs the others).
+fn dedup_by_hint(identities: &[X509Identity]) -> Vec<&X509Identity> {
+    let mut hints = HashSet::new();
+    identities
+        .iter()
+        .filter(|identity| {
+            let keep = identity.hint.is_empty() || hints.insert(identity.hint.as_str());
+            if !keep {
+                tracing::warn!(hint = %identity.hint, registration_id = %identity.entry_id, "Ignoring entry with duplicate hint");
+            }
+            keep
+        })
+        .collect()
+}
+
+fn x509_svid_response(update: &WorkloadUpdate) -> Result<Option<X509svidResponse>, Status> {
+    if update.identities.is_empty() {
+        return Err(Status::permission_denied(NO_IDENTITY));
+    }
+    let bundle = x509_authorities_der(&update.bundle);
+    let svids = dedup_by_hint(&update.identities)
+        .into_iter()
+        .map(|identity| X509svid {
+            spiffe_id: identity.spiffe_id.to_string(),
+            x509_svid: identity.chain.concat(),
+            x509_svid_key: identity.key.pkcs8_der().to_vec(),
+            bundle: bundle.clone(),
+            hint: identity.hint.clone(),
+        })
+        .collect();
+    let federated_bundles = update
+        .federated_bundles
+        .values()
+        .map(|b| (bundle_key(b), x509_authorities_der(b)))
+        .collect();
+    Ok(Some(X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles,
+    }))
+}
+
+/// The bundles a caller may see: its own trust domain's always, federated ones only with an
+/// identity. `Err` when the caller has no identity and unauthenticated verifiers are not
+/// allowed.
+fn visible_bundles(
+    update: &WorkloadUpdate,
+    allow_unauthenticated: bool,
+) -> Result<Vec<&Bundle>, Status> {
+    let has_identity = !update.identities.is_empty();
+    if !has_identity && !allow_unauthenticated {
+        return Err(Status::permission_denied(NO_IDENTITY));
+    }
+    let mut bundles = vec![update.bundle.as_ref()];
+    if has_identity {
+        bundles.extend(update.federated_bundles.values().map(AsRef::as_ref));
+    }
+    Ok(bundles)
+}
+
+/// Bundles by trust domain name, as a JWT bundle source for validation.
+struct NamedBundles<'a>(&'a BTreeMap<String, Arc<Bundle>>);
+
+impl JwtBundleSource for NamedBundles<'_> {
+    fn jwt_authorities(&self, trust_domain: &TrustDomain) -> Option<&[JwtAuthority]> {
+        self.0
+            .get(trust_domain.name())
+            .and_then(|b| JwtBundleSource::jwt_authorities(b.as_ref(), trust_domain))
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn manager_status(error: ManagerError) -> Status {
+    match error {
+        ManagerError::NoIdentity => Status::permission_denied(NO_IDENTITY),
+        ManagerError::Unavailable(m) => {
+            Status::unavailable(format!("could not fetch JWT-SVID: {m}"))
+        }
+        ManagerError::InvalidArgument(m) => Status::invalid_argument(m),
+        ManagerError::Internal(m) => Status::internal(m),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApiService {
+    type FetchX509SVIDStream = UpdateStream<X509svidResponse>;
+    type FetchX509BundlesStream = UpdateStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = UpdateStream<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = self.attest(&request).await?;
+        let updates = self.identities.subscribe(selectors);
+        Ok(Response::new(UpdateStream::new(
+            updates,
+            self.shutdown.clone(),
+            x509_svid_response,
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let selectors = self.attest(&request).await?;
+        let updates = self.identities.subscribe(selectors);
+        let allow_unauthenticated = self.options.allow_unauthenticated_verifiers;
+        let mut previous: Option<X509BundlesResponse> = None;
+        Ok(Response::new(UpdateStream::new(
+            updates,
+            self.shutdown.clone(),
+            move |update| {
+                let bundles = visible_bundles(update, allow_unauthenticated)?
+                    .into_iter()
+                    .map(|b| (bundle_key(b), x509_authorities_der(b)))
+                    .collect();
+                let response = X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles,
+                };
+                if previous.as_ref() == Some(&response) {
+                    return Ok(None);
+                }
+                previous = Some(response.clone());
+                Ok(Some(response))
+            },
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        check_security_header(&request)?;
+        let body = request.get_ref();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if body.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must not be empty"));
+        }
+        let spiffe_id = if body.spiffe_id.is_empty() {
+            None
+        } else {
+            Some(SpiffeId::parse(&body.spiffe_id).map_err(|e| {
+                Status::invalid_argument(format!("invalid requested SPIFFE ID: {e}"))
+            })?)
+        };
+        let selectors = self.attest(&request).await?;
+        let body = request.get_ref();
+        let minted = self
+            .identities
+            .fetch_jwt_svids(&selectors, spiffe_id.as_ref(), &body.audience)
+            .await
+            .map_err(manager_status)?;
+        let mut hints = HashSet::new();
+        let svids: Vec<Jwtsvid> = minted
+            .into_iter()
+            .filter(|svid| svid.hint.is_empty() || hints.insert(svid.hint.clone()))
+            .map(|svid| Jwtsvid {
+                spiffe_id: svid.spiffe_id.to_string(),
+                svid: svid.token,
+                hint: svid.hint,
+            })
+            .collect();
+        if svids.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let selectors = self.attest(&request).await?;
+        let updates = self.identities.subscribe(selectors);
+        let allow_unauthenticated = self.options.allow_unauthenticated_verifiers;
+        let mut previous: Option<JwtBundlesResponse> = None;
+        Ok(Response::new(UpdateStream::new(
+            updates,
+            self.shutdown.clone(),
+            move |update| {
+                let mut bundles = HashMap::new();
+                for bundle in visible_bundles(update, allow_unauthenticated)? {
+                    bundles.insert(bundle_key(bundle), jwt_authorities_jwks(bundle)?);
+                }
+                let response = JwtBundlesResponse { bundles };
+                if previous.as_ref() == Some(&response) {
+                    return Ok(None);
+                }
+                previous = Some(response.clone());
+                Ok(Some(response))
+            },
+        )))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_security_header(&request)?;
+        let body = request.get_ref();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if body.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        self.attest(&request).await?;
+        let body = request.get_ref();
+        let bundles = self.identities.bundles().borrow().clone();
+        let svid = validate_jwt_svid(
+            &body.svid,
+            &NamedBundles(&bundles),
+            &[body.audience.as_str()],
+            unix_now(),
+        )
+        .map_err(|e| {
+            tracing::warn!(error = %e, "Failed to validate JWT");
+            Status::invalid_argument(e.to_string())
+        })?;
+        let mut claims = svid.claims;
+        if let Some(own) = &self.options.trust_domain
+            && !svid.spiffe_id.is_member_of(own)
+        {
+            claims.retain(|claim, _| {
+                matches!(claim.as_str(), "sub" | "exp" | "aud")
+                    || self.options.allowed_foreign_jwt_claims.contains(claim)
+            });
+        }
+        let claims: pbjson_types::Struct =
+            serde_json::from_value(serde_json::Value::Object(claims))
+                .map_err(|e| Status::internal(format!("unable to encode claims: {e}")))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: svid.spiffe_id.to_string(),
+            claims: Some(claims),
+        }))
+    }
+}

@@ -1,0 +1,420 @@
+//! `agent.conf` as operators write it: upstream's example configs, the JSON the Helm charts
+//! render, our quickstart files, and the mistakes the loader must explain.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use spire_agent::config::{
+    self, AgentConfig, BootstrapBundle, ConfigError, KeyManagerChoice, LogFormat,
+    NodeAttestorChoice, Overrides, RebootstrapMode, TrustBundleFormat,
+};
+use spire_core::keys::KeyType;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn load(text: &str) -> Result<AgentConfig, ConfigError> {
+    config::load_str("agent.conf", text, false)
+}
+
+fn resolve_err(text: &str) -> String {
+    load(text)
+        .and_then(|c| c.resolve())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+}
+
+const PLUGINS: &str = r#"
+plugins {
+    NodeAttestor "join_token" { plugin_data {} }
+    KeyManager "memory" { plugin_data {} }
+    WorkloadAttestor "unix" { plugin_data {} }
+}
+"#;
+
+fn with_agent(agent_body: &str) -> String {
+    format!("agent {{\n{agent_body}\n}}\n{PLUGINS}")
+}
+
+const MINIMAL_AGENT: &str = r#"
+    trust_domain = "example.org"
+    server_address = "127.0.0.1"
+    insecure_bootstrap = true
+"#;
+
+#[test]
+fn upstream_quickstart_config_resolves_with_upstream_defaults() {
+    let c = config::load_file(&fixture("upstream_agent.conf"), false)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(c.trust_domain.name(), "example.org");
+    assert_eq!(c.server_host_port(), "localhost:8081");
+    assert_eq!(
+        c.socket_path,
+        PathBuf::from("/tmp/spire-agent/public/api.sock")
+    );
+    assert_eq!(c.admin_socket_path, None);
+    assert_eq!(c.data_dir, PathBuf::from("./.data"));
+    assert_eq!(c.bootstrap_bundle, BootstrapBundle::Insecure);
+    assert_eq!(c.log_level, "debug");
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.x509_svid_cache_max_size, 1000);
+    assert_eq!(c.jwt_svid_cache_max_size, 1000);
+    assert_eq!(c.workload_x509_svid_key_type, KeyType::EcP256);
+    assert_eq!(c.experimental.sync_interval, Duration::from_secs(5));
+    assert!(c.experimental.use_sync_authorized_entries);
+    assert_eq!(c.sds.default_svid_name, "default");
+    assert_eq!(c.sds.default_bundle_name, "ROOTCA");
+    assert_eq!(c.sds.default_all_bundles_name, "ALL");
+    assert_eq!(c.rebootstrap_mode, RebootstrapMode::Never);
+    assert_eq!(c.rebootstrap_delay, Duration::from_secs(600));
+    assert_eq!(c.plugins.node_attestor, NodeAttestorChoice::JoinToken);
+    assert_eq!(
+        c.plugins.key_manager,
+        KeyManagerChoice::Disk {
+            directory: PathBuf::from("./.data")
+        }
+    );
+    assert_eq!(c.plugins.unix_attestor().copied(), Some(Default::default()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn every_documented_key_is_accepted_and_typed() {
+    let c = config::load_file(&fixture("agent_all_keys.conf"), false)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(c.server_host_port(), "spire-server.example.org:443");
+    assert_eq!(
+        c.admin_socket_path,
+        Some(PathBuf::from("/tmp/spire-agent/private/admin.sock"))
+    );
+    assert_eq!(
+        c.bootstrap_bundle,
+        BootstrapBundle::Url {
+            url: "https://bundle.example.org/bundle.jwks".into(),
+            format: TrustBundleFormat::Spiffe,
+            unix_socket: None,
+        }
+    );
+    assert_eq!(c.join_token.as_deref(), Some("abc123"));
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.log_level, "warn");
+    assert!(c.log_source_location && c.allow_unauthenticated_verifiers);
+    assert_eq!(c.allowed_foreign_jwt_claims, ["email", "groups"]);
+    assert_eq!(
+        c.authorized_delegates[0].as_str(),
+        "spiffe://example.org/delegate"
+    );
+    assert_eq!(c.availability_target, Some(Duration::from_secs(48 * 3600)));
+    assert_eq!(c.rebootstrap_mode, RebootstrapMode::Auto);
+    assert_eq!(c.x509_svid_cache_max_size, 5000);
+    assert_eq!(c.jwt_svid_cache_max_size, 2000);
+    assert_eq!(c.workload_x509_svid_key_type, KeyType::Rsa2048);
+    assert_eq!(c.sds.default_all_bundles_name, "my_all");
+    assert!(c.sds.disable_spiffe_cert_validation);
+    assert_eq!(c.ratelimit.fetch_x509_svid, Some(10));
+    assert_eq!(c.experimental.sync_interval, Duration::from_secs(10));
+    assert_eq!(c.plugins.key_manager, KeyManagerChoice::Memory);
+    let unix = c.plugins.unix_attestor().unwrap();
+    assert!(unix.discover_workload_path);
+    assert_eq!(unix.workload_size_limit, 1_048_576);
+    assert_eq!(
+        c.plugins.workload_attestors.len(),
+        1,
+        "disabled docker skipped"
+    );
+    assert!(c.health_checks.listener_enabled);
+    assert_eq!(c.health_checks.bind_port, 9982);
+    assert_eq!(c.health_checks.live_path, "/alive");
+    assert_eq!(c.telemetry.prometheus.as_ref().unwrap().port, Some(9988));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("Experimental features")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn helm_json_with_expand_env_loads() {
+    let text = std::fs::read_to_string(fixture("helm_agent.json")).unwrap();
+    let c = config::load_str_with_env("agent.json", &text, true, |name| {
+        (name == "LOG_LEVEL").then(|| "debug".to_owned())
+    })
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(c.log_level, "debug");
+    assert_eq!(c.server_port, 443);
+    assert_eq!(
+        c.bootstrap_bundle,
+        BootstrapBundle::Path {
+            path: PathBuf::from("/run/spire/bundle/bundle.crt"),
+            format: TrustBundleFormat::Pem
+        }
+    );
+    assert_eq!(c.sds.default_bundle_name, "null");
+    assert_eq!(c.plugins.key_manager, KeyManagerChoice::Memory);
+}
+
+#[test]
+fn quickstart_hcl_and_json_agree() {
+    let hcl = config::load_file(&repo_file("conf/agent/agent.conf"), false)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let json = config::load_file(&repo_file("conf/agent/agent.json"), false)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(hcl.server_host_port(), "127.0.0.1:8081");
+    assert_eq!(hcl.bootstrap_bundle, BootstrapBundle::Insecure);
+    assert_eq!(hcl.server_host_port(), json.server_host_port());
+    assert_eq!(hcl.socket_path, json.socket_path);
+    assert_eq!(hcl.data_dir, json.data_dir);
+    assert_eq!(hcl.plugins, json.plugins);
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_block() {
+    let err = load(&with_agent("trust_domian = \"example.org\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trust_domian"), "{err}");
+    assert!(err.contains("agent"), "{err}");
+
+    let err = load("agent { sds { default_name = \"x\" } }")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("default_name"), "{err}");
+
+    let err = load("agnet { }").unwrap_err().to_string();
+    assert!(err.contains("agnet"), "{err}");
+}
+
+#[test]
+fn plugin_mistakes_name_the_block() {
+    let text = format!(
+        "agent {{ {MINIMAL_AGENT} }}\nplugins {{\n NodeAttestor \"join_token\" {{}}\n \
+         KeyManager \"disk\" {{ plugin_data {{ directroy = \"x\" }} }}\n \
+         WorkloadAttestor \"unix\" {{}}\n}}"
+    );
+    let err = resolve_err(&text);
+    assert!(err.contains("directroy"), "{err}");
+    assert!(err.contains("KeyManager \"disk\""), "{err}");
+
+    let text = format!(
+        "agent {{ {MINIMAL_AGENT} }}\nplugins {{\n NodeAttestor \"aws_iid\" {{}}\n \
+         KeyManager \"memory\" {{}}\n WorkloadAttestor \"unix\" {{}}\n}}"
+    );
+    let err = resolve_err(&text);
+    assert!(err.contains("plugins.NodeAttestor.aws_iid"), "{err}");
+    assert!(err.contains("join_token"), "{err}");
+
+    let text = format!(
+        "agent {{ {MINIMAL_AGENT} }}\nplugins {{\n NodeAttestor \"join_token\" {{}}\n \
+         KeyManager \"memory\" {{}}\n}}"
+    );
+    let err = resolve_err(&text);
+    assert!(err.contains("at least one WorkloadAttestor"), "{err}");
+
+    let err = resolve_err(&format!("agent {{ {MINIMAL_AGENT} }}"));
+    assert!(err.contains("plugins section must be configured"), "{err}");
+}
+
+#[test]
+fn required_keys_are_explained() {
+    let err = resolve_err(&with_agent(
+        "server_address = \"127.0.0.1\"\ninsecure_bootstrap = true",
+    ));
+    assert!(err.contains("trust_domain must be configured"), "{err}");
+    let err = resolve_err(&with_agent(
+        "trust_domain = \"example.org\"\ninsecure_bootstrap = true",
+    ));
+    assert!(err.contains("server_address must be configured"), "{err}");
+    let err = resolve_err(PLUGINS);
+    assert!(err.contains("agent section must be configured"), "{err}");
+}
+
+#[test]
+fn exactly_one_bootstrap_bundle_source() {
+    let base = "trust_domain = \"example.org\"\nserver_address = \"s\"\n";
+    let err = resolve_err(&with_agent(base));
+    assert!(
+        err.contains("trust_bundle_path or trust_bundle_url must be configured"),
+        "{err}"
+    );
+    let err = resolve_err(&with_agent(&format!(
+        "{base}insecure_bootstrap = true\ntrust_bundle_path = \"b.pem\""
+    )));
+    assert!(
+        err.contains("only one of insecure_bootstrap or trust_bundle_path"),
+        "{err}"
+    );
+    let err = resolve_err(&with_agent(&format!(
+        "{base}trust_bundle_url = \"https://x\"\ntrust_bundle_path = \"b.pem\""
+    )));
+    assert!(
+        err.contains("only one of trust_bundle_url or trust_bundle_path"),
+        "{err}"
+    );
+    let err = resolve_err(&with_agent(&format!(
+        "{base}trust_bundle_url = \"http://x/bundle\""
+    )));
+    assert!(err.contains("must start with https://"), "{err}");
+    let err = resolve_err(&with_agent(&format!(
+        "{base}trust_bundle_path = \"b.pem\"\ntrust_bundle_format = \"der\""
+    )));
+    assert!(err.contains("trust_bundle_format"), "{err}");
+}
+
+#[test]
+fn admin_socket_may_not_share_the_workload_socket_folder() {
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\nsocket_path = \"/tmp/spire-agent/public/api.sock\"\n\
+         admin_socket_path = \"/tmp/spire-agent/public/admin/admin.sock\""
+    )));
+    assert!(
+        err.contains("admin socket cannot be in the same directory"),
+        "{err}"
+    );
+    assert!(err.contains("agent.admin_socket_path"), "{err}");
+}
+
+#[test]
+fn values_are_checked() {
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\nauthorized_delegates = [\"spiffe://other.org/x\"]"
+    )));
+    assert!(
+        err.contains("error validating authorized delegate"),
+        "{err}"
+    );
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\navailability_target = \"1h\""
+    )));
+    assert!(
+        err.contains("availability_target must be at least"),
+        "{err}"
+    );
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\nx509_svid_cache_max_size = -1"
+    )));
+    assert!(err.contains("should not be negative"), "{err}");
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\nworkload_x509_svid_key_type = \"ed25519\""
+    )));
+    assert!(err.contains("workload_x509_svid_key_type"), "{err}");
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\nlog_level = \"LOUD\""
+    )));
+    assert!(err.contains("unknown log level"), "{err}");
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\njoin_token = \"a\"\njoin_token_file = \"/x\""
+    )));
+    assert!(
+        err.contains("only one of join_token or join_token_file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn join_token_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "tok-123\n").unwrap();
+    let c = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\njoin_token_file = \"{}\"",
+        path.display()
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(c.join_token.as_deref(), Some("tok-123"));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let mut c = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\nserver_port = 9000\nlog_level = \"INFO\""
+    )))
+    .unwrap();
+    c.apply_overrides(&Overrides {
+        server_address: Some("10.0.0.1".into()),
+        server_port: Some(8443),
+        join_token: Some("from-flag".into()),
+        log_level: Some("debug".into()),
+        trust_domain: Some("other.org".into()),
+        socket_path: Some("/run/a.sock".into()),
+        ..Overrides::default()
+    });
+    let c = c.resolve().unwrap();
+    assert_eq!(c.server_host_port(), "10.0.0.1:8443");
+    assert_eq!(c.join_token.as_deref(), Some("from-flag"));
+    assert_eq!(c.log_level, "debug");
+    assert_eq!(c.trust_domain.name(), "other.org");
+    assert_eq!(c.socket_path, PathBuf::from("/run/a.sock"));
+}
+
+#[test]
+fn missing_file_points_at_the_flag() {
+    let err = config::load_file(Path::new("/nonexistent/agent.conf"), false)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "could not find config file /nonexistent/agent.conf: please use the -config flag"
+    );
+    assert_eq!(
+        Overrides::default().config_path(),
+        PathBuf::from("conf/agent/agent.conf")
+    );
+}
+
+#[test]
+fn bootstrap_bundle_files_are_parsed_in_both_formats() {
+    use spire_core::keys::PrivateKey;
+    use spire_core::x509::{CaTemplate, Validity, self_signed_ca};
+    let td = spire_core::spiffe_id::TrustDomain::new("example.org").unwrap();
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let validity = Validity::from_now(time::OffsetDateTime::now_utc(), time::Duration::hours(1));
+    let ca = self_signed_ca(&key, &CaTemplate::new(td.clone(), validity)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("bundle.pem");
+    std::fs::write(&pem_path, spire_core::pem::encode("CERTIFICATE", &ca)).unwrap();
+    let source = BootstrapBundle::Path {
+        path: pem_path,
+        format: TrustBundleFormat::Pem,
+    };
+    assert_eq!(source.read_file(&td).unwrap().unwrap(), vec![ca.clone()]);
+
+    let mut bundle = spire_core::bundle::Bundle::new(td.clone());
+    bundle.add_x509_authority(ca.clone()).unwrap();
+    let doc = bundle.to_spiffe_document().unwrap();
+    let certs =
+        config::parse_bootstrap_bundle(doc.as_bytes(), TrustBundleFormat::Spiffe, &td).unwrap();
+    assert_eq!(certs, vec![ca]);
+
+    let err = config::parse_bootstrap_bundle(b"", TrustBundleFormat::Pem, &td).unwrap_err();
+    assert!(err.contains("CERTIFICATE"), "{err}");
+}
