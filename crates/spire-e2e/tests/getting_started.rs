@@ -32,6 +32,7 @@ fn a_workload_gets_its_identity_and_keeps_it_across_an_agent_restart() {
     let token = token.trim().strip_prefix("Token: ").unwrap().to_owned();
 
     let mut agent = AgentProcess::start(dir.path(), &server, Some(&token));
+    agent.cli_eventually(&["healthcheck"], Duration::from_secs(30));
 
     // No entry yet: the workload is refused, as upstream does.
     let refused = agent.cli(&["api", "fetch", "x509"]);

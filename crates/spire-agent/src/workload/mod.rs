@@ -180,7 +180,10 @@ pub async fn serve_with_options(
     let listener = bind(&socket_path)?;
     tracing::info!(path = %socket_path.display(), "Starting Workload API");
     let service = WorkloadApiService::new(identities, attestors, options, cancel.clone());
+    // `spire-agent healthcheck` asks grpc.health.v1 on this socket, as upstream's does.
+    let (_health_reporter, health_service) = tonic_health::server::health_reporter();
     let result = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(service))
         .serve_with_incoming_shutdown(incoming(listener), cancel.cancelled_owned())
         .await;
