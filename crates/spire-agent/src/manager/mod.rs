@@ -1,7 +1,8 @@
 //! The manager: the sync loop with the server, the cache of entries, SVIDs and bundles, and
 //! the subscriptions the Workload API serves from.
 //!
-//! INTERFACE between the manager (owned by the manager helper) and the Workload API.
+//! [`WorkloadIdentities`] is what the Workload API asks of it, so the API can be tested with
+//! a fake manager.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
