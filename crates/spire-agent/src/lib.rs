@@ -8,7 +8,7 @@ pub mod attestation;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod logging;
+pub use spire_common::logging;
 pub mod manager;
 pub mod plugins;
 pub mod storage;

@@ -11,6 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod endpoints;
-pub mod logging;
+pub use spire_common::logging;
 pub mod plugins;
 pub mod server;

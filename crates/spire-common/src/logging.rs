@@ -57,7 +57,7 @@ pub fn canonical_level(level: &str) -> Option<&'static str> {
     }
 }
 
-/// At debug level, HTTP/2 frames and every SQL statement would drown the agent's own
+/// At debug level, HTTP/2 frames and every SQL statement would drown the process's own
 /// messages; upstream's debug log does not show them either.
 fn quiet_dependencies() -> tracing_subscriber::filter::Targets {
     tracing_subscriber::filter::Targets::new()
@@ -203,7 +203,7 @@ pub fn build(
     Ok((subscriber, level_handle))
 }
 
-/// Installs the process-wide logger: `level` and `format` as in `agent.conf`, appending to
+/// Installs the process-wide logger: `level` and `format` as in `server.conf` or `agent.conf`, appending to
 /// `file` when given (otherwise stdout). Call once, after the configuration is resolved.
 pub fn init(
     level: &str,

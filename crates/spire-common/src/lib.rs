@@ -1,0 +1,4 @@
+//! Process plumbing that `spire-server` and `spire-agent` share and that does I/O, so it does
+//! not belong in `spire-core`: log set-up and the run-time log level.
+
+pub mod logging;
