@@ -24,6 +24,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "fuzz targets build"
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 
+step "conformance clients (py-spiffe, go-spiffe)"
+scripts/conformance-deps.sh
+
 step "cargo test"
 cargo test --workspace --locked 2>&1 | tee target/test-output.log
 summary=$(grep -E '^test result:' target/test-output.log | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')

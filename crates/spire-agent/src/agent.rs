@@ -1,18 +1,24 @@
 //! `spire-agent run`: loads the config, obtains the agent SVID (the one stored in `data_dir`
 //! when it is still valid, otherwise by node attestation), starts the manager's sync loop,
-//! the agent SVID rotation and the Workload API, and stops them all on SIGINT or SIGTERM.
+//! the agent SVID's keeper (rotation, re-attestation) and the Workload API, and stops them
+//! all on SIGINT or SIGTERM, or when the server no longer accepts the agent and it cannot
+//! attest again (then `run` returns that error).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
+use spire_common::logging::LogLevelHandle;
 use spire_core::keys::PrivateKey;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::attestation::{self, AgentSvid, RotationConfig};
+use crate::admin::{self, AdminOptions};
+use crate::attestation::{self, AgentSvid, JoinTokenAttestor, NodeAttestor, RotationConfig};
 use crate::cli::RunArgs;
-use crate::client::{ServerAddress, ServerClient, ServerTrust};
-use crate::config::{self, BootstrapBundle, KeyManagerChoice, ResolvedAgentConfig};
+use crate::client::{AgentIdentity, ServerAddress, ServerClient, ServerTrust};
+use crate::config::{self, KeyManagerChoice, NodeAttestorChoice, ResolvedAgentConfig};
 use crate::manager::server_api::bundle_from_proto;
 use crate::manager::{Manager, ManagerOptions, WorkloadIdentities};
 use crate::plugins::keymanager::disk::DiskKeyManager;
@@ -28,7 +34,7 @@ use crate::workload::{self, WorkloadApiOptions};
 /// Loads the config named by the `run` flags and runs the agent until a signal stops it.
 pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let config = config::load_and_resolve(&args.overrides())?;
-    crate::logging::init_with_source_location(
+    let log_level = crate::logging::init_with_source_location(
         &config.log_level,
         config.log_format.as_str(),
         config.log_file.as_deref(),
@@ -37,14 +43,17 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    run(config, shutdown_signal()).await
+    run(config, log_level, shutdown_signal()).await
 }
 
-/// Runs an agent with a resolved config until `shutdown` completes.
+/// Runs an agent with a resolved config until `shutdown` completes; `log_level` is the
+/// running logger, which the admin API's Logger service changes.
 pub async fn run(
     config: ResolvedAgentConfig,
+    log_level: LogLevelHandle,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let started_at = Instant::now();
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {}; set agent.data_dir to a writable directory",
@@ -65,7 +74,12 @@ pub async fn run(
         ),
     };
 
-    let trust = server_trust(&config, &storage)?;
+    let trust = attestation::bootstrap_trust(
+        storage.load_bundle(),
+        &config.bootstrap_bundle,
+        &config.trust_domain,
+    )
+    .await?;
     let insecure = matches!(trust, ServerTrust::InsecureBootstrap);
     let address = ServerAddress {
         server_address: config.server_address.clone(),
@@ -74,15 +88,27 @@ pub async fn run(
     };
     let client = ServerClient::new(&address, trust, None)?;
 
-    let (svid, reattestable) = agent_svid(&config, &client, &storage, key_manager.as_ref())
-        .await
-        .context("cannot obtain an agent SVID")?;
+    let attestor = node_attestor(&config);
+    let (svid, reattestable) =
+        agent_svid(attestor.as_ref(), &client, &storage, key_manager.as_ref())
+            .await
+            .context("cannot obtain an agent SVID")?;
     if insecure || client.bundle().is_none() {
         let roots = attestation::fetch_bundle(&client).await?;
         client.set_bundle(roots.clone())?;
+    }
+    // As upstream's manager does at start: the bundle in use goes to data_dir, so later
+    // starts trust it rather than the bootstrap source (trust_bundle_path or _url).
+    if let Some(roots) = client.bundle()
+        && storage.load_bundle().as_ref() != Some(&roots)
+    {
         storage.store_bundle(&roots)?;
     }
     client.set_identity(svid.chain.clone(), svid.key.clone())?;
+    let (svid_updates, agent_identity) = watch::channel(AgentIdentity {
+        chain: svid.chain.clone(),
+        key: svid.key.clone(),
+    });
 
     let bundle = bundle_from_proto(&spire_proto::spire::api::types::Bundle {
         trust_domain: config.trust_domain.name().to_owned(),
@@ -125,16 +151,37 @@ pub async fn run(
         key_manager: key_manager.clone(),
         storage: storage.clone(),
         reattestable,
-        updates: None,
+        updates: Some(svid_updates),
     };
-    let rotation_cancel = cancel.clone();
-    tasks.spawn(async move {
-        if let Err(e) = attestation::run_rotation(rotation, svid, rotation_cancel).await {
-            tracing::error!(error = %e, "agent SVID rotation stopped; restart the agent to attest again");
-        }
-    });
+    let svid_keeper = tokio::spawn(attestation::keep_agent_svid(
+        rotation,
+        attestor,
+        svid,
+        cancel.clone(),
+    ));
 
     let attestors = workload_attestors(&config);
+    if let Some(path) = config.admin_socket_path.clone() {
+        let options = AdminOptions {
+            trust_domain: config.trust_domain.clone(),
+            authorized_delegates: config.authorized_delegates.clone(),
+            log_level,
+            started_at,
+        };
+        let admin = admin::serve(
+            options,
+            manager.clone(),
+            attestors.clone(),
+            agent_identity,
+            path,
+            cancel.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = admin.await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
     let options = WorkloadApiOptions {
         trust_domain: Some(config.trust_domain.clone()),
         allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.iter().cloned().collect(),
@@ -158,47 +205,31 @@ pub async fn run(
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("Workload API stopped")),
             Err(e) => Err(anyhow::anyhow!("Workload API failed: {e}")),
         },
+        kept = svid_keeper => match kept {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the agent cannot continue")),
+            Err(e) => Err(anyhow::anyhow!("agent SVID keeper failed: {e}")),
+        },
     };
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
     result
 }
 
-/// How the first connection to the server is trusted: the bundle kept in `data_dir` from an
-/// earlier run, else the configured bootstrap source.
-fn server_trust(
-    config: &ResolvedAgentConfig,
-    storage: &AgentStorage,
-) -> anyhow::Result<ServerTrust> {
-    if let Some(roots) = storage.load_bundle().filter(|r| !r.is_empty()) {
-        return Ok(ServerTrust::Bundle(roots));
-    }
-    match &config.bootstrap_bundle {
-        BootstrapBundle::Insecure => Ok(ServerTrust::InsecureBootstrap),
-        BootstrapBundle::Path { path, .. } => {
-            let roots = config
-                .bootstrap_bundle
-                .read_file(&config.trust_domain)
-                .unwrap_or_else(|| Err("no bundle file".to_owned()))
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot read agent.trust_bundle_path {}: {e}",
-                        path.display()
-                    )
-                })?;
-            Ok(ServerTrust::Bundle(roots))
+/// The configured node attestor, used at start and for re-attestation.
+fn node_attestor(config: &ResolvedAgentConfig) -> Arc<dyn NodeAttestor> {
+    match config.plugins.node_attestor {
+        NodeAttestorChoice::JoinToken => {
+            Arc::new(JoinTokenAttestor::new(config.join_token.clone()))
         }
-        BootstrapBundle::Url { url, .. } => anyhow::bail!(
-            "agent.trust_bundle_url {url:?} is not supported yet; download the bundle and set \
-             trust_bundle_path, or use insecure_bootstrap for development"
-        ),
     }
 }
 
 /// The stored agent SVID when it is still valid and its key is in the key manager (no
-/// re-attestation after a restart), otherwise a new one from join-token attestation.
+/// re-attestation after a restart), otherwise a new one from node attestation. An expired
+/// stored SVID is never reused.
 async fn agent_svid(
-    config: &ResolvedAgentConfig,
+    attestor: &dyn NodeAttestor,
     client: &ServerClient,
     storage: &AgentStorage,
     key_manager: &dyn KeyManager,
@@ -212,14 +243,11 @@ async fn agent_svid(
         tracing::info!("using the agent SVID stored in data_dir; no attestation needed");
         return Ok((AgentSvid { chain, key, key_id }, reattestable));
     }
-    let token = config.join_token.as_deref().context(
-        "no valid agent SVID in data_dir and no join token: pass -joinToken or set agent.join_token",
-    )?;
     let key_id = next_agent_svid_key_id(None);
     let key: Arc<PrivateKey> = key_manager
         .generate_key(key_id, AGENT_SVID_KEY_TYPE)
         .await?;
-    let attested = attestation::attest_join_token(client, token, &key).await?;
+    let attested = attestor.attest(client, &key).await?;
     storage.store_svid(&attested.svid_chain, attested.reattestable)?;
     tracing::info!("node attestation succeeded");
     Ok((

@@ -3,6 +3,7 @@
 //! Start order: config -> catalog -> node attestation (or the stored SVID) -> manager (sync
 //! loop and cache) -> Workload API listener (see ARCHITECTURE.md).
 
+pub mod admin;
 pub mod agent;
 pub mod attestation;
 pub mod cli;

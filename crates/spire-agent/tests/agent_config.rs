@@ -283,6 +283,11 @@ fn exactly_one_bootstrap_bundle_source() {
     )));
     assert!(err.contains("must start with https://"), "{err}");
     let err = resolve_err(&with_agent(&format!(
+        "{base}trust_bundle_url = \"https://x/bundle\"\n\
+         trust_bundle_unix_socket = \"/run/bundle.sock\""
+    )));
+    assert!(err.contains("must start with http://"), "{err}");
+    let err = resolve_err(&with_agent(&format!(
         "{base}trust_bundle_path = \"b.pem\"\ntrust_bundle_format = \"der\""
     )));
     assert!(err.contains("trust_bundle_format"), "{err}");

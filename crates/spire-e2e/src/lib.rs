@@ -42,6 +42,14 @@ pub fn free_port() -> u16 {
         .unwrap_or(18081)
 }
 
+/// The uid this test process runs as (the owner of `/proc/self`), for `unix:uid:` selectors.
+pub fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or_else(|e| panic!("read /proc/self to learn our uid: {e}"))
+}
+
 /// A running `spire-server` with its own data directory, port and admin socket.
 pub struct ServerProcess {
     child: Option<Child>,
@@ -190,6 +198,40 @@ plugins {{
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
     }
 
+    /// `token generate -spiffeID <spiffe_id>`: a join token whose agent is aliased to
+    /// `spiffe_id`, so entries can use it as their `-parentID`.
+    pub fn generate_join_token(&self, spiffe_id: &str) -> String {
+        let out = self.cli_ok(&["token", "generate", "-spiffeID", spiffe_id]);
+        out.trim()
+            .strip_prefix("Token: ")
+            .unwrap_or_else(|| panic!("token generate printed no token: {out}"))
+            .to_owned()
+    }
+
+    /// `entry create <args>` with `-output json`; returns the new entry's ID.
+    pub fn create_entry(&self, args: &[&str]) -> String {
+        let mut all = vec!["entry", "create"];
+        all.extend_from_slice(args);
+        let created = self.cli_json(&all);
+        created["results"][0]["entry"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("entry create {args:?} returned no entry ID: {created}"))
+            .to_owned()
+    }
+
+    /// Starts the server again (after [`stop`](Self::stop)) with the same config, port,
+    /// socket and data directory, as an operator restarting it would.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let dir = self
+            .log_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let config_path = self.config_path.clone();
+        *self = Self::start_with_config(&dir, &config_path, self.socket_path.clone(), self.port);
+    }
+
     /// Stops the server (SIGTERM, then kill) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -230,6 +272,17 @@ impl AgentProcess {
     /// Writes an agent config into `dir` for `server` (insecure bootstrap, disk key manager,
     /// unix workload attestor) and starts the agent, with `-joinToken` when given.
     pub fn start(dir: &Path, server: &ServerProcess, join_token: Option<&str>) -> Self {
+        Self::start_with_agent_keys(dir, server, join_token, "")
+    }
+
+    /// Like [`start`](Self::start) with `extra_agent_keys` appended inside `agent { }`, for
+    /// tests of settings such as `x509_svid_cache_max_size`.
+    pub fn start_with_agent_keys(
+        dir: &Path,
+        server: &ServerProcess,
+        join_token: Option<&str>,
+        extra_agent_keys: &str,
+    ) -> Self {
         let socket_path = dir.join("agent.sock");
         let data_dir = dir.join("agent-data");
         let config = format!(
@@ -241,6 +294,7 @@ impl AgentProcess {
     server_port = "{port}"
     socket_path = "{socket}"
     insecure_bootstrap = true
+    {extra_agent_keys}
 }}
 
 plugins {{

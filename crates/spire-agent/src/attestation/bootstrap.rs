@@ -1,133 +1,239 @@
 //! Which bundle the agent trusts before it has talked to the server: the bundle kept in
-//! `data_dir` from a previous run wins; otherwise `trust_bundle_path` or
-//! `trust_bundle_url` (in `trust_bundle_format`), or, with `insecure_bootstrap`, none at
-//! all for the first attestation (as upstream).
+//! `data_dir` from a previous run wins; otherwise `trust_bundle_path`, or
+//! `trust_bundle_url` downloaded now (in `trust_bundle_format`, optionally through
+//! `trust_bundle_unix_socket`), or, with `insecure_bootstrap`, none at all for the first
+//! attestation (as upstream).
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use spire_core::bundle::Bundle;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use spire_core::spiffe_id::TrustDomain;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::AttestError;
 use crate::client::ServerTrust;
+use crate::config::{BootstrapBundle, TrustBundleFormat, parse_bootstrap_bundle};
 
-/// `trust_bundle_format`: how the bootstrap bundle is encoded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum TrustBundleFormat {
-    /// Concatenated PEM `CERTIFICATE` blocks (upstream's default, `pem`).
-    #[default]
-    Pem,
-    /// A SPIFFE bundle (JWKS) document (`spiffe`).
-    Spiffe,
-}
-
-impl std::str::FromStr for TrustBundleFormat {
-    type Err = AttestError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "" | "pem" => Ok(Self::Pem),
-            "spiffe" => Ok(Self::Spiffe),
-            other => Err(AttestError::Bootstrap(format!(
-                "trust_bundle_format {other:?} is not supported; use \"pem\" or \"spiffe\""
-            ))),
-        }
-    }
-}
-
-/// The bootstrap settings of agent.conf.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootstrapConfig {
-    /// The agent's trust domain (a SPIFFE-format bundle is read for it).
-    pub trust_domain: TrustDomain,
-    /// `trust_bundle_path`.
-    pub trust_bundle_path: Option<PathBuf>,
-    /// `trust_bundle_url`.
-    pub trust_bundle_url: Option<String>,
-    /// `trust_bundle_format`.
-    pub trust_bundle_format: TrustBundleFormat,
-    /// `insecure_bootstrap`.
-    pub insecure_bootstrap: bool,
-}
+/// How long connecting, sending the request and reading the whole bundle may take; a
+/// bundle server that hangs must not hang the agent's start forever.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest bundle body accepted; real bundles are a few kilobytes.
+const MAX_BUNDLE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Decides how the agent trusts the server: `stored` (the bundle in `data_dir`) when
-/// present, else the configured source. Fails with a message naming the setting to fix.
-pub fn bootstrap_trust(
+/// present, else the configured source, downloading `trust_bundle_url` when that is the
+/// source. Fails with a message naming the setting to fix.
+pub async fn bootstrap_trust(
     stored: Option<Vec<Vec<u8>>>,
-    config: &BootstrapConfig,
+    bootstrap: &BootstrapBundle,
+    trust_domain: &TrustDomain,
 ) -> Result<ServerTrust, AttestError> {
     if let Some(roots) = stored.filter(|r| !r.is_empty()) {
         return Ok(ServerTrust::Bundle(roots));
     }
-    let configured = [
-        config.trust_bundle_path.is_some(),
-        config.trust_bundle_url.is_some(),
-        config.insecure_bootstrap,
-    ]
-    .into_iter()
-    .filter(|set| *set)
-    .count();
-    if configured > 1 {
-        return Err(AttestError::Bootstrap(
-            "only one of trust_bundle_path, trust_bundle_url and insecure_bootstrap may be set"
-                .into(),
-        ));
-    }
-    if let Some(path) = &config.trust_bundle_path {
-        let text = std::fs::read(path).map_err(|e| {
-            AttestError::Bootstrap(format!(
-                "cannot read trust_bundle_path {}: {e}",
-                path.display()
-            ))
-        })?;
-        let roots = parse_bundle(&text, config).map_err(|reason| {
-            AttestError::Bootstrap(format!(
-                "trust_bundle_path {} is not a {} bundle: {reason}",
-                path.display(),
-                format_name(config.trust_bundle_format)
-            ))
-        })?;
-        return Ok(ServerTrust::Bundle(roots));
-    }
-    if let Some(url) = &config.trust_bundle_url {
-        return Err(AttestError::Bootstrap(format!(
-            "trust_bundle_url ({url}) is not supported yet by this agent; download the bundle \
-             and set trust_bundle_path instead"
-        )));
-    }
-    if config.insecure_bootstrap {
-        return Ok(ServerTrust::InsecureBootstrap);
-    }
-    Err(AttestError::Bootstrap(
-        "no trust bundle: set trust_bundle_path or trust_bundle_url (or insecure_bootstrap = \
-         true, which trusts the first server reached)"
-            .into(),
-    ))
-}
-
-fn format_name(format: TrustBundleFormat) -> &'static str {
-    match format {
-        TrustBundleFormat::Pem => "PEM",
-        TrustBundleFormat::Spiffe => "SPIFFE",
-    }
-}
-
-/// The X.509 authorities of a bundle file, DER.
-fn parse_bundle(text: &[u8], config: &BootstrapConfig) -> Result<Vec<Vec<u8>>, String> {
-    let bundle = match config.trust_bundle_format {
-        TrustBundleFormat::Pem => {
-            let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
-            Bundle::from_pem(config.trust_domain.clone(), text).map_err(|e| e.to_string())?
+    match bootstrap {
+        BootstrapBundle::Insecure => Ok(ServerTrust::InsecureBootstrap),
+        BootstrapBundle::Path { path, .. } => {
+            let roots = bootstrap
+                .read_file(trust_domain)
+                .unwrap_or_else(|| Err("no bundle file".to_owned()))
+                .map_err(|e| {
+                    AttestError::Bootstrap(format!(
+                        "agent.trust_bundle_path {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            Ok(ServerTrust::Bundle(roots))
         }
-        TrustBundleFormat::Spiffe => {
-            Bundle::from_spiffe_document(config.trust_domain.clone(), text)
-                .map_err(|e| e.to_string())?
+        BootstrapBundle::Url {
+            url,
+            format,
+            unix_socket,
+        } => {
+            let roots =
+                download_trust_bundle(url, unix_socket.as_deref(), *format, trust_domain).await?;
+            Ok(ServerTrust::Bundle(roots))
+        }
+    }
+}
+
+/// Downloads the bootstrap bundle with an HTTP GET of `url` and returns its X.509
+/// authorities (DER), as upstream's `downloadTrustBundle`: any status but 200 is an error
+/// naming it. With `unix_socket` the request goes through that socket instead of TCP;
+/// `https` URLs are verified against the system's root certificates (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` are honoured). The config only lets `https` through over TCP.
+pub async fn download_trust_bundle(
+    url: &str,
+    unix_socket: Option<&Path>,
+    format: TrustBundleFormat,
+    trust_domain: &TrustDomain,
+) -> Result<Vec<Vec<u8>>, AttestError> {
+    let body = tokio::time::timeout(DOWNLOAD_TIMEOUT, fetch(url, unix_socket))
+        .await
+        .map_err(|_| {
+            url_error(
+                url,
+                format!(
+                    "unable to fetch trust bundle URL: no complete answer within {}s",
+                    DOWNLOAD_TIMEOUT.as_secs()
+                ),
+            )
+        })??;
+    parse_bootstrap_bundle(&body, format, trust_domain).map_err(|e| {
+        let name = match format {
+            TrustBundleFormat::Pem => "pem",
+            TrustBundleFormat::Spiffe => "spiffe",
+        };
+        url_error(
+            url,
+            format!(
+                "the downloaded bundle is not in trust_bundle_format {name:?}: {e}; check \
+                 agent.trust_bundle_format"
+            ),
+        )
+    })
+}
+
+/// An error naming the setting and the URL.
+fn url_error(url: &str, reason: String) -> AttestError {
+    AttestError::Bootstrap(format!("agent.trust_bundle_url {url}: {reason}"))
+}
+
+/// Anything hyper can speak HTTP/1.1 over: TCP or a unix socket, with or without TLS.
+trait Connection: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Connection for T {}
+
+/// The GET itself: returns the body of a 200 answer.
+async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| url_error(url, format!("not a valid URL: {e}")))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(url_error(
+                url,
+                "the URL must start with https:// (or http:// with \
+                 agent.trust_bundle_unix_socket)"
+                    .to_owned(),
+            ));
         }
     };
-    if bundle.x509_authorities.is_empty() {
-        return Err("it holds no X.509 authorities".into());
+    let host = uri
+        .host()
+        .ok_or_else(|| url_error(url, "the URL has no host".to_owned()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let fetch_failed = |e: &dyn std::fmt::Display| {
+        url_error(url, format!("unable to fetch trust bundle URL: {e}"))
+    };
+
+    let stream: Box<dyn Connection> = match unix_socket {
+        Some(socket) => Box::new(tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+            url_error(
+                url,
+                format!(
+                    "unable to connect to agent.trust_bundle_unix_socket {}: {e}",
+                    socket.display()
+                ),
+            )
+        })?),
+        None => Box::new(
+            tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| fetch_failed(&e))?,
+        ),
+    };
+    let stream: Box<dyn Connection> = if tls {
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| url_error(url, format!("invalid host name {host:?}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(system_roots_config(url)?));
+        Box::new(
+            connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| fetch_failed(&e))?,
+        )
+    } else {
+        stream
+    };
+
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| fetch_failed(&e))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
+    let request = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::USER_AGENT, "spire-agent")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| url_error(url, format!("cannot build the request: {e}")))?;
+    let exchange = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| fetch_failed(&e))?;
+        let status = response.status();
+        if status != http::StatusCode::OK {
+            return Err(url_error(
+                url,
+                format!("error downloading trust bundle: {status}"),
+            ));
+        }
+        Limited::new(response.into_body(), MAX_BUNDLE_BYTES)
+            .collect()
+            .await
+            .map(|body| body.to_bytes().to_vec())
+            .map_err(|e| url_error(url, format!("unable to read from trust bundle URL: {e}")))
+    };
+    // The connection future drives the socket; it only ends early when the connection
+    // fails, in which case the exchange cannot complete.
+    let mut connection: Pin<Box<_>> = Box::pin(connection);
+    tokio::select! {
+        biased;
+        result = exchange => result,
+        closed = &mut connection => Err(match closed {
+            Ok(()) => url_error(url, "the server closed the connection without an answer".to_owned()),
+            Err(e) => fetch_failed(&e),
+        }),
     }
-    Ok(bundle.x509_authorities)
+}
+
+/// A TLS client configuration trusting the platform's root certificates, as Go's default
+/// HTTP client does.
+fn system_roots_config(url: &str) -> Result<rustls::ClientConfig, AttestError> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        let detail = loaded
+            .errors
+            .first()
+            .map_or_else(String::new, |e| format!(": {e}"));
+        return Err(url_error(
+            url,
+            format!(
+                "no system root certificates found to verify the server{detail}; install the \
+                 CA certificates or set SSL_CERT_FILE"
+            ),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| url_error(url, format!("cannot build the TLS configuration: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -136,51 +242,256 @@ mod tests {
 
     use super::*;
 
-    fn config() -> BootstrapConfig {
-        BootstrapConfig {
-            trust_domain: TrustDomain::new("example.org").unwrap(),
-            trust_bundle_path: None,
-            trust_bundle_url: None,
-            trust_bundle_format: TrustBundleFormat::Pem,
-            insecure_bootstrap: false,
-        }
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
     }
 
-    #[test]
-    fn the_stored_bundle_wins() {
-        let trust = bootstrap_trust(Some(vec![vec![1]]), &config()).unwrap();
+    #[tokio::test]
+    async fn the_stored_bundle_wins() {
+        let trust = bootstrap_trust(Some(vec![vec![1]]), &BootstrapBundle::Insecure, &td())
+            .await
+            .unwrap();
         assert_eq!(trust, ServerTrust::Bundle(vec![vec![1]]));
     }
 
-    #[test]
-    fn nothing_configured_names_the_settings() {
-        let err = bootstrap_trust(None, &config()).unwrap_err().to_string();
-        assert!(err.contains("trust_bundle_path"), "{err}");
-    }
-
-    #[test]
-    fn urls_are_not_supported_yet() {
-        let mut c = config();
-        c.trust_bundle_url = Some("https://example.org/bundle".into());
-        let err = bootstrap_trust(None, &c).unwrap_err().to_string();
-        assert!(err.contains("not supported yet"), "{err}");
-    }
-
-    #[test]
-    fn insecure_bootstrap_trusts_no_bundle() {
-        let mut c = config();
-        c.insecure_bootstrap = true;
+    #[tokio::test]
+    async fn insecure_bootstrap_trusts_no_bundle() {
         assert_eq!(
-            bootstrap_trust(None, &c).unwrap(),
+            bootstrap_trust(None, &BootstrapBundle::Insecure, &td())
+                .await
+                .unwrap(),
             ServerTrust::InsecureBootstrap
         );
     }
 
-    #[test]
-    fn a_missing_file_is_named() {
-        let mut c = config();
-        c.trust_bundle_path = Some("/nonexistent/bundle.pem".into());
-        let err = bootstrap_trust(None, &c).unwrap_err().to_string();
+    #[tokio::test]
+    async fn a_missing_file_is_named() {
+        let bootstrap = BootstrapBundle::Path {
+            path: "/nonexistent/bundle.pem".into(),
+            format: TrustBundleFormat::Pem,
+        };
+        let err = bootstrap_trust(None, &bootstrap, &td())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agent.trust_bundle_path"), "{err}");
         assert!(err.contains("/nonexistent/bundle.pem"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_unix_socket_is_named() {
+        let err = download_trust_bundle(
+            "http://localhost/bundle",
+            Some(Path::new("/nonexistent/bundle.sock")),
+            TrustBundleFormat::Pem,
+            &td(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("agent.trust_bundle_unix_socket"), "{err}");
+        assert!(err.contains("/nonexistent/bundle.sock"), "{err}");
+    }
+
+    fn ca() -> Vec<u8> {
+        let key =
+            spire_core::keys::PrivateKey::generate(spire_core::keys::KeyType::EcP256).unwrap();
+        spire_core::x509::self_signed_ca(
+            &key,
+            &spire_core::x509::CaTemplate::new(
+                td(),
+                spire_core::x509::Validity::from_now(
+                    time::OffsetDateTime::now_utc(),
+                    time::Duration::hours(1),
+                ),
+            ),
+        )
+        .unwrap()
+    }
+
+    /// A bundle server: `/bundle.pem`, `/bundle.json` (SPIFFE), `/garbage`; anything
+    /// else is 404.
+    fn bundle_routes(der: &[u8]) -> axum::Router {
+        let pem = spire_core::pem::encode_certificates([der]);
+        let mut bundle = spire_core::bundle::Bundle::new(td());
+        bundle.add_x509_authority(der.to_vec()).unwrap();
+        let spiffe = bundle.to_spiffe_document().unwrap();
+        axum::Router::new()
+            .route(
+                "/bundle.pem",
+                axum::routing::get(move || async move { pem }),
+            )
+            .route(
+                "/bundle.json",
+                axum::routing::get(move || async move { spiffe }),
+            )
+            .route("/garbage", axum::routing::get(|| async { "not a bundle" }))
+    }
+
+    #[tokio::test]
+    async fn downloads_pem_and_spiffe_bundles_over_tcp_and_names_http_errors() {
+        let der = ca();
+        let routes = bundle_routes(&der);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, routes).await.unwrap();
+        });
+        let base = format!("http://{addr}");
+
+        let pem = download_trust_bundle(
+            &format!("{base}/bundle.pem"),
+            None,
+            TrustBundleFormat::Pem,
+            &td(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(pem, vec![der.clone()]);
+        let spiffe = download_trust_bundle(
+            &format!("{base}/bundle.json"),
+            None,
+            TrustBundleFormat::Spiffe,
+            &td(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(spiffe, vec![der]);
+
+        let url = format!("{base}/missing");
+        let err = download_trust_bundle(&url, None, TrustBundleFormat::Pem, &td())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agent.trust_bundle_url"), "{err}");
+        assert!(err.contains(&url), "{err}");
+        assert!(err.contains("404 Not Found"), "{err}");
+
+        // A PEM document read as SPIFFE, and a body that is no bundle at all.
+        let err = download_trust_bundle(
+            &format!("{base}/bundle.pem"),
+            None,
+            TrustBundleFormat::Spiffe,
+            &td(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("agent.trust_bundle_format"), "{err}");
+        let err = download_trust_bundle(
+            &format!("{base}/garbage"),
+            None,
+            TrustBundleFormat::Pem,
+            &td(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no \"CERTIFICATE\" PEM block"), "{err}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn downloads_through_the_configured_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bundle.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let der = ca();
+        let routes = bundle_routes(&der);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, routes).await.unwrap();
+        });
+        // The host in the URL is only the Host header: the socket is what is dialed.
+        let roots = download_trust_bundle(
+            "http://bundle.invalid/bundle.json",
+            Some(&socket),
+            TrustBundleFormat::Spiffe,
+            &td(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(roots, vec![der]);
+        let trust = bootstrap_trust(
+            None,
+            &BootstrapBundle::Url {
+                url: "http://bundle.invalid/missing".into(),
+                format: TrustBundleFormat::Pem,
+                unix_socket: Some(socket.clone()),
+            },
+            &td(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(trust.contains("404 Not Found"), "{trust}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn https_is_verified_against_the_system_roots() {
+        // A TLS server with a self-signed certificate no system root vouches for.
+        let key = self_signed_server_config();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(key));
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let err = download_trust_bundle(
+            &format!("https://localhost:{}/bundle.pem", addr.port()),
+            None,
+            TrustBundleFormat::Pem,
+            &td(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unable to fetch trust bundle URL"), "{err}");
+        assert!(
+            err.contains("certificate") || err.contains("root certificates"),
+            "{err}"
+        );
+        server.abort();
+    }
+
+    /// A rustls server configuration with a self-signed CA certificate as its own leaf.
+    fn self_signed_server_config() -> rustls::ServerConfig {
+        let key =
+            spire_core::keys::PrivateKey::generate(spire_core::keys::KeyType::EcP256).unwrap();
+        let der = spire_core::x509::self_signed_ca(
+            &key,
+            &spire_core::x509::CaTemplate::new(
+                td(),
+                spire_core::x509::Validity::from_now(
+                    time::OffsetDateTime::now_utc(),
+                    time::Duration::hours(1),
+                ),
+            ),
+        )
+        .unwrap();
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(der)],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+                key.pkcs8_der().to_vec(),
+            )),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn other_schemes_are_refused() {
+        let err = download_trust_bundle("ftp://x/b", None, TrustBundleFormat::Pem, &td())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must start with https://"), "{err}");
     }
 }

@@ -1,6 +1,8 @@
 //! Node attestation (join token over `agent.v1.AttestAgent`), the bootstrap trust bundle,
-//! and the agent SVID's renewal (`agent.v1.RenewAgent` at half-life, see [`rotation`]).
+//! the agent SVID's renewal (`agent.v1.RenewAgent` at half-life, see [`rotation`]), and
+//! what happens when the server stops accepting the agent (see [`reattest`]).
 
+use async_trait::async_trait;
 use spire_core::keys::PrivateKey;
 use spire_proto::spire::api::server::agent::v1 as agentpb;
 use spire_proto::spire::api::server::bundle::v1 as bundlepb;
@@ -8,14 +10,16 @@ use spire_proto::spire::api::types;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
-use crate::client::{ClientError, ServerClient};
+use crate::client::{AgentDenied, ClientError, ServerClient, classify_denial};
 use crate::plugins::keymanager::KeyManagerError;
 use crate::storage::StorageError;
 
 pub mod bootstrap;
+pub mod reattest;
 pub mod rotation;
 
-pub use self::bootstrap::{BootstrapConfig, TrustBundleFormat, bootstrap_trust};
+pub use self::bootstrap::{bootstrap_trust, download_trust_bundle};
+pub use self::reattest::keep_agent_svid;
 pub use self::rotation::{AgentSvid, RotationConfig, renewal_due, run_rotation};
 
 /// The attestation data type of the join token attestor.
@@ -32,9 +36,44 @@ pub enum AttestError {
     /// The server refused the attestation data or CSR (bad, expired or used join token).
     #[error("the SPIRE server refused the attestation: {0}")]
     InvalidArgument(String),
-    /// The server denied the agent (banned, evicted or SVID not current).
+    /// The server refused the request (PermissionDenied) without saying the agent itself
+    /// is denied.
     #[error("the SPIRE server denied the agent: {0}")]
     PermissionDenied(String),
+    /// The server denied the agent itself: it must re-attest (expired, not current,
+    /// evicted) or is banned; see [`crate::client::DenialKind`].
+    #[error("the SPIRE server denied the agent: {0}")]
+    Denied(AgentDenied),
+    /// The agent must attest again but its node attestor cannot (join tokens are
+    /// single-use); the agent SVID was removed from `data_dir` and the agent stops.
+    #[error(
+        "agent needs to re-attest ({reason}) but the {attestor} node attestor cannot re-attest; \
+         removed the agent SVID from data_dir: restart the agent with a new join token \
+         (-joinToken or agent.join_token)"
+    )]
+    CannotReattest {
+        /// The node attestor's name.
+        attestor: String,
+        /// Why the server refused the agent.
+        reason: String,
+    },
+    /// Re-attestation was tried and failed; the agent SVID was removed from `data_dir`.
+    #[error(
+        "agent needs to re-attest ({reason}) and re-attestation failed: {error}; removed the \
+         agent SVID from data_dir"
+    )]
+    ReattestFailed {
+        /// Why the server refused the agent.
+        reason: String,
+        /// Why re-attestation failed.
+        error: Box<AttestError>,
+    },
+    /// The agent is banned; the agent SVID was removed from `data_dir` and the agent stops.
+    #[error(
+        "agent is banned ({0}); removed the agent SVID from data_dir: remove the ban on the \
+         server (spire-server agent evict) and attest again"
+    )]
+    Banned(String),
     /// Any other error status from the server.
     #[error("the SPIRE server failed the request ({code:?}): {message}")]
     Server {
@@ -68,8 +107,12 @@ pub enum AttestError {
 
 impl AttestError {
     /// Maps a gRPC status to the variant a caller acts on, keeping the transport's error
-    /// chain (e.g. the TLS refusal) in the message.
+    /// chain (e.g. the TLS refusal) in the message. A denial of the agent itself
+    /// ([`classify_denial`]) becomes [`AttestError::Denied`].
     pub fn from_status(status: &Status) -> Self {
+        if let Some(denial) = classify_denial(status) {
+            return Self::Denied(denial);
+        }
         let mut message = status.message().to_owned();
         let mut source = std::error::Error::source(status);
         while let Some(cause) = source {
@@ -95,6 +138,66 @@ pub struct AttestResult {
     pub svid_chain: Vec<Vec<u8>>,
     /// Whether the agent may re-attest instead of renewing (never for join tokens).
     pub reattestable: bool,
+}
+
+/// A node attestor: proves the node's identity to the server over AttestAgent and gets an
+/// agent SVID for `key`. Used at start and, when the server marked the agent
+/// re-attestable, again when the server stops accepting the agent.
+#[async_trait]
+pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
+    /// The plugin name (`join_token`, ...), for messages.
+    fn name(&self) -> &str;
+
+    /// Runs AttestAgent over `client` for `key`.
+    async fn attest(
+        &self,
+        client: &ServerClient,
+        key: &PrivateKey,
+    ) -> Result<AttestResult, AttestError>;
+}
+
+/// The `join_token` node attestor. Join tokens are single-use, so the server never marks
+/// these agents re-attestable.
+#[derive(Clone)]
+pub struct JoinTokenAttestor {
+    token: Option<String>,
+}
+
+impl JoinTokenAttestor {
+    /// An attestor presenting `token` (from `join_token` / `-joinToken`); without one,
+    /// attesting fails saying how to give one (an agent with a stored SVID needs none).
+    pub fn new(token: Option<String>) -> Self {
+        Self { token }
+    }
+}
+
+impl std::fmt::Debug for JoinTokenAttestor {
+    // The token is a credential: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTokenAttestor").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl NodeAttestor for JoinTokenAttestor {
+    fn name(&self) -> &str {
+        JOIN_TOKEN_TYPE
+    }
+
+    async fn attest(
+        &self,
+        client: &ServerClient,
+        key: &PrivateKey,
+    ) -> Result<AttestResult, AttestError> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            AttestError::Bootstrap(
+                "no valid agent SVID in data_dir and no join token: pass -joinToken or set \
+                 agent.join_token"
+                    .into(),
+            )
+        })?;
+        attest_join_token(client, token, key).await
+    }
 }
 
 /// Attests with a join token: sends `{data: {type: "join_token", payload: token}, params:
@@ -183,7 +286,10 @@ pub async fn renew(
             params: Some(agentpb::AgentX509svidParams { csr }),
         })
         .await
-        .map_err(|s| AttestError::from_status(&s))?
+        .map_err(|s| {
+            client.note_status(&s);
+            AttestError::from_status(&s)
+        })?
         .into_inner()
         .svid
         .ok_or_else(|| AttestError::Protocol("the renewal response has no SVID".into()))?;

@@ -56,8 +56,9 @@ pub fn renewal_due(leaf_der: &[u8]) -> Result<OffsetDateTime, AttestError> {
 
 /// Renews the agent SVID at every half-life until `cancel` fires (then `Ok`). Failed
 /// renewals are retried with backoff (5 s, ×1.5, at most 4 min) while the SVID is valid;
-/// returns an error when the SVID expired or the server denies the agent (banned or
-/// evicted), so the caller can attest again.
+/// returns an error when the SVID expired ([`AttestError::Expired`]) or the server denies
+/// the agent itself ([`AttestError::Denied`]: evicted, not current, banned), so the caller
+/// can attest again or stop (see [`super::keep_agent_svid`]).
 pub async fn run_rotation(
     config: RotationConfig,
     mut current: AgentSvid,
@@ -84,7 +85,7 @@ pub async fn run_rotation(
                 current = next;
                 backoff = BASE_BACKOFF;
             }
-            Err(err @ AttestError::PermissionDenied(_)) => return Err(err),
+            Err(err @ AttestError::Denied(_)) => return Err(err),
             Err(err) => {
                 if OffsetDateTime::now_utc() >= not_after {
                     return Err(AttestError::Expired(not_after));

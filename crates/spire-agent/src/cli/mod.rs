@@ -10,14 +10,15 @@ mod client;
 mod debug;
 mod healthcheck;
 mod logger;
-mod printer;
 pub mod run;
-mod usage;
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+pub use spire_common::cli::{CliError, OutputArg, OutputFormat};
+pub(crate) use spire_common::cli::{CliResult, Env, printer};
+use spire_common::cli::{Failure, exit_status, parse_command};
 
 pub use run::{RunArgs, ValidateArgs};
 
@@ -25,104 +26,6 @@ pub use run::{RunArgs, ValidateArgs};
 pub const DEFAULT_SOCKET_PATH: &str = crate::config::DEFAULT_SOCKET_PATH;
 /// Where the admin socket is unless `-socketPath` says otherwise (upstream's default).
 pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/tmp/spire-agent/private/admin.sock";
-
-/// Why a command failed; printed as `Error: <message>`.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CliError {
-    /// A flag is missing, malformed or combined with one it excludes; the message is
-    /// upstream's.
-    #[error("{0}")]
-    Invalid(String),
-    /// The socket could not be dialled.
-    #[error(
-        "connection error: dial unix {}: connect: {source} (is spire-agent running? point -socketPath at its {what} socket)",
-        path.display()
-    )]
-    Connect {
-        /// The socket path that was tried.
-        path: PathBuf,
-        /// Which socket: `Workload API` or `admin`.
-        what: &'static str,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
-    /// The agent answered a call with an error status.
-    #[error("{context}{}", client::format_status(status))]
-    Rpc {
-        /// What the command was doing, ending in `": "`, or empty.
-        context: String,
-        /// The status the agent returned.
-        status: tonic::Status,
-    },
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
-}
-
-impl CliError {
-    /// A validation failure with upstream's wording.
-    pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        Self::Invalid(message.into())
-    }
-
-    /// Wraps a status the agent returned, prefixed with what was being done.
-    pub(crate) fn rpc(context: &str) -> impl FnOnce(tonic::Status) -> Self + '_ {
-        move |status| Self::Rpc {
-            context: context.to_owned(),
-            status,
-        }
-    }
-}
-
-/// Result of one command.
-pub(crate) type CliResult = Result<(), CliError>;
-
-/// The streams a command writes; tests pass buffers.
-pub(crate) struct Env<'a> {
-    /// Standard output.
-    pub(crate) out: &'a mut dyn Write,
-    /// Standard error.
-    pub(crate) err: &'a mut dyn Write,
-}
-
-impl Env<'_> {
-    /// Writes to stdout; a closed stdout is not worth failing the command for.
-    pub(crate) fn print(&mut self, text: &str) {
-        let _ = self.out.write_all(text.as_bytes());
-        let _ = self.out.flush();
-    }
-
-    /// Writes to stderr.
-    pub(crate) fn eprint(&mut self, text: &str) {
-        let _ = self.err.write_all(text.as_bytes());
-    }
-}
-
-/// `-output pretty|json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutputFormat {
-    /// Upstream's human-readable layout.
-    #[default]
-    Pretty,
-    /// The response message in protobuf JSON.
-    Json,
-}
-
-fn parse_output(value: &str) -> Result<OutputFormat, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "pretty" => Ok(OutputFormat::Pretty),
-        "json" => Ok(OutputFormat::Json),
-        _ => Err(format!(
-            "invalid format: {value:?}; expected pretty or json"
-        )),
-    }
-}
 
 /// `-socketPath` of the Workload API commands.
 #[derive(Debug, Clone, Args)]
@@ -138,14 +41,6 @@ pub struct AdminSocketArg {
     /// Path to the SPIRE Agent admin API socket
     #[arg(long = "socketPath", value_name = "string", default_value = DEFAULT_ADMIN_SOCKET_PATH)]
     pub socket_path: PathBuf,
-}
-
-/// `-output`, shared by the commands upstream gives it to.
-#[derive(Debug, Clone, Args)]
-pub struct OutputArg {
-    /// Desired output format (pretty, json); default: pretty.
-    #[arg(verbatim_doc_comment, long = "output", value_name = "value", default_value = "pretty", hide_default_value = true, value_parser = parse_output)]
-    pub output: OutputFormat,
 }
 
 #[derive(Debug, Parser)]
@@ -182,52 +77,18 @@ enum Command {
 /// Runs `spire-agent` with `args` (without the program name) and returns the exit status.
 /// Used by `main` and by tests that drive a live agent.
 pub async fn run_cli(args: Vec<String>, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
+    let stdin = std::io::stdin();
+    let mut stdin = stdin.lock();
     let mut env = Env {
         out: stdout,
         err: stderr,
+        stdin: &mut stdin,
     };
-    let command = match parse(args, &mut env) {
-        Ok(command) => command,
+    let result = match parse_command::<Cli>("spire-agent", args, &mut env) {
+        Ok(cli) => dispatch(cli.command, &mut env).await,
         Err(code) => return code,
     };
-    match dispatch(command, &mut env).await {
-        Ok(()) => 0,
-        Err(Failure::Error(e)) => {
-            env.eprint(&format!("Error: {e}\n"));
-            1
-        }
-        Err(Failure::Printed) => 1,
-    }
-}
-
-/// How a command failed: with an error still to print, or with its message already out.
-enum Failure {
-    Error(CliError),
-    Printed,
-}
-
-impl From<CliError> for Failure {
-    fn from(e: CliError) -> Self {
-        Self::Error(e)
-    }
-}
-
-/// Normalizes Go-style flags and parses; on help, usage errors or version, prints what
-/// upstream prints and returns the exit status.
-fn parse(args: Vec<String>, env: &mut Env<'_>) -> Result<Command, i32> {
-    let command = Cli::command();
-    let normalized = spire_core::goflags::normalize(args.clone(), |path, name| {
-        usage::is_long_flag(&command, path, name)
-    });
-    let path = usage::command_path(&command, &args);
-    let matches = command
-        .clone()
-        .try_get_matches_from(std::iter::once("spire-agent".to_owned()).chain(normalized));
-    let parsed = matches.and_then(|m| Cli::from_arg_matches(&m));
-    match parsed {
-        Ok(cli) => Ok(cli.command),
-        Err(e) => Err(usage::report_parse_error(&command, &path, &e, env)),
-    }
+    exit_status(result, &mut env)
 }
 
 async fn dispatch(command: Command, env: &mut Env<'_>) -> Result<(), Failure> {
@@ -303,5 +164,44 @@ mod tests {
         let (code, _, err) = run(&["logger", "get", "-socketPath=/nonexistent.sock"]);
         assert_eq!(code, 1);
         assert!(err.contains("dial unix /nonexistent.sock"), "{err}");
+    }
+
+    #[test]
+    fn long_flags_are_known_per_command() {
+        use clap::CommandFactory;
+        let root = super::Cli::command();
+        let path = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        let is_long = |words: &[&str], name| {
+            spire_common::cli::usage::is_long_flag(&root, &path(words), name)
+        };
+        assert!(is_long(&["api", "fetch", "jwt"], "audience"));
+        assert!(is_long(&["api", "fetch"], "write"));
+        assert!(!is_long(&["api", "watch"], "audience"));
+        assert!(is_long(&["run"], "joinToken"));
+    }
+
+    #[test]
+    fn help_prints_go_usage_and_succeeds() {
+        let (code, out, err) = run(&["api", "watch", "-h"]);
+        assert_eq!(code, 0);
+        assert_eq!(out, "");
+        assert_eq!(
+            err,
+            "Usage of api watch:\n  -socketPath string\n    \tPath to the SPIRE Agent API socket (default \"/tmp/spire-agent/public/api.sock\")\n"
+        );
+        let (code, _, err) = run(&["api", "fetch", "x509", "-h"]);
+        assert_eq!(code, 0);
+        assert!(
+            err.contains("  -timeout value\n    \tTime to wait for a response (default 1s)\n"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_flag_is_an_error_with_usage() {
+        let (code, _, err) = run(&["api", "watch", "-bogus", "x"]);
+        assert_eq!(code, 1);
+        assert!(err.starts_with("Error: "), "{err}");
+        assert!(err.contains("Usage of api watch:"), "{err}");
     }
 }

@@ -20,10 +20,14 @@ use spire_proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
 use spire_proto::spire::api::server::entry::v1::entry_client::EntryClient;
 use spire_proto::spire::api::server::svid::v1::svid_client::SvidClient;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod denial;
 mod server_api;
 mod tls;
+
+pub use self::denial::{AgentDenied, DenialKind, classify_denial};
 
 /// How long dialing the server (TCP and TLS) may take before the call fails Unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +95,8 @@ struct Inner {
     /// The configuration new TLS connections use; read by the connector on every dial.
     tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     state: Mutex<State>,
+    /// The latest denial of the agent itself seen on any call, until cleared.
+    denial: watch::Sender<Option<AgentDenied>>,
 }
 
 #[derive(Debug)]
@@ -138,6 +144,7 @@ impl ServerClient {
                     identity,
                     channel: None,
                 }),
+                denial: watch::Sender::new(None),
             }),
         })
     }
@@ -180,6 +187,53 @@ impl ServerClient {
         self.rebuild(&mut state, Some(roots.clone()), identity)?;
         state.roots = Some(roots);
         Ok(())
+    }
+
+    /// Records `status` when it is the server denying the agent itself (evicted, expired,
+    /// banned: see [`classify_denial`]), so whoever owns the agent SVID learns of it from
+    /// [`ServerClient::denials`] whichever call saw it first (sync, minting, renewal).
+    /// Returns the denial.
+    pub fn note_status(&self, status: &tonic::Status) -> Option<AgentDenied> {
+        let denial = classify_denial(status)?;
+        tracing::warn!(reason = ?denial.kind, error = %denial.message, "the SPIRE server denied the agent");
+        self.inner.denial.send_replace(Some(denial.clone()));
+        Some(denial)
+    }
+
+    /// Watches the denials [`ServerClient::note_status`] records; `None` until one is seen.
+    pub fn denials(&self) -> watch::Receiver<Option<AgentDenied>> {
+        self.inner.denial.subscribe()
+    }
+
+    /// Forgets the recorded denial, after the agent attested again.
+    pub fn clear_denial(&self) {
+        self.inner.denial.send_replace(None);
+    }
+
+    /// A separate client for the same server and trust bundle that presents no SVID, for
+    /// attesting again after the server stopped accepting the current one (upstream dials
+    /// a fresh connection for re-attestation too). Its denials are its own.
+    pub fn without_identity(&self) -> Result<Self, ClientError> {
+        let roots = self.bundle();
+        let config = tls::client_config(
+            tls::SpireServerVerifier::new(roots.as_deref(), &self.inner.server_id)?,
+            None,
+        )?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                endpoint: self.inner.endpoint.clone(),
+                host: self.inner.host.clone(),
+                port: self.inner.port,
+                server_id: self.inner.server_id.clone(),
+                tls: Arc::new(RwLock::new(Arc::new(config))),
+                state: Mutex::new(State {
+                    roots,
+                    identity: None,
+                    channel: None,
+                }),
+                denial: watch::Sender::new(None),
+            }),
+        })
     }
 
     /// Forgets the cached connection, e.g. after the server refused the agent.

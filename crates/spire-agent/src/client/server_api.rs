@@ -12,8 +12,11 @@ use super::ServerClient;
 use crate::manager::ManagerError;
 use crate::manager::server_api::ServerApi;
 
-/// A failed call: the sync loop backs off on Unavailable and keeps serving its cache.
-fn call_failed(rpc: &str, status: &tonic::Status) -> ManagerError {
+/// A failed call: the sync loop backs off on Unavailable and keeps serving its cache. A
+/// denial of the agent itself is also recorded on the client, where the agent SVID's owner
+/// reacts to it (re-attestation or shutdown).
+fn call_failed(client: &ServerClient, rpc: &str, status: &tonic::Status) -> ManagerError {
+    client.note_status(status);
     let message = format!("{rpc} failed: {}: {}", status.code(), status.message());
     match status.code() {
         Code::InvalidArgument => ManagerError::InvalidArgument(message),
@@ -28,7 +31,7 @@ impl ServerApi for ServerClient {
             .entry_client()
             .get_authorized_entries(entry_pb::GetAuthorizedEntriesRequest { output_mask: None })
             .await
-            .map_err(|s| call_failed("GetAuthorizedEntries", &s))?;
+            .map_err(|s| call_failed(self, "GetAuthorizedEntries", &s))?;
         Ok(response.into_inner().entries)
     }
 
@@ -45,7 +48,7 @@ impl ServerApi for ServerClient {
             .svid_client()
             .batch_new_x509svid(svid_pb::BatchNewX509svidRequest { params })
             .await
-            .map_err(|s| call_failed("BatchNewX509SVID", &s))?
+            .map_err(|s| call_failed(self, "BatchNewX509SVID", &s))?
             .into_inner();
         if response.results.len() != expected {
             return Err(ManagerError::Internal(format!(
@@ -74,7 +77,7 @@ impl ServerApi for ServerClient {
             .bundle_client()
             .get_bundle(bundle_pb::GetBundleRequest { output_mask: None })
             .await
-            .map_err(|s| call_failed("GetBundle", &s))?;
+            .map_err(|s| call_failed(self, "GetBundle", &s))?;
         Ok(response.into_inner())
     }
 
@@ -92,7 +95,7 @@ impl ServerApi for ServerClient {
         match response {
             Ok(bundle) => Ok(Some(bundle.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(call_failed("GetFederatedBundle", &status)),
+            Err(status) => Err(call_failed(self, "GetFederatedBundle", &status)),
         }
     }
 
@@ -108,7 +111,7 @@ impl ServerApi for ServerClient {
                 audience: audience.to_vec(),
             })
             .await
-            .map_err(|s| call_failed("NewJWTSVID", &s))?
+            .map_err(|s| call_failed(self, "NewJWTSVID", &s))?
             .into_inner();
         response
             .svid

@@ -610,9 +610,18 @@ fn resolve_bootstrap(file: &str, a: &AgentSection) -> Result<BootstrapBundle, Co
         return Ok(BootstrapBundle::Insecure);
     }
     if let Some(url) = url {
-        let scheme_ok =
-            url.starts_with("https://") || (unix_socket.is_some() && url.starts_with("http://"));
-        if !scheme_ok {
+        // As upstream: over a unix socket the request is plain HTTP (the socket's
+        // permissions protect it); over TCP it must be HTTPS.
+        if unix_socket.is_some() {
+            if !url.starts_with("http://") {
+                return Err(ConfigError::invalid(
+                    file,
+                    "agent.trust_bundle_url",
+                    "trust bundle URL must start with http:// when used with \
+                     trust_bundle_unix_socket",
+                ));
+            }
+        } else if !url.starts_with("https://") {
             return Err(ConfigError::invalid(
                 file,
                 "agent.trust_bundle_url",

@@ -85,6 +85,16 @@ pub trait WorkloadIdentities: Send + Sync + 'static {
     /// A subscription for a workload with these selectors: the current state now and a new
     /// value whenever its identities or bundles change.
     fn subscribe(&self, selectors: Vec<Selector>) -> watch::Receiver<Arc<WorkloadUpdate>>;
+    /// Like [`subscribe`](Self::subscribe), but returns only once every entry matching
+    /// `selectors` has its X509-SVID, as upstream's cache blocks new subscribers: the first
+    /// message a workload receives is then complete instead of empty (PermissionDenied) or
+    /// partial. The wait lasts as long as the caller's request does.
+    async fn subscribe_when_ready(
+        &self,
+        selectors: Vec<Selector>,
+    ) -> watch::Receiver<Arc<WorkloadUpdate>> {
+        self.subscribe(selectors)
+    }
     /// JWT-SVIDs for the entries matching `selectors` (only `spiffe_id` when given), minted by
     /// the server or taken from the cache while past less than half their lifetime.
     async fn fetch_jwt_svids(

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::cache::{CachedEntry, CachedSvid, MintRequest, State, Subscriber};
+use super::cache::{CachedEntry, CachedSvid, MintRequest, State, Subscriber, same_view};
 use super::jwt_cache::{CachedJwt, JwtCache};
 use super::server_api::{ServerApi, bundle_from_proto};
 use super::{JwtIdentity, ManagerError, WorkloadIdentities, WorkloadUpdate};
@@ -536,6 +536,36 @@ impl WorkloadIdentities for Manager {
         rx
     }
 
+    /// Subscribes, then waits (starting an early sync every half second, upstream's SVID
+    /// sync interval) until every matching entry has its SVID: the subscription itself
+    /// makes the sync mint them, even past `x509_svid_cache_max_size`.
+    async fn subscribe_when_ready(
+        &self,
+        selectors: Vec<Selector>,
+    ) -> watch::Receiver<Arc<WorkloadUpdate>> {
+        let set: SelectorSet = selectors.iter().cloned().collect();
+        let mut rx = self.subscribe(selectors);
+        loop {
+            // Ready when nothing is missing and the subscription already holds that view
+            // (a sync stores SVIDs a moment before it tells subscribers).
+            let current = Arc::clone(&rx.borrow_and_update());
+            let ready = {
+                let (view, missing) = self.state().view(&set);
+                !missing && same_view(&current, &view)
+            };
+            if ready {
+                break;
+            }
+            self.sync_now.notify_one();
+            if let Ok(Err(_)) = tokio::time::timeout(MIN_TRIGGERED_SYNC_SPACING, rx.changed()).await
+            {
+                // The manager dropped the subscription; the stream reports it.
+                break;
+            }
+        }
+        rx
+    }
+
     async fn fetch_jwt_svids(
         &self,
         selectors: &[Selector],
@@ -572,6 +602,144 @@ impl WorkloadIdentities for Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spire_core::x509::{
+        CaTemplate, Issuer, SvidTemplate, Validity, self_signed_ca, x509_svid_from_csr,
+    };
+    use spire_proto::spire::api::types;
+
+    /// A server with fixed entries (`<id>` for selector `t:v:<id>`) and a real CA.
+    struct FakeServer {
+        key: PrivateKey,
+        ca: Vec<u8>,
+        entries: Vec<types::Entry>,
+    }
+
+    impl FakeServer {
+        fn new(ids: &[&str]) -> Self {
+            let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+            let template = CaTemplate::new(
+                TrustDomain::new("example.org").unwrap(),
+                Validity::from_now(OffsetDateTime::now_utc(), time::Duration::days(1)),
+            );
+            let ca = self_signed_ca(&key, &template).unwrap();
+            let entries = ids
+                .iter()
+                .map(|id| types::Entry {
+                    id: (*id).to_owned(),
+                    spiffe_id: Some(types::Spiffeid {
+                        trust_domain: "example.org".to_owned(),
+                        path: format!("/{id}"),
+                    }),
+                    selectors: vec![types::Selector {
+                        r#type: "t".to_owned(),
+                        value: format!("v:{id}"),
+                    }],
+                    ..Default::default()
+                })
+                .collect();
+            Self { key, ca, entries }
+        }
+    }
+
+    #[async_trait]
+    impl ServerApi for FakeServer {
+        async fn authorized_entries(&self) -> Result<Vec<types::Entry>, ManagerError> {
+            Ok(self.entries.clone())
+        }
+
+        async fn new_x509_svids(
+            &self,
+            csrs: Vec<(String, Vec<u8>)>,
+        ) -> Result<Vec<Result<Vec<Vec<u8>>, ManagerError>>, ManagerError> {
+            let issuer = Issuer::new(&self.ca, &self.key).unwrap();
+            Ok(csrs
+                .iter()
+                .map(|(id, csr)| {
+                    let spiffe_id = SpiffeId::parse(&format!("spiffe://example.org/{id}")).unwrap();
+                    let template = SvidTemplate::new(
+                        spiffe_id,
+                        Validity::from_now(OffsetDateTime::now_utc(), time::Duration::hours(1)),
+                    );
+                    Ok(vec![x509_svid_from_csr(&issuer, csr, &template).unwrap()])
+                })
+                .collect())
+        }
+
+        async fn bundle(&self) -> Result<types::Bundle, ManagerError> {
+            Ok(types::Bundle {
+                trust_domain: "example.org".to_owned(),
+                x509_authorities: vec![types::X509Certificate {
+                    asn1: self.ca.clone(),
+                    tainted: false,
+                }],
+                ..Default::default()
+            })
+        }
+
+        async fn federated_bundle(&self, _: &str) -> Result<Option<types::Bundle>, ManagerError> {
+            Ok(None)
+        }
+
+        async fn new_jwt_svid(&self, _: &str, _: &[String]) -> Result<String, ManagerError> {
+            Err(ManagerError::Unavailable("no JWTs here".to_owned()))
+        }
+    }
+
+    fn selectors(id: &str) -> Vec<Selector> {
+        vec![Selector::parse(&format!("t:v:{id}")).unwrap()]
+    }
+
+    /// Room for one SVID: "aaa" is minted on its own, "zzz" only because a workload waits
+    /// for it; the waiting subscriber's first view holds it (upstream blocks new subscribers
+    /// the same way), where a plain subscription starts empty.
+    #[tokio::test]
+    async fn a_new_subscriber_waits_for_svids_beyond_the_cache_bound() {
+        let manager = Manager::new(
+            Arc::new(FakeServer::new(&["aaa", "zzz"])),
+            TrustDomain::new("example.org").unwrap(),
+            Bundle::new(TrustDomain::new("example.org").unwrap()),
+            ManagerOptions {
+                x509_svid_cache_max_size: 1,
+                ..ManagerOptions::default()
+            },
+        );
+        manager.sync_once().await.unwrap();
+        assert_eq!(manager.cache_stats().x509_svids, 1);
+        assert!(
+            manager
+                .subscribe(selectors("zzz"))
+                .borrow()
+                .identities
+                .is_empty()
+        );
+
+        let cancel = CancellationToken::new();
+        let sync_loop = tokio::spawn(Arc::clone(&manager).run(cancel.clone()));
+        let rx = tokio::time::timeout(
+            Duration::from_secs(10),
+            manager.subscribe_when_ready(selectors("zzz")),
+        )
+        .await
+        .expect("the subscriber's SVID is minted by an early sync");
+        let ids: Vec<String> = rx
+            .borrow()
+            .identities
+            .iter()
+            .map(|i| i.spiffe_id.to_string())
+            .collect();
+        assert_eq!(ids, ["spiffe://example.org/zzz"]);
+
+        // Nothing is missing: a second subscriber gets its view at once.
+        let again = tokio::time::timeout(
+            Duration::from_millis(100),
+            manager.subscribe_when_ready(selectors("zzz")),
+        )
+        .await
+        .expect("no wait when every SVID is there");
+        assert_eq!(again.borrow().identities.len(), 1);
+        cancel.cancel();
+        sync_loop.await.unwrap();
+    }
 
     #[test]
     fn backoff_grows_by_half_and_is_capped() {

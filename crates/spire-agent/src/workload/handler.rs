@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::stream::UpdateStream;
 use super::{Caller, SECURITY_HEADER, WorkloadApiOptions, peer};
 use crate::manager::{ManagerError, WorkloadIdentities, WorkloadUpdate, X509Identity};
-use crate::plugins::workloadattestor::{AttestError, WorkloadAttestor};
+use crate::plugins::workloadattestor::{AttestError, PeerProcess, WorkloadAttestor};
 
 /// The message the `spiffe` crates and go-spiffe recognise as "registered nowhere (yet)".
 const NO_IDENTITY: &str = "no identity issued";
@@ -88,45 +88,67 @@ impl WorkloadApiService {
         Ok(selectors)
     }
 
-    /// Runs every attestor concurrently and concatenates their selectors in configuration
-    /// order. A failing attestor is logged and skipped, as upstream; when every one fails, the
-    /// call fails.
+    /// Attests the caller; a failure reads as upstream's (Unauthenticated when the process
+    /// went away, Internal otherwise).
     async fn run_attestors(&self, caller: Caller) -> Result<Vec<Selector>, Status> {
-        let mut tasks = JoinSet::new();
-        for (index, attestor) in self.attestors.iter().enumerate() {
-            let attestor = Arc::clone(attestor);
-            let process = caller.process;
-            tasks.spawn(async move {
-                let result = attestor.attest(process).await;
-                (index, attestor.name(), result)
-            });
-        }
-        let mut results = Vec::with_capacity(self.attestors.len());
-        let mut failures = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((index, _, Ok(selectors))) => results.push((index, selectors)),
-                Ok((_, name, Err(e))) => {
-                    tracing::error!(pid = caller.process.pid, attestor = name, error = %e, "Failed to collect all selectors for PID");
-                    failures.push((name, e));
+        attest_process(&self.attestors, caller.process)
+            .await
+            .map_err(|failure| {
+                let message = failure.to_string();
+                match failure.error {
+                    AttestError::ProcessGone(_) => Status::unauthenticated(message),
+                    _ => Status::internal(message),
                 }
-                Err(e) => {
-                    tracing::error!(pid = caller.process.pid, error = %e, "Workload attestor task failed");
-                }
+            })
+    }
+}
+
+/// Every workload attestor failed on a process; the first failure.
+#[derive(Debug, thiserror::Error)]
+#[error("workload attestor {attestor:?} failed: {error}")]
+pub(crate) struct AttestFailure {
+    /// The attestor's plugin name.
+    pub(crate) attestor: &'static str,
+    /// What it said.
+    pub(crate) error: AttestError,
+}
+
+/// Runs every attestor concurrently on `process` and concatenates their selectors in
+/// configuration order. A failing attestor is logged and skipped, as upstream; when every one
+/// fails, so does the call.
+pub(crate) async fn attest_process(
+    attestors: &[Arc<dyn WorkloadAttestor>],
+    process: PeerProcess,
+) -> Result<Vec<Selector>, AttestFailure> {
+    let mut tasks = JoinSet::new();
+    for (index, attestor) in attestors.iter().enumerate() {
+        let attestor = Arc::clone(attestor);
+        tasks.spawn(async move {
+            let result = attestor.attest(process).await;
+            (index, attestor.name(), result)
+        });
+    }
+    let mut results = Vec::with_capacity(attestors.len());
+    let mut first_failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, _, Ok(selectors))) => results.push((index, selectors)),
+            Ok((_, attestor, Err(error))) => {
+                tracing::error!(pid = process.pid, attestor, error = %error, "Failed to collect all selectors for PID");
+                first_failure.get_or_insert(AttestFailure { attestor, error });
+            }
+            Err(e) => {
+                tracing::error!(pid = process.pid, error = %e, "Workload attestor task failed");
             }
         }
-        if results.is_empty()
-            && let Some((name, error)) = failures.into_iter().next()
-        {
-            let message = format!("workload attestor {name:?} failed: {error}");
-            return Err(match error {
-                AttestError::ProcessGone(_) => Status::unauthenticated(message),
-                _ => Status::internal(message),
-            });
-        }
-        results.sort_by_key(|(index, _)| *index);
-        Ok(results.into_iter().flat_map(|(_, s)| s).collect())
     }
+    if results.is_empty()
+        && let Some(failure) = first_failure
+    {
+        return Err(failure);
+    }
+    results.sort_by_key(|(index, _)| *index);
+    Ok(results.into_iter().flat_map(|(_, s)| s).collect())
 }
 
 /// Upstream requires exactly one `workload.spiffe.io` value, equal to `true`.
@@ -259,7 +281,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = self.attest(&request).await?;
-        let updates = self.identities.subscribe(selectors);
+        let updates = self.identities.subscribe_when_ready(selectors).await;
         Ok(Response::new(UpdateStream::new(
             updates,
             self.shutdown.clone(),
@@ -272,7 +294,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let selectors = self.attest(&request).await?;
-        let updates = self.identities.subscribe(selectors);
+        let updates = self.identities.subscribe_when_ready(selectors).await;
         let allow_unauthenticated = self.options.allow_unauthenticated_verifiers;
         let mut previous: Option<X509BundlesResponse> = None;
         Ok(Response::new(UpdateStream::new(
@@ -343,7 +365,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let selectors = self.attest(&request).await?;
-        let updates = self.identities.subscribe(selectors);
+        let updates = self.identities.subscribe_when_ready(selectors).await;
         let allow_unauthenticated = self.options.allow_unauthenticated_verifiers;
         let mut previous: Option<JwtBundlesResponse> = None;
         Ok(Response::new(UpdateStream::new(

@@ -10,7 +10,7 @@ use std::io;
 use super::Caller;
 
 /// The start time of `pid` in clock ticks since boot, from `/proc/<pid>/stat`.
-pub(super) fn process_start_time(pid: i32) -> io::Result<u64> {
+pub(crate) fn process_start_time(pid: i32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_start_time(&stat).ok_or_else(|| {
         io::Error::new(
@@ -29,7 +29,7 @@ fn parse_start_time(stat: &str) -> Option<u64> {
 }
 
 /// Checks that the caller's pid still names the process that opened the connection.
-pub(super) fn verify_still_alive(caller: &Caller) -> Result<(), String> {
+pub(crate) fn verify_still_alive(caller: &Caller) -> Result<(), String> {
     let pid = caller.process.pid;
     let Some(expected) = caller.start_time else {
         return Err(format!(

@@ -14,144 +14,22 @@ mod healthcheck;
 mod jwt;
 mod localauthority;
 mod logger;
-mod printer;
 pub mod run;
 mod token;
-mod usage;
 mod x509;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+pub use spire_common::cli::{CliError, OutputArg, OutputFormat};
+pub(crate) use spire_common::cli::{CliResult, Env, printer};
+use spire_common::cli::{Failure, exit_status, parse_command};
 
 pub use run::RunArgs;
 
 /// Where the admin socket is unless `-socketPath` says otherwise (upstream's default).
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
-
-/// Why a command failed; printed as `Error: <message>`.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CliError {
-    /// A flag is missing, malformed or combined with one it excludes; the message is
-    /// upstream's.
-    #[error("{0}")]
-    Invalid(String),
-    /// The admin socket could not be dialled.
-    #[error(
-        "connection error: dial unix {}: connect: {source} (is spire-server running? point -socketPath at its admin socket)",
-        path.display()
-    )]
-    Connect {
-        /// The socket path that was tried.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
-    /// The server answered a call with an error status.
-    #[error("{context}{}", client::format_status(status))]
-    Rpc {
-        /// What the command was doing, ending in `": "`, or empty.
-        context: String,
-        /// The status the server returned.
-        status: tonic::Status,
-    },
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
-    /// The server reported that some items of a batch failed (already printed).
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CliError {
-    /// A validation failure with upstream's wording.
-    pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        Self::Invalid(message.into())
-    }
-
-    /// Wraps a status the server returned, prefixed with what was being done.
-    pub(crate) fn rpc(context: &str) -> impl FnOnce(tonic::Status) -> Self + '_ {
-        move |status| Self::Rpc {
-            context: context.to_owned(),
-            status,
-        }
-    }
-}
-
-/// Result of one command.
-pub(crate) type CliResult = Result<(), CliError>;
-
-/// The streams a command reads and writes; tests pass buffers.
-pub(crate) struct Env<'a> {
-    /// Standard output.
-    pub(crate) out: &'a mut dyn Write,
-    /// Standard error.
-    pub(crate) err: &'a mut dyn Write,
-    /// Standard input (`-data -`, `bundle set` without `-path`).
-    pub(crate) stdin: &'a mut dyn Read,
-}
-
-impl Env<'_> {
-    /// Writes to stdout; a closed stdout is not worth failing the command for.
-    pub(crate) fn print(&mut self, text: &str) {
-        let _ = self.out.write_all(text.as_bytes());
-    }
-
-    /// Writes to stderr.
-    pub(crate) fn eprint(&mut self, text: &str) {
-        let _ = self.err.write_all(text.as_bytes());
-    }
-
-    /// Reads all of stdin.
-    pub(crate) fn read_stdin(&mut self) -> Result<Vec<u8>, CliError> {
-        let mut data = Vec::new();
-        self.stdin
-            .read_to_end(&mut data)
-            .map_err(|source| CliError::Io {
-                path: PathBuf::from("stdin"),
-                source,
-            })?;
-        Ok(data)
-    }
-
-    /// Reads a file, or stdin when `path` is `-`.
-    pub(crate) fn read_path_or_stdin(&mut self, path: &str) -> Result<Vec<u8>, CliError> {
-        if path == "-" {
-            return self.read_stdin();
-        }
-        std::fs::read(path).map_err(|source| CliError::Io {
-            path: PathBuf::from(path),
-            source,
-        })
-    }
-}
-
-/// `-output pretty|json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutputFormat {
-    /// Upstream's human-readable layout.
-    #[default]
-    Pretty,
-    /// The response message in protobuf JSON.
-    Json,
-}
-
-fn parse_output(value: &str) -> Result<OutputFormat, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "pretty" => Ok(OutputFormat::Pretty),
-        "json" => Ok(OutputFormat::Json),
-        _ => Err(format!(
-            "invalid format: {value:?}; expected pretty or json"
-        )),
-    }
-}
 
 /// `-socketPath`, shared by every client command.
 #[derive(Debug, Clone, Args)]
@@ -159,14 +37,6 @@ pub struct SocketArg {
     /// Path to the SPIRE Server API socket
     #[arg(long = "socketPath", value_name = "string", default_value = DEFAULT_SOCKET_PATH)]
     pub socket_path: PathBuf,
-}
-
-/// `-output`, shared by the commands upstream gives it to.
-#[derive(Debug, Clone, Args)]
-pub struct OutputArg {
-    /// Desired output format (pretty, json); default: pretty.
-    #[arg(verbatim_doc_comment, long = "output", value_name = "value", default_value = "pretty", hide_default_value = true, value_parser = parse_output)]
-    pub output: OutputFormat,
 }
 
 #[derive(Debug, Parser)]
@@ -235,48 +105,11 @@ pub async fn run_cli_with_stdin(
         err: stderr,
         stdin,
     };
-    let command = match parse(args, &mut env) {
-        Ok(command) => command,
+    let result = match parse_command::<Cli>("spire-server", args, &mut env) {
+        Ok(cli) => dispatch(cli.command, &mut env).await,
         Err(code) => return code,
     };
-    match dispatch(command, &mut env).await {
-        Ok(()) => 0,
-        Err(Failure::Error(e)) => {
-            env.eprint(&format!("Error: {e}\n"));
-            1
-        }
-        Err(Failure::Printed) => 1,
-    }
-}
-
-/// How a command failed: with an error still to print, or with its message already out.
-enum Failure {
-    Error(CliError),
-    Printed,
-}
-
-impl From<CliError> for Failure {
-    fn from(e: CliError) -> Self {
-        Self::Error(e)
-    }
-}
-
-/// Normalizes Go-style flags and parses; on help, usage errors or version, prints what
-/// upstream prints and returns the exit status.
-fn parse(args: Vec<String>, env: &mut Env<'_>) -> Result<Command, i32> {
-    let command = Cli::command();
-    let normalized = spire_core::goflags::normalize(args.clone(), |path, name| {
-        usage::is_long_flag(&command, path, name)
-    });
-    let path = usage::command_path(&command, &args);
-    let matches = command
-        .clone()
-        .try_get_matches_from(std::iter::once("spire-server".to_owned()).chain(normalized));
-    let parsed = matches.and_then(|m| Cli::from_arg_matches(&m));
-    match parsed {
-        Ok(cli) => Ok(cli.command),
-        Err(e) => Err(usage::report_parse_error(&command, &path, &e, env)),
-    }
+    exit_status(result, &mut env)
 }
 
 async fn dispatch(command: Command, env: &mut Env<'_>) -> Result<(), Failure> {
@@ -368,5 +201,45 @@ mod tests {
         ]);
         assert_eq!(code, 1);
         assert!(err.contains("dial unix /nonexistent.sock"), "{err}");
+    }
+
+    #[test]
+    fn long_flags_are_known_per_command() {
+        use clap::CommandFactory;
+        let root = super::Cli::command();
+        let path = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        let is_long = |words: &[&str], name| {
+            spire_common::cli::usage::is_long_flag(&root, &path(words), name)
+        };
+        assert!(is_long(&["entry", "create"], "spiffeID"));
+        assert!(is_long(&["entry", "create"], "x509SVIDTTL"));
+        assert!(!is_long(&["entry", "delete"], "spiffeID"));
+        assert!(is_long(&["agent", "purge"], "expiredFor"));
+        assert!(is_long(&["localauthority", "x509", "taint"], "authorityID"));
+    }
+
+    #[test]
+    fn help_prints_go_usage_and_succeeds() {
+        let (code, out, err) = run(&["entry", "delete", "-h"]);
+        assert_eq!(code, 0);
+        assert_eq!(out, "");
+        assert_eq!(
+            err,
+            "Usage of entry delete:\n  -entryID string\n    \tThe Registration Entry ID of the record to delete\n  -file string\n    \tPath to a file containing a JSON structure for batch deletion (optional). If set to '-', read from stdin.\n  -output value\n    \tDesired output format (pretty, json); default: pretty.\n  -socketPath string\n    \tPath to the SPIRE Server API socket (default \"/tmp/spire-server/private/api.sock\")\n"
+        );
+        let (code, _, err) = run(&["token", "generate", "-h"]);
+        assert_eq!(code, 0);
+        assert!(
+            err.contains("  -ttl int\n    \tToken TTL in seconds (default 600)\n"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_flag_is_an_error_with_usage() {
+        let (code, _, err) = run(&["agent", "show", "-bogus", "x"]);
+        assert_eq!(code, 1);
+        assert!(err.starts_with("Error: "), "{err}");
+        assert!(err.contains("Usage of agent show:"), "{err}");
     }
 }

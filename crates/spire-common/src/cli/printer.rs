@@ -223,7 +223,7 @@ fn transcode(value: Value, full_name: &str) -> Ordered {
 
 /// The protobuf JSON upstream's `-output json` prints for `message` (full proto name such as
 /// `spire.api.types.Agent`).
-pub(crate) fn proto_json<T: Serialize>(message: &T, full_name: &str) -> Result<String, CliError> {
+pub fn proto_json<T: Serialize>(message: &T, full_name: &str) -> Result<String, CliError> {
     let value = serde_json::to_value(message)
         .map_err(|e| CliError::invalid(format!("cannot encode the response as JSON: {e}")))?;
     let mut out = String::new();
@@ -232,7 +232,7 @@ pub(crate) fn proto_json<T: Serialize>(message: &T, full_name: &str) -> Result<S
 }
 
 /// Prints `message` as `-output` asks: JSON on one line, or the command's pretty layout.
-pub(crate) fn print_proto<T: Serialize>(
+pub fn print_proto<T: Serialize>(
     env: &mut Env<'_>,
     output: OutputFormat,
     message: &T,
@@ -251,7 +251,7 @@ pub(crate) fn print_proto<T: Serialize>(
 }
 
 /// Prints a plain serde value (not a proto message) as JSON, or pretty.
-pub(crate) fn print_struct<T: Serialize>(
+pub fn print_struct<T: Serialize>(
     env: &mut Env<'_>,
     output: OutputFormat,
     value: &T,
@@ -270,7 +270,7 @@ pub(crate) fn print_struct<T: Serialize>(
 }
 
 /// Upstream's `util.Pluralizer`: `msg` followed by the singular for exactly one.
-pub(crate) fn pluralize(msg: &str, singular: &str, plural: &str, count: usize) -> String {
+pub fn pluralize(msg: &str, singular: &str, plural: &str, count: usize) -> String {
     if count == 1 {
         format!("{msg}{singular}")
     } else {
@@ -279,7 +279,7 @@ pub(crate) fn pluralize(msg: &str, singular: &str, plural: &str, count: usize) -
 }
 
 /// Go's `time.Unix(secs, 0).UTC().String()`: `2019-03-12 16:24:26 +0000 UTC`.
-pub(crate) fn go_time_utc(secs: i64) -> String {
+pub fn go_time_utc(secs: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(secs) {
         Ok(t) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 UTC",
@@ -295,7 +295,7 @@ pub(crate) fn go_time_utc(secs: i64) -> String {
 }
 
 /// `spiffe://td/path` from its proto form; empty when absent.
-pub(crate) fn id_string(id: Option<&types::Spiffeid>) -> String {
+pub fn id_string(id: Option<&types::Spiffeid>) -> String {
     match id {
         Some(id) => format!("spiffe://{}{}", id.trust_domain, id.path),
         None => String::new(),
@@ -303,7 +303,7 @@ pub(crate) fn id_string(id: Option<&types::Spiffeid>) -> String {
 }
 
 /// The proto form of a SPIFFE ID given on the command line.
-pub(crate) fn id_proto(input: &str) -> Result<types::Spiffeid, CliError> {
+pub fn id_proto(input: &str) -> Result<types::Spiffeid, CliError> {
     let id = spire_core::SpiffeId::parse(input).map_err(|e| CliError::invalid(e.to_string()))?;
     Ok(types::Spiffeid {
         trust_domain: id.trust_domain_name().to_owned(),
@@ -312,7 +312,7 @@ pub(crate) fn id_proto(input: &str) -> Result<types::Spiffeid, CliError> {
 }
 
 /// A `-selector type:value` flag as the API's selector.
-pub(crate) fn selector_proto(input: &str) -> Result<types::Selector, CliError> {
+pub fn selector_proto(input: &str) -> Result<types::Selector, CliError> {
     match input.split_once(':') {
         Some((kind, value)) => Ok(types::Selector {
             r#type: kind.to_owned(),
@@ -325,7 +325,7 @@ pub(crate) fn selector_proto(input: &str) -> Result<types::Selector, CliError> {
 }
 
 /// Parses `true`/`false` and Go's other boolean spellings for Go-style bool flags.
-pub(crate) fn go_bool(value: &str) -> Result<bool, String> {
+pub fn go_bool(value: &str) -> Result<bool, String> {
     match value {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
@@ -334,7 +334,7 @@ pub(crate) fn go_bool(value: &str) -> Result<bool, String> {
 }
 
 /// Parses a Go duration flag (`1h`, `90s`).
-pub(crate) fn go_duration(value: &str) -> Result<std::time::Duration, String> {
+pub fn go_duration(value: &str) -> Result<std::time::Duration, String> {
     spire_core::duration::parse(value).map_err(|e| e.to_string())
 }
 

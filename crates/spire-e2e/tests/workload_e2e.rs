@@ -1,0 +1,507 @@
+//! What a workload notices when things change around it, with both real binaries: a caller
+//! of another uid is refused, `entry delete` and short TTLs reach an open FetchX509SVID
+//! stream, and a server restart leaves the agent serving its cache and resyncing without
+//! attesting again.
+//!
+//! The streams are read by a small gRPC client over the agent's unix socket (as a workload
+//! would), so these tests see exactly what the wire carries.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use spire_core::x509::{X509Svid, certificate_serial_hex, certificate_validity};
+use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid};
+use spire_proto::workload::X509svidRequest;
+use spire_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use time::OffsetDateTime;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The agent's alias in every test: entries name it as their parent.
+const AGENT_ALIAS: &str = "spiffe://example.org/node";
+
+/// How long an agent may take to notice a change on the server: one 5 s sync plus margin
+/// for two loaded cores.
+const SYNC_WAIT: Duration = Duration::from_secs(15);
+
+/// A server and an attested agent on a temp dir; prints both logs if the test fails.
+struct Cluster {
+    agent: AgentProcess,
+    server: ServerProcess,
+    /// Last, so it is removed after both processes stopped.
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Server, join token aliased to [`AGENT_ALIAS`], agent, and the agent healthy.
+    fn start() -> Self {
+        Self::start_with_agent_keys("")
+    }
+
+    /// Like [`start`](Self::start) with extra keys in the agent's `agent { }` block.
+    fn start_with_agent_keys(extra_agent_keys: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(dir.path(), "");
+        let token = server.generate_join_token(AGENT_ALIAS);
+        let agent = AgentProcess::start_with_agent_keys(
+            dir.path(),
+            &server,
+            Some(&token),
+            extra_agent_keys,
+        );
+        agent.cli_eventually(&["healthcheck"], Duration::from_secs(30));
+        Self { agent, server, dir }
+    }
+
+    /// An entry under the agent for `unix:uid:<uid>`, with extra `entry create` flags.
+    fn entry_for_uid(&self, spiffe_id: &str, uid: u32, extra: &[&str]) -> String {
+        let selector = format!("unix:uid:{uid}");
+        let mut args = vec![
+            "-parentID",
+            AGENT_ALIAS,
+            "-spiffeID",
+            spiffe_id,
+            "-selector",
+            &selector,
+        ];
+        args.extend_from_slice(extra);
+        self.server.create_entry(&args)
+    }
+
+    /// The SPIFFE IDs of the agents the server knows.
+    fn agent_ids(&self) -> Vec<String> {
+        let listed = self.server.cli_json(&["agent", "list"]);
+        listed["agents"]
+            .as_array()
+            .map(|agents| {
+                agents
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "spiffe://{}{}",
+                            a["id"]["trust_domain"].as_str().unwrap_or_default(),
+                            a["id"]["path"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== server log ====\n{}\n==== agent log ====\n{}",
+                self.server.log(),
+                self.agent.log()
+            );
+        }
+    }
+}
+
+/// One X509-SVID as a workload received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Svid {
+    spiffe_id: String,
+    serial: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+/// What an open FetchX509SVID stream delivered.
+#[derive(Debug)]
+enum Event {
+    /// A response: the SVIDs in the order the agent sent them.
+    Update(Vec<Svid>),
+    /// The stream ended with this status (`Ok` when it closed cleanly).
+    Ended(tonic::Code, String),
+}
+
+fn parse_response(response: &spire_proto::workload::X509svidResponse) -> Vec<Svid> {
+    response
+        .svids
+        .iter()
+        .map(|svid| {
+            let parsed = X509Svid::parse_der_chain(&svid.x509_svid).unwrap();
+            let validity = certificate_validity(parsed.leaf_der()).unwrap();
+            assert_eq!(parsed.spiffe_id().as_str(), svid.spiffe_id);
+            assert!(
+                !svid.x509_svid_key.is_empty(),
+                "{} has no key",
+                svid.spiffe_id
+            );
+            assert!(!svid.bundle.is_empty(), "{} has no bundle", svid.spiffe_id);
+            Svid {
+                spiffe_id: svid.spiffe_id.clone(),
+                serial: certificate_serial_hex(parsed.leaf_der()).unwrap(),
+                not_before: validity.not_before,
+                not_after: validity.not_after,
+            }
+        })
+        .collect()
+}
+
+/// A workload holding FetchX509SVID streams open on the agent's socket; a task per stream
+/// forwards what arrives so the test thread can run the CLIs meanwhile.
+struct Workload {
+    runtime: tokio::runtime::Runtime,
+    socket: PathBuf,
+}
+
+impl Workload {
+    fn new(socket: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            runtime,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    async fn client(socket: PathBuf) -> SpiffeWorkloadApiClient<Channel> {
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .unwrap();
+        SpiffeWorkloadApiClient::new(channel)
+    }
+
+    /// Opens a FetchX509SVID stream (with the security header) whose events arrive on the
+    /// returned receiver, ending with one [`Event::Ended`].
+    fn watch(&self) -> Stream {
+        let (tx, rx) = mpsc::channel();
+        let socket = self.socket.clone();
+        self.runtime.spawn(async move {
+            let mut client = Self::client(socket).await;
+            let mut request = tonic::Request::new(X509svidRequest {});
+            request
+                .metadata_mut()
+                .insert("workload.spiffe.io", "true".parse().unwrap());
+            let mut stream = match client.fetch_x509svid(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = tx.send(Event::Ended(status.code(), status.message().to_owned()));
+                    return;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(response)) => {
+                        if tx.send(Event::Update(parse_response(&response))).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Event::Ended(tonic::Code::Ok, String::new()));
+                        return;
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Event::Ended(status.code(), status.message().to_owned()));
+                        return;
+                    }
+                }
+            }
+        });
+        Stream { events: rx }
+    }
+
+    /// The first message of a new stream, retried until it has `count` SVIDs (the agent
+    /// mints them on its next sync after an entry is created).
+    fn fetch_until(&self, count: usize, timeout: Duration) -> Vec<Svid> {
+        let start = Instant::now();
+        loop {
+            let stream = self.watch();
+            let last = stream.next(Duration::from_secs(10));
+            if let Event::Update(svids) = &last
+                && svids.len() == count
+            {
+                return svids.clone();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no stream with {count} SVIDs after {timeout:?}; last: {last:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// The receiving end of one open stream.
+struct Stream {
+    events: mpsc::Receiver<Event>,
+}
+
+impl Stream {
+    /// The next event, failing the test after `timeout`.
+    fn next(&self, timeout: Duration) -> Event {
+        self.events
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no FetchX509SVID message within {timeout:?}: {e}"))
+    }
+
+    /// Skips updates until one satisfies `wanted`, failing on the stream's end or after
+    /// `timeout`; returns it.
+    fn update_where(&self, timeout: Duration, wanted: impl Fn(&[Svid]) -> bool) -> Vec<Svid> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Event::Update(svids) if wanted(&svids) => return svids,
+                Event::Update(_) => {}
+                Event::Ended(code, message) => {
+                    panic!("the stream ended ({code:?}: {message}) before the awaited update")
+                }
+            }
+        }
+    }
+}
+
+fn ids(svids: &[Svid]) -> Vec<&str> {
+    svids.iter().map(|s| s.spiffe_id.as_str()).collect()
+}
+
+/// `spire-agent api fetch x509 -socketPath <socket>` as `uid`/`gid` (or as ourselves).
+fn fetch_x509_as(agent: &AgentProcess, user: Option<(u32, u32)>) -> Output {
+    let mut command = Command::new(binary("spire-agent"));
+    command
+        .args(["api", "fetch", "x509", "-socketPath"])
+        .arg(&agent.socket_path);
+    if let Some((uid, gid)) = user {
+        // std clears the supplementary groups when root drops to another uid.
+        command.uid(uid).gid(gid);
+    }
+    command.output().unwrap()
+}
+
+fn assert_denied(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("rpc error: code = PermissionDenied desc = no identity issued"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_entry_for_another_uid_gives_us_no_identity() {
+    let cluster = Cluster::start();
+    let uid = current_uid();
+    cluster.entry_for_uid("spiffe://example.org/someone-else", uid + 1, &[]);
+    // A witness entry for us: once we hold it, the agent has synced the other one too.
+    let witness = cluster.entry_for_uid("spiffe://example.org/witness", uid, &[]);
+    let ours = cluster
+        .agent
+        .cli_eventually(&["api", "fetch", "x509"], SYNC_WAIT);
+    assert!(ours.contains("spiffe://example.org/witness"), "{ours}");
+    assert!(!ours.contains("someone-else"), "{ours}");
+
+    cluster
+        .server
+        .cli_ok(&["entry", "delete", "-entryID", &witness]);
+    let start = Instant::now();
+    let denied = loop {
+        let out = fetch_x509_as(&cluster.agent, None);
+        if !out.status.success() || start.elapsed() > SYNC_WAIT {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_denied(&denied);
+}
+
+#[test]
+fn as_root_an_entry_for_root_is_denied_to_nobody() {
+    if current_uid() != 0 {
+        eprintln!("skipped: switching to uid 65534 needs root");
+        return;
+    }
+    let cluster = Cluster::start();
+    // nobody must be able to reach the socket, as on a real host where its folder is open.
+    std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    cluster.entry_for_uid("spiffe://example.org/root-only", 0, &[]);
+    let root = cluster
+        .agent
+        .cli_eventually(&["api", "fetch", "x509"], SYNC_WAIT);
+    assert!(root.contains("spiffe://example.org/root-only"), "{root}");
+
+    let nobody = fetch_x509_as(&cluster.agent, Some((65534, 65534)));
+    assert_denied(&nobody);
+    assert!(
+        !String::from_utf8_lossy(&nobody.stdout).contains("root-only"),
+        "{nobody:?}"
+    );
+}
+
+#[test]
+fn entry_delete_reaches_an_open_stream_and_the_last_one_ends_it() {
+    let cluster = Cluster::start();
+    let uid = current_uid();
+    let a = cluster.entry_for_uid("spiffe://example.org/svc-a", uid, &[]);
+    let _b = cluster.entry_for_uid("spiffe://example.org/svc-b", uid, &[]);
+    let workload = Workload::new(&cluster.agent.socket_path);
+    workload.fetch_until(2, SYNC_WAIT);
+
+    let stream = workload.watch();
+    let Event::Update(first) = stream.next(Duration::from_secs(10)) else {
+        panic!("the stream did not start with the SVIDs");
+    };
+    let mut first_ids = ids(&first);
+    first_ids.sort_unstable();
+    assert_eq!(
+        first_ids,
+        ["spiffe://example.org/svc-a", "spiffe://example.org/svc-b"]
+    );
+
+    cluster.server.cli_ok(&["entry", "delete", "-entryID", &a]);
+    let deleted_at = Instant::now();
+    let after = stream.update_where(SYNC_WAIT, |svids| svids.len() != 2);
+    assert_eq!(ids(&after), ["spiffe://example.org/svc-b"]);
+    eprintln!(
+        "deletion reached the stream after {:?}",
+        deleted_at.elapsed()
+    );
+
+    // Deleting the last one ends the stream as upstream's handler does.
+    let remaining =
+        cluster
+            .server
+            .cli_json(&["entry", "show", "-spiffeID", "spiffe://example.org/svc-b"]);
+    let b = remaining["entries"][0]["id"].as_str().unwrap().to_owned();
+    cluster.server.cli_ok(&["entry", "delete", "-entryID", &b]);
+    let deadline = Instant::now() + SYNC_WAIT;
+    loop {
+        match stream.next(deadline.saturating_duration_since(Instant::now())) {
+            Event::Update(svids) => assert_eq!(ids(&svids), ["spiffe://example.org/svc-b"]),
+            Event::Ended(code, message) => {
+                assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+                assert_eq!(message, "no identity issued");
+                break;
+            }
+        }
+    }
+    assert_denied(&fetch_x509_as(&cluster.agent, None));
+}
+
+#[test]
+fn a_short_lived_svid_is_rotated_on_the_open_stream_before_it_expires() {
+    let cluster = Cluster::start();
+    cluster.entry_for_uid(
+        "spiffe://example.org/short",
+        current_uid(),
+        &["-x509SVIDTTL", "20"],
+    );
+    let workload = Workload::new(&cluster.agent.socket_path);
+    workload.fetch_until(1, SYNC_WAIT);
+
+    let stream = workload.watch();
+    let Event::Update(first) = stream.next(Duration::from_secs(10)) else {
+        panic!("the stream did not start with the SVID");
+    };
+    let old = first[0].clone();
+    let lifetime = old.not_after - old.not_before;
+    assert!(
+        lifetime <= time::Duration::seconds(40),
+        "the entry's 20 s TTL was not applied: {old:?}"
+    );
+
+    // Rotation starts at half-life; the new SVID must arrive while the old one still works.
+    let until_expiry = (old.not_after - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    let rotated = stream.update_where(until_expiry, |svids| {
+        svids.len() == 1 && svids[0].serial != old.serial
+    });
+    let new = &rotated[0];
+    assert_eq!(new.spiffe_id, "spiffe://example.org/short");
+    assert!(new.not_before > old.not_before, "{old:?} -> {new:?}");
+    assert!(new.not_after > old.not_after, "{old:?} -> {new:?}");
+    assert!(
+        OffsetDateTime::now_utc() < old.not_after,
+        "the new SVID came after the old one expired: {old:?} -> {new:?}"
+    );
+}
+
+#[test]
+fn the_agent_serves_its_cache_while_the_server_is_down_and_resyncs_after() {
+    let mut cluster = Cluster::start();
+    let uid = current_uid();
+    cluster.entry_for_uid("spiffe://example.org/before", uid, &[]);
+    let workload = Workload::new(&cluster.agent.socket_path);
+    let before = workload.fetch_until(1, SYNC_WAIT);
+    let agents = cluster.agent_ids();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    let stream = workload.watch();
+    assert!(matches!(
+        stream.next(Duration::from_secs(10)),
+        Event::Update(_)
+    ));
+
+    cluster.server.stop();
+    // Let at least one sync fail.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        cluster.agent.log().contains("sync with the server failed"),
+        "the agent did not notice the server was gone"
+    );
+    let cached = workload.fetch_until(1, Duration::from_secs(10));
+    assert_eq!(cached, before, "the agent did not serve its cached SVID");
+
+    cluster.server.start_again();
+    cluster.entry_for_uid("spiffe://example.org/after", uid, &[]);
+    // Backoff after failures is 5 s, 7.5 s, ...: allow for a couple of retries.
+    let resynced = workload.fetch_until(2, Duration::from_secs(40));
+    let mut resynced_ids = ids(&resynced);
+    resynced_ids.sort_unstable();
+    assert_eq!(
+        resynced_ids,
+        ["spiffe://example.org/after", "spiffe://example.org/before"]
+    );
+    assert!(
+        resynced.contains(&before[0]),
+        "the cached SVID was replaced needlessly"
+    );
+    // The stream opened before the outage sees the new entry too.
+    stream.update_where(SYNC_WAIT, |svids| svids.len() == 2);
+
+    assert_eq!(cluster.agent_ids(), agents, "the agent attested again");
+}
+
+#[test]
+fn a_workload_whose_entry_is_beyond_the_svid_cache_bound_still_gets_its_svid() {
+    // Room for one SVID: the agent mints "aaa" (first in ID order) on its own and must mint
+    // "zzz" because a workload asks for it, as upstream's LRU cache does.
+    let cluster = Cluster::start_with_agent_keys("x509_svid_cache_max_size = 1");
+    let uid = current_uid();
+    cluster.entry_for_uid(
+        "spiffe://example.org/not-us",
+        uid + 1,
+        &["-entryID", "aaa-not-us"],
+    );
+    cluster.entry_for_uid("spiffe://example.org/us", uid, &["-entryID", "zzz-us"]);
+    let fetched = cluster
+        .agent
+        .cli_eventually(&["api", "fetch", "x509"], SYNC_WAIT);
+    assert!(fetched.contains("spiffe://example.org/us"), "{fetched}");
+}
