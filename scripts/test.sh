@@ -27,6 +27,11 @@ cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 step "conformance clients (py-spiffe, go-spiffe)"
 scripts/conformance-deps.sh
 
+step "databases (PostgreSQL, MariaDB) for the datastore suite"
+scripts/test-databases.sh >/dev/null
+# shellcheck source=/dev/null
+. target/test-databases.env
+
 step "cargo test"
 cargo test --workspace --locked 2>&1 | tee target/test-output.log
 summary=$(grep -E '^test result:' target/test-output.log | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')

@@ -6,6 +6,10 @@
 //! sits in. `-expandEnv` substitutes `$VAR` and `${VAR}` in the raw text first, exactly as Go's
 //! `os.ExpandEnv` does.
 
+pub mod de;
+pub mod plugins;
+pub mod sections;
+
 use serde::de::DeserializeOwned;
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};

@@ -18,7 +18,7 @@ use crate::catalog::{self, Catalog, DatabaseType, KeyManagerChoice, UpstreamAuth
 use crate::cli::RunArgs;
 use crate::config::{self, Overrides, ResolvedServerConfig};
 use crate::datastore::DataStore;
-use crate::datastore::sql::{SqlConfig, SqlDataStore};
+use crate::datastore::sql::{SqlConfig, SqlDataStore, SqlOptions};
 use crate::endpoints::health_http::{self, HealthChecksConfig};
 use crate::endpoints::{self, EndpointsConfig};
 use crate::plugins::keymanager::KeyManager;
@@ -189,7 +189,16 @@ async fn open_datastore(catalog: &Catalog) -> anyhow::Result<SqlDataStore> {
         max_open_conns: Some(ds.max_open_conns),
         disable_migration: ds.disable_migration,
     };
-    SqlDataStore::open(&sql)
+    let options = SqlOptions {
+        ro_connection_string: ds.ro_connection_string.clone(),
+        root_ca_path: ds.root_ca_path.clone(),
+        client_cert_path: ds.client_cert_path.clone(),
+        client_key_path: ds.client_key_path.clone(),
+        max_idle_conns: Some(ds.max_idle_conns),
+        conn_max_lifetime: ds.conn_max_lifetime,
+        ..SqlOptions::default()
+    };
+    SqlDataStore::open_with_options(&sql, &options)
         .await
         .context("cannot open the datastore (plugins.DataStore \"sql\")")
 }

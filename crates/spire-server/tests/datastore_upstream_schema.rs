@@ -1,12 +1,19 @@
-//! Drop-in compatibility of the SQL datastore with upstream SPIRE's database.
+//! Drop-in compatibility of the SQL datastore with databases upstream SPIRE created, on every
+//! engine.
 //!
-//! The DDL below is schema version 23 as upstream SPIRE (1.8 through 1.14) creates it on SQLite
-//! through gorm v1 (facts from upstream `pkg/server/datastore/sqlstore/models.go`,
-//! `migration.go` and the v23 dump its migration test keeps). Rows are written with raw SQL in
-//! the formats upstream's driver uses (times as `2006-01-02 15:04:05.999999999-07:00` text in the
-//! server's local zone, booleans as 0/1, bundles as `spire.common.Bundle` protobuf). The store
-//! must open such a database without changing it and read every row back correctly, and a
-//! database it creates must have exactly the same tables, columns and indexes.
+//! The fixtures `upstream_schema_{sqlite,postgres,mysql}.sql` are schema version 23 as upstream
+//! SPIRE (1.8 through 1.14) creates it through gorm v1 (facts from upstream
+//! `pkg/server/datastore/sqlstore/models.go`, `migration.go`, gorm v1's dialects, and the v23
+//! SQLite dump upstream's migration test keeps). Rows are written with raw SQL in the formats
+//! upstream's drivers use: on SQLite times as `2006-01-02 15:04:05.999999999-07:00` text in the
+//! server's zone and booleans as 0/1; on PostgreSQL `timestamp with time zone` and booleans; on
+//! MySQL `DATETIME` in UTC (go-sql-driver's default `loc`) and booleans as tinyint; bundles as
+//! `spire.common.Bundle` protobuf everywhere. The store must open such a database without
+//! changing it and read every row back correctly, and a database it creates must have exactly
+//! the same tables, columns and indexes.
+//!
+//! Each test runs as `sqlite::<name>` always and as `postgres::<name>` / `mysql::<name>` when
+//! `SPIRE_TEST_POSTGRES` / `SPIRE_TEST_MYSQL` are set (`scripts/test-databases.sh`).
 
 #![allow(
     clippy::expect_used,
@@ -16,48 +23,24 @@
 )]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use spire_core::selector::{Selector, SelectorMatch};
 use spire_proto::spire::api::types::federation_relationship::BundleEndpointProfile;
-use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
+use spire_server::datastore::sql::SqlDataStore;
 use spire_server::datastore::{DataStore, ListEntriesRequest, ListNodesRequest, RegistrationEntry};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Row, raw_sql};
 
-/// Upstream's schema 23 on SQLite, table by table and index by index.
-const UPSTREAM_V23_DDL: &str = r#"
-CREATE TABLE "federated_registration_entries" ("bundle_id" integer,"registered_entry_id" integer, PRIMARY KEY ("bundle_id","registered_entry_id"));
-CREATE TABLE "bundles" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"trust_domain" varchar(255) NOT NULL,"data" blob );
-CREATE TABLE "attested_node_entries" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"spiffe_id" varchar(255),"data_type" varchar(255),"serial_number" varchar(255),"expires_at" datetime,"new_serial_number" varchar(255),"new_expires_at" datetime,"can_reattest" bool );
-CREATE TABLE "attested_node_entries_events" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"spiffe_id" varchar(255) );
-CREATE TABLE "node_resolver_map_entries" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"spiffe_id" varchar(255),"type" varchar(255),"value" varchar(255) );
-CREATE TABLE "registered_entries" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"entry_id" varchar(255),"spiffe_id" varchar(255),"parent_id" varchar(255),"ttl" integer,"admin" bool,"downstream" bool,"expiry" bigint,"revision_number" bigint,"store_svid" bool,"hint" varchar(255),"jwt_svid_ttl" integer );
-CREATE TABLE "registered_entries_events" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"entry_id" varchar(255) );
-CREATE TABLE "join_tokens" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"token" varchar(255),"expiry" bigint );
-CREATE TABLE "selectors" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"registered_entry_id" integer,"type" varchar(255),"value" varchar(255) );
-CREATE TABLE "migrations" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"version" integer,"code_version" varchar(255) );
-CREATE TABLE "dns_names" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"registered_entry_id" integer,"value" varchar(255) );
-CREATE TABLE "federated_trust_domains" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"trust_domain" varchar(255) NOT NULL,"bundle_endpoint_url" varchar(255),"bundle_endpoint_profile" varchar(255),"endpoint_spiffe_id" varchar(255),"implicit" bool );
-CREATE TABLE "ca_journals" ("id" integer primary key autoincrement,"created_at" datetime,"updated_at" datetime,"data" blob,"active_x509_authority_id" varchar(255),"active_jwt_authority_id" varchar(255) );
-CREATE UNIQUE INDEX uix_bundles_trust_domain ON "bundles"(trust_domain) ;
-CREATE INDEX idx_attested_node_entries_expires_at ON "attested_node_entries"(expires_at) ;
-CREATE UNIQUE INDEX uix_attested_node_entries_spiffe_id ON "attested_node_entries"(spiffe_id) ;
-CREATE UNIQUE INDEX idx_node_resolver_map ON "node_resolver_map_entries"(spiffe_id, "type", "value") ;
-CREATE INDEX idx_registered_entries_spiffe_id ON "registered_entries"(spiffe_id) ;
-CREATE INDEX idx_registered_entries_parent_id ON "registered_entries"(parent_id) ;
-CREATE INDEX idx_registered_entries_expiry ON "registered_entries"("expiry") ;
-CREATE INDEX idx_registered_entries_hint ON "registered_entries"("hint") ;
-CREATE UNIQUE INDEX uix_registered_entries_entry_id ON "registered_entries"(entry_id) ;
-CREATE UNIQUE INDEX uix_join_tokens_token ON "join_tokens"("token") ;
-CREATE INDEX idx_selectors_type_value ON "selectors"("type", "value") ;
-CREATE UNIQUE INDEX idx_selector_entry ON "selectors"(registered_entry_id, "type", "value") ;
-CREATE UNIQUE INDEX idx_dns_entry ON "dns_names"(registered_entry_id, "value") ;
-CREATE UNIQUE INDEX uix_federated_trust_domains_trust_domain ON "federated_trust_domains"(trust_domain) ;
-CREATE INDEX idx_ca_journals_active_x509_authority_id ON "ca_journals"(active_x509_authority_id) ;
-CREATE INDEX idx_ca_journals_active_jwt_authority_id ON "ca_journals"(active_jwt_authority_id) ;
-CREATE INDEX idx_federated_registration_entries_registered_entry_id ON "federated_registration_entries"(registered_entry_id) ;
-"#;
+#[macro_use]
+mod sql_engines;
+use sql_engines::{Engine, Raw, TestDb};
+
+/// Upstream's schema 23, table by table and index by index, per engine.
+fn upstream_ddl(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Sqlite => include_str!("fixtures/upstream_schema_sqlite.sql"),
+        Engine::Postgres => include_str!("fixtures/upstream_schema_postgres.sql"),
+        Engine::Mysql => include_str!("fixtures/upstream_schema_mysql.sql"),
+    }
+}
 
 // ---- a minimal protobuf writer, so the blob's field numbers are checked independently ----
 
@@ -103,183 +86,238 @@ fn upstream_bundle_blob(td_id: &str) -> Vec<u8> {
     blob
 }
 
-const T: &str = "'2024-05-01 10:00:00.123456-03:00'";
-
-async fn raw_pool(path: &Path) -> SqlitePool {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true);
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap()
+/// A binary literal in the engine's SQL.
+fn blob(engine: Engine, bytes: &[u8]) -> String {
+    match engine {
+        Engine::Postgres => format!("decode('{}', 'hex')", hex::encode(bytes)),
+        Engine::Sqlite | Engine::Mysql => format!("X'{}'", hex::encode(bytes)),
+    }
 }
 
-/// Builds a database as upstream SPIRE 1.13 would have left it.
-async fn build_upstream_db(path: &Path, version: i64) {
-    let pool = raw_pool(path).await;
-    raw_sql(sqlx::AssertSqlSafe(UPSTREAM_V23_DDL))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let rows = format!(
+/// `expr` as text, for [`Raw::texts`].
+fn text(engine: Engine, expr: &str) -> String {
+    match engine {
+        Engine::Mysql => format!("CAST({expr} AS CHAR)"),
+        Engine::Sqlite | Engine::Postgres => format!("CAST({expr} AS TEXT)"),
+    }
+}
+
+/// The rows upstream SPIRE 1.13 would have written, in its drivers' formats.
+fn upstream_rows(engine: Engine, version: i64) -> String {
+    // 2024-05-01 10:00:00.123456 at -03:00 (13:00 UTC); 2030-01-01 00:00:00 at -03:00.
+    let (t, expires) = match engine {
+        Engine::Sqlite | Engine::Postgres => (
+            "'2024-05-01 10:00:00.123456-03:00'",
+            "'2030-01-01 00:00:00-03:00'",
+        ),
+        Engine::Mysql => ("'2024-05-01 13:00:00'", "'2030-01-01 03:00:00'"),
+    };
+    let (yes, no) = match engine {
+        Engine::Postgres => ("true", "false"),
+        Engine::Sqlite | Engine::Mysql => ("1", "0"),
+    };
+    let journal = blob(engine, &[0x0a, 0x0b, 0x0c]);
+    let mut rows = format!(
         r#"
-        INSERT INTO migrations VALUES(1,{T},{T},{version},'1.13.2');
-        INSERT INTO registered_entries VALUES(1,{T},{T},'entry-1','spiffe://example.org/web','spiffe://example.org/spire/agent/x509pop/abc',3600,1,0,1900000000,4,1,'web-hint',300);
-        INSERT INTO registered_entries VALUES(2,{T},{T},'entry-2','spiffe://example.org/db','spiffe://example.org/spire/agent/x509pop/abc',0,0,1,0,0,0,'',0);
-        INSERT INTO selectors VALUES(1,{T},{T},1,'unix','uid:1000');
-        INSERT INTO selectors VALUES(2,{T},{T},1,'unix','gid:1000');
-        INSERT INTO selectors VALUES(3,{T},{T},2,'unix','uid:2000');
-        INSERT INTO dns_names VALUES(1,{T},{T},1,'web.example.org');
+        INSERT INTO migrations VALUES(1,{t},{t},{version},'1.13.2');
+        INSERT INTO registered_entries VALUES(1,{t},{t},'entry-1','spiffe://example.org/web','spiffe://example.org/spire/agent/x509pop/abc',3600,{yes},{no},1900000000,4,{yes},'web-hint',300);
+        INSERT INTO registered_entries VALUES(2,{t},{t},'entry-2','spiffe://example.org/db','spiffe://example.org/spire/agent/x509pop/abc',0,{no},{yes},0,0,{no},'',0);
+        INSERT INTO selectors VALUES(1,{t},{t},1,'unix','uid:1000');
+        INSERT INTO selectors VALUES(2,{t},{t},1,'unix','gid:1000');
+        INSERT INTO selectors VALUES(3,{t},{t},2,'unix','uid:2000');
+        INSERT INTO dns_names VALUES(1,{t},{t},1,'web.example.org');
         INSERT INTO federated_registration_entries VALUES(2,1);
-        INSERT INTO registered_entries_events VALUES(1,{T},{T},'entry-1');
-        INSERT INTO registered_entries_events VALUES(2,{T},{T},'entry-2');
-        INSERT INTO attested_node_entries VALUES(1,{T},{T},'spiffe://example.org/spire/agent/x509pop/abc','x509pop','1234','2030-01-01 00:00:00-03:00','',NULL,1);
-        INSERT INTO node_resolver_map_entries VALUES(1,{T},{T},'spiffe://example.org/spire/agent/x509pop/abc','x509pop','subject:cn:abc');
-        INSERT INTO attested_node_entries_events VALUES(1,{T},{T},'spiffe://example.org/spire/agent/x509pop/abc');
-        INSERT INTO join_tokens VALUES(1,{T},{T},'upstream-token',1900000000);
-        INSERT INTO ca_journals VALUES(1,{T},{T},X'0a0b0c','skid-hex','jwt-kid');
-        INSERT INTO federated_trust_domains VALUES(1,{T},{T},'fed.org','https://fed.org/bundle','https_spiffe','spiffe://fed.org/spire/server',0);
+        INSERT INTO registered_entries_events VALUES(1,{t},{t},'entry-1');
+        INSERT INTO registered_entries_events VALUES(2,{t},{t},'entry-2');
+        INSERT INTO attested_node_entries VALUES(1,{t},{t},'spiffe://example.org/spire/agent/x509pop/abc','x509pop','1234',{expires},'',NULL,{yes});
+        INSERT INTO node_resolver_map_entries VALUES(1,{t},{t},'spiffe://example.org/spire/agent/x509pop/abc','x509pop','subject:cn:abc');
+        INSERT INTO attested_node_entries_events VALUES(1,{t},{t},'spiffe://example.org/spire/agent/x509pop/abc');
+        INSERT INTO join_tokens VALUES(1,{t},{t},'upstream-token',1900000000);
+        INSERT INTO ca_journals VALUES(1,{t},{t},{journal},'skid-hex','jwt-kid');
+        INSERT INTO federated_trust_domains VALUES(1,{t},{t},'fed.org','https://fed.org/bundle','https_spiffe','spiffe://fed.org/spire/server',{no});
         "#
     );
-    raw_sql(sqlx::AssertSqlSafe(rows))
-        .execute(&pool)
-        .await
-        .unwrap();
     for (id, td) in [(1, "spiffe://example.org"), (2, "spiffe://fed.org")] {
-        sqlx::query(
+        let data = blob(engine, &upstream_bundle_blob(td));
+        rows.push_str(&format!(
             "INSERT INTO bundles (id, created_at, updated_at, trust_domain, data) \
-             VALUES (?, '2024-05-01 10:00:00-03:00', '2024-05-01 10:00:00-03:00', ?, ?)",
-        )
-        .bind(id)
-        .bind(td)
-        .bind(upstream_bundle_blob(td))
-        .execute(&pool)
-        .await
-        .unwrap();
+             VALUES ({id}, {t}, {t}, '{td}', {data});\n"
+        ));
     }
-    pool.close().await;
-}
-
-/// Everything that identifies the database's schema and contents.
-async fn snapshot(path: &Path) -> Vec<String> {
-    let pool = raw_pool(path).await;
-    let mut out = Vec::new();
-    let rows = sqlx::query("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    for row in rows {
-        let (kind, name, sql): (String, String, Option<String>) =
-            (row.get(0), row.get(1), row.get(2));
-        out.push(format!("{kind} {name}: {}", sql.unwrap_or_default()));
-    }
-    let tables = [
-        "migrations",
-        "registered_entries",
-        "selectors",
-        "dns_names",
-        "bundles",
-        "attested_node_entries",
-        "join_tokens",
-        "ca_journals",
-    ];
-    for table in tables {
-        let sql = format!("SELECT * FROM {table} ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        out.push(format!("{table}: {} rows", rows.len()));
-    }
-    let rows = sqlx::query("SELECT id, version, code_version, updated_at FROM migrations")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    for row in rows {
-        let (id, v, cv, at): (i64, i64, String, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        out.push(format!("migration {id} {v} {cv} {at}"));
-    }
-    pool.close().await;
-    out
-}
-
-/// Table -> columns (name, declared type, not null, primary key position), and indexes with
-/// their uniqueness and columns.
-async fn schema_shape(path: &Path) -> BTreeMap<String, Vec<String>> {
-    let pool = raw_pool(path).await;
-    let mut shape = BTreeMap::new();
-    let tables = sqlx::query(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    for t in tables {
-        let table: String = t.get(0);
-        let mut cols = Vec::new();
-        let info = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "PRAGMA table_info(\"{table}\")"
-        )))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        for c in info {
-            let (name, ty, notnull, pk): (String, String, i64, i64) =
-                (c.get("name"), c.get("type"), c.get("notnull"), c.get("pk"));
-            cols.push(format!(
-                "{name} {} notnull={notnull} pk={pk}",
-                ty.to_lowercase()
+    if engine == Engine::Postgres {
+        // Upstream's rows came through the serial sequences; ours were inserted with explicit
+        // IDs, so move each sequence past them as gorm's inserts would have.
+        for table in ID_TABLES {
+            rows.push_str(&format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), MAX(id)) FROM {table} \
+                 HAVING MAX(id) IS NOT NULL;\n"
             ));
         }
-        let indexes = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "PRAGMA index_list(\"{table}\")"
-        )))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        for i in indexes {
-            let (name, unique): (String, i64) = (i.get("name"), i.get("unique"));
-            let info = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "PRAGMA index_info(\"{name}\")"
-            )))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-            let columns: Vec<String> = info.iter().map(|r| r.get::<String, _>("name")).collect();
-            cols.push(format!(
-                "index {name} unique={unique} ({})",
-                columns.join(",")
-            ));
-        }
-        cols.sort();
-        shape.insert(table, cols);
     }
-    pool.close().await;
+    rows
+}
+
+/// Every table with an `id` column.
+const ID_TABLES: [&str; 12] = [
+    "bundles",
+    "attested_node_entries",
+    "attested_node_entries_events",
+    "node_resolver_map_entries",
+    "registered_entries",
+    "registered_entries_events",
+    "join_tokens",
+    "selectors",
+    "migrations",
+    "dns_names",
+    "federated_trust_domains",
+    "ca_journals",
+];
+
+/// Builds, in the test's empty database, what upstream SPIRE 1.13 would have left.
+async fn build_upstream_db(db: &TestDb, version: i64) {
+    let raw = db.raw().await;
+    raw.execute_script(upstream_ddl(db.engine)).await;
+    raw.execute_script(&upstream_rows(db.engine, version)).await;
+    raw.close().await;
+}
+
+/// The tables (columns with type, nullability, default, key) and indexes (uniqueness and
+/// columns), sorted, as the engine's catalog reports them.
+async fn schema_shape(db: &TestDb) -> BTreeMap<String, Vec<String>> {
+    let raw = db.raw().await;
+    let rows: Vec<Vec<String>> = match db.engine {
+        Engine::Sqlite => sqlite_shape(&raw).await,
+        Engine::Postgres => {
+            let mut rows = raw
+                .texts(
+                    "SELECT table_name::text, concat_ws(' ', column_name, data_type, \
+                     'nullable=' || is_nullable, 'default=' || coalesce(column_default, '')) \
+                     FROM information_schema.columns WHERE table_schema = current_schema()",
+                )
+                .await;
+            rows.extend(
+                raw.texts(
+                    "SELECT tablename::text, 'index ' || indexdef FROM pg_indexes \
+                     WHERE schemaname = current_schema()",
+                )
+                .await,
+            );
+            rows
+        }
+        Engine::Mysql => {
+            let mut rows = raw
+                .texts(
+                    "SELECT CAST(table_name AS CHAR), CAST(CONCAT_WS(' ', column_name, \
+                     column_type, CONCAT('nullable=', is_nullable), CONCAT('default=', \
+                     COALESCE(column_default, '')), extra) AS CHAR) \
+                     FROM information_schema.columns WHERE table_schema = DATABASE()",
+                )
+                .await;
+            rows.extend(
+                raw.texts(
+                    "SELECT CAST(table_name AS CHAR), CAST(CONCAT('index ', index_name, \
+                     ' unique=', 1 - non_unique, ' (', GROUP_CONCAT(column_name ORDER BY \
+                     seq_in_index), ')') AS CHAR) FROM information_schema.statistics \
+                     WHERE table_schema = DATABASE() GROUP BY table_name, index_name, non_unique",
+                )
+                .await,
+            );
+            rows.extend(
+                raw.texts(
+                    "SELECT CAST(table_name AS CHAR), CAST(CONCAT('table ', engine, ' ', \
+                     row_format, ' ', table_collation) AS CHAR) FROM information_schema.tables \
+                     WHERE table_schema = DATABASE()",
+                )
+                .await,
+            );
+            rows
+        }
+    };
+    raw.close().await;
+    let mut shape: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in rows {
+        shape
+            .entry(row[0].clone())
+            .or_default()
+            .push(row[1].to_lowercase());
+    }
+    for columns in shape.values_mut() {
+        columns.sort();
+    }
     shape
 }
 
-fn config(path: &Path) -> SqlConfig {
-    SqlConfig {
-        database_type: "sqlite3".into(),
-        connection_string: format!("file:{}", path.display()),
-        max_open_conns: Some(4),
-        disable_migration: false,
+async fn sqlite_shape(raw: &Raw) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let tables = raw
+        .texts("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .await;
+    for t in tables {
+        let table = &t[0];
+        let info = raw
+            .texts(&format!(
+                "SELECT name, type, CAST(\"notnull\" AS TEXT), CAST(pk AS TEXT) \
+                 FROM pragma_table_info('{table}')"
+            ))
+            .await;
+        for c in info {
+            rows.push(vec![
+                table.clone(),
+                format!("{} {} notnull={} pk={}", c[0], c[1], c[2], c[3]),
+            ]);
+        }
+        let indexes = raw
+            .texts(&format!(
+                "SELECT name, CAST(\"unique\" AS TEXT) FROM pragma_index_list('{table}')"
+            ))
+            .await;
+        for i in indexes {
+            let columns: Vec<String> = raw
+                .texts(&format!("SELECT name FROM pragma_index_info('{}')", i[0]))
+                .await
+                .into_iter()
+                .map(|r| r[0].clone())
+                .collect();
+            rows.push(vec![
+                table.clone(),
+                format!("index {} unique={} ({})", i[0], i[1], columns.join(",")),
+            ]);
+        }
     }
+    rows
 }
 
-#[tokio::test]
-async fn opens_an_upstream_database_unchanged_and_reads_every_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("datastore.sqlite3");
-    build_upstream_db(&path, 23).await;
-    let before = snapshot(&path).await;
+/// Everything that identifies the database's schema and contents.
+async fn snapshot(db: &TestDb) -> Vec<String> {
+    let mut out: Vec<String> = schema_shape(db)
+        .await
+        .into_iter()
+        .map(|(table, columns)| format!("{table}: {}", columns.join("; ")))
+        .collect();
+    let raw = db.raw().await;
+    for table in ID_TABLES {
+        let sql = format!(
+            "SELECT {}, {} FROM {table}",
+            text(db.engine, "COUNT(*)"),
+            text(db.engine, "MAX(updated_at)")
+        );
+        let row = raw.texts(&sql).await.remove(0);
+        out.push(format!("{table}: {} rows, last update {}", row[0], row[1]));
+    }
+    let sql = format!(
+        "SELECT {}, {}, code_version, {} FROM migrations",
+        text(db.engine, "id"),
+        text(db.engine, "version"),
+        text(db.engine, "updated_at")
+    );
+    for row in raw.texts(&sql).await {
+        out.push(format!("migration {}", row.join(" ")));
+    }
+    raw.close().await;
+    out
+}
 
-    let ds = SqlDataStore::open(&config(&path)).await.unwrap();
-    assert!(!ds.created_schema());
-
+async fn assert_reads_upstream_rows(ds: &SqlDataStore) {
     // Bundles: protobuf blob decoded, trust domain as a bare name.
     let b = ds.fetch_bundle("example.org").await.unwrap().unwrap();
     assert_eq!(b.trust_domain, "example.org");
@@ -391,17 +429,25 @@ async fn opens_an_upstream_database_unchanged_and_reads_every_row() {
         other => panic!("unexpected profile {other:?}"),
     }
     assert_eq!(fr.trust_domain_bundle.unwrap().trust_domain, "fed.org");
+}
 
+async fn opens_an_upstream_database_unchanged_and_reads_every_row(db: &TestDb) {
+    build_upstream_db(db, 23).await;
+    let before = snapshot(db).await;
+
+    let ds = db.open().await;
+    assert!(!ds.created_schema());
+    assert_reads_upstream_rows(&ds).await;
     ds.close().await;
     drop(ds);
     assert_eq!(
-        snapshot(&path).await,
+        snapshot(db).await,
         before,
         "opening and reading changed nothing"
     );
 
     // Writes land in upstream's columns, readable by upstream's model.
-    let ds = SqlDataStore::open(&config(&path)).await.unwrap();
+    let ds = db.open().await;
     let mut new = RegistrationEntry {
         spiffe_id: "spiffe://example.org/new".into(),
         parent_id: "spiffe://example.org/spire/agent/x509pop/abc".into(),
@@ -414,54 +460,76 @@ async fn opens_an_upstream_database_unchanged_and_reads_every_row() {
     new.federates_with = vec!["spiffe://fed.org".into()];
     let created = ds.create_registration_entry(new).await.unwrap();
     ds.close().await;
-    let pool = raw_pool(&path).await;
-    let row = sqlx::query(
-        "SELECT e.ttl, e.jwt_svid_ttl, e.hint, e.revision_number, b.trust_domain, \
-         strftime('%s', e.created_at) IS NOT NULL FROM registered_entries e \
-         JOIN federated_registration_entries f ON f.registered_entry_id = e.id \
-         JOIN bundles b ON b.id = f.bundle_id WHERE e.entry_id = ?",
-    )
-    .bind(&created.entry_id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let (ttl, jwt, hint, rev, td, time_ok): (i64, i64, String, i64, String, bool) = (
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
+    let raw = db.raw().await;
+    // created_at must be a time upstream's driver reads back as now: SQLite text Go can parse,
+    // PostgreSQL timestamptz, MySQL DATETIME in UTC.
+    let fresh = match db.engine {
+        Engine::Sqlite => "abs(strftime('%s', e.created_at) - strftime('%s', 'now')) < 120",
+        Engine::Postgres => "abs(extract(epoch FROM now() - e.created_at)) < 120",
+        Engine::Mysql => "abs(timestampdiff(SECOND, e.created_at, utc_timestamp())) < 120",
+    };
+    let row = raw
+        .texts(&format!(
+            "SELECT {}, {}, e.hint, {}, b.trust_domain, {} FROM registered_entries e \
+             JOIN federated_registration_entries f ON f.registered_entry_id = e.id \
+             JOIN bundles b ON b.id = f.bundle_id WHERE e.entry_id = '{}'",
+            text(db.engine, "e.ttl"),
+            text(db.engine, "e.jwt_svid_ttl"),
+            text(db.engine, "e.revision_number"),
+            text(
+                db.engine,
+                &format!("CASE WHEN {fresh} THEN 'fresh' ELSE 'stale' END")
+            ),
+            created.entry_id
+        ))
+        .await;
+    assert_eq!(
+        row,
+        vec![vec![
+            "120".to_owned(),
+            "60".to_owned(),
+            "h".to_owned(),
+            "0".to_owned(),
+            "spiffe://fed.org".to_owned(),
+            "fresh".to_owned(),
+        ]],
+        "created_at is the current time, as upstream's driver writes and reads it"
     );
-    assert_eq!((ttl, jwt, hint.as_str(), rev), (120, 60, "h", 0));
-    assert_eq!(td, "spiffe://fed.org");
-    assert!(
-        time_ok,
-        "created_at is a datetime SQLite (and Go) can parse"
-    );
-    let events: i64 =
-        sqlx::query("SELECT COUNT(*) FROM registered_entries_events WHERE entry_id = ?")
-            .bind(&created.entry_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get(0);
-    assert_eq!(events, 1);
-    pool.close().await;
+    let events = raw
+        .text(&format!(
+            "SELECT {} FROM registered_entries_events WHERE entry_id = '{}'",
+            text(db.engine, "COUNT(*)"),
+            created.entry_id
+        ))
+        .await;
+    assert_eq!(events, "1");
+    raw.close().await;
 }
 
-#[tokio::test]
-async fn a_database_we_create_has_upstreams_exact_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = dir.path().join("upstream.sqlite3");
-    build_upstream_db(&upstream, 23).await;
-    let ours = dir.path().join("ours.sqlite3");
-    let ds = SqlDataStore::open(&config(&ours)).await.unwrap();
+async fn a_database_we_create_has_upstreams_exact_schema(db: &TestDb) {
+    let ds = db.open().await;
     assert!(ds.created_schema());
     ds.close().await;
+    let mine = schema_shape(db).await;
 
+    let raw = db.raw().await;
+    let sql = format!(
+        "SELECT {}, code_version FROM migrations",
+        text(db.engine, "version")
+    );
+    assert_eq!(
+        raw.texts(&sql).await,
+        vec![vec!["23".to_owned(), "1.14.0".to_owned()]]
+    );
+    raw.close().await;
+
+    let upstream = TestDb::create(db.engine, "upstream_reference")
+        .await
+        .unwrap();
+    build_upstream_db(&upstream, 23).await;
     let theirs = schema_shape(&upstream).await;
-    let mine = schema_shape(&ours).await;
+    upstream.remove().await;
+
     assert_eq!(
         theirs.keys().collect::<Vec<_>>(),
         mine.keys().collect::<Vec<_>>(),
@@ -470,29 +538,24 @@ async fn a_database_we_create_has_upstreams_exact_schema() {
     for (table, columns) in &theirs {
         assert_eq!(Some(columns), mine.get(table), "table {table}");
     }
-
-    let pool = raw_pool(&ours).await;
-    let row = sqlx::query("SELECT version, code_version FROM migrations")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let (version, code): (i64, String) = (row.get(0), row.get(1));
-    assert_eq!(version, 23);
-    assert_eq!(code, "1.14.0");
-    pool.close().await;
 }
 
-#[tokio::test]
-async fn other_schema_versions_are_refused_with_both_versions_named() {
+async fn other_schema_versions_are_refused_with_both_versions_named(db: &TestDb) {
     for (version, words) in [(24, "newer"), (21, "upgrade the database")] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ds.sqlite3");
-        build_upstream_db(&path, version).await;
-        let before = snapshot(&path).await;
-        let err = SqlDataStore::open(&config(&path))
-            .await
-            .unwrap_err()
-            .to_string();
+        let raw = db.raw().await;
+        let sql: String = ID_TABLES
+            .iter()
+            .chain(["federated_registration_entries"].iter())
+            .map(|t| format!("DROP TABLE IF EXISTS {t};\n"))
+            .collect();
+        raw.execute_script(&sql).await;
+        raw.close().await;
+        build_upstream_db(db, version).await;
+        let before = snapshot(db).await;
+        let err = match SqlDataStore::open(&db.config()).await {
+            Ok(_) => panic!("schema version {version} was accepted"),
+            Err(e) => e.to_string(),
+        };
         assert!(err.contains(&format!("schema version {version}")), "{err}");
         assert!(err.contains("23"), "{err}");
         assert!(
@@ -501,9 +564,15 @@ async fn other_schema_versions_are_refused_with_both_versions_named() {
         );
         assert!(err.contains(words), "{err}");
         assert_eq!(
-            snapshot(&path).await,
+            snapshot(db).await,
             before,
             "a refused database is left alone"
         );
     }
 }
+
+on_every_engine!(
+    opens_an_upstream_database_unchanged_and_reads_every_row,
+    a_database_we_create_has_upstreams_exact_schema,
+    other_schema_versions_are_refused_with_both_versions_named,
+);

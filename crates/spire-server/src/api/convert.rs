@@ -129,6 +129,7 @@ pub fn datastore_code(err: &DataStoreError) -> Code {
         DataStoreError::NotFound(_) => Code::NotFound,
         DataStoreError::AlreadyExists(_) => Code::AlreadyExists,
         DataStoreError::InvalidArgument(_) => Code::InvalidArgument,
+        DataStoreError::Unavailable(_) => Code::Unavailable,
         _ => Code::Internal,
     }
 }

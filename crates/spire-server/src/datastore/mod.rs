@@ -28,6 +28,10 @@ pub enum DataStoreError {
     /// The stored data cannot be decoded or the database failed (gRPC Internal).
     #[error("datastore error: {0}")]
     Internal(String),
+    /// The database cannot be reached (gRPC Unavailable: callers retry, and the store
+    /// recovers by itself when the database is back).
+    #[error("datastore unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Shorthand for datastore results.

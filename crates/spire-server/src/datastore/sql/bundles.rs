@@ -5,9 +5,9 @@ use prost::Message;
 use spire_proto::spire::api::types;
 use spire_proto::spire::api::types::federation_relationship::BundleEndpointProfile;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::any::AnyRow;
 
-use super::dialect::{Arg, bind_all, db_err, is_unique_violation, now};
+use super::dialect::{Arg, Db, db_err, is_unique_violation, now};
 use super::entries;
 use super::proto::{self, bundle_to_stored, decode_bundle, stored_to_bundle, trust_domain_id};
 use super::query::{Page, Where};
@@ -15,13 +15,35 @@ use crate::datastore::{BundleMask, DataStoreError, DeleteBundleMode, Pagination,
 
 /// Fetches a stored bundle and its row ID by trust domain (name or ID).
 pub(crate) async fn fetch_row(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     trust_domain: &str,
 ) -> Result<Option<(i64, proto::Bundle)>> {
+    fetch_row_with(conn, trust_domain, false).await
+}
+
+/// Like [`fetch_row`], locking the row until the transaction ends (read-modify-write: two
+/// servers appending authorities at once must not lose one).
+async fn fetch_row_locked(
+    conn: &mut Db<'_>,
+    trust_domain: &str,
+) -> Result<Option<(i64, proto::Bundle)>> {
+    fetch_row_with(conn, trust_domain, true).await
+}
+
+async fn fetch_row_with(
+    conn: &mut Db<'_>,
+    trust_domain: &str,
+    lock: bool,
+) -> Result<Option<(i64, proto::Bundle)>> {
     let td_id = trust_domain_id(trust_domain)?;
-    let row = sqlx::query("SELECT id, data FROM bundles WHERE trust_domain = ?")
-        .bind(td_id)
-        .fetch_optional(&mut *conn)
+    let lock = if lock {
+        conn.dialect().for_update()
+    } else {
+        ""
+    };
+    let sql = format!("SELECT id, data FROM bundles WHERE trust_domain = ?{lock}");
+    let row = conn
+        .fetch_optional(&sql, &[Arg::Text(td_id)])
         .await
         .map_err(db_err("reading a bundle"))?;
     let Some(row) = row else {
@@ -32,12 +54,10 @@ pub(crate) async fn fetch_row(
     Ok(Some((id, decode_bundle(&data.unwrap_or_default())?)))
 }
 
-async fn insert(conn: &mut SqliteConnection, stored: &proto::Bundle) -> Result<()> {
+async fn insert(conn: &mut Db<'_>, stored: &proto::Bundle) -> Result<()> {
     let t = now();
-    bind_all(
-        sqlx::query(
-            "INSERT INTO bundles (created_at, updated_at, trust_domain, data) VALUES (?, ?, ?, ?)",
-        ),
+    conn.execute(
+        "INSERT INTO bundles (created_at, updated_at, trust_domain, data) VALUES (?, ?, ?, ?)",
         &[
             Arg::Time(t),
             Arg::Time(t),
@@ -45,38 +65,33 @@ async fn insert(conn: &mut SqliteConnection, stored: &proto::Bundle) -> Result<(
             Arg::Blob(stored.encode_to_vec()),
         ],
     )
-    .execute(&mut *conn)
     .await
     .map_err(|e| {
         if is_unique_violation(&e) {
             DataStoreError::AlreadyExists(format!("bundle for {:?}", stored.trust_domain_id))
         } else {
-            DataStoreError::Internal(format!("storing a bundle: {e}"))
+            db_err("storing a bundle")(e)
         }
     })?;
     Ok(())
 }
 
-async fn write(conn: &mut SqliteConnection, row_id: i64, stored: &proto::Bundle) -> Result<()> {
-    bind_all(
-        sqlx::query("UPDATE bundles SET updated_at = ?, data = ? WHERE id = ?"),
+async fn write(conn: &mut Db<'_>, row_id: i64, stored: &proto::Bundle) -> Result<()> {
+    conn.execute(
+        "UPDATE bundles SET updated_at = ?, data = ? WHERE id = ?",
         &[
             Arg::Time(now()),
             Arg::Blob(stored.encode_to_vec()),
             Arg::Int(row_id),
         ],
     )
-    .execute(&mut *conn)
     .await
     .map_err(db_err("updating a bundle"))?;
     Ok(())
 }
 
 /// Stores a new bundle.
-pub(crate) async fn create(
-    conn: &mut SqliteConnection,
-    bundle: &types::Bundle,
-) -> Result<types::Bundle> {
+pub(crate) async fn create(conn: &mut Db<'_>, bundle: &types::Bundle) -> Result<types::Bundle> {
     let stored = bundle_to_stored(bundle)?;
     insert(conn, &stored).await?;
     Ok(stored_to_bundle(stored))
@@ -84,12 +99,12 @@ pub(crate) async fn create(
 
 /// Replaces the masked parts of an existing bundle.
 pub(crate) async fn update(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     bundle: &types::Bundle,
     mask: BundleMask,
 ) -> Result<types::Bundle> {
     let new = bundle_to_stored(bundle)?;
-    let Some((row_id, mut stored)) = fetch_row(conn, &bundle.trust_domain).await? else {
+    let Some((row_id, mut stored)) = fetch_row_locked(conn, &bundle.trust_domain).await? else {
         return Err(DataStoreError::NotFound(format!(
             "bundle for {:?}",
             new.trust_domain_id
@@ -112,12 +127,9 @@ pub(crate) async fn update(
 }
 
 /// Creates or fully replaces a bundle.
-pub(crate) async fn set(
-    conn: &mut SqliteConnection,
-    bundle: &types::Bundle,
-) -> Result<types::Bundle> {
+pub(crate) async fn set(conn: &mut Db<'_>, bundle: &types::Bundle) -> Result<types::Bundle> {
     let new = bundle_to_stored(bundle)?;
-    match fetch_row(conn, &bundle.trust_domain).await? {
+    match fetch_row_locked(conn, &bundle.trust_domain).await? {
         Some((row_id, _)) => write(conn, row_id, &new).await?,
         None => insert(conn, &new).await?,
     }
@@ -125,12 +137,9 @@ pub(crate) async fn set(
 }
 
 /// Adds missing authorities, bumping the sequence number when anything was added.
-pub(crate) async fn append(
-    conn: &mut SqliteConnection,
-    bundle: &types::Bundle,
-) -> Result<types::Bundle> {
+pub(crate) async fn append(conn: &mut Db<'_>, bundle: &types::Bundle) -> Result<types::Bundle> {
     let new = bundle_to_stored(bundle)?;
-    let Some((row_id, mut stored)) = fetch_row(conn, &bundle.trust_domain).await? else {
+    let Some((row_id, mut stored)) = fetch_row_locked(conn, &bundle.trust_domain).await? else {
         insert(conn, &new).await?;
         return Ok(stored_to_bundle(new));
     };
@@ -160,12 +169,12 @@ pub(crate) async fn append(
 
 /// Deletes a bundle, treating federated entries as `mode` says.
 pub(crate) async fn delete(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     trust_domain: &str,
     mode: DeleteBundleMode,
 ) -> Result<()> {
     let td_id = trust_domain_id(trust_domain)?;
-    let Some((row_id, _)) = fetch_row(conn, trust_domain).await? else {
+    let Some((row_id, _)) = fetch_row_locked(conn, trust_domain).await? else {
         return Err(DataStoreError::NotFound(format!("bundle for {td_id:?}")));
     };
     let federated = entries::federated_with_bundle(conn, row_id).await?;
@@ -189,14 +198,13 @@ pub(crate) async fn delete(
             }
         }
     }
-    sqlx::query("DELETE FROM federated_registration_entries WHERE bundle_id = ?")
-        .bind(row_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err("removing bundle federation"))?;
-    sqlx::query("DELETE FROM bundles WHERE id = ?")
-        .bind(row_id)
-        .execute(&mut *conn)
+    conn.execute(
+        "DELETE FROM federated_registration_entries WHERE bundle_id = ?",
+        &[Arg::Int(row_id)],
+    )
+    .await
+    .map_err(db_err("removing bundle federation"))?;
+    conn.execute("DELETE FROM bundles WHERE id = ?", &[Arg::Int(row_id)])
         .await
         .map_err(db_err("deleting a bundle"))?;
     Ok(())
@@ -204,7 +212,7 @@ pub(crate) async fn delete(
 
 /// Lists bundles in creation (row) order.
 pub(crate) async fn list(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     pagination: Option<&Pagination>,
 ) -> Result<(Vec<types::Bundle>, String)> {
     let page = Page::from_request(pagination)?;
@@ -216,8 +224,8 @@ pub(crate) async fn list(
         w.render(),
         page.order_limit("id", &mut args)
     );
-    let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-        .fetch_all(&mut *conn)
+    let rows = conn
+        .fetch_all(&sql, &args)
         .await
         .map_err(db_err("listing bundles"))?;
     let mut out = Vec::with_capacity(rows.len());
@@ -233,9 +241,9 @@ pub(crate) async fn list(
 }
 
 /// Counts bundles.
-pub(crate) async fn count(conn: &mut SqliteConnection) -> Result<u64> {
-    let row = sqlx::query("SELECT COUNT(*) FROM bundles")
-        .fetch_one(&mut *conn)
+pub(crate) async fn count(conn: &mut Db<'_>) -> Result<u64> {
+    let row = conn
+        .fetch_one("SELECT COUNT(*) FROM bundles", &[])
         .await
         .map_err(db_err("counting bundles"))?;
     let n: i64 = row.try_get(0).map_err(db_err("counting bundles"))?;
@@ -259,11 +267,11 @@ fn cert_skid(der: &[u8]) -> Result<String> {
 
 /// Removes expired authorities, never every X.509 one; returns whether anything changed.
 pub(crate) async fn prune(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     trust_domain: &str,
     expires_before: i64,
 ) -> Result<bool> {
-    let Some((row_id, mut stored)) = fetch_row(conn, trust_domain).await? else {
+    let Some((row_id, mut stored)) = fetch_row_locked(conn, trust_domain).await? else {
         return Err(DataStoreError::NotFound(format!(
             "bundle for {trust_domain:?}"
         )));
@@ -294,20 +302,16 @@ pub(crate) async fn prune(
 }
 
 async fn fetch_for_key_change(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     trust_domain: &str,
 ) -> Result<(i64, proto::Bundle)> {
-    fetch_row(conn, trust_domain)
+    fetch_row_locked(conn, trust_domain)
         .await?
         .ok_or_else(|| DataStoreError::NotFound(format!("bundle for {trust_domain:?}")))
 }
 
 /// Marks the X.509 authority with this subject key ID tainted.
-pub(crate) async fn taint_x509(
-    conn: &mut SqliteConnection,
-    trust_domain: &str,
-    skid: &str,
-) -> Result<()> {
+pub(crate) async fn taint_x509(conn: &mut Db<'_>, trust_domain: &str, skid: &str) -> Result<()> {
     let (row_id, mut stored) = fetch_for_key_change(conn, trust_domain).await?;
     let mut found = false;
     for ca in &mut stored.root_cas {
@@ -332,11 +336,7 @@ pub(crate) async fn taint_x509(
 }
 
 /// Removes the tainted X.509 authority with this subject key ID.
-pub(crate) async fn revoke_x509(
-    conn: &mut SqliteConnection,
-    trust_domain: &str,
-    skid: &str,
-) -> Result<()> {
+pub(crate) async fn revoke_x509(conn: &mut Db<'_>, trust_domain: &str, skid: &str) -> Result<()> {
     let (row_id, mut stored) = fetch_for_key_change(conn, trust_domain).await?;
     let mut found = false;
     let mut keep = Vec::with_capacity(stored.root_cas.len());
@@ -363,11 +363,7 @@ pub(crate) async fn revoke_x509(
 }
 
 /// Marks the JWT authority with this key ID tainted; returns its public key.
-pub(crate) async fn taint_jwt(
-    conn: &mut SqliteConnection,
-    trust_domain: &str,
-    kid: &str,
-) -> Result<Vec<u8>> {
+pub(crate) async fn taint_jwt(conn: &mut Db<'_>, trust_domain: &str, kid: &str) -> Result<Vec<u8>> {
     let (row_id, mut stored) = fetch_for_key_change(conn, trust_domain).await?;
     let Some(key) = stored.jwt_signing_keys.iter_mut().find(|k| k.kid == kid) else {
         return Err(DataStoreError::NotFound(format!(
@@ -388,7 +384,7 @@ pub(crate) async fn taint_jwt(
 
 /// Removes the tainted JWT authority with this key ID; returns its public key.
 pub(crate) async fn revoke_jwt(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     trust_domain: &str,
     kid: &str,
 ) -> Result<Vec<u8>> {
@@ -445,7 +441,7 @@ fn validate_relationship(fr: &types::FederationRelationship) -> Result<String> {
 }
 
 async fn store_relationship_bundle(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     name: &str,
     fr: &types::FederationRelationship,
 ) -> Result<()> {
@@ -459,8 +455,8 @@ async fn store_relationship_bundle(
     Ok(())
 }
 
-fn row_to_relationship(row: &SqliteRow) -> Result<types::FederationRelationship> {
-    let get = |row: &SqliteRow| -> std::result::Result<_, sqlx::Error> {
+fn row_to_relationship(row: &AnyRow) -> Result<types::FederationRelationship> {
+    let get = |row: &AnyRow| -> std::result::Result<_, sqlx::Error> {
         Ok((
             row.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
             row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
@@ -491,7 +487,7 @@ fn row_to_relationship(row: &SqliteRow) -> Result<types::FederationRelationship>
 }
 
 async fn attach_bundle(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     mut fr: types::FederationRelationship,
 ) -> Result<types::FederationRelationship> {
     fr.trust_domain_bundle = fetch_row(conn, &fr.trust_domain)
@@ -502,18 +498,16 @@ async fn attach_bundle(
 
 /// Stores a new relationship (and its bundle, when given).
 pub(crate) async fn create_relationship(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     fr: types::FederationRelationship,
 ) -> Result<types::FederationRelationship> {
     let name = validate_relationship(&fr)?;
     let (profile, endpoint_id) = profile_columns(&fr)?;
     let t = now();
-    bind_all(
-        sqlx::query(
-            "INSERT INTO federated_trust_domains (created_at, updated_at, trust_domain, \
+    conn.execute(
+        "INSERT INTO federated_trust_domains (created_at, updated_at, trust_domain, \
              bundle_endpoint_url, bundle_endpoint_profile, endpoint_spiffe_id, implicit) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ),
         &[
             Arg::Time(t),
             Arg::Time(t),
@@ -524,13 +518,12 @@ pub(crate) async fn create_relationship(
             Arg::Bool(false),
         ],
     )
-    .execute(&mut *conn)
     .await
     .map_err(|e| {
         if is_unique_violation(&e) {
             DataStoreError::AlreadyExists(format!("federation relationship with {name:?}"))
         } else {
-            DataStoreError::Internal(format!("storing a federation relationship: {e}"))
+            db_err("storing a federation relationship")(e)
         }
     })?;
     store_relationship_bundle(conn, &name, &fr).await?;
@@ -544,18 +537,18 @@ pub(crate) async fn create_relationship(
 
 /// Fetches a relationship with its bundle (if any).
 pub(crate) async fn fetch_relationship(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     trust_domain: &str,
 ) -> Result<Option<types::FederationRelationship>> {
     let name = proto::trust_domain_name(trust_domain)?;
-    let row = sqlx::query(
-        "SELECT trust_domain, bundle_endpoint_url, bundle_endpoint_profile, endpoint_spiffe_id \
-         FROM federated_trust_domains WHERE trust_domain = ?",
-    )
-    .bind(name)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err("reading a federation relationship"))?;
+    let row = conn
+        .fetch_optional(
+            "SELECT trust_domain, bundle_endpoint_url, bundle_endpoint_profile, \
+             endpoint_spiffe_id FROM federated_trust_domains WHERE trust_domain = ?",
+            &[Arg::Text(name)],
+        )
+        .await
+        .map_err(db_err("reading a federation relationship"))?;
     match row {
         Some(row) => Ok(Some(attach_bundle(conn, row_to_relationship(&row)?).await?)),
         None => Ok(None),
@@ -564,7 +557,7 @@ pub(crate) async fn fetch_relationship(
 
 /// Lists relationships in creation order, each with its bundle.
 pub(crate) async fn list_relationships(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     pagination: Option<&Pagination>,
 ) -> Result<(Vec<types::FederationRelationship>, String)> {
     let page = Page::from_request(pagination)?;
@@ -577,8 +570,8 @@ pub(crate) async fn list_relationships(
         w.render(),
         page.order_limit("id", &mut args)
     );
-    let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-        .fetch_all(&mut *conn)
+    let rows = conn
+        .fetch_all(&sql, &args)
         .await
         .map_err(db_err("listing federation relationships"))?;
     let mut out = Vec::with_capacity(rows.len());
@@ -597,27 +590,25 @@ pub(crate) async fn list_relationships(
 
 /// Replaces a relationship (and sets its bundle, when given).
 pub(crate) async fn update_relationship(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     fr: types::FederationRelationship,
 ) -> Result<types::FederationRelationship> {
     let name = validate_relationship(&fr)?;
     let (profile, endpoint_id) = profile_columns(&fr)?;
-    let result = bind_all(
-        sqlx::query(
+    let result = conn
+        .execute(
             "UPDATE federated_trust_domains SET updated_at = ?, bundle_endpoint_url = ?, \
              bundle_endpoint_profile = ?, endpoint_spiffe_id = ? WHERE trust_domain = ?",
-        ),
-        &[
-            Arg::Time(now()),
-            Arg::Text(fr.bundle_endpoint_url.clone()),
-            Arg::Text(profile.to_owned()),
-            Arg::Text(endpoint_id),
-            Arg::Text(name.clone()),
-        ],
-    )
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err("updating a federation relationship"))?;
+            &[
+                Arg::Time(now()),
+                Arg::Text(fr.bundle_endpoint_url.clone()),
+                Arg::Text(profile.to_owned()),
+                Arg::Text(endpoint_id),
+                Arg::Text(name.clone()),
+            ],
+        )
+        .await
+        .map_err(db_err("updating a federation relationship"))?;
     if result.rows_affected() == 0 {
         return Err(DataStoreError::NotFound(format!(
             "federation relationship with {name:?}"
@@ -633,14 +624,13 @@ pub(crate) async fn update_relationship(
 }
 
 /// Deletes a relationship (its bundle stays).
-pub(crate) async fn delete_relationship(
-    conn: &mut SqliteConnection,
-    trust_domain: &str,
-) -> Result<()> {
+pub(crate) async fn delete_relationship(conn: &mut Db<'_>, trust_domain: &str) -> Result<()> {
     let name = proto::trust_domain_name(trust_domain)?;
-    let result = sqlx::query("DELETE FROM federated_trust_domains WHERE trust_domain = ?")
-        .bind(name.clone())
-        .execute(&mut *conn)
+    let result = conn
+        .execute(
+            "DELETE FROM federated_trust_domains WHERE trust_domain = ?",
+            &[Arg::Text(name.clone())],
+        )
         .await
         .map_err(db_err("deleting a federation relationship"))?;
     if result.rows_affected() == 0 {

@@ -5,9 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use spire_core::selector::Selector;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::any::AnyRow;
 
-use super::dialect::{Arg, bind_all, db_err, epoch, is_unique_violation, now, placeholders};
+use super::dialect::{Arg, Db, Dialect, db_err, get_bool, is_unique_violation, now, placeholders};
 use super::proto::trust_domain_id;
 use super::query::{
     IdLookup, Page, Related, Where, plan_id_lookups, push_federates_match, push_selector_match,
@@ -16,28 +16,32 @@ use crate::datastore::{
     ChangeEvent, DataStoreError, EntryMask, ListEntriesRequest, RegistrationEntry, Result,
 };
 
-fn entry_columns() -> String {
+fn entry_columns(d: Dialect) -> String {
     format!(
-        "e.id, e.entry_id, e.spiffe_id, e.parent_id, e.ttl, e.admin, e.downstream, e.expiry, \
-         e.revision_number, e.store_svid, e.hint, e.jwt_svid_ttl, {} AS created_unix",
-        epoch("e.created_at")
+        "e.id, e.entry_id, e.spiffe_id, e.parent_id, e.ttl, {} AS admin, {} AS downstream, \
+         e.expiry, e.revision_number, {} AS store_svid, e.hint, e.jwt_svid_ttl, \
+         {} AS created_unix",
+        d.bool_col("e.admin"),
+        d.bool_col("e.downstream"),
+        d.bool_col("e.store_svid"),
+        d.epoch("e.created_at")
     )
 }
 
-fn row_to_entry(row: &SqliteRow) -> Result<(i64, RegistrationEntry)> {
+fn row_to_entry(row: &AnyRow) -> Result<(i64, RegistrationEntry)> {
     let read = db_err("reading a registration entry");
-    let get = |row: &SqliteRow| -> std::result::Result<_, sqlx::Error> {
+    let get = |row: &AnyRow| -> std::result::Result<_, sqlx::Error> {
         let id: i64 = row.try_get(0)?;
         let entry = RegistrationEntry {
             entry_id: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
             spiffe_id: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
             parent_id: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
             x509_svid_ttl: row.try_get::<Option<i32>, _>(4)?.unwrap_or_default(),
-            admin: row.try_get::<Option<bool>, _>(5)?.unwrap_or_default(),
-            downstream: row.try_get::<Option<bool>, _>(6)?.unwrap_or_default(),
+            admin: get_bool(row, 5)?,
+            downstream: get_bool(row, 6)?,
             entry_expiry: row.try_get::<Option<i64>, _>(7)?.unwrap_or_default(),
             revision_number: row.try_get::<Option<i64>, _>(8)?.unwrap_or_default(),
-            store_svid: row.try_get::<Option<bool>, _>(9)?.unwrap_or_default(),
+            store_svid: get_bool(row, 9)?,
             hint: row.try_get::<Option<String>, _>(10)?.unwrap_or_default(),
             jwt_svid_ttl: row.try_get::<Option<i32>, _>(11)?.unwrap_or_default(),
             created_at: row.try_get::<Option<i64>, _>(12)?.unwrap_or_default(),
@@ -120,23 +124,20 @@ fn normalize_federates(values: &[String]) -> Result<Vec<String>> {
 }
 
 /// Records that an entry changed, in the caller's transaction.
-pub(crate) async fn insert_event(conn: &mut SqliteConnection, entry_id: &str) -> Result<()> {
+pub(crate) async fn insert_event(conn: &mut Db<'_>, entry_id: &str) -> Result<()> {
     let t = now();
-    bind_all(
-        sqlx::query(
-            "INSERT INTO registered_entries_events (created_at, updated_at, entry_id) \
+    conn.execute(
+        "INSERT INTO registered_entries_events (created_at, updated_at, entry_id) \
              VALUES (?, ?, ?)",
-        ),
         &[Arg::Time(t), Arg::Time(t), Arg::Text(entry_id.to_owned())],
     )
-    .execute(&mut *conn)
     .await
     .map_err(db_err("recording an entry event"))?;
     Ok(())
 }
 
 /// Records change events for many entries with multi-row inserts.
-pub(crate) async fn insert_events(conn: &mut SqliteConnection, entry_ids: &[String]) -> Result<()> {
+pub(crate) async fn insert_events(conn: &mut Db<'_>, entry_ids: &[String]) -> Result<()> {
     let t = now();
     let rows: Vec<[Arg; 3]> = entry_ids
         .iter()
@@ -154,7 +155,7 @@ pub(crate) async fn insert_events(conn: &mut SqliteConnection, entry_ids: &[Stri
 /// Row IDs of the bundles of these trust domain IDs; every one must exist. `cache` remembers
 /// lookups across the entries of one batch.
 pub(crate) async fn bundle_ids(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     tds: &[String],
     cache: &mut HashMap<String, i64>,
 ) -> Result<Vec<i64>> {
@@ -164,9 +165,11 @@ pub(crate) async fn bundle_ids(
             ids.push(*id);
             continue;
         }
-        let row = sqlx::query("SELECT id FROM bundles WHERE trust_domain = ?")
-            .bind(td.clone())
-            .fetch_optional(&mut *conn)
+        let row = conn
+            .fetch_optional(
+                "SELECT id FROM bundles WHERE trust_domain = ?",
+                &[Arg::Text(td.clone())],
+            )
             .await
             .map_err(db_err("looking up a federated bundle"))?;
         match row {
@@ -191,7 +194,7 @@ pub(crate) async fn bundle_ids(
 /// Inserts rows with multi-row `VALUES` lists (portable to PostgreSQL and MySQL), a few
 /// statements per entry instead of one per selector.
 pub(crate) async fn insert_rows<const N: usize>(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     insert: &str,
     rows: &[[Arg; N]],
 ) -> std::result::Result<(), sqlx::Error> {
@@ -205,9 +208,7 @@ pub(crate) async fn insert_rows<const N: usize>(
             vec![row_placeholders.as_str(); chunk.len()].join(", ")
         );
         let args: Vec<Arg> = chunk.iter().flatten().cloned().collect();
-        bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-            .execute(&mut *conn)
-            .await?;
+        conn.execute(&sql, &args).await?;
     }
     Ok(())
 }
@@ -259,7 +260,7 @@ impl ChildRows {
     }
 
     /// Writes everything added so far.
-    pub(crate) async fn flush(&mut self, conn: &mut SqliteConnection) -> Result<()> {
+    pub(crate) async fn flush(&mut self, conn: &mut Db<'_>) -> Result<()> {
         insert_rows(
             conn,
             "INSERT INTO selectors (created_at, updated_at, registered_entry_id, type, value)",
@@ -290,7 +291,7 @@ impl ChildRows {
 }
 
 async fn insert_children(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     row_id: i64,
     entry: &RegistrationEntry,
     bundle_rows: &[i64],
@@ -316,7 +317,7 @@ pub(crate) fn normalize(mut entry: RegistrationEntry) -> Result<RegistrationEntr
 
 /// Inserts a new entry with its children and event, in the caller's transaction.
 pub(crate) async fn create(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     entry: RegistrationEntry,
 ) -> Result<RegistrationEntry> {
     let entry = normalize(entry)?;
@@ -331,7 +332,7 @@ pub(crate) async fn create(
 /// Input errors (AlreadyExists for a taken entry ID) happen before anything is written; any
 /// later error is a database failure and the caller's transaction must be abandoned.
 pub(crate) async fn insert_normalized(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     entry: RegistrationEntry,
     bundle_rows: &[i64],
 ) -> Result<RegistrationEntry> {
@@ -341,47 +342,153 @@ pub(crate) async fn insert_normalized(
     Ok(entry)
 }
 
+const ENTRY_INSERT: &str = "INSERT INTO registered_entries (created_at, updated_at, entry_id, \
+                            spiffe_id, parent_id, ttl, admin, downstream, expiry, \
+                            revision_number, store_svid, hint, jwt_svid_ttl)";
+
+const ENTRY_INSERT_ONE: &str = "INSERT INTO registered_entries (created_at, updated_at, \
+                                entry_id, spiffe_id, parent_id, ttl, admin, downstream, expiry, \
+                                revision_number, store_svid, hint, jwt_svid_ttl) \
+                                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+fn entry_row_args(entry: &RegistrationEntry, t: time::OffsetDateTime) -> [Arg; 13] {
+    [
+        Arg::Time(t),
+        Arg::Time(t),
+        Arg::Text(entry.entry_id.clone()),
+        Arg::Text(entry.spiffe_id.clone()),
+        Arg::Text(entry.parent_id.clone()),
+        Arg::Int(i64::from(entry.x509_svid_ttl)),
+        Arg::Bool(entry.admin),
+        Arg::Bool(entry.downstream),
+        Arg::Int(entry.entry_expiry),
+        Arg::Int(0),
+        Arg::Bool(entry.store_svid),
+        Arg::Text(entry.hint.clone()),
+        Arg::Int(i64::from(entry.jwt_svid_ttl)),
+    ]
+}
+
+fn read_ids(rows: Vec<AnyRow>, ids: &mut HashMap<String, i64>) -> Result<()> {
+    for row in rows {
+        let id: i64 = row
+            .try_get(0)
+            .map_err(db_err("storing registration entries"))?;
+        let entry_id: Option<String> = row
+            .try_get(1)
+            .map_err(db_err("storing registration entries"))?;
+        ids.insert(entry_id.unwrap_or_default(), id);
+    }
+    Ok(())
+}
+
+/// Inserts the rows of many normalized entries (distinct entry IDs) with multi-row
+/// statements, a few round trips per hundred entries. Returns each entry's row ID in input
+/// order, `None` when its entry ID was taken (nothing of it written). Children are not
+/// written.
+pub(crate) async fn insert_entry_rows(
+    conn: &mut Db<'_>,
+    entries: &[RegistrationEntry],
+    t: time::OffsetDateTime,
+) -> Result<Vec<Option<i64>>> {
+    let mut ids: HashMap<String, i64> = HashMap::with_capacity(entries.len());
+    for chunk in entries.chunks(100) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let args: Vec<Arg> = chunk.iter().flat_map(|e| entry_row_args(e, t)).collect();
+        if conn.dialect() != Dialect::Mysql {
+            // Taken entry IDs are skipped, not errors: a failed statement would abort a
+            // PostgreSQL transaction, and the rest of the batch must go on.
+            let sql = format!(
+                "{ENTRY_INSERT} VALUES {values} ON CONFLICT (entry_id) DO NOTHING \
+                 RETURNING id, entry_id"
+            );
+            let rows = conn
+                .fetch_all(&sql, &args)
+                .await
+                .map_err(db_err("storing registration entries"))?;
+            read_ids(rows, &mut ids)?;
+            continue;
+        }
+        let sql = format!("{ENTRY_INSERT} VALUES {values}");
+        match conn.execute(&sql, &args).await {
+            Ok(_) => {}
+            // MySQL undoes the failed statement alone and keeps the transaction: insert one
+            // by one to tell the taken IDs apart.
+            Err(e) if is_unique_violation(&e) => {
+                for entry in chunk {
+                    match conn
+                        .insert(ENTRY_INSERT_ONE, &entry_row_args(entry, t))
+                        .await
+                    {
+                        Ok(id) => {
+                            ids.insert(entry.entry_id.clone(), id);
+                        }
+                        Err(e) if is_unique_violation(&e) => {}
+                        Err(e) => return Err(db_err("storing a registration entry")(e)),
+                    }
+                }
+                continue;
+            }
+            Err(e) => return Err(db_err("storing registration entries")(e)),
+        }
+        // Auto-increment values of one statement need not be consecutive (MySQL's default
+        // interleaved lock mode): read them back.
+        let sql = format!(
+            "SELECT id, entry_id FROM registered_entries WHERE entry_id IN ({})",
+            placeholders(chunk.len())
+        );
+        let args: Vec<Arg> = chunk
+            .iter()
+            .map(|e| Arg::Text(e.entry_id.clone()))
+            .collect();
+        let rows = conn
+            .fetch_all(&sql, &args)
+            .await
+            .map_err(db_err("storing registration entries"))?;
+        read_ids(rows, &mut ids)?;
+    }
+    Ok(entries
+        .iter()
+        .map(|e| ids.get(&e.entry_id).copied())
+        .collect())
+}
+
 /// Inserts the entry's own row and queues its children in `rows`; AlreadyExists (nothing
 /// written) when the entry ID is taken.
 pub(crate) async fn insert_entry_row(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     mut entry: RegistrationEntry,
     bundle_rows: &[i64],
     rows: &mut ChildRows,
 ) -> Result<RegistrationEntry> {
     let t = now();
-    let result = bind_all(
-        sqlx::query(
-            "INSERT INTO registered_entries (created_at, updated_at, entry_id, spiffe_id, \
-             parent_id, ttl, admin, downstream, expiry, revision_number, store_svid, hint, \
-             jwt_svid_ttl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        ),
-        &[
-            Arg::Time(t),
-            Arg::Time(t),
-            Arg::Text(entry.entry_id.clone()),
-            Arg::Text(entry.spiffe_id.clone()),
-            Arg::Text(entry.parent_id.clone()),
-            Arg::Int(i64::from(entry.x509_svid_ttl)),
-            Arg::Bool(entry.admin),
-            Arg::Bool(entry.downstream),
-            Arg::Int(entry.entry_expiry),
-            Arg::Int(0),
-            Arg::Bool(entry.store_svid),
-            Arg::Text(entry.hint.clone()),
-            Arg::Int(i64::from(entry.jwt_svid_ttl)),
-        ],
-    )
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            DataStoreError::AlreadyExists(format!("registration entry {:?}", entry.entry_id))
-        } else {
-            DataStoreError::Internal(format!("storing a registration entry: {e}"))
+    let insert = ENTRY_INSERT_ONE;
+    let args = entry_row_args(&entry, t);
+    let taken =
+        || DataStoreError::AlreadyExists(format!("registration entry {:?}", entry.entry_id));
+    let row_id = if conn.dialect() == Dialect::Postgres {
+        // A failed statement aborts a whole PostgreSQL transaction, and a batch goes on after
+        // a taken entry ID: skip the conflicting row instead of failing on it.
+        let sql = format!("{insert} ON CONFLICT (entry_id) DO NOTHING RETURNING id");
+        let row = conn
+            .fetch_optional(&sql, &args)
+            .await
+            .map_err(db_err("storing a registration entry"))?;
+        match row {
+            Some(row) => row
+                .try_get::<i64, _>(0)
+                .map_err(db_err("storing a registration entry"))?,
+            None => return Err(taken()),
         }
-    })?;
-    let row_id = result.last_insert_rowid();
+    } else {
+        conn.insert(insert, &args).await.map_err(|e| {
+            if is_unique_violation(&e) {
+                taken()
+            } else {
+                db_err("storing a registration entry")(e)
+            }
+        })?
+    };
     rows.add(row_id, &entry, bundle_rows, EntryMask::ALL);
     entry.revision_number = 0;
     entry.created_at = t.unix_timestamp();
@@ -390,7 +497,7 @@ pub(crate) async fn insert_entry_row(
 
 /// Finds an entry with the same SPIFFE ID, parent ID and selector set.
 pub(crate) async fn find_similar(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     entry: &RegistrationEntry,
 ) -> Result<Option<RegistrationEntry>> {
     let mut w = Where::default();
@@ -399,15 +506,13 @@ pub(crate) async fn find_similar(
     let wanted: BTreeSet<&Selector> = entry.selectors.iter().collect();
     // The common case is no candidate at all: check that with one indexed query before
     // loading candidates with their selectors.
-    let any = bind_all(
-        sqlx::query(
+    let any = conn
+        .fetch_optional(
             "SELECT id FROM registered_entries e WHERE e.spiffe_id = ? AND e.parent_id = ? LIMIT 1",
-        ),
-        &w.args,
-    )
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err("looking for a similar entry"))?;
+            &w.args,
+        )
+        .await
+        .map_err(db_err("looking for a similar entry"))?;
     if any.is_none() {
         return Ok(None);
     }
@@ -421,7 +526,7 @@ pub(crate) async fn find_similar(
 /// Existing entries sharing a (SPIFFE ID, parent ID) pair with any of `pairs`, for
 /// create-or-return over a batch with a few bulk queries.
 pub(crate) async fn similar_candidates(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     pairs: &BTreeSet<(String, String)>,
 ) -> Result<Vec<RegistrationEntry>> {
     let spiffe_ids: Vec<&String> = pairs
@@ -438,12 +543,12 @@ pub(crate) async fn similar_candidates(
             placeholders(chunk.len())
         );
         let args: Vec<Arg> = chunk.iter().map(|s| Arg::Text((*s).clone())).collect();
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-            .fetch_all(&mut *conn)
+        let rows = conn
+            .fetch_all(&sql, &args)
             .await
             .map_err(db_err("looking for similar entries"))?;
         for row in rows {
-            let get = |row: &SqliteRow| -> std::result::Result<_, sqlx::Error> {
+            let get = |row: &AnyRow| -> std::result::Result<_, sqlx::Error> {
                 Ok((
                     row.try_get::<i64, _>(0)?,
                     row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
@@ -483,7 +588,7 @@ struct Children {
     federates: HashMap<i64, Vec<String>>,
 }
 
-async fn load_children(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Children> {
+async fn load_children(conn: &mut Db<'_>, ids: &[i64]) -> Result<Children> {
     let mut children = Children::default();
     for lookup in plan_id_lookups(ids) {
         let (cond, args) = match lookup {
@@ -502,8 +607,8 @@ async fn load_children(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Child
             "SELECT registered_entry_id, type, value FROM selectors \
              WHERE registered_entry_id {cond} ORDER BY id"
         );
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-            .fetch_all(&mut *conn)
+        let rows = conn
+            .fetch_all(&sql, &args)
             .await
             .map_err(db_err("reading entry selectors"))?;
         for row in rows {
@@ -524,8 +629,8 @@ async fn load_children(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Child
             "SELECT registered_entry_id, value FROM dns_names \
              WHERE registered_entry_id {cond} ORDER BY id"
         );
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-            .fetch_all(&mut *conn)
+        let rows = conn
+            .fetch_all(&sql, &args)
             .await
             .map_err(db_err("reading entry DNS names"))?;
         for row in rows {
@@ -546,8 +651,8 @@ async fn load_children(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Child
              JOIN bundles b ON b.id = f.bundle_id WHERE f.registered_entry_id {cond} \
              ORDER BY b.trust_domain"
         );
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-            .fetch_all(&mut *conn)
+        let rows = conn
+            .fetch_all(&sql, &args)
             .await
             .map_err(db_err("reading entry federation"))?;
         for row in rows {
@@ -562,20 +667,16 @@ async fn load_children(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Child
 }
 
 /// Runs an entry query and fills in every entry's children with bulk queries.
-async fn select(
-    conn: &mut SqliteConnection,
-    w: &Where,
-    page: Page,
-) -> Result<Vec<(i64, RegistrationEntry)>> {
+async fn select(conn: &mut Db<'_>, w: &Where, page: Page) -> Result<Vec<(i64, RegistrationEntry)>> {
     let mut args = w.args.clone();
     let sql = format!(
         "SELECT {} FROM registered_entries e{}{}",
-        entry_columns(),
+        entry_columns(conn.dialect()),
         w.render(),
         page.order_limit("e.id", &mut args)
     );
-    let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-        .fetch_all(&mut *conn)
+    let rows = conn
+        .fetch_all(&sql, &args)
         .await
         .map_err(db_err("listing registration entries"))?;
     let mut entries = rows.iter().map(row_to_entry).collect::<Result<Vec<_>>>()?;
@@ -591,7 +692,7 @@ async fn select(
 
 /// Fetches one entry with its row ID.
 pub(crate) async fn fetch_row(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     entry_id: &str,
 ) -> Result<Option<(i64, RegistrationEntry)>> {
     let mut w = Where::default();
@@ -601,7 +702,7 @@ pub(crate) async fn fetch_row(
 
 /// Fetches entries by entry ID, in row order; missing ones are left out.
 pub(crate) async fn fetch_many(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     entry_ids: &[String],
 ) -> Result<Vec<RegistrationEntry>> {
     let mut out = Vec::with_capacity(entry_ids.len());
@@ -659,7 +760,7 @@ fn filters(request: &ListEntriesRequest) -> Result<Where> {
 
 /// Lists entries matching the request; returns the page and the next token.
 pub(crate) async fn list(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     request: &ListEntriesRequest,
 ) -> Result<(Vec<RegistrationEntry>, String)> {
     let mut w = filters(request)?;
@@ -671,14 +772,11 @@ pub(crate) async fn list(
 }
 
 /// Counts entries matching the request's filters.
-pub(crate) async fn count(
-    conn: &mut SqliteConnection,
-    request: &ListEntriesRequest,
-) -> Result<u64> {
+pub(crate) async fn count(conn: &mut Db<'_>, request: &ListEntriesRequest) -> Result<u64> {
     let w = filters(request)?;
     let sql = format!("SELECT COUNT(*) FROM registered_entries e{}", w.render());
-    let row = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &w.args)
-        .fetch_one(&mut *conn)
+    let row = conn
+        .fetch_one(&sql, &w.args)
         .await
         .map_err(db_err("counting registration entries"))?;
     let n: i64 = row
@@ -687,12 +785,28 @@ pub(crate) async fn count(
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
+/// Locks an entry's row until the transaction ends, so concurrent changes from several
+/// servers apply one after the other (SQLite's write transactions are exclusive already).
+async fn lock_row(conn: &mut Db<'_>, entry_id: &str) -> Result<()> {
+    if conn.dialect() == Dialect::Sqlite {
+        return Ok(());
+    }
+    conn.fetch_optional(
+        "SELECT id FROM registered_entries WHERE entry_id = ? FOR UPDATE",
+        &[Arg::Text(entry_id.to_owned())],
+    )
+    .await
+    .map_err(db_err("locking a registration entry"))?;
+    Ok(())
+}
+
 /// Updates the masked fields of an entry, bumping its revision, in the caller's transaction.
 pub(crate) async fn update(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     change: RegistrationEntry,
     mask: EntryMask,
 ) -> Result<RegistrationEntry> {
+    lock_row(conn, &change.entry_id).await?;
     let Some((row_id, mut entry)) = fetch_row(conn, &change.entry_id).await? else {
         return Err(DataStoreError::NotFound(format!(
             "registration entry {:?}",
@@ -738,12 +852,10 @@ pub(crate) async fn update(
     validate(&entry)?;
     entry.revision_number += 1;
 
-    bind_all(
-        sqlx::query(
-            "UPDATE registered_entries SET updated_at = ?, spiffe_id = ?, parent_id = ?, \
+    conn.execute(
+        "UPDATE registered_entries SET updated_at = ?, spiffe_id = ?, parent_id = ?, \
              ttl = ?, admin = ?, downstream = ?, expiry = ?, revision_number = ?, \
              store_svid = ?, hint = ?, jwt_svid_ttl = ? WHERE id = ?",
-        ),
         &[
             Arg::Time(now()),
             Arg::Text(entry.spiffe_id.clone()),
@@ -759,7 +871,6 @@ pub(crate) async fn update(
             Arg::Int(row_id),
         ],
     )
-    .execute(&mut *conn)
     .await
     .map_err(db_err("updating a registration entry"))?;
 
@@ -788,7 +899,7 @@ pub(crate) async fn update(
     Ok(entry)
 }
 
-async fn delete_children(conn: &mut SqliteConnection, row_id: i64, parts: EntryMask) -> Result<()> {
+async fn delete_children(conn: &mut Db<'_>, row_id: i64, parts: EntryMask) -> Result<()> {
     let statements: [(bool, &'static str); 3] = [
         (
             parts.selectors,
@@ -805,9 +916,7 @@ async fn delete_children(conn: &mut SqliteConnection, row_id: i64, parts: EntryM
     ];
     for (wanted, sql) in statements {
         if wanted {
-            sqlx::query(sql)
-                .bind(row_id)
-                .execute(&mut *conn)
+            conn.execute(sql, &[Arg::Int(row_id)])
                 .await
                 .map_err(db_err("removing entry details"))?;
         }
@@ -816,25 +925,20 @@ async fn delete_children(conn: &mut SqliteConnection, row_id: i64, parts: EntryM
 }
 
 /// Deletes an entry by row ID with its children and records the event.
-pub(crate) async fn delete_row(
-    conn: &mut SqliteConnection,
-    row_id: i64,
-    entry_id: &str,
-) -> Result<()> {
+pub(crate) async fn delete_row(conn: &mut Db<'_>, row_id: i64, entry_id: &str) -> Result<()> {
     delete_children(conn, row_id, EntryMask::ALL).await?;
-    sqlx::query("DELETE FROM registered_entries WHERE id = ?")
-        .bind(row_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err("deleting a registration entry"))?;
+    conn.execute(
+        "DELETE FROM registered_entries WHERE id = ?",
+        &[Arg::Int(row_id)],
+    )
+    .await
+    .map_err(db_err("deleting a registration entry"))?;
     insert_event(conn, entry_id).await
 }
 
 /// Deletes an entry and returns it, in the caller's transaction.
-pub(crate) async fn delete(
-    conn: &mut SqliteConnection,
-    entry_id: &str,
-) -> Result<RegistrationEntry> {
+pub(crate) async fn delete(conn: &mut Db<'_>, entry_id: &str) -> Result<RegistrationEntry> {
+    lock_row(conn, entry_id).await?;
     let Some((row_id, entry)) = fetch_row(conn, entry_id).await? else {
         return Err(DataStoreError::NotFound(format!(
             "registration entry {entry_id:?}"
@@ -845,13 +949,14 @@ pub(crate) async fn delete(
 }
 
 /// Deletes entries that expired before `expires_before`, in the caller's transaction.
-pub(crate) async fn prune(conn: &mut SqliteConnection, expires_before: i64) -> Result<()> {
-    let rows =
-        sqlx::query("SELECT id, entry_id FROM registered_entries WHERE expiry != 0 AND expiry < ?")
-            .bind(expires_before)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err("finding expired entries"))?;
+pub(crate) async fn prune(conn: &mut Db<'_>, expires_before: i64) -> Result<()> {
+    let rows = conn
+        .fetch_all(
+            "SELECT id, entry_id FROM registered_entries WHERE expiry != 0 AND expiry < ?",
+            &[Arg::Int(expires_before)],
+        )
+        .await
+        .map_err(db_err("finding expired entries"))?;
     for row in rows {
         let id: i64 = row.try_get(0).map_err(db_err("finding expired entries"))?;
         let entry_id: Option<String> = row.try_get(1).map_err(db_err("finding expired entries"))?;
@@ -862,17 +967,18 @@ pub(crate) async fn prune(conn: &mut SqliteConnection, expires_before: i64) -> R
 
 /// Row IDs and entry IDs of entries federating with a bundle.
 pub(crate) async fn federated_with_bundle(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     bundle_row: i64,
 ) -> Result<Vec<(i64, String)>> {
-    let rows = sqlx::query(
-        "SELECT e.id, e.entry_id FROM registered_entries e JOIN federated_registration_entries f \
-         ON f.registered_entry_id = e.id WHERE f.bundle_id = ? ORDER BY e.id",
-    )
-    .bind(bundle_row)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err("finding entries federated with a bundle"))?;
+    let rows = conn
+        .fetch_all(
+            "SELECT e.id, e.entry_id FROM registered_entries e \
+             JOIN federated_registration_entries f ON f.registered_entry_id = e.id \
+             WHERE f.bundle_id = ? ORDER BY e.id",
+            &[Arg::Int(bundle_row)],
+        )
+        .await
+        .map_err(db_err("finding entries federated with a bundle"))?;
     rows.iter()
         .map(|row| {
             let id: i64 = row.try_get(0)?;
@@ -886,16 +992,15 @@ pub(crate) async fn federated_with_bundle(
 /// Lists change events of `table` (`registered_entries_events` or
 /// `attested_node_entries_events`) after `after`.
 pub(crate) async fn list_events(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     table: &str,
     column: &str,
     after: u64,
 ) -> Result<Vec<ChangeEvent>> {
     let sql = format!("SELECT id, {column} FROM {table} WHERE id > ? ORDER BY id");
     let after = i64::try_from(after).unwrap_or(i64::MAX);
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(after)
-        .fetch_all(&mut *conn)
+    let rows = conn
+        .fetch_all(&sql, &[Arg::Int(after)])
         .await
         .map_err(db_err("listing change events"))?;
     rows.iter()
@@ -912,15 +1017,12 @@ pub(crate) async fn list_events(
 }
 
 /// Deletes change events of `table` created before `older_than` (Unix seconds).
-pub(crate) async fn prune_events(
-    conn: &mut SqliteConnection,
-    table: &str,
-    older_than: i64,
-) -> Result<()> {
-    let sql = format!("DELETE FROM {table} WHERE {} < ?", epoch("created_at"));
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(older_than)
-        .execute(&mut *conn)
+pub(crate) async fn prune_events(conn: &mut Db<'_>, table: &str, older_than: i64) -> Result<()> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE {} < ?",
+        conn.dialect().epoch("created_at")
+    );
+    conn.execute(&sql, &[Arg::Int(older_than)])
         .await
         .map_err(db_err("pruning change events"))?;
     Ok(())

@@ -1,23 +1,21 @@
 //! Join tokens (`join_tokens`) and CA journals (`ca_journals`).
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::any::AnyRow;
 
-use super::dialect::{Arg, bind_all, db_err, is_unique_violation, now};
+use super::dialect::{Arg, Db, db_err, is_unique_violation, now};
 use crate::datastore::{CaJournal, DataStoreError, JoinToken, Result};
 
 /// Stores a join token.
-pub(crate) async fn create_token(conn: &mut SqliteConnection, token: &JoinToken) -> Result<()> {
+pub(crate) async fn create_token(conn: &mut Db<'_>, token: &JoinToken) -> Result<()> {
     if token.token.is_empty() || token.expiry == 0 {
         return Err(DataStoreError::InvalidArgument(
             "a join token needs a value and an expiry".into(),
         ));
     }
     let t = now();
-    bind_all(
-        sqlx::query(
-            "INSERT INTO join_tokens (created_at, updated_at, token, expiry) VALUES (?, ?, ?, ?)",
-        ),
+    conn.execute(
+        "INSERT INTO join_tokens (created_at, updated_at, token, expiry) VALUES (?, ?, ?, ?)",
         &[
             Arg::Time(t),
             Arg::Time(t),
@@ -25,27 +23,25 @@ pub(crate) async fn create_token(conn: &mut SqliteConnection, token: &JoinToken)
             Arg::Int(token.expiry),
         ],
     )
-    .execute(&mut *conn)
     .await
     .map_err(|e| {
         if is_unique_violation(&e) {
             // Never echo the secret itself.
             DataStoreError::AlreadyExists("join token".into())
         } else {
-            DataStoreError::Internal(format!("storing a join token: {e}"))
+            db_err("storing a join token")(e)
         }
     })?;
     Ok(())
 }
 
 /// Fetches a join token without consuming it.
-pub(crate) async fn fetch_token(
-    conn: &mut SqliteConnection,
-    token: &str,
-) -> Result<Option<JoinToken>> {
-    let row = sqlx::query("SELECT expiry FROM join_tokens WHERE token = ?")
-        .bind(token.to_owned())
-        .fetch_optional(&mut *conn)
+pub(crate) async fn fetch_token(conn: &mut Db<'_>, token: &str) -> Result<Option<JoinToken>> {
+    let row = conn
+        .fetch_optional(
+            "SELECT expiry FROM join_tokens WHERE token = ?",
+            &[Arg::Text(token.to_owned())],
+        )
         .await
         .map_err(db_err("reading a join token"))?;
     match row {
@@ -61,33 +57,33 @@ pub(crate) async fn fetch_token(
 }
 
 /// Deletes a join token; `Some` only for the caller whose DELETE removed the row.
-pub(crate) async fn take_token(
-    conn: &mut SqliteConnection,
-    token: &str,
-) -> Result<Option<JoinToken>> {
+pub(crate) async fn take_token(conn: &mut Db<'_>, token: &str) -> Result<Option<JoinToken>> {
     let Some(found) = fetch_token(conn, token).await? else {
         return Ok(None);
     };
-    let result = sqlx::query("DELETE FROM join_tokens WHERE token = ?")
-        .bind(token.to_owned())
-        .execute(&mut *conn)
+    let result = conn
+        .execute(
+            "DELETE FROM join_tokens WHERE token = ?",
+            &[Arg::Text(token.to_owned())],
+        )
         .await
         .map_err(db_err("consuming a join token"))?;
     Ok((result.rows_affected() == 1).then_some(found))
 }
 
 /// Deletes tokens that expired before `expires_before`.
-pub(crate) async fn prune_tokens(conn: &mut SqliteConnection, expires_before: i64) -> Result<()> {
-    sqlx::query("DELETE FROM join_tokens WHERE expiry < ?")
-        .bind(expires_before)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err("pruning join tokens"))?;
+pub(crate) async fn prune_tokens(conn: &mut Db<'_>, expires_before: i64) -> Result<()> {
+    conn.execute(
+        "DELETE FROM join_tokens WHERE expiry < ?",
+        &[Arg::Int(expires_before)],
+    )
+    .await
+    .map_err(db_err("pruning join tokens"))?;
     Ok(())
 }
 
-fn row_to_journal(row: &SqliteRow) -> Result<CaJournal> {
-    let get = |row: &SqliteRow| -> std::result::Result<_, sqlx::Error> {
+fn row_to_journal(row: &AnyRow) -> Result<CaJournal> {
+    let get = |row: &AnyRow| -> std::result::Result<_, sqlx::Error> {
         let id: i64 = row.try_get(0)?;
         Ok(CaJournal {
             id: u32::try_from(id).unwrap_or_default(),
@@ -102,49 +98,42 @@ fn row_to_journal(row: &SqliteRow) -> Result<CaJournal> {
 const JOURNAL_COLUMNS: &str = "id, data, active_x509_authority_id, active_jwt_authority_id";
 
 /// Inserts (ID 0) or updates a journal.
-pub(crate) async fn set_journal(
-    conn: &mut SqliteConnection,
-    mut journal: CaJournal,
-) -> Result<CaJournal> {
+pub(crate) async fn set_journal(conn: &mut Db<'_>, mut journal: CaJournal) -> Result<CaJournal> {
     let t = now();
     if journal.id == 0 {
-        let result = bind_all(
-            sqlx::query(
+        let id = conn
+            .insert(
                 "INSERT INTO ca_journals (created_at, updated_at, data, active_x509_authority_id, \
                  active_jwt_authority_id) VALUES (?, ?, ?, ?, ?)",
-            ),
-            &[
-                Arg::Time(t),
-                Arg::Time(t),
-                Arg::Blob(journal.data.clone()),
-                Arg::Text(journal.active_x509_authority_id.clone()),
-                Arg::Text(journal.active_jwt_authority_id.clone()),
-            ],
-        )
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err("storing a CA journal"))?;
-        journal.id = u32::try_from(result.last_insert_rowid()).map_err(|_| {
+                &[
+                    Arg::Time(t),
+                    Arg::Time(t),
+                    Arg::Blob(journal.data.clone()),
+                    Arg::Text(journal.active_x509_authority_id.clone()),
+                    Arg::Text(journal.active_jwt_authority_id.clone()),
+                ],
+            )
+            .await
+            .map_err(db_err("storing a CA journal"))?;
+        journal.id = u32::try_from(id).map_err(|_| {
             DataStoreError::Internal("CA journal row ID does not fit 32 bits".into())
         })?;
         return Ok(journal);
     }
-    let result = bind_all(
-        sqlx::query(
+    let result = conn
+        .execute(
             "UPDATE ca_journals SET updated_at = ?, data = ?, active_x509_authority_id = ?, \
              active_jwt_authority_id = ? WHERE id = ?",
-        ),
-        &[
-            Arg::Time(t),
-            Arg::Blob(journal.data.clone()),
-            Arg::Text(journal.active_x509_authority_id.clone()),
-            Arg::Text(journal.active_jwt_authority_id.clone()),
-            Arg::Int(i64::from(journal.id)),
-        ],
-    )
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err("updating a CA journal"))?;
+            &[
+                Arg::Time(t),
+                Arg::Blob(journal.data.clone()),
+                Arg::Text(journal.active_x509_authority_id.clone()),
+                Arg::Text(journal.active_jwt_authority_id.clone()),
+                Arg::Int(i64::from(journal.id)),
+            ],
+        )
+        .await
+        .map_err(db_err("updating a CA journal"))?;
     if result.rows_affected() == 0 {
         return Err(DataStoreError::NotFound(format!(
             "CA journal {}",
@@ -155,14 +144,10 @@ pub(crate) async fn set_journal(
 }
 
 /// Fetches a journal by row ID.
-pub(crate) async fn fetch_journal(
-    conn: &mut SqliteConnection,
-    id: u32,
-) -> Result<Option<CaJournal>> {
+pub(crate) async fn fetch_journal(conn: &mut Db<'_>, id: u32) -> Result<Option<CaJournal>> {
     let sql = format!("SELECT {JOURNAL_COLUMNS} FROM ca_journals WHERE id = ?");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(i64::from(id))
-        .fetch_optional(&mut *conn)
+    let row = conn
+        .fetch_optional(&sql, &[Arg::Int(i64::from(id))])
         .await
         .map_err(db_err("reading a CA journal"))?;
     row.as_ref().map(row_to_journal).transpose()
@@ -170,26 +155,25 @@ pub(crate) async fn fetch_journal(
 
 /// Finds the journal whose active X.509 authority is this one.
 pub(crate) async fn find_journal(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     active_x509_authority_id: &str,
 ) -> Result<Option<CaJournal>> {
     let sql = format!(
         "SELECT {JOURNAL_COLUMNS} FROM ca_journals WHERE active_x509_authority_id = ? \
          ORDER BY id LIMIT 1"
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(active_x509_authority_id.to_owned())
-        .fetch_optional(&mut *conn)
+    let row = conn
+        .fetch_optional(&sql, &[Arg::Text(active_x509_authority_id.to_owned())])
         .await
         .map_err(db_err("finding a CA journal"))?;
     row.as_ref().map(row_to_journal).transpose()
 }
 
 /// Every journal, by row ID.
-pub(crate) async fn list_journals(conn: &mut SqliteConnection) -> Result<Vec<CaJournal>> {
+pub(crate) async fn list_journals(conn: &mut Db<'_>) -> Result<Vec<CaJournal>> {
     let sql = format!("SELECT {JOURNAL_COLUMNS} FROM ca_journals ORDER BY id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(&mut *conn)
+    let rows = conn
+        .fetch_all(&sql, &[])
         .await
         .map_err(db_err("listing CA journals"))?;
     rows.iter().map(row_to_journal).collect()

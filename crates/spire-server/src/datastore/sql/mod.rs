@@ -1,15 +1,20 @@
 //! The SQL datastore (upstream plugin `DataStore "sql"`), storing state in upstream SPIRE's own
 //! schema so operators can move a database between upstream servers and ours.
 //!
-//! SQLite (`database_type = "sqlite3"`) is supported now. All SQL lives in this module's files,
-//! uses `?` placeholders and portable forms; what differs per database is in [`dialect`], so
-//! PostgreSQL and MySQL can be added without touching callers.
+//! One implementation for SQLite (`sqlite3`), PostgreSQL (`postgres`) and MySQL/MariaDB
+//! (`mysql`), through sqlx's `Any` driver. All SQL lives in this module's files, uses `?`
+//! placeholders and portable forms; what differs per engine is in [`dialect`] (placeholders,
+//! time columns, errors), [`schema`] (one table definition, DDL per engine) and [`connect`]
+//! (upstream's connection string formats).
 //!
-//! Writes go through one connection, each call in one `BEGIN IMMEDIATE` transaction (SQLite
-//! has a single writer anyway; queueing in-process avoids busy retries), reads through a pool
-//! of connections that never wait for writers thanks to WAL.
+//! Transactions behave the same everywhere: every call is one transaction; reads see one
+//! consistent snapshot; read-modify-write calls lock the rows they change first (SQLite: one
+//! writer connection with `BEGIN IMMEDIATE`; PostgreSQL/MySQL: a pool of writers, `SELECT ...
+//! FOR UPDATE`), and create-or-return entry calls serialize on the `migrations` row so two
+//! servers never create the same entry twice.
 
 mod bundles;
+mod connect;
 mod dialect;
 mod entries;
 mod misc;
@@ -18,39 +23,61 @@ mod proto;
 mod query;
 pub mod schema;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use spire_core::selector::Selector;
 use spire_proto::spire::api::types;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
+use sqlx::AnyPool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, ConnectOptions, Connection, Executor, Transaction};
 
 use super::{
     AttestedNode, AttestedNodeMask, BundleMask, CaJournal, ChangeEvent, DataStore, DataStoreError,
     DeleteBundleMode, EntryMask, JoinToken, ListEntriesRequest, ListNodesRequest, Pagination,
     RegistrationEntry, Result,
 };
-use dialect::db_err;
+use connect::{Target, TlsFiles};
+use dialect::{Db, Dialect, db_err};
 
-/// The `plugin_data` of `DataStore "sql"`, reduced to what this implementation uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The `plugin_data` of `DataStore "sql"` that every engine needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SqlConfig {
-    /// `sqlite3` (supported); `postgres` and `mysql` are recognized but not yet implemented.
+    /// `sqlite3`, `postgres` or `mysql`.
     pub database_type: String,
-    /// For SQLite: a file path (relative to the working directory) or a `file:` URI.
+    /// SQLite: a file path (relative to the working directory) or a `file:` URI. PostgreSQL:
+    /// lib/pq `key=value` pairs or a `postgres://` URL. MySQL: a go-sql-driver DSN
+    /// (`user:pass@tcp(host:port)/db?parseTime=true`).
     pub connection_string: String,
     /// Upper bound on open connections (upstream default 100).
     pub max_open_conns: Option<u32>,
-    /// Never migrate the schema (we never do; kept so configs keep their meaning).
+    /// Never create or migrate the schema: an empty database is refused.
     pub disable_migration: bool,
+}
+
+/// The `plugin_data` keys that only matter for PostgreSQL and MySQL, kept apart from
+/// [`SqlConfig`] so existing callers that build a `SqlConfig` keep compiling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SqlOptions {
+    /// `ro_connection_string`: a read replica for read-only calls (not for SQLite).
+    pub ro_connection_string: Option<String>,
+    /// `root_ca_path` (MySQL TLS): CA bundle the server certificate must chain to.
+    pub root_ca_path: Option<PathBuf>,
+    /// `client_cert_path` (MySQL TLS client certificate).
+    pub client_cert_path: Option<PathBuf>,
+    /// `client_key_path` (MySQL TLS client key).
+    pub client_key_path: Option<PathBuf>,
+    /// `max_idle_conns`: accepted for compatibility; idle connections close after 30 s
+    /// as upstream's fixed `ConnMaxIdleTime`, sqlx keeps no separate idle cap.
+    pub max_idle_conns: Option<u32>,
+    /// `conn_max_lifetime`: connections older than this are closed and replaced.
+    pub conn_max_lifetime: Option<Duration>,
+    /// Not an upstream key: how long a call waits for a connection (for PostgreSQL/MySQL,
+    /// also while the database is unreachable) before it fails; default 15 s.
+    pub acquire_timeout: Option<Duration>,
 }
 
 /// Every `plugin_data` key upstream documents for the sql datastore.
@@ -69,16 +96,17 @@ struct PluginData {
     disable_migration: Option<bool>,
 }
 
+fn read_plugin_data(value: &serde_json::Value) -> Result<PluginData> {
+    serde_json::from_value(value.clone())
+        .map_err(|e| DataStoreError::InvalidArgument(format!("DataStore \"sql\" plugin_data: {e}")))
+}
+
 impl SqlConfig {
     /// Reads upstream's `plugin_data` block (as JSON), refusing unknown keys and missing
-    /// required ones with the key's name, as upstream does.
-    ///
-    /// `ro_connection_string` does not apply to SQLite (upstream ignores it too);
-    /// `max_idle_conns` and `conn_max_lifetime` are accepted for compatibility.
+    /// required ones with the key's name, as upstream does. The PostgreSQL/MySQL-only keys
+    /// are read by [`SqlOptions::from_plugin_data`].
     pub fn from_plugin_data(value: &serde_json::Value) -> Result<Self> {
-        let data: PluginData = serde_json::from_value(value.clone()).map_err(|e| {
-            DataStoreError::InvalidArgument(format!("DataStore \"sql\" plugin_data: {e}"))
-        })?;
+        let data = read_plugin_data(value)?;
         let database_type = data.database_type.unwrap_or_default();
         if database_type.is_empty() {
             return Err(DataStoreError::InvalidArgument(
@@ -98,19 +126,8 @@ impl SqlConfig {
             Some(_) => None,
         };
         if let Some(lifetime) = &data.conn_max_lifetime {
-            spire_core::duration::parse(lifetime).map_err(|e| {
-                DataStoreError::InvalidArgument(format!(
-                    "DataStore \"sql\": conn_max_lifetime {lifetime:?}: {e}"
-                ))
-            })?;
+            parse_lifetime(lifetime)?;
         }
-        let _ = (
-            data.ro_connection_string,
-            data.root_ca_path,
-            data.client_cert_path,
-            data.client_key_path,
-            data.max_idle_conns,
-        );
         Ok(Self {
             database_type,
             connection_string,
@@ -120,89 +137,114 @@ impl SqlConfig {
     }
 }
 
+fn parse_lifetime(value: &str) -> Result<Duration> {
+    let d = spire_core::duration::parse(value).map_err(|e| {
+        DataStoreError::InvalidArgument(format!(
+            "DataStore \"sql\": conn_max_lifetime {value:?}: {e}"
+        ))
+    })?;
+    Ok(d)
+}
+
+impl SqlOptions {
+    /// Reads the PostgreSQL/MySQL keys of upstream's `plugin_data` block (as JSON), with
+    /// the same checks as [`SqlConfig::from_plugin_data`].
+    pub fn from_plugin_data(value: &serde_json::Value) -> Result<Self> {
+        let data = read_plugin_data(value)?;
+        let lifetime = match &data.conn_max_lifetime {
+            Some(v) => Some(parse_lifetime(v)?).filter(|d| !d.is_zero()),
+            None => None,
+        };
+        Ok(Self {
+            ro_connection_string: data.ro_connection_string.filter(|s| !s.is_empty()),
+            root_ca_path: data
+                .root_ca_path
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            client_cert_path: data
+                .client_cert_path
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            client_key_path: data
+                .client_key_path
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            max_idle_conns: data
+                .max_idle_conns
+                .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
+            conn_max_lifetime: lifetime,
+            acquire_timeout: None,
+        })
+    }
+}
+
 /// The SQL datastore.
 #[derive(Debug, Clone)]
 pub struct SqlDataStore {
-    /// One connection: every write transaction queues here.
-    write: SqlitePool,
-    /// Readers; the same pool as `write` for in-memory databases.
-    read: SqlitePool,
+    /// Writers (SQLite: one connection, every write transaction queues here).
+    write: AnyPool,
+    /// Readers: the `ro_connection_string` replica, else the same database (SQLite: a pool
+    /// of its own that never waits for the writer thanks to WAL; in-memory: `write`).
+    read: AnyPool,
+    /// The engine, for rewriting queries.
+    dialect: Dialect,
     /// Whether `open` created the schema (false: an existing database was opened).
     created: bool,
 }
 
-/// How the SQLite connection string was understood.
-#[derive(Debug)]
-struct SqliteTarget {
-    path: PathBuf,
-    in_memory: bool,
-    read_only: bool,
-    busy_timeout: Duration,
+/// How long a call waits for a connection before failing as unavailable, by default.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Upstream's fixed `ConnMaxIdleTime`.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn any_options(target: &Target, key: &str) -> Result<AnyConnectOptions> {
+    let options: AnyConnectOptions = target
+        .url
+        .parse()
+        .map_err(|e| DataStoreError::InvalidArgument(format!("DataStore \"sql\": {key}: {e}")))?;
+    // Statements are logged by our own spans; sqlx's per-statement INFO lines would flood.
+    Ok(options
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
 
-fn parse_sqlite_connection_string(input: &str) -> Result<SqliteTarget> {
-    let rest = input
-        .strip_prefix("file://")
-        .or_else(|| input.strip_prefix("file:"))
-        .unwrap_or(input);
-    let (path, params) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
-    let mut target = SqliteTarget {
-        path: PathBuf::from(path),
-        in_memory: path == ":memory:",
-        read_only: false,
-        busy_timeout: Duration::from_secs(10),
-    };
-    for pair in params.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match (key, value) {
-            ("mode", "memory") => target.in_memory = true,
-            ("mode", "ro") => target.read_only = true,
-            ("mode", "rw" | "rwc") | ("cache", _) => {}
-            ("_busy_timeout" | "_timeout", ms) => {
-                let ms: u64 = ms.parse().map_err(|_| {
-                    DataStoreError::InvalidArgument(format!(
-                        "connection_string: {key}={ms:?} is not a number of milliseconds"
-                    ))
-                })?;
-                target.busy_timeout = Duration::from_millis(ms);
+/// Builds a pool whose new connections first run `init` (engine session settings).
+fn pool_options(init: Vec<String>) -> AnyPoolOptions {
+    AnyPoolOptions::new().after_connect(move |conn, _meta| {
+        let init = init.clone();
+        Box::pin(async move {
+            for statement in init {
+                conn.execute(sqlx::AssertSqlSafe(statement)).await?;
             }
-            // go-sqlite3 options (_foreign_keys, _journal_mode, _loc, ...): we always run with
-            // foreign keys on and WAL, as upstream forces too.
-            (k, _) if k.starts_with('_') => {}
-            (k, v) => {
-                tracing::warn!(
-                    key = k,
-                    value = v,
-                    "ignoring unknown SQLite connection_string parameter"
-                );
-            }
-        }
-    }
-    if target.path.as_os_str().is_empty() {
-        return Err(DataStoreError::InvalidArgument(format!(
-            "connection_string {input:?} names no database file"
-        )));
-    }
-    Ok(target)
+            Ok(())
+        })
+    })
 }
 
 impl SqlDataStore {
-    /// Opens (creating when missing) the database and checks or creates upstream's schema.
+    /// Opens the database and checks or creates upstream's schema. The PostgreSQL/MySQL-only
+    /// keys take their defaults; see [`SqlDataStore::open_with_options`].
     pub async fn open(config: &SqlConfig) -> Result<Self> {
+        Self::open_with_options(config, &SqlOptions::default()).await
+    }
+
+    /// Opens the database with every `plugin_data` option and checks or creates upstream's
+    /// schema. A database that cannot be reached, refuses the credentials, or holds another
+    /// schema version fails here with the cause named.
+    pub async fn open_with_options(config: &SqlConfig, options: &SqlOptions) -> Result<Self> {
+        sqlx::any::install_default_drivers();
         match config.database_type.as_str() {
             "sqlite3" => Self::open_sqlite(config).await,
+            "postgres" | "mysql" => Self::open_server(config, options).await,
             other => Err(DataStoreError::InvalidArgument(format!(
-                "DataStore \"sql\": database_type {other:?} is not supported yet; only \"sqlite3\" \
-                 is supported for now"
+                "DataStore \"sql\": database_type {other:?} is not supported; use \"sqlite3\", \
+                 \"postgres\" or \"mysql\""
             ))),
         }
     }
 
     async fn open_sqlite(config: &SqlConfig) -> Result<Self> {
-        let target = parse_sqlite_connection_string(&config.connection_string)?;
+        let target = connect::parse_sqlite(&config.connection_string)?;
         if !target.in_memory
             && let Some(parent) = target.path.parent().filter(|p| !p.as_os_str().is_empty())
         {
@@ -213,30 +255,28 @@ impl SqlDataStore {
                 ))
             })?;
         }
-        let mut options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(db_err("preparing SQLite options"))?
-            .filename(&target.path)
-            .foreign_keys(true)
-            .busy_timeout(target.busy_timeout)
-            .statement_cache_capacity(256);
-        if target.in_memory {
-            options = options.in_memory(true).shared_cache(true);
-        } else {
-            options = options
-                .in_memory(false)
-                .shared_cache(false)
-                .create_if_missing(!target.read_only)
-                .read_only(target.read_only)
-                .journal_mode(SqliteJournalMode::Wal)
-                // With WAL, NORMAL keeps the database consistent on crash and avoids an fsync
-                // per transaction (it may lose the last commits on power loss).
-                .synchronous(SqliteSynchronous::Normal);
+        let url = Target {
+            url: connect::sqlite_url(&target)?,
+            init: Vec::new(),
+            connect_timeout: None,
+        };
+        let options = any_options(&url, "connection_string")?;
+        let mut init = vec![
+            "PRAGMA foreign_keys = ON".to_owned(),
+            format!("PRAGMA busy_timeout = {}", target.busy_timeout.as_millis()),
+        ];
+        if !target.in_memory && !target.read_only {
+            // With WAL, NORMAL keeps the database consistent on crash and avoids an fsync
+            // per transaction (it may lose the last commits on power loss).
+            init.push("PRAGMA journal_mode = WAL".to_owned());
+            init.push("PRAGMA synchronous = NORMAL".to_owned());
         }
-        let write = SqlitePoolOptions::new()
+        let write = pool_options(init.clone())
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
             .idle_timeout(None)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(|e| {
@@ -246,30 +286,176 @@ impl SqlDataStore {
                 ))
             })?;
         let created = {
-            let mut conn = write
-                .acquire()
+            let mut tx = write
+                .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(db_err("opening the database"))?;
-            let state = schema::prepare(&mut conn).await?;
-            if config.disable_migration {
-                tracing::debug!("disable_migration is set; this server never migrates anyway");
-            }
+            let state = schema::prepare(
+                &mut Db::new(&mut tx, Dialect::Sqlite),
+                config.disable_migration,
+            )
+            .await?;
+            tx.commit().await.map_err(db_err("creating the schema"))?;
             matches!(state, schema::SchemaState::Created)
         };
         let read = if target.in_memory {
             write.clone()
         } else {
-            SqlitePoolOptions::new()
+            pool_options(init)
                 .max_connections(config.max_open_conns.unwrap_or(100).max(1))
                 .min_connections(0)
                 .acquire_timeout(Duration::from_secs(60))
-                .idle_timeout(Some(Duration::from_secs(30)))
+                .idle_timeout(Some(IDLE_TIMEOUT))
+                .test_before_acquire(false)
                 .connect_lazy_with(options)
         };
         Ok(Self {
             write,
             read,
+            dialect: Dialect::Sqlite,
             created,
+        })
+    }
+
+    fn server_target(
+        dialect: Dialect,
+        connection_string: &str,
+        key: &str,
+        options: &SqlOptions,
+    ) -> Result<Target> {
+        match dialect {
+            Dialect::Postgres => {
+                if options.root_ca_path.is_some()
+                    || options.client_cert_path.is_some()
+                    || options.client_key_path.is_some()
+                {
+                    tracing::warn!(
+                        "root_ca_path, client_cert_path and client_key_path apply to MySQL only \
+                         (as upstream); for PostgreSQL set sslrootcert, sslcert and sslkey in \
+                         connection_string"
+                    );
+                }
+                if !connection_string.contains('=') && !connection_string.contains("://") {
+                    return Err(DataStoreError::InvalidArgument(format!(
+                        "DataStore \"sql\": {key} for database_type \"postgres\" must be \
+                         key=value pairs (dbname=spire user=spire host=db sslmode=require) or \
+                         a postgres:// URL; a file path is a connection string for \
+                         database_type \"sqlite3\""
+                    )));
+                }
+                connect::postgres_target(connection_string, key)
+            }
+            Dialect::Mysql => {
+                let tls = TlsFiles {
+                    root_ca: options.root_ca_path.clone(),
+                    client_cert: options.client_cert_path.clone(),
+                    client_key: options.client_key_path.clone(),
+                };
+                connect::mysql_target(connection_string, key, &tls)
+            }
+            Dialect::Sqlite => Err(DataStoreError::InvalidArgument(
+                "SQLite has no server connection".into(),
+            )),
+        }
+    }
+
+    /// Connects once with the real error in hand (a pool would only say it timed out).
+    async fn first_connection(
+        dialect: Dialect,
+        target: &Target,
+        key: &str,
+    ) -> Result<sqlx::AnyConnection> {
+        let options = any_options(target, key)?;
+        let wait = target.connect_timeout.unwrap_or(Duration::from_secs(30));
+        let mut conn = match tokio::time::timeout(wait, options.connect()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(DataStoreError::Internal(format!(
+                    "cannot connect to the {} database of {key}: {e}",
+                    dialect.name()
+                )));
+            }
+            Err(_) => {
+                return Err(DataStoreError::Internal(format!(
+                    "cannot connect to the {} database of {key}: no answer within {}s",
+                    dialect.name(),
+                    wait.as_secs()
+                )));
+            }
+        };
+        for statement in &target.init {
+            conn.execute(sqlx::AssertSqlSafe(statement.clone()))
+                .await
+                .map_err(|e| {
+                    DataStoreError::InvalidArgument(format!(
+                        "DataStore \"sql\": {key}: the server refused a session parameter \
+                         ({statement}): {e}"
+                    ))
+                })?;
+        }
+        Ok(conn)
+    }
+
+    fn server_pool(
+        target: &Target,
+        key: &str,
+        config: &SqlConfig,
+        options: &SqlOptions,
+    ) -> Result<AnyPool> {
+        Ok(pool_options(target.init.clone())
+            .max_connections(config.max_open_conns.unwrap_or(100).max(1))
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout.unwrap_or(ACQUIRE_TIMEOUT))
+            .idle_timeout(Some(IDLE_TIMEOUT))
+            .max_lifetime(options.conn_max_lifetime)
+            .connect_lazy_with(any_options(target, key)?))
+    }
+
+    async fn open_server(config: &SqlConfig, options: &SqlOptions) -> Result<Self> {
+        let dialect = if config.database_type == "postgres" {
+            Dialect::Postgres
+        } else {
+            Dialect::Mysql
+        };
+        let target = Self::server_target(
+            dialect,
+            &config.connection_string,
+            "connection_string",
+            options,
+        )?;
+        let ro_target = match &options.ro_connection_string {
+            Some(ro) => Some(Self::server_target(
+                dialect,
+                ro,
+                "ro_connection_string",
+                options,
+            )?),
+            None => None,
+        };
+        let mut conn = Self::first_connection(dialect, &target, "connection_string").await?;
+        let state = {
+            let mut tx = conn.begin().await.map_err(db_err("opening the database"))?;
+            let state =
+                schema::prepare(&mut Db::new(&mut tx, dialect), config.disable_migration).await?;
+            tx.commit().await.map_err(db_err("creating the schema"))?;
+            state
+        };
+        let _ = conn.close().await;
+        let write = Self::server_pool(&target, "connection_string", config, options)?;
+        let read = match &ro_target {
+            Some(ro) => {
+                // Fail now on a replica that cannot be reached, not on the first read.
+                let conn = Self::first_connection(dialect, ro, "ro_connection_string").await?;
+                let _ = conn.close().await;
+                Self::server_pool(ro, "ro_connection_string", config, options)?
+            }
+            None => write.clone(),
+        };
+        Ok(Self {
+            write,
+            read,
+            dialect,
+            created: matches!(state, schema::SchemaState::Created),
         })
     }
 
@@ -284,18 +470,30 @@ impl SqlDataStore {
         self.write.close().await;
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.write
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err("starting a write transaction"))
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres | Dialect::Mysql => self.write.begin().await,
+        };
+        tx.map_err(db_err("starting a write transaction"))
     }
 
-    async fn begin_read(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.read
-            .begin()
-            .await
-            .map_err(db_err("starting a read transaction"))
+    async fn begin_read(&self) -> Result<Transaction<'static, Any>> {
+        let tx = match self.dialect {
+            // One snapshot for every statement of the call, and never a lock.
+            Dialect::Postgres => {
+                self.read
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+            }
+            Dialect::Mysql => {
+                self.read
+                    .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    .await
+            }
+            Dialect::Sqlite => self.read.begin().await,
+        };
+        tx.map_err(db_err("starting a read transaction"))
     }
 
     /// Creates many entries with create-or-return semantics (as BatchCreateEntry uses) in
@@ -335,7 +533,9 @@ impl SqlDataStore {
             .collect();
 
         let mut tx = self.begin_write().await?;
-        let conn: &mut SqliteConnection = &mut tx;
+        let mut db = Db::new(&mut tx, self.dialect);
+        let conn = &mut db;
+        lock_entry_creation(conn).await?;
         // Entries that an input may turn out to equal: existing ones, then the batch's own.
         let mut similar: HashMap<(String, String), Vec<RegistrationEntry>> = HashMap::new();
         for e in entries::similar_candidates(conn, &pairs).await? {
@@ -345,50 +545,80 @@ impl SqlDataStore {
                 .push(e);
         }
         let mut cache = HashMap::new();
-        let mut children = entries::ChildRows::default();
-        let mut results = Vec::with_capacity(normalized.len());
-        let mut events = Vec::new();
+        let mut state = BatchState {
+            results: Vec::with_capacity(normalized.len()),
+            pending: Vec::new(),
+            similar,
+            children: entries::ChildRows::default(),
+            events: Vec::new(),
+        };
+        let mut batch_ids: HashSet<String> = HashSet::new();
         for entry in normalized {
+            let index = state.results.len();
+            state.results.push(None);
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
-                    results.push(Err(e));
+                    state.results[index] = Some(Err(e));
                     continue;
                 }
             };
-            let key = (entry.spiffe_id.clone(), entry.parent_id.clone());
             let wanted: BTreeSet<&Selector> = entry.selectors.iter().collect();
-            if let Some(existing) = similar.get(&key).and_then(|list| {
-                list.iter()
-                    .find(|e| e.selectors.iter().collect::<BTreeSet<_>>() == wanted)
-            }) {
-                results.push(Ok((existing.clone(), true)));
+            let same = |e: &RegistrationEntry| {
+                e.spiffe_id == entry.spiffe_id
+                    && e.parent_id == entry.parent_id
+                    && e.selectors.iter().collect::<BTreeSet<_>>() == wanted
+            };
+            // An equal entry still waiting to be written settles first, so the answer
+            // names a stored entry.
+            if state.pending.iter().any(|(_, e, _)| same(e)) {
+                state.flush(conn).await?;
+            }
+            let key = (entry.spiffe_id.clone(), entry.parent_id.clone());
+            if let Some(existing) = state
+                .similar
+                .get(&key)
+                .and_then(|list| list.iter().find(|e| same(e)))
+            {
+                state.results[index] = Some(Ok((existing.clone(), true)));
+                continue;
+            }
+            if !batch_ids.insert(entry.entry_id.clone()) {
+                state.results[index] = Some(Err(DataStoreError::AlreadyExists(format!(
+                    "registration entry {:?}",
+                    entry.entry_id
+                ))));
                 continue;
             }
             let bundle_rows =
                 match entries::bundle_ids(conn, &entry.federates_with, &mut cache).await {
                     Ok(rows) => rows,
-                    Err(e @ DataStoreError::Internal(_)) => return Err(e),
-                    Err(e) => {
-                        results.push(Err(e));
+                    // Bad input fails this entry alone; a database failure fails the batch.
+                    Err(e) if is_input_error(&e) => {
+                        state.results[index] = Some(Err(e));
                         continue;
                     }
+                    Err(e) => return Err(e),
                 };
-            match entries::insert_entry_row(conn, entry, &bundle_rows, &mut children).await {
-                Ok(created) => {
-                    events.push(created.entry_id.clone());
-                    similar.entry(key).or_default().push(created.clone());
-                    results.push(Ok((created, false)));
-                }
-                Err(e @ DataStoreError::Internal(_)) => return Err(e),
-                Err(e) => results.push(Err(e)),
-            }
-            if children.len() >= 1_000 {
-                children.flush(conn).await?;
+            state.pending.push((index, entry, bundle_rows));
+            if state.pending.len() >= 100 {
+                state.flush(conn).await?;
             }
         }
-        children.flush(conn).await?;
-        entries::insert_events(conn, &events).await?;
+        state.flush(conn).await?;
+        state.children.flush(conn).await?;
+        entries::insert_events(conn, &state.events).await?;
+        let results = state
+            .results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(DataStoreError::Internal(
+                        "an entry of the batch was left unanswered".into(),
+                    ))
+                })
+            })
+            .collect();
         tx.commit()
             .await
             .map_err(db_err("committing a batch of entries"))?;
@@ -396,9 +626,90 @@ impl SqlDataStore {
     }
 }
 
+/// Whether an error is about the request rather than the database.
+fn is_input_error(err: &DataStoreError) -> bool {
+    matches!(
+        err,
+        DataStoreError::NotFound(_)
+            | DataStoreError::AlreadyExists(_)
+            | DataStoreError::InvalidArgument(_)
+    )
+}
+
+/// A batch create in progress: answers so far, entries waiting for their rows to be written
+/// together, and what they need once written.
+struct BatchState {
+    /// One answer per input, filled in as each is settled.
+    results: Vec<Option<Result<(RegistrationEntry, bool)>>>,
+    /// (input index, entry, federated bundle row IDs) of entries not yet written.
+    pending: Vec<(usize, RegistrationEntry, Vec<i64>)>,
+    /// Stored entries an input may equal, by (SPIFFE ID, parent ID).
+    similar: HashMap<(String, String), Vec<RegistrationEntry>>,
+    /// Child rows of written entries, flushed in bulk.
+    children: entries::ChildRows,
+    /// Entry IDs to record change events for.
+    events: Vec<String>,
+}
+
+impl BatchState {
+    /// Writes the pending entries' rows and settles their answers.
+    async fn flush(&mut self, conn: &mut Db<'_>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let t = dialect::now();
+        let pending = std::mem::take(&mut self.pending);
+        let list: Vec<RegistrationEntry> = pending.iter().map(|(_, e, _)| e.clone()).collect();
+        let row_ids = entries::insert_entry_rows(conn, &list, t).await?;
+        for ((index, mut entry, bundle_rows), row_id) in pending.into_iter().zip(row_ids) {
+            let answer = match row_id {
+                Some(row_id) => {
+                    self.children
+                        .add(row_id, &entry, &bundle_rows, EntryMask::ALL);
+                    entry.revision_number = 0;
+                    entry.created_at = t.unix_timestamp();
+                    self.events.push(entry.entry_id.clone());
+                    self.similar
+                        .entry((entry.spiffe_id.clone(), entry.parent_id.clone()))
+                        .or_default()
+                        .push(entry.clone());
+                    Ok((entry, false))
+                }
+                None => Err(DataStoreError::AlreadyExists(format!(
+                    "registration entry {:?}",
+                    entry.entry_id
+                ))),
+            };
+            if let Some(slot) = self.results.get_mut(index) {
+                *slot = Some(answer);
+            }
+        }
+        if self.children.len() >= 1_000 {
+            self.children.flush(conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Serializes create-or-return entry calls across servers sharing a database, so two of
+/// them never both find "no equal entry" and create it twice. SQLite's write transactions
+/// are exclusive already.
+async fn lock_entry_creation(conn: &mut Db<'_>) -> Result<()> {
+    if conn.dialect() == Dialect::Sqlite {
+        return Ok(());
+    }
+    conn.fetch_optional(
+        "SELECT id FROM migrations ORDER BY id LIMIT 1 FOR UPDATE",
+        &[],
+    )
+    .await
+    .map_err(db_err("locking entry creation"))?;
+    Ok(())
+}
+
 /// Returns an equal existing entry, or inserts `entry` (without its event).
 async fn create_or_return_one(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     entry: RegistrationEntry,
     cache: &mut HashMap<String, i64>,
 ) -> Result<(RegistrationEntry, bool)> {
@@ -412,9 +723,10 @@ async fn create_or_return_one(
 }
 
 async fn create_or_return(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     entry: RegistrationEntry,
 ) -> Result<(RegistrationEntry, bool)> {
+    lock_entry_creation(conn).await?;
     let (entry, existed) = create_or_return_one(conn, entry, &mut HashMap::new()).await?;
     if !existed {
         entries::insert_event(conn, &entry.entry_id).await?;
@@ -426,8 +738,11 @@ async fn create_or_return(
 macro_rules! write_tx {
     ($self:ident, |$conn:ident| $body:expr) => {{
         let mut tx = $self.begin_write().await?;
-        let $conn: &mut SqliteConnection = &mut tx;
-        let out = $body;
+        let out = {
+            let mut db = Db::new(&mut tx, $self.dialect);
+            let $conn = &mut db;
+            $body
+        };
         tx.commit().await.map_err(db_err("committing"))?;
         Ok(out)
     }};
@@ -437,8 +752,11 @@ macro_rules! write_tx {
 macro_rules! read_tx {
     ($self:ident, |$conn:ident| $body:expr) => {{
         let mut tx = $self.begin_read().await?;
-        let $conn: &mut SqliteConnection = &mut tx;
-        let out = $body;
+        let out = {
+            let mut db = Db::new(&mut tx, $self.dialect);
+            let $conn = &mut db;
+            $body
+        };
         tx.commit().await.map_err(db_err("finishing a read"))?;
         Ok(out)
     }};
@@ -739,21 +1057,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sqlite_connection_strings_like_upstream() {
-        let t = parse_sqlite_connection_string("./.data/datastore.sqlite3").unwrap();
-        assert_eq!(t.path, PathBuf::from("./.data/datastore.sqlite3"));
-        assert!(!t.in_memory);
-        let t = parse_sqlite_connection_string("file:memdb?mode=memory&cache=shared").unwrap();
-        assert_eq!(t.path, PathBuf::from("memdb"));
-        assert!(t.in_memory);
-        let t = parse_sqlite_connection_string("file:///var/lib/spire/ds.db?_busy_timeout=500")
-            .unwrap();
-        assert_eq!(t.path, PathBuf::from("/var/lib/spire/ds.db"));
-        assert_eq!(t.busy_timeout, Duration::from_millis(500));
-        assert!(parse_sqlite_connection_string("file:?mode=memory").is_err());
-    }
-
-    #[test]
     fn plugin_data_keys_are_checked() {
         let cfg = SqlConfig::from_plugin_data(&serde_json::json!({
             "database_type": "sqlite3",
@@ -775,5 +1078,326 @@ mod tests {
         let err = SqlConfig::from_plugin_data(&serde_json::json!({"database_type": "sqlite3"}))
             .unwrap_err();
         assert!(err.to_string().contains("connection_string"), "{err}");
+    }
+
+    #[test]
+    fn server_only_keys_are_read_too() {
+        let data = serde_json::json!({
+            "database_type": "mysql",
+            "connection_string": "u:p@tcp(db:3306)/spire",
+            "ro_connection_string": "u:p@tcp(replica:3306)/spire",
+            "root_ca_path": "/etc/ca.pem",
+            "client_cert_path": "/etc/c.pem",
+            "client_key_path": "/etc/k.pem",
+            "max_idle_conns": 5,
+            "conn_max_lifetime": "90s",
+        });
+        let options = SqlOptions::from_plugin_data(&data).unwrap();
+        assert_eq!(
+            options.ro_connection_string.as_deref(),
+            Some("u:p@tcp(replica:3306)/spire")
+        );
+        assert_eq!(options.root_ca_path, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(options.client_key_path, Some(PathBuf::from("/etc/k.pem")));
+        assert_eq!(options.max_idle_conns, Some(5));
+        assert_eq!(options.conn_max_lifetime, Some(Duration::from_secs(90)));
+        let err = SqlOptions::from_plugin_data(&serde_json::json!({
+            "database_type": "mysql",
+            "connection_string": "x",
+            "conn_max_lifetime": "forever",
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("conn_max_lifetime"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn disable_migration_refuses_to_create_the_schema() {
+        let config = SqlConfig {
+            database_type: "sqlite3".into(),
+            connection_string: "file:disable_migration_unit?mode=memory&cache=shared".into(),
+            max_open_conns: None,
+            disable_migration: true,
+        };
+        let err = SqlDataStore::open(&config).await.unwrap_err().to_string();
+        assert!(err.contains("disable_migration"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_postgres_path_is_refused_with_a_hint() {
+        let config = SqlConfig {
+            database_type: "postgres".into(),
+            connection_string: "/var/lib/spire/datastore.sqlite3".into(),
+            max_open_conns: None,
+            disable_migration: false,
+        };
+        let err = SqlDataStore::open(&config).await.unwrap_err();
+        assert!(matches!(err, DataStoreError::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("sqlite3"), "{err}");
+    }
+
+    /// A connection string of `env` with its database replaced by `db`, in the same format.
+    fn with_db(dialect: Dialect, base: &str, db: &str) -> String {
+        match dialect {
+            Dialect::Postgres if base.contains("://") => {
+                let (path, query) = base.split_once('?').unwrap_or((base, ""));
+                let (prefix, _) = path.rsplit_once('/').unwrap();
+                format!("{prefix}/{db}?{query}")
+            }
+            Dialect::Postgres => format!("{base} dbname={db}"),
+            _ => {
+                let (path, query) = base.split_once('?').unwrap_or((base, ""));
+                let (prefix, _) = path.rsplit_once('/').unwrap();
+                format!("{prefix}/{db}?{query}")
+            }
+        }
+    }
+
+    /// Runs one statement on the database a connection string names.
+    async fn admin(dialect: Dialect, connection_string: &str, sql: &str) {
+        let target = SqlDataStore::server_target(
+            dialect,
+            connection_string,
+            "connection_string",
+            &SqlOptions::default(),
+        )
+        .unwrap();
+        let mut conn = SqlDataStore::first_connection(dialect, &target, "connection_string")
+            .await
+            .unwrap();
+        conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+
+    /// On the servers the integration harness names (SPIRE_TEST_POSTGRES, SPIRE_TEST_MYSQL):
+    /// both PostgreSQL formats, a read pool of its own, the schema created and found again,
+    /// a wrong password and a closed port refused at open with the cause named.
+    #[tokio::test]
+    async fn server_engines_open_with_upstream_connection_strings() {
+        sqlx::any::install_default_drivers();
+        for (dialect, var) in [
+            (Dialect::Postgres, "SPIRE_TEST_POSTGRES"),
+            (Dialect::Mysql, "SPIRE_TEST_MYSQL"),
+        ] {
+            let Ok(base) = std::env::var(var) else {
+                println!("skipped {}: {var} is not set", dialect.name());
+                continue;
+            };
+            let name = format!("spire_unit_{}", std::process::id());
+            let quoted = match dialect {
+                Dialect::Mysql => format!("`{name}`"),
+                _ => format!("\"{name}\""),
+            };
+            admin(dialect, &base, &format!("DROP DATABASE IF EXISTS {quoted}")).await;
+            admin(dialect, &base, &format!("CREATE DATABASE {quoted}")).await;
+            let connection_string = with_db(dialect, &base, &name);
+            let ro = match dialect {
+                // The other PostgreSQL format for the read pool.
+                Dialect::Postgres => {
+                    let url = connect::postgres_target(&connection_string, "x")
+                        .unwrap()
+                        .url;
+                    Some(url)
+                }
+                _ => Some(connection_string.clone()),
+            };
+            let config = SqlConfig {
+                database_type: dialect.name().into(),
+                connection_string: connection_string.clone(),
+                max_open_conns: Some(4),
+                disable_migration: false,
+            };
+            let options = SqlOptions {
+                ro_connection_string: ro,
+                conn_max_lifetime: Some(Duration::from_secs(60)),
+                ..SqlOptions::default()
+            };
+            let ds = SqlDataStore::open_with_options(&config, &options)
+                .await
+                .unwrap();
+            assert!(ds.created_schema());
+            ds.create_join_token(JoinToken {
+                token: "t".into(),
+                expiry: 42,
+            })
+            .await
+            .unwrap();
+            assert_eq!(ds.fetch_join_token("t").await.unwrap().unwrap().expiry, 42);
+            ds.close().await;
+            let ds = SqlDataStore::open_with_options(&config, &options)
+                .await
+                .unwrap();
+            assert!(!ds.created_schema());
+            ds.close().await;
+
+            let wrong = match dialect {
+                Dialect::Postgres => format!("{connection_string} password=wrong"),
+                _ => connection_string.replacen(':', ":wrong", 1),
+            };
+            let err = SqlDataStore::open(&SqlConfig {
+                connection_string: wrong,
+                ..config.clone()
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("cannot connect") && err.contains(dialect.name()),
+                "{err}"
+            );
+            println!("{}: wrong password: {err}", dialect.name());
+            let closed = match dialect {
+                Dialect::Postgres => format!("{connection_string} host=127.0.0.1 port=1"),
+                _ => format!("{}@tcp(127.0.0.1:1)/{name}", "spire"),
+            };
+            let err = SqlDataStore::open(&SqlConfig {
+                connection_string: closed,
+                ..config.clone()
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("cannot connect"), "{err}");
+            println!("{}: closed port: {err}", dialect.name());
+            admin(dialect, &base, &format!("DROP DATABASE {quoted}")).await;
+        }
+    }
+
+    /// A loopback TCP forwarder that can be cut (every connection closed, the port refusing)
+    /// and restored on the same port, standing in for a database that goes away.
+    struct Forwarder {
+        port: u16,
+        target: std::net::SocketAddr,
+        cancel: tokio_util::sync::CancellationToken,
+    }
+
+    impl Forwarder {
+        async fn start(target: std::net::SocketAddr, port: u16) -> Self {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let token = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        () = token.cancelled() => return,
+                        a = listener.accept() => a,
+                    };
+                    let Ok((mut client, _)) = accepted else {
+                        return;
+                    };
+                    let token = token.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            () = token.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        }
+                    });
+                }
+            });
+            Self {
+                port,
+                target,
+                cancel,
+            }
+        }
+
+        fn cut(&self) {
+            self.cancel.cancel();
+        }
+
+        async fn restore(&self) -> Self {
+            Self::start(self.target, self.port).await
+        }
+    }
+
+    /// A database that goes away makes calls fail as unavailable within the acquire timeout,
+    /// and the store recovers by itself, data intact, once it is back.
+    #[tokio::test]
+    async fn a_database_that_goes_away_fails_calls_then_recovers() {
+        sqlx::any::install_default_drivers();
+        for (dialect, var, port) in [
+            (Dialect::Postgres, "SPIRE_TEST_POSTGRES", 5432),
+            (Dialect::Mysql, "SPIRE_TEST_MYSQL", 3306),
+        ] {
+            let Ok(base) = std::env::var(var) else {
+                println!("skipped {}: {var} is not set", dialect.name());
+                continue;
+            };
+            let name = format!("spire_unit_gone_{}", std::process::id());
+            let quoted = match dialect {
+                Dialect::Mysql => format!("`{name}`"),
+                _ => format!("\"{name}\""),
+            };
+            admin(dialect, &base, &format!("DROP DATABASE IF EXISTS {quoted}")).await;
+            admin(dialect, &base, &format!("CREATE DATABASE {quoted}")).await;
+            let direct = with_db(dialect, &base, &name);
+            let forwarder = Forwarder::start(([127, 0, 0, 1], port).into(), 0).await;
+            let via = match dialect {
+                Dialect::Postgres => format!("{direct} host=127.0.0.1 port={}", forwarder.port),
+                _ => {
+                    let (_, rest) = direct.split_once('@').unwrap();
+                    let (_, db) = rest.split_once(')').unwrap();
+                    let (userinfo, _) = direct.split_once('@').unwrap();
+                    format!("{userinfo}@tcp(127.0.0.1:{}){db}", forwarder.port)
+                }
+            };
+            let config = SqlConfig {
+                database_type: dialect.name().into(),
+                connection_string: via,
+                max_open_conns: Some(2),
+                disable_migration: false,
+            };
+            let options = SqlOptions {
+                acquire_timeout: Some(Duration::from_secs(2)),
+                ..SqlOptions::default()
+            };
+            let ds = SqlDataStore::open_with_options(&config, &options)
+                .await
+                .unwrap();
+            ds.create_join_token(JoinToken {
+                token: "kept".into(),
+                expiry: 7,
+            })
+            .await
+            .unwrap();
+
+            forwarder.cut();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let err = ds.fetch_join_token("kept").await.unwrap_err().to_string();
+            assert!(err.contains("unavailable"), "{}: {err}", dialect.name());
+            let err = ds
+                .create_join_token(JoinToken {
+                    token: "lost".into(),
+                    expiry: 7,
+                })
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unavailable"), "{}: {err}", dialect.name());
+
+            let back = forwarder.restore().await;
+            assert_eq!(
+                ds.fetch_join_token("kept").await.unwrap().unwrap().expiry,
+                7,
+                "{}",
+                dialect.name()
+            );
+            ds.create_join_token(JoinToken {
+                token: "after".into(),
+                expiry: 8,
+            })
+            .await
+            .unwrap();
+            ds.close().await;
+            back.cut();
+            admin(dialect, &base, &format!("DROP DATABASE {quoted}")).await;
+        }
     }
 }

@@ -5,25 +5,26 @@ use std::collections::HashMap;
 
 use spire_core::selector::Selector;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::any::AnyRow;
 
 use super::dialect::{
-    Arg, bind_all, db_err, epoch, is_unique_violation, now, placeholders, unix_time,
+    Arg, Db, Dialect, db_err, get_bool, is_unique_violation, now, placeholders, unix_time,
 };
 use super::query::{Page, Related, Where, push_selector_match};
 use crate::datastore::{AttestedNode, AttestedNodeMask, DataStoreError, ListNodesRequest, Result};
 
-fn node_columns() -> String {
+fn node_columns(d: Dialect) -> String {
     format!(
         "n.id, n.spiffe_id, n.data_type, n.serial_number, {} AS expires_unix, \
-         n.new_serial_number, {} AS new_expires_unix, n.can_reattest",
-        epoch("n.expires_at"),
-        epoch("n.new_expires_at")
+         n.new_serial_number, {} AS new_expires_unix, {} AS can_reattest",
+        d.epoch("n.expires_at"),
+        d.epoch("n.new_expires_at"),
+        d.bool_col("n.can_reattest")
     )
 }
 
-fn row_to_node(row: &SqliteRow) -> Result<(i64, AttestedNode)> {
-    let get = |row: &SqliteRow| -> std::result::Result<_, sqlx::Error> {
+fn row_to_node(row: &AnyRow) -> Result<(i64, AttestedNode)> {
+    let get = |row: &AnyRow| -> std::result::Result<_, sqlx::Error> {
         let id: i64 = row.try_get(0)?;
         Ok((
             id,
@@ -35,7 +36,7 @@ fn row_to_node(row: &SqliteRow) -> Result<(i64, AttestedNode)> {
                 new_cert_serial_number: row.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
                 new_cert_not_after: row.try_get::<Option<i64>, _>(6)?.unwrap_or_default(),
                 selectors: Vec::new(),
-                can_reattest: row.try_get::<Option<bool>, _>(7)?.unwrap_or_default(),
+                can_reattest: get_bool(row, 7)?,
             },
         ))
     };
@@ -43,16 +44,13 @@ fn row_to_node(row: &SqliteRow) -> Result<(i64, AttestedNode)> {
 }
 
 /// Records that an agent changed, in the caller's transaction.
-pub(crate) async fn insert_event(conn: &mut SqliteConnection, spiffe_id: &str) -> Result<()> {
+pub(crate) async fn insert_event(conn: &mut Db<'_>, spiffe_id: &str) -> Result<()> {
     let t = now();
-    bind_all(
-        sqlx::query(
-            "INSERT INTO attested_node_entries_events (created_at, updated_at, spiffe_id) \
+    conn.execute(
+        "INSERT INTO attested_node_entries_events (created_at, updated_at, spiffe_id) \
              VALUES (?, ?, ?)",
-        ),
         &[Arg::Time(t), Arg::Time(t), Arg::Text(spiffe_id.to_owned())],
     )
-    .execute(&mut *conn)
     .await
     .map_err(db_err("recording an agent event"))?;
     Ok(())
@@ -68,22 +66,17 @@ fn nullable_time(secs: i64) -> Result<Arg> {
 }
 
 /// Inserts a new agent and its event, in the caller's transaction.
-pub(crate) async fn create(
-    conn: &mut SqliteConnection,
-    node: AttestedNode,
-) -> Result<AttestedNode> {
+pub(crate) async fn create(conn: &mut Db<'_>, node: AttestedNode) -> Result<AttestedNode> {
     if node.spiffe_id.is_empty() {
         return Err(DataStoreError::InvalidArgument(
             "an attested node needs a SPIFFE ID".into(),
         ));
     }
     let t = now();
-    bind_all(
-        sqlx::query(
-            "INSERT INTO attested_node_entries (created_at, updated_at, spiffe_id, data_type, \
+    conn.execute(
+        "INSERT INTO attested_node_entries (created_at, updated_at, spiffe_id, data_type, \
              serial_number, expires_at, new_serial_number, new_expires_at, can_reattest) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        ),
         &[
             Arg::Time(t),
             Arg::Time(t),
@@ -96,13 +89,12 @@ pub(crate) async fn create(
             Arg::Bool(node.can_reattest),
         ],
     )
-    .execute(&mut *conn)
     .await
     .map_err(|e| {
         if is_unique_violation(&e) {
             DataStoreError::AlreadyExists(format!("attested node {:?}", node.spiffe_id))
         } else {
-            DataStoreError::Internal(format!("storing an attested node: {e}"))
+            db_err("storing an attested node")(e)
         }
     })?;
     insert_event(conn, &node.spiffe_id).await?;
@@ -110,14 +102,14 @@ pub(crate) async fn create(
 }
 
 async fn load_selectors(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     spiffe_ids: &[String],
     all: bool,
 ) -> Result<HashMap<String, Vec<Selector>>> {
     let mut out: HashMap<String, Vec<Selector>> = HashMap::new();
-    let mut run = |rows: Vec<SqliteRow>| -> Result<()> {
+    let mut run = |rows: Vec<AnyRow>| -> Result<()> {
         for row in rows {
-            let get = |row: &SqliteRow| -> std::result::Result<_, sqlx::Error> {
+            let get = |row: &AnyRow| -> std::result::Result<_, sqlx::Error> {
                 Ok((
                     row.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
                     row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
@@ -130,11 +122,13 @@ async fn load_selectors(
         Ok(())
     };
     if all {
-        let rows =
-            sqlx::query("SELECT spiffe_id, type, value FROM node_resolver_map_entries ORDER BY id")
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db_err("reading node selectors"))?;
+        let rows = conn
+            .fetch_all(
+                "SELECT spiffe_id, type, value FROM node_resolver_map_entries ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(db_err("reading node selectors"))?;
         run(rows)?;
     } else {
         for chunk in spiffe_ids.chunks(500) {
@@ -144,8 +138,8 @@ async fn load_selectors(
                 placeholders(chunk.len())
             );
             let args: Vec<Arg> = chunk.iter().map(|s| Arg::Text(s.clone())).collect();
-            let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-                .fetch_all(&mut *conn)
+            let rows = conn
+                .fetch_all(&sql, &args)
                 .await
                 .map_err(db_err("reading node selectors"))?;
             run(rows)?;
@@ -155,10 +149,7 @@ async fn load_selectors(
 }
 
 /// The node selectors of one agent.
-pub(crate) async fn get_selectors(
-    conn: &mut SqliteConnection,
-    spiffe_id: &str,
-) -> Result<Vec<Selector>> {
+pub(crate) async fn get_selectors(conn: &mut Db<'_>, spiffe_id: &str) -> Result<Vec<Selector>> {
     Ok(load_selectors(conn, &[spiffe_id.to_owned()], false)
         .await?
         .remove(spiffe_id)
@@ -167,7 +158,7 @@ pub(crate) async fn get_selectors(
 
 /// Replaces an agent's node selectors and records an event, in the caller's transaction.
 pub(crate) async fn set_selectors(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     spiffe_id: &str,
     selectors: &[Selector],
 ) -> Result<()> {
@@ -176,19 +167,18 @@ pub(crate) async fn set_selectors(
             "setting node selectors needs the agent's SPIFFE ID".into(),
         ));
     }
-    sqlx::query("DELETE FROM node_resolver_map_entries WHERE spiffe_id = ?")
-        .bind(spiffe_id.to_owned())
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err("replacing node selectors"))?;
+    conn.execute(
+        "DELETE FROM node_resolver_map_entries WHERE spiffe_id = ?",
+        &[Arg::Text(spiffe_id.to_owned())],
+    )
+    .await
+    .map_err(db_err("replacing node selectors"))?;
     let t = now();
     let mut seen = std::collections::BTreeSet::new();
     for s in selectors.iter().filter(|s| seen.insert((*s).clone())) {
-        bind_all(
-            sqlx::query(
-                "INSERT INTO node_resolver_map_entries (created_at, updated_at, spiffe_id, type, \
+        conn.execute(
+            "INSERT INTO node_resolver_map_entries (created_at, updated_at, spiffe_id, type, \
                  value) VALUES (?, ?, ?, ?, ?)",
-            ),
             &[
                 Arg::Time(t),
                 Arg::Time(t),
@@ -197,14 +187,13 @@ pub(crate) async fn set_selectors(
                 Arg::Text(s.value.clone()),
             ],
         )
-        .execute(&mut *conn)
         .await
         .map_err(db_err("storing node selectors"))?;
     }
     insert_event(conn, spiffe_id).await
 }
 
-fn filters(request: &ListNodesRequest) -> Result<Where> {
+fn filters(d: Dialect, request: &ListNodesRequest) -> Result<Where> {
     let mut w = Where::default();
     if let Some(kind) = &request.by_attestation_type {
         w.push("n.data_type = ?", [Arg::Text(kind.clone())]);
@@ -218,7 +207,10 @@ fn filters(request: &ListNodesRequest) -> Result<Where> {
         }
     }
     if let Some(before) = request.by_expires_before {
-        w.push(format!("{} < ?", epoch("n.expires_at")), [Arg::Int(before)]);
+        w.push(
+            format!("{} < ?", d.epoch("n.expires_at")),
+            [Arg::Int(before)],
+        );
     }
     if let Some(can) = request.by_can_reattest {
         w.push("n.can_reattest = ?", [Arg::Bool(can)]);
@@ -236,7 +228,7 @@ fn filters(request: &ListNodesRequest) -> Result<Where> {
 }
 
 async fn select(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     w: &Where,
     page: Page,
     fetch_selectors: bool,
@@ -244,12 +236,12 @@ async fn select(
     let mut args = w.args.clone();
     let sql = format!(
         "SELECT {} FROM attested_node_entries n{}{}",
-        node_columns(),
+        node_columns(conn.dialect()),
         w.render(),
         page.order_limit("n.id", &mut args)
     );
-    let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
-        .fetch_all(&mut *conn)
+    let rows = conn
+        .fetch_all(&sql, &args)
         .await
         .map_err(db_err("listing attested nodes"))?;
     let mut nodes = rows.iter().map(row_to_node).collect::<Result<Vec<_>>>()?;
@@ -266,10 +258,7 @@ async fn select(
 }
 
 /// Fetches one agent with its selectors.
-pub(crate) async fn fetch(
-    conn: &mut SqliteConnection,
-    spiffe_id: &str,
-) -> Result<Option<AttestedNode>> {
+pub(crate) async fn fetch(conn: &mut Db<'_>, spiffe_id: &str) -> Result<Option<AttestedNode>> {
     let mut w = Where::default();
     w.push("n.spiffe_id = ?", [Arg::Text(spiffe_id.to_owned())]);
     Ok(select(conn, &w, Page::default(), true)
@@ -281,10 +270,10 @@ pub(crate) async fn fetch(
 
 /// Lists agents; returns the page and the next token.
 pub(crate) async fn list(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     request: &ListNodesRequest,
 ) -> Result<(Vec<AttestedNode>, String)> {
-    let mut w = filters(request)?;
+    let mut w = filters(conn.dialect(), request)?;
     let page = Page::from_request(request.pagination.as_ref())?;
     page.push(&mut w, "n.id");
     let rows = select(conn, &w, page, request.fetch_selectors).await?;
@@ -293,23 +282,39 @@ pub(crate) async fn list(
 }
 
 /// Counts agents matching the filters.
-pub(crate) async fn count(conn: &mut SqliteConnection, request: &ListNodesRequest) -> Result<u64> {
-    let w = filters(request)?;
+pub(crate) async fn count(conn: &mut Db<'_>, request: &ListNodesRequest) -> Result<u64> {
+    let w = filters(conn.dialect(), request)?;
     let sql = format!("SELECT COUNT(*) FROM attested_node_entries n{}", w.render());
-    let row = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &w.args)
-        .fetch_one(&mut *conn)
+    let row = conn
+        .fetch_one(&sql, &w.args)
         .await
         .map_err(db_err("counting attested nodes"))?;
     let n: i64 = row.try_get(0).map_err(db_err("counting attested nodes"))?;
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
+/// Locks an agent's row until the transaction ends, so concurrent changes from several
+/// servers apply one after the other (SQLite's write transactions are exclusive already).
+async fn lock_row(conn: &mut Db<'_>, spiffe_id: &str) -> Result<()> {
+    if conn.dialect() == Dialect::Sqlite {
+        return Ok(());
+    }
+    conn.fetch_optional(
+        "SELECT id FROM attested_node_entries WHERE spiffe_id = ? FOR UPDATE",
+        &[Arg::Text(spiffe_id.to_owned())],
+    )
+    .await
+    .map_err(db_err("locking an attested node"))?;
+    Ok(())
+}
+
 /// Updates the masked fields of an agent, in the caller's transaction.
 pub(crate) async fn update(
-    conn: &mut SqliteConnection,
+    conn: &mut Db<'_>,
     change: AttestedNode,
     mask: AttestedNodeMask,
 ) -> Result<AttestedNode> {
+    lock_row(conn, &change.spiffe_id).await?;
     let Some(mut node) = fetch(conn, &change.spiffe_id).await? else {
         return Err(DataStoreError::NotFound(format!(
             "attested node {:?}",
@@ -331,11 +336,9 @@ pub(crate) async fn update(
     if mask.can_reattest {
         node.can_reattest = change.can_reattest;
     }
-    bind_all(
-        sqlx::query(
-            "UPDATE attested_node_entries SET updated_at = ?, serial_number = ?, expires_at = ?, \
+    conn.execute(
+        "UPDATE attested_node_entries SET updated_at = ?, serial_number = ?, expires_at = ?, \
              new_serial_number = ?, new_expires_at = ?, can_reattest = ? WHERE spiffe_id = ?",
-        ),
         &[
             Arg::Time(now()),
             Arg::Text(node.cert_serial_number.clone()),
@@ -346,7 +349,6 @@ pub(crate) async fn update(
             Arg::Text(node.spiffe_id.clone()),
         ],
     )
-    .execute(&mut *conn)
     .await
     .map_err(db_err("updating an attested node"))?;
     insert_event(conn, &node.spiffe_id).await?;
@@ -354,22 +356,25 @@ pub(crate) async fn update(
 }
 
 /// Deletes an agent and its node selectors, in the caller's transaction.
-pub(crate) async fn delete(conn: &mut SqliteConnection, spiffe_id: &str) -> Result<AttestedNode> {
+pub(crate) async fn delete(conn: &mut Db<'_>, spiffe_id: &str) -> Result<AttestedNode> {
+    lock_row(conn, spiffe_id).await?;
     let Some(node) = fetch(conn, spiffe_id).await? else {
         return Err(DataStoreError::NotFound(format!(
             "attested node {spiffe_id:?}"
         )));
     };
-    sqlx::query("DELETE FROM node_resolver_map_entries WHERE spiffe_id = ?")
-        .bind(spiffe_id.to_owned())
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err("deleting node selectors"))?;
-    sqlx::query("DELETE FROM attested_node_entries WHERE spiffe_id = ?")
-        .bind(spiffe_id.to_owned())
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err("deleting an attested node"))?;
+    conn.execute(
+        "DELETE FROM node_resolver_map_entries WHERE spiffe_id = ?",
+        &[Arg::Text(spiffe_id.to_owned())],
+    )
+    .await
+    .map_err(db_err("deleting node selectors"))?;
+    conn.execute(
+        "DELETE FROM attested_node_entries WHERE spiffe_id = ?",
+        &[Arg::Text(spiffe_id.to_owned())],
+    )
+    .await
+    .map_err(db_err("deleting an attested node"))?;
     insert_event(conn, spiffe_id).await?;
     Ok(node)
 }

@@ -1,15 +1,17 @@
 //! Serde helpers for the shapes upstream's HCL v1 decoder accepts and JSON configs (as the
 //! Helm charts render them) use: blocks written as objects or one-element lists, numbers
-//! written as strings and durations in Go syntax.
+//! written as strings, durations in Go syntax, and named blocks (`federates_with "td" {}`)
+//! that JSON writes as a map or a list of maps.
 //!
 //! Every helper deserializes through the caller's deserializer, so the error path that
-//! `spire_core::config::from_value` reports stays exact.
+//! [`super::from_value`] reports stays exact.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// One block: an object, a list holding one object, or null (absent).
@@ -59,7 +61,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneBlock<T> {
 }
 
 /// An optional block (`ca_subject { }`, `"ca_subject": [{...}]`, or absent/null).
-pub(crate) fn opt_block<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub fn opt_block<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -68,7 +70,7 @@ where
 }
 
 /// A block that falls back to its default when absent.
-pub(crate) fn block<'de, D, T>(d: D) -> Result<T, D::Error>
+pub fn block<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -77,7 +79,7 @@ where
 }
 
 /// A list of blocks: `[{..}, {..}]`, a single block, or repeated HCL blocks.
-pub(crate) fn block_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub fn block_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -106,6 +108,73 @@ where
         }
     }
     d.deserialize_any(ListVisitor::<T>(PhantomData))
+}
+
+/// Named blocks (`federates_with "a.test" {..} federates_with "b.test" {..}`): a map from
+/// name to block, where JSON may also write a list of such maps or a block as a one-element
+/// list. A name given twice is an error.
+pub fn named_blocks<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    d.deserialize_any(NamedVisitor::<T>(PhantomData, BTreeMap::new()))
+}
+
+struct NamedVisitor<T>(PhantomData<T>, BTreeMap<String, T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for NamedVisitor<T> {
+    type Value = BTreeMap<String, T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("named blocks (an object keyed by name)")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.1)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.1)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        while let Some(name) = map.next_key::<String>()? {
+            let block = map.next_value::<OneBlock<T>>()?;
+            if self.1.contains_key(&name) {
+                return Err(de::Error::custom(format!(
+                    "{name:?} is given more than once; it may appear once"
+                )));
+            }
+            if let Some(block) = block.0 {
+                self.1.insert(name, block);
+            }
+        }
+        Ok(self.1)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while let Some(more) = seq.next_element_seed(NamedSeed::<T>(PhantomData))? {
+            for (name, block) in more {
+                if self.1.contains_key(&name) {
+                    return Err(de::Error::custom(format!(
+                        "{name:?} is given more than once; it may appear once"
+                    )));
+                }
+                self.1.insert(name, block);
+            }
+        }
+        Ok(self.1)
+    }
+}
+
+struct NamedSeed<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for NamedSeed<T> {
+    type Value = BTreeMap<String, T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        named_blocks(d)
+    }
 }
 
 /// A number that may be written as a string (`bind_port = "8081"`), as HCL v1 accepts.
@@ -152,7 +221,7 @@ fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error>
 }
 
 /// An optional TCP port, written as a number or a string; 0 to 65535.
-pub(crate) fn opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+pub fn opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
     match lenient_i64(d)? {
         None => Ok(None),
         Some(n) => u16::try_from(n).map(Some).map_err(|_| {
@@ -164,7 +233,7 @@ pub(crate) fn opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D
 }
 
 /// An optional non-negative count, written as a number or a string.
-pub(crate) fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     match lenient_i64(d)? {
         None => Ok(None),
         Some(n) => u32::try_from(n).map(Some).map_err(|_| {
@@ -176,13 +245,13 @@ pub(crate) fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D:
 }
 
 /// An optional signed integer, written as a number or a string.
-pub(crate) fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     lenient_i64(d)
 }
 
 /// An optional boolean; `"true"` / `"false"` strings are accepted too (they appear after
 /// `-expandEnv` substitution).
-pub(crate) fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     struct V;
     impl Visitor<'_> for V {
         type Value = Option<bool>;
@@ -212,7 +281,7 @@ pub(crate) fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, 
 
 /// An optional string; numbers and booleans are taken as their text, as HCL v1 does when
 /// decoding into a string field. An empty string counts as unset, as upstream treats it.
-pub(crate) fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     struct V;
     impl Visitor<'_> for V {
         type Value = Option<String>;
@@ -245,7 +314,7 @@ pub(crate) fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Strin
 }
 
 /// A list of strings; a single string is taken as a one-element list, null as empty.
-pub(crate) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = Vec<String>;
@@ -274,10 +343,10 @@ pub(crate) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>
 
 /// An optional Go duration (`"1h30m"`); the number 0 is accepted as zero, as Go's
 /// `time.ParseDuration("0")` does, and an empty string counts as unset.
-pub(crate) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     match opt_string(d)? {
         None => Ok(None),
-        Some(text) => spire_core::duration::parse(text.trim())
+        Some(text) => crate::duration::parse(text.trim())
             .map(Some)
             .map_err(de::Error::custom),
     }
@@ -304,6 +373,8 @@ mod tests {
         one: Option<Inner>,
         #[serde(default, deserialize_with = "block_list")]
         many: Vec<Inner>,
+        #[serde(default, deserialize_with = "named_blocks")]
+        named: BTreeMap<String, Inner>,
         #[serde(default, deserialize_with = "opt_duration")]
         ttl: Option<Duration>,
         #[serde(default, deserialize_with = "opt_bool")]
@@ -311,7 +382,7 @@ mod tests {
     }
 
     fn load(v: serde_json::Value) -> Result<Outer, String> {
-        spire_core::config::from_value("t.conf", v).map_err(|e| e.to_string())
+        crate::config::from_value("t.conf", v).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -329,10 +400,20 @@ mod tests {
     fn errors_keep_their_path() {
         let err = load(json!({"one": [{"port": "99999"}]})).unwrap_err();
         assert!(err.starts_with("t.conf: one[0].port: port 99999"), "{err}");
-        let err = load(json!({"one": {"prot": 1}})).unwrap_err();
+        let err = load(json!({"named": {"a.test": {"prot": 1}}})).unwrap_err();
         assert!(err.contains("unknown key \"prot\""), "{err}");
         let err = load(json!({"ttl": "5d"})).unwrap_err();
         assert!(err.starts_with("t.conf: ttl: unknown unit"), "{err}");
+    }
+
+    #[test]
+    fn named_blocks_merge_json_list_forms() {
+        let v =
+            load(json!({"named": [{"a.test": [{"port": 1}]}, {"b.test": {"port": 2}}]})).unwrap();
+        assert_eq!(v.named.len(), 2);
+        assert_eq!(v.named["b.test"].port, Some(2));
+        let err = load(json!({"named": [{"a": {}}, {"a": {}}]})).unwrap_err();
+        assert!(err.contains("more than once"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,473 @@
+//! Test databases on every SQL engine the datastore supports, shared by the datastore tests.
+//!
+//! SQLite always runs (a file in a temp dir). PostgreSQL and MySQL/MariaDB run when
+//! `SPIRE_TEST_POSTGRES` / `SPIRE_TEST_MYSQL` hold a connection string in upstream's format
+//! (`scripts/test-databases.sh` starts both servers and prints the variables); otherwise the
+//! test prints that it skipped the engine. Each test gets a database of its own
+//! (`spire_t_<pid>_<test>`), created fresh through the configured one and dropped when the test
+//! passes (a failed test leaves it for inspection), so tests run in parallel without sharing
+//! rows, and two `cargo test` runs on one server do not collide.
+
+#![allow(dead_code, reason = "each test file uses part of the harness")]
+
+use std::str::FromStr;
+
+use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Executor, Row};
+
+/// One SQL engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Engine {
+    /// The `database_type` upstream's configuration uses for this engine.
+    pub(crate) fn database_type(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite3",
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+        }
+    }
+
+    /// The variable holding the connection string of the server to test on.
+    pub(crate) fn env_var(self) -> Option<&'static str> {
+        match self {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some("SPIRE_TEST_POSTGRES"),
+            Engine::Mysql => Some("SPIRE_TEST_MYSQL"),
+        }
+    }
+}
+
+/// A fresh, empty database for one test.
+pub(crate) struct TestDb {
+    pub(crate) engine: Engine,
+    /// The `connection_string` that opens this test's database.
+    pub(crate) connection_string: String,
+    /// The database's name (for SQLite: the file path).
+    pub(crate) name: String,
+    /// For PostgreSQL/MySQL: the configured connection string, to drop the database later.
+    base: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A connection pool straight to a test database, bypassing the store.
+pub(crate) enum Raw {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    Mysql(MySqlPool),
+}
+
+impl TestDb {
+    /// Creates the test's database, or returns `None` after printing why the engine is
+    /// skipped when its variable is not set.
+    pub(crate) async fn create(engine: Engine, test: &str) -> Option<TestDb> {
+        let Some(var) = engine.env_var() else {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("data/datastore.sqlite3");
+            return Some(TestDb {
+                engine,
+                connection_string: path.display().to_string(),
+                name: path.display().to_string(),
+                base: None,
+                _dir: Some(dir),
+            });
+        };
+        let base = match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => v,
+            _ => {
+                println!(
+                    "skipped {test} on {}: {var} is not set (run scripts/test-databases.sh)",
+                    engine.database_type()
+                );
+                return None;
+            }
+        };
+        let mut short: String = test.chars().take(40).collect();
+        short.make_ascii_lowercase();
+        let name = format!("spire_t_{}_{short}", std::process::id());
+        let admin = admin_pool(engine, &base).await;
+        match engine {
+            Engine::Postgres => {
+                admin
+                    .execute_script(&format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE);\nCREATE DATABASE \"{name}\";"
+                    ))
+                    .await;
+            }
+            Engine::Mysql => {
+                admin
+                    .execute_script(&format!(
+                        "DROP DATABASE IF EXISTS `{name}`;\nCREATE DATABASE `{name}`;"
+                    ))
+                    .await;
+            }
+            Engine::Sqlite => unreachable!(),
+        }
+        admin.close().await;
+        Some(TestDb {
+            engine,
+            connection_string: with_database(engine, &base, &name),
+            name,
+            base: Some(base),
+            _dir: None,
+        })
+    }
+
+    /// The store's configuration, read through upstream's `plugin_data` keys.
+    pub(crate) fn config(&self) -> SqlConfig {
+        let mut data = serde_json::json!({
+            "database_type": self.engine.database_type(),
+            "connection_string": self.connection_string,
+        });
+        if self.engine != Engine::Sqlite {
+            // Parallel tests on one server stay well under its connection limit.
+            data["max_open_conns"] = 10.into();
+        }
+        SqlConfig::from_plugin_data(&data).unwrap()
+    }
+
+    /// Opens the store on this database.
+    pub(crate) async fn open(&self) -> SqlDataStore {
+        match SqlDataStore::open(&self.config()).await {
+            Ok(ds) => ds,
+            Err(e) => panic!(
+                "opening the {} store on {}: {e}",
+                self.engine.database_type(),
+                self.name
+            ),
+        }
+    }
+
+    /// A pool straight to this database.
+    pub(crate) async fn raw(&self) -> Raw {
+        match self.engine {
+            Engine::Sqlite => {
+                let options = SqliteConnectOptions::new()
+                    .filename(&self.connection_string)
+                    .create_if_missing(true);
+                if let Some(parent) = std::path::Path::new(&self.connection_string).parent() {
+                    std::fs::create_dir_all(parent).unwrap();
+                }
+                Raw::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(options)
+                        .await
+                        .unwrap(),
+                )
+            }
+            _ => admin_pool(self.engine, &self.connection_string).await,
+        }
+    }
+
+    /// Drops the database (after the test passed).
+    pub(crate) async fn remove(self) {
+        let Some(base) = &self.base else { return };
+        let admin = admin_pool(self.engine, base).await;
+        let sql = match self.engine {
+            Engine::Postgres => format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE);", self.name),
+            _ => format!("DROP DATABASE IF EXISTS `{}`;", self.name),
+        };
+        admin.execute_script(&sql).await;
+        admin.close().await;
+    }
+}
+
+impl Raw {
+    /// Runs statements separated by line-ending semicolons, one at a time (`--` comment lines
+    /// are skipped).
+    pub(crate) async fn execute_script(&self, script: &str) {
+        let text: String = script
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for statement in text.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+            let statement = statement.trim_end_matches(';').to_owned();
+            let result = match self {
+                Raw::Sqlite(p) => p
+                    .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())))
+                    .await
+                    .map(|_| ()),
+                Raw::Postgres(p) => p
+                    .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())))
+                    .await
+                    .map(|_| ()),
+                Raw::Mysql(p) => p
+                    .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())))
+                    .await
+                    .map(|_| ()),
+            };
+            if let Err(e) = result {
+                panic!("{statement}: {e}");
+            }
+        }
+    }
+
+    /// Runs a query whose columns are all text (cast them in the SQL) or NULL (shown as
+    /// `NULL`), and returns its rows.
+    pub(crate) async fn texts(&self, sql: &str) -> Vec<Vec<String>> {
+        fn cells<R: Row>(row: &R) -> Vec<String>
+        where
+            for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            usize: sqlx::ColumnIndex<R>,
+        {
+            (0..row.len())
+                .map(|i| {
+                    row.try_get::<Option<String>, _>(i)
+                        .unwrap_or_else(|e| panic!("column {i} is not text: {e}"))
+                        .unwrap_or_else(|| "NULL".to_owned())
+                })
+                .collect()
+        }
+        let query = sqlx::AssertSqlSafe(sql.to_owned());
+        let result = match self {
+            Raw::Sqlite(p) => sqlx::query(query)
+                .fetch_all(p)
+                .await
+                .map(|rows| rows.iter().map(cells).collect()),
+            Raw::Postgres(p) => sqlx::query(query)
+                .fetch_all(p)
+                .await
+                .map(|rows| rows.iter().map(cells).collect()),
+            Raw::Mysql(p) => sqlx::query(query)
+                .fetch_all(p)
+                .await
+                .map(|rows| rows.iter().map(cells).collect()),
+        };
+        result.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The only cell of a one-row, one-column query.
+    pub(crate) async fn text(&self, sql: &str) -> String {
+        let rows = self.texts(sql).await;
+        assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+        rows[0][0].clone()
+    }
+
+    pub(crate) async fn close(self) {
+        match self {
+            Raw::Sqlite(p) => p.close().await,
+            Raw::Postgres(p) => p.close().await,
+            Raw::Mysql(p) => p.close().await,
+        }
+    }
+}
+
+/// A one-connection pool on the database a connection string names.
+async fn admin_pool(engine: Engine, connection_string: &str) -> Raw {
+    match engine {
+        Engine::Postgres => Raw::Postgres(
+            PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(pg_options(connection_string))
+                .await
+                .unwrap_or_else(|e| panic!("connecting to PostgreSQL {connection_string}: {e}")),
+        ),
+        Engine::Mysql => Raw::Mysql(
+            MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect_with(mysql_options(connection_string))
+                .await
+                .unwrap_or_else(|e| panic!("connecting to MySQL {connection_string}: {e}")),
+        ),
+        Engine::Sqlite => unreachable!("SQLite needs no admin connection"),
+    }
+}
+
+/// libpq `key=value` pairs (values optionally single-quoted) or a `postgres://` URL.
+fn pg_options(connection_string: &str) -> PgConnectOptions {
+    let s = connection_string.trim();
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        return PgConnectOptions::from_str(s).unwrap();
+    }
+    let mut options = PgConnectOptions::new_without_pgpass().ssl_mode(PgSslMode::Prefer);
+    for (key, value) in pg_pairs(s) {
+        options = match key.as_str() {
+            "host" => options.host(&value),
+            "port" => options.port(value.parse().unwrap()),
+            "user" => options.username(&value),
+            "password" => options.password(&value),
+            "dbname" => options.database(&value),
+            "sslmode" => options.ssl_mode(value.parse().unwrap()),
+            _ => options,
+        };
+    }
+    options
+}
+
+fn pg_pairs(s: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.trim().is_empty() {
+            return pairs;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek().copied().filter(|c| !c.is_whitespace()) {
+                value.push(c);
+                chars.next();
+            }
+        }
+        pairs.push((key.trim().to_owned(), value));
+    }
+}
+
+/// go-sql-driver's DSN: `user:password@tcp(host:port)/dbname?params`.
+fn mysql_options(dsn: &str) -> MySqlConnectOptions {
+    let (prefix, db, _params) = split_mysql_dsn(dsn);
+    let (credentials, address) = prefix.rsplit_once('@').unwrap_or(("", prefix));
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+    let address = address
+        .strip_prefix("tcp(")
+        .and_then(|a| a.strip_suffix(')'))
+        .unwrap_or("127.0.0.1:3306");
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "3306"));
+    MySqlConnectOptions::new()
+        .host(host)
+        .port(port.parse().unwrap())
+        .username(user)
+        .password(password)
+        .database(db)
+        .ssl_mode(MySqlSslMode::Preferred)
+}
+
+/// (everything before the database name, the database name, the parameters).
+fn split_mysql_dsn(dsn: &str) -> (&str, &str, &str) {
+    let (path, params) = dsn.split_once('?').unwrap_or((dsn, ""));
+    let (prefix, db) = path.rsplit_once('/').unwrap_or((path, ""));
+    (prefix, db, params)
+}
+
+/// The connection string `base` with its database replaced by `name`, in the same format.
+fn with_database(engine: Engine, base: &str, name: &str) -> String {
+    match engine {
+        Engine::Postgres if base.contains("://") => {
+            let (before_query, query) = base.split_once('?').unwrap_or((base, ""));
+            let scheme_end = before_query.find("://").unwrap() + 3;
+            let authority_end = before_query[scheme_end..]
+                .find('/')
+                .map_or(before_query.len(), |i| scheme_end + i);
+            let mut out = format!("{}/{name}", &before_query[..authority_end]);
+            if !query.is_empty() {
+                out = format!("{out}?{query}");
+            }
+            out
+        }
+        Engine::Postgres => {
+            let mut parts: Vec<String> = pg_pairs(base)
+                .into_iter()
+                .filter(|(k, _)| k != "dbname")
+                .map(|(k, v)| {
+                    if v.is_empty() || v.contains(char::is_whitespace) || v.contains('\'') {
+                        format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect();
+            parts.insert(0, format!("dbname={name}"));
+            parts.join(" ")
+        }
+        Engine::Mysql => {
+            let (prefix, _, params) = split_mysql_dsn(base);
+            if params.is_empty() {
+                format!("{prefix}/{name}")
+            } else {
+                format!("{prefix}/{name}?{params}")
+            }
+        }
+        Engine::Sqlite => name.to_owned(),
+    }
+}
+
+/// Generates, for each named `async fn name(db: &TestDb)`, the tests `sqlite::name`,
+/// `postgres::name` and `mysql::name`, each on a fresh database of its own.
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        on_every_engine!(@engine sqlite, Sqlite, $($name),*);
+        on_every_engine!(@engine postgres, Postgres, $($name),*);
+        on_every_engine!(@engine mysql, Mysql, $($name),*);
+    };
+    (@engine $module:ident, $engine:ident, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = crate::sql_engines::TestDb::create(
+                        crate::sql_engines::Engine::$engine,
+                        stringify!($name),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    super::$name(&db).await;
+                    db.remove().await;
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_test_connection_strings_keep_the_format() {
+        assert_eq!(
+            with_database(
+                Engine::Postgres,
+                "dbname=spire user=spire password=spire host=127.0.0.1 port=5432 sslmode=disable",
+                "spire_t_1_x"
+            ),
+            "dbname=spire_t_1_x user=spire password=spire host=127.0.0.1 port=5432 sslmode=disable"
+        );
+        assert_eq!(
+            with_database(
+                Engine::Postgres,
+                "postgres://spire:spire@127.0.0.1:5432/spire?sslmode=disable",
+                "t"
+            ),
+            "postgres://spire:spire@127.0.0.1:5432/t?sslmode=disable"
+        );
+        assert_eq!(
+            with_database(
+                Engine::Mysql,
+                "spire:spire@tcp(127.0.0.1:3306)/spire?parseTime=true",
+                "t"
+            ),
+            "spire:spire@tcp(127.0.0.1:3306)/t?parseTime=true"
+        );
+        assert_eq!(
+            pg_pairs("password='a b\\'c' host=h"),
+            vec![
+                ("password".to_owned(), "a b'c".to_owned()),
+                ("host".to_owned(), "h".to_owned())
+            ]
+        );
+    }
+}
