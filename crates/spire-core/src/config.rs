@@ -36,10 +36,25 @@ impl ConfigFormat {
     }
 }
 
-/// Why a configuration could not be loaded. Every variant names the file.
+/// Why a configuration could not be loaded or is not valid. Every variant names the file and
+/// says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The configuration file does not exist.
+    #[error("could not find config file {path}: please use the -config flag")]
+    NotFound {
+        /// The absolute path looked at.
+        path: String,
+    },
+    /// The file exists but could not be read.
+    #[error("unable to read configuration at {path:?}: {message}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The operating system's reason.
+        message: String,
+    },
     /// The text is not valid HCL or JSON.
     #[error("{file}: could not parse {format}: {message}")]
     Syntax {
@@ -72,6 +87,34 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// A value that parses but is not acceptable: `path` is the key (`agent.trust_domain`),
+    /// `message` says what is wrong and how to fix it.
+    pub fn invalid(file: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            file: file.to_owned(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The error for a config file at `path` that could not be read: [`Self::NotFound`]
+    /// (with the absolute path, as upstream prints it) or [`Self::Read`].
+    pub fn unreadable(path: &std::path::Path, error: &std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            Self::NotFound {
+                path: absolute.display().to_string(),
+            }
+        } else {
+            Self::Read {
+                path: path.display().to_string(),
+                message: error.to_string(),
+            }
+        }
+    }
 }
 
 /// Reads a configuration from `text` into `T`.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use spire_core::config::ConfigError;
 pub(crate) use spire_core::config::de;
 pub use spire_core::config::sections::{
     AddressSection, HealthChecksSection, InMemSection, M3Section, PrometheusSection,
@@ -45,49 +46,6 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 pub const MINIMUM_AVAILABILITY_TARGET: Duration = Duration::from_secs(24 * 3600);
 /// The default `rebootstrap_delay`.
 pub const DEFAULT_REBOOTSTRAP_DELAY: Duration = Duration::from_secs(10 * 60);
-
-/// Why a configuration could not be loaded or is not valid. Every message names what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The configuration file does not exist.
-    #[error("could not find config file {path}: please use the -config flag")]
-    NotFound {
-        /// The absolute path looked at.
-        path: String,
-    },
-    /// The file exists but could not be read.
-    #[error("unable to read configuration at {path:?}: {message}")]
-    Read {
-        /// The path given.
-        path: String,
-        /// The operating system's reason.
-        message: String,
-    },
-    /// Syntax error, unknown key, or a value of the wrong type (names file, block and key).
-    #[error(transparent)]
-    Parse(#[from] spire_core::config::ConfigError),
-    /// A value that parses but is not acceptable.
-    #[error("{file}: {key}: {message}")]
-    Invalid {
-        /// The file the configuration came from.
-        file: String,
-        /// The key, as a path such as `agent.trust_domain`.
-        key: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-}
-
-impl ConfigError {
-    pub(crate) fn invalid(file: &str, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            file: file.to_owned(),
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// A parsed `agent.conf`, before defaults and validation.
 ///
@@ -423,19 +381,7 @@ pub fn load_str_with_env(
 
 /// Reads and parses a configuration file; see [`load_str`]. Errors name the file.
 pub fn load_file(path: &Path, expand_env: bool) -> Result<AgentConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-            ConfigError::NotFound {
-                path: abs.display().to_string(),
-            }
-        } else {
-            ConfigError::Read {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }
-        }
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
     load_str(&path.display().to_string(), &text, expand_env)
 }
 

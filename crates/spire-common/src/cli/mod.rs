@@ -4,6 +4,7 @@
 //! `-output json` as Go's protojson prints it ([`printer`]).
 
 pub mod client;
+pub mod logger;
 pub mod printer;
 pub mod usage;
 

@@ -1,163 +1,64 @@
 //! `spire-server logger get|set|reset`: the server's live log level.
 
-use clap::{Args, Subcommand};
+use spire_common::cli::logger::LoggerApi;
 use spire_proto::spire::api::server::logger::v1 as loggerv1;
 use spire_proto::spire::api::types;
+use tonic::transport::Channel;
 
-use super::printer::print_proto;
-use super::{CliError, CliResult, Env, OutputArg, SocketArg, client};
-
-type LoggerClient = loggerv1::logger_client::LoggerClient<tonic::transport::Channel>;
+use super::{CliResult, Env, SocketArg, client};
 
 /// `logger` subcommands.
-#[derive(Debug, Subcommand)]
-pub(crate) enum LoggerCommand {
-    /// Gets the logger details
-    Get(CommonArgs),
-    /// Sets the logger details
-    Set(SetArgs),
-    /// Reset the logger details to launch level
-    Reset(CommonArgs),
-}
+pub(crate) type LoggerCommand = spire_common::cli::logger::LoggerCommand<SocketArg>;
 
-/// Flags of `logger get` and `logger reset`.
-#[derive(Debug, Args)]
-pub(crate) struct CommonArgs {
-    #[command(flatten)]
-    socket: SocketArg,
-    #[command(flatten)]
-    output: OutputArg,
-}
+/// The server's Logger service over the admin socket.
+struct ServerLogger(loggerv1::logger_client::LoggerClient<Channel>);
 
-/// `logger set` flags.
-#[derive(Debug, Args)]
-pub(crate) struct SetArgs {
-    /// The new log level, one of (panic, fatal, error, warn, info, debug, trace)
-    #[arg(long = "level", value_name = "string", default_value = "")]
-    level: String,
-    #[command(flatten)]
-    socket: SocketArg,
-    #[command(flatten)]
-    output: OutputArg,
+impl LoggerApi for ServerLogger {
+    async fn get_logger(&mut self) -> Result<types::Logger, tonic::Status> {
+        Ok(self
+            .0
+            .get_logger(loggerv1::GetLoggerRequest {})
+            .await?
+            .into_inner())
+    }
+
+    async fn set_log_level(
+        &mut self,
+        level: types::LogLevel,
+    ) -> Result<types::Logger, tonic::Status> {
+        let request = loggerv1::SetLogLevelRequest {
+            new_level: level as i32,
+        };
+        Ok(self.0.set_log_level(request).await?.into_inner())
+    }
+
+    async fn reset_log_level(&mut self) -> Result<types::Logger, tonic::Status> {
+        Ok(self
+            .0
+            .reset_log_level(loggerv1::ResetLogLevelRequest {})
+            .await?
+            .into_inner())
+    }
 }
 
 /// Runs a `logger` subcommand.
 pub(crate) async fn run(command: LoggerCommand, env: &mut Env<'_>) -> CliResult {
-    let (logger, output) = match command {
-        LoggerCommand::Get(args) => {
-            let logger = logger_client(&args.socket)
-                .await?
-                .get_logger(loggerv1::GetLoggerRequest {})
-                .await
-                .map_err(CliError::rpc("error fetching logger: "))?
-                .into_inner();
-            (logger, args.output.output)
+    spire_common::cli::logger::run(command, env, |socket: &SocketArg| {
+        let path = socket.socket_path.clone();
+        async move {
+            let channel = client::connect(&path).await?;
+            Ok(ServerLogger(loggerv1::logger_client::LoggerClient::new(
+                channel,
+            )))
         }
-        LoggerCommand::Set(args) => {
-            if args.level.is_empty() {
-                return Err(CliError::invalid("a value (-level) must be set"));
-            }
-            let level = parse_level(&args.level).ok_or_else(|| {
-                CliError::invalid(format!("the value {:?} is not a valid setting", args.level))
-            })?;
-            let logger = logger_client(&args.socket)
-                .await?
-                .set_log_level(loggerv1::SetLogLevelRequest {
-                    new_level: level as i32,
-                })
-                .await
-                .map_err(CliError::rpc("failed to set log level: "))?
-                .into_inner();
-            (logger, args.output.output)
-        }
-        LoggerCommand::Reset(args) => {
-            let logger = logger_client(&args.socket)
-                .await?
-                .reset_log_level(loggerv1::ResetLogLevelRequest {})
-                .await
-                .map_err(CliError::rpc("failed to reset logger: "))?
-                .into_inner();
-            (logger, args.output.output)
-        }
-    };
-    print_proto(
-        env,
-        output,
-        &logger,
-        "spire.api.types.Logger",
-        |env, logger| {
-            env.print(&format_logger(logger)?);
-            Ok(())
-        },
-    )
-}
-
-async fn logger_client(socket: &SocketArg) -> Result<LoggerClient, CliError> {
-    Ok(LoggerClient::new(
-        client::connect(&socket.socket_path).await?,
-    ))
-}
-
-/// logrus's level names, which upstream accepts (`warn` and `warning` alike).
-fn parse_level(input: &str) -> Option<types::LogLevel> {
-    match input.to_ascii_lowercase().as_str() {
-        "panic" => Some(types::LogLevel::Panic),
-        "fatal" => Some(types::LogLevel::Fatal),
-        "error" => Some(types::LogLevel::Error),
-        "warn" | "warning" => Some(types::LogLevel::Warn),
-        "info" => Some(types::LogLevel::Info),
-        "debug" => Some(types::LogLevel::Debug),
-        "trace" => Some(types::LogLevel::Trace),
-        _ => None,
-    }
-}
-
-/// logrus's name for an API level, as upstream prints it.
-fn level_name(level: i32) -> Option<&'static str> {
-    match types::LogLevel::try_from(level).ok()? {
-        types::LogLevel::Panic => Some("panic"),
-        types::LogLevel::Fatal => Some("fatal"),
-        types::LogLevel::Error => Some("error"),
-        types::LogLevel::Warn => Some("warning"),
-        types::LogLevel::Info => Some("info"),
-        types::LogLevel::Debug => Some("debug"),
-        types::LogLevel::Trace => Some("trace"),
-        types::LogLevel::Unspecified => None,
-    }
-}
-
-fn format_logger(logger: &types::Logger) -> Result<String, CliError> {
-    let current = level_name(logger.current_level).ok_or_else(|| {
-        CliError::invalid(
-            "internal error: returned current log level is undefined; please report this as a bug",
-        )
-    })?;
-    let launch = level_name(logger.launch_level).ok_or_else(|| {
-        CliError::invalid(
-            "internal error: returned launch log level is undefined; please report this as a bug",
-        )
-    })?;
-    Ok(format!(
-        "Logger Level : {current}\nLaunch Level : {launch}\n\n"
-    ))
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::testutil::run;
-
-    #[test]
-    fn logger_layout() {
-        let logger = types::Logger {
-            current_level: types::LogLevel::Warn as i32,
-            launch_level: types::LogLevel::Info as i32,
-        };
-        assert_eq!(
-            format_logger(&logger).unwrap(),
-            "Logger Level : warning\nLaunch Level : info\n\n"
-        );
-    }
 
     #[test]
     fn set_checks_the_level_first() {
@@ -171,7 +72,6 @@ mod tests {
             (code, err.as_str()),
             (1, "Error: the value \"loud\" is not a valid setting\n")
         );
-        assert_eq!(parse_level("WARNING"), Some(types::LogLevel::Warn));
     }
 
     /// A logger service that reports WARN now and INFO at launch.
