@@ -143,8 +143,8 @@ fn create_entries(
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .unwrap();
                 serde_json::json!({
-                    "spiffe_id": {"trust_domain": TRUST_DOMAIN, "path": format!("/cached/{i}")},
-                    "parent_id": {"trust_domain": TRUST_DOMAIN, "path": "/bench-agent"},
+                    "spiffe_id": format!("spiffe://{TRUST_DOMAIN}/cached/{i}"),
+                    "parent_id": AGENT_ALIAS,
                     "selectors": [{"type": kind, "value": value}],
                 })
             })

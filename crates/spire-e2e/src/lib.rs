@@ -67,6 +67,20 @@ impl ServerProcess {
     /// Writes a quickstart-like HCL config into `dir` (SQLite, disk key manager, join_token)
     /// with `extra_server_keys` appended inside `server { }`, and starts the server.
     pub fn start(dir: &Path, extra_server_keys: &str) -> Self {
+        let data_dir = dir.join("data");
+        let connection_string = format!("{}/datastore.sqlite3", data_dir.display());
+        Self::start_with_datastore(dir, "sqlite3", &connection_string, extra_server_keys)
+    }
+
+    /// Like [`start`](Self::start) on the database given by `database_type` (`sqlite3`,
+    /// `postgres`, `mysql`) and `connection_string`, so several servers can share one
+    /// database (high availability); keys stay in each server's own `dir`.
+    pub fn start_with_datastore(
+        dir: &Path,
+        database_type: &str,
+        connection_string: &str,
+        extra_server_keys: &str,
+    ) -> Self {
         let port = free_port();
         let socket_path = dir.join("api.sock");
         let data_dir = dir.join("data");
@@ -84,8 +98,8 @@ impl ServerProcess {
 plugins {{
     DataStore "sql" {{
         plugin_data {{
-            database_type = "sqlite3"
-            connection_string = "{data}/datastore.sqlite3"
+            database_type = "{database_type}"
+            connection_string = "{connection_string}"
         }}
     }}
 
@@ -102,6 +116,7 @@ plugins {{
 "#,
             socket = socket_path.display(),
             data = data_dir.display(),
+            connection_string = hcl_escape(connection_string),
         );
         let config_path = dir.join("server.conf");
         std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
@@ -232,6 +247,12 @@ plugins {{
         *self = Self::start_with_config(&dir, &config_path, self.socket_path.clone(), self.port);
     }
 
+    /// The server's process ID while it runs, e.g. to freeze it with SIGSTOP as a hung
+    /// server (send SIGCONT before [`stop`](Self::stop)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (SIGTERM, then kill) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -283,6 +304,17 @@ impl AgentProcess {
         join_token: Option<&str>,
         extra_agent_keys: &str,
     ) -> Self {
+        Self::start_at_port(dir, server.port, join_token, extra_agent_keys)
+    }
+
+    /// Like [`start_with_agent_keys`](Self::start_with_agent_keys) for a server reached at
+    /// `127.0.0.1:server_port`, e.g. a [`TcpForwarder`] in front of several servers.
+    pub fn start_at_port(
+        dir: &Path,
+        server_port: u16,
+        join_token: Option<&str>,
+        extra_agent_keys: &str,
+    ) -> Self {
         let socket_path = dir.join("agent.sock");
         let data_dir = dir.join("agent-data");
         let config = format!(
@@ -291,7 +323,7 @@ impl AgentProcess {
     log_level = "DEBUG"
     trust_domain = "example.org"
     server_address = "127.0.0.1"
-    server_port = "{port}"
+    server_port = "{server_port}"
     socket_path = "{socket}"
     insecure_bootstrap = true
     {extra_agent_keys}
@@ -312,7 +344,6 @@ plugins {{
 }}
 "#,
             data = data_dir.display(),
-            port = server.port,
             socket = socket_path.display(),
         );
         let config_path = dir.join("agent.conf");
@@ -431,5 +462,446 @@ plugins {{
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// `value` as the inside of an HCL double-quoted string.
+fn hcl_escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A loopback TCP forwarder: agents dial its port and it relays each connection to the
+/// upstream port of the moment, as a load balancer or a DNS name with several addresses
+/// would in front of several servers. Tests switch or drop the upstream while connections
+/// come and go.
+pub struct TcpForwarder {
+    /// The port clients dial on 127.0.0.1.
+    pub port: u16,
+    shared: std::sync::Arc<ForwarderShared>,
+    accept_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct ForwarderShared {
+    upstream: std::sync::Mutex<Option<u16>>,
+    /// Both sockets of every relayed connection, so they can be cut.
+    connections: std::sync::Mutex<Vec<std::net::TcpStream>>,
+    accepted: std::sync::atomic::AtomicUsize,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl ForwarderShared {
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<std::net::TcpStream>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn upstream(&self) -> Option<u16> {
+        *self
+            .upstream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl TcpForwarder {
+    /// Listens on a free loopback port and relays to `127.0.0.1:upstream_port`.
+    pub fn start(upstream_port: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("forwarder: bind a loopback port: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("forwarder: local address: {e}"))
+            .port();
+        let shared = Arc::new(ForwarderShared {
+            upstream: std::sync::Mutex::new(Some(upstream_port)),
+            connections: std::sync::Mutex::new(Vec::new()),
+            accepted: std::sync::atomic::AtomicUsize::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let accept_shared = shared.clone();
+        let accept_thread = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if accept_shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                accept_shared.accepted.fetch_add(1, Ordering::SeqCst);
+                // No upstream: the connection is closed at once, as a dead backend would.
+                let Some(upstream_port) = accept_shared.upstream() else {
+                    continue;
+                };
+                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", upstream_port))
+                else {
+                    continue;
+                };
+                relay(&accept_shared, client, upstream);
+            }
+        });
+        Self {
+            port,
+            shared,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    /// New connections go to `127.0.0.1:upstream_port`; open ones stay where they are.
+    pub fn set_upstream(&self, upstream_port: u16) {
+        *self
+            .shared
+            .upstream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(upstream_port);
+    }
+
+    /// New connections are accepted and closed at once, as if every backend were gone.
+    pub fn drop_upstream(&self) {
+        *self
+            .shared
+            .upstream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Cuts every open relayed connection (both sides see the connection end).
+    pub fn drop_connections(&self) {
+        for stream in self.shared.lock_connections().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// How many client connections were accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.shared
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copies bytes both ways between `client` and `upstream` on two threads; when either
+/// direction ends, both connections are shut down.
+fn relay(shared: &ForwarderShared, client: std::net::TcpStream, upstream: std::net::TcpStream) {
+    let clones = (
+        client.try_clone(),
+        upstream.try_clone(),
+        client.try_clone(),
+        upstream.try_clone(),
+    );
+    let (Ok(client_tracked), Ok(upstream_tracked), Ok(client_write), Ok(upstream_write)) = clones
+    else {
+        return;
+    };
+    shared
+        .lock_connections()
+        .extend([client_tracked, upstream_tracked]);
+    let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+        move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        }
+    };
+    std::thread::spawn(pipe(client, upstream_write));
+    std::thread::spawn(pipe(upstream, client_write));
+}
+
+impl Drop for TcpForwarder {
+    fn drop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so it sees the stop flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
+        }
+        self.drop_connections();
+    }
+}
+
+/// A fresh PostgreSQL or MySQL/MariaDB database that several servers share, created through
+/// the server named by `SPIRE_TEST_POSTGRES` / `SPIRE_TEST_MYSQL` (upstream's
+/// connection-string formats; `scripts/test-databases.sh` starts local servers and prints
+/// them). Dropped again when the test passes; a failed test leaves it for inspection.
+pub struct SharedDatabase {
+    /// `postgres` or `mysql`, as `database_type` takes it.
+    pub database_type: &'static str,
+    /// The `connection_string` that opens this database.
+    pub connection_string: String,
+    /// The database's name.
+    pub name: String,
+    /// The configured connection string the database was created through.
+    base: String,
+}
+
+impl SharedDatabase {
+    /// Creates database `name` on the `database_type` (`postgres` or `mysql`) server, or
+    /// returns `None` after printing a line saying the engine is skipped when its variable
+    /// is not set. A database of that name left by an earlier run is dropped first.
+    pub fn create(database_type: &str, name: &str) -> Option<Self> {
+        let (database_type, var) = match database_type {
+            "postgres" => ("postgres", "SPIRE_TEST_POSTGRES"),
+            "mysql" => ("mysql", "SPIRE_TEST_MYSQL"),
+            other => panic!("SharedDatabase: unsupported database_type {other:?}"),
+        };
+        let base = match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => value,
+            _ => {
+                println!(
+                    "skipped {name} on {database_type}: {var} is not set (run scripts/test-databases.sh)"
+                );
+                return None;
+            }
+        };
+        let connection_string = if database_type == "postgres" {
+            postgres_with_database(&base, name)
+        } else {
+            mysql_with_database(&base, name)
+        };
+        let db = Self {
+            database_type,
+            connection_string,
+            name: name.to_owned(),
+            base,
+        };
+        db.admin_sql(&[&db.drop_statement(), &db.create_statement()]);
+        Some(db)
+    }
+
+    fn create_statement(&self) -> String {
+        if self.database_type == "postgres" {
+            format!("CREATE DATABASE \"{}\"", self.name)
+        } else {
+            format!("CREATE DATABASE `{}`", self.name)
+        }
+    }
+
+    fn drop_statement(&self) -> String {
+        if self.database_type == "postgres" {
+            format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)
+        } else {
+            format!("DROP DATABASE IF EXISTS `{}`", self.name)
+        }
+    }
+
+    /// Runs `statements`, one at a time, with `psql` or `mysql` on the configured server.
+    fn admin_sql(&self, statements: &[&str]) {
+        let mut command = if self.database_type == "postgres" {
+            let mut command = Command::new("psql");
+            command.args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-d", &self.base]);
+            for statement in statements {
+                command.args(["-c", statement]);
+            }
+            command
+        } else {
+            let dsn = MysqlDsn::parse(&self.base);
+            let mut command = Command::new("mysql");
+            command
+                .args([
+                    "--protocol=TCP",
+                    "-h",
+                    &dsn.host,
+                    "-P",
+                    &dsn.port,
+                    "-u",
+                    &dsn.user,
+                ])
+                .env("MYSQL_PWD", &dsn.password)
+                .args(["-e", &statements.join("; ")]);
+            command
+        };
+        let out = command
+            .output()
+            .unwrap_or_else(|e| panic!("run the {} client: {e}", self.database_type));
+        assert!(
+            out.status.success(),
+            "{statements:?} on {} failed: {}",
+            self.database_type,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SharedDatabase {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.admin_sql(&[&self.drop_statement()]);
+        }
+    }
+}
+
+/// `base` (libpq `key=value` or a `postgres://` URL) naming database `name` instead.
+fn postgres_with_database(base: &str, name: &str) -> String {
+    if let Some(scheme_end) = base.find("://") {
+        let rest = &base[scheme_end + 3..];
+        let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let query = rest[host_end..]
+            .find('?')
+            .map(|q| &rest[host_end + q..])
+            .unwrap_or("");
+        return format!(
+            "{}{}/{name}{query}",
+            &base[..scheme_end + 3],
+            &rest[..host_end]
+        );
+    }
+    let mut parts: Vec<&str> = base
+        .split_whitespace()
+        .filter(|part| !part.starts_with("dbname="))
+        .collect();
+    let dbname = format!("dbname={name}");
+    parts.push(&dbname);
+    parts.join(" ")
+}
+
+/// `base` (go-sql-driver `user:pass@tcp(host:port)/db?params`) naming database `name`.
+fn mysql_with_database(base: &str, name: &str) -> String {
+    let (head, query) = match base.rfind('?') {
+        Some(q) => (&base[..q], &base[q..]),
+        None => (base, ""),
+    };
+    let slash = head
+        .rfind('/')
+        .unwrap_or_else(|| panic!("MySQL DSN without /dbname: {base:?}"));
+    format!("{}/{name}{query}", &head[..slash])
+}
+
+/// The parts of a go-sql-driver DSN the `mysql` client needs.
+struct MysqlDsn {
+    user: String,
+    password: String,
+    host: String,
+    port: String,
+}
+
+impl MysqlDsn {
+    fn parse(dsn: &str) -> Self {
+        let at = dsn
+            .rfind('@')
+            .unwrap_or_else(|| panic!("MySQL DSN without user@: {dsn:?}"));
+        let (user, password) = dsn[..at].split_once(':').unwrap_or((&dsn[..at], ""));
+        let rest = &dsn[at + 1..];
+        let address = rest
+            .find('(')
+            .and_then(|open| {
+                rest[open + 1..]
+                    .find(')')
+                    .map(|close| &rest[open + 1..open + 1 + close])
+            })
+            .unwrap_or("127.0.0.1:3306");
+        let (host, port) = address.rsplit_once(':').unwrap_or((address, "3306"));
+        Self {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            host: host.to_owned(),
+            port: port.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn postgres_connection_strings_name_the_new_database() {
+        assert_eq!(
+            postgres_with_database("dbname=spire user=u host=127.0.0.1", "ha_1"),
+            "user=u host=127.0.0.1 dbname=ha_1"
+        );
+        assert_eq!(
+            postgres_with_database("postgres://u:p@h:5432/spire?sslmode=disable", "ha_1"),
+            "postgres://u:p@h:5432/ha_1?sslmode=disable"
+        );
+        assert_eq!(
+            postgres_with_database("postgresql://u@h", "ha_1"),
+            "postgresql://u@h/ha_1"
+        );
+    }
+
+    #[test]
+    fn mysql_dsns_name_the_new_database() {
+        assert_eq!(
+            mysql_with_database("spire:pw@tcp(127.0.0.1:3306)/spire?parseTime=true", "ha_1"),
+            "spire:pw@tcp(127.0.0.1:3306)/ha_1?parseTime=true"
+        );
+        let dsn = MysqlDsn::parse("spire:p@ss@tcp(db.local:3307)/spire");
+        assert_eq!(
+            (
+                dsn.user.as_str(),
+                dsn.password.as_str(),
+                dsn.host.as_str(),
+                dsn.port.as_str()
+            ),
+            ("spire", "p@ss", "db.local", "3307")
+        );
+    }
+
+    /// An echo server on a free port that answers each connection with `tag` then echoes.
+    fn tagged_echo(tag: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let _ = stream.write_all(tag);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn dial(port: u16) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    }
+
+    #[test]
+    fn forwarder_relays_switches_and_cuts() {
+        let a = tagged_echo(b"A");
+        let b = tagged_echo(b"B");
+        let forwarder = TcpForwarder::start(a);
+
+        let mut first = dial(forwarder.port);
+        let mut buf = [0u8; 3];
+        first.write_all(b"hi").unwrap();
+        first.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"Ahi");
+
+        forwarder.set_upstream(b);
+        let mut second = dial(forwarder.port);
+        let mut tag = [0u8; 1];
+        second.read_exact(&mut tag).unwrap();
+        assert_eq!(&tag, b"B", "new connections go to the new upstream");
+        first.write_all(b"x").unwrap();
+        let mut echo = [0u8; 1];
+        first.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"x", "open connections stay on the old upstream");
+
+        forwarder.drop_connections();
+        assert_eq!(first.read(&mut echo).unwrap_or(0), 0, "cut connections end");
+
+        forwarder.drop_upstream();
+        let mut third = dial(forwarder.port);
+        assert_eq!(
+            third.read(&mut echo).unwrap_or(0),
+            0,
+            "no upstream: closed at once"
+        );
+        assert_eq!(forwarder.accepted(), 3);
     }
 }

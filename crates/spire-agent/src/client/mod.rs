@@ -7,7 +7,15 @@
 //! shared by every gRPC client handed out; [`ServerClient::set_identity`] and
 //! [`ServerClient::set_bundle`] drop it so the next call reconnects with the new
 //! credentials (the server promotes a renewed SVID on its first use).
+//!
+//! With several servers behind one address (a DNS name with several addresses, or a load
+//! balancer), a server that stops or hangs must not strand the agent: as upstream's client
+//! does, every call has a deadline ([`RPC_TIMEOUT`]) and a failed call drops the cached
+//! connection, so the next call dials again; a dial tries every address the name resolves
+//! to, each for at most [`ADDRESS_CONNECT_TIMEOUT`], starting one further along each time.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -31,6 +39,14 @@ pub use self::denial::{AgentDenied, DenialKind, classify_denial};
 
 /// How long dialing the server (TCP and TLS) may take before the call fails Unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one address may take to accept a TCP connection before the next is tried, so a
+/// dead server host does not use up a dial meant for its healthy peers.
+pub const ADDRESS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The deadline of every call to the server (upstream's agent client uses the same 30 s), so
+/// a server that hung mid-connection fails the call instead of stalling the agent.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +110,8 @@ struct Inner {
     server_id: String,
     /// The configuration new TLS connections use; read by the connector on every dial.
     tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    /// Counts dials, so each starts at a different resolved address.
+    dials: Arc<AtomicUsize>,
     state: Mutex<State>,
     /// The latest denial of the agent itself seen on any call, until cleared.
     denial: watch::Sender<Option<AgentDenied>>,
@@ -131,7 +149,8 @@ impl ServerClient {
         );
         let endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|_| ClientError::InvalidAddress(uri))?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(RPC_TIMEOUT);
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoint,
@@ -139,6 +158,7 @@ impl ServerClient {
                 port: address.server_port,
                 server_id,
                 tls: Arc::new(RwLock::new(Arc::new(config))),
+                dials: Arc::new(AtomicUsize::new(0)),
                 state: Mutex::new(State {
                     roots,
                     identity,
@@ -189,11 +209,14 @@ impl ServerClient {
         Ok(())
     }
 
-    /// Records `status` when it is the server denying the agent itself (evicted, expired,
-    /// banned: see [`classify_denial`]), so whoever owns the agent SVID learns of it from
-    /// [`ServerClient::denials`] whichever call saw it first (sync, minting, renewal).
-    /// Returns the denial.
+    /// Notes a failed call: the cached connection is dropped so the next call dials again
+    /// (possibly reaching another server behind the same address, as upstream's client
+    /// releases its connection on every error), and when `status` is the server denying the
+    /// agent itself (evicted, expired, banned: see [`classify_denial`]) it is recorded, so
+    /// whoever owns the agent SVID learns of it from [`ServerClient::denials`] whichever call
+    /// saw it first (sync, minting, renewal). Returns the denial.
     pub fn note_status(&self, status: &tonic::Status) -> Option<AgentDenied> {
+        self.reset_connection();
         let denial = classify_denial(status)?;
         tracing::warn!(reason = ?denial.kind, error = %denial.message, "the SPIRE server denied the agent");
         self.inner.denial.send_replace(Some(denial.clone()));
@@ -226,6 +249,7 @@ impl ServerClient {
                 port: self.inner.port,
                 server_id: self.inner.server_id.clone(),
                 tls: Arc::new(RwLock::new(Arc::new(config))),
+                dials: Arc::new(AtomicUsize::new(0)),
                 state: Mutex::new(State {
                     roots,
                     identity: None,
@@ -304,6 +328,7 @@ impl ServerClient {
         let tls = self.inner.tls.clone();
         let host = self.inner.host.clone();
         let port = self.inner.port;
+        let dials = self.inner.dials.clone();
         self.inner
             .endpoint
             .connect_with_connector_lazy(tower::service_fn(move |_| {
@@ -312,8 +337,12 @@ impl ServerClient {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
                 let host = host.clone();
+                let start = dials.fetch_add(1, Ordering::Relaxed);
                 async move {
-                    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .collect();
+                    let tcp = connect_any(&addresses, start, ADDRESS_CONNECT_TIMEOUT).await?;
                     // The server is identified by its SPIFFE ID, not by name; SNI carries
                     // the configured address when it is a valid name.
                     let name = ServerName::try_from(host)
@@ -328,11 +357,109 @@ impl ServerClient {
     }
 }
 
+/// Connects to the first of `addresses` that accepts within `per_address` each, trying them
+/// in order from index `start` (wrapping), so successive dials spread over the servers and
+/// one that is down or unreachable is skipped.
+async fn connect_any(
+    addresses: &[SocketAddr],
+    start: usize,
+    per_address: Duration,
+) -> std::io::Result<TcpStream> {
+    let mut last_error = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the server address resolves to no address",
+    );
+    let count = addresses.len();
+    for offset in 0..count {
+        let Some(address) = addresses.get(start.wrapping_add(offset) % count) else {
+            continue;
+        };
+        match tokio::time::timeout(per_address, TcpStream::connect(address)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => {
+                tracing::debug!(%address, error = %e, "cannot connect to the server address");
+                last_error = e;
+            }
+            Err(_) => {
+                tracing::debug!(%address, "connecting to the server address timed out");
+                last_error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {address} timed out after {per_address:?}"),
+                );
+            }
+        }
+    }
+    Err(last_error)
+}
+
 /// `::1` -> `[::1]`, so an IPv6 `server_address` forms a valid URI.
 fn bracket_ipv6(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
         host.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A loopback port nothing listens on: connecting is refused at once.
+    async fn refused_address() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dial_skips_addresses_that_refuse_or_hang() {
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_address = live.local_addr().unwrap();
+        let refused = refused_address().await;
+        // TEST-NET-1 (RFC 5737): never routed, so a connect hangs or fails at once.
+        let blackhole: SocketAddr = "192.0.2.1:8081".parse().unwrap();
+        let started = std::time::Instant::now();
+        let tcp = connect_any(
+            &[blackhole, refused, live_address],
+            0,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), live_address);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "each dead address costs at most the per-address timeout: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn successive_dials_start_at_successive_addresses() {
+        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addresses = [first.local_addr().unwrap(), second.local_addr().unwrap()];
+        for (start, expected) in [(0, addresses[0]), (1, addresses[1]), (2, addresses[0])] {
+            let tcp = connect_any(&addresses, start, Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert_eq!(tcp.peer_addr().unwrap(), expected, "start {start}");
+        }
+    }
+
+    #[tokio::test]
+    async fn no_address_that_accepts_is_an_error_naming_the_last_cause() {
+        let refused = refused_address().await;
+        let err = connect_any(&[refused], 0, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        let err = connect_any(&[], 0, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }

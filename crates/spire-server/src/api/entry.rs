@@ -126,12 +126,16 @@ impl EntryApi {
     }
 
     /// The caller agent's authorized entries on the wire, masked.
-    fn authorized_entries(
+    async fn authorized_entries(
         &self,
         agent_id: &str,
         mask: Option<&types::EntryMask>,
     ) -> Vec<types::Entry> {
-        let entries = self.ctx.index.authorized_entries(agent_id);
+        let entries = self
+            .ctx
+            .index
+            .authorized_entries_of_attested(agent_id)
+            .await;
         entries
             .iter()
             .filter_map(|entry| wire_entry(entry, mask))
@@ -559,8 +563,9 @@ impl pb::entry_server::Entry for EntryApi {
     ) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
         let caller = caller_of(&request);
         let agent_id = caller_agent_id(&caller)?;
-        let entries =
-            self.authorized_entries(agent_id.as_str(), request.get_ref().output_mask.as_ref());
+        let entries = self
+            .authorized_entries(agent_id.as_str(), request.get_ref().output_mask.as_ref())
+            .await;
         Ok(Response::new(pb::GetAuthorizedEntriesResponse { entries }))
     }
 
@@ -599,7 +604,11 @@ impl pb::entry_server::Entry for EntryApi {
                 None,
             ));
         }
-        let records = self.ctx.index.authorized_entries(agent_id.as_str());
+        let records = self
+            .ctx
+            .index
+            .authorized_entries_of_attested(agent_id.as_str())
+            .await;
         let mask = first.output_mask;
         if records.len() <= self.entry_page_size {
             let response = pb::SyncAuthorizedEntriesResponse {

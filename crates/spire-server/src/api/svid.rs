@@ -153,14 +153,15 @@ impl SvidApi {
     }
 
     /// The caller agent's authorized entries among `wanted`, by ID.
-    fn find_entries(
+    async fn find_entries(
         &self,
         agent_id: &SpiffeId,
         wanted: &[&str],
     ) -> HashMap<String, Arc<RegistrationEntry>> {
         self.ctx
             .index
-            .authorized_entries(agent_id.as_str())
+            .authorized_entries_of_attested(agent_id.as_str())
+            .await
             .into_iter()
             .filter(|e| wanted.contains(&e.entry_id.as_str()))
             .map(|e| (e.entry_id.clone(), e))
@@ -369,7 +370,7 @@ impl pb::svid_server::Svid for SvidApi {
         .await?;
         let agent_id = caller_agent_id(&caller)?;
         let wanted: Vec<&str> = request.params.iter().map(|p| p.entry_id.as_str()).collect();
-        let entries = self.find_entries(agent_id, &wanted);
+        let entries = self.find_entries(agent_id, &wanted).await;
         let mut results = Vec::with_capacity(entries.len());
         for param in &request.params {
             results.push(self.new_x509_svid(param, &entries).await);
@@ -392,7 +393,9 @@ impl pb::svid_server::Svid for SvidApi {
         .await?;
         let agent_id = caller_agent_id(&caller)?;
         let request = request.into_inner();
-        let entries = self.find_entries(agent_id, &[request.entry_id.as_str()]);
+        let entries = self
+            .find_entries(agent_id, &[request.entry_id.as_str()])
+            .await;
         let Some(entry) = entries.get(&request.entry_id) else {
             return Err(make_err(
                 Code::NotFound,

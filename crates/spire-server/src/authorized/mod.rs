@@ -116,6 +116,19 @@ impl AuthorizedIndex {
         self.read().authorized_entries(agent_id)
     }
 
+    /// Like [`Self::authorized_entries`] for an agent the caller already authenticated
+    /// against the datastore. An agent this index does not know yet was attested through
+    /// another server on the same database moments ago: pending events are applied first,
+    /// so its node-alias entries are not missing from its first sync here.
+    pub async fn authorized_entries_of_attested(&self, agent_id: &str) -> AuthorizedEntries {
+        if self.agent(agent_id).is_none()
+            && let Err(err) = self.refresh().await
+        {
+            tracing::warn!(agent = agent_id, error = %err, "refreshing the authorized-entry index for an agent it does not know yet failed");
+        }
+        self.authorized_entries(agent_id)
+    }
+
     /// The cached agent record (serials, ban state, selectors) used to authorize agent calls.
     pub fn agent(&self, agent_id: &str) -> Option<Arc<AttestedNode>> {
         self.read().agent(agent_id)

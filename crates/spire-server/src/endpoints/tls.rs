@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 use crate::ca::ServerIdentity;
 use crate::datastore::DataStore;
 
-/// How often the bundle cache re-reads the datastore.
-pub const BUNDLE_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the bundle cache re-reads the datastore. Upstream re-reads the bundle at a
+/// handshake once its one-second cache has expired; with several servers on one database
+/// this bounds how long an agent SVID signed by a newly started server's CA is refused here.
+pub const BUNDLE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -241,9 +241,66 @@ const PG_SSL_MODES: &[&str] = &[
     "verify-full",
 ];
 
+/// The lib/pq keywords a misspelling is checked against.
+const PQ_KEYWORDS: &[&str] = &[
+    "user",
+    "password",
+    "host",
+    "port",
+    "dbname",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslinline",
+    "sslsni",
+    "application_name",
+    "fallback_application_name",
+    "connect_timeout",
+    "krbsrvname",
+    "krbspn",
+];
+
+/// The lib/pq keyword `key` is one edit (insertion, deletion, substitution or swap of
+/// neighbours) away from, if any. lib/pq sends unknown keys to the server as run-time
+/// parameters, and no PostgreSQL run-time parameter is that close to a keyword, so such a
+/// key is a typo.
+fn pq_keyword_near(key: &str) -> Option<&'static str> {
+    PQ_KEYWORDS
+        .iter()
+        .copied()
+        .find(|k| *k != key && edit_distance(key.as_bytes(), k.as_bytes()) <= 1)
+}
+
+/// Optimal string alignment distance (Levenshtein plus swaps of neighbours).
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let width = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * width];
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            d[i * width + j] = if i == 0 {
+                j
+            } else if j == 0 {
+                i
+            } else {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut best = (d[(i - 1) * width + j] + 1)
+                    .min(d[i * width + j - 1] + 1)
+                    .min(d[(i - 1) * width + j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    best = best.min(d[(i - 2) * width + j - 2] + 1);
+                }
+                best
+            };
+        }
+    }
+    d[a.len() * width + b.len()]
+}
+
 /// A PostgreSQL connection string (lib/pq `key=value` list or `postgres://` URL) as a sqlx
 /// URL. Like lib/pq, `sslmode` defaults to `require`; unknown keys become server run-time
-/// parameters (so a misspelt one is reported by the server when connecting).
+/// parameters (so a misspelt one is reported by the server when connecting), except keys
+/// one typo away from a lib/pq keyword, which are refused here with the keyword meant.
 pub(crate) fn postgres_target(input: &str, key_name: &str) -> Result<Target> {
     let trimmed = input.trim();
     if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
@@ -353,6 +410,15 @@ pub(crate) fn postgres_target(input: &str, key_name: &str) -> Result<Target> {
                         key_name,
                         input,
                         format!("{key:?} is not a connection parameter name"),
+                    ));
+                }
+                // A misspelt `user` or `password` would otherwise surface as an
+                // authentication failure for another user, naming nothing of the typo.
+                if let Some(meant) = pq_keyword_near(&key) {
+                    return Err(invalid(
+                        key_name,
+                        input,
+                        format!("{key:?} is not a connection parameter (did you mean {meant:?}?)"),
                     ));
                 }
                 params.push((format!("options[{key}]"), enc(&value)));
@@ -698,6 +764,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dbname"), "{err}");
+    }
+
+    #[test]
+    fn misspelt_postgres_keywords_are_named() {
+        for (typo, meant) in [
+            ("usr", "user"),
+            ("pasword", "password"),
+            ("hots", "host"),
+            ("dbnme", "dbname"),
+            ("sslmdoe", "sslmode"),
+        ] {
+            let err = postgres_target(
+                &format!("dbname=spire {typo}=x host=127.0.0.1"),
+                "connection_string",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("connection_string")
+                    && err.contains(&format!("{typo:?}"))
+                    && err.contains(&format!("did you mean {meant:?}")),
+                "{typo}: {err}"
+            );
+        }
+        // Real run-time parameters still pass through to the server.
+        for key in [
+            "search_path",
+            "role",
+            "timezone",
+            "statement_timeout",
+            "lock_timeout",
+        ] {
+            let t = postgres_target(&format!("dbname=d {key}=x"), "connection_string").unwrap();
+            assert!(
+                t.url.contains(&format!("options[{key}]=x")),
+                "{key}: {}",
+                t.url
+            );
+        }
     }
 
     #[test]

@@ -510,6 +510,14 @@ impl SqlDataStore {
         let n = batch.len();
         match self.create_batch(batch).await {
             Ok(results) => results,
+            // An unreachable database stays Unavailable (gRPC Unavailable: clients retry).
+            Err(DataStoreError::Unavailable(why)) => (0..n)
+                .map(|_| {
+                    Err(DataStoreError::Unavailable(format!(
+                        "batch of {n} entries not stored: {why}"
+                    )))
+                })
+                .collect(),
             Err(e) => (0..n)
                 .map(|_| {
                     Err(DataStoreError::Internal(format!(
@@ -1381,6 +1389,23 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("unavailable"), "{}: {err}", dialect.name());
+            // BatchCreateEntry's path keeps the kind, so the API answers Unavailable.
+            let results = ds
+                .create_or_return_registration_entries_batch(vec![RegistrationEntry {
+                    spiffe_id: "spiffe://example.org/gone".into(),
+                    parent_id: "spiffe://example.org/agent".into(),
+                    selectors: vec![Selector {
+                        kind: "unix".into(),
+                        value: "uid:1".into(),
+                    }],
+                    ..RegistrationEntry::default()
+                }])
+                .await;
+            assert!(
+                matches!(results.as_slice(), [Err(DataStoreError::Unavailable(_))]),
+                "{}: {results:?}",
+                dialect.name()
+            );
 
             let back = forwarder.restore().await;
             assert_eq!(

@@ -1,0 +1,462 @@
+//! High availability with the real binaries: two `spire-server`s of one trust domain on one
+//! PostgreSQL (and MariaDB) database, an agent that reaches them through one address (a
+//! loopback forwarder), and a workload holding its FetchX509SVID stream open.
+//!
+//! Each server has its own CA and both roots end up in the one bundle; an entry created
+//! through one server reaches the agent connected to the other; when the agent's server
+//! stops, the agent carries on through the other one (sync, SVID minting and renewal) with
+//! no error on the workload's stream and without attesting again.
+//!
+//! An engine whose variable (`SPIRE_TEST_POSTGRES`, `SPIRE_TEST_MYSQL`) is not set is
+//! skipped with a printed line; `scripts/test-databases.sh` starts local servers.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use spire_core::x509::{X509Svid, certificate_serial_hex};
+use spire_e2e::{AgentProcess, ServerProcess, SharedDatabase, TcpForwarder, current_uid};
+use spire_proto::workload::X509svidRequest;
+use spire_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The agent's alias: entries name it as their parent.
+const AGENT_ALIAS: &str = "spiffe://example.org/node";
+
+/// Short agent and workload SVID lifetimes, so renewal and re-minting (at half-life) happen
+/// through the second server within the test; the cache reload stays at its 5 s default.
+const SERVER_KEYS: &str = r#"agent_ttl = "20s"
+    default_x509_svid_ttl = "30s""#;
+
+/// One cache reload (5 s) plus one agent sync (5 s) plus margin for two loaded cores.
+const SYNC_WAIT: Duration = Duration::from_secs(20);
+
+/// Two servers on one database, a forwarder in front of them, and an agent behind it; prints
+/// every log when the test fails (or when `SPIRE_E2E_PRINT_LOGS` is set).
+struct HaCluster {
+    agent: AgentProcess,
+    forwarder: TcpForwarder,
+    a: ServerProcess,
+    b: ServerProcess,
+    /// After the servers, so it is dropped once they stopped.
+    _db: SharedDatabase,
+    _dir: tempfile::TempDir,
+}
+
+impl HaCluster {
+    /// Servers A and B on `db` with `server_keys` in `server { }`, the forwarder routing to
+    /// A, and an agent attested through A (join token aliased to [`AGENT_ALIAS`]).
+    fn start(db: SharedDatabase, server_keys: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (dir_a, dir_b, dir_agent) = (
+            dir.path().join("server-a"),
+            dir.path().join("server-b"),
+            dir.path().join("agent"),
+        );
+        for d in [&dir_a, &dir_b, &dir_agent] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let started = Instant::now();
+        let a = ServerProcess::start_with_datastore(
+            &dir_a,
+            db.database_type,
+            &db.connection_string,
+            server_keys,
+        );
+        let b = ServerProcess::start_with_datastore(
+            &dir_b,
+            db.database_type,
+            &db.connection_string,
+            server_keys,
+        );
+        println!(
+            "{}: both servers healthy after {:?}",
+            db.database_type,
+            started.elapsed()
+        );
+        let forwarder = TcpForwarder::start(a.port);
+        let token = a.generate_join_token(AGENT_ALIAS);
+        let agent = AgentProcess::start_at_port(&dir_agent, forwarder.port, Some(&token), "");
+        agent.cli_eventually(&["healthcheck"], Duration::from_secs(30));
+        Self {
+            agent,
+            forwarder,
+            a,
+            b,
+            _db: db,
+            _dir: dir,
+        }
+    }
+
+    /// `(SPIFFE ID, current SVID serial)` of every agent `server` lists.
+    fn agents(server: &ServerProcess) -> Vec<(String, String)> {
+        let listed = server.cli_json(&["agent", "list"]);
+        listed["agents"]
+            .as_array()
+            .map(|agents| {
+                agents
+                    .iter()
+                    .map(|a| {
+                        (
+                            format!(
+                                "spiffe://{}{}",
+                                a["id"]["trust_domain"].as_str().unwrap_or_default(),
+                                a["id"]["path"].as_str().unwrap_or_default()
+                            ),
+                            a["x509svid_serial_number"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many X.509 roots and JWT keys the trust domain's bundle holds as `server`
+    /// serves it.
+    fn bundle_authorities(server: &ServerProcess) -> (usize, usize) {
+        let bundle = server.cli_json(&["bundle", "show"]);
+        let count = |key: &str| bundle[key].as_array().map(Vec::len).unwrap_or_default();
+        (count("x509_authorities"), count("jwt_authorities"))
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("SPIRE_E2E_PRINT_LOGS").is_some() {
+            eprintln!(
+                "==== server A log ====\n{}\n==== server B log ====\n{}\n==== agent log ====\n{}",
+                self.a.log(),
+                self.b.log(),
+                self.agent.log()
+            );
+        }
+    }
+}
+
+/// One X509-SVID as the workload received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Svid {
+    spiffe_id: String,
+    serial: String,
+}
+
+/// What the open stream delivered.
+#[derive(Debug)]
+enum Event {
+    Update(Vec<Svid>),
+    Ended(tonic::Code, String),
+}
+
+/// A workload holding FetchX509SVID streams on the agent's socket; a task per stream
+/// forwards what arrives, so the test thread can run the CLIs meanwhile.
+struct Workload {
+    runtime: tokio::runtime::Runtime,
+    socket: PathBuf,
+}
+
+impl Workload {
+    fn new(socket: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            runtime,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    fn watch(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel();
+        let socket = self.socket.clone();
+        self.runtime.spawn(async move {
+            let channel = Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let socket = socket.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(socket).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .unwrap();
+            let mut client = SpiffeWorkloadApiClient::<Channel>::new(channel);
+            let mut request = tonic::Request::new(X509svidRequest {});
+            request
+                .metadata_mut()
+                .insert("workload.spiffe.io", "true".parse().unwrap());
+            let mut stream = match client.fetch_x509svid(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = tx.send(Event::Ended(status.code(), status.message().to_owned()));
+                    return;
+                }
+            };
+            loop {
+                let event = match stream.message().await {
+                    Ok(Some(response)) => Event::Update(
+                        response
+                            .svids
+                            .iter()
+                            .map(|svid| {
+                                let parsed = X509Svid::parse_der_chain(&svid.x509_svid).unwrap();
+                                Svid {
+                                    spiffe_id: svid.spiffe_id.clone(),
+                                    serial: certificate_serial_hex(parsed.leaf_der()).unwrap(),
+                                }
+                            })
+                            .collect(),
+                    ),
+                    Ok(None) => Event::Ended(tonic::Code::Ok, String::new()),
+                    Err(status) => Event::Ended(status.code(), status.message().to_owned()),
+                };
+                let ended = matches!(event, Event::Ended(..));
+                if tx.send(event).is_err() || ended {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// A new stream whose first message holds `count` SVIDs, retried until the agent has
+    /// minted them (a stream with no identity yet ends PermissionDenied).
+    fn open_with(&self, count: usize, timeout: Duration) -> (mpsc::Receiver<Event>, Vec<Svid>) {
+        let start = Instant::now();
+        loop {
+            let stream = self.watch();
+            let first = stream.recv_timeout(Duration::from_secs(10));
+            if let Ok(Event::Update(svids)) = &first
+                && svids.len() == count
+            {
+                return (stream, svids.clone());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no stream with {count} SVIDs after {timeout:?}; last: {first:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// Skips updates until one satisfies `wanted`; fails if the stream ends or on timeout.
+fn update_where(
+    stream: &mpsc::Receiver<Event>,
+    timeout: Duration,
+    wanted: impl Fn(&[Svid]) -> bool,
+) -> Vec<Svid> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stream.recv_timeout(left) {
+            Ok(Event::Update(svids)) if wanted(&svids) => return svids,
+            Ok(Event::Update(_)) => {}
+            Ok(Event::Ended(code, message)) => {
+                panic!("the workload's stream ended ({code:?}: {message})")
+            }
+            Err(e) => panic!("no awaited update on the workload's stream within {timeout:?}: {e}"),
+        }
+    }
+}
+
+fn entry_args(spiffe_id: &str, selector: &str) -> Vec<String> {
+    [
+        "-parentID",
+        AGENT_ALIAS,
+        "-spiffeID",
+        spiffe_id,
+        "-selector",
+        selector,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn create_entry(server: &ServerProcess, spiffe_id: &str, selector: &str) -> String {
+    let args = entry_args(spiffe_id, selector);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    server.create_entry(&args)
+}
+
+/// The whole scenario on one engine.
+fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
+    let name = format!("spire_ha_{}_{database_type}", std::process::id());
+    let Some(db) = SharedDatabase::create(database_type, &name) else {
+        return;
+    };
+    let mut cluster = HaCluster::start(db, SERVER_KEYS);
+    let uid_selector = format!("unix:uid:{}", current_uid());
+
+    // Both CAs are in the one bundle, whichever server is asked.
+    assert_eq!(
+        HaCluster::bundle_authorities(&cluster.a),
+        (2, 2),
+        "A's bundle"
+    );
+    assert_eq!(
+        HaCluster::bundle_authorities(&cluster.b),
+        (2, 2),
+        "B's bundle"
+    );
+    let agents_before = HaCluster::agents(&cluster.b);
+    assert_eq!(agents_before.len(), 1, "{agents_before:?}");
+    let agent_id = agents_before[0].0.clone();
+
+    // An entry created through B reaches the agent, which talks to A.
+    let created = Instant::now();
+    create_entry(&cluster.b, "spiffe://example.org/ha/one", &uid_selector);
+    let workload = Workload::new(&cluster.agent.socket_path);
+    let (stream, first) = workload.open_with(1, SYNC_WAIT);
+    println!(
+        "{database_type}: entry created through B served by the agent on A after {:?}",
+        created.elapsed()
+    );
+    assert_eq!(first[0].spiffe_id, "spiffe://example.org/ha/one");
+    assert!(
+        cluster.forwarder.accepted() > 0,
+        "the agent reaches the servers through the forwarder"
+    );
+
+    // A goes away; the forwarder now sends new connections to B.
+    cluster.forwarder.set_upstream(cluster.b.port);
+    cluster.a.stop();
+    let stopped = Instant::now();
+    // The agent SVID issued through A, the last one A could have renewed.
+    let serial_at_stop = HaCluster::agents(&cluster.b)[0].1.clone();
+
+    // A new entry (through B) arrives on the same open stream, without an error on it.
+    create_entry(&cluster.b, "spiffe://example.org/ha/two", &uid_selector);
+    let both = update_where(&stream, SYNC_WAIT * 2, |svids| svids.len() == 2);
+    println!(
+        "{database_type}: after A stopped, a new entry reached the workload through B in {:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        both.iter()
+            .any(|s| s.spiffe_id == "spiffe://example.org/ha/two"),
+        "{both:?}"
+    );
+
+    // The first SVID (30 s, re-minted at half-life) is re-minted through B, on the same
+    // stream.
+    let one_serial = first[0].serial.clone();
+    update_where(&stream, Duration::from_secs(40), |svids| {
+        svids
+            .iter()
+            .any(|s| s.spiffe_id == "spiffe://example.org/ha/one" && s.serial != one_serial)
+    });
+    println!(
+        "{database_type}: workload SVID re-minted through B {:?} after A stopped",
+        stopped.elapsed()
+    );
+
+    // The agent renewed its own SVID through B (20 s, renewed at half-life) and is still the
+    // one agent attested at the start.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let agents = HaCluster::agents(&cluster.b);
+        assert_eq!(agents.len(), 1, "one agent, no re-attestation: {agents:?}");
+        assert_eq!(agents[0].0, agent_id, "the same agent");
+        if agents[0].1 != serial_at_stop && !agents[0].1.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not renew through B: serial still {serial_at_stop}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "{database_type}: agent SVID renewed through B {:?} after A stopped",
+        stopped.elapsed()
+    );
+
+    // And after that renewal the agent still syncs through B (its new SVID is accepted).
+    create_entry(&cluster.b, "spiffe://example.org/ha/three", &uid_selector);
+    update_where(&stream, SYNC_WAIT * 2, |svids| svids.len() == 3);
+    assert!(
+        stream
+            .try_recv()
+            .map_or(true, |e| matches!(e, Event::Update(_))),
+        "the workload's stream stays open"
+    );
+    let agents = HaCluster::agents(&cluster.b);
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(agents[0].0, agent_id);
+    let log = cluster.agent.log();
+    assert!(
+        !log.contains("agent needs to re-attest")
+            && log.matches("node attestation succeeded").count() == 1,
+        "the agent attested once and never again"
+    );
+}
+
+/// A server that hangs (SIGSTOP: its connections stay open and silent) instead of going
+/// away: the agent's calls on the open connection time out (30 s, as upstream's), the
+/// connection is dropped and the next dial reaches B; the workload's stream carries on.
+fn a_hung_server_is_left_behind(database_type: &str) {
+    let name = format!("spire_ha_hang_{}_{database_type}", std::process::id());
+    let Some(db) = SharedDatabase::create(database_type, &name) else {
+        return;
+    };
+    let mut cluster = HaCluster::start(db, "");
+    let uid_selector = format!("unix:uid:{}", current_uid());
+    create_entry(&cluster.b, "spiffe://example.org/ha/one", &uid_selector);
+    let workload = Workload::new(&cluster.agent.socket_path);
+    let (stream, _) = workload.open_with(1, SYNC_WAIT);
+
+    let pid = cluster.a.pid().unwrap().to_string();
+    cluster.forwarder.set_upstream(cluster.b.port);
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -STOP {pid}");
+    let hung = Instant::now();
+
+    create_entry(&cluster.b, "spiffe://example.org/ha/two", &uid_selector);
+    let arrived = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        update_where(&stream, Duration::from_secs(60), |svids| svids.len() == 2)
+    }));
+    // Let A run again so it stops cleanly, whatever happened.
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    cluster.a.stop();
+    if let Err(panic) = arrived {
+        std::panic::resume_unwind(panic);
+    }
+    println!(
+        "{database_type}: with A hung, a new entry reached the workload through B in {:?}",
+        hung.elapsed()
+    );
+    let agents = HaCluster::agents(&cluster.b);
+    assert_eq!(agents.len(), 1, "one agent, no re-attestation: {agents:?}");
+}
+
+#[test]
+fn postgres_a_hung_server_is_left_behind() {
+    a_hung_server_is_left_behind("postgres");
+}
+
+#[test]
+fn postgres_failover_keeps_the_agent_and_its_workload_served() {
+    failover_keeps_the_agent_and_its_workload_served("postgres");
+}
+
+#[test]
+fn mysql_failover_keeps_the_agent_and_its_workload_served() {
+    failover_keeps_the_agent_and_its_workload_served("mysql");
+}
