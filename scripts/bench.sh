@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Runs the spire-server benchmarks in the release (bench) profile and prints their markdown
+# Runs the spire-server and spire-agent benchmarks in the release (bench) profile and prints their markdown
 # tables to stdout (progress goes to stderr). Benchmarks are not tests: nothing here runs
 # inside `cargo test`. docs/benchmarks.md records the numbers and the machine they came from.
 #
-# Usage: scripts/bench.sh            full run (about 2 minutes after the build)
+# Usage: scripts/bench.sh            full run (about 2 minutes per engine after the build)
 #        SPIRE_BENCH_QUICK=1 scripts/bench.sh   smoke run at a tenth of the sizes
+#        SPIRE_BENCH_DATABASE=postgres scripts/bench.sh   one engine only (sqlite3|postgres|mysql)
+#
+# server_api runs once per SQL engine: SQLite always, PostgreSQL when SPIRE_TEST_POSTGRES is
+# set, MySQL/MariaDB when SPIRE_TEST_MYSQL is set. When neither is set and
+# target/test-databases.env exists (written by scripts/test-databases.sh, which starts both
+# servers on loopback), it is sourced first. Each pass works on fresh databases it creates
+# and drops (the `spire` user needs CREATE DATABASE, which test-databases.sh grants).
+#
+# The memory table needs the release `spire-server` binary; this script builds it
+# (`cargo build --release -p spire-server --bin spire-server`).
 #
 # Needs `openssl` on PATH for the ECDSA P-256 ceiling of the SVID scenario (Debian: openssl);
 # without it the SVID table has no ceiling ratio.
@@ -27,9 +37,32 @@ echo "- RAM: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 echo "- date: $(date -u +%Y-%m-%d)"
 echo
 
-echo "## server_api (cargo bench -p spire-server --bench server_api)"
+if [[ -z "${SPIRE_TEST_POSTGRES:-}" && -z "${SPIRE_TEST_MYSQL:-}" && -f target/test-databases.env ]]; then
+    # shellcheck source=/dev/null
+    . target/test-databases.env
+fi
+if [[ -n "${SPIRE_BENCH_DATABASE:-}" ]]; then
+    engines=("$SPIRE_BENCH_DATABASE")
+else
+    engines=(sqlite3)
+    [[ -n "${SPIRE_TEST_POSTGRES:-}" ]] && engines+=(postgres)
+    [[ -n "${SPIRE_TEST_MYSQL:-}" ]] && engines+=(mysql)
+fi
+echo "- engines: ${engines[*]}"
+echo "- load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-nice cargo bench -p spire-server --bench server_api
+
+echo "building the release spire-server and spire-agent (memory table, agent bench)" >&2
+nice cargo build --release --bins >&2
+
+for engine in "${engines[@]}"; do
+    echo "## server_api on $engine (SPIRE_BENCH_DATABASE=$engine cargo bench -p spire-server --bench server_api)"
+    echo
+    SPIRE_BENCH_DATABASE=$engine nice cargo bench -p spire-server --bench server_api
+    echo
+    echo "- load average after the $engine pass: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+done
 
 if [[ -f crates/spire-server/benches/authorized_sync.rs ]]; then
     echo
@@ -37,3 +70,8 @@ if [[ -f crates/spire-server/benches/authorized_sync.rs ]]; then
     echo
     nice cargo bench -p spire-server --bench authorized_sync
 fi
+
+echo
+echo "## agent_workload (cargo bench -p spire-e2e --bench agent_workload)"
+echo
+nice cargo bench -p spire-e2e --bench agent_workload

@@ -1,15 +1,22 @@
-//! Server API throughput and latency on a real in-process server: SQLite datastore in a temp
-//! dir, in-memory key manager, real CA manager and authorized-entry index, and the gRPC
-//! service implementations called directly (and over a loopback gRPC server where noted).
+//! Server API throughput and latency on a real in-process server: SQL datastore (SQLite in a
+//! temp dir by default, or a fresh PostgreSQL or MySQL/MariaDB database, see
+//! `support/mod.rs` and `SPIRE_BENCH_DATABASE`), in-memory key manager, real CA manager and
+//! authorized-entry index, and the gRPC service implementations called directly (and over a
+//! loopback gRPC server where noted).
 //!
 //! Run with `cargo bench -p spire-server --bench server_api` (or `scripts/bench.sh`); prints
-//! markdown tables to stdout and progress to stderr. Scenarios:
+//! markdown tables to stdout and progress to stderr. On another engine:
+//! `SPIRE_BENCH_DATABASE=postgres SPIRE_TEST_POSTGRES='dbname=spire ...' cargo bench ...`.
+//! Scenarios:
 //!
 //! 1. `svid.v1.BatchNewX509SVID`: SVIDs/s from 2 concurrent callers, batches of 100 CSRs,
 //!    against this machine's ECDSA P-256 ceiling measured with `openssl speed`.
 //! 2. `entry.v1.GetAuthorizedEntries` / `SyncAuthorizedEntries` latency for agents with 1k,
 //!    10k and 100k authorized entries.
-//! 3. `entry.v1.BatchCreateEntry` entries/s into SQLite, batches of 50, 1 and 2 callers.
+//! 3. `entry.v1.BatchCreateEntry` entries/s, batches of 50, 1 and 2 callers.
+//! 4. With the 111k entries of scenario 2 in the datastore: the authorized index's full
+//!    reload, and the resident memory of the real `spire-server` binary (release build,
+//!    `SPIRE_BENCH_SERVER_BIN` or `target/release/spire-server`) once it has loaded them.
 
 #![allow(
     clippy::expect_used,
@@ -42,6 +49,9 @@ use spire_server::datastore::{AttestedNode, DataStore, RegistrationEntry};
 use spire_server::plugins::keymanager::memory::MemoryKeyManager;
 use tonic::Request;
 
+mod support;
+use support::{BenchDb, Engine};
+
 const TD: &str = "example.org";
 /// Concurrent callers; the bench machine has 2 cores.
 const CALLERS: usize = 2;
@@ -59,6 +69,12 @@ const ENTRY_BATCHES_PER_CALLER: usize = 60;
 const POPULATE_CHUNK: usize = 1000;
 /// Authorized-entry counts of the sync scenario, one agent each.
 const SYNC_SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+/// Full index reloads timed once the sync scenario's entries are in the datastore.
+const RELOADS: usize = 3;
+/// Overrides the `spire-server` binary whose memory is measured.
+const SERVER_BIN_ENV: &str = "SPIRE_BENCH_SERVER_BIN";
+/// How long the real server may take to load the datastore and open its admin socket.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Whether this is a smoke run (`SPIRE_BENCH_QUICK` set).
 fn quick() -> bool {
@@ -81,23 +97,17 @@ fn svid_run() -> Duration {
 /// One in-process server: what `spire-server run` builds, minus the listeners.
 struct Server {
     ctx: Arc<ApiContext>,
-    _dir: tempfile::TempDir,
+    db: BenchDb,
 }
 
-async fn server() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = SqlConfig {
-        database_type: "sqlite3".into(),
-        connection_string: dir
-            .path()
-            .join("datastore.sqlite3")
-            .to_string_lossy()
-            .into_owned(),
-        max_open_conns: None,
-        disable_migration: false,
-    };
+/// A server on a fresh database of the selected engine; `label` names the database.
+async fn server(label: &str) -> Server {
+    let db = BenchDb::create(Engine::from_env(), label).await;
+    let config: SqlConfig = db.config();
     let datastore: Arc<dyn DataStore> =
-        Arc::new(SqlDataStore::open(&config).await.expect("open sqlite"));
+        Arc::new(SqlDataStore::open(&config).await.unwrap_or_else(|e| {
+            panic!("opening the {} datastore: {e}", db.engine.database_type())
+        }));
     let trust_domain = TrustDomain::new(TD).unwrap();
     let ca = CaManager::new(
         CaConfig::new(trust_domain.clone()),
@@ -128,7 +138,7 @@ async fn server() -> Server {
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(false, false),
     });
-    Server { ctx, _dir: dir }
+    Server { ctx, db }
 }
 
 fn agent_id(name: &str) -> SpiffeId {
@@ -396,7 +406,7 @@ where
 
 async fn bench_svid() -> Vec<(String, f64)> {
     eprintln!("svid: setting up");
-    let server = server().await;
+    let server = server("svid").await;
     let callers = svid_setup(&server).await;
     let mut rows = Vec::new();
 
@@ -442,6 +452,7 @@ async fn bench_svid() -> Vec<(String, f64)> {
     })
     .await;
     rows.push(("loopback gRPC (h2c, no TLS)".to_owned(), grpc));
+    server.db.remove().await;
     rows
 }
 
@@ -511,9 +522,22 @@ async fn sync_once(
     entries
 }
 
-async fn bench_sync() -> (Vec<SyncRow>, f64, f64, usize) {
+/// What the sync scenario measured, besides its rows.
+struct SyncResult {
+    rows: Vec<SyncRow>,
+    /// Entries in the datastore.
+    total: usize,
+    /// Entries/s of the datastore's batch insert while populating.
+    populate_rate: f64,
+    /// Full index reload times (ms), in run order.
+    reloads: Vec<f64>,
+    /// The real binary on the same datastore, when it could be run.
+    process: Option<ProcessMemory>,
+}
+
+async fn bench_sync() -> SyncResult {
     eprintln!("sync: populating the datastore");
-    let server = server().await;
+    let server = server("sync").await;
     let sizes: Vec<usize> = SYNC_SIZES.iter().map(|&s| scaled(s)).collect();
     let total: usize = sizes.iter().sum();
     let started = Instant::now();
@@ -539,11 +563,19 @@ async fn bench_sync() -> (Vec<SyncRow>, f64, f64, usize) {
     }
     let populate_rate = total as f64 / started.elapsed().as_secs_f64();
 
-    eprintln!("sync: loading the index ({total} entries)");
+    eprintln!("sync: loading the index ({total} entries), {RELOADS} times");
     // A full reload is what `AuthorizedIndex::load` does at server start.
-    let started = Instant::now();
-    server.ctx.index.reload().await.expect("index reload");
-    let index_load = ms(started.elapsed());
+    let mut reloads = Vec::with_capacity(RELOADS);
+    for _ in 0..RELOADS {
+        let started = Instant::now();
+        server.ctx.index.reload().await.expect("index reload");
+        reloads.push(ms(started.elapsed()));
+    }
+    assert_eq!(
+        server.ctx.index.entry_count(),
+        total,
+        "index misses entries"
+    );
 
     let entry_api = EntryApi::new(server.ctx.clone());
     let mut rows = Vec::new();
@@ -626,7 +658,127 @@ async fn bench_sync() -> (Vec<SyncRow>, f64, f64, usize) {
             full: summary(full),
         });
     }
-    (rows, index_load, populate_rate, total)
+    eprintln!("sync: real spire-server on the same datastore");
+    let process = server_process_memory(&server.db).await;
+    server.db.remove().await;
+    SyncResult {
+        rows,
+        total,
+        populate_rate,
+        reloads,
+        process,
+    }
+}
+
+/// The real server's memory once it has loaded the datastore.
+struct ProcessMemory {
+    /// Spawn until the admin socket accepts (the index is loaded before the listeners open).
+    start: Duration,
+    /// `VmRSS` of `/proc/<pid>/status`, KiB, 2 s after the socket opened.
+    rss_kib: u64,
+    /// `VmHWM` (peak RSS), KiB, at the same moment.
+    hwm_kib: u64,
+}
+
+fn server_binary() -> std::path::PathBuf {
+    let path = std::env::var_os(SERVER_BIN_ENV).map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/release/spire-server")
+        },
+        std::path::PathBuf::from,
+    );
+    std::fs::canonicalize(&path).unwrap_or(path)
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn hcl_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Starts the release `spire-server` on `db` (memory key manager, loopback port), waits until
+/// its admin socket accepts, reads its memory and stops it. `None` (with the reason on
+/// stderr) when the binary is missing or does not come up.
+async fn server_process_memory(db: &BenchDb) -> Option<ProcessMemory> {
+    let binary = server_binary();
+    if !binary.is_file() {
+        eprintln!(
+            "sync: {} not found (cargo build --release --bins, or set {SERVER_BIN_ENV}); \
+             no process memory measured",
+            binary.display()
+        );
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let socket = dir.path().join("api.sock");
+    let config = format!(
+        "server {{\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{port}\"\n  \
+         socket_path = {}\n  trust_domain = \"{TD}\"\n  data_dir = {}\n  \
+         log_level = \"INFO\"\n}}\nplugins {{\n  DataStore \"sql\" {{\n    plugin_data {{\n      \
+         database_type = \"{}\"\n      connection_string = {}\n    }}\n  }}\n  \
+         KeyManager \"memory\" {{\n    plugin_data {{}}\n  }}\n  \
+         NodeAttestor \"join_token\" {{\n    plugin_data {{}}\n  }}\n}}\n",
+        hcl_string(&socket.display().to_string()),
+        hcl_string(&dir.path().join("data").display().to_string()),
+        db.engine.database_type(),
+        hcl_string(&db.connection_string),
+    );
+    let config_path = dir.path().join("server.conf");
+    std::fs::write(&config_path, config).expect("write server.conf");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("server log");
+    let started = Instant::now();
+    let mut child = std::process::Command::new(&binary)
+        .arg("run")
+        .arg("-config")
+        .arg(&config_path)
+        .stdout(log.try_clone().expect("server log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+    let pid = child.id();
+    let start = loop {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            break Some(started.elapsed());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!(
+                "sync: spire-server exited ({status}) before it opened its socket:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            break None;
+        }
+        if started.elapsed() > SERVER_START_TIMEOUT {
+            eprintln!("sync: spire-server did not open its socket in {SERVER_START_TIMEOUT:?}");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let memory = match start {
+        Some(start) => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            status_kib(pid, "VmRSS:")
+                .zip(status_kib(pid, "VmHWM:"))
+                .map(|(rss_kib, hwm_kib)| ProcessMemory {
+                    start,
+                    rss_kib,
+                    hwm_kib,
+                })
+        }
+        None => None,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    memory
 }
 
 // ---------------------------------------------------------------------------------------
@@ -669,10 +821,11 @@ async fn entries_per_second(server: &Server, callers: usize, tag: &str) -> (f64,
 
 async fn bench_create() -> Vec<(usize, (f64, f64, f64))> {
     eprintln!("create: sequential");
-    let server = server().await;
+    let server = server("create").await;
     let sequential = entries_per_second(&server, 1, "seq").await;
     eprintln!("create: {CALLERS} concurrent callers");
     let concurrent = entries_per_second(&server, CALLERS, "par").await;
+    server.db.remove().await;
     vec![(1, sequential), (CALLERS, concurrent)]
 }
 
@@ -694,11 +847,19 @@ fn main() {
         .expect("tokio runtime");
     let svid_rows = runtime.block_on(bench_svid());
     let create_rows = runtime.block_on(bench_create());
-    let (sync_rows, index_load, populate_rate, total) = runtime.block_on(bench_sync());
+    let sync = runtime.block_on(bench_sync());
+    let sync_rows = &sync.rows;
+    let engine = Engine::from_env();
     if quick() {
         println!("**Smoke run ({QUICK_ENV} set): sizes are a tenth of the real ones.**");
         println!();
     }
+    println!(
+        "Datastore: {} (`database_type = \"{}\"`, default pool settings).",
+        engine.label(),
+        engine.database_type()
+    );
+    println!();
 
     println!("### 1. BatchNewX509SVID ({CALLERS} concurrent callers, {SVID_BATCH} CSRs per call)");
     println!();
@@ -736,12 +897,15 @@ fn main() {
     println!();
     println!("### 2. Authorized entries for one agent (ms; median / p99 / max)");
     println!();
+    let reloads: Vec<String> = sync.reloads.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "Datastore holds {} entries over {} agents; index full load {index_load:.0} ms; \
+        "Datastore holds {} entries over {} agents; index full load {} ms ({RELOADS} runs); \
          populating via the datastore's batch insert ({POPULATE_CHUNK}/transaction) ran at \
-         {populate_rate:.0} entries/s.",
-        total,
-        sync_rows.len()
+         {:.0} entries/s.",
+        sync.total,
+        sync_rows.len(),
+        reloads.join(" / "),
+        sync.populate_rate,
     );
     println!();
     println!(
@@ -749,7 +913,7 @@ fn main() {
          Sync, fresh agent: revisions + all entries (gRPC) | target: 100k < 500 ms |"
     );
     println!("|---:|---:|---:|---:|---:|---|");
-    for row in &sync_rows {
+    for row in sync_rows {
         let fmt =
             |(median, p99, max): (f64, f64, f64)| format!("{median:.1} / {p99:.1} / {max:.1}");
         let target = if row.entries == 100_000 {
@@ -772,7 +936,7 @@ fn main() {
     println!();
     println!("| entries | index walk | index walk + entry_to_proto | whole handler |");
     println!("|---:|---:|---:|---:|");
-    for row in &sync_rows {
+    for row in sync_rows {
         println!(
             "| {} | {:.1} | {:.1} | {:.1} |",
             row.entries, row.lookup.0, row.convert.0, row.unary.0
@@ -781,8 +945,9 @@ fn main() {
 
     println!();
     println!(
-        "### 3. BatchCreateEntry into SQLite ({ENTRY_BATCH} entries per call, \
+        "### 3. BatchCreateEntry into {} ({ENTRY_BATCH} entries per call, \
          {} calls per caller)",
+        engine.label(),
         scaled(ENTRY_BATCHES_PER_CALLER)
     );
     println!();
@@ -794,4 +959,33 @@ fn main() {
             met(*rate >= 5000.0)
         );
     }
+
+    println!();
+    println!(
+        "### 4. {} entries in {}: full index reload and the real server's memory",
+        sync.total,
+        engine.label()
+    );
+    println!();
+    let mut sorted = sync.reloads.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "| full index reload, median of {RELOADS} (ms) | spire-server start until admin socket (ms) | VmRSS (MiB) | VmHWM (MiB) |"
+    );
+    println!("|---:|---:|---:|---:|");
+    let reload_median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    match &sync.process {
+        Some(p) => println!(
+            "| {reload_median:.0} | {:.0} | {:.0} | {:.0} |",
+            ms(p.start),
+            p.rss_kib as f64 / 1024.0,
+            p.hwm_kib as f64 / 1024.0
+        ),
+        None => println!("| {reload_median:.0} | - | - | - |"),
+    }
+    println!();
+    println!(
+        "Memory of `{}` (`/proc/<pid>/status`, 2 s after its admin socket opened).",
+        server_binary().display()
+    );
 }

@@ -10,11 +10,11 @@
 
 #![allow(dead_code, reason = "each test file uses part of the harness")]
 
-use std::str::FromStr;
+mod connection;
 
 use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{Executor, Row};
 
@@ -268,14 +268,14 @@ async fn admin_pool(engine: Engine, connection_string: &str) -> Raw {
         Engine::Postgres => Raw::Postgres(
             PgPoolOptions::new()
                 .max_connections(1)
-                .connect_with(pg_options(connection_string))
+                .connect_with(connection::pg_options(connection_string))
                 .await
                 .unwrap_or_else(|e| panic!("connecting to PostgreSQL {connection_string}: {e}")),
         ),
         Engine::Mysql => Raw::Mysql(
             MySqlPoolOptions::new()
                 .max_connections(1)
-                .connect_with(mysql_options(connection_string))
+                .connect_with(connection::mysql_options(connection_string))
                 .await
                 .unwrap_or_else(|e| panic!("connecting to MySQL {connection_string}: {e}")),
         ),
@@ -283,122 +283,11 @@ async fn admin_pool(engine: Engine, connection_string: &str) -> Raw {
     }
 }
 
-/// libpq `key=value` pairs (values optionally single-quoted) or a `postgres://` URL.
-fn pg_options(connection_string: &str) -> PgConnectOptions {
-    let s = connection_string.trim();
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        return PgConnectOptions::from_str(s).unwrap();
-    }
-    let mut options = PgConnectOptions::new_without_pgpass().ssl_mode(PgSslMode::Prefer);
-    for (key, value) in pg_pairs(s) {
-        options = match key.as_str() {
-            "host" => options.host(&value),
-            "port" => options.port(value.parse().unwrap()),
-            "user" => options.username(&value),
-            "password" => options.password(&value),
-            "dbname" => options.database(&value),
-            "sslmode" => options.ssl_mode(value.parse().unwrap()),
-            _ => options,
-        };
-    }
-    options
-}
-
-fn pg_pairs(s: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.trim().is_empty() {
-            return pairs;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'\'') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '\'' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.peek().copied().filter(|c| !c.is_whitespace()) {
-                value.push(c);
-                chars.next();
-            }
-        }
-        pairs.push((key.trim().to_owned(), value));
-    }
-}
-
-/// go-sql-driver's DSN: `user:password@tcp(host:port)/dbname?params`.
-fn mysql_options(dsn: &str) -> MySqlConnectOptions {
-    let (prefix, db, _params) = split_mysql_dsn(dsn);
-    let (credentials, address) = prefix.rsplit_once('@').unwrap_or(("", prefix));
-    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
-    let address = address
-        .strip_prefix("tcp(")
-        .and_then(|a| a.strip_suffix(')'))
-        .unwrap_or("127.0.0.1:3306");
-    let (host, port) = address.rsplit_once(':').unwrap_or((address, "3306"));
-    MySqlConnectOptions::new()
-        .host(host)
-        .port(port.parse().unwrap())
-        .username(user)
-        .password(password)
-        .database(db)
-        .ssl_mode(MySqlSslMode::Preferred)
-}
-
-/// (everything before the database name, the database name, the parameters).
-fn split_mysql_dsn(dsn: &str) -> (&str, &str, &str) {
-    let (path, params) = dsn.split_once('?').unwrap_or((dsn, ""));
-    let (prefix, db) = path.rsplit_once('/').unwrap_or((path, ""));
-    (prefix, db, params)
-}
-
-/// The connection string `base` with its database replaced by `name`, in the same format.
+/// `base` with its database replaced by `name`, in the same format.
 fn with_database(engine: Engine, base: &str, name: &str) -> String {
     match engine {
-        Engine::Postgres if base.contains("://") => {
-            let (before_query, query) = base.split_once('?').unwrap_or((base, ""));
-            let scheme_end = before_query.find("://").unwrap() + 3;
-            let authority_end = before_query[scheme_end..]
-                .find('/')
-                .map_or(before_query.len(), |i| scheme_end + i);
-            let mut out = format!("{}/{name}", &before_query[..authority_end]);
-            if !query.is_empty() {
-                out = format!("{out}?{query}");
-            }
-            out
-        }
-        Engine::Postgres => {
-            let mut parts: Vec<String> = pg_pairs(base)
-                .into_iter()
-                .filter(|(k, _)| k != "dbname")
-                .map(|(k, v)| {
-                    if v.is_empty() || v.contains(char::is_whitespace) || v.contains('\'') {
-                        format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-                    } else {
-                        format!("{k}={v}")
-                    }
-                })
-                .collect();
-            parts.insert(0, format!("dbname={name}"));
-            parts.join(" ")
-        }
-        Engine::Mysql => {
-            let (prefix, _, params) = split_mysql_dsn(base);
-            if params.is_empty() {
-                format!("{prefix}/{name}")
-            } else {
-                format!("{prefix}/{name}?{params}")
-            }
-        }
+        Engine::Postgres => connection::postgres_with_database(base, name),
+        Engine::Mysql => connection::mysql_with_database(base, name),
         Engine::Sqlite => name.to_owned(),
     }
 }
@@ -463,7 +352,7 @@ mod tests {
             "spire:spire@tcp(127.0.0.1:3306)/t?parseTime=true"
         );
         assert_eq!(
-            pg_pairs("password='a b\\'c' host=h"),
+            connection::pg_pairs("password='a b\\'c' host=h"),
             vec![
                 ("password".to_owned(), "a b'c".to_owned()),
                 ("host".to_owned(), "h".to_owned())
