@@ -14,30 +14,8 @@ use super::{
     RateLimitSection, TelemetrySection,
 };
 
-/// Log levels upstream (logrus) accepts, case-insensitively.
-const LOG_LEVELS: [&str; 8] = [
-    "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace",
-];
-
-/// `log_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// Human-readable lines (upstream's default).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl LogFormat {
-    /// The config spelling: `text` or `json`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Json => "json",
-        }
-    }
-}
+pub use spire_core::config::sections::LogFormat;
+use spire_core::config::sections::resolve_logging;
 
 /// `trust_bundle_format`: how the bootstrap bundle is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -306,7 +284,12 @@ impl AgentConfig {
         let bootstrap_bundle = resolve_bootstrap(file, a)?;
         let join_token = resolve_join_token(file, a)?;
 
-        let (log_level, log_format) = resolve_logging(file, a)?;
+        let (log_level, log_format) = resolve_logging(
+            file,
+            "agent",
+            a.log_level.as_deref(),
+            a.log_format.as_deref(),
+        )?;
 
         if a.experimental.named_pipe_name.is_some() && !cfg!(windows) {
             return Err(ConfigError::invalid(
@@ -676,42 +659,6 @@ fn resolve_join_token(file: &str, a: &AgentSection) -> Result<Option<String>, Co
         }
         (None, None) => Ok(None),
     }
-}
-
-fn resolve_logging(file: &str, a: &AgentSection) -> Result<(String, LogFormat), ConfigError> {
-    let log_level = a
-        .log_level
-        .as_deref()
-        .unwrap_or("info")
-        .to_ascii_lowercase();
-    if !LOG_LEVELS.contains(&log_level.as_str()) {
-        return Err(ConfigError::invalid(
-            file,
-            "agent.log_level",
-            format!(
-                "unknown log level {:?}; use DEBUG, INFO, WARN or ERROR",
-                a.log_level.as_deref().unwrap_or_default()
-            ),
-        ));
-    }
-    let log_format = match a
-        .log_format
-        .as_deref()
-        .unwrap_or("text")
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => {
-            return Err(ConfigError::invalid(
-                file,
-                "agent.log_format",
-                format!("unknown log format {other:?}; use \"text\" or \"json\""),
-            ));
-        }
-    };
-    Ok((log_level, log_format))
 }
 
 /// The admin socket may not sit in the Workload API socket's folder (or below it): that

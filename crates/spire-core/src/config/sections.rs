@@ -3,7 +3,65 @@
 
 use serde::Deserialize;
 
-use super::de;
+use super::{ConfigError, de};
+
+/// Log levels upstream (logrus) accepts, case-insensitively.
+const LOG_LEVELS: [&str; 8] = [
+    "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace",
+];
+
+/// `log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (upstream's default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The config spelling: `text` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// `log_level` (lower-cased, default `info`) and `log_format` (default `text`) of the `block`
+/// (`server` or `agent`) in `file`, refused with the key's name when upstream would refuse them.
+pub fn resolve_logging(
+    file: &str,
+    block: &str,
+    log_level: Option<&str>,
+    log_format: Option<&str>,
+) -> Result<(String, LogFormat), ConfigError> {
+    let level = log_level.unwrap_or("info").to_ascii_lowercase();
+    if !LOG_LEVELS.contains(&level.as_str()) {
+        return Err(ConfigError::invalid(
+            file,
+            format!("{block}.log_level"),
+            format!(
+                "unknown log level {:?}; use DEBUG, INFO, WARN or ERROR",
+                log_level.unwrap_or_default()
+            ),
+        ));
+    }
+    let format = match log_format.unwrap_or("text").to_ascii_lowercase().as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::invalid(
+                file,
+                format!("{block}.log_format"),
+                format!("unknown log format {other:?}; use \"text\" or \"json\""),
+            ));
+        }
+    };
+    Ok((level, format))
+}
 
 /// `telemetry { }`: accepted and kept; metrics are not exported yet.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

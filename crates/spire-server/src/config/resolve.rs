@@ -23,30 +23,8 @@ const ACTIVATION_THRESHOLD_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
 const MINIMUM_REFRESH_HINT: Duration = Duration::from_secs(60);
 const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
 const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
-/// Log levels upstream (logrus) accepts, case-insensitively.
-const LOG_LEVELS: [&str; 8] = [
-    "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace",
-];
-
-/// `log_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// Human-readable lines (upstream's default).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl LogFormat {
-    /// The config spelling: `text` or `json`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Json => "json",
-        }
-    }
-}
+pub use spire_core::config::sections::LogFormat;
+use spire_core::config::sections::resolve_logging;
 
 /// The CA certificate subject, with upstream's default (`C=US, O=SPIFFE`) when unset or empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,38 +397,12 @@ impl ServerConfig {
                 .unwrap_or_else(|| DEFAULT_SOCKET_PATH.to_owned()),
         );
 
-        let log_level = s
-            .log_level
-            .as_deref()
-            .unwrap_or("info")
-            .to_ascii_lowercase();
-        if !LOG_LEVELS.contains(&log_level.as_str()) {
-            return Err(ConfigError::invalid(
-                file,
-                "server.log_level",
-                format!(
-                    "unknown log level {:?}; use DEBUG, INFO, WARN or ERROR",
-                    s.log_level.as_deref().unwrap_or_default()
-                ),
-            ));
-        }
-        let log_format = match s
-            .log_format
-            .as_deref()
-            .unwrap_or("text")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(ConfigError::invalid(
-                    file,
-                    "server.log_format",
-                    format!("unknown log format {other:?}; use \"text\" or \"json\""),
-                ));
-            }
-        };
+        let (log_level, log_format) = resolve_logging(
+            file,
+            "server",
+            s.log_level.as_deref(),
+            s.log_format.as_deref(),
+        )?;
 
         let ca_key_type = match &s.ca_key_type {
             Some(v) => key_type(file, "server.ca_key_type", v)?,
