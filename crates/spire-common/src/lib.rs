@@ -3,4 +3,5 @@
 //! toolkit (Go-style flags, errors, `-output json`).
 
 pub mod cli;
+pub mod fs;
 pub mod logging;

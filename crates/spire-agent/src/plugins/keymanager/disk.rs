@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use super::{KeyManager, KeyManagerError, check_key_id, generate_blocking};
-use crate::storage::atomic_write_private;
+use spire_common::fs::atomic_write_private;
 
 /// The key file's name inside `directory`, as upstream names it.
 pub const KEYS_FILE_NAME: &str = "keys.json";
