@@ -4,7 +4,9 @@
 # Installs `postgresql` and `mariadb-server` from Debian's packages when they are missing,
 # starts PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306 (without systemd, so it
 # works in containers), and creates the user `spire` (password `spire`, allowed to create
-# databases, which the tests do, one per test) and the databases `spire` and `spire_upstream`.
+# databases, which the tests do, one per test, and a member of pg_signal_backend so that
+# `DROP DATABASE ... WITH (FORCE)` can end an autovacuum worker) and the databases `spire` and
+# `spire_upstream`.
 # Idempotent: a second run only checks that both servers answer.
 #
 # Prints the variables the tests read, as `export` lines on standard output (progress goes to
@@ -136,6 +138,15 @@ BEGIN
 END
 \$\$;
 ALTER ROLE $DB_USER WITH LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
+-- DROP DATABASE ... WITH (FORCE) terminates the sessions on the database, autovacuum workers
+-- included; those belong to no role, so only pg_signal_backend lets the tests' role end them.
+DO \$\$
+BEGIN
+    IF NOT pg_has_role('$DB_USER', 'pg_signal_backend', 'MEMBER') THEN
+        GRANT pg_signal_backend TO $DB_USER;
+    END IF;
+END
+\$\$;
 SQL
     local db
     for db in "${DATABASES[@]}"; do

@@ -22,7 +22,10 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "fuzz targets build"
-cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
+# The workspace's versions, and its target folder, so the dependencies clippy just checked
+# are reused (scripts/fuzz.sh runs the targets).
+cp Cargo.lock fuzz/Cargo.lock
+cargo check --manifest-path fuzz/Cargo.toml --bins --quiet --target-dir target
 
 step "conformance clients (py-spiffe, go-spiffe)"
 scripts/conformance-deps.sh
@@ -33,7 +36,31 @@ scripts/test-databases.sh >/dev/null
 . target/test-databases.env
 
 step "cargo test"
-cargo test --workspace --locked 2>&1 | tee target/test-output.log
-summary=$(grep -E '^test result:' target/test-output.log | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')
+# --no-fail-fast: every test binary runs even after one fails, so the summary counts them all.
+# The status is kept rather than ending the script here, so the summary is printed either way.
+test_status=0
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.log || test_status=$?
+log=target/test-output.log
+# `|| true`: no `test result:` line at all (nothing compiled) is a count of zero, not an exit.
+results_lines=$(grep -E '^test result:' "$log" || true)
+# Every test binary cargo starts prints a `Running ...` or `Doc-tests ...` line and, unless it
+# crashed (a signal, an abort, a panic outside a test), one `test result:` line; a crashed
+# binary counts as one failure.
+binaries=$(grep -cE '^ +(Running|Doc-tests) ' "$log" || true)
+results=$(grep -cE '^test result:' "$log" || true)
+crashed=$((binaries > results ? binaries - results : 0))
+summary=$(printf '%s\n' "$results_lines" | awk -v crashed="$crashed" 'NF {p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f + crashed, i}')
+failed=$(printf '%s\n' "$results_lines" | awk 'NF {f+=$6} END {print f+0}')
 echo
+if [ "$results" -lt "$binaries" ]; then
+    echo "Error: $((binaries - results)) of $binaries test binaries ended without a 'test result:' line (crashed)" >&2
+fi
+if [ "$test_status" -ne 0 ]; then
+    echo "Error: cargo test exited with status $test_status" >&2
+    # cargo's own list of the targets that failed, when it printed one.
+    sed -n '/^error: [0-9]* targets\{0,1\} failed:/,/^[^ ]/p' "$log" >&2 || true
+fi
 echo "$summary"
+if [ "$test_status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$results" -lt "$binaries" ]; then
+    exit 1
+fi

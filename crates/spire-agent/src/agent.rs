@@ -33,6 +33,8 @@ use crate::workload::{self, WorkloadApiOptions};
 
 /// Loads the config named by the `run` flags and runs the agent until a signal stops it.
 pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    // Before anything is created, as upstream: nothing is group-writable or open to others.
+    let loose_umask = spire_common::fs::set_minimum_umask();
     let config = config::load_and_resolve(&args.overrides())?;
     let log_level = crate::logging::init_with_source_location(
         &config.log_level,
@@ -40,10 +42,32 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         config.log_file.as_deref(),
         config.log_source_location,
     )?;
+    if let Some(previous) = loose_umask {
+        tracing::warn!("{}", spire_common::fs::umask_warning(previous));
+    }
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     run(config, log_level, shutdown_signal()).await
+}
+
+/// Creates `data_dir` (0750), or narrows an existing one that is more open, unless the
+/// Workload API socket lives inside it: then others must keep reaching the socket, and the
+/// folder is left as the operator made it (`agent-data.json` and the keys are 0600 anyway).
+fn prepare_data_dir(config: &ResolvedAgentConfig) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let result = if absolute(&config.socket_path).starts_with(absolute(data_dir)) {
+        spire_common::fs::create_dir(data_dir, spire_common::fs::DATA_DIR_MODE)
+    } else {
+        spire_common::fs::ensure_private_dir(data_dir, spire_common::fs::DATA_DIR_MODE)
+    };
+    result.with_context(|| {
+        format!(
+            "cannot create data_dir {}; set agent.data_dir to a writable directory",
+            data_dir.display()
+        )
+    })
 }
 
 /// Runs an agent with a resolved config until `shutdown` completes; `log_level` is the
@@ -54,12 +78,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started_at = Instant::now();
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create data_dir {}; set agent.data_dir to a writable directory",
-            config.data_dir.display()
-        )
-    })?;
+    prepare_data_dir(&config)?;
     tracing::info!(
         trust_domain = config.trust_domain.name(),
         data_dir = %config.data_dir.display(),

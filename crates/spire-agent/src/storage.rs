@@ -71,20 +71,15 @@ pub struct AgentStorage {
 }
 
 impl AgentStorage {
-    /// Opens the store in `dir`, creating the folder (0700) when missing and reading
-    /// `agent-data.json` when present.
+    /// Opens the store in `dir`, creating the folder (0750, as upstream) when missing and
+    /// reading `agent-data.json` when present.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
         let dir = dir.as_ref().to_path_buf();
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder.create(&dir).map_err(|e| StorageError::Io {
-            path: dir.clone(),
-            reason: format!("cannot create the data directory: {e}"),
+        spire_common::fs::create_dir(&dir, spire_common::fs::DATA_DIR_MODE).map_err(|e| {
+            StorageError::Io {
+                path: dir.clone(),
+                reason: format!("cannot create the data directory: {e}"),
+            }
         })?;
         let data = load(&dir.join(AGENT_DATA_FILE))?;
         Ok(Self {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use spire_agent::manager::{
@@ -243,12 +243,7 @@ impl Harness {
             socket.clone(),
             cancel.clone(),
         ));
-        for _ in 0..200 {
-            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_socket(&socket).await;
         Self {
             _dir: dir,
             socket,
@@ -342,6 +337,19 @@ async fn socket_is_world_writable_in_a_created_folder() {
     harness.stop().await;
 }
 
+/// Waits until the Workload API socket accepts connections, failing the test after 10 s.
+async fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::UnixStream::connect(path).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "Workload API socket {} did not accept connections within 10 s",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn stale_socket_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,15 +363,7 @@ async fn stale_socket_is_replaced() {
         socket.clone(),
         cancel.clone(),
     ));
-    let mut connected = false;
-    for _ in 0..200 {
-        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-            connected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(connected);
+    wait_for_socket(&socket).await;
     cancel.cancel();
     assert!(task.await.unwrap().is_ok());
     assert!(!socket.exists(), "the socket is removed on shutdown");

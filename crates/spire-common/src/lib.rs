@@ -1,7 +1,10 @@
 //! Process plumbing that `spire-server` and `spire-agent` share and that does I/O, so it does
-//! not belong in `spire-core`: log set-up and the run-time log level, and the command-line
-//! toolkit (Go-style flags, errors, `-output json`).
+//! not belong in `spire-core`: log set-up and the run-time log level, the command-line
+//! toolkit (Go-style flags, errors, `-output json`), private files and folders, and the unix
+//! sockets the gRPC APIs listen on.
 
 pub mod cli;
 pub mod fs;
+pub mod grpc_status;
 pub mod logging;
+pub mod socket;

@@ -223,13 +223,14 @@ pub fn init_with_source_location(
     let writer = match file {
         None => BoxMakeWriter::new(std::io::stdout),
         Some(path) => {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| LoggingError::File {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
+            let mut options = OpenOptions::new();
+            let append = options.append(true);
+            let f =
+                crate::fs::open_with_mode(path, crate::fs::LOG_FILE_MODE, append).map_err(|e| {
+                    LoggingError::File {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    }
                 })?;
             BoxMakeWriter::new(Mutex::new(f))
         }

@@ -7,6 +7,7 @@
 //! `os.ExpandEnv` does.
 
 pub mod de;
+mod hcl1;
 pub mod plugins;
 pub mod sections;
 
@@ -146,12 +147,43 @@ pub fn parse_value(source: &str, text: &str) -> Result<Value, ConfigError> {
             format: "JSON",
             message: e.to_string(),
         }),
-        ConfigFormat::Hcl => hcl::from_str(&hcl1_compat(text)).map_err(|e| ConfigError::Syntax {
-            file: source.to_owned(),
-            format: "HCL",
-            message: e.to_string(),
-        }),
+        ConfigFormat::Hcl => parse_hcl(source, text),
     }
+}
+
+/// Parses HCL as upstream's HCL v1 parser reads it: after [`hcl1_compat`], every value must
+/// be a literal (quoted string, number, boolean, list, object or heredoc). HCL v2, which
+/// hcl-rs implements, would read `data_dir = spire_data` as a variable and hand us the text
+/// `${spire_data}`; HCL v1 refuses the bare word, and so do we, naming line, column and key.
+fn parse_hcl(source: &str, text: &str) -> Result<Value, ConfigError> {
+    let syntax = |message: String| ConfigError::Syntax {
+        file: source.to_owned(),
+        format: "HCL",
+        message,
+    };
+    let (compat, offsets) = hcl1_compat_mapped(text);
+    let body = hcl::edit::parser::parse_body(&compat)
+        .map_err(|e| syntax(hcl::Error::from(e).to_string()))?;
+    if let Some(found) = hcl1::first_non_literal(&body) {
+        let offset = offsets.original(found.offset);
+        let (line, column) = line_and_column(text, offset);
+        let shown = compat
+            .get(found.span.clone())
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        return Err(syntax(found.message(line, column, &shown)));
+    }
+    hcl::from_body(hcl::Body::from(body)).map_err(|e| syntax(e.to_string()))
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).unwrap_or_default().chars().count() + 1;
+    (line, column)
 }
 
 /// Deserializes an already parsed document into `T`, naming the path of any error.
@@ -276,10 +308,36 @@ fn shell_name(s: &str) -> (Option<&str>, usize) {
 /// and heredocs gets its own line, so one-line nested blocks (`NodeAttestor "x" { plugin_data
 /// {} }`) parse.
 pub fn hcl1_compat(text: &str) -> String {
+    hcl1_compat_mapped(text).0
+}
+
+/// Where each piece of [`hcl1_compat`]'s output came from in its input, so errors found in
+/// the rewritten text name the line and column the operator wrote.
+#[derive(Debug, Default)]
+struct OffsetMap {
+    /// `(output offset, input offset)` at the start of each piece, in increasing order.
+    starts: Vec<(usize, usize)>,
+}
+
+impl OffsetMap {
+    /// The input offset of output byte `out`.
+    fn original(&self, out: usize) -> usize {
+        let index = self.starts.partition_point(|&(o, _)| o <= out);
+        match index.checked_sub(1).and_then(|i| self.starts.get(i)) {
+            Some(&(o, i)) => i + (out - o),
+            None => out,
+        }
+    }
+}
+
+/// [`hcl1_compat`] with the [`OffsetMap`] of its output.
+fn hcl1_compat_mapped(text: &str) -> (String, OffsetMap) {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut offsets = OffsetMap::default();
     let mut chars = text.char_indices().peekable();
     let mut at_line_start = true;
     while let Some((i, c)) = chars.next() {
+        offsets.starts.push((out.len(), i));
         let rest = text.get(i..).unwrap_or_default();
         match c {
             '"' => {
@@ -339,13 +397,14 @@ pub fn hcl1_compat(text: &str) -> String {
             c => {
                 if !at_line_start && starts_new_attribute(&out, rest) {
                     out.push('\n');
+                    offsets.starts.push((out.len(), i));
                 }
                 out.push(c);
                 at_line_start = false;
             }
         }
     }
-    out
+    (out, offsets)
 }
 
 /// Whether `rest` starts a `key = value` attribute that HCL v1 lets follow the previous value
@@ -690,6 +749,54 @@ EOT
     fn hcl1_compat_leaves_strings_alone() {
         let text = "a = \"{\\\"}\"\nb = \"x\" # {\n";
         assert_eq!(hcl1_compat(text), text);
+    }
+
+    #[test]
+    fn hcl_bare_words_are_refused_with_line_column_and_key() {
+        // Upstream's HCL v1 parser refuses these; HCL v2 would read a variable and the server
+        // would create a folder literally named `${spire_data}`.
+        let text = "server {\n    trust_domain = \"example.org\"\n    data_dir = spire_data\n}\n";
+        let err = parse_value("server.conf", text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "server.conf: could not parse HCL: At 3:16: server.data_dir = spire_data: a bare \
+             word is not a value; put it in double quotes: server.data_dir = \"spire_data\""
+        );
+
+        // In a one-line nested block the line and column are still the operator's.
+        let text =
+            "plugins {\n  DataStore \"sql\" { plugin_data { database_type = sqlite3 } }\n}\n";
+        let err = parse_value("server.conf", text).unwrap_err().to_string();
+        assert!(
+            err.contains("At 2:51: plugins.DataStore \"sql\".plugin_data.database_type = sqlite3"),
+            "{err}"
+        );
+
+        for (text, shown) in [
+            ("a = [\"x\", y]\n", "At 1:11: a[1] = y"),
+            ("a = { b = c }\n", "At 1:11: a.b = c"),
+            ("a = { \"${x}\" = c }\n", "= c: a bare word"),
+            ("a = null\n", "At 1:5: a = null"),
+            ("a = 1 + 2\n", "At 1:5: a = 1 + 2"),
+            ("a = upper(\"x\")\n", "At 1:5: a = upper(\"x\")"),
+            ("a = b.c\n", "At 1:5: a = b.c"),
+        ] {
+            let err = parse_value("agent.conf", text).unwrap_err().to_string();
+            assert!(err.contains(shown), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn hcl_literals_still_parse() {
+        let text = "a = -5\nb = 1.5\nc = true\nd = [\"x\", 2, [false]]\ne = { f = \"g\" }\n\
+                    h = \"${NOT_EXPANDED}\"\ni = <<EOT\nx\nEOT\n";
+        let value = parse_value("s.conf", text).unwrap();
+        assert_eq!(value["a"], -5);
+        assert_eq!(value["c"], true);
+        assert_eq!(value["d"][2][0], false);
+        assert_eq!(value["e"]["f"], "g");
+        assert_eq!(value["h"], "${NOT_EXPANDED}");
+        assert_eq!(value["i"], "x\n");
     }
 
     #[test]

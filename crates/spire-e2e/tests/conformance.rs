@@ -14,8 +14,9 @@
     reason = "tests"
 )]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use spire_e2e::{AgentProcess, ServerProcess};
@@ -27,6 +28,8 @@ const HINT: &str = "main";
 const DNS_NAME: &str = "main.conformance.example.org";
 const SECOND_SPIFFE_ID: &str = "spiffe://example.org/conformance/second";
 const SECOND_HINT: &str = "second";
+/// How long one suite may run before it is killed as hung.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -94,8 +97,15 @@ fn start(dir: &Path) -> (ServerProcess, AgentProcess) {
 }
 
 /// Runs `command` with the Workload API environment of the conformance suites, returning its
-/// output and wall time.
-fn run_suite(mut command: Command, agent: &AgentProcess) -> (Output, Duration) {
+/// output and wall time. Its output goes to `<name>.stdout` / `<name>.stderr` in `dir` (no
+/// pipe to fill up while we wait); after [`SUITE_TIMEOUT`] it is killed, with whatever it
+/// started (`go test` runs a test binary), and the test fails.
+fn run_suite(
+    mut command: Command,
+    agent: &AgentProcess,
+    dir: &Path,
+    name: &str,
+) -> (Output, Duration) {
     command
         .env(
             "SPIFFE_ENDPOINT_SOCKET",
@@ -107,10 +117,52 @@ fn run_suite(mut command: Command, agent: &AgentProcess) -> (Output, Duration) {
         .env("CONFORMANCE_DNS_NAME", DNS_NAME)
         .env("CONFORMANCE_SECOND_SPIFFE_ID", SECOND_SPIFFE_ID)
         .env("CONFORMANCE_SECOND_HINT", SECOND_HINT);
+    let stdout_path = dir.join(format!("{name}.stdout"));
+    let stderr_path = dir.join(format!("{name}.stderr"));
+    let create = |path: &Path| {
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+    };
     let start = Instant::now();
-    let out = command
-        .output()
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(create(&stdout_path))
+        .stderr(create(&stderr_path))
+        .spawn()
         .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    let read = |path: &Path| std::fs::read(path).unwrap_or_default();
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("wait for {command:?}: {e}"))
+        {
+            break status;
+        }
+        if start.elapsed() > SUITE_TIMEOUT {
+            // The child leads a process group of its own (process_group(0) above).
+            if let Some(group) = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} still ran after {SUITE_TIMEOUT:?} and was killed\n--- stdout ---\n{}\n\
+                 --- stderr ---\n{}\nagent log:\n{}",
+                String::from_utf8_lossy(&read(&stdout_path)),
+                String::from_utf8_lossy(&read(&stderr_path)),
+                agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = Output {
+        status,
+        stdout: read(&stdout_path),
+        stderr: read(&stderr_path),
+    };
     (out, start.elapsed())
 }
 
@@ -153,7 +205,7 @@ fn py_spiffe_and_go_spiffe_get_identities_and_bundles_from_the_agent() {
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(root.join("conformance/python"))
         .current_dir(&root);
-    let (out, took) = run_suite(pytest, &agent);
+    let (out, took) = run_suite(pytest, &agent, dir.path(), "pytest");
     let report = describe("py-spiffe (pytest)", &out, took);
     eprintln!("{report}");
     if !out.status.success() {
@@ -168,12 +220,14 @@ fn py_spiffe_and_go_spiffe_get_identities_and_bundles_from_the_agent() {
 
     if go {
         let mut go_test = Command::new("go");
+        // GOPROXY=off: never the network; scripts/conformance-deps.sh fills the module cache.
         go_test
             .args(["test", "-count=1", "-v", "./..."])
             .current_dir(root.join("conformance/go"))
             .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
             .env("GOTOOLCHAIN", "local");
-        let (out, took) = run_suite(go_test, &agent);
+        let (out, took) = run_suite(go_test, &agent, dir.path(), "go-test");
         let report = describe("go-spiffe (go test)", &out, took);
         eprintln!("{report}");
         if !out.status.success() {

@@ -14,11 +14,25 @@ use std::process::Command;
 use prost::Message;
 use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto, FileDescriptorSet};
 
-/// Finds the source folder of a dependency package through `cargo metadata`.
+/// Finds the source folder of a dependency package through `cargo metadata`: offline and
+/// locked (the test must neither reach the network nor rewrite Cargo.lock) and for the host
+/// platform only, whose packages the build that runs this test has on disk already (other
+/// platforms' may never have been downloaded).
 fn package_dir(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1"])
+    let version = Command::new(&cargo)
+        .arg("-vV")
+        .output()
+        .expect("cargo -vV runs");
+    let version = String::from_utf8_lossy(&version.stdout);
+    let host = version
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .unwrap_or_else(|| panic!("cargo -vV names no host: {version}"))
+        .trim();
+    let out = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+        .args(["--filter-platform", host])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");

@@ -33,6 +33,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Loads the config named by the `run` flags, applies the flag overrides and runs the
 /// server until a signal stops it.
 pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    // Before anything is created, as upstream: nothing is group-writable or open to others.
+    let loose_umask = spire_common::fs::set_minimum_umask();
     let overrides = Overrides {
         bind_address: args.bind_address,
         bind_port: args.server_port,
@@ -57,6 +59,9 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         resolved.log_file.as_deref(),
         resolved.log_source_location,
     )?;
+    if let Some(previous) = loose_umask {
+        tracing::warn!("{}", spire_common::fs::umask_warning(previous));
+    }
     for warning in &resolved.warnings {
         tracing::warn!("{warning}");
     }
@@ -67,7 +72,10 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
 pub fn validate_file(path: &Path, expand_env: bool) -> anyhow::Result<()> {
     let file = config::load_file(path, expand_env)?;
     file.resolve()?;
-    catalog::from_config(&file)?;
+    let catalog = catalog::from_config(&file)?;
+    let (sql, options) = sql_settings(&catalog);
+    SqlDataStore::check_connection_strings(&sql, &options)
+        .context("plugins.DataStore \"sql\" is not valid")?;
     Ok(())
 }
 
@@ -78,12 +86,13 @@ pub async fn run(
     log_level: crate::logging::LogLevelHandle,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create data_dir {}; set server.data_dir to a writable directory",
-            config.data_dir.display()
-        )
-    })?;
+    spire_common::fs::ensure_private_dir(&config.data_dir, spire_common::fs::DATA_DIR_MODE)
+        .with_context(|| {
+            format!(
+                "cannot create data_dir {}; set server.data_dir to a writable directory",
+                config.data_dir.display()
+            )
+        })?;
     tracing::info!(
         trust_domain = config.trust_domain.name(),
         data_dir = %config.data_dir.display(),
@@ -177,6 +186,14 @@ pub async fn run(
 }
 
 async fn open_datastore(catalog: &Catalog) -> anyhow::Result<SqlDataStore> {
+    let (sql, options) = sql_settings(catalog);
+    SqlDataStore::open_with_options(&sql, &options)
+        .await
+        .context("cannot open the datastore (plugins.DataStore \"sql\")")
+}
+
+/// The SQL datastore's settings from the catalog's `DataStore "sql"` block.
+fn sql_settings(catalog: &Catalog) -> (SqlConfig, SqlOptions) {
     let ds = &catalog.datastore;
     let database_type = match ds.database_type {
         DatabaseType::Sqlite3 => "sqlite3",
@@ -198,9 +215,7 @@ async fn open_datastore(catalog: &Catalog) -> anyhow::Result<SqlDataStore> {
         conn_max_lifetime: ds.conn_max_lifetime,
         ..SqlOptions::default()
     };
-    SqlDataStore::open_with_options(&sql, &options)
-        .await
-        .context("cannot open the datastore (plugins.DataStore \"sql\")")
+    (sql, options)
 }
 
 fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {

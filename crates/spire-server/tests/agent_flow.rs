@@ -534,7 +534,8 @@ impl Admin {
             .into_inner();
         assert!(!token.value.is_empty());
         let left = token.expires_at - time::OffsetDateTime::now_utc().unix_timestamp();
-        assert!((598..=600).contains(&left), "token TTL 600 s, {left} left");
+        // A little slack below 600: a loaded machine can take seconds between the two clocks.
+        assert!((590..=600).contains(&left), "token TTL 600 s, {left} left");
         token.value
     }
 

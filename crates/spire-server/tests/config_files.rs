@@ -592,3 +592,67 @@ fn missing_files_point_at_the_config_flag() {
         "could not find config file /nonexistent/server.conf: please use the -config flag"
     );
 }
+
+#[test]
+fn bare_words_are_a_parse_error_naming_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.conf");
+    std::fs::write(
+        &path,
+        "server {\n    trust_domain = \"example.org\"\n    data_dir = spire_data\n}\n",
+    )
+    .unwrap();
+    let err = config::load_file(&path, false).unwrap_err().to_string();
+    assert!(err.contains("server.conf"), "{err}");
+    assert!(
+        err.contains("At 3:16: server.data_dir = spire_data")
+            && err.contains("server.data_dir = \"spire_data\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_parses_the_connection_strings_without_connecting() {
+    use spire_server::datastore::sql::{SqlConfig, SqlDataStore, SqlOptions};
+    let check = |database_type: &str, connection_string: &str| {
+        let config = SqlConfig {
+            database_type: database_type.into(),
+            connection_string: connection_string.into(),
+            max_open_conns: None,
+            disable_migration: false,
+        };
+        SqlDataStore::check_connection_strings(&config, &SqlOptions::default())
+            .map_err(|e| e.to_string())
+    };
+    // Nothing listens on these: parsing must not connect.
+    check("sqlite3", "/var/lib/spire/datastore.sqlite3").unwrap();
+    check("postgres", "dbname=spire user=spire host=127.0.0.1 port=1").unwrap();
+    check(
+        "postgres",
+        "postgres://spire:pw@127.0.0.1:1/spire?sslmode=disable",
+    )
+    .unwrap();
+    check("mysql", "spire:pw@tcp(127.0.0.1:1)/spire?parseTime=true").unwrap();
+    let err = check("postgres", "/var/lib/spire/datastore.sqlite3").unwrap_err();
+    assert!(err.contains("sqlite3"), "{err}");
+    let err = check("postgres", "dbname=spire usr=spire").unwrap_err();
+    assert!(err.contains("usr"), "{err}");
+    assert!(check("oracle", "x").is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.conf");
+    std::fs::write(
+        &path,
+        "server {\n  trust_domain = \"example.org\"\n  data_dir = \"./data\"\n}\n\
+         plugins {\n  DataStore \"sql\" { plugin_data { database_type = \"postgres\" \
+         connection_string = \"dbname=spire usr=spire\" } }\n\
+         KeyManager \"memory\" { plugin_data {} }\n\
+         NodeAttestor \"join_token\" { plugin_data {} }\n}\n",
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        spire_server::server::validate_file(&path, false).unwrap_err()
+    );
+    assert!(err.contains("usr"), "{err}");
+}

@@ -1172,22 +1172,24 @@ async fn batch_create_is_fast_and_listing_many_entries_is_bulk(db: &TestDb) {
         db.engine.database_type(),
         all.len()
     );
-    // Unoptimized test builds are several times slower than release; these bounds catch
-    // accidental per-row round trips, not tuning regressions. PostgreSQL and MySQL pay a
-    // loopback round trip per statement, and share the machine with the test.
+    // Only pathological regressions fail here (something like a query per row per entry,
+    // or a quadratic loop): these bounds are about 10x below what a loaded two-core machine
+    // measures on an unoptimized test build, where every test binary of the workspace may
+    // run alongside, so that scheduling noise never fails them. The printed rates above are
+    // what to watch for tuning; the benches measure it properly.
     let min_rate = if db.engine == Engine::Sqlite {
-        1_000.0
+        100.0
     } else {
-        500.0
+        50.0
     };
     assert!(
         batch_rate > min_rate,
-        "batch create too slow on {}: {batch_rate:.0}/s",
+        "batch create pathologically slow on {}: {batch_rate:.0}/s",
         db.engine.database_type()
     );
     assert!(
-        list_time.as_secs_f64() < 5.0,
-        "listing too slow: {list_time:?}"
+        list_time.as_secs_f64() < 50.0,
+        "listing pathologically slow: {list_time:?}"
     );
 }
 

@@ -34,7 +34,7 @@ use crate::client::AgentIdentity;
 use crate::manager::Manager;
 use crate::plugins::workloadattestor::WorkloadAttestor;
 use crate::workload::SocketError;
-use crate::workload::listener::{bind_socket, incoming};
+use crate::workload::listener::incoming;
 
 pub use debug::DebugService;
 pub use delegated::DelegatedIdentityService;
@@ -79,7 +79,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), AdminError> {
     // Only the agent's user and group, as upstream's `createListener`.
-    let listener = bind_socket(&socket_path, 0o770)?;
+    let listener = spire_common::socket::bind_admin(&socket_path)?;
     tracing::info!(path = %socket_path.display(), "Starting Admin APIs");
     let debug = DebugService::new(
         Arc::clone(&manager),
@@ -95,6 +95,7 @@ pub async fn serve(
         cancel.clone(),
     );
     let result = tonic::transport::Server::builder()
+        .layer(spire_common::grpc_status::MessageSizeStatusLayer)
         .add_service(DebugServer::new(debug))
         .add_service(LoggerServer::new(logger))
         .add_service(DelegatedIdentityServer::new(delegated))

@@ -440,7 +440,7 @@ mod tests {
             }
         });
         let err = download_trust_bundle(
-            &format!("https://localhost:{}/bundle.pem", addr.port()),
+            &format!("https://127.0.0.1:{}/bundle.pem", addr.port()),
             None,
             TrustBundleFormat::Pem,
             &td(),

@@ -2,7 +2,6 @@
 //! clients with upstream's flags, pretty output and `-write` file layout.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
@@ -333,21 +332,10 @@ fn pem_certs(ders: &[Vec<u8>]) -> String {
 
 /// Creates or truncates `path` with `mode` (the mode is also applied to an existing file).
 fn write_file(path: &Path, data: &[u8], mode: u32) -> CliResult {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |source| CliError::Io {
+    spire_common::fs::write_with_mode(path, data, mode).map_err(|source| CliError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io)?;
-    file.write_all(data).map_err(io)
+    })
 }
 
 async fn fetch_jwt(args: JwtArgs, env: &mut Env<'_>) -> CliResult {

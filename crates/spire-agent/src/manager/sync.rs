@@ -731,7 +731,7 @@ mod tests {
 
         // Nothing is missing: a second subscriber gets its view at once.
         let again = tokio::time::timeout(
-            Duration::from_millis(100),
+            Duration::from_secs(2),
             manager.subscribe_when_ready(selectors("zzz")),
         )
         .await

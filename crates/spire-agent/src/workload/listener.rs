@@ -3,8 +3,6 @@
 //! pid/uid/gid (SO_PEERCRED) and process start time, taken when the connection is accepted.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -15,35 +13,7 @@ use tonic::transport::server::Connected;
 
 use crate::plugins::workloadattestor::PeerProcess;
 
-/// Why a socket could not be set up; the caller adds which socket and which setting.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SocketError {
-    /// The socket's folder could not be created.
-    #[error("unable to create socket directory {path}: {source}")]
-    CreateDir {
-        /// The folder.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// A file left at the socket path could not be removed.
-    #[error("unable to remove stale socket {path}: {source}")]
-    RemoveStale {
-        /// The socket path.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// Binding the socket or setting its permissions failed.
-    #[error("unable to listen on socket {path}: {source}")]
-    Bind {
-        /// The socket path.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-}
+pub use spire_common::socket::SocketError;
 
 /// The caller of one connection, as the kernel reported it when the connection was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,40 +79,6 @@ impl AsyncWrite for CallerStream {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-}
-
-/// Creates the socket's folder (0755, as upstream) if needed, removes a stale socket, binds,
-/// and sets the socket's `mode`: 0777 for the Workload API, 0770 for the admin API.
-pub(crate) fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
-    if let Some(parent) = path.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(|source| SocketError::CreateDir {
-                path: parent.to_owned(),
-                source,
-            })?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(SocketError::RemoveStale {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    }
-    let bind_error = |source| SocketError::Bind {
-        path: path.to_owned(),
-        source,
-    };
-    let listener = UnixListener::bind(path).map_err(bind_error)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_error)?;
-    Ok(listener)
 }
 
 /// The accepted connections, each tagged with its caller; connections whose peer

@@ -25,8 +25,8 @@ use crate::plugins::workloadattestor::WorkloadAttestor;
 
 pub use handler::WorkloadApiService;
 pub(crate) use handler::attest_process;
+use listener::incoming;
 pub use listener::{Caller, CallerStream, SocketError};
-use listener::{bind_socket, incoming};
 pub use stream::UpdateStream;
 
 /// The metadata key every Workload API request must carry with the value `true`; it keeps
@@ -88,12 +88,13 @@ pub async fn serve_with_options(
     cancel: CancellationToken,
 ) -> Result<(), WorkloadApiError> {
     // Anyone may connect: attestation, not file permissions, decides who gets what.
-    let listener = bind_socket(&socket_path, 0o777)?;
+    let listener = spire_common::socket::bind_workload(&socket_path)?;
     tracing::info!(path = %socket_path.display(), "Starting Workload API");
     let service = WorkloadApiService::new(identities, attestors, options, cancel.clone());
     // `spire-agent healthcheck` asks grpc.health.v1 on this socket, as upstream's does.
     let (_health_reporter, health_service) = tonic_health::server::health_reporter();
     let result = tonic::transport::Server::builder()
+        .layer(spire_common::grpc_status::MessageSizeStatusLayer)
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(service))
         .serve_with_incoming_shutdown(incoming(listener), cancel.cancelled_owned())

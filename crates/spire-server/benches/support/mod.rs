@@ -107,15 +107,23 @@ impl BenchDb {
             ),
         };
         let name = format!("spire_bench_{}_{label}", std::process::id());
-        let sql = match engine {
-            Engine::Postgres => {
-                format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE);\nCREATE DATABASE \"{name}\""
-                )
-            }
-            _ => format!("DROP DATABASE IF EXISTS `{name}`;\nCREATE DATABASE `{name}`"),
+        let (drop, create) = match engine {
+            Engine::Postgres => (
+                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                format!("CREATE DATABASE \"{name}\""),
+            ),
+            _ => (
+                format!("DROP DATABASE IF EXISTS `{name}`"),
+                format!("CREATE DATABASE `{name}`"),
+            ),
         };
-        admin(engine, &base, &sql).await;
+        let created = async {
+            connection::with_retries(|| admin(engine, &base, &drop)).await?;
+            admin(engine, &base, &create).await
+        };
+        if let Err(e) = created.await {
+            panic!("creating bench database {name}: {e}");
+        }
         BenchDb {
             engine,
             connection_string: with_database(engine, &base, &name),
@@ -135,33 +143,38 @@ impl BenchDb {
         }
     }
 
-    /// Drops the database (the SQLite file goes with its temp dir).
+    /// Drops the database (the SQLite file goes with its temp dir). A drop that keeps failing
+    /// is reported, not fatal: the measurements are taken.
     pub(crate) async fn remove(self) {
         let Some(base) = &self.base else { return };
         let sql = match self.engine {
             Engine::Postgres => format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
             _ => format!("DROP DATABASE IF EXISTS `{}`", self.name),
         };
-        admin(self.engine, base, &sql).await;
+        if let Err(e) = connection::with_retries(|| admin(self.engine, base, &sql)).await {
+            eprintln!(
+                "warning: dropping bench database {} failed {} times, last: {e}; it is left on \
+                 the server",
+                self.name,
+                connection::DROP_ATTEMPTS
+            );
+        }
     }
 }
 
-/// Runs `;\n`-separated statements on the database `connection_string` names.
-async fn admin(engine: Engine, connection_string: &str, script: &str) {
-    let statements = script.split(";\n").map(str::to_owned);
+/// Runs one statement on a connection of its own to the database `connection_string` names.
+async fn admin(engine: Engine, connection_string: &str, sql: &str) -> Result<(), String> {
+    let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
     match engine {
         Engine::Postgres => {
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .connect_with(connection::pg_options(connection_string).disable_statement_logging())
                 .await
-                .unwrap_or_else(|e| panic!("connecting to PostgreSQL {connection_string}: {e}"));
-            for statement in statements {
-                pool.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())))
-                    .await
-                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            }
+                .map_err(|e| format!("connecting to PostgreSQL {connection_string}: {e}"))?;
+            let result = pool.execute(statement).await.map(|_| ());
             pool.close().await;
+            result.map_err(|e| format!("{sql}: {e}"))
         }
         Engine::Mysql => {
             let pool = MySqlPoolOptions::new()
@@ -170,15 +183,12 @@ async fn admin(engine: Engine, connection_string: &str, script: &str) {
                     connection::mysql_options(connection_string).disable_statement_logging(),
                 )
                 .await
-                .unwrap_or_else(|e| panic!("connecting to MySQL {connection_string}: {e}"));
-            for statement in statements {
-                pool.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())))
-                    .await
-                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            }
+                .map_err(|e| format!("connecting to MySQL {connection_string}: {e}"))?;
+            let result = pool.execute(statement).await.map(|_| ());
             pool.close().await;
+            result.map_err(|e| format!("{sql}: {e}"))
         }
-        Engine::Sqlite => {}
+        Engine::Sqlite => Ok(()),
     }
 }
 

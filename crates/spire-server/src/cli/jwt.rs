@@ -1,5 +1,6 @@
 //! `spire-server jwt mint`: mints a JWT-SVID for any SPIFFE ID (admin/local only).
 
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -79,20 +80,12 @@ pub(crate) async fn run(command: JwtCommand, env: &mut Env<'_>) -> CliResult {
 }
 
 fn write_token(path: &str, token: &str) -> CliResult {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| CliError::Io {
-        path: path.into(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(token.as_bytes()).map_err(io)
+    spire_common::fs::write_with_mode(Path::new(path), token.as_bytes(), 0o600).map_err(|source| {
+        CliError::Io {
+            path: path.into(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]

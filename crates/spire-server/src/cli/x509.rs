@@ -73,20 +73,10 @@ fn ttl_seconds(ttl: Duration) -> i32 {
 }
 
 fn write_file(path: &Path, data: &str, mode: u32) -> CliResult {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| CliError::Io {
+    spire_common::fs::write_with_mode(path, data.as_bytes(), mode).map_err(|source| CliError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(data.as_bytes()).map_err(io)
+    })
 }
 
 /// Runs an `x509` subcommand.

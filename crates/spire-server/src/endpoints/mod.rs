@@ -184,7 +184,7 @@ impl Endpoints {
             tracing::warn!(error = %e, "failed to load bundles for client verification");
         }
         let tls = tls::server_config(ctx.ca.server_identity(), bundles.clone())?;
-        let unix = unix::bind(&config.socket_path)?;
+        let unix = spire_common::socket::bind_admin(&config.socket_path)?;
         let tcp = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|source| EndpointsError::BindTcp {
@@ -244,6 +244,7 @@ impl Endpoints {
             let layer = auth::AuthLayer::new(ctx.clone());
             async move {
                 let result = tonic::transport::Server::builder()
+                    .layer(spire_common::grpc_status::MessageSizeStatusLayer)
                     .layer(layer)
                     .serve_with_incoming_shutdown(
                         routes,
@@ -263,6 +264,7 @@ impl Endpoints {
             let layer = auth::AuthLayer::new(ctx.clone());
             async move {
                 let result = tonic::transport::Server::builder()
+                    .layer(spire_common::grpc_status::MessageSizeStatusLayer)
                     .layer(layer)
                     .serve_with_incoming_shutdown(
                         routes,

@@ -1,9 +1,12 @@
 //! Upstream's connection strings for the test and bench databases: libpq `key=value` or URL
 //! for PostgreSQL, go-sql-driver DSNs for MySQL, turned into sqlx options for the admin
-//! connections that create and drop databases, and rewritten to name another database.
-//! Shared by `tests/sql_engines` and `benches/support` (included with `#[path]`).
+//! connections that create and drop databases, and rewritten to name another database;
+//! and the retry those drops need. Shared by `tests/sql_engines` and `benches/support`
+//! (included with `#[path]`).
 
+use std::future::Future;
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
@@ -123,5 +126,28 @@ pub(crate) fn mysql_with_database(base: &str, name: &str) -> String {
         format!("{prefix}/{name}")
     } else {
         format!("{prefix}/{name}?{params}")
+    }
+}
+
+/// How many times [`with_retries`] tries.
+pub(crate) const DROP_ATTEMPTS: u32 = 5;
+
+/// Runs `attempt` (a `DROP DATABASE`) until it succeeds, up to [`DROP_ATTEMPTS`] times with a
+/// growing pause (0.2 s, 0.4 s, ...) between tries: a drop can lose a race with the server's
+/// own sessions on the database (an autovacuum worker, a connection still closing). Returns
+/// the last error when every attempt failed.
+pub(crate) async fn with_retries<F, Fut, E>(mut attempt: F) -> Result<(), E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= DROP_ATTEMPTS => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200) * tries).await,
+        }
     }
 }

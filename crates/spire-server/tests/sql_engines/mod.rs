@@ -4,9 +4,10 @@
 //! `SPIRE_TEST_POSTGRES` / `SPIRE_TEST_MYSQL` hold a connection string in upstream's format
 //! (`scripts/test-databases.sh` starts both servers and prints the variables); otherwise the
 //! test prints that it skipped the engine. Each test gets a database of its own
-//! (`spire_t_<pid>_<test>`), created fresh through the configured one and dropped when the test
-//! passes (a failed test leaves it for inspection), so tests run in parallel without sharing
-//! rows, and two `cargo test` runs on one server do not collide.
+//! (`spire_t_<pid>_<test>_<hash of the test name>`), created fresh through the configured one
+//! and dropped when the test passes (a failed test leaves it for inspection; a drop that keeps
+//! failing is reported on standard error, never failing a test that passed), so tests run in
+//! parallel without sharing rows, and two `cargo test` runs on one server do not collide.
 
 #![allow(dead_code, reason = "each test file uses part of the harness")]
 
@@ -90,28 +91,24 @@ impl TestDb {
                 return None;
             }
         };
-        let mut short: String = test.chars().take(40).collect();
-        short.make_ascii_lowercase();
-        let name = format!("spire_t_{}_{short}", std::process::id());
-        let admin = admin_pool(engine, &base).await;
-        match engine {
-            Engine::Postgres => {
-                admin
-                    .execute_script(&format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE);\nCREATE DATABASE \"{name}\";"
-                    ))
-                    .await;
-            }
-            Engine::Mysql => {
-                admin
-                    .execute_script(&format!(
-                        "DROP DATABASE IF EXISTS `{name}`;\nCREATE DATABASE `{name}`;"
-                    ))
-                    .await;
-            }
-            Engine::Sqlite => unreachable!(),
+        let name = database_name(test);
+        let (drop, create) = match engine {
+            Engine::Postgres => (
+                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                format!("CREATE DATABASE \"{name}\""),
+            ),
+            _ => (
+                format!("DROP DATABASE IF EXISTS `{name}`"),
+                format!("CREATE DATABASE `{name}`"),
+            ),
+        };
+        let created = async {
+            connection::with_retries(|| admin_statement(engine, &base, &drop)).await?;
+            admin_statement(engine, &base, &create).await
+        };
+        if let Err(e) = created.await {
+            panic!("creating test database {name}: {e}");
         }
-        admin.close().await;
         Some(TestDb {
             engine,
             connection_string: with_database(engine, &base, &name),
@@ -168,23 +165,58 @@ impl TestDb {
         }
     }
 
-    /// Drops the database (after the test passed).
+    /// Drops the database (after the test passed). A drop that keeps failing is reported,
+    /// not fatal: the test's assertions have passed.
     pub(crate) async fn remove(self) {
         let Some(base) = &self.base else { return };
-        let admin = admin_pool(self.engine, base).await;
         let sql = match self.engine {
-            Engine::Postgres => format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE);", self.name),
-            _ => format!("DROP DATABASE IF EXISTS `{}`;", self.name),
+            Engine::Postgres => format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+            _ => format!("DROP DATABASE IF EXISTS `{}`", self.name),
         };
-        admin.execute_script(&sql).await;
-        admin.close().await;
+        if let Err(e) = connection::with_retries(|| admin_statement(self.engine, base, &sql)).await
+        {
+            eprintln!(
+                "warning: dropping test database {} failed {} times, last: {e}; it is left on \
+                 the server",
+                self.name,
+                connection::DROP_ATTEMPTS
+            );
+        }
     }
+}
+
+/// `spire_t_<pid>_<test>_<hash>`: the test's name cut to 30 characters (PostgreSQL and MySQL
+/// allow 63 and 64 in all) and a hash of the whole name, so two long names that share their
+/// first 30 characters still get databases of their own.
+fn database_name(test: &str) -> String {
+    // FNV-1a: short, and the same in every build.
+    let hash = test.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    let mut short: String = test.chars().take(30).collect();
+    short.make_ascii_lowercase();
+    format!("spire_t_{}_{short}_{hash:08x}", std::process::id())
+}
+
+/// Runs `sql` on a connection of its own to the database `connection_string` names.
+async fn admin_statement(engine: Engine, connection_string: &str, sql: &str) -> Result<(), String> {
+    let admin = try_admin_pool(engine, connection_string).await?;
+    let result = admin.try_execute_script(sql).await;
+    admin.close().await;
+    result
 }
 
 impl Raw {
     /// Runs statements separated by line-ending semicolons, one at a time (`--` comment lines
-    /// are skipped).
+    /// are skipped); panics at the first that fails.
     pub(crate) async fn execute_script(&self, script: &str) {
+        if let Err(e) = self.try_execute_script(script).await {
+            panic!("{e}");
+        }
+    }
+
+    /// Like [`execute_script`](Self::execute_script), returning the first failure instead.
+    pub(crate) async fn try_execute_script(&self, script: &str) -> Result<(), String> {
         let text: String = script
             .lines()
             .filter(|l| !l.trim_start().starts_with("--"))
@@ -207,9 +239,10 @@ impl Raw {
                     .map(|_| ()),
             };
             if let Err(e) = result {
-                panic!("{statement}: {e}");
+                return Err(format!("{statement}: {e}"));
             }
         }
+        Ok(())
     }
 
     /// Runs a query whose columns are all text (cast them in the SQL) or NULL (shown as
@@ -264,21 +297,26 @@ impl Raw {
 
 /// A one-connection pool on the database a connection string names.
 async fn admin_pool(engine: Engine, connection_string: &str) -> Raw {
+    try_admin_pool(engine, connection_string)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`admin_pool`], returning a failure to connect instead.
+async fn try_admin_pool(engine: Engine, connection_string: &str) -> Result<Raw, String> {
     match engine {
-        Engine::Postgres => Raw::Postgres(
-            PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(connection::pg_options(connection_string))
-                .await
-                .unwrap_or_else(|e| panic!("connecting to PostgreSQL {connection_string}: {e}")),
-        ),
-        Engine::Mysql => Raw::Mysql(
-            MySqlPoolOptions::new()
-                .max_connections(1)
-                .connect_with(connection::mysql_options(connection_string))
-                .await
-                .unwrap_or_else(|e| panic!("connecting to MySQL {connection_string}: {e}")),
-        ),
+        Engine::Postgres => PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(connection::pg_options(connection_string))
+            .await
+            .map(Raw::Postgres)
+            .map_err(|e| format!("connecting to PostgreSQL {connection_string}: {e}")),
+        Engine::Mysql => MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect_with(connection::mysql_options(connection_string))
+            .await
+            .map(Raw::Mysql)
+            .map_err(|e| format!("connecting to MySQL {connection_string}: {e}")),
         Engine::Sqlite => unreachable!("SQLite needs no admin connection"),
     }
 }
@@ -324,6 +362,18 @@ macro_rules! on_every_engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_test_names_sharing_a_prefix_get_databases_of_their_own() {
+        let a = database_name("entry_lifecycle_with_revisions_and_events_one");
+        let b = database_name("entry_lifecycle_with_revisions_and_events_two");
+        assert_ne!(a, b);
+        assert!(a.len() <= 63, "{a} is too long for PostgreSQL");
+        assert_eq!(
+            a,
+            database_name("entry_lifecycle_with_revisions_and_events_one")
+        );
+    }
 
     #[test]
     fn per_test_connection_strings_keep_the_format() {

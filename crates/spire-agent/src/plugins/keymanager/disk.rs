@@ -60,7 +60,7 @@ impl DiskKeyManager {
                 "keymanager(disk): directory must be configured".into(),
             ));
         }
-        create_private_dir(directory).map_err(|e| {
+        spire_common::fs::create_dir(directory, 0o700).map_err(|e| {
             KeyManagerError::Io(format!(
                 "keymanager(disk): cannot create directory {}: {e}",
                 directory.display()
@@ -78,17 +78,6 @@ impl DiskKeyManager {
     pub fn keys_path(&self) -> &Path {
         &self.path
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
 }
 
 fn load_keys(path: &Path) -> Result<BTreeMap<String, Arc<PrivateKey>>, KeyManagerError> {

@@ -243,17 +243,59 @@ impl SqlDataStore {
         }
     }
 
+    /// Parses `connection_string` (and `ro_connection_string`) as [`open_with_options`]
+    /// would, without connecting: what `spire-server validate` checks, so a typo is reported
+    /// before the server is started.
+    ///
+    /// [`open_with_options`]: Self::open_with_options
+    pub fn check_connection_strings(config: &SqlConfig, options: &SqlOptions) -> Result<()> {
+        sqlx::any::install_default_drivers();
+        let dialect = match config.database_type.as_str() {
+            "sqlite3" => {
+                let target = connect::parse_sqlite(&config.connection_string)?;
+                let url = Target {
+                    url: connect::sqlite_url(&target)?,
+                    init: Vec::new(),
+                    connect_timeout: None,
+                };
+                return any_options(&url, "connection_string").map(drop);
+            }
+            "postgres" => Dialect::Postgres,
+            "mysql" => Dialect::Mysql,
+            other => {
+                return Err(DataStoreError::InvalidArgument(format!(
+                    "DataStore \"sql\": database_type {other:?} is not supported; use \
+                     \"sqlite3\", \"postgres\" or \"mysql\""
+                )));
+            }
+        };
+        let strings = std::iter::once(("connection_string", &config.connection_string)).chain(
+            options
+                .ro_connection_string
+                .iter()
+                .map(|s| ("ro_connection_string", s)),
+        );
+        for (key, connection_string) in strings {
+            let target = Self::server_target(dialect, connection_string, key, options)?;
+            any_options(&target, key)?;
+        }
+        Ok(())
+    }
+
     async fn open_sqlite(config: &SqlConfig) -> Result<Self> {
         let target = connect::parse_sqlite(&config.connection_string)?;
         if !target.in_memory
             && let Some(parent) = target.path.parent().filter(|p| !p.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            spire_common::fs::create_dir(parent, spire_common::fs::DATA_DIR_MODE).map_err(|e| {
                 DataStoreError::Internal(format!(
                     "cannot create the database directory {}: {e}",
                     parent.display()
                 ))
             })?;
+        }
+        if !target.in_memory && !target.read_only {
+            protect_sqlite_files(&target.path)?;
         }
         let url = Target {
             url: connect::sqlite_url(&target)?,
@@ -1060,6 +1102,28 @@ impl DataStore for SqlDataStore {
     }
 }
 
+/// Creates the SQLite database file 0640 before SQLite first opens it, and narrows an
+/// existing one and its `-wal`, `-shm` and `-journal` files to 0640, so no other local user
+/// can read the entries or a pending join token out of them (and attest a rogue agent with
+/// it). SQLite gives the files it creates next to the database the database's own mode.
+fn protect_sqlite_files(path: &std::path::Path) -> Result<()> {
+    let io_error = |path: &std::path::Path, e: std::io::Error| {
+        DataStoreError::Internal(format!(
+            "cannot restrict the permissions of {}: {e}",
+            path.display()
+        ))
+    };
+    let mode = spire_common::fs::DATABASE_FILE_MODE;
+    spire_common::fs::create_private_file(path, mode).map_err(|e| io_error(path, e))?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = std::path::PathBuf::from(companion);
+        spire_common::fs::tighten(&companion, mode).map_err(|e| io_error(&companion, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1161,7 +1225,73 @@ mod tests {
     }
 
     /// Runs one statement on the database a connection string names.
-    async fn admin(dialect: Dialect, connection_string: &str, sql: &str) {
+    async fn admin(
+        dialect: Dialect,
+        connection_string: &str,
+        sql: &str,
+    ) -> std::result::Result<(), String> {
+        let target = SqlDataStore::server_target(
+            dialect,
+            connection_string,
+            "connection_string",
+            &SqlOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut conn = SqlDataStore::first_connection(dialect, &target, "connection_string")
+            .await
+            .map_err(|e| e.to_string())?;
+        let result = conn
+            .execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{sql}: {e}"));
+        let _ = conn.close().await;
+        result
+    }
+
+    /// `DROP DATABASE IF EXISTS` (with FORCE on PostgreSQL, which ends the sessions still on
+    /// it), tried up to five times with a growing pause: a drop can lose a race with the
+    /// server's own sessions on the database (an autovacuum worker, a connection closing).
+    async fn drop_database(
+        dialect: Dialect,
+        base: &str,
+        quoted: &str,
+    ) -> std::result::Result<(), String> {
+        let sql = match dialect {
+            Dialect::Postgres => format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"),
+            _ => format!("DROP DATABASE IF EXISTS {quoted}"),
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match admin(dialect, base, &sql).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= 5 => return Err(format!("failed {tries} times, last: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200) * tries).await,
+            }
+        }
+    }
+
+    /// A fresh database `quoted` on the server `base` names (a leftover is dropped first).
+    async fn create_database(dialect: Dialect, base: &str, quoted: &str) {
+        drop_database(dialect, base, quoted)
+            .await
+            .unwrap_or_else(|e| panic!("dropping a leftover {quoted}: {e}"));
+        admin(dialect, base, &format!("CREATE DATABASE {quoted}"))
+            .await
+            .unwrap_or_else(|e| panic!("creating {quoted}: {e}"));
+    }
+
+    /// Drops the test's database once its assertions passed: a failure is reported, not
+    /// fatal.
+    async fn remove_database(dialect: Dialect, base: &str, quoted: &str) {
+        if let Err(e) = drop_database(dialect, base, quoted).await {
+            eprintln!("warning: dropping {quoted}: {e}; it is left on the server");
+        }
+    }
+
+    /// The host and port of the database server a connection string names.
+    fn server_address(dialect: Dialect, connection_string: &str) -> (String, u16) {
         let target = SqlDataStore::server_target(
             dialect,
             connection_string,
@@ -1169,13 +1299,17 @@ mod tests {
             &SqlOptions::default(),
         )
         .unwrap();
-        let mut conn = SqlDataStore::first_connection(dialect, &target, "connection_string")
-            .await
-            .unwrap();
-        conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
+        let uri: http::Uri = target.url.parse().unwrap();
+        let host = uri.host().unwrap_or("127.0.0.1");
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let default_port = match dialect {
+            Dialect::Mysql => 3306,
+            _ => 5432,
+        };
+        (host, uri.port_u16().unwrap_or(default_port))
     }
 
     /// On the servers the integration harness names (SPIRE_TEST_POSTGRES, SPIRE_TEST_MYSQL):
@@ -1197,8 +1331,7 @@ mod tests {
                 Dialect::Mysql => format!("`{name}`"),
                 _ => format!("\"{name}\""),
             };
-            admin(dialect, &base, &format!("DROP DATABASE IF EXISTS {quoted}")).await;
-            admin(dialect, &base, &format!("CREATE DATABASE {quoted}")).await;
+            create_database(dialect, &base, &quoted).await;
             let connection_string = with_db(dialect, &base, &name);
             let ro = match dialect {
                 // The other PostgreSQL format for the read pool.
@@ -1268,42 +1401,49 @@ mod tests {
             .to_string();
             assert!(err.contains("cannot connect"), "{err}");
             println!("{}: closed port: {err}", dialect.name());
-            admin(dialect, &base, &format!("DROP DATABASE {quoted}")).await;
+            remove_database(dialect, &base, &quoted).await;
         }
     }
 
-    /// A loopback TCP forwarder that can be cut (every connection closed, the port refusing)
-    /// and restored on the same port, standing in for a database that goes away.
+    /// A loopback TCP forwarder that can be cut (every connection closed, new ones accepted
+    /// and closed at once) and restored, standing in for a database that goes away. It keeps
+    /// its port all along, so nothing else can take it while the database is away.
     struct Forwarder {
         port: u16,
-        target: std::net::SocketAddr,
-        cancel: tokio_util::sync::CancellationToken,
+        open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        cuts: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+        accept: tokio::task::JoinHandle<()>,
     }
 
     impl Forwarder {
-        async fn start(target: std::net::SocketAddr, port: u16) -> Self {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        async fn start(target: (String, u16)) -> Self {
+            use std::sync::Arc;
+            use std::sync::atomic::{AtomicBool, Ordering};
+
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
                 .await
                 .unwrap();
             let port = listener.local_addr().unwrap().port();
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let token = cancel.clone();
-            tokio::spawn(async move {
+            let open = Arc::new(AtomicBool::new(true));
+            let cuts = Arc::new(tokio::sync::watch::channel(0_u64).0);
+            let (accept_open, accept_cuts) = (Arc::clone(&open), Arc::clone(&cuts));
+            let accept = tokio::spawn(async move {
                 loop {
-                    let accepted = tokio::select! {
-                        () = token.cancelled() => return,
-                        a = listener.accept() => a,
-                    };
-                    let Ok((mut client, _)) = accepted else {
+                    let Ok((mut client, _)) = listener.accept().await else {
                         return;
                     };
-                    let token = token.clone();
+                    // Subscribed before the check: a cut after the check still ends this relay.
+                    let mut cut = accept_cuts.subscribe();
+                    if !accept_open.load(Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
+                    let target = target.clone();
                     tokio::spawn(async move {
                         let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
                             return;
                         };
                         tokio::select! {
-                            () = token.cancelled() => {}
+                            _ = cut.changed() => {}
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         }
                     });
@@ -1311,17 +1451,26 @@ mod tests {
             });
             Self {
                 port,
-                target,
-                cancel,
+                open,
+                cuts,
+                accept,
             }
         }
 
         fn cut(&self) {
-            self.cancel.cancel();
+            self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+            self.cuts.send_modify(|n| *n += 1);
         }
 
-        async fn restore(&self) -> Self {
-            Self::start(self.target, self.port).await
+        fn restore(&self) {
+            self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Forwarder {
+        fn drop(&mut self) {
+            self.accept.abort();
+            self.cut();
         }
     }
 
@@ -1330,9 +1479,9 @@ mod tests {
     #[tokio::test]
     async fn a_database_that_goes_away_fails_calls_then_recovers() {
         sqlx::any::install_default_drivers();
-        for (dialect, var, port) in [
-            (Dialect::Postgres, "SPIRE_TEST_POSTGRES", 5432),
-            (Dialect::Mysql, "SPIRE_TEST_MYSQL", 3306),
+        for (dialect, var) in [
+            (Dialect::Postgres, "SPIRE_TEST_POSTGRES"),
+            (Dialect::Mysql, "SPIRE_TEST_MYSQL"),
         ] {
             let Ok(base) = std::env::var(var) else {
                 println!("skipped {}: {var} is not set", dialect.name());
@@ -1343,10 +1492,9 @@ mod tests {
                 Dialect::Mysql => format!("`{name}`"),
                 _ => format!("\"{name}\""),
             };
-            admin(dialect, &base, &format!("DROP DATABASE IF EXISTS {quoted}")).await;
-            admin(dialect, &base, &format!("CREATE DATABASE {quoted}")).await;
+            create_database(dialect, &base, &quoted).await;
             let direct = with_db(dialect, &base, &name);
-            let forwarder = Forwarder::start(([127, 0, 0, 1], port).into(), 0).await;
+            let forwarder = Forwarder::start(server_address(dialect, &base)).await;
             let via = match dialect {
                 Dialect::Postgres => format!("{direct} host=127.0.0.1 port={}", forwarder.port),
                 _ => {
@@ -1407,7 +1555,7 @@ mod tests {
                 dialect.name()
             );
 
-            let back = forwarder.restore().await;
+            forwarder.restore();
             assert_eq!(
                 ds.fetch_join_token("kept").await.unwrap().unwrap().expiry,
                 7,
@@ -1421,8 +1569,8 @@ mod tests {
             .await
             .unwrap();
             ds.close().await;
-            back.cut();
-            admin(dialect, &base, &format!("DROP DATABASE {quoted}")).await;
+            drop(forwarder);
+            remove_database(dialect, &base, &quoted).await;
         }
     }
 }
