@@ -167,3 +167,121 @@ fn every_command_group_works_against_a_live_server() {
     assert_eq!(level["current_level"], "DEBUG", "{level}");
     server.cli_ok(&["logger", "reset"]);
 }
+
+/// Output details upstream's CLI has and a reading of the protos would miss (found by running
+/// upstream's CLI next to ours): key order, nulls, sorting, byte fields and the downstream
+/// filter.
+#[test]
+fn json_and_filters_match_upstreams_cli() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "");
+
+    // Selectors given out of order come back sorted, as upstream's `entry show` sorts them,
+    // and entries come sorted by SPIFFE ID.
+    server.create_entry(&[
+        "-parentID",
+        "spiffe://example.org/agent",
+        "-spiffeID",
+        "spiffe://example.org/z",
+        "-selector",
+        "unix:uid:2",
+        "-selector",
+        "unix:gid:9",
+        "-selector",
+        "docker:label:a",
+    ]);
+    server.create_entry(&[
+        "-parentID",
+        "spiffe://example.org/agent",
+        "-spiffeID",
+        "spiffe://example.org/downstream",
+        "-selector",
+        "unix:uid:3",
+        "-downstream",
+    ]);
+    let shown = server.cli_json(&["entry", "show"]);
+    let entries = shown["entries"].as_array().unwrap();
+    // `false` from upstream's CLI (and ours) filters nothing: the downstream entry is listed.
+    let paths: Vec<&str> = entries
+        .iter()
+        .map(|e| e["spiffe_id"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/downstream", "/z"], "{shown}");
+    let selectors: Vec<String> = entries[1]["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["type"].as_str().unwrap(),
+                s["value"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(selectors, ["docker:label:a", "unix:gid:9", "unix:uid:2"]);
+    let only_downstream = server.cli_json(&["entry", "show", "-downstream"]);
+    assert_eq!(only_downstream["entries"].as_array().unwrap().len(), 1);
+    let counted = server.cli_json(&["entry", "count"]);
+    assert_eq!(counted["count"], 2, "{counted}");
+
+    // Keys sorted at every level and no nulls, as Go re-encodes protojson through maps.
+    let raw = server.cli_ok(&[
+        "entry",
+        "show",
+        "-spiffeID",
+        "spiffe://example.org/z",
+        "-output",
+        "json",
+    ]);
+    let keys = [
+        "\"admin\"",
+        "\"created_at\"",
+        "\"dns_names\"",
+        "\"downstream\"",
+        "\"id\"",
+        "\"parent_id\"",
+    ];
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| raw.find(k).unwrap_or(usize::MAX))
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "keys not in upstream's order: {raw}"
+    );
+    assert!(!raw.contains("null"), "{raw}");
+    let authorities = server.cli_ok(&["localauthority", "x509", "show", "-output", "json"]);
+    assert!(!authorities.contains("null"), "{authorities}");
+
+    // `x509 mint -output json`: upstream's []byte fields, base64 DER.
+    let minted = server.cli_json(&["x509", "mint", "-spiffeID", "spiffe://example.org/minted"]);
+    let leaf = b64
+        .decode(minted["x509_svid"][0].as_str().unwrap())
+        .unwrap();
+    let id = spire_core::x509::certificate_spiffe_id(&leaf).unwrap();
+    assert_eq!(id.as_str(), "spiffe://example.org/minted");
+    let key = b64.decode(minted["private_key"].as_str().unwrap()).unwrap();
+    PrivateKey::from_der(&key).unwrap();
+    let root = b64.decode(minted["root_cas"][0].as_str().unwrap()).unwrap();
+    spire_core::x509::parse_certificates(&root).unwrap();
+
+    // `bundle delete` echoes the ID as the operator gave it.
+    let pem_path = dir.path().join("other.pem");
+    std::fs::write(&pem_path, other_org_root_pem()).unwrap();
+    server.cli_ok(&[
+        "bundle",
+        "set",
+        "-id",
+        "spiffe://other.org",
+        "-path",
+        pem_path.to_str().unwrap(),
+    ]);
+    let deleted = server.cli_json(&["bundle", "delete", "-id", "spiffe://other.org"]);
+    assert_eq!(
+        deleted["results"][0]["trust_domain"], "spiffe://other.org",
+        "{deleted}"
+    );
+}

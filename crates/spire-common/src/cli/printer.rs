@@ -135,7 +135,9 @@ fn default_value(field: &FieldDescriptorProto) -> Value {
     }
 }
 
-/// JSON with object keys kept in proto declaration order (serde_json's map sorts them).
+/// JSON as upstream's CLI prints it: upstream marshals with protojson, then decodes the text
+/// into Go maps and encodes it again, so object keys come out sorted, `null` members and
+/// elements are dropped, and `<`, `>`, `&` are escaped.
 enum Ordered {
     Plain(Value),
     Array(Vec<Ordered>),
@@ -145,10 +147,11 @@ enum Ordered {
 impl Ordered {
     fn write(&self, out: &mut String) {
         match self {
-            Self::Plain(v) => out.push_str(&v.to_string()),
+            Self::Plain(v) => write_value(v, out),
             Self::Array(items) => {
                 out.push('[');
-                for (i, item) in items.iter().enumerate() {
+                let items = items.iter().filter(|i| !i.is_null());
+                for (i, item) in items.enumerate() {
                     if i != 0 {
                         out.push(',');
                     }
@@ -157,8 +160,10 @@ impl Ordered {
                 out.push(']');
             }
             Self::Object(members) => {
+                let mut members: Vec<_> = members.iter().filter(|(_, v)| !v.is_null()).collect();
+                members.sort_by(|a, b| a.0.cmp(&b.0));
                 out.push('{');
-                for (i, (key, value)) in members.iter().enumerate() {
+                for (i, (key, value)) in members.into_iter().enumerate() {
                     if i != 0 {
                         out.push(',');
                     }
@@ -170,6 +175,59 @@ impl Ordered {
             }
         }
     }
+
+    fn is_null(&self) -> bool {
+        matches!(self, Self::Plain(Value::Null))
+    }
+}
+
+/// Writes `value` with sorted keys and without `null` members or elements, as Go does after
+/// decoding into `map[string]any`.
+fn write_value(value: &Value, out: &mut String) {
+    match value {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().filter(|i| !i.is_null()).enumerate() {
+                if i != 0 {
+                    out.push(',');
+                }
+                write_value(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(members) => {
+            let mut members: Vec<_> = members.iter().filter(|(_, v)| !v.is_null()).collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in members.into_iter().enumerate() {
+                if i != 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_value(value, out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Go's `encoding/json` escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings; they cannot
+/// appear in JSON outside strings, so replacing them everywhere is exact.
+fn escape_html(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn convert_single(value: Value, field: &FieldDescriptorProto) -> Ordered {
@@ -181,8 +239,9 @@ fn convert_single(value: Value, field: &FieldDescriptorProto) -> Ordered {
 }
 
 /// Rewrites pbjson's JSON (camelCase names, defaults left out) of message `full_name` into
-/// Go protojson's with `UseProtoNames` and `EmitUnpopulated`: proto field names in
-/// declaration order, unset fields present with their zero values.
+/// Go protojson's with `UseProtoNames` and `EmitUnpopulated`: proto field names, unset
+/// fields present with their zero values (unset messages as `null`, which [`Ordered`]
+/// then leaves out as upstream's printer does).
 fn transcode(value: Value, full_name: &str) -> Ordered {
     let Some(message) = descriptors().messages.get(full_name) else {
         return Ordered::Plain(value);
@@ -228,7 +287,7 @@ pub fn proto_json<T: Serialize>(message: &T, full_name: &str) -> Result<String, 
         .map_err(|e| CliError::invalid(format!("cannot encode the response as JSON: {e}")))?;
     let mut out = String::new();
     transcode(value, &format!(".{full_name}")).write(&mut out);
-    Ok(out)
+    Ok(escape_html(&out))
 }
 
 /// Prints `message` as `-output` asks: JSON on one line, or the command's pretty layout.
@@ -250,7 +309,8 @@ pub fn print_proto<T: Serialize>(
     }
 }
 
-/// Prints a plain serde value (not a proto message) as JSON, or pretty.
+/// Prints a plain serde value (not a proto message) as JSON in its fields' order, as Go's
+/// `json.Marshal` of a struct, or pretty.
 pub fn print_struct<T: Serialize>(
     env: &mut Env<'_>,
     output: OutputFormat,
@@ -261,7 +321,7 @@ pub fn print_struct<T: Serialize>(
         OutputFormat::Json => {
             let text = serde_json::to_string(value)
                 .map_err(|e| CliError::invalid(format!("cannot encode output as JSON: {e}")))?;
-            env.print(&text);
+            env.print(&escape_html(&text));
             env.print("\n");
             Ok(())
         }
@@ -353,7 +413,7 @@ mod tests {
         };
         assert_eq!(
             proto_json(&agent, "spire.api.types.Agent").unwrap(),
-            r#"{"id":{"trust_domain":"example.org","path":"/spire/agent/agent1"},"attestation_type":"","x509svid_serial_number":"","x509svid_expires_at":"0","selectors":[],"banned":false,"can_reattest":false}"#
+            r#"{"attestation_type":"","banned":false,"can_reattest":false,"id":{"path":"/spire/agent/agent1","trust_domain":"example.org"},"selectors":[],"x509svid_expires_at":"0","x509svid_serial_number":""}"#
         );
     }
 
@@ -382,10 +442,23 @@ mod tests {
         let entry = &json["results"][0]["entry"];
         assert_eq!(entry["id"], "e1");
         assert_eq!(entry["x509_svid_ttl"], 60);
-        assert_eq!(entry["spiffe_id"], Value::Null);
+        // Unset messages are left out, as upstream's printer drops nulls.
+        assert!(entry.get("spiffe_id").is_none(), "{entry}");
         assert_eq!(entry["revision_number"], "0");
         assert_eq!(entry["federates_with"], Value::Array(vec![]));
         assert_eq!(json["results"][0]["status"]["code"], 0);
+    }
+
+    #[test]
+    fn html_characters_are_escaped_as_go_does() {
+        let selector = types::Selector {
+            r#type: "unix".into(),
+            value: "path:/a<b>&c".into(),
+        };
+        assert_eq!(
+            proto_json(&selector, "spire.api.types.Selector").unwrap(),
+            r#"{"type":"unix","value":"path:/a\u003cb\u003e\u0026c"}"#
+        );
     }
 
     #[test]

@@ -349,11 +349,12 @@ async fn delete(args: DeleteArgs, env: &mut Env<'_>) -> CliResult {
             return Err(CliError::invalid(format!("unsupported mode {other:?}")));
         }
     };
-    let td = trust_domain(&args.id)?;
+    // Sent as given (`spiffe://other.org` or `other.org`), as upstream's CLI does: the
+    // server validates it and echoes it in the result.
     let resp = bundle_client(&args.socket)
         .await?
         .batch_delete_federated_bundle(bundlev1::BatchDeleteFederatedBundleRequest {
-            trust_domains: vec![td.name().to_owned()],
+            trust_domains: vec![args.id.clone()],
             mode: mode as i32,
         })
         .await
@@ -367,8 +368,7 @@ async fn delete(args: DeleteArgs, env: &mut Env<'_>) -> CliResult {
     {
         return Err(CliError::Failed(format!(
             "failed to delete federated bundle {:?}: {}",
-            td.name(),
-            status.message
+            args.id, status.message
         )));
     }
     print_proto(

@@ -601,9 +601,10 @@ fn list_filter(f: &EntryFilters) -> Result<entryv1::list_entries_request::Filter
             r#match: match_behavior(&f.match_federates_with_on)?,
         });
     }
-    if f.downstream {
-        filter.by_downstream = Some(pbjson_types::BoolValue { value: true });
-    }
+    // Upstream's CLI always sends it; false means "no filter" to the server.
+    filter.by_downstream = Some(pbjson_types::BoolValue {
+        value: f.downstream,
+    });
     if !f.hint.is_empty() {
         filter.by_hint = Some(pbjson_types::StringValue {
             value: f.hint.clone(),
@@ -654,6 +655,7 @@ async fn show(args: ShowArgs, env: &mut Env<'_>) -> CliResult {
             .into_inner();
         resp.entries.push(entry);
     }
+    sort_entries(&mut resp.entries);
     print_proto(
         env,
         args.output.output,
@@ -664,6 +666,36 @@ async fn show(args: ShowArgs, env: &mut Env<'_>) -> CliResult {
             Ok(())
         },
     )
+}
+
+/// Upstream's `SortTypesEntries`: each entry's selectors by type then value, then the entries
+/// by SPIFFE ID (trust domain, path), parent ID, X.509 TTL, JWT TTL and selectors (fewer
+/// first, then one by one), so both outputs list entries in upstream's order.
+fn sort_entries(entries: &mut [types::Entry]) {
+    fn id(id: Option<&types::Spiffeid>) -> (&str, &str) {
+        id.map_or(("", ""), |i| (i.trust_domain.as_str(), i.path.as_str()))
+    }
+    fn selectors(entry: &types::Entry) -> (usize, Vec<(&str, &str)>) {
+        let pairs = entry
+            .selectors
+            .iter()
+            .map(|s| (s.r#type.as_str(), s.value.as_str()))
+            .collect();
+        (entry.selectors.len(), pairs)
+    }
+    for entry in entries.iter_mut() {
+        entry
+            .selectors
+            .sort_by(|a, b| (&a.r#type, &a.value).cmp(&(&b.r#type, &b.value)));
+    }
+    entries.sort_by(|a, b| {
+        id(a.spiffe_id.as_ref())
+            .cmp(&id(b.spiffe_id.as_ref()))
+            .then_with(|| id(a.parent_id.as_ref()).cmp(&id(b.parent_id.as_ref())))
+            .then_with(|| a.x509_svid_ttl.cmp(&b.x509_svid_ttl))
+            .then_with(|| a.jwt_svid_ttl.cmp(&b.jwt_svid_ttl))
+            .then_with(|| selectors(a).cmp(&selectors(b)))
+    });
 }
 
 async fn count(args: CountArgs, env: &mut Env<'_>) -> CliResult {

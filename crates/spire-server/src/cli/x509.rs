@@ -39,9 +39,17 @@ pub(crate) struct MintArgs {
     output: OutputArg,
 }
 
-/// What `x509 mint` prints or writes, PEM encoded.
+/// What `x509 mint -output json` prints: upstream's `mintResult`, whose `[]byte` fields Go's
+/// JSON encodes as base64 (the DER certificates and the PKCS#8 DER key).
 #[derive(Debug, Serialize)]
 struct Minted {
+    x509_svid: Vec<String>,
+    private_key: String,
+    root_cas: Vec<String>,
+}
+
+/// The PEM forms the pretty output and `-write` use.
+struct MintedPem {
     x509_svid: String,
     private_key: String,
     root_cas: String,
@@ -116,30 +124,40 @@ pub(crate) async fn run(command: X509Command, env: &mut Env<'_>) -> CliResult {
             super::printer::go_time_utc(svid.expires_at)
         ));
     }
-    let minted = Minted {
+    let roots: Vec<&[u8]> = bundle
+        .x509_authorities
+        .iter()
+        .map(|a| a.asn1.as_slice())
+        .collect();
+    let pem = MintedPem {
         x509_svid: spire_core::pem::encode_certificates(svid.cert_chain.iter().map(Vec::as_slice)),
         private_key: key.to_pem().to_string(),
-        root_cas: spire_core::pem::encode_certificates(
-            bundle.x509_authorities.iter().map(|a| a.asn1.as_slice()),
-        ),
+        root_cas: spire_core::pem::encode_certificates(roots.iter().copied()),
     };
     if !args.write.is_empty() {
         let dir = PathBuf::from(&args.write);
         let svid_path = dir.join("svid.pem");
         let key_path = dir.join("key.pem");
         let bundle_path = dir.join("bundle.pem");
-        write_file(&svid_path, &minted.x509_svid, 0o644)?;
-        write_file(&key_path, &minted.private_key, 0o600)?;
-        write_file(&bundle_path, &minted.root_cas, 0o644)?;
+        write_file(&svid_path, &pem.x509_svid, 0o644)?;
+        write_file(&key_path, &pem.private_key, 0o600)?;
+        write_file(&bundle_path, &pem.root_cas, 0o644)?;
         env.print(&format!("X509-SVID written to {}\n", svid_path.display()));
         env.print(&format!("Private key written to {}\n", key_path.display()));
         env.print(&format!("Root CAs written to {}\n", bundle_path.display()));
         return Ok(());
     }
-    print_struct(env, args.output.output, &minted, |env, m| {
-        env.print(&format!("X509-SVID:\n{}\n", m.x509_svid));
-        env.print(&format!("Private key:\n{}\n", m.private_key));
-        env.print(&format!("Root CAs:\n{}\n", m.root_cas));
+    use base64::Engine as _;
+    let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+    let minted = Minted {
+        x509_svid: svid.cert_chain.iter().map(|c| b64(c)).collect(),
+        private_key: b64(key.pkcs8_der()),
+        root_cas: roots.iter().map(|r| b64(r)).collect(),
+    };
+    print_struct(env, args.output.output, &minted, |env, _| {
+        env.print(&format!("X509-SVID:\n{}\n", pem.x509_svid));
+        env.print(&format!("Private key:\n{}\n", pem.private_key));
+        env.print(&format!("Root CAs:\n{}\n", pem.root_cas));
         Ok(())
     })
 }

@@ -188,7 +188,7 @@ pub struct ListEntriesRequest {
     pub by_federates_with: Option<(Vec<String>, SelectorMatch)>,
     /// Only entries with this hint.
     pub by_hint: Option<String>,
-    /// Only entries with this downstream flag.
+    /// `Some(true)`: only downstream entries; `Some(false)` or `None`: no filter, as upstream.
     pub by_downstream: Option<bool>,
     /// Paging; `None` returns everything.
     pub pagination: Option<Pagination>,

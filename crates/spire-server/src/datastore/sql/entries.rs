@@ -736,8 +736,10 @@ fn filters(request: &ListEntriesRequest) -> Result<Where> {
     if let Some(hint) = &request.by_hint {
         w.push("e.hint = ?", [Arg::Text(hint.clone())]);
     }
-    if let Some(downstream) = request.by_downstream {
-        w.push("e.downstream = ?", [Arg::Bool(downstream)]);
+    // As upstream's datastore: `true` keeps downstream entries only, `false` (which upstream's
+    // CLI sends in every `entry show` and `entry count`) filters nothing.
+    if request.by_downstream == Some(true) {
+        w.push("e.downstream = ?", [Arg::Bool(true)]);
     }
     if let Some((selectors, mode)) = &request.by_selectors {
         let related = Related {
