@@ -30,6 +30,11 @@ cargo check --manifest-path fuzz/Cargo.toml --bins --quiet --target-dir target
 step "conformance clients (py-spiffe, go-spiffe)"
 scripts/conformance-deps.sh
 
+step "upstream SPIRE v1.13.3 for the interop tests (built once, cached in ~/.cache/spire-rs)"
+scripts/interop-deps.sh >/dev/null
+# shellcheck source=/dev/null
+. target/interop-deps.env
+
 step "databases (PostgreSQL, MariaDB) for the datastore suite"
 scripts/test-databases.sh >/dev/null
 # shellcheck source=/dev/null

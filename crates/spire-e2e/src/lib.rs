@@ -97,6 +97,8 @@ pub fn current_uid() -> u32 {
 /// A running `spire-server` with its own data directory, port and admin socket.
 pub struct ServerProcess {
     child: Option<Child>,
+    /// The `spire-server` binary: ours, or upstream's in interop tests.
+    program: PathBuf,
     /// The admin socket path (pass as `-socketPath`).
     pub socket_path: PathBuf,
     /// The TCP port agents connect to.
@@ -149,13 +151,23 @@ impl ServerProcess {
     /// is tried.
     pub fn start_on_free_port(
         dir: &Path,
+        write_config: impl FnMut(u16) -> (PathBuf, PathBuf),
+    ) -> Self {
+        Self::start_program_on_free_port(&binary("spire-server"), dir, write_config)
+    }
+
+    /// Like [`start_on_free_port`](Self::start_on_free_port) with another `spire-server`
+    /// binary, such as upstream's for interop tests.
+    pub fn start_program_on_free_port(
+        program: &Path,
+        dir: &Path,
         mut write_config: impl FnMut(u16) -> (PathBuf, PathBuf),
     ) -> Self {
         let mut attempt = 1;
         loop {
             let port = free_port();
             let (config_path, socket_path) = write_config(port);
-            match Self::try_start_with_config(dir, &config_path, socket_path, port) {
+            match Self::try_start_with_config(program, dir, &config_path, socket_path, port) {
                 Ok(server) => return server,
                 Err(failure) if failure.port_taken && attempt < PORT_ATTEMPTS => {
                     eprintln!(
@@ -176,11 +188,12 @@ impl ServerProcess {
         socket_path: PathBuf,
         port: u16,
     ) -> Self {
-        Self::try_start_with_config(dir, config_path, socket_path, port)
+        Self::try_start_with_config(&binary("spire-server"), dir, config_path, socket_path, port)
             .unwrap_or_else(|failure| panic!("{}", failure.message))
     }
 
     fn try_start_with_config(
+        program: &Path,
         dir: &Path,
         config_path: &Path,
         socket_path: PathBuf,
@@ -195,7 +208,7 @@ impl ServerProcess {
         // Where this start's output begins: the log is appended to across restarts.
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
-        let child = Command::new(binary("spire-server"))
+        let child = Command::new(program)
             .args(["run", "-config"])
             .arg(config_path)
             .stdin(Stdio::null())
@@ -205,6 +218,7 @@ impl ServerProcess {
             .unwrap_or_else(|e| panic!("spawn spire-server: {e}"));
         let mut server = Self {
             child: Some(child),
+            program: program.to_path_buf(),
             socket_path,
             port,
             config_path: config_path.to_path_buf(),
@@ -317,7 +331,15 @@ impl ServerProcess {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let config_path = self.config_path.clone();
-        *self = Self::start_with_config(&dir, &config_path, self.socket_path.clone(), self.port);
+        let program = self.program.clone();
+        *self = Self::try_start_with_config(
+            &program,
+            &dir,
+            &config_path,
+            self.socket_path.clone(),
+            self.port,
+        )
+        .unwrap_or_else(|failure| panic!("{}", failure.message));
     }
 
     /// The server's process ID while it runs, e.g. to freeze it with SIGSTOP as a hung
@@ -420,6 +442,24 @@ impl AgentProcess {
         socket_path: PathBuf,
         join_token: Option<&str>,
     ) -> Self {
+        Self::start_program_with_config(
+            &binary("spire-agent"),
+            dir,
+            config_path,
+            socket_path,
+            join_token,
+        )
+    }
+
+    /// Like [`start_with_config`](Self::start_with_config) with another `spire-agent` binary,
+    /// such as upstream's for interop tests.
+    pub fn start_program_with_config(
+        program: &Path,
+        dir: &Path,
+        config_path: &Path,
+        socket_path: PathBuf,
+        join_token: Option<&str>,
+    ) -> Self {
         let log_path = dir.join("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -427,7 +467,7 @@ impl AgentProcess {
             .open(&log_path)
             .unwrap_or_else(|e| panic!("open log: {e}"));
         let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
-        let mut command = Command::new(binary("spire-agent"));
+        let mut command = Command::new(program);
         command.args(["run", "-config"]).arg(config_path);
         if let Some(token) = join_token {
             command.args(["-joinToken", token]);
