@@ -148,31 +148,13 @@ impl Ordered {
     fn write(&self, out: &mut String) {
         match self {
             Self::Plain(v) => write_value(v, out),
-            Self::Array(items) => {
-                out.push('[');
-                let items = items.iter().filter(|i| !i.is_null());
-                for (i, item) in items.enumerate() {
-                    if i != 0 {
-                        out.push(',');
-                    }
-                    item.write(out);
-                }
-                out.push(']');
-            }
-            Self::Object(members) => {
-                let mut members: Vec<_> = members.iter().filter(|(_, v)| !v.is_null()).collect();
-                members.sort_by(|a, b| a.0.cmp(&b.0));
-                out.push('{');
-                for (i, (key, value)) in members.into_iter().enumerate() {
-                    if i != 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(key.clone()).to_string());
-                    out.push(':');
-                    value.write(out);
-                }
-                out.push('}');
-            }
+            Self::Array(items) => write_array(items, out, Self::is_null, Self::write),
+            Self::Object(members) => write_object(
+                members.iter().map(|(k, v)| (k, v)),
+                out,
+                Self::is_null,
+                Self::write,
+            ),
         }
     }
 
@@ -185,32 +167,48 @@ impl Ordered {
 /// decoding into `map[string]any`.
 fn write_value(value: &Value, out: &mut String) {
     match value {
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().filter(|i| !i.is_null()).enumerate() {
-                if i != 0 {
-                    out.push(',');
-                }
-                write_value(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(members) => {
-            let mut members: Vec<_> = members.iter().filter(|(_, v)| !v.is_null()).collect();
-            members.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, value)) in members.into_iter().enumerate() {
-                if i != 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_value(value, out);
-            }
-            out.push('}');
-        }
+        Value::Array(items) => write_array(items, out, Value::is_null, write_value),
+        Value::Object(members) => write_object(members.iter(), out, Value::is_null, write_value),
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// `[...]` of the items that are not null.
+fn write_array<T>(
+    items: &[T],
+    out: &mut String,
+    is_null: impl Fn(&T) -> bool,
+    write: impl Fn(&T, &mut String),
+) {
+    out.push('[');
+    for (i, item) in items.iter().filter(|i| !is_null(i)).enumerate() {
+        if i != 0 {
+            out.push(',');
+        }
+        write(item, out);
+    }
+    out.push(']');
+}
+
+/// `{...}` of the members that are not null, sorted by key.
+fn write_object<'a, T: 'a>(
+    members: impl Iterator<Item = (&'a String, &'a T)>,
+    out: &mut String,
+    is_null: impl Fn(&T) -> bool,
+    write: impl Fn(&T, &mut String),
+) {
+    let mut members: Vec<_> = members.filter(|(_, v)| !is_null(v)).collect();
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (key, value)) in members.into_iter().enumerate() {
+        if i != 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(key.clone()).to_string());
+        out.push(':');
+        write(value, out);
+    }
+    out.push('}');
 }
 
 /// Go's `encoding/json` escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings; they cannot
