@@ -107,16 +107,7 @@ impl BenchDb {
             ),
         };
         let name = format!("spire_bench_{}_{label}", std::process::id());
-        let (drop, create) = match engine {
-            Engine::Postgres => (
-                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-                format!("CREATE DATABASE \"{name}\""),
-            ),
-            _ => (
-                format!("DROP DATABASE IF EXISTS `{name}`"),
-                format!("CREATE DATABASE `{name}`"),
-            ),
-        };
+        let (drop, create) = connection::drop_and_create(engine == Engine::Postgres, &name);
         let created = async {
             connection::with_retries(|| admin(engine, &base, &drop)).await?;
             admin(engine, &base, &create).await

@@ -132,6 +132,22 @@ pub(crate) fn mysql_with_database(base: &str, name: &str) -> String {
 /// How many times [`with_retries`] tries.
 pub(crate) const DROP_ATTEMPTS: u32 = 5;
 
+/// The statements that drop database `name` if it is left over (ending its sessions on
+/// PostgreSQL) and create it fresh, on PostgreSQL (`postgres`) or MySQL.
+pub(crate) fn drop_and_create(postgres: bool, name: &str) -> (String, String) {
+    if postgres {
+        (
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{name}\""),
+        )
+    } else {
+        (
+            format!("DROP DATABASE IF EXISTS `{name}`"),
+            format!("CREATE DATABASE `{name}`"),
+        )
+    }
+}
+
 /// Runs `attempt` (a `DROP DATABASE`) until it succeeds, up to [`DROP_ATTEMPTS`] times with a
 /// growing pause (0.2 s, 0.4 s, ...) between tries: a drop can lose a race with the server's
 /// own sessions on the database (an autovacuum worker, a connection still closing). Returns

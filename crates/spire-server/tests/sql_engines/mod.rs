@@ -92,16 +92,7 @@ impl TestDb {
             }
         };
         let name = database_name(test);
-        let (drop, create) = match engine {
-            Engine::Postgres => (
-                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-                format!("CREATE DATABASE \"{name}\""),
-            ),
-            _ => (
-                format!("DROP DATABASE IF EXISTS `{name}`"),
-                format!("CREATE DATABASE `{name}`"),
-            ),
-        };
+        let (drop, create) = connection::drop_and_create(engine == Engine::Postgres, &name);
         let created = async {
             connection::with_retries(|| admin_statement(engine, &base, &drop)).await?;
             admin_statement(engine, &base, &create).await
