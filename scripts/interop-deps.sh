@@ -3,14 +3,13 @@
 # caches them outside the clone so a warm run costs seconds:
 #
 #   upstream SPIRE v1.13.3   spire-server, spire-agent   (cgo, for its SQLite datastore)
-#
-# (ghostunnel v1.8.4 joins when its interop test does.)
+#   ghostunnel v1.8.4        ghostunnel                  (an mTLS proxy on the Workload API)
 #
 # into ${SPIRE_RS_CACHE:-~/.cache/spire-rs}/<name>-<version>/bin/. Each comes from the Go
 # module proxy at that exact version (the proxy refuses version lists for spiffe/spire but
 # serves exact versions). The first build takes about 15 minutes on 2 cores.
 #
-# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT) on
+# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT, GHOSTUNNEL) on
 # standard output and writes them to target/interop-deps.env; progress goes
 # to standard error. A missing toolchain or a refused download is an error naming it.
 # Usage: scripts/interop-deps.sh
@@ -18,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SPIRE_VERSION=v1.13.3
+GHOSTUNNEL_VERSION=v1.8.4
 cache=${SPIRE_RS_CACHE:-$HOME/.cache/spire-rs}
 
 log() { printf 'interop-deps: %s\n' "$*" >&2; }
@@ -30,14 +30,16 @@ command -v go >/dev/null 2>&1 || die "the Go toolchain is not on PATH; install G
 command -v gcc >/dev/null 2>&1 || die "gcc is needed to build upstream SPIRE with cgo (SQLite); apt-get install gcc"
 
 # build NAME VERSION MODULE PACKAGE... : go-installs each package of MODULE@VERSION into the
-# cache folder of NAME-VERSION, unless every binary is already there.
+# cache folder of NAME-VERSION, unless every binary is already there. A PACKAGE of `.` is the
+# module's root package, whose binary is named after the module.
 build() {
     local name=$1 version=$2 module=$3
     shift 3
     local dir=$cache/$name-$version
     local missing=0 package
+    binary() { if [ "$1" = . ]; then basename "$module"; else basename "$1"; fi; }
     for package in "$@"; do
-        [ -x "$dir/bin/$(basename "$package")" ] || missing=1
+        [ -x "$dir/bin/$(binary "$package")" ] || missing=1
     done
     if [ "$missing" -eq 0 ]; then
         log "$name $version cached in $dir/bin"
@@ -53,24 +55,29 @@ build() {
         # `go get` of the exact version resolves the module's own dependency versions.
         GOFLAGS=-mod=mod go get "$module@$version" >&2 ||
             die "go get $module@$version failed (see above): is the Go module proxy reachable?"
+        local path
         for package in "$@"; do
-            CGO_ENABLED=1 GOBIN="$dir/bin" GOFLAGS=-mod=mod go install -trimpath "$module/$package" >&2 ||
-                die "go install $module/$package@$version failed (see above)"
+            path=$module/$package
+            [ "$package" = . ] && path=$module
+            CGO_ENABLED=1 GOBIN="$dir/bin" GOFLAGS=-mod=mod go install -trimpath "$path" >&2 ||
+                die "go install $path@$version failed (see above)"
         done
     )
     rm -rf "$scratch"
     for package in "$@"; do
-        [ -x "$dir/bin/$(basename "$package")" ] || die "$name $version built no $(basename "$package")"
+        [ -x "$dir/bin/$(binary "$package")" ] || die "$name $version built no $(binary "$package")"
     done
 }
 
 build spire "$SPIRE_VERSION" github.com/spiffe/spire cmd/spire-server cmd/spire-agent
+build ghostunnel "$GHOSTUNNEL_VERSION" github.com/ghostunnel/ghostunnel .
 
 mkdir -p target
 env_file=target/interop-deps.env
 {
     echo "export SPIRE_UPSTREAM_SERVER='$cache/spire-$SPIRE_VERSION/bin/spire-server'"
     echo "export SPIRE_UPSTREAM_AGENT='$cache/spire-$SPIRE_VERSION/bin/spire-agent'"
+    echo "export GHOSTUNNEL='$cache/ghostunnel-$GHOSTUNNEL_VERSION/bin/ghostunnel'"
 } >"$env_file"
 "$cache/spire-$SPIRE_VERSION/bin/spire-server" --version >&2 2>&1 || true
 cat "$env_file"

@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
 
+pub mod workload;
+
+/// The binary the process `pid` runs (from `/proc/<pid>/exe`), canonical: tests that swap
+/// binaries in place check which one really runs.
+pub fn program_of(pid: Option<u32>) -> PathBuf {
+    let pid = pid.unwrap_or_else(|| panic!("the process is not running"));
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/exe: {e}"))
+}
+
 /// Path of a workspace binary (`spire-server`, `spire-agent`) next to the test executable.
 ///
 /// Cargo puts test executables in `target/<profile>/deps/` and binaries in
@@ -324,6 +334,14 @@ impl ServerProcess {
     /// Starts the server again (after [`stop`](Self::stop)) with the same config, port,
     /// socket and data directory, as an operator restarting it would.
     pub fn start_again(&mut self) {
+        let program = self.program.clone();
+        self.start_again_as(&program);
+    }
+
+    /// Like [`start_again`](Self::start_again) with another `spire-server` binary on the
+    /// same config and data directory: an operator swapping upstream's binary for ours in
+    /// place, or back.
+    pub fn start_again_as(&mut self, program: &Path) {
         self.stop();
         let dir = self
             .log_path
@@ -331,9 +349,8 @@ impl ServerProcess {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let config_path = self.config_path.clone();
-        let program = self.program.clone();
         *self = Self::try_start_with_config(
-            &program,
+            program,
             &dir,
             &config_path,
             self.socket_path.clone(),
@@ -539,6 +556,30 @@ impl AgentProcess {
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The agent's process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits for the agent to exit on its own (after `agent evict` or `agent ban`, say) and
+    /// returns how it exited; fails with the agent log if it still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        let Some(child) = self.child.as_mut() else {
+            panic!("the agent was already stopped");
+        };
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            if start.elapsed() > timeout {
+                panic!("spire-agent still runs after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -17,17 +17,12 @@
     reason = "tests"
 )]
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use spire_core::x509::{X509Svid, certificate_serial_hex};
+use spire_e2e::workload::Workload;
 use spire_e2e::{
     AgentProcess, ServerProcess, SharedDatabase, Signal, TcpForwarder, current_uid, send_signal,
 };
-use spire_proto::workload::X509svidRequest;
-use spire_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The agent's alias: entries name it as their parent.
 const AGENT_ALIAS: &str = "spiffe://example.org/node";
@@ -146,134 +141,6 @@ impl Drop for HaCluster {
     }
 }
 
-/// One X509-SVID as the workload received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Svid {
-    spiffe_id: String,
-    serial: String,
-}
-
-/// What the open stream delivered.
-#[derive(Debug)]
-enum Event {
-    Update(Vec<Svid>),
-    Ended(tonic::Code, String),
-}
-
-/// A workload holding FetchX509SVID streams on the agent's socket; a task per stream
-/// forwards what arrives, so the test thread can run the CLIs meanwhile.
-struct Workload {
-    runtime: tokio::runtime::Runtime,
-    socket: PathBuf,
-}
-
-impl Workload {
-    fn new(socket: &Path) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        Self {
-            runtime,
-            socket: socket.to_path_buf(),
-        }
-    }
-
-    fn watch(&self) -> mpsc::Receiver<Event> {
-        let (tx, rx) = mpsc::channel();
-        let socket = self.socket.clone();
-        self.runtime.spawn(async move {
-            let channel = Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(socket).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                    }
-                }))
-                .await
-                .unwrap();
-            let mut client = SpiffeWorkloadApiClient::<Channel>::new(channel);
-            let mut request = tonic::Request::new(X509svidRequest {});
-            request
-                .metadata_mut()
-                .insert("workload.spiffe.io", "true".parse().unwrap());
-            let mut stream = match client.fetch_x509svid(request).await {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    let _ = tx.send(Event::Ended(status.code(), status.message().to_owned()));
-                    return;
-                }
-            };
-            loop {
-                let event = match stream.message().await {
-                    Ok(Some(response)) => Event::Update(
-                        response
-                            .svids
-                            .iter()
-                            .map(|svid| {
-                                let parsed = X509Svid::parse_der_chain(&svid.x509_svid).unwrap();
-                                Svid {
-                                    spiffe_id: svid.spiffe_id.clone(),
-                                    serial: certificate_serial_hex(parsed.leaf_der()).unwrap(),
-                                }
-                            })
-                            .collect(),
-                    ),
-                    Ok(None) => Event::Ended(tonic::Code::Ok, String::new()),
-                    Err(status) => Event::Ended(status.code(), status.message().to_owned()),
-                };
-                let ended = matches!(event, Event::Ended(..));
-                if tx.send(event).is_err() || ended {
-                    return;
-                }
-            }
-        });
-        rx
-    }
-
-    /// A new stream whose first message holds `count` SVIDs, retried until the agent has
-    /// minted them (a stream with no identity yet ends PermissionDenied).
-    fn open_with(&self, count: usize, timeout: Duration) -> (mpsc::Receiver<Event>, Vec<Svid>) {
-        let start = Instant::now();
-        loop {
-            let stream = self.watch();
-            let first = stream.recv_timeout(Duration::from_secs(10));
-            if let Ok(Event::Update(svids)) = &first
-                && svids.len() == count
-            {
-                return (stream, svids.clone());
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "no stream with {count} SVIDs after {timeout:?}; last: {first:?}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-/// Skips updates until one satisfies `wanted`; fails if the stream ends or on timeout.
-fn update_where(
-    stream: &mpsc::Receiver<Event>,
-    timeout: Duration,
-    wanted: impl Fn(&[Svid]) -> bool,
-) -> Vec<Svid> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match stream.recv_timeout(left) {
-            Ok(Event::Update(svids)) if wanted(&svids) => return svids,
-            Ok(Event::Update(_)) => {}
-            Ok(Event::Ended(code, message)) => {
-                panic!("the workload's stream ended ({code:?}: {message})")
-            }
-            Err(e) => panic!("no awaited update on the workload's stream within {timeout:?}: {e}"),
-        }
-    }
-}
-
 fn entry_args(spiffe_id: &str, selector: &str) -> Vec<String> {
     [
         "-parentID",
@@ -341,7 +208,7 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
 
     // A new entry (through B) arrives on the same open stream, without an error on it.
     create_entry(&cluster.b, "spiffe://example.org/ha/two", &uid_selector);
-    let both = update_where(&stream, SYNC_WAIT * 2, |svids| svids.len() == 2);
+    let both = stream.update_where(SYNC_WAIT * 2, |svids| svids.len() == 2);
     println!(
         "{database_type}: after A stopped, a new entry reached the workload through B in {:?}",
         stopped.elapsed()
@@ -355,7 +222,7 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
     // The first SVID (30 s, re-minted at half-life) is re-minted through B, on the same
     // stream.
     let one_serial = first[0].serial.clone();
-    update_where(&stream, Duration::from_secs(40), |svids| {
+    stream.update_where(Duration::from_secs(40), |svids| {
         svids
             .iter()
             .any(|s| s.spiffe_id == "spiffe://example.org/ha/one" && s.serial != one_serial)
@@ -388,13 +255,8 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
 
     // And after that renewal the agent still syncs through B (its new SVID is accepted).
     create_entry(&cluster.b, "spiffe://example.org/ha/three", &uid_selector);
-    update_where(&stream, SYNC_WAIT * 2, |svids| svids.len() == 3);
-    assert!(
-        stream
-            .try_recv()
-            .map_or(true, |e| matches!(e, Event::Update(_))),
-        "the workload's stream stays open"
-    );
+    stream.update_where(SYNC_WAIT * 2, |svids| svids.len() == 3);
+    assert!(stream.is_open(), "the workload's stream stays open");
     let agents = HaCluster::agents(&cluster.b);
     assert_eq!(agents.len(), 1, "{agents:?}");
     assert_eq!(agents[0].0, agent_id);
@@ -428,7 +290,7 @@ fn a_hung_server_is_left_behind(database_type: &str) {
 
     create_entry(&cluster.b, "spiffe://example.org/ha/two", &uid_selector);
     // The call on the hung connection times out after 30 s before B is dialled.
-    update_where(&stream, Duration::from_secs(120), |svids| svids.len() == 2);
+    stream.update_where(Duration::from_secs(120), |svids| svids.len() == 2);
     drop(frozen);
     cluster.a.stop();
     println!(

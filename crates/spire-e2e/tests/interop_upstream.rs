@@ -1,8 +1,18 @@
 //! Drop-in, proven against the real thing: upstream SPIRE v1.13.3's agent attests to our
 //! server, and our agent to upstream's server, each with a join token and the unix workload
-//! attestor, with the same config files. Workloads get X509-SVIDs and JWT-SVIDs, and a
-//! restarted agent carries on from its `data_dir` without attesting again. Our CLI drives
-//! upstream's server throughout (token, entries, agents, healthcheck).
+//! attestor, with the same config files. Our CLI drives upstream's server throughout.
+//!
+//! Each pairing lives through what an operator's agent lives through:
+//!
+//! 1. it attests; a workload gets its X509-SVID, a JWT-SVID that validates, and bundles;
+//! 2. the workload's short-lived SVID rotates on its open stream before it expires, and the
+//!    agent renews its own SVID (the server lists the new serial);
+//! 3. the server restarts: the agent carries on, and an entry created after the restart
+//!    reaches the open stream; the agent restarts: it carries on from its `data_dir`; neither
+//!    attests again;
+//! 4. `agent evict`: the agent (a join token cannot re-attest) removes its SVID and stops, so
+//!    its next start must attest, with a new token;
+//! 5. `agent ban`: the agent stops, and the server lists it as banned.
 //!
 //! The upstream binaries come from `scripts/interop-deps.sh` (the test command runs it), which
 //! names them in `SPIRE_UPSTREAM_SERVER` and `SPIRE_UPSTREAM_AGENT`.
@@ -15,14 +25,26 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use spire_e2e::workload::Workload;
 use spire_e2e::{
-    AgentPaths, AgentProcess, ServerPaths, ServerProcess, agent_config, current_uid, server_config,
+    AgentPaths, AgentProcess, ServerPaths, ServerProcess, agent_config, binary, current_uid,
+    program_of, server_config,
 };
 
 /// How long a workload may wait for its SVID: attestation plus a sync or two.
 const SVID_WAIT: Duration = Duration::from_secs(60);
+
+/// The agents' alias: workload entries name it as their parent.
+const NODE: &str = "spiffe://example.org/node";
+
+/// A 30 s agent SVID, renewed at half-life within the test.
+const SERVER_KEYS: &str = r#"agent_ttl = "30s""#;
+
+/// The workload SVID's lifetime in seconds: rotated at half-life within the test.
+const WORKLOAD_TTL: &str = "30";
 
 /// The upstream binary named by `var`, or a loud failure saying how to get it.
 fn upstream(var: &str) -> PathBuf {
@@ -36,35 +58,192 @@ fn upstream(var: &str) -> PathBuf {
     path
 }
 
-fn write_agent_config(dir: &Path, server_port: u16) -> (PathBuf, PathBuf) {
-    let socket = dir.join("agent.sock");
-    let data_dir = dir.join("agent-data");
-    let config = agent_config(&AgentPaths {
-        server_port,
-        socket: &socket,
-        data_dir: &data_dir,
-        keys_dir: &data_dir,
-        extra_agent_keys: "",
-    });
-    let path = dir.join("agent.conf");
-    std::fs::write(&path, config).unwrap();
-    (path, socket)
+/// One server and the agent binary that talks to it, in one temp dir; prints the logs if
+/// the test fails.
+struct Pairing {
+    server: ServerProcess,
+    agent_program: PathBuf,
+    agent_dir: PathBuf,
+    agent_config: PathBuf,
+    agent_socket: PathBuf,
+    /// Last, so it is removed after both processes stopped.
+    _dir: tempfile::TempDir,
 }
 
-/// Registers a workload for our uid under the agent's alias and checks, through our CLI on
-/// the agent's socket, that it gets its X509-SVID and a JWT-SVID that validates.
-fn workload_gets_its_identities(server: &ServerProcess, agent: &AgentProcess) {
-    server.create_entry(&[
-        "-parentID",
-        "spiffe://example.org/node",
-        "-spiffeID",
-        "spiffe://example.org/workload",
-        "-selector",
-        &format!("unix:uid:{}", current_uid()),
-    ]);
+impl Pairing {
+    /// `server_program` (ours or upstream's) with our `server.conf` template, and an agent
+    /// config for `agent_program` from our `agent.conf` template.
+    fn start(server_program: &Path, agent_program: &Path, server_keys: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server_dir = dir.path().join("server");
+        std::fs::create_dir(&server_dir).unwrap();
+        let socket = server_dir.join("api.sock");
+        let data_dir = server_dir.join("data");
+        let config_path = server_dir.join("server.conf");
+        let server =
+            ServerProcess::start_program_on_free_port(server_program, &server_dir, |port| {
+                let config = server_config(&ServerPaths {
+                    port,
+                    socket: &socket,
+                    data_dir: &data_dir,
+                    keys: &data_dir.join("keys.json"),
+                    database_type: "sqlite3",
+                    connection_string: &data_dir.join("datastore.sqlite3").display().to_string(),
+                    extra_server_keys: server_keys,
+                });
+                std::fs::write(&config_path, config).unwrap();
+                (config_path.clone(), socket.clone())
+            });
+
+        let agent_dir = dir.path().join("agent");
+        std::fs::create_dir(&agent_dir).unwrap();
+        let agent_socket = agent_dir.join("agent.sock");
+        let agent_data = agent_dir.join("agent-data");
+        let config = agent_config(&AgentPaths {
+            server_port: server.port,
+            socket: &agent_socket,
+            data_dir: &agent_data,
+            keys_dir: &agent_data,
+            extra_agent_keys: "",
+        });
+        let agent_config = agent_dir.join("agent.conf");
+        std::fs::write(&agent_config, config).unwrap();
+        Self {
+            server,
+            agent_program: agent_program.to_path_buf(),
+            agent_dir,
+            agent_config,
+            agent_socket,
+            _dir: dir,
+        }
+    }
+
+    fn start_agent(&self, join_token: Option<&str>) -> AgentProcess {
+        self.start_agent_as(&self.agent_program, join_token)
+    }
+
+    /// The agent with another binary on the same config and `data_dir`.
+    fn start_agent_as(&self, program: &Path, join_token: Option<&str>) -> AgentProcess {
+        AgentProcess::start_program_with_config(
+            program,
+            &self.agent_dir,
+            &self.agent_config,
+            self.agent_socket.clone(),
+            join_token,
+        )
+    }
+
+    /// Runs the agent without a join token, expecting it to refuse to start because it holds
+    /// no SVID to carry on with; returns what it printed.
+    fn agent_cannot_start_without_a_token(&self) -> String {
+        let mut child = Command::new(&self.agent_program)
+            .args(["run", "-config"])
+            .arg(&self.agent_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the agent kept running without an SVID or a token:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let out = child.wait_with_output().unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!status.success(), "the agent exited 0:\n{printed}");
+        printed
+    }
+
+    /// The agents the server lists: SPIFFE ID, X509-SVID serial and whether banned.
+    fn agents(&self) -> Vec<(String, String, bool)> {
+        let listed = self.server.cli_json(&["agent", "list"]);
+        listed["agents"]
+            .as_array()
+            .map(|agents| {
+                agents
+                    .iter()
+                    .map(|a| {
+                        (
+                            format!(
+                                "spiffe://{}{}",
+                                a["id"]["trust_domain"].as_str().unwrap_or_default(),
+                                a["id"]["path"].as_str().unwrap_or_default()
+                            ),
+                            a["x509svid_serial_number"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            a["banned"].as_bool().unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn agent_ids(&self) -> Vec<String> {
+        self.agents().into_iter().map(|(id, ..)| id).collect()
+    }
+
+    fn create_workload_entry(&self, spiffe_id: &str) {
+        self.server.create_entry(&[
+            "-parentID",
+            NODE,
+            "-spiffeID",
+            spiffe_id,
+            "-selector",
+            &format!("unix:uid:{}", current_uid()),
+            "-x509SVIDTTL",
+            WORKLOAD_TTL,
+        ]);
+    }
+}
+
+impl Drop for Pairing {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== server log ====\n{}\n==== agent log ====\n{}",
+                self.server.log(),
+                std::fs::read_to_string(self.agent_dir.join("agent.log")).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Checks, through our CLI on the agent's socket, that the workload gets its X509-SVID, a
+/// JWT-SVID that validates, and the bundle.
+fn workload_gets_its_identities(agent: &AgentProcess) {
     let x509 = agent.cli_eventually(&["api", "fetch", "x509"], SVID_WAIT);
     assert!(x509.contains("spiffe://example.org/workload"), "{x509}");
-    let jwt = agent.cli_eventually(&["api", "fetch", "jwt", "-audience", "db"], SVID_WAIT);
+    let jwt = agent.cli_eventually(
+        &[
+            "api",
+            "fetch",
+            "jwt",
+            "-audience",
+            "db",
+            "-spiffeID",
+            "spiffe://example.org/workload",
+        ],
+        SVID_WAIT,
+    );
     let token = jwt
         .lines()
         .map(str::trim)
@@ -77,112 +256,220 @@ fn workload_gets_its_identities(server: &ServerProcess, agent: &AgentProcess) {
     assert!(valid.contains("spiffe://example.org/workload"), "{valid}");
 }
 
-/// The agent's SPIFFE ID as the server lists it, and how many agents there are.
-fn attested_agents(server: &ServerProcess) -> Vec<String> {
-    let listed = server.cli_json(&["agent", "list"]);
-    listed["agents"]
-        .as_array()
-        .map(|agents| {
-            agents
-                .iter()
-                .map(|a| {
-                    format!(
-                        "spiffe://{}{}",
-                        a["id"]["trust_domain"].as_str().unwrap_or_default(),
-                        a["id"]["path"].as_str().unwrap_or_default()
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// Waits until `wanted` holds, polling every 500 ms; fails saying `what` after `timeout`.
+fn eventually(what: &str, timeout: Duration, mut wanted: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !wanted() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
-#[test]
-fn upstream_agent_attests_to_our_server_and_serves_workloads() {
-    let upstream_agent = upstream("SPIRE_UPSTREAM_AGENT");
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), "");
-    let token = server.generate_join_token("spiffe://example.org/node");
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir(&agent_dir).unwrap();
-    let (config, socket) = write_agent_config(&agent_dir, server.port);
-    let mut agent = AgentProcess::start_program_with_config(
-        &upstream_agent,
-        &agent_dir,
-        &config,
-        socket.clone(),
-        Some(&token),
-    );
-    workload_gets_its_identities(&server, &agent);
-    // Upstream logs with logrus (`level=info msg=...`); ours does not.
+/// The whole life of an agent against one server, as the module documentation lists it.
+fn agent_lifecycle(pairing: &mut Pairing) {
+    // 1. Attestation and identities.
+    let token = pairing.server.generate_join_token(NODE);
+    let mut agent = pairing.start_agent(Some(&token));
+    pairing.create_workload_entry("spiffe://example.org/workload");
+    workload_gets_its_identities(&agent);
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let listed = pairing.agents();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].0, agent_id);
+    assert!(!listed[0].2, "{listed:?}");
+    let first_serial = listed[0].1.clone();
+    assert!(!first_serial.is_empty(), "{listed:?}");
+
+    // 2. Rotation on an open stream, and the agent SVID's renewal.
+    let workload = Workload::new(&pairing.agent_socket);
+    let (stream, first) = workload.open_with(1, SVID_WAIT);
+    let svid = &first[0];
     assert!(
-        agent.log().contains("level=info"),
-        "not upstream's agent:\n{}",
+        svid.not_after - svid.not_before <= time::Duration::seconds(60),
+        "the entry's {WORKLOAD_TTL} s TTL was not applied: {svid:?}"
+    );
+    stream.rotation_of(svid);
+    eventually("the agent SVID renewed", Duration::from_secs(60), || {
+        pairing
+            .agents()
+            .first()
+            .is_some_and(|(id, serial, _)| *id == agent_id && *serial != first_serial)
+    });
+
+    // 3. Restarts keep the agent without attesting again.
+    pairing.server.start_again();
+    pairing.create_workload_entry("spiffe://example.org/after-server-restart");
+    stream.update_where(SVID_WAIT, |svids| svids.len() == 2);
+    assert_eq!(
+        pairing.agent_ids(),
+        std::slice::from_ref(&agent_id),
+        "the agent attested again"
+    );
+
+    agent.stop();
+    let mut agent = pairing.start_agent(None);
+    workload.open_with(2, SVID_WAIT);
+    assert_eq!(
+        pairing.agent_ids(),
+        std::slice::from_ref(&agent_id),
+        "the agent attested again"
+    );
+
+    // 4. Evicted, a join-token agent cannot re-attest: it forgets its SVID and stops.
+    pairing
+        .server
+        .cli_ok(&["agent", "evict", "-spiffeID", &agent_id]);
+    let status = agent.wait_exit(SVID_WAIT);
+    assert!(
+        !status.success(),
+        "evicted, the agent exited 0:\n{}",
         agent.log()
     );
-    let agents = attested_agents(&server);
-    assert_eq!(
-        agents,
-        [format!(
-            "spiffe://example.org/spire/agent/join_token/{token}"
-        )]
-    );
+    assert!(pairing.agent_ids().is_empty(), "{:?}", pairing.agents());
+    pairing.agent_cannot_start_without_a_token();
+    let second = pairing.server.generate_join_token(NODE);
+    let mut agent = pairing.start_agent(Some(&second));
+    workload_gets_its_identities(&agent);
+    let second_id = format!("spiffe://example.org/spire/agent/join_token/{second}");
+    assert_eq!(pairing.agent_ids(), std::slice::from_ref(&second_id));
 
-    // Restarted without a token (it was used up), it carries on from its data_dir.
-    agent.stop();
-    let agent =
-        AgentProcess::start_program_with_config(&upstream_agent, &agent_dir, &config, socket, None);
-    let x509 = agent.cli_eventually(&["api", "fetch", "x509"], SVID_WAIT);
-    assert!(x509.contains("spiffe://example.org/workload"), "{x509}");
-    assert_eq!(attested_agents(&server), agents, "the agent attested again");
+    // 5. Banned, it stops too, and stays listed as banned.
+    pairing
+        .server
+        .cli_ok(&["agent", "ban", "-spiffeID", &second_id]);
+    let status = agent.wait_exit(SVID_WAIT);
+    assert!(
+        !status.success(),
+        "banned, the agent exited 0:\n{}",
+        agent.log()
+    );
+    let listed = pairing.agents();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].0.as_str(), listed[0].2),
+        (second_id.as_str(), true)
+    );
+    pairing.agent_cannot_start_without_a_token();
 }
 
 #[test]
-fn our_agent_attests_to_upstream_server_driven_by_our_cli() {
-    let upstream_server = upstream("SPIRE_UPSTREAM_SERVER");
-    let dir = tempfile::tempdir().unwrap();
-    let server_dir = dir.path().join("server");
-    std::fs::create_dir(&server_dir).unwrap();
-    let socket = server_dir.join("api.sock");
-    let data_dir = server_dir.join("data");
-    let config_path = server_dir.join("server.conf");
-    // The same server.conf our server runs with.
-    let server = ServerProcess::start_program_on_free_port(&upstream_server, &server_dir, |port| {
-        let config = server_config(&ServerPaths {
-            port,
-            socket: &socket,
-            data_dir: &data_dir,
-            keys: &data_dir.join("keys.json"),
-            database_type: "sqlite3",
-            connection_string: &data_dir.join("datastore.sqlite3").display().to_string(),
-            extra_server_keys: "",
-        });
-        std::fs::write(&config_path, config).unwrap();
-        (config_path.clone(), socket.clone())
-    });
-    assert!(
-        server.log().contains("level=info"),
-        "not upstream's server:\n{}",
-        server.log()
-    );
-    let token = server.generate_join_token("spiffe://example.org/node");
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir(&agent_dir).unwrap();
-    let mut agent = AgentProcess::start(&agent_dir, &server, Some(&token));
-    workload_gets_its_identities(&server, &agent);
-    let agents = attested_agents(&server);
-    assert_eq!(
-        agents,
-        [format!(
-            "spiffe://example.org/spire/agent/join_token/{token}"
-        )]
-    );
+fn upstream_agent_lives_its_life_on_our_server() {
+    let upstream_agent = upstream("SPIRE_UPSTREAM_AGENT");
+    let mut pairing = Pairing::start(&binary("spire-server"), &upstream_agent, SERVER_KEYS);
+    agent_lifecycle(&mut pairing);
+    // Upstream logs with logrus (`level=info msg=...`); ours does not.
+    let log = std::fs::read_to_string(pairing.agent_dir.join("agent.log")).unwrap_or_default();
+    assert!(log.contains("level=info"), "not upstream's agent:\n{log}");
+}
 
+#[test]
+fn our_agent_lives_its_life_on_upstream_server() {
+    let upstream_server = upstream("SPIRE_UPSTREAM_SERVER");
+    let mut pairing = Pairing::start(&upstream_server, &binary("spire-agent"), SERVER_KEYS);
+    assert!(
+        pairing.server.log().contains("level=info"),
+        "not upstream's server:\n{}",
+        pairing.server.log()
+    );
+    agent_lifecycle(&mut pairing);
+}
+
+/// What an operator checks after swapping a server binary: the same entries, agents, bundle
+/// (CA roots and JWT keys) and active authorities, as our CLI prints them.
+#[derive(Debug, PartialEq)]
+struct ServerState {
+    entries: serde_json::Value,
+    agent_ids: Vec<String>,
+    bundle: serde_json::Value,
+    x509_active: serde_json::Value,
+    jwt_active: serde_json::Value,
+}
+
+impl ServerState {
+    fn read(pairing: &Pairing) -> Self {
+        let server = &pairing.server;
+        let bundle = server.cli_json(&["bundle", "show"]);
+        let x509 = server.cli_json(&["localauthority", "x509", "show"]);
+        let jwt = server.cli_json(&["localauthority", "jwt", "show"]);
+        Self {
+            entries: server.cli_json(&["entry", "show"])["entries"].clone(),
+            agent_ids: pairing.agent_ids(),
+            bundle: serde_json::json!({
+                "x509_authorities": bundle["x509_authorities"],
+                "jwt_authorities": bundle["jwt_authorities"],
+            }),
+            x509_active: x509["active"].clone(),
+            jwt_active: jwt["active"].clone(),
+        }
+    }
+}
+
+/// The process `pid` runs `program`.
+fn assert_runs(pid: Option<u32>, program: &Path) {
+    assert_eq!(program_of(pid), program.canonicalize().unwrap());
+}
+
+/// Waits until the agent serves the workload an SVID for `spiffe_id`.
+fn agent_serves(agent: &AgentProcess, spiffe_id: &str) {
+    let start = Instant::now();
+    loop {
+        let out = agent.cli(&["api", "fetch", "x509", "-timeout", "10s"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && stdout.contains(spiffe_id) {
+            return;
+        }
+        assert!(
+            start.elapsed() < SVID_WAIT,
+            "the agent did not serve {spiffe_id} within {SVID_WAIT:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn state_written_by_upstream_opens_in_ours_and_ours_in_upstreams() {
+    let upstream_server = upstream("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = upstream("SPIRE_UPSTREAM_AGENT");
+    let (our_server, our_agent) = (binary("spire-server"), binary("spire-agent"));
+    let mut pairing = Pairing::start(&upstream_server, &upstream_agent, "");
+    let token = pairing.server.generate_join_token(NODE);
+    let mut agent = pairing.start_agent(Some(&token));
+    pairing.create_workload_entry("spiffe://example.org/workload");
+    workload_gets_its_identities(&agent);
+    let written_by_upstream = ServerState::read(&pairing);
+    assert_eq!(written_by_upstream.agent_ids.len(), 1);
+
+    // Upstream's data_dir (SQLite datastore, disk keys, CA journal) under our server: the
+    // same state, the same CA and JWT key, and the agent upstream attested carries on.
+    pairing.server.start_again_as(&our_server);
+    assert_runs(pairing.server.pid(), &our_server);
+    assert_eq!(ServerState::read(&pairing), written_by_upstream);
+    pairing.create_workload_entry("spiffe://example.org/after-server-swap");
+    agent_serves(&agent, "spiffe://example.org/after-server-swap");
+
+    // Upstream's agent data_dir under our agent, in place, without a token: no attestation.
     agent.stop();
-    let config = agent.config_path.clone();
-    let agent =
-        AgentProcess::start_with_config(&agent_dir, &config, agent.socket_path.clone(), None);
-    let x509 = agent.cli_eventually(&["api", "fetch", "x509"], SVID_WAIT);
-    assert!(x509.contains("spiffe://example.org/workload"), "{x509}");
-    assert_eq!(attested_agents(&server), agents, "the agent attested again");
+    let mut agent = pairing.start_agent_as(&our_agent, None);
+    assert_runs(agent.pid(), &our_agent);
+    agent_serves(&agent, "spiffe://example.org/after-server-swap");
+    assert_eq!(pairing.agent_ids(), written_by_upstream.agent_ids);
+
+    // And back: what ours wrote opens in upstream's server and agent.
+    pairing.create_workload_entry("spiffe://example.org/written-by-ours");
+    agent_serves(&agent, "spiffe://example.org/written-by-ours");
+    let written_by_ours = ServerState::read(&pairing);
+    pairing.server.start_again_as(&upstream_server);
+    assert_runs(pairing.server.pid(), &upstream_server);
+    assert_eq!(ServerState::read(&pairing), written_by_ours);
+    assert_eq!(
+        written_by_ours.bundle, written_by_upstream.bundle,
+        "a new CA was made"
+    );
+    agent.stop();
+    let agent = pairing.start_agent_as(&upstream_agent, None);
+    assert_runs(agent.pid(), &upstream_agent);
+    pairing.create_workload_entry("spiffe://example.org/back-on-upstream");
+    agent_serves(&agent, "spiffe://example.org/back-on-upstream");
+    assert_eq!(pairing.agent_ids(), written_by_upstream.agent_ids);
 }

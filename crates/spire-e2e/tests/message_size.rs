@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use spire_e2e::workload::{unix_channel, with_security_header};
 use spire_e2e::{AgentProcess, ServerProcess};
 use spire_proto::spire::api::agent::delegatedidentity::v1::FetchJwtsviDsRequest;
 use spire_proto::spire::api::agent::delegatedidentity::v1::delegated_identity_client::DelegatedIdentityClient;
@@ -22,31 +22,13 @@ use spire_proto::spire::api::server::entry::v1::{CountEntriesRequest, ListEntrie
 use spire_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use spire_proto::workload::{JwtBundlesRequest, JwtsvidRequest};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// Over tonic's (and grpc-go's) default 4 MiB receive limit.
 const OVERSIZED: usize = 5 * 1024 * 1024;
 
 async fn channel(socket: PathBuf) -> Channel {
-    Endpoint::from_static("http://localhost")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap()
-}
-
-fn with_security_header<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    request
+    unix_channel(socket).await.unwrap()
 }
 
 fn assert_resource_exhausted(result: Result<impl std::fmt::Debug, tonic::Status>, what: &str) {

@@ -15,17 +15,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use spire_core::x509::{X509Svid, certificate_serial_hex, certificate_validity};
+use spire_e2e::workload::{Event, Svid, Workload};
 use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid};
-use spire_proto::workload::X509svidRequest;
-use spire_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use time::OffsetDateTime;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The agent's alias in every test: entries name it as their parent.
 const AGENT_ALIAS: &str = "spiffe://example.org/node";
@@ -107,173 +101,6 @@ impl Drop for Cluster {
                 self.server.log(),
                 self.agent.log()
             );
-        }
-    }
-}
-
-/// One X509-SVID as a workload received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Svid {
-    spiffe_id: String,
-    serial: String,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-}
-
-/// What an open FetchX509SVID stream delivered.
-#[derive(Debug)]
-enum Event {
-    /// A response: the SVIDs in the order the agent sent them.
-    Update(Vec<Svid>),
-    /// The stream ended with this status (`Ok` when it closed cleanly).
-    Ended(tonic::Code, String),
-}
-
-fn parse_response(response: &spire_proto::workload::X509svidResponse) -> Vec<Svid> {
-    response
-        .svids
-        .iter()
-        .map(|svid| {
-            let parsed = X509Svid::parse_der_chain(&svid.x509_svid).unwrap();
-            let validity = certificate_validity(parsed.leaf_der()).unwrap();
-            assert_eq!(parsed.spiffe_id().as_str(), svid.spiffe_id);
-            assert!(
-                !svid.x509_svid_key.is_empty(),
-                "{} has no key",
-                svid.spiffe_id
-            );
-            assert!(!svid.bundle.is_empty(), "{} has no bundle", svid.spiffe_id);
-            Svid {
-                spiffe_id: svid.spiffe_id.clone(),
-                serial: certificate_serial_hex(parsed.leaf_der()).unwrap(),
-                not_before: validity.not_before,
-                not_after: validity.not_after,
-            }
-        })
-        .collect()
-}
-
-/// A workload holding FetchX509SVID streams open on the agent's socket; a task per stream
-/// forwards what arrives so the test thread can run the CLIs meanwhile.
-struct Workload {
-    runtime: tokio::runtime::Runtime,
-    socket: PathBuf,
-}
-
-impl Workload {
-    fn new(socket: &Path) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        Self {
-            runtime,
-            socket: socket.to_path_buf(),
-        }
-    }
-
-    async fn client(socket: PathBuf) -> SpiffeWorkloadApiClient<Channel> {
-        let channel = Endpoint::from_static("http://localhost")
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .unwrap();
-        SpiffeWorkloadApiClient::new(channel)
-    }
-
-    /// Opens a FetchX509SVID stream (with the security header) whose events arrive on the
-    /// returned receiver, ending with one [`Event::Ended`].
-    fn watch(&self) -> Stream {
-        let (tx, rx) = mpsc::channel();
-        let socket = self.socket.clone();
-        self.runtime.spawn(async move {
-            let mut client = Self::client(socket).await;
-            let mut request = tonic::Request::new(X509svidRequest {});
-            request
-                .metadata_mut()
-                .insert("workload.spiffe.io", "true".parse().unwrap());
-            let mut stream = match client.fetch_x509svid(request).await {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    let _ = tx.send(Event::Ended(status.code(), status.message().to_owned()));
-                    return;
-                }
-            };
-            loop {
-                match stream.message().await {
-                    Ok(Some(response)) => {
-                        if tx.send(Event::Update(parse_response(&response))).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = tx.send(Event::Ended(tonic::Code::Ok, String::new()));
-                        return;
-                    }
-                    Err(status) => {
-                        let _ = tx.send(Event::Ended(status.code(), status.message().to_owned()));
-                        return;
-                    }
-                }
-            }
-        });
-        Stream { events: rx }
-    }
-
-    /// The first message of a new stream, retried until it has `count` SVIDs (the agent
-    /// mints them on its next sync after an entry is created).
-    fn fetch_until(&self, count: usize, timeout: Duration) -> Vec<Svid> {
-        let start = Instant::now();
-        loop {
-            let stream = self.watch();
-            let last = stream.next(Duration::from_secs(10));
-            if let Event::Update(svids) = &last
-                && svids.len() == count
-            {
-                return svids.clone();
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "no stream with {count} SVIDs after {timeout:?}; last: {last:?}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-/// The receiving end of one open stream.
-struct Stream {
-    events: mpsc::Receiver<Event>,
-}
-
-impl Stream {
-    /// The next event, failing the test after `timeout`.
-    fn next(&self, timeout: Duration) -> Event {
-        self.events
-            .recv_timeout(timeout)
-            .unwrap_or_else(|e| panic!("no FetchX509SVID message within {timeout:?}: {e}"))
-    }
-
-    /// Skips updates until one satisfies `wanted`, failing on the stream's end or after
-    /// `timeout`; returns it.
-    fn update_where(&self, timeout: Duration, wanted: impl Fn(&[Svid]) -> bool) -> Vec<Svid> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left) {
-                Event::Update(svids) if wanted(&svids) => return svids,
-                Event::Update(_) => {}
-                Event::Ended(code, message) => {
-                    panic!("the stream ended ({code:?}: {message}) before the awaited update")
-                }
-            }
         }
     }
 }
@@ -362,7 +189,7 @@ fn entry_delete_reaches_an_open_stream_and_the_last_one_ends_it() {
     let a = cluster.entry_for_uid("spiffe://example.org/svc-a", uid, &[]);
     let _b = cluster.entry_for_uid("spiffe://example.org/svc-b", uid, &[]);
     let workload = Workload::new(&cluster.agent.socket_path);
-    workload.fetch_until(2, SYNC_WAIT);
+    workload.open_with(2, SYNC_WAIT);
 
     let stream = workload.watch();
     let Event::Update(first) = stream.next(Duration::from_secs(10)) else {
@@ -414,7 +241,7 @@ fn a_short_lived_svid_is_rotated_on_the_open_stream_before_it_expires() {
         &["-x509SVIDTTL", "20"],
     );
     let workload = Workload::new(&cluster.agent.socket_path);
-    workload.fetch_until(1, SYNC_WAIT);
+    workload.open_with(1, SYNC_WAIT);
 
     let stream = workload.watch();
     let Event::Update(first) = stream.next(Duration::from_secs(10)) else {
@@ -428,20 +255,8 @@ fn a_short_lived_svid_is_rotated_on_the_open_stream_before_it_expires() {
     );
 
     // Rotation starts at half-life; the new SVID must arrive while the old one still works.
-    let until_expiry = (old.not_after - OffsetDateTime::now_utc())
-        .try_into()
-        .unwrap_or(Duration::ZERO);
-    let rotated = stream.update_where(until_expiry, |svids| {
-        svids.len() == 1 && svids[0].serial != old.serial
-    });
-    let new = &rotated[0];
-    assert_eq!(new.spiffe_id, "spiffe://example.org/short");
+    let new = stream.rotation_of(&old);
     assert!(new.not_before > old.not_before, "{old:?} -> {new:?}");
-    assert!(new.not_after > old.not_after, "{old:?} -> {new:?}");
-    assert!(
-        OffsetDateTime::now_utc() < old.not_after,
-        "the new SVID came after the old one expired: {old:?} -> {new:?}"
-    );
 }
 
 #[test]
@@ -450,7 +265,7 @@ fn the_agent_serves_its_cache_while_the_server_is_down_and_resyncs_after() {
     let uid = current_uid();
     cluster.entry_for_uid("spiffe://example.org/before", uid, &[]);
     let workload = Workload::new(&cluster.agent.socket_path);
-    let before = workload.fetch_until(1, SYNC_WAIT);
+    let before = workload.open_with(1, SYNC_WAIT).1;
     let agents = cluster.agent_ids();
     assert_eq!(agents.len(), 1, "{agents:?}");
     let stream = workload.watch();
@@ -469,13 +284,13 @@ fn the_agent_serves_its_cache_while_the_server_is_down_and_resyncs_after() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let cached = workload.fetch_until(1, Duration::from_secs(10));
+    let cached = workload.open_with(1, Duration::from_secs(10)).1;
     assert_eq!(cached, before, "the agent did not serve its cached SVID");
 
     cluster.server.start_again();
     cluster.entry_for_uid("spiffe://example.org/after", uid, &[]);
     // Backoff after failures is 5 s, 7.5 s, ...: allow for a couple of retries.
-    let resynced = workload.fetch_until(2, Duration::from_secs(40));
+    let resynced = workload.open_with(2, Duration::from_secs(40)).1;
     let mut resynced_ids = ids(&resynced);
     resynced_ids.sort_unstable();
     assert_eq!(

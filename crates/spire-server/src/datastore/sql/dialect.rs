@@ -78,6 +78,24 @@ impl Dialect {
         }
     }
 
+    /// SQL expression giving a datetime column's Unix seconds rounded to the nearest second
+    /// (halves up), as upstream reports an entry's `created_at` (`t.Round(time.Second)`), so
+    /// both servers print the same number for the same row.
+    ///
+    /// For SQLite's text the fraction is dropped before `strftime` (which would round it to
+    /// milliseconds first) and its first digit decides, so the answer is exact.
+    pub(crate) fn rounded_epoch(self, column: &str) -> String {
+        match self {
+            Self::Sqlite => format!(
+                "(CAST(strftime('%s', substr({column}, 1, 19) || \
+                 ltrim(substr({column}, 20), '.0123456789')) AS INTEGER) + \
+                 (substr({column}, 20, 1) = '.' AND substr({column}, 21, 1) >= '5'))"
+            ),
+            Self::Postgres => format!("CAST(ROUND(EXTRACT(EPOCH FROM {column})) AS BIGINT)"),
+            Self::Mysql => format!("CAST(ROUND(UNIX_TIMESTAMP({column})) AS SIGNED)"),
+        }
+    }
+
     /// SQL expression reading a boolean column as an integer (0 or 1), the one form every
     /// engine returns through sqlx's `Any` driver (it cannot return SQLite `bool` or MySQL
     /// `tinyint(1)` columns as they are). Read it back with [`get_bool`].
@@ -259,6 +277,12 @@ pub(crate) fn go_time(t: OffsetDateTime) -> String {
     out
 }
 
+/// `t` in Unix seconds rounded to the nearest second (halves up), as
+/// [`Dialect::rounded_epoch`] reads it back.
+pub(crate) fn rounded_unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp() + i64::from(t.nanosecond() >= 500_000_000)
+}
+
 /// The current time, for `created_at` / `updated_at`.
 pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -338,6 +362,38 @@ mod tests {
         assert_eq!(
             Dialect::Postgres.format_time(t),
             "2023-08-29 16:15:25.103258+00:00"
+        );
+    }
+
+    #[tokio::test]
+    async fn created_at_is_rounded_to_the_nearest_second_as_upstream_does() {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let base = 1_796_414_882; // 2026-12-04 20:08:02 UTC
+        for (stored, want) in [
+            ("2026-12-04 20:08:02+00:00", base),
+            ("2026-12-04 20:08:02.46415435+00:00", base),
+            ("2026-12-04 20:08:02.4999999999+00:00", base),
+            ("2026-12-04 20:08:02.5+00:00", base + 1),
+            ("2026-12-04 20:08:02.562473212+00:00", base + 1),
+            ("2026-12-04 21:08:02.7+01:00", base + 1),
+            ("2026-12-04 19:08:02.2-01:00", base),
+        ] {
+            let sql = format!("SELECT {}", Dialect::Sqlite.rounded_epoch("?"));
+            let got: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.replace('?', "?1")))
+                .bind(stored)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{stored}");
+        }
+        let t = OffsetDateTime::from_unix_timestamp(base).unwrap();
+        assert_eq!(rounded_unix(t + time::Duration::milliseconds(499)), base);
+        assert_eq!(
+            rounded_unix(t + time::Duration::milliseconds(500)),
+            base + 1
         );
     }
 

@@ -7,7 +7,9 @@ use spire_core::selector::Selector;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::dialect::{Arg, Db, Dialect, db_err, get_bool, is_unique_violation, now, placeholders};
+use super::dialect::{
+    Arg, Db, Dialect, db_err, get_bool, is_unique_violation, now, placeholders, rounded_unix,
+};
 use super::proto::trust_domain_id;
 use super::query::{
     IdLookup, Page, Related, Where, plan_id_lookups, push_federates_match, push_selector_match,
@@ -24,7 +26,7 @@ fn entry_columns(d: Dialect) -> String {
         d.bool_col("e.admin"),
         d.bool_col("e.downstream"),
         d.bool_col("e.store_svid"),
-        d.epoch("e.created_at")
+        d.rounded_epoch("e.created_at")
     )
 }
 
@@ -491,7 +493,7 @@ pub(crate) async fn insert_entry_row(
     };
     rows.add(row_id, &entry, bundle_rows, EntryMask::ALL);
     entry.revision_number = 0;
-    entry.created_at = t.unix_timestamp();
+    entry.created_at = rounded_unix(t);
     Ok(entry)
 }
 

@@ -717,7 +717,7 @@ impl BatchState {
                     self.children
                         .add(row_id, &entry, &bundle_rows, EntryMask::ALL);
                     entry.revision_number = 0;
-                    entry.created_at = t.unix_timestamp();
+                    entry.created_at = dialect::rounded_unix(t);
                     self.events.push(entry.entry_id.clone());
                     self.similar
                         .entry((entry.spiffe_id.clone(), entry.parent_id.clone()))

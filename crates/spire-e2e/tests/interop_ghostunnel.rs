@@ -1,0 +1,283 @@
+//! ghostunnel v1.8.4, a real mTLS proxy built on go-spiffe, takes its identities from our
+//! agents' Workload API (`--use-workload-api-addr`) and authorises peers by SPIFFE ID:
+//!
+//! - a client-side ghostunnel reaches a server-side one in front of an echo backend, each
+//!   checking the other's ID (`--verify-uri`, `--allow-uri`), and bytes pass both ways;
+//! - a third ghostunnel whose SVID carries an ID the server does not allow is refused;
+//! - after every SVID in play has rotated and the first ones have expired, new connections
+//!   still succeed, so ghostunnel picked the rotated SVIDs and bundle up from the stream.
+//!
+//! All ghostunnels run as our uid, so each takes its identity from its own agent (one per
+//! "node", each with its own join token and alias) rather than from selectors.
+//!
+//! The binary comes from `scripts/interop-deps.sh` (the test command runs it), which names it
+//! in `GHOSTUNNEL`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: failures should be loud"
+)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spire_e2e::workload::Workload;
+use spire_e2e::{AgentProcess, ServerProcess, current_uid, free_port};
+use time::OffsetDateTime;
+
+/// Short-lived workload SVIDs, so they rotate and expire within the test.
+const WORKLOAD_TTL: &str = "20";
+
+/// Attestation, a sync and ghostunnel's first fetch, with a wide margin for two busy cores.
+const READY_WAIT: Duration = Duration::from_secs(60);
+
+const SERVER_ID: &str = "spiffe://example.org/ghostunnel/server";
+const CLIENT_ID: &str = "spiffe://example.org/ghostunnel/client";
+const INTRUDER_ID: &str = "spiffe://example.org/ghostunnel/intruder";
+
+fn ghostunnel_binary() -> PathBuf {
+    let path = std::env::var_os("GHOSTUNNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "GHOSTUNNEL is not set: run scripts/interop-deps.sh and source \
+                 target/interop-deps.env (the test command does both)"
+            )
+        });
+    assert!(
+        path.is_file(),
+        "GHOSTUNNEL={} does not exist",
+        path.display()
+    );
+    path
+}
+
+/// A running ghostunnel; killed when dropped.
+struct Ghostunnel {
+    child: Child,
+    log_path: PathBuf,
+    /// Where it listens for plain connections (client mode) or TLS ones (server mode).
+    port: u16,
+}
+
+impl Ghostunnel {
+    /// `ghostunnel <mode> --listen 127.0.0.1:<free port> --target 127.0.0.1:<target>` with
+    /// its identity from the agent at `agent_socket`, plus `authz` flags.
+    fn start(
+        dir: &Path,
+        name: &str,
+        mode: &str,
+        target: u16,
+        agent_socket: &Path,
+        authz: &[&str],
+    ) -> Self {
+        let port = free_port();
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(ghostunnel_binary())
+            .arg(mode)
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--target=127.0.0.1:{target}"))
+            .arg(format!(
+                "--use-workload-api-addr=unix://{}",
+                agent_socket.display()
+            ))
+            .args(authz)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ghostunnel: {e}"));
+        Self {
+            child,
+            log_path,
+            port,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Ghostunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An echo backend behind the server-side ghostunnel, on a port it already holds.
+fn echo_backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buffer = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One round trip of `message` through the ghostunnel listening on `port`: what came back,
+/// or why nothing did (a refused peer shows as a closed connection).
+fn round_trip(port: u16, message: &str) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(message.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut echoed = vec![0u8; message.len()];
+    stream
+        .read_exact(&mut echoed)
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(String::from_utf8_lossy(&echoed).into_owned())
+}
+
+/// Retries a round trip until it succeeds; fails with the ghostunnel logs after `timeout`.
+fn round_trip_eventually(
+    port: u16,
+    message: &str,
+    timeout: Duration,
+    logs: &[&Ghostunnel],
+) -> String {
+    let start = Instant::now();
+    loop {
+        match round_trip(port, message) {
+            Ok(echoed) => return echoed,
+            Err(e) if start.elapsed() > timeout => {
+                let logs: Vec<String> = logs.iter().map(|g| g.log()).collect();
+                panic!(
+                    "no round trip within {timeout:?}: {e}\n{}",
+                    logs.join("\n----\n")
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// An agent of its own "node" with a workload entry giving our uid `spiffe_id` there.
+fn node_agent(dir: &Path, server: &ServerProcess, node: &str, spiffe_id: &str) -> AgentProcess {
+    let alias = format!("spiffe://example.org/{node}");
+    let token = server.generate_join_token(&alias);
+    server.create_entry(&[
+        "-parentID",
+        &alias,
+        "-spiffeID",
+        spiffe_id,
+        "-selector",
+        &format!("unix:uid:{}", current_uid()),
+        "-x509SVIDTTL",
+        WORKLOAD_TTL,
+    ]);
+    let agent_dir = dir.join(node);
+    std::fs::create_dir(&agent_dir).unwrap();
+    let agent = AgentProcess::start(&agent_dir, server, Some(&token));
+    let x509 = agent.cli_eventually(&["api", "fetch", "x509"], READY_WAIT);
+    assert!(x509.contains(spiffe_id), "{x509}");
+    agent
+}
+
+#[test]
+fn ghostunnel_pair_on_our_workload_api_authorises_by_spiffe_id_across_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir(&server_dir).unwrap();
+    let server = ServerProcess::start(&server_dir, "");
+    let server_agent = node_agent(dir.path(), &server, "node-server", SERVER_ID);
+    let client_agent = node_agent(dir.path(), &server, "node-client", CLIENT_ID);
+    let intruder_agent = node_agent(dir.path(), &server, "node-intruder", INTRUDER_ID);
+
+    let backend = echo_backend();
+    let tunnel_server = Ghostunnel::start(
+        dir.path(),
+        "ghostunnel-server",
+        "server",
+        backend,
+        &server_agent.socket_path,
+        &[&format!("--allow-uri={CLIENT_ID}")],
+    );
+    let verify_server = format!("--verify-uri={SERVER_ID}");
+    let tunnel_client = Ghostunnel::start(
+        dir.path(),
+        "ghostunnel-client",
+        "client",
+        tunnel_server.port,
+        &client_agent.socket_path,
+        &[&verify_server],
+    );
+    let tunnel_intruder = Ghostunnel::start(
+        dir.path(),
+        "ghostunnel-intruder",
+        "client",
+        tunnel_server.port,
+        &intruder_agent.socket_path,
+        &[&verify_server],
+    );
+    let all = [&tunnel_server, &tunnel_client, &tunnel_intruder];
+
+    // The allowed client's bytes come back through both tunnels.
+    let echoed = round_trip_eventually(tunnel_client.port, "hello through mTLS", READY_WAIT, &all);
+    assert_eq!(echoed, "hello through mTLS");
+
+    // The intruder holds a valid SVID of the trust domain, but not an allowed ID: refused.
+    // (Its ghostunnel has had as long as the allowed one to fetch its SVID, and keeps being
+    // refused while it retries.)
+    let refused_until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < refused_until {
+        if let Ok(echoed) = round_trip(tunnel_intruder.port, "let me in") {
+            panic!(
+                "the server-side ghostunnel let {INTRUDER_ID} through: {echoed:?}\n{}",
+                tunnel_server.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Refused for its ID (not for a missing or untrusted certificate): the handshake got as
+    // far as the server's authorisation check.
+    assert!(
+        tunnel_server
+            .log()
+            .contains("unauthorized: invalid principal, or principal not allowed"),
+        "the server-side ghostunnel did not refuse the intruder by its ID:\n{}",
+        tunnel_server.log()
+    );
+
+    // Wait until the SVIDs both tunnels started with have expired: a connection that still
+    // works proves each side took its rotated SVID from the Workload API stream.
+    let expiry = [&server_agent, &client_agent]
+        .iter()
+        .map(|agent| {
+            let (_, svids) = Workload::new(&agent.socket_path).open_with(1, READY_WAIT);
+            svids[0].not_after
+        })
+        .max()
+        .unwrap();
+    while OffsetDateTime::now_utc() < expiry + time::Duration::seconds(2) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let echoed = round_trip_eventually(
+        tunnel_client.port,
+        "after rotation",
+        Duration::from_secs(20),
+        &all,
+    );
+    assert_eq!(echoed, "after rotation");
+}
