@@ -26,6 +26,20 @@ pub fn program_of(pid: Option<u32>) -> PathBuf {
         .unwrap_or_else(|e| panic!("read /proc/{pid}/exe: {e}"))
 }
 
+/// A third-party binary named by the environment variable `var` (`SPIRE_UPSTREAM_SERVER`,
+/// `SPIRE_UPSTREAM_AGENT`, `GHOSTUNNEL`), which `scripts/interop-deps.sh` builds and names in
+/// `target/interop-deps.env`; a loud failure saying how to get it when it is not there.
+pub fn interop_program(var: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "{var} is not set: run scripts/interop-deps.sh and source target/interop-deps.env \
+             (the test command does both)"
+        )
+    });
+    assert!(path.is_file(), "{var}={} does not exist", path.display());
+    path
+}
+
 /// Path of a workspace binary (`spire-server`, `spire-agent`) next to the test executable.
 ///
 /// Cargo puts test executables in `target/<profile>/deps/` and binaries in
@@ -137,10 +151,28 @@ impl ServerProcess {
         connection_string: &str,
         extra_server_keys: &str,
     ) -> Self {
+        Self::start_program_with_datastore(
+            &binary("spire-server"),
+            dir,
+            database_type,
+            connection_string,
+            extra_server_keys,
+        )
+    }
+
+    /// Like [`start_with_datastore`](Self::start_with_datastore) with another `spire-server`
+    /// binary, such as upstream's sharing a database with ours.
+    pub fn start_program_with_datastore(
+        program: &Path,
+        dir: &Path,
+        database_type: &str,
+        connection_string: &str,
+        extra_server_keys: &str,
+    ) -> Self {
         let socket_path = dir.join("api.sock");
         let data_dir = dir.join("data");
         let config_path = dir.join("server.conf");
-        Self::start_on_free_port(dir, |port| {
+        Self::start_program_on_free_port(program, dir, |port| {
             let config = server_config(&ServerPaths {
                 port,
                 socket: &socket_path,
@@ -438,6 +470,24 @@ impl AgentProcess {
         join_token: Option<&str>,
         extra_agent_keys: &str,
     ) -> Self {
+        Self::start_program_at_port(
+            &binary("spire-agent"),
+            dir,
+            server_port,
+            join_token,
+            extra_agent_keys,
+        )
+    }
+
+    /// Like [`start_at_port`](Self::start_at_port) with another `spire-agent` binary, such as
+    /// upstream's, on the same config template.
+    pub fn start_program_at_port(
+        program: &Path,
+        dir: &Path,
+        server_port: u16,
+        join_token: Option<&str>,
+        extra_agent_keys: &str,
+    ) -> Self {
         let socket_path = dir.join("agent.sock");
         let data_dir = dir.join("agent-data");
         let config = agent_config(&AgentPaths {
@@ -449,7 +499,7 @@ impl AgentProcess {
         });
         let config_path = dir.join("agent.conf");
         std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        Self::start_with_config(dir, &config_path, socket_path, join_token)
+        Self::start_program_with_config(program, dir, &config_path, socket_path, join_token)
     }
 
     /// Starts the agent with an existing config whose Workload API socket is given.

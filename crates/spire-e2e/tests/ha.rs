@@ -7,6 +7,10 @@
 //! stops, the agent carries on through the other one (sync, SVID minting and renewal) with
 //! no error on the workload's stream and without attesting again.
 //!
+//! A rolling migration puts upstream's server (v1.13.3, from `scripts/interop-deps.sh`) in
+//! A's place: it creates the schema, our B joins it, agents of both kinds get SVIDs that
+//! verify across the CAs, and A's agent moves to B when A leaves.
+//!
 //! An engine whose variable (`SPIRE_TEST_POSTGRES`, `SPIRE_TEST_MYSQL`) is not set is
 //! skipped with a printed line; `scripts/test-databases.sh` starts local servers.
 
@@ -17,11 +21,13 @@
     reason = "tests"
 )]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use spire_e2e::workload::Workload;
 use spire_e2e::{
-    AgentProcess, ServerProcess, SharedDatabase, Signal, TcpForwarder, current_uid, send_signal,
+    AgentProcess, ServerProcess, SharedDatabase, Signal, TcpForwarder, binary, current_uid,
+    interop_program, send_signal,
 };
 
 /// The agent's alias: entries name it as their parent.
@@ -45,13 +51,19 @@ struct HaCluster {
     b: ServerProcess,
     /// After the servers, so it is dropped once they stopped.
     _db: SharedDatabase,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl HaCluster {
     /// Servers A and B on `db` with `server_keys` in `server { }`, the forwarder routing to
     /// A, and an agent attested through A (join token aliased to [`AGENT_ALIAS`]).
     fn start(db: SharedDatabase, server_keys: &str) -> Self {
+        Self::start_with_a_as(&binary("spire-server"), db, server_keys)
+    }
+
+    /// Like [`start`](Self::start) with server A running `a_program` (upstream's, for a
+    /// rolling migration), started first so that it creates the database's schema.
+    fn start_with_a_as(a_program: &Path, db: SharedDatabase, server_keys: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (dir_a, dir_b, dir_agent) = (
             dir.path().join("server-a"),
@@ -62,7 +74,8 @@ impl HaCluster {
             std::fs::create_dir_all(d).unwrap();
         }
         let started = Instant::now();
-        let a = ServerProcess::start_with_datastore(
+        let a = ServerProcess::start_program_with_datastore(
+            a_program,
             &dir_a,
             db.database_type,
             &db.connection_string,
@@ -89,8 +102,13 @@ impl HaCluster {
             a,
             b,
             _db: db,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The cluster's temp dir, for more agents and files.
+    fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// `(SPIFFE ID, current SVID serial)` of every agent `server` lists.
@@ -268,6 +286,153 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
     );
 }
 
+/// `spire-agent api fetch x509 -write <dir>`: the workload's first SVID and its bundle as
+/// PEM files (`svid.0.pem`, `bundle.0.pem`) in `dir`.
+fn write_svid(agent: &AgentProcess, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    agent.cli_eventually(
+        &["api", "fetch", "x509", "-write", &dir.display().to_string()],
+        SYNC_WAIT,
+    );
+}
+
+/// `openssl verify`: the SVID in `svid_dir` chains to a root of the bundle in `bundle_dir`.
+fn svid_verifies_against(svid_dir: &Path, bundle_dir: &Path) -> Result<(), String> {
+    let svid = svid_dir.join("svid.0.pem");
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(bundle_dir.join("bundle.0.pem"))
+        .arg("-untrusted")
+        .arg(&svid)
+        .arg(&svid)
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl (Debian package openssl): {e}"));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The issuer of the SVID in `svid_dir`, as openssl prints it.
+fn svid_issuer(svid_dir: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-issuer", "-in"])
+        .arg(svid_dir.join("svid.0.pem"))
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl: {e}"));
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A rolling migration: upstream's server A (v1.13.3, which creates the schema) and our B on
+/// one database. Each has its own CA in the one bundle; our agent attested through A and
+/// upstream's agent attested through B get SVIDs from different CAs that each verify against
+/// the other's bundle; an entry created through either server reaches the agent on the other;
+/// when A stops for good, its agent moves to B with no error on its workload's stream and
+/// without attesting again.
+fn rolling_migration_from_upstream_to_ours(database_type: &str) {
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
+    let name = format!("spire_ha_rolling_{}_{database_type}", std::process::id());
+    let Some(db) = SharedDatabase::create(database_type, &name) else {
+        return;
+    };
+    let mut cluster = HaCluster::start_with_a_as(&upstream_server, db, SERVER_KEYS);
+    let uid_selector = format!("unix:uid:{}", current_uid());
+    assert!(
+        cluster.a.log().contains("level=info"),
+        "A is not upstream's server:\n{}",
+        cluster.a.log()
+    );
+    assert_eq!(
+        HaCluster::bundle_authorities(&cluster.a),
+        (2, 2),
+        "A's bundle"
+    );
+    assert_eq!(
+        HaCluster::bundle_authorities(&cluster.b),
+        (2, 2),
+        "B's bundle"
+    );
+
+    // Upstream's agent on our server B.
+    let node_b = "spiffe://example.org/node-b";
+    let token_b = cluster.b.generate_join_token(node_b);
+    let dir_b = cluster.dir().join("agent-b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let agent_b = AgentProcess::start_program_at_port(
+        &upstream_agent,
+        &dir_b,
+        cluster.b.port,
+        Some(&token_b),
+        "",
+    );
+
+    // An entry created through upstream's A reaches the agent on our B, and one created
+    // through B reaches the agent on A.
+    cluster.a.create_entry(&[
+        "-parentID",
+        node_b,
+        "-spiffeID",
+        "spiffe://example.org/rolling/on-b",
+        "-selector",
+        &uid_selector,
+    ]);
+    create_entry(
+        &cluster.b,
+        "spiffe://example.org/rolling/on-a",
+        &uid_selector,
+    );
+    let workload_a = Workload::new(&cluster.agent.socket_path);
+    let (stream, first) = workload_a.open_with(1, SYNC_WAIT);
+    assert_eq!(first[0].spiffe_id, "spiffe://example.org/rolling/on-a");
+    let (_, on_b) = Workload::new(&agent_b.socket_path).open_with(1, SYNC_WAIT);
+    assert_eq!(on_b[0].spiffe_id, "spiffe://example.org/rolling/on-b");
+
+    // Minted by different CAs, each verifies against the bundle the other agent holds.
+    let (svids_a, svids_b) = (cluster.dir().join("svids-a"), cluster.dir().join("svids-b"));
+    write_svid(&cluster.agent, &svids_a);
+    write_svid(&agent_b, &svids_b);
+    assert_ne!(
+        svid_issuer(&svids_a),
+        svid_issuer(&svids_b),
+        "one CA signed both"
+    );
+    // The agents refresh their bundle on sync; both roots are there from the start.
+    svid_verifies_against(&svids_a, &svids_b)
+        .unwrap_or_else(|e| panic!("A's SVID, B's bundle: {e}"));
+    svid_verifies_against(&svids_b, &svids_a)
+        .unwrap_or_else(|e| panic!("B's SVID, A's bundle: {e}"));
+
+    // Upstream's A leaves for good; its agent carries on through our B.
+    let agents_before = HaCluster::agents(&cluster.b);
+    cluster.forwarder.set_upstream(cluster.b.port);
+    cluster.a.stop();
+    create_entry(
+        &cluster.b,
+        "spiffe://example.org/rolling/after-a",
+        &uid_selector,
+    );
+    stream.update_where(SYNC_WAIT * 2, |svids| svids.len() == 2);
+    assert!(stream.is_open(), "the workload's stream stays open");
+    let ids = |agents: Vec<(String, String)>| -> Vec<String> {
+        let mut ids: Vec<String> = agents.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(HaCluster::agents(&cluster.b)),
+        ids(agents_before),
+        "no agent attested again"
+    );
+}
+
 /// A server that hangs (SIGSTOP: its connections stay open and silent) instead of going
 /// away: the agent's calls on the open connection time out (30 s, as upstream's), the
 /// connection is dropped and the next dial reaches B; the workload's stream carries on.
@@ -331,6 +496,16 @@ fn postgres_failover_keeps_the_agent_and_its_workload_served() {
 }
 
 #[test]
+fn postgres_rolling_migration_from_upstream_to_ours() {
+    rolling_migration_from_upstream_to_ours("postgres");
+}
+
+#[test]
 fn mysql_failover_keeps_the_agent_and_its_workload_served() {
     failover_keeps_the_agent_and_its_workload_served("mysql");
+}
+
+#[test]
+fn mysql_rolling_migration_from_upstream_to_ours() {
+    rolling_migration_from_upstream_to_ours("mysql");
 }

@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spire_e2e::workload::Workload;
-use spire_e2e::{AgentProcess, ServerProcess, current_uid, free_port};
+use spire_e2e::{AgentProcess, ServerProcess, current_uid, free_port, interop_program};
 use time::OffsetDateTime;
 
 /// Short-lived workload SVIDs, so they rotate and expire within the test.
@@ -39,23 +39,6 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 const SERVER_ID: &str = "spiffe://example.org/ghostunnel/server";
 const CLIENT_ID: &str = "spiffe://example.org/ghostunnel/client";
 const INTRUDER_ID: &str = "spiffe://example.org/ghostunnel/intruder";
-
-fn ghostunnel_binary() -> PathBuf {
-    let path = std::env::var_os("GHOSTUNNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "GHOSTUNNEL is not set: run scripts/interop-deps.sh and source \
-                 target/interop-deps.env (the test command does both)"
-            )
-        });
-    assert!(
-        path.is_file(),
-        "GHOSTUNNEL={} does not exist",
-        path.display()
-    );
-    path
-}
 
 /// A running ghostunnel; killed when dropped.
 struct Ghostunnel {
@@ -79,7 +62,7 @@ impl Ghostunnel {
         let port = free_port();
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(ghostunnel_binary())
+        let child = Command::new(interop_program("GHOSTUNNEL"))
             .arg(mode)
             .arg(format!("--listen=127.0.0.1:{port}"))
             .arg(format!("--target=127.0.0.1:{target}"))

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use spire_e2e::workload::Workload;
 use spire_e2e::{
     AgentPaths, AgentProcess, ServerPaths, ServerProcess, agent_config, binary, current_uid,
-    program_of, server_config,
+    interop_program, program_of, server_config,
 };
 
 /// How long a workload may wait for its SVID: attestation plus a sync or two.
@@ -45,18 +45,6 @@ const SERVER_KEYS: &str = r#"agent_ttl = "30s""#;
 
 /// The workload SVID's lifetime in seconds: rotated at half-life within the test.
 const WORKLOAD_TTL: &str = "30";
-
-/// The upstream binary named by `var`, or a loud failure saying how to get it.
-fn upstream(var: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "{var} is not set: run scripts/interop-deps.sh and source target/interop-deps.env \
-             (the test command does both)"
-        )
-    });
-    assert!(path.is_file(), "{var}={} does not exist", path.display());
-    path
-}
 
 /// One server and the agent binary that talks to it, in one temp dir; prints the logs if
 /// the test fails.
@@ -354,7 +342,7 @@ fn agent_lifecycle(pairing: &mut Pairing) {
 
 #[test]
 fn upstream_agent_lives_its_life_on_our_server() {
-    let upstream_agent = upstream("SPIRE_UPSTREAM_AGENT");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
     let mut pairing = Pairing::start(&binary("spire-server"), &upstream_agent, SERVER_KEYS);
     agent_lifecycle(&mut pairing);
     // Upstream logs with logrus (`level=info msg=...`); ours does not.
@@ -364,7 +352,7 @@ fn upstream_agent_lives_its_life_on_our_server() {
 
 #[test]
 fn our_agent_lives_its_life_on_upstream_server() {
-    let upstream_server = upstream("SPIRE_UPSTREAM_SERVER");
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
     let mut pairing = Pairing::start(&upstream_server, &binary("spire-agent"), SERVER_KEYS);
     assert!(
         pairing.server.log().contains("level=info"),
@@ -429,8 +417,8 @@ fn agent_serves(agent: &AgentProcess, spiffe_id: &str) {
 
 #[test]
 fn state_written_by_upstream_opens_in_ours_and_ours_in_upstreams() {
-    let upstream_server = upstream("SPIRE_UPSTREAM_SERVER");
-    let upstream_agent = upstream("SPIRE_UPSTREAM_AGENT");
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
     let (our_server, our_agent) = (binary("spire-server"), binary("spire-agent"));
     let mut pairing = Pairing::start(&upstream_server, &upstream_agent, "");
     let token = pairing.server.generate_join_token(NODE);
