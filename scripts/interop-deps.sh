@@ -9,7 +9,8 @@
 # module proxy at that exact version (the proxy refuses version lists for spiffe/spire but
 # serves exact versions). The first build takes about 15 minutes on 2 cores.
 #
-# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT, GHOSTUNNEL) on
+# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT, GHOSTUNNEL)
+# and for the spire-api-sdk source (SPIRE_API_SDK_DIR) on
 # standard output and writes them to target/interop-deps.env; progress goes
 # to standard error. A missing toolchain or a refused download is an error naming it.
 # Usage: scripts/interop-deps.sh
@@ -18,6 +19,9 @@ cd "$(dirname "$0")/.."
 
 SPIRE_VERSION=v1.13.3
 GHOSTUNNEL_VERSION=v1.8.4
+# The spire-api-sdk of the newest upstream release (v1.15.3 builds with the same protos):
+# the wire-conformance test compares our protos with its .proto files.
+SPIRE_API_SDK_VERSION=v1.15.2
 cache=${SPIRE_RS_CACHE:-$HOME/.cache/spire-rs}
 
 log() { printf 'interop-deps: %s\n' "$*" >&2; }
@@ -72,12 +76,25 @@ build() {
 build spire "$SPIRE_VERSION" github.com/spiffe/spire cmd/spire-server cmd/spire-agent
 build ghostunnel "$GHOSTUNNEL_VERSION" github.com/ghostunnel/ghostunnel .
 
+# go mod download needs a module to run in; the scratch one resolves nothing else.
+sdk_dir=$(
+    scratch=$(mktemp -d)
+    cd "$scratch"
+    go mod init sdk-download >/dev/null 2>&1
+    GOFLAGS=-mod=mod go mod download -json "github.com/spiffe/spire-api-sdk@$SPIRE_API_SDK_VERSION" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+    rm -rf "$scratch"
+)
+[ -d "$sdk_dir/proto" ] || die "go mod download github.com/spiffe/spire-api-sdk@$SPIRE_API_SDK_VERSION gave no proto folder: is the Go module proxy reachable?"
+log "spire-api-sdk $SPIRE_API_SDK_VERSION in $sdk_dir"
+
 mkdir -p target
 env_file=target/interop-deps.env
 {
     echo "export SPIRE_UPSTREAM_SERVER='$cache/spire-$SPIRE_VERSION/bin/spire-server'"
     echo "export SPIRE_UPSTREAM_AGENT='$cache/spire-$SPIRE_VERSION/bin/spire-agent'"
     echo "export GHOSTUNNEL='$cache/ghostunnel-$GHOSTUNNEL_VERSION/bin/ghostunnel'"
+    echo "export SPIRE_API_SDK_DIR='$sdk_dir'"
 } >"$env_file"
 "$cache/spire-$SPIRE_VERSION/bin/spire-server" --version >&2 2>&1 || true
 cat "$env_file"

@@ -128,6 +128,7 @@ impl FakeServer {
             }],
             refresh_hint: 0,
             sequence_number: 1,
+            wit_authorities: Vec::new(),
         }
     }
 

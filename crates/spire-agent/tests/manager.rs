@@ -66,6 +66,7 @@ impl Ca {
             }],
             refresh_hint: 0,
             sequence_number: 1,
+            wit_authorities: Vec::new(),
         }
     }
 }

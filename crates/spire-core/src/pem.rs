@@ -8,14 +8,15 @@ pub enum PemError {
     /// The text is not well-formed PEM.
     #[error("malformed PEM: {0}")]
     Malformed(String),
-    /// The text holds no block with the expected label.
-    #[error("no \"{label}\" PEM block found")]
+    /// The text holds no block with the expected label (upstream's pemutil words it
+    /// "no PEM blocks").
+    #[error("no PEM blocks")]
     Missing {
         /// The label that was looked for, e.g. `CERTIFICATE`.
         label: &'static str,
     },
     /// A block has a label other than the one expected.
-    #[error("unexpected PEM block \"{found}\"; expected \"{expected}\"")]
+    #[error("expected block type \"{expected}\"; got \"{found}\"")]
     UnexpectedLabel {
         /// The label found.
         found: String,
@@ -93,7 +94,7 @@ mod tests {
     #[test]
     fn empty_text_is_an_error_naming_the_label() {
         let err = decode_certificates(b"").unwrap_err();
-        assert_eq!(err.to_string(), "no \"CERTIFICATE\" PEM block found");
+        assert_eq!(err.to_string(), "no PEM blocks");
     }
 
     #[test]

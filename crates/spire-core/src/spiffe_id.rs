@@ -24,14 +24,14 @@ pub enum SpiffeIdError {
     #[error("SPIFFE ID is empty")]
     Empty,
     /// The input does not start with the lowercase scheme `spiffe://`.
-    #[error("scheme is missing or invalid: a SPIFFE ID starts with \"spiffe://\"")]
+    #[error("scheme is missing or invalid")]
     WrongScheme,
     /// Nothing between `spiffe://` and the path.
     #[error("trust domain is missing")]
     MissingTrustDomain,
     /// A character outside `[a-z0-9._-]` in the trust domain.
     #[error(
-        "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores: found {found:?} at byte {position}"
+        "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"
     )]
     BadTrustDomainChar {
         /// The offending character.
@@ -59,7 +59,7 @@ pub enum SpiffeIdError {
     NoLeadingSlash,
     /// A character outside `[a-zA-Z0-9._-]` in a path segment.
     #[error(
-        "path segment characters are limited to letters, numbers, dots, dashes, and underscores: found {found:?} at byte {position} of the path"
+        "path segment characters are limited to letters, numbers, dots, dashes, and underscores"
     )]
     BadPathChar {
         /// The offending character.

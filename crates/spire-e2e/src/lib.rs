@@ -313,7 +313,12 @@ impl ServerProcess {
 
     /// Runs `spire-server <args> -socketPath <socket>` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary("spire-server"))
+        self.cli_with(&binary("spire-server"), args)
+    }
+
+    /// Like [`cli`](Self::cli) with another `spire-server` binary's CLI, such as upstream's.
+    pub fn cli_with(&self, program: &Path, args: &[&str]) -> Output {
+        Command::new(program)
             .args(args)
             .arg("-socketPath")
             .arg(&self.socket_path)

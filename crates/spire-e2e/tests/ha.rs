@@ -350,18 +350,23 @@ fn rolling_migration_from_upstream_to_ours(database_type: &str) {
         "A is not upstream's server:\n{}",
         cluster.a.log()
     );
-    assert_eq!(
-        HaCluster::bundle_authorities(&cluster.a),
-        (2, 2),
-        "A's bundle"
-    );
+    // Upstream's server caches the bundle for a second, so B's CA may show a moment late.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while HaCluster::bundle_authorities(&cluster.a) != (2, 2) {
+        assert!(
+            Instant::now() < deadline,
+            "A's bundle: {:?}",
+            HaCluster::bundle_authorities(&cluster.a)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert_eq!(
         HaCluster::bundle_authorities(&cluster.b),
         (2, 2),
         "B's bundle"
     );
 
-    // Upstream's agent on our server B.
+    // Upstream's agent on our server B.    // Upstream's agent on our server B.
     let node_b = "spiffe://example.org/node-b";
     let token_b = cluster.b.generate_join_token(node_b);
     let dir_b = cluster.dir().join("agent-b");

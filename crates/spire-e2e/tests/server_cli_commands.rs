@@ -256,8 +256,11 @@ fn json_and_filters_match_upstreams_cli() {
     let authorities = server.cli_ok(&["localauthority", "x509", "show", "-output", "json"]);
     assert!(!authorities.contains("null"), "{authorities}");
 
-    // `x509 mint -output json`: upstream's []byte fields, base64 DER.
+    // `x509 mint -output json`: upstream's []byte fields, base64 DER, in a one-element array
+    // (upstream's struct printer marshals its variadic slice).
     let minted = server.cli_json(&["x509", "mint", "-spiffeID", "spiffe://example.org/minted"]);
+    assert_eq!(minted.as_array().map(Vec::len), Some(1), "{minted}");
+    let minted = &minted[0];
     let leaf = b64
         .decode(minted["x509_svid"][0].as_str().unwrap())
         .unwrap();

@@ -1,7 +1,9 @@
 //! Proves our `proto/` files are wire-identical to upstream's.
 //!
-//! The reference is the `.proto` files that ship inside the published `spire-api` (upstream's
-//! spire-api-sdk) and `spiffe` (the SPIFFE Workload API) crates. Both are compiled here with
+//! The references are the `.proto` files of the spire-api-sdk of the newest upstream release
+//! (from the Go module proxy, named by `SPIRE_API_SDK_DIR`), the older copy inside the
+//! published `spire-api` crate (which ours must still contain), and the `spiffe` crate's
+//! SPIFFE Workload API. Both are compiled here with
 //! protox and every package, service, method (with streaming flags), message, enum, field name,
 //! number, type, label and oneof is compared with our compiled descriptors.
 
@@ -151,9 +153,18 @@ fn ours() -> FileDescriptorSet {
     FileDescriptorSet::decode(spire_proto::FILE_DESCRIPTOR_SET).expect("our descriptor set decodes")
 }
 
+/// How ours must relate to an upstream copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    /// The same facts, no more, no fewer.
+    Identical,
+    /// Every upstream fact, plus what newer upstream releases added.
+    Superset,
+}
+
 /// Compares every upstream file under `root` (path prefix `prefix`) with ours; returns how
 /// many files were compared.
-fn assert_identical(root: &Path, prefix: &str) -> usize {
+fn assert_wire(root: &Path, prefix: &str, relation: Relation) -> usize {
     let mut files = Vec::new();
     proto_files(root, &root.join(prefix), &mut files);
     files.retain(|f| !f.starts_with("google/"));
@@ -175,8 +186,10 @@ fn assert_identical(root: &Path, prefix: &str) -> usize {
         for missing in theirs.difference(&mine) {
             problems.push(format!("{file}: upstream has, we lack: {missing}"));
         }
-        for extra in mine.difference(&theirs) {
-            problems.push(format!("{file}: we have, upstream lacks: {extra}"));
+        if relation == Relation::Identical {
+            for extra in mine.difference(&theirs) {
+                problems.push(format!("{file}: we have, upstream lacks: {extra}"));
+            }
         }
     }
     assert!(
@@ -187,11 +200,31 @@ fn assert_identical(root: &Path, prefix: &str) -> usize {
     files.len()
 }
 
+/// The `spire-api` crate's older copy of the sdk: everything in it is still in ours, as
+/// named and numbered, so clients built on it keep working.
 #[test]
-fn spire_api_sdk_is_wire_identical() {
+fn older_spire_api_sdk_is_a_wire_subset() {
     let root = package_dir("spire-api").join("spire-api-sdk/proto");
-    let compared = assert_identical(&root, "spire");
+    let compared = assert_wire(&root, "spire", Relation::Superset);
     assert_eq!(compared, 24, "every spire-api-sdk file is compared");
+}
+
+/// The spire-api-sdk of the newest upstream release (v1.15.x): `scripts/interop-deps.sh`
+/// downloads it from the Go module proxy and names its folder in `SPIRE_API_SDK_DIR`. It
+/// is newer than the `spire-api` crate's copy (Entry.additional_attributes,
+/// Agent.agent_version, the WIT-SVID types and RPCs), and our protos follow it.
+#[test]
+fn newest_released_spire_api_sdk_is_wire_identical() {
+    let dir = std::env::var_os("SPIRE_API_SDK_DIR").unwrap_or_else(|| {
+        panic!(
+            "SPIRE_API_SDK_DIR is not set: run scripts/interop-deps.sh and source \
+             target/interop-deps.env (the test command does both)"
+        )
+    });
+    let root = PathBuf::from(dir).join("proto");
+    assert!(root.is_dir(), "{} is not a folder", root.display());
+    let compared = assert_wire(&root, "spire", Relation::Identical);
+    assert_eq!(compared, 25, "every spire-api-sdk file is compared");
 }
 
 #[test]

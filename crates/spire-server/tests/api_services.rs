@@ -261,6 +261,7 @@ async fn every_entry_field_round_trips_through_create_and_get() {
         jwt_svid_ttl: 567,
         hint: "probe-hint".into(),
         created_at: 0,
+        additional_attributes: None,
     };
     add_federated_bundle(&h).await;
     let results = create_entries(&h, vec![wire.clone()]).await;

@@ -21,7 +21,7 @@ use spire_core::selector::Selector;
 use spire_core::spiffe_id::{SpiffeId, TrustDomain};
 use spire_core::x509::{self, CaTemplate, Validity, verify_x509_svid};
 use spire_proto::spire::api::types;
-use spire_server::ca::{CaConfig, CaError, CaManager, Clock, X509SvidRequest};
+use spire_server::ca::{CaConfig, CaError, CaManager, Clock, RefusalKind, X509SvidRequest};
 use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
 use spire_server::datastore::{
     AttestedNode, AttestedNodeMask, BundleMask, CaJournal, ChangeEvent, DataStore, DataStoreError,
@@ -873,7 +873,21 @@ async fn upstream_disk_authority_chain_verifies_to_the_upstream_root() {
         .taint_x509_authority(&old.unwrap().authority_id)
         .await
         .unwrap_err();
-    assert!(matches!(err, CaError::FailedPrecondition(_)), "{err}");
+    assert_eq!(
+        refusal(&err),
+        (
+            RefusalKind::FailedPrecondition,
+            "local authority can't be tainted if there is an upstream authority"
+        )
+    );
+}
+
+/// The code and upstream's words of a refused local authority request.
+fn refusal(err: &CaError) -> (RefusalKind, &str) {
+    match err {
+        CaError::Refused { kind, message } => (*kind, message.as_str()),
+        other => panic!("not a refusal in upstream's words: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -892,7 +906,10 @@ async fn local_authority_operations_follow_upstream_rules() {
 
     // Nothing prepared yet.
     let err = ca.activate_x509_authority("abc").await.unwrap_err();
-    assert!(matches!(err, CaError::FailedPrecondition(_)), "{err}");
+    assert_eq!(
+        refusal(&err),
+        (RefusalKind::InvalidArgument, "unexpected authority ID")
+    );
     let prepared = ca.prepare_x509_authority().await.unwrap();
     assert_eq!(
         roots(&bundle(ds.as_ref()).await).len(),
@@ -900,23 +917,41 @@ async fn local_authority_operations_follow_upstream_rules() {
         "prepared CA is in the bundle"
     );
     let err = ca.activate_x509_authority("").await.unwrap_err();
-    assert!(matches!(err, CaError::InvalidArgument(_)), "{err}");
+    assert_eq!(
+        refusal(&err),
+        (RefusalKind::InvalidArgument, "no authority ID provided")
+    );
     let err = ca
         .activate_x509_authority(&current.authority_id)
         .await
         .unwrap_err();
-    assert!(matches!(err, CaError::InvalidArgument(_)), "{err}");
+    assert_eq!(
+        refusal(&err),
+        (RefusalKind::InvalidArgument, "unexpected authority ID")
+    );
     // Only the old authority can be tainted: not the prepared one, not the current one.
     let err = ca
         .taint_x509_authority(&prepared.authority_id)
         .await
         .unwrap_err();
-    assert!(matches!(err, CaError::FailedPrecondition(_)), "{err}");
+    assert_eq!(
+        refusal(&err),
+        (
+            RefusalKind::InvalidArgument,
+            "only Old local authorities can be tainted: unsupported local authority status: PREPARED"
+        )
+    );
     let err = ca
         .taint_x509_authority(&current.authority_id)
         .await
         .unwrap_err();
-    assert!(matches!(err, CaError::InvalidArgument(_)), "{err}");
+    assert_eq!(
+        refusal(&err),
+        (
+            RefusalKind::InvalidArgument,
+            "unable to taint current local authority"
+        )
+    );
 
     let activated = ca
         .activate_x509_authority(&prepared.authority_id)
@@ -958,7 +993,13 @@ async fn local_authority_operations_follow_upstream_rules() {
         .revoke_jwt_authority(&jwt_current.authority_id)
         .await
         .unwrap_err();
-    assert!(matches!(err, CaError::InvalidArgument(_)), "{err}");
+    assert_eq!(
+        refusal(&err),
+        (
+            RefusalKind::InvalidArgument,
+            "invalid authority ID: unable to use current authority"
+        )
+    );
     ca.activate_jwt_authority(&jwt_prepared.authority_id)
         .await
         .unwrap();

@@ -86,6 +86,7 @@ fn bundle(td: &str, cas: &[&[u8]], jwt: &[(&str, i64)]) -> types::Bundle {
             .collect(),
         refresh_hint: 300,
         sequence_number: 1,
+        wit_authorities: Vec::new(),
     }
 }
 

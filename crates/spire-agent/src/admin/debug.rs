@@ -86,6 +86,10 @@ impl DebugService {
             uptime: i32::try_from(self.started_at.elapsed().as_secs()).unwrap_or(i32::MAX),
             svids_count: i32::try_from(stats.x509_svids).unwrap_or(i32::MAX),
             last_sync_success: stats.last_sync_success.unwrap_or(GO_ZERO_TIME_UNIX),
+            cached_x509_svids_count: i32::try_from(stats.x509_svids).unwrap_or(i32::MAX),
+            cached_jwt_svids_count: i32::try_from(stats.jwt_svids).unwrap_or(i32::MAX),
+            // No SVIDStore plugin exists here yet, so it caches nothing.
+            cached_svidstore_x509_svids_count: 0,
         })
     }
 }

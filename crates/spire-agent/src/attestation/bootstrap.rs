@@ -387,7 +387,7 @@ mod tests {
         .await
         .unwrap_err()
         .to_string();
-        assert!(err.contains("no \"CERTIFICATE\" PEM block"), "{err}");
+        assert!(err.contains("no PEM blocks"), "{err}");
         server.abort();
     }
 

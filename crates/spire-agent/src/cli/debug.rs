@@ -84,6 +84,9 @@ mod tests {
             uptime: 12,
             svids_count: 3,
             last_sync_success: 0,
+            cached_x509_svids_count: 0,
+            cached_svidstore_x509_svids_count: 0,
+            cached_jwt_svids_count: 0,
         };
         let text = format_info(&info);
         assert!(

@@ -309,6 +309,9 @@ pub fn print_proto<T: Serialize>(
 
 /// Prints a plain serde value (not a proto message) as JSON in its fields' order, as Go's
 /// `json.Marshal` of a struct, or pretty.
+///
+/// The JSON is a one-element array, as upstream prints it: its `PrintStruct(msg ...any)`
+/// hands its variadic slice on as a single value, so `json.Marshal` sees a slice.
 pub fn print_struct<T: Serialize>(
     env: &mut Env<'_>,
     output: OutputFormat,
@@ -317,7 +320,7 @@ pub fn print_struct<T: Serialize>(
 ) -> Result<(), CliError> {
     match output {
         OutputFormat::Json => {
-            let text = serde_json::to_string(value)
+            let text = serde_json::to_string(&[value])
                 .map_err(|e| CliError::invalid(format!("cannot encode output as JSON: {e}")))?;
             env.print(&escape_html(&text));
             env.print("\n");
@@ -334,6 +337,38 @@ pub fn pluralize(msg: &str, singular: &str, plural: &str, count: usize) -> Strin
     } else {
         format!("{msg}{plural}")
     }
+}
+
+/// Go's `time.Unix(secs, 0).UTC().Format(time.RFC3339)`: `2019-03-12T16:24:26Z`.
+pub fn rfc3339_utc(secs: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => secs.to_string(),
+    }
+}
+
+/// Whether an SVID minted with `-ttl ttl` that expires at `expires_at` (Unix seconds) lives
+/// shorter than asked, judged as upstream's `x509 mint` and `jwt mint` do: `time.Until(eol) <
+/// ttl` with the clock's nanoseconds, so a whole-second expiry almost always counts as
+/// capped and the warning is printed whenever a TTL is given. No TTL, no warning.
+pub fn lifetime_capped(expires_at: i64, ttl: std::time::Duration) -> bool {
+    if ttl.is_zero() {
+        return false;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let until = i128::from(expires_at) * 1_000_000_000 - i128::try_from(now).unwrap_or(i128::MAX);
+    until < i128::try_from(ttl.as_nanos()).unwrap_or(i128::MAX)
 }
 
 /// Go's `time.Unix(secs, 0).UTC().String()`: `2019-03-12 16:24:26 +0000 UTC`.
@@ -411,7 +446,7 @@ mod tests {
         };
         assert_eq!(
             proto_json(&agent, "spire.api.types.Agent").unwrap(),
-            r#"{"attestation_type":"","banned":false,"can_reattest":false,"id":{"path":"/spire/agent/agent1","trust_domain":"example.org"},"selectors":[],"x509svid_expires_at":"0","x509svid_serial_number":""}"#
+            r#"{"agent_version":"","attestation_type":"","banned":false,"can_reattest":false,"id":{"path":"/spire/agent/agent1","trust_domain":"example.org"},"selectors":[],"x509svid_expires_at":"0","x509svid_serial_number":""}"#
         );
     }
 

@@ -248,6 +248,7 @@ impl Bundle for BundleApi {
                 x509_authorities: request.x509_authorities,
                 jwt_authorities: request.jwt_authorities,
                 refresh_hint: 0,
+                wit_authorities: Vec::new(),
                 sequence_number: 0,
             })
             .await
@@ -282,6 +283,7 @@ impl Bundle for BundleApi {
                 x509_authorities: Vec::new(),
                 jwt_authorities: vec![authority],
                 refresh_hint: 0,
+                wit_authorities: Vec::new(),
                 sequence_number: 0,
             })
             .await
@@ -470,6 +472,13 @@ impl Bundle for BundleApi {
             results,
         }))
     }
+
+    async fn publish_wit_authority(
+        &self,
+        _request: Request<pb::PublishWitAuthorityRequest>,
+    ) -> Result<Response<pb::PublishWitAuthorityResponse>, Status> {
+        Err(super::convert::wit_svids_unsupported())
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +496,7 @@ mod tests {
             jwt_authorities: vec![types::JwtKey::default()],
             refresh_hint: 30,
             sequence_number: 7,
+            wit_authorities: Vec::new(),
         };
         let mut unmasked = full.clone();
         apply_bundle_mask(&mut unmasked, None);
@@ -500,6 +510,7 @@ mod tests {
                 jwt_authorities: true,
                 refresh_hint: false,
                 sequence_number: true,
+                wit_authorities: false,
             }),
         );
         assert_eq!(masked.trust_domain, "example.org");

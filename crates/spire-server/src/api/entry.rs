@@ -206,6 +206,9 @@ impl EntryApi {
                 };
                 match convert::entry_to_proto(&entry) {
                     Ok(mut wire) => {
+                        if !existing {
+                            sort_as_stored(&mut wire);
+                        }
                         convert::apply_entry_mask(&mut wire, output_mask);
                         pb::batch_create_entry_response::Result {
                             status: Some(status),
@@ -238,13 +241,7 @@ impl EntryApi {
                 ));
             }
         };
-        if record.entry_id.is_empty() {
-            return failed(make_status(
-                Code::InvalidArgument,
-                "failed to convert entry",
-                Some(&"missing entry ID"),
-            ));
-        }
+        // An empty ID is looked up like any other and not found, as upstream's datastore does.
         let stored = match self
             .ctx
             .datastore
@@ -262,6 +259,7 @@ impl EntryApi {
         };
         match convert::entry_to_proto(&stored) {
             Ok(mut wire) => {
+                sort_as_stored(&mut wire);
                 convert::apply_entry_mask(&mut wire, output_mask);
                 pb::batch_update_entry_response::Result {
                     status: Some(convert::ok_status()),
@@ -318,6 +316,16 @@ impl Drop for SyncStream {
     }
 }
 
+/// Orders a created or updated entry's selectors (by type, then value) and DNS names as
+/// upstream's answer to BatchCreateEntry and BatchUpdateEntry has them: it reads the entry
+/// back through the children's unique indexes, which sort them. Listings keep stored order.
+fn sort_as_stored(entry: &mut types::Entry) {
+    entry
+        .selectors
+        .sort_by(|a, b| (&a.r#type, &a.value).cmp(&(&b.r#type, &b.value)));
+    entry.dns_names.sort();
+}
+
 /// An authorized entry on the wire, masked; logged and skipped when it cannot be converted.
 fn wire_entry(entry: &RegistrationEntry, mask: Option<&types::EntryMask>) -> Option<types::Entry> {
     match convert::entry_to_proto(entry) {
@@ -354,6 +362,7 @@ async fn sync_pages<S>(
             .map(|e| pb::EntryRevision {
                 id: e.entry_id.clone(),
                 revision_number: e.revision_number,
+                created_at: e.created_at,
             })
             .collect();
         let response = pb::SyncAuthorizedEntriesResponse {

@@ -9,7 +9,7 @@ use spire_proto::spire::api::server::localauthority::v1::local_authority_server:
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
-use super::convert::ca_status;
+use super::convert::{ca_status, wit_svids_unsupported};
 
 /// The local authority service.
 pub struct LocalAuthorityApi {
@@ -211,5 +211,39 @@ impl LocalAuthority for LocalAuthorityApi {
         Err(Status::failed_precondition(
             "upstream authority is not configured",
         ))
+    }
+    async fn get_wit_authority_state(
+        &self,
+        _request: Request<pb::GetWitAuthorityStateRequest>,
+    ) -> Result<Response<pb::GetWitAuthorityStateResponse>, Status> {
+        Err(wit_svids_unsupported())
+    }
+
+    async fn prepare_wit_authority(
+        &self,
+        _request: Request<pb::PrepareWitAuthorityRequest>,
+    ) -> Result<Response<pb::PrepareWitAuthorityResponse>, Status> {
+        Err(wit_svids_unsupported())
+    }
+
+    async fn activate_wit_authority(
+        &self,
+        _request: Request<pb::ActivateWitAuthorityRequest>,
+    ) -> Result<Response<pb::ActivateWitAuthorityResponse>, Status> {
+        Err(wit_svids_unsupported())
+    }
+
+    async fn taint_wit_authority(
+        &self,
+        _request: Request<pb::TaintWitAuthorityRequest>,
+    ) -> Result<Response<pb::TaintWitAuthorityResponse>, Status> {
+        Err(wit_svids_unsupported())
+    }
+
+    async fn revoke_wit_authority(
+        &self,
+        _request: Request<pb::RevokeWitAuthorityRequest>,
+    ) -> Result<Response<pb::RevokeWitAuthorityResponse>, Status> {
+        Err(wit_svids_unsupported())
     }
 }

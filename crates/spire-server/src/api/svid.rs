@@ -455,4 +455,18 @@ impl pb::svid_server::Svid for SvidApi {
                 .collect(),
         }))
     }
+
+    async fn mint_witsvid(
+        &self,
+        _request: Request<pb::MintWitsvidRequest>,
+    ) -> Result<Response<pb::MintWitsvidResponse>, Status> {
+        Err(convert::wit_svids_unsupported())
+    }
+
+    async fn batch_new_witsvid(
+        &self,
+        _request: Request<pb::BatchNewWitsvidRequest>,
+    ) -> Result<Response<pb::BatchNewWitsvidResponse>, Status> {
+        Err(convert::wit_svids_unsupported())
+    }
 }

@@ -25,7 +25,9 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{Journal, JwtKeyEntry, Status, X509CaEntry};
-use super::{AuthorityState, CaConfig, CaError, ServerIdentity, SignedJwtSvid, X509SvidRequest};
+use super::{
+    AuthorityState, CaConfig, CaError, RefusalKind, ServerIdentity, SignedJwtSvid, X509SvidRequest,
+};
 use crate::datastore::{DataStore, DataStoreError};
 use crate::plugins::keymanager::KeyManager;
 use crate::plugins::upstreamauthority::UpstreamAuthority;
@@ -141,6 +143,8 @@ impl<T> Slot<T> {
         AuthorityState {
             authority_id: self.authority_id.clone(),
             expires_at: self.not_after.unix_timestamp(),
+            // No UpstreamAuthority signs our CAs yet, so there is no upstream SKID to name.
+            upstream_authority_subject_key_id: String::new(),
         }
     }
 }
@@ -803,6 +807,7 @@ impl CaManager {
                 jwt_authorities,
                 refresh_hint: 0,
                 sequence_number: 0,
+                wit_authorities: Vec::new(),
             })
             .await
             .map_err(|e| datastore_error("unable to append to the trust bundle", e))
@@ -1214,6 +1219,7 @@ impl CaManager {
     pub async fn taint_x509_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
         let state = self.state.lock().await;
         self.check_local_x509(&state, id)?;
+        check_taintable(&state.current_x509, &state.next_x509, id)?;
         self.datastore
             .taint_x509_ca(self.trust_domain.name(), id)
             .await
@@ -1226,6 +1232,7 @@ impl CaManager {
     pub async fn revoke_x509_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
         let state = self.state.lock().await;
         self.check_local_x509(&state, id)?;
+        check_revocable(&state.current_x509, &state.next_x509, id)?;
         let bundle = self.fetch_bundle().await?;
         let tainted = bundle
             .x509_authorities
@@ -1241,7 +1248,7 @@ impl CaManager {
             .await
             .map_err(|e| datastore_error("failed to revoke X.509 authority", e))?;
         tracing::info!(local_authority_id = %id, "X.509 authority revoked");
-        Ok(state.next_x509.state())
+        Ok(id_only(id))
     }
 
     /// Prepares the next JWT authority now.
@@ -1265,19 +1272,19 @@ impl CaManager {
     /// Taints the old JWT authority with this ID.
     pub async fn taint_jwt_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
         let state = self.state.lock().await;
-        check_old(&state.current_jwt, &state.next_jwt, id)?;
+        check_taintable(&state.current_jwt, &state.next_jwt, id)?;
         self.datastore
             .taint_jwt_key(self.trust_domain.name(), id)
             .await
             .map_err(|e| datastore_error("failed to taint JWT authority", e))?;
         tracing::info!(local_authority_id = %id, "JWT authority tainted");
-        Ok(state.next_jwt.state())
+        Ok(id_only(id))
     }
 
     /// Revokes the tainted old JWT authority with this ID.
     pub async fn revoke_jwt_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
         let state = self.state.lock().await;
-        check_old(&state.current_jwt, &state.next_jwt, id)?;
+        check_revocable(&state.current_jwt, &state.next_jwt, id)?;
         let bundle = self.fetch_bundle().await?;
         if !bundle
             .jwt_authorities
@@ -1293,17 +1300,17 @@ impl CaManager {
             .await
             .map_err(|e| datastore_error("failed to revoke JWT authority", e))?;
         tracing::info!(local_authority_id = %id, "JWT authority revoked");
-        Ok(state.next_jwt.state())
+        Ok(id_only(id))
     }
 
-    fn check_local_x509(&self, state: &State, id: &str) -> Result<(), CaError> {
+    fn check_local_x509(&self, _state: &State, _id: &str) -> Result<(), CaError> {
         if self.upstream.is_some() {
-            return Err(CaError::FailedPrecondition(
-                "local authority can't be tainted or revoked if there is an upstream authority"
-                    .into(),
+            return Err(CaError::refused(
+                RefusalKind::FailedPrecondition,
+                "local authority can't be tainted if there is an upstream authority",
             ));
         }
-        check_old(&state.current_x509, &state.next_x509, id)
+        Ok(())
     }
 
     async fn fetch_bundle(&self) -> Result<types::Bundle, CaError> {
@@ -1375,44 +1382,81 @@ fn slot_states<T>(
     (active, prepared, old)
 }
 
+/// The answer to a taint or revoke: upstream names the authority only.
+fn id_only(id: &str) -> AuthorityState {
+    AuthorityState {
+        authority_id: id.to_owned(),
+        ..AuthorityState::default()
+    }
+}
+
+/// A journal status as upstream prints it in its messages.
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Unknown => "UNKNOWN",
+        Status::Prepared => "PREPARED",
+        Status::Active => "ACTIVE",
+        Status::Old => "OLD",
+    }
+}
+
+fn invalid(message: impl Into<String>) -> CaError {
+    CaError::refused(RefusalKind::InvalidArgument, message)
+}
+
+/// Only the prepared authority in the next slot can be activated (upstream's checks, in its
+/// order and words).
 fn check_prepared<T>(next: &Slot<T>, id: &str) -> Result<(), CaError> {
     if id.is_empty() {
-        return Err(CaError::InvalidArgument("no authority ID provided".into()));
+        return Err(invalid("no authority ID provided"));
     }
-    if next.status != Status::Prepared || next.authority.is_none() {
-        return Err(CaError::FailedPrecondition(
-            "no prepared authority found; prepare one first".into(),
+    if next.authority_id != id || next.authority.is_none() && next.status == Status::Prepared {
+        return Err(invalid("unexpected authority ID"));
+    }
+    if next.status != Status::Prepared {
+        return Err(CaError::refused(
+            RefusalKind::Internal,
+            format!(
+                "only Prepared authorities can be activated: unsupported local authority status: {}",
+                status_name(next.status)
+            ),
         ));
     }
-    if next.authority_id != id {
-        return Err(CaError::InvalidArgument(format!(
-            "unexpected authority ID {id:?}: the prepared authority is {:?}",
-            next.authority_id
+    Ok(())
+}
+
+/// Only the old authority in the next slot can be tainted.
+fn check_taintable<T>(current: &Slot<T>, next: &Slot<T>, id: &str) -> Result<(), CaError> {
+    if id.is_empty() {
+        return Err(invalid("no authority ID provided"));
+    }
+    if id == current.authority_id {
+        return Err(invalid("unable to taint current local authority"));
+    }
+    if id != next.authority_id {
+        return Err(invalid("unexpected authority ID"));
+    }
+    if next.status != Status::Old {
+        return Err(invalid(format!(
+            "only Old local authorities can be tainted: unsupported local authority status: {}",
+            status_name(next.status)
         )));
     }
     Ok(())
 }
 
-fn check_old<T>(current: &Slot<T>, next: &Slot<T>, id: &str) -> Result<(), CaError> {
-    if id.is_empty() {
-        return Err(CaError::InvalidArgument("no authority ID provided".into()));
-    }
-    if id == current.authority_id {
-        return Err(CaError::InvalidArgument(
-            "unable to use current authority".into(),
-        ));
-    }
-    if id != next.authority_id {
-        return Err(CaError::InvalidArgument(format!(
-            "no old authority with ID {id:?}"
-        )));
-    }
-    if next.status != Status::Old {
-        return Err(CaError::FailedPrecondition(
-            "only Old local authorities can be tainted or revoked; this one is prepared".into(),
-        ));
-    }
-    Ok(())
+/// Only an old authority can be revoked: upstream's `invalid authority ID: ...`.
+fn check_revocable<T>(current: &Slot<T>, next: &Slot<T>, id: &str) -> Result<(), CaError> {
+    let why = if id.is_empty() {
+        "no authority ID provided"
+    } else if id == current.authority_id {
+        "unable to use current authority"
+    } else if id != next.authority_id || next.status != Status::Old {
+        "only Old local authority can be revoked"
+    } else {
+        return Ok(());
+    };
+    Err(invalid(format!("invalid authority ID: {why}")))
 }
 
 #[cfg(test)]

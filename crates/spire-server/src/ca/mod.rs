@@ -101,6 +101,36 @@ pub enum CaError {
     /// Key manager, datastore or signing failure (gRPC Internal).
     #[error("{0}")]
     Internal(String),
+    /// A local authority request refused in upstream's exact words, which the API returns
+    /// as they are, with no context added (`unexpected authority ID`).
+    #[error("{message}")]
+    Refused {
+        /// Which gRPC code upstream answers with.
+        kind: RefusalKind,
+        /// The whole status message.
+        message: String,
+    },
+}
+
+/// The gRPC code of a [`CaError::Refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// InvalidArgument.
+    InvalidArgument,
+    /// FailedPrecondition.
+    FailedPrecondition,
+    /// Internal.
+    Internal,
+}
+
+impl CaError {
+    /// A refusal worded as upstream's.
+    pub(crate) fn refused(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Self::Refused {
+            kind,
+            message: message.into(),
+        }
+    }
 }
 
 /// What to put in a workload or agent X509-SVID.

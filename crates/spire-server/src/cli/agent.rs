@@ -239,8 +239,12 @@ async fn list(args: ListArgs, env: &mut Env<'_>) -> CliResult {
     )
 }
 
-/// `Found N attested agents:` and each agent, as `agent list` prints them.
+/// `Found N attested agents:` and each agent, as `agent list` prints them (upstream's
+/// `No attested agents found` when there are none).
 pub(crate) fn format_agents(agents: &[types::Agent]) -> String {
+    if agents.is_empty() {
+        return "No attested agents found\n".to_owned();
+    }
     let mut text = pluralize(
         &format!("Found {} attested ", agents.len()),
         "agent",
@@ -511,6 +515,7 @@ mod tests {
             }],
             banned: false,
             can_reattest: false,
+            agent_version: String::new(),
         }
     }
 
@@ -525,7 +530,7 @@ mod tests {
             format_agents(&[agent()]),
             format!("Found 1 attested agent:\n\n{expected_agent}")
         );
-        assert_eq!(format_agents(&[]), "Found 0 attested agents:\n\n");
+        assert_eq!(format_agents(&[]), "No attested agents found\n");
         assert_eq!(
             format_agent_show(&agent()),
             format!(

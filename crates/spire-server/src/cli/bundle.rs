@@ -207,6 +207,7 @@ fn parse_bundle(data: &[u8], format: Format, td: TrustDomain) -> Result<types::B
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or_default(),
         sequence_number: bundle.sequence_number,
+        wit_authorities: Vec::new(),
     })
 }
 

@@ -504,6 +504,7 @@ fn parse_data(data: &[u8]) -> Result<Vec<types::Entry>, CliError> {
                 store_svid: e.store_svid,
                 hint: e.hint,
                 created_at: 0,
+                additional_attributes: None,
             })
         })
         .collect()
@@ -541,27 +542,46 @@ async fn delete(args: DeleteArgs, env: &mut Env<'_>) -> CliResult {
         &resp,
         "spire.api.server.entry.v1.BatchDeleteEntryResponse",
         |env, resp| {
-            let mut failed = false;
-            for r in &resp.results {
-                match &r.status {
-                    Some(s) if s.code != 0 => {
-                        failed = true;
-                        env.eprint(&format!(
-                            "Failed to delete entry with ID {} (code: {}, msg: {:?})\n",
-                            r.id,
-                            client::code_name_i32(s.code),
-                            s.message
-                        ));
-                    }
-                    _ => env.print(&format!("Deleted entry with ID: {}\n", r.id)),
-                }
+            let (failed, succeeded): (Vec<_>, Vec<_>) = resp
+                .results
+                .iter()
+                .partition(|r| r.status.as_ref().is_some_and(|s| s.code != 0));
+            for r in &succeeded {
+                env.print(&format!("Deleted entry with ID: {}\n", r.id));
             }
-            if failed {
-                return Err(CliError::Failed(
-                    "failed to delete one or more entries".to_owned(),
+            if !succeeded.is_empty() {
+                env.print("\n\n");
+            }
+            for r in &failed {
+                let (code, message) = r
+                    .status
+                    .as_ref()
+                    .map(|s| (s.code, s.message.as_str()))
+                    .unwrap_or_default();
+                env.eprint(&format!(
+                    "Failed to delete entry with ID {} (code: {}, msg: {:?})\n",
+                    r.id,
+                    client::code_name_i32(code),
+                    message
                 ));
             }
-            Ok(())
+            if failed.is_empty() {
+                env.print(&format!("Deleted {} entries successfully", succeeded.len()));
+                return Ok(());
+            }
+            env.print("\n\n");
+            if succeeded.is_empty() {
+                env.print(&format!("Failed to delete {} entries", failed.len()));
+            } else {
+                env.print(&format!(
+                    "Deleted {} entries successfully, but failed to delete {} entries",
+                    succeeded.len(),
+                    failed.len()
+                ));
+            }
+            Err(CliError::Failed(
+                "failed to delete one or more entries".to_owned(),
+            ))
         },
     )
 }
@@ -651,7 +671,10 @@ async fn show(args: ShowArgs, env: &mut Env<'_>) -> CliResult {
                 output_mask: None,
             })
             .await
-            .map_err(CliError::rpc("error fetching entry: "))?
+            .map_err(CliError::rpc(&format!(
+                "error fetching entry ID {}: ",
+                args.entry_id
+            )))?
             .into_inner();
         resp.entries.push(entry);
     }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use spire_proto::spire::api::server::svid::v1 as svidv1;
 
 use super::printer::{go_duration, id_proto, print_proto};
-use super::{CliError, CliResult, Env, OutputArg, SocketArg, client};
+use super::{CliError, CliResult, Env, OutputArg, SocketArg, client, printer};
 
 /// `jwt` subcommands.
 #[derive(Debug, Subcommand)]
@@ -57,11 +57,19 @@ pub(crate) async fn run(command: JwtCommand, env: &mut Env<'_>) -> CliResult {
         .await
         .map_err(CliError::rpc("unable to mint SVID: "))?
         .into_inner();
-    let token = resp
+    let (token, expires_at) = resp
         .svid
         .as_ref()
-        .map(|s| s.token.clone())
-        .ok_or_else(|| CliError::invalid("server response missing SVID"))?;
+        .map(|s| (s.token.clone(), s.expires_at))
+        .filter(|(token, _)| !token.is_empty())
+        .ok_or_else(|| CliError::invalid("server response missing token"))?;
+    // The response's expires_at is the token's `exp` claim, which upstream reads.
+    if printer::lifetime_capped(expires_at, args.ttl) {
+        env.eprint(&format!(
+            "JWT-SVID lifetime was capped shorter than specified ttl; expires {:?}\n",
+            printer::rfc3339_utc(expires_at)
+        ));
+    }
     if !args.write.is_empty() {
         write_token(&args.write, &token)?;
         env.print(&format!("JWT-SVID written to {}\n", args.write));

@@ -109,13 +109,25 @@ fn require_id(id: &str) -> CliResult {
     Ok(())
 }
 
-/// `  Authority ID: ...` and `  Expires at: ...`.
-fn format_state(state: &lav1::AuthorityState) -> String {
-    format!(
+/// `  Authority ID: ...` and `  Expires at: ...`; an X.509 authority also names its upstream
+/// authority (or says there is none), as upstream's `authoritycommon` prints it.
+fn format_state(state: &lav1::AuthorityState, kind: &str) -> String {
+    let mut text = format!(
         "  Authority ID: {}\n  Expires at: {}\n",
         state.authority_id,
         go_time_utc(state.expires_at)
-    )
+    );
+    if kind == "X.509" {
+        if state.upstream_authority_subject_key_id.is_empty() {
+            text.push_str("  Upstream authority ID: No upstream authority\n");
+        } else {
+            text.push_str(&format!(
+                "  Upstream authority Subject Key ID: {}\n",
+                state.upstream_authority_subject_key_id
+            ));
+        }
+    }
+    text
 }
 
 /// The three slots (active, prepared, old) as `show` prints them.
@@ -139,7 +151,7 @@ fn format_slots(
         }
         text.push_str(&format!("{slot} {kind} authority:\n"));
         match state {
-            Some(state) => text.push_str(&format_state(state)),
+            Some(state) => text.push_str(&format_state(state, kind)),
             None => text.push_str(&format!("  No {lower} {kind} authority found\n")),
         }
     }
@@ -158,7 +170,10 @@ fn format_action(
             verb.to_lowercase()
         ))
     })?;
-    Ok(format!("{verb} {kind} authority:\n{}", format_state(state)))
+    Ok(format!(
+        "{verb} {kind} authority:\n{}",
+        format_state(state, kind)
+    ))
 }
 
 async fn run_x509(command: X509Command, env: &mut Env<'_>) -> CliResult {
@@ -479,10 +494,12 @@ mod tests {
         let active = lav1::AuthorityState {
             authority_id: "abc".into(),
             expires_at: 1_552_410_266,
+            upstream_authority_subject_key_id: String::new(),
         };
         assert_eq!(
             format_slots("X.509", Some(&active), None, None),
-            "Active X.509 authority:\n  Authority ID: abc\n  Expires at: 2019-03-12 17:04:26 +0000 UTC\n\n\
+            "Active X.509 authority:\n  Authority ID: abc\n  Expires at: 2019-03-12 17:04:26 +0000 UTC\n  \
+             Upstream authority ID: No upstream authority\n\n\
              Prepared X.509 authority:\n  No prepared X.509 authority found\n\n\
              Old X.509 authority:\n  No old X.509 authority found\n"
         );

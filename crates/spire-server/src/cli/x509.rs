@@ -113,15 +113,10 @@ pub(crate) async fn run(command: X509Command, env: &mut Env<'_>) -> CliResult {
         .await
         .map_err(CliError::rpc("unable to get bundle: "))?
         .into_inner();
-    let requested = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or_default();
-    if requested > 0 && svid.expires_at < now.saturating_add(requested) {
+    if super::printer::lifetime_capped(svid.expires_at, args.ttl) {
         env.eprint(&format!(
             "X509-SVID lifetime was capped shorter than specified ttl; expires {:?}\n",
-            super::printer::go_time_utc(svid.expires_at)
+            super::printer::rfc3339_utc(svid.expires_at)
         ));
     }
     let roots: Vec<&[u8]> = bundle

@@ -180,9 +180,10 @@ pub(crate) async fn delete(
     let federated = entries::federated_with_bundle(conn, row_id).await?;
     match mode {
         DeleteBundleMode::Restrict if !federated.is_empty() => {
+            // Upstream's words (its SQL datastore's prefix included), which scripts match;
+            // `-mode dissociate` or `-mode delete` is the way through.
             return Err(DataStoreError::InvalidArgument(format!(
-                "cannot delete bundle {td_id:?}: {} registration entries federate with it; \
-                 delete or dissociate them first (or use the DELETE or DISSOCIATE mode)",
+                "datastore-sql: cannot delete bundle; federated with {} registration entries",
                 federated.len()
             )));
         }

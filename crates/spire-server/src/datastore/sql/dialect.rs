@@ -119,10 +119,12 @@ impl Dialect {
     pub(crate) fn format_time(self, t: OffsetDateTime) -> String {
         match self {
             Self::Sqlite | Self::Postgres => go_time(t),
-            // DATETIME without fractional seconds rounds fractions; whole seconds keep the
-            // stored value equal to the Unix seconds callers are given back.
+            // DATETIME without fractional seconds rounds the fraction upstream's driver
+            // sends; rounding here stores the same second, the one `rounded_unix` reports.
             Self::Mysql => {
-                let t = t.to_offset(time::UtcOffset::UTC);
+                let t = OffsetDateTime::from_unix_timestamp(rounded_unix(t))
+                    .unwrap_or(t)
+                    .to_offset(time::UtcOffset::UTC);
                 format!(
                     "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
                     t.year(),
@@ -359,6 +361,8 @@ mod tests {
         let t = t + time::Duration::microseconds(103_258);
         assert_eq!(go_time(t), "2023-08-29 16:15:25.103258+00:00");
         assert_eq!(Dialect::Mysql.format_time(t), "2023-08-29 16:15:25");
+        let later = t + time::Duration::milliseconds(500);
+        assert_eq!(Dialect::Mysql.format_time(later), "2023-08-29 16:15:26");
         assert_eq!(
             Dialect::Postgres.format_time(t),
             "2023-08-29 16:15:25.103258+00:00"

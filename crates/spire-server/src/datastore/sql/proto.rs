@@ -129,6 +129,7 @@ pub(crate) fn stored_to_bundle(stored: Bundle) -> types::Bundle {
             .collect(),
         refresh_hint: stored.refresh_hint,
         sequence_number: stored.sequence_number,
+        wit_authorities: Vec::new(),
     }
 }
 
@@ -158,6 +159,7 @@ mod tests {
             }],
             refresh_hint: 60,
             sequence_number: 7,
+            wit_authorities: Vec::new(),
         };
         let stored = bundle_to_stored(&bundle).unwrap();
         assert_eq!(stored.trust_domain_id, "spiffe://example.org");
