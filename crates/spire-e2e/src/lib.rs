@@ -137,9 +137,21 @@ impl ServerProcess {
     /// Writes a quickstart-like HCL config into `dir` (SQLite, disk key manager, join_token)
     /// with `extra_server_keys` appended inside `server { }`, and starts the server.
     pub fn start(dir: &Path, extra_server_keys: &str) -> Self {
+        Self::start_program(&binary("spire-server"), dir, extra_server_keys)
+    }
+
+    /// Like [`start`](Self::start) with another `spire-server` binary (upstream's, for the
+    /// interop tests) on the same config template.
+    pub fn start_program(program: &Path, dir: &Path, extra_server_keys: &str) -> Self {
         let data_dir = dir.join("data");
         let connection_string = format!("{}/datastore.sqlite3", data_dir.display());
-        Self::start_with_datastore(dir, "sqlite3", &connection_string, extra_server_keys)
+        Self::start_program_with_datastore(
+            program,
+            dir,
+            "sqlite3",
+            &connection_string,
+            extra_server_keys,
+        )
     }
 
     /// Like [`start`](Self::start) on the database given by `database_type` (`sqlite3`,
@@ -347,6 +359,34 @@ impl ServerProcess {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
     }
 
+    /// The agents `agent list -output json` names, in its order.
+    pub fn agents(&self) -> Vec<ListedAgent> {
+        let listed = self.cli_json(&["agent", "list"]);
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        listed["agents"]
+            .as_array()
+            .map(|agents| {
+                agents
+                    .iter()
+                    .map(|a| ListedAgent {
+                        spiffe_id: format!(
+                            "spiffe://{}{}",
+                            text(&a["id"]["trust_domain"]),
+                            text(&a["id"]["path"])
+                        ),
+                        serial: text(&a["x509svid_serial_number"]),
+                        banned: a["banned"].as_bool().unwrap_or(false),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The SPIFFE IDs of [`agents`](Self::agents).
+    pub fn agent_ids(&self) -> Vec<String> {
+        self.agents().into_iter().map(|a| a.spiffe_id).collect()
+    }
+
     /// `token generate -spiffeID <spiffe_id>`: a join token whose agent is aliased to
     /// `spiffe_id`, so entries can use it as their `-parentID`.
     pub fn generate_join_token(&self, spiffe_id: &str) -> String {
@@ -408,6 +448,17 @@ impl ServerProcess {
             terminate(child);
         }
     }
+}
+
+/// One agent as `agent list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAgent {
+    /// `spiffe://<trust domain><path>`.
+    pub spiffe_id: String,
+    /// The current agent SVID's serial (empty when banned): changes on every renewal.
+    pub serial: String,
+    /// Whether `agent ban` banned it.
+    pub banned: bool,
 }
 
 /// Why [`ServerProcess::try_start_with_config`] failed.

@@ -111,32 +111,6 @@ impl HaCluster {
         self.dir.path()
     }
 
-    /// `(SPIFFE ID, current SVID serial)` of every agent `server` lists.
-    fn agents(server: &ServerProcess) -> Vec<(String, String)> {
-        let listed = server.cli_json(&["agent", "list"]);
-        listed["agents"]
-            .as_array()
-            .map(|agents| {
-                agents
-                    .iter()
-                    .map(|a| {
-                        (
-                            format!(
-                                "spiffe://{}{}",
-                                a["id"]["trust_domain"].as_str().unwrap_or_default(),
-                                a["id"]["path"].as_str().unwrap_or_default()
-                            ),
-                            a["x509svid_serial_number"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// How many X.509 roots and JWT keys the trust domain's bundle holds as `server`
     /// serves it.
     fn bundle_authorities(server: &ServerProcess) -> (usize, usize) {
@@ -198,9 +172,9 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
         (2, 2),
         "B's bundle"
     );
-    let agents_before = HaCluster::agents(&cluster.b);
+    let agents_before = cluster.b.agents();
     assert_eq!(agents_before.len(), 1, "{agents_before:?}");
-    let agent_id = agents_before[0].0.clone();
+    let agent_id = agents_before[0].spiffe_id.clone();
 
     // An entry created through B reaches the agent, which talks to A.
     let created = Instant::now();
@@ -222,7 +196,7 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
     cluster.a.stop();
     let stopped = Instant::now();
     // The agent SVID issued through A, the last one A could have renewed.
-    let serial_at_stop = HaCluster::agents(&cluster.b)[0].1.clone();
+    let serial_at_stop = cluster.b.agents()[0].serial.clone();
 
     // A new entry (through B) arrives on the same open stream, without an error on it.
     create_entry(&cluster.b, "spiffe://example.org/ha/two", &uid_selector);
@@ -254,10 +228,10 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
     // one agent attested at the start.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let agents = HaCluster::agents(&cluster.b);
+        let agents = cluster.b.agents();
         assert_eq!(agents.len(), 1, "one agent, no re-attestation: {agents:?}");
-        assert_eq!(agents[0].0, agent_id, "the same agent");
-        if agents[0].1 != serial_at_stop && !agents[0].1.is_empty() {
+        assert_eq!(agents[0].spiffe_id, agent_id, "the same agent");
+        if agents[0].serial != serial_at_stop && !agents[0].serial.is_empty() {
             break;
         }
         assert!(
@@ -275,9 +249,9 @@ fn failover_keeps_the_agent_and_its_workload_served(database_type: &str) {
     create_entry(&cluster.b, "spiffe://example.org/ha/three", &uid_selector);
     stream.update_where(SYNC_WAIT * 2, |svids| svids.len() == 3);
     assert!(stream.is_open(), "the workload's stream stays open");
-    let agents = HaCluster::agents(&cluster.b);
+    let agents = cluster.b.agents();
     assert_eq!(agents.len(), 1, "{agents:?}");
-    assert_eq!(agents[0].0, agent_id);
+    assert_eq!(agents[0].spiffe_id, agent_id);
     let log = cluster.agent.log();
     assert!(
         !log.contains("agent needs to re-attest")
@@ -416,7 +390,8 @@ fn rolling_migration_from_upstream_to_ours(database_type: &str) {
         .unwrap_or_else(|e| panic!("B's SVID, A's bundle: {e}"));
 
     // Upstream's A leaves for good; its agent carries on through our B.
-    let agents_before = HaCluster::agents(&cluster.b);
+    let mut agents_before = cluster.b.agent_ids();
+    agents_before.sort();
     cluster.forwarder.set_upstream(cluster.b.port);
     cluster.a.stop();
     create_entry(
@@ -426,16 +401,9 @@ fn rolling_migration_from_upstream_to_ours(database_type: &str) {
     );
     stream.update_where(SYNC_WAIT * 2, |svids| svids.len() == 2);
     assert!(stream.is_open(), "the workload's stream stays open");
-    let ids = |agents: Vec<(String, String)>| -> Vec<String> {
-        let mut ids: Vec<String> = agents.into_iter().map(|(id, _)| id).collect();
-        ids.sort();
-        ids
-    };
-    assert_eq!(
-        ids(HaCluster::agents(&cluster.b)),
-        ids(agents_before),
-        "no agent attested again"
-    );
+    let mut agents_after = cluster.b.agent_ids();
+    agents_after.sort();
+    assert_eq!(agents_after, agents_before, "no agent attested again");
 }
 
 /// A server that hangs (SIGSTOP: its connections stay open and silent) instead of going
@@ -467,7 +435,7 @@ fn a_hung_server_is_left_behind(database_type: &str) {
         "{database_type}: with A hung, a new entry reached the workload through B in {:?}",
         hung.elapsed()
     );
-    let agents = HaCluster::agents(&cluster.b);
+    let agents = cluster.b.agents();
     assert_eq!(agents.len(), 1, "one agent, no re-attestation: {agents:?}");
 }
 

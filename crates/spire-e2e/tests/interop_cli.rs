@@ -33,7 +33,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use regex::Regex;
-use spire_e2e::{AgentProcess, ServerPaths, ServerProcess, binary, interop_program, server_config};
+use spire_e2e::{AgentProcess, ServerProcess, binary, interop_program};
 
 /// One line of `tests/data/server-cli.script`: a CLI invocation, with what to keep of it.
 struct Step {
@@ -117,23 +117,7 @@ impl Run {
         std::fs::create_dir_all(&dir).unwrap();
         let server_dir = dir.join("server");
         std::fs::create_dir(&server_dir).unwrap();
-        let socket = server_dir.join("api.sock");
-        let data_dir = server_dir.join("data");
-        let config_path = server_dir.join("server.conf");
-        let server =
-            ServerProcess::start_program_on_free_port(server_program, &server_dir, |port| {
-                let config = server_config(&ServerPaths {
-                    port,
-                    socket: &socket,
-                    data_dir: &data_dir,
-                    keys: &data_dir.join("keys.json"),
-                    database_type: "sqlite3",
-                    connection_string: &data_dir.join("datastore.sqlite3").display().to_string(),
-                    extra_server_keys: "",
-                });
-                std::fs::write(&config_path, config).unwrap();
-                (config_path.clone(), socket.clone())
-            });
+        let server = ServerProcess::start_program(server_program, &server_dir, "");
         let token = server.generate_join_token(NODE);
         let agent_dir = dir.join("agent");
         std::fs::create_dir(&agent_dir).unwrap();

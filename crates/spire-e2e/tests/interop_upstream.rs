@@ -14,6 +14,11 @@
 //!    its next start must attest, with a new token;
 //! 5. `agent ban`: the agent stops, and the server lists it as banned.
 //!
+//! And the state each leaves on disk is the other's: a server `data_dir` written by upstream
+//! (SQLite datastore, disk keys, CA journal) opens under ours with the same entries, agents,
+//! CA and JWT key, and what ours wrote opens under upstream's; the agent's `data_dir` swaps
+//! the same way, in place, without attesting again.
+//!
 //! The upstream binaries come from `scripts/interop-deps.sh` (the test command runs it), which
 //! names them in `SPIRE_UPSTREAM_SERVER` and `SPIRE_UPSTREAM_AGENT`.
 
@@ -30,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use spire_e2e::workload::Workload;
 use spire_e2e::{
-    AgentPaths, AgentProcess, ServerPaths, ServerProcess, agent_config, binary, current_uid,
-    interop_program, program_of, server_config,
+    AgentPaths, AgentProcess, ServerProcess, agent_config, binary, current_uid, interop_program,
+    program_of,
 };
 
 /// How long a workload may wait for its SVID: attestation plus a sync or two.
@@ -65,23 +70,7 @@ impl Pairing {
         let dir = tempfile::tempdir().unwrap();
         let server_dir = dir.path().join("server");
         std::fs::create_dir(&server_dir).unwrap();
-        let socket = server_dir.join("api.sock");
-        let data_dir = server_dir.join("data");
-        let config_path = server_dir.join("server.conf");
-        let server =
-            ServerProcess::start_program_on_free_port(server_program, &server_dir, |port| {
-                let config = server_config(&ServerPaths {
-                    port,
-                    socket: &socket,
-                    data_dir: &data_dir,
-                    keys: &data_dir.join("keys.json"),
-                    database_type: "sqlite3",
-                    connection_string: &data_dir.join("datastore.sqlite3").display().to_string(),
-                    extra_server_keys: server_keys,
-                });
-                std::fs::write(&config_path, config).unwrap();
-                (config_path.clone(), socket.clone())
-            });
+        let server = ServerProcess::start_program(server_program, &server_dir, server_keys);
 
         let agent_dir = dir.path().join("agent");
         std::fs::create_dir(&agent_dir).unwrap();
@@ -158,37 +147,6 @@ impl Pairing {
         printed
     }
 
-    /// The agents the server lists: SPIFFE ID, X509-SVID serial and whether banned.
-    fn agents(&self) -> Vec<(String, String, bool)> {
-        let listed = self.server.cli_json(&["agent", "list"]);
-        listed["agents"]
-            .as_array()
-            .map(|agents| {
-                agents
-                    .iter()
-                    .map(|a| {
-                        (
-                            format!(
-                                "spiffe://{}{}",
-                                a["id"]["trust_domain"].as_str().unwrap_or_default(),
-                                a["id"]["path"].as_str().unwrap_or_default()
-                            ),
-                            a["x509svid_serial_number"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_owned(),
-                            a["banned"].as_bool().unwrap_or(false),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn agent_ids(&self) -> Vec<String> {
-        self.agents().into_iter().map(|(id, ..)| id).collect()
-    }
-
     fn create_workload_entry(&self, spiffe_id: &str) {
         self.server.create_entry(&[
             "-parentID",
@@ -261,11 +219,11 @@ fn agent_lifecycle(pairing: &mut Pairing) {
     pairing.create_workload_entry("spiffe://example.org/workload");
     workload_gets_its_identities(&agent);
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
-    let listed = pairing.agents();
+    let listed = pairing.server.agents();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].0, agent_id);
-    assert!(!listed[0].2, "{listed:?}");
-    let first_serial = listed[0].1.clone();
+    assert_eq!(listed[0].spiffe_id, agent_id);
+    assert!(!listed[0].banned, "{listed:?}");
+    let first_serial = listed[0].serial.clone();
     assert!(!first_serial.is_empty(), "{listed:?}");
 
     // 2. Rotation on an open stream, and the agent SVID's renewal.
@@ -279,9 +237,10 @@ fn agent_lifecycle(pairing: &mut Pairing) {
     stream.rotation_of(svid);
     eventually("the agent SVID renewed", Duration::from_secs(60), || {
         pairing
+            .server
             .agents()
             .first()
-            .is_some_and(|(id, serial, _)| *id == agent_id && *serial != first_serial)
+            .is_some_and(|a| a.spiffe_id == agent_id && a.serial != first_serial)
     });
 
     // 3. Restarts keep the agent without attesting again.
@@ -289,7 +248,7 @@ fn agent_lifecycle(pairing: &mut Pairing) {
     pairing.create_workload_entry("spiffe://example.org/after-server-restart");
     stream.update_where(SVID_WAIT, |svids| svids.len() == 2);
     assert_eq!(
-        pairing.agent_ids(),
+        pairing.server.agent_ids(),
         std::slice::from_ref(&agent_id),
         "the agent attested again"
     );
@@ -298,7 +257,7 @@ fn agent_lifecycle(pairing: &mut Pairing) {
     let mut agent = pairing.start_agent(None);
     workload.open_with(2, SVID_WAIT);
     assert_eq!(
-        pairing.agent_ids(),
+        pairing.server.agent_ids(),
         std::slice::from_ref(&agent_id),
         "the agent attested again"
     );
@@ -313,13 +272,17 @@ fn agent_lifecycle(pairing: &mut Pairing) {
         "evicted, the agent exited 0:\n{}",
         agent.log()
     );
-    assert!(pairing.agent_ids().is_empty(), "{:?}", pairing.agents());
+    assert!(
+        pairing.server.agent_ids().is_empty(),
+        "{:?}",
+        pairing.server.agents()
+    );
     pairing.agent_cannot_start_without_a_token();
     let second = pairing.server.generate_join_token(NODE);
     let mut agent = pairing.start_agent(Some(&second));
     workload_gets_its_identities(&agent);
     let second_id = format!("spiffe://example.org/spire/agent/join_token/{second}");
-    assert_eq!(pairing.agent_ids(), std::slice::from_ref(&second_id));
+    assert_eq!(pairing.server.agent_ids(), std::slice::from_ref(&second_id));
 
     // 5. Banned, it stops too, and stays listed as banned.
     pairing
@@ -331,10 +294,10 @@ fn agent_lifecycle(pairing: &mut Pairing) {
         "banned, the agent exited 0:\n{}",
         agent.log()
     );
-    let listed = pairing.agents();
+    let listed = pairing.server.agents();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(
-        (listed[0].0.as_str(), listed[0].2),
+        (listed[0].spiffe_id.as_str(), listed[0].banned),
         (second_id.as_str(), true)
     );
     pairing.agent_cannot_start_without_a_token();
@@ -381,7 +344,7 @@ impl ServerState {
         let jwt = server.cli_json(&["localauthority", "jwt", "show"]);
         Self {
             entries: server.cli_json(&["entry", "show"])["entries"].clone(),
-            agent_ids: pairing.agent_ids(),
+            agent_ids: pairing.server.agent_ids(),
             bundle: serde_json::json!({
                 "x509_authorities": bundle["x509_authorities"],
                 "jwt_authorities": bundle["jwt_authorities"],
@@ -441,7 +404,7 @@ fn state_written_by_upstream_opens_in_ours_and_ours_in_upstreams() {
     let mut agent = pairing.start_agent_as(&our_agent, None);
     assert_runs(agent.pid(), &our_agent);
     agent_serves(&agent, "spiffe://example.org/after-server-swap");
-    assert_eq!(pairing.agent_ids(), written_by_upstream.agent_ids);
+    assert_eq!(pairing.server.agent_ids(), written_by_upstream.agent_ids);
 
     // And back: what ours wrote opens in upstream's server and agent.
     pairing.create_workload_entry("spiffe://example.org/written-by-ours");
@@ -459,5 +422,5 @@ fn state_written_by_upstream_opens_in_ours_and_ours_in_upstreams() {
     assert_runs(agent.pid(), &upstream_agent);
     pairing.create_workload_entry("spiffe://example.org/back-on-upstream");
     agent_serves(&agent, "spiffe://example.org/back-on-upstream");
-    assert_eq!(pairing.agent_ids(), written_by_upstream.agent_ids);
+    assert_eq!(pairing.server.agent_ids(), written_by_upstream.agent_ids);
 }

@@ -71,26 +71,6 @@ impl Cluster {
         args.extend_from_slice(extra);
         self.server.create_entry(&args)
     }
-
-    /// The SPIFFE IDs of the agents the server knows.
-    fn agent_ids(&self) -> Vec<String> {
-        let listed = self.server.cli_json(&["agent", "list"]);
-        listed["agents"]
-            .as_array()
-            .map(|agents| {
-                agents
-                    .iter()
-                    .map(|a| {
-                        format!(
-                            "spiffe://{}{}",
-                            a["id"]["trust_domain"].as_str().unwrap_or_default(),
-                            a["id"]["path"].as_str().unwrap_or_default()
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 impl Drop for Cluster {
@@ -266,7 +246,7 @@ fn the_agent_serves_its_cache_while_the_server_is_down_and_resyncs_after() {
     cluster.entry_for_uid("spiffe://example.org/before", uid, &[]);
     let workload = Workload::new(&cluster.agent.socket_path);
     let before = workload.open_with(1, SYNC_WAIT).1;
-    let agents = cluster.agent_ids();
+    let agents = cluster.server.agent_ids();
     assert_eq!(agents.len(), 1, "{agents:?}");
     let stream = workload.watch();
     assert!(matches!(
@@ -304,7 +284,11 @@ fn the_agent_serves_its_cache_while_the_server_is_down_and_resyncs_after() {
     // The stream opened before the outage sees the new entry too.
     stream.update_where(SYNC_WAIT, |svids| svids.len() == 2);
 
-    assert_eq!(cluster.agent_ids(), agents, "the agent attested again");
+    assert_eq!(
+        cluster.server.agent_ids(),
+        agents,
+        "the agent attested again"
+    );
 }
 
 #[test]

@@ -341,18 +341,7 @@ pub fn pluralize(msg: &str, singular: &str, plural: &str, count: usize) -> Strin
 
 /// Go's `time.Unix(secs, 0).UTC().Format(time.RFC3339)`: `2019-03-12T16:24:26Z`.
 pub fn rfc3339_utc(secs: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(secs) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => secs.to_string(),
-    }
+    format_utc(secs, 'T', "Z")
 }
 
 /// Whether an SVID minted with `-ttl ttl` that expires at `expires_at` (Unix seconds) lives
@@ -373,9 +362,14 @@ pub fn lifetime_capped(expires_at: i64, ttl: std::time::Duration) -> bool {
 
 /// Go's `time.Unix(secs, 0).UTC().String()`: `2019-03-12 16:24:26 +0000 UTC`.
 pub fn go_time_utc(secs: i64) -> String {
+    format_utc(secs, ' ', " +0000 UTC")
+}
+
+/// `secs` in UTC as `YYYY-MM-DD<sep>hh:mm:ss<suffix>`; out of range, the number itself.
+fn format_utc(secs: i64, sep: char, suffix: &str) -> String {
     match time::OffsetDateTime::from_unix_timestamp(secs) {
         Ok(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 UTC",
+            "{:04}-{:02}-{:02}{sep}{:02}:{:02}:{:02}{suffix}",
             t.year(),
             u8::from(t.month()),
             t.day(),
@@ -434,6 +428,23 @@ pub fn go_duration(value: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_second_expiry_counts_as_capped_as_upstreams_does() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let ttl = std::time::Duration::from_secs(3600);
+        let at = |secs: u64| i64::try_from(secs).unwrap();
+        // The server's now + ttl, truncated to the second, is a hair short of ttl from here.
+        assert!(lifetime_capped(at(now + 3600), ttl));
+        assert!(!lifetime_capped(at(now + 3602), ttl));
+        assert!(
+            !lifetime_capped(at(now), std::time::Duration::ZERO),
+            "no -ttl, no warning"
+        );
+    }
 
     #[test]
     fn agent_json_uses_proto_names_and_emits_zero_fields() {
@@ -497,6 +508,7 @@ mod tests {
     #[test]
     fn go_formats() {
         assert_eq!(go_time_utc(1_552_410_266), "2019-03-12 17:04:26 +0000 UTC");
+        assert_eq!(rfc3339_utc(1_552_410_266), "2019-03-12T17:04:26Z");
         assert_eq!(
             pluralize("Found 1 ", "entry", "entries", 1),
             "Found 1 entry"

@@ -1218,7 +1218,7 @@ impl CaManager {
     /// Taints the old X509 authority with this ID.
     pub async fn taint_x509_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
         let state = self.state.lock().await;
-        self.check_local_x509(&state, id)?;
+        self.check_no_upstream("tainted")?;
         check_taintable(&state.current_x509, &state.next_x509, id)?;
         self.datastore
             .taint_x509_ca(self.trust_domain.name(), id)
@@ -1231,7 +1231,7 @@ impl CaManager {
     /// Revokes the tainted old X509 authority with this ID.
     pub async fn revoke_x509_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
         let state = self.state.lock().await;
-        self.check_local_x509(&state, id)?;
+        self.check_no_upstream("revoked")?;
         check_revocable(&state.current_x509, &state.next_x509, id)?;
         let bundle = self.fetch_bundle().await?;
         let tainted = bundle
@@ -1303,11 +1303,13 @@ impl CaManager {
         Ok(id_only(id))
     }
 
-    fn check_local_x509(&self, _state: &State, _id: &str) -> Result<(), CaError> {
+    /// Local X.509 authorities are only tainted or revoked (`action`) when no upstream
+    /// authority signs them.
+    fn check_no_upstream(&self, action: &str) -> Result<(), CaError> {
         if self.upstream.is_some() {
             return Err(CaError::refused(
                 RefusalKind::FailedPrecondition,
-                "local authority can't be tainted if there is an upstream authority",
+                format!("local authority can't be {action} if there is an upstream authority"),
             ));
         }
         Ok(())
