@@ -123,7 +123,6 @@ impl Run {
         std::fs::create_dir(&agent_dir).unwrap();
         let agent = AgentProcess::start(&agent_dir, &server, Some(&token));
         agent.cli_eventually(&["healthcheck"], Duration::from_secs(60));
-        // The agent is listed once its attestation is stored.
         let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
         std::fs::write(dir.join("other.pem"), other_pem).unwrap();
         std::fs::write(dir.join("entries.json"), ENTRIES_JSON).unwrap();
