@@ -611,7 +611,8 @@ fn list_filter(f: &EntryFilters) -> Result<entryv1::list_entries_request::Filter
     }
     if !f.selectors.is_empty() {
         filter.by_selectors = Some(types::SelectorMatch {
-            selectors: selectors(&f.selectors)?,
+            selectors: selectors(&f.selectors)
+                .map_err(|e| CliError::invalid(format!("error parsing selectors: {e}")))?,
             r#match: match_behavior(&f.match_selectors_on)?,
         });
     }
