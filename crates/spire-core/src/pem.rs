@@ -92,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_text_is_an_error_naming_the_label() {
+    fn empty_text_has_no_pem_blocks() {
         let err = decode_certificates(b"").unwrap_err();
         assert_eq!(err.to_string(), "no PEM blocks");
     }

@@ -163,22 +163,31 @@ impl Workload {
         Stream { events: rx }
     }
 
-    /// A new stream whose first message holds `count` SVIDs, retried until the agent has
-    /// minted them (a stream with no identity yet ends PermissionDenied); returns the stream
-    /// and that first message.
+    /// A stream on which a message with `count` SVIDs arrived, and that message: the agent
+    /// mints them on its next sync. One stream is held and waited on; it is dialled again
+    /// only when it ends (a stream with no identity yet ends PermissionDenied).
     pub fn open_with(&self, count: usize, timeout: Duration) -> (Stream, Vec<Svid>) {
-        let start = Instant::now();
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
         loop {
             let stream = self.watch();
-            let first = stream.events.recv_timeout(Duration::from_secs(10));
-            if let Ok(Event::Update(svids)) = &first
-                && svids.len() == count
-            {
-                return (stream, svids.clone());
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match stream.events.recv_timeout(left) {
+                    Ok(Event::Update(svids)) if svids.len() == count => return (stream, svids),
+                    Ok(Event::Update(svids)) => last = Some(Event::Update(svids)),
+                    Ok(ended @ Event::Ended(..)) => {
+                        last = Some(ended);
+                        break;
+                    }
+                    Err(_) => {
+                        panic!("no stream with {count} SVIDs after {timeout:?}; last: {last:?}")
+                    }
+                }
             }
             assert!(
-                start.elapsed() < timeout,
-                "no stream with {count} SVIDs after {timeout:?}; last: {first:?}"
+                Instant::now() < deadline,
+                "no stream with {count} SVIDs after {timeout:?}; last: {last:?}"
             );
             std::thread::sleep(Duration::from_millis(250));
         }

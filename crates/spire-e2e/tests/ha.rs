@@ -311,12 +311,12 @@ fn svid_issuer(svid_dir: &Path) -> String {
 /// when A stops for good, its agent moves to B with no error on its workload's stream and
 /// without attesting again.
 fn rolling_migration_from_upstream_to_ours(database_type: &str) {
-    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
-    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
     let name = format!("spire_ha_rolling_{}_{database_type}", std::process::id());
     let Some(db) = SharedDatabase::create(database_type, &name) else {
         return;
     };
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
     let mut cluster = HaCluster::start_with_a_as(&upstream_server, db, SERVER_KEYS);
     let uid_selector = format!("unix:uid:{}", current_uid());
     assert!(
@@ -340,7 +340,7 @@ fn rolling_migration_from_upstream_to_ours(database_type: &str) {
         "B's bundle"
     );
 
-    // Upstream's agent on our server B.    // Upstream's agent on our server B.
+    // Upstream's agent on our server B.
     let node_b = "spiffe://example.org/node-b";
     let token_b = cluster.b.generate_join_token(node_b);
     let dir_b = cluster.dir().join("agent-b");

@@ -330,7 +330,8 @@ fn line_diff(want: &str, got: &str) -> String {
 #[test]
 fn server_cli_matches_upstreams_command_by_command() {
     let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
-    let (our_server, our_cli) = (binary("spire-server"), binary("spire-server"));
+    // Our binary is both our CLI and our server.
+    let ours = binary("spire-server");
     let root = tempfile::tempdir().unwrap();
     let other_pem = other_org_pem(root.path());
     let mut runs = [
@@ -341,17 +342,17 @@ fn server_cli_matches_upstreams_command_by_command() {
             root.path(),
             &other_pem,
         ),
-        Run::start("ours", &our_cli, &our_server, root.path(), &other_pem),
+        Run::start("ours", &ours, &ours, root.path(), &other_pem),
         Run::start(
             "theirs→ours",
             &upstream_server,
-            &our_server,
+            &ours,
             root.path(),
             &other_pem,
         ),
         Run::start(
             "ours→theirs",
-            &our_cli,
+            &ours,
             &upstream_server,
             root.path(),
             &other_pem,

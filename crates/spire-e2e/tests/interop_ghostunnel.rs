@@ -225,11 +225,17 @@ fn ghostunnel_pair_on_our_workload_api_authorises_by_spiffe_id_across_rotations(
     // refused while it retries.)
     let refused_until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < refused_until {
-        if let Ok(echoed) = round_trip(tunnel_intruder.port, "let me in") {
-            panic!(
+        match round_trip(tunnel_intruder.port, "let me in") {
+            Ok(echoed) => panic!(
                 "the server-side ghostunnel let {INTRUDER_ID} through: {echoed:?}\n{}",
                 tunnel_server.log()
-            );
+            ),
+            // A refusal is a connection the intruder's ghostunnel accepted, then closed.
+            Err(e) if e.starts_with("connect:") => panic!(
+                "the intruder's ghostunnel is not listening ({e}):\n{}",
+                tunnel_intruder.log()
+            ),
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(500));
     }

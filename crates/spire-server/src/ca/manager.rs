@@ -1284,8 +1284,8 @@ impl CaManager {
     /// Revokes the tainted old JWT authority with this ID.
     pub async fn revoke_jwt_authority(&self, id: &str) -> Result<AuthorityState, CaError> {
         let state = self.state.lock().await;
-        check_revocable(&state.current_jwt, &state.next_jwt, id)?;
         let bundle = self.fetch_bundle().await?;
+        check_jwt_revocable(&state.current_jwt, &state.next_jwt, &bundle, id)?;
         if !bundle
             .jwt_authorities
             .iter()
@@ -1412,8 +1412,14 @@ fn check_prepared<T>(next: &Slot<T>, id: &str) -> Result<(), CaError> {
     if id.is_empty() {
         return Err(invalid("no authority ID provided"));
     }
-    if next.authority_id != id || next.authority.is_none() && next.status == Status::Prepared {
+    if next.authority_id != id {
         return Err(invalid("unexpected authority ID"));
+    }
+    if next.status == Status::Prepared && next.authority.is_none() {
+        return Err(CaError::refused(
+            RefusalKind::Internal,
+            "no prepared authority found: its key is missing",
+        ));
     }
     if next.status != Status::Prepared {
         return Err(CaError::refused(
@@ -1447,7 +1453,33 @@ fn check_taintable<T>(current: &Slot<T>, next: &Slot<T>, id: &str) -> Result<(),
     Ok(())
 }
 
-/// Only an old authority can be revoked: upstream's `invalid authority ID: ...`.
+/// A JWT key can be revoked unless it is the current one or the prepared one, as long as
+/// the bundle still has it (upstream's `validateAuthorityID`: older tainted keys qualify too).
+fn check_jwt_revocable<T>(
+    current: &Slot<T>,
+    next: &Slot<T>,
+    bundle: &types::Bundle,
+    id: &str,
+) -> Result<(), CaError> {
+    let why = if id.is_empty() {
+        "no authority ID provided"
+    } else if id == next.authority_id {
+        if next.status == Status::Prepared {
+            "unable to use a prepared key"
+        } else {
+            return Ok(());
+        }
+    } else if id == current.authority_id {
+        "unable to use current authority"
+    } else if bundle.jwt_authorities.iter().any(|a| a.key_id == id) {
+        return Ok(());
+    } else {
+        "no JWT authority found with provided authority ID"
+    };
+    Err(invalid(format!("invalid authority ID: {why}")))
+}
+
+/// Only the old X.509 authority can be revoked: upstream's `invalid authority ID: ...`.
 fn check_revocable<T>(current: &Slot<T>, next: &Slot<T>, id: &str) -> Result<(), CaError> {
     let why = if id.is_empty() {
         "no authority ID provided"

@@ -302,13 +302,15 @@ async fn set(args: SetArgs, env: &mut Env<'_>) -> CliResult {
     if args.id.is_empty() {
         return Err(CliError::invalid("id is required"));
     }
+    // Upstream checks the format next, before the ID and before reading any data.
+    let format = parse_format(&args.format)?;
     let td = trust_domain(&args.id)?;
     let data = if args.path.is_empty() {
         env.read_stdin()?
     } else {
         env.read_path_or_stdin(&args.path)?
     };
-    let bundle = parse_bundle(&data, parse_format(&args.format)?, td)?;
+    let bundle = parse_bundle(&data, format, td)?;
     let resp = bundle_client(&args.socket)
         .await?
         .batch_set_federated_bundle(bundlev1::BatchSetFederatedBundleRequest {

@@ -119,8 +119,9 @@ impl Dialect {
     pub(crate) fn format_time(self, t: OffsetDateTime) -> String {
         match self {
             Self::Sqlite | Self::Postgres => go_time(t),
-            // DATETIME without fractional seconds rounds the fraction upstream's driver
-            // sends; rounding here stores the same second, the one `rounded_unix` reports.
+            // DATETIME without fractional seconds: MySQL rounds the fraction upstream's driver
+            // sends (MariaDB truncates it); we store the rounded second, the one
+            // `rounded_unix` reports.
             Self::Mysql => {
                 let t = OffsetDateTime::from_unix_timestamp(rounded_unix(t))
                     .unwrap_or(t)
@@ -285,9 +286,13 @@ pub(crate) fn rounded_unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp() + i64::from(t.nanosecond() >= 500_000_000)
 }
 
-/// The current time, for `created_at` / `updated_at`.
+/// The current time, for `created_at` / `updated_at`, in whole microseconds: PostgreSQL
+/// keeps no finer, so a time rounded here ([`rounded_unix`]) and the same time read back
+/// ([`Dialect::rounded_epoch`]) agree on every engine.
 pub(crate) fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
 }
 
 /// Unix seconds as a time; out-of-range values are refused.
