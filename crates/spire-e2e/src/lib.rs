@@ -397,6 +397,28 @@ impl ServerProcess {
             .to_owned()
     }
 
+    /// `entry create` of `spiffe_id` under `parent_id` for the workload selector
+    /// `unix:uid:<uid>`, with `extra` flags; returns the new entry's ID.
+    pub fn create_uid_entry(
+        &self,
+        parent_id: &str,
+        spiffe_id: &str,
+        uid: u32,
+        extra: &[&str],
+    ) -> String {
+        let selector = format!("unix:uid:{uid}");
+        let mut args = vec![
+            "-parentID",
+            parent_id,
+            "-spiffeID",
+            spiffe_id,
+            "-selector",
+            &selector,
+        ];
+        args.extend_from_slice(extra);
+        self.create_entry(&args)
+    }
+
     /// `entry create <args>` with `-output json`; returns the new entry's ID.
     pub fn create_entry(&self, args: &[&str]) -> String {
         let mut all = vec!["entry", "create"];
@@ -544,6 +566,19 @@ impl AgentProcess {
         join_token: Option<&str>,
         extra_agent_keys: &str,
     ) -> Self {
+        let (config_path, socket_path) = Self::write_config(dir, server_port, extra_agent_keys);
+        Self::start_program_with_config(program, dir, &config_path, socket_path, join_token)
+    }
+
+    /// Writes the agent config every `start_*` uses into `dir` (`agent.conf`, Workload API
+    /// socket `agent.sock`, `data_dir` `agent-data`) for a server at `127.0.0.1:server_port`,
+    /// and returns the config's path and the socket's, for tests that start and restart
+    /// agents themselves.
+    pub fn write_config(
+        dir: &Path,
+        server_port: u16,
+        extra_agent_keys: &str,
+    ) -> (PathBuf, PathBuf) {
         let socket_path = dir.join("agent.sock");
         let data_dir = dir.join("agent-data");
         let config = agent_config(&AgentPaths {
@@ -555,7 +590,7 @@ impl AgentProcess {
         });
         let config_path = dir.join("agent.conf");
         std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        Self::start_program_with_config(program, dir, &config_path, socket_path, join_token)
+        (config_path, socket_path)
     }
 
     /// Starts the agent with an existing config whose Workload API socket is given.

@@ -160,16 +160,12 @@ fn round_trip_eventually(
 fn node_agent(dir: &Path, server: &ServerProcess, node: &str, spiffe_id: &str) -> AgentProcess {
     let alias = format!("spiffe://example.org/{node}");
     let token = server.generate_join_token(&alias);
-    server.create_entry(&[
-        "-parentID",
+    server.create_uid_entry(
         &alias,
-        "-spiffeID",
         spiffe_id,
-        "-selector",
-        &format!("unix:uid:{}", current_uid()),
-        "-x509SVIDTTL",
-        WORKLOAD_TTL,
-    ]);
+        current_uid(),
+        &["-x509SVIDTTL", WORKLOAD_TTL],
+    );
     let agent_dir = dir.join(node);
     std::fs::create_dir(&agent_dir).unwrap();
     let agent = AgentProcess::start(&agent_dir, server, Some(&token));

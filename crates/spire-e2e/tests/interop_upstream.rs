@@ -34,10 +34,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spire_e2e::workload::Workload;
-use spire_e2e::{
-    AgentPaths, AgentProcess, ServerProcess, agent_config, binary, current_uid, interop_program,
-    program_of,
-};
+use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid, interop_program, program_of};
 
 /// How long a workload may wait for its SVID: attestation plus a sync or two.
 const SVID_WAIT: Duration = Duration::from_secs(60);
@@ -74,17 +71,7 @@ impl Pairing {
 
         let agent_dir = dir.path().join("agent");
         std::fs::create_dir(&agent_dir).unwrap();
-        let agent_socket = agent_dir.join("agent.sock");
-        let agent_data = agent_dir.join("agent-data");
-        let config = agent_config(&AgentPaths {
-            server_port: server.port,
-            socket: &agent_socket,
-            data_dir: &agent_data,
-            keys_dir: &agent_data,
-            extra_agent_keys: "",
-        });
-        let agent_config = agent_dir.join("agent.conf");
-        std::fs::write(&agent_config, config).unwrap();
+        let (agent_config, agent_socket) = AgentProcess::write_config(&agent_dir, server.port, "");
         Self {
             server,
             agent_program: agent_program.to_path_buf(),
@@ -148,16 +135,12 @@ impl Pairing {
     }
 
     fn create_workload_entry(&self, spiffe_id: &str) {
-        self.server.create_entry(&[
-            "-parentID",
+        self.server.create_uid_entry(
             NODE,
-            "-spiffeID",
             spiffe_id,
-            "-selector",
-            &format!("unix:uid:{}", current_uid()),
-            "-x509SVIDTTL",
-            WORKLOAD_TTL,
-        ]);
+            current_uid(),
+            &["-x509SVIDTTL", WORKLOAD_TTL],
+        );
     }
 }
 

@@ -59,17 +59,8 @@ impl Cluster {
 
     /// An entry under the agent for `unix:uid:<uid>`, with extra `entry create` flags.
     fn entry_for_uid(&self, spiffe_id: &str, uid: u32, extra: &[&str]) -> String {
-        let selector = format!("unix:uid:{uid}");
-        let mut args = vec![
-            "-parentID",
-            AGENT_ALIAS,
-            "-spiffeID",
-            spiffe_id,
-            "-selector",
-            &selector,
-        ];
-        args.extend_from_slice(extra);
-        self.server.create_entry(&args)
+        self.server
+            .create_uid_entry(AGENT_ALIAS, spiffe_id, uid, extra)
     }
 }
 
