@@ -206,9 +206,14 @@ impl ServerApi for FakeServer {
                 issued_at: Some(now),
                 issuer: None,
                 algorithm: None,
+                jwt_id: None,
             },
         )
         .map_err(|e| ManagerError::Internal(e.to_string()))
+    }
+
+    async fn post_status(&self, _: &str) -> Result<(), ManagerError> {
+        Ok(())
     }
 }
 

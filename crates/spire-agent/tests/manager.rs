@@ -103,6 +103,8 @@ struct FakeServer {
     batch_calls: AtomicUsize,
     csrs_signed: AtomicUsize,
     jwt_calls: AtomicUsize,
+    /// Every version PostStatus reported.
+    statuses: Mutex<Vec<String>>,
 }
 
 impl FakeServer {
@@ -120,7 +122,20 @@ impl FakeServer {
             batch_calls: AtomicUsize::new(0),
             csrs_signed: AtomicUsize::new(0),
             jwt_calls: AtomicUsize::new(0),
+            statuses: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Sets an entry's `additional_attributes`.
+    fn set_attributes(&self, id: &str, disable_x509_svid_prefetch: bool, include_jti: bool) {
+        for entry in self.entries.lock().unwrap().iter_mut() {
+            if entry.id == id {
+                entry.additional_attributes = Some(types::entry::AdditionalAttributes {
+                    disable_x509_svid_prefetch,
+                    jwt_svid_include_jti: include_jti,
+                });
+            }
+        }
     }
 
     fn add_entry(&self, id: &str, selectors: &[&str], federates_with: &[&str]) {
@@ -256,9 +271,16 @@ impl ServerApi for FakeServer {
                 issued_at: Some(now),
                 issuer: None,
                 algorithm: None,
+                jwt_id: Some(spire_core::jwt::new_jwt_id().unwrap()),
             },
         )
         .map_err(|e| ManagerError::Internal(e.to_string()))
+    }
+
+    async fn post_status(&self, agent_version: &str) -> Result<(), ManagerError> {
+        self.check_up()?;
+        self.statuses.lock().unwrap().push(agent_version.to_owned());
+        Ok(())
     }
 }
 
@@ -531,6 +553,84 @@ async fn jwt_svids_are_cached_until_half_life() {
     server.failing.store(true, Ordering::SeqCst);
     let fallback = m.fetch_jwt_svids(&sel, None, &aud).await.unwrap();
     assert_eq!(fallback[0].token, renewed[0].token);
+}
+
+/// `jwt_svid_include_jti`: every request goes to the server and gets a token of its own; the
+/// other entry of the same workload is still cached.
+#[tokio::test]
+async fn jwt_svids_of_jti_entries_are_never_cached() {
+    let server = FakeServer::new(TestClock::new());
+    server.add_entry("a", &["unix:uid:1000"], &[]);
+    server.add_entry("b", &["unix:uid:1000"], &[]);
+    server.set_attributes("a", false, true);
+    let m = manager(&server);
+    m.sync_once().await.unwrap();
+    let sel = selectors(&["unix:uid:1000"]);
+    let a = SpiffeId::parse("spiffe://example.org/workload/a").unwrap();
+    let b = SpiffeId::parse("spiffe://example.org/workload/b").unwrap();
+    let aud = vec!["x".to_owned()];
+
+    let first = m.fetch_jwt_svids(&sel, Some(&a), &aud).await.unwrap();
+    let second = m.fetch_jwt_svids(&sel, Some(&a), &aud).await.unwrap();
+    assert_ne!(first[0].token, second[0].token);
+    assert_eq!(server.jwt_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(m.cache_stats().jwt_svids, 0, "nothing of entry a cached");
+
+    let first = m.fetch_jwt_svids(&sel, Some(&b), &aud).await.unwrap();
+    let second = m.fetch_jwt_svids(&sel, Some(&b), &aud).await.unwrap();
+    assert_eq!(first[0].token, second[0].token);
+    assert_eq!(server.jwt_calls.load(Ordering::SeqCst), 3);
+}
+
+/// `disable_x509_svid_prefetch`: the sync mints nothing for the entry until a workload asks
+/// for it, then the workload gets it like any other.
+#[tokio::test]
+async fn prefetch_disabled_entries_are_minted_when_a_workload_asks() {
+    let server = FakeServer::new(TestClock::new());
+    server.add_entry("eager", &["unix:uid:1"], &[]);
+    server.add_entry("lazy", &["unix:uid:2"], &[]);
+    server.set_attributes("lazy", true, false);
+    let m = manager(&server);
+    m.sync_once().await.unwrap();
+    m.sync_once().await.unwrap();
+    assert_eq!(m.cache_stats().x509_svids, 1, "only the eager entry");
+    assert_eq!(server.csrs_signed.load(Ordering::SeqCst), 1);
+
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&m).run(cancel.clone()));
+    let rx = tokio::time::timeout(
+        Duration::from_secs(10),
+        m.subscribe_when_ready(selectors(&["unix:uid:2"])),
+    )
+    .await
+    .expect("the subscriber gets its SVID");
+    assert_eq!(ids(&rx.borrow()), ["spiffe://example.org/workload/lazy"]);
+    assert_eq!(m.cache_stats().x509_svids, 2);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// The agent reports its version once when its manager starts, before the first sync.
+#[tokio::test]
+async fn the_manager_posts_the_agent_version_at_start() {
+    let server = FakeServer::new(TestClock::new());
+    let m = manager(&server);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&m).run(cancel.clone()));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.entry_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a first sync");
+    cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        *server.statuses.lock().unwrap(),
+        [spire_agent::manager::sync::AGENT_VERSION]
+    );
+    assert!(spire_agent::manager::sync::AGENT_VERSION.ends_with("-spire-rs"));
 }
 
 #[tokio::test]

@@ -108,6 +108,7 @@ fn mint(authority: &Authority, id: &SpiffeId, audience: &[String]) -> String {
             issued_at: None,
             issuer: None,
             algorithm: None,
+            jwt_id: None,
         },
     )
     .unwrap()

@@ -199,6 +199,9 @@ pub enum JwtSvidError {
     /// The crypto library failed to sign.
     #[error("could not sign the token with the {0} key")]
     Signing(KeyType),
+    /// The system random number generator failed.
+    #[error("could not generate a random token ID")]
+    Random,
 }
 
 /// The signature algorithms a JWT-SVID may use (JWT-SVID standard §3.1): never `none`,
@@ -382,6 +385,20 @@ pub struct JwtSvidParams {
     /// Overrides the algorithm (e.g. PS256 for an RSA key); `None` picks upstream's default
     /// for the key type ([`JwtAlgorithm::for_key_type`]).
     pub algorithm: Option<JwtAlgorithm>,
+    /// The `jti` claim, a unique token ID for entries that ask for one
+    /// (`jwt_svid_include_jti`); left out when `None`. See [`new_jwt_id`].
+    pub jwt_id: Option<String>,
+}
+
+/// A fresh `jti` value as upstream makes it: the 16 bytes of a random (version 4) UUID in
+/// unpadded base64url, 22 characters.
+pub fn new_jwt_id() -> Result<String, JwtSvidError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| JwtSvidError::Random)?;
+    // The version (4) and variant (RFC 4122) bits of a UUID v4.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 #[derive(Serialize)]
@@ -399,12 +416,14 @@ struct ClaimsOut<'a> {
     iat: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jti: Option<&'a str>,
     sub: &'a str,
 }
 
 /// Signs a JWT-SVID with `key`, naming it `key_id` in the header. The header is exactly
 /// `{"alg","kid","typ":"JWT"}`; the claims are `aud` (an array), `exp`, `iat`, `iss` when
-/// configured, and `sub`, as upstream SPIRE's CA writes them.
+/// configured, `jti` when given, and `sub`, as upstream SPIRE's CA writes them.
 pub fn mint_jwt_svid(
     key: &PrivateKey,
     key_id: &str,
@@ -435,6 +454,7 @@ pub fn mint_jwt_svid(
         exp: params.expires_at,
         iat: params.issued_at.unwrap_or_else(unix_now),
         iss: params.issuer.as_deref(),
+        jti: params.jwt_id.as_deref(),
         sub: params.subject.as_str(),
     };
     let fail = |_| JwtSvidError::Signing(key.key_type());

@@ -100,6 +100,7 @@ fn spiffe_crate_verifies_our_jwt_svids_against_our_bundle_document() {
                 issued_at: None,
                 issuer: None,
                 algorithm,
+                jwt_id: None,
             },
         )
         .expect("mint");

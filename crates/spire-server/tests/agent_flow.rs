@@ -760,6 +760,10 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
         spiffe_id: spiffe_id("/under-alias"),
         parent_id: spiffe_id("/node-alias"),
         selectors: vec![selector("unix", "uid:1001")],
+        additional_attributes: Some(types::entry::AdditionalAttributes {
+            disable_x509_svid_prefetch: false,
+            jwt_svid_include_jti: true,
+        }),
         ..types::Entry::default()
     };
     let foreign = types::Entry {
@@ -863,6 +867,15 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
     assert_eq!(synced_workload.selectors, [selector("unix", "uid:1000")]);
     assert_eq!(synced_workload.x509_svid_ttl, 600);
     assert!(synced_workload.revision_number >= 0);
+    assert_eq!(synced_workload.additional_attributes, None);
+    for entries in [&synced, &fetched] {
+        let alias = entries.iter().find(|e| &e.id == under_alias_id).unwrap();
+        assert_eq!(
+            alias.additional_attributes.map(|a| a.jwt_svid_include_jti),
+            Some(true),
+            "agents learn the entry's attributes"
+        );
+    }
 
     let workload_key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let alias_key = PrivateKey::generate(KeyType::EcP256).unwrap();
@@ -993,6 +1006,59 @@ async fn an_agent_attests_syncs_signs_renews_and_is_banned() {
         by_spiffe.spiffe_id().to_string(),
         "spiffe://example.org/workload"
     );
+    assert!(
+        !validated.claims.contains_key("jti"),
+        "no jti unless the entry asks"
+    );
+    // An entry with jwt_svid_include_jti: every token has its own 22-character jti.
+    let mut jtis = BTreeSet::new();
+    for _ in 0..2 {
+        let token = SvidClient::new(agent.clone())
+            .new_jwtsvid(svidpb::NewJwtsvidRequest {
+                entry_id: under_alias_id.clone(),
+                audience: vec![AUDIENCE.into()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .svid
+            .unwrap()
+            .token;
+        let claims =
+            spire_core::jwt::validate_jwt_svid(&token, &core_bundle, &[AUDIENCE], now).unwrap();
+        let jti = claims.claims["jti"].as_str().unwrap().to_owned();
+        assert_eq!(jti.len(), 22, "{jti}");
+        jtis.insert(jti);
+    }
+    assert_eq!(jtis.len(), 2, "unique per token");
+
+    // PostStatus records the agent's version (at most 255 bytes; empty changes nothing).
+    let mut agents = AgentClient::new(agent.clone());
+    agents
+        .post_status(agentpb::PostStatusRequest {
+            agent_version: "1.15.3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    agents
+        .post_status(agentpb::PostStatusRequest::default())
+        .await
+        .unwrap();
+    let err = agents
+        .post_status(agentpb::PostStatusRequest {
+            agent_version: "9".repeat(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "agent version is too long (max 255 characters)"
+    );
+    assert_eq!(admin.agent(&agent_path).await.agent_version, "1.15.3");
+
     let err = SvidClient::new(agent.clone())
         .new_jwtsvid(svidpb::NewJwtsvidRequest {
             entry_id: foreign_id.clone(),

@@ -26,8 +26,8 @@ use spire_proto::spire::api::types::federation_relationship::BundleEndpointProfi
 use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
 use spire_server::datastore::{
     AttestedNode, AttestedNodeMask, BundleMask, CaJournal, DataStore, DataStoreError,
-    DeleteBundleMode, EntryMask, JoinToken, ListEntriesRequest, ListNodesRequest, Pagination,
-    RegistrationEntry,
+    DeleteBundleMode, EntryAttributes, EntryMask, JoinToken, ListEntriesRequest, ListNodesRequest,
+    Pagination, RegistrationEntry,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -1194,8 +1194,107 @@ async fn batch_create_is_fast_and_listing_many_entries_is_bulk(db: &TestDb) {
     );
 }
 
+/// SPIRE 1.15's two columns: an entry's additional attributes survive create (single and
+/// batch), update only inside the mask, and clear back to none; an agent's version is
+/// written only through its mask bit.
+async fn additional_attributes_and_agent_version_round_trip(db: &TestDb) {
+    let ds = db.open().await;
+    let both = EntryAttributes {
+        disable_x509_svid_prefetch: true,
+        jwt_svid_include_jti: true,
+    };
+    let mut e = entry("spiffe://td/attr", "spiffe://td/agent", &["t:attr"]);
+    e.additional_attributes = Some(both);
+    let created = ds.create_registration_entry(e).await.unwrap();
+    assert_eq!(created.additional_attributes, Some(both));
+    let fetched = ds
+        .fetch_registration_entry(&created.entry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.additional_attributes, Some(both));
+
+    let mut batch = entry("spiffe://td/attr2", "spiffe://td/agent", &["t:attr2"]);
+    let jti_only = EntryAttributes {
+        disable_x509_svid_prefetch: false,
+        jwt_svid_include_jti: true,
+    };
+    batch.additional_attributes = Some(jti_only);
+    let results = ds.create_or_return_registration_entries(vec![batch]).await;
+    let (stored, existed) = results.into_iter().next().unwrap().unwrap();
+    assert!(!existed);
+    let listed = ds
+        .fetch_registration_entry(&stored.entry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.additional_attributes, Some(jti_only));
+
+    // Outside the mask the attributes stay; inside it they are replaced.
+    let mut change = fetched.clone();
+    change.additional_attributes = None;
+    change.hint = "h2".into();
+    let unmasked = EntryMask {
+        additional_attributes: false,
+        ..EntryMask::ALL
+    };
+    let updated = ds
+        .update_registration_entry(change.clone(), unmasked)
+        .await
+        .unwrap();
+    assert_eq!(updated.additional_attributes, Some(both));
+    let updated = ds
+        .update_registration_entry(change, EntryMask::ALL)
+        .await
+        .unwrap();
+    assert_eq!(updated.additional_attributes, None);
+    // All false is stored as empty bytes, read back as none (as upstream reads it).
+    let mut change = updated;
+    change.additional_attributes = Some(EntryAttributes::default());
+    ds.update_registration_entry(change.clone(), EntryMask::ALL)
+        .await
+        .unwrap();
+    let fetched = ds
+        .fetch_registration_entry(&change.entry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.additional_attributes, None);
+
+    ds.create_attested_node(node("spiffe://td/v", "join_token", "1", 1000, false))
+        .await
+        .unwrap();
+    let versioned = AttestedNode {
+        spiffe_id: "spiffe://td/v".into(),
+        agent_version: "1.15.3".into(),
+        ..AttestedNode::default()
+    };
+    let only_version = AttestedNodeMask {
+        agent_version: true,
+        ..AttestedNodeMask::NONE
+    };
+    let updated = ds
+        .update_attested_node(versioned, only_version)
+        .await
+        .unwrap();
+    assert_eq!(updated.agent_version, "1.15.3");
+    assert_eq!(updated.cert_serial_number, "1", "other fields kept");
+    let fetched = ds
+        .fetch_attested_node("spiffe://td/v")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.agent_version, "1.15.3");
+    let (listed, _) = ds
+        .list_attested_nodes(&ListNodesRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed[0].agent_version, "1.15.3");
+}
+
 on_every_engine!(
     creates_schema_then_reopens_with_data_intact,
+    additional_attributes_and_agent_version_round_trip,
     entry_lifecycle_with_revisions_and_events,
     bad_entries_are_refused_without_leaving_rows,
     create_or_return_matches_id_parent_and_selector_set,

@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 use spire_core::selector::{Selector, SelectorMatch};
 use spire_proto::spire::api::types::federation_relationship::BundleEndpointProfile;
 use spire_server::datastore::sql::SqlDataStore;
-use spire_server::datastore::{DataStore, ListEntriesRequest, ListNodesRequest, RegistrationEntry};
+use spire_server::datastore::{
+    DataStore, EntryAttributes, ListEntriesRequest, ListNodesRequest, RegistrationEntry,
+};
 
 #[macro_use]
 mod sql_engines;
@@ -173,12 +175,45 @@ const ID_TABLES: [&str; 12] = [
     "ca_journals",
 ];
 
-/// Builds, in the test's empty database, what upstream SPIRE 1.13 would have left.
-async fn build_upstream_db(db: &TestDb, version: i64) {
+/// The columns SPIRE 1.14.7 (schema 24) and 1.15 (schema 25) add, as gorm v1's AutoMigrate
+/// writes them on each engine (upstream's v24 SQLite dump in `migration_test.go` shows
+/// `"agent_version" varchar(255)`; `AdditionalAttributes []byte` is tagged `size:65535`).
+fn later_columns_ddl(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Sqlite => {
+            r#"ALTER TABLE "attested_node_entries" ADD "agent_version" varchar(255);
+            ALTER TABLE "registered_entries" ADD "additional_attributes" blob;"#
+        }
+        Engine::Postgres => {
+            r#"ALTER TABLE "attested_node_entries" ADD "agent_version" text;
+            ALTER TABLE "registered_entries" ADD "additional_attributes" bytea;"#
+        }
+        Engine::Mysql => {
+            "ALTER TABLE `attested_node_entries` ADD `agent_version` varchar(255);
+            ALTER TABLE `registered_entries` ADD `additional_attributes` longblob;"
+        }
+    }
+}
+
+/// Builds, in the test's empty database, what upstream SPIRE 1.13 would have left
+/// (`later_columns`: and what 1.15's migration adds to it).
+async fn build_upstream_db(db: &TestDb, version: i64, later_columns: bool) {
     let raw = db.raw().await;
     raw.execute_script(upstream_ddl(db.engine)).await;
     raw.execute_script(&upstream_rows(db.engine, version)).await;
+    if later_columns {
+        raw.execute_script(later_columns_ddl(db.engine)).await;
+    }
     raw.close().await;
+}
+
+/// A reference database of upstream's: schema `version` with 1.15's columns.
+async fn reference_snapshot(engine: Engine, version: i64) -> Vec<String> {
+    let upstream = TestDb::create(engine, "upstream_reference").await.unwrap();
+    build_upstream_db(&upstream, version, true).await;
+    let shot = snapshot(&upstream).await;
+    upstream.remove().await;
+    shot
 }
 
 /// The tables (columns with type, nullability, default, key) and indexes (uniqueness and
@@ -360,6 +395,7 @@ async fn assert_reads_upstream_rows(ds: &SqlDataStore) {
             hint: "web-hint".into(),
             // 2024-05-01 10:00:00 at -03:00 is 13:00 UTC.
             created_at: 1_714_568_400,
+            additional_attributes: None,
         }
     );
     let req = ListEntriesRequest {
@@ -432,18 +468,28 @@ async fn assert_reads_upstream_rows(ds: &SqlDataStore) {
 }
 
 async fn opens_an_upstream_database_unchanged_and_reads_every_row(db: &TestDb) {
-    build_upstream_db(db, 23).await;
-    let before = snapshot(db).await;
+    build_upstream_db(db, 23, false).await;
 
     let ds = db.open().await;
     assert!(!ds.created_schema());
     assert_reads_upstream_rows(&ds).await;
     ds.close().await;
     drop(ds);
+    let opened = snapshot(db).await;
+    assert_eq!(
+        opened,
+        reference_snapshot(db.engine, 23).await,
+        "opening added 1.15's two columns, as its migration would, and changed nothing else \
+         (the version stays 23, so upstream 1.13 still opens it)"
+    );
+    let ds = db.open().await;
+    assert_reads_upstream_rows(&ds).await;
+    ds.close().await;
+    drop(ds);
     assert_eq!(
         snapshot(db).await,
-        before,
-        "opening and reading changed nothing"
+        opened,
+        "a second opening changed nothing"
     );
 
     // Writes land in upstream's columns, readable by upstream's model.
@@ -526,7 +572,7 @@ async fn a_database_we_create_has_upstreams_exact_schema(db: &TestDb) {
     let upstream = TestDb::create(db.engine, "upstream_reference")
         .await
         .unwrap();
-    build_upstream_db(&upstream, 23).await;
+    build_upstream_db(&upstream, 23, true).await;
     let theirs = schema_shape(&upstream).await;
     upstream.remove().await;
 
@@ -540,24 +586,29 @@ async fn a_database_we_create_has_upstreams_exact_schema(db: &TestDb) {
     }
 }
 
+/// Drops every table, so the next fixture starts from an empty database.
+async fn drop_all(db: &TestDb) {
+    let raw = db.raw().await;
+    let sql: String = ID_TABLES
+        .iter()
+        .chain(["federated_registration_entries"].iter())
+        .map(|t| format!("DROP TABLE IF EXISTS {t};\n"))
+        .collect();
+    raw.execute_script(&sql).await;
+    raw.close().await;
+}
+
 async fn other_schema_versions_are_refused_with_both_versions_named(db: &TestDb) {
-    for (version, words) in [(24, "newer"), (21, "upgrade the database")] {
-        let raw = db.raw().await;
-        let sql: String = ID_TABLES
-            .iter()
-            .chain(["federated_registration_entries"].iter())
-            .map(|t| format!("DROP TABLE IF EXISTS {t};\n"))
-            .collect();
-        raw.execute_script(&sql).await;
-        raw.close().await;
-        build_upstream_db(db, version).await;
+    for (version, supported, words) in [(26, "25", "newer"), (21, "23", "upgrade the database")] {
+        drop_all(db).await;
+        build_upstream_db(db, version, true).await;
         let before = snapshot(db).await;
         let err = match SqlDataStore::open(&db.config()).await {
             Ok(_) => panic!("schema version {version} was accepted"),
             Err(e) => e.to_string(),
         };
         assert!(err.contains(&format!("schema version {version}")), "{err}");
-        assert!(err.contains("23"), "{err}");
+        assert!(err.contains(supported), "{err}");
         assert!(
             err.contains("1.13.2"),
             "names the SPIRE version that wrote it: {err}"
@@ -571,8 +622,79 @@ async fn other_schema_versions_are_refused_with_both_versions_named(db: &TestDb)
     }
 }
 
+/// SPIRE 1.14.7 and 1.15 databases (schemas 24 and 25) open as they are, and what 1.15
+/// stored in its new columns reads back: the entry's additional attributes (a
+/// `RegistrationEntry.AdditionalAttributes` protobuf blob) and the agent's version.
+async fn opens_schema_24_and_25_and_reads_their_columns(db: &TestDb) {
+    for version in [24, 25] {
+        drop_all(db).await;
+        build_upstream_db(db, version, true).await;
+        let raw = db.raw().await;
+        // disable_x509_svid_prefetch = true (field 1), jwt_svid_include_jti = true (field 2).
+        let attributes = blob(db.engine, &[0x08, 0x01, 0x10, 0x01]);
+        raw.execute_script(&format!(
+            "UPDATE registered_entries SET additional_attributes = {attributes} \
+             WHERE entry_id = 'entry-2';
+             UPDATE attested_node_entries SET agent_version = '1.15.3';"
+        ))
+        .await;
+        raw.close().await;
+        let before = snapshot(db).await;
+
+        let ds = db.open().await;
+        assert_reads_upstream_rows(&ds).await;
+        let e = ds
+            .fetch_registration_entry("entry-2")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            e.additional_attributes,
+            Some(EntryAttributes {
+                disable_x509_svid_prefetch: true,
+                jwt_svid_include_jti: true,
+            })
+        );
+        let node = ds
+            .fetch_attested_node("spiffe://example.org/spire/agent/x509pop/abc")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(node.agent_version, "1.15.3");
+        ds.close().await;
+        assert_eq!(
+            snapshot(db).await,
+            before,
+            "schema {version} opened unchanged"
+        );
+    }
+}
+
+/// With `disable_migration`, a version-23 database without 1.15's columns is refused with
+/// the missing column and the statement that adds it named, and left alone.
+async fn disable_migration_refuses_to_add_the_later_columns(db: &TestDb) {
+    build_upstream_db(db, 23, false).await;
+    let before = snapshot(db).await;
+    let mut config = db.config();
+    config.disable_migration = true;
+    let err = match SqlDataStore::open(&config).await {
+        Ok(_) => panic!("a database without agent_version was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("attested_node_entries.agent_version"), "{err}");
+    assert!(err.contains("disable_migration"), "{err}");
+    assert!(err.contains("ALTER TABLE"), "{err}");
+    assert_eq!(
+        snapshot(db).await,
+        before,
+        "a refused database is left alone"
+    );
+}
+
 on_every_engine!(
     opens_an_upstream_database_unchanged_and_reads_every_row,
     a_database_we_create_has_upstreams_exact_schema,
     other_schema_versions_are_refused_with_both_versions_named,
+    opens_schema_24_and_25_and_reads_their_columns,
+    disable_migration_refuses_to_add_the_later_columns,
 );

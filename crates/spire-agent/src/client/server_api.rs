@@ -1,7 +1,8 @@
 //! The manager's [`ServerApi`] over the real server connection: GetAuthorizedEntries,
-//! BatchNewX509SVID, GetBundle, GetFederatedBundle and NewJWTSVID with the agent's SVID.
+//! BatchNewX509SVID, GetBundle, GetFederatedBundle, NewJWTSVID and PostStatus with the agent's SVID.
 
 use async_trait::async_trait;
+use spire_proto::spire::api::server::agent::v1 as agent_pb;
 use spire_proto::spire::api::server::bundle::v1 as bundle_pb;
 use spire_proto::spire::api::server::entry::v1 as entry_pb;
 use spire_proto::spire::api::server::svid::v1 as svid_pb;
@@ -117,5 +118,16 @@ impl ServerApi for ServerClient {
             .svid
             .map(|svid| svid.token)
             .ok_or_else(|| ManagerError::Internal("NewJWTSVID answered no token".to_owned()))
+    }
+
+    async fn post_status(&self, agent_version: &str) -> Result<(), ManagerError> {
+        self.agent_client()
+            .post_status(agent_pb::PostStatusRequest {
+                agent_version: agent_version.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| call_failed(self, "PostStatus", &s))?;
+        Ok(())
     }
 }

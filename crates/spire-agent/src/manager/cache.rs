@@ -24,6 +24,11 @@ pub(super) struct CachedEntry {
     pub(super) federates_with: Vec<String>,
     pub(super) hint: String,
     pub(super) revision: i64,
+    /// `additional_attributes.disable_x509_svid_prefetch`: mint its X509-SVID only while a
+    /// workload subscribes to it.
+    pub(super) disable_x509_svid_prefetch: bool,
+    /// `additional_attributes.jwt_svid_include_jti`: every JWT-SVID is unique, never cached.
+    pub(super) jwt_svid_include_jti: bool,
 }
 
 impl CachedEntry {
@@ -51,6 +56,12 @@ impl CachedEntry {
             federates_with: entry.federates_with.clone(),
             hint: entry.hint.clone(),
             revision: entry.revision_number,
+            disable_x509_svid_prefetch: entry
+                .additional_attributes
+                .is_some_and(|a| a.disable_x509_svid_prefetch),
+            jwt_svid_include_jti: entry
+                .additional_attributes
+                .is_some_and(|a| a.jwt_svid_include_jti),
         })
     }
 
@@ -137,7 +148,8 @@ impl State {
 
     /// Which entries hold an SVID after this sync: every entry a subscriber uses (the limit
     /// is soft for them, as upstream's), then the most recently used others, then entries
-    /// without an SVID yet in ID order, until `max_size` is reached.
+    /// without an SVID yet in ID order (except those with `disable_x509_svid_prefetch`,
+    /// which wait for a subscriber), until `max_size` is reached.
     pub(super) fn entries_to_keep(&self, max_size: usize) -> BTreeSet<String> {
         let mut keep = self.subscribed_entries();
         let mut cached: Vec<(&String, u64)> = self
@@ -149,7 +161,9 @@ impl State {
         cached.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let uncached = self
             .entries
-            .keys()
+            .values()
+            .filter(|e| !e.disable_x509_svid_prefetch)
+            .map(|e| &e.id)
             .filter(|id| !self.svids.contains_key(*id) && !keep.contains(*id));
         let candidates: Vec<String> = cached
             .into_iter()
@@ -300,6 +314,8 @@ mod tests {
             federates_with: Vec::new(),
             hint: String::new(),
             revision: 0,
+            disable_x509_svid_prefetch: false,
+            jwt_svid_include_jti: false,
         }
     }
 
@@ -360,6 +376,39 @@ mod tests {
         // The limit is soft for subscribed entries.
         let keep = st.entries_to_keep(0);
         assert_eq!(keep, ["d"].iter().map(|s| (*s).to_owned()).collect());
+    }
+
+    /// An entry with `disable_x509_svid_prefetch` gets no SVID until a workload subscribes
+    /// to it, and then keeps the one it got while it stays among the recently used.
+    #[test]
+    fn prefetch_disabled_entries_wait_for_a_subscriber() {
+        let mut st = state();
+        let mut lazy = entry("lazy", &["t:v:lazy"]);
+        lazy.disable_x509_svid_prefetch = true;
+        let mut entries = BTreeMap::new();
+        entries.insert("eager".to_owned(), entry("eager", &["t:v:eager"]));
+        entries.insert("lazy".to_owned(), lazy);
+        let needed: Vec<String> = st
+            .apply_entries(entries.clone(), 10, 10)
+            .into_iter()
+            .map(|r| r.entry_id)
+            .collect();
+        assert_eq!(needed, ["eager"]);
+
+        let (tx, _rx) = watch::channel(Arc::new(st.view(&set(&[])).0));
+        st.subscribers.push(Subscriber {
+            selectors: set(&["t:v:lazy"]),
+            tx,
+        });
+        let needed: Vec<String> = st
+            .apply_entries(entries.clone(), 10, 10)
+            .into_iter()
+            .map(|r| r.entry_id)
+            .collect();
+        assert_eq!(needed, ["eager", "lazy"]);
+        st.svids.insert("lazy".to_owned(), svid(0));
+        st.subscribers.clear();
+        assert!(st.entries_to_keep(10).contains("lazy"), "kept once minted");
     }
 
     #[test]

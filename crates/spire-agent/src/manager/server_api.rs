@@ -1,7 +1,7 @@
 //! What the manager needs from the SPIRE server, as a trait so the manager can be tested
 //! without a server and the real client (in `client/`) can be plugged in by the agent's
 //! wiring: `GetAuthorizedEntries`/`SyncAuthorizedEntries`, `BatchNewX509SVID`, `GetBundle`,
-//! `GetFederatedBundle` and `NewJWTSVID`.
+//! `GetFederatedBundle`, `NewJWTSVID` and `PostStatus`.
 
 use std::time::Duration;
 
@@ -44,6 +44,10 @@ pub trait ServerApi: Send + Sync + 'static {
         entry_id: &str,
         audience: &[String],
     ) -> Result<String, ManagerError>;
+
+    /// Reports the agent's version to the server (`PostStatus`, SPIRE 1.15), which shows it
+    /// in `agent list`/`show`.
+    async fn post_status(&self, agent_version: &str) -> Result<(), ManagerError>;
 }
 
 /// Converts a bundle as the server API sends it into the form the agent serves. Tainted

@@ -29,6 +29,10 @@ pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 /// SVID sync interval).
 const MIN_TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
 
+/// The version this agent reports with PostStatus: ours, marked so an operator can tell it
+/// from an upstream agent's in `agent list`.
+pub const AGENT_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-spire-rs");
+
 /// Upstream's default for both SVID cache bounds.
 const DEFAULT_CACHE_MAX_SIZE: usize = 1000;
 
@@ -361,6 +365,7 @@ impl Manager {
     /// exponential backoff instead, serving the cached SVIDs meanwhile. A subscriber waiting
     /// for a not-yet-minted SVID starts a sync early.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        self.post_status().await;
         let mut failures: u32 = 0;
         loop {
             let started = Instant::now();
@@ -399,6 +404,17 @@ impl Manager {
         }
     }
 
+    /// Tells the server this agent's version, as upstream's manager does before its first
+    /// sync; a server that does not take it (before SPIRE 1.15) is logged, not fatal.
+    pub async fn post_status(&self) {
+        if let Err(e) = self.api.post_status(AGENT_VERSION).await {
+            tracing::warn!(
+                agent_version = AGENT_VERSION,
+                "Failed to post agent status: {e}"
+            );
+        }
+    }
+
     fn matching_entries(
         &self,
         selectors: &SelectorSet,
@@ -413,16 +429,22 @@ impl Manager {
             .collect()
     }
 
+    /// A JWT-SVID for the entry: the cached one while fresh, else a new one (the cached one
+    /// if the server cannot be reached and it has not expired). Entries with
+    /// `jwt_svid_include_jti` bypass the cache both ways: every token is new and unique.
     async fn jwt_for_entry(
         &self,
         entry: &CachedEntry,
         audience: &[String],
     ) -> Result<String, ManagerError> {
         let now = self.now();
-        let cached = self
-            .jwt_cache()
-            .get(entry.spiffe_id.as_str(), audience)
-            .cloned();
+        let cached = if entry.jwt_svid_include_jti {
+            None
+        } else {
+            self.jwt_cache()
+                .get(entry.spiffe_id.as_str(), audience)
+                .cloned()
+        };
         if let Some(cached) = cached.as_ref().filter(|c| c.fresh(now)) {
             return Ok(cached.token.clone());
         }
@@ -449,6 +471,9 @@ impl Manager {
                 "server returned a JWT-SVID for {} instead of {}",
                 parsed.spiffe_id, entry.spiffe_id
             )));
+        }
+        if entry.jwt_svid_include_jti {
+            return Ok(token);
         }
         let issued_at = parsed
             .claims
@@ -682,6 +707,10 @@ mod tests {
 
         async fn new_jwt_svid(&self, _: &str, _: &[String]) -> Result<String, ManagerError> {
             Err(ManagerError::Unavailable("no JWTs here".to_owned()))
+        }
+
+        async fn post_status(&self, _: &str) -> Result<(), ManagerError> {
+            Ok(())
         }
     }
 

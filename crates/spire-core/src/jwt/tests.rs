@@ -38,6 +38,7 @@ fn params(subject: &str) -> JwtSvidParams {
         issued_at: Some(NOW),
         issuer: None,
         algorithm: None,
+        jwt_id: None,
     }
 }
 

@@ -22,6 +22,9 @@ use crate::plugins::nodeattestor::join_token;
 /// The path of the server's own SPIFFE ID, which no agent may take.
 const SERVER_ID_PATH: &str = "/spire/server";
 
+/// The longest agent version PostStatus records (upstream's column is varchar(255)).
+const MAX_AGENT_VERSION_LENGTH: usize = 255;
+
 /// The agent service.
 pub struct AgentApi {
     ctx: Arc<ApiContext>,
@@ -214,6 +217,7 @@ impl AgentApi {
             new_cert_not_after: 0,
             selectors: Vec::new(),
             can_reattest,
+            agent_version: String::new(),
         };
         if existing.is_none() {
             self.ctx
@@ -226,7 +230,14 @@ impl AgentApi {
         } else {
             self.ctx
                 .datastore
-                .update_attested_node(node, AttestedNodeMask::ALL)
+                .update_attested_node(
+                    node,
+                    // The version stays until the re-attested agent posts its own.
+                    AttestedNodeMask {
+                        agent_version: false,
+                        ..AttestedNodeMask::ALL
+                    },
+                )
                 .await
                 .map_err(|e| {
                     make_err(Code::Internal, "failed to update attested agent", Some(&e))
@@ -459,6 +470,7 @@ impl pb::agent_server::Agent for AgentApi {
             new_cert_serial_number: true,
             new_cert_not_after: false,
             can_reattest: false,
+            agent_version: false,
         };
         match self.ctx.datastore.update_attested_node(banned, mask).await {
             Ok(_) => {
@@ -563,6 +575,7 @@ impl pb::agent_server::Agent for AgentApi {
             new_cert_serial_number: true,
             new_cert_not_after: true,
             can_reattest: false,
+            agent_version: false,
         };
         match self.ctx.datastore.update_attested_node(update, mask).await {
             Ok(_) => {}
@@ -664,9 +677,50 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         request: Request<pb::PostStatusRequest>,
     ) -> Result<Response<pb::PostStatusResponse>, Status> {
-        // Nothing is recorded yet; accept the report so agents that send it keep working.
         let caller = caller_of(&request);
-        caller_agent_id(&caller)?;
-        Ok(Response::new(pb::PostStatusResponse {}))
+        rate_limit(
+            &self.ctx,
+            &caller,
+            LimitKind::PostStatus,
+            1,
+            "post status rate limiting",
+        )
+        .await?;
+        let agent_id = caller_agent_id(&caller)?.clone();
+        let agent_version = request.into_inner().agent_version;
+        // An empty version is a status with nothing to record, as upstream treats it.
+        if agent_version.is_empty() {
+            return Ok(Response::new(pb::PostStatusResponse {}));
+        }
+        if agent_version.len() > MAX_AGENT_VERSION_LENGTH {
+            return Err(make_err(
+                Code::InvalidArgument,
+                "agent version is too long (max 255 characters)",
+                None,
+            ));
+        }
+        let update = AttestedNode {
+            spiffe_id: agent_id.to_string(),
+            agent_version,
+            ..AttestedNode::default()
+        };
+        let mask = AttestedNodeMask {
+            agent_version: true,
+            ..AttestedNodeMask::NONE
+        };
+        match self.ctx.datastore.update_attested_node(update, mask).await {
+            Ok(node) => {
+                tracing::debug!(spiffe_id = %agent_id, agent_version = %node.agent_version, "Agent status updated");
+                Ok(Response::new(pb::PostStatusResponse {}))
+            }
+            Err(err @ DataStoreError::NotFound(_)) => {
+                Err(make_err(Code::NotFound, "agent not found", Some(&err)))
+            }
+            Err(err) => Err(make_err(
+                Code::Internal,
+                "failed to update agent",
+                Some(&err),
+            )),
+        }
     }
 }

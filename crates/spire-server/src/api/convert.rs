@@ -483,9 +483,12 @@ pub fn entry_to_proto(entry: &RegistrationEntry) -> Result<types::Entry, Convert
         jwt_svid_ttl: entry.jwt_svid_ttl,
         hint: entry.hint.clone(),
         created_at: entry.created_at,
-        // Not stored yet (upstream keeps them from datastore schema 25 on); see
-        // `entry_from_proto`, which refuses any that is set.
-        additional_attributes: None,
+        additional_attributes: entry.additional_attributes.map(|a| {
+            types::entry::AdditionalAttributes {
+                disable_x509_svid_prefetch: a.disable_x509_svid_prefetch,
+                jwt_svid_include_jti: a.jwt_svid_include_jti,
+            }
+        }),
     })
 }
 
@@ -541,18 +544,14 @@ pub fn entry_from_proto(
     if !entry.id.is_empty() {
         validate_entry_id(&entry.id)?;
     }
-    // Upstream v1.15 stores these in a column of datastore schema 25, which upstream v1.13
-    // cannot open; until ours has them, an entry asking for one is refused, not silently
-    // treated as if it had not.
-    if mask.additional_attributes
-        && entry
-            .additional_attributes
-            .is_some_and(|a| a.disable_x509_svid_prefetch || a.jwt_svid_include_jti)
-    {
-        return Err(ConvertError::field(
-            "invalid additional attributes",
-            "disable_x509_svid_prefetch and jwt_svid_include_jti are not supported by this server yet",
-        ));
+    if mask.additional_attributes {
+        out.additional_attributes =
+            entry
+                .additional_attributes
+                .map(|a| datastore::EntryAttributes {
+                    disable_x509_svid_prefetch: a.disable_x509_svid_prefetch,
+                    jwt_svid_include_jti: a.jwt_svid_include_jti,
+                });
     }
     if mask.parent_id {
         out.parent_id = member_id_from_proto(trust_domain, entry.parent_id.as_ref())
@@ -646,6 +645,7 @@ pub fn record_entry_mask(mask: Option<&types::EntryMask>) -> datastore::EntryMas
             dns_names: m.dns_names,
             store_svid: m.store_svid,
             hint: m.hint,
+            additional_attributes: m.additional_attributes,
         },
     }
 }
@@ -697,6 +697,9 @@ pub fn apply_entry_mask(entry: &mut types::Entry, mask: Option<&types::EntryMask
     if !mask.created_at {
         entry.created_at = 0;
     }
+    if !mask.additional_attributes {
+        entry.additional_attributes = None;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -713,9 +716,7 @@ pub fn agent_to_proto(node: &AttestedNode) -> Result<types::Agent, ConvertError>
         selectors: proto_from_selectors(&node.selectors),
         banned: node.is_banned(),
         can_reattest: node.can_reattest,
-        // Upstream stores the version agents post from datastore schema 24 on; ours is
-        // still at 23 (the schema v1.13 opens), so there is none to report.
-        agent_version: String::new(),
+        agent_version: node.agent_version.clone(),
     })
 }
 
@@ -741,6 +742,9 @@ pub fn apply_agent_mask(agent: &mut types::Agent, mask: Option<&types::AgentMask
     }
     if !mask.can_reattest {
         agent.can_reattest = false;
+    }
+    if !mask.agent_version {
+        agent.agent_version.clear();
     }
 }
 
@@ -827,35 +831,39 @@ mod tests {
             jwt_svid_ttl: 300,
             hint: "external".into(),
             created_at: 1_700_000_000,
-            additional_attributes: None,
+            additional_attributes: Some(types::entry::AdditionalAttributes {
+                disable_x509_svid_prefetch: true,
+                jwt_svid_include_jti: false,
+            }),
         }
     }
 
     #[test]
-    fn additional_attributes_that_are_set_are_refused_not_dropped() {
+    fn additional_attributes_are_kept_only_inside_the_input_mask() {
         let mut wire = full_entry();
-        wire.additional_attributes = Some(types::entry::AdditionalAttributes {
-            disable_x509_svid_prefetch: false,
-            jwt_svid_include_jti: false,
-        });
-        assert!(
-            entry_from_proto(&td(), &wire, None).is_ok(),
-            "all false is no request"
-        );
-        wire.additional_attributes = Some(types::entry::AdditionalAttributes {
+        let attributes = types::entry::AdditionalAttributes {
             disable_x509_svid_prefetch: false,
             jwt_svid_include_jti: true,
-        });
-        let err = entry_from_proto(&td(), &wire, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not supported by this server yet"), "{err}");
-        // Outside the input mask it is not read, as every other field.
+        };
+        wire.additional_attributes = Some(attributes);
+        let record = entry_from_proto(&td(), &wire, None).unwrap();
+        assert_eq!(
+            record.additional_attributes,
+            Some(datastore::EntryAttributes {
+                disable_x509_svid_prefetch: false,
+                jwt_svid_include_jti: true,
+            })
+        );
+        assert_eq!(
+            entry_to_proto(&record).unwrap().additional_attributes,
+            Some(attributes)
+        );
         let mask = types::EntryMask {
             hint: true,
             ..types::EntryMask::default()
         };
-        assert!(entry_from_proto(&td(), &wire, Some(&mask)).is_ok());
+        let record = entry_from_proto(&td(), &wire, Some(&mask)).unwrap();
+        assert_eq!(record.additional_attributes, None);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub const ATTEST_LIMIT_PER_IP: u32 = 1;
 pub const SIGN_LIMIT_PER_IP: u32 = 500;
 /// PublishJWTAuthority calls per second per IP (`PushJWTKeyLimitPerIP`).
 pub const PUSH_JWT_KEY_LIMIT_PER_IP: u32 = 500;
+/// PostStatus calls per second per IP (`PostStatusLimitPerIP`).
+pub const POST_STATUS_LIMIT_PER_IP: u32 = 10;
 
 /// How long an IP's bucket survives without use before it is garbage-collected.
 const GC_INTERVAL: Duration = Duration::from_secs(60);
@@ -40,6 +42,8 @@ pub enum LimitKind {
     DownstreamCa,
     /// PublishJWTAuthority: 500 per second per IP, always on (upstream has no switch for it).
     PublishJwtKey,
+    /// PostStatus: 10 per second per IP, always on, as upstream's.
+    PostStatus,
 }
 
 /// The limiters shared by every connection.
@@ -48,6 +52,7 @@ pub struct RateLimiters {
     attestation: Option<PerIpLimiter>,
     signing: Option<PerIpLimiter>,
     publish_jwt_key: PerIpLimiter,
+    post_status: PerIpLimiter,
 }
 
 impl Default for RateLimiters {
@@ -65,6 +70,7 @@ impl RateLimiters {
             attestation: attestation.then(|| PerIpLimiter::new(ATTEST_LIMIT_PER_IP)),
             signing: signing.then(|| PerIpLimiter::new(SIGN_LIMIT_PER_IP)),
             publish_jwt_key: PerIpLimiter::new(PUSH_JWT_KEY_LIMIT_PER_IP),
+            post_status: PerIpLimiter::new(POST_STATUS_LIMIT_PER_IP),
         }
     }
 
@@ -86,6 +92,7 @@ impl RateLimiters {
             LimitKind::Attestation => self.attestation.as_ref(),
             LimitKind::Signing | LimitKind::DownstreamCa => self.signing.as_ref(),
             LimitKind::PublishJwtKey => Some(&self.publish_jwt_key),
+            LimitKind::PostStatus => Some(&self.post_status),
         };
         let Some(limiter) = limiter else {
             return Ok(());
@@ -102,7 +109,7 @@ impl RateLimiters {
         [self.attestation.as_ref(), self.signing.as_ref()]
             .into_iter()
             .flatten()
-            .chain(std::iter::once(&self.publish_jwt_key))
+            .chain([&self.publish_jwt_key, &self.post_status])
             .map(PerIpLimiter::tracked)
             .sum()
     }

@@ -121,12 +121,14 @@ impl SvidApi {
         Self { ctx }
     }
 
-    /// Signs a JWT-SVID for a workload ID of this trust domain.
+    /// Signs a JWT-SVID for a workload ID of this trust domain (with a `jti` claim when
+    /// `include_jti`).
     async fn mint_jwt(
         &self,
         id: Option<&types::Spiffeid>,
         audience: &[String],
         ttl: i32,
+        include_jti: bool,
     ) -> Result<types::Jwtsvid, Status> {
         let id = convert::workload_id_from_proto(&self.ctx.trust_domain, id)
             .map_err(|e| make_err(Code::InvalidArgument, "invalid SPIFFE ID", Some(&e)))?;
@@ -140,7 +142,7 @@ impl SvidApi {
         let signed = self
             .ctx
             .ca
-            .sign_jwt_svid(&id, audience, ttl_seconds(ttl))
+            .sign_jwt_svid_with_jti(&id, audience, ttl_seconds(ttl), include_jti)
             .await
             .map_err(|e| convert::ca_status("failed to sign JWT-SVID", &e))?;
         Ok(types::Jwtsvid {
@@ -346,7 +348,7 @@ impl pb::svid_server::Svid for SvidApi {
     ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
         let request = request.into_inner();
         let svid = self
-            .mint_jwt(request.id.as_ref(), &request.audience, request.ttl)
+            .mint_jwt(request.id.as_ref(), &request.audience, request.ttl, false)
             .await?;
         Ok(Response::new(pb::MintJwtsvidResponse { svid: Some(svid) }))
     }
@@ -405,8 +407,16 @@ impl pb::svid_server::Svid for SvidApi {
         };
         let id = convert::proto_from_id_string(&entry.spiffe_id)
             .map_err(|e| make_err(Code::Internal, "entry has malformed SPIFFE ID", Some(&e)))?;
+        let include_jti = entry
+            .additional_attributes
+            .is_some_and(|a| a.jwt_svid_include_jti);
         let svid = self
-            .mint_jwt(Some(&id), &request.audience, entry.jwt_svid_ttl)
+            .mint_jwt(
+                Some(&id),
+                &request.audience,
+                entry.jwt_svid_ttl,
+                include_jti,
+            )
             .await?;
         Ok(Response::new(pb::NewJwtsvidResponse { svid: Some(svid) }))
     }

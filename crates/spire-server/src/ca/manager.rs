@@ -13,7 +13,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use spire_core::jwt::{JwtSvidParams, mint_jwt_svid};
+use spire_core::jwt::{JwtSvidParams, mint_jwt_svid, new_jwt_id};
 use spire_core::keys::{KeyType, PrivateKey};
 use spire_core::spiffe_id::{SpiffeId, TrustDomain};
 use spire_core::x509::{
@@ -1123,6 +1123,19 @@ impl CaManager {
         audience: &[String],
         ttl: Option<Duration>,
     ) -> Result<SignedJwtSvid, CaError> {
+        self.sign_jwt_svid_with_jti(spiffe_id, audience, ttl, false)
+            .await
+    }
+
+    /// Signs a JWT-SVID with the active JWT key; with `include_jti` it carries a unique
+    /// `jti` claim (entries with `jwt_svid_include_jti`).
+    pub async fn sign_jwt_svid_with_jti(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Option<Duration>,
+        include_jti: bool,
+    ) -> Result<SignedJwtSvid, CaError> {
         self.check_member(spiffe_id)?;
         if audience.is_empty() || audience.iter().any(String::is_empty) {
             return Err(CaError::InvalidArgument(
@@ -1156,6 +1169,11 @@ impl CaManager {
                 issued_at: Some(issued_at),
                 issuer: self.config.jwt_issuer.clone(),
                 algorithm: None,
+                jwt_id: if include_jti {
+                    Some(new_jwt_id().map_err(|e| CaError::Internal(e.to_string()))?)
+                } else {
+                    None
+                },
             },
         )
         .map_err(|e| CaError::Internal(format!("unable to sign JWT-SVID: {e}")))?;

@@ -259,18 +259,30 @@ pub(crate) fn format_agents(agents: &[types::Agent]) -> String {
 }
 
 fn format_agent(agent: &types::Agent) -> String {
-    format!(
+    let mut text = format!(
         "SPIFFE ID         : {}\n\
          Attestation type  : {}\n\
-         Expiration time   : {}\n\
-         Serial number     : {}\n\
-         Can re-attest     : {}\n\n",
+         Expiration time   : {}\n",
         id_string(agent.id.as_ref()),
         agent.attestation_type,
         go_time_utc(agent.x509svid_expires_at),
-        agent.x509svid_serial_number,
-        agent.can_reattest
-    )
+    );
+    // A banned agent has no serial number; upstream says it is banned instead.
+    if agent.banned {
+        text.push_str("Banned            : true\n");
+    } else {
+        text.push_str(&format!(
+            "Serial number     : {}\n",
+            agent.x509svid_serial_number
+        ));
+    }
+    text.push_str(&format!("Can re-attest     : {}\n", agent.can_reattest));
+    // Upstream 1.15's line; agents before 1.15 report no version and get none.
+    if !agent.agent_version.is_empty() {
+        text.push_str(&format!("Agent version     : {}\n", agent.agent_version));
+    }
+    text.push('\n');
+    text
 }
 
 fn required_id(args: &IdArgs) -> Result<types::Spiffeid, CliError> {

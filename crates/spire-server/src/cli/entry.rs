@@ -92,6 +92,47 @@ pub(crate) struct EntryFields {
     /// The entry hint, used to disambiguate entries with the same SPIFFE ID
     #[arg(long = "hint", value_name = "string", default_value = "")]
     hint: String,
+    /// A boolean value that, when set, disables prefetching X509 SVID for this entry
+    #[arg(long = "disableX509SVIDPrefetch", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    disable_x509_svid_prefetch: Option<bool>,
+    /// A boolean value that, when set, includes a unique 'jti' claim in JWT-SVIDs issued for this entry and bypasses the agent JWT-SVID cache
+    #[arg(long = "jwtSVIDIncludeJTI", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    jwt_svid_include_jti: Option<bool>,
+}
+
+impl EntryFields {
+    /// Whether either attribute flag was given (`entry update` then merges them into the
+    /// stored attributes).
+    fn attribute_flags_given(&self) -> bool {
+        self.disable_x509_svid_prefetch.is_some() || self.jwt_svid_include_jti.is_some()
+    }
+
+    /// The attributes the flags ask for, as upstream's create sends them: none unless one
+    /// of them is true.
+    fn additional_attributes(&self) -> Option<types::entry::AdditionalAttributes> {
+        let attributes = types::entry::AdditionalAttributes {
+            disable_x509_svid_prefetch: self.disable_x509_svid_prefetch.unwrap_or(false),
+            jwt_svid_include_jti: self.jwt_svid_include_jti.unwrap_or(false),
+        };
+        (attributes.disable_x509_svid_prefetch || attributes.jwt_svid_include_jti)
+            .then_some(attributes)
+    }
+
+    /// `entry update`'s merge: the stored attributes with only the flags given replaced,
+    /// so one flag never clears the other attribute (upstream's `mergeAdditionalAttributes`).
+    fn merged_attributes(
+        &self,
+        stored: Option<types::entry::AdditionalAttributes>,
+    ) -> types::entry::AdditionalAttributes {
+        let mut merged = stored.unwrap_or_default();
+        if let Some(value) = self.disable_x509_svid_prefetch {
+            merged.disable_x509_svid_prefetch = value;
+        }
+        if let Some(value) = self.jwt_svid_include_jti {
+            merged.jwt_svid_include_jti = value;
+        }
+        merged
+    }
 }
 
 /// `entry create` flags.
@@ -260,6 +301,7 @@ fn entry_from_fields(
         dns_names: fields.dns_names.clone(),
         store_svid: fields.store_svid,
         hint: fields.hint.clone(),
+        additional_attributes: fields.additional_attributes(),
         ..Default::default()
     })
 }
@@ -397,6 +439,23 @@ async fn update(args: UpdateArgs, env: &mut Env<'_>) -> CliResult {
         parse_data(&data)?
     };
     let mut client = entry_client(&args.socket).await?;
+    let mut entries = entries;
+    if args.fields.data.is_empty() && args.fields.attribute_flags_given() {
+        let stored = client
+            .get_entry(entryv1::GetEntryRequest {
+                id: args.entry_id.clone(),
+                output_mask: None,
+            })
+            .await
+            .map_err(CliError::rpc(
+                "failed to fetch existing entry to merge additional attributes: ",
+            ))?
+            .into_inner();
+        for entry in &mut entries {
+            entry.additional_attributes =
+                Some(args.fields.merged_attributes(stored.additional_attributes));
+        }
+    }
     let mut resp = client
         .batch_update_entry(entryv1::BatchUpdateEntryRequest {
             entries: entries.clone(),
@@ -456,6 +515,15 @@ struct DataEntry {
     revision_number: i64,
     store_svid: bool,
     hint: String,
+    additional_attributes: Option<DataAttributes>,
+}
+
+/// `additional_attributes` of a `-data` entry (upstream SPIRE 1.15).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DataAttributes {
+    disable_x509_svid_prefetch: bool,
+    jwt_svid_include_jti: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -504,7 +572,12 @@ fn parse_data(data: &[u8]) -> Result<Vec<types::Entry>, CliError> {
                 store_svid: e.store_svid,
                 hint: e.hint,
                 created_at: 0,
-                additional_attributes: None,
+                additional_attributes: e.additional_attributes.map(|a| {
+                    types::entry::AdditionalAttributes {
+                        disable_x509_svid_prefetch: a.disable_x509_svid_prefetch,
+                        jwt_svid_include_jti: a.jwt_svid_include_jti,
+                    }
+                }),
             })
         })
         .collect()
@@ -827,6 +900,16 @@ pub(crate) fn format_entry(e: &types::Entry) -> String {
     if !e.hint.is_empty() {
         t.push_str(&format!("Hint             : {}\n", e.hint));
     }
+    // Upstream 1.15 prints these two lines (and widens every label to fit them); we keep
+    // 1.13's label width so scripts written for it read the other lines unchanged.
+    if let Some(a) = e.additional_attributes {
+        if a.disable_x509_svid_prefetch {
+            t.push_str("DisableX509SvidPrefetch : true\n");
+        }
+        if a.jwt_svid_include_jti {
+            t.push_str("JwtSvidIncludeJti       : true\n");
+        }
+    }
     t.push('\n');
     t
 }
@@ -965,6 +1048,8 @@ mod tests {
                 entry_expiry: 0,
                 dns_names: vec![],
                 hint: String::new(),
+                disable_x509_svid_prefetch: None,
+                jwt_svid_include_jti: None,
             },
             socket: SocketArg {
                 socket_path: "/x".into(),

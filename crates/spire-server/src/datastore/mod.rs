@@ -80,6 +80,27 @@ pub struct RegistrationEntry {
     pub hint: String,
     /// Unix seconds of creation.
     pub created_at: i64,
+    /// Optional tunables of the agent's behaviour for this entry (upstream's
+    /// `AdditionalAttributes`, stored from datastore schema 25 on); `None` when unset.
+    pub additional_attributes: Option<EntryAttributes>,
+}
+
+/// Upstream's `RegistrationEntry.AdditionalAttributes`: tunables stored as one protobuf blob
+/// in `registered_entries.additional_attributes`, so new ones need no schema change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntryAttributes {
+    /// The agent mints this entry's X509-SVID only when a workload asks for it.
+    pub disable_x509_svid_prefetch: bool,
+    /// Every JWT-SVID of this entry carries a unique `jti` claim, so agents never cache it.
+    pub jwt_svid_include_jti: bool,
+}
+
+impl EntryAttributes {
+    /// Whether any attribute is set; an all-false value is stored as empty bytes, which
+    /// upstream (and we) read back as no attributes at all.
+    pub fn any(self) -> bool {
+        self.disable_x509_svid_prefetch || self.jwt_svid_include_jti
+    }
 }
 
 /// An attested agent (upstream `common.AttestedNode`).
@@ -101,6 +122,9 @@ pub struct AttestedNode {
     pub selectors: Vec<Selector>,
     /// Whether the agent may re-attest instead of renewing.
     pub can_reattest: bool,
+    /// The version the agent reported with PostStatus (at most 255 bytes); empty when it
+    /// never did (agents before SPIRE 1.15).
+    pub agent_version: String,
 }
 
 impl AttestedNode {
@@ -123,9 +147,21 @@ pub struct AttestedNodeMask {
     pub new_cert_not_after: bool,
     /// `can_reattest`.
     pub can_reattest: bool,
+    /// `agent_version`.
+    pub agent_version: bool,
 }
 
 impl AttestedNodeMask {
+    /// No field: a base for masks that name only the fields they touch.
+    pub const NONE: Self = Self {
+        cert_serial_number: false,
+        cert_not_after: false,
+        new_cert_serial_number: false,
+        new_cert_not_after: false,
+        can_reattest: false,
+        agent_version: false,
+    };
+
     /// Every field.
     pub const ALL: Self = Self {
         cert_serial_number: true,
@@ -133,6 +169,7 @@ impl AttestedNodeMask {
         new_cert_serial_number: true,
         new_cert_not_after: true,
         can_reattest: true,
+        agent_version: true,
     };
 }
 
@@ -155,6 +192,7 @@ pub struct EntryMask {
     pub dns_names: bool,
     pub store_svid: bool,
     pub hint: bool,
+    pub additional_attributes: bool,
 }
 
 impl EntryMask {
@@ -172,6 +210,7 @@ impl EntryMask {
         dns_names: true,
         store_svid: true,
         hint: true,
+        additional_attributes: true,
     };
 }
 

@@ -380,6 +380,7 @@ async fn authorize_agent(ctx: &ApiContext, id: &SpiffeId, leaf: &[u8]) -> Result
         promoted.new_cert_not_after = 0;
         let mask = AttestedNodeMask {
             can_reattest: false,
+            agent_version: false,
             ..AttestedNodeMask::ALL
         };
         ctx.datastore

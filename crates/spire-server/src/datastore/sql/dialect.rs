@@ -158,6 +158,8 @@ pub(crate) enum Arg {
     Time(OffsetDateTime),
     /// SQL NULL (for nullable datetime columns).
     NullTime,
+    /// SQL NULL of a binary column (bound as bytes, so PostgreSQL accepts it for `bytea`).
+    NullBlob,
 }
 
 /// Binds `args` in order onto `query`, times formatted for `dialect`.
@@ -170,6 +172,7 @@ pub(crate) fn bind_all<'a>(mut query: Query<'a>, args: &[Arg], dialect: Dialect)
             Arg::Blob(v) => query.bind(v.clone()),
             Arg::Time(t) => query.bind(dialect.format_time(*t)),
             Arg::NullTime => query.bind(Option::<String>::None),
+            Arg::NullBlob => query.bind(Option::<Vec<u8>>::None),
         };
     }
     query

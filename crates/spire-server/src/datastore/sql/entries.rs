@@ -15,14 +15,17 @@ use super::query::{
     IdLookup, Page, Related, Where, plan_id_lookups, push_federates_match, push_selector_match,
 };
 use crate::datastore::{
-    ChangeEvent, DataStoreError, EntryMask, ListEntriesRequest, RegistrationEntry, Result,
+    ChangeEvent, DataStoreError, EntryAttributes, EntryMask, ListEntriesRequest, RegistrationEntry,
+    Result,
 };
+use prost::Message;
+use spire_proto::spire::api::types;
 
 fn entry_columns(d: Dialect) -> String {
     format!(
         "e.id, e.entry_id, e.spiffe_id, e.parent_id, e.ttl, {} AS admin, {} AS downstream, \
          e.expiry, e.revision_number, {} AS store_svid, e.hint, e.jwt_svid_ttl, \
-         {} AS created_unix",
+         {} AS created_unix, e.additional_attributes",
         d.bool_col("e.admin"),
         d.bool_col("e.downstream"),
         d.bool_col("e.store_svid"),
@@ -49,9 +52,49 @@ fn row_to_entry(row: &AnyRow) -> Result<(i64, RegistrationEntry)> {
             created_at: row.try_get::<Option<i64>, _>(12)?.unwrap_or_default(),
             ..RegistrationEntry::default()
         };
-        Ok((id, entry))
+        let attributes: Option<Vec<u8>> = row.try_get(13)?;
+        Ok((id, entry, attributes))
     };
-    get(row).map_err(read)
+    let (id, mut entry, attributes) = get(row).map_err(read)?;
+    entry.additional_attributes = decode_attributes(attributes.as_deref()).map_err(|e| {
+        DataStoreError::Internal(format!(
+            "registration entry {:?} has unreadable additional attributes: {e}",
+            entry.entry_id
+        ))
+    })?;
+    Ok((id, entry))
+}
+
+/// Reads `registered_entries.additional_attributes` as upstream does: NULL or empty bytes
+/// mean none, anything else is a `RegistrationEntry.AdditionalAttributes` protobuf.
+fn decode_attributes(
+    bytes: Option<&[u8]>,
+) -> std::result::Result<Option<EntryAttributes>, prost::DecodeError> {
+    match bytes {
+        None | Some([]) => Ok(None),
+        Some(bytes) => {
+            let wire = types::entry::AdditionalAttributes::decode(bytes)?;
+            Ok(Some(EntryAttributes {
+                disable_x509_svid_prefetch: wire.disable_x509_svid_prefetch,
+                jwt_svid_include_jti: wire.jwt_svid_include_jti,
+            }))
+        }
+    }
+}
+
+/// The column value upstream writes: NULL for none, else the protobuf (empty when every
+/// attribute is false).
+fn encode_attributes(attributes: Option<EntryAttributes>) -> Arg {
+    match attributes {
+        None => Arg::NullBlob,
+        Some(a) => Arg::Blob(
+            types::entry::AdditionalAttributes {
+                disable_x509_svid_prefetch: a.disable_x509_svid_prefetch,
+                jwt_svid_include_jti: a.jwt_svid_include_jti,
+            }
+            .encode_to_vec(),
+        ),
+    }
 }
 
 /// Upstream's entry ID alphabet: letters, digits, `-`, `.`, `_`.
@@ -346,14 +389,16 @@ pub(crate) async fn insert_normalized(
 
 const ENTRY_INSERT: &str = "INSERT INTO registered_entries (created_at, updated_at, entry_id, \
                             spiffe_id, parent_id, ttl, admin, downstream, expiry, \
-                            revision_number, store_svid, hint, jwt_svid_ttl)";
+                            revision_number, store_svid, hint, jwt_svid_ttl, \
+                            additional_attributes)";
 
-const ENTRY_INSERT_ONE: &str = "INSERT INTO registered_entries (created_at, updated_at, \
-                                entry_id, spiffe_id, parent_id, ttl, admin, downstream, expiry, \
-                                revision_number, store_svid, hint, jwt_svid_ttl) \
-                                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const ENTRY_ROW_VALUES: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
-fn entry_row_args(entry: &RegistrationEntry, t: time::OffsetDateTime) -> [Arg; 13] {
+fn entry_insert_one() -> String {
+    format!("{ENTRY_INSERT} VALUES {ENTRY_ROW_VALUES}")
+}
+
+fn entry_row_args(entry: &RegistrationEntry, t: time::OffsetDateTime) -> [Arg; 14] {
     [
         Arg::Time(t),
         Arg::Time(t),
@@ -368,6 +413,7 @@ fn entry_row_args(entry: &RegistrationEntry, t: time::OffsetDateTime) -> [Arg; 1
         Arg::Bool(entry.store_svid),
         Arg::Text(entry.hint.clone()),
         Arg::Int(i64::from(entry.jwt_svid_ttl)),
+        encode_attributes(entry.additional_attributes),
     ]
 }
 
@@ -395,7 +441,7 @@ pub(crate) async fn insert_entry_rows(
 ) -> Result<Vec<Option<i64>>> {
     let mut ids: HashMap<String, i64> = HashMap::with_capacity(entries.len());
     for chunk in entries.chunks(100) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let values = vec![ENTRY_ROW_VALUES; chunk.len()].join(", ");
         let args: Vec<Arg> = chunk.iter().flat_map(|e| entry_row_args(e, t)).collect();
         if conn.dialect() != Dialect::Mysql {
             // Taken entry IDs are skipped, not errors: a failed statement would abort a
@@ -419,7 +465,7 @@ pub(crate) async fn insert_entry_rows(
             Err(e) if is_unique_violation(&e) => {
                 for entry in chunk {
                     match conn
-                        .insert(ENTRY_INSERT_ONE, &entry_row_args(entry, t))
+                        .insert(&entry_insert_one(), &entry_row_args(entry, t))
                         .await
                     {
                         Ok(id) => {
@@ -464,7 +510,7 @@ pub(crate) async fn insert_entry_row(
     rows: &mut ChildRows,
 ) -> Result<RegistrationEntry> {
     let t = now();
-    let insert = ENTRY_INSERT_ONE;
+    let insert = entry_insert_one();
     let args = entry_row_args(&entry, t);
     let taken =
         || DataStoreError::AlreadyExists(format!("registration entry {:?}", entry.entry_id));
@@ -483,7 +529,7 @@ pub(crate) async fn insert_entry_row(
             None => return Err(taken()),
         }
     } else {
-        conn.insert(insert, &args).await.map_err(|e| {
+        conn.insert(&insert, &args).await.map_err(|e| {
             if is_unique_violation(&e) {
                 taken()
             } else {
@@ -853,13 +899,16 @@ pub(crate) async fn update(
     if mask.hint {
         entry.hint = change.hint;
     }
+    if mask.additional_attributes {
+        entry.additional_attributes = change.additional_attributes;
+    }
     validate(&entry)?;
     entry.revision_number += 1;
 
     conn.execute(
         "UPDATE registered_entries SET updated_at = ?, spiffe_id = ?, parent_id = ?, \
              ttl = ?, admin = ?, downstream = ?, expiry = ?, revision_number = ?, \
-             store_svid = ?, hint = ?, jwt_svid_ttl = ? WHERE id = ?",
+             store_svid = ?, hint = ?, jwt_svid_ttl = ?, additional_attributes = ? WHERE id = ?",
         &[
             Arg::Time(now()),
             Arg::Text(entry.spiffe_id.clone()),
@@ -872,6 +921,7 @@ pub(crate) async fn update(
             Arg::Bool(entry.store_svid),
             Arg::Text(entry.hint.clone()),
             Arg::Int(i64::from(entry.jwt_svid_ttl)),
+            encode_attributes(entry.additional_attributes),
             Arg::Int(row_id),
         ],
     )
@@ -891,6 +941,7 @@ pub(crate) async fn update(
         dns_names: mask.dns_names,
         store_svid: false,
         hint: false,
+        additional_attributes: false,
     };
     let bundle_rows = if mask.federates_with {
         bundle_ids(conn, &entry.federates_with, &mut HashMap::new()).await?

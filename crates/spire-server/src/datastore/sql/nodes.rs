@@ -16,7 +16,7 @@ use crate::datastore::{AttestedNode, AttestedNodeMask, DataStoreError, ListNodes
 fn node_columns(d: Dialect) -> String {
     format!(
         "n.id, n.spiffe_id, n.data_type, n.serial_number, {} AS expires_unix, \
-         n.new_serial_number, {} AS new_expires_unix, {} AS can_reattest",
+         n.new_serial_number, {} AS new_expires_unix, {} AS can_reattest, n.agent_version",
         d.epoch("n.expires_at"),
         d.epoch("n.new_expires_at"),
         d.bool_col("n.can_reattest")
@@ -37,6 +37,7 @@ fn row_to_node(row: &AnyRow) -> Result<(i64, AttestedNode)> {
                 new_cert_not_after: row.try_get::<Option<i64>, _>(6)?.unwrap_or_default(),
                 selectors: Vec::new(),
                 can_reattest: get_bool(row, 7)?,
+                agent_version: row.try_get::<Option<String>, _>(8)?.unwrap_or_default(),
             },
         ))
     };
@@ -75,8 +76,8 @@ pub(crate) async fn create(conn: &mut Db<'_>, node: AttestedNode) -> Result<Atte
     let t = now();
     conn.execute(
         "INSERT INTO attested_node_entries (created_at, updated_at, spiffe_id, data_type, \
-             serial_number, expires_at, new_serial_number, new_expires_at, can_reattest) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             serial_number, expires_at, new_serial_number, new_expires_at, can_reattest, \
+             agent_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         &[
             Arg::Time(t),
             Arg::Time(t),
@@ -87,6 +88,7 @@ pub(crate) async fn create(conn: &mut Db<'_>, node: AttestedNode) -> Result<Atte
             Arg::Text(node.new_cert_serial_number.clone()),
             nullable_time(node.new_cert_not_after)?,
             Arg::Bool(node.can_reattest),
+            Arg::Text(node.agent_version.clone()),
         ],
     )
     .await
@@ -336,9 +338,13 @@ pub(crate) async fn update(
     if mask.can_reattest {
         node.can_reattest = change.can_reattest;
     }
+    if mask.agent_version {
+        node.agent_version = change.agent_version;
+    }
     conn.execute(
         "UPDATE attested_node_entries SET updated_at = ?, serial_number = ?, expires_at = ?, \
-             new_serial_number = ?, new_expires_at = ?, can_reattest = ? WHERE spiffe_id = ?",
+             new_serial_number = ?, new_expires_at = ?, can_reattest = ?, agent_version = ? \
+             WHERE spiffe_id = ?",
         &[
             Arg::Time(now()),
             Arg::Text(node.cert_serial_number.clone()),
@@ -346,6 +352,7 @@ pub(crate) async fn update(
             Arg::Text(node.new_cert_serial_number.clone()),
             nullable_time(node.new_cert_not_after)?,
             Arg::Bool(node.can_reattest),
+            Arg::Text(node.agent_version.clone()),
             Arg::Text(node.spiffe_id.clone()),
         ],
     )

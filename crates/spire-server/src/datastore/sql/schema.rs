@@ -3,14 +3,40 @@
 //! per engine), so a database can be shared with (or handed back to) upstream SPIRE servers.
 //! Facts from upstream `pkg/server/datastore/sqlstore/models.go`, `migration.go` and gorm v1's
 //! dialects; the SQLite statements match the dump upstream's migration test keeps for v23.
+//!
+//! Schemas 24 and 25 (SPIRE 1.14.7 and 1.15) only add one column each
+//! ([`LATER_COLUMNS`]). We add those columns to a version-23 database without raising its
+//! version, so upstream 1.8 to 1.14 (which refuse any newer version) still open it, and
+//! 1.15's migration (gorm's AutoMigrate, which skips existing columns) still runs on it.
 
 use sqlx::Row;
 
 use super::dialect::{Arg, Db, Dialect, db_err, now};
 use crate::datastore::{DataStoreError, Result};
 
-/// The schema version upstream SPIRE 1.8 through 1.14 writes into `migrations.version`.
+/// The schema version upstream SPIRE 1.8 through 1.14 writes into `migrations.version`; the
+/// one we write when we create a database.
 pub const SCHEMA_VERSION: i64 = 23;
+
+/// The newest schema version we open: 25, SPIRE 1.15's.
+pub const LATEST_SCHEMA_VERSION: i64 = 25;
+
+/// Columns of schemas 24 and 25, as gorm v1's AutoMigrate adds them: `(table, column,
+/// type, the upstream release that added it)`. Every database we open has them.
+pub(crate) const LATER_COLUMNS: &[(&str, &str, ColumnType, &str)] = &[
+    (
+        "attested_node_entries",
+        "agent_version",
+        ColumnType::Text,
+        "1.14.7 (schema 24)",
+    ),
+    (
+        "registered_entries",
+        "additional_attributes",
+        ColumnType::LongBlob,
+        "1.15 (schema 25)",
+    ),
+];
 
 /// The code version we record in `migrations.code_version` when we create a database.
 pub const CODE_VERSION: &str = "1.14.0";
@@ -36,6 +62,9 @@ pub(crate) enum ColumnType {
     Bool,
     /// `[]byte`.
     Blob,
+    /// `[]byte` tagged `size:65535` (gorm: `longblob` on MySQL, as 65535 is past varbinary's
+    /// limit; the same as `Blob` elsewhere).
+    LongBlob,
 }
 
 impl ColumnType {
@@ -61,9 +90,9 @@ impl ColumnType {
             (C::BigInt, _) => "bigint",
             (C::Bool, Dialect::Sqlite) => "bool",
             (C::Bool, Dialect::Postgres | Dialect::Mysql) => "boolean",
-            (C::Blob, Dialect::Sqlite) => "blob",
-            (C::Blob, Dialect::Postgres) => "bytea",
-            (C::Blob, Dialect::Mysql) => "longblob",
+            (C::Blob | C::LongBlob, Dialect::Sqlite) => "blob",
+            (C::Blob | C::LongBlob, Dialect::Postgres) => "bytea",
+            (C::Blob | C::LongBlob, Dialect::Mysql) => "longblob",
         }
     }
 }
@@ -267,7 +296,8 @@ pub(crate) fn create_index_sql(ddl: &str, d: Dialect) -> String {
 pub(crate) enum SchemaState {
     /// The database was empty; the schema and the migrations row were created.
     Created,
-    /// The database already had schema 23; nothing was changed.
+    /// The database already had schema 23, 24 or 25 (any missing [`LATER_COLUMNS`] were
+    /// added).
     Current {
         /// `migrations.code_version` as stored.
         code_version: String,
@@ -294,7 +324,65 @@ async fn table_exists(db: &mut Db<'_>, name: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
-/// Creates the schema in an empty database, or checks that an existing one is schema 23.
+async fn column_exists(db: &mut Db<'_>, table: &str, column: &str) -> Result<bool> {
+    let sql = match db.dialect() {
+        Dialect::Sqlite => "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?",
+        Dialect::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?"
+        }
+        Dialect::Mysql => {
+            "SELECT COUNT(*) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?"
+        }
+    };
+    let row = db
+        .fetch_one(
+            sql,
+            &[Arg::Text(table.to_owned()), Arg::Text(column.to_owned())],
+        )
+        .await
+        .map_err(db_err("checking the schema"))?;
+    let n: i64 = row.try_get(0).map_err(db_err("checking the schema"))?;
+    Ok(n > 0)
+}
+
+/// The statement gorm v1's AutoMigrate writes to add a column.
+pub(crate) fn add_column_sql(table: &str, column: &str, ty: ColumnType, d: Dialect) -> String {
+    format!(
+        "ALTER TABLE {} ADD {} {}",
+        quote(d, table),
+        quote(d, column),
+        ty.sql(d)
+    )
+}
+
+/// Adds every missing [`LATER_COLUMNS`] column; with `disable_migration`, names them and
+/// refuses instead, as upstream refuses a schema it would have to migrate.
+async fn add_later_columns(db: &mut Db<'_>, disable_migration: bool) -> Result<()> {
+    let d = db.dialect();
+    for &(table, column, ty, release) in LATER_COLUMNS {
+        if column_exists(db, table, column).await? {
+            continue;
+        }
+        let ddl = add_column_sql(table, column, ty, d);
+        if disable_migration {
+            return Err(DataStoreError::Internal(format!(
+                "the database has no column {table}.{column} (added by SPIRE {release}) and \
+                 disable_migration is set, so this server will not add it: start it once \
+                 without disable_migration, or run `{ddl}`"
+            )));
+        }
+        db.execute(&ddl, &[])
+            .await
+            .map_err(db_err("adding a column of a later schema"))?;
+        tracing::info!("added column {table}.{column} of SPIRE {release}'s schema");
+    }
+    Ok(())
+}
+
+/// Creates the schema in an empty database, or checks that an existing one is schema 23, 24
+/// or 25, adding the [`LATER_COLUMNS`] it lacks.
 ///
 /// Older schemas are refused: upstream itself only migrates from the previous minor release's
 /// schema, and 23 has been current since SPIRE 1.8, so an older database must first be
@@ -312,6 +400,7 @@ pub(crate) async fn prepare(db: &mut Db<'_>, disable_migration: bool) -> Result<
             )));
         }
         create(db).await?;
+        add_later_columns(db, false).await?;
         return Ok(SchemaState::Created);
     }
     let row = db
@@ -342,25 +431,26 @@ pub(crate) async fn prepare(db: &mut Db<'_>, disable_migration: bool) -> Result<
     } else {
         format!("SPIRE {code_version}")
     };
-    if version == SCHEMA_VERSION {
+    if (SCHEMA_VERSION..=LATEST_SCHEMA_VERSION).contains(&version) {
         // Every table of the current schema must be there, or queries fail later in
         // confusing ways.
         for table in TABLES {
             if !table_exists(db, table.name).await? {
                 return Err(DataStoreError::Internal(format!(
-                    "the database claims schema version {SCHEMA_VERSION} but has no table \
-                     {:?}; it is damaged: restore it from a backup",
+                    "the database claims schema version {version} but has no table {:?}; it \
+                     is damaged: restore it from a backup",
                     table.name
                 )));
             }
         }
+        add_later_columns(db, disable_migration).await?;
         return Ok(SchemaState::Current { code_version });
     }
-    if version > SCHEMA_VERSION {
+    if version > LATEST_SCHEMA_VERSION {
         return Err(DataStoreError::Internal(format!(
             "the database has schema version {version} (written by {written_by}), newer than \
-             version {SCHEMA_VERSION} that this server supports; run the SPIRE release that \
-             wrote it, or upgrade this server"
+             version {LATEST_SCHEMA_VERSION} that this server supports; run the SPIRE release \
+             that wrote it, or upgrade this server"
         )));
     }
     let disabled = if disable_migration {
@@ -370,9 +460,9 @@ pub(crate) async fn prepare(db: &mut Db<'_>, disable_migration: bool) -> Result<
     };
     Err(DataStoreError::Internal(format!(
         "the database has schema version {version} (written by {written_by}); this server \
-         supports only version {SCHEMA_VERSION} (SPIRE 1.8 and later){disabled}: upgrade the \
-         database by running upstream SPIRE 1.8 (or a later 1.x) on it once, then start this \
-         server"
+         supports versions {SCHEMA_VERSION} to {LATEST_SCHEMA_VERSION} (SPIRE 1.8 to \
+         1.15){disabled}: upgrade the database by running upstream SPIRE 1.8 (or a later 1.x) \
+         on it once, then start this server"
     )))
 }
 
@@ -462,6 +552,39 @@ mod tests {
             create_index_sql(INDEXES[3], Dialect::Mysql),
             "CREATE UNIQUE INDEX idx_node_resolver_map ON `node_resolver_map_entries`(spiffe_id, \
              `type`, `value`)"
+        );
+    }
+
+    /// The columns of schemas 24 and 25 get the types gorm's AutoMigrate gives upstream's
+    /// `AgentVersion string` and `AdditionalAttributes []byte` (`size:65535`).
+    #[test]
+    fn later_columns_use_gorms_types() {
+        let ddl = |d| {
+            LATER_COLUMNS
+                .iter()
+                .map(|&(t, c, ty, _)| add_column_sql(t, c, ty, d))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ddl(Dialect::Sqlite),
+            [
+                r#"ALTER TABLE "attested_node_entries" ADD "agent_version" varchar(255)"#,
+                r#"ALTER TABLE "registered_entries" ADD "additional_attributes" blob"#,
+            ]
+        );
+        assert_eq!(
+            ddl(Dialect::Postgres),
+            [
+                r#"ALTER TABLE "attested_node_entries" ADD "agent_version" text"#,
+                r#"ALTER TABLE "registered_entries" ADD "additional_attributes" bytea"#,
+            ]
+        );
+        assert_eq!(
+            ddl(Dialect::Mysql),
+            [
+                "ALTER TABLE `attested_node_entries` ADD `agent_version` varchar(255)",
+                "ALTER TABLE `registered_entries` ADD `additional_attributes` longblob",
+            ]
         );
     }
 
