@@ -389,10 +389,24 @@ fn state_written_by_upstream_opens_in_ours_and_ours_in_upstreams() {
     agent_serves(&agent, "spiffe://example.org/after-server-swap");
     assert_eq!(pairing.server.agent_ids(), written_by_upstream.agent_ids);
 
-    // And back: what ours wrote opens in upstream's server and agent.
-    pairing.create_workload_entry("spiffe://example.org/written-by-ours");
+    // And back: what ours wrote opens in upstream's server and agent, including an entry
+    // with a SPIRE 1.15 attribute in the column ours added (upstream 1.13 ignores it).
+    pairing.server.create_uid_entry(
+        NODE,
+        "spiffe://example.org/written-by-ours",
+        current_uid(),
+        &["-x509SVIDTTL", WORKLOAD_TTL, "-jwtSVIDIncludeJTI"],
+    );
     agent_serves(&agent, "spiffe://example.org/written-by-ours");
-    let written_by_ours = ServerState::read(&pairing);
+    let mut written_by_ours = ServerState::read(&pairing);
+    let with_attributes = written_by_ours
+        .entries
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .filter_map(|e| e.as_object_mut()?.remove("additional_attributes"))
+        .count();
+    assert_eq!(with_attributes, 1, "{:?}", written_by_ours.entries);
     pairing.server.start_again_as(&upstream_server);
     assert_runs(pairing.server.pid(), &upstream_server);
     assert_eq!(ServerState::read(&pairing), written_by_ours);
