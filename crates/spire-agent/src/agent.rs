@@ -15,10 +15,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminOptions};
-use crate::attestation::{self, AgentSvid, JoinTokenAttestor, NodeAttestor, RotationConfig};
+use crate::attestation::{self, AgentSvid, RotationConfig};
 use crate::cli::RunArgs;
 use crate::client::{AgentIdentity, ServerAddress, ServerClient, ServerTrust};
-use crate::config::{self, KeyManagerChoice, NodeAttestorChoice, ResolvedAgentConfig};
+use crate::config::{
+    self, KeyManagerChoice, NodeAttestorChoice, ResolvedAgentConfig, WorkloadAttestorChoice,
+};
+use crate::health::AgentHealth;
 use crate::manager::server_api::bundle_from_proto;
 use crate::manager::{Manager, ManagerOptions, WorkloadIdentities};
 use crate::plugins::keymanager::disk::DiskKeyManager;
@@ -26,10 +29,15 @@ use crate::plugins::keymanager::memory::MemoryKeyManager;
 use crate::plugins::keymanager::{
     AGENT_SVID_KEY_TYPE, KeyManager, find_agent_svid_key, next_agent_svid_key_id,
 };
+use crate::plugins::nodeattestor::NodeAttestor;
+use crate::plugins::nodeattestor::join_token::JoinTokenAttestor;
+use crate::plugins::nodeattestor::k8s_psat::K8sPsatAttestor;
 use crate::plugins::workloadattestor::WorkloadAttestor;
+use crate::plugins::workloadattestor::k8s::K8sAttestor;
 use crate::plugins::workloadattestor::unix::{UnixAttestor, UnixAttestorConfig};
 use crate::storage::AgentStorage;
 use crate::workload::{self, WorkloadApiOptions};
+use spire_common::health;
 
 /// Loads the config named by the `run` flags and runs the agent until a signal stops it.
 pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
@@ -179,7 +187,26 @@ pub async fn run(
         cancel.clone(),
     ));
 
-    let attestors = workload_attestors(&config);
+    let attestors = workload_attestors(&config)?;
+    if config.health_checks.listener_enabled {
+        // Bound now, so a taken port or bad path stops the start with its reason.
+        let listener = health::bind(&config.health_checks).await?;
+        let check = Arc::new(AgentHealth::new(
+            config.socket_path.clone(),
+            agent_identity.clone(),
+        ));
+        let (state, checks) = health::spawn_checks(check, cancel.clone());
+        let health_config = config.health_checks.clone();
+        let health_cancel = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(e) =
+                health::serve(listener, &health_config, "agent", state, health_cancel).await
+            {
+                tracing::error!(error = %e, "health check listener stopped");
+            }
+            let _ = checks.await;
+        });
+    }
     if let Some(path) = config.admin_socket_path.clone() {
         let options = AdminOptions {
             trust_domain: config.trust_domain.clone(),
@@ -237,10 +264,11 @@ pub async fn run(
 
 /// The configured node attestor, used at start and for re-attestation.
 fn node_attestor(config: &ResolvedAgentConfig) -> Arc<dyn NodeAttestor> {
-    match config.plugins.node_attestor {
+    match &config.plugins.node_attestor {
         NodeAttestorChoice::JoinToken => {
             Arc::new(JoinTokenAttestor::new(config.join_token.clone()))
         }
+        NodeAttestorChoice::K8sPsat(psat) => Arc::new(K8sPsatAttestor::new(psat.clone())),
     }
 }
 
@@ -266,7 +294,7 @@ async fn agent_svid(
     let key: Arc<PrivateKey> = key_manager
         .generate_key(key_id, AGENT_SVID_KEY_TYPE)
         .await?;
-    let attested = attestor.attest(client, &key).await?;
+    let attested = attestation::attest(client, attestor, &key).await?;
     storage.store_svid(&attested.svid_chain, attested.reattestable)?;
     tracing::info!("node attestation succeeded");
     Ok((
@@ -279,19 +307,29 @@ async fn agent_svid(
     ))
 }
 
-fn workload_attestors(config: &ResolvedAgentConfig) -> Vec<Arc<dyn WorkloadAttestor>> {
+/// The configured workload attestors, in config order. The `k8s` attestor reads its kubelet
+/// credentials now, so a missing file stops the start with its name.
+fn workload_attestors(
+    config: &ResolvedAgentConfig,
+) -> anyhow::Result<Vec<Arc<dyn WorkloadAttestor>>> {
     config
         .plugins
-        .unix_attestor()
-        .map(|unix| {
-            let attestor: Arc<dyn WorkloadAttestor> =
-                Arc::new(UnixAttestor::new(UnixAttestorConfig {
-                    discover_workload_path: unix.discover_workload_path,
-                    workload_size_limit: unix.workload_size_limit,
-                }));
-            attestor
+        .workload_attestors
+        .iter()
+        .map(|choice| -> anyhow::Result<Arc<dyn WorkloadAttestor>> {
+            Ok(match choice {
+                WorkloadAttestorChoice::Unix(unix) => {
+                    Arc::new(UnixAttestor::new(UnixAttestorConfig {
+                        discover_workload_path: unix.discover_workload_path,
+                        workload_size_limit: unix.workload_size_limit,
+                    }))
+                }
+                WorkloadAttestorChoice::K8s(k8s) => Arc::new(
+                    K8sAttestor::new(k8s.clone())
+                        .map_err(|e| anyhow::anyhow!("plugins.WorkloadAttestor.k8s: {e}"))?,
+                ),
+            })
         })
-        .into_iter()
         .collect()
 }
 

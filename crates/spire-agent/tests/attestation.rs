@@ -22,6 +22,7 @@ use spire_agent::plugins::keymanager::{
     AGENT_SVID_KEY_A, AGENT_SVID_KEY_B, AGENT_SVID_KEY_TYPE, DiskKeyManager, KeyManager,
     find_agent_svid_key,
 };
+use spire_agent::plugins::nodeattestor::join_token::JoinTokenAttestor;
 use spire_agent::storage::AgentStorage;
 use spire_core::keys::{KeyType, PrivateKey};
 use spire_core::spiffe_id::TrustDomain;
@@ -37,6 +38,7 @@ use spire_server::ca::{CaConfig, CaManager};
 use spire_server::datastore::DataStore;
 use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
 use spire_server::endpoints::{Endpoints, EndpointsConfig, EndpointsError};
+use spire_server::plugins::nodeattestor::NodeAttestors;
 use tokio::net::UnixStream;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +79,7 @@ async fn start(dir: &Path, agent_ttl: Option<Duration>) -> Server {
         .await
         .unwrap();
     let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
+    let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -89,11 +92,11 @@ async fn start(dir: &Path, agent_ttl: Option<Duration>) -> Server {
             admin_ids: Vec::new(),
             rate_limit_attestation: false,
             rate_limit_signing: false,
-            join_token_enabled: true,
         },
         log_level: Default::default(),
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(false, false),
+        node_attestors,
     });
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();
@@ -209,6 +212,15 @@ async fn authorized_entries(client: &ServerClient) -> Result<usize, tonic::Statu
         .len())
 }
 
+/// Attests with a join token through the node attestation driver.
+async fn attest_join_token(
+    client: &ServerClient,
+    token: &str,
+    key: &PrivateKey,
+) -> Result<attestation::AttestResult, attestation::AttestError> {
+    attestation::attest(client, &JoinTokenAttestor::new(Some(token.to_owned())), key).await
+}
+
 #[tokio::test]
 async fn join_token_attestation_renewal_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,9 +232,7 @@ async fn join_token_attestation_renewal_and_refusals() {
     // the bundle.
     let token = server.join_token().await;
     let key = Arc::new(PrivateKey::generate(KeyType::EcP256).unwrap());
-    let result = attestation::attest_join_token(&client, &token, &key)
-        .await
-        .unwrap();
+    let result = attest_join_token(&client, &token, &key).await.unwrap();
     assert!(!result.reattestable);
     let agent_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
     assert_eq!(spiffe_id(&result.svid_chain), agent_id);
@@ -230,9 +240,7 @@ async fn join_token_attestation_renewal_and_refusals() {
         .unwrap();
 
     // The same token again is refused with the server's explanation.
-    let err = attestation::attest_join_token(&client, &token, &key)
-        .await
-        .unwrap_err();
+    let err = attest_join_token(&client, &token, &key).await.unwrap_err();
     assert!(matches!(err, AttestError::InvalidArgument(_)), "{err:?}");
     assert!(
         err.to_string()
@@ -293,7 +301,7 @@ async fn join_token_attestation_renewal_and_refusals() {
     .unwrap();
     let stranger = server.client(ServerTrust::Bundle(vec![foreign_root]));
     let token = server.join_token().await;
-    let err = attestation::attest_join_token(&stranger, &token, &key)
+    let err = attest_join_token(&stranger, &token, &key)
         .await
         .unwrap_err();
     assert!(matches!(err, AttestError::Unavailable(_)), "{err:?}");
@@ -307,13 +315,13 @@ async fn join_token_attestation_renewal_and_refusals() {
         None,
     )
     .unwrap();
-    let err = attestation::attest_join_token(&other_td, &token, &key)
+    let err = attest_join_token(&other_td, &token, &key)
         .await
         .unwrap_err();
     assert!(matches!(err, AttestError::Unavailable(_)), "{err:?}");
     // Insecure bootstrap checks only the server's ID; then the bundle is fetched.
     let insecure = server.client(ServerTrust::InsecureBootstrap);
-    let result = attestation::attest_join_token(&insecure, &token, &key)
+    let result = attest_join_token(&insecure, &token, &key)
         .await
         .expect("the token was never sent to an untrusted server");
     insecure
@@ -363,9 +371,7 @@ async fn rotation_renews_at_half_life_and_persists_across_restart() {
         .await
         .unwrap();
     let token = server.join_token().await;
-    let result = attestation::attest_join_token(&client, &token, &key)
-        .await
-        .unwrap();
+    let result = attest_join_token(&client, &token, &key).await.unwrap();
     storage.store_svid(&result.svid_chain, false).unwrap();
     storage.store_bundle(&roots).unwrap();
     client
@@ -619,7 +625,7 @@ async fn an_expired_stored_svid_is_not_reused_the_join_token_attests_again() {
         .await
         .unwrap();
     let client = server.client(ServerTrust::Bundle(roots.clone()));
-    let old = attestation::attest_join_token(&client, &server.join_token().await, &key)
+    let old = attest_join_token(&client, &server.join_token().await, &key)
         .await
         .unwrap();
     storage.store_svid(&old.svid_chain, false).unwrap();
@@ -670,9 +676,7 @@ async fn a_reattestable_agent_attests_again_after_eviction_and_carries_on() {
         .await
         .unwrap();
     let first = server.join_token().await;
-    let result = attestation::attest_join_token(&client, &first, &key)
-        .await
-        .unwrap();
+    let result = attest_join_token(&client, &first, &key).await.unwrap();
     storage.store_svid(&result.svid_chain, true).unwrap();
     client
         .set_identity(result.svid_chain.clone(), key.clone())
@@ -687,7 +691,7 @@ async fn a_reattestable_agent_attests_again_after_eviction_and_carries_on() {
             reattestable: true,
             updates: None,
         },
-        Arc::new(attestation::JoinTokenAttestor::new(Some(second.clone()))),
+        Arc::new(JoinTokenAttestor::new(Some(second.clone()))),
         AgentSvid {
             chain: result.svid_chain.clone(),
             key,

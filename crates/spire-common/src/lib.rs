@@ -6,5 +6,7 @@
 pub mod cli;
 pub mod fs;
 pub mod grpc_status;
+pub mod health;
+pub mod k8s;
 pub mod logging;
 pub mod socket;

@@ -47,6 +47,7 @@ use spire_server::ca::{CaConfig, CaManager};
 use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
 use spire_server::datastore::{AttestedNode, DataStore, RegistrationEntry};
 use spire_server::plugins::keymanager::memory::MemoryKeyManager;
+use spire_server::plugins::nodeattestor::NodeAttestors;
 use tonic::Request;
 
 mod support;
@@ -120,6 +121,7 @@ async fn server(label: &str) -> Server {
     let index = AuthorizedIndex::load(datastore.clone())
         .await
         .expect("index");
+    let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -132,11 +134,11 @@ async fn server(label: &str) -> Server {
             admin_ids: Vec::new(),
             rate_limit_attestation: false,
             rate_limit_signing: false,
-            join_token_enabled: true,
         },
         log_level: Default::default(),
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(false, false),
+        node_attestors,
     });
     Server { ctx, db }
 }

@@ -24,6 +24,7 @@ use crate::endpoints::{self, EndpointsConfig};
 use crate::plugins::keymanager::KeyManager;
 use crate::plugins::keymanager::disk::DiskKeyManager;
 use crate::plugins::keymanager::memory::MemoryKeyManager;
+use crate::plugins::nodeattestor::NodeAttestors;
 use crate::plugins::upstreamauthority::UpstreamAuthority;
 use crate::plugins::upstreamauthority::disk::{DiskUpstreamAuthority, DiskUpstreamAuthorityConfig};
 
@@ -128,11 +129,15 @@ pub async fn run(
             admin_ids: config.admin_ids.clone(),
             rate_limit_attestation: config.rate_limit.attestation,
             rate_limit_signing: config.rate_limit.signing,
-            join_token_enabled: catalog.join_token_enabled(),
         },
         log_level,
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(config.rate_limit.attestation, config.rate_limit.signing),
+        node_attestors: NodeAttestors::from_catalog(
+            &catalog.node_attestors,
+            datastore.clone(),
+            &config.trust_domain,
+        ),
     });
 
     let cancel = CancellationToken::new();

@@ -47,6 +47,7 @@ use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
 use spire_server::datastore::{DataStore, JoinToken};
 use spire_server::endpoints::{Endpoints, EndpointsConfig, EndpointsError};
 use spire_server::plugins::keymanager::disk::DiskKeyManager;
+use spire_server::plugins::nodeattestor::NodeAttestors;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
@@ -102,6 +103,7 @@ async fn start(dir: &Path, rate_limit_attestation: bool) -> Server {
     let index = AuthorizedIndex::load(datastore.clone())
         .await
         .expect("load the authorized-entry index");
+    let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -114,11 +116,11 @@ async fn start(dir: &Path, rate_limit_attestation: bool) -> Server {
             admin_ids: Vec::new(),
             rate_limit_attestation,
             rate_limit_signing: false,
-            join_token_enabled: true,
         },
         log_level: Default::default(),
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(rate_limit_attestation, false),
+        node_attestors,
     });
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();
@@ -1242,6 +1244,10 @@ async fn bootstrap_refuses_bad_tokens_and_untrusted_servers() {
         .map(|_| ())
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "error getting node attestor: could not find node attestor type \"aws_iid\""
+    );
 
     // A failed attestation leaves no agent behind.
     let agents = AgentClient::new(admin.0.clone())

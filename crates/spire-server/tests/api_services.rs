@@ -31,6 +31,7 @@ use spire_server::authorized::AuthorizedIndex;
 use spire_server::ca::{CaConfig, CaManager};
 use spire_server::datastore::{DataStore, JoinToken};
 use spire_server::plugins::keymanager::memory::MemoryKeyManager;
+use spire_server::plugins::nodeattestor::{Challenger, NodeAttestors};
 use tonic::{Code, Request};
 
 const TD: &str = "example.org";
@@ -72,6 +73,7 @@ async fn harness() -> Harness {
     let index = AuthorizedIndex::load(datastore.clone())
         .await
         .expect("index");
+    let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -84,11 +86,11 @@ async fn harness() -> Harness {
             admin_ids: Vec::new(),
             rate_limit_attestation: true,
             rate_limit_signing: true,
-            join_token_enabled: true,
         },
         log_level: Default::default(),
         started_at: Instant::now(),
         rate_limits: Default::default(),
+        node_attestors,
     });
     Harness {
         agent: AgentApi::new(ctx.clone()),
@@ -199,7 +201,7 @@ async fn attest_agent(h: &Harness, token: &str) -> SpiffeId {
     create_token(h, token).await;
     let response = h
         .agent
-        .attest(&Caller::default(), attest_request(token))
+        .attest(&Caller::default(), attest_request(token), &mut NoChallenges)
         .await
         .unwrap();
     let Some(agentpb::attest_agent_response::Step::Result(result)) = response.step else {
@@ -241,6 +243,16 @@ async fn add_federated_bundle(h: &Harness) {
 // ---------------------------------------------------------------------------------------
 // entry.v1
 // ---------------------------------------------------------------------------------------
+
+/// A stream end for attestations that need no challenge (join tokens).
+struct NoChallenges;
+
+#[async_trait::async_trait]
+impl Challenger for NoChallenges {
+    async fn challenge(&mut self, _: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        Err(tonic::Status::internal("join_token never challenges"))
+    }
+}
 
 #[tokio::test]
 async fn every_entry_field_round_trips_through_create_and_get() {
@@ -639,7 +651,11 @@ async fn join_token_is_single_use_under_concurrency() {
         let h = h.clone();
         tasks.push(tokio::spawn(async move {
             h.agent
-                .attest(&Caller::default(), attest_request("race-token"))
+                .attest(
+                    &Caller::default(),
+                    attest_request("race-token"),
+                    &mut NoChallenges,
+                )
                 .await
         }));
     }
@@ -673,14 +689,14 @@ async fn expired_join_token_is_refused_and_consumed() {
         .unwrap();
     let err = h
         .agent
-        .attest(&Caller::default(), attest_request("old"))
+        .attest(&Caller::default(), attest_request("old"), &mut NoChallenges)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.message(), "join token expired");
     let again = h
         .agent
-        .attest(&Caller::default(), attest_request("old"))
+        .attest(&Caller::default(), attest_request("old"), &mut NoChallenges)
         .await
         .unwrap_err();
     assert!(again.message().contains("has already been used"));
@@ -695,7 +711,7 @@ async fn attestation_validates_params_and_attestor_type() {
     }
     let err = h
         .agent
-        .attest(&Caller::default(), no_csr)
+        .attest(&Caller::default(), no_csr, &mut NoChallenges)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -707,7 +723,7 @@ async fn attestation_validates_params_and_attestor_type() {
     }
     let err = h
         .agent
-        .attest(&Caller::default(), unknown)
+        .attest(&Caller::default(), unknown, &mut NoChallenges)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -853,7 +869,11 @@ async fn attested_agent_is_listed_renewed_banned_and_refused() {
     create_token(&h, "tok-1").await;
     let err = h
         .agent
-        .attest(&Caller::default(), attest_request("tok-1"))
+        .attest(
+            &Caller::default(),
+            attest_request("tok-1"),
+            &mut NoChallenges,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use spire_core::keys::KeyType;
-use spire_server::catalog::{self, DatabaseType, KeyManagerChoice, UpstreamAuthorityChoice};
+use spire_server::catalog::{
+    self, DatabaseType, KeyManagerChoice, NodeAttestorChoice, UpstreamAuthorityChoice,
+};
 use spire_server::config::{
     self, BundleEndpointProfile, ConfigError, FederatesWithProfile, LogFormat, Overrides,
     ServerConfig,
@@ -60,7 +62,7 @@ fn upstream_quickstart_config_loads() {
     assert_eq!(r.ca_subject.country, ["US"]);
     let cat = catalog::from_config(&cfg).unwrap();
     assert_eq!(cat.key_manager, KeyManagerChoice::Memory);
-    assert_eq!(cat.node_attestors, ["join_token"]);
+    assert_eq!(cat.node_attestors, [NodeAttestorChoice::JoinToken]);
     assert_eq!(
         cat.upstream_authority,
         Some(UpstreamAuthorityChoice::Disk {
@@ -480,13 +482,14 @@ fn catalog_needs_one_key_manager() {
 fn catalog_refuses_unknown_plugins_by_name() {
     let text = MINIMAL.replace(
         "NodeAttestor \"join_token\" { plugin_data {} }",
-        "NodeAttestor \"join_token\" { plugin_data {} }\n NodeAttestor \"k8s_psat\" { plugin_data { clusters = {} } }",
+        "NodeAttestor \"join_token\" { plugin_data {} }\n NodeAttestor \"tpm_devid\" { plugin_data {} }",
     );
     let msg = catalog::from_config(&load(&text).unwrap())
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("unknown or not yet supported built-in plugin NodeAttestor \"k8s_psat\""),
+        msg.contains("unknown or not yet supported built-in plugin NodeAttestor \"tpm_devid\"")
+            && msg.contains("\"k8s_psat\""),
         "{msg}"
     );
 
@@ -511,7 +514,7 @@ fn catalog_refuses_unknown_plugins_by_name() {
         "NodeAttestor \"join_token\" { plugin_data {} }\n NodeAttestor \"x509pop\" {\n enabled = false\n plugin_data {} }",
     );
     let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
-    assert_eq!(cat.node_attestors, ["join_token"]);
+    assert_eq!(cat.node_attestors, [NodeAttestorChoice::JoinToken]);
 }
 
 #[test]
@@ -581,7 +584,7 @@ fn catalog_reads_json_list_forms() {
         Some(Duration::from_secs(1800))
     );
     assert_eq!(cat.key_manager, KeyManagerChoice::Memory);
-    assert_eq!(cat.node_attestors, ["join_token"]);
+    assert_eq!(cat.node_attestors, [NodeAttestorChoice::JoinToken]);
 }
 
 #[test]

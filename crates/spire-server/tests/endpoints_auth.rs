@@ -33,6 +33,7 @@ use spire_server::datastore::DataStore;
 use spire_server::endpoints::health_http::{self, HealthChecksConfig};
 use spire_server::endpoints::{Endpoints, EndpointsConfig};
 use spire_server::plugins::keymanager::memory::MemoryKeyManager;
+use spire_server::plugins::nodeattestor::NodeAttestors;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -77,6 +78,7 @@ async fn start() -> Server {
     .await
     .unwrap();
     let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
+    let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -89,11 +91,11 @@ async fn start() -> Server {
             admin_ids: vec![SpiffeId::parse(ADMIN_ID).unwrap()],
             rate_limit_attestation: true,
             rate_limit_signing: true,
-            join_token_enabled: true,
         },
         log_level: Default::default(),
         started_at: Instant::now(),
         rate_limits: Default::default(),
+        node_attestors,
     });
     let socket = dir.path().join("private").join("api.sock");
     let endpoints = Endpoints::bind(

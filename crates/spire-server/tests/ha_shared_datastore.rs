@@ -34,6 +34,7 @@ use spire_server::ca::{CaConfig, CaManager};
 use spire_server::datastore::{AttestedNode, DataStore, RegistrationEntry};
 use spire_server::endpoints::{Endpoints, EndpointsConfig};
 use spire_server::plugins::keymanager::memory::MemoryKeyManager;
+use spire_server::plugins::nodeattestor::NodeAttestors;
 use sql_engines::TestDb;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,7 @@ impl Server {
         .await
         .unwrap();
         let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
+        let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
         let ctx = Arc::new(ApiContext {
             trust_domain,
             datastore,
@@ -79,11 +81,11 @@ impl Server {
                 admin_ids: Vec::new(),
                 rate_limit_attestation: true,
                 rate_limit_signing: true,
-                join_token_enabled: true,
             },
             log_level: Default::default(),
             started_at: Instant::now(),
             rate_limits: Default::default(),
+            node_attestors,
         });
         let endpoints = Endpoints::bind(
             ctx.clone(),

@@ -5,19 +5,15 @@
 //! attestation (as upstream).
 
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use spire_core::spiffe_id::TrustDomain;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::AttestError;
 use crate::client::ServerTrust;
 use crate::config::{BootstrapBundle, TrustBundleFormat, parse_bootstrap_bundle};
+use crate::http_get;
 
 /// How long connecting, sending the request and reading the whole bundle may take; a
 /// bundle server that hangs must not hang the agent's start forever.
@@ -104,10 +100,6 @@ fn url_error(url: &str, reason: String) -> AttestError {
     AttestError::Bootstrap(format!("agent.trust_bundle_url {url}: {reason}"))
 }
 
-/// Anything hyper can speak HTTP/1.1 over: TCP or a unix socket, with or without TLS.
-trait Connection: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Connection for T {}
-
 /// The GET itself: returns the body of a 200 answer.
 async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestError> {
     let uri: http::Uri = url
@@ -136,7 +128,7 @@ async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestE
         url_error(url, format!("unable to fetch trust bundle URL: {e}"))
     };
 
-    let stream: Box<dyn Connection> = match unix_socket {
+    let stream: Box<dyn http_get::Connection> = match unix_socket {
         Some(socket) => Box::new(tokio::net::UnixStream::connect(socket).await.map_err(|e| {
             url_error(
                 url,
@@ -152,7 +144,7 @@ async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestE
                 .map_err(|e| fetch_failed(&e))?,
         ),
     };
-    let stream: Box<dyn Connection> = if tls {
+    let stream: Box<dyn http_get::Connection> = if tls {
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| url_error(url, format!("invalid host name {host:?}: {e}")))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(system_roots_config(url)?));
@@ -166,45 +158,23 @@ async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestE
         stream
     };
 
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| fetch_failed(&e))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
-    let request = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::USER_AGENT, "spire-agent")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| url_error(url, format!("cannot build the request: {e}")))?;
-    let exchange = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| fetch_failed(&e))?;
-        let status = response.status();
-        if status != http::StatusCode::OK {
-            return Err(url_error(
-                url,
-                format!("error downloading trust bundle: {status}"),
-            ));
-        }
-        Limited::new(response.into_body(), MAX_BUNDLE_BYTES)
-            .collect()
-            .await
-            .map(|body| body.to_bytes().to_vec())
-            .map_err(|e| url_error(url, format!("unable to read from trust bundle URL: {e}")))
-    };
-    // The connection future drives the socket; it only ends early when the connection
-    // fails, in which case the exchange cannot complete.
-    let mut connection: Pin<Box<_>> = Box::pin(connection);
-    tokio::select! {
-        biased;
-        result = exchange => result,
-        closed = &mut connection => Err(match closed {
-            Ok(()) => url_error(url, "the server closed the connection without an answer".to_owned()),
-            Err(e) => fetch_failed(&e),
-        }),
+    let (status, body) = http_get::get(stream, authority, path, &[], MAX_BUNDLE_BYTES)
+        .await
+        .map_err(|e| match e {
+            http_get::GetError::Transport(e) => fetch_failed(&e),
+            http_get::GetError::Body(e) => {
+                url_error(url, format!("unable to read from trust bundle URL: {e}"))
+            }
+        })?;
+    if status != http::StatusCode::OK {
+        return Err(url_error(
+            url,
+            format!("error downloading trust bundle: {status}"),
+        ));
     }
+    Ok(body)
 }
 
 /// A TLS client configuration trusting the platform's root certificates, as Go's default

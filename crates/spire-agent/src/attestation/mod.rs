@@ -1,8 +1,8 @@
-//! Node attestation (join token over `agent.v1.AttestAgent`), the bootstrap trust bundle,
-//! the agent SVID's renewal (`agent.v1.RenewAgent` at half-life, see [`rotation`]), and
-//! what happens when the server stops accepting the agent (see [`reattest`]).
+//! Node attestation (the `agent.v1.AttestAgent` stream, driven for whichever node attestor
+//! plugin is configured), the bootstrap trust bundle, the agent SVID's renewal
+//! (`agent.v1.RenewAgent` at half-life, see [`rotation`]), and what happens when the server
+//! stops accepting the agent (see [`reattest`]).
 
-use async_trait::async_trait;
 use spire_core::keys::PrivateKey;
 use spire_proto::spire::api::server::agent::v1 as agentpb;
 use spire_proto::spire::api::server::bundle::v1 as bundlepb;
@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 
 use crate::client::{AgentDenied, ClientError, ServerClient, classify_denial};
 use crate::plugins::keymanager::KeyManagerError;
+use crate::plugins::nodeattestor::{NodeAttestor, PluginError};
 use crate::storage::StorageError;
 
 pub mod bootstrap;
@@ -21,9 +22,6 @@ pub mod rotation;
 pub use self::bootstrap::{bootstrap_trust, download_trust_bundle};
 pub use self::reattest::keep_agent_svid;
 pub use self::rotation::{AgentSvid, RotationConfig, renewal_due, run_rotation};
-
-/// The attestation data type of the join token attestor.
-pub const JOIN_TOKEN_TYPE: &str = "join_token";
 
 /// Why attestation, renewal or bootstrap failed. Server refusals keep the server's message,
 /// which says what is wrong (e.g. "join token does not exist or has already been used").
@@ -94,6 +92,9 @@ pub enum AttestError {
     /// The bootstrap trust bundle could not be loaded.
     #[error("{0}")]
     Bootstrap(String),
+    /// The node attestor plugin could not make its attestation data or answer a challenge.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
     /// The server client could not be configured.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -140,93 +141,24 @@ pub struct AttestResult {
     pub reattestable: bool,
 }
 
-/// A node attestor: proves the node's identity to the server over AttestAgent and gets an
-/// agent SVID for `key`. Used at start and, when the server marked the agent
-/// re-attestable, again when the server stops accepting the agent.
-#[async_trait]
-pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
-    /// The plugin name (`join_token`, ...), for messages.
-    fn name(&self) -> &str;
-
-    /// Runs AttestAgent over `client` for `key`.
-    async fn attest(
-        &self,
-        client: &ServerClient,
-        key: &PrivateKey,
-    ) -> Result<AttestResult, AttestError>;
-}
-
-/// The `join_token` node attestor. Join tokens are single-use, so the server never marks
-/// these agents re-attestable.
-#[derive(Clone)]
-pub struct JoinTokenAttestor {
-    token: Option<String>,
-}
-
-impl JoinTokenAttestor {
-    /// An attestor presenting `token` (from `join_token` / `-joinToken`); without one,
-    /// attesting fails saying how to give one (an agent with a stored SVID needs none).
-    pub fn new(token: Option<String>) -> Self {
-        Self { token }
-    }
-}
-
-impl std::fmt::Debug for JoinTokenAttestor {
-    // The token is a credential: never print it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinTokenAttestor").finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl NodeAttestor for JoinTokenAttestor {
-    fn name(&self) -> &str {
-        JOIN_TOKEN_TYPE
-    }
-
-    async fn attest(
-        &self,
-        client: &ServerClient,
-        key: &PrivateKey,
-    ) -> Result<AttestResult, AttestError> {
-        let token = self.token.as_deref().ok_or_else(|| {
-            AttestError::Bootstrap(
-                "no valid agent SVID in data_dir and no join token: pass -joinToken or set \
-                 agent.join_token"
-                    .into(),
-            )
-        })?;
-        attest_join_token(client, token, key).await
-    }
-}
-
-/// Attests with a join token: sends `{data: {type: "join_token", payload: token}, params:
-/// {csr}}` on the AttestAgent stream and returns the agent SVID for `key`. The token is
-/// single-use; a reused, unknown or expired token is [`AttestError::InvalidArgument`] with
-/// the server's explanation.
-pub async fn attest_join_token(
+/// Runs AttestAgent with `attestor` for `key`: sends its attestation data with a CSR,
+/// answers every challenge the server sends with the attestor's response, and returns the
+/// agent SVID. A refusal keeps the server's message, which says what is wrong (a used join
+/// token, a service account that is not allowed).
+pub async fn attest(
     client: &ServerClient,
-    token: &str,
+    attestor: &dyn NodeAttestor,
     key: &PrivateKey,
 ) -> Result<AttestResult, AttestError> {
-    attest(client, JOIN_TOKEN_TYPE, token.as_bytes(), key).await
-}
-
-/// Runs AttestAgent for an attestor that needs no challenge.
-async fn attest(
-    client: &ServerClient,
-    data_type: &str,
-    payload: &[u8],
-    key: &PrivateKey,
-) -> Result<AttestResult, AttestError> {
+    let payload = attestor.attestation_data().await?;
     let csr = spire_core::x509::csr_der(key)
         .map_err(|e| AttestError::Key(format!("cannot build the agent CSR: {e}")))?;
     let request = agentpb::AttestAgentRequest {
         step: Some(agentpb::attest_agent_request::Step::Params(
             agentpb::attest_agent_request::Params {
                 data: Some(types::AttestationData {
-                    r#type: data_type.to_owned(),
-                    payload: payload.to_vec(),
+                    r#type: attestor.name().to_owned(),
+                    payload,
                 }),
                 params: Some(agentpb::AgentX509svidParams { csr }),
             },
@@ -234,40 +166,48 @@ async fn attest(
     };
     // The request stream stays open until the server answered, as upstream's does.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(request)
-        .await
-        .map_err(|_| AttestError::Protocol("the attestation stream closed early".into()))?;
+    let closed = || AttestError::Protocol("the attestation stream closed early".into());
+    tx.send(request).await.map_err(|_| closed())?;
     let mut responses = client
         .agent_client()
         .attest_agent(ReceiverStream::new(rx))
         .await
         .map_err(|s| AttestError::from_status(&s))?
         .into_inner();
-    let response = responses
-        .message()
-        .await
-        .map_err(|s| AttestError::from_status(&s))?
-        .ok_or_else(|| {
-            AttestError::Protocol("the attestation stream ended without a result".into())
-        })?;
-    drop(tx);
-    match response.step {
-        Some(agentpb::attest_agent_response::Step::Result(result)) => {
-            let svid = result.svid.ok_or_else(|| {
-                AttestError::Protocol("the attestation result has no SVID".into())
+    loop {
+        let response = responses
+            .message()
+            .await
+            .map_err(|s| AttestError::from_status(&s))?
+            .ok_or_else(|| {
+                AttestError::Protocol("the attestation stream ended without a result".into())
             })?;
-            check_svid(&svid.cert_chain, key)?;
-            Ok(AttestResult {
-                svid_chain: svid.cert_chain,
-                reattestable: result.reattestable,
-            })
+        match response.step {
+            Some(agentpb::attest_agent_response::Step::Result(result)) => {
+                let svid = result.svid.ok_or_else(|| {
+                    AttestError::Protocol("the attestation result has no SVID".into())
+                })?;
+                check_svid(&svid.cert_chain, key)?;
+                return Ok(AttestResult {
+                    svid_chain: svid.cert_chain,
+                    reattestable: result.reattestable,
+                });
+            }
+            Some(agentpb::attest_agent_response::Step::Challenge(challenge)) => {
+                let answer = attestor.challenge_response(&challenge).await?;
+                let reply = agentpb::AttestAgentRequest {
+                    step: Some(agentpb::attest_agent_request::Step::ChallengeResponse(
+                        answer,
+                    )),
+                };
+                tx.send(reply).await.map_err(|_| closed())?;
+            }
+            None => {
+                return Err(AttestError::Protocol(
+                    "the attestation response is empty".into(),
+                ));
+            }
         }
-        Some(agentpb::attest_agent_response::Step::Challenge(_)) => Err(AttestError::Protocol(
-            format!("the server sent a challenge, which {data_type} attestation does not answer"),
-        )),
-        None => Err(AttestError::Protocol(
-            "the attestation response is empty".into(),
-        )),
     }
 }
 

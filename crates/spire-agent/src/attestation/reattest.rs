@@ -18,9 +18,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{AttestError, NodeAttestor, RotationConfig, run_rotation};
+use super::{AttestError, RotationConfig, attest, run_rotation};
 use crate::client::{AgentDenied, AgentIdentity, DenialKind};
 use crate::plugins::keymanager::{AGENT_SVID_KEY_TYPE, next_agent_svid_key_id};
+use crate::plugins::nodeattestor::NodeAttestor;
 
 use super::AgentSvid;
 
@@ -127,7 +128,7 @@ async fn reattest(
         .generate_key(key_id, AGENT_SVID_KEY_TYPE)
         .await?;
     let fresh = config.client.without_identity()?;
-    let attested = attestor.attest(&fresh, &key).await?;
+    let attested = attest(&fresh, attestor, &key).await?;
     config
         .storage
         .store_svid(&attested.svid_chain, attested.reattestable)?;

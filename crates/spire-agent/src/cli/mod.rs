@@ -6,7 +6,7 @@
 //! Failures print `Error: <message>` on stderr and exit with status 1, as upstream does.
 
 mod api;
-mod client;
+pub(crate) mod client;
 mod debug;
 mod healthcheck;
 mod logger;

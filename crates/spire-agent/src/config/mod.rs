@@ -22,7 +22,9 @@ pub use spire_core::config::sections::{
 pub mod plugins;
 mod resolve;
 
-pub use plugins::{KeyManagerChoice, NodeAttestorChoice, Plugins, UnixAttestorConfig};
+pub use plugins::{
+    KeyManagerChoice, NodeAttestorChoice, Plugins, UnixAttestorConfig, WorkloadAttestorChoice,
+};
 pub use resolve::{
     BootstrapBundle, ExperimentalSettings, HealthChecks, LogFormat, RebootstrapMode,
     ResolvedAgentConfig, SdsSettings, TrustBundleFormat, parse_bootstrap_bundle,

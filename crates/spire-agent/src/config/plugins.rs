@@ -13,6 +13,10 @@ use serde_json::Value;
 use spire_core::config::plugins::{enabled_plugins, exactly_one};
 
 use super::{ConfigError, de};
+use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
+use crate::plugins::workloadattestor::k8s::{
+    self as k8s, K8sAttestorConfig, KubeletCredentials, KubeletEndpoint,
+};
 
 /// Plugin types upstream's agent knows; the ones without built-ins here are refused by name.
 const PLUGIN_TYPES: [&str; 4] = [
@@ -36,24 +40,28 @@ pub struct Plugins {
 impl Plugins {
     /// The unix WorkloadAttestor's settings, when it is enabled.
     pub fn unix_attestor(&self) -> Option<&UnixAttestorConfig> {
-        self.workload_attestors.first().map(|w| match w {
-            WorkloadAttestorChoice::Unix(c) => c,
+        self.workload_attestors.iter().find_map(|w| match w {
+            WorkloadAttestorChoice::Unix(c) => Some(c),
+            WorkloadAttestorChoice::K8s(_) => None,
         })
     }
 }
 
 /// How the agent proves its identity to the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeAttestorChoice {
     /// `NodeAttestor "join_token"`: the token from `join_token` / `-joinToken`.
     JoinToken,
+    /// `NodeAttestor "k8s_psat"`: the pod's projected service account token.
+    K8sPsat(K8sPsatConfig),
 }
 
 impl NodeAttestorChoice {
     /// The plugin name, as the attestation type and in the agent's SPIFFE ID.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Self::JoinToken => "join_token",
+            Self::K8sPsat(_) => "k8s_psat",
         }
     }
 }
@@ -75,6 +83,8 @@ pub enum KeyManagerChoice {
 pub enum WorkloadAttestorChoice {
     /// `WorkloadAttestor "unix"`.
     Unix(UnixAttestorConfig),
+    /// `WorkloadAttestor "k8s"`.
+    K8s(K8sAttestorConfig),
 }
 
 /// `WorkloadAttestor "unix"` settings (upstream's `plugin_agent_workloadattestor_unix.md`).
@@ -96,6 +106,159 @@ struct NoData {}
 struct DiskKeyManagerData {
     #[serde(default, deserialize_with = "de::opt_string")]
     directory: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct K8sPsatData {
+    #[serde(default, deserialize_with = "de::opt_string")]
+    cluster: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    token_path: Option<String>,
+}
+
+/// `WorkloadAttestor "k8s"` keys, upstream's (`plugin_agent_workloadattestor_k8s.md`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct K8sData {
+    #[serde(default, deserialize_with = "de::opt_i64")]
+    kubelet_read_only_port: Option<i64>,
+    #[serde(default, deserialize_with = "de::opt_i64")]
+    kubelet_secure_port: Option<i64>,
+    #[serde(default, deserialize_with = "de::opt_i64")]
+    max_poll_attempts: Option<i64>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    poll_retry_interval: Option<std::time::Duration>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    reload_interval: Option<std::time::Duration>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    kubelet_ca_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    skip_kubelet_verification: Option<bool>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    token_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    certificate_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    private_key_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    use_anonymous_authentication: Option<bool>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    node_name_env: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    node_name: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    disable_container_selectors: Option<bool>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    use_new_container_locator: Option<bool>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    verbose_container_locator_logs: Option<bool>,
+}
+
+/// Resolves `WorkloadAttestor "k8s"` (in `file` at `path`), reading the node name from the
+/// environment as upstream: `node_name`, else the variable `node_name_env` names (default
+/// `MY_NODE_NAME`).
+fn k8s_config(file: &str, path: &str, d: K8sData) -> Result<K8sAttestorConfig, ConfigError> {
+    let invalid =
+        |key: &str, message: String| ConfigError::invalid(file, format!("{path}.{key}"), message);
+    let port = |key: &str, value: Option<i64>| -> Result<u16, ConfigError> {
+        match value {
+            None => Ok(0),
+            Some(v) if v <= 0 => Ok(0),
+            Some(v) => u16::try_from(v)
+                .map_err(|_| invalid(key, format!("{key} {v} is not a port (1-65535)"))),
+        }
+    };
+    let read_only = port("kubelet_read_only_port", d.kubelet_read_only_port)?;
+    let secure = port("kubelet_secure_port", d.kubelet_secure_port)?;
+    if read_only > 0 && secure > 0 {
+        return Err(invalid(
+            "kubelet_read_only_port",
+            "cannot use both the read-only and secure port: set one of kubelet_read_only_port \
+             and kubelet_secure_port"
+                .to_owned(),
+        ));
+    }
+    if d.use_new_container_locator == Some(false) {
+        return Err(invalid(
+            "use_new_container_locator",
+            "the legacy container locator is not supported; remove use_new_container_locator \
+             (the default locator reads the same cgroup layouts)"
+                .to_owned(),
+        ));
+    }
+    let credentials = if d.use_anonymous_authentication.unwrap_or(false) {
+        KubeletCredentials::Anonymous
+    } else {
+        match (d.certificate_path, d.private_key_path) {
+            (Some(certificate_path), Some(private_key_path)) => KubeletCredentials::Certificate {
+                certificate_path: certificate_path.into(),
+                private_key_path: private_key_path.into(),
+            },
+            (Some(_), None) => {
+                return Err(invalid(
+                    "private_key_path",
+                    "the private key path is required with the certificate path".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "certificate_path",
+                    "the certificate path is required with the private key path".to_owned(),
+                ));
+            }
+            (None, None) => KubeletCredentials::Token {
+                token_path: d
+                    .token_path
+                    .unwrap_or_else(|| k8s::DEFAULT_TOKEN_PATH.to_owned())
+                    .into(),
+            },
+        }
+    };
+    let endpoint = if read_only > 0 {
+        KubeletEndpoint::ReadOnly { port: read_only }
+    } else {
+        KubeletEndpoint::Secure {
+            port: if secure > 0 {
+                secure
+            } else {
+                k8s::DEFAULT_SECURE_PORT
+            },
+            skip_verification: d.skip_kubelet_verification.unwrap_or(false),
+            ca_path: d
+                .kubelet_ca_path
+                .unwrap_or_else(|| k8s::DEFAULT_CA_PATH.to_owned())
+                .into(),
+            credentials,
+        }
+    };
+    let node_name = match d.node_name.filter(|n| !n.is_empty()) {
+        Some(name) => Some(name),
+        None => {
+            let var = d
+                .node_name_env
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| k8s::DEFAULT_NODE_NAME_ENV.to_owned());
+            std::env::var(var).ok().filter(|n| !n.is_empty())
+        }
+    };
+    let positive = |d: Option<std::time::Duration>, default: u64| {
+        d.filter(|d| !d.is_zero())
+            .unwrap_or(std::time::Duration::from_millis(default))
+    };
+    Ok(K8sAttestorConfig {
+        endpoint,
+        node_name,
+        max_poll_attempts: d
+            .max_poll_attempts
+            .filter(|n| *n > 0)
+            .map_or(60, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        poll_retry_interval: positive(d.poll_retry_interval, 500),
+        reload_interval: positive(d.reload_interval, 60_000),
+        disable_container_selectors: d.disable_container_selectors.unwrap_or(false),
+        verbose_container_locator_logs: d.verbose_container_locator_logs.unwrap_or(false),
+        proc_root: PathBuf::from("/proc"),
+    })
 }
 
 #[derive(Deserialize)]
@@ -130,6 +293,32 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
+            }
+            ("NodeAttestor", "k8s_psat") => {
+                let d: K8sPsatData = decl.parse_data()?;
+                let Some(cluster) = d.cluster.filter(|c| !c.is_empty()) else {
+                    return Err(ConfigError::invalid(
+                        decl.data_file(),
+                        format!("{}.cluster", decl.data_path()),
+                        "missing required cluster block: set cluster to the name the server's \
+                         k8s_psat clusters block knows this cluster by",
+                    ));
+                };
+                node_attestors.push(NodeAttestorChoice::K8sPsat(K8sPsatConfig {
+                    cluster,
+                    token_path: d
+                        .token_path
+                        .unwrap_or_else(|| k8s_psat::DEFAULT_TOKEN_PATH.to_owned())
+                        .into(),
+                }));
+            }
+            ("WorkloadAttestor", "k8s") => {
+                let d: K8sData = decl.parse_data()?;
+                workload_attestors.push(WorkloadAttestorChoice::K8s(k8s_config(
+                    decl.data_file(),
+                    &decl.data_path(),
+                    d,
+                )?));
             }
             ("KeyManager", "memory") => {
                 decl.parse_data::<NoData>()?;
@@ -194,8 +383,8 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
 fn supported_names(kind: &str) -> &'static str {
     match kind {
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
-        "NodeAttestor" => "the supported NodeAttestor is \"join_token\"",
-        "WorkloadAttestor" => "the supported WorkloadAttestor is \"unix\"",
+        "NodeAttestor" => "supported NodeAttestors are \"join_token\" and \"k8s_psat\"",
+        "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\" and \"k8s\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }
 }

@@ -145,20 +145,8 @@ pub struct ExperimentalSettings {
     pub feature_flags: Vec<String>,
 }
 
-/// `health_checks { }` with defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthChecks {
-    /// Serve the HTTP health endpoint.
-    pub listener_enabled: bool,
-    /// Listen address (default localhost).
-    pub bind_address: String,
-    /// Listen port (default 80).
-    pub bind_port: u16,
-    /// Liveness path (default /live).
-    pub live_path: String,
-    /// Readiness path (default /ready).
-    pub ready_path: String,
-}
+/// `health_checks { }` with defaults: the listener's own settings type.
+pub use spire_common::health::HealthConfig as HealthChecks;
 
 /// A validated configuration: typed values, defaults filled in, plus warnings for the log.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,5 @@
 //! Built-in agent plugins, one folder per plugin type.
 
 pub mod keymanager;
+pub mod nodeattestor;
 pub mod workloadattestor;

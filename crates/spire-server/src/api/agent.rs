@@ -7,7 +7,7 @@ use std::sync::Arc;
 use spire_core::spiffe_id::SpiffeId;
 use spire_proto::spire::api::server::agent::v1 as pb;
 use spire_proto::spire::api::types;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::convert::{self, make_err};
@@ -17,7 +17,8 @@ use crate::datastore::{
     AttestedNode, AttestedNodeMask, DataStoreError, JoinToken, ListNodesRequest, Pagination,
     RegistrationEntry,
 };
-use crate::plugins::nodeattestor::join_token;
+use crate::plugins::nodeattestor::{Challenger, join_token};
+use spire_core::selector::Selector;
 
 /// The path of the server's own SPIFFE ID, which no agent may take.
 const SERVER_ID_PATH: &str = "/spire/server";
@@ -105,36 +106,14 @@ impl AgentApi {
         Ok((chain, serial, not_after))
     }
 
-    /// Consumes a join token and returns the agent ID it attests. The token is deleted
-    /// whether or not it has expired, so it can never be used twice.
-    async fn attest_join_token(&self, payload: &[u8]) -> Result<SpiffeId, Status> {
-        const NOT_FOUND: &str =
-            "failed to attest: join token does not exist or has already been used";
-        let Ok(token) = std::str::from_utf8(payload) else {
-            return Err(make_err(Code::InvalidArgument, NOT_FOUND, None));
-        };
-        let taken = self
-            .ctx
-            .datastore
-            .take_join_token(token)
-            .await
-            .map_err(|e| make_err(Code::Internal, "failed to fetch join token", Some(&e)))?;
-        let Some(taken) = taken else {
-            return Err(make_err(Code::InvalidArgument, NOT_FOUND, None));
-        };
-        if taken.expiry < convert::now_unix() {
-            return Err(make_err(Code::InvalidArgument, "join token expired", None));
-        }
-        join_token::agent_id(&self.ctx.trust_domain, token)
-            .map_err(|e| make_err(Code::Internal, "failed to create join token ID", Some(&e)))
-    }
-
-    /// Runs one attestation from the first stream message to the final result. Only the
-    /// join_token attestor is built in; it needs no challenge round trip.
+    /// Runs one attestation from the first stream message to the final result: the
+    /// attestor named by the data's type verifies it (challenging the agent through
+    /// `challenger` when it needs to), then the agent gets its SVID and node selectors.
     pub async fn attest(
         &self,
         caller: &Caller,
         request: pb::AttestAgentRequest,
+        challenger: &mut dyn Challenger,
     ) -> Result<pb::AttestAgentResponse, Status> {
         let params = match request.step {
             Some(pb::attest_agent_request::Step::Params(params)) => params,
@@ -164,9 +143,7 @@ impl AgentApi {
             return Err(malformed("missing attestation data payload"));
         }
 
-        let agent_id = if data.r#type == join_token::NAME && self.ctx.settings.join_token_enabled {
-            self.attest_join_token(&data.payload).await?
-        } else {
+        let Some(attestor) = self.ctx.node_attestors.get(&data.r#type) else {
             return Err(make_err(
                 Code::FailedPrecondition,
                 "error getting node attestor",
@@ -176,6 +153,9 @@ impl AgentApi {
                 )),
             ));
         };
+        // The attestor's own code and message reach the agent unchanged, as upstream's.
+        let attested = attestor.attest(&data.payload, challenger).await?;
+        let agent_id = attested.agent_id;
         if agent_id.path() == SERVER_ID_PATH {
             return Err(make_err(
                 Code::Internal,
@@ -200,14 +180,14 @@ impl AgentApi {
 
         let (chain, serial, not_after) = self.sign_agent_svid(&agent_id, &svid_params.csr).await?;
 
-        // join_token produces no node selectors.
+        let selectors = node_selectors(&data.r#type, &attested.selector_values)?;
         self.ctx
             .datastore
-            .set_node_selectors(agent_id.as_str(), &[])
+            .set_node_selectors(agent_id.as_str(), &selectors)
             .await
             .map_err(|e| make_err(Code::Internal, "failed to update selectors", Some(&e)))?;
 
-        let can_reattest = false;
+        let can_reattest = attested.can_reattest;
         let node = AttestedNode {
             spiffe_id: agent_id.to_string(),
             attestation_data_type: data.r#type.clone(),
@@ -306,6 +286,64 @@ pub(crate) async fn rate_limit(
                 Some(&status.message()),
             )
         })
+}
+
+/// Node selectors as stored: typed by the attestor, without duplicates, sorted (upstream's
+/// `selector.Dedupe`).
+fn node_selectors(attestor: &str, values: &[String]) -> Result<Vec<Selector>, Status> {
+    let mut selectors = values
+        .iter()
+        .map(|v| Selector::new(attestor, v.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| make_err(Code::Internal, "invalid node selector", Some(&e)))?;
+    selectors.sort_by(|a, b| (&a.kind, &a.value).cmp(&(&b.kind, &b.value)));
+    selectors.dedup();
+    Ok(selectors)
+}
+
+/// The agent's end of an `AttestAgent` stream, for attestors that challenge it.
+struct StreamChallenger {
+    responses: tokio::sync::mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
+    inbound: Streaming<pb::AttestAgentRequest>,
+}
+
+#[tonic::async_trait]
+impl Challenger for StreamChallenger {
+    async fn challenge(&mut self, challenge: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let message = pb::AttestAgentResponse {
+            step: Some(pb::attest_agent_response::Step::Challenge(challenge)),
+        };
+        self.responses.send(Ok(message)).await.map_err(|_| {
+            make_err(
+                Code::Internal,
+                "failed to send challenge to agent",
+                Some(&"the agent closed the stream"),
+            )
+        })?;
+        let answer = self
+            .inbound
+            .message()
+            .await
+            .map_err(|e| {
+                make_err(
+                    Code::Internal,
+                    "failed to receive challenge from agent",
+                    Some(&e.message()),
+                )
+            })?
+            .ok_or_else(|| {
+                make_err(
+                    Code::Internal,
+                    "failed to receive challenge from agent",
+                    Some(&"EOF"),
+                )
+            })?;
+        // Anything but a response is an empty one, as upstream reads it.
+        Ok(match answer.step {
+            Some(pb::attest_agent_request::Step::ChallengeResponse(response)) => response,
+            _ => Vec::new(),
+        })
+    }
 }
 
 type AttestStream =
@@ -518,9 +556,37 @@ impl pb::agent_server::Agent for AgentApi {
                 ));
             }
         };
-        let response = self.attest(&caller, first).await?;
-        let stream: AttestStream = Box::pin(tokio_stream::once(Ok(response)));
-        Ok(Response::new(stream))
+        // The attestation runs beside the response stream, so that an attestor can send
+        // challenges on it and read the answers from `inbound`.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let api = Self {
+            ctx: Arc::clone(&self.ctx),
+        };
+        tokio::spawn(async move {
+            let mut challenger = StreamChallenger {
+                responses: tx.clone(),
+                inbound,
+            };
+            let result = api.attest(&caller, first, &mut challenger).await;
+            // The agent may have gone; nothing is left to tell it then.
+            let _ = tx.send(result).await;
+        });
+        // A refusal before any challenge is the call's status (trailers only), as
+        // upstream's handler returning early gives; otherwise the first message (a
+        // challenge or the result) leads the stream.
+        let mut responses = tokio_stream::wrappers::ReceiverStream::new(rx);
+        match responses.next().await {
+            Some(Ok(first)) => {
+                let stream: AttestStream = Box::pin(tokio_stream::once(Ok(first)).chain(responses));
+                Ok(Response::new(stream))
+            }
+            Some(Err(status)) => Err(status),
+            None => Err(make_err(
+                Code::Internal,
+                "attestation ended without a result",
+                None,
+            )),
+        }
     }
 
     async fn renew_agent(

@@ -41,6 +41,8 @@ pub struct ApiContext {
     pub started_at: std::time::Instant,
     /// Per-IP limits for attestation and signing.
     pub rate_limits: ratelimit::RateLimiters,
+    /// The configured node attestors, by name.
+    pub node_attestors: crate::plugins::nodeattestor::NodeAttestors,
 }
 
 /// Settings the APIs need from the configuration.
@@ -58,8 +60,6 @@ pub struct ApiSettings {
     pub rate_limit_attestation: bool,
     /// `ratelimit.signing`.
     pub rate_limit_signing: bool,
-    /// Join-token node attestor configured.
-    pub join_token_enabled: bool,
 }
 
 /// How the caller reached us, set by the endpoint before authorization.

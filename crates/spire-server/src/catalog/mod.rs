@@ -16,6 +16,7 @@ use serde_json::Value;
 use spire_core::config::plugins::{enabled_plugins, exactly_one};
 
 use crate::config::{ConfigError, ServerConfig, de};
+use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
 const PLUGIN_TYPES: [&str; 7] = [
@@ -37,14 +38,35 @@ pub struct Catalog {
     pub key_manager: KeyManagerChoice,
     /// The UpstreamAuthority, when one is configured.
     pub upstream_authority: Option<UpstreamAuthorityChoice>,
-    /// Names of the enabled NodeAttestors, e.g. `join_token`.
-    pub node_attestors: Vec<String>,
+    /// The enabled NodeAttestors, in configuration order.
+    pub node_attestors: Vec<NodeAttestorChoice>,
 }
 
 impl Catalog {
     /// Whether the `join_token` NodeAttestor is enabled.
     pub fn join_token_enabled(&self) -> bool {
-        self.node_attestors.iter().any(|n| n == "join_token")
+        self.node_attestors
+            .iter()
+            .any(|n| matches!(n, NodeAttestorChoice::JoinToken))
+    }
+}
+
+/// A server NodeAttestor and its validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAttestorChoice {
+    /// `NodeAttestor "join_token"` (no plugin_data).
+    JoinToken,
+    /// `NodeAttestor "k8s_psat"`.
+    K8sPsat(K8sPsatConfig),
+}
+
+impl NodeAttestorChoice {
+    /// The plugin's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::JoinToken => crate::plugins::nodeattestor::join_token::NAME,
+            Self::K8sPsat(_) => crate::plugins::nodeattestor::k8s_psat::NAME,
+        }
     }
 }
 
@@ -190,7 +212,7 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
     let mut datastores = Vec::new();
     let mut key_managers = Vec::new();
     let mut upstream_authorities = Vec::new();
-    let mut node_attestors: Vec<String> = Vec::new();
+    let mut node_attestors: Vec<NodeAttestorChoice> = Vec::new();
 
     for decl in declarations {
         let data_file = decl.data_file();
@@ -231,7 +253,13 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
             }
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
-                node_attestors.push(decl.name.clone());
+                node_attestors.push(NodeAttestorChoice::JoinToken);
+            }
+            ("NodeAttestor", "k8s_psat") => {
+                let d: k8s_psat::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::K8sPsat(K8sPsatConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
             }
             (kind, name) => {
                 return Err(ConfigError::invalid(
@@ -278,7 +306,7 @@ fn supported_names(kind: &str) -> &'static str {
     match kind {
         "DataStore" => "the supported DataStore is \"sql\"",
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
-        "NodeAttestor" => "the supported NodeAttestor is \"join_token\"",
+        "NodeAttestor" => "supported NodeAttestors are \"join_token\" and \"k8s_psat\"",
         "UpstreamAuthority" => "the supported UpstreamAuthority is \"disk\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }

@@ -1,5 +1,7 @@
 //! WorkloadAttestor plugins turn the calling process (its pid) into selectors.
 
+pub mod containerinfo;
+pub mod k8s;
 pub mod unix;
 
 use async_trait::async_trait;

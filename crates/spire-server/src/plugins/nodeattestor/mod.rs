@@ -1,4 +1,121 @@
-//! Server-side NodeAttestor plugins. `join_token` is handled by the agent API itself (the
-//! token lives in the datastore), as upstream does; other attestors implement this trait.
+//! Server-side NodeAttestor plugins, behind one trait: the agent API drives the
+//! `AttestAgent` stream (first message, challenges, result) and asks the attestor named by
+//! the attestation data's type to verify the payload. Each implementation is a file here,
+//! chosen by name in `catalog/`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use spire_core::spiffe_id::SpiffeId;
+use tonic::{Code, Status};
 
 pub mod join_token;
+pub mod k8s_psat;
+
+/// What a successful attestation proves about the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    /// The agent's SPIFFE ID (`spiffe://<td>/spire/agent/<attestor>/...`).
+    pub agent_id: SpiffeId,
+    /// Node selector values; the agent API gives them the attestor's name as their type.
+    pub selector_values: Vec<String>,
+    /// Whether the agent re-attests instead of renewing its SVID.
+    pub can_reattest: bool,
+}
+
+/// The agent's end of the stream, for attestors that challenge it (proof of possession).
+#[async_trait]
+pub trait Challenger: Send {
+    /// Sends `challenge` to the agent and waits for its response.
+    async fn challenge(&mut self, challenge: Vec<u8>) -> Result<Vec<u8>, Status>;
+}
+
+/// A server-side node attestor.
+///
+/// Errors are gRPC statuses with upstream's codes, since they go to the agent as they are;
+/// plugins word them with [`plugin_error`] so that the message starts with
+/// `nodeattestor(<name>): `, as upstream's plugin host prefixes them.
+#[async_trait]
+pub trait NodeAttestor: Send + Sync {
+    /// The attestor's name: the attestation data type it answers, and its selectors' type.
+    fn name(&self) -> &str;
+
+    /// Verifies `payload` (the agent's attestation data), challenging the agent through
+    /// `challenger` as often as the attestor needs.
+    async fn attest(
+        &self,
+        payload: &[u8],
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, Status>;
+}
+
+/// A plugin's refusal, with upstream's `nodeattestor(<name>): ` prefix.
+pub fn plugin_error(name: &str, code: Code, message: impl std::fmt::Display) -> Status {
+    Status::new(code, format!("nodeattestor({name}): {message}"))
+}
+
+/// The server's node attestors by name.
+#[derive(Clone, Default)]
+pub struct NodeAttestors {
+    by_name: BTreeMap<String, Arc<dyn NodeAttestor>>,
+}
+
+impl NodeAttestors {
+    /// The attestors the catalog chose, for agents of `trust_domain`.
+    pub fn from_catalog(
+        choices: &[crate::catalog::NodeAttestorChoice],
+        datastore: Arc<dyn crate::datastore::DataStore>,
+        trust_domain: &spire_core::spiffe_id::TrustDomain,
+    ) -> Self {
+        use crate::catalog::NodeAttestorChoice as C;
+        let mut out = Self::default();
+        for choice in choices {
+            let attestor: Arc<dyn NodeAttestor> = match choice {
+                C::JoinToken => Arc::new(join_token::JoinTokenAttestor::new(
+                    Arc::clone(&datastore),
+                    trust_domain.clone(),
+                )),
+                C::K8sPsat(config) => Arc::new(k8s_psat::K8sPsatAttestor::new(
+                    config.clone(),
+                    trust_domain.clone(),
+                )),
+            };
+            out.insert(attestor);
+        }
+        out
+    }
+
+    /// Only `join_token`: what most tests and the quickstart use.
+    pub fn join_token_only(
+        datastore: Arc<dyn crate::datastore::DataStore>,
+        trust_domain: &spire_core::spiffe_id::TrustDomain,
+    ) -> Self {
+        Self::from_catalog(
+            &[crate::catalog::NodeAttestorChoice::JoinToken],
+            datastore,
+            trust_domain,
+        )
+    }
+
+    /// Adds `attestor` under its name.
+    pub fn insert(&mut self, attestor: Arc<dyn NodeAttestor>) {
+        self.by_name.insert(attestor.name().to_owned(), attestor);
+    }
+
+    /// The attestor for an attestation data type.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn NodeAttestor>> {
+        self.by_name.get(name)
+    }
+
+    /// Whether `name` is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+}
+
+impl std::fmt::Debug for NodeAttestors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_name.keys()).finish()
+    }
+}

@@ -1,0 +1,357 @@
+//! The `health_checks { }` HTTP listener, as upstream's `pkg/common/health`: a subsystem is
+//! checked every second until it is live and ready, then every minute, and `live_path` and
+//! `ready_path` answer from the last check: 200 when it passed, 500 otherwise, with a JSON
+//! body keyed by the subsystem's name (`{"agent":{}}`, or `{"agent":null}` before the first
+//! check). Kubernetes probes call these paths.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::any;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How often a subsystem is checked until it is live and ready.
+const STARTUP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often it is checked once it has been live and ready.
+const STEADY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The `health_checks` block, with upstream's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `listener_enabled`: serve the HTTP listener at all (default false).
+    pub listener_enabled: bool,
+    /// `bind_address` (default `localhost`).
+    pub bind_address: String,
+    /// `bind_port` (default 80).
+    pub bind_port: u16,
+    /// `live_path` (default `/live`).
+    pub live_path: String,
+    /// `ready_path` (default `/ready`).
+    pub ready_path: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            listener_enabled: false,
+            bind_address: "localhost".to_owned(),
+            bind_port: 80,
+            live_path: "/live".to_owned(),
+            ready_path: "/ready".to_owned(),
+        }
+    }
+}
+
+/// One check's outcome for a subsystem.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HealthState {
+    /// Whether the subsystem is alive (a probe failing this restarts the process).
+    pub live: bool,
+    /// Whether the subsystem serves (a probe failing this takes it out of service).
+    pub ready: bool,
+    /// The body's value for `live_path` (an object; upstream's `LiveDetails`).
+    pub live_details: serde_json::Value,
+    /// The body's value for `ready_path` (upstream's `ReadyDetails`).
+    pub ready_details: serde_json::Value,
+}
+
+/// A subsystem the listener reports on.
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// The key of the JSON bodies (`agent`, `server`).
+    fn name(&self) -> &str;
+
+    /// Checks the subsystem now.
+    async fn check(&self) -> HealthState;
+}
+
+/// Why the listener could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthError {
+    /// The address could not be bound.
+    #[error("unable to listen for health checks on {address}: {source}")]
+    Bind {
+        /// `bind_address:bind_port`.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A path is not usable as a route.
+    #[error("health_checks: {key} {path:?} must start with '/'")]
+    BadPath {
+        /// `live_path` or `ready_path`.
+        key: &'static str,
+        /// The value given.
+        path: String,
+    },
+    /// `live_path` and `ready_path` are the same.
+    #[error("health_checks: live_path and ready_path are both {0:?}; they must differ")]
+    SamePath(String),
+    /// Serving failed.
+    #[error("health check listener failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Checks `check` until `cancel` fires, publishing every outcome on the returned receiver
+/// (`None` until the first check has run).
+pub fn spawn_checks(
+    check: Arc<dyn HealthCheck>,
+    cancel: CancellationToken,
+) -> (
+    watch::Receiver<Option<HealthState>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut was_healthy = false;
+        loop {
+            let state = check.check().await;
+            let healthy = state.live && state.ready;
+            if healthy && !was_healthy {
+                tracing::info!(subsystem = check.name(), "Health check passed");
+            } else if !healthy && was_healthy {
+                tracing::warn!(
+                    subsystem = check.name(),
+                    live = state.live,
+                    ready = state.ready,
+                    details = %state.ready_details,
+                    "Health check failed"
+                );
+            }
+            was_healthy = healthy;
+            tx.send_replace(Some(state));
+            let wait = if healthy {
+                STEADY_INTERVAL
+            } else {
+                STARTUP_INTERVAL
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Binds `bind_address:bind_port` (a name such as `localhost` is resolved), checking the
+/// paths first so a bad config fails before anything listens.
+pub async fn bind(config: &HealthConfig) -> Result<tokio::net::TcpListener, HealthError> {
+    for (key, path) in [
+        ("live_path", &config.live_path),
+        ("ready_path", &config.ready_path),
+    ] {
+        if !path.starts_with('/') {
+            return Err(HealthError::BadPath {
+                key,
+                path: path.clone(),
+            });
+        }
+    }
+    if config.live_path == config.ready_path {
+        return Err(HealthError::SamePath(config.live_path.clone()));
+    }
+    let host = config
+        .bind_address
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    tokio::net::TcpListener::bind((host, config.bind_port))
+        .await
+        .map_err(|source| HealthError::Bind {
+            address: format!("{}:{}", config.bind_address, config.bind_port),
+            source,
+        })
+}
+
+#[derive(Clone)]
+struct Shared {
+    name: String,
+    state: watch::Receiver<Option<HealthState>>,
+}
+
+/// Serves `live_path` and `ready_path` on `listener` from `state` until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: &HealthConfig,
+    name: &str,
+    state: watch::Receiver<Option<HealthState>>,
+    cancel: CancellationToken,
+) -> Result<(), HealthError> {
+    let shared = Shared {
+        name: name.to_owned(),
+        state,
+    };
+    let router = Router::new()
+        .route(&config.live_path, any(live))
+        .route(&config.ready_path, any(ready))
+        .with_state(shared);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .map_err(HealthError::Serve)
+}
+
+/// The response for one path: 200 or 500 and `{"<name>": details}` with a trailing newline,
+/// as Go's `json.Encoder` writes it.
+fn respond(
+    shared: &Shared,
+    pick: impl Fn(&HealthState) -> (bool, serde_json::Value),
+) -> axum::response::Response {
+    let (ok, details) = shared
+        .state
+        .borrow()
+        .as_ref()
+        .map_or((false, serde_json::Value::Null), &pick);
+    let mut body = serde_json::Map::new();
+    body.insert(shared.name.clone(), details);
+    let mut text = serde_json::Value::Object(body).to_string();
+    text.push('\n');
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (code, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+async fn live(State(shared): State<Shared>) -> axum::response::Response {
+    respond(&shared, |s| (s.live, s.live_details.clone()))
+}
+
+async fn ready(State(shared): State<Shared>) -> axum::response::Response {
+    respond(&shared, |s| (s.ready, s.ready_details.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Flaky(AtomicBool);
+
+    #[async_trait]
+    impl HealthCheck for Flaky {
+        fn name(&self) -> &str {
+            "agent"
+        }
+        async fn check(&self) -> HealthState {
+            let ok = self.0.load(Ordering::SeqCst);
+            let details = if ok {
+                serde_json::json!({})
+            } else {
+                serde_json::json!({"make_new_x509_err": "workload api is unavailable"})
+            };
+            HealthState {
+                live: true,
+                ready: ok,
+                live_details: serde_json::json!({}),
+                ready_details: details,
+            }
+        }
+    }
+
+    async fn get(port: u16, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out[9..12].parse().unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        if code != 404 {
+            assert!(
+                out.to_lowercase()
+                    .contains("content-type: application/json"),
+                "{out}"
+            );
+        }
+        (code, body)
+    }
+
+    #[tokio::test]
+    async fn paths_answer_from_the_last_check_with_upstreams_bodies() {
+        let config = HealthConfig {
+            listener_enabled: true,
+            bind_address: "127.0.0.1".into(),
+            bind_port: 0,
+            ..HealthConfig::default()
+        };
+        let listener = bind(&config).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let check = Arc::new(Flaky(AtomicBool::new(false)));
+        let cancel = CancellationToken::new();
+        let (tx, rx) = watch::channel(None);
+        let server = tokio::spawn({
+            let config = config.clone();
+            let cancel = cancel.clone();
+            async move { serve(listener, &config, "agent", rx, cancel).await }
+        });
+        assert_eq!(
+            get(port, "/ready").await,
+            (500, "{\"agent\":null}\n".to_owned())
+        );
+
+        tx.send_replace(Some(check.check().await));
+        assert_eq!(
+            get(port, "/live").await,
+            (200, "{\"agent\":{}}\n".to_owned())
+        );
+        assert_eq!(
+            get(port, "/ready").await,
+            (
+                500,
+                "{\"agent\":{\"make_new_x509_err\":\"workload api is unavailable\"}}\n".to_owned()
+            )
+        );
+        check.0.store(true, Ordering::SeqCst);
+        tx.send_replace(Some(check.check().await));
+        assert_eq!(
+            get(port, "/ready").await,
+            (200, "{\"agent\":{}}\n".to_owned())
+        );
+        assert_eq!(get(port, "/other").await.0, 404);
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_check_loop_publishes_each_outcome() {
+        let check = Arc::new(Flaky(AtomicBool::new(true)));
+        let cancel = CancellationToken::new();
+        let (mut rx, task) = spawn_checks(check, cancel.clone());
+        rx.wait_for(Option::is_some).await.unwrap();
+        assert!(rx.borrow().as_ref().unwrap().ready);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_paths_are_refused_before_binding() {
+        let config = HealthConfig {
+            live_path: "live".into(),
+            ..HealthConfig::default()
+        };
+        assert!(matches!(
+            bind(&config).await,
+            Err(HealthError::BadPath { .. })
+        ));
+        let config = HealthConfig {
+            ready_path: "/live".into(),
+            ..HealthConfig::default()
+        };
+        assert!(matches!(bind(&config).await, Err(HealthError::SamePath(_))));
+    }
+}
