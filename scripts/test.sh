@@ -35,6 +35,11 @@ scripts/interop-deps.sh >/dev/null
 # shellcheck source=/dev/null
 . target/interop-deps.env
 
+step "kube-apiserver v1.37.2 and etcd for the Kubernetes tests (built once, cached in ~/.cache/spire-rs)"
+scripts/k8s-deps.sh >/dev/null
+# shellcheck source=/dev/null
+. target/k8s-deps.env
+
 step "databases (PostgreSQL, MariaDB) for the datastore suite"
 scripts/test-databases.sh >/dev/null
 # shellcheck source=/dev/null

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
 
+pub mod kube;
 pub mod workload;
 
 /// The binary the process `pid` runs (from `/proc/<pid>/exe`), canonical: tests that swap

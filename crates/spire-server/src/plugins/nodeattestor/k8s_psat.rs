@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use serde::Deserialize;
 use spire_common::k8s::{
-    ApiServerClient, EXTRA_POD_NAME, EXTRA_POD_UID, extra_value, service_account_of,
+    ApiServerClient, EXTRA_POD_NAME, EXTRA_POD_UID, K8sError, extra_value, service_account_of,
 };
 use spire_core::config::de;
 use spire_core::spiffe_id::TrustDomain;
@@ -186,12 +186,19 @@ impl NodeAttestor for K8sPsatAttestor {
                 .map(std::path::Path::new),
         );
 
+        // A token the API server rejects (a review error, such as a wrong audience or a
+        // deleted pod) is a refusal of the agent, PermissionDenied; upstream reports it as
+        // Internal, which reads like a server fault. Not reaching the API server is Internal.
         let status = client
             .validate_token(&data.token, &cluster.audience)
             .await
             .map_err(|e| {
+                let code = match e {
+                    K8sError::ReviewError(_) | K8sError::Audience { .. } => Code::PermissionDenied,
+                    _ => Code::Internal,
+                };
                 error(
-                    Code::Internal,
+                    code,
                     format!("unable to validate token with TokenReview API {for_cluster}: {e}"),
                 )
             })?;
