@@ -423,3 +423,94 @@ fn bootstrap_bundle_files_are_parsed_in_both_formats() {
     let err = config::parse_bootstrap_bundle(b"", TrustBundleFormat::Pem, &td).unwrap_err();
     assert!(err.contains("no PEM blocks"), "{err}");
 }
+
+/// Upstream's documented `k8s_psat` and `k8s` blocks (`doc/plugin_agent_nodeattestor_k8s_psat.md`,
+/// `doc/plugin_agent_workloadattestor_k8s.md`) load unchanged, with upstream's defaults.
+#[test]
+fn upstream_kubernetes_plugin_examples_load() {
+    use spire_agent::config::WorkloadAttestorChoice;
+    use spire_agent::plugins::workloadattestor::k8s::{KubeletCredentials, KubeletEndpoint};
+    let with_plugins = |k8s_data: &str| {
+        format!(
+            "agent {{\n{MINIMAL_AGENT}\n}}\nplugins {{\n    NodeAttestor \"k8s_psat\" {{\n        \
+             plugin_data {{\n            cluster = \"MyCluster\"\n        }}\n    }}\n    \
+             KeyManager \"memory\" {{ plugin_data {{}} }}\n    WorkloadAttestor \"k8s\" {{\n  \
+             plugin_data {{\n{k8s_data}\n  }}\n}}\n}}\n"
+        )
+    };
+    let k8s = |data: &str| {
+        let c = load(&with_plugins(data)).unwrap().resolve().unwrap();
+        match &c.plugins.node_attestor {
+            NodeAttestorChoice::K8sPsat(psat) => {
+                assert_eq!(psat.cluster, "MyCluster");
+                assert_eq!(
+                    psat.token_path,
+                    PathBuf::from("/var/run/secrets/tokens/spire-agent")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match c.plugins.workload_attestors.first() {
+            Some(WorkloadAttestorChoice::K8s(k8s)) => k8s.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        k8s("    kubelet_read_only_port = 10255").endpoint,
+        KubeletEndpoint::ReadOnly { port: 10255 }
+    );
+    let defaults = k8s("");
+    assert_eq!(
+        defaults.endpoint,
+        KubeletEndpoint::Secure {
+            port: 10250,
+            skip_verification: false,
+            ca_path: "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into(),
+            credentials: KubeletCredentials::Token {
+                token_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+            },
+        }
+    );
+    assert_eq!(defaults.max_poll_attempts, 60);
+    assert_eq!(defaults.poll_retry_interval, Duration::from_millis(500));
+    assert_eq!(defaults.reload_interval, Duration::from_secs(60));
+    assert!(defaults.use_new_container_locator);
+    assert!(matches!(
+        k8s("    skip_kubelet_verification = true\n    token_path = \"/path/to/token\"").endpoint,
+        KubeletEndpoint::Secure {
+            skip_verification: true,
+            credentials: KubeletCredentials::Token { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        k8s("    kubelet_ca_path = \"/path/to/kubelet-ca.pem\"\n    certificate_path = \"/path/to/cert.pem\"\n    private_key_path = \"/path/to/key.pem\"").endpoint,
+        KubeletEndpoint::Secure { credentials: KubeletCredentials::Certificate { .. }, .. }
+    ));
+    let tuned = k8s(
+        "    node_name = \"node-1\"\n    max_poll_attempts = 5\n    poll_retry_interval = \"1s\"\n    \
+         reload_interval = \"5m\"\n    disable_container_selectors = true\n    \
+         use_new_container_locator = false\n    verbose_container_locator_logs = true",
+    );
+    assert_eq!(tuned.node_name.as_deref(), Some("node-1"));
+    assert_eq!(tuned.max_poll_attempts, 5);
+    assert!(tuned.disable_container_selectors && !tuned.use_new_container_locator);
+
+    // Refusals name the key.
+    let err = resolve_err(&with_plugins(
+        "    kubelet_read_only_port = 10255\n    kubelet_secure_port = 10250",
+    ));
+    assert!(
+        err.contains("cannot use both the read-only and secure port"),
+        "{err}"
+    );
+    let err = resolve_err(&with_plugins("    certificate_path = \"/c.pem\""));
+    assert!(
+        err.contains("the private key path is required with the certificate path"),
+        "{err}"
+    );
+    let err = resolve_err(&with_plugins("    kubelet_port = 1"));
+    assert!(err.contains("kubelet_port"), "{err}");
+    let err = resolve_err(&with_plugins("").replace("cluster = \"MyCluster\"", ""));
+    assert!(err.contains("missing required cluster block"), "{err}");
+}

@@ -659,3 +659,54 @@ fn validate_parses_the_connection_strings_without_connecting() {
     );
     assert!(err.contains("usr"), "{err}");
 }
+
+/// Upstream's documented `k8s_psat` block (`doc/plugin_server_nodeattestor_k8s_psat.md`,
+/// with its missing closing brace added) loads, beside `join_token`.
+#[test]
+fn upstream_k8s_psat_example_loads() {
+    use spire_server::plugins::nodeattestor::k8s_psat::K8sPsatConfig;
+    let text = MINIMAL.replace(
+        "NodeAttestor \"join_token\" { plugin_data {} }",
+        r#"NodeAttestor "join_token" { plugin_data {} }
+    NodeAttestor "k8s_psat" {
+        plugin_data {
+            clusters = {
+                "MyCluster" = {
+                    service_account_allow_list = ["production:spire-agent"]
+                    kube_config_file = "path/to/kubeconfig/file"
+                }
+            }
+        }
+    }"#,
+    );
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    let Some(NodeAttestorChoice::K8sPsat(K8sPsatConfig { clusters })) = cat.node_attestors.get(1)
+    else {
+        panic!("{:?}", cat.node_attestors);
+    };
+    let cluster = &clusters["MyCluster"];
+    assert!(
+        cluster
+            .service_account_allow_list
+            .contains("production:spire-agent")
+    );
+    assert_eq!(cluster.audience, ["spire-server"]);
+    assert_eq!(
+        cluster.kube_config_file.as_deref(),
+        Some("path/to/kubeconfig/file")
+    );
+    let err = catalog::from_config(
+        &load(&text.replace(
+            "service_account_allow_list = [\"production:spire-agent\"]",
+            "",
+        ))
+        .unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("clusters.MyCluster.service_account_allow_list")
+            && err.contains("at least one service account"),
+        "{err}"
+    );
+}

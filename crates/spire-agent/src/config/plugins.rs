@@ -179,14 +179,6 @@ fn k8s_config(file: &str, path: &str, d: K8sData) -> Result<K8sAttestorConfig, C
                 .to_owned(),
         ));
     }
-    if d.use_new_container_locator == Some(false) {
-        return Err(invalid(
-            "use_new_container_locator",
-            "the legacy container locator is not supported; remove use_new_container_locator \
-             (the default locator reads the same cgroup layouts)"
-                .to_owned(),
-        ));
-    }
     let credentials = if d.use_anonymous_authentication.unwrap_or(false) {
         KubeletCredentials::Anonymous
     } else {
@@ -257,6 +249,7 @@ fn k8s_config(file: &str, path: &str, d: K8sData) -> Result<K8sAttestorConfig, C
         reload_interval: positive(d.reload_interval, 60_000),
         disable_container_selectors: d.disable_container_selectors.unwrap_or(false),
         verbose_container_locator_logs: d.verbose_container_locator_logs.unwrap_or(false),
+        use_new_container_locator: d.use_new_container_locator.unwrap_or(true),
         proc_root: PathBuf::from("/proc"),
     })
 }

@@ -368,3 +368,145 @@ mod tests {
         assert!(err.contains("missing separator"), "{err}");
     }
 }
+
+/// The legacy locator (`use_new_container_locator = false`, deprecated upstream): only
+/// `/proc/<pid>/cgroup`, each path matched whole against upstream's two patterns (a pod
+/// cgroup ending in a container ID, or a CRI-O container without a pod); paths matching
+/// neither or both are skipped, the first match wins and a different one is an error.
+pub mod legacy {
+    use std::sync::LazyLock;
+
+    use regex::Regex;
+
+    use super::{ContainerInfo, ContainerInfoError, cgroup_paths, read_optional};
+
+    static POD_CONTAINER: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r"[[:punct:]]pod(?P<poduid>[[:xdigit:]]{8}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{12})[[:punct:]](?:[[:^punct:]]+[[:punct:]])*(?P<containerid>[[:xdigit:]]{64})$",
+        )
+        .unwrap_or_else(|e| unreachable!("constant pattern: {e}"))
+    });
+
+    static CRIO_CONTAINER: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r"(?P<mustnotmatch>pod[[:xdigit:]]{8}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{12}[[:punct:]])?(?:[[:^punct:]]*/*)*crio[[:punct:]](?P<containerid>[[:xdigit:]]{64})$",
+        )
+        .unwrap_or_else(|e| unreachable!("constant pattern: {e}"))
+    });
+
+    /// The pod and container one cgroup path names, if it matches exactly one pattern.
+    pub(super) fn match_path(path: &str) -> Option<ContainerInfo> {
+        let path = path.strip_suffix(".scope").unwrap_or(path);
+        let pod = POD_CONTAINER.captures(path).map(|c| ContainerInfo {
+            pod_uid: c["poduid"]
+                .chars()
+                .map(|ch| if ch.is_ascii_punctuation() { '-' } else { ch })
+                .collect(),
+            container_id: c["containerid"].to_owned(),
+        });
+        let crio = CRIO_CONTAINER
+            .captures(path)
+            .filter(|c| c.name("mustnotmatch").is_none())
+            .map(|c| ContainerInfo {
+                pod_uid: String::new(),
+                container_id: c["containerid"].to_owned(),
+            });
+        match (pod, crio) {
+            (Some(found), None) | (None, Some(found)) => Some(found),
+            (Some(_), Some(_)) => {
+                tracing::warn!(cgroup = path, "More than one regex matches for cgroup");
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// The pod and container of `pid` under `proc_root`, from its cgroup file alone.
+    pub fn locate(
+        proc_root: &std::path::Path,
+        pid: i32,
+    ) -> Result<ContainerInfo, ContainerInfoError> {
+        let path = proc_root.join(pid.to_string()).join("cgroup");
+        let text = read_optional(&path)?.ok_or_else(|| {
+            ContainerInfoError::Unreadable(format!(
+                "unable to obtain cgroups: {} does not exist",
+                path.display()
+            ))
+        })?;
+        let mut found: Option<ContainerInfo> = None;
+        for cgroup in cgroup_paths(&text)? {
+            let Some(next) = match_path(&cgroup) else {
+                continue;
+            };
+            match &found {
+                None => found = Some(next),
+                Some(first) if first.container_id != next.container_id => {
+                    return Err(ContainerInfoError::MultipleContainers(
+                        first.container_id.clone(),
+                        next.container_id,
+                    ));
+                }
+                Some(first) if first.pod_uid != next.pod_uid => {
+                    return Err(ContainerInfoError::MultiplePods(
+                        first.pod_uid.clone(),
+                        next.pod_uid,
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(found.unwrap_or_default())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Upstream's `TestGetPodUIDAndContainerIDFromCGroupPath` vectors.
+        #[test]
+        fn upstreams_legacy_vectors() {
+            let c1 = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
+            let c2 = "09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6";
+            let cases: Vec<(String, Option<(&str, String)>)> = vec![
+                (format!("/kubepods/pod2c48913c-b29f-11e7-9350-020968147796/{c1}"), Some(("2c48913c-b29f-11e7-9350-020968147796", c1.to_owned()))),
+                (format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod2c48913c-b29f-11e7-9350-020968147796.slice/docker-{c1}.scope"), Some(("2c48913c-b29f-11e7-9350-020968147796", c1.to_owned()))),
+                (format!("/docker/93529524695bb00d91c1f6dba692ea8d3550c3b94fb2463af7bc9ec82f992d26/kubepods/besteffort/poda2830d0d-b0f0-4ff0-81b5-0ee4e299cf80/{c2}"), Some(("a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80", c2.to_owned()))),
+                ("/kubepods-besteffort-pod72f7f152_440c_66ac_9084_e0fc1d8a910c.slice:cri-containerd:b2a102854b4969b2ce98dc329c86b4fb2b06e4ad2cc8da9d8a7578c9cd2004a2".to_owned(), Some(("72f7f152-440c-66ac-9084-e0fc1d8a910c", "b2a102854b4969b2ce98dc329c86b4fb2b06e4ad2cc8da9d8a7578c9cd2004a2".to_owned()))),
+                ("/../crio-45490e76e0878aaa4d9808f7d2eefba37f093c3efbba9838b6d8ab804d9bd814.scope".to_owned(), Some(("", "45490e76e0878aaa4d9808f7d2eefba37f093c3efbba9838b6d8ab804d9bd814".to_owned()))),
+                ("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod561fd272_d131_47ef_a01b_46a997a778f3.slice/crio-030ded69d4c98fcf69c988f75a5eb3a1b4357e1432bd5510c936a40d7e9a1198.scope".to_owned(), Some(("561fd272-d131-47ef-a01b-46a997a778f3", "030ded69d4c98fcf69c988f75a5eb3a1b4357e1432bd5510c936a40d7e9a1198".to_owned()))),
+                (format!("/{c2}"), None),
+                ("/kubepods/poda2830d0d-b0f0-4ff0-81b5-0ee4e299cf80".to_owned(), None),
+                (format!("/kubepods/{c2}"), None),
+                ("/kubepods/pod2732ca68f6358eba7703fb6f82a25c94".to_owned(), None),
+            ];
+            for (path, want) in cases {
+                let got = match_path(&path).map(|i| (i.pod_uid, i.container_id));
+                let want = want.map(|(p, c)| (p.to_owned(), c));
+                assert_eq!(got, want, "{path}");
+            }
+        }
+
+        #[test]
+        fn conflicting_paths_are_errors() {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir(root.path().join("1")).unwrap();
+            let write = |text: &str| std::fs::write(root.path().join("1/cgroup"), text).unwrap();
+            write(
+                "1:x:/user.slice\n2:y:/kubepods/pod2c48913c_b29f_11e7_9350_020968147796/9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961\n",
+            );
+            assert_eq!(
+                locate(root.path(), 1).unwrap().pod_uid,
+                "2c48913c-b29f-11e7-9350-020968147796"
+            );
+            write(
+                "1:x:/kubepods/pod2c48913c-b29f-11e7-9350-020968147796/9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961\n2:y:/kubepods/pod2c48913c-b29f-11e7-9350-020968147796/a55d9ac3b312d8a2627824b6d6dd8af66fbec439bf4e0ec22d6d9945ad337a38\n",
+            );
+            let err = locate(root.path(), 1).unwrap_err().to_string();
+            assert!(err.contains("multiple container IDs found"), "{err}");
+            assert!(
+                locate(root.path(), 2).is_err(),
+                "a missing cgroup file is an error"
+            );
+        }
+    }
+}

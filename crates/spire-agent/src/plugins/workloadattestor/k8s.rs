@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use spire_core::selector::Selector;
 
-use super::containerinfo::{ContainerInfoError, Locator};
+use super::containerinfo::{Locator, legacy};
 use super::{AttestError, PeerProcess, WorkloadAttestor};
 use crate::http_get;
 
@@ -96,6 +96,9 @@ pub struct K8sAttestorConfig {
     pub disable_container_selectors: bool,
     /// `verbose_container_locator_logs`: log where each caller was located at info level.
     pub verbose_container_locator_logs: bool,
+    /// `use_new_container_locator` (default true); false uses the deprecated legacy
+    /// locator, as upstream still allows.
+    pub use_new_container_locator: bool,
     /// Where `/proc` is (tests point it at a fake tree).
     pub proc_root: PathBuf,
 }
@@ -120,6 +123,11 @@ impl K8sAttestor {
     /// An attestor with validated settings; the kubelet client is built now, so missing
     /// credential files fail the agent's start with their names, as upstream's Configure.
     pub fn new(config: K8sAttestorConfig) -> Result<Self, String> {
+        if !config.use_new_container_locator {
+            tracing::warn!(
+                "Using the legacy container locator. This option will removed in a future release."
+            );
+        }
         let client = KubeletClient::build(&config)?;
         Ok(Self {
             locator: Locator::new(&config.proc_root),
@@ -310,12 +318,13 @@ impl WorkloadAttestor for K8sAttestor {
     }
 
     async fn attest(&self, peer: PeerProcess) -> Result<Vec<Selector>, AttestError> {
-        let located = self.locator.locate(peer.pid).map_err(|e| match e {
-            ContainerInfoError::Unreadable(m) => {
-                AttestError::Internal(format!("workloadattestor(k8s): {m}"))
-            }
-            conflict => AttestError::Internal(format!("workloadattestor(k8s): {conflict}")),
-        })?;
+        let located = if self.config.use_new_container_locator {
+            self.locator.locate(peer.pid)
+        } else {
+            legacy::locate(&self.config.proc_root, peer.pid)
+        };
+        let located =
+            located.map_err(|e| AttestError::Internal(format!("workloadattestor(k8s): {e}")))?;
         if self.config.verbose_container_locator_logs {
             tracing::info!(
                 pid = peer.pid,
@@ -705,5 +714,91 @@ mod tests {
             "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961"
         ));
         assert!(!matches_container(status, "9bca8d63"));
+    }
+
+    fn config(endpoint: KubeletEndpoint, proc_root: &std::path::Path) -> K8sAttestorConfig {
+        K8sAttestorConfig {
+            endpoint,
+            node_name: None,
+            max_poll_attempts: 3,
+            poll_retry_interval: Duration::from_millis(20),
+            reload_interval: Duration::from_secs(60),
+            disable_container_selectors: false,
+            verbose_container_locator_logs: false,
+            use_new_container_locator: true,
+            proc_root: proc_root.to_path_buf(),
+        }
+    }
+
+    /// A process in no container gets no selectors without asking the kubelet; one in a
+    /// container whose kubelet does not answer is retried, then refused naming the kubelet.
+    #[tokio::test]
+    async fn an_unreachable_kubelet_is_retried_then_named() {
+        let proc = tempfile::tempdir().unwrap();
+        for (pid, cgroup) in [
+            (
+                42,
+                "0::/kubepods/besteffort/pod2c48913c-b29f-11e7-9350-020968147796/9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961\n",
+            ),
+            (43, "0::/user.slice/user-1000.slice/session-2.scope\n"),
+        ] {
+            std::fs::create_dir(proc.path().join(pid.to_string())).unwrap();
+            std::fs::write(proc.path().join(format!("{pid}/cgroup")), cgroup).unwrap();
+        }
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let attestor =
+            K8sAttestor::new(config(KubeletEndpoint::ReadOnly { port }, proc.path())).unwrap();
+        let peer = |pid| PeerProcess {
+            pid,
+            uid: 0,
+            gid: 0,
+        };
+        assert!(attestor.attest(peer(43)).await.unwrap().is_empty());
+        let started = Instant::now();
+        let err = attestor.attest(peer(42)).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("workloadattestor(k8s): kubelet ")
+                && err.contains(&format!("http://127.0.0.1:{port}/pods")),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "retried twice"
+        );
+        std::fs::write(proc.path().join("42/cgroup"), "garbage\n").unwrap();
+        let err = attestor.attest(peer(42)).await.unwrap_err().to_string();
+        assert!(err.contains("invalid cgroup entry"), "{err}");
+    }
+
+    /// Credentials are read when the attestor is built: a missing file is named.
+    #[test]
+    fn missing_kubelet_credentials_are_named() {
+        let proc = tempfile::tempdir().unwrap();
+        let endpoint = KubeletEndpoint::Secure {
+            port: 10250,
+            skip_verification: true,
+            ca_path: "/nonexistent/ca.crt".into(),
+            credentials: KubeletCredentials::Token {
+                token_path: "/nonexistent/token".into(),
+            },
+        };
+        let err = K8sAttestor::new(config(endpoint, proc.path())).unwrap_err();
+        assert!(
+            err.contains("unable to load token") && err.contains("/nonexistent/token"),
+            "{err}"
+        );
+        let endpoint = KubeletEndpoint::Secure {
+            port: 10250,
+            skip_verification: false,
+            ca_path: "/nonexistent/ca.crt".into(),
+            credentials: KubeletCredentials::Anonymous,
+        };
+        let err = K8sAttestor::new(config(endpoint, proc.path())).unwrap_err();
+        assert!(
+            err.contains("unable to load kubelet CA: /nonexistent/ca.crt"),
+            "{err}"
+        );
     }
 }

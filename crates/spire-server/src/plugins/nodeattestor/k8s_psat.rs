@@ -413,4 +413,59 @@ mod tests {
             );
         }
     }
+
+    /// An API server that cannot be reached is an Internal error naming the TokenReview.
+    #[tokio::test]
+    async fn an_unreachable_api_server_is_named() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {
+                    "server": format!("https://127.0.0.1:{port}"),
+                    "insecure-skip-tls-verify": true}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c"
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let config = parse(&format!(
+            r#"{{"clusters": {{"prod": {{"service_account_allow_list": ["a:b"],
+                "kube_config_file": {:?}}}}}}}"#,
+            kubeconfig.display().to_string()
+        ))
+        .unwrap();
+        let attestor = K8sPsatAttestor::new(config, TrustDomain::new("example.org").unwrap());
+        let err = attestor
+            .attest(br#"{"cluster":"prod","token":"t"}"#, &mut NoChallenges)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err:?}");
+        assert!(
+            err.message().contains(
+                "unable to validate token with TokenReview API for cluster \"prod\": unable to \
+                 query token review API"
+            ),
+            "{err:?}"
+        );
+        let missing = parse(
+            r#"{"clusters": {"prod": {"service_account_allow_list": ["a:b"],
+                "kube_config_file": "/nonexistent/kubeconfig"}}}"#,
+        )
+        .unwrap();
+        let attestor = K8sPsatAttestor::new(missing, TrustDomain::new("example.org").unwrap());
+        let err = attestor
+            .attest(br#"{"cluster":"prod","token":"t"}"#, &mut NoChallenges)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("/nonexistent/kubeconfig"), "{err:?}");
+    }
 }
