@@ -206,13 +206,33 @@ fn failed_attestation(
     let token_path = dir.join("token");
     std::fs::write(&token_path, token).unwrap();
     let (config, _) = agent_config(dir, server, &token_path, kubelet, sa_token, free_port());
-    let out = std::process::Command::new(binary("spire-agent"))
+    let log_path = dir.join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(binary("spire-agent"))
         .args(["run", "-config"])
         .arg(&config)
-        .output()
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "the agent attested");
-    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the agent attested and kept running:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!status.success(), "the agent attested: {log}");
+    log
 }
 
 #[test]
