@@ -116,6 +116,14 @@ pub async fn run(
     let client = ServerClient::new(&address, trust, None)?;
 
     let attestor = node_attestor(&config);
+    // Plugins and listeners whose settings can be wrong are set up before attesting, so a
+    // bad kubelet CA path or a taken health port never costs a single-use join token.
+    let attestors = workload_attestors(&config)?;
+    let health_listener = if config.health_checks.listener_enabled {
+        Some(health::bind(&config.health_checks).await?)
+    } else {
+        None
+    };
     let (svid, reattestable) =
         agent_svid(attestor.as_ref(), &client, &storage, key_manager.as_ref())
             .await
@@ -187,10 +195,7 @@ pub async fn run(
         cancel.clone(),
     ));
 
-    let attestors = workload_attestors(&config)?;
-    if config.health_checks.listener_enabled {
-        // Bound now, so a taken port or bad path stops the start with its reason.
-        let listener = health::bind(&config.health_checks).await?;
+    if let Some(listener) = health_listener {
         let check = Arc::new(AgentHealth::new(
             config.socket_path.clone(),
             agent_identity.clone(),

@@ -12,7 +12,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::any;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -188,9 +187,22 @@ pub async fn serve(
         name: name.to_owned(),
         state,
     };
+    // Paths are compared whole, as Go's ServeMux does: a configured path is never read as a
+    // route pattern (`/{x}` or `/*x` would be).
+    let paths = (config.live_path.clone(), config.ready_path.clone());
     let router = Router::new()
-        .route(&config.live_path, any(live))
-        .route(&config.ready_path, any(ready))
+        .fallback(move |State(shared): State<Shared>, uri: axum::http::Uri| {
+            let (live_path, ready_path) = paths.clone();
+            async move {
+                if uri.path() == live_path {
+                    respond(&shared, |s| (s.live, s.live_details.clone()))
+                } else if uri.path() == ready_path {
+                    respond(&shared, |s| (s.ready, s.ready_details.clone()))
+                } else {
+                    StatusCode::NOT_FOUND.into_response()
+                }
+            }
+        })
         .with_state(shared);
     axum::serve(listener, router)
         .with_graceful_shutdown(cancel.cancelled_owned())
@@ -219,14 +231,6 @@ fn respond(
         StatusCode::INTERNAL_SERVER_ERROR
     };
     (code, [(header::CONTENT_TYPE, "application/json")], text).into_response()
-}
-
-async fn live(State(shared): State<Shared>) -> axum::response::Response {
-    respond(&shared, |s| (s.live, s.live_details.clone()))
-}
-
-async fn ready(State(shared): State<Shared>) -> axum::response::Response {
-    respond(&shared, |s| (s.ready, s.ready_details.clone()))
 }
 
 #[cfg(test)]
@@ -323,6 +327,36 @@ mod tests {
             (200, "{\"agent\":{}}\n".to_owned())
         );
         assert_eq!(get(port, "/other").await.0, 404);
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Configured paths are matched literally, never as route patterns.
+    #[tokio::test]
+    async fn paths_are_literal() {
+        let config = HealthConfig {
+            listener_enabled: true,
+            bind_address: "127.0.0.1".into(),
+            bind_port: 0,
+            live_path: "/{live}".into(),
+            ready_path: "/*ready".into(),
+        };
+        let listener = bind(&config).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cancel = CancellationToken::new();
+        let (_tx, rx) = watch::channel(Some(HealthState {
+            live: true,
+            ready: true,
+            live_details: serde_json::json!({}),
+            ready_details: serde_json::json!({}),
+        }));
+        let server = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { serve(listener, &config, "agent", rx, cancel).await }
+        });
+        assert_eq!(get(port, "/{live}").await.0, 200);
+        assert_eq!(get(port, "/*ready").await.0, 200);
+        assert_eq!(get(port, "/x").await.0, 404);
         cancel.cancel();
         server.await.unwrap().unwrap();
     }

@@ -3,8 +3,9 @@
 //! pods and nodes. Errors use upstream's words (`pkg/common/plugin/k8s/apiserver`), since
 //! attestors put them in the statuses operators see.
 //!
-//! As upstream, the connection is built anew for every call, so rotated kubeconfig
-//! credentials and service account tokens are picked up without a restart.
+//! The connection is set up anew for every attestation ([`ApiServerClient::connect`]), so
+//! rotated kubeconfig credentials and service account tokens are picked up without a
+//! restart; the calls of one attestation share it.
 
 use std::path::{Path, PathBuf};
 
@@ -65,7 +66,8 @@ impl ApiServerClient {
         }
     }
 
-    async fn client(&self) -> Result<kube::Client, K8sError> {
+    /// Reads the configuration and sets up a connection for one attestation's calls.
+    pub async fn connect(&self) -> Result<Connected, K8sError> {
         let config = match &self.kube_config_file {
             None => kube::Config::incluster()
                 .map_err(|e| K8sError::Config(format!("unable to create client config: {e}")))?,
@@ -86,13 +88,29 @@ impl ApiServerClient {
                     })?
             }
         };
-        kube::Client::try_from(config).map_err(|e| {
-            K8sError::Config(format!(
-                "unable to create clientset for the given config: {e}"
-            ))
-        })
+        kube::Client::try_from(config)
+            .map(|client| Connected { client })
+            .map_err(|e| {
+                K8sError::Config(format!(
+                    "unable to create clientset for the given config: {e}"
+                ))
+            })
     }
+}
 
+/// A connection to the API server, for the calls of one attestation.
+#[derive(Clone)]
+pub struct Connected {
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected").finish_non_exhaustive()
+    }
+}
+
+impl Connected {
     /// Reviews `token` for `audiences` (none: the API server's default audience). A token
     /// the API server does not authenticate is not an error: the status says so. An
     /// authenticated token must be valid for one of `audiences`.
@@ -108,7 +126,7 @@ impl ApiServerClient {
             },
             ..TokenReview::default()
         };
-        let api: Api<TokenReview> = Api::all(self.client().await?);
+        let api: Api<TokenReview> = Api::all(self.client.clone());
         let reviewed = api
             .create(&PostParams::default(), &review)
             .await
@@ -137,7 +155,7 @@ impl ApiServerClient {
         if name.is_empty() {
             return Err(K8sError::Empty("empty pod name"));
         }
-        let api: Api<Pod> = Api::namespaced(self.client().await?, namespace);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         api.get(name)
             .await
             .map_err(|e| K8sError::Pod(e.to_string()))
@@ -148,7 +166,7 @@ impl ApiServerClient {
         if name.is_empty() {
             return Err(K8sError::Empty("empty node name"));
         }
-        let api: Api<Node> = Api::all(self.client().await?);
+        let api: Api<Node> = Api::all(self.client.clone());
         api.get(name)
             .await
             .map_err(|e| K8sError::Node(e.to_string()))

@@ -99,7 +99,8 @@ fn start_server(dir: &Path, kubeconfig: &Path) -> ServerProcess {
             keys: &data.join("keys.json"),
             database_type: "sqlite3",
             connection_string: &data.join("datastore.sqlite3").display().to_string(),
-            extra_server_keys: "",
+            // Short agent SVIDs: the agent re-attests at half-life during the test.
+            extra_server_keys: "agent_ttl = \"30s\"",
         })
         .replace("NodeAttestor \"join_token\" {", &psat);
         let path = dir.join("server.conf");
@@ -451,10 +452,28 @@ fn k8s_psat_and_k8s_workload_attestation_against_a_real_api_server() {
         String::from_utf8_lossy(&outside.stderr)
     );
 
+    // At half of its 30 s SVID's lifetime the agent attests again with a fresh read of its
+    // token, instead of calling RenewAgent (which the server refuses for it).
+    eventually(
+        "the agent re-attests at half-life",
+        Duration::from_secs(60),
+        || agent.log().contains("agent re-attested"),
+    );
+    assert!(
+        !server
+            .log()
+            .contains("agent must reattest instead of renew"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.agent_ids(), [agent_id.clone()]);
+
     // Evicted, the agent attests again with a fresh read of its token, under the same ID.
     server.cli_ok(&["agent", "evict", "-spiffeID", &agent_id]);
+    let reattested = agent.log().matches("agent re-attested").count();
     eventually("the agent re-attests", Duration::from_secs(60), || {
-        agent.log().contains("agent re-attested") && server.agent_ids() == [agent_id.clone()]
+        agent.log().matches("agent re-attested").count() > reattested
+            && server.agent_ids() == [agent_id.clone()]
     });
 
     // Once its pod is deleted, the token is invalid: the next re-attestation is refused

@@ -1261,6 +1261,31 @@ async fn additional_attributes_and_agent_version_round_trip(db: &TestDb) {
         .unwrap();
     assert_eq!(fetched.additional_attributes, None);
 
+    // Upstream 1.15's rules for entries whose SVIDs an SVIDStore keeps.
+    let mut stored = entry("spiffe://td/stored", "spiffe://td/agent", &["t:stored"]);
+    stored.store_svid = true;
+    stored.additional_attributes = Some(EntryAttributes {
+        disable_x509_svid_prefetch: true,
+        jwt_svid_include_jti: false,
+    });
+    let err = ds
+        .create_registration_entry(stored.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("specifying cache behaviour is incompatible with storable SVIDs"),
+        "{err}"
+    );
+    stored.additional_attributes = None;
+    stored.selectors.push(sel("u:other"));
+    let err = ds.create_registration_entry(stored).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("selector types must be the same when store SVID is enabled"),
+        "{err}"
+    );
+
     ds.create_attested_node(node("spiffe://td/v", "join_token", "1", 1000, false))
         .await
         .unwrap();

@@ -83,6 +83,10 @@ pub enum AttestError {
     /// The server answered something the protocol does not allow.
     #[error("unexpected answer from the SPIRE server: {0}")]
     Protocol(String),
+    /// The agent SVID is past half of its lifetime and the agent is re-attestable: it
+    /// attests again instead of renewing.
+    #[error("the agent SVID is past half of its lifetime and the agent re-attests")]
+    ReattestDue,
     /// The agent SVID is past its expiry; the agent must attest again.
     #[error("the agent SVID expired at {0}; the agent must attest again")]
     Expired(time::OffsetDateTime),

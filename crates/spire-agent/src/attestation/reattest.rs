@@ -43,6 +43,23 @@ pub async fn keep_agent_svid(
         let denial = tokio::select! {
             result = &mut rotation => match result {
                 Ok(()) => return Ok(()),
+                Err(AttestError::ReattestDue) => {
+                    // Due, not denied: a failure is retried while the SVID is valid, as
+                    // upstream's rotator retries.
+                    match reattest_until_expiry(&config, attestor.as_ref(), &current, &cancel).await {
+                        Ok(Some((next, reattestable))) => {
+                            tracing::info!("agent re-attested");
+                            current = next;
+                            config.reattestable = reattestable;
+                            continue;
+                        }
+                        Ok(None) => return Ok(()),
+                        Err(at) => AgentDenied {
+                            kind: DenialKind::MustReattest,
+                            message: format!("the agent SVID expired at {at}"),
+                        },
+                    }
+                }
                 Err(AttestError::Denied(denial)) => denial,
                 Err(AttestError::Expired(at)) => AgentDenied {
                     kind: DenialKind::MustReattest,
@@ -99,6 +116,41 @@ pub async fn keep_agent_svid(
                 }
             }
         }
+    }
+}
+
+/// Re-attests at half-life, retrying failures with backoff (5 s, ×1.5, at most 4 min)
+/// while the current SVID is valid. `Ok(None)` when cancelled; `Err(not_after)` once the
+/// SVID expired without a successful re-attestation.
+async fn reattest_until_expiry(
+    config: &RotationConfig,
+    attestor: &dyn NodeAttestor,
+    current: &AgentSvid,
+    cancel: &CancellationToken,
+) -> Result<Option<(AgentSvid, bool)>, time::OffsetDateTime> {
+    let not_after = current
+        .chain
+        .first()
+        .and_then(|leaf| spire_core::x509::certificate_not_after(leaf).ok())
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
+    let mut backoff = std::time::Duration::from_secs(5);
+    loop {
+        match reattest(config, attestor, current).await {
+            Ok(next) => return Ok(Some(next)),
+            Err(error) => {
+                if time::OffsetDateTime::now_utc() >= not_after {
+                    return Err(not_after);
+                }
+                tracing::warn!(error = %error, retry_in = ?backoff, "agent re-attestation failed");
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = backoff
+            .mul_f64(1.5)
+            .min(std::time::Duration::from_secs(240));
     }
 }
 

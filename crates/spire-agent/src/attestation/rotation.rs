@@ -55,7 +55,7 @@ pub fn renewal_due(leaf_der: &[u8]) -> Result<OffsetDateTime, AttestError> {
 }
 
 /// Renews the agent SVID at every half-life until `cancel` fires (then `Ok`); a
-/// re-attestable agent is told to attest again instead ([`AttestError::Denied`]). Failed
+/// re-attestable agent is told to attest again instead ([`AttestError::ReattestDue`]). Failed
 /// renewals are retried with backoff (5 s, ×1.5, at most 4 min) while the SVID is valid;
 /// returns an error when the SVID expired ([`AttestError::Expired`]) or the server denies
 /// the agent itself ([`AttestError::Denied`]: evicted, not current, banned), so the caller
@@ -81,12 +81,7 @@ pub async fn run_rotation(
             // As upstream's rotator: a re-attestable agent attests again (with fresh
             // attestation data, e.g. a new projected token) instead of calling RenewAgent,
             // which the server refuses for it.
-            return Err(AttestError::Denied(crate::client::AgentDenied {
-                kind: crate::client::DenialKind::MustReattest,
-                message: "the agent SVID is past half of its lifetime and the agent is \
-                          re-attestable"
-                    .to_owned(),
-            }));
+            return Err(AttestError::ReattestDue);
         }
         match rotate_once(&config, &current).await {
             Ok(next) => {

@@ -60,8 +60,8 @@ impl NodeAttestorChoice {
     /// The plugin name, as the attestation type and in the agent's SPIFFE ID.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::JoinToken => "join_token",
-            Self::K8sPsat(_) => "k8s_psat",
+            Self::JoinToken => crate::plugins::nodeattestor::join_token::NAME,
+            Self::K8sPsat(_) => k8s_psat::NAME,
         }
     }
 }
@@ -179,7 +179,7 @@ fn k8s_config(file: &str, path: &str, d: K8sData) -> Result<K8sAttestorConfig, C
                 .to_owned(),
         ));
     }
-    let credentials = if d.use_anonymous_authentication.unwrap_or(false) {
+    let credentials = if read_only > 0 || d.use_anonymous_authentication.unwrap_or(false) {
         KubeletCredentials::Anonymous
     } else {
         match (d.certificate_path, d.private_key_path) {

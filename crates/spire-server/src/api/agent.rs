@@ -567,8 +567,11 @@ impl pb::agent_server::Agent for AgentApi {
                 responses: tx.clone(),
                 inbound,
             };
-            let result = api.attest(&caller, first, &mut challenger).await;
-            // The agent may have gone; nothing is left to tell it then.
+            let result = tokio::select! {
+                result = api.attest(&caller, first, &mut challenger) => result,
+                // The agent went away: stop, with nothing signed or stored for it.
+                () = tx.closed() => return,
+            };
             let _ = tx.send(result).await;
         });
         // A refusal before any challenge is the call's status (trailers only), as

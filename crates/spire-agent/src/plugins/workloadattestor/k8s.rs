@@ -562,7 +562,8 @@ fn load_key_pair(
     Ok((chain, key))
 }
 
-/// `skip_kubelet_verification`: any certificate (signatures still checked).
+/// `skip_kubelet_verification`: any certificate chain is accepted (only the handshake's
+/// signature by the presented key is checked).
 #[derive(Debug)]
 struct AnyCertificate;
 

@@ -120,6 +120,23 @@ pub(crate) fn validate(entry: &RegistrationEntry) -> Result<()> {
     {
         return invalid("selectors need both a type and a value");
     }
+    if entry.store_svid {
+        if entry
+            .additional_attributes
+            .is_some_and(|a| a.disable_x509_svid_prefetch)
+        {
+            return Err(DataStoreError::InvalidArgument(
+                "specifying cache behaviour is incompatible with storable SVIDs".into(),
+            ));
+        }
+        if entry
+            .selectors
+            .iter()
+            .any(|s| s.kind != entry.selectors[0].kind)
+        {
+            return invalid("selector types must be the same when store SVID is enabled");
+        }
+    }
     if entry.entry_id.len() > 255 {
         return invalid("entry ID too long (at most 255 characters)");
     }

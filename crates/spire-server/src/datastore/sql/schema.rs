@@ -373,9 +373,13 @@ async fn add_later_columns(db: &mut Db<'_>, disable_migration: bool) -> Result<(
                  without disable_migration, or run `{ddl}`"
             )));
         }
-        db.execute(&ddl, &[])
-            .await
-            .map_err(db_err("adding a column of a later schema"))?;
+        if let Err(e) = db.execute(&ddl, &[]).await {
+            // Another server starting on the same database may have added it meanwhile.
+            if column_exists(db, table, column).await.unwrap_or(false) {
+                continue;
+            }
+            return Err(db_err("adding a column of a later schema")(e));
+        }
         tracing::info!("added column {table}.{column} of SPIRE {release}'s schema");
     }
     Ok(())

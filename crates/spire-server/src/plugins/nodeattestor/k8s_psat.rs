@@ -184,7 +184,15 @@ impl NodeAttestor for K8sPsatAttestor {
                 .kube_config_file
                 .as_deref()
                 .map(std::path::Path::new),
-        );
+        )
+        .connect()
+        .await
+        .map_err(|e| {
+            error(
+                Code::Internal,
+                format!("unable to validate token with TokenReview API {for_cluster}: {e}"),
+            )
+        })?;
 
         // A token the API server rejects (a review error, such as a wrong audience or a
         // deleted pod) is a refusal of the agent, PermissionDenied; upstream reports it as
