@@ -466,7 +466,7 @@ fn k8s_psat_and_k8s_workload_attestation_against_a_real_api_server() {
         "{}",
         server.log()
     );
-    assert_eq!(server.agent_ids(), [agent_id.clone()]);
+    assert_eq!(server.agent_ids(), std::slice::from_ref(&agent_id));
 
     // Evicted, the agent attests again with a fresh read of its token, under the same ID.
     server.cli_ok(&["agent", "evict", "-spiffeID", &agent_id]);
