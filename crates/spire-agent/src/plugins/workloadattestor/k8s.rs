@@ -138,7 +138,7 @@ impl K8sAttestor {
     }
 
     /// The kubelet client, rebuilt (credentials and CA read again) once `reload_interval`
-    /// has passed; a failed rebuild keeps the previous client, as upstream.
+    /// has passed; a failed rebuild keeps the previous client and is retried next call.
     fn client(&self) -> Result<Arc<KubeletClient>, String> {
         let mut slot = self.kubelet.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((built, client)) = slot.as_ref()
@@ -153,10 +153,11 @@ impl K8sAttestor {
                 *slot = Some((Instant::now(), Arc::clone(&client)));
                 Ok(client)
             }
-            Err(e) => match slot.as_mut() {
-                Some((built, client)) => {
+            // The previous client is kept, and the reload tried again on the next call, as
+            // upstream's.
+            Err(e) => match slot.as_ref() {
+                Some((_, client)) => {
                     tracing::warn!(error = %e, "Unable to load kubelet client");
-                    *built = Instant::now();
                     Ok(Arc::clone(client))
                 }
                 None => Err(e),
