@@ -15,6 +15,21 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
 
+step "third-party test programs, built in the background while Rust compiles"
+# The conformance clients, upstream SPIRE v1.13.3 and ghostunnel, kube-apiserver v1.37.2 and
+# etcd: built once and cached in ~/.cache/spire-rs (a warm run takes seconds), in this order
+# and one at a time (they share apt's lock), while the Rust steps below compile. Their output
+# goes to target/third-party.log and is shown if a build fails.
+mkdir -p target
+(
+    scripts/conformance-deps.sh &&
+        scripts/interop-deps.sh >/dev/null &&
+        scripts/k8s-deps.sh >/dev/null
+) >target/third-party.log 2>&1 &
+third_party=$!
+# A failing step below ends the script; the builds do not outlive it.
+trap 'pkill -P "$third_party" 2>/dev/null; kill "$third_party" 2>/dev/null; true' EXIT
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -27,16 +42,16 @@ step "fuzz targets build"
 cp Cargo.lock fuzz/Cargo.lock
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet --target-dir target
 
-step "conformance clients (py-spiffe, go-spiffe)"
-scripts/conformance-deps.sh
-
-step "upstream SPIRE v1.13.3 for the interop tests (built once, cached in ~/.cache/spire-rs)"
-scripts/interop-deps.sh >/dev/null
+step "conformance clients, upstream SPIRE v1.13.3, ghostunnel, kube-apiserver v1.37.2, etcd"
+if ! wait "$third_party"; then
+    cat target/third-party.log >&2
+    echo "Error: building the third-party test programs failed (log above)" >&2
+    exit 1
+fi
+trap - EXIT
+cat target/third-party.log
 # shellcheck source=/dev/null
 . target/interop-deps.env
-
-step "kube-apiserver v1.37.2 and etcd for the Kubernetes tests (built once, cached in ~/.cache/spire-rs)"
-scripts/k8s-deps.sh >/dev/null
 # shellcheck source=/dev/null
 . target/k8s-deps.env
 
