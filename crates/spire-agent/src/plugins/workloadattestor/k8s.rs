@@ -417,8 +417,12 @@ impl KubeletClient {
                 credentials,
             } => {
                 let host = node.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
                 let verifier: Arc<dyn ServerCertVerifier> = if *skip_verification {
-                    Arc::new(AnyCertificate)
+                    Arc::new(KubeletVerifier {
+                        roots: None,
+                        algorithms: provider.signature_verification_algorithms,
+                    })
                 } else {
                     let pem = std::fs::read(ca_path).map_err(|e| {
                         format!("unable to load kubelet CA: {}: {e}", ca_path.display())
@@ -435,21 +439,22 @@ impl KubeletClient {
                     if node.is_some() {
                         rustls::client::WebPkiServerVerifier::builder_with_provider(
                             roots,
-                            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+                            Arc::clone(&provider),
                         )
                         .build()
                         .map_err(|e| format!("unable to load kubelet CA: {e}"))?
                     } else {
-                        Arc::new(ChainOnly { roots })
+                        Arc::new(KubeletVerifier {
+                            roots: Some(roots),
+                            algorithms: provider.signature_verification_algorithms,
+                        })
                     }
                 };
-                let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier);
+                let builder = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier);
                 let (tls, token) = match credentials {
                     KubeletCredentials::Anonymous => (builder.with_no_client_auth(), None),
                     KubeletCredentials::Certificate {
@@ -563,64 +568,18 @@ fn load_key_pair(
     Ok((chain, key))
 }
 
-/// `skip_kubelet_verification`: any certificate chain is accepted (only the handshake's
-/// signature by the presented key is checked).
+/// The kubelet's certificate check when no node name is set (or verification is skipped):
+/// with `roots`, the chain must lead to the kubelet CA, without a host name (the kubelet's
+/// certificate names the node, which the agent does not know); without, any chain is
+/// accepted (`skip_kubelet_verification`). The handshake's signature by the presented key
+/// is checked either way.
 #[derive(Debug)]
-struct AnyCertificate;
-
-/// No node name: the chain is verified against the kubelet CA, without a host name (the
-/// kubelet's certificate names the node, which the agent does not know).
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<rustls::RootCertStore>,
+struct KubeletVerifier {
+    roots: Option<Arc<rustls::RootCertStore>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
-fn supported() -> rustls::crypto::WebPkiSupportedAlgorithms {
-    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
-}
-
-macro_rules! signatures_checked {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &supported())
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &supported())
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            supported().supported_schemes()
-        }
-    };
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    signatures_checked!();
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for KubeletVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -629,18 +588,40 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            supported().all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
-    signatures_checked!();
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]
