@@ -46,17 +46,52 @@ pub struct RunningContainer<'a> {
     pub image_id: &'a str,
 }
 
-/// etcd and kube-apiserver, stopped (and their files removed with `dir`) on drop.
-pub struct KubeCluster {
+/// The etcd and kube-apiserver processes, with their logs in `dir`; stopped on drop (the
+/// API server first, so it does not spin reconnecting to a gone etcd).
+struct Processes {
     etcd: Child,
     apiserver: Child,
+    dir: PathBuf,
+}
+
+impl Processes {
+    /// Panics, with the process's log, when one of them exited or `deadline` passed.
+    fn assert_running(&mut self, deadline: Instant) {
+        let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        for (name, child, err) in [
+            ("etcd", &mut self.etcd, "etcd.err"),
+            ("kube-apiserver", &mut self.apiserver, "apiserver.err"),
+        ] {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited with {status}:\n{}", read(err));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kube-apiserver not ready within 60 s:\n{}",
+            read("apiserver.err")
+        );
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// etcd and kube-apiserver with an admin client; stopped on drop.
+pub struct KubeCluster {
     /// The API server's HTTPS port on 127.0.0.1.
     pub port: u16,
     /// A kubeconfig for the admin user (`system:masters`) trusting the API server.
     pub kubeconfig: PathBuf,
-    dir: PathBuf,
     runtime: tokio::runtime::Runtime,
     client: kube::Client,
+    _processes: Processes,
 }
 
 impl KubeCluster {
@@ -145,21 +180,17 @@ impl KubeCluster {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let mut processes = Processes {
+            etcd,
+            apiserver,
+            dir: dir.to_path_buf(),
+        };
         // The serving certificate (and its CA) appear once the API server starts.
         let crt = certs.join("apiserver.crt");
         let kubeconfig = dir.join("kubeconfig.json");
-        let mut cluster = Self {
-            etcd,
-            apiserver,
-            port,
-            kubeconfig: kubeconfig.clone(),
-            dir: dir.to_path_buf(),
-            client: runtime.block_on(placeholder_client()),
-            runtime,
-        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !crt.exists() {
-            cluster.assert_running(deadline);
+            processes.assert_running(deadline);
             std::thread::sleep(Duration::from_millis(50));
         }
         let config = serde_json::json!({
@@ -173,7 +204,7 @@ impl KubeCluster {
         });
         std::fs::write(&kubeconfig, config.to_string())
             .unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
-        cluster.client = cluster.runtime.block_on(async {
+        let client = runtime.block_on(async {
             let kubeconfig = Kubeconfig::read_from(&kubeconfig)
                 .unwrap_or_else(|e| panic!("read kubeconfig: {e}"));
             let config =
@@ -183,36 +214,25 @@ impl KubeCluster {
             kube::Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
         });
         loop {
-            cluster.assert_running(deadline);
-            let ready = cluster.runtime.block_on(async {
+            processes.assert_running(deadline);
+            let ready = runtime.block_on(async {
                 let request = http::Request::get("/readyz").body(Vec::new());
                 match request {
-                    Ok(request) => cluster.client.request_text(request).await.ok(),
+                    Ok(request) => client.request_text(request).await.ok(),
                     Err(_) => None,
                 }
             });
             if ready.as_deref() == Some("ok") {
-                return cluster;
+                return Self {
+                    port,
+                    kubeconfig,
+                    runtime,
+                    client,
+                    _processes: processes,
+                };
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn assert_running(&mut self, deadline: Instant) {
-        let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
-        for (name, child, err) in [
-            ("etcd", &mut self.etcd, "etcd.err"),
-            ("kube-apiserver", &mut self.apiserver, "apiserver.err"),
-        ] {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited with {status}:\n{}", read(err));
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kube-apiserver not ready within 60 s:\n{}",
-            read("apiserver.err")
-        );
     }
 
     /// Runs `f` with the admin client on the cluster's runtime.
@@ -341,26 +361,6 @@ impl KubeCluster {
         })
         .to_string())
     }
-}
-
-impl Drop for KubeCluster {
-    fn drop(&mut self) {
-        // The API server first, so it does not spin reconnecting to a gone etcd.
-        for child in [&mut self.apiserver, &mut self.etcd] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A client for a start in progress; replaced once the kubeconfig exists.
-async fn placeholder_client() -> kube::Client {
-    let config = kube::Config::new(
-        "https://127.0.0.1:1"
-            .parse()
-            .unwrap_or_else(|e| panic!("uri: {e}")),
-    );
-    kube::Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
 }
 
 fn run_ok(command: &mut Command) {
