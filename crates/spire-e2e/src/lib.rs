@@ -61,6 +61,59 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `command`, which must fail (an agent that may not start, say), with its output
+/// written to `log_path`, and returns that output. Panics with `still_running` and the
+/// output when it has not exited after `timeout` (then it is killed), or when it exited 0.
+pub fn run_to_failure(
+    mut command: Command,
+    log_path: &Path,
+    timeout: Duration,
+    still_running: &str,
+) -> String {
+    let log = std::fs::File::create(log_path).unwrap_or_else(|e| panic!("create log: {e}"));
+    let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let read = || std::fs::read_to_string(log_path).unwrap_or_default();
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{still_running}:\n{}", read());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = read();
+    assert!(!status.success(), "{command:?} exited 0:\n{printed}");
+    printed
+}
+
+/// The `type:value` strings of the `selectors` array of an `-output json` entry or agent.
+pub fn selector_strings(selectors: &serde_json::Value) -> Vec<String> {
+    selectors
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|s| {
+                    format!(
+                        "{}:{}",
+                        s["type"].as_str().unwrap_or_default(),
+                        s["value"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A free TCP port on 127.0.0.1. Racy by nature (another process may take it before it is
 /// bound again), so [`ServerProcess`] picks another one when its first start finds it taken.
 pub fn free_port() -> u16 {

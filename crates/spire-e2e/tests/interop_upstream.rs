@@ -30,11 +30,13 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use spire_e2e::workload::Workload;
-use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid, interop_program, program_of};
+use spire_e2e::{
+    AgentProcess, ServerProcess, binary, current_uid, interop_program, program_of, run_to_failure,
+};
 
 /// How long a workload may wait for its SVID: attestation plus a sync or two.
 const SVID_WAIT: Duration = Duration::from_secs(60);
@@ -100,38 +102,14 @@ impl Pairing {
     /// Runs the agent without a join token, expecting it to refuse to start because it holds
     /// no SVID to carry on with; returns what it printed.
     fn agent_cannot_start_without_a_token(&self) -> String {
-        let mut child = Command::new(&self.agent_program)
-            .args(["run", "-config"])
-            .arg(&self.agent_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "the agent kept running without an SVID or a token:\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let out = child.wait_with_output().unwrap();
-        let printed = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!status.success(), "the agent exited 0:\n{printed}");
-        printed
+        let mut command = Command::new(&self.agent_program);
+        command.args(["run", "-config"]).arg(&self.agent_config);
+        run_to_failure(
+            command,
+            &self.agent_dir.join("refused-start.log"),
+            Duration::from_secs(60),
+            "the agent kept running without an SVID or a token",
+        )
     }
 
     fn create_workload_entry(&self, spiffe_id: &str) {

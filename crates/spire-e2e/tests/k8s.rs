@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use spire_e2e::kube::{FakeKubelet, KubeCluster, PodCgroup, RunningContainer, container_id};
-use spire_e2e::{AgentProcess, ServerPaths, ServerProcess, binary, free_port, server_config};
+use spire_e2e::{
+    AgentProcess, ServerPaths, ServerProcess, binary, free_port, run_to_failure, selector_strings,
+    server_config,
+};
 
 const TD: &str = "example.org";
 const CLUSTER: &str = "test-cluster";
@@ -207,33 +210,14 @@ fn failed_attestation(
     let token_path = dir.join("token");
     std::fs::write(&token_path, token).unwrap();
     let (config, _) = agent_config(dir, server, &token_path, kubelet, sa_token, free_port());
-    let log_path = dir.join("agent.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(binary("spire-agent"))
-        .args(["run", "-config"])
-        .arg(&config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the agent attested and kept running:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(!status.success(), "the agent attested: {log}");
-    log
+    let mut command = std::process::Command::new(binary("spire-agent"));
+    command.args(["run", "-config"]).arg(&config);
+    run_to_failure(
+        command,
+        &dir.join("agent.log"),
+        Duration::from_secs(60),
+        "the agent attested and kept running",
+    )
 }
 
 #[test]
@@ -337,18 +321,7 @@ fn k8s_psat_and_k8s_workload_attestation_against_a_real_api_server() {
     let shown = server.cli_json(&["agent", "show", "-spiffeID", &agent_id]);
     assert_eq!(shown["attestation_type"], "k8s_psat", "{shown}");
     assert_eq!(shown["can_reattest"], true, "{shown}");
-    let selectors: Vec<String> = shown["selectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            format!(
-                "{}:{}",
-                s["type"].as_str().unwrap(),
-                s["value"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let selectors = selector_strings(&shown["selectors"]);
     let agent_pod_uid = cluster.pod_uid("spire", "spire-agent-0");
     let mut expected = vec![
         format!("k8s_psat:agent_node_ip:10.1.2.3"),

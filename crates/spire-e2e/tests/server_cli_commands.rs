@@ -12,7 +12,7 @@
 use spire_core::keys::{KeyType, PrivateKey};
 use spire_core::spiffe_id::TrustDomain;
 use spire_core::x509::{CaTemplate, Validity, self_signed_ca};
-use spire_e2e::ServerProcess;
+use spire_e2e::{ServerProcess, selector_strings};
 
 fn other_org_root_pem() -> String {
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
@@ -209,18 +209,7 @@ fn json_and_filters_match_upstreams_cli() {
         .map(|e| e["spiffe_id"]["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["/downstream", "/z"], "{shown}");
-    let selectors: Vec<String> = entries[1]["selectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            format!(
-                "{}:{}",
-                s["type"].as_str().unwrap(),
-                s["value"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let selectors = selector_strings(&entries[1]["selectors"]);
     assert_eq!(selectors, ["docker:label:a", "unix:gid:9", "unix:uid:2"]);
     let only_downstream = server.cli_json(&["entry", "show", "-downstream"]);
     assert_eq!(only_downstream["entries"].as_array().unwrap().len(), 1);
