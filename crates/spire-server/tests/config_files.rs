@@ -238,7 +238,7 @@ fn repository_example_configs_work_and_agree() {
             keys_path: "./.data/keys.json".into()
         }
     );
-    assert!(ch.join_token_enabled());
+    assert!(ch.node_attestors.contains(&NodeAttestorChoice::JoinToken));
     assert_eq!(ch.upstream_authority, None);
 }
 

@@ -42,15 +42,6 @@ pub struct Catalog {
     pub node_attestors: Vec<NodeAttestorChoice>,
 }
 
-impl Catalog {
-    /// Whether the `join_token` NodeAttestor is enabled.
-    pub fn join_token_enabled(&self) -> bool {
-        self.node_attestors
-            .iter()
-            .any(|n| matches!(n, NodeAttestorChoice::JoinToken))
-    }
-}
-
 /// A server NodeAttestor and its validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeAttestorChoice {
@@ -58,16 +49,6 @@ pub enum NodeAttestorChoice {
     JoinToken,
     /// `NodeAttestor "k8s_psat"`.
     K8sPsat(K8sPsatConfig),
-}
-
-impl NodeAttestorChoice {
-    /// The plugin's name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::JoinToken => crate::plugins::nodeattestor::join_token::NAME,
-            Self::K8sPsat(_) => crate::plugins::nodeattestor::k8s_psat::NAME,
-        }
-    }
 }
 
 /// `database_type` of the SQL DataStore.

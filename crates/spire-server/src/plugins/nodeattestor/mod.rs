@@ -107,11 +107,6 @@ impl NodeAttestors {
     pub fn get(&self, name: &str) -> Option<&Arc<dyn NodeAttestor>> {
         self.by_name.get(name)
     }
-
-    /// Whether `name` is configured.
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
 }
 
 impl std::fmt::Debug for NodeAttestors {
