@@ -10,7 +10,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod health;
-pub mod http_get;
 pub use spire_common::logging;
 pub mod manager;
 pub mod plugins;

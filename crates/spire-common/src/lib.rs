@@ -1,12 +1,14 @@
 //! Process plumbing that `spire-server` and `spire-agent` share and that does I/O, so it does
 //! not belong in `spire-core`: log set-up and the run-time log level, the command-line
-//! toolkit (Go-style flags, errors, `-output json`), private files and folders, and the unix
-//! sockets the gRPC APIs listen on.
+//! toolkit (Go-style flags, errors, `-output json`), private files and folders, the unix
+//! sockets the gRPC APIs listen on, and one-shot HTTP GETs.
 
 pub mod cli;
 pub mod fs;
 pub mod grpc_status;
 pub mod health;
+pub mod http_get;
 pub mod k8s;
 pub mod logging;
 pub mod socket;
+pub mod tls;

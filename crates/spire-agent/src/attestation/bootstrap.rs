@@ -13,7 +13,7 @@ use spire_core::spiffe_id::TrustDomain;
 use super::AttestError;
 use crate::client::ServerTrust;
 use crate::config::{BootstrapBundle, TrustBundleFormat, parse_bootstrap_bundle};
-use crate::http_get;
+use spire_common::http_get;
 
 /// How long connecting, sending the request and reading the whole bundle may take; a
 /// bundle server that hangs must not hang the agent's start forever.
@@ -160,7 +160,7 @@ async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestE
 
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
-    let (status, body) = http_get::get(stream, authority, path, &[], MAX_BUNDLE_BYTES)
+    let (status, body) = http_get::get(stream, authority, path, "spire-agent", &[], MAX_BUNDLE_BYTES)
         .await
         .map_err(|e| match e {
             http_get::GetError::Transport(e) => fetch_failed(&e),
@@ -180,30 +180,7 @@ async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestE
 /// A TLS client configuration trusting the platform's root certificates, as Go's default
 /// HTTP client does.
 fn system_roots_config(url: &str) -> Result<rustls::ClientConfig, AttestError> {
-    let loaded = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
-    if added == 0 {
-        let detail = loaded
-            .errors
-            .first()
-            .map_or_else(String::new, |e| format!(": {e}"));
-        return Err(url_error(
-            url,
-            format!(
-                "no system root certificates found to verify the server{detail}; install the \
-                 CA certificates or set SSL_CERT_FILE"
-            ),
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| url_error(url, format!("cannot build the TLS configuration: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    http_get::system_roots_tls_config().map_err(|e| url_error(url, e))
 }
 
 #[cfg(test)]

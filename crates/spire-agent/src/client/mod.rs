@@ -138,7 +138,7 @@ impl ServerClient {
             ServerTrust::InsecureBootstrap => None,
         };
         let config = tls::client_config(
-            tls::SpireServerVerifier::new(roots.as_deref(), &server_id)?,
+            tls::server_verifier(roots.as_deref(), &server_id)?,
             identity.as_ref(),
         )?;
         // The URI only names the target in logs; the connector dials host:port itself.
@@ -239,7 +239,7 @@ impl ServerClient {
     pub fn without_identity(&self) -> Result<Self, ClientError> {
         let roots = self.bundle();
         let config = tls::client_config(
-            tls::SpireServerVerifier::new(roots.as_deref(), &self.inner.server_id)?,
+            tls::server_verifier(roots.as_deref(), &self.inner.server_id)?,
             None,
         )?;
         Ok(Self {
@@ -312,7 +312,7 @@ impl ServerClient {
         identity: Option<AgentIdentity>,
     ) -> Result<(), ClientError> {
         let config = tls::client_config(
-            tls::SpireServerVerifier::new(roots.as_deref(), &self.inner.server_id)?,
+            tls::server_verifier(roots.as_deref(), &self.inner.server_id)?,
             identity.as_ref(),
         )?;
         *self

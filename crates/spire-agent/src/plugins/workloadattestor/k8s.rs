@@ -19,7 +19,7 @@ use spire_core::selector::Selector;
 
 use super::containerinfo::{Locator, legacy};
 use super::{AttestError, PeerProcess, WorkloadAttestor};
-use crate::http_get;
+use spire_common::http_get;
 
 /// The plugin name and selector type.
 pub const PLUGIN_NAME: &str = "k8s";
@@ -522,7 +522,14 @@ impl KubeletClient {
                 .collect();
             let authority = format!("{}:{}", self.host, self.port);
             let (status, body) =
-                http_get::get(stream, &authority, "/pods", &headers, MAX_POD_LIST_BYTES)
+                http_get::get(
+                    stream,
+                    &authority,
+                    "/pods",
+                    "spire-agent",
+                    &headers,
+                    MAX_POD_LIST_BYTES,
+                )
                     .await
                     .map_err(|e| format!("unable to perform request: {e}"))?;
             if status != http::StatusCode::OK {

@@ -1,5 +1,8 @@
 //! One HTTP/1.1 GET over a stream the caller connected (TCP, TLS or a unix socket): what the
-//! agent needs for `trust_bundle_url` and the kubelet's `/pods`, without a client pool.
+//! agent needs for `trust_bundle_url` and the kubelet's `/pods`, and the server for federated
+//! bundle endpoints, without a client pool.
+
+use std::sync::Arc;
 
 use std::pin::Pin;
 
@@ -14,7 +17,6 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Connection for T {}
 
 /// Why the exchange failed; the caller adds which URL it was.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum GetError {
     /// The request could not be sent or the answer not received.
     #[error("{0}")]
@@ -24,12 +26,13 @@ pub enum GetError {
     Body(String),
 }
 
-/// Sends `GET <path_and_query>` with `Host: <authority>` and `headers` over `stream`, and
-/// returns the status and at most `limit` bytes of body.
+/// Sends `GET <path_and_query>` with `Host: <authority>`, `User-Agent: <user_agent>` and
+/// `headers` over `stream`, and returns the status and at most `limit` bytes of body.
 pub async fn get(
     stream: Box<dyn Connection>,
     authority: &str,
     path_and_query: &str,
+    user_agent: &str,
     headers: &[(http::HeaderName, String)],
     limit: usize,
 ) -> Result<(http::StatusCode, Vec<u8>), GetError> {
@@ -39,7 +42,7 @@ pub async fn get(
         .map_err(|e| transport(&e))?;
     let mut request = http::Request::get(path_and_query)
         .header(http::header::HOST, authority)
-        .header(http::header::USER_AGENT, "spire-agent");
+        .header(http::header::USER_AGENT, user_agent);
     for (name, value) in headers {
         request = request.header(name, value);
     }
@@ -71,4 +74,30 @@ pub async fn get(
             Err(e) => transport(&e),
         }),
     }
+}
+
+/// A TLS client configuration trusting the platform's root certificates (or `SSL_CERT_FILE`),
+/// as Go's default HTTP client does, speaking HTTP/1.1. The error says why no root was found.
+pub fn system_roots_tls_config() -> Result<rustls::ClientConfig, String> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        let detail = loaded
+            .errors
+            .first()
+            .map_or_else(String::new, |e| format!(": {e}"));
+        return Err(format!(
+            "no system root certificates found to verify the server{detail}; install the CA \
+             certificates or set SSL_CERT_FILE"
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot build the TLS configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
