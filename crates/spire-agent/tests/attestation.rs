@@ -80,6 +80,12 @@ async fn start(dir: &Path, agent_ttl: Option<Duration>) -> Server {
         .unwrap();
     let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
     let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
+    let bundle_refresher = spire_server::federation::refresher::BundleRefresher::new(
+        datastore.clone(),
+        trust_domain.clone(),
+        &Default::default(),
+        Default::default(),
+    );
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -97,6 +103,7 @@ async fn start(dir: &Path, agent_ttl: Option<Duration>) -> Server {
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(false, false),
         node_attestors,
+        bundle_refresher,
     });
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();

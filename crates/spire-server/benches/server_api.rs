@@ -122,6 +122,12 @@ async fn server(label: &str) -> Server {
         .await
         .expect("index");
     let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
+    let bundle_refresher = spire_server::federation::refresher::BundleRefresher::new(
+        datastore.clone(),
+        trust_domain.clone(),
+        &Default::default(),
+        Default::default(),
+    );
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -139,6 +145,7 @@ async fn server(label: &str) -> Server {
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(false, false),
         node_attestors,
+        bundle_refresher,
     });
     Server { ctx, db }
 }

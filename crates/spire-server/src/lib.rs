@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod endpoints;
+pub mod federation;
 pub use spire_common::logging;
 pub mod plugins;
 pub mod server;

@@ -16,11 +16,15 @@ use crate::authorized::{AuthorizedIndex, IndexOptions};
 use crate::ca::{CaConfig, CaManager};
 use crate::catalog::{self, Catalog, DatabaseType, KeyManagerChoice, UpstreamAuthorityChoice};
 use crate::cli::RunArgs;
-use crate::config::{self, Overrides, ResolvedServerConfig};
+use crate::config::{self, BundleEndpoint, BundleEndpointProfile, Overrides, ResolvedServerConfig};
 use crate::datastore::DataStore;
 use crate::datastore::sql::{SqlConfig, SqlDataStore, SqlOptions};
 use crate::endpoints::health_http::{self, HealthChecksConfig};
 use crate::endpoints::{self, EndpointsConfig};
+use crate::federation::acme::{AcmeConfig, AcmeManager};
+use crate::federation::endpoint::BundleEndpointServer;
+use crate::federation::refresher::BundleRefresher;
+use crate::federation::serving_cert::ServingCert;
 use crate::plugins::keymanager::KeyManager;
 use crate::plugins::keymanager::disk::DiskKeyManager;
 use crate::plugins::keymanager::memory::MemoryKeyManager;
@@ -117,6 +121,13 @@ pub async fn run(
     .await
     .context("cannot load registration entries and agents from the datastore")?;
 
+    let cancel = CancellationToken::new();
+    let bundle_refresher = BundleRefresher::new(
+        datastore.clone(),
+        config.trust_domain.clone(),
+        &config.federation.federates_with,
+        cancel.child_token(),
+    );
     let ctx = Arc::new(ApiContext {
         trust_domain: config.trust_domain.clone(),
         datastore: datastore.clone(),
@@ -138,10 +149,22 @@ pub async fn run(
             datastore.clone(),
             &config.trust_domain,
         ),
+        bundle_refresher: bundle_refresher.clone(),
     });
 
-    let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    tasks.spawn(bundle_refresher.run());
+    if let Some(endpoint) = &config.federation.bundle_endpoint {
+        start_bundle_endpoint(
+            endpoint,
+            &config,
+            &ca,
+            datastore.clone(),
+            &cancel,
+            &mut tasks,
+        )
+        .await?;
+    }
     tasks.spawn(ca.clone().run(cancel.clone()));
     tasks.spawn(
         index
@@ -188,6 +211,82 @@ pub async fn run(
     let _ = health_task.await;
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// Binds the bundle endpoint with its profile's certificate and starts serving it, plus the
+/// task that keeps that certificate fresh (file watch or ACME); a bad certificate file or an
+/// address in use stops the start.
+async fn start_bundle_endpoint(
+    endpoint: &BundleEndpoint,
+    config: &ResolvedServerConfig,
+    ca: &Arc<CaManager>,
+    datastore: Arc<dyn DataStore>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let provider = spire_common::tls::provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("cannot build the bundle endpoint's TLS configuration")?
+        .with_no_client_auth();
+    let mut tls = match &endpoint.profile {
+        BundleEndpointProfile::HttpsSpiffe => builder.with_cert_resolver(Arc::new(
+            endpoints::tls::IdentityResolver::new(ca.server_identity(), provider),
+        )),
+        BundleEndpointProfile::HttpsWebServingCert {
+            cert_file_path,
+            key_file_path,
+            file_sync_interval,
+        } => {
+            let cert = ServingCert::load(cert_file_path, key_file_path)
+                .map_err(anyhow::Error::msg)
+                .context(
+                    "server.federation.bundle_endpoint.profile \"https_web\" serving_cert_file",
+                )?;
+            tasks.spawn(cert.clone().watch(*file_sync_interval, cancel.clone()));
+            builder.with_cert_resolver(cert)
+        }
+        BundleEndpointProfile::HttpsWebAcme {
+            directory_url,
+            domain_name,
+            email,
+            tos_accepted,
+            cache_dir,
+        } => {
+            let acme = AcmeManager::new(AcmeConfig {
+                directory_url: directory_url.clone(),
+                domain_name: domain_name.clone(),
+                email: email.clone(),
+                tos_accepted: *tos_accepted,
+                cache_dir: cache_dir.clone(),
+                extra_root_cas_pem: None,
+            })
+            .context("server.federation.bundle_endpoint acme")?;
+            tasks.spawn(acme.clone().run(cancel.clone()));
+            builder.with_cert_resolver(acme)
+        }
+    };
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if matches!(endpoint.profile, BundleEndpointProfile::HttpsWebAcme { .. }) {
+        tls.alpn_protocols
+            .push(crate::federation::acme::ACME_TLS_ALPN_PROTOCOL.to_vec());
+    }
+    let server = BundleEndpointServer::bind(
+        &endpoint.address,
+        endpoint.port,
+        tls,
+        datastore,
+        config.trust_domain.clone(),
+        endpoint.refresh_hint,
+    )
+    .await?;
+    tracing::info!(
+        addr = %server.local_addr().map_or_else(|_| format!("{}:{}", endpoint.address, endpoint.port), |a| a.to_string()),
+        refresh_hint_secs = endpoint.refresh_hint.as_secs(),
+        "Serving bundle endpoint"
+    );
+    tasks.spawn(server.serve(cancel.clone()));
+    Ok(())
 }
 
 async fn open_datastore(catalog: &Catalog) -> anyhow::Result<SqlDataStore> {

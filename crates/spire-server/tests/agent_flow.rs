@@ -104,6 +104,12 @@ async fn start(dir: &Path, rate_limit_attestation: bool) -> Server {
         .await
         .expect("load the authorized-entry index");
     let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
+    let bundle_refresher = spire_server::federation::refresher::BundleRefresher::new(
+        datastore.clone(),
+        trust_domain.clone(),
+        &Default::default(),
+        Default::default(),
+    );
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -121,6 +127,7 @@ async fn start(dir: &Path, rate_limit_attestation: bool) -> Server {
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(rate_limit_attestation, false),
         node_attestors,
+        bundle_refresher,
     });
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();

@@ -74,6 +74,12 @@ async fn harness() -> Harness {
         .await
         .expect("index");
     let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
+    let bundle_refresher = spire_server::federation::refresher::BundleRefresher::new(
+        datastore.clone(),
+        trust_domain.clone(),
+        &Default::default(),
+        Default::default(),
+    );
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -91,6 +97,7 @@ async fn harness() -> Harness {
         started_at: Instant::now(),
         rate_limits: Default::default(),
         node_attestors,
+        bundle_refresher,
     });
     Harness {
         agent: AgentApi::new(ctx.clone()),

@@ -79,6 +79,12 @@ async fn start() -> Server {
     .unwrap();
     let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
     let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
+    let bundle_refresher = spire_server::federation::refresher::BundleRefresher::new(
+        datastore.clone(),
+        trust_domain.clone(),
+        &Default::default(),
+        Default::default(),
+    );
     let ctx = Arc::new(ApiContext {
         trust_domain,
         datastore,
@@ -96,6 +102,7 @@ async fn start() -> Server {
         started_at: Instant::now(),
         rate_limits: Default::default(),
         node_attestors,
+        bundle_refresher,
     });
     let socket = dir.path().join("private").join("api.sock");
     let endpoints = Endpoints::bind(

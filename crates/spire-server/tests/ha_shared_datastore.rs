@@ -69,6 +69,12 @@ impl Server {
         .unwrap();
         let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
         let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
+        let bundle_refresher = spire_server::federation::refresher::BundleRefresher::new(
+            datastore.clone(),
+            trust_domain.clone(),
+            &Default::default(),
+            Default::default(),
+        );
         let ctx = Arc::new(ApiContext {
             trust_domain,
             datastore,
@@ -86,6 +92,7 @@ impl Server {
             started_at: Instant::now(),
             rate_limits: Default::default(),
             node_attestors,
+            bundle_refresher,
         });
         let endpoints = Endpoints::bind(
             ctx.clone(),

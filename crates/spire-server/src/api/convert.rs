@@ -788,6 +788,64 @@ pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// A stored bundle as a SPIFFE bundle document model (what the bundle endpoint serves and
+/// `bundle show -format spiffe` prints); taint flags have no place in the document.
+pub fn bundle_to_document(
+    bundle: &types::Bundle,
+) -> Result<spire_core::bundle::Bundle, spire_core::bundle::BundleError> {
+    let trust_domain = TrustDomain::new(&bundle.trust_domain)
+        .map_err(|e| spire_core::bundle::BundleError::Json(e.to_string()))?;
+    let mut document = spire_core::bundle::Bundle::new(trust_domain);
+    for authority in &bundle.x509_authorities {
+        document.add_x509_authority(authority.asn1.clone())?;
+    }
+    for key in &bundle.jwt_authorities {
+        document.add_jwt_authority(spire_core::jwt::JwtAuthority {
+            key_id: key.key_id.clone(),
+            public_key_der: key.public_key.clone(),
+            expires_at: Some(key.expires_at).filter(|e| *e != 0),
+        })?;
+    }
+    document.sequence_number = bundle.sequence_number;
+    document.refresh_hint = u64::try_from(bundle.refresh_hint)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(std::time::Duration::from_secs);
+    Ok(document)
+}
+
+/// A SPIFFE bundle document (read from a file, stdin or a bundle endpoint) as the bundle to
+/// store: nothing tainted, the document's sequence number and refresh hint kept.
+pub fn bundle_from_document(document: spire_core::bundle::Bundle) -> types::Bundle {
+    types::Bundle {
+        trust_domain: document.trust_domain.name().to_owned(),
+        x509_authorities: document
+            .x509_authorities
+            .into_iter()
+            .map(|asn1| types::X509Certificate {
+                asn1,
+                tainted: false,
+            })
+            .collect(),
+        jwt_authorities: document
+            .jwt_authorities
+            .into_iter()
+            .map(|a| types::JwtKey {
+                public_key: a.public_key_der,
+                key_id: a.key_id,
+                expires_at: a.expires_at.unwrap_or_default(),
+                tainted: false,
+            })
+            .collect(),
+        refresh_hint: document
+            .refresh_hint
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or_default(),
+        sequence_number: document.sequence_number,
+        wit_authorities: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]

@@ -43,6 +43,8 @@ pub struct ApiContext {
     pub rate_limits: ratelimit::RateLimiters,
     /// The configured node attestors, by name.
     pub node_attestors: crate::plugins::nodeattestor::NodeAttestors,
+    /// Fetches federated bundles; the trustdomain API wakes it and asks it for refreshes.
+    pub bundle_refresher: Arc<crate::federation::refresher::BundleRefresher>,
 }
 
 /// Settings the APIs need from the configuration.

@@ -1,7 +1,7 @@
 //! `spire.api.server.trustdomain.v1.TrustDomain`: federation relationships (which foreign
 //! trust domains we federate with, where their bundle endpoint is and how to authenticate
-//! it), stored in the datastore. Bundle refreshing itself belongs to the federation
-//! subsystem, which this release does not run yet.
+//! it), stored in the datastore. Every change wakes the federation refresher, which fetches
+//! the bundles; `RefreshBundle` asks it for one fetch now.
 
 use std::sync::Arc;
 
@@ -261,6 +261,7 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
                 federation_relationship,
             });
         }
+        self.ctx.bundle_refresher.trigger_reload();
         Ok(Response::new(
             pb::BatchCreateFederationRelationshipResponse { results },
         ))
@@ -287,6 +288,7 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
                 federation_relationship,
             });
         }
+        self.ctx.bundle_refresher.trigger_reload();
         Ok(Response::new(
             pb::BatchUpdateFederationRelationshipResponse { results },
         ))
@@ -308,6 +310,7 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
                 trust_domain,
             });
         }
+        self.ctx.bundle_refresher.trigger_reload();
         Ok(Response::new(
             pb::BatchDeleteFederationRelationshipResponse { results },
         ))
@@ -319,22 +322,22 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
     ) -> Result<Response<pbjson_types::Empty>, Status> {
         let request = request.into_inner();
         let trust_domain = parse_trust_domain(&request.trust_domain)?;
-        let exists = self
+        match self
             .ctx
-            .datastore
-            .fetch_federation_relationship(trust_domain.name())
+            .bundle_refresher
+            .refresh_bundle_for(&trust_domain)
             .await
-            .map_err(|e| datastore_status("failed to fetch federation relationship", &e))?
-            .is_some();
-        if !exists {
-            return Err(Status::not_found(format!(
+        {
+            None => Err(Status::not_found(format!(
                 "no relationship with trust domain {:?}",
                 trust_domain.name()
-            )));
+            ))),
+            Some(Err(e)) => Err(Status::internal(format!("failed to refresh bundle: {e}"))),
+            Some(Ok(_)) => {
+                tracing::debug!(trust_domain = trust_domain.name(), "Bundle refreshed");
+                Ok(Response::new(pbjson_types::Empty {}))
+            }
         }
-        Err(Status::failed_precondition(
-            "federation is served in a later release: bundles cannot be refreshed from the bundle endpoint yet",
-        ))
     }
 }
 

@@ -1,0 +1,9 @@
+//! Federation: the bundle endpoint server that publishes this trust domain's bundle, and the
+//! refresher that fetches the bundles of the trust domains we federate with (see
+//! `docs/federation.md`).
+
+pub mod acme;
+pub mod client;
+pub mod endpoint;
+pub mod refresher;
+pub mod serving_cert;
