@@ -168,7 +168,7 @@ fn spiffe_tls_config(
 ) -> Result<rustls::ClientConfig, FetchError> {
     let verifier = SpiffeIdVerifier::new(
         Some(roots),
-        &endpoint_id.to_string(),
+        endpoint_id.as_ref(),
         "bundle endpoint",
         "check the bundle held for the endpoint's trust domain (trust_domain_bundle or \
          `spire-server bundle set`)",

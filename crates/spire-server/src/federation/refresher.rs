@@ -110,6 +110,9 @@ struct Updater {
     relationship: Arc<Mutex<Relationship>>,
     /// Serializes polls and `RefreshBundle` calls of one trust domain.
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the poller after a `RefreshBundle`, so its schedule follows the bundle just
+    /// fetched instead of a backoff from before.
+    reschedule: Arc<Notify>,
     cancel: CancellationToken,
 }
 
@@ -185,14 +188,23 @@ impl BundleRefresher {
         if let Err(e) = self.reload_relationships().await {
             tracing::error!(error = %e, "Failed to reload federation relationships");
         }
-        let (relationship, lock) = {
+        let (relationship, lock, reschedule) = {
             let updaters = self.lock_updaters();
             let updater = updaters.get(trust_domain)?;
-            (updater.relationship.clone(), updater.lock.clone())
+            (
+                updater.relationship.clone(),
+                updater.lock.clone(),
+                updater.reschedule.clone(),
+            )
         };
-        let _guard = lock.lock().await;
-        let relationship = lock_relationship(&relationship).clone();
-        let result = update_bundle(self.datastore.as_ref(), trust_domain, &relationship).await;
+        let result = {
+            let _guard = lock.lock().await;
+            let relationship = lock_relationship(&relationship).clone();
+            update_bundle(self.datastore.as_ref(), trust_domain, &relationship).await
+        };
+        if result.is_ok() {
+            reschedule.notify_one();
+        }
         Some(result.map(|(refreshed, _)| refreshed))
     }
 
@@ -284,6 +296,7 @@ impl BundleRefresher {
             let updater = Updater {
                 relationship: Arc::new(Mutex::new(relationship)),
                 lock: Arc::new(tokio::sync::Mutex::new(())),
+                reschedule: Arc::new(Notify::new()),
                 cancel: self.cancel.child_token(),
             };
             tokio::spawn(poll(
@@ -291,6 +304,7 @@ impl BundleRefresher {
                 td.clone(),
                 updater.relationship.clone(),
                 updater.lock.clone(),
+                updater.reschedule.clone(),
                 updater.cancel.clone(),
             ));
             updaters.insert(td, updater);
@@ -311,6 +325,7 @@ async fn poll(
     trust_domain: TrustDomain,
     relationship: Arc<Mutex<Relationship>>,
     lock: Arc<tokio::sync::Mutex<()>>,
+    reschedule: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -364,6 +379,7 @@ async fn poll(
                 return;
             }
             () = tokio::time::sleep(next) => {}
+            () = reschedule.notified() => {}
         }
     }
 }
@@ -411,13 +427,15 @@ pub async fn update_bundle(
             }
         }
     };
-    let local = local_bundle(datastore, trust_domain).await?;
     let fetched = client::fetch_bundle(&relationship.url, trust_domain, &auth)
         .await
         .map_err(|source| RefreshError::Fetch {
             url: relationship.url.clone(),
             source,
         })?;
+    // Read after the fetch, which may take long: another server may have stored a newer
+    // bundle meanwhile.
+    let local = local_bundle(datastore, trust_domain).await?;
     if let Some(local) = &local {
         if same_bundle(local, &fetched) {
             return Ok((Refreshed::Unchanged, Some(fetched)));
