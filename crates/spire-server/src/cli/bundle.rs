@@ -29,10 +29,13 @@ pub(crate) enum BundleCommand {
     Count(CountArgs),
 }
 
-/// `-format pem|spiffe`.
+/// `-format pem|spiffe`: how bundle data is written (also `federation`'s
+/// `-trustDomainBundleFormat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(super) enum Format {
+    /// Concatenated PEM `CERTIFICATE` blocks: the X.509 authorities only.
     Pem,
+    /// A SPIFFE bundle document (JWKS): X.509 and JWT authorities.
     Spiffe,
 }
 
@@ -170,8 +173,13 @@ fn format_bundle(bundle: &types::Bundle, format: Format) -> Result<String, CliEr
     }
 }
 
-/// Reads bundle data given to `bundle set`.
-fn parse_bundle(data: &[u8], format: Format, td: TrustDomain) -> Result<types::Bundle, CliError> {
+/// Reads bundle data given to `bundle set` (and `federation create|update`'s trust domain
+/// bundle) as the authorities of `td`.
+pub(super) fn parse_bundle(
+    data: &[u8],
+    format: Format,
+    td: TrustDomain,
+) -> Result<types::Bundle, CliError> {
     let name = td.name().to_owned();
     let bundle = match format {
         Format::Pem => {
@@ -180,7 +188,7 @@ fn parse_bundle(data: &[u8], format: Format, td: TrustDomain) -> Result<types::B
                 .map_err(|e| CliError::invalid(format!("unable to parse bundle data: {e}")))?
         }
         Format::Spiffe => Bundle::from_spiffe_document(td, data)
-            .map_err(|e| CliError::invalid(format!("unable to parse bundle data: {e}")))?,
+            .map_err(|e| CliError::invalid(format!("unable to parse to spiffe bundle: {e}")))?,
     };
     Ok(types::Bundle {
         trust_domain: name,

@@ -10,6 +10,7 @@ mod agent;
 mod bundle;
 mod client;
 mod entry;
+mod federation;
 mod healthcheck;
 mod jwt;
 mod localauthority;
@@ -68,6 +69,9 @@ enum Command {
     /// Trust bundle commands
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Manage federation relationships
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
     /// Attested agent commands
     #[command(subcommand)]
     Agent(agent::AgentCommand),
@@ -123,6 +127,7 @@ async fn dispatch(command: Command, env: &mut Env<'_>) -> Result<(), Failure> {
         Command::Token(c) => Ok(token::run(c, env).await?),
         Command::Entry(c) => Ok(entry::run(c, env).await?),
         Command::Bundle(c) => Ok(bundle::run(c, env).await?),
+        Command::Federation(c) => Ok(federation::run(c, env).await?),
         Command::Agent(c) => Ok(agent::run(c, env).await?),
         Command::X509(c) => Ok(x509::run(c, env).await?),
         Command::Jwt(c) => Ok(jwt::run(c, env).await?),
