@@ -65,14 +65,18 @@ pub async fn get(
     };
     // The connection future drives the socket; it only ends early when the connection
     // fails, in which case the exchange cannot complete.
+    // A server that answers with `Connection: close` ends the connection future as soon as the
+    // answer is read; the exchange then still completes from what was read (or fails
+    // itself when nothing came).
     let mut connection: Pin<Box<_>> = Box::pin(connection);
+    let mut exchange = std::pin::pin!(exchange);
     tokio::select! {
         biased;
-        result = exchange => result,
-        closed = &mut connection => Err(match closed {
-            Ok(()) => GetError::Transport("the server closed the connection without an answer".to_owned()),
-            Err(e) => transport(&e),
-        }),
+        result = &mut exchange => result,
+        closed = &mut connection => match closed {
+            Ok(()) => exchange.await,
+            Err(e) => Err(transport(&e)),
+        },
     }
 }
 
@@ -100,4 +104,57 @@ pub fn system_roots_tls_config() -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A server that answers once with `Connection: close` and closes (HTTP/1.0 servers,
+    /// some proxies): the answer must still be read.
+    #[tokio::test]
+    async fn an_answer_followed_by_close_is_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await.unwrap();
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                )
+                .await
+                .unwrap();
+        });
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (status, body) = get(Box::new(stream), "x", "/", "test", &[], 1024)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, body.as_slice()),
+            (http::StatusCode::OK, &b"hello"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_without_answer_is_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await.unwrap();
+        });
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        assert!(
+            get(Box::new(stream), "x", "/", "test", &[], 1024)
+                .await
+                .is_err()
+        );
+    }
 }

@@ -51,9 +51,7 @@ impl SpiffeIdVerifier {
                     .map(|(i, der)| {
                         webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice()))
                             .map(|a| a.to_owned())
-                            .map_err(|e| {
-                                format!("trust bundle certificate #{i} is unusable: {e}")
-                            })
+                            .map_err(|e| format!("trust bundle certificate #{i} is unusable: {e}"))
                     })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
@@ -93,8 +91,9 @@ impl ServerCertVerifier for SpiffeIdVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let refused =
-            |what: String| rustls::Error::General(format!("{} certificate refused: {what}", self.peer));
+        let refused = |what: String| {
+            rustls::Error::General(format!("{} certificate refused: {what}", self.peer))
+        };
         if let Some(anchors) = &self.anchors {
             let leaf = webpki::EndEntityCert::try_from(end_entity)
                 .map_err(|e| refused(format!("malformed certificate: {e}")))?;
@@ -107,11 +106,15 @@ impl ServerCertVerifier for SpiffeIdVerifier {
                 None,
                 None,
             )
-            .map_err(|e| {
-                refused(format!(
+            .map_err(|e| match e {
+                webpki::Error::CertExpired { .. } => refused(format!("it has expired ({e})")),
+                webpki::Error::CertNotValidYet { .. } => {
+                    refused(format!("it is not valid yet ({e}); check the clocks"))
+                }
+                e => refused(format!(
                     "it does not chain to the trust bundle ({e}); {}",
                     self.roots_hint
-                ))
+                )),
             })?;
         }
         let ids = uri_sans(end_entity.as_ref());

@@ -269,8 +269,9 @@ fn wait_federated_bundle(agent: &AgentProcess, dir: &Path, trust_domain: &str) -
 }
 
 /// Federates `a` and `b` both ways over `https_spiffe` (a through its config file, b
-/// through the API), runs the ghostunnel pair and, when `measure_rotation`, the rotation.
-fn federate_and_tunnel(a_program: &Path, b_program: &Path, measure_rotation: bool) {
+/// through the API), runs the ghostunnel pair, validates a JWT-SVID across, measures how long
+/// a CA rotation of b takes to reach a's workload, and removes the federation again.
+fn federate_and_tunnel(a_program: &Path, b_program: &Path) {
     let root = tempfile::tempdir().unwrap();
     // b first: a's config names b's bundle endpoint.
     let b = Domain::start(
@@ -322,32 +323,68 @@ fn federate_and_tunnel(a_program: &Path, b_program: &Path, measure_rotation: boo
     let echoed = round_trip_eventually(tunnel_client.port, "across domains", READY_WAIT, &both);
     assert_eq!(echoed, "across domains");
 
-    if measure_rotation {
-        // A new CA prepared in b.test is in b's bundle at once; a's refresher fetches it
-        // within a quarter of the hint, a's agent delivers it at its next sync.
-        let before = certificate_count(&b_seen_by_a);
-        b.server.cli_ok(&["localauthority", "x509", "prepare"]);
-        let prepared = Instant::now();
-        let budget = Duration::from_secs(REFRESH_HINT_SECS + SYNC_SECS);
-        loop {
-            let seen = federated_bundle(&client_agent, &scratch, "spiffe://b.test")
-                .map_or(0, |pem| certificate_count(&pem));
-            if seen > before {
-                break;
-            }
-            assert!(
-                prepared.elapsed() < budget + Duration::from_secs(15),
-                "b.test's new CA did not reach the a.test workload within {budget:?}:\n{}",
-                a.server.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
+    // A JWT-SVID of b.test validates at a.test's Workload API with the federated bundle.
+    let fetched = server_agent.cli_eventually(
+        &["api", "fetch", "jwt", "-audience", "across-domains"],
+        READY_WAIT,
+    );
+    let token = fetched
+        .lines()
+        .skip_while(|line| !line.starts_with("token("))
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no token in {fetched}"))
+        .to_owned();
+    let validated = client_agent.cli_eventually(
+        &[
+            "api",
+            "validate",
+            "jwt",
+            "-audience",
+            "across-domains",
+            "-svid",
+            &token,
+        ],
+        READY_WAIT,
+    );
+    assert!(
+        validated.contains("SVID is valid.") && validated.contains(server_id),
+        "{validated}"
+    );
+
+    // A new CA prepared in b.test is in b's bundle at once; a's refresher fetches it
+    // within a quarter of the hint, a's agent delivers it at its next sync.
+    let before = certificate_count(&b_seen_by_a);
+    b.server.cli_ok(&["localauthority", "x509", "prepare"]);
+    let prepared = Instant::now();
+    let budget = Duration::from_secs(REFRESH_HINT_SECS + SYNC_SECS);
+    loop {
+        let seen = federated_bundle(&client_agent, &scratch, "spiffe://b.test")
+            .map_or(0, |pem| certificate_count(&pem));
+        if seen > before {
+            break;
         }
-        let took = prepared.elapsed();
-        println!(
-            "federation: b.test CA rotation reached the a.test workload in {:.1} s \
-             (refresh hint {REFRESH_HINT_SECS} s, sync {SYNC_SECS} s)",
-            took.as_secs_f64()
+        assert!(
+            prepared.elapsed() < budget + Duration::from_secs(75),
+            "b.test's new CA did not reach the a.test workload within {budget:?}:\n{}",
+            a.server.log()
         );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let took = prepared.elapsed();
+    let refresher = if *a_program == binary("spire-server") {
+        "ours"
+    } else {
+        "upstream's"
+    };
+    println!(
+        "federation: b.test CA rotation reached the a.test workload in {:.1} s with \
+         {refresher} refresher (refresh hint {REFRESH_HINT_SECS} s, sync {SYNC_SECS} s)",
+        took.as_secs_f64()
+    );
+    // Upstream keeps the schedule of a failed first fetch after `federation refresh`,
+    // so only ours is held to the bound.
+    if refresher == "ours" {
         assert!(took <= budget, "took {took:?}, more than {budget:?}");
     }
 
@@ -383,7 +420,7 @@ fn federate_and_tunnel(a_program: &Path, b_program: &Path, measure_rotation: boo
 #[test]
 fn two_trust_domains_of_ours_federate_over_https_spiffe() {
     let ours = binary("spire-server");
-    federate_and_tunnel(&ours, &ours, true);
+    federate_and_tunnel(&ours, &ours);
 }
 
 #[test]
@@ -392,8 +429,8 @@ fn our_server_federates_with_upstream_spire_both_ways() {
     let upstream = interop_program("SPIRE_UPSTREAM_SERVER");
     // a.test ours (config-file relationship) with b.test upstream (API relationship), then
     // the other way round.
-    federate_and_tunnel(&ours, &upstream, false);
-    federate_and_tunnel(&upstream, &ours, false);
+    federate_and_tunnel(&ours, &upstream);
+    federate_and_tunnel(&upstream, &ours);
 }
 
 /// A CA and a leaf for `127.0.0.1` (DNS `localhost` too) written as PEM into `dir`: the

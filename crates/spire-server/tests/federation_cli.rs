@@ -337,7 +337,7 @@ async fn federation_commands_against_a_live_server() {
     assert_eq!((code, out.as_str()), (1, "\n"));
     assert!(
         err.starts_with(
-            "Failed to create the following federation relationship (code: AlreadyExists, msg: \""
+            "Failed to create the following federation relationship (code: Internal, msg: \"failed to create federation relationship: "
         ),
         "{err}"
     );
@@ -353,7 +353,7 @@ async fn federation_commands_against_a_live_server() {
     let (code, out, err) = server.cli(&json_flags).await;
     assert_eq!((code, err.as_str()), (0, ""));
     let json: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(json["results"][0]["status"]["code"], 6);
+    assert_eq!(json["results"][0]["status"]["code"], 13);
     let (code, _, err) = server
         .cli(&[
             "federation",
@@ -412,9 +412,7 @@ async fn federation_commands_against_a_live_server() {
          \n"
     );
     assert!(
-        err.starts_with(
-            "Failed to create the following federation relationship (code: AlreadyExists"
-        ),
+        err.starts_with("Failed to create the following federation relationship (code: Internal"),
         "{err}"
     );
     assert!(err.contains(WEB_ORG), "{err}");
@@ -536,7 +534,7 @@ async fn federation_commands_against_a_live_server() {
         json["results"][0]["federation_relationship"]["bundle_endpoint_url"],
         "https://data-1.org/v2"
     );
-    assert_eq!(json["results"][1]["status"]["code"], 5);
+    assert_eq!(json["results"][1]["status"]["code"], 13);
     // The same in pretty: the missing one on stderr, exit status 1.
     let (code, out, err) = server
         .cli_with_stdin(&["federation", "update", "-data", "-"], stdin.as_bytes())
@@ -547,7 +545,7 @@ async fn federation_commands_against_a_live_server() {
         "{out}"
     );
     assert!(
-        err.starts_with("Failed to update the following federation relationship (code: NotFound"),
+        err.starts_with("Failed to update the following federation relationship (code: Internal"),
         "{err}"
     );
     assert!(
@@ -617,7 +615,7 @@ async fn federation_commands_against_a_live_server() {
     assert_eq!(
         json,
         serde_json::json!({"results": [{"status": {"code": 0, "message": "OK"},
-                                        "trust_domain": "spiffe://spiffe.org"}]})
+                                        "trust_domain": "spiffe.org"}]})
     );
     let (code, out, err) = server
         .cli(&["federation", "delete", "-id", "web.org"])

@@ -160,14 +160,21 @@ async fn fetch(url: &str, unix_socket: Option<&Path>) -> Result<Vec<u8>, AttestE
 
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
-    let (status, body) = http_get::get(stream, authority, path, "spire-agent", &[], MAX_BUNDLE_BYTES)
-        .await
-        .map_err(|e| match e {
-            http_get::GetError::Transport(e) => fetch_failed(&e),
-            http_get::GetError::Body(e) => {
-                url_error(url, format!("unable to read from trust bundle URL: {e}"))
-            }
-        })?;
+    let (status, body) = http_get::get(
+        stream,
+        authority,
+        path,
+        "spire-agent",
+        &[],
+        MAX_BUNDLE_BYTES,
+    )
+    .await
+    .map_err(|e| match e {
+        http_get::GetError::Transport(e) => fetch_failed(&e),
+        http_get::GetError::Body(e) => {
+            url_error(url, format!("unable to read from trust bundle URL: {e}"))
+        }
+    })?;
     if status != http::StatusCode::OK {
         return Err(url_error(
             url,

@@ -56,18 +56,9 @@ fn apply_mask(
 }
 
 /// Checks every field of a relationship and normalizes its trust domain names.
-fn validate(
-    own: &TrustDomain,
-    mut relationship: FederationRelationship,
-) -> Result<FederationRelationship, String> {
+fn validate(mut relationship: FederationRelationship) -> Result<FederationRelationship, String> {
     let trust_domain = TrustDomain::new(&relationship.trust_domain)
         .map_err(|e| format!("failed to parse trust domain: {e}"))?;
-    if trust_domain == *own {
-        return Err(format!(
-            "unable to manage a federation relationship with the server's own trust domain {:?}",
-            own.name()
-        ));
-    }
     relationship.trust_domain = trust_domain.name().to_owned();
 
     let url: http::Uri = relationship
@@ -75,10 +66,13 @@ fn validate(
         .parse()
         .map_err(|e| format!("failed to parse bundle endpoint URL: {e}"))?;
     if url.scheme_str() != Some("https") {
-        return Err("failed to parse bundle endpoint URL: scheme must be https".to_owned());
+        return Err("bundle endpoint URL must use the https scheme".to_owned());
     }
     if url.host().is_none_or(str::is_empty) {
-        return Err("failed to parse bundle endpoint URL: missing host".to_owned());
+        return Err("bundle endpoint URL must specify the host".to_owned());
+    }
+    if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("bundle endpoint URL must not contain user info".to_owned());
     }
 
     match &relationship.bundle_endpoint_profile {
@@ -112,7 +106,7 @@ impl TrustDomainApi {
         &self,
         relationship: FederationRelationship,
     ) -> Result<FederationRelationship, Status> {
-        validate(&self.ctx.trust_domain, relationship).map_err(|e| {
+        validate(relationship).map_err(|e| {
             Status::invalid_argument(format!("failed to convert federation relationship: {e}"))
         })
     }
@@ -122,11 +116,17 @@ impl TrustDomainApi {
         relationship: FederationRelationship,
     ) -> Result<FederationRelationship, Status> {
         let relationship = self.validated(relationship)?;
+        if relationship.trust_domain == self.ctx.trust_domain.name() {
+            return Err(Status::invalid_argument(
+                "unable to create federation relationship for server trust domain",
+            ));
+        }
+        // Upstream answers every datastore failure here (a duplicate included) as Internal.
         self.ctx
             .datastore
             .create_federation_relationship(relationship)
             .await
-            .map_err(|e| datastore_status("failed to create federation relationship", &e))
+            .map_err(|e| Status::internal(format!("failed to create federation relationship: {e}")))
     }
 
     async fn update(
@@ -141,7 +141,12 @@ impl TrustDomainApi {
             .fetch_federation_relationship(trust_domain.name())
             .await
             .map_err(|e| datastore_status("failed to fetch federation relationship", &e))?
-            .ok_or_else(|| Status::not_found("federation relationship does not exist"))?;
+            .ok_or_else(|| {
+                Status::internal(
+                    "failed to update federation relationship: unable to fetch federation \
+                     relationship: record not found",
+                )
+            })?;
         let mut merged = existing;
         if mask.bundle_endpoint_url {
             merged.bundle_endpoint_url = input.bundle_endpoint_url;
@@ -161,6 +166,9 @@ impl TrustDomainApi {
     }
 
     async fn delete(&self, trust_domain: &str) -> Result<(), Status> {
+        if trust_domain.is_empty() {
+            return Err(Status::invalid_argument("missing trust domain"));
+        }
         let trust_domain = parse_trust_domain(trust_domain)?;
         self.ctx
             .datastore
@@ -305,6 +313,9 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
                 Ok(()) => ok_status(),
                 Err(status) => item_status(&status),
             };
+            // Echoed by name when it parses, as upstream does.
+            let trust_domain =
+                TrustDomain::new(&trust_domain).map_or(trust_domain, |td| td.name().to_owned());
             results.push(pb::batch_delete_federation_relationship_response::Result {
                 status: Some(status),
                 trust_domain,
@@ -356,16 +367,12 @@ mod tests {
         }
     }
 
-    fn own() -> TrustDomain {
-        TrustDomain::new("example.org").unwrap()
-    }
-
     #[test]
     fn a_valid_relationship_is_normalized() {
-        let valid = validate(
-            &own(),
-            relationship("spiffe://other.org", "https://other.org/bundle"),
-        )
+        let valid = validate(relationship(
+            "spiffe://other.org",
+            "https://other.org/bundle",
+        ))
         .unwrap();
         assert_eq!(valid.trust_domain, "other.org");
     }
@@ -374,16 +381,12 @@ mod tests {
     fn invalid_relationships_say_what_is_wrong() {
         let cases = [
             (
-                relationship("example.org", "https://x/b"),
-                "own trust domain",
-            ),
-            (
                 relationship("Bad Domain", "https://x/b"),
                 "failed to parse trust domain",
             ),
             (
                 relationship("other.org", "http://x/b"),
-                "scheme must be https",
+                "must use the https scheme",
             ),
             (
                 relationship("other.org", "not a url"),
@@ -419,7 +422,7 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
-            let err = validate(&own(), input.clone()).unwrap_err();
+            let err = validate(input.clone()).unwrap_err();
             assert!(err.contains(expected), "{input:?}: {err}");
         }
     }

@@ -521,17 +521,16 @@ impl KubeletClient {
                 .map(|t| (http::header::AUTHORIZATION, format!("Bearer {t}")))
                 .collect();
             let authority = format!("{}:{}", self.host, self.port);
-            let (status, body) =
-                http_get::get(
-                    stream,
-                    &authority,
-                    "/pods",
-                    "spire-agent",
-                    &headers,
-                    MAX_POD_LIST_BYTES,
-                )
-                    .await
-                    .map_err(|e| format!("unable to perform request: {e}"))?;
+            let (status, body) = http_get::get(
+                stream,
+                &authority,
+                "/pods",
+                "spire-agent",
+                &headers,
+                MAX_POD_LIST_BYTES,
+            )
+            .await
+            .map_err(|e| format!("unable to perform request: {e}"))?;
             if status != http::StatusCode::OK {
                 let text = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
                 return Err(format!(
