@@ -4,13 +4,16 @@
 #
 #   upstream SPIRE v1.13.3   spire-server, spire-agent   (cgo, for its SQLite datastore)
 #   ghostunnel v1.8.4        ghostunnel                  (an mTLS proxy on the Workload API)
+#   pebble v2.10.3           pebble, pebble-challtestsrv (Let's Encrypt's test ACME server
+#                                                         and its DNS stand-in)
 #
 # into ${SPIRE_RS_CACHE:-~/.cache/spire-rs}/<name>-<version>/bin/. Each comes from the Go
 # module proxy at that exact version (the proxy refuses version lists for spiffe/spire but
 # serves exact versions). The first build takes about 15 minutes on 2 cores.
 #
-# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT, GHOSTUNNEL)
-# and for the spire-api-sdk source (SPIRE_API_SDK_DIR) on
+# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT, GHOSTUNNEL,
+# PEBBLE, PEBBLE_CHALLTESTSRV), for the spire-api-sdk source (SPIRE_API_SDK_DIR) and for
+# Pebble's test certificates (PEBBLE_CERTS_DIR: the CA of its HTTPS directory) on
 # standard output and writes them to target/interop-deps.env; progress goes
 # to standard error. A missing toolchain or a refused download is an error naming it.
 # Usage: scripts/interop-deps.sh
@@ -19,6 +22,7 @@ cd "$(dirname "$0")/.."
 
 SPIRE_VERSION=v1.13.3
 GHOSTUNNEL_VERSION=v1.8.4
+PEBBLE_VERSION=v2.10.3
 # The spire-api-sdk of the newest upstream release (v1.15.3 builds with the same protos):
 # the wire-conformance test compares our protos with its .proto files.
 SPIRE_API_SDK_VERSION=v1.15.2
@@ -75,18 +79,31 @@ build() {
 
 build spire "$SPIRE_VERSION" github.com/spiffe/spire cmd/spire-server cmd/spire-agent
 build ghostunnel "$GHOSTUNNEL_VERSION" github.com/ghostunnel/ghostunnel .
+build pebble "$PEBBLE_VERSION" github.com/letsencrypt/pebble/v2 cmd/pebble cmd/pebble-challtestsrv
 
-# go mod download needs a module to run in; the scratch one resolves nothing else.
-sdk_dir=$(
+# module_dir MODULE VERSION: the folder of MODULE@VERSION's source in the Go module cache,
+# downloaded if missing. go mod download needs a module to run in; the scratch one resolves
+# nothing else.
+module_dir() (
     scratch=$(mktemp -d)
     cd "$scratch"
-    go mod init sdk-download >/dev/null 2>&1
-    GOFLAGS=-mod=mod go mod download -json "github.com/spiffe/spire-api-sdk@$SPIRE_API_SDK_VERSION" |
+    go mod init module-download >/dev/null 2>&1
+    GOFLAGS=-mod=mod go mod download -json "$1@$2" |
         sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
     rm -rf "$scratch"
 )
+
+sdk_dir=$(module_dir github.com/spiffe/spire-api-sdk "$SPIRE_API_SDK_VERSION")
 [ -d "$sdk_dir/proto" ] || die "go mod download github.com/spiffe/spire-api-sdk@$SPIRE_API_SDK_VERSION gave no proto folder: is the Go module proxy reachable?"
 log "spire-api-sdk $SPIRE_API_SDK_VERSION in $sdk_dir"
+
+# Pebble serves its ACME directory over HTTPS with a certificate from its own test CA
+# (minica); the ACME tests trust that CA and give Pebble the localhost certificate and key.
+pebble_certs=$(module_dir github.com/letsencrypt/pebble/v2 "$PEBBLE_VERSION")/test/certs
+if [ ! -f "$pebble_certs/pebble.minica.pem" ] || [ ! -f "$pebble_certs/localhost/cert.pem" ]; then
+    die "go mod download github.com/letsencrypt/pebble/v2@$PEBBLE_VERSION gave no test/certs folder: is the Go module proxy reachable?"
+fi
+log "pebble $PEBBLE_VERSION test certificates in $pebble_certs"
 
 mkdir -p target
 env_file=target/interop-deps.env
@@ -95,6 +112,9 @@ env_file=target/interop-deps.env
     echo "export SPIRE_UPSTREAM_AGENT='$cache/spire-$SPIRE_VERSION/bin/spire-agent'"
     echo "export GHOSTUNNEL='$cache/ghostunnel-$GHOSTUNNEL_VERSION/bin/ghostunnel'"
     echo "export SPIRE_API_SDK_DIR='$sdk_dir'"
+    echo "export PEBBLE='$cache/pebble-$PEBBLE_VERSION/bin/pebble'"
+    echo "export PEBBLE_CHALLTESTSRV='$cache/pebble-$PEBBLE_VERSION/bin/pebble-challtestsrv'"
+    echo "export PEBBLE_CERTS_DIR='$pebble_certs'"
 } >"$env_file"
 "$cache/spire-$SPIRE_VERSION/bin/spire-server" --version >&2 2>&1 || true
 cat "$env_file"

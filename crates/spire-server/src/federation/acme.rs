@@ -21,7 +21,7 @@
 //!   key; and `acme_account.json`, the ACME account and its key. Upstream keeps both keys in
 //!   the server's KeyManager (ids `bundle-acme-<id>`) instead.
 //!
-//! Certificates keys are ECDSA P-256 (upstream also obtains an RSA one for clients that cannot
+//! Certificate keys are ECDSA P-256 (upstream also obtains an RSA one for clients that cannot
 //! do ECDSA). The Terms of Service of an ACME server that has some are accepted only when
 //! `tos_accepted = true`; otherwise no account is created and no certificate obtained.
 
@@ -36,8 +36,8 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesBody as _, ChallengeType,
-    HttpClient, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType, HttpClient,
+    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair};
 use rustls::crypto::CryptoProvider;
@@ -317,36 +317,13 @@ impl AcmeManager {
                         () = cancel.cancelled() => return,
                         attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, self.obtain_certificate()) => attempt,
                     };
-                    let error = match attempt {
-                        Ok(Ok(())) => {
-                            backoff.reset();
-                            continue;
+                    match self.after_attempt(attempt, &mut backoff) {
+                        Some(wait) => wait,
+                        None => {
+                            cancel.cancelled().await;
+                            return;
                         }
-                        Ok(Err(error)) => error,
-                        Err(_) => AcmeError::Timeout {
-                            directory_url: self.directory_url.clone(),
-                            timeout: ATTEMPT_TIMEOUT,
-                        },
-                    };
-                    if let AcmeError::TermsOfServiceNotAccepted { .. } = error {
-                        tracing::error!(
-                            directory_url = %self.directory_url,
-                            domain_name = %self.domain,
-                            error = %error,
-                            "No ACME certificate will be obtained until the configuration changes"
-                        );
-                        cancel.cancelled().await;
-                        return;
                     }
-                    let delay = backoff.next();
-                    tracing::warn!(
-                        directory_url = %self.directory_url,
-                        domain_name = %self.domain,
-                        error = %error,
-                        retry_in = ?delay,
-                        "Could not obtain an ACME certificate; retrying"
-                    );
-                    delay
                 }
             };
             tokio::select! {
@@ -354,6 +331,56 @@ impl AcmeManager {
                 () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
             }
         }
+    }
+
+    /// What [`AcmeManager::run`] does after an attempt: how long to wait before looking
+    /// again, with the failure logged, or `None` when only a configuration change can help.
+    fn after_attempt(
+        &self,
+        attempt: Result<Result<(), AcmeError>, tokio::time::error::Elapsed>,
+        backoff: &mut Backoff,
+    ) -> Option<Duration> {
+        let error = match attempt {
+            Ok(Ok(())) => {
+                if let Some(wait) = self.renewal_due_in(SystemTime::now()) {
+                    backoff.reset();
+                    return Some(wait);
+                }
+                // Due for renewal as soon as issued (a lifetime shorter than the CA's
+                // backdating, say): no tight loop.
+                let delay = backoff.next();
+                tracing::warn!(
+                    directory_url = %self.directory_url,
+                    domain_name = %self.domain,
+                    retry_in = ?delay,
+                    "The new ACME certificate is already due for renewal"
+                );
+                return Some(delay);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => AcmeError::Timeout {
+                directory_url: self.directory_url.clone(),
+                timeout: ATTEMPT_TIMEOUT,
+            },
+        };
+        if let AcmeError::TermsOfServiceNotAccepted { .. } = error {
+            tracing::error!(
+                directory_url = %self.directory_url,
+                domain_name = %self.domain,
+                error = %error,
+                "No ACME certificate will be obtained until the configuration changes"
+            );
+            return None;
+        }
+        let delay = backoff.next();
+        tracing::warn!(
+            directory_url = %self.directory_url,
+            domain_name = %self.domain,
+            error = %error,
+            retry_in = ?delay,
+            "Could not obtain an ACME certificate; retrying"
+        );
+        Some(delay)
     }
 
     /// One attempt, as [`AcmeManager::run`] makes them: takes a cached certificate that is not
@@ -411,8 +438,17 @@ impl AcmeManager {
             reason,
         })?;
         let key_pem = Zeroizing::new(key.serialize_pem());
-        self.cache
-            .store_certificate(chain_pem.as_bytes(), key_pem.as_bytes())?;
+        // Served even when it cannot be cached: ordering again at every attempt would run
+        // into the CA's limits on duplicate certificates.
+        if let Err(e) = self
+            .cache
+            .store_certificate(chain_pem.as_bytes(), key_pem.as_bytes())
+        {
+            tracing::warn!(
+                error = %e,
+                "Could not cache the new ACME certificate; a restart will order another one"
+            );
+        }
         tracing::info!(
             directory_url = %self.directory_url,
             elapsed = ?started.elapsed(),
@@ -796,7 +832,7 @@ async fn authorization_errors(order: &mut Order) -> String {
 }
 
 /// A certificate with the dates that decide its renewal.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Issued {
     key: Arc<CertifiedKey>,
     not_before: SystemTime,
@@ -901,8 +937,13 @@ fn challenge_certificate(
         .self_signed(&key)
         .map_err(|e| crypto("signing the challenge certificate", e))?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let certified = CertifiedKey::from_der(vec![certificate.der().clone()], key_der, provider)
+    // Not CertifiedKey::from_der: its key check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension; the key was made just above.
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
         .map_err(|e| AcmeError::Crypto(format!("loading the challenge key: {e}")))?;
+    let certified = CertifiedKey::new(vec![certificate.der().clone()], signing_key);
     Ok(Arc::new(certified))
 }
 
@@ -1002,11 +1043,11 @@ fn https_client(
         }
     }
     if roots.is_empty() {
-        return Err(AcmeError::Tls(
-            "no trusted root certificates for the ACME server's HTTPS: the system has none \
+        // A cached certificate can still be served; ordering will fail naming the issuer.
+        tracing::warn!(
+            "No trusted root certificates for the ACME server's HTTPS: the system has none \
              (install ca-certificates)"
-                .to_owned(),
-        ));
+        );
     }
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -1223,3 +1264,452 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 /// Sent on the directory request; instant-acme sends its own on the others.
 const USER_AGENT: &str = concat!("spire-rs/", env!("CARGO_PKG_VERSION"));
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const DOMAIN: &str = "bundle.example.org";
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    /// A self-signed certificate for `names` valid from `not_before` to `not_after` (Unix
+    /// seconds), with its key as PEM.
+    fn self_signed(names: &[&str], not_before: i64, not_after: i64) -> (String, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn unix_now() -> i64 {
+        i64::try_from(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap()
+    }
+
+    fn key_der(pem: &str) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn renewal_comes_at_two_thirds_of_short_lifetimes_and_30_days_before_long_ones() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // Let's Encrypt's 90 days: 30 days before expiry, which is also a third.
+        assert_eq!(renew_at(start, start + 90 * DAY), start + 60 * DAY);
+        // The 6-day short-lived profile: after 4 days.
+        assert_eq!(renew_at(start, start + 6 * DAY), start + 4 * DAY);
+        // 45 days: 15 days before.
+        assert_eq!(renew_at(start, start + 45 * DAY), start + 30 * DAY);
+        // Pebble's 5 years: 30 days before expiry.
+        assert_eq!(
+            renew_at(start, start + 1826 * DAY),
+            start + 1826 * DAY - 30 * DAY
+        );
+        // Nonsense dates renew at once rather than panic.
+        assert_eq!(renew_at(start + DAY, start), start);
+    }
+
+    #[test]
+    fn only_a_lone_acme_tls_alpn_asks_for_the_challenge() {
+        let offer = |protocols: &[&'static [u8]]| wants_challenge(Some(protocols.iter().copied()));
+        assert!(offer(&[b"acme-tls/1"]));
+        assert!(!offer(&[b"h2", b"acme-tls/1"]));
+        assert!(!offer(&[b"acme-tls/1", b"http/1.1"]));
+        assert!(!offer(&[b"http/1.1"]));
+        assert!(!offer(&[]));
+        assert!(!wants_challenge(None::<std::iter::Empty<&[u8]>>));
+        assert!(is_challenge_connection(Some(b"acme-tls/1")));
+        assert!(!is_challenge_connection(Some(b"h2")));
+        assert!(!is_challenge_connection(None));
+        assert!(alpn_protocols().contains(&ACME_TLS_ALPN_PROTOCOL.to_vec()));
+    }
+
+    #[test]
+    fn domain_names_are_normalized_and_checked_as_autocert_does() {
+        assert_eq!(check_domain(" Bundle.Example.ORG. ").unwrap(), DOMAIN);
+        for (name, why) in [
+            ("", "is empty"),
+            ("localhost", "single label"),
+            ("127.0.0.1", "IP address"),
+            ("::1", "IP address"),
+            ("*.example.org", "wildcard"),
+            ("bad name.example.org", "not a valid DNS name"),
+        ] {
+            let error = check_domain(name).unwrap_err().to_string();
+            assert!(error.contains(why), "{name:?}: {error}");
+            assert!(error.contains("domain_name"), "{name:?}: {error}");
+        }
+        assert_eq!(normalize_name("Other.Example.org."), "other.example.org");
+    }
+
+    #[test]
+    fn the_terms_of_service_come_from_the_directory_meta() {
+        let pebble = br#"{"keyChange":"https://127.0.0.1:14000/rollover-account-key",
+            "meta":{"externalAccountRequired":false,"termsOfService":"data:text/plain,Do%20what%20thou%20wilt"},
+            "newAccount":"https://127.0.0.1:14000/sign-me-up"}"#;
+        assert_eq!(
+            terms_of_service(pebble).unwrap().as_deref(),
+            Some("data:text/plain,Do%20what%20thou%20wilt")
+        );
+        assert_eq!(terms_of_service(br#"{"newNonce":"x"}"#).unwrap(), None);
+        assert_eq!(
+            terms_of_service(br#"{"meta":{"website":"https://example.org"}}"#).unwrap(),
+            None
+        );
+        assert_eq!(
+            terms_of_service(br#"{"meta":{"termsOfService":""}}"#).unwrap(),
+            None
+        );
+        let error = terms_of_service(b"<html>").unwrap_err();
+        assert!(error.contains("not an ACME directory"), "{error}");
+    }
+
+    #[test]
+    fn the_challenge_certificate_carries_the_critical_acme_identifier() {
+        let digest: Vec<u8> = (0..32).collect();
+        let certified = challenge_certificate(DOMAIN, &digest, &provider()).unwrap();
+        assert_eq!(certified.cert.len(), 1);
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(&certified.cert[0]).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            san.value.general_names,
+            vec![GeneralName::DNSName(DOMAIN)],
+            "exactly the one name being validated"
+        );
+        let acme = cert
+            .extensions()
+            .iter()
+            .find(|ext| ext.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier extension");
+        assert!(acme.critical);
+        let mut expected = vec![0x04, 0x20];
+        expected.extend_from_slice(&digest);
+        assert_eq!(
+            acme.value,
+            expected.as_slice(),
+            "DER OCTET STRING of the digest"
+        );
+
+        let error = challenge_certificate(DOMAIN, &digest[..31], &provider()).unwrap_err();
+        assert!(error.to_string().contains("31 bytes"), "{error}");
+    }
+
+    #[test]
+    fn the_csr_names_the_domain() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let der = certificate_request(DOMAIN, &key).unwrap();
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
+        csr.verify_signature().unwrap();
+        let cn: Vec<_> = csr
+            .certification_request_info
+            .subject
+            .iter_common_name()
+            .map(|cn| cn.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(cn, [DOMAIN]);
+        let names: Vec<String> = csr
+            .requested_extensions()
+            .into_iter()
+            .flatten()
+            .filter_map(|ext| match ext {
+                x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => Some(
+                    san.general_names
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(names, [format!("DNSName({DOMAIN})")]);
+    }
+
+    #[test]
+    fn a_cached_certificate_is_used_only_when_valid_for_the_domain_and_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join(CACHE_DIR_NAME), DOMAIN).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache.dir), 0o700);
+        let now = SystemTime::now();
+        let provider = provider();
+        assert!(cache.load_certificate(DOMAIN, now, &provider).is_none());
+
+        let (chain, key) = self_signed(&[DOMAIN], unix_now() - 3600, unix_now() + 90 * 86400);
+        cache
+            .store_certificate(chain.as_bytes(), key.as_bytes())
+            .unwrap();
+        assert_eq!(mode(&cache.chain), 0o600);
+        assert_eq!(mode(&cache.key), 0o600);
+        assert_eq!(cache.chain.file_name().unwrap(), DOMAIN);
+        let issued = cache.load_certificate(DOMAIN, now, &provider).unwrap();
+        assert!(issued.renew_at() > now + 59 * DAY && issued.renew_at() < now + 61 * DAY);
+        assert!(
+            cache
+                .load_certificate("other.example.org", now, &provider)
+                .is_none()
+        );
+        assert!(
+            cache
+                .load_certificate(DOMAIN, now + 91 * DAY, &provider)
+                .is_none(),
+            "expired"
+        );
+
+        // A key that is not the certificate's.
+        let (_, other_key) = self_signed(&[DOMAIN], unix_now() - 3600, unix_now() + 86400);
+        cache
+            .store_certificate(chain.as_bytes(), other_key.as_bytes())
+            .unwrap();
+        assert!(cache.load_certificate(DOMAIN, now, &provider).is_none());
+
+        // Not yet valid (beyond the tolerated clock skew).
+        let (chain, key) = self_signed(&[DOMAIN], unix_now() + 3600, unix_now() + 86400);
+        assert!(certified(chain.as_bytes(), key_der(&key), DOMAIN, now, &provider).is_err());
+        // Garbage.
+        let error = certified(b"nothing", key_der(&key), DOMAIN, now, &provider).unwrap_err();
+        assert!(error.contains("no certificate"), "{error}");
+    }
+
+    #[test]
+    fn the_account_file_round_trips_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf(), DOMAIN).unwrap();
+        assert!(cache.load_account().is_none());
+        let stored = StoredAccount {
+            directory_url: "https://acme.example/dir".to_owned(),
+            contact: vec!["mailto:ops@example.org".to_owned()],
+            credentials: serde_json::json!({"id": "https://acme.example/acct/1", "key_pkcs8": "AA", "directory": "https://acme.example/dir"}),
+        };
+        cache.store_account(&stored).unwrap();
+        let mode = std::fs::metadata(&cache.account)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = cache.load_account().unwrap();
+        assert_eq!(loaded.directory_url, stored.directory_url);
+        assert_eq!(loaded.contact, stored.contact);
+        assert_eq!(loaded.credentials, stored.credentials);
+        cache.remove_account();
+        assert!(cache.load_account().is_none());
+        cache.remove_account();
+
+        std::fs::write(&cache.account, b"{").unwrap();
+        assert!(cache.load_account().is_none(), "unparsable is a miss");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_fifteen_minutes_and_resets() {
+        let mut backoff = Backoff::new();
+        let waits: Vec<u64> = (0..12).map(|_| backoff.next().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900]);
+        backoff.reset();
+        assert_eq!(backoff.next(), RETRY_FIRST);
+    }
+
+    #[test]
+    fn the_configuration_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |directory_url: &str, domain_name: &str| AcmeConfig {
+            directory_url: directory_url.to_owned(),
+            domain_name: domain_name.to_owned(),
+            cache_dir: dir.path().join(CACHE_DIR_NAME),
+            ..AcmeConfig::default()
+        };
+        let error = AcmeManager::new(config("http://acme.example/dir", DOMAIN)).unwrap_err();
+        assert!(error.to_string().contains("https://"), "{error}");
+        let error = AcmeManager::new(config("", "localhost")).unwrap_err();
+        assert!(error.to_string().contains("single label"), "{error}");
+        let manager = AcmeManager::new(config("", DOMAIN)).unwrap();
+        assert_eq!(manager.directory_url, LETS_ENCRYPT_DIRECTORY_URL);
+        assert!(manager.certificate().is_none());
+        let error = AcmeManager::new(AcmeConfig {
+            cache_dir: PathBuf::new(),
+            ..config("", DOMAIN)
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("cache"), "{error}");
+    }
+
+    /// Accepts any server certificate and keeps the leaf, to look at challenge certificates.
+    #[derive(Debug, Default)]
+    struct KeepLeaf(std::sync::Mutex<Option<CertificateDer<'static>>>);
+
+    impl ServerCertVerifier for KeepLeaf {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            *self.0.lock().unwrap() = Some(end_entity.clone().into_owned());
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// A handshake with the manager over an in-memory pipe: the leaf the server presented, or
+    /// the client's error.
+    async fn handshake(
+        manager: &Arc<AcmeManager>,
+        server_name: &str,
+        alpn: &[&[u8]],
+    ) -> Result<CertificateDer<'static>, String> {
+        let server = tokio_rustls::TlsAcceptor::from(Arc::new(manager.server_config().unwrap()));
+        let verifier = Arc::new(KeepLeaf::default());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let client = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server_side = tokio::spawn(async move {
+            if let Ok(mut tls) = server.accept(server_io).await {
+                let _ = tls.write_all(b"ok").await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let name = ServerName::try_from(server_name.to_owned()).unwrap();
+        let result = client.connect(name, client_io).await;
+        let outcome = match result {
+            Ok(mut tls) => {
+                let mut buf = Vec::new();
+                let _ = tls.read_to_end(&mut buf).await;
+                Ok(verifier.0.lock().unwrap().clone().unwrap())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        server_side.await.unwrap();
+        outcome
+    }
+
+    #[tokio::test]
+    async fn the_resolver_serves_the_domain_and_challenges_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join(CACHE_DIR_NAME);
+        let (chain, key) = self_signed(&[DOMAIN], unix_now() - 3600, unix_now() + 90 * 86400);
+        Cache::new(cache_dir.clone(), DOMAIN)
+            .unwrap()
+            .store_certificate(chain.as_bytes(), key.as_bytes())
+            .unwrap();
+        let manager = AcmeManager::new(AcmeConfig {
+            domain_name: DOMAIN.to_owned(),
+            cache_dir,
+            ..AcmeConfig::default()
+        })
+        .unwrap();
+        let cached = CertificateDer::from_pem_slice(chain.as_bytes()).unwrap();
+        assert_eq!(manager.certificate().as_ref(), Some(&cached));
+
+        let leaf = handshake(&manager, DOMAIN, &[b"http/1.1"]).await.unwrap();
+        assert_eq!(leaf, cached);
+        let leaf = handshake(&manager, "BUNDLE.example.org", &[])
+            .await
+            .unwrap();
+        assert_eq!(leaf, cached, "names compare case-insensitively");
+
+        let error = handshake(&manager, "other.example.org", &[b"http/1.1"])
+            .await
+            .unwrap_err();
+        assert!(error.contains("alert"), "{error}");
+        let error = handshake(&manager, "127.0.0.1", &[b"http/1.1"])
+            .await
+            .unwrap_err();
+        assert!(error.contains("alert"), "no SNI, no certificate: {error}");
+
+        // acme-tls/1 alone asks for the challenge certificate, which exists only while a
+        // validation is in progress.
+        assert!(handshake(&manager, DOMAIN, &[b"acme-tls/1"]).await.is_err());
+        let digest = [7u8; 32];
+        let challenge = challenge_certificate(DOMAIN, &digest, &manager.provider).unwrap();
+        let in_progress = ChallengeCertificate::put(&manager, challenge.clone());
+        let leaf = handshake(&manager, DOMAIN, &[b"acme-tls/1"]).await.unwrap();
+        assert_eq!(leaf, challenge.cert[0]);
+        let leaf = handshake(&manager, DOMAIN, &[b"h2", b"acme-tls/1"])
+            .await
+            .unwrap();
+        assert_eq!(
+            leaf, cached,
+            "acme-tls/1 among others is an ordinary client"
+        );
+        assert!(
+            handshake(&manager, "other.example.org", &[b"acme-tls/1"])
+                .await
+                .is_err()
+        );
+        drop(in_progress);
+        assert!(handshake(&manager, DOMAIN, &[b"acme-tls/1"]).await.is_err());
+    }
+
+    #[test]
+    fn error_chains_keep_the_causes() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(error_chain(&outer), "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error",
+        ));
+        assert_eq!(error_chain(&e), "client error (Connect): tcp connect error");
+    }
+}
