@@ -127,6 +127,12 @@ impl DataStore for FakeStore {
     ) -> Result<types::Bundle> {
         unsupported("update_bundle")
     }
+    async fn set_refreshed_bundle(
+        &self,
+        _bundle: types::Bundle,
+    ) -> Result<spire_server::datastore::RefreshedBundleWrite> {
+        unsupported("set_refreshed_bundle")
+    }
     async fn set_bundle(&self, _bundle: types::Bundle) -> Result<types::Bundle> {
         unsupported("set_bundle")
     }

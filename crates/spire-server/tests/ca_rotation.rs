@@ -59,6 +59,12 @@ impl DataStore for FakeDataStore {
         unimplemented!("not used by the CA tests")
     }
 
+    async fn set_refreshed_bundle(
+        &self,
+        _bundle: types::Bundle,
+    ) -> Result<spire_server::datastore::RefreshedBundleWrite> {
+        unimplemented!("not used by the CA tests")
+    }
     async fn set_bundle(&self, _bundle: types::Bundle) -> Result<types::Bundle> {
         unimplemented!("not used by the CA tests")
     }

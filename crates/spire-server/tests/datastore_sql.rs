@@ -27,7 +27,7 @@ use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
 use spire_server::datastore::{
     AttestedNode, AttestedNodeMask, BundleMask, CaJournal, DataStore, DataStoreError,
     DeleteBundleMode, EntryAttributes, EntryMask, JoinToken, ListEntriesRequest, ListNodesRequest,
-    Pagination, RegistrationEntry,
+    Pagination, RefreshedBundleWrite, RegistrationEntry,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -1317,6 +1317,78 @@ async fn additional_attributes_and_agent_version_round_trip(db: &TestDb) {
     assert_eq!(listed[0].agent_version, "1.15.3");
 }
 
+async fn refreshed_bundles_are_never_replaced_by_older_ones(db: &TestDb) {
+    let ds = Arc::new(db.open().await);
+    let later = OffsetDateTime::now_utc() + Duration::days(30);
+    let (ca1, ca2) = (ca_cert("fed.org", later), ca_cert("fed.org", later));
+    let versioned = |cas: &[&[u8]], sequence: u64| {
+        let mut b = bundle("fed.org", cas, &[]);
+        b.sequence_number = sequence;
+        b
+    };
+    assert_eq!(
+        ds.set_refreshed_bundle(versioned(&[&ca1], 3))
+            .await
+            .unwrap(),
+        RefreshedBundleWrite::Stored
+    );
+    assert_eq!(
+        ds.set_refreshed_bundle(versioned(&[&ca1], 3))
+            .await
+            .unwrap(),
+        RefreshedBundleWrite::Unchanged
+    );
+    assert_eq!(
+        ds.set_refreshed_bundle(versioned(&[&ca1, &ca2], 4))
+            .await
+            .unwrap(),
+        RefreshedBundleWrite::Stored
+    );
+    assert_eq!(
+        ds.set_refreshed_bundle(versioned(&[&ca1], 3))
+            .await
+            .unwrap(),
+        RefreshedBundleWrite::Stale,
+        "an older version is not written back"
+    );
+    assert_eq!(
+        ds.fetch_bundle("fed.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .sequence_number,
+        4
+    );
+
+    // Servers racing with versions 5..=20 in any order: the newest one stays.
+    let mut racers = tokio::task::JoinSet::new();
+    for sequence in (5..=20u64).rev() {
+        let ds = ds.clone();
+        let bundle = versioned(&[&ca1, &ca2], sequence);
+        racers.spawn(async move { ds.set_refreshed_bundle(bundle).await.unwrap() });
+    }
+    while let Some(result) = racers.join_next().await {
+        result.unwrap();
+    }
+    assert_eq!(
+        ds.fetch_bundle("fed.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .sequence_number,
+        20
+    );
+
+    // A trust domain rebuilt from scratch: lower sequence, new authority, stored.
+    let ca3 = ca_cert("fed.org", later);
+    assert_eq!(
+        ds.set_refreshed_bundle(versioned(&[&ca3], 1))
+            .await
+            .unwrap(),
+        RefreshedBundleWrite::Stored
+    );
+}
+
 on_every_engine!(
     creates_schema_then_reopens_with_data_intact,
     additional_attributes_and_agent_version_round_trip,
@@ -1332,5 +1404,6 @@ on_every_engine!(
     bundle_update_set_list_count_and_delete_modes,
     ca_journals_set_fetch_find_list,
     federation_relationships_crud,
+    refreshed_bundles_are_never_replaced_by_older_ones,
     batch_create_is_fast_and_listing_many_entries_is_bulk,
 );

@@ -319,6 +319,20 @@ impl BundleMask {
     };
 }
 
+/// What [`DataStore::set_refreshed_bundle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshedBundleWrite {
+    /// The bundle differed and was stored (or there was none).
+    Stored,
+    /// The stored bundle has the same authorities, sequence number and refresh hint.
+    Unchanged,
+    /// The stored bundle has a higher sequence number and every X.509 authority of the
+    /// offered one: the offered bundle is an older version, and was not written. (A trust
+    /// domain rebuilt from scratch restarts its sequence with new authorities, and is
+    /// stored.)
+    Stale,
+}
+
 /// The persistent state of a SPIRE server.
 ///
 /// Bundles use the wire type `spire.api.types.Bundle`, which carries exactly the fields of
@@ -334,6 +348,11 @@ pub trait DataStore: Send + Sync + 'static {
     -> Result<types::Bundle>;
     /// Creates or replaces a bundle.
     async fn set_bundle(&self, bundle: types::Bundle) -> Result<types::Bundle>;
+    /// Stores a bundle fetched from a federated trust domain's endpoint, in one locked
+    /// transaction, unless the stored one is the same or newer: what the federation
+    /// refresher writes, so that servers sharing the database never put back an older
+    /// bundle (see [`RefreshedBundleWrite`]).
+    async fn set_refreshed_bundle(&self, bundle: types::Bundle) -> Result<RefreshedBundleWrite>;
     /// Adds authorities not yet present (creating the bundle if needed), bumping the sequence
     /// number when anything changed; returns the stored result.
     async fn append_bundle(&self, bundle: types::Bundle) -> Result<types::Bundle>;

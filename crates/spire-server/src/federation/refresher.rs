@@ -3,9 +3,10 @@
 //! (the file wins for a trust domain both name), each fetching the foreign bundle from its
 //! endpoint, storing it when it changed and polling again at a quarter of its refresh hint.
 //!
-//! Several servers on one database each run their updaters; a write only replaces the stored
-//! bundle when the fetched one differs and is not older (by `spiffe_sequence`) than it, so a
-//! slow server cannot put back a bundle another server already replaced.
+//! Several servers on one database each run their updaters; the write compares and replaces
+//! in one locked transaction ([`DataStore::set_refreshed_bundle`]): only a bundle that differs
+//! and is not older (by `spiffe_sequence`) than the stored one is written, so a slow server
+//! cannot put back a bundle another server already replaced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,14 +15,14 @@ use std::time::Duration;
 use spire_core::TrustDomain;
 use spire_core::bundle::Bundle;
 use spire_core::spiffe_id::SpiffeId;
-use spire_proto::spire::api::types::{self, federation_relationship::BundleEndpointProfile};
+use spire_proto::spire::api::types::federation_relationship::BundleEndpointProfile;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, EndpointAuth};
 use crate::api::convert::{bundle_from_document, bundle_to_document};
 use crate::config::{FederatesWith, FederatesWithProfile};
-use crate::datastore::DataStore;
+use crate::datastore::{DataStore, RefreshedBundleWrite};
 
 /// How often relationships are reloaded from the datastore (upstream's 10 s), besides the
 /// reload the trustdomain API triggers on every change.
@@ -433,52 +434,20 @@ pub async fn update_bundle(
             url: relationship.url.clone(),
             source,
         })?;
-    // Read after the fetch, which may take long: another server may have stored a newer
-    // bundle meanwhile.
-    let local = local_bundle(datastore, trust_domain).await?;
-    if let Some(local) = &local {
-        if same_bundle(local, &fetched) {
-            return Ok((Refreshed::Unchanged, Some(fetched)));
-        }
-        // An older version of what is stored: a lower sequence number and no authority the
-        // stored bundle lacks. (A trust domain rebuilt from scratch restarts its sequence but
-        // brings new authorities, and is stored.)
-        let nothing_new = fetched
-            .x509_authorities
-            .iter()
-            .all(|der| local.x509_authorities.contains(der));
-        if fetched.sequence_number < local.sequence_number && nothing_new {
-            return Ok((Refreshed::Stale, Some(local.clone())));
-        }
-    }
-    let stored: types::Bundle = bundle_from_document(fetched.clone());
-    datastore.set_bundle(stored).await.map_err(|e| {
-        RefreshError::DataStore(format!("failed to store fetched federated bundle: {e}"))
-    })?;
-    Ok((Refreshed::Stored, Some(fetched)))
-}
-
-/// Equal as go-spiffe compares bundles: the same authorities (in any order), sequence number
-/// and refresh hint.
-fn same_bundle(a: &Bundle, b: &Bundle) -> bool {
-    fn x509(bundle: &Bundle) -> Vec<&[u8]> {
-        let mut ders: Vec<&[u8]> = bundle.x509_authorities.iter().map(Vec::as_slice).collect();
-        ders.sort_unstable();
-        ders
-    }
-    fn jwt(bundle: &Bundle) -> Vec<(&str, &[u8])> {
-        let mut keys: Vec<(&str, &[u8])> = bundle
-            .jwt_authorities
-            .iter()
-            .map(|a| (a.key_id.as_str(), a.public_key_der.as_slice()))
-            .collect();
-        keys.sort_unstable();
-        keys
-    }
-    x509(a) == x509(b)
-        && jwt(a) == jwt(b)
-        && a.sequence_number == b.sequence_number
-        && a.refresh_hint.unwrap_or_default() == b.refresh_hint.unwrap_or_default()
+    let written = datastore
+        .set_refreshed_bundle(bundle_from_document(fetched.clone()))
+        .await
+        .map_err(|e| {
+            RefreshError::DataStore(format!("failed to store fetched federated bundle: {e}"))
+        })?;
+    Ok(match written {
+        RefreshedBundleWrite::Stored => (Refreshed::Stored, Some(fetched)),
+        RefreshedBundleWrite::Unchanged => (Refreshed::Unchanged, Some(fetched)),
+        RefreshedBundleWrite::Stale => (
+            Refreshed::Stale,
+            local_bundle(datastore, trust_domain).await?,
+        ),
+    })
 }
 
 /// When to poll again after `bundle` (upstream's rule): a quarter of its refresh hint, or
@@ -522,16 +491,5 @@ mod tests {
         assert_eq!(next_refresh(&bundle(Some(300))), Duration::from_secs(75));
         assert_eq!(next_refresh(&bundle(Some(10))), Duration::from_secs(15));
         assert_eq!(next_refresh(&bundle(None)), Duration::from_secs(75));
-    }
-
-    #[test]
-    fn equal_bundles_ignore_order() {
-        let mut a = bundle(Some(300));
-        a.x509_authorities = vec![vec![1], vec![2]];
-        let mut b = a.clone();
-        b.x509_authorities.reverse();
-        assert!(same_bundle(&a, &b));
-        b.sequence_number = 2;
-        assert!(!same_bundle(&a, &b));
     }
 }

@@ -11,7 +11,9 @@ use super::dialect::{Arg, Db, db_err, is_unique_violation, now};
 use super::entries;
 use super::proto::{self, bundle_to_stored, decode_bundle, stored_to_bundle, trust_domain_id};
 use super::query::{Page, Where};
-use crate::datastore::{BundleMask, DataStoreError, DeleteBundleMode, Pagination, Result};
+use crate::datastore::{
+    BundleMask, DataStoreError, DeleteBundleMode, Pagination, RefreshedBundleWrite, Result,
+};
 
 /// Fetches a stored bundle and its row ID by trust domain (name or ID).
 pub(crate) async fn fetch_row(
@@ -134,6 +136,48 @@ pub(crate) async fn set(conn: &mut Db<'_>, bundle: &types::Bundle) -> Result<typ
         None => insert(conn, &new).await?,
     }
     Ok(stored_to_bundle(new))
+}
+
+/// Stores a refreshed federated bundle unless the stored one is the same or newer; the row
+/// stays locked from the comparison to the write.
+pub(crate) async fn set_refreshed(
+    conn: &mut Db<'_>,
+    bundle: &types::Bundle,
+) -> Result<RefreshedBundleWrite> {
+    let new = bundle_to_stored(bundle)?;
+    let Some((row_id, stored)) = fetch_row_locked(conn, &bundle.trust_domain).await? else {
+        insert(conn, &new).await?;
+        return Ok(RefreshedBundleWrite::Stored);
+    };
+    let cas = |b: &proto::Bundle| {
+        let mut ders: Vec<Vec<u8>> = b.root_cas.iter().map(|c| c.der_bytes.clone()).collect();
+        ders.sort_unstable();
+        ders
+    };
+    let keys = |b: &proto::Bundle| {
+        let mut keys: Vec<(String, Vec<u8>)> = b
+            .jwt_signing_keys
+            .iter()
+            .map(|k| (k.kid.clone(), k.pkix_bytes.clone()))
+            .collect();
+        keys.sort_unstable();
+        keys
+    };
+    let (stored_cas, new_cas) = (cas(&stored), cas(&new));
+    if stored_cas == new_cas
+        && keys(&stored) == keys(&new)
+        && stored.sequence_number == new.sequence_number
+        && stored.refresh_hint == new.refresh_hint
+    {
+        return Ok(RefreshedBundleWrite::Unchanged);
+    }
+    if new.sequence_number < stored.sequence_number
+        && new_cas.iter().all(|ca| stored_cas.contains(ca))
+    {
+        return Ok(RefreshedBundleWrite::Stale);
+    }
+    write(conn, row_id, &new).await?;
+    Ok(RefreshedBundleWrite::Stored)
 }
 
 /// Adds missing authorities, bumping the sequence number when anything was added.

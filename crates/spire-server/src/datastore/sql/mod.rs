@@ -38,7 +38,7 @@ use sqlx::{Any, ConnectOptions, Connection, Executor, Transaction};
 use super::{
     AttestedNode, AttestedNodeMask, BundleMask, CaJournal, ChangeEvent, DataStore, DataStoreError,
     DeleteBundleMode, EntryMask, JoinToken, ListEntriesRequest, ListNodesRequest, Pagination,
-    RegistrationEntry, Result,
+    RefreshedBundleWrite, RegistrationEntry, Result,
 };
 use connect::{Target, TlsFiles};
 use dialect::{Db, Dialect, db_err};
@@ -828,6 +828,10 @@ impl DataStore for SqlDataStore {
 
     async fn set_bundle(&self, bundle: types::Bundle) -> Result<types::Bundle> {
         write_tx!(self, |c| bundles::set(c, &bundle).await?)
+    }
+
+    async fn set_refreshed_bundle(&self, bundle: types::Bundle) -> Result<RefreshedBundleWrite> {
+        write_tx!(self, |c| bundles::set_refreshed(c, &bundle).await?)
     }
 
     async fn append_bundle(&self, bundle: types::Bundle) -> Result<types::Bundle> {
