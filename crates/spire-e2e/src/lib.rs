@@ -18,6 +18,7 @@ pub use rustix::process::Signal;
 
 pub mod ghostunnel;
 pub mod kube;
+pub mod pebble;
 pub mod workload;
 
 /// The binary the process `pid` runs (from `/proc/<pid>/exe`), canonical: tests that swap
@@ -32,14 +33,59 @@ pub fn program_of(pid: Option<u32>) -> PathBuf {
 /// `SPIRE_UPSTREAM_AGENT`, `GHOSTUNNEL`), which `scripts/interop-deps.sh` builds and names in
 /// `target/interop-deps.env`; a loud failure saying how to get it when it is not there.
 pub fn interop_program(var: &str) -> PathBuf {
+    let path = interop_path(var);
+    assert!(path.is_file(), "{var}={} is not a file", path.display());
+    path
+}
+
+/// Like [`interop_program`] for any path the environment variable `var` names, a folder
+/// such as `PEBBLE_CERTS_DIR` included.
+pub fn interop_path(var: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
         panic!(
             "{var} is not set: run scripts/interop-deps.sh and source target/interop-deps.env \
              (the test command does both)"
         )
     });
-    assert!(path.is_file(), "{var}={} does not exist", path.display());
+    assert!(path.exists(), "{var}={} does not exist", path.display());
     path
+}
+
+/// Writes an executable script into `dir` that runs `program` with `SSL_CERT_FILE` set to
+/// `ca_file`, and returns its path: a `spire-server` started through it trusts the PEM
+/// certificates in `ca_file` for outgoing HTTPS instead of the system's roots (Go's
+/// crypto/x509 and rustls-native-certs both read that variable), as an operator would point
+/// it at a private CA.
+pub fn with_ssl_cert_file(dir: &Path, program: &Path, ca_file: &Path) -> PathBuf {
+    let name = program
+        .file_name()
+        .map_or_else(|| "program".into(), |n| n.to_string_lossy());
+    let wrapper = dir.join(format!("{name}-with-ssl-cert-file"));
+    let script = format!(
+        "#!/bin/sh\nSSL_CERT_FILE='{}' exec '{}' \"$@\"\n",
+        ca_file.display(),
+        program.display()
+    );
+    // A shell writes the script, not this process: a child that another test thread forks
+    // while this process holds the file open for writing would keep it open until that
+    // child execs, and running the script meanwhile fails with "Text file busy".
+    let written = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "printf '%s' \"$2\" > \"$1\" && chmod 755 \"$1\"",
+            "sh",
+        ])
+        .arg(&wrapper)
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("run /bin/sh to write {}: {e}", wrapper.display()));
+    assert!(
+        written.status.success(),
+        "write {}: {}",
+        wrapper.display(),
+        String::from_utf8_lossy(&written.stderr)
+    );
+    wrapper
 }
 
 /// Path of a workspace binary (`spire-server`, `spire-agent`) next to the test executable.
@@ -118,10 +164,24 @@ pub fn selector_strings(selectors: &serde_json::Value) -> Vec<String> {
 /// A free TCP port on 127.0.0.1. Racy by nature (another process may take it before it is
 /// bound again), so [`ServerProcess`] picks another one when its first start finds it taken.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free TCP port on 127.0.0.1: {e}"))
+    let [port] = free_ports();
+    port
+}
+
+/// `N` different free TCP ports on 127.0.0.1, for a program that listens on several at
+/// once: each stays bound until all are chosen, so none is handed out twice (consecutive
+/// [`free_port`] calls can return the same port). As racy as [`free_port`] otherwise.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("no free TCP port on 127.0.0.1: {e}"))
+    });
+    listeners.map(|listener| {
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("no free TCP port on 127.0.0.1: {e}"))
+            .port()
+    })
 }
 
 /// Sends `signal` to process `pid`, as `kill -<signal> <pid>` would.

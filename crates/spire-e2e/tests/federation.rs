@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use spire_e2e::ghostunnel::{Ghostunnel, echo_backend, round_trip, round_trip_eventually};
 use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, current_uid, free_port, interop_program,
-    server_config,
+    server_config, with_ssl_cert_file,
 };
 
 /// Attestation, syncs and ghostunnel's first fetch, with a wide margin for two busy cores.
@@ -474,19 +474,7 @@ fn https_web_endpoint_with_a_certificate_from_files() {
         "",
     );
     // a.test trusts the web CA the way Go and we both read system roots: SSL_CERT_FILE.
-    let wrapper = root.path().join("spire-server-web-roots");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nSSL_CERT_FILE={} exec {} \"$@\"\n",
-            ca.display(),
-            binary("spire-server").display()
-        ),
-    )
-    .unwrap();
-    let mut permissions = std::fs::metadata(&wrapper).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&wrapper, permissions).unwrap();
+    let wrapper = with_ssl_cert_file(root.path(), &binary("spire-server"), &ca);
     let a = Domain::start(
         root.path(),
         "a.test",

@@ -5,10 +5,10 @@
 //! it from the cache without asking Pebble again, refuses Terms of Service it was not told to
 //! accept, and retries until an ACME server that was away comes back.
 //!
-//! Pebble resolves the domain through `pebble-challtestsrv`, a DNS server answering every A
-//! query with 127.0.0.1 (the domain needs two labels, so `localhost` will not do). Both
-//! programs and Pebble's test CA come from `scripts/interop-deps.sh` (the test command runs
-//! it), which names them in `PEBBLE`, `PEBBLE_CHALLTESTSRV` and `PEBBLE_CERTS_DIR`.
+//! Pebble and `pebble-challtestsrv`, the DNS server that resolves the domain to 127.0.0.1
+//! for it, run through [`spire_e2e::pebble`] (they come from `scripts/interop-deps.sh`,
+//! named in `target/interop-deps.env`). `spire-e2e`'s `tests/federation_acme.rs` does the
+//! same with the real `spire-server` binary.
 
 #![allow(
     clippy::panic,
@@ -17,16 +17,19 @@
     reason = "a test: failing loudly with the logs is its whole job"
 )]
 
-use std::net::{TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::net::TcpListener as StdTcpListener;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
+use spire_e2e::free_port;
+use spire_e2e::pebble::{
+    LETS_ENCRYPT_VALIDITY, Pebble, TERMS_OF_SERVICE, TEST_DOMAIN as DOMAIN, directory_url,
+    minica_pem, tls_client_config,
+};
 use spire_server::federation::acme::{
     ACME_TLS_ALPN_PROTOCOL, AcmeConfig, AcmeError, AcmeManager, CACHE_DIR_NAME,
     is_challenge_connection,
@@ -36,209 +39,8 @@ use tokio_util::sync::CancellationToken;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer as _;
 
-/// The name the certificate is for; challtestsrv resolves it to 127.0.0.1 for Pebble.
-const DOMAIN: &str = "bundle.spire-rs.test";
-/// What Pebble's directory says its Terms of Service are.
-const PEBBLE_TOS: &str = "data:text/plain,Do%20what%20thou%20wilt";
 /// Longest wait for a certificate (Pebble issues in well under a second).
 const OBTAIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// Let's Encrypt's certificate lifetime, in seconds.
-const NINETY_DAYS: u64 = 90 * 24 * 3600;
-
-/// A path named by the environment variable `var`, which `scripts/interop-deps.sh` writes to
-/// `target/interop-deps.env`; a loud failure saying how to get it when it is not set.
-fn interop_path(var: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "{var} is not set: run scripts/interop-deps.sh and source target/interop-deps.env \
-             (the test command does both)"
-        )
-    });
-    assert!(path.exists(), "{var}={} does not exist", path.display());
-    path
-}
-
-fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until something accepts TCP connections on `port` of 127.0.0.1.
-fn wait_for_port(port: u16, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} does not listen on 127.0.0.1:{port}; its log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed when dropped, its output in a log file.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Pebble and the DNS server it validates through, on ports of their own.
-struct Pebble {
-    /// Dropped (stopped) after Pebble.
-    pebble: Option<Process>,
-    _dns: Process,
-    directory_url: String,
-    management_port: u16,
-}
-
-impl Pebble {
-    /// Starts Pebble on `acme_port`, validating tls-alpn-01 challenges on `tls_port` of the
-    /// address challtestsrv gives every name (127.0.0.1), issuing certificates valid for
-    /// `validity` seconds.
-    fn start(dir: &Path, tls_port: u16, acme_port: u16, validity: u64) -> Self {
-        let certs = interop_path("PEBBLE_CERTS_DIR");
-        let dns_port = free_port();
-        let mut dns = Command::new(interop_path("PEBBLE_CHALLTESTSRV"));
-        dns.args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .args(["-management", &format!("127.0.0.1:{}", free_port())])
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", ""]);
-        let dns = Process::spawn(dns, dir.join(format!("challtestsrv-{acme_port}.log")));
-        wait_for_port(dns_port, "pebble-challtestsrv", &dns.log);
-
-        let management_port = free_port();
-        let config = serde_json::json!({
-            "pebble": {
-                "listenAddress": format!("127.0.0.1:{acme_port}"),
-                "managementListenAddress": format!("127.0.0.1:{management_port}"),
-                "certificate": certs.join("localhost/cert.pem"),
-                "privateKey": certs.join("localhost/key.pem"),
-                "httpPort": free_port(),
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
-                "keyAlgorithm": "ecdsa",
-                "profiles": {
-                    "default": { "description": "the test's", "validityPeriod": validity }
-                }
-            }
-        });
-        let config_path = dir.join(format!("pebble-{acme_port}.json"));
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        let mut pebble = Command::new(interop_path("PEBBLE"));
-        pebble
-            .arg("-config")
-            .arg(&config_path)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            // Validate at once, but really validate.
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env_remove("PEBBLE_VA_ALWAYS_VALID");
-        let pebble = Process::spawn(pebble, dir.join(format!("pebble-{acme_port}.log")));
-        wait_for_port(acme_port, "pebble", &pebble.log);
-        wait_for_port(
-            management_port,
-            "pebble's management interface",
-            &pebble.log,
-        );
-        Self {
-            pebble: Some(pebble),
-            _dns: dns,
-            directory_url: directory_url(acme_port),
-            management_port,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.pebble.as_ref().map(Process::log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        self.pebble = None;
-    }
-
-    /// The root Pebble's certificates chain to, from its management interface.
-    async fn issuing_root(&self) -> CertificateDer<'static> {
-        let response = https_get(self.management_port, "/roots/0").await;
-        let roots: Vec<_> = CertificateDer::pem_slice_iter(&response)
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(roots.len(), 1, "{}", String::from_utf8_lossy(&response));
-        roots.into_iter().next().unwrap()
-    }
-}
-
-fn directory_url(port: u16) -> String {
-    format!("https://127.0.0.1:{port}/dir")
-}
-
-/// Pebble's test CA, which signs its HTTPS certificate (not the ones it issues).
-fn minica_pem() -> String {
-    std::fs::read_to_string(interop_path("PEBBLE_CERTS_DIR").join("pebble.minica.pem")).unwrap()
-}
-
-fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
-
-/// One HTTP/1.1 GET to Pebble's management interface (HTTPS, Pebble's test CA): the whole
-/// response, headers included (the PEM reader skips them).
-async fn https_get(port: u16, path: &str) -> Vec<u8> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(minica_pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let connector = tokio_rustls::TlsConnector::from(client_config(roots, &[b"http/1.1"]));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    assert!(
-        response.starts_with(b"HTTP/1.1 200"),
-        "GET {path}: {}",
-        String::from_utf8_lossy(&response)
-    );
-    response
-}
 
 /// A handshake seen by the test listener: the SNI and the negotiated ALPN protocol.
 type Seen = Arc<Mutex<Vec<(Option<String>, Option<Vec<u8>>)>>>;
@@ -308,9 +110,8 @@ impl Endpoint {
         server_name: &str,
         root: &CertificateDer<'static>,
     ) -> Result<Vec<CertificateDer<'static>>, String> {
-        let mut roots = RootCertStore::empty();
-        roots.add(root.clone()).unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_config(roots, &[b"http/1.1"]));
+        let connector =
+            tokio_rustls::TlsConnector::from(tls_client_config(std::slice::from_ref(root)));
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .unwrap();
@@ -426,7 +227,7 @@ async fn a_validated_certificate_is_served_for_the_domain_only_and_reused_from_t
     let cache_dir = dir.path().join(CACHE_DIR_NAME);
     let listener = Endpoint::bind();
     let tls_port = listener.local_addr().unwrap().port();
-    let mut pebble = Pebble::start(dir.path(), tls_port, free_port(), NINETY_DAYS);
+    let mut pebble = Pebble::start(dir.path(), tls_port, LETS_ENCRYPT_VALIDITY);
 
     let manager = AcmeManager::new(config(&pebble.directory_url, &cache_dir, true)).unwrap();
     assert!(manager.certificate().is_none(), "nothing cached yet");
@@ -450,7 +251,7 @@ async fn a_validated_certificate_is_served_for_the_domain_only_and_reused_from_t
     );
 
     // A client trusting only Pebble's issuing root gets a chain for the domain.
-    let root = pebble.issuing_root().await;
+    let root = pebble.issuing_root();
     let chain = endpoint.connect(DOMAIN, &root).await.unwrap();
     let leaf = manager.certificate().unwrap();
     assert_eq!(chain[0], leaf);
@@ -523,8 +324,7 @@ async fn no_certificate_unless_the_terms_of_service_are_accepted() {
     let pebble = Pebble::start(
         dir.path(),
         listener.local_addr().unwrap().port(),
-        free_port(),
-        NINETY_DAYS,
+        LETS_ENCRYPT_VALIDITY,
     );
 
     let manager = AcmeManager::new(config(&pebble.directory_url, &cache_dir, false)).unwrap();
@@ -535,7 +335,7 @@ async fn no_certificate_unless_the_terms_of_service_are_accepted() {
             tos_url,
         } => {
             assert_eq!(directory_url, &pebble.directory_url);
-            assert_eq!(tos_url, PEBBLE_TOS);
+            assert_eq!(tos_url, TERMS_OF_SERVICE);
         }
         other => panic!("expected the Terms of Service refusal, got {other:?}"),
     }
@@ -560,9 +360,9 @@ async fn no_certificate_unless_the_terms_of_service_are_accepted() {
         text.contains("ACME Terms of Service have not been accepted"),
         "{text}"
     );
-    assert!(text.contains(PEBBLE_TOS), "{text}");
+    assert!(text.contains(TERMS_OF_SERVICE), "{text}");
     assert!(manager.certificate().is_none());
-    let root = pebble.issuing_root().await;
+    let root = pebble.issuing_root();
     assert!(endpoint.connect(DOMAIN, &root).await.is_err());
     assert!(!endpoint.validated());
     cancel.cancel();
@@ -596,11 +396,11 @@ async fn the_manager_retries_until_the_acme_server_is_back() {
     );
     assert!(text.contains("retry_in"), "{text}");
 
-    let pebble = Pebble::start(dir.path(), tls_port, acme_port, NINETY_DAYS);
+    let pebble = Pebble::start_on(dir.path(), tls_port, acme_port, LETS_ENCRYPT_VALIDITY);
     let took = wait_for_certificate(&manager, &pebble, &logs).await;
     eprintln!("certificate obtained {took:?} after Pebble came back");
     assert!(endpoint.validated());
-    let root = pebble.issuing_root().await;
+    let root = pebble.issuing_root();
     let chain = endpoint.connect(DOMAIN, &root).await.unwrap();
     assert_eq!(leaf_dns_names(&chain[0]), [DOMAIN]);
     cancel.cancel();
@@ -615,7 +415,7 @@ async fn a_challenge_nobody_answers_is_not_validated() {
     // Pebble validates on a port where nothing listens: the manager's challenge certificate
     // is never seen, so there must be no certificate.
     let nobody = free_port();
-    let pebble = Pebble::start(dir.path(), nobody, free_port(), NINETY_DAYS);
+    let pebble = Pebble::start(dir.path(), nobody, LETS_ENCRYPT_VALIDITY);
     let manager = AcmeManager::new(config(
         &pebble.directory_url,
         &dir.path().join(CACHE_DIR_NAME),
@@ -660,7 +460,7 @@ async fn a_short_lived_certificate_is_renewed_at_two_thirds_of_its_lifetime() {
     let listener = Endpoint::bind();
     let tls_port = listener.local_addr().unwrap().port();
     // 12 s certificates: renewed about 7 s after they start, 4 s before they end.
-    let pebble = Pebble::start(dir.path(), tls_port, free_port(), 12);
+    let pebble = Pebble::start(dir.path(), tls_port, Duration::from_secs(12));
     let manager = AcmeManager::new(config(&pebble.directory_url, &cache_dir, true)).unwrap();
     let endpoint = Endpoint::serve(listener, &manager);
     let cancel = CancellationToken::new();
@@ -689,7 +489,7 @@ async fn a_short_lived_certificate_is_renewed_at_two_thirds_of_its_lifetime() {
     );
     let (second_start, _) = validity(&second);
     assert!(second_start >= first_start);
-    let root = pebble.issuing_root().await;
+    let root = pebble.issuing_root();
     let chain = endpoint.connect(DOMAIN, &root).await.unwrap();
     assert_eq!(
         chain[0], second,
