@@ -710,3 +710,46 @@ fn upstream_k8s_psat_example_loads() {
         "{err}"
     );
 }
+
+#[test]
+fn acme_email_is_optional_in_the_profile_and_required_in_the_deprecated_form() {
+    let server = |federation: &str| {
+        format!(
+            "server {{\n trust_domain = \"example.org\"\n data_dir = \"/tmp/d\"\n \
+             federation {{\n bundle_endpoint {{\n port = 8443\n {federation}\n }}\n }}\n }}\n\
+             plugins {{}}\n"
+        )
+    };
+    let profile = server(
+        "profile \"https_web\" { acme { domain_name = \"bundle.example.org\" tos_accepted = true } }",
+    );
+    let resolved = config::load_str("profile.conf", &profile, false)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let be = resolved.federation.bundle_endpoint.unwrap();
+    let BundleEndpointProfile::HttpsWebAcme {
+        email,
+        directory_url,
+        ..
+    } = &be.profile
+    else {
+        panic!("expected https_web acme, got {:?}", be.profile);
+    };
+    assert_eq!(email, "");
+    assert_eq!(
+        directory_url,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+
+    let deprecated = server("acme { domain_name = \"bundle.example.org\" }");
+    let err = config::load_str("deprecated.conf", &deprecated, false)
+        .unwrap()
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.federation.bundle_endpoint.acme.email"),
+        "{err}"
+    );
+}

@@ -22,7 +22,6 @@ const ACTIVATION_THRESHOLD_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Bundle endpoint refresh hints below this are not honoured by upstream.
 const MINIMUM_REFRESH_HINT: Duration = Duration::from_secs(60);
 const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
-const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub use spire_core::config::sections::LogFormat;
 use spire_core::config::sections::resolve_logging;
 
@@ -669,7 +668,9 @@ fn resolve_bundle_endpoint(
                 .to_owned(),
         );
     }
-    let acme_profile = |acme: &super::AcmeSection, key: &str| {
+    // Upstream requires `email` only in the deprecated top-level form; an ACME account
+    // without a contact is valid in the https_web profile.
+    let acme_profile = |acme: &super::AcmeSection, key: &str, email_required: bool| {
         let domain_name = acme.domain_name.clone().ok_or_else(|| {
             ConfigError::invalid(
                 file,
@@ -677,14 +678,22 @@ fn resolve_bundle_endpoint(
                 "domain_name must be configured",
             )
         })?;
-        let email = acme.email.clone().ok_or_else(|| {
-            ConfigError::invalid(file, format!("{key}.email"), "email must be configured")
-        })?;
+        let email = match acme.email.clone() {
+            Some(email) => email,
+            None if !email_required => String::new(),
+            None => {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("{key}.email"),
+                    "email must be configured",
+                ));
+            }
+        };
         Ok::<_, ConfigError>(BundleEndpointProfile::HttpsWebAcme {
             directory_url: acme
                 .directory_url
                 .clone()
-                .unwrap_or_else(|| DEFAULT_ACME_DIRECTORY.to_owned()),
+                .unwrap_or_else(|| crate::federation::acme::LETS_ENCRYPT_DIRECTORY_URL.to_owned()),
             domain_name,
             email,
             tos_accepted: acme.tos_accepted.unwrap_or(false),
@@ -705,7 +714,7 @@ fn resolve_bundle_endpoint(
                  configuration as part of the https_web profile instead."
                     .to_owned(),
             );
-            acme_profile(acme, &format!("{KEY}.acme"))?
+            acme_profile(acme, &format!("{KEY}.acme"), true)?
         }
         (None, None) => {
             warnings.push(
@@ -726,7 +735,9 @@ fn resolve_bundle_endpoint(
             }
             (None, Some(_)) => BundleEndpointProfile::HttpsSpiffe,
             (Some(web), None) => match (&web.acme, &web.serving_cert_file) {
-                (Some(acme), None) => acme_profile(acme, &format!("{KEY}.profile.https_web.acme"))?,
+                (Some(acme), None) => {
+                    acme_profile(acme, &format!("{KEY}.profile.https_web.acme"), false)?
+                }
                 (None, Some(scf)) => {
                     let key = format!("{KEY}.profile.https_web.serving_cert_file");
                     let cert = scf.cert_file_path.clone().ok_or_else(|| {
