@@ -68,6 +68,12 @@ impl ApiServerClient {
 
     /// Reads the configuration and sets up a connection for one attestation's calls.
     pub async fn connect(&self) -> Result<Connected, K8sError> {
+        self.kube_client().await.map(|client| Connected { client })
+    }
+
+    /// A bare `kube` client from the configuration, for plugins that call other APIs than
+    /// the attestors' (the `k8sbundle` notifier patches ConfigMaps, webhooks, APIServices).
+    pub async fn kube_client(&self) -> Result<kube::Client, K8sError> {
         let config = match &self.kube_config_file {
             None => kube::Config::incluster()
                 .map_err(|e| K8sError::Config(format!("unable to create client config: {e}")))?,
@@ -88,13 +94,11 @@ impl ApiServerClient {
                     })?
             }
         };
-        kube::Client::try_from(config)
-            .map(|client| Connected { client })
-            .map_err(|e| {
-                K8sError::Config(format!(
-                    "unable to create clientset for the given config: {e}"
-                ))
-            })
+        kube::Client::try_from(config).map_err(|e| {
+            K8sError::Config(format!(
+                "unable to create clientset for the given config: {e}"
+            ))
+        })
     }
 }
 

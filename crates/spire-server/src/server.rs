@@ -29,6 +29,7 @@ use crate::plugins::keymanager::KeyManager;
 use crate::plugins::keymanager::disk::DiskKeyManager;
 use crate::plugins::keymanager::memory::MemoryKeyManager;
 use crate::plugins::nodeattestor::NodeAttestors;
+use crate::plugins::notifier::{BUNDLE_POLL_INTERVAL, Notifiers};
 use crate::plugins::upstreamauthority::UpstreamAuthority;
 use crate::plugins::upstreamauthority::disk::{DiskUpstreamAuthority, DiskUpstreamAuthorityConfig};
 
@@ -107,6 +108,9 @@ pub async fn run(
     let datastore: Arc<dyn DataStore> = Arc::new(open_datastore(&catalog).await?);
     let key_manager = key_manager(&catalog)?;
     let upstream = upstream_authority(&catalog, &config)?;
+    let notifiers = Notifiers::from_catalog(&catalog.notifiers)
+        .await
+        .context("cannot set up plugins.Notifier")?;
 
     let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
         .await
@@ -154,6 +158,12 @@ pub async fn run(
 
     let mut tasks = JoinSet::new();
     tasks.spawn(bundle_refresher.run());
+    if let Err(e) = start_notifiers(&notifiers, &config, &ca, &datastore, &cancel, &mut tasks).await
+    {
+        cancel.cancel();
+        while tasks.join_next().await.is_some() {}
+        return Err(e);
+    }
     if let Some(endpoint) = &config.federation.bundle_endpoint {
         start_bundle_endpoint(
             endpoint,
@@ -211,6 +221,40 @@ pub async fn run(
     let _ = health_task.await;
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// Starts the notifiers' background work, sends them the bundle-loaded event (a failure
+/// stops the start, as upstream's `NotifyAndAdviseBundleLoaded`), then keeps sending
+/// bundle-updated events: at once when the CA manager changed the bundle, and whenever a
+/// poll of the stored bundle finds it changed (bundle API, other servers on the database).
+async fn start_notifiers(
+    notifiers: &Notifiers,
+    config: &ResolvedServerConfig,
+    ca: &Arc<CaManager>,
+    datastore: &Arc<dyn DataStore>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    if notifiers.is_empty() {
+        return Ok(());
+    }
+    notifiers.spawn(tasks, cancel);
+    // Subscribed before the bundle is read, so a rotation in between is not missed.
+    let ca_changes = ca.bundle_changes();
+    let loaded = notifiers
+        .bundle_loaded(datastore.as_ref(), &config.trust_domain)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("plugins.Notifier: the bundle-loaded event failed; fix the notifier's target (see the error) or remove the Notifier block")?;
+    tasks.spawn(notifiers.clone().watch_bundle(
+        datastore.clone(),
+        config.trust_domain.clone(),
+        ca_changes,
+        loaded,
+        BUNDLE_POLL_INTERVAL,
+        cancel.clone(),
+    ));
+    Ok(())
 }
 
 /// Binds the bundle endpoint with its profile's certificate and starts serving it, plus the

@@ -198,6 +198,9 @@ pub struct CaManager {
     active_jwt: RwLock<Option<Arc<JwtKey>>>,
     identity_tx: watch::Sender<Option<ServerIdentity>>,
     identity: watch::Receiver<Option<ServerIdentity>>,
+    /// Bumped whenever this manager changes the trust domain's stored bundle, so bundle
+    /// notifiers hear of a rotation at once instead of at their next poll.
+    bundle_changed: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for CaManager {
@@ -334,6 +337,7 @@ impl CaManager {
             active_jwt: RwLock::new(None),
             identity_tx,
             identity,
+            bundle_changed: watch::Sender::new(0),
             config,
         });
         manager.load(now).await?;
@@ -344,6 +348,17 @@ impl CaManager {
     /// The trust domain this CA signs for.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    /// Changes whenever this manager changed the stored bundle (authority prepared or
+    /// appended, pruned, tainted, revoked), so notifiers can push the new bundle without
+    /// waiting for their poll of the datastore.
+    pub fn bundle_changes(&self) -> watch::Receiver<u64> {
+        self.bundle_changed.subscribe()
+    }
+
+    fn bundle_updated(&self) {
+        self.bundle_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -415,6 +430,7 @@ impl CaManager {
             .map_err(|e| datastore_error("unable to prune bundle", e))?;
         if changed {
             tracing::info!("Expired authorities were pruned from the trust bundle");
+            self.bundle_updated();
         }
         Ok(changed)
     }
@@ -811,6 +827,7 @@ impl CaManager {
             })
             .await
             .map_err(|e| datastore_error("unable to append to the trust bundle", e))
+            .inspect(|_| self.bundle_updated())
     }
 
     async fn activate_x509(&self, state: &mut State) {
@@ -1243,6 +1260,7 @@ impl CaManager {
             .await
             .map_err(|e| datastore_error("failed to taint X.509 authority", e))?;
         tracing::info!(local_authority_id = %id, "X.509 authority tainted");
+        self.bundle_updated();
         Ok(state.next_x509.state())
     }
 
@@ -1266,6 +1284,7 @@ impl CaManager {
             .await
             .map_err(|e| datastore_error("failed to revoke X.509 authority", e))?;
         tracing::info!(local_authority_id = %id, "X.509 authority revoked");
+        self.bundle_updated();
         Ok(id_only(id))
     }
 
@@ -1296,6 +1315,7 @@ impl CaManager {
             .await
             .map_err(|e| datastore_error("failed to taint JWT authority", e))?;
         tracing::info!(local_authority_id = %id, "JWT authority tainted");
+        self.bundle_updated();
         Ok(id_only(id))
     }
 
@@ -1318,6 +1338,7 @@ impl CaManager {
             .await
             .map_err(|e| datastore_error("failed to revoke JWT authority", e))?;
         tracing::info!(local_authority_id = %id, "JWT authority revoked");
+        self.bundle_updated();
         Ok(id_only(id))
     }
 

@@ -2,7 +2,7 @@
 //! which built-in plugins run, with their validated settings.
 //!
 //! The server needs exactly one DataStore, exactly one KeyManager, at least one NodeAttestor
-//! and at most one UpstreamAuthority. Names are built-ins only (external plugins via
+//! and at most one UpstreamAuthority; Notifiers are optional. Names are built-ins only (external plugins via
 //! `plugin_cmd` are not supported); unknown names and unknown `plugin_data` keys are errors
 //! naming the block. This module only chooses and validates; the server's start-up code
 //! builds the plugin instances from the [`Catalog`].
@@ -17,6 +17,7 @@ use spire_core::config::plugins::{enabled_plugins, exactly_one};
 
 use crate::config::{ConfigError, ServerConfig, de};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
+use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
 const PLUGIN_TYPES: [&str; 7] = [
@@ -40,6 +41,15 @@ pub struct Catalog {
     pub upstream_authority: Option<UpstreamAuthorityChoice>,
     /// The enabled NodeAttestors, in configuration order.
     pub node_attestors: Vec<NodeAttestorChoice>,
+    /// The enabled Notifiers, in configuration order (none is fine).
+    pub notifiers: Vec<NotifierChoice>,
+}
+
+/// A server Notifier and its validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifierChoice {
+    /// `Notifier "k8sbundle"`: the bundle into a ConfigMap, webhooks and APIServices.
+    K8sBundle(K8sBundleConfig),
 }
 
 /// A server NodeAttestor and its validated settings.
@@ -194,6 +204,7 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
     let mut key_managers = Vec::new();
     let mut upstream_authorities = Vec::new();
     let mut node_attestors: Vec<NodeAttestorChoice> = Vec::new();
+    let mut notifiers: Vec<NotifierChoice> = Vec::new();
 
     for decl in declarations {
         let data_file = decl.data_file();
@@ -242,6 +253,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     data_file, &data_path, d,
                 )?));
             }
+            ("Notifier", k8sbundle::NAME) => {
+                let d: k8sbundle::Data = decl.parse_data()?;
+                notifiers.push(NotifierChoice::K8sBundle(K8sBundleConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
+            }
             (kind, name) => {
                 return Err(ConfigError::invalid(
                     file,
@@ -280,6 +297,7 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
         key_manager,
         upstream_authority: upstream_authorities.pop(),
         node_attestors,
+        notifiers,
     })
 }
 
@@ -289,6 +307,7 @@ fn supported_names(kind: &str) -> &'static str {
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => "supported NodeAttestors are \"join_token\" and \"k8s_psat\"",
         "UpstreamAuthority" => "the supported UpstreamAuthority is \"disk\"",
+        "Notifier" => "the supported Notifier is \"k8sbundle\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod keymanager;
 pub mod nodeattestor;
+pub mod notifier;
 pub mod upstreamauthority;
