@@ -349,6 +349,10 @@ fn k8sbundle_publishes_the_bundle_to_a_real_api_server() {
         log.contains("ConfigMap spire/spire-bundle not found") && log.contains("create it"),
         "{log}"
     );
+    assert!(
+        !log.contains("retrying"),
+        "a server that stops does not promise a retry: {log}"
+    );
 
     // Objects that exist before the server starts.
     create_config_map(&cluster);

@@ -291,6 +291,9 @@ impl Kind {
 /// A request to a cluster worker: publish `pem`, answer with the first try's outcome.
 struct Request {
     pem: Arc<str>,
+    /// Whether a failure is retried by the worker (bundle updated); a failed bundle-loaded
+    /// event stops the server instead, so the caller alone reports it.
+    retry: bool,
     reply: oneshot::Sender<Result<(), String>>,
 }
 
@@ -350,13 +353,14 @@ impl K8sBundle {
     }
 
     /// Hands `bundle` to every cluster's worker and waits for their first tries.
-    async fn publish(&self, bundle: &types::Bundle) -> Result<(), NotifierError> {
+    async fn publish(&self, bundle: &types::Bundle, retry: bool) -> Result<(), NotifierError> {
         let pem: Arc<str> = Arc::from(bundle_pem(bundle));
         let mut replies = Vec::new();
         for cluster in &self.clusters {
             let (reply, answer) = oneshot::channel();
             let request = Request {
                 pem: pem.clone(),
+                retry,
                 reply,
             };
             if cluster.requests.send(request).await.is_err() {
@@ -413,11 +417,11 @@ impl Notifier for K8sBundle {
         &self,
         bundle: &types::Bundle,
     ) -> Result<(), NotifierError> {
-        self.publish(bundle).await
+        self.publish(bundle, false).await
     }
 
     async fn notify_bundle_updated(&self, bundle: &types::Bundle) -> Result<(), NotifierError> {
-        self.publish(bundle).await
+        self.publish(bundle, true).await
     }
 }
 
@@ -480,6 +484,9 @@ impl ClusterWorker {
                     let result = self.publish_all(&request.pem).await;
                     desired = Some(request.pem);
                     let _ = request.reply.send(result.clone());
+                    if !request.retry && result.is_err() {
+                        continue;
+                    }
                     (true, result)
                 }
                 Some(seen) = seen_rx.recv() => {
