@@ -7,6 +7,9 @@
 #                            ${SPIRE_RS_CACHE:-~/.cache/spire-rs}/kube-apiserver-v1.37.2/bin/
 #   etcd                     Debian's etcd-server (3.4), installed with apt-get when no `etcd`
 #                            is on PATH; kube-apiserver 1.37 accepts it
+#   spire-controller-manager v0.6.3, built once from the Go module proxy (about a minute) into
+#                            ${SPIRE_RS_CACHE:-~/.cache/spire-rs}/spire-controller-manager-v0.6.3/bin/;
+#                            its CRDs are the module's config/crd/bases in the Go module cache
 #
 # k8s.io/kubernetes requires its staging modules (k8s.io/api, k8s.io/apiserver, ...) at
 # v0.0.0 and replaces them with ./staging folders, which a module build cannot see; the scratch
@@ -15,7 +18,8 @@
 # exact versions. The binary is built in a scratch folder and renamed into place at the end,
 # so an interrupted build is never taken for a finished one.
 #
-# Prints the export lines (SPIRE_TEST_KUBE_APISERVER, SPIRE_TEST_ETCD) on standard output and
+# Prints the export lines (SPIRE_TEST_KUBE_APISERVER, SPIRE_TEST_ETCD, SPIRE_CONTROLLER_MANAGER,
+# SPIRE_CONTROLLER_MANAGER_CRDS) on standard output and
 # writes them to target/k8s-deps.env; progress goes to standard error. A missing tool or a
 # refused download is an error naming it. Starting the two is up to the tests, which need
 # an RSA key pair, a token file and three free ports (ready in about 3.5 s; ~50 + ~290 MB resident):
@@ -34,6 +38,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBE_VERSION=v1.37.2
+SCM_MODULE=github.com/spiffe/spire-controller-manager
+SCM_VERSION=v0.6.3
 # The staging modules are published as v0.<minor>.<patch> of the Kubernetes release.
 STAGING_VERSION=v0.${KUBE_VERSION#v1.}
 cache=${SPIRE_RS_CACHE:-$HOME/.cache/spire-rs}
@@ -133,11 +139,73 @@ etcd_version=$("$etcd" --version 2>&1 | sed -n 's/^etcd Version: //p')
 [ -n "$etcd_version" ] || die "$etcd --version printed no 'etcd Version:' line; is it etcd?"
 log "etcd $etcd_version at $etcd"
 
+# ---- spire-controller-manager ---------------------------------------------------------
+# Its main package is cmd/ of the module. The module's own go.mod pins every dependency, so a
+# scratch module that requires it at exactly $SCM_VERSION builds what upstream releases.
+scm_dir=$cache/spire-controller-manager-$SCM_VERSION
+scm=$scm_dir/bin/spire-controller-manager
+
+# Prints the module's folder in the Go module cache (downloading it when absent).
+scm_module_dir() {
+    local download dir
+    download=$(cd "$1" && GOFLAGS=-mod=mod go mod download -json "$SCM_MODULE@$SCM_VERSION" 2>&1 || true)
+    dir=$(printf '%s\n' "$download" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -d "$dir/config/crd/bases" ] ||
+        die "go mod download $SCM_MODULE@$SCM_VERSION failed: is the Go module proxy reachable? $(printf '%s\n' "$download" | sed -n 's/^[[:space:]]*"Error": //p')"
+    printf '%s\n' "$dir"
+}
+
+build_scm() {
+    log "building spire-controller-manager $SCM_VERSION from the Go module proxy into $scm_dir/bin ($(go version))"
+    local started=$SECONDS
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    (
+        cd "$scratch"
+        export GOFLAGS=-mod=mod
+        mkdir -p "$scratch/gotmp"
+        export GOTMPDIR=$scratch/gotmp
+        go mod init scm-build >/dev/null 2>&1
+        go get "$SCM_MODULE/cmd@$SCM_VERSION" >&2 ||
+            die "go get $SCM_MODULE/cmd@$SCM_VERSION failed (see above): is the Go module proxy reachable?"
+        CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$scratch/spire-controller-manager" "$SCM_MODULE/cmd" >&2 ||
+            die "go build $SCM_MODULE/cmd@$SCM_VERSION failed (see above)"
+    )
+    # It has no --version flag; -help prints its flags and exits 0.
+    "$scratch/spire-controller-manager" -help >/dev/null 2>&1 ||
+        die "the spire-controller-manager built in $scratch does not run"
+    mkdir -p "$scm_dir/bin"
+    cp "$scratch/spire-controller-manager" "$scm.partial.$$"
+    mv -f "$scm.partial.$$" "$scm"
+    rm -rf "$scratch"
+    trap - EXIT
+    log "built spire-controller-manager $SCM_VERSION in $((SECONDS - started)) s"
+}
+
+# Go is needed even with the binary cached: the CRDs are read from the Go module cache.
+command -v go >/dev/null 2>&1 ||
+    die "the Go toolchain is not on PATH; spire-controller-manager $SCM_VERSION (and its CRDs) needs Go 1.24 or newer"
+if [ -x "$scm" ]; then
+    log "spire-controller-manager $SCM_VERSION cached in $scm_dir/bin"
+else
+    build_scm
+fi
+[ -x "$scm" ] || die "no spire-controller-manager at $scm after the build"
+# go mod download needs a module folder to run in; an empty scratch one does.
+scm_probe=$(mktemp -d)
+(cd "$scm_probe" && go mod init scm-probe >/dev/null 2>&1)
+# (die in the command substitution only ends that subshell; its message is already out.)
+scm_crds=$(scm_module_dir "$scm_probe")/config/crd/bases || { rm -rf "$scm_probe"; exit 1; }
+rm -rf "$scm_probe"
+log "spire-controller-manager CRDs in $scm_crds"
+
 mkdir -p target
 env_file=target/k8s-deps.env
 {
     echo "export SPIRE_TEST_KUBE_APISERVER='$apiserver'"
     echo "export SPIRE_TEST_ETCD='$etcd'"
+    echo "export SPIRE_CONTROLLER_MANAGER='$scm'"
+    echo "export SPIRE_CONTROLLER_MANAGER_CRDS='$scm_crds'"
 } >"$env_file"
 "$apiserver" --version >&2 2>&1 || true
 cat "$env_file"

@@ -256,6 +256,29 @@ impl KubeCluster {
         })
     }
 
+    /// Sends `method path` with `body` of `content_type` and returns the answer as JSON, or
+    /// the API server's refusal. The API server also takes `application/yaml`, so manifests
+    /// such as CRDs go in as their authors wrote them, with no YAML parser here; merge patches
+    /// are `application/merge-patch+json`.
+    pub fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<serde_json::Value, kube::Error> {
+        self.with(async |client| {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(body)
+                .unwrap_or_else(|e| panic!("request {path}: {e}"));
+            let text = client.request_text(request).await?;
+            Ok(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")))
+        })
+    }
+
     /// A pod's UID.
     pub fn pod_uid(&self, namespace: &str, name: &str) -> String {
         self.with(async |client| {
