@@ -406,32 +406,6 @@ fn validate(binary_name: &str, config: &str) -> (bool, String) {
     (output.status.success(), text)
 }
 
-/// What `spire-server validate` says of a Notifier "k8sbundle" block while it has none.
-const NOTIFIER_NOT_YET: &str = "not yet supported built-in plugin Notifier \"k8sbundle\"";
-
-/// `conf` without the block that starts on the line holding `header`.
-fn without_block(conf: &str, header: &str) -> String {
-    let mut out = String::new();
-    let mut depth = 0_i32;
-    let mut skipping = false;
-    for line in conf.lines() {
-        if !skipping && line.contains(header) {
-            skipping = true;
-            depth = 0;
-        }
-        if skipping {
-            depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
-            if depth <= 0 && line.contains('}') {
-                skipping = false;
-            }
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 fn agent_bundle_path(agent_conf: &str) -> String {
     hcl(agent_conf)["agent"]["trust_bundle_path"]
         .as_str()
@@ -510,20 +484,6 @@ fn the_embedded_configs_are_valid_for_our_binaries_and_agree_with_the_pods() {
     // and it creates none of them.
     let run_spire_absent = !Path::new("/run/spire").exists();
     let (ok, output) = validate("spire-server", server_conf);
-    // Until the server has its Notifier "k8sbundle" (being added beside this test), the
-    // rest of server.conf is validated without that block, saying so.
-    let (ok, output) = if !ok && output.contains(NOTIFIER_NOT_YET) {
-        eprintln!(
-            "spire-server has no Notifier \"k8sbundle\" yet: server.conf validated without \
-             that block (waiting for the k8sbundle notifier plugin)\n{output}"
-        );
-        validate(
-            "spire-server",
-            &without_block(server_conf, "Notifier \"k8sbundle\""),
-        )
-    } else {
-        (ok, output)
-    };
     assert!(
         ok,
         "spire-server validate refused deploy/kubernetes/13-server-configmap.yaml's \
