@@ -125,7 +125,21 @@ pub fn ensure_private_dir(path: &Path, mode: u32) -> std::io::Result<()> {
     if shared {
         return Ok(());
     }
-    tighten(path, mode)
+    match tighten(path, mode) {
+        // A folder we do not own (a fresh Kubernetes volume is root's, even with fsGroup):
+        // upstream uses it as it is, so do we, and say so.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "Cannot narrow the permissions of {}: this process does not own it; leaving \
+                 them as they are",
+                path.display()
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Creates the file `path` empty with at most `mode` when it does not exist (an existing file
