@@ -110,14 +110,11 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
     crate::agent::run_command(args).await
 }
 
-/// Loads and checks the config file, its flags, its plugins and the bootstrap bundle file,
-/// without starting anything.
+/// Loads and checks the config file, its flags and its plugins, without starting anything.
+/// The bootstrap bundle file is not read, as upstream reads it only when the agent attests:
+/// on Kubernetes it appears once the server's notifier has published it.
 pub fn validate(args: &RunArgs) -> anyhow::Result<ResolvedAgentConfig> {
-    let resolved = config::load_and_resolve(&args.overrides())?;
-    if let Some(read) = resolved.bootstrap_bundle.read_file(&resolved.trust_domain) {
-        read.map_err(anyhow::Error::msg)?;
-    }
-    Ok(resolved)
+    Ok(config::load_and_resolve(&args.overrides())?)
 }
 
 /// `spire-agent validate`: prints whether the config file is valid.
