@@ -587,3 +587,111 @@ impl Drop for PodCgroup {
         }
     }
 }
+
+/// The cluster name the k8s tests' `k8s_psat` server and agents use.
+pub const CLUSTER: &str = "test-cluster";
+
+/// Starts a server on a free port in `dir` with `k8s_psat` for [`CLUSTER`] (reading the API
+/// server through `kubeconfig`, allowing `spire:spire-agent`, plus `cluster_keys` inside the
+/// cluster's block) beside `join_token`, and `extra_server_keys` inside `server { }`.
+pub fn start_psat_server(
+    dir: &Path,
+    kubeconfig: &Path,
+    cluster_keys: &str,
+    extra_server_keys: &str,
+) -> crate::ServerProcess {
+    let psat = format!(
+        r#"NodeAttestor "k8s_psat" {{
+        plugin_data {{
+            clusters = {{
+                "{CLUSTER}" = {{
+                    service_account_allow_list = ["spire:spire-agent"]
+                    kube_config_file = "{}"
+                    {cluster_keys}
+                }}
+            }}
+        }}
+    }}
+
+    NodeAttestor "join_token" {{"#,
+        kubeconfig.display()
+    );
+    crate::ServerProcess::start_on_free_port(dir, |port| {
+        let socket = dir.join("server.sock");
+        let data = dir.join("server-data");
+        let config = crate::server_config(&crate::ServerPaths {
+            port,
+            socket: &socket,
+            data_dir: &data,
+            keys: &data.join("keys.json"),
+            database_type: "sqlite3",
+            connection_string: &data.join("datastore.sqlite3").display().to_string(),
+            extra_server_keys,
+        })
+        .replace("NodeAttestor \"join_token\" {", &psat);
+        let path = dir.join("server.conf");
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("write server.conf: {e}"));
+        (path, socket)
+    })
+}
+
+/// Writes `dir/agent.conf` for an agent of `example.org` at `127.0.0.1:server_port` that
+/// attests with `k8s_psat` for [`CLUSTER`] (its token at `token_path`) and identifies
+/// workloads with `k8s` through `kubelet` (with the service account token at
+/// `sa_token_path`); `extra_plugins` goes inside `plugins { }`, `extra_blocks` after it.
+/// Returns the config's path and the Workload API socket's.
+pub fn psat_agent_config(
+    dir: &Path,
+    server_port: u16,
+    token_path: &Path,
+    kubelet: &FakeKubelet,
+    sa_token_path: &Path,
+    extra_plugins: &str,
+    extra_blocks: &str,
+) -> (PathBuf, PathBuf) {
+    let socket = dir.join("agent.sock");
+    let config = format!(
+        r#"agent {{
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    trust_domain = "example.org"
+    server_address = "127.0.0.1"
+    server_port = "{server_port}"
+    socket_path = "{socket}"
+    insecure_bootstrap = true
+}}
+
+plugins {{
+    NodeAttestor "k8s_psat" {{
+        plugin_data {{
+            cluster = "{CLUSTER}"
+            token_path = "{token}"
+        }}
+    }}
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+    WorkloadAttestor "k8s" {{
+        plugin_data {{
+            kubelet_secure_port = {kubelet_port}
+            kubelet_ca_path = "{kubelet_ca}"
+            token_path = "{sa_token}"
+            poll_retry_interval = "200ms"
+            max_poll_attempts = 5
+        }}
+    }}
+    {extra_plugins}
+}}
+{extra_blocks}
+"#,
+        data = dir.join("agent-data").display(),
+        socket = socket.display(),
+        token = token_path.display(),
+        kubelet_port = kubelet.port,
+        kubelet_ca = kubelet.ca_path.display(),
+        sa_token = sa_token_path.display(),
+    );
+    let path = dir.join("agent.conf");
+    std::fs::write(&path, config).unwrap_or_else(|e| panic!("write agent.conf: {e}"));
+    (path, socket)
+}

@@ -198,6 +198,15 @@ pub fn send_signal(pid: u32, signal: Signal) -> std::io::Result<()> {
     rustix::process::kill_process(pid, signal).map_err(std::io::Error::from)
 }
 
+/// Polls `check` every 250 ms until it holds; fails naming `what` after `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Runs `attempt` until it succeeds, up to [`CLEANUP_ATTEMPTS`] times with a growing pause
 /// (0.2 s, 0.4 s, ...) between tries, for cleanup that can lose a race with the database
 /// server (a `DROP DATABASE` while the server's own sessions on it are still ending);

@@ -25,14 +25,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spire_e2e::kube::{FakeKubelet, KubeCluster, PodCgroup, RunningContainer, container_id};
-use spire_e2e::{
-    AgentProcess, ServerPaths, ServerProcess, binary, selector_strings, server_config,
+use spire_e2e::kube::{
+    CLUSTER, FakeKubelet, KubeCluster, PodCgroup, RunningContainer, container_id,
+    psat_agent_config, start_psat_server,
 };
+use spire_e2e::{AgentProcess, ServerProcess, binary, eventually, selector_strings};
 
 const TD: &str = "example.org";
 const FEDERATED_TD: &str = "federated.test";
-const CLUSTER: &str = "test-cluster";
 const NODE: &str = "node-1";
 const GROUP: &str = "/apis/spire.spiffe.io/v1alpha1";
 
@@ -137,14 +137,6 @@ impl Drop for ControllerManager {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -277,96 +269,6 @@ fn populate(cluster: &KubeCluster) {
     );
 }
 
-/// A server with `k8s_psat` for [`CLUSTER`].
-fn start_server(dir: &Path, kubeconfig: &Path) -> ServerProcess {
-    let psat = format!(
-        r#"NodeAttestor "k8s_psat" {{
-        plugin_data {{
-            clusters = {{
-                "{CLUSTER}" = {{
-                    service_account_allow_list = ["spire:spire-agent"]
-                    kube_config_file = "{}"
-                }}
-            }}
-        }}
-    }}
-
-    NodeAttestor "join_token" {{"#,
-        kubeconfig.display()
-    );
-    ServerProcess::start_on_free_port(dir, |port| {
-        let socket = dir.join("server.sock");
-        let data = dir.join("server-data");
-        let config = server_config(&ServerPaths {
-            port,
-            socket: &socket,
-            data_dir: &data,
-            keys: &data.join("keys.json"),
-            database_type: "sqlite3",
-            connection_string: &data.join("datastore.sqlite3").display().to_string(),
-            extra_server_keys: "",
-        })
-        .replace("NodeAttestor \"join_token\" {", &psat);
-        let path = dir.join("server.conf");
-        std::fs::write(&path, config).unwrap();
-        (path, socket)
-    })
-}
-
-/// An agent attesting with `k8s_psat` and identifying workloads with `k8s`.
-fn start_agent(
-    dir: &Path,
-    server: &ServerProcess,
-    token_path: &Path,
-    kubelet: &FakeKubelet,
-    sa_token_path: &Path,
-) -> AgentProcess {
-    let socket = dir.join("agent.sock");
-    let config = format!(
-        r#"agent {{
-    data_dir = "{data}"
-    log_level = "DEBUG"
-    trust_domain = "{TD}"
-    server_address = "127.0.0.1"
-    server_port = "{port}"
-    socket_path = "{socket}"
-    insecure_bootstrap = true
-}}
-
-plugins {{
-    NodeAttestor "k8s_psat" {{
-        plugin_data {{
-            cluster = "{CLUSTER}"
-            token_path = "{token}"
-        }}
-    }}
-    KeyManager "memory" {{
-        plugin_data {{}}
-    }}
-    WorkloadAttestor "k8s" {{
-        plugin_data {{
-            kubelet_secure_port = {kubelet_port}
-            kubelet_ca_path = "{kubelet_ca}"
-            token_path = "{sa_token}"
-            poll_retry_interval = "200ms"
-            max_poll_attempts = 5
-        }}
-    }}
-}}
-"#,
-        data = dir.join("agent-data").display(),
-        port = server.port,
-        socket = socket.display(),
-        token = token_path.display(),
-        kubelet_port = kubelet.port,
-        kubelet_ca = kubelet.ca_path.display(),
-        sa_token = sa_token_path.display(),
-    );
-    let path = dir.join("agent.conf");
-    std::fs::write(&path, config).unwrap();
-    AgentProcess::start_with_config(dir, &path, socket, None)
-}
-
 /// Our server's entries, by SPIFFE ID (`spiffe://td/path`).
 fn entries(server: &ServerProcess) -> std::collections::BTreeMap<String, Value> {
     let shown = server.cli_json(&["entry", "show"]);
@@ -453,7 +355,7 @@ fn spire_controller_manager_reconciles_entries_and_federation_on_our_server() {
 
     let server_dir = dir.path().join("server");
     std::fs::create_dir_all(&server_dir).unwrap();
-    let server = start_server(&server_dir, &cluster.kubeconfig);
+    let server = start_psat_server(&server_dir, &cluster.kubeconfig, "", "");
     // The agent of node-1, attested with the projected token of its DaemonSet pod.
     let token_path = dir.path().join("psat-token");
     std::fs::write(
@@ -467,7 +369,16 @@ fn spire_controller_manager_reconciles_entries_and_federation_on_our_server() {
     let kubelet = FakeKubelet::start(&cluster, dir.path(), NODE, &sa_token);
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
-    let agent = start_agent(&agent_dir, &server, &token_path, &kubelet, &sa_token_path);
+    let (agent_config, agent_socket) = psat_agent_config(
+        &agent_dir,
+        server.port,
+        &token_path,
+        &kubelet,
+        &sa_token_path,
+        "",
+        "",
+    );
+    let agent = AgentProcess::start_with_config(&agent_dir, &agent_config, agent_socket, None);
     assert_eq!(server.agent_ids(), std::slice::from_ref(&agent_id));
 
     // An entry an operator made by hand: not the manager's (no `k8s.` ID prefix), so kept.

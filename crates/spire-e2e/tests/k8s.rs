@@ -16,18 +16,19 @@
     reason = "tests"
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use spire_e2e::kube::{FakeKubelet, KubeCluster, PodCgroup, RunningContainer, container_id};
+use spire_e2e::kube::{
+    CLUSTER, FakeKubelet, KubeCluster, PodCgroup, RunningContainer, container_id,
+    psat_agent_config, start_psat_server,
+};
 use spire_e2e::{
-    AgentProcess, ServerPaths, ServerProcess, binary, free_port, run_to_failure, selector_strings,
-    server_config,
+    AgentProcess, ServerProcess, binary, eventually, free_port, run_to_failure, selector_strings,
 };
 
 const TD: &str = "example.org";
-const CLUSTER: &str = "test-cluster";
 const NODE: &str = "node-1";
 
 /// The objects a cluster with a SPIRE agent DaemonSet pod and a workload pod on one node has.
@@ -73,45 +74,6 @@ fn populate(cluster: &KubeCluster) {
     pod("demo", "intruder-0", "intruder", "intruder", "busybox:1.37");
 }
 
-/// A server on a free port with `k8s_psat` for [`CLUSTER`] (and `join_token`).
-fn start_server(dir: &Path, kubeconfig: &Path) -> ServerProcess {
-    let psat = format!(
-        r#"NodeAttestor "k8s_psat" {{
-        plugin_data {{
-            clusters = {{
-                "{CLUSTER}" = {{
-                    service_account_allow_list = ["spire:spire-agent"]
-                    kube_config_file = "{}"
-                    allowed_node_label_keys = ["zone"]
-                    allowed_pod_label_keys = ["app"]
-                }}
-            }}
-        }}
-    }}
-
-    NodeAttestor "join_token" {{"#,
-        kubeconfig.display()
-    );
-    ServerProcess::start_on_free_port(dir, |port| {
-        let socket = dir.join("server.sock");
-        let data = dir.join("server-data");
-        let config = server_config(&ServerPaths {
-            port,
-            socket: &socket,
-            data_dir: &data,
-            keys: &data.join("keys.json"),
-            database_type: "sqlite3",
-            connection_string: &data.join("datastore.sqlite3").display().to_string(),
-            // Short agent SVIDs: the agent re-attests at half-life during the test.
-            extra_server_keys: "agent_ttl = \"30s\"",
-        })
-        .replace("NodeAttestor \"join_token\" {", &psat);
-        let path = dir.join("server.conf");
-        std::fs::write(&path, config).unwrap();
-        (path, socket)
-    })
-}
-
 /// An agent config attesting with `k8s_psat` (token at `token_path`) and identifying
 /// workloads with `k8s` (through `kubelet`) and `unix`; health listener on `health_port`.
 fn agent_config(
@@ -121,61 +83,19 @@ fn agent_config(
     kubelet: &FakeKubelet,
     sa_token_path: &Path,
     health_port: u16,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let socket = dir.join("agent.sock");
-    let data = dir.join("agent-data");
-    let config = format!(
-        r#"agent {{
-    data_dir = "{data}"
-    log_level = "DEBUG"
-    trust_domain = "{TD}"
-    server_address = "127.0.0.1"
-    server_port = "{port}"
-    socket_path = "{socket}"
-    insecure_bootstrap = true
-}}
-
-plugins {{
-    NodeAttestor "k8s_psat" {{
-        plugin_data {{
-            cluster = "{CLUSTER}"
-            token_path = "{token}"
-        }}
-    }}
-    KeyManager "memory" {{
-        plugin_data {{}}
-    }}
-    WorkloadAttestor "k8s" {{
-        plugin_data {{
-            kubelet_secure_port = {kubelet_port}
-            kubelet_ca_path = "{kubelet_ca}"
-            token_path = "{sa_token}"
-            poll_retry_interval = "200ms"
-            max_poll_attempts = 5
-        }}
-    }}
-    WorkloadAttestor "unix" {{
-        plugin_data {{}}
-    }}
-}}
-
-health_checks {{
-    listener_enabled = true
-    bind_address = "127.0.0.1"
-    bind_port = "{health_port}"
-}}
-"#,
-        data = data.display(),
-        port = server.port,
-        socket = socket.display(),
-        token = token_path.display(),
-        kubelet_port = kubelet.port,
-        kubelet_ca = kubelet.ca_path.display(),
-        sa_token = sa_token_path.display(),
-    );
-    let path = dir.join("agent.conf");
-    std::fs::write(&path, config).unwrap();
-    (path, socket)
+) -> (PathBuf, PathBuf) {
+    psat_agent_config(
+        dir,
+        server.port,
+        token_path,
+        kubelet,
+        sa_token_path,
+        "WorkloadAttestor \"unix\" {\n        plugin_data {}\n    }",
+        &format!(
+            "health_checks {{\n    listener_enabled = true\n    bind_address = \"127.0.0.1\"\n    \
+             bind_port = \"{health_port}\"\n}}"
+        ),
+    )
 }
 
 /// `GET http://127.0.0.1:<port><path>` with curl: status code and body.
@@ -188,14 +108,6 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// Starts an agent that is expected to fail attestation and returns its log.
@@ -265,7 +177,13 @@ fn k8s_psat_and_k8s_workload_attestation_against_a_real_api_server() {
 
     let server_dir = dir.path().join("server");
     std::fs::create_dir_all(&server_dir).unwrap();
-    let server = start_server(&server_dir, &cluster.kubeconfig);
+    let server = start_psat_server(
+        &server_dir,
+        &cluster.kubeconfig,
+        "allowed_node_label_keys = [\"zone\"]\n allowed_pod_label_keys = [\"app\"]",
+        // Short agent SVIDs: the agent re-attests at half-life during the test.
+        "agent_ttl = \"30s\"",
+    );
 
     // Refusals, with the reason named: a service account not in the allow list, and a
     // token for another audience.
