@@ -9,6 +9,7 @@ use spire_proto::spire::api::types;
 
 use super::printer::{pluralize, print_proto};
 use super::{CliError, CliResult, Env, OutputArg, SocketArg, client};
+use crate::api::convert::bundle_from_document;
 
 type BundleClient = bundlev1::bundle_client::BundleClient<tonic::transport::Channel>;
 
@@ -180,7 +181,6 @@ pub(super) fn parse_bundle(
     format: Format,
     td: TrustDomain,
 ) -> Result<types::Bundle, CliError> {
-    let name = td.name().to_owned();
     let bundle = match format {
         Format::Pem => {
             let text = String::from_utf8_lossy(data);
@@ -190,33 +190,7 @@ pub(super) fn parse_bundle(
         Format::Spiffe => Bundle::from_spiffe_document(td, data)
             .map_err(|e| CliError::invalid(format!("unable to parse to spiffe bundle: {e}")))?,
     };
-    Ok(types::Bundle {
-        trust_domain: name,
-        x509_authorities: bundle
-            .x509_authorities
-            .into_iter()
-            .map(|asn1| types::X509Certificate {
-                asn1,
-                tainted: false,
-            })
-            .collect(),
-        jwt_authorities: bundle
-            .jwt_authorities
-            .into_iter()
-            .map(|a| types::JwtKey {
-                public_key: a.public_key_der,
-                key_id: a.key_id,
-                expires_at: a.expires_at.unwrap_or_default(),
-                tainted: false,
-            })
-            .collect(),
-        refresh_hint: bundle
-            .refresh_hint
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or_default(),
-        sequence_number: bundle.sequence_number,
-        wit_authorities: Vec::new(),
-    })
+    Ok(bundle_from_document(bundle))
 }
 
 async fn show(args: ShowArgs, env: &mut Env<'_>) -> CliResult {
