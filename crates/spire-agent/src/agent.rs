@@ -174,6 +174,10 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(manager.clone().run(cancel.clone()));
+    tasks.spawn(crate::logging::reopen_log_file_on_sigusr2(
+        log_level.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(keep_bundle(
         manager.clone(),
         client.clone(),
@@ -200,13 +204,11 @@ pub async fn run(
             config.socket_path.clone(),
             agent_identity.clone(),
         ));
-        let (state, checks) = health::spawn_checks(check, cancel.clone());
+        let (state, checks) = health::spawn_checks(vec![check], cancel.clone());
         let health_config = config.health_checks.clone();
         let health_cancel = cancel.clone();
         tasks.spawn(async move {
-            if let Err(e) =
-                health::serve(listener, &health_config, "agent", state, health_cancel).await
-            {
+            if let Err(e) = health::serve(listener, &health_config, state, health_cancel).await {
                 tracing::error!(error = %e, "health check listener stopped");
             }
             let _ = checks.await;

@@ -74,7 +74,7 @@ fn upstream_quickstart_config_resolves_with_upstream_defaults() {
     assert_eq!(c.data_dir, PathBuf::from("./.data"));
     assert_eq!(c.bootstrap_bundle, BootstrapBundle::Insecure);
     assert_eq!(c.log_level, "debug");
-    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.log_format, LogFormat::Default);
     assert_eq!(c.x509_svid_cache_max_size, 1000);
     assert_eq!(c.jwt_svid_cache_max_size, 1000);
     assert_eq!(c.workload_x509_svid_key_type, KeyType::EcP256);

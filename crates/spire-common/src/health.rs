@@ -1,9 +1,11 @@
-//! The `health_checks { }` HTTP listener, as upstream's `pkg/common/health`: a subsystem is
-//! checked every second until it is live and ready, then every minute, and `live_path` and
-//! `ready_path` answer from the last check: 200 when it passed, 500 otherwise, with a JSON
-//! body keyed by the subsystem's name (`{"agent":{}}`, or `{"agent":null}` before the first
-//! check). Kubernetes probes call these paths.
+//! The `health_checks { }` HTTP listener, as upstream's `pkg/common/health`: the subsystems
+//! are checked every second until all are live and ready, then every minute (and every
+//! second again while one fails, so a recovery shows quickly), and `live_path` and
+//! `ready_path` answer from the last checks: 200 when every subsystem passed, 500 otherwise,
+//! with a JSON body keyed by subsystem name, sorted (`{"agent":{}}`, or `{"agent":null}`
+//! before the first check). Kubernetes probes call these paths.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,34 +100,42 @@ pub enum HealthError {
     Serve(std::io::Error),
 }
 
-/// Checks `check` until `cancel` fires, publishing every outcome on the returned receiver
-/// (`None` until the first check has run).
+/// The last outcome of every subsystem, by name (`None` until its first check has run).
+pub type Subsystems = BTreeMap<String, Option<HealthState>>;
+
+/// Checks every one of `checks` until `cancel` fires, publishing the outcomes on the returned
+/// receiver after each round.
 pub fn spawn_checks(
-    check: Arc<dyn HealthCheck>,
+    checks: Vec<Arc<dyn HealthCheck>>,
     cancel: CancellationToken,
-) -> (
-    watch::Receiver<Option<HealthState>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = watch::channel(None);
+) -> (watch::Receiver<Subsystems>, tokio::task::JoinHandle<()>) {
+    let initial = checks.iter().map(|c| (c.name().to_owned(), None)).collect();
+    let (tx, rx) = watch::channel(initial);
     let task = tokio::spawn(async move {
-        let mut was_healthy = false;
+        let mut was_healthy: BTreeMap<String, bool> = BTreeMap::new();
         loop {
-            let state = check.check().await;
-            let healthy = state.live && state.ready;
-            if healthy && !was_healthy {
-                tracing::info!(subsystem = check.name(), "Health check passed");
-            } else if !healthy && was_healthy {
-                tracing::warn!(
-                    subsystem = check.name(),
-                    live = state.live,
-                    ready = state.ready,
-                    details = %state.ready_details,
-                    "Health check failed"
-                );
+            let mut round = Subsystems::new();
+            for check in &checks {
+                let state = check.check().await;
+                let healthy = state.live && state.ready;
+                let before = was_healthy.insert(check.name().to_owned(), healthy);
+                if healthy && before == Some(false) {
+                    tracing::info!(check = check.name(), "Health check recovered");
+                } else if !healthy && before != Some(false) {
+                    tracing::warn!(
+                        check = check.name(),
+                        live = state.live,
+                        ready = state.ready,
+                        details = %state.ready_details,
+                        "Health check failed"
+                    );
+                }
+                round.insert(check.name().to_owned(), Some(state));
             }
-            was_healthy = healthy;
-            tx.send_replace(Some(state));
+            let healthy = round
+                .values()
+                .all(|s| s.as_ref().is_some_and(|s| s.live && s.ready));
+            tx.send_replace(round);
             let wait = if healthy {
                 STEADY_INTERVAL
             } else {
@@ -171,22 +181,17 @@ pub async fn bind(config: &HealthConfig) -> Result<tokio::net::TcpListener, Heal
 
 #[derive(Clone)]
 struct Shared {
-    name: String,
-    state: watch::Receiver<Option<HealthState>>,
+    state: watch::Receiver<Subsystems>,
 }
 
 /// Serves `live_path` and `ready_path` on `listener` from `state` until `cancel` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: &HealthConfig,
-    name: &str,
-    state: watch::Receiver<Option<HealthState>>,
+    state: watch::Receiver<Subsystems>,
     cancel: CancellationToken,
 ) -> Result<(), HealthError> {
-    let shared = Shared {
-        name: name.to_owned(),
-        state,
-    };
+    let shared = Shared { state };
     // Paths are compared whole, as Go's ServeMux does: a configured path is never read as a
     // route pattern (`/{x}` or `/*x` would be).
     let paths = (config.live_path.clone(), config.ready_path.clone());
@@ -210,19 +215,21 @@ pub async fn serve(
         .map_err(HealthError::Serve)
 }
 
-/// The response for one path: 200 or 500 and `{"<name>": details}` with a trailing newline,
-/// as Go's `json.Encoder` writes it.
+/// The response for one path: 200 when every subsystem passed, else 500, and
+/// `{"<name>": details, ...}` with a trailing newline, as Go's `json.Encoder` writes it.
 fn respond(
     shared: &Shared,
     pick: impl Fn(&HealthState) -> (bool, serde_json::Value),
 ) -> axum::response::Response {
-    let (ok, details) = shared
-        .state
-        .borrow()
-        .as_ref()
-        .map_or((false, serde_json::Value::Null), &pick);
+    let mut ok = true;
     let mut body = serde_json::Map::new();
-    body.insert(shared.name.clone(), details);
+    for (name, state) in shared.state.borrow().iter() {
+        let (passed, details) = state
+            .as_ref()
+            .map_or((false, serde_json::Value::Null), &pick);
+        ok &= passed;
+        body.insert(name.clone(), details);
+    }
     let mut text = serde_json::Value::Object(body).to_string();
     text.push('\n');
     let code = if ok {
@@ -297,18 +304,21 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let check = Arc::new(Flaky(AtomicBool::new(false)));
         let cancel = CancellationToken::new();
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = watch::channel(Subsystems::from([("agent".to_owned(), None)]));
         let server = tokio::spawn({
             let config = config.clone();
             let cancel = cancel.clone();
-            async move { serve(listener, &config, "agent", rx, cancel).await }
+            async move { serve(listener, &config, rx, cancel).await }
         });
         assert_eq!(
             get(port, "/ready").await,
             (500, "{\"agent\":null}\n".to_owned())
         );
 
-        tx.send_replace(Some(check.check().await));
+        tx.send_replace(Subsystems::from([(
+            "agent".to_owned(),
+            Some(check.check().await),
+        )]));
         assert_eq!(
             get(port, "/live").await,
             (200, "{\"agent\":{}}\n".to_owned())
@@ -321,12 +331,66 @@ mod tests {
             )
         );
         check.0.store(true, Ordering::SeqCst);
-        tx.send_replace(Some(check.check().await));
+        tx.send_replace(Subsystems::from([(
+            "agent".to_owned(),
+            Some(check.check().await),
+        )]));
         assert_eq!(
             get(port, "/ready").await,
             (200, "{\"agent\":{}}\n".to_owned())
         );
         assert_eq!(get(port, "/other").await.0, 404);
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_subsystem_must_pass_and_the_body_lists_them_sorted() {
+        let config = HealthConfig {
+            listener_enabled: true,
+            bind_address: "127.0.0.1".into(),
+            bind_port: 0,
+            ..HealthConfig::default()
+        };
+        let listener = bind(&config).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let healthy = HealthState {
+            live: true,
+            ready: true,
+            live_details: serde_json::json!({}),
+            ready_details: serde_json::json!({}),
+        };
+        let failing = HealthState {
+            live: false,
+            ready: false,
+            live_details: serde_json::json!({"list_bundle_err": "database is locked"}),
+            ready_details: serde_json::json!({"list_bundle_err": "database is locked"}),
+        };
+        let (tx, rx) = watch::channel(Subsystems::from([
+            ("server".to_owned(), Some(healthy.clone())),
+            ("catalog.datastore".to_owned(), Some(failing)),
+        ]));
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn({
+            let config = config.clone();
+            let cancel = cancel.clone();
+            async move { serve(listener, &config, rx, cancel).await }
+        });
+        assert_eq!(
+            get(port, "/ready").await,
+            (
+                500,
+                "{\"catalog.datastore\":{\"list_bundle_err\":\"database is locked\"},\"server\":{}}\n"
+                    .to_owned()
+            )
+        );
+        tx.send_modify(|s| {
+            s.insert("catalog.datastore".to_owned(), Some(healthy));
+        });
+        assert_eq!(
+            get(port, "/live").await,
+            (200, "{\"catalog.datastore\":{},\"server\":{}}\n".to_owned())
+        );
         cancel.cancel();
         server.await.unwrap().unwrap();
     }
@@ -344,15 +408,18 @@ mod tests {
         let listener = bind(&config).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cancel = CancellationToken::new();
-        let (_tx, rx) = watch::channel(Some(HealthState {
-            live: true,
-            ready: true,
-            live_details: serde_json::json!({}),
-            ready_details: serde_json::json!({}),
-        }));
+        let (_tx, rx) = watch::channel(Subsystems::from([(
+            "agent".to_owned(),
+            Some(HealthState {
+                live: true,
+                ready: true,
+                live_details: serde_json::json!({}),
+                ready_details: serde_json::json!({}),
+            }),
+        )]));
         let server = tokio::spawn({
             let cancel = cancel.clone();
-            async move { serve(listener, &config, "agent", rx, cancel).await }
+            async move { serve(listener, &config, rx, cancel).await }
         });
         assert_eq!(get(port, "/{live}").await.0, 200);
         assert_eq!(get(port, "/*ready").await.0, 200);
@@ -363,11 +430,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_check_loop_publishes_each_outcome() {
-        let check = Arc::new(Flaky(AtomicBool::new(true)));
+        let check: Arc<dyn HealthCheck> = Arc::new(Flaky(AtomicBool::new(true)));
         let cancel = CancellationToken::new();
-        let (mut rx, task) = spawn_checks(check, cancel.clone());
-        rx.wait_for(Option::is_some).await.unwrap();
-        assert!(rx.borrow().as_ref().unwrap().ready);
+        let (mut rx, task) = spawn_checks(vec![check], cancel.clone());
+        rx.wait_for(|s| s["agent"].is_some()).await.unwrap();
+        assert!(rx.borrow()["agent"].as_ref().unwrap().ready);
         cancel.cancel();
         task.await.unwrap();
     }

@@ -49,7 +49,7 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         log_level: args.log_level,
         log_format: args.log_format,
         log_file: args.log_file.map(|p| p.display().to_string()),
-        log_source_location: false,
+        log_source_location: args.log_source_location,
         data_dir: args.data_dir.map(|p| p.display().to_string()),
         config_path: Some(args.config.clone()),
         expand_env: args.expand_env,
@@ -175,6 +175,10 @@ pub async fn run(
         )
         .await?;
     }
+    tasks.spawn(crate::logging::reopen_log_file_on_sigusr2(
+        ctx.log_level.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(ca.clone().run(cancel.clone()));
     tasks.spawn(
         index
@@ -204,7 +208,11 @@ pub async fn run(
         live_path: config.health_checks.live_path.clone(),
         ready_path: config.health_checks.ready_path.clone(),
     };
-    let health_task = tokio::spawn(health_http::serve_health(health, ctx, cancel.clone()));
+    let health_task = tokio::spawn(health_http::serve_health(
+        health,
+        health_http::server_checks(ctx, config.socket_path.clone()),
+        cancel.clone(),
+    ));
 
     let result = tokio::select! {
         () = shutdown => {

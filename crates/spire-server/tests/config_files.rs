@@ -252,7 +252,7 @@ fn defaults_are_upstreams() {
         Path::new("/tmp/spire-server/private/api.sock")
     );
     assert_eq!(r.log_level, "info");
-    assert_eq!(r.log_format, LogFormat::Text);
+    assert_eq!(r.log_format, LogFormat::Default);
     assert_eq!(r.ca_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(r.ca_key_type, KeyType::EcP256);
     assert_eq!(r.jwt_key_type, KeyType::EcP256);

@@ -521,26 +521,71 @@ async fn http_health_checks_answer_live_and_ready() {
         bind_port: 0,
         ..HealthChecksConfig::default()
     };
-    let listener = health_http::bind(&config).await.unwrap();
+    let listener = spire_common::health::bind(&config).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(health_http::serve_on(
-        listener,
-        config,
-        server.ctx.clone(),
+        Some(listener),
+        config.clone(),
+        health_http::server_checks(server.ctx.clone(), server.socket.clone()),
         cancel.clone(),
     ));
-    for path in ["/live", "/ready"] {
-        let status = http_get_status(addr, path).await;
-        assert_eq!(status, 200, "{path}");
+    // The first round of checks runs at start; until then every subsystem is `null`.
+    let healthy =
+        "{\"catalog.datastore\":{},\"server\":{},\"server.ca\":{},\"server.ca.rotator\":{}}\n";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(addr, "/ready").await;
+        if status == 200 {
+            assert_eq!(body, healthy);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(http_get_status(addr, "/nope").await, 404);
+    assert_eq!(http_get(addr, "/live").await, (200, healthy.to_owned()));
+    assert_eq!(http_get(addr, "/nope").await.0, 404);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+
+    // A server whose admin socket does not answer fails both probes, with upstream's details
+    // key, while the other subsystems pass.
+    let listener = spire_common::health::bind(&config).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let gone = server.socket.with_file_name("gone.sock");
+    let task = tokio::spawn(health_http::serve_on(
+        Some(listener),
+        config,
+        health_http::server_checks(server.ctx.clone(), gone),
+        cancel.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = http_get(addr, "/ready").await;
+        assert_eq!(status, 500, "{body}");
+        if !body.contains("null") {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never checked: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(body["server"]["get_bundle_err"].is_string(), "{body}");
+    assert_eq!(body["catalog.datastore"], serde_json::json!({}));
+    assert_eq!(http_get(addr, "/live").await.0, 500);
     cancel.cancel();
     task.await.unwrap().unwrap();
     server.stop().await;
 }
 
-async fn http_get_status(addr: SocketAddr, path: &str) -> u16 {
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
@@ -551,11 +596,17 @@ async fn http_get_status(addr: SocketAddr, path: &str) -> u16 {
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    response
+    let code = response
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .unwrap()
+        .unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (code, body)
 }
 
 #[tokio::test]

@@ -13,24 +13,27 @@ const LOG_LEVELS: [&str; 8] = [
 /// `log_format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
-    /// Human-readable lines (upstream's default).
+    /// No `log_format`: upstream's default text lines, times to the second.
     #[default]
+    Default,
+    /// `text`: text lines with nanosecond times.
     Text,
     /// One JSON object per line.
     Json,
 }
 
 impl LogFormat {
-    /// The config spelling: `text` or `json`.
+    /// The config spelling: empty (the default), `text` or `json`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Default => "",
             Self::Text => "text",
             Self::Json => "json",
         }
     }
 }
 
-/// `log_level` (lower-cased, default `info`) and `log_format` (default `text`) of the `block`
+/// `log_level` (lower-cased, default `info`) and `log_format` (default: upstream's default text) of the `block`
 /// (`server` or `agent`) in `file`, refused with the key's name when upstream would refuse them.
 pub fn resolve_logging(
     file: &str,
@@ -49,14 +52,15 @@ pub fn resolve_logging(
             ),
         ));
     }
-    let format = match log_format.unwrap_or("text").to_ascii_lowercase().as_str() {
+    let format = match log_format.unwrap_or_default().to_ascii_lowercase().as_str() {
+        "" => LogFormat::Default,
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
         other => {
             return Err(ConfigError::invalid(
                 file,
                 format!("{block}.log_format"),
-                format!("unknown log format {other:?}; use \"text\" or \"json\""),
+                format!("unknown logger format: {other:?}; use \"text\" or \"json\""),
             ));
         }
     };

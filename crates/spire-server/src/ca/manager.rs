@@ -201,6 +201,8 @@ pub struct CaManager {
     /// Bumped whenever this manager changes the trust domain's stored bundle, so bundle
     /// notifiers hear of a rotation at once instead of at their next poll.
     bundle_changed: watch::Sender<u64>,
+    /// Rotation ticks that failed in a row (the `server.ca.rotator` health check).
+    failed_rotations: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for CaManager {
@@ -338,6 +340,7 @@ impl CaManager {
             identity_tx,
             identity,
             bundle_changed: watch::Sender::new(0),
+            failed_rotations: std::sync::atomic::AtomicU32::new(0),
             config,
         });
         manager.load(now).await?;
@@ -378,12 +381,22 @@ impl CaManager {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(interval) => {
+                    use std::sync::atomic::Ordering;
                     if let Err(e) = self.rotate().await {
+                        self.failed_rotations.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "CA rotation failed; retrying on the next tick");
+                    } else {
+                        self.failed_rotations.store(0, Ordering::Relaxed);
                     }
                 }
             }
         }
+    }
+
+    /// How many rotation ticks of [`CaManager::run`] failed in a row (0 after a success).
+    pub fn failed_rotations(&self) -> u32 {
+        self.failed_rotations
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One rotation step at the clock's current time: mints authorities when there are

@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// File to write logs to
     #[arg(long = "logFile", value_name = "string")]
     pub log_file: Option<PathBuf>,
+    /// Include source file, line number and function name in log lines
+    #[arg(long = "logSourceLocation", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub log_source_location: bool,
     /// Directory to store runtime data to
     #[arg(long = "dataDir", value_name = "string")]
     pub data_dir: Option<PathBuf>,

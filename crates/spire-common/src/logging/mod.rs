@@ -1,14 +1,18 @@
-//! Logging setup (`log_level`, `log_format`, `log_file`) and the handle logger.v1 uses to
-//! change the level at run time.
+//! Logging setup (`log_level`, `log_format`, `log_file`, `log_source_location`) and the
+//! handle logger.v1 uses to change the level at run time.
 //!
 //! Levels are upstream's (logrus) names, case-insensitive: panic, fatal, error, warn (or
-//! warning), info, debug, trace. panic and fatal log like error. Logs go to stdout, as
-//! upstream's do, or are appended to `log_file` when it is set.
+//! warning), info, debug, trace. panic and fatal log like error. Lines have logrus's shape
+//! ([`logrus`]). Logs go to stdout, as upstream's do, or are appended to `log_file` when it
+//! is set; SIGUSR2 reopens that file ([`reopen_log_file_on_sigusr2`]) for logrotate.
 
-use std::fs::OpenOptions;
+mod logrus;
+mod reopen;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio_util::sync::CancellationToken;
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
@@ -16,6 +20,9 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
+
+pub use logrus::{LogFormat, LogrusLayer};
+pub use reopen::{ReopenableFile, ReopenableWriter};
 
 /// Why logging could not be set up or a level not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +32,7 @@ pub enum LoggingError {
     #[error("unknown log level {0:?}; use panic, fatal, error, warn, info, debug or trace")]
     UnknownLevel(String),
     /// Not text or json.
-    #[error("unknown log format {0:?}; use \"text\" or \"json\"")]
+    #[error("unknown logger format: {0:?}; use \"text\" or \"json\"")]
     UnknownFormat(String),
     /// The log file could not be opened for appending.
     #[error("could not open log file {path}: {message}")]
@@ -86,6 +93,8 @@ struct Inner {
     configured: &'static str,
     current: Mutex<&'static str>,
     reload: Option<Reloader>,
+    /// `log_file`, when logs go to a file.
+    file: Option<Arc<ReopenableFile>>,
 }
 
 /// Changes and resets the running log level (what logger.v1's SetLogLevel, ResetLogLevel and
@@ -105,6 +114,7 @@ impl Default for LogLevelHandle {
                 configured: "info",
                 current: Mutex::new("info"),
                 reload: None,
+                file: None,
             }),
         }
     }
@@ -147,6 +157,15 @@ impl LogLevelHandle {
         self.apply(self.inner.configured)
     }
 
+    /// Reopens `log_file` (after logrotate moved it away); `Ok(false)` when logs go to
+    /// stdout. On an error the old file stays in use.
+    pub fn reopen_log_file(&self) -> Result<bool, LoggingError> {
+        match &self.inner.file {
+            Some(file) => file.reopen().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     fn apply(&self, canonical: &'static str) -> Result<(), LoggingError> {
         let mut current = self
             .inner
@@ -161,43 +180,40 @@ impl LogLevelHandle {
     }
 }
 
-/// Builds a subscriber writing to `writer` at `level` in `format` (`text` or `json`), and the
-/// handle that changes its level. `init` installs one globally; tests can use this with
-/// `tracing::subscriber::with_default`.
+/// Builds a subscriber writing to `writer` at `level` in `format` (`""`, `text` or `json`),
+/// and the handle that changes its level. `init` installs one globally; tests can use this
+/// with `tracing::subscriber::with_default`.
 pub fn build(
     level: &str,
     format: &str,
     writer: BoxMakeWriter,
     source_location: bool,
 ) -> Result<(impl Subscriber + Send + Sync + 'static, LogLevelHandle), LoggingError> {
+    build_with_file(level, format, writer, source_location, None)
+}
+
+fn build_with_file(
+    level: &str,
+    format: &str,
+    writer: BoxMakeWriter,
+    source_location: bool,
+    file: Option<Arc<ReopenableFile>>,
+) -> Result<(impl Subscriber + Send + Sync + 'static, LogLevelHandle), LoggingError> {
     let configured =
         canonical_level(level).ok_or_else(|| LoggingError::UnknownLevel(level.to_owned()))?;
-    let json = match format.trim().to_ascii_lowercase().as_str() {
-        "" | "text" => false,
-        "json" => true,
-        _ => return Err(LoggingError::UnknownFormat(format.to_owned())),
-    };
+    let format =
+        LogFormat::parse(format).ok_or_else(|| LoggingError::UnknownFormat(format.to_owned()))?;
     let (filter, handle) = reload::Layer::new(level_filter(configured));
-    let base = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_ansi(false)
-        .with_file(source_location)
-        .with_line_number(source_location)
-        .with_target(source_location);
-    let fmt_layer = if json {
-        base.json().flatten_event(true).boxed()
-    } else {
-        base.boxed()
-    };
     let subscriber = tracing_subscriber::registry()
         .with(filter)
-        .with(fmt_layer.with_filter(quiet_dependencies()));
+        .with(LogrusLayer::new(format, writer, source_location).with_filter(quiet_dependencies()));
     let reload: Reloader = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
     let level_handle = LogLevelHandle {
         inner: Arc::new(Inner {
             configured,
             current: Mutex::new(configured),
             reload: Some(reload),
+            file,
         }),
     };
     Ok((subscriber, level_handle))
@@ -213,33 +229,54 @@ pub fn init(
     init_with_source_location(level, format, file, false)
 }
 
-/// Like [`init`], adding source file and line to every line (`log_source_location`).
+/// Like [`init`], adding the source file and module to every line (`log_source_location`).
 pub fn init_with_source_location(
     level: &str,
     format: &str,
     file: Option<&Path>,
     source_location: bool,
 ) -> Result<LogLevelHandle, LoggingError> {
-    let writer = match file {
+    let file = file.map(ReopenableFile::open).transpose()?;
+    let writer = match &file {
         None => BoxMakeWriter::new(std::io::stdout),
-        Some(path) => {
-            let mut options = OpenOptions::new();
-            let append = options.append(true);
-            let f =
-                crate::fs::open_with_mode(path, crate::fs::LOG_FILE_MODE, append).map_err(|e| {
-                    LoggingError::File {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?;
-            BoxMakeWriter::new(Mutex::new(f))
-        }
+        Some(file) => BoxMakeWriter::new(ReopenableWriter(file.clone())),
     };
-    let (subscriber, handle) = build(level, format, writer, source_location)?;
+    let (subscriber, handle) = build_with_file(level, format, writer, source_location, file)?;
     subscriber
         .try_init()
         .map_err(|_| LoggingError::AlreadyInitialized)?;
     Ok(handle)
+}
+
+/// Reopens `log_file` on every SIGUSR2 until `cancel` fires, as upstream does for
+/// logrotate's `postrotate kill -USR2`. A failed reopen is logged and the old file kept.
+/// Returns at once when logs go to stdout.
+pub async fn reopen_log_file_on_sigusr2(handle: LogLevelHandle, cancel: CancellationToken) {
+    let Some(file) = handle.inner.file.clone() else {
+        return;
+    };
+    let mut signals =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGUSR2; log_file will not be reopened");
+                return;
+            }
+        };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            received = signals.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                match file.reopen() {
+                    Ok(()) => tracing::info!(path = %file.path().display(), "Log file reopened"),
+                    Err(e) => tracing::error!(error = %e, "failed to rotate log after signal"),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -317,8 +354,8 @@ mod tests {
         });
         let text = buf.text();
         let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(line["level"], "INFO");
-        assert_eq!(line["message"], "Starting");
+        assert_eq!(line["level"], "info");
+        assert_eq!(line["msg"], "Starting");
         assert_eq!(line["trust_domain"], "example.org");
     }
 

@@ -1,0 +1,120 @@
+//! Logs as an operator's pipeline sees them, from the real binaries: `log_format = "json"`
+//! lines carry logrus's keys (`time`, `level`, `msg`), text lines start with
+//! `time="…" level=… msg=…`, `log_source_location` adds `file` and `func`, and after
+//! logrotate moves `log_file` away, SIGUSR2 makes the process continue in a new file at the
+//! configured path.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use spire_e2e::{AgentProcess, ServerProcess, Signal, eventually, send_signal};
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("spire-server.log");
+    let server = ServerProcess::start(
+        dir.path(),
+        &format!(
+            "log_format = \"json\"\n    log_file = \"{}\"",
+            log_file.display()
+        ),
+    );
+    let written = read(&log_file);
+    assert!(!written.is_empty(), "nothing in {}", log_file.display());
+    for line in written.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        for key in ["time", "level", "msg"] {
+            assert!(entry[key].is_string(), "no {key} in {line}");
+        }
+        let level = entry["level"].as_str().unwrap();
+        assert!(
+            ["error", "warning", "info", "debug", "trace"].contains(&level),
+            "{level} is not a logrus level: {line}"
+        );
+        // RFC 3339 as Go writes it: date, 'T', and a zone.
+        let time = entry["time"].as_str().unwrap();
+        assert!(
+            time.len() >= 20 && &time[10..11] == "T",
+            "time {time} is not RFC 3339"
+        );
+    }
+
+    let rotated = dir.path().join("spire-server.log.1");
+    std::fs::rename(&log_file, &rotated).unwrap();
+    send_signal(server.pid().unwrap(), Signal::USR2).unwrap();
+    eventually(
+        "a new log file after SIGUSR2",
+        Duration::from_secs(30),
+        || read(&log_file).contains("Log file reopened"),
+    );
+    // The process keeps logging into the new file: a CLI call makes a line.
+    server.cli_ok(&["bundle", "show"]);
+    assert!(!read(&rotated).contains("Log file reopened"));
+    for line in read(&log_file).lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    // The server still serves after the signal (SIGUSR2 must not stop it).
+    assert!(server.cli(&["healthcheck"]).status.success());
+}
+
+#[test]
+fn text_lines_start_like_logrus_and_carry_the_source_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "");
+    let token = server.generate_join_token("spiffe://example.org/logging-agent");
+    let agent_log = dir.path().join("agent-file.log");
+    let agent = AgentProcess::start_with_agent_keys(
+        dir.path(),
+        &server,
+        Some(&token),
+        &format!(
+            "log_format = \"text\"\n    log_source_location = true\n    log_file = \"{}\"",
+            agent_log.display()
+        ),
+    );
+    agent.cli_eventually(&["healthcheck"], Duration::from_secs(60));
+    let text = read(&agent_log);
+    assert!(!text.is_empty(), "nothing in {}", agent_log.display());
+    for line in text.lines() {
+        assert!(
+            line.starts_with("time=\""),
+            "not a logrus text line: {line}"
+        );
+        assert!(line.contains(" level="), "no level: {line}");
+        assert!(line.contains(" msg="), "no msg: {line}");
+        assert!(
+            line.contains(" file=") && line.contains(" func="),
+            "no source location: {line}"
+        );
+    }
+    assert!(text.contains("level=info"), "{text}");
+    assert!(!text.contains("level=INFO"), "{text}");
+    // The server's default format is logrus's default text: whole-second times.
+    let server_log = server.log();
+    let first = server_log
+        .lines()
+        .find(|l| l.starts_with("time=\""))
+        .unwrap_or_else(|| panic!("no logrus line in:\n{server_log}"));
+    let time = first
+        .strip_prefix("time=\"")
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    assert!(
+        !time.contains('.'),
+        "default format has no fraction: {time}"
+    );
+}
