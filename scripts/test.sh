@@ -16,15 +16,16 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
 
 step "third-party test programs, built in the background while Rust compiles"
-# The conformance clients, upstream SPIRE v1.13.3 and ghostunnel, kube-apiserver v1.37.2 and
-# etcd: built once and cached in ~/.cache/spire-rs (a warm run takes seconds), in this order
+# The conformance clients, upstream SPIRE v1.13.3 and ghostunnel, kube-apiserver v1.37.2,
+# etcd and Prometheus: built (or installed) once and cached in ~/.cache/spire-rs (a warm run takes seconds), in this order
 # and one at a time (they share apt's lock), while the Rust steps below compile. Their output
 # goes to target/third-party.log and is shown if a build fails.
 mkdir -p target
 (
     scripts/conformance-deps.sh &&
         scripts/interop-deps.sh >/dev/null &&
-        scripts/k8s-deps.sh >/dev/null
+        scripts/k8s-deps.sh >/dev/null &&
+        scripts/ops-deps.sh >/dev/null
 ) >target/third-party.log 2>&1 &
 third_party=$!
 # A failing step below ends the script; the builds do not outlive it.
@@ -42,7 +43,7 @@ step "fuzz targets build"
 cp Cargo.lock fuzz/Cargo.lock
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet --target-dir target
 
-step "conformance clients, upstream SPIRE v1.13.3, ghostunnel, kube-apiserver v1.37.2, etcd"
+step "conformance clients, upstream SPIRE v1.13.3, ghostunnel, kube-apiserver v1.37.2, etcd, Prometheus"
 if ! wait "$third_party"; then
     cat target/third-party.log >&2
     echo "Error: building the third-party test programs failed (log above)" >&2
@@ -54,6 +55,8 @@ cat target/third-party.log
 . target/interop-deps.env
 # shellcheck source=/dev/null
 . target/k8s-deps.env
+# shellcheck source=/dev/null
+. target/ops-deps.env
 
 step "databases (PostgreSQL, MariaDB) for the datastore suite"
 scripts/test-databases.sh >/dev/null

@@ -38,6 +38,7 @@ use crate::plugins::workloadattestor::unix::{UnixAttestor, UnixAttestorConfig};
 use crate::storage::AgentStorage;
 use crate::workload::{self, WorkloadApiOptions};
 use spire_common::health;
+use spire_common::telemetry::{self, Metrics, TelemetryConfig};
 
 /// Loads the config named by the `run` flags and runs the agent until a signal stops it.
 pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
@@ -78,6 +79,12 @@ fn prepare_data_dir(config: &ResolvedAgentConfig) -> anyhow::Result<()> {
     })
 }
 
+/// The `telemetry` block, refused with its name when this build cannot honour it.
+pub(crate) fn telemetry_config(config: &ResolvedAgentConfig) -> anyhow::Result<TelemetryConfig> {
+    TelemetryConfig::from_section(&config.telemetry, "spire_agent", config.trust_domain.name())
+        .context("the telemetry block cannot be used")
+}
+
 /// Runs an agent with a resolved config until `shutdown` completes; `log_level` is the
 /// running logger, which the admin API's Logger service changes.
 pub async fn run(
@@ -86,6 +93,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started_at = Instant::now();
+    let telemetry = telemetry_config(&config)?;
+    let metrics = Metrics::new(telemetry.clone())?;
+    let prometheus = telemetry::bind_prometheus(&telemetry).await?;
     prepare_data_dir(&config)?;
     tracing::info!(
         trust_domain = config.trust_domain.name(),
@@ -174,6 +184,20 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(manager.clone().run(cancel.clone()));
+    if let Some(listener) = prometheus {
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) = telemetry::serve_prometheus(listener, metrics, cancel).await {
+                tracing::error!(error = %e, "Prometheus listener stopped");
+            }
+        });
+    }
+    tasks.spawn(telemetry::report_process_gauges(
+        metrics.clone(),
+        env!("CARGO_PKG_VERSION"),
+        config.trust_domain.name().to_owned(),
+        cancel.clone(),
+    ));
     tasks.spawn(crate::logging::reopen_log_file_on_sigusr2(
         log_level.clone(),
         cancel.clone(),
@@ -220,6 +244,7 @@ pub async fn run(
             authorized_delegates: config.authorized_delegates.clone(),
             log_level,
             started_at,
+            metrics: metrics.clone(),
         };
         let admin = admin::serve(
             options,
@@ -239,6 +264,7 @@ pub async fn run(
         trust_domain: Some(config.trust_domain.clone()),
         allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.iter().cloned().collect(),
         allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
+        metrics: metrics.clone(),
     };
     let workload_task = tokio::spawn(workload::serve_with_options(
         manager,

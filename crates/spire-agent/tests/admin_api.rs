@@ -284,6 +284,7 @@ impl Harness {
                 .collect(),
             log_level: log_level.clone(),
             started_at: Instant::now(),
+            metrics: Default::default(),
         };
         let task = tokio::spawn(admin::serve(
             options,

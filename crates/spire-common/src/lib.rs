@@ -11,4 +11,5 @@ pub mod http_get;
 pub mod k8s;
 pub mod logging;
 pub mod socket;
+pub mod telemetry;
 pub mod tls;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use spire_common::telemetry::{self, Metrics, TelemetryConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -74,10 +75,21 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     run(resolved, catalog, log_level, shutdown_signal()).await
 }
 
+/// The `telemetry` block, refused with its name when this build cannot honour it.
+fn telemetry_config(config: &ResolvedServerConfig) -> anyhow::Result<TelemetryConfig> {
+    TelemetryConfig::from_section(
+        &config.telemetry,
+        "spire_server",
+        config.trust_domain.name(),
+    )
+    .context("the telemetry block cannot be used")
+}
+
 /// Loads and checks a config file (syntax, keys, values and plugins) without starting.
 pub fn validate_file(path: &Path, expand_env: bool) -> anyhow::Result<()> {
     let file = config::load_file(path, expand_env)?;
-    file.resolve()?;
+    let resolved = file.resolve()?;
+    telemetry_config(&resolved)?;
     let catalog = catalog::from_config(&file)?;
     let (sql, options) = sql_settings(&catalog);
     SqlDataStore::check_connection_strings(&sql, &options)
@@ -104,6 +116,10 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "starting spire-server"
     );
+
+    let telemetry = telemetry_config(&config)?;
+    let metrics = Metrics::new(telemetry.clone())?;
+    let prometheus = telemetry::bind_prometheus(&telemetry).await?;
 
     let datastore: Arc<dyn DataStore> = Arc::new(open_datastore(&catalog).await?);
     let key_manager = key_manager(&catalog)?;
@@ -175,6 +191,20 @@ pub async fn run(
         )
         .await?;
     }
+    if let Some(listener) = prometheus {
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) = telemetry::serve_prometheus(listener, metrics, cancel).await {
+                tracing::error!(error = %e, "Prometheus listener stopped");
+            }
+        });
+    }
+    tasks.spawn(telemetry::report_process_gauges(
+        metrics.clone(),
+        env!("CARGO_PKG_VERSION"),
+        config.trust_domain.name().to_owned(),
+        cancel.clone(),
+    ));
     tasks.spawn(crate::logging::reopen_log_file_on_sigusr2(
         ctx.log_level.clone(),
         cancel.clone(),
@@ -199,7 +229,8 @@ pub async fn run(
             bind_addr,
             socket_path: config.socket_path.clone(),
         };
-        tokio::spawn(async move { endpoints::serve(ctx, endpoints_config, cancel).await })
+        let metrics = metrics.clone();
+        tokio::spawn(async move { endpoints::serve(ctx, endpoints_config, metrics, cancel).await })
     };
     let health = HealthChecksConfig {
         listener_enabled: config.health_checks.listener_enabled,

@@ -52,6 +52,8 @@ pub struct AdminOptions {
     pub log_level: LogLevelHandle,
     /// When the agent started, for GetInfo's uptime.
     pub started_at: Instant,
+    /// Where upstream's per-RPC metrics go.
+    pub metrics: spire_common::telemetry::Metrics,
 }
 
 /// Why the admin API could not be served.
@@ -95,6 +97,9 @@ pub async fn serve(
         cancel.clone(),
     );
     let result = tonic::transport::Server::builder()
+        .layer(spire_common::telemetry::rpc::RpcMetricsLayer::new(
+            options.metrics.clone(),
+        ))
         .layer(spire_common::grpc_status::MessageSizeStatusLayer)
         .add_service(DebugServer::new(debug))
         .add_service(LoggerServer::new(logger))

@@ -114,7 +114,9 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
 /// The bootstrap bundle file is not read, as upstream reads it only when the agent attests:
 /// on Kubernetes it appears once the server's notifier has published it.
 pub fn validate(args: &RunArgs) -> anyhow::Result<ResolvedAgentConfig> {
-    Ok(config::load_and_resolve(&args.overrides())?)
+    let config = config::load_and_resolve(&args.overrides())?;
+    crate::agent::telemetry_config(&config)?;
+    Ok(config)
 }
 
 /// `spire-agent validate`: prints whether the config file is valid.

@@ -57,6 +57,8 @@ pub struct WorkloadApiOptions {
     pub allowed_foreign_jwt_claims: BTreeSet<String>,
     /// Lets callers without any identity fetch bundles (FetchX509Bundles, FetchJWTBundles).
     pub allow_unauthenticated_verifiers: bool,
+    /// Where upstream's per-RPC metrics go.
+    pub metrics: spire_common::telemetry::Metrics,
 }
 
 /// Serves the Workload API on `socket_path` with default [`WorkloadApiOptions`] until
@@ -90,10 +92,12 @@ pub async fn serve_with_options(
     // Anyone may connect: attestation, not file permissions, decides who gets what.
     let listener = spire_common::socket::bind_workload(&socket_path)?;
     tracing::info!(path = %socket_path.display(), "Starting Workload API");
+    let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(options.metrics.clone());
     let service = WorkloadApiService::new(identities, attestors, options, cancel.clone());
     // `spire-agent healthcheck` asks grpc.health.v1 on this socket, as upstream's does.
     let (_health_reporter, health_service) = tonic_health::server::health_reporter();
     let result = tonic::transport::Server::builder()
+        .layer(rpc_metrics)
         .layer(spire_common::grpc_status::MessageSizeStatusLayer)
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(service))

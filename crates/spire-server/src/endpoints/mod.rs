@@ -170,6 +170,7 @@ pub struct Endpoints {
     tcp: TcpListener,
     tls: rustls::ServerConfig,
     bundles: Arc<tls::BundleCache>,
+    metrics: spire_common::telemetry::Metrics,
 }
 
 impl Endpoints {
@@ -197,7 +198,14 @@ impl Endpoints {
             tcp,
             tls,
             bundles,
+            metrics: spire_common::telemetry::Metrics::default(),
         })
+    }
+
+    /// Records upstream's per-RPC metrics of both listeners into `metrics`.
+    pub fn with_metrics(mut self, metrics: spire_common::telemetry::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The address the TCP listener is bound to.
@@ -213,7 +221,9 @@ impl Endpoints {
             tcp,
             tls,
             bundles,
+            metrics,
         } = self;
+        let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(metrics);
         let stop = cancel.child_token();
         let mut tasks = JoinSet::new();
 
@@ -242,8 +252,10 @@ impl Endpoints {
             let stop = stop.clone();
             let routes = routes.clone();
             let layer = auth::AuthLayer::new(ctx.clone());
+            let rpc_metrics = rpc_metrics.clone();
             async move {
                 let result = tonic::transport::Server::builder()
+                    .layer(rpc_metrics)
                     .layer(spire_common::grpc_status::MessageSizeStatusLayer)
                     .layer(layer)
                     .serve_with_incoming_shutdown(
@@ -262,8 +274,10 @@ impl Endpoints {
         let tcp_server = {
             let stop = stop.clone();
             let layer = auth::AuthLayer::new(ctx.clone());
+            let rpc_metrics = rpc_metrics.clone();
             async move {
                 let result = tonic::transport::Server::builder()
+                    .layer(rpc_metrics)
                     .layer(spire_common::grpc_status::MessageSizeStatusLayer)
                     .layer(layer)
                     .serve_with_incoming_shutdown(
@@ -286,11 +300,17 @@ impl Endpoints {
     }
 }
 
-/// Binds both listeners and serves until `cancel` fires.
+/// Binds both listeners and serves until `cancel` fires, recording RPC metrics into
+/// `metrics`.
 pub async fn serve(
     ctx: Arc<ApiContext>,
     config: EndpointsConfig,
+    metrics: spire_common::telemetry::Metrics,
     cancel: CancellationToken,
 ) -> Result<(), EndpointsError> {
-    Endpoints::bind(ctx, &config).await?.run(cancel).await
+    Endpoints::bind(ctx, &config)
+        .await?
+        .with_metrics(metrics)
+        .run(cancel)
+        .await
 }
