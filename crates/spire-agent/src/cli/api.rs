@@ -90,6 +90,9 @@ pub(crate) struct JwtArgs {
     /// SPIFFE ID subject (optional)
     #[arg(long = "spiffeID", value_name = "string", default_value = "")]
     spiffe_id: String,
+    /// deprecated; use -output
+    #[arg(long = "format", value_name = "value", value_parser = spire_common::cli::parse_output)]
+    format: Option<OutputFormat>,
 }
 
 /// `api validate jwt` flags.
@@ -130,7 +133,7 @@ pub(crate) async fn run(command: ApiCommand, env: &mut Env<'_>) -> CliResult {
 }
 
 async fn fetch_x509(args: X509Args, env: &mut Env<'_>) -> CliResult {
-    let mut client = client::workload_client(&args.common.socket.socket_path).await?;
+    let mut client = client::workload_client(&args.common.socket.path()?).await?;
     let start = Instant::now();
     let response = client::with_timeout(args.common.timeout, first_x509(&mut client))
         .await
@@ -350,7 +353,7 @@ async fn fetch_jwt(args: JwtArgs, env: &mut Env<'_>) -> CliResult {
     if audience.is_empty() {
         return Err(CliError::invalid("audience must be specified"));
     }
-    let mut client = client::workload_client(&args.common.socket.socket_path).await?;
+    let mut client = client::workload_client(&args.common.socket.path()?).await?;
     let timeout = args.common.timeout;
     let bundles = client::with_timeout(timeout, async {
         let mut stream = client
@@ -373,7 +376,9 @@ async fn fetch_jwt(args: JwtArgs, env: &mut Env<'_>) -> CliResult {
     .await
     .map_err(CliError::rpc(""))?
     .into_inner();
-    if args.common.output.output == OutputFormat::Json {
+    // `-format` is upstream's old name of `-output` for this command.
+    let output = args.format.unwrap_or(args.common.output.output);
+    if output == OutputFormat::Json {
         env.print(&format!(
             "[{},{}]\n",
             jwt_svids_json(&svids),
@@ -411,7 +416,7 @@ async fn validate_jwt(args: ValidateJwtArgs, env: &mut Env<'_>) -> CliResult {
     if args.svid.is_empty() {
         return Err(CliError::invalid("svid must be specified"));
     }
-    let mut client = client::workload_client(&args.common.socket.socket_path).await?;
+    let mut client = client::workload_client(&args.common.socket.path()?).await?;
     let result = client::with_timeout(
         args.common.timeout,
         client.validate_jwtsvid(wl::ValidateJwtsvidRequest {
@@ -451,7 +456,7 @@ async fn validate_jwt(args: ValidateJwtArgs, env: &mut Env<'_>) -> CliResult {
 
 /// `api watch`: prints every X509-SVID update until the stream ends or Ctrl-C.
 async fn watch(args: WatchArgs, env: &mut Env<'_>) -> CliResult {
-    let mut client = client::workload_client(&args.socket.socket_path).await?;
+    let mut client = client::workload_client(&args.socket.path()?).await?;
     let mut stream = client
         .fetch_x509svid(wl::X509svidRequest {})
         .await

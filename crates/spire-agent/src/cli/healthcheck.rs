@@ -21,6 +21,9 @@ pub(crate) struct HealthcheckArgs {
     /// Perform a less stringent health check
     #[arg(long = "shallow", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     shallow: bool,
+    /// Instance name to substitute into socket templates (env SPIRE_AGENT_PUBLIC_SOCKET_TEMPLATE).
+    #[arg(verbatim_doc_comment, long = "instance", value_name = "string")]
+    instance: Option<String>,
     /// Path to the SPIRE Agent API socket
     #[arg(long = "socketPath", value_name = "string", default_value = DEFAULT_SOCKET_PATH)]
     socket_path: PathBuf,
@@ -36,7 +39,14 @@ pub(super) async fn run(args: HealthcheckArgs, env: &mut Env<'_>) -> Result<(), 
     if args.verbose {
         env.print("Checking agent health...\n");
     }
-    let status = check(&args.socket_path).await;
+    let socket_path = match super::public_socket_path(&args.socket_path, args.instance.as_deref()) {
+        Ok(path) => path,
+        Err(e) => {
+            env.eprint(&format!("Error: {e}\n"));
+            return Err(Failure::Printed);
+        }
+    };
+    let status = check(&socket_path).await;
     match status {
         Ok(status) if status == ServingStatus::Serving as i32 => {
             env.print("Agent is healthy.\n");

@@ -27,12 +27,37 @@ pub const DEFAULT_SOCKET_PATH: &str = crate::config::DEFAULT_SOCKET_PATH;
 /// Where the admin socket is unless `-socketPath` says otherwise (upstream's default).
 pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/tmp/spire-agent/private/admin.sock";
 
-/// `-socketPath` of the Workload API commands.
+/// `-socketPath` and `-instance` of the Workload API commands.
 #[derive(Debug, Clone, Args)]
 pub struct SocketArg {
+    /// Instance name to substitute into socket templates (env SPIRE_AGENT_PUBLIC_SOCKET_TEMPLATE).
+    #[arg(verbatim_doc_comment, long = "instance", value_name = "string")]
+    pub instance: Option<String>,
     /// Path to the SPIRE Agent API socket
     #[arg(long = "socketPath", value_name = "string", default_value = DEFAULT_SOCKET_PATH)]
     pub socket_path: PathBuf,
+}
+
+impl SocketArg {
+    /// The Workload API socket to dial: `-socketPath`, `-instance` with
+    /// `SPIRE_AGENT_PUBLIC_SOCKET_TEMPLATE`, `SPIRE_AGENT_PUBLIC_SOCKET`, or the default.
+    pub fn path(&self) -> Result<PathBuf, CliError> {
+        public_socket_path(&self.socket_path, self.instance.as_deref())
+    }
+}
+
+/// The Workload API socket a client command dials (see [`SocketArg::path`]).
+pub(crate) fn public_socket_path(
+    socket_path: &std::path::Path,
+    instance: Option<&str>,
+) -> Result<PathBuf, CliError> {
+    spire_common::cli::socket::resolve_socket_path_from_env(
+        spire_common::cli::socket::SocketOwner::Agent,
+        socket_path,
+        DEFAULT_SOCKET_PATH,
+        "SPIRE_AGENT_PUBLIC_SOCKET_TEMPLATE",
+        instance,
+    )
 }
 
 /// `-socketPath` of the admin commands.
@@ -187,7 +212,7 @@ mod tests {
         assert_eq!(out, "");
         assert_eq!(
             err,
-            "Usage of api watch:\n  -socketPath string\n    \tPath to the SPIRE Agent API socket (default \"/tmp/spire-agent/public/api.sock\")\n"
+            "Usage of api watch:\n  -instance string\n    \tInstance name to substitute into socket templates (env SPIRE_AGENT_PUBLIC_SOCKET_TEMPLATE).\n  -socketPath string\n    \tPath to the SPIRE Agent API socket (default \"/tmp/spire-agent/public/api.sock\")\n"
         );
         let (code, _, err) = run(&["api", "fetch", "x509", "-h"]);
         assert_eq!(code, 0);

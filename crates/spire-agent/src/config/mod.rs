@@ -273,6 +273,8 @@ pub struct Overrides {
     pub data_dir: Option<String>,
     /// `-joinToken`.
     pub join_token: Option<String>,
+    /// `-joinTokenFile`.
+    pub join_token_file: Option<String>,
     /// `-logFile`.
     pub log_file: Option<String>,
     /// `-logFormat`.
@@ -323,6 +325,7 @@ impl AgentConfig {
         };
         set(&mut agent.data_dir, &o.data_dir);
         set(&mut agent.join_token, &o.join_token);
+        set(&mut agent.join_token_file, &o.join_token_file);
         set(&mut agent.log_file, &o.log_file);
         set(&mut agent.log_format, &o.log_format);
         set(&mut agent.log_level, &o.log_level);

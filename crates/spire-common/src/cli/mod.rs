@@ -6,6 +6,7 @@
 pub mod client;
 pub mod logger;
 pub mod printer;
+pub mod socket;
 pub mod usage;
 
 use std::io::{Read, Write};
@@ -131,7 +132,8 @@ pub enum OutputFormat {
     Json,
 }
 
-fn parse_output(value: &str) -> Result<OutputFormat, String> {
+/// Parses an `-output` value (`pretty` or `json`).
+pub fn parse_output(value: &str) -> Result<OutputFormat, String> {
     match value.to_ascii_lowercase().as_str() {
         "pretty" => Ok(OutputFormat::Pretty),
         "json" => Ok(OutputFormat::Json),

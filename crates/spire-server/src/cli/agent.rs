@@ -136,9 +136,7 @@ pub(crate) async fn run(command: AgentCommand, env: &mut Env<'_>) -> CliResult {
 }
 
 async fn agent_client(socket: &SocketArg) -> Result<AgentClient, CliError> {
-    Ok(AgentClient::new(
-        client::connect(&socket.socket_path).await?,
-    ))
+    Ok(AgentClient::new(client::connect(&socket.path()?).await?))
 }
 
 fn tristate(value: &str) -> Option<pbjson_types::BoolValue> {

@@ -129,9 +129,7 @@ pub(crate) async fn run(command: BundleCommand, env: &mut Env<'_>) -> CliResult 
 }
 
 async fn bundle_client(socket: &SocketArg) -> Result<BundleClient, CliError> {
-    Ok(BundleClient::new(
-        client::connect(&socket.socket_path).await?,
-    ))
+    Ok(BundleClient::new(client::connect(&socket.path()?).await?))
 }
 
 /// The trust domain name from `-id` (`example.org` or `spiffe://example.org`).

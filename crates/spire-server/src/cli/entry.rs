@@ -260,9 +260,7 @@ pub(crate) async fn run(command: EntryCommand, env: &mut Env<'_>) -> CliResult {
 }
 
 async fn entry_client(socket: &SocketArg) -> Result<EntryClient, CliError> {
-    Ok(EntryClient::new(
-        client::connect(&socket.socket_path).await?,
-    ))
+    Ok(EntryClient::new(client::connect(&socket.path()?).await?))
 }
 
 // === create ===
@@ -1052,6 +1050,7 @@ mod tests {
                 jwt_svid_include_jti: None,
             },
             socket: SocketArg {
+                instance: None,
                 socket_path: "/x".into(),
             },
             output: OutputArg {

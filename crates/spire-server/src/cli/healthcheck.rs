@@ -41,7 +41,8 @@ async fn check(args: &HealthcheckArgs, env: &mut Env<'_>) -> Result<(), String> 
     if args.verbose {
         env.print("Checking server health...\n");
     }
-    let channel = match client::connect(&args.socket.socket_path).await {
+    let socket_path = args.socket.path().map_err(|e| e.to_string())?;
+    let channel = match client::connect(&socket_path).await {
         Ok(channel) => channel,
         Err(e) => {
             if args.verbose {

@@ -47,7 +47,7 @@ pub(crate) async fn run(command: JwtCommand, env: &mut Env<'_>) -> CliResult {
         return Err(CliError::invalid("at least one audience must be specified"));
     }
     let id = id_proto(&args.spiffe_id)?;
-    let channel = client::connect(&args.socket.socket_path).await?;
+    let channel = client::connect(&args.socket.path()?).await?;
     let resp = svidv1::svid_client::SvidClient::new(channel)
         .mint_jwtsvid(svidv1::MintJwtsvidRequest {
             id: Some(id),

@@ -98,7 +98,7 @@ pub(crate) async fn run(command: LocalAuthorityCommand, env: &mut Env<'_>) -> Cl
 
 async fn la_client(socket: &SocketArg) -> Result<LocalAuthorityClient, CliError> {
     Ok(LocalAuthorityClient::new(
-        client::connect(&socket.socket_path).await?,
+        client::connect(&socket.path()?).await?,
     ))
 }
 

@@ -44,9 +44,9 @@ impl LoggerApi for ServerLogger {
 /// Runs a `logger` subcommand.
 pub(crate) async fn run(command: LoggerCommand, env: &mut Env<'_>) -> CliResult {
     spire_common::cli::logger::run(command, env, |socket: &SocketArg| {
-        let path = socket.socket_path.clone();
+        let path = socket.path();
         async move {
-            let channel = client::connect(&path).await?;
+            let channel = client::connect(&path?).await?;
             Ok(ServerLogger(loggerv1::logger_client::LoggerClient::new(
                 channel,
             )))

@@ -32,12 +32,29 @@ pub use run::RunArgs;
 /// Where the admin socket is unless `-socketPath` says otherwise (upstream's default).
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
 
-/// `-socketPath`, shared by every client command.
+/// `-socketPath` and `-instance`, shared by every client command.
 #[derive(Debug, Clone, Args)]
 pub struct SocketArg {
+    /// Instance name to substitute into socket templates (env SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE).
+    #[arg(verbatim_doc_comment, long = "instance", value_name = "string")]
+    pub instance: Option<String>,
     /// Path to the SPIRE Server API socket
     #[arg(long = "socketPath", value_name = "string", default_value = DEFAULT_SOCKET_PATH)]
     pub socket_path: PathBuf,
+}
+
+impl SocketArg {
+    /// The admin socket to dial: `-socketPath`, `-instance` with
+    /// `SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE`, `SPIRE_SERVER_PRIVATE_SOCKET`, or the default.
+    pub fn path(&self) -> Result<PathBuf, CliError> {
+        spire_common::cli::socket::resolve_socket_path_from_env(
+            spire_common::cli::socket::SocketOwner::Server,
+            &self.socket_path,
+            DEFAULT_SOCKET_PATH,
+            "SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE",
+            self.instance.as_deref(),
+        )
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -230,7 +247,7 @@ mod tests {
         assert_eq!(out, "");
         assert_eq!(
             err,
-            "Usage of entry delete:\n  -entryID string\n    \tThe Registration Entry ID of the record to delete\n  -file string\n    \tPath to a file containing a JSON structure for batch deletion (optional). If set to '-', read from stdin.\n  -output value\n    \tDesired output format (pretty, json); default: pretty.\n  -socketPath string\n    \tPath to the SPIRE Server API socket (default \"/tmp/spire-server/private/api.sock\")\n"
+            "Usage of entry delete:\n  -entryID string\n    \tThe Registration Entry ID of the record to delete\n  -file string\n    \tPath to a file containing a JSON structure for batch deletion (optional). If set to '-', read from stdin.\n  -instance string\n    \tInstance name to substitute into socket templates (env SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE).\n  -output value\n    \tDesired output format (pretty, json); default: pretty.\n  -socketPath string\n    \tPath to the SPIRE Server API socket (default \"/tmp/spire-server/private/api.sock\")\n"
         );
         let (code, _, err) = run(&["token", "generate", "-h"]);
         assert_eq!(code, 0);

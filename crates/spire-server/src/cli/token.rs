@@ -42,7 +42,7 @@ pub(crate) async fn run(command: TokenCommand, env: &mut Env<'_>) -> CliResult {
     } else {
         Some(id_proto(&args.spiffe_id)?)
     };
-    let channel = client::connect(&args.socket.socket_path).await?;
+    let channel = client::connect(&args.socket.path()?).await?;
     let token = agentv1::agent_client::AgentClient::new(channel)
         .create_join_token(agentv1::CreateJoinTokenRequest {
             ttl: args.ttl,

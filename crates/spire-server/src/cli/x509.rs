@@ -97,7 +97,7 @@ pub(crate) async fn run(command: X509Command, env: &mut Env<'_>) -> CliResult {
     let key = spire_core::PrivateKey::generate(spire_core::KeyType::EcP256)
         .map_err(|e| CliError::invalid(format!("unable to generate key: {e}")))?;
     let csr = csr(&key, &args.spiffe_id, &args.dns_names)?;
-    let channel = client::connect(&args.socket.socket_path).await?;
+    let channel = client::connect(&args.socket.path()?).await?;
     let svid = svidv1::svid_client::SvidClient::new(channel.clone())
         .mint_x509svid(svidv1::MintX509svidRequest {
             csr,

@@ -172,7 +172,7 @@ pub(crate) async fn run(command: FederationCommand, env: &mut Env<'_>) -> CliRes
 
 async fn trust_domain_client(socket: &SocketArg) -> Result<TrustDomainClient, CliError> {
     Ok(TrustDomainClient::new(
-        client::connect(&socket.socket_path).await?,
+        client::connect(&socket.path()?).await?,
     ))
 }
 
