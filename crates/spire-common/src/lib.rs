@@ -10,5 +10,6 @@ pub mod health;
 pub mod http_get;
 pub mod k8s;
 pub mod logging;
+pub mod serving_cert;
 pub mod socket;
 pub mod tls;

@@ -6,4 +6,4 @@ pub mod acme;
 pub mod client;
 pub mod endpoint;
 pub mod refresher;
-pub mod serving_cert;
+pub use spire_common::serving_cert;
