@@ -1,0 +1,653 @@
+//! The OIDC Discovery Provider end to end: our server and agent, our
+//! `oidc-discovery-provider` publishing the trust domain's JWT authorities, and relying
+//! parties we did not write.
+//!
+//! - PyJWT's `PyJWKClient` (conformance/python/oidc_rp.py, in the venv of
+//!   `scripts/conformance-deps.sh`) verifies a JWT-SVID fetched from our agent knowing only the
+//!   issuer URL: discovery document, then keys, then signature, `iss`, `aud` and `exp`; it
+//!   keeps verifying across a JWT key rotation (`localauthority jwt prepare` / `activate`),
+//!   with the provider reading the server's admin socket and, once, an agent's Workload API.
+//! - Upstream SPIRE v1.13.3's `oidc-discovery-provider` (`SPIRE_UPSTREAM_OIDC`, built by
+//!   `scripts/interop-deps.sh`) serves the same sources beside ours: the same documents after
+//!   normalising key order, and the same answers for a bad Host, an unreachable server or
+//!   agent, a bundle without JWT keys, unknown paths and other methods, without a crash.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: failures should be loud"
+)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use spire_e2e::{
+    AgentProcess, ServerProcess, binary, current_uid, eventually, free_ports, interop_program,
+};
+
+/// Attestation, first syncs and process starts on two busy cores.
+const READY_WAIT: Duration = Duration::from_secs(90);
+
+/// The providers poll every second, so a rotation shows within a few.
+const POLL: &str = "1s";
+
+/// The audience of the first token the relying party verifies.
+const AUDIENCE: &str = "oidc-relying-party";
+
+/// A running `oidc-discovery-provider` (ours or upstream's) on plain HTTP.
+struct Provider {
+    child: Child,
+    port: u16,
+    health_port: u16,
+    log_path: PathBuf,
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    headers: String,
+    body: String,
+}
+
+impl Provider {
+    /// Starts `program` in `dir/name` with `body` (sources and options) plus a plain-HTTP
+    /// listener on 127.0.0.1 and health checks, and waits until it answers.
+    fn start(program: &Path, dir: &Path, name: &str, body: &str) -> Self {
+        let [port, health_port] = free_ports::<2>();
+        Self::start_on(program, dir, name, body, port, health_port)
+    }
+
+    fn start_on(
+        program: &Path,
+        dir: &Path,
+        name: &str,
+        body: &str,
+        port: u16,
+        health_port: u16,
+    ) -> Self {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("oidc-discovery-provider.conf");
+        let config = format!(
+            "log_level = \"debug\"\nlog_requests = true\ninsecure_addr = \
+             \"127.0.0.1:{port}\"\nhealth_checks {{\n bind_port = {health_port}\n}}\n{body}\n"
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.join("provider.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(program)
+            .arg("-config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let mut provider = Self {
+            child,
+            port,
+            health_port,
+            log_path,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(provider.running(), "{name} exited:\n{}", provider.log());
+            assert!(
+                start.elapsed() < READY_WAIT,
+                "{name} does not listen on {port}:\n{}",
+                provider.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        provider
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn get(&self, path: &str, host: &str) -> Answer {
+        request(self.port, "GET", path, host)
+    }
+
+    fn health(&self, path: &str) -> u16 {
+        request(self.health_port, "GET", path, "localhost").status
+    }
+
+    /// Waits until `/keys` answers 200 (the first poll succeeded).
+    fn wait_keys(&self, what: &str) {
+        self.wait_keys_at("/keys", what);
+    }
+
+    /// Waits until `keys_path` answers 200.
+    fn wait_keys_at(&self, keys_path: &str, what: &str) {
+        eventually(what, READY_WAIT, || {
+            self.get(keys_path, "localhost").status == 200
+        });
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-shot HTTP/1.1 request with the given Host header.
+fn request(port: u16, method: &str, path: &str, host: &str) -> Answer {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: oidc-e2e\r\nConnection: \
+         close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Answer {
+        status,
+        content_type,
+        headers: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// A server (trust domain `example.org`, `server_keys` in `server { }`) with one agent and
+/// an entry giving our uid `spiffe://example.org/workload`.
+fn start_domain(dir: &Path, server_keys: &str) -> (ServerProcess, AgentProcess) {
+    let server_dir = dir.join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = ServerProcess::start(&server_dir, server_keys);
+    let node = "spiffe://example.org/node";
+    let token = server.generate_join_token(node);
+    server.create_uid_entry(node, "spiffe://example.org/workload", current_uid(), &[]);
+    let agent_dir = dir.join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let agent = AgentProcess::start(&agent_dir, &server, Some(&token));
+    (server, agent)
+}
+
+/// A JWT-SVID for `audience` from the agent's Workload API (`spire-agent api fetch jwt`).
+fn fetch_jwt(agent: &AgentProcess, audience: &str) -> String {
+    let fetched = agent.cli_eventually(&["api", "fetch", "jwt", "-audience", audience], READY_WAIT);
+    fetched
+        .lines()
+        .skip_while(|line| !line.starts_with("token("))
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no token in {fetched}"))
+        .to_owned()
+}
+
+/// The decoded header or claims (`part` 0 or 1) of a JWT, unverified.
+fn jwt_part(token: &str, part: usize) -> serde_json::Value {
+    let segment = token.split('.').nth(part).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs the PyJWT relying party: `issuer`, `audience`, `token`, and where to fetch the
+/// discovery document when it is not the issuer itself.
+fn relying_party(issuer: &str, audience: &str, token: &str, discovery: Option<&str>) -> Output {
+    let root = workspace_root();
+    let python = root.join("target/conformance-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/conformance-deps.sh to install PyJWT (the test command \
+         does)",
+        python.display()
+    );
+    let mut command = Command::new(&python);
+    command
+        .arg(root.join("conformance/python/oidc_rp.py"))
+        .args([issuer, audience, token]);
+    if let Some(discovery) = discovery {
+        command.arg(discovery);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "PyJWT is missing from {}: run scripts/conformance-deps.sh\n{stderr}",
+        python.display()
+    );
+    out
+}
+
+/// The relying party's verdict on a token that must verify: its JSON report.
+fn verified(
+    issuer: &str,
+    audience: &str,
+    token: &str,
+    discovery: Option<&str>,
+) -> serde_json::Value {
+    let out = relying_party(issuer, audience, token, discovery);
+    assert!(
+        out.status.success(),
+        "PyJWT refused the token: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The relying party's verdict on a token that must be refused: what it printed (standard
+/// output and error).
+fn refused(issuer: &str, audience: &str, token: &str) -> String {
+    let out = relying_party(issuer, audience, token, None);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "PyJWT accepted a token it must refuse: {printed}"
+    );
+    printed
+}
+
+fn keys_of(provider: &Provider) -> Vec<String> {
+    let answer = provider.get("/keys", "localhost");
+    if answer.status != 200 {
+        return Vec::new();
+    }
+    let keys: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    keys["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let [port, health_port, wl_port, wl_health_port] = free_ports::<4>();
+    let issuer = format!("http://localhost:{port}");
+    let (server, agent) = start_domain(dir.path(), &format!("jwt_issuer = \"{issuer}\""));
+
+    let provider = Provider::start_on(
+        &binary("oidc-discovery-provider"),
+        dir.path(),
+        "provider",
+        &format!(
+            "domains = [\"localhost\"]\nallow_insecure_scheme = true\nserver_api {{\n address = \
+             \"unix://{}\"\n poll_interval = \"{POLL}\"\n}}",
+            server.socket_path.display()
+        ),
+        port,
+        health_port,
+    );
+    provider.wait_keys("our provider serves the server's keys");
+    assert_eq!(provider.health("/ready"), 200);
+    assert_eq!(provider.health("/live"), 200);
+
+    // The server's jwt_issuer is the `iss` of minted JWT-SVIDs.
+    let token = fetch_jwt(&agent, AUDIENCE);
+    let claims = jwt_part(&token, 1);
+    assert_eq!(claims["iss"], issuer.as_str(), "{claims}");
+    let first_kid = jwt_part(&token, 0)["kid"].as_str().unwrap().to_owned();
+
+    let report = verified(&issuer, AUDIENCE, &token, None);
+    assert_eq!(report["sub"], "spiffe://example.org/workload");
+    assert_eq!(report["kid"], first_kid.as_str());
+    assert_eq!(report["jwks_uri"], format!("{issuer}/keys").as_str());
+
+    // The relying party really checks: another audience, a forged signature and another
+    // issuer are refused.
+    let wrong = refused(&issuer, "someone-else", &token);
+    assert!(wrong.contains("InvalidAudience"), "{wrong}");
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&parts[2])
+        .unwrap();
+    signature[10] ^= 0x55;
+    parts[2] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
+    let forged = refused(&issuer, AUDIENCE, &parts.join("."));
+    assert!(forged.contains("InvalidSignature"), "{forged}");
+    // A Host outside `domains` gets no discovery document.
+    let other_host = refused(&format!("http://127.0.0.1:{port}"), AUDIENCE, &token);
+    assert!(other_host.contains("HTTP Error 400"), "{other_host}");
+
+    // A second provider reads the agent's Workload API; it names the same issuer.
+    let workload_provider = Provider::start_on(
+        &binary("oidc-discovery-provider"),
+        dir.path(),
+        "workload-provider",
+        &format!(
+            "domains = [\"localhost\"]\nallow_insecure_scheme = true\njwt_issuer = \
+             \"{issuer}\"\njwks_uri = \"http://localhost:{wl_port}/keys\"\nworkload_api {{\n \
+             socket_path = \"{}\"\n trust_domain = \"example.org\"\n poll_interval = \
+             \"{POLL}\"\n}}",
+            agent.socket_path.display()
+        ),
+        wl_port,
+        wl_health_port,
+    );
+    workload_provider.wait_keys("the Workload API provider serves the agent's keys");
+    let report = verified(
+        &issuer,
+        AUDIENCE,
+        &token,
+        Some(&format!("http://localhost:{wl_port}")),
+    );
+    assert_eq!(
+        report["jwks_uri"],
+        format!("http://localhost:{wl_port}/keys").as_str()
+    );
+
+    // Rotation: the prepared key reaches both providers without a restart, then becomes
+    // the signing key.
+    let prepared = server.cli_json(&["localauthority", "jwt", "prepare"]);
+    let next_kid = prepared["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no authority_id in {prepared}"))
+        .to_owned();
+    assert_ne!(next_kid, first_kid);
+    let prepared_at = Instant::now();
+    eventually(
+        "the prepared key reaches our server_api provider",
+        READY_WAIT,
+        || keys_of(&provider).contains(&next_kid),
+    );
+    let server_api_took = prepared_at.elapsed();
+    eventually(
+        "the prepared key reaches our workload_api provider (after the agent's sync)",
+        READY_WAIT,
+        || keys_of(&workload_provider).contains(&next_kid),
+    );
+    let workload_api_took = prepared_at.elapsed();
+    println!(
+        "prepared JWT key served after {server_api_took:?} (server_api, poll {POLL}) and \
+         {workload_api_took:?} (workload_api)"
+    );
+    server.cli_ok(&[
+        "localauthority",
+        "jwt",
+        "activate",
+        "-authorityID",
+        &next_kid,
+    ]);
+
+    // A new audience makes the agent ask the server for a new token, signed with the new key.
+    let after = fetch_jwt(&agent, "after-rotation");
+    assert_eq!(jwt_part(&after, 0)["kid"], next_kid.as_str());
+    let report = verified(&issuer, "after-rotation", &after, None);
+    assert_eq!(report["kid"], next_kid.as_str());
+    verified(
+        &issuer,
+        "after-rotation",
+        &after,
+        Some(&format!("http://localhost:{wl_port}")),
+    );
+    // The old key stays published until it is tainted and revoked: older tokens verify.
+    verified(&issuer, AUDIENCE, &token, None);
+    drop(agent);
+}
+
+/// A JSON body with the `keys` array sorted by `kid`, so documents compare whatever order
+/// each implementation lists keys in (upstream's workload_api and file sources take them
+/// from a Go map).
+fn normalised(body: &str) -> serde_json::Value {
+    let mut value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    if let Some(keys) = value.get_mut("keys").and_then(|k| k.as_array_mut()) {
+        keys.sort_by_key(|k| k["kid"].as_str().unwrap_or_default().to_owned());
+    }
+    value
+}
+
+/// Compares one request's answers from both providers: status, content type and the body
+/// (as normalised JSON when it is JSON, as text otherwise).
+fn assert_same(what: &str, ours: &Answer, upstream: &Answer) {
+    assert_eq!(
+        ours.status, upstream.status,
+        "{what}: status differs\nours:\n{}\n{}\nupstream:\n{}\n{}",
+        ours.headers, ours.body, upstream.headers, upstream.body
+    );
+    assert_eq!(
+        ours.content_type, upstream.content_type,
+        "{what}: content type differs"
+    );
+    if ours.content_type == "application/json" {
+        assert_eq!(
+            normalised(&ours.body),
+            normalised(&upstream.body),
+            "{what}: documents differ\nours:\n{}\nupstream:\n{}",
+            ours.body,
+            upstream.body
+        );
+    } else {
+        assert_eq!(ours.body, upstream.body, "{what}: bodies differ");
+    }
+}
+
+/// Runs both providers with `body` and compares the answers to `requests`
+/// (`(method, path, host)`); both must still run afterwards. With `keys_path`, both first
+/// serve keys there; without, both have had time to fail their first polls.
+fn compare(
+    dir: &Path,
+    name: &str,
+    body: &str,
+    keys_path: Option<&str>,
+    requests: &[(&str, &str, &str)],
+) {
+    let mut ours = Provider::start(
+        &binary("oidc-discovery-provider"),
+        dir,
+        &format!("{name}-ours"),
+        body,
+    );
+    let mut upstream = Provider::start(
+        &interop_program("SPIRE_UPSTREAM_OIDC"),
+        dir,
+        &format!("{name}-upstream"),
+        body,
+    );
+    if let Some(keys_path) = keys_path {
+        ours.wait_keys_at(keys_path, &format!("{name}: ours serves keys"));
+        upstream.wait_keys_at(keys_path, &format!("{name}: upstream's serves keys"));
+    } else {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    for (method, path, host) in requests {
+        let what = format!("{name}: {method} {path} (Host: {host})");
+        let a = request(ours.port, method, path, host);
+        let b = request(upstream.port, method, path, host);
+        assert_same(&what, &a, &b);
+        println!("{what}: both {}", a.status);
+    }
+    for path in ["/ready", "/live", "/elsewhere"] {
+        assert_eq!(
+            ours.health(path),
+            upstream.health(path),
+            "{name}: health check {path}"
+        );
+    }
+    assert!(ours.running(), "{name}: ours stopped:\n{}", ours.log());
+    assert!(
+        upstream.running(),
+        "{name}: upstream's stopped:\n{}",
+        upstream.log()
+    );
+}
+
+#[test]
+fn upstreams_provider_gives_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, agent) = start_domain(dir.path(), "");
+    let token = fetch_jwt(&agent, AUDIENCE);
+    assert!(
+        jwt_part(&token, 1).get("iss").is_none(),
+        "no jwt_issuer, no iss"
+    );
+
+    let documents: &[(&str, &str, &str)] = &[
+        ("GET", "/.well-known/openid-configuration", "localhost"),
+        ("GET", "/.well-known/openid-configuration", "localhost:8443"),
+        ("GET", "/keys", "localhost"),
+        (
+            "GET",
+            "/.well-known/openid-configuration",
+            "evil.example.org",
+        ),
+        ("GET", "/.well-known/openid-configuration", "LOCALHOST"),
+        ("GET", "/.well-known/openid-configuration", "bad_host"),
+        ("GET", "/.well-known/openid-configuration", "[::1]:80"),
+        ("POST", "/.well-known/openid-configuration", "localhost"),
+        ("POST", "/keys", "localhost"),
+        ("GET", "/keys/", "localhost"),
+        ("GET", "/unknown", "localhost"),
+    ];
+    let server_api = format!(
+        "server_api {{\n address = \"unix://{}\"\n poll_interval = \"{POLL}\"\n}}",
+        server.socket_path.display()
+    );
+    compare(
+        dir.path(),
+        "server-api",
+        &format!("domains = [\"localhost\", \"oidc.example.org\"]\n{server_api}"),
+        Some("/keys"),
+        documents,
+    );
+    compare(
+        dir.path(),
+        "server-api-insecure-scheme-key-use",
+        &format!(
+            "domains = [\"localhost\"]\nallow_insecure_scheme = true\nset_key_use = true\n\
+             {server_api}"
+        ),
+        Some("/keys"),
+        documents,
+    );
+    compare(
+        dir.path(),
+        "server-api-issuer-prefix",
+        &format!(
+            "domains = [\"localhost\"]\njwt_issuer = \"https://issuer.example.org/tenant\"\n\
+             server_path_prefix = \"/oidc\"\n{server_api}"
+        ),
+        Some("/oidc/keys"),
+        &[
+            ("GET", "/oidc/.well-known/openid-configuration", "localhost"),
+            ("GET", "/oidc/keys", "localhost"),
+            ("GET", "/.well-known/openid-configuration", "localhost"),
+            ("GET", "/keys", "localhost"),
+        ],
+    );
+    compare(
+        dir.path(),
+        "server-api-jwks-uri",
+        &format!(
+            "domains = [\"localhost\"]\njwt_issuer = \"https://issuer.example.org\"\njwks_uri = \
+             \"https://cdn.example.org/jwks.json?a=1&b=2\"\n{server_api}"
+        ),
+        Some("/keys"),
+        &[("GET", "/.well-known/openid-configuration", "localhost")],
+    );
+    compare(
+        dir.path(),
+        "workload-api",
+        &format!(
+            "domains = [\"localhost\"]\nworkload_api {{\n socket_path = \"{}\"\n trust_domain = \
+             \"example.org\"\n poll_interval = \"{POLL}\"\n}}",
+            agent.socket_path.display()
+        ),
+        Some("/keys"),
+        documents,
+    );
+
+    // A bundle without JWT keys: the server's bundle document with its JWT authorities
+    // taken out.
+    let mut bundle: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    bundle["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["use"] != "jwt-svid");
+    assert!(!bundle["keys"].as_array().unwrap().is_empty());
+    let bundle_path = dir.path().join("x509-only-bundle.json");
+    std::fs::write(&bundle_path, bundle.to_string()).unwrap();
+    compare(
+        dir.path(),
+        "file-without-jwt-keys",
+        &format!(
+            "domains = [\"localhost\"]\nfile {{\n path = \"{}\"\n poll_interval = \"{POLL}\"\n}}",
+            bundle_path.display()
+        ),
+        Some("/keys"),
+        &[("GET", "/keys", "localhost")],
+    );
+
+    // Nothing to poll: an unreachable server and an unreachable agent.
+    let missing = dir.path().join("nothing-listens-here.sock");
+    compare(
+        dir.path(),
+        "unreachable-server",
+        &format!(
+            "domains = [\"localhost\"]\nserver_api {{\n address = \"unix://{}\"\n poll_interval \
+             = \"{POLL}\"\n}}",
+            missing.display()
+        ),
+        None,
+        documents,
+    );
+    compare(
+        dir.path(),
+        "unreachable-agent",
+        &format!(
+            "domains = [\"localhost\"]\nworkload_api {{\n socket_path = \"{}\"\n trust_domain = \
+             \"example.org\"\n poll_interval = \"{POLL}\"\n}}",
+            missing.display()
+        ),
+        None,
+        documents,
+    );
+}
