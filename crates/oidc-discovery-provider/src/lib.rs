@@ -5,6 +5,7 @@
 //! file, and is configured with upstream's `oidc-discovery-provider.conf`
 //! (see `docs/oidc-discovery.md`).
 
+pub mod acme;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -49,13 +50,9 @@ pub enum RunError {
     /// The serving certificate could not be loaded.
     #[error("serving_cert_file: {0}")]
     ServingCert(String),
-    /// The `acme { }` section is not implemented by this build.
-    #[error(
-        "the acme section is not supported by this oidc-discovery-provider yet; use \
-         serving_cert_file with a certificate from your ACME client, or listen_socket_path \
-         behind a TLS proxy"
-    )]
-    AcmeUnsupported,
+    /// The `acme { }` section could not be set up.
+    #[error("{0}")]
+    Acme(String),
 }
 
 /// Runs the provider with `config` until SIGINT or SIGTERM (or `cancel`).
@@ -154,7 +151,22 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunErr
                 cancel.clone(),
             ))
         }
-        ListenerConfig::Acme(_) => return Err(RunError::AcmeUnsupported),
+        ListenerConfig::Acme(acme_config) => {
+            let tls = acme::start(acme_config, &config.domains, &cancel).map_err(RunError::Acme)?;
+            let listener = serve::bind_tcp(&format!(":{}", acme::ACME_PORT))
+                .await
+                .map_err(|source| RunError::Listen {
+                    what: format!("the acme listener on port {}", acme::ACME_PORT),
+                    source,
+                })?;
+            tracing::info!("Serving HTTPS via ACME");
+            tokio::spawn(serve::serve_tls(
+                listener,
+                Arc::new(tls),
+                app,
+                cancel.clone(),
+            ))
+        }
     };
 
     if let Some(health_config) = &config.health_checks {

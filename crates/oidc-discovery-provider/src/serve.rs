@@ -1,5 +1,5 @@
 //! The listeners: plain HTTP on `insecure_addr` or on the unix socket `listen_socket_path`,
-//! HTTPS with `serving_cert_file`, and the health checks' own port. Every connection is served
+//! HTTPS with `serving_cert_file` or `acme`, and the health checks' own port. Every connection is served
 //! by hyper (HTTP/1.1, and HTTP/2 over TLS) until the process is asked to stop.
 
 use std::net::SocketAddr;
@@ -112,6 +112,12 @@ pub async fn serve_tls(
                     .await;
                     match handshake {
                         Ok(Ok(tls_stream)) => {
+                            // An ACME server's tls-alpn-01 validation only looks at the
+                            // certificate (RFC 8737): close without serving HTTP.
+                            let negotiated = tls_stream.get_ref().1.alpn_protocol();
+                            if spire_common::acme::is_challenge_connection(negotiated) {
+                                return;
+                            }
                             serve_connection(tls_stream, true, peer.to_string(), app).await;
                         }
                         Ok(Err(e)) => {

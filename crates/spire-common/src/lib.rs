@@ -3,6 +3,7 @@
 //! toolkit (Go-style flags, errors, `-output json`), private files and folders, the unix
 //! sockets the gRPC APIs listen on, and one-shot HTTP GETs.
 
+pub mod acme;
 pub mod cli;
 pub mod fs;
 pub mod grpc_status;

@@ -26,8 +26,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use spire_e2e::pebble::{LETS_ENCRYPT_VALIDITY, Pebble, TEST_DOMAIN, https_get, minica_path};
 use spire_e2e::{
     AgentProcess, ServerProcess, binary, current_uid, eventually, free_ports, interop_program,
+    with_ssl_cert_file,
 };
 
 /// Attestation, first syncs and process starts on two busy cores.
@@ -64,6 +66,7 @@ impl Provider {
         Self::start_on(program, dir, name, body, port, health_port)
     }
 
+    /// Like [`start`](Self::start) on the given ports.
     fn start_on(
         program: &Path,
         dir: &Path,
@@ -72,12 +75,26 @@ impl Provider {
         port: u16,
         health_port: u16,
     ) -> Self {
+        let listener = format!("insecure_addr = \"127.0.0.1:{port}\"");
+        Self::start_with_listener(program, dir, name, &listener, body, port, health_port)
+    }
+
+    /// Starts with `listener` (the listener's config keys), which listens on `port`.
+    fn start_with_listener(
+        program: &Path,
+        dir: &Path,
+        name: &str,
+        listener: &str,
+        body: &str,
+        port: u16,
+        health_port: u16,
+    ) -> Self {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("oidc-discovery-provider.conf");
         let config = format!(
-            "log_level = \"debug\"\nlog_requests = true\ninsecure_addr = \
-             \"127.0.0.1:{port}\"\nhealth_checks {{\n bind_port = {health_port}\n}}\n{body}\n"
+            "log_level = \"debug\"\nlog_requests = true\n{listener}\nhealth_checks {{\n \
+             bind_port = {health_port}\n}}\n{body}\n"
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.join("provider.log");
@@ -128,6 +145,14 @@ impl Provider {
     /// Waits until `/keys` answers 200 (the first poll succeeded).
     fn wait_keys(&self, what: &str) {
         self.wait_keys_at("/keys", what);
+    }
+
+    /// Waits until `/keys` answers 200 over HTTPS on port 443 with a certificate from `root`.
+    fn wait_keys_over_tls(&self, root: &rustls::pki_types::CertificateDer<'static>) {
+        eventually("keys over HTTPS", READY_WAIT, || {
+            https_get(443, TEST_DOMAIN, std::slice::from_ref(root), "/keys")
+                .is_ok_and(|answer| answer.status == 200)
+        });
     }
 
     /// Waits until `keys_path` answers 200.
@@ -650,4 +675,90 @@ fn upstreams_provider_gives_the_same_answers() {
         None,
         documents,
     );
+}
+
+#[test]
+fn acme_certificates_from_pebble_serve_the_discovery_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = ServerProcess::start(&server_dir, "");
+    // Upstream's provider serves ACME certificates on port 443, where Pebble validates.
+    let pebble = Pebble::start(dir.path(), 443, LETS_ENCRYPT_VALIDITY);
+    let root = pebble.issuing_root();
+    // The provider trusts Pebble's HTTPS directory as an operator would a private ACME CA.
+    let program = with_ssl_cert_file(
+        dir.path(),
+        &binary("oidc-discovery-provider"),
+        &minica_path(),
+    );
+    let [health_port] = free_ports::<1>();
+    let cache_dir = dir.path().join("acme-cache");
+    let listener = format!(
+        "acme {{\n directory_url = \"{}\"\n email = \"oidc-admin@spire-rs.test\"\n \
+         tos_accepted = true\n cache_dir = \"{}\"\n}}",
+        pebble.directory_url,
+        cache_dir.display()
+    );
+    let provider = Provider::start_with_listener(
+        &program,
+        dir.path(),
+        "acme-provider",
+        &listener,
+        &format!(
+            "domains = [\"{TEST_DOMAIN}\"]\nserver_api {{\n address = \"unix://{}\"\n \
+             poll_interval = \"{POLL}\"\n}}",
+            server.socket_path.display()
+        ),
+        443,
+        health_port,
+    );
+
+    let start = Instant::now();
+    let document = loop {
+        match https_get(
+            443,
+            TEST_DOMAIN,
+            std::slice::from_ref(&root),
+            "/.well-known/openid-configuration",
+        ) {
+            Ok(answer) if answer.status == 200 => break answer,
+            Ok(answer) => panic!("unexpected answer: {}\n{}", answer.headers, answer.text()),
+            Err(e) => assert!(
+                start.elapsed() < READY_WAIT,
+                "no certificate from Pebble within {READY_WAIT:?} ({e}):\n{}\npebble:\n{}",
+                provider.log(),
+                pebble.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    println!("ACME certificate served after {:?}", start.elapsed());
+    let discovery: serde_json::Value = serde_json::from_slice(&document.body).unwrap();
+    assert_eq!(
+        discovery["issuer"],
+        format!("https://{TEST_DOMAIN}").as_str()
+    );
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("https://{TEST_DOMAIN}/keys").as_str()
+    );
+    assert!(document.chain.len() >= 2, "leaf and Pebble's intermediate");
+
+    provider.wait_keys_over_tls(&root);
+    let keys = https_get(443, TEST_DOMAIN, std::slice::from_ref(&root), "/keys").unwrap();
+    let keys: serde_json::Value = serde_json::from_slice(&keys.body).unwrap();
+    assert!(!keys["keys"].as_array().unwrap().is_empty(), "{keys}");
+
+    // Only the names in `domains` get a certificate.
+    let other = https_get(
+        443,
+        "other.spire-rs.test",
+        std::slice::from_ref(&root),
+        "/keys",
+    );
+    assert!(other.is_err(), "a name outside domains got a certificate");
+    // The certificate is cached for the next start.
+    assert!(cache_dir.join(TEST_DOMAIN).is_file());
+    assert_eq!(provider.health("/ready"), 200);
 }

@@ -2,7 +2,7 @@
 //! refresher that fetches the bundles of the trust domains we federate with (see
 //! `docs/federation.md`).
 
-pub mod acme;
+pub use spire_common::acme;
 pub mod client;
 pub mod endpoint;
 pub mod refresher;
