@@ -21,6 +21,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -114,7 +115,15 @@ impl Provider {
             log_path,
         };
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let socket = listener
+            .strip_prefix("listen_socket_path = \"")
+            .and_then(|rest| rest.strip_suffix('"'))
+            .map(PathBuf::from);
+        let listening = || match &socket {
+            Some(path) => UnixStream::connect(path).is_ok(),
+            None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        while !listening() {
             assert!(provider.running(), "{name} exited:\n{}", provider.log());
             assert!(
                 start.elapsed() < READY_WAIT,
@@ -172,11 +181,25 @@ impl Drop for Provider {
 
 /// A one-shot HTTP/1.1 request with the given Host header.
 fn request(port: u16, method: &str, path: &str, host: &str) -> Answer {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
+    let stream = TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    request_over(stream, method, path, host)
+}
+
+/// Like [`request`] over the unix socket at `socket`.
+fn unix_request(socket: &Path, method: &str, path: &str, host: &str) -> Answer {
+    let stream = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    request_over(stream, method, path, host)
+}
+
+fn request_over(mut stream: impl Read + Write, method: &str, path: &str, host: &str) -> Answer {
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: oidc-e2e\r\nConnection: \
@@ -761,4 +784,154 @@ fn acme_certificates_from_pebble_serve_the_discovery_document() {
     // The certificate is cached for the next start.
     assert!(cache_dir.join(TEST_DOMAIN).is_file());
     assert_eq!(provider.health("/ready"), 200);
+}
+
+/// The answer of [`https_get`] as an [`Answer`].
+fn https_answer(
+    port: u16,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> Answer {
+    let answer = https_get(port, "localhost", std::slice::from_ref(root), path)
+        .unwrap_or_else(|e| panic!("GET https://localhost:{port}{path}: {e}"));
+    let content_type = answer
+        .headers
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Answer {
+        status: answer.status,
+        content_type,
+        headers: answer.headers.clone(),
+        body: answer.text(),
+    }
+}
+
+#[test]
+fn https_from_files_and_the_unix_socket_answer_as_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = ServerProcess::start(&server_dir, "");
+    let source = format!(
+        "domains = [\"localhost\"]\nallow_insecure_scheme = true\nserver_api {{\n address = \
+         \"unix://{}\"\n poll_interval = \"{POLL}\"\n}}",
+        server.socket_path.display()
+    );
+
+    // serving_cert_file: a certificate for localhost from files; allow_insecure_scheme does
+    // not turn HTTPS requests into http:// URLs.
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("serving.crt");
+    let key_path = dir.path().join("serving.key");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let root = certified.cert.der().clone();
+    let mut answers = Vec::new();
+    for (name, program) in [
+        ("tls-ours", binary("oidc-discovery-provider")),
+        ("tls-upstream", interop_program("SPIRE_UPSTREAM_OIDC")),
+    ] {
+        let [port, health_port] = free_ports::<2>();
+        let listener = format!(
+            "serving_cert_file {{\n cert_file_path = \"{}\"\n key_file_path = \"{}\"\n addr = \
+             \"127.0.0.1:{port}\"\n}}",
+            cert_path.display(),
+            key_path.display()
+        );
+        let mut provider = Provider::start_with_listener(
+            &program,
+            dir.path(),
+            name,
+            &listener,
+            &source,
+            port,
+            health_port,
+        );
+        eventually(
+            &format!("{name} serves keys over HTTPS"),
+            READY_WAIT,
+            || {
+                https_get(port, "localhost", std::slice::from_ref(&root), "/keys")
+                    .is_ok_and(|answer| answer.status == 200)
+            },
+        );
+        let document = https_answer(port, &root, "/.well-known/openid-configuration");
+        let keys = https_answer(port, &root, "/keys");
+        assert!(provider.running(), "{name} stopped:\n{}", provider.log());
+        answers.push((document, keys));
+    }
+    let (ours, upstream) = (&answers[0], &answers[1]);
+    assert_same("HTTPS discovery document", &ours.0, &upstream.0);
+    assert_same("HTTPS keys", &ours.1, &upstream.1);
+    let discovery: serde_json::Value = serde_json::from_str(&ours.0.body).unwrap();
+    assert_eq!(discovery["issuer"], "https://localhost");
+
+    // listen_socket_path: plain HTTP on a unix socket (behind a proxy that forwards the
+    // Host and the scheme).
+    let mut sockets = Vec::new();
+    let mut providers = Vec::new();
+    for (name, program) in [
+        ("unix-ours", binary("oidc-discovery-provider")),
+        ("unix-upstream", interop_program("SPIRE_UPSTREAM_OIDC")),
+    ] {
+        let socket = dir.path().join(format!("{name}.sock"));
+        let [health_port] = free_ports::<1>();
+        let provider = Provider::start_with_listener(
+            &program,
+            dir.path(),
+            name,
+            &format!("listen_socket_path = \"{}\"", socket.display()),
+            &source,
+            0,
+            health_port,
+        );
+        eventually(
+            &format!("{name} serves keys on its socket"),
+            READY_WAIT,
+            || unix_request(&socket, "GET", "/keys", "localhost").status == 200,
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&socket).unwrap().permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o777,
+            "{name}: the socket is open to the proxy"
+        );
+        sockets.push(socket);
+        providers.push(provider);
+    }
+    for (method, path, host) in [
+        ("GET", "/.well-known/openid-configuration", "localhost"),
+        ("GET", "/.well-known/openid-configuration", "localhost:8080"),
+        ("GET", "/keys", "localhost"),
+        ("GET", "/.well-known/openid-configuration", "proxy.internal"),
+    ] {
+        let ours = unix_request(&sockets[0], method, path, host);
+        let upstream = unix_request(&sockets[1], method, path, host);
+        assert_same(
+            &format!("unix socket: {method} {path} (Host: {host})"),
+            &ours,
+            &upstream,
+        );
+    }
+    let discovery: serde_json::Value = serde_json::from_str(
+        &unix_request(
+            &sockets[0],
+            "GET",
+            "/.well-known/openid-configuration",
+            "localhost",
+        )
+        .body,
+    )
+    .unwrap();
+    assert_eq!(discovery["issuer"], "http://localhost");
+    for provider in &mut providers {
+        assert!(provider.running(), "{}", provider.log());
+    }
 }
