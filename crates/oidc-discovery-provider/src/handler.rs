@@ -83,6 +83,10 @@ impl Handler {
     /// The answer to `request`, which arrived over TLS when `tls`.
     pub fn handle<B>(&self, request: &Request<B>, tls: bool) -> Response<Full<Bytes>> {
         let path = request.uri().path();
+        let clean = clean_path(path);
+        if clean != path {
+            return redirect(request, &clean);
+        }
         if path == self.well_known_path {
             self.well_known(request, tls)
         } else if path == self.keys_path {
@@ -187,6 +191,72 @@ impl Handler {
         *response.body_mut() = Full::new(Bytes::from(body));
         response
     }
+}
+
+/// Go's `ServeMux` answer to a path that is not clean (`//keys`, `/a/../keys`): a redirect
+/// to the clean path, with the query kept. 307 as Go 1.26's ServeMux answers (the toolchain
+/// that builds the reference upstream binary); earlier Go releases answered 301.
+fn redirect<B>(request: &Request<B>, clean: &str) -> Response<Full<Bytes>> {
+    let location = match request.uri().query() {
+        Some(query) => format!("{clean}?{query}"),
+        None => clean.to_owned(),
+    };
+    let method = request.method();
+    let body = if method == Method::GET {
+        format!(
+            "<a href=\"{}\">Temporary Redirect</a>.\n\n",
+            html_escape(&location)
+        )
+    } else {
+        String::new()
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    if method == Method::GET || method == Method::HEAD {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+    }
+    response
+}
+
+/// Go's `htmlEscape` of `http.Redirect`.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
+
+/// Go's `cleanPath` of `ServeMux`: `path.Clean` of the path made absolute, keeping a
+/// trailing slash.
+fn clean_path(path: &str) -> String {
+    let absolute = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in absolute.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let mut clean = format!("/{}", parts.join("/"));
+    if absolute.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
 }
 
 /// Go's `http.Error`: plain text, `nosniff`, the message and a newline.

@@ -504,6 +504,11 @@ fn assert_same(what: &str, ours: &Answer, upstream: &Answer) {
         ours.content_type, upstream.content_type,
         "{what}: content type differs"
     );
+    assert_eq!(
+        header_value(&ours.headers, "location"),
+        header_value(&upstream.headers, "location"),
+        "{what}: redirect differs"
+    );
     if ours.content_type == "application/json" {
         assert_eq!(
             normalised(&ours.body),
@@ -593,6 +598,13 @@ fn upstreams_provider_gives_the_same_answers() {
         ("POST", "/keys", "localhost"),
         ("GET", "/keys/", "localhost"),
         ("GET", "/unknown", "localhost"),
+        ("GET", "//keys", "localhost"),
+        (
+            "GET",
+            "/x/../.well-known/openid-configuration?a=1&b=2",
+            "localhost",
+        ),
+        ("POST", "/./keys", "localhost"),
     ];
     let server_api = format!(
         "server_api {{\n address = \"unix://{}\"\n poll_interval = \"{POLL}\"\n}}",
@@ -784,6 +796,15 @@ fn acme_certificates_from_pebble_serve_the_discovery_document() {
     // The certificate is cached for the next start.
     assert!(cache_dir.join(TEST_DOMAIN).is_file());
     assert_eq!(provider.health("/ready"), 200);
+}
+
+/// The value of header `name` in `head`, if present.
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
 }
 
 /// The answer of [`https_get`] as an [`Answer`].

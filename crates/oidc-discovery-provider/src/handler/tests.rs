@@ -299,3 +299,25 @@ fn paths_join_as_go_joins_them() {
     assert_eq!(url_string("https", "h", "keys"), "https://h/keys");
     assert_eq!(split_url("https://u@h:1/p/q?x#y"), ("https", "h:1", "/p/q"));
 }
+
+#[test]
+fn unclean_paths_are_redirected_as_go_does() {
+    let handler = Handler::new(config(), KeySource::new());
+    let response = handler.handle(&get("//keys?x=1", "oidc.example.org"), true);
+    assert_eq!(response.status(), 307);
+    assert_eq!(response.headers()["location"], "/keys?x=1");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    assert_eq!(
+        body(response),
+        "<a href=\"/keys?x=1\">Temporary Redirect</a>.\n\n"
+    );
+    assert_eq!(clean_path("/a/../keys"), "/keys");
+    assert_eq!(clean_path("/keys/"), "/keys/");
+    assert_eq!(clean_path("/./x/."), "/x");
+    assert_eq!(clean_path("/"), "/");
+    let response = handler.handle(&get("/keys/", "oidc.example.org"), true);
+    assert_eq!(response.status(), 404, "a trailing slash is clean");
+}
