@@ -477,7 +477,23 @@ fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
     );
     // The old key stays published until it is tainted and revoked: older tokens verify.
     verified(&issuer, AUDIENCE, &token, None);
+
+    // With the server gone, the provider keeps serving the last keys it read.
     drop(agent);
+    let mut server = server;
+    server.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    let keys = keys_of(&provider);
+    assert!(
+        keys.contains(&first_kid) && keys.contains(&next_kid),
+        "{keys:?}"
+    );
+    verified(&issuer, "after-rotation", &after, None);
+    assert!(
+        provider.log().contains("Failed to fetch bundle"),
+        "the failed polls are logged:\n{}",
+        provider.log()
+    );
 }
 
 /// A JSON body with the `keys` array sorted by `kid`, so documents compare whatever order
