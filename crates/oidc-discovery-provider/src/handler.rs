@@ -188,8 +188,99 @@ impl Handler {
             HeaderValue::from_static("application/json"),
         );
         out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let size = body.len();
+        let range = header_str(request.headers(), "range").unwrap_or_default();
+        match parse_range(range, size) {
+            Err(RangeError::Invalid) => {
+                return text_error(StatusCode::RANGE_NOT_SATISFIABLE, "invalid range");
+            }
+            Err(RangeError::NoOverlap) => {
+                let mut error = text_error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "invalid range: failed to overlap",
+                );
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    error.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return error;
+            }
+            Ok(Some((start, length))) => {
+                let end = start + length - 1;
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let part = body
+                    .get(start..start + length)
+                    .unwrap_or_default()
+                    .to_owned();
+                *response.body_mut() = Full::new(Bytes::from(part));
+                return response;
+            }
+            Ok(None) => {}
+        }
         *response.body_mut() = Full::new(Bytes::from(body));
         response
+    }
+}
+
+/// Why a `Range` header cannot be served.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeError {
+    /// Not a byte range Go's `ServeContent` reads.
+    Invalid,
+    /// Every range starts past the end.
+    NoOverlap,
+}
+
+/// Go's `parseRange` as `ServeContent` uses it on a body of `size` bytes: `None` serves the
+/// whole body (no header, or several ranges, which Go would send as multipart unless they
+/// add up to more than the body), `Some((start, length))` one part.
+fn parse_range(header: &str, size: usize) -> Result<Option<(usize, usize)>, RangeError> {
+    if header.is_empty() {
+        return Ok(None);
+    }
+    let specs = header.strip_prefix("bytes=").ok_or(RangeError::Invalid)?;
+    let mut ranges = Vec::new();
+    let mut no_overlap = false;
+    for spec in specs.split(',') {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            continue;
+        }
+        let (start, end) = spec.split_once('-').ok_or(RangeError::Invalid)?;
+        let (start, end) = (start.trim(), end.trim());
+        if start.is_empty() {
+            if end.is_empty() || end.starts_with('-') {
+                return Err(RangeError::Invalid);
+            }
+            let suffix: usize = end.parse().map_err(|_| RangeError::Invalid)?;
+            let suffix = suffix.min(size);
+            ranges.push((size - suffix, suffix));
+        } else {
+            let first: usize = start.parse().map_err(|_| RangeError::Invalid)?;
+            if first >= size {
+                no_overlap = true;
+                continue;
+            }
+            let length = if end.is_empty() {
+                size - first
+            } else {
+                let last: usize = end.parse().map_err(|_| RangeError::Invalid)?;
+                if first > last {
+                    return Err(RangeError::Invalid);
+                }
+                last.min(size - 1) - first + 1
+            };
+            ranges.push((first, length));
+        }
+    }
+    if no_overlap && ranges.is_empty() {
+        return Err(RangeError::NoOverlap);
+    }
+    match ranges.as_slice() {
+        [single] => Ok(Some(*single)),
+        _ => Ok(None),
     }
 }
 

@@ -321,3 +321,40 @@ fn unclean_paths_are_redirected_as_go_does() {
     let response = handler.handle(&get("/keys/", "oidc.example.org"), true);
     assert_eq!(response.status(), 404, "a trailing slash is clean");
 }
+
+#[test]
+fn ranges_are_read_as_go_reads_them() {
+    assert_eq!(parse_range("", 10), Ok(None));
+    assert_eq!(parse_range("bytes=0-3", 10), Ok(Some((0, 4))));
+    assert_eq!(parse_range("bytes=5-", 10), Ok(Some((5, 5))));
+    assert_eq!(parse_range("bytes=-3", 10), Ok(Some((7, 3))));
+    assert_eq!(parse_range("bytes=-30", 10), Ok(Some((0, 10))));
+    assert_eq!(parse_range("bytes=8-30", 10), Ok(Some((8, 2))));
+    assert_eq!(parse_range("bytes=0-1,4-5", 10), Ok(None));
+    assert_eq!(parse_range("bytes=10-", 10), Err(RangeError::NoOverlap));
+    assert_eq!(parse_range("bytes=3-1", 10), Err(RangeError::Invalid));
+    assert_eq!(parse_range("lines=1-2", 10), Err(RangeError::Invalid));
+    assert_eq!(parse_range("bytes=x-2", 10), Err(RangeError::Invalid));
+
+    let source = KeySource::new();
+    source.update(Vec::new());
+    let handler = Handler::new(config(), source);
+    let ranged = Request::builder()
+        .uri("/keys")
+        .header("range", "bytes=0-4")
+        .body(())
+        .unwrap();
+    let response = handler.handle(&ranged, true);
+    assert_eq!(response.status(), 206);
+    assert_eq!(response.headers()["content-range"], "bytes 0-4/18");
+    assert_eq!(body(response), "{\n  \"");
+    let beyond = Request::builder()
+        .uri("/keys")
+        .header("range", "bytes=100-")
+        .body(())
+        .unwrap();
+    let response = handler.handle(&beyond, true);
+    assert_eq!(response.status(), 416);
+    assert_eq!(response.headers()["content-range"], "bytes */18");
+    assert_eq!(body(response), "invalid range: failed to overlap\n");
+}
