@@ -1,7 +1,8 @@
 //! Process plumbing that `spire-server` and `spire-agent` share and that does I/O, so it does
 //! not belong in `spire-core`: log set-up and the run-time log level, the command-line
 //! toolkit (Go-style flags, errors, `-output json`), private files and folders, the unix
-//! sockets the gRPC APIs listen on, and one-shot HTTP GETs.
+//! sockets the gRPC APIs listen on, and one-shot HTTP GETs. The ACME client and the serving
+//! certificate from files are shared with `oidc-discovery-provider` too.
 
 pub mod acme;
 pub mod cli;

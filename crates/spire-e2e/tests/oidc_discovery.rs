@@ -19,11 +19,8 @@
     reason = "integration tests: failures should be loud"
 )]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -33,216 +30,19 @@ use spire_e2e::{
     with_ssl_cert_file,
 };
 
-/// Attestation, first syncs and process starts on two busy cores.
-const READY_WAIT: Duration = Duration::from_secs(90);
+#[path = "oidc_discovery/harness.rs"]
+mod harness;
+
+use harness::{
+    Provider, READY_WAIT, assert_same, header_value, https_answer, request, request_with,
+    unix_request,
+};
 
 /// The providers poll every second, so a rotation shows within a few.
 const POLL: &str = "1s";
 
 /// The audience of the first token the relying party verifies.
 const AUDIENCE: &str = "oidc-relying-party";
-
-/// A running `oidc-discovery-provider` (ours or upstream's) on plain HTTP.
-struct Provider {
-    child: Child,
-    port: u16,
-    health_port: u16,
-    log_path: PathBuf,
-}
-
-/// One HTTP answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    content_type: String,
-    headers: String,
-    body: String,
-}
-
-impl Provider {
-    /// Starts `program` in `dir/name` with `body` (sources and options) plus a plain-HTTP
-    /// listener on 127.0.0.1 and health checks, and waits until it answers.
-    fn start(program: &Path, dir: &Path, name: &str, body: &str) -> Self {
-        let [port, health_port] = free_ports::<2>();
-        Self::start_on(program, dir, name, body, port, health_port)
-    }
-
-    /// Like [`start`](Self::start) on the given ports.
-    fn start_on(
-        program: &Path,
-        dir: &Path,
-        name: &str,
-        body: &str,
-        port: u16,
-        health_port: u16,
-    ) -> Self {
-        let listener = format!("insecure_addr = \"127.0.0.1:{port}\"");
-        Self::start_with_listener(program, dir, name, &listener, body, port, health_port)
-    }
-
-    /// Starts with `listener` (the listener's config keys), which listens on `port`.
-    fn start_with_listener(
-        program: &Path,
-        dir: &Path,
-        name: &str,
-        listener: &str,
-        body: &str,
-        port: u16,
-        health_port: u16,
-    ) -> Self {
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config_path = dir.join("oidc-discovery-provider.conf");
-        let config = format!(
-            "log_level = \"debug\"\nlog_requests = true\n{listener}\nhealth_checks {{\n \
-             bind_port = {health_port}\n}}\n{body}\n"
-        );
-        std::fs::write(&config_path, config).unwrap();
-        let log_path = dir.join("provider.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(program)
-            .arg("-config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        let mut provider = Self {
-            child,
-            port,
-            health_port,
-            log_path,
-        };
-        let start = Instant::now();
-        let socket = listener
-            .strip_prefix("listen_socket_path = \"")
-            .and_then(|rest| rest.strip_suffix('"'))
-            .map(PathBuf::from);
-        let listening = || match &socket {
-            Some(path) => UnixStream::connect(path).is_ok(),
-            None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        };
-        while !listening() {
-            assert!(provider.running(), "{name} exited:\n{}", provider.log());
-            assert!(
-                start.elapsed() < READY_WAIT,
-                "{name} does not listen on {port}:\n{}",
-                provider.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        provider
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn get(&self, path: &str, host: &str) -> Answer {
-        request(self.port, "GET", path, host)
-    }
-
-    fn health(&self, path: &str) -> u16 {
-        request(self.health_port, "GET", path, "localhost").status
-    }
-
-    /// Waits until `/keys` answers 200 (the first poll succeeded).
-    fn wait_keys(&self, what: &str) {
-        self.wait_keys_at("/keys", what);
-    }
-
-    /// Waits until `/keys` answers 200 over HTTPS on port 443 with a certificate from `root`.
-    fn wait_keys_over_tls(&self, root: &rustls::pki_types::CertificateDer<'static>) {
-        eventually("keys over HTTPS", READY_WAIT, || {
-            https_get(443, TEST_DOMAIN, std::slice::from_ref(root), "/keys")
-                .is_ok_and(|answer| answer.status == 200)
-        });
-    }
-
-    /// Waits until `keys_path` answers 200.
-    fn wait_keys_at(&self, keys_path: &str, what: &str) {
-        eventually(what, READY_WAIT, || {
-            self.get(keys_path, "localhost").status == 200
-        });
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A one-shot HTTP/1.1 request with the given Host header.
-fn request(port: u16, method: &str, path: &str, host: &str) -> Answer {
-    request_with(port, method, path, host, "")
-}
-
-/// Like [`request`] with more header lines (`extra`, each ending in CRLF).
-fn request_with(port: u16, method: &str, path: &str, host: &str, extra: &str) -> Answer {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    request_over(stream, method, path, host, extra)
-}
-
-/// Like [`request`] over the unix socket at `socket`.
-fn unix_request(socket: &Path, method: &str, path: &str, host: &str) -> Answer {
-    let stream = UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    request_over(stream, method, path, host, "")
-}
-
-fn request_over(
-    mut stream: impl Read + Write,
-    method: &str,
-    path: &str,
-    host: &str,
-    extra: &str,
-) -> Answer {
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: oidc-e2e\r\n{extra}Connection: \
-         close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let content_type = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type")
-                .then(|| value.trim().to_owned())
-        })
-        .unwrap_or_default();
-    Answer {
-        status,
-        content_type,
-        headers: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
 
 /// A server (trust domain `example.org`, `server_keys` in `server { }`) with one agent and
 /// an entry giving our uid `spiffe://example.org/workload`.
@@ -505,49 +305,6 @@ fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
         "the failed polls are logged:\n{}",
         provider.log()
     );
-}
-
-/// A JSON body with the `keys` array sorted by `kid`, so documents compare whatever order
-/// each implementation lists keys in (upstream's workload_api and file sources take them
-/// from a Go map).
-fn normalised(body: &str) -> serde_json::Value {
-    let mut value: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
-    if let Some(keys) = value.get_mut("keys").and_then(|k| k.as_array_mut()) {
-        keys.sort_by_key(|k| k["kid"].as_str().unwrap_or_default().to_owned());
-    }
-    value
-}
-
-/// Compares one request's answers from both providers: status, content type, redirect and
-/// the body (as normalised JSON when it is a whole JSON document, as text otherwise: byte
-/// ranges of the keys compare Go's formatting exactly).
-fn assert_same(what: &str, ours: &Answer, upstream: &Answer) {
-    assert_eq!(
-        ours.status, upstream.status,
-        "{what}: status differs\nours:\n{}\n{}\nupstream:\n{}\n{}",
-        ours.headers, ours.body, upstream.headers, upstream.body
-    );
-    assert_eq!(
-        ours.content_type, upstream.content_type,
-        "{what}: content type differs"
-    );
-    assert_eq!(
-        header_value(&ours.headers, "location"),
-        header_value(&upstream.headers, "location"),
-        "{what}: redirect differs"
-    );
-    if ours.content_type == "application/json" && ours.status == 200 {
-        assert_eq!(
-            normalised(&ours.body),
-            normalised(&upstream.body),
-            "{what}: documents differ\nours:\n{}\nupstream:\n{}",
-            ours.body,
-            upstream.body
-        );
-    } else {
-        assert_eq!(ours.body, upstream.body, "{what}: bodies differ");
-    }
 }
 
 /// Runs both providers with `body` and compares the answers to `requests`
@@ -843,40 +600,6 @@ fn acme_certificates_from_pebble_serve_the_discovery_document() {
     // The certificate is cached for the next start.
     assert!(cache_dir.join(TEST_DOMAIN).is_file());
     assert_eq!(provider.health("/ready"), 200);
-}
-
-/// The value of header `name` in `head`, if present.
-fn header_value(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name)
-            .then(|| value.trim().to_owned())
-    })
-}
-
-/// The answer of [`https_get`] as an [`Answer`].
-fn https_answer(
-    port: u16,
-    root: &rustls::pki_types::CertificateDer<'static>,
-    path: &str,
-) -> Answer {
-    let answer = https_get(port, "localhost", std::slice::from_ref(root), path)
-        .unwrap_or_else(|e| panic!("GET https://localhost:{port}{path}: {e}"));
-    let content_type = answer
-        .headers
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type")
-                .then(|| value.trim().to_owned())
-        })
-        .unwrap_or_default();
-    Answer {
-        status: answer.status,
-        content_type,
-        headers: answer.headers.clone(),
-        body: answer.text(),
-    }
 }
 
 #[test]
