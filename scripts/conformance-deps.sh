@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the Workload API conformance test (crates/spire-e2e/tests/conformance.rs)
 # needs: a Python venv at target/conformance-venv with py-spiffe and pytest from
-# conformance/python/requirements.txt, and the go-spiffe module of conformance/go when the
+# conformance/python/requirements.txt (also PyJWT, the OIDC relying party of
+# crates/spire-e2e/tests/oidc_discovery.rs), and the go-spiffe module of conformance/go when the
 # Go toolchain is on PATH. Idempotent: a venv whose requirements are already installed is
 # left as it is.
 # Usage: scripts/conformance-deps.sh
@@ -50,7 +51,7 @@ else
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     cp "$requirements" "$stamp"
 fi
-"$venv/bin/python" -c 'import spiffe, pytest; print("conformance-deps: py-spiffe and pytest", pytest.__version__, "import fine")'
+"$venv/bin/python" -c 'import spiffe, pytest, jwt, cryptography; print("conformance-deps: py-spiffe, pytest", pytest.__version__, "and PyJWT", jwt.__version__, "import fine")'
 
 if command -v go >/dev/null 2>&1; then
     echo "conformance-deps: go mod download in conformance/go ($(go version))"

@@ -3,6 +3,7 @@
 # caches them outside the clone so a warm run costs seconds:
 #
 #   upstream SPIRE v1.13.3   spire-server, spire-agent   (cgo, for its SQLite datastore)
+#                            oidc-discovery-provider     (support/oidc-discovery-provider)
 #   ghostunnel v1.8.4        ghostunnel                  (an mTLS proxy on the Workload API)
 #   pebble v2.10.3           pebble, pebble-challtestsrv (Let's Encrypt's test ACME server
 #                                                         and its DNS stand-in)
@@ -11,7 +12,8 @@
 # module proxy at that exact version (the proxy refuses version lists for spiffe/spire but
 # serves exact versions). The first build takes about 15 minutes on 2 cores.
 #
-# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT, GHOSTUNNEL,
+# Prints one `export` line per program (SPIRE_UPSTREAM_SERVER, SPIRE_UPSTREAM_AGENT,
+# SPIRE_UPSTREAM_OIDC, GHOSTUNNEL,
 # PEBBLE, PEBBLE_CHALLTESTSRV), for the spire-api-sdk source (SPIRE_API_SDK_DIR) and for
 # Pebble's test certificates (PEBBLE_CERTS_DIR: the CA of its HTTPS directory) on
 # standard output and writes them to target/interop-deps.env; progress goes
@@ -77,7 +79,7 @@ build() {
     done
 }
 
-build spire "$SPIRE_VERSION" github.com/spiffe/spire cmd/spire-server cmd/spire-agent
+build spire "$SPIRE_VERSION" github.com/spiffe/spire cmd/spire-server cmd/spire-agent support/oidc-discovery-provider
 build ghostunnel "$GHOSTUNNEL_VERSION" github.com/ghostunnel/ghostunnel .
 build pebble "$PEBBLE_VERSION" github.com/letsencrypt/pebble/v2 cmd/pebble cmd/pebble-challtestsrv
 
@@ -110,6 +112,7 @@ env_file=target/interop-deps.env
 {
     echo "export SPIRE_UPSTREAM_SERVER='$cache/spire-$SPIRE_VERSION/bin/spire-server'"
     echo "export SPIRE_UPSTREAM_AGENT='$cache/spire-$SPIRE_VERSION/bin/spire-agent'"
+    echo "export SPIRE_UPSTREAM_OIDC='$cache/spire-$SPIRE_VERSION/bin/oidc-discovery-provider'"
     echo "export GHOSTUNNEL='$cache/ghostunnel-$GHOSTUNNEL_VERSION/bin/ghostunnel'"
     echo "export SPIRE_API_SDK_DIR='$sdk_dir'"
     echo "export PEBBLE='$cache/pebble-$PEBBLE_VERSION/bin/pebble'"

@@ -2,8 +2,8 @@
 //! refresher that fetches the bundles of the trust domains we federate with (see
 //! `docs/federation.md`).
 
-pub mod acme;
+pub use spire_common::acme;
 pub mod client;
 pub mod endpoint;
 pub mod refresher;
-pub mod serving_cert;
+pub use spire_common::serving_cert;

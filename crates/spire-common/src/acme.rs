@@ -1,4 +1,5 @@
-//! ACME certificates for the federation bundle endpoint's `https_web` profile.
+//! ACME certificates for the federation bundle endpoint's `https_web` profile, and for the
+//! OIDC Discovery Provider's `acme { }` section (one manager per domain there).
 //!
 //! Upstream SPIRE serves `federation { bundle_endpoint { profile "https_web" { acme { .. } } } }`
 //! (and the deprecated `bundle_endpoint { acme { .. } }`) with a fork of Go's autocert
@@ -1088,7 +1089,7 @@ impl Cache {
                 "no cache folder (the server's data_dir/bundle-acme)".to_owned(),
             ));
         }
-        spire_common::fs::ensure_private_dir(&dir, 0o700).map_err(|source| AcmeError::Cache {
+        crate::fs::ensure_private_dir(&dir, 0o700).map_err(|source| AcmeError::Cache {
             path: dir.clone(),
             source,
         })?;
@@ -1138,11 +1139,9 @@ impl Cache {
     /// a chain with someone else's key.
     fn store_certificate(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), AcmeError> {
         for (path, data) in [(&self.key, key_pem), (&self.chain, chain_pem)] {
-            spire_common::fs::atomic_write_private(path, data).map_err(|source| {
-                AcmeError::Cache {
-                    path: path.clone(),
-                    source,
-                }
+            crate::fs::atomic_write_private(path, data).map_err(|source| AcmeError::Cache {
+                path: path.clone(),
+                source,
             })?;
         }
         Ok(())
@@ -1171,11 +1170,9 @@ impl Cache {
                     source: std::io::Error::other(e),
                 })?,
             );
-        spire_common::fs::atomic_write_private(&self.account, &data).map_err(|source| {
-            AcmeError::Cache {
-                path: self.account.clone(),
-                source,
-            }
+        crate::fs::atomic_write_private(&self.account, &data).map_err(|source| AcmeError::Cache {
+            path: self.account.clone(),
+            source,
         })
     }
 
@@ -1235,7 +1232,7 @@ fn humantime_utc(at: SystemTime) -> String {
         Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
         Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |s| -s),
     };
-    spire_common::cli::printer::rfc3339_utc(secs)
+    crate::cli::printer::rfc3339_utc(secs)
 }
 
 /// An error and its causes, `outer: inner: ...`, for messages people read (hyper's errors

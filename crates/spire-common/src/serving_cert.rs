@@ -1,5 +1,6 @@
-//! `https_web` with `serving_cert_file`: the bundle endpoint's certificate chain and key read
-//! from PEM files, and read again when either file's modification time changes (checked every
+//! A TLS serving certificate read from PEM files (`serving_cert_file`), used by the federation
+//! bundle endpoint's `https_web` profile and by the OIDC Discovery Provider. The chain and key
+//! are read again when either file's modification time changes (checked every
 //! `file_sync_interval`, as upstream's disk certificate manager does). A file that fails to
 //! load keeps the previous certificate in service and is logged.
 
@@ -118,7 +119,7 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
         .map_err(|e| format!("cannot read key_file_path {}: {e}", key_file.display()))?;
     let key = private_key(&key_pem)
         .ok_or_else(|| format!("key_file_path {} holds no private key", key_file.display()))?;
-    let provider = spire_common::tls::provider();
+    let provider = crate::tls::provider();
     let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
         format!(
             "the key in {} does not fit the certificate in {}: {e}",
