@@ -1,0 +1,92 @@
+//! The `sshpop` node attestor (agent side): presents the node's OpenSSH host certificate and
+//! signs the server's challenge with the host key, as upstream
+//! (`doc/plugin_agent_nodeattestor_sshpop.md`). The files are read again for every
+//! attestation, so a renewed host certificate is used when the agent re-attests.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use spire_core::sshpop::{self as pop, Client};
+
+use super::{NodeAttestor, PluginError};
+
+/// The attestor's name and attestation data type.
+pub const NAME: &str = pop::PLUGIN_NAME;
+
+/// `plugin_data` of `NodeAttestor "sshpop"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshPopConfig {
+    /// `host_key_path` (default `/etc/ssh/ssh_host_rsa_key`).
+    pub host_key_path: PathBuf,
+    /// `host_cert_path` (default `/etc/ssh/ssh_host_rsa_key-cert.pub`).
+    pub host_cert_path: PathBuf,
+}
+
+/// Presents the host certificate and answers the challenge with the host key.
+#[derive(Debug)]
+pub struct SshPopAttestor {
+    config: SshPopConfig,
+    client: Mutex<Option<Client>>,
+}
+
+impl SshPopAttestor {
+    /// An attestor with validated settings.
+    pub fn new(config: SshPopConfig) -> Self {
+        Self {
+            config,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// Reads the host key and certificate.
+    pub fn load(&self) -> Result<Client, PluginError> {
+        let err = |m: String| PluginError::new(NAME, m);
+        let key = std::fs::read(&self.config.host_key_path).map_err(|e| {
+            err(format!(
+                "failed to read host key file: {}: {e}",
+                self.config.host_key_path.display()
+            ))
+        })?;
+        let cert = std::fs::read(&self.config.host_cert_path).map_err(|e| {
+            err(format!(
+                "failed to read host cert file: {}: {e}",
+                self.config.host_cert_path.display()
+            ))
+        })?;
+        Client::new(&key, &cert)
+            .map_err(|e| err(format!("failed to get cert and signer from pem: {e}")))
+    }
+}
+
+#[async_trait]
+impl NodeAttestor for SshPopAttestor {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn attestation_data(&self) -> Result<Vec<u8>, PluginError> {
+        let client = self.load()?;
+        let payload = client
+            .attestation_data()
+            .map_err(|e| PluginError::new(NAME, e.to_string()))?;
+        if let Ok(mut slot) = self.client.lock() {
+            *slot = Some(client);
+        }
+        Ok(payload)
+    }
+
+    async fn challenge_response(&self, challenge: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let err = |m: String| PluginError::new(NAME, m);
+        let slot = self
+            .client
+            .lock()
+            .map_err(|_| err("client store poisoned".into()))?;
+        let Some(client) = slot.as_ref() else {
+            return Err(err(
+                "client must provide attestation data to respond to challenge".into(),
+            ));
+        };
+        client.respond(challenge).map_err(|e| err(e.to_string()))
+    }
+}

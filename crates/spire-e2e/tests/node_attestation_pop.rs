@@ -1,0 +1,433 @@
+//! `x509pop` and `sshpop` node attestation end to end: certificates made by `openssl` and
+//! host certificates by `ssh-keygen -s`, our spire-agent against our spire-server, upstream
+//! v1.13.3's agent against ours and ours against upstream's server (wire compatibility both
+//! ways), and refusals (expired certificate, certificate of another CA) with
+//! PermissionDenied naming the reason.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use spire_e2e::pop::{KeyAlg, OpensslCa, SshCa, openssl_serial, openssl_sha1_fingerprint};
+use spire_e2e::{
+    AgentProcess, ServerPaths, ServerProcess, binary, interop_program, run_to_failure,
+    selector_strings, server_config,
+};
+
+const TD: &str = "example.org";
+
+/// How our agent words a PermissionDenied answer to its attestation.
+const DENIED: &str = "the SPIRE server denied the agent: nodeattestor(";
+
+const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
+
+/// Starts `program` (a spire-server) with the test config plus `attestors` (HCL blocks).
+fn start_server(program: &Path, dir: &Path, attestors: &str) -> ServerProcess {
+    let socket = dir.join("api.sock");
+    let data_dir = dir.join("data");
+    let config_path = dir.join("server.conf");
+    ServerProcess::start_program_on_free_port(program, dir, |port| {
+        let connection_string = format!("{}/datastore.sqlite3", data_dir.display());
+        let config = server_config(&ServerPaths {
+            port,
+            socket: &socket,
+            data_dir: &data_dir,
+            keys: &data_dir.join("keys.json"),
+            database_type: "sqlite3",
+            connection_string: &connection_string,
+            extra_server_keys: "",
+        });
+        assert!(config.contains(JOIN_TOKEN_BLOCK), "{config}");
+        let config = config.replace(JOIN_TOKEN_BLOCK, &format!("{JOIN_TOKEN_BLOCK}{attestors}"));
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        (config_path.clone(), socket.clone())
+    })
+}
+
+/// Writes the agent config for `server` with `attestor` (an HCL block) instead of join_token.
+fn agent_config(dir: &Path, server: &ServerProcess, attestor: &str) -> (PathBuf, PathBuf) {
+    let (config_path, socket) = AgentProcess::write_config(dir, server.port, "");
+    let text = std::fs::read_to_string(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains(JOIN_TOKEN_BLOCK), "{text}");
+    std::fs::write(&config_path, text.replace(JOIN_TOKEN_BLOCK, attestor))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (config_path, socket)
+}
+
+fn start_agent(program: &Path, dir: &Path, server: &ServerProcess, attestor: &str) -> AgentProcess {
+    let (config, socket) = agent_config(dir, server, attestor);
+    AgentProcess::start_program_with_config(program, dir, &config, socket, None)
+}
+
+/// Runs `program` (a spire-agent) that must fail to attest, and returns its output.
+fn agent_refused(program: &Path, dir: &Path, server: &ServerProcess, attestor: &str) -> String {
+    let (config, _) = agent_config(dir, server, attestor);
+    let mut command = Command::new(program);
+    command.args(["run", "-config"]).arg(&config);
+    run_to_failure(
+        command,
+        &dir.join("agent.log"),
+        Duration::from_secs(90),
+        "the agent kept running although its attestation should be refused",
+    )
+}
+
+fn x509pop_agent_block(node_cert: &Path, node_key: &Path, intermediates: Option<&Path>) -> String {
+    let intermediates = intermediates
+        .map(|p| format!("intermediates_path = \"{}\"", p.display()))
+        .unwrap_or_default();
+    format!(
+        "    NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            private_key_path = \"{}\"\n            certificate_path = \"{}\"\n            {intermediates}\n        }}\n    }}\n",
+        node_key.display(),
+        node_cert.display()
+    )
+}
+
+fn x509pop_server_block(ca_bundle: &Path) -> String {
+    format!(
+        "    NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            ca_bundle_path = \"{}\"\n        }}\n    }}\n",
+        ca_bundle.display()
+    )
+}
+
+fn sshpop_agent_block(key: &Path, cert: &Path) -> String {
+    format!(
+        "    NodeAttestor \"sshpop\" {{\n        plugin_data {{\n            host_key_path = \"{}\"\n            host_cert_path = \"{}\"\n        }}\n    }}\n",
+        key.display(),
+        cert.display()
+    )
+}
+
+fn sshpop_server_block(ca_line: &str, extra: &str) -> String {
+    format!(
+        "    NodeAttestor \"sshpop\" {{\n        plugin_data {{\n            cert_authorities = [\"{ca_line}\"]\n            {extra}\n        }}\n    }}\n"
+    )
+}
+
+fn dir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+    d
+}
+
+/// Upstream's sshpop fingerprint of a `-cert.pub` file, computed with `openssl`:
+/// unpadded URL-safe base64 of the SHA-256 of the certificate's wire form.
+fn ssh_cert_fingerprint(cert: &Path) -> String {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(cert).unwrap_or_else(|e| panic!("{e}"));
+    let blob = text.split_whitespace().nth(1).unwrap_or_default();
+    let wire = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wire_path = cert.with_extension("wire");
+    std::fs::write(&wire_path, wire).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-binary"])
+        .arg(&wire_path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): apt-get install openssl"));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out.stdout)
+}
+
+#[test]
+fn x509pop_agent_attests_with_its_certificate_chain_and_gets_upstreams_id_and_selectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = dir(tmp.path(), "pki");
+    let root = OpensslCa::root(&pki, "root-ca");
+    let intermediate = root.intermediate("intermediate-ca");
+    let node = intermediate.node(
+        "node-1",
+        KeyAlg::P256,
+        &["x509pop://example.org/datacenter/dc-1"],
+    );
+
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server"),
+        &x509pop_server_block(&root.cert),
+    );
+    let agent_dir = dir(tmp.path(), "agent");
+    let _agent = start_agent(
+        &binary("spire-agent"),
+        &agent_dir,
+        &server,
+        &x509pop_agent_block(&node.cert, &node.key, Some(&intermediate.cert)),
+    );
+
+    let agent_id = format!(
+        "spiffe://{TD}/spire/agent/x509pop/{}",
+        openssl_sha1_fingerprint(&node.cert)
+    );
+    let shown = server.cli_json(&["agent", "show", "-spiffeID", &agent_id]);
+    assert_eq!(shown["attestation_type"], "x509pop", "{shown}");
+    assert_eq!(shown["can_reattest"], true, "{shown}");
+    let mut selectors = selector_strings(&shown["selectors"]);
+    selectors.sort();
+    let mut expected = vec![
+        "x509pop:subject:cn:node-1".to_owned(),
+        format!(
+            "x509pop:ca:fingerprint:{}",
+            openssl_sha1_fingerprint(&intermediate.cert)
+        ),
+        format!(
+            "x509pop:ca:fingerprint:{}",
+            openssl_sha1_fingerprint(&root.cert)
+        ),
+        format!("x509pop:serialnumber:{}", openssl_serial(&node.cert)),
+        "x509pop:san:datacenter:dc-1".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(selectors, expected);
+}
+
+#[test]
+fn x509pop_is_wire_compatible_with_upstream_agent_and_server_for_rsa_and_ecdsa() {
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = dir(tmp.path(), "pki");
+    let root = OpensslCa::root(&pki, "root-ca");
+    let block = x509pop_server_block(&root.cert);
+
+    for (server_program, agent_program, who) in [
+        (
+            binary("spire-server"),
+            upstream_agent.clone(),
+            "upstream-agent-our-server",
+        ),
+        (
+            upstream_server.clone(),
+            binary("spire-agent"),
+            "our-agent-upstream-server",
+        ),
+    ] {
+        let case = dir(tmp.path(), who);
+        let server = start_server(&server_program, &dir(&case, "server"), &block);
+        for (alg, name) in [
+            (KeyAlg::Rsa, "rsa"),
+            (KeyAlg::P256, "p256"),
+            (KeyAlg::P384, "p384"),
+        ] {
+            let node = root.node(&format!("{who}-{name}"), alg, &[]);
+            let mut agent = start_agent(
+                &agent_program,
+                &dir(&case, &format!("agent-{name}")),
+                &server,
+                &x509pop_agent_block(&node.cert, &node.key, None),
+            );
+            let agent_id = format!(
+                "spiffe://{TD}/spire/agent/x509pop/{}",
+                openssl_sha1_fingerprint(&node.cert)
+            );
+            let shown = server.cli_json(&["agent", "show", "-spiffeID", &agent_id]);
+            let selectors = selector_strings(&shown["selectors"]);
+            assert!(
+                selectors.contains(&format!("x509pop:subject:cn:{who}-{name}")),
+                "{who} {name}: {selectors:?}"
+            );
+            assert!(
+                selectors.contains(&format!(
+                    "x509pop:ca:fingerprint:{}",
+                    openssl_sha1_fingerprint(&root.cert)
+                )),
+                "{who} {name}: {selectors:?}"
+            );
+            agent.stop();
+        }
+    }
+}
+
+#[test]
+fn x509pop_refuses_an_expired_certificate_and_one_of_another_ca_with_permission_denied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = dir(tmp.path(), "pki");
+    let root = OpensslCa::root(&pki, "root-ca");
+    let other = OpensslCa::root(&pki, "other-ca");
+    let expired = root.node_with_dates(
+        "expired-node",
+        KeyAlg::P256,
+        &[],
+        Some(("20200101000000Z", "20200102000000Z")),
+    );
+    let foreign = other.node("foreign-node", KeyAlg::P256, &[]);
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server"),
+        &x509pop_server_block(&root.cert),
+    );
+
+    let log = agent_refused(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "expired"),
+        &server,
+        &x509pop_agent_block(&expired.cert, &expired.key, None),
+    );
+    assert!(log.contains(DENIED), "{log}");
+    assert!(log.contains("certificate has expired"), "{log}");
+
+    let log = agent_refused(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "foreign"),
+        &server,
+        &x509pop_agent_block(&foreign.cert, &foreign.key, None),
+    );
+    assert!(log.contains(DENIED), "{log}");
+    assert!(
+        log.contains("certificate signed by unknown authority"),
+        "{log}"
+    );
+    assert!(server.agent_ids().is_empty(), "{:?}", server.agent_ids());
+    assert!(
+        server.cli(&["healthcheck"]).status.success(),
+        "the server must survive bad certificates"
+    );
+}
+
+#[test]
+fn sshpop_agent_attests_with_its_host_certificate_and_templates_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = dir(tmp.path(), "ssh");
+    let ca = SshCa::new(&keys, "host-ca");
+    let host = ca.host("host-1", "ed25519", "node-1.example.com", "-5m:+1h");
+
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server"),
+        &sshpop_server_block(&ca.public_line, ""),
+    );
+    let mut agent = start_agent(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent"),
+        &server,
+        &sshpop_agent_block(&host.key, &host.cert),
+    );
+    let agent_id = format!(
+        "spiffe://{TD}/spire/agent/sshpop/{}",
+        ssh_cert_fingerprint(&host.cert)
+    );
+    let shown = server.cli_json(&["agent", "show", "-spiffeID", &agent_id]);
+    assert_eq!(shown["attestation_type"], "sshpop", "{shown}");
+    assert_eq!(shown["can_reattest"], true, "{shown}");
+    agent.stop();
+
+    // canonical_domain and agent_path_template, as upstream's example.
+    let server2 = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server2"),
+        &sshpop_server_block(
+            &ca.public_line,
+            "canonical_domain = \"example.com\"\n            agent_path_template = \"/static/{{ .Hostname }}\"",
+        ),
+    );
+    let _agent2 = start_agent(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent2"),
+        &server2,
+        &sshpop_agent_block(&host.key, &host.cert),
+    );
+    assert_eq!(
+        server2.agent_ids(),
+        vec![format!("spiffe://{TD}/spire/agent/static/node-1")]
+    );
+}
+
+#[test]
+fn sshpop_is_wire_compatible_with_upstream_agent_and_server() {
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = dir(tmp.path(), "ssh");
+    let ca = SshCa::new(&keys, "host-ca");
+    let block = sshpop_server_block(&ca.public_line, "");
+
+    for (server_program, agent_program, who) in [
+        (
+            binary("spire-server"),
+            upstream_agent.clone(),
+            "upstream-agent-our-server",
+        ),
+        (
+            upstream_server.clone(),
+            binary("spire-agent"),
+            "our-agent-upstream-server",
+        ),
+    ] {
+        let case = dir(tmp.path(), who);
+        let server = start_server(&server_program, &dir(&case, "server"), &block);
+        // Go's signer uses the legacy ssh-rsa (SHA-1) signature for RSA host keys.
+        for key_type in ["ed25519", "rsa", "ecdsa"] {
+            let host = ca.host(
+                &format!("{who}-{key_type}"),
+                key_type,
+                "node.example.com",
+                "-5m:+1h",
+            );
+            let mut agent = start_agent(
+                &agent_program,
+                &dir(&case, &format!("agent-{key_type}")),
+                &server,
+                &sshpop_agent_block(&host.key, &host.cert),
+            );
+            let agent_id = format!(
+                "spiffe://{TD}/spire/agent/sshpop/{}",
+                ssh_cert_fingerprint(&host.cert)
+            );
+            assert!(
+                server.agent_ids().contains(&agent_id),
+                "{who} {key_type}: {:?} lacks {agent_id}",
+                server.agent_ids()
+            );
+            agent.stop();
+        }
+    }
+}
+
+#[test]
+fn sshpop_refuses_an_expired_certificate_and_one_of_another_ca_with_permission_denied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = dir(tmp.path(), "ssh");
+    let ca = SshCa::new(&keys, "host-ca");
+    let other = SshCa::new(&keys, "other-ca");
+    let expired = ca.host(
+        "expired",
+        "ed25519",
+        "node.example.com",
+        "20200101:20200102",
+    );
+    let foreign = other.host("foreign", "ed25519", "node.example.com", "-5m:+1h");
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server"),
+        &sshpop_server_block(&ca.public_line, ""),
+    );
+
+    let log = agent_refused(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "expired"),
+        &server,
+        &sshpop_agent_block(&expired.key, &expired.cert),
+    );
+    assert!(log.contains(DENIED), "{log}");
+    assert!(log.contains("ssh: cert has expired"), "{log}");
+
+    let log = agent_refused(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "foreign"),
+        &server,
+        &sshpop_agent_block(&foreign.key, &foreign.cert),
+    );
+    assert!(log.contains(DENIED), "{log}");
+    assert!(log.contains("ssh: no authorities for hostname"), "{log}");
+    assert!(server.agent_ids().is_empty(), "{:?}", server.agent_ids());
+    assert!(
+        server.cli(&["healthcheck"]).status.success(),
+        "the server must survive bad certificates"
+    );
+}
