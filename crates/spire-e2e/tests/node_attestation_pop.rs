@@ -431,3 +431,130 @@ fn sshpop_refuses_an_expired_certificate_and_one_of_another_ca_with_permission_d
         "the server must survive bad certificates"
     );
 }
+
+#[test]
+fn x509pop_spiffe_mode_exchanges_an_svid_of_the_server_for_an_agent_id() {
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server"),
+        "    NodeAttestor \"x509pop\" {\n        plugin_data {\n            mode = \"spiffe\"\n        }\n    }\n",
+    );
+    for (program, name) in [
+        (binary("spire-agent"), "ours"),
+        (upstream_agent, "upstream"),
+    ] {
+        let minted = dir(tmp.path(), &format!("minted-{name}"));
+        server.cli_ok(&[
+            "x509",
+            "mint",
+            "-spiffeID",
+            &format!("spiffe://{TD}/spire-exchange/host-{name}"),
+            "-write",
+            &minted.display().to_string(),
+        ]);
+        let mut agent = start_agent(
+            &program,
+            &dir(tmp.path(), &format!("agent-{name}")),
+            &server,
+            &x509pop_agent_block(&minted.join("svid.pem"), &minted.join("key.pem"), None),
+        );
+        let agent_id = format!("spiffe://{TD}/spire/agent/x509pop/host-{name}");
+        assert!(
+            server.agent_ids().contains(&agent_id),
+            "{name}: {:?} lacks {agent_id}",
+            server.agent_ids()
+        );
+        agent.stop();
+    }
+
+    // An SVID outside the prefix is refused.
+    let minted = dir(tmp.path(), "minted-other");
+    server.cli_ok(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        &format!("spiffe://{TD}/workload/web"),
+        "-write",
+        &minted.display().to_string(),
+    ]);
+    let log = agent_refused(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent-other"),
+        &server,
+        &x509pop_agent_block(&minted.join("svid.pem"), &minted.join("key.pem"), None),
+    );
+    assert!(log.contains(DENIED), "{log}");
+    assert!(log.contains("x509 cert doesnt match SVID prefix"), "{log}");
+}
+
+#[test]
+fn evicted_x509pop_and_sshpop_agents_re_attest_and_keep_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = dir(tmp.path(), "pki");
+    let root = OpensslCa::root(&pki, "root-ca");
+    let node = root.node("node-1", KeyAlg::P256, &[]);
+    let ssh = dir(tmp.path(), "ssh");
+    let ca = SshCa::new(&ssh, "host-ca");
+    let host = ca.host("host-1", "ed25519", "node.example.com", "-5m:+1h");
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server"),
+        &format!(
+            "{}{}",
+            x509pop_server_block(&root.cert),
+            sshpop_server_block(&ca.public_line, "")
+        ),
+    );
+    for (block, agent_id, name) in [
+        (
+            x509pop_agent_block(&node.cert, &node.key, None),
+            format!(
+                "spiffe://{TD}/spire/agent/x509pop/{}",
+                openssl_sha1_fingerprint(&node.cert)
+            ),
+            "x509pop",
+        ),
+        (
+            sshpop_agent_block(&host.key, &host.cert),
+            format!(
+                "spiffe://{TD}/spire/agent/sshpop/{}",
+                ssh_cert_fingerprint(&host.cert)
+            ),
+            "sshpop",
+        ),
+    ] {
+        let mut agent = start_agent(
+            &binary("spire-agent"),
+            &dir(tmp.path(), name),
+            &server,
+            &block,
+        );
+        let serial_of = |id: &str| {
+            server
+                .agents()
+                .into_iter()
+                .find(|a| a.spiffe_id == id)
+                .map(|a| a.serial)
+        };
+        let first = serial_of(&agent_id).unwrap_or_else(|| panic!("{name}: {:?}", server.agents()));
+        server.cli_ok(&["agent", "evict", "-spiffeID", &agent_id]);
+        spire_e2e::eventually(
+            &format!("{name} agent re-attested after eviction"),
+            Duration::from_secs(90),
+            || {
+                serial_of(&agent_id).is_some_and(|s| s != first)
+                    && agent.log().contains("agent re-attested")
+            },
+        );
+        let health = agent.cli(&["healthcheck"]);
+        assert!(
+            health.status.success(),
+            "{name}: the agent must keep serving: {}\n{}",
+            String::from_utf8_lossy(&health.stderr),
+            agent.log()
+        );
+        agent.stop();
+    }
+}
