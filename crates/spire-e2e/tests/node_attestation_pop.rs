@@ -558,3 +558,143 @@ fn evicted_x509pop_and_sshpop_agents_re_attest_and_keep_serving() {
         agent.stop();
     }
 }
+
+/// Upstream's own configurations (its node-attestation integration suite and the sshpop
+/// documentation's examples), paths moved to a temporary folder, pass `validate` with our
+/// binaries as with upstream's.
+#[test]
+fn upstreams_x509pop_and_sshpop_configs_load_unchanged() {
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
+    let tmp = tempfile::tempdir().unwrap();
+    let opt = tmp.path().display().to_string();
+    let pki = dir(tmp.path(), "conf");
+    let root = OpensslCa::root(&pki, "agent-ca");
+    let node = root.node("agent", KeyAlg::P256, &[]);
+    std::fs::copy(&root.cert, pki.join("agent-cacert.pem")).unwrap();
+    std::fs::copy(&node.cert, pki.join("agent.crt.pem")).unwrap();
+    std::fs::copy(&node.key, pki.join("agent.key.pem")).unwrap();
+    std::fs::copy(&root.cert, pki.join("bootstrap.crt")).unwrap();
+    let ssh = dir(tmp.path(), "ssh");
+    let ca = SshCa::new(&ssh, "dummy_ssh_cert_authority");
+    let host = ca.host("dummy_agent_ssh_key", "ed25519", "foo-host", "-5m:+1h");
+    std::fs::copy(
+        ssh.join("dummy_ssh_cert_authority.pub"),
+        pki.join("dummy_ssh_cert_authority.pub"),
+    )
+    .unwrap();
+
+    let server_conf = format!(
+        r#"server {{
+	bind_address = "0.0.0.0"
+	bind_port = "8081"
+	trust_domain = "domain.test"
+	data_dir = "{opt}/data/server"
+	log_level = "DEBUG"
+	ca_ttl = "1h"
+	default_x509_svid_ttl = "10m"
+}}
+
+plugins {{
+	DataStore "sql" {{
+		plugin_data {{
+			database_type = "sqlite3"
+			connection_string = "{opt}/data/server/datastore.sqlite3"
+		}}
+	}}
+	NodeAttestor "x509pop" {{
+		plugin_data {{
+			ca_bundle_path = "{opt}/conf/agent-cacert.pem"
+		}}
+	}}
+    NodeAttestor "sshpop" {{
+        plugin_data {{
+            cert_authorities = ["{ca_line}"]
+            cert_authorities_path = "{opt}/conf/dummy_ssh_cert_authority.pub"
+            # canonical_domain = "example.com"
+            # agent_path_template = "static/{{{{ index .ValidPrincipals 0 }}}}"
+        }}
+    }}
+	KeyManager "memory" {{
+		plugin_data = {{}}
+	}}
+}}
+"#,
+        ca_line = ca.public_line
+    );
+    let agent_conf = |attestor: &str| {
+        format!(
+            r#"agent {{
+    data_dir = "{opt}/data/agent"
+    log_level = "DEBUG"
+    server_address = "spire-server"
+    server_port = "8081"
+    trust_bundle_path = "{opt}/conf/bootstrap.crt"
+    trust_domain = "domain.test"
+}}
+
+plugins {{
+{attestor}
+    KeyManager "disk" {{
+        plugin_data {{
+            directory = "{opt}/data/agent"
+        }}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{
+        }}
+    }}
+}}
+"#
+        )
+    };
+    let x509pop_agent = format!(
+        r#"    NodeAttestor "x509pop" {{
+        plugin_data {{
+            private_key_path = "{opt}/conf/agent.key.pem"
+            certificate_path = "{opt}/conf/agent.crt.pem"
+        }}
+    }}"#
+    );
+    let sshpop_agent = format!(
+        r#"    NodeAttestor "sshpop" {{
+        plugin_data {{
+            host_cert_path = "{}"
+            host_key_path = "{}"
+        }}
+    }}"#,
+        host.cert.display(),
+        host.key.display()
+    );
+    let server_path = tmp.path().join("server.conf");
+    std::fs::write(&server_path, server_conf).unwrap();
+    let mut agent_paths = Vec::new();
+    for (name, block) in [("x509pop", &x509pop_agent), ("sshpop", &sshpop_agent)] {
+        let path = tmp.path().join(format!("agent-{name}.conf"));
+        std::fs::write(&path, agent_conf(block)).unwrap();
+        agent_paths.push(path);
+    }
+    let validate = |program: &Path, config: &Path| {
+        let out = Command::new(program)
+            .args(["validate", "-config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} validate {}: {}{}",
+            program.display(),
+            config.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for program in [binary("spire-server"), upstream_server] {
+        validate(&program, &server_path);
+    }
+    for program in [binary("spire-agent"), upstream_agent] {
+        for path in &agent_paths {
+            validate(&program, path);
+        }
+    }
+}
