@@ -90,3 +90,53 @@ impl NodeAttestor for SshPopAttestor {
         client.respond(challenge).map_err(|e| err(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upstream's sshpop fixtures, kept in spire-core.
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../spire-core/src/testdata/sshpop")
+            .join(name)
+    }
+
+    #[tokio::test]
+    async fn presents_the_host_certificate_and_signs_challenges() {
+        let attestor = SshPopAttestor::new(SshPopConfig {
+            host_key_path: fixture("dummy_agent_ssh_key"),
+            host_cert_path: fixture("dummy_agent_ssh_key-cert.pub"),
+        });
+        assert!(attestor.challenge_response(b"{}").await.is_err());
+        let data: serde_json::Value =
+            serde_json::from_slice(&attestor.attestation_data().await.unwrap()).unwrap();
+        assert!(data["Certificate"].is_string(), "{data}");
+        let answer = attestor
+            .challenge_response(br#"{"Nonce":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#)
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["Signature"]["Format"], "ssh-ed25519", "{answer}");
+        let err = attestor
+            .challenge_response(br#"{"Nonce":"AAAA"}"#)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid challenge nonce"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_or_swapped_files_are_errors() {
+        let attestor = SshPopAttestor::new(SshPopConfig {
+            host_key_path: PathBuf::from("/nonexistent/ssh_host_rsa_key"),
+            host_cert_path: fixture("dummy_agent_ssh_key-cert.pub"),
+        });
+        let err = attestor.attestation_data().await.unwrap_err().to_string();
+        assert!(err.contains("failed to read host key file"), "{err}");
+        let swapped = SshPopAttestor::new(SshPopConfig {
+            host_key_path: fixture("dummy_agent_ssh_key-cert.pub"),
+            host_cert_path: fixture("dummy_agent_ssh_key"),
+        });
+        assert!(swapped.attestation_data().await.is_err());
+    }
+}

@@ -117,3 +117,109 @@ impl NodeAttestor for X509PopAttestor {
             .map_err(|e| err(format!("unable to marshal challenge response: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use spire_core::keys::{KeyType, PrivateKey};
+    use spire_core::spiffe_id::TrustDomain;
+    use spire_core::x509::{CaTemplate, Validity, self_signed_ca};
+    use spire_core::x509pop::{NonceChallenge, Response};
+
+    use super::*;
+
+    fn write_cert(
+        dir: &std::path::Path,
+        name: &str,
+        key_type: KeyType,
+    ) -> (PathBuf, PathBuf, Vec<u8>) {
+        let key = PrivateKey::generate(key_type).unwrap();
+        let validity =
+            Validity::from_now(time::OffsetDateTime::now_utc(), time::Duration::hours(1));
+        let der = self_signed_ca(
+            &key,
+            &CaTemplate::new(TrustDomain::new("example.org").unwrap(), validity),
+        )
+        .unwrap();
+        let cert = dir.join(format!("{name}.crt.pem"));
+        let key_path = dir.join(format!("{name}.key.pem"));
+        std::fs::write(
+            &cert,
+            spire_core::pem::encode_certificates([der.as_slice()]),
+        )
+        .unwrap();
+        std::fs::write(&key_path, key.to_pem().as_bytes()).unwrap();
+        (cert, key_path, der)
+    }
+
+    #[tokio::test]
+    async fn presents_the_chain_and_answers_with_the_certificates_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, leaf) = write_cert(dir.path(), "node", KeyType::EcP256);
+        let (intermediate, _, intermediate_der) = write_cert(dir.path(), "ca", KeyType::EcP256);
+        let attestor = X509PopAttestor::new(X509PopConfig {
+            private_key_path: key,
+            certificate_path: cert,
+            intermediates_path: Some(intermediate),
+        });
+        assert!(
+            attestor.challenge_response(b"{}").await.is_err(),
+            "no challenge before the data"
+        );
+        let data: AttestationData =
+            serde_json::from_slice(&attestor.attestation_data().await.unwrap()).unwrap();
+        assert_eq!(data.certificates, vec![leaf.clone(), intermediate_der]);
+
+        let challenge = Challenge {
+            rsa_signature: None,
+            ecdsa_signature: Some(NonceChallenge { nonce: vec![7; 32] }),
+        };
+        let answer = attestor
+            .challenge_response(&serde_json::to_vec(&challenge).unwrap())
+            .await
+            .unwrap();
+        let response: Response = serde_json::from_slice(&answer).unwrap();
+        pop::verify_response(&leaf, &challenge, &response).unwrap();
+
+        // An RSA challenge for an EC key, and garbage, are refused.
+        let rsa = Challenge {
+            rsa_signature: Some(NonceChallenge { nonce: vec![7; 32] }),
+            ecdsa_signature: None,
+        };
+        let err = attestor
+            .challenge_response(&serde_json::to_vec(&rsa).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expecting ECDSA challenge"),
+            "{err}"
+        );
+        assert!(attestor.challenge_response(b"nope").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_key_of_another_certificate_or_a_missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _, _) = write_cert(dir.path(), "node", KeyType::Rsa2048);
+        let (_, other_key, _) = write_cert(dir.path(), "other", KeyType::Rsa2048);
+        let attestor = X509PopAttestor::new(X509PopConfig {
+            private_key_path: other_key,
+            certificate_path: cert.clone(),
+            intermediates_path: None,
+        });
+        let err = attestor.attestation_data().await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "nodeattestor(x509pop): unable to load keypair: private key does not match public key"
+        );
+        let attestor = X509PopAttestor::new(X509PopConfig {
+            private_key_path: dir.path().join("missing.pem"),
+            certificate_path: cert,
+            intermediates_path: None,
+        });
+        let err = attestor.attestation_data().await.unwrap_err().to_string();
+        assert!(
+            err.contains("unable to load keypair") && err.contains("missing.pem"),
+            "{err}"
+        );
+    }
+}
