@@ -39,6 +39,22 @@ die() {
 command -v go >/dev/null 2>&1 || die "the Go toolchain is not on PATH; install Go 1.24 or newer"
 command -v gcc >/dev/null 2>&1 || die "gcc is needed to build upstream SPIRE with cgo (SQLite); apt-get install gcc"
 
+# The x509pop and sshpop tests make node certificates with the real tools: `openssl` (Debian
+# package openssl) and `ssh-keygen -s` (openssh-client). Installed with apt-get when missing
+# and we are root; otherwise a missing one is an error naming the package.
+for tool_package in openssl:openssl ssh-keygen:openssh-client; do
+    tool=${tool_package%%:*} package=${tool_package#*:}
+    command -v "$tool" >/dev/null 2>&1 && continue
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "no $tool on PATH; installing Debian's $package with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package" >&2 ||
+            { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package" >&2; } ||
+            die "apt-get install $package failed (see above)"
+    else
+        die "$tool is not on PATH; install it (Debian/Ubuntu: apt-get install $package)"
+    fi
+done
+
 # build NAME VERSION MODULE PACKAGE... : go-installs each package of MODULE@VERSION into the
 # cache folder of NAME-VERSION, unless every binary is already there. A PACKAGE of `.` is the
 # module's root package, whose binary is named after the module.

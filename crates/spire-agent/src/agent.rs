@@ -302,6 +302,12 @@ fn node_attestor(config: &ResolvedAgentConfig) -> Arc<dyn NodeAttestor> {
             Arc::new(JoinTokenAttestor::new(config.join_token.clone()))
         }
         NodeAttestorChoice::K8sPsat(psat) => Arc::new(K8sPsatAttestor::new(psat.clone())),
+        NodeAttestorChoice::X509Pop(c) => Arc::new(
+            crate::plugins::nodeattestor::x509pop::X509PopAttestor::new(c.clone()),
+        ),
+        NodeAttestorChoice::SshPop(c) => Arc::new(
+            crate::plugins::nodeattestor::sshpop::SshPopAttestor::new(c.clone()),
+        ),
     }
 }
 

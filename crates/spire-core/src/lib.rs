@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent_path_template;
 pub mod bundle;
 pub mod config;
 pub mod duration;
@@ -16,7 +17,9 @@ pub mod keys;
 pub mod pem;
 pub mod selector;
 pub mod spiffe_id;
+pub mod sshpop;
 pub mod x509;
+pub mod x509pop;
 
 pub use keys::{KeyType, PrivateKey};
 pub use selector::{Selector, SelectorSet};

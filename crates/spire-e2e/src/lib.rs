@@ -19,6 +19,7 @@ pub use rustix::process::Signal;
 pub mod ghostunnel;
 pub mod kube;
 pub mod pebble;
+pub mod pop;
 pub mod workload;
 
 /// The binary the process `pid` runs (from `/proc/<pid>/exe`), canonical: tests that swap

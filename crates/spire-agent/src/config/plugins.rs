@@ -14,6 +14,8 @@ use spire_core::config::plugins::{enabled_plugins, exactly_one};
 
 use super::{ConfigError, de};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
+use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
+use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
 use crate::plugins::workloadattestor::k8s::{
     self as k8s, K8sAttestorConfig, KubeletCredentials, KubeletEndpoint,
 };
@@ -54,6 +56,10 @@ pub enum NodeAttestorChoice {
     JoinToken,
     /// `NodeAttestor "k8s_psat"`: the pod's projected service account token.
     K8sPsat(K8sPsatConfig),
+    /// `NodeAttestor "x509pop"`: an X.509 certificate and proof of its key.
+    X509Pop(X509PopConfig),
+    /// `NodeAttestor "sshpop"`: an SSH host certificate and proof of the host key.
+    SshPop(SshPopConfig),
 }
 
 impl NodeAttestorChoice {
@@ -62,6 +68,8 @@ impl NodeAttestorChoice {
         match self {
             Self::JoinToken => crate::plugins::nodeattestor::join_token::NAME,
             Self::K8sPsat(_) => k8s_psat::NAME,
+            Self::X509Pop(_) => x509pop::NAME,
+            Self::SshPop(_) => sshpop::NAME,
         }
     }
 }
@@ -106,6 +114,28 @@ struct NoData {}
 struct DiskKeyManagerData {
     #[serde(default, deserialize_with = "de::opt_string")]
     directory: Option<String>,
+}
+
+/// `NodeAttestor "x509pop"` keys, upstream's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct X509PopData {
+    #[serde(default, deserialize_with = "de::opt_string")]
+    private_key_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    certificate_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    intermediates_path: Option<String>,
+}
+
+/// `NodeAttestor "sshpop"` keys, upstream's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshPopData {
+    #[serde(default, deserialize_with = "de::opt_string")]
+    host_key_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    host_cert_path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +335,54 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                         .into(),
                 }));
             }
+            ("NodeAttestor", x509pop::NAME) => {
+                let d: X509PopData = decl.parse_data()?;
+                let required = |key: &str, value: Option<String>| {
+                    value.filter(|v| !v.is_empty()).ok_or_else(|| {
+                        ConfigError::invalid(
+                            decl.data_file(),
+                            format!("{}.{key}", decl.data_path()),
+                            format!(
+                                "{key} is required: the PEM file of the node's {}",
+                                if key == "private_key_path" {
+                                    "private key"
+                                } else {
+                                    "certificate"
+                                }
+                            ),
+                        )
+                    })
+                };
+                let private_key_path = required("private_key_path", d.private_key_path)?;
+                let certificate_path = required("certificate_path", d.certificate_path)?;
+                node_attestors.push(NodeAttestorChoice::X509Pop(X509PopConfig {
+                    private_key_path: private_key_path.into(),
+                    certificate_path: certificate_path.into(),
+                    intermediates_path: d
+                        .intermediates_path
+                        .filter(|p| !p.trim().is_empty())
+                        .map(PathBuf::from),
+                }));
+            }
+            ("NodeAttestor", sshpop::NAME) => {
+                let d: SshPopData = decl.parse_data()?;
+                let or_default = |v: Option<String>, default: &str| {
+                    PathBuf::from(
+                        v.filter(|p| !p.is_empty())
+                            .unwrap_or_else(|| default.to_owned()),
+                    )
+                };
+                node_attestors.push(NodeAttestorChoice::SshPop(SshPopConfig {
+                    host_key_path: or_default(
+                        d.host_key_path,
+                        spire_core::sshpop::DEFAULT_HOST_KEY_PATH,
+                    ),
+                    host_cert_path: or_default(
+                        d.host_cert_path,
+                        spire_core::sshpop::DEFAULT_HOST_CERT_PATH,
+                    ),
+                }));
+            }
             ("WorkloadAttestor", "k8s") => {
                 let d: K8sData = decl.parse_data()?;
                 workload_attestors.push(WorkloadAttestorChoice::K8s(k8s_config(
@@ -376,7 +454,9 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
 fn supported_names(kind: &str) -> &'static str {
     match kind {
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
-        "NodeAttestor" => "supported NodeAttestors are \"join_token\" and \"k8s_psat\"",
+        "NodeAttestor" => {
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\" and \"sshpop\""
+        }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\" and \"k8s\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }

@@ -17,6 +17,8 @@ use spire_core::config::plugins::{enabled_plugins, exactly_one};
 
 use crate::config::{ConfigError, ServerConfig, de};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
+use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
+use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
 use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
@@ -59,6 +61,10 @@ pub enum NodeAttestorChoice {
     JoinToken,
     /// `NodeAttestor "k8s_psat"`.
     K8sPsat(K8sPsatConfig),
+    /// `NodeAttestor "x509pop"`.
+    X509Pop(X509PopConfig),
+    /// `NodeAttestor "sshpop"`.
+    SshPop(SshPopConfig),
 }
 
 /// `database_type` of the SQL DataStore.
@@ -253,6 +259,18 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     data_file, &data_path, d,
                 )?));
             }
+            ("NodeAttestor", x509pop::NAME) => {
+                let d: x509pop::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::X509Pop(X509PopConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
+            }
+            ("NodeAttestor", sshpop::NAME) => {
+                let d: sshpop::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::SshPop(SshPopConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
+            }
             ("Notifier", k8sbundle::NAME) => {
                 let d: k8sbundle::Data = decl.parse_data()?;
                 notifiers.push(NotifierChoice::K8sBundle(K8sBundleConfig::from_data(
@@ -305,7 +323,9 @@ fn supported_names(kind: &str) -> &'static str {
     match kind {
         "DataStore" => "the supported DataStore is \"sql\"",
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
-        "NodeAttestor" => "supported NodeAttestors are \"join_token\" and \"k8s_psat\"",
+        "NodeAttestor" => {
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\" and \"sshpop\""
+        }
         "UpstreamAuthority" => "the supported UpstreamAuthority is \"disk\"",
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         _ => "no built-in plugins of this type are available yet; remove the block",

@@ -6,6 +6,8 @@ use async_trait::async_trait;
 
 pub mod join_token;
 pub mod k8s_psat;
+pub mod sshpop;
+pub mod x509pop;
 
 /// Why a plugin could not produce attestation data or a challenge response, worded for the
 /// operator (the file or setting to fix).

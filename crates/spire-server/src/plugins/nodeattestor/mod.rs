@@ -12,6 +12,8 @@ use tonic::{Code, Status};
 
 pub mod join_token;
 pub mod k8s_psat;
+pub mod sshpop;
+pub mod x509pop;
 
 /// What a successful attestation proves about the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,21 @@ impl NodeAttestors {
                     config.clone(),
                     trust_domain.clone(),
                 )),
+                C::X509Pop(config) => Arc::new(x509pop::X509PopAttestor::new(
+                    config.clone(),
+                    trust_domain.clone(),
+                    Arc::clone(&datastore),
+                )),
+                C::SshPop(config) => {
+                    match sshpop::SshPopAttestor::new(config, trust_domain) {
+                        Ok(attestor) => Arc::new(attestor),
+                        Err(e) => {
+                            // Validated when the catalog was built; cannot happen.
+                            tracing::error!(error = %e, "sshpop node attestor not started");
+                            continue;
+                        }
+                    }
+                }
             };
             out.insert(attestor);
         }
