@@ -111,6 +111,8 @@ pub struct Manager {
     bundles_tx: watch::Sender<Arc<BTreeMap<String, Arc<Bundle>>>>,
     /// Unix seconds of the last successful sync.
     last_sync_success: Mutex<Option<i64>>,
+    /// The X.509 authorities the server's bundle marks tainted, for the agent SVID rotation.
+    tainted_roots: watch::Sender<Vec<Vec<u8>>>,
 }
 
 impl Manager {
@@ -144,6 +146,7 @@ impl Manager {
             sync_now: Notify::new(),
             bundles_tx,
             last_sync_success: Mutex::new(None),
+            tainted_roots: watch::Sender::new(Vec::new()),
         })
     }
 
@@ -182,6 +185,12 @@ impl Manager {
         }
     }
 
+    /// The X.509 authorities the last sync saw tainted; the agent SVID rotation renews an
+    /// SVID signed under one of them at once.
+    pub fn tainted_roots(&self) -> watch::Receiver<Vec<Vec<u8>>> {
+        self.tainted_roots.subscribe()
+    }
+
     /// The agent's own trust domain bundle as currently cached.
     pub fn bundle(&self) -> Arc<Bundle> {
         Arc::clone(&self.state().bundle)
@@ -193,7 +202,14 @@ impl Manager {
     pub async fn sync_once(&self) -> Result<(), ManagerError> {
         let _guard = self.sync_lock.lock().await;
         let raw_entries = self.api.authorized_entries().await?;
-        let bundle = bundle_from_proto(&self.api.bundle().await?)?;
+        let raw_bundle = self.api.bundle().await?;
+        let tainted_roots: Vec<Vec<u8>> = raw_bundle
+            .x509_authorities
+            .iter()
+            .filter(|a| a.tainted)
+            .map(|a| a.asn1.clone())
+            .collect();
+        let bundle = bundle_from_proto(&raw_bundle)?;
         if bundle.trust_domain != self.trust_domain {
             return Err(ManagerError::Internal(format!(
                 "server sent the bundle of {} but the agent is in trust domain {}",
@@ -217,6 +233,15 @@ impl Manager {
             let mut state = self.state();
             state.bundle = Arc::new(bundle);
             state.federated = federated;
+            mark_tainted(&mut state, &tainted_roots);
+            self.tainted_roots.send_if_modified(|current| {
+                if *current == tainted_roots {
+                    false
+                } else {
+                    current.clone_from(&tainted_roots);
+                    true
+                }
+            });
             let needed = state.apply_entries(entries, self.options.x509_svid_cache_max_size, now);
             let all = state.all_bundles();
             self.bundles_tx.send_if_modified(|current| {
@@ -348,6 +373,7 @@ impl Manager {
                                 not_after,
                                 revision: request.revision,
                                 last_used: tick,
+                                tainted: false,
                             },
                         );
                     }
@@ -622,6 +648,46 @@ impl WorkloadIdentities for Manager {
     fn bundles(&self) -> watch::Receiver<Arc<BTreeMap<String, Arc<Bundle>>>> {
         self.bundles_tx.subscribe()
     }
+}
+
+/// Marks the cached SVIDs signed under one of `tainted_roots` for minting again (upstream's
+/// `TaintX509SVIDs`), and tells the rotation of the agent's own SVID about the roots.
+fn mark_tainted(state: &mut State, tainted_roots: &[Vec<u8>]) {
+    if tainted_roots.is_empty() {
+        return;
+    }
+    let mut marked = 0usize;
+    for svid in state.svids.values_mut() {
+        if !svid.tainted && chain_is_under(&svid.chain, tainted_roots) {
+            svid.tainted = true;
+            marked = marked.saturating_add(1);
+        }
+    }
+    if marked > 0 {
+        tracing::info!(
+            count = marked,
+            "X.509-SVIDs signed by a tainted authority will be rotated"
+        );
+    }
+}
+
+/// Whether some certificate of `chain` is one of `roots` or is signed by one of them.
+pub fn chain_is_under(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let parsed_roots: Vec<_> = roots
+        .iter()
+        .filter_map(|r| x509_parser::certificate::X509Certificate::from_der(r).ok())
+        .map(|(_, c)| c)
+        .collect();
+    chain.iter().any(|der| {
+        roots.iter().any(|r| r == der)
+            || x509_parser::certificate::X509Certificate::from_der(der).is_ok_and(|(_, cert)| {
+                parsed_roots.iter().any(|root| {
+                    cert.issuer().as_raw() == root.subject().as_raw()
+                        && cert.verify_signature(Some(root.public_key())).is_ok()
+                })
+            })
+    })
 }
 
 #[cfg(test)]

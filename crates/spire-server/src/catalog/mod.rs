@@ -18,6 +18,7 @@ use spire_core::config::plugins::{enabled_plugins, exactly_one};
 use crate::config::{ConfigError, ServerConfig, de};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
+use crate::plugins::upstreamauthority::spire::{self as spire_ua, SpireUpstreamAuthorityConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
 const PLUGIN_TYPES: [&str; 7] = [
@@ -134,6 +135,8 @@ pub enum UpstreamAuthorityChoice {
         /// `bundle_file_path`, when the upstream CA is not self-signed.
         bundle_file_path: Option<PathBuf>,
     },
+    /// `UpstreamAuthority "spire"`: another SPIRE server (nested SPIRE).
+    Spire(SpireUpstreamAuthorityConfig),
 }
 
 #[derive(Deserialize)]
@@ -243,6 +246,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     bundle_file_path: d.bundle_file_path.map(PathBuf::from),
                 });
             }
+            ("UpstreamAuthority", spire_ua::NAME) => {
+                let d: spire_ua::Data = decl.parse_data()?;
+                upstream_authorities.push(UpstreamAuthorityChoice::Spire(
+                    SpireUpstreamAuthorityConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
@@ -306,7 +315,7 @@ fn supported_names(kind: &str) -> &'static str {
         "DataStore" => "the supported DataStore is \"sql\"",
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => "supported NodeAttestors are \"join_token\" and \"k8s_psat\"",
-        "UpstreamAuthority" => "the supported UpstreamAuthority is \"disk\"",
+        "UpstreamAuthority" => "supported UpstreamAuthorities are \"disk\" and \"spire\"",
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }
