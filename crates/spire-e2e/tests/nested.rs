@@ -13,6 +13,13 @@
 //! and agent; our root server and agent under an upstream nested server and agent. Upstream's
 //! binaries come from `. target/interop-deps.env` (scripts/interop-deps.sh builds them).
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

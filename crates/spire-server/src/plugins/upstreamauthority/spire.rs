@@ -149,6 +149,9 @@ struct WorkloadSvid {
     bundle: Vec<Vec<u8>>,
 }
 
+/// The latest Workload API SVID with its sequence number (`None` until the first arrives).
+type LatestSvid = Option<(u64, Arc<WorkloadSvid>)>;
+
 /// The connection to the upstream server, rebuilt when the Workload API SVID changes.
 struct Connection {
     generation: u64,
@@ -160,7 +163,7 @@ pub struct SpireUpstreamAuthority {
     config: SpireUpstreamAuthorityConfig,
     server_id: String,
     /// Latest SVID from the Workload API, numbered so connections know when to redial.
-    svid: OnceCell<watch::Receiver<Option<(u64, Arc<WorkloadSvid>)>>>,
+    svid: OnceCell<watch::Receiver<LatestSvid>>,
     connection: Mutex<Option<Connection>>,
 }
 
@@ -372,7 +375,7 @@ fn bracket_ipv6(host: &str) -> String {
 
 /// Follows FetchX509SVID on the agent's socket forever, publishing the first SVID of each
 /// response; reconnects after errors.
-async fn follow_workload_api(socket: PathBuf, tx: watch::Sender<Option<(u64, Arc<WorkloadSvid>)>>) {
+async fn follow_workload_api(socket: PathBuf, tx: watch::Sender<LatestSvid>) {
     let mut generation = 0u64;
     loop {
         if tx.is_closed() {
@@ -391,7 +394,7 @@ async fn follow_workload_api(socket: PathBuf, tx: watch::Sender<Option<(u64, Arc
 
 async fn fetch_stream(
     socket: &std::path::Path,
-    tx: &watch::Sender<Option<(u64, Arc<WorkloadSvid>)>>,
+    tx: &watch::Sender<LatestSvid>,
     generation: &mut u64,
 ) -> Result<(), String> {
     let path = socket.to_path_buf();
