@@ -388,8 +388,12 @@ impl CaManager {
         let poll = self.config.upstream_poll_interval;
         let mut next_poll = tokio::time::Instant::now();
         loop {
-            let sleep =
-                interval.min(next_poll.saturating_duration_since(tokio::time::Instant::now()));
+            // Without an upstream authority there is nothing to poll: rotation ticks only.
+            let sleep = if self.upstream.is_some() {
+                interval.min(next_poll.saturating_duration_since(tokio::time::Instant::now()))
+            } else {
+                interval
+            };
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(sleep) => {}
