@@ -347,6 +347,21 @@ fn run_nested(programs: &Programs) {
         "the nested CA must be signed by the root's active authority: {state}"
     );
 
+    // The nested server published its JWT key to the root: the root's bundle has it.
+    let jwt_state = nested.cli_json(&["localauthority", "jwt", "show"]);
+    let nested_kid = jwt_state["active"]["authority_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("nested server has no active JWT key: {jwt_state}"))
+        .to_owned();
+    poll("the nested JWT key in the root bundle", STEP_TIMEOUT, || {
+        let bundle = root.cli_json(&["bundle", "show"]);
+        bundle["jwt_authorities"]
+            .as_array()
+            .is_some_and(|keys| keys.iter().any(|k| k["key_id"] == nested_kid.as_str()))
+            .then_some(())
+            .ok_or_else(|| bundle.to_string())
+    });
+
     nested_agent.cli_eventually(&["api", "fetch", "x509"], STEP_TIMEOUT);
     let work = sub("work");
     let old_roots = bundle_roots(&root);
