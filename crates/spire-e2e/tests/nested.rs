@@ -353,14 +353,18 @@ fn run_nested(programs: &Programs) {
         .as_str()
         .unwrap_or_else(|| panic!("nested server has no active JWT key: {jwt_state}"))
         .to_owned();
-    poll("the nested JWT key in the root bundle", STEP_TIMEOUT, || {
-        let bundle = root.cli_json(&["bundle", "show"]);
-        bundle["jwt_authorities"]
-            .as_array()
-            .is_some_and(|keys| keys.iter().any(|k| k["key_id"] == nested_kid.as_str()))
-            .then_some(())
-            .ok_or_else(|| bundle.to_string())
-    });
+    poll(
+        "the nested JWT key in the root bundle",
+        STEP_TIMEOUT,
+        || {
+            let bundle = root.cli_json(&["bundle", "show"]);
+            bundle["jwt_authorities"]
+                .as_array()
+                .is_some_and(|keys| keys.iter().any(|k| k["key_id"] == nested_kid.as_str()))
+                .then_some(())
+                .ok_or_else(|| bundle.to_string())
+        },
+    );
 
     nested_agent.cli_eventually(&["api", "fetch", "x509"], STEP_TIMEOUT);
     let work = sub("work");

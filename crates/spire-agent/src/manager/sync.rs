@@ -700,19 +700,34 @@ mod tests {
 
     /// A server with fixed entries (`<id>` for selector `t:v:<id>`) and a real CA.
     struct FakeServer {
-        key: PrivateKey,
-        ca: Vec<u8>,
+        /// The signing key and CA; replaced by [`FakeServer::rotate_and_taint`].
+        ca: std::sync::Mutex<(PrivateKey, Vec<u8>)>,
+        /// Roots still in the bundle but marked tainted.
+        tainted: std::sync::Mutex<Vec<Vec<u8>>>,
         entries: Vec<types::Entry>,
     }
 
+    fn new_ca() -> (PrivateKey, Vec<u8>) {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let template = CaTemplate::new(
+            TrustDomain::new("example.org").unwrap(),
+            Validity::from_now(OffsetDateTime::now_utc(), time::Duration::days(1)),
+        );
+        let ca = self_signed_ca(&key, &template).unwrap();
+        (key, ca)
+    }
+
     impl FakeServer {
+        /// Signs with a new CA from now on and marks the old one tainted in the bundle, as
+        /// a server does after `localauthority x509 activate` and `taint`.
+        fn rotate_and_taint(&self) -> Vec<u8> {
+            let (key, ca) = new_ca();
+            let old = std::mem::replace(&mut *self.ca.lock().unwrap(), (key, ca));
+            self.tainted.lock().unwrap().push(old.1.clone());
+            old.1
+        }
+
         fn new(ids: &[&str]) -> Self {
-            let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-            let template = CaTemplate::new(
-                TrustDomain::new("example.org").unwrap(),
-                Validity::from_now(OffsetDateTime::now_utc(), time::Duration::days(1)),
-            );
-            let ca = self_signed_ca(&key, &template).unwrap();
             let entries = ids
                 .iter()
                 .map(|id| types::Entry {
@@ -728,7 +743,11 @@ mod tests {
                     ..Default::default()
                 })
                 .collect();
-            Self { key, ca, entries }
+            Self {
+                ca: std::sync::Mutex::new(new_ca()),
+                tainted: std::sync::Mutex::default(),
+                entries,
+            }
         }
     }
 
@@ -742,7 +761,8 @@ mod tests {
             &self,
             csrs: Vec<(String, Vec<u8>)>,
         ) -> Result<Vec<Result<Vec<Vec<u8>>, ManagerError>>, ManagerError> {
-            let issuer = Issuer::new(&self.ca, &self.key).unwrap();
+            let ca = self.ca.lock().unwrap();
+            let issuer = Issuer::new(&ca.1, &ca.0).unwrap();
             Ok(csrs
                 .iter()
                 .map(|(id, csr)| {
@@ -757,12 +777,23 @@ mod tests {
         }
 
         async fn bundle(&self) -> Result<types::Bundle, ManagerError> {
+            let mut x509_authorities: Vec<types::X509Certificate> = self
+                .tainted
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|asn1| types::X509Certificate {
+                    asn1: asn1.clone(),
+                    tainted: true,
+                })
+                .collect();
+            x509_authorities.push(types::X509Certificate {
+                asn1: self.ca.lock().unwrap().1.clone(),
+                tainted: false,
+            });
             Ok(types::Bundle {
                 trust_domain: "example.org".to_owned(),
-                x509_authorities: vec![types::X509Certificate {
-                    asn1: self.ca.clone(),
-                    tainted: false,
-                }],
+                x509_authorities,
                 ..Default::default()
             })
         }
@@ -834,6 +865,39 @@ mod tests {
         assert_eq!(again.borrow().identities.len(), 1);
         cancel.cancel();
         sync_loop.await.unwrap();
+    }
+
+    /// A server that tainted the authority an SVID chains to: the next sync mints the SVID
+    /// again under the new authority, the subscriber keeps the old one until then (no empty
+    /// view), and the agent SVID rotation hears of the tainted root.
+    #[tokio::test]
+    async fn svids_under_a_tainted_authority_are_minted_again() {
+        let server = Arc::new(FakeServer::new(&["aaa"]));
+        let manager = Manager::new(
+            Arc::clone(&server) as Arc<dyn ServerApi>,
+            TrustDomain::new("example.org").unwrap(),
+            Bundle::new(TrustDomain::new("example.org").unwrap()),
+            ManagerOptions::default(),
+        );
+        manager.sync_once().await.unwrap();
+        let rx = manager.subscribe(selectors("aaa"));
+        let first = rx.borrow().identities[0].chain.clone();
+        let tainted_rx = manager.tainted_roots();
+        assert!(tainted_rx.borrow().is_empty());
+
+        let old_root = server.rotate_and_taint();
+        assert!(chain_is_under(&first, std::slice::from_ref(&old_root)));
+        manager.sync_once().await.unwrap();
+        let view = rx.borrow().clone();
+        assert_eq!(view.identities.len(), 1, "never an empty view");
+        let second = view.identities[0].chain.clone();
+        assert_ne!(first, second, "minted again");
+        assert!(!chain_is_under(&second, std::slice::from_ref(&old_root)));
+        assert_eq!(*tainted_rx.borrow(), vec![old_root]);
+
+        // Minted once: a further sync leaves the new SVID alone.
+        manager.sync_once().await.unwrap();
+        assert_eq!(rx.borrow().identities[0].chain, second);
     }
 
     #[test]
