@@ -209,7 +209,20 @@ impl Manager {
             .filter(|a| a.tainted)
             .map(|a| a.asn1.clone())
             .collect();
+        let tainted_jwt_keys: Vec<String> = raw_bundle
+            .jwt_authorities
+            .iter()
+            .filter(|k| k.tainted)
+            .map(|k| k.key_id.clone())
+            .collect();
         let bundle = bundle_from_proto(&raw_bundle)?;
+        let dropped = self.jwt_cache().remove_signed_by(&tainted_jwt_keys);
+        if dropped > 0 {
+            tracing::info!(
+                count = dropped,
+                "JWT-SVIDs signed by a tainted authority were dropped from the cache"
+            );
+        }
         if bundle.trust_domain != self.trust_domain {
             return Err(ManagerError::Internal(format!(
                 "server sent the bundle of {} but the agent is in trust domain {}",
