@@ -215,6 +215,7 @@ pub async fn run(
         storage: storage.clone(),
         reattestable,
         updates: Some(svid_updates),
+        tainted_roots: Some(manager.tainted_roots()),
     };
     let svid_keeper = tokio::spawn(attestation::keep_agent_svid(
         rotation,

@@ -397,6 +397,7 @@ async fn rotation_renews_at_half_life_and_persists_across_restart() {
             storage: storage.clone(),
             reattestable: false,
             updates: Some(tx),
+            tainted_roots: None,
         },
         AgentSvid {
             chain: result.svid_chain.clone(),
@@ -697,6 +698,7 @@ async fn a_reattestable_agent_attests_again_after_eviction_and_carries_on() {
             storage: storage.clone(),
             reattestable: true,
             updates: None,
+            tainted_roots: None,
         },
         Arc::new(JoinTokenAttestor::new(Some(second.clone()))),
         AgentSvid {

@@ -336,6 +336,8 @@ fn hcl1_compat_mapped(text: &str) -> (String, OffsetMap) {
     let mut offsets = OffsetMap::default();
     let mut chars = text.char_indices().peekable();
     let mut at_line_start = true;
+    // Open `{` and `[` outside strings, comments and heredocs, innermost last.
+    let mut open: Vec<char> = Vec::new();
     while let Some((i, c)) = chars.next() {
         offsets.starts.push((out.len(), i));
         let rest = text.get(i..).unwrap_or_default();
@@ -382,12 +384,20 @@ fn hcl1_compat_mapped(text: &str) -> (String, OffsetMap) {
                 at_line_start = false;
             }
             '{' => {
+                open.push('{');
                 out.push_str("{\n");
                 at_line_start = true;
             }
             '}' => {
+                open.pop();
                 out.push_str("\n}");
                 at_line_start = false;
+            }
+            // HCL v1 lets commas separate the attributes of a block (`server_address = "h",`);
+            // HCL v2 separates them by newlines only. Commas in lists stay.
+            ',' if open.last() == Some(&'{') => {
+                out.push('\n');
+                at_line_start = true;
             }
             '\n' => {
                 out.push('\n');
@@ -395,6 +405,13 @@ fn hcl1_compat_mapped(text: &str) -> (String, OffsetMap) {
             }
             c if c.is_whitespace() => out.push(c),
             c => {
+                match c {
+                    '[' => open.push('['),
+                    ']' => {
+                        open.pop();
+                    }
+                    _ => {}
+                }
                 if !at_line_start && starts_new_attribute(&out, rest) {
                     out.push('\n');
                     offsets.starts.push((out.len(), i));
@@ -707,6 +724,15 @@ plugins {
 EOT
         }
     }
+    Notifier "x" {
+        plugin_data {
+            address = "h, i",
+            port = "8081",
+            list = ["a", "b",
+                "c"],
+            nested { x = 1, y = [1, 2] }
+        }
+    }
 }
 "#;
 
@@ -727,6 +753,12 @@ EOT
             plugins["UpstreamAuthority"]["disk"]["plugin_data"]["pem"],
             "{ not a block }\n"
         );
+        let commas = &plugins["Notifier"]["x"]["plugin_data"];
+        assert_eq!(commas["address"], "h, i");
+        assert_eq!(commas["port"], "8081");
+        assert_eq!(commas["list"], serde_json::json!(["a", "b", "c"]));
+        assert_eq!(commas["nested"]["x"], 1);
+        assert_eq!(commas["nested"]["y"], serde_json::json!([1, 2]));
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::plugins::nodeattestor::NodeAttestors;
 use crate::plugins::notifier::{BUNDLE_POLL_INTERVAL, Notifiers};
 use crate::plugins::upstreamauthority::UpstreamAuthority;
 use crate::plugins::upstreamauthority::disk::{DiskUpstreamAuthority, DiskUpstreamAuthorityConfig};
+use crate::plugins::upstreamauthority::spire::SpireUpstreamAuthority;
 
 /// How often expired join tokens, expired entries and old change events are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -422,22 +423,30 @@ fn upstream_authority(
     let Some(choice) = &catalog.upstream_authority else {
         return Ok(None);
     };
-    let UpstreamAuthorityChoice::Disk {
-        key_file_path,
-        cert_file_path,
-        bundle_file_path,
-    } = choice;
-    let disk = DiskUpstreamAuthority::new(
-        DiskUpstreamAuthorityConfig {
-            key_file_path: key_file_path.clone(),
-            cert_file_path: cert_file_path.clone(),
-            bundle_file_path: bundle_file_path.clone(),
-            ttl: None,
-        },
-        config.trust_domain.clone(),
-    )
-    .context("cannot load plugins.UpstreamAuthority \"disk\"")?;
-    Ok(Some(Arc::new(disk)))
+    match choice {
+        UpstreamAuthorityChoice::Disk {
+            key_file_path,
+            cert_file_path,
+            bundle_file_path,
+        } => {
+            let disk = DiskUpstreamAuthority::new(
+                DiskUpstreamAuthorityConfig {
+                    key_file_path: key_file_path.clone(),
+                    cert_file_path: cert_file_path.clone(),
+                    bundle_file_path: bundle_file_path.clone(),
+                    ttl: None,
+                },
+                config.trust_domain.clone(),
+            )
+            .context("cannot load plugins.UpstreamAuthority \"disk\"")?;
+            Ok(Some(Arc::new(disk)))
+        }
+        UpstreamAuthorityChoice::Spire(spire) => {
+            let spire = SpireUpstreamAuthority::new(spire.clone(), &config.trust_domain)
+                .context("cannot load plugins.UpstreamAuthority \"spire\"")?;
+            Ok(Some(Arc::new(spire)))
+        }
+    }
 }
 
 fn ca_config(config: &ResolvedServerConfig) -> CaConfig {

@@ -1181,6 +1181,25 @@ async fn downstream_ca_requires_a_downstream_caller() {
         .into_inner();
     assert!(!response.ca_cert_chain.is_empty());
     assert!(!response.x509_authorities.is_empty());
+    // Upstream's rules: the preferred TTL, the parent's subject with OU DOWNSTREAM-<n> (a
+    // self-signed parent is a chain of one), a CA for the trust domain, signed by the root.
+    let ca = &response.ca_cert_chain[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(ca).unwrap();
+    let validity = cert.validity();
+    let lifetime = validity.not_after.timestamp() - validity.not_before.timestamp();
+    assert!((600..=610).contains(&lifetime), "lifetime {lifetime}");
+    let subject = cert.subject().to_string();
+    assert!(subject.contains("OU=DOWNSTREAM-1"), "{subject}");
+    assert!(cert.is_ca());
+    assert_eq!(
+        spire_core::x509::certificate_spiffe_id(ca)
+            .unwrap()
+            .as_str(),
+        "spiffe://example.org"
+    );
+    let root = &response.x509_authorities[0];
+    let (_, root) = x509_parser::parse_x509_certificate(root).unwrap();
+    assert!(cert.verify_signature(Some(root.public_key())).is_ok());
 }
 
 // ---------------------------------------------------------------------------------------

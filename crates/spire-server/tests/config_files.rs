@@ -753,3 +753,45 @@ fn acme_email_is_optional_in_the_profile_and_required_in_the_deprecated_form() {
         "{err}"
     );
 }
+
+/// Upstream's documented `UpstreamAuthority "spire"` block
+/// (`doc/plugin_server_upstreamauthority_spire.md`, commas included) loads; its Windows named
+/// pipe variant is refused as upstream refuses it off Windows, naming the key.
+#[test]
+fn upstream_spire_upstream_authority_example_loads() {
+    use spire_server::plugins::upstreamauthority::SpireUpstreamAuthorityConfig;
+    let block = r#"KeyManager "memory" { plugin_data {} }
+    UpstreamAuthority "spire" {
+        plugin_data {
+            server_address = "upstream-spire-server",
+            server_port = "8081",
+            workload_api_socket = "/tmp/spire-agent/public/api.sock"
+        }
+    }"#;
+    let text = MINIMAL.replace("KeyManager \"memory\" { plugin_data {} }", block);
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    assert_eq!(
+        cat.upstream_authority,
+        Some(UpstreamAuthorityChoice::Spire(
+            SpireUpstreamAuthorityConfig {
+                server_address: "upstream-spire-server".into(),
+                server_port: 8081,
+                workload_api_socket: "/tmp/spire-agent/public/api.sock".into(),
+                require_pq_kem: false,
+            }
+        ))
+    );
+    let windows = text.replace(
+        r#"workload_api_socket = "/tmp/spire-agent/public/api.sock""#,
+        r#"experimental {
+                workload_api_named_pipe_name = "\\spire-agent\\public\\api"
+            }"#,
+    );
+    let err = catalog::from_config(&load(&windows).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("workload_api_named_pipe_name") && err.contains("workload_api_socket"),
+        "{err}"
+    );
+}

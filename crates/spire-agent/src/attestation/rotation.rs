@@ -44,6 +44,9 @@ pub struct RotationConfig {
     pub reattestable: bool,
     /// Told of every new agent SVID, e.g. by the manager.
     pub updates: Option<watch::Sender<AgentIdentity>>,
+    /// The X.509 authorities the server marked tainted (from the manager's syncs): an SVID
+    /// signed under one is renewed at once instead of at its half-life.
+    pub tainted_roots: Option<watch::Receiver<Vec<Vec<u8>>>>,
 }
 
 /// When the SVID whose leaf is `leaf_der` should be renewed: half-way between its
@@ -74,8 +77,16 @@ pub async fn run_rotation(
         let due = renewal_due(leaf)?;
         let not_after = spire_core::x509::certificate_not_after(leaf)
             .map_err(|e| AttestError::Protocol(format!("the agent SVID cannot be read: {e}")))?;
-        if !sleep_until(due, &cancel).await {
-            return Ok(());
+        let mut tainted = config.tainted_roots.clone();
+        tokio::select! {
+            woke = sleep_until(due, &cancel) => {
+                if !woke {
+                    return Ok(());
+                }
+            }
+            () = until_tainted(tainted.as_mut(), &current.chain) => {
+                tracing::info!("the agent SVID is signed by a tainted authority; renewing it now");
+            }
         }
         if config.reattestable {
             // As upstream's rotator: a re-attestable agent attests again (with fresh
@@ -132,6 +143,22 @@ pub async fn rotate_once(
         key,
         key_id: key_id.to_owned(),
     })
+}
+
+/// Returns once `tainted` names a root `chain` is signed under; never without a receiver.
+async fn until_tainted(tainted: Option<&mut watch::Receiver<Vec<Vec<u8>>>>, chain: &[Vec<u8>]) {
+    let Some(tainted) = tainted else {
+        return std::future::pending().await;
+    };
+    loop {
+        let hit = crate::manager::chain_is_under(chain, &tainted.borrow_and_update());
+        if hit {
+            return;
+        }
+        if tainted.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Sleeps until `when`; `false` when cancelled first.

@@ -85,13 +85,17 @@ pub(super) struct CachedSvid {
     pub(super) revision: i64,
     /// LRU stamp: the cache tick at which a subscriber last used it.
     pub(super) last_used: u64,
+    /// Signed under an X.509 authority the server marked tainted: minted again on the next
+    /// sync, while the workload keeps this one until the new one arrives.
+    pub(super) tainted: bool,
 }
 
 impl CachedSvid {
-    /// Past half of its lifetime (or expired): time to mint a new one.
+    /// Past half of its lifetime (or expired), or under a tainted authority: time to mint a
+    /// new one.
     pub(super) fn needs_rotation(&self, now: i64) -> bool {
         let lifetime = self.not_after.saturating_sub(self.not_before);
-        now >= self.not_before.saturating_add(lifetime / 2)
+        self.tainted || now >= self.not_before.saturating_add(lifetime / 2)
     }
 }
 
@@ -327,6 +331,7 @@ mod tests {
             not_after: 100,
             revision: 0,
             last_used,
+            tainted: false,
         }
     }
 

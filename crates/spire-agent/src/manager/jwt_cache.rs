@@ -51,6 +51,20 @@ impl JwtCache {
         }
     }
 
+    /// Drops every token signed by one of the JWT keys `key_ids` (tainted at the server), so
+    /// the next request mints a new one, as upstream's agent does; returns how many.
+    pub(super) fn remove_signed_by(&mut self, key_ids: &[String]) -> usize {
+        if key_ids.is_empty() {
+            return 0;
+        }
+        let before = self.tokens.len();
+        self.tokens.retain(|_, cached| {
+            spire_core::jwt::parse_jwt_svid_insecure(&cached.token)
+                .map_or(true, |svid| !key_ids.contains(&svid.key_id))
+        });
+        before - self.tokens.len()
+    }
+
     /// The cached token for this SPIFFE ID and audience (in any order), if any.
     pub(super) fn get(&self, spiffe_id: &str, audience: &[String]) -> Option<&CachedJwt> {
         self.tokens.get(&key(spiffe_id, audience))
@@ -128,5 +142,41 @@ mod tests {
         cache.insert("spiffe://td/d", &["x".to_owned()], jwt(155), 155);
         assert!(cache.get("spiffe://td/b", &["x".to_owned()]).is_none());
         assert!(cache.get("spiffe://td/c", &["x".to_owned()]).is_some());
+    }
+
+    #[test]
+    fn tokens_signed_by_tainted_keys_are_dropped() {
+        use spire_core::jwt::{JwtSvidParams, mint_jwt_svid};
+        use spire_core::keys::{KeyType, PrivateKey};
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let token = |kid: &str| {
+            mint_jwt_svid(
+                &key,
+                kid,
+                &JwtSvidParams {
+                    subject: spire_core::spiffe_id::SpiffeId::parse("spiffe://td/w").unwrap(),
+                    audience: vec!["x".to_owned()],
+                    expires_at: 4_000_000_000,
+                    issued_at: Some(100),
+                    issuer: None,
+                    algorithm: None,
+                    jwt_id: None,
+                },
+            )
+            .unwrap()
+        };
+        let mut cache = JwtCache::new(10);
+        for (audience, kid) in [("a", "old"), ("b", "new")] {
+            let jwt = CachedJwt {
+                token: token(kid),
+                issued_at: 100,
+                expires_at: 4_000_000_000,
+            };
+            cache.insert("spiffe://td/w", &[audience.to_owned()], jwt, 100);
+        }
+        assert_eq!(cache.remove_signed_by(&["old".to_owned()]), 1);
+        assert!(cache.get("spiffe://td/w", &["a".to_owned()]).is_none());
+        assert!(cache.get("spiffe://td/w", &["b".to_owned()]).is_some());
+        assert_eq!(cache.remove_signed_by(&[]), 0);
     }
 }

@@ -20,7 +20,7 @@ pub mod server_api;
 pub mod sync;
 
 pub use server_api::{ServerApi, bundle_from_proto};
-pub use sync::{CacheStats, Clock, Manager, ManagerOptions};
+pub use sync::{CacheStats, Clock, Manager, ManagerOptions, chain_is_under};
 
 /// Why the manager could not answer; the Workload API maps these to gRPC codes.
 #[derive(Debug, thiserror::Error)]

@@ -111,6 +111,8 @@ pub struct Manager {
     bundles_tx: watch::Sender<Arc<BTreeMap<String, Arc<Bundle>>>>,
     /// Unix seconds of the last successful sync.
     last_sync_success: Mutex<Option<i64>>,
+    /// The X.509 authorities the server's bundle marks tainted, for the agent SVID rotation.
+    tainted_roots: watch::Sender<Vec<Vec<u8>>>,
 }
 
 impl Manager {
@@ -144,6 +146,7 @@ impl Manager {
             sync_now: Notify::new(),
             bundles_tx,
             last_sync_success: Mutex::new(None),
+            tainted_roots: watch::Sender::new(Vec::new()),
         })
     }
 
@@ -182,6 +185,12 @@ impl Manager {
         }
     }
 
+    /// The X.509 authorities the last sync saw tainted; the agent SVID rotation renews an
+    /// SVID signed under one of them at once.
+    pub fn tainted_roots(&self) -> watch::Receiver<Vec<Vec<u8>>> {
+        self.tainted_roots.subscribe()
+    }
+
     /// The agent's own trust domain bundle as currently cached.
     pub fn bundle(&self) -> Arc<Bundle> {
         Arc::clone(&self.state().bundle)
@@ -193,7 +202,27 @@ impl Manager {
     pub async fn sync_once(&self) -> Result<(), ManagerError> {
         let _guard = self.sync_lock.lock().await;
         let raw_entries = self.api.authorized_entries().await?;
-        let bundle = bundle_from_proto(&self.api.bundle().await?)?;
+        let raw_bundle = self.api.bundle().await?;
+        let tainted_roots: Vec<Vec<u8>> = raw_bundle
+            .x509_authorities
+            .iter()
+            .filter(|a| a.tainted)
+            .map(|a| a.asn1.clone())
+            .collect();
+        let tainted_jwt_keys: Vec<String> = raw_bundle
+            .jwt_authorities
+            .iter()
+            .filter(|k| k.tainted)
+            .map(|k| k.key_id.clone())
+            .collect();
+        let bundle = bundle_from_proto(&raw_bundle)?;
+        let dropped = self.jwt_cache().remove_signed_by(&tainted_jwt_keys);
+        if dropped > 0 {
+            tracing::info!(
+                count = dropped,
+                "JWT-SVIDs signed by a tainted authority were dropped from the cache"
+            );
+        }
         if bundle.trust_domain != self.trust_domain {
             return Err(ManagerError::Internal(format!(
                 "server sent the bundle of {} but the agent is in trust domain {}",
@@ -217,6 +246,15 @@ impl Manager {
             let mut state = self.state();
             state.bundle = Arc::new(bundle);
             state.federated = federated;
+            mark_tainted(&mut state, &tainted_roots);
+            self.tainted_roots.send_if_modified(|current| {
+                if *current == tainted_roots {
+                    false
+                } else {
+                    current.clone_from(&tainted_roots);
+                    true
+                }
+            });
             let needed = state.apply_entries(entries, self.options.x509_svid_cache_max_size, now);
             let all = state.all_bundles();
             self.bundles_tx.send_if_modified(|current| {
@@ -348,6 +386,7 @@ impl Manager {
                                 not_after,
                                 revision: request.revision,
                                 last_used: tick,
+                                tainted: false,
                             },
                         );
                     }
@@ -624,6 +663,46 @@ impl WorkloadIdentities for Manager {
     }
 }
 
+/// Marks the cached SVIDs signed under one of `tainted_roots` for minting again (upstream's
+/// `TaintX509SVIDs`), and tells the rotation of the agent's own SVID about the roots.
+fn mark_tainted(state: &mut State, tainted_roots: &[Vec<u8>]) {
+    if tainted_roots.is_empty() {
+        return;
+    }
+    let mut marked = 0usize;
+    for svid in state.svids.values_mut() {
+        if !svid.tainted && chain_is_under(&svid.chain, tainted_roots) {
+            svid.tainted = true;
+            marked = marked.saturating_add(1);
+        }
+    }
+    if marked > 0 {
+        tracing::info!(
+            count = marked,
+            "X.509-SVIDs signed by a tainted authority will be rotated"
+        );
+    }
+}
+
+/// Whether some certificate of `chain` is one of `roots` or is signed by one of them.
+pub fn chain_is_under(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let parsed_roots: Vec<_> = roots
+        .iter()
+        .filter_map(|r| x509_parser::certificate::X509Certificate::from_der(r).ok())
+        .map(|(_, c)| c)
+        .collect();
+    chain.iter().any(|der| {
+        roots.iter().any(|r| r == der)
+            || x509_parser::certificate::X509Certificate::from_der(der).is_ok_and(|(_, cert)| {
+                parsed_roots.iter().any(|root| {
+                    cert.issuer().as_raw() == root.subject().as_raw()
+                        && cert.verify_signature(Some(root.public_key())).is_ok()
+                })
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,19 +713,34 @@ mod tests {
 
     /// A server with fixed entries (`<id>` for selector `t:v:<id>`) and a real CA.
     struct FakeServer {
-        key: PrivateKey,
-        ca: Vec<u8>,
+        /// The signing key and CA; replaced by [`FakeServer::rotate_and_taint`].
+        ca: std::sync::Mutex<(PrivateKey, Vec<u8>)>,
+        /// Roots still in the bundle but marked tainted.
+        tainted: std::sync::Mutex<Vec<Vec<u8>>>,
         entries: Vec<types::Entry>,
     }
 
+    fn new_ca() -> (PrivateKey, Vec<u8>) {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let template = CaTemplate::new(
+            TrustDomain::new("example.org").unwrap(),
+            Validity::from_now(OffsetDateTime::now_utc(), time::Duration::days(1)),
+        );
+        let ca = self_signed_ca(&key, &template).unwrap();
+        (key, ca)
+    }
+
     impl FakeServer {
+        /// Signs with a new CA from now on and marks the old one tainted in the bundle, as
+        /// a server does after `localauthority x509 activate` and `taint`.
+        fn rotate_and_taint(&self) -> Vec<u8> {
+            let (key, ca) = new_ca();
+            let old = std::mem::replace(&mut *self.ca.lock().unwrap(), (key, ca));
+            self.tainted.lock().unwrap().push(old.1.clone());
+            old.1
+        }
+
         fn new(ids: &[&str]) -> Self {
-            let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-            let template = CaTemplate::new(
-                TrustDomain::new("example.org").unwrap(),
-                Validity::from_now(OffsetDateTime::now_utc(), time::Duration::days(1)),
-            );
-            let ca = self_signed_ca(&key, &template).unwrap();
             let entries = ids
                 .iter()
                 .map(|id| types::Entry {
@@ -662,7 +756,11 @@ mod tests {
                     ..Default::default()
                 })
                 .collect();
-            Self { key, ca, entries }
+            Self {
+                ca: std::sync::Mutex::new(new_ca()),
+                tainted: std::sync::Mutex::default(),
+                entries,
+            }
         }
     }
 
@@ -676,7 +774,8 @@ mod tests {
             &self,
             csrs: Vec<(String, Vec<u8>)>,
         ) -> Result<Vec<Result<Vec<Vec<u8>>, ManagerError>>, ManagerError> {
-            let issuer = Issuer::new(&self.ca, &self.key).unwrap();
+            let ca = self.ca.lock().unwrap();
+            let issuer = Issuer::new(&ca.1, &ca.0).unwrap();
             Ok(csrs
                 .iter()
                 .map(|(id, csr)| {
@@ -691,12 +790,23 @@ mod tests {
         }
 
         async fn bundle(&self) -> Result<types::Bundle, ManagerError> {
+            let mut x509_authorities: Vec<types::X509Certificate> = self
+                .tainted
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|asn1| types::X509Certificate {
+                    asn1: asn1.clone(),
+                    tainted: true,
+                })
+                .collect();
+            x509_authorities.push(types::X509Certificate {
+                asn1: self.ca.lock().unwrap().1.clone(),
+                tainted: false,
+            });
             Ok(types::Bundle {
                 trust_domain: "example.org".to_owned(),
-                x509_authorities: vec![types::X509Certificate {
-                    asn1: self.ca.clone(),
-                    tainted: false,
-                }],
+                x509_authorities,
                 ..Default::default()
             })
         }
@@ -768,6 +878,39 @@ mod tests {
         assert_eq!(again.borrow().identities.len(), 1);
         cancel.cancel();
         sync_loop.await.unwrap();
+    }
+
+    /// A server that tainted the authority an SVID chains to: the next sync mints the SVID
+    /// again under the new authority, the subscriber keeps the old one until then (no empty
+    /// view), and the agent SVID rotation hears of the tainted root.
+    #[tokio::test]
+    async fn svids_under_a_tainted_authority_are_minted_again() {
+        let server = Arc::new(FakeServer::new(&["aaa"]));
+        let manager = Manager::new(
+            Arc::clone(&server) as Arc<dyn ServerApi>,
+            TrustDomain::new("example.org").unwrap(),
+            Bundle::new(TrustDomain::new("example.org").unwrap()),
+            ManagerOptions::default(),
+        );
+        manager.sync_once().await.unwrap();
+        let rx = manager.subscribe(selectors("aaa"));
+        let first = rx.borrow().identities[0].chain.clone();
+        let tainted_rx = manager.tainted_roots();
+        assert!(tainted_rx.borrow().is_empty());
+
+        let old_root = server.rotate_and_taint();
+        assert!(chain_is_under(&first, std::slice::from_ref(&old_root)));
+        manager.sync_once().await.unwrap();
+        let view = rx.borrow().clone();
+        assert_eq!(view.identities.len(), 1, "never an empty view");
+        let second = view.identities[0].chain.clone();
+        assert_ne!(first, second, "minted again");
+        assert!(!chain_is_under(&second, std::slice::from_ref(&old_root)));
+        assert_eq!(*tainted_rx.borrow(), vec![old_root]);
+
+        // Minted once: a further sync leaves the new SVID alone.
+        manager.sync_once().await.unwrap();
+        assert_eq!(rx.borrow().identities[0].chain, second);
     }
 
     #[test]

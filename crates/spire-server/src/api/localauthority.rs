@@ -31,14 +31,6 @@ fn authority_id(id: &str) -> Result<&str, Status> {
     Ok(id)
 }
 
-/// Refuses an empty subject key ID.
-fn subject_key_id(id: &str) -> Result<&str, Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("no subject key ID provided"));
-    }
-    Ok(id)
-}
-
 #[tonic::async_trait]
 impl LocalAuthority for LocalAuthorityApi {
     async fn get_jwt_authority_state(
@@ -179,12 +171,16 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::TaintX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
-        subject_key_id(&request.into_inner().subject_key_id)?;
-        // The CA manager has no upstream-authority operations yet; with no UpstreamAuthority
-        // this is upstream's answer too.
-        Err(Status::failed_precondition(
-            "upstream authority is not configured",
-        ))
+        let request = request.into_inner();
+        let skid = self
+            .ctx
+            .ca
+            .taint_x509_upstream_authority(&request.subject_key_id)
+            .await
+            .map_err(|e| ca_status("failed to taint upstream authority", &e))?;
+        Ok(Response::new(pb::TaintX509UpstreamAuthorityResponse {
+            upstream_authority_subject_key_id: skid,
+        }))
     }
 
     async fn revoke_x509_authority(
@@ -207,11 +203,18 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::RevokeX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
-        subject_key_id(&request.into_inner().subject_key_id)?;
-        Err(Status::failed_precondition(
-            "upstream authority is not configured",
-        ))
+        let request = request.into_inner();
+        let skid = self
+            .ctx
+            .ca
+            .revoke_x509_upstream_authority(&request.subject_key_id)
+            .await
+            .map_err(|e| ca_status("failed to revoke X.509 upstream authority", &e))?;
+        Ok(Response::new(pb::RevokeX509UpstreamAuthorityResponse {
+            upstream_authority_subject_key_id: skid,
+        }))
     }
+
     async fn get_wit_authority_state(
         &self,
         _request: Request<pb::GetWitAuthorityStateRequest>,

@@ -32,6 +32,8 @@ use crate::datastore::{DataStore, DataStoreError};
 use crate::plugins::keymanager::KeyManager;
 use crate::plugins::upstreamauthority::UpstreamAuthority;
 
+mod upstream;
+
 /// Prepare the next authority when this much of the current one's lifetime is left, at most.
 const PREPARATION_CAP: time::Duration = time::Duration::days(30);
 /// ... and at least `lifetime / 2`.
@@ -93,6 +95,9 @@ struct Slot<T> {
     authority: Option<Arc<T>>,
     status: Status,
     authority_id: String,
+    /// Subject key ID of the upstream authority that signed this CA (its authority key ID),
+    /// lowercase hex; empty when self-signed or for JWT keys.
+    upstream_authority_id: String,
     not_after: OffsetDateTime,
 }
 
@@ -104,6 +109,7 @@ impl<T> Slot<T> {
             authority: None,
             status: Status::Unknown,
             authority_id: String::new(),
+            upstream_authority_id: String::new(),
             not_after: OffsetDateTime::UNIX_EPOCH,
         }
     }
@@ -143,8 +149,7 @@ impl<T> Slot<T> {
         AuthorityState {
             authority_id: self.authority_id.clone(),
             expires_at: self.not_after.unix_timestamp(),
-            // No UpstreamAuthority signs our CAs yet, so there is no upstream SKID to name.
-            upstream_authority_subject_key_id: String::new(),
+            upstream_authority_subject_key_id: self.upstream_authority_id.clone(),
         }
     }
 }
@@ -203,6 +208,10 @@ pub struct CaManager {
     bundle_changed: watch::Sender<u64>,
     /// Rotation ticks that failed in a row (the `server.ca.rotator` health check).
     failed_rotations: std::sync::atomic::AtomicU32,
+    /// Upstream roots seen tainted and waiting for rotation, and the last upstream bundle.
+    upstream_tracker: std::sync::Mutex<upstream::UpstreamTracker>,
+    /// Whether the "plugin does not publish JWT keys" warning was logged.
+    jwt_unimplemented_warned: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CaManager {
@@ -341,6 +350,8 @@ impl CaManager {
             identity,
             bundle_changed: watch::Sender::new(0),
             failed_rotations: std::sync::atomic::AtomicU32::new(0),
+            upstream_tracker: std::sync::Mutex::default(),
+            jwt_unimplemented_warned: std::sync::atomic::AtomicBool::new(false),
             config,
         });
         manager.load(now).await?;
@@ -377,18 +388,31 @@ impl CaManager {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let short = (self.config.ca_ttl / 60).max(Duration::from_millis(100));
         let interval = self.config.rotate_interval.min(short);
+        let poll = self.config.upstream_poll_interval;
+        let mut next_poll = tokio::time::Instant::now();
         loop {
+            // Without an upstream authority there is nothing to poll: rotation ticks only.
+            let sleep = if self.upstream.is_some() {
+                interval.min(next_poll.saturating_duration_since(tokio::time::Instant::now()))
+            } else {
+                interval
+            };
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(interval) => {
-                    use std::sync::atomic::Ordering;
-                    if let Err(e) = self.rotate().await {
-                        self.failed_rotations.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "CA rotation failed; retrying on the next tick");
-                    } else {
-                        self.failed_rotations.store(0, Ordering::Relaxed);
-                    }
+                () = tokio::time::sleep(sleep) => {}
+            }
+            if self.upstream.is_some() && tokio::time::Instant::now() >= next_poll {
+                next_poll = tokio::time::Instant::now() + poll;
+                if let Err(e) = self.poll_upstream().await {
+                    tracing::warn!(error = %e, "Upstream bundle sync failed; retrying on the next poll");
                 }
+            }
+            use std::sync::atomic::Ordering;
+            if let Err(e) = self.rotate().await {
+                self.failed_rotations.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "CA rotation failed; retrying on the next tick");
+            } else {
+                self.failed_rotations.store(0, Ordering::Relaxed);
             }
         }
     }
@@ -600,6 +624,7 @@ impl CaManager {
             )?)),
             status: Status::try_from(entry.status).unwrap_or(Status::Unknown),
             authority_id,
+            upstream_authority_id: entry.upstream_authority_id.clone(),
             not_after: validity.not_after,
         }))
     }
@@ -642,6 +667,7 @@ impl CaManager {
             } else {
                 entry.authority_id.clone()
             },
+            upstream_authority_id: String::new(),
             not_after,
         }))
     }
@@ -732,6 +758,11 @@ impl CaManager {
             authority: Some(Arc::new(ca)),
             status: Status::Prepared,
             authority_id: authority_id.clone(),
+            upstream_authority_id: if self.upstream.is_some() {
+                upstream_authority_id.clone()
+            } else {
+                String::new()
+            },
             not_after: validity.not_after,
         };
         state.journal.append_x509(entry);
@@ -813,8 +844,7 @@ impl CaManager {
             )));
         }
         // The upstream roots are the trust bundle; our intermediate chains to them.
-        self.append_bundle(minted.upstream_x509_roots, vec![])
-            .await?;
+        self.sync_x509_roots(minted.upstream_x509_roots).await?;
         X509Ca::new(key, certificate, minted.x509_ca_chain)
     }
 
@@ -903,16 +933,15 @@ impl CaManager {
         let kid = new_key_id()?;
         let not_after = now + to_time(self.config.ca_ttl)?;
         let public_key = key.public_key_der();
-        self.append_bundle(
-            vec![],
-            vec![types::JwtKey {
-                public_key: public_key.clone(),
-                key_id: kid.clone(),
-                expires_at: not_after.unix_timestamp(),
-                tainted: false,
-            }],
-        )
-        .await?;
+        let jwt_key = types::JwtKey {
+            public_key: public_key.clone(),
+            key_id: kid.clone(),
+            expires_at: not_after.unix_timestamp(),
+            tainted: false,
+        };
+        if !self.publish_jwt_key(&jwt_key).await? {
+            self.append_bundle(vec![], vec![jwt_key]).await?;
+        }
         let slot = if use_current {
             &mut state.current_jwt
         } else {
@@ -928,6 +957,7 @@ impl CaManager {
             })),
             status: Status::Prepared,
             authority_id: kid.clone(),
+            upstream_authority_id: String::new(),
             not_after,
         };
         state.journal.append_jwt(JwtKeyEntry {
@@ -1134,9 +1164,15 @@ impl CaManager {
         let ca = self.require_active_x509()?;
         let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(self.config.ca_ttl);
         let issuer = ca.issuer();
+        // As upstream's credential builder: the parent's subject with OU DOWNSTREAM-<n>,
+        // n being the length of the parent chain (the CA alone when self-signed).
+        let parent_chain_len = ca.upstream_chain.len().max(1);
+        let mut subject =
+            crate::plugins::upstreamauthority::disk::certificate_subject(&ca.certificate);
+        subject.organizational_unit = vec![format!("DOWNSTREAM-{parent_chain_len}")];
         let template = CaTemplate {
             trust_domain: self.trust_domain.clone(),
-            subject: self.config.ca_subject.clone(),
+            subject,
             validity: Validity::from_now(self.now(), to_time(ttl)?),
         };
         let cert = x509::intermediate_ca(&issuer, public_key_der, &template).map_err(x509_error)?;

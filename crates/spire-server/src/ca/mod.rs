@@ -45,6 +45,9 @@ pub struct CaConfig {
     /// How often [`CaManager::run`] checks for rotation (upstream: 10 s); shortened
     /// automatically for very short `ca_ttl`s.
     pub rotate_interval: Duration,
+    /// How often the upstream bundle of a `spire` UpstreamAuthority is polled for new and
+    /// tainted roots (upstream: 5 s).
+    pub upstream_poll_interval: Duration,
     /// The time source.
     pub clock: Clock,
 }
@@ -63,6 +66,7 @@ impl CaConfig {
             default_jwt_svid_ttl: Duration::from_secs(300),
             agent_ttl: None,
             rotate_interval: Duration::from_secs(10),
+            upstream_poll_interval: Duration::from_secs(5),
             clock: system_clock(),
         }
     }
@@ -81,6 +85,7 @@ impl std::fmt::Debug for CaConfig {
             .field("default_jwt_svid_ttl", &self.default_jwt_svid_ttl)
             .field("agent_ttl", &self.agent_ttl)
             .field("rotate_interval", &self.rotate_interval)
+            .field("upstream_poll_interval", &self.upstream_poll_interval)
             .finish_non_exhaustive()
     }
 }

@@ -20,6 +20,7 @@ use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
 use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
 use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
+use crate::plugins::upstreamauthority::spire::{self as spire_ua, SpireUpstreamAuthorityConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
 const PLUGIN_TYPES: [&str; 7] = [
@@ -140,6 +141,8 @@ pub enum UpstreamAuthorityChoice {
         /// `bundle_file_path`, when the upstream CA is not self-signed.
         bundle_file_path: Option<PathBuf>,
     },
+    /// `UpstreamAuthority "spire"`: another SPIRE server (nested SPIRE).
+    Spire(SpireUpstreamAuthorityConfig),
 }
 
 #[derive(Deserialize)]
@@ -249,6 +252,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     bundle_file_path: d.bundle_file_path.map(PathBuf::from),
                 });
             }
+            ("UpstreamAuthority", spire_ua::NAME) => {
+                let d: spire_ua::Data = decl.parse_data()?;
+                upstream_authorities.push(UpstreamAuthorityChoice::Spire(
+                    SpireUpstreamAuthorityConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
@@ -326,7 +335,7 @@ fn supported_names(kind: &str) -> &'static str {
         "NodeAttestor" => {
             "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\" and \"sshpop\""
         }
-        "UpstreamAuthority" => "the supported UpstreamAuthority is \"disk\"",
+        "UpstreamAuthority" => "supported UpstreamAuthorities are \"disk\" and \"spire\"",
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }

@@ -1,5 +1,5 @@
-//! `spire-server localauthority x509|jwt show|prepare|activate|taint|revoke` and the
-//! X.509 `taint-upstream`/`revoke-upstream` commands: manual CA rotation and revocation.
+//! `spire-server localauthority x509|jwt show|prepare|activate|taint|revoke`: manual CA
+//! rotation and revocation (upstream authorities: `upstreamauthority`, in its own module).
 
 use clap::{Args, Subcommand};
 use spire_proto::spire::api::server::localauthority::v1 as lav1;
@@ -7,7 +7,7 @@ use spire_proto::spire::api::server::localauthority::v1 as lav1;
 use super::printer::{go_time_utc, print_proto};
 use super::{CliError, CliResult, Env, OutputArg, SocketArg, client};
 
-type LocalAuthorityClient =
+pub(crate) type LocalAuthorityClient =
     lav1::local_authority_client::LocalAuthorityClient<tonic::transport::Channel>;
 
 /// `localauthority` subcommands.
@@ -34,10 +34,6 @@ pub(crate) enum X509Command {
     Taint(AuthorityArgs),
     /// Revokes the previously active X.509 authority by removing it from the bundle and propagating this update throughout the cluster
     Revoke(AuthorityArgs),
-    /// Marks the provided X.509 upstream authority as being tainted
-    TaintUpstream(UpstreamArgs),
-    /// Revokes the previously active X.509 upstream authority by removing it from the bundle and propagating this update throughout the cluster
-    RevokeUpstream(UpstreamArgs),
 }
 
 /// `localauthority jwt` subcommands.
@@ -76,18 +72,6 @@ pub(crate) struct AuthorityArgs {
     output: OutputArg,
 }
 
-/// Flags of the upstream-authority commands.
-#[derive(Debug, Args)]
-pub(crate) struct UpstreamArgs {
-    /// The X.509 Subject Key Identifier (or SKID) of the authority's CA certificate of the upstream X.509 authority
-    #[arg(long = "subjectKeyID", value_name = "string", default_value = "")]
-    subject_key_id: String,
-    #[command(flatten)]
-    socket: SocketArg,
-    #[command(flatten)]
-    output: OutputArg,
-}
-
 /// Runs a `localauthority` subcommand.
 pub(crate) async fn run(command: LocalAuthorityCommand, env: &mut Env<'_>) -> CliResult {
     match command {
@@ -96,7 +80,7 @@ pub(crate) async fn run(command: LocalAuthorityCommand, env: &mut Env<'_>) -> Cl
     }
 }
 
-async fn la_client(socket: &SocketArg) -> Result<LocalAuthorityClient, CliError> {
+pub(crate) async fn la_client(socket: &SocketArg) -> Result<LocalAuthorityClient, CliError> {
     Ok(LocalAuthorityClient::new(
         client::connect(&socket.path()?).await?,
     ))
@@ -299,62 +283,6 @@ async fn run_x509(command: X509Command, env: &mut Env<'_>) -> CliResult {
                 },
             )
         }
-        X509Command::TaintUpstream(args) => {
-            if args.subject_key_id.is_empty() {
-                return Err(CliError::invalid(
-                    "the Subject Key ID of the X.509 upstream authority is required",
-                ));
-            }
-            let resp = la_client(&args.socket)
-                .await?
-                .taint_x509_upstream_authority(lav1::TaintX509UpstreamAuthorityRequest {
-                    subject_key_id: args.subject_key_id.clone(),
-                })
-                .await
-                .map_err(CliError::rpc("could not taint X.509 upstream authority: "))?
-                .into_inner();
-            let skid = args.subject_key_id.clone();
-            print_proto(
-                env,
-                args.output.output,
-                &resp,
-                "spire.api.server.localauthority.v1.TaintX509UpstreamAuthorityResponse",
-                |env, _| {
-                    env.print(&format!(
-                        "Tainted X.509 upstream authority:\n  Subject Key ID: {skid}\n"
-                    ));
-                    Ok(())
-                },
-            )
-        }
-        X509Command::RevokeUpstream(args) => {
-            if args.subject_key_id.is_empty() {
-                return Err(CliError::invalid(
-                    "the Subject Key ID of the X.509 upstream authority is required",
-                ));
-            }
-            let resp = la_client(&args.socket)
-                .await?
-                .revoke_x509_upstream_authority(lav1::RevokeX509UpstreamAuthorityRequest {
-                    subject_key_id: args.subject_key_id.clone(),
-                })
-                .await
-                .map_err(CliError::rpc("could not revoke X.509 upstream authority: "))?
-                .into_inner();
-            let skid = args.subject_key_id.clone();
-            print_proto(
-                env,
-                args.output.output,
-                &resp,
-                "spire.api.server.localauthority.v1.RevokeX509UpstreamAuthorityResponse",
-                |env, _| {
-                    env.print(&format!(
-                        "Revoked X.509 upstream authority:\n  Subject Key ID: {skid}\n"
-                    ));
-                    Ok(())
-                },
-            )
-        }
     }
 }
 
@@ -521,8 +449,5 @@ mod tests {
             (code, err.as_str()),
             (1, "Error: an authority ID is required\n")
         );
-        let (code, _, err) = run(&["localauthority", "x509", "taint-upstream"]);
-        assert_eq!(code, 1);
-        assert!(err.contains("Subject Key ID"), "{err}");
     }
 }

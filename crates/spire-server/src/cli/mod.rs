@@ -17,6 +17,7 @@ mod localauthority;
 mod logger;
 pub mod run;
 mod token;
+mod upstreamauthority;
 mod x509;
 
 use std::io::{Read, Write};
@@ -101,6 +102,9 @@ enum Command {
     /// Local authority commands
     #[command(subcommand)]
     Localauthority(localauthority::LocalAuthorityCommand),
+    /// Upstream authority commands
+    #[command(subcommand)]
+    Upstreamauthority(upstreamauthority::UpstreamAuthorityCommand),
     /// Logger commands
     #[command(subcommand)]
     Logger(logger::LoggerCommand),
@@ -149,6 +153,7 @@ async fn dispatch(command: Command, env: &mut Env<'_>) -> Result<(), Failure> {
         Command::X509(c) => Ok(x509::run(c, env).await?),
         Command::Jwt(c) => Ok(jwt::run(c, env).await?),
         Command::Localauthority(c) => Ok(localauthority::run(c, env).await?),
+        Command::Upstreamauthority(c) => Ok(upstreamauthority::run(c, env).await?),
         Command::Logger(c) => Ok(logger::run(c, env).await?),
     }
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use spire_core::keys::PrivateKey;
 use spire_core::spiffe_id::TrustDomain;
 use spire_core::x509::{self, CaTemplate, Issuer, Subject, Validity};
+use spire_proto::spire::api::types;
 use x509_parser::asn1_rs::FromDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::certification_request::X509CertificationRequest;
@@ -239,7 +240,19 @@ fn csr_subject(csr_der: &[u8]) -> Subject {
     let Ok((_, csr)) = X509CertificationRequest::from_der(csr_der) else {
         return Subject::default();
     };
-    let name: &X509Name<'_> = &csr.certification_request_info.subject;
+    name_to_subject(&csr.certification_request_info.subject)
+}
+
+/// The subject of a certificate (empty when it cannot be parsed), e.g. to derive the
+/// subject of a downstream CA from its parent's.
+pub(crate) fn certificate_subject(der: &[u8]) -> Subject {
+    match parse_cert(der) {
+        Ok(cert) => name_to_subject(cert.subject()),
+        Err(_) => Subject::default(),
+    }
+}
+
+fn name_to_subject(name: &X509Name<'_>) -> Subject {
     let strings =
         |iter: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
             iter.filter_map(|attr| attr.as_str().ok().map(str::to_owned))
@@ -295,7 +308,14 @@ impl UpstreamAuthority for DiskUpstreamAuthority {
         x509_ca_chain.extend(loaded.chain.iter().cloned());
         Ok(MintedX509Ca {
             x509_ca_chain,
-            upstream_x509_roots: loaded.roots.clone(),
+            upstream_x509_roots: loaded
+                .roots
+                .iter()
+                .map(|asn1| types::X509Certificate {
+                    asn1: asn1.clone(),
+                    tainted: false,
+                })
+                .collect(),
         })
     }
 }
@@ -362,7 +382,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(minted.x509_ca_chain.len(), 1);
-        assert_eq!(minted.upstream_x509_roots, vec![files.root_cert.clone()]);
+        assert_eq!(
+            minted
+                .upstream_x509_roots
+                .iter()
+                .map(|r| r.asn1.clone())
+                .collect::<Vec<_>>(),
+            vec![files.root_cert.clone()]
+        );
         let intermediate = &minted.x509_ca_chain[0];
         assert_eq!(
             x509::certificate_public_key(intermediate).unwrap(),

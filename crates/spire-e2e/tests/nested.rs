@@ -1,0 +1,497 @@
+//! Nested SPIRE end to end, on the model of upstream's `nested-rotation` and
+//! `force-rotation-self-signed` suites: a root server and its agent, a nested server whose
+//! `UpstreamAuthority "spire"` gets its SVID from that agent (its entry is `-downstream`),
+//! an agent of the nested server and a workload under it. The workload's chain verifies
+//! against the ROOT bundle with `openssl verify` and go-spiffe (`conformance/go/cmd/
+//! nestedcheck`). Then the root's X.509 authority is rotated by hand (prepare, activate,
+//! taint): the nested server rotates its CA away from the tainted root, marks it tainted in
+//! its own bundle, its agent renews the workload's SVID, and the workload's chain moves to the
+//! new root while the Workload API keeps answering. Revoking the old root at the root server
+//! removes it from the nested server's bundle.
+//!
+//! Run three ways: all ours; an upstream v1.13.3 root server and agent over our nested server
+//! and agent; our root server and agent under an upstream nested server and agent. Upstream's
+//! binaries come from `. target/interop-deps.env` (scripts/interop-deps.sh builds them).
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use spire_e2e::workload::Workload;
+use spire_e2e::{
+    AgentProcess, ServerPaths, ServerProcess, binary, current_uid, interop_program, server_config,
+};
+
+/// Long enough for several 5 s polls and syncs on a loaded 2-core machine.
+const STEP_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Which binaries play which part.
+struct Programs {
+    root_server: PathBuf,
+    root_agent: PathBuf,
+    nested_server: PathBuf,
+    nested_agent: PathBuf,
+    /// Whether the nested agent must serve without a gap through the rotation. Ours does;
+    /// upstream's agent drops a tainted SVID from its cache before minting the next one, so
+    /// its Workload API answers "no identity issued" for a moment (its workloads retry).
+    no_gap: bool,
+}
+
+impl Programs {
+    fn ours() -> Self {
+        Self {
+            root_server: binary("spire-server"),
+            root_agent: binary("spire-agent"),
+            nested_server: binary("spire-server"),
+            nested_agent: binary("spire-agent"),
+            no_gap: true,
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("workspace root: {e}"))
+}
+
+/// The go-spiffe checker, built once per test process.
+fn nestedcheck() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out_dir = std::env::temp_dir().join(format!("nestedcheck-{}", std::process::id()));
+        std::fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        let out = out_dir.join("nestedcheck");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg("./cmd/nestedcheck")
+            .current_dir(workspace_root().join("conformance/go"))
+            // GOPROXY=off: never the network; scripts/conformance-deps.sh fills the cache.
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .env("GOTOOLCHAIN", "local")
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `go` ({e}): install Go 1.24+ and run scripts/conformance-deps.sh \
+                     for the go-spiffe module"
+                )
+            });
+        assert!(
+            status.success(),
+            "go build ./cmd/nestedcheck failed: run scripts/conformance-deps.sh to fill the Go \
+             module cache with go-spiffe"
+        );
+        out
+    })
+}
+
+/// The nested server's config: the test template plus `UpstreamAuthority "spire"` pointing
+/// at the root server through the root agent's Workload API.
+fn nested_server_config(
+    port: u16,
+    dir: &Path,
+    root_port: u16,
+    root_agent_socket: &Path,
+) -> (PathBuf, PathBuf) {
+    let socket = dir.join("api.sock");
+    let data_dir = dir.join("data");
+    let connection_string = format!("{}/datastore.sqlite3", data_dir.display());
+    let config = server_config(&ServerPaths {
+        port,
+        socket: &socket,
+        data_dir: &data_dir,
+        keys: &data_dir.join("keys.json"),
+        database_type: "sqlite3",
+        connection_string: &connection_string,
+        extra_server_keys: "",
+    })
+    .replacen(
+        "plugins {\n",
+        &format!(
+            r#"plugins {{
+    UpstreamAuthority "spire" {{
+        plugin_data {{
+            server_address = "127.0.0.1"
+            server_port = "{root_port}"
+            workload_api_socket = "{socket}"
+        }}
+    }}
+"#,
+            socket = root_agent_socket.display()
+        ),
+        1,
+    );
+    let path = dir.join("server.conf");
+    std::fs::write(&path, config).unwrap_or_else(|e| panic!("write nested config: {e}"));
+    (path, socket)
+}
+
+fn pem_certificates(pem: &str) -> Vec<Vec<u8>> {
+    spire_core::pem::decode_certificates(pem.as_bytes())
+        .unwrap_or_else(|e| panic!("PEM certificates: {e}\n{pem}"))
+}
+
+fn skid(der: &[u8]) -> String {
+    spire_core::x509::subject_key_id(der)
+        .ok()
+        .flatten()
+        .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_default()
+}
+
+/// Fetches the workload's SVID from `agent` with `api fetch x509 -write` and checks its chain
+/// against `roots` with `openssl verify`; `Err` carries why it did not verify. With `no_gap`
+/// a failing fetch is a gap in service and fails the test.
+fn verify_with_openssl(
+    agent: &AgentProcess,
+    dir: &Path,
+    roots: &[Vec<u8>],
+    no_gap: bool,
+) -> Result<(), String> {
+    let out_dir = dir.join("fetched");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let out_arg = out_dir.display().to_string();
+    let out = agent.cli(&["api", "fetch", "x509", "-write", &out_arg]);
+    if !no_gap && !out.status.success() {
+        return Err(format!(
+            "api fetch x509: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    assert!(
+        out.status.success(),
+        "the Workload API did not answer (a gap in service): {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    let chain_pem = std::fs::read_to_string(out_dir.join("svid.0.pem"))
+        .unwrap_or_else(|e| panic!("read svid.0.pem: {e}"));
+    let chain = pem_certificates(&chain_pem);
+    let (leaf, intermediates) = chain.split_first().unwrap_or_else(|| panic!("empty chain"));
+    let write = |name: &str, certs: &[Vec<u8>]| {
+        let path = out_dir.join(name);
+        std::fs::write(
+            &path,
+            spire_core::pem::encode_certificates(certs.iter().map(Vec::as_slice)),
+        )
+        .unwrap_or_else(|e| panic!("write {name}: {e}"));
+        path
+    };
+    let leaf_path = write("leaf.pem", std::slice::from_ref(leaf));
+    let roots_path = write("roots.pem", roots);
+    let mut command = Command::new("openssl");
+    command.arg("verify").arg("-CAfile").arg(&roots_path);
+    if !intermediates.is_empty() {
+        command
+            .arg("-untrusted")
+            .arg(write("intermediates.pem", intermediates));
+    }
+    let out = command
+        .arg(&leaf_path)
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl (apt-get install openssl): {e}"));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// go-spiffe's verdict on the workload's SVID against `roots`.
+fn verify_with_go_spiffe(
+    agent: &AgentProcess,
+    dir: &Path,
+    roots: &[Vec<u8>],
+) -> Result<(), String> {
+    let bundle = dir.join("go-spiffe-roots.pem");
+    std::fs::write(
+        &bundle,
+        spire_core::pem::encode_certificates(roots.iter().map(Vec::as_slice)),
+    )
+    .unwrap_or_else(|e| panic!("write bundle: {e}"));
+    let out = Command::new(nestedcheck())
+        .arg("example.org")
+        .arg(&bundle)
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", agent.socket_path.display()),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("run nestedcheck: {e}"));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "go-spiffe: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The root server's X.509 roots as `bundle show` prints them.
+fn bundle_roots(server: &ServerProcess) -> Vec<Vec<u8>> {
+    pem_certificates(&server.cli_ok(&["bundle", "show"]))
+}
+
+/// `(subject key ID, tainted)` of every X.509 authority in `server`'s bundle.
+fn bundle_authorities(server: &ServerProcess) -> Vec<(String, bool)> {
+    let bundle = server.cli_json(&["bundle", "show"]);
+    bundle["x509_authorities"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            use base64::Engine as _;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(a["asn1"].as_str().unwrap_or_default())
+                .unwrap_or_default();
+            (skid(&der), a["tainted"].as_bool().unwrap_or(false))
+        })
+        .collect()
+}
+
+fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(e) if start.elapsed() > timeout => panic!("{what} not within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+fn run_nested(programs: &Programs) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = dir.path();
+    let uid = current_uid();
+    let sub = |name: &str| {
+        let path = dir.join(name);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {name}: {e}"));
+        path
+    };
+
+    // Root server and agent.
+    let root = ServerProcess::start_program(&programs.root_server, &sub("root"), "");
+    let root_agent_alias = "spiffe://example.org/root-agent";
+    let token = root.generate_join_token(root_agent_alias);
+    let root_agent = AgentProcess::start_program_at_port(
+        &programs.root_agent,
+        &sub("root-agent"),
+        root.port,
+        Some(&token),
+        "",
+    );
+    root.create_uid_entry(
+        root_agent_alias,
+        "spiffe://example.org/nested-server",
+        uid,
+        &["-downstream"],
+    );
+    root_agent.cli_eventually(&["api", "fetch", "x509"], STEP_TIMEOUT);
+
+    // The nested server, its agent and the workload under it.
+    let nested_dir = sub("nested");
+    let root_agent_socket = root_agent.socket_path.clone();
+    let nested =
+        ServerProcess::start_program_on_free_port(&programs.nested_server, &nested_dir, |port| {
+            nested_server_config(port, &nested_dir, root.port, &root_agent_socket)
+        });
+    let nested_agent_alias = "spiffe://example.org/nested-agent";
+    let token = nested.generate_join_token(nested_agent_alias);
+    let nested_agent = AgentProcess::start_program_at_port(
+        &programs.nested_agent,
+        &sub("nested-agent"),
+        nested.port,
+        Some(&token),
+        "",
+    );
+    nested.create_uid_entry(
+        nested_agent_alias,
+        "spiffe://example.org/workload",
+        uid,
+        &[],
+    );
+
+    // The nested server's CA chains to the root: its state names the upstream authority.
+    let state = nested.cli_json(&["localauthority", "x509", "show"]);
+    let upstream_skid = state["active"]["upstream_authority_subject_key_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let root_state = root.cli_json(&["localauthority", "x509", "show"]);
+    let old_root_id = root_state["active"]["authority_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("root has no active authority: {root_state}"))
+        .to_owned();
+    assert_eq!(
+        upstream_skid, old_root_id,
+        "the nested CA must be signed by the root's active authority: {state}"
+    );
+
+    // The nested server published its JWT key to the root: the root's bundle has it.
+    let jwt_state = nested.cli_json(&["localauthority", "jwt", "show"]);
+    let nested_kid = jwt_state["active"]["authority_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("nested server has no active JWT key: {jwt_state}"))
+        .to_owned();
+    poll(
+        "the nested JWT key in the root bundle",
+        STEP_TIMEOUT,
+        || {
+            let bundle = root.cli_json(&["bundle", "show"]);
+            bundle["jwt_authorities"]
+                .as_array()
+                .is_some_and(|keys| keys.iter().any(|k| k["key_id"] == nested_kid.as_str()))
+                .then_some(())
+                .ok_or_else(|| bundle.to_string())
+        },
+    );
+
+    nested_agent.cli_eventually(&["api", "fetch", "x509"], STEP_TIMEOUT);
+    let work = sub("work");
+    let old_roots = bundle_roots(&root);
+    poll(
+        "the workload's chain verifying against the root bundle",
+        STEP_TIMEOUT,
+        || verify_with_openssl(&nested_agent, &work, &old_roots, programs.no_gap),
+    );
+    verify_with_go_spiffe(&nested_agent, &work, &old_roots)
+        .unwrap_or_else(|e| panic!("{e}\nnested agent log:\n{}", nested_agent.log()));
+
+    // A workload holds its stream open through the rotation.
+    let workload = Workload::new(&nested_agent.socket_path);
+    let (stream, first) = workload.open_with(1, STEP_TIMEOUT);
+
+    // Forced rotation at the root: prepare, activate, taint.
+    let prepared = root.cli_json(&["localauthority", "x509", "prepare"]);
+    let new_root_id = prepared["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("prepare returned no authority: {prepared}"))
+        .to_owned();
+    root.cli_json(&[
+        "localauthority",
+        "x509",
+        "activate",
+        "-authorityID",
+        &new_root_id,
+    ]);
+    let new_root: Vec<Vec<u8>> = bundle_roots(&root)
+        .into_iter()
+        .filter(|der| skid(der) == new_root_id)
+        .collect();
+    assert_eq!(new_root.len(), 1, "the prepared root is in the root bundle");
+    root.cli_json(&[
+        "localauthority",
+        "x509",
+        "taint",
+        "-authorityID",
+        &old_root_id,
+    ]);
+
+    // The nested server follows: the old root is tainted in its bundle ...
+    poll(
+        "the old root tainted in the nested bundle",
+        STEP_TIMEOUT,
+        || {
+            let authorities = bundle_authorities(&nested);
+            authorities
+                .iter()
+                .any(|(id, tainted)| *id == old_root_id && *tainted)
+                .then_some(())
+                .ok_or_else(|| format!("{authorities:?}"))
+        },
+    );
+    // ... its CA now chains to the new root ...
+    let state = nested.cli_json(&["localauthority", "x509", "show"]);
+    assert_eq!(
+        state["active"]["upstream_authority_subject_key_id"].as_str(),
+        Some(new_root_id.as_str()),
+        "{state}\nnested server log:\n{}",
+        nested.log()
+    );
+    // ... and the workload's chain moves to the new root with the Workload API answering
+    // all along (every poll fetches successfully).
+    poll(
+        "the workload's chain moving to the new root",
+        STEP_TIMEOUT,
+        || verify_with_openssl(&nested_agent, &work, &new_root, programs.no_gap),
+    );
+    verify_with_go_spiffe(&nested_agent, &work, &new_root)
+        .unwrap_or_else(|e| panic!("{e}\nnested agent log:\n{}", nested_agent.log()));
+    if programs.no_gap {
+        let first = first
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no SVID in the first message"));
+        stream.rotation_of(&first);
+        assert!(stream.is_open(), "the workload's stream stays open");
+    }
+
+    // Revoking the old root at the root removes it downstream too.
+    root.cli_json(&[
+        "localauthority",
+        "x509",
+        "revoke",
+        "-authorityID",
+        &old_root_id,
+    ]);
+    poll(
+        "the old root gone from the nested bundle",
+        STEP_TIMEOUT,
+        || {
+            let authorities = bundle_authorities(&nested);
+            (!authorities.iter().any(|(id, _)| *id == old_root_id))
+                .then_some(())
+                .ok_or_else(|| format!("{authorities:?}"))
+        },
+    );
+    verify_with_openssl(&nested_agent, &work, &new_root, programs.no_gap)
+        .unwrap_or_else(|e| panic!("after revocation: {e}"));
+    drop(nested_agent);
+    drop(nested);
+    drop(root_agent);
+    drop(root);
+}
+
+#[test]
+fn nested_server_chains_to_root_and_follows_forced_rotation() {
+    run_nested(&Programs::ours());
+}
+
+#[test]
+fn our_nested_server_under_upstream_root_server() {
+    run_nested(&Programs {
+        root_server: interop_program("SPIRE_UPSTREAM_SERVER"),
+        root_agent: interop_program("SPIRE_UPSTREAM_AGENT"),
+        ..Programs::ours()
+    });
+}
+
+#[test]
+fn upstream_nested_server_under_our_root_server() {
+    run_nested(&Programs {
+        nested_server: interop_program("SPIRE_UPSTREAM_SERVER"),
+        nested_agent: interop_program("SPIRE_UPSTREAM_AGENT"),
+        no_gap: false,
+        ..Programs::ours()
+    });
+}
