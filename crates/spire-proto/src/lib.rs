@@ -114,6 +114,19 @@ pub mod spire {
     }
 }
 
+/// `spire_rs.*`: services of this implementation that upstream SPIRE does not have.
+pub mod spire_rs {
+    /// Services agents call.
+    pub mod agent {
+        /// `spire_rs.agent.notify.v1`: the server's sync hints to connected agents.
+        pub mod notify {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/spire_rs.agent.notify.v1.rs"));
+            }
+        }
+    }
+}
+
 /// The SPIFFE Workload API (`SpiffeWorkloadAPI`; upstream's file has no package).
 pub mod workload {
     include!(concat!(env!("OUT_DIR"), "/_.rs"));
