@@ -22,6 +22,51 @@ const AGENT_ALIAS: &str = "spiffe://example.org/node";
 /// busy cores.
 const POLL_WAIT: Duration = Duration::from_secs(30);
 
+/// One "synced with the server" line of the agent log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sync {
+    revision_based: bool,
+    fetched: usize,
+    total: usize,
+    minted: usize,
+}
+
+fn syncs(agent: &AgentProcess) -> Vec<Sync> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[start..].split_whitespace().next().map(str::to_owned)
+    };
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("synced with the server"))
+        .filter_map(|l| {
+            Some(Sync {
+                revision_based: field(l, "revision_based")? == "true",
+                fetched: field(l, "entries_fetched")?.parse().ok()?,
+                total: field(l, "entries_total")?.parse().ok()?,
+                minted: field(l, "svids_minted")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Waits for a sync `wanted` accepts; fails with every sync seen.
+fn wait_for_sync(agent: &AgentProcess, what: &str, wanted: impl Fn(&Sync) -> bool) -> Sync {
+    let deadline = Instant::now() + POLL_WAIT;
+    while Instant::now() < deadline {
+        if let Some(found) = syncs(agent).into_iter().find(|s| wanted(s)) {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "no sync where {what} within {POLL_WAIT:?}; syncs: {:#?}\n{}",
+        syncs(agent),
+        agent.log()
+    );
+}
+
 fn start_pair(
     dir: &std::path::Path,
     server: ServerProcess,
@@ -120,4 +165,67 @@ fn our_agent_polls_an_upstream_server() {
             .any(|s| s.spiffe_id == "spiffe://example.org/polled")
     });
     assert_eq!(svids.len(), 2);
+}
+
+/// Above one page (500) of authorized entries the server sends revisions first: after the
+/// first sync, a new entry costs the agent one fetched entry and one minted SVID, not all.
+#[test]
+fn a_revision_sync_fetches_and_mints_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "");
+    let entries: Vec<String> = (0..600)
+        .map(|i| {
+            format!(
+                r#"{{"spiffe_id": "spiffe://example.org/bulk{i}", "parent_id": "{AGENT_ALIAS}",
+                    "selectors": [{{"type": "unix", "value": "uid:{}"}}]}}"#,
+                100_000 + i
+            )
+        })
+        .collect();
+    let data = dir.path().join("entries.json");
+    std::fs::write(&data, format!(r#"{{"entries": [{}]}}"#, entries.join(","))).unwrap();
+    server.cli_ok(&["entry", "create", "-data", data.to_str().unwrap()]);
+    let (server, agent, _workload) = start_pair(dir.path(), server);
+    let first = wait_for_sync(&agent, "all 600 entries arrive and get SVIDs", |s| {
+        s.revision_based && s.fetched >= 600 && s.total == s.fetched && s.minted == s.total
+    });
+    server.create_uid_entry(
+        AGENT_ALIAS,
+        "spiffe://example.org/one-more",
+        current_uid(),
+        &[],
+    );
+    wait_for_sync(&agent, "one entry is fetched and one SVID minted", |s| {
+        *s == Sync {
+            revision_based: true,
+            fetched: 1,
+            total: first.total + 1,
+            minted: 1,
+        }
+    });
+    wait_for_sync(&agent, "nothing changed and nothing is fetched", |s| {
+        s.revision_based && s.fetched == 0 && s.minted == 0 && s.total == first.total + 1
+    });
+}
+
+/// `use_sync_authorized_entries = false` keeps upstream's older path: every sync fetches
+/// every entry with GetAuthorizedEntries (and still mints only what changed).
+#[test]
+fn use_sync_authorized_entries_false_fetches_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "");
+    let token = server.generate_join_token(AGENT_ALIAS);
+    server.create_uid_entry(AGENT_ALIAS, "spiffe://example.org/a", current_uid(), &[]);
+    let agent = AgentProcess::start_with_agent_keys(
+        dir.path(),
+        &server,
+        Some(&token),
+        "experimental { use_sync_authorized_entries = false }",
+    );
+    let first = wait_for_sync(&agent, "every entry is fetched", |s| {
+        !s.revision_based && s.fetched >= 1 && s.fetched == s.total
+    });
+    wait_for_sync(&agent, "a later sync fetches every entry again", |s| {
+        !s.revision_based && s.fetched == first.total && s.minted == 0
+    });
 }

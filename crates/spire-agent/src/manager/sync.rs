@@ -1,5 +1,6 @@
 //! The [`Manager`]: syncs with the server every `sync_interval` (with jittered backoff on
-//! failure), mints every missing or half-expired X509-SVID in one batch per sync, and serves
+//! failure, or at once on a server hint), mints every missing or half-expired X509-SVID in
+//! batches of up to 500 per sync, and serves
 //! subscriptions and JWT-SVIDs from its cache.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +29,11 @@ pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 /// How often an extra sync may run for a subscriber waiting on a missing SVID (upstream's
 /// SVID sync interval).
 const MIN_TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
+
+/// The most CSRs one BatchNewX509SVID call carries: a server's signing rate limit (500 per
+/// second per agent address, upstream's burst) refuses larger batches outright, and waits
+/// on smaller ones.
+const MAX_CSRS_PER_BATCH: usize = 500;
 
 /// How long a sync hint from the server waits for more before the sync starts, so a burst
 /// of changes (a batch of entries) costs one sync.
@@ -323,6 +329,13 @@ impl Manager {
                 .last_sync_success
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.now());
+            tracing::debug!(
+                revision_based,
+                entries_fetched,
+                entries_total,
+                svids_minted,
+                "synced with the server"
+            );
             *self
                 .last_sync
                 .lock()
@@ -376,8 +389,18 @@ impl Manager {
         federated
     }
 
+    /// Mints `needed` in batches of at most [`MAX_CSRS_PER_BATCH`], one after the other.
+    async fn mint(&self, mut needed: Vec<MintRequest>) -> Result<(), ManagerError> {
+        while !needed.is_empty() {
+            let rest = needed.split_off(needed.len().min(MAX_CSRS_PER_BATCH));
+            self.mint_batch(needed).await?;
+            needed = rest;
+        }
+        Ok(())
+    }
+
     /// Generates keys and CSRs for `needed`, sends them in one batch and stores the results.
-    async fn mint(&self, needed: Vec<MintRequest>) -> Result<(), ManagerError> {
+    async fn mint_batch(&self, needed: Vec<MintRequest>) -> Result<(), ManagerError> {
         let key_type = self.options.svid_key_type;
         let count = needed.len();
         let prepared = tokio::task::spawn_blocking(move || {
