@@ -137,6 +137,8 @@ pub struct SyncReport {
     pub entries_total: usize,
     /// X509-SVIDs minted.
     pub svids_minted: usize,
+    /// How long getting the entries took (server time plus transfer).
+    pub entries_elapsed: Duration,
 }
 
 /// The agent's cache of entries, SVIDs and bundles, kept in sync with the server.
@@ -254,12 +256,14 @@ impl Manager {
     /// cache keeps what it had (SVIDs minted in this sync before the error are kept).
     pub async fn sync_once(&self) -> Result<(), ManagerError> {
         let _guard = self.sync_lock.lock().await;
+        let started = Instant::now();
         let synced = if self.options.use_sync_authorized_entries {
             let stale = |page: &[EntryRevision]| self.state().stale_ids(page);
             self.api.sync_authorized_entries(&stale).await?
         } else {
             SyncedEntries::Full(self.api.authorized_entries().await?)
         };
+        let entries_elapsed = started.elapsed();
         let bundle = bundle_from_proto(&self.api.bundle().await?)?;
         if bundle.trust_domain != self.trust_domain {
             return Err(ManagerError::Internal(format!(
@@ -334,6 +338,8 @@ impl Manager {
                 entries_fetched,
                 entries_total,
                 svids_minted,
+                entries_ms = entries_elapsed.as_secs_f64() * 1000.0,
+                total_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "synced with the server"
             );
             *self
@@ -344,6 +350,7 @@ impl Manager {
                 entries_fetched,
                 entries_total,
                 svids_minted,
+                entries_elapsed,
             });
         }
         result
