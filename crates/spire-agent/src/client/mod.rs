@@ -386,7 +386,12 @@ async fn connect_any(
             continue;
         };
         match tokio::time::timeout(per_address, TcpStream::connect(address)).await {
-            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Ok(tcp)) => {
+                // Small gRPC messages (SyncAuthorizedEntries page requests) must not wait
+                // for the server's delayed ACK (40 ms each on Linux).
+                tcp.set_nodelay(true)?;
+                return Ok(tcp);
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%address, error = %e, "cannot connect to the server address");
                 last_error = e;

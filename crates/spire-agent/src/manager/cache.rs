@@ -124,6 +124,8 @@ pub(super) struct MintRequest {
 pub(super) struct State {
     pub(super) entries: BTreeMap<String, CachedEntry>,
     entry_index: EntryIndex,
+    /// How many cached entries federate with each trust domain.
+    federates_with: BTreeMap<String, usize>,
     pub(super) svids: HashMap<String, CachedSvid>,
     pub(super) bundle: Arc<Bundle>,
     pub(super) federated: BTreeMap<String, Arc<Bundle>>,
@@ -145,6 +147,7 @@ impl State {
         Self {
             entries: BTreeMap::new(),
             entry_index: EntryIndex::default(),
+            federates_with: BTreeMap::new(),
             svids: HashMap::new(),
             bundle: Arc::new(bundle),
             federated: BTreeMap::new(),
@@ -242,14 +245,19 @@ impl State {
         self.mark_entry_id(&entry.id);
         self.mark_entry(&entry.selectors);
         self.entry_index.insert(&entry.id, &entry.selectors);
-        self.entries.insert(entry.id.clone(), entry);
+        self.count_federation(&entry, true);
+        if let Some(old) = self.entries.insert(entry.id.clone(), entry) {
+            self.count_federation(&old, false);
+        }
     }
 
     /// Removes an entry and its SVID; its subscribers are marked.
     pub(super) fn remove_entry(&mut self, id: &str) {
         self.mark_entry_id(id);
         self.entry_index.remove(id);
-        self.entries.remove(id);
+        if let Some(old) = self.entries.remove(id) {
+            self.count_federation(&old, false);
+        }
         self.svids.remove(id);
     }
 
@@ -290,13 +298,22 @@ impl State {
         revisions: &[EntryRevision],
         fetched: Vec<CachedEntry>,
     ) -> usize {
-        let listed: HashSet<&str> = revisions.iter().map(|r| r.id.as_str()).collect();
-        let gone: Vec<String> = self
-            .entries
-            .keys()
-            .filter(|id| !listed.contains(id.as_str()))
-            .cloned()
-            .collect();
+        // Usually nothing was removed: count the listed entries that are cached before
+        // building a set of them.
+        let cached_and_listed = revisions
+            .iter()
+            .filter(|r| self.entries.contains_key(&r.id))
+            .count();
+        let gone: Vec<String> = if cached_and_listed == self.entries.len() {
+            Vec::new()
+        } else {
+            let listed: HashSet<&str> = revisions.iter().map(|r| r.id.as_str()).collect();
+            self.entries
+                .keys()
+                .filter(|id| !listed.contains(id.as_str()))
+                .cloned()
+                .collect()
+        };
         let changed = gone.len() + fetched.len();
         for id in gone {
             self.remove_entry(&id);
@@ -309,10 +326,20 @@ impl State {
 
     /// Trust domains some cached entry federates with.
     pub(super) fn federated_trust_domains(&self) -> BTreeSet<String> {
-        self.entries
-            .values()
-            .flat_map(|e| e.federates_with.iter().cloned())
-            .collect()
+        self.federates_with.keys().cloned().collect()
+    }
+
+    fn count_federation(&mut self, entry: &CachedEntry, add: bool) {
+        for td in &entry.federates_with {
+            if add {
+                *self.federates_with.entry(td.clone()).or_default() += 1;
+            } else if let Some(count) = self.federates_with.get_mut(td) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.federates_with.remove(td);
+                }
+            }
+        }
     }
 
     /// Stores a freshly minted SVID; the entry's subscribers are marked.
