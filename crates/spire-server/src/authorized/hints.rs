@@ -67,6 +67,11 @@ impl SyncHints {
             .agents
             .entry(agent_id.to_owned())
             .or_insert_with(|| watch::Sender::new(AgentSignal::default()));
+        if tx.borrow().gone.is_some() {
+            // Attested again (or unbanned and attested) under the same ID since: a fresh
+            // channel, so the new stream does not inherit the old denial.
+            *tx = watch::Sender::new(AgentSignal::default());
+        }
         let mut rx = tx.subscribe();
         rx.mark_unchanged();
         Some(rx)
@@ -149,8 +154,11 @@ mod tests {
         let mut a = hints.subscribe("spiffe://td/a").unwrap();
         hints.agent_gone("spiffe://td/a", AgentGone::Banned);
         assert_eq!(a.borrow_and_update().gone, Some(AgentGone::Banned));
+        // Attested again under the same ID: the new stream starts clean.
+        let again = hints.subscribe("spiffe://td/a").unwrap();
+        assert_eq!(again.borrow().gone, None);
         hints.close();
-        assert!(a.has_changed().is_err(), "the sender is gone");
+        assert!(again.has_changed().is_err(), "the sender is gone");
         assert!(hints.subscribe("spiffe://td/a").is_none());
     }
 

@@ -345,3 +345,49 @@ async fn full_load(
     );
     Ok((index, state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::AttestedNode;
+    use spire_core::selector::Selector;
+
+    /// With 1,000 connected agents, an entry under one of them signals that agent only:
+    /// the change is traced through the index, not broadcast.
+    #[test]
+    fn an_entry_change_signals_only_the_agents_it_concerns() {
+        let agent_id = |i: usize| format!("spiffe://example.org/spire/agent/x/{i}");
+        let index = EntryIndex::from_records(
+            [],
+            (0..1000).map(|i| AttestedNode {
+                spiffe_id: agent_id(i),
+                cert_serial_number: "1".to_owned(),
+                selectors: vec![Selector {
+                    kind: "k".to_owned(),
+                    value: format!("v{i}"),
+                }],
+                ..AttestedNode::default()
+            }),
+        );
+        let hints = SyncHints::new();
+        let receivers: Vec<_> = (0..1000)
+            .map(|i| hints.subscribe(&agent_id(i)).unwrap())
+            .collect();
+        let entry = RegistrationEntry {
+            entry_id: "e".to_owned(),
+            parent_id: agent_id(7),
+            spiffe_id: "spiffe://example.org/w".to_owned(),
+            ..RegistrationEntry::default()
+        };
+        let mut concerned = HashSet::new();
+        index.agents_concerned_by(&entry, &mut concerned);
+        hints.entries_changed(&concerned);
+        let signalled: Vec<usize> = receivers
+            .iter()
+            .enumerate()
+            .filter(|(_, rx)| rx.has_changed().unwrap())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(signalled, [7]);
+    }
+}
