@@ -11,6 +11,8 @@
 //!
 //! Run with `cargo build --release --bins && cargo bench -p spire-e2e --bench agent_scale`
 //! (or `scripts/bench.sh`). `SPIRE_BENCH_QUICK=1` divides the sizes by ten.
+//! `SPIRE_BENCH_PROGRAMS=upstream` runs upstream v1.13.3's server and agent instead (from
+//! `. target/interop-deps.env`), without the fresh-agent table (it reads our agent's log).
 
 #![allow(
     clippy::expect_used,
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
-use spire_e2e::{AgentProcess, ServerProcess, current_uid};
+use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid, interop_program};
 use spire_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use spire_proto::workload::{JwtsvidRequest, X509svidRequest};
 use tokio::net::UnixStream;
@@ -32,6 +34,19 @@ use tonic::transport::{Channel, Endpoint};
 
 const TRUST_DOMAIN: &str = "example.org";
 const AGENT_ALIAS: &str = "spiffe://example.org/bench-agent";
+
+/// Whether upstream's binaries are measured instead of ours.
+fn upstream() -> bool {
+    std::env::var("SPIRE_BENCH_PROGRAMS").is_ok_and(|v| v == "upstream")
+}
+
+fn program(name: &str) -> PathBuf {
+    match (upstream(), name) {
+        (true, "spire-server") => interop_program("SPIRE_UPSTREAM_SERVER"),
+        (true, _) => interop_program("SPIRE_UPSTREAM_AGENT"),
+        (false, _) => binary(name),
+    }
+}
 
 fn quick() -> bool {
     std::env::var_os("SPIRE_BENCH_QUICK").is_some()
@@ -219,7 +234,13 @@ fn start_agent(dir: &Path, server: &ServerProcess) -> AgentProcess {
     std::fs::create_dir_all(dir).unwrap();
     let token = server.generate_join_token(AGENT_ALIAS);
     let (config, socket) = agent_config(dir, server);
-    AgentProcess::start_with_config(dir, &config, socket, Some(&token))
+    AgentProcess::start_program_with_config(
+        &program("spire-agent"),
+        dir,
+        &config,
+        socket,
+        Some(&token),
+    )
 }
 
 /// Calls/s rows for one entry count.
@@ -317,7 +338,20 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), "ratelimit { signing = false }");
+    let server = ServerProcess::start_program(
+        &program("spire-server"),
+        dir.path(),
+        "ratelimit { signing = false }",
+    );
+    println!(
+        "Programs: {}",
+        if upstream() {
+            "upstream v1.13.3"
+        } else {
+            "ours"
+        }
+    );
+    println!();
     let uid = current_uid();
     let agent = start_agent(&dir.path().join("agent"), &server);
     agent.cli_eventually(&["healthcheck"], Duration::from_secs(30));
@@ -340,9 +374,18 @@ fn main() {
         .collect::<Vec<_>>();
 
     create_entries(&server, dir.path(), 0..small);
-    let fresh_small = fresh_agent_row(&server, &dir.path().join("fresh-small"), small + 1);
+    let fresh_small = if upstream() {
+        String::new()
+    } else {
+        fresh_agent_row(&server, &dir.path().join("fresh-small"), small + 1)
+    };
     create_entries(&server, dir.path(), small..large);
-    wait_sync(&agent, Duration::from_secs(900), |l| l.total > large);
+    if upstream() {
+        // Upstream's agent does not log its syncs this way: give it a few sync intervals.
+        std::thread::sleep(Duration::from_secs(30));
+    } else {
+        wait_sync(&agent, Duration::from_secs(900), |l| l.total > large);
+    }
     fetch_rows(&runtime, &agent.socket_path, large + 1);
     println!();
 
@@ -370,6 +413,9 @@ fn main() {
     }
     println!();
 
+    if upstream() {
+        return;
+    }
     let fresh_large = fresh_agent_row(&server, &dir.path().join("fresh-large"), large + 1);
     println!("### A fresh agent's first sync, and a sync with nothing changed");
     println!();
