@@ -75,3 +75,8 @@ echo
 echo "## agent_workload (cargo bench -p spire-e2e --bench agent_workload)"
 echo
 nice cargo bench -p spire-e2e --bench agent_workload
+
+echo
+echo "## agent_scale (cargo bench -p spire-e2e --bench agent_scale)"
+echo
+nice cargo bench -p spire-e2e --bench agent_scale

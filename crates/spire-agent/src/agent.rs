@@ -177,6 +177,7 @@ pub async fn run(
             x509_svid_cache_max_size: config.x509_svid_cache_max_size,
             jwt_svid_cache_max_size: config.jwt_svid_cache_max_size,
             svid_key_type: config.workload_x509_svid_key_type,
+            use_sync_authorized_entries: config.experimental.use_sync_authorized_entries,
             ..ManagerOptions::default()
         },
     );

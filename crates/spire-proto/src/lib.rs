@@ -3,7 +3,8 @@
 //! shared types (`spire.api.types`), the SPIFFE Workload API, `grpc.health.v1` and Envoy SDS v3.
 //!
 //! The `.proto` files live in the workspace's `proto/` folder and are wire-identical to
-//! upstream's (a test compares them). Messages also implement serde with the proto3 JSON
+//! upstream's (a test compares them). `proto/spire_rs/` holds services of our own
+//! (`spire_rs.*`, e.g. the server's sync hints to agents), never changes to upstream's. Messages also implement serde with the proto3 JSON
 //! mapping (camelCase names, enums as strings, int64 as strings), which is what upstream's
 //! `-output json` prints.
 //!
@@ -109,6 +110,19 @@ pub mod spire {
         pub mod debug {
             pub mod v1 {
                 include_package!("spire.agent.debug.v1");
+            }
+        }
+    }
+}
+
+/// `spire_rs.*`: services of this implementation that upstream SPIRE does not have.
+pub mod spire_rs {
+    /// Services agents call.
+    pub mod agent {
+        /// `spire_rs.agent.notify.v1`: the server's sync hints to connected agents.
+        pub mod notify {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/spire_rs.agent.notify.v1.rs"));
             }
         }
     }

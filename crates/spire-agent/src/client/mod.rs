@@ -27,6 +27,7 @@ use spire_proto::spire::api::server::agent::v1::agent_client::AgentClient;
 use spire_proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
 use spire_proto::spire::api::server::entry::v1::entry_client::EntryClient;
 use spire_proto::spire::api::server::svid::v1::svid_client::SvidClient;
+use spire_proto::spire_rs::agent::notify::v1::agent_notify_client::AgentNotifyClient;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -115,6 +116,9 @@ struct Inner {
     state: Mutex<State>,
     /// The latest denial of the agent itself seen on any call, until cleared.
     denial: watch::Sender<Option<AgentDenied>>,
+    /// The server answered SyncAuthorizedEntries with Unimplemented: use
+    /// GetAuthorizedEntries (servers before SyncAuthorizedEntries existed).
+    no_sync_rpc: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -165,6 +169,7 @@ impl ServerClient {
                     channel: None,
                 }),
                 denial: watch::Sender::new(None),
+                no_sync_rpc: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -256,6 +261,7 @@ impl ServerClient {
                     channel: None,
                 }),
                 denial: watch::Sender::new(None),
+                no_sync_rpc: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -289,6 +295,11 @@ impl ServerClient {
     /// `spire.api.server.svid.v1.SVID`: BatchNewX509SVID, NewJWTSVID.
     pub fn svid_client(&self) -> SvidClient<Channel> {
         SvidClient::new(self.channel())
+    }
+
+    /// `spire_rs.agent.notify.v1.AgentNotify`: our own WatchSyncHints (not upstream's).
+    pub fn notify_client(&self) -> AgentNotifyClient<Channel> {
+        AgentNotifyClient::new(self.channel())
     }
 
     /// `spire.api.server.bundle.v1.Bundle`: GetBundle, ListFederatedBundles.
@@ -375,7 +386,12 @@ async fn connect_any(
             continue;
         };
         match tokio::time::timeout(per_address, TcpStream::connect(address)).await {
-            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Ok(tcp)) => {
+                // Small gRPC messages (SyncAuthorizedEntries page requests) must not wait
+                // for the server's delayed ACK (40 ms each on Linux).
+                tcp.set_nodelay(true)?;
+                return Ok(tcp);
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%address, error = %e, "cannot connect to the server address");
                 last_error = e;

@@ -1,5 +1,5 @@
-//! The manager's [`ServerApi`] over the real server connection: GetAuthorizedEntries,
-//! BatchNewX509SVID, GetBundle, GetFederatedBundle, NewJWTSVID and PostStatus with the agent's SVID.
+//! The manager's [`ServerApi`] over the real server connection: SyncAuthorizedEntries (with
+//! GetAuthorizedEntries for servers without it), our own WatchSyncHints, BatchNewX509SVID, GetBundle, GetFederatedBundle, NewJWTSVID and PostStatus with the agent's SVID.
 
 use async_trait::async_trait;
 use spire_proto::spire::api::server::agent::v1 as agent_pb;
@@ -7,11 +7,106 @@ use spire_proto::spire::api::server::bundle::v1 as bundle_pb;
 use spire_proto::spire::api::server::entry::v1 as entry_pb;
 use spire_proto::spire::api::server::svid::v1 as svid_pb;
 use spire_proto::spire::api::types;
+use spire_proto::spire_rs::agent::notify::v1 as notify_pb;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use super::ServerClient;
 use crate::manager::ManagerError;
-use crate::manager::server_api::ServerApi;
+use crate::manager::server_api::{
+    EntryRevision, HintsOffer, ServerApi, StaleEntries, SyncedEntries,
+};
+
+/// One SyncAuthorizedEntries exchange, as upstream's agent runs it: the first request gets
+/// either every entry (few enough for one page) or every revision, page by page; then the
+/// entries `stale` names are asked for a page at a time.
+async fn sync_exchange(
+    client: &ServerClient,
+    stale: StaleEntries<'_>,
+) -> Result<SyncedEntries, tonic::Status> {
+    let (tx, rx) = mpsc::channel(2);
+    let first = entry_pb::SyncAuthorizedEntriesRequest {
+        ids: Vec::new(),
+        output_mask: None,
+    };
+    tx.send(first)
+        .await
+        .map_err(|_| tonic::Status::internal("request stream closed"))?;
+    let mut responses = client
+        .entry_client()
+        .sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let protocol = |what: &str| tonic::Status::internal(format!("SyncAuthorizedEntries: {what}"));
+    let mut response = responses
+        .message()
+        .await?
+        .ok_or_else(|| protocol("the server sent no answer"))?;
+    if response.entry_revisions.is_empty() {
+        return Ok(SyncedEntries::Full(response.entries));
+    }
+    // The server's page size is the size of its first page of revisions.
+    let page_size = response.entry_revisions.len();
+    let mut revisions = Vec::new();
+    let mut needed = Vec::new();
+    loop {
+        if !response.entries.is_empty() {
+            return Err(protocol("entries among the revision pages"));
+        }
+        let page: Vec<EntryRevision> = response
+            .entry_revisions
+            .into_iter()
+            .filter(|r| {
+                let usable = !r.id.is_empty() && r.revision_number >= 0;
+                if !usable {
+                    tracing::warn!(entry_id = %r.id, revision = r.revision_number, "Received malformed entry revision from SPIRE server");
+                }
+                usable
+            })
+            .map(|r| EntryRevision {
+                id: r.id,
+                revision: r.revision_number,
+                created_at: r.created_at,
+            })
+            .collect();
+        needed.extend(stale(&page));
+        revisions.extend(page);
+        if !response.more {
+            break;
+        }
+        response = responses
+            .message()
+            .await?
+            .ok_or_else(|| protocol("the revision pages ended early"))?;
+    }
+    needed.sort_unstable();
+    let mut entries = Vec::with_capacity(needed.len());
+    for ids in needed.chunks(page_size.max(1)) {
+        let request = entry_pb::SyncAuthorizedEntriesRequest {
+            ids: ids.to_vec(),
+            output_mask: None,
+        };
+        tx.send(request)
+            .await
+            .map_err(|_| protocol("the server closed the exchange"))?;
+        loop {
+            let response = responses
+                .message()
+                .await?
+                .ok_or_else(|| protocol("the entry pages ended early"))?;
+            if !response.entry_revisions.is_empty() {
+                return Err(protocol("revisions among the entry pages"));
+            }
+            entries.extend(response.entries);
+            if !response.more {
+                break;
+            }
+        }
+    }
+    Ok(SyncedEntries::Revisions { revisions, entries })
+}
 
 /// A failed call: the sync loop backs off on Unavailable and keeps serving its cache. A
 /// denial of the agent itself is also recorded on the client, where the agent SVID's owner
@@ -34,6 +129,47 @@ impl ServerApi for ServerClient {
             .await
             .map_err(|s| call_failed(self, "GetAuthorizedEntries", &s))?;
         Ok(response.into_inner().entries)
+    }
+
+    async fn sync_authorized_entries(
+        &self,
+        stale: StaleEntries<'_>,
+    ) -> Result<SyncedEntries, ManagerError> {
+        if !self.inner.no_sync_rpc.load(Ordering::Relaxed) {
+            match sync_exchange(self, stale).await {
+                Ok(synced) => return Ok(synced),
+                Err(status) if status.code() == Code::Unimplemented => {
+                    tracing::info!(
+                        "the server has no SyncAuthorizedEntries; using GetAuthorizedEntries"
+                    );
+                    self.inner.no_sync_rpc.store(true, Ordering::Relaxed);
+                }
+                Err(status) => return Err(call_failed(self, "SyncAuthorizedEntries", &status)),
+            }
+        }
+        Ok(SyncedEntries::Full(self.authorized_entries().await?))
+    }
+
+    async fn watch_sync_hints(&self) -> Result<HintsOffer, ManagerError> {
+        let response = self
+            .notify_client()
+            .watch_sync_hints(notify_pb::WatchSyncHintsRequest {})
+            .await;
+        let stream = match response {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if status.code() == Code::Unimplemented => {
+                return Ok(HintsOffer::NotOffered);
+            }
+            Err(status) => return Err(call_failed(self, "WatchSyncHints", &status)),
+        };
+        let client = self.clone();
+        let hints = stream.map(move |hint| match hint {
+            Ok(_) => Ok(()),
+            // A denial (banned, deleted) is recorded like on any other call, so the agent
+            // stops or attests again at once.
+            Err(status) => Err(call_failed(&client, "WatchSyncHints", &status)),
+        });
+        Ok(HintsOffer::Offered(Box::pin(hints)))
     }
 
     async fn new_x509_svids(

@@ -3,7 +3,7 @@
 //!
 //! Everything here is synchronous and I/O free; the sync loop in `sync.rs` fills it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use spire_core::bundle::Bundle;
@@ -13,6 +13,8 @@ use spire_core::spiffe_id::SpiffeId;
 use spire_proto::spire::api::types;
 use tokio::sync::watch;
 
+use super::selector_index::{EntryIndex, SubscriberIndex};
+use super::server_api::EntryRevision;
 use super::{WorkloadUpdate, X509Identity};
 
 /// A registration entry as the agent keeps it: parsed once, when it arrives.
@@ -24,6 +26,8 @@ pub(super) struct CachedEntry {
     pub(super) federates_with: Vec<String>,
     pub(super) hint: String,
     pub(super) revision: i64,
+    /// Unix seconds; tells a recreated entry with the same ID and revision apart.
+    pub(super) created_at: i64,
     /// `additional_attributes.disable_x509_svid_prefetch`: mint its X509-SVID only while a
     /// workload subscribes to it.
     pub(super) disable_x509_svid_prefetch: bool,
@@ -56,6 +60,7 @@ impl CachedEntry {
             federates_with: entry.federates_with.clone(),
             hint: entry.hint.clone(),
             revision: entry.revision_number,
+            created_at: entry.created_at,
             disable_x509_svid_prefetch: entry
                 .additional_attributes
                 .is_some_and(|a| a.disable_x509_svid_prefetch),
@@ -103,6 +108,8 @@ impl CachedSvid {
 pub(super) struct Subscriber {
     pub(super) selectors: SelectorSet,
     pub(super) tx: watch::Sender<Arc<WorkloadUpdate>>,
+    /// IDs of the entries it matched when its view was last computed.
+    matched: BTreeSet<String>,
 }
 
 /// An entry the next batch must mint an SVID for.
@@ -114,39 +121,273 @@ pub(super) struct MintRequest {
 }
 
 /// The whole cache, behind the manager's mutex.
+///
+/// Entries are indexed by selector and subscribers by their selectors, so a workload's view
+/// costs the entries that may match it, and a change recomputes only the subscribers it may
+/// concern (marked dirty until [`State::notify_subscribers`]).
 pub(super) struct State {
     pub(super) entries: BTreeMap<String, CachedEntry>,
+    entry_index: EntryIndex,
+    /// How many cached entries federate with each trust domain.
+    federates_with: BTreeMap<String, usize>,
     pub(super) svids: HashMap<String, CachedSvid>,
     pub(super) bundle: Arc<Bundle>,
     pub(super) federated: BTreeMap<String, Arc<Bundle>>,
-    pub(super) subscribers: Vec<Subscriber>,
+    subscribers: HashMap<u64, Subscriber>,
+    subscriber_index: SubscriberIndex<u64>,
+    next_subscriber: u64,
+    /// Subscribers whose view may have changed since they were last told.
+    dirty: HashSet<u64>,
+    /// Every subscriber's view may have changed (bundles).
+    all_dirty: bool,
     /// Monotonic counter for LRU stamps; bumped on every sync and subscription.
     pub(super) tick: u64,
+    /// How many workload views were computed, for tests and benchmarks of the index.
+    pub(super) views_computed: u64,
 }
 
 impl State {
     pub(super) fn new(bundle: Bundle) -> Self {
         Self {
             entries: BTreeMap::new(),
+            entry_index: EntryIndex::default(),
+            federates_with: BTreeMap::new(),
             svids: HashMap::new(),
             bundle: Arc::new(bundle),
             federated: BTreeMap::new(),
-            subscribers: Vec::new(),
+            subscribers: HashMap::new(),
+            subscriber_index: SubscriberIndex::default(),
+            next_subscriber: 0,
+            dirty: HashSet::new(),
+            all_dirty: false,
             tick: 0,
+            views_computed: 0,
         }
+    }
+
+    /// Number of open subscriptions.
+    #[cfg(test)]
+    pub(super) fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Registers a subscription; its first value must already be in `tx`.
+    pub(super) fn add_subscriber(
+        &mut self,
+        selectors: SelectorSet,
+        tx: watch::Sender<Arc<WorkloadUpdate>>,
+    ) {
+        let key = self.next_subscriber;
+        self.next_subscriber = self.next_subscriber.wrapping_add(1);
+        let matched = self.matching(&selectors).map(|e| e.id.clone()).collect();
+        self.subscriber_index.insert(key, &selectors);
+        self.subscribers.insert(
+            key,
+            Subscriber {
+                selectors,
+                tx,
+                matched,
+            },
+        );
     }
 
     /// Forgets subscriptions whose receivers were all dropped.
     pub(super) fn drop_closed_subscribers(&mut self) {
-        self.subscribers.retain(|s| !s.tx.is_closed());
+        let closed: Vec<u64> = self
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.tx.is_closed())
+            .map(|(key, _)| *key)
+            .collect();
+        for key in closed {
+            if let Some(subscriber) = self.subscribers.remove(&key) {
+                self.subscriber_index.remove(key, &subscriber.selectors);
+            }
+            self.dirty.remove(&key);
+        }
+    }
+
+    /// The entries a workload with `selectors` gets, found through the selector index.
+    pub(super) fn matching<'a>(
+        &'a self,
+        selectors: &'a SelectorSet,
+    ) -> impl Iterator<Item = &'a CachedEntry> + 'a {
+        let mut found: Vec<&CachedEntry> = self
+            .entry_index
+            .candidates(selectors)
+            .filter_map(|id| self.entries.get(id))
+            .filter(|e| e.matches(selectors))
+            .collect();
+        // Entry ID order, as upstream sorts identities (the first is the default SVID).
+        found.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        found.into_iter()
+    }
+
+    /// Marks the subscribers `entry` matches as needing a new view.
+    fn mark_entry(&mut self, entry_selectors: &SelectorSet) {
+        for key in self.subscriber_index.candidates(entry_selectors) {
+            let Some(subscriber) = self.subscribers.get(&key) else {
+                continue;
+            };
+            if !entry_selectors.is_empty() && entry_selectors.is_subset_of(&subscriber.selectors) {
+                self.dirty.insert(key);
+            }
+        }
+    }
+
+    fn mark_entry_id(&mut self, id: &str) {
+        if let Some(selectors) = self.entries.get(id).map(|e| e.selectors.clone()) {
+            self.mark_entry(&selectors);
+        }
+    }
+
+    /// Adds or replaces an entry; subscribers of its old and new selectors are marked.
+    pub(super) fn upsert_entry(&mut self, entry: CachedEntry) {
+        if self.entries.get(&entry.id) == Some(&entry) {
+            return;
+        }
+        self.mark_entry_id(&entry.id);
+        self.mark_entry(&entry.selectors);
+        self.entry_index.insert(&entry.id, &entry.selectors);
+        self.count_federation(&entry, true);
+        if let Some(old) = self.entries.insert(entry.id.clone(), entry) {
+            self.count_federation(&old, false);
+        }
+    }
+
+    /// Removes an entry and its SVID; its subscribers are marked.
+    pub(super) fn remove_entry(&mut self, id: &str) {
+        self.mark_entry_id(id);
+        self.entry_index.remove(id);
+        if let Some(old) = self.entries.remove(id) {
+            self.count_federation(&old, false);
+        }
+        self.svids.remove(id);
+    }
+
+    /// Makes the cached entries exactly `entries`, touching only what differs.
+    pub(super) fn replace_entries(&mut self, mut entries: BTreeMap<String, CachedEntry>) {
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|id| !entries.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove_entry(&id);
+        }
+        while let Some((_, entry)) = entries.pop_first() {
+            self.upsert_entry(entry);
+        }
+    }
+
+    /// Of a page of revisions, the IDs whose entry is not cached or cached at another
+    /// revision (or, when the server sends creation times, another creation).
+    pub(super) fn stale_ids(&self, page: &[EntryRevision]) -> Vec<String> {
+        page.iter()
+            .filter(|r| {
+                self.entries.get(&r.id).is_none_or(|cached| {
+                    cached.revision != r.revision
+                        || (r.created_at != 0 && cached.created_at != r.created_at)
+                })
+            })
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// Applies a revision-based sync: entries not in `revisions` are removed, `fetched`
+    /// ones replace the cached ones. Returns how many entries changed.
+    pub(super) fn apply_revisions(
+        &mut self,
+        revisions: &[EntryRevision],
+        fetched: Vec<CachedEntry>,
+    ) -> usize {
+        // Usually nothing was removed: count the listed entries that are cached before
+        // building a set of them.
+        let cached_and_listed = revisions
+            .iter()
+            .filter(|r| self.entries.contains_key(&r.id))
+            .count();
+        let gone: Vec<String> = if cached_and_listed == self.entries.len() {
+            Vec::new()
+        } else {
+            let listed: HashSet<&str> = revisions.iter().map(|r| r.id.as_str()).collect();
+            self.entries
+                .keys()
+                .filter(|id| !listed.contains(id.as_str()))
+                .cloned()
+                .collect()
+        };
+        let changed = gone.len() + fetched.len();
+        for id in gone {
+            self.remove_entry(&id);
+        }
+        for entry in fetched {
+            self.upsert_entry(entry);
+        }
+        changed
+    }
+
+    /// Trust domains some cached entry federates with.
+    pub(super) fn federated_trust_domains(&self) -> BTreeSet<String> {
+        self.federates_with.keys().cloned().collect()
+    }
+
+    fn count_federation(&mut self, entry: &CachedEntry, add: bool) {
+        for td in &entry.federates_with {
+            if add {
+                *self.federates_with.entry(td.clone()).or_default() += 1;
+            } else if let Some(count) = self.federates_with.get_mut(td) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.federates_with.remove(td);
+                }
+            }
+        }
+    }
+
+    /// Stores a freshly minted SVID; the entry's subscribers are marked.
+    pub(super) fn store_svid(&mut self, entry_id: &str, svid: CachedSvid) {
+        self.svids.insert(entry_id.to_owned(), svid);
+        self.mark_entry_id(entry_id);
+    }
+
+    /// Replaces the bundles; every subscriber is marked when they changed.
+    pub(super) fn set_bundles(&mut self, bundle: Bundle, federated: BTreeMap<String, Arc<Bundle>>) {
+        if *self.bundle != bundle {
+            self.bundle = Arc::new(bundle);
+            self.all_dirty = true;
+        }
+        if self.federated != federated {
+            self.federated = federated;
+            self.all_dirty = true;
+        }
+    }
+
+    /// Recomputes the matched sets of the marked subscribers (entries changed under them).
+    fn refresh_matched(&mut self) {
+        let keys: Vec<u64> = if self.all_dirty {
+            self.subscribers.keys().copied().collect()
+        } else {
+            self.dirty.iter().copied().collect()
+        };
+        for key in keys {
+            let Some(selectors) = self.subscribers.get(&key).map(|s| s.selectors.clone()) else {
+                continue;
+            };
+            let matched = self.matching(&selectors).map(|e| e.id.clone()).collect();
+            if let Some(subscriber) = self.subscribers.get_mut(&key) {
+                subscriber.matched = matched;
+            }
+        }
     }
 
     /// IDs of the entries some live subscriber matches.
     pub(super) fn subscribed_entries(&self) -> BTreeSet<String> {
-        self.entries
+        self.subscribers
             .values()
-            .filter(|e| self.subscribers.iter().any(|s| e.matches(&s.selectors)))
-            .map(|e| e.id.clone())
+            .filter(|s| !s.tx.is_closed())
+            .flat_map(|s| s.matched.iter().cloned())
             .collect()
     }
 
@@ -163,40 +404,57 @@ impl State {
             .map(|(id, svid)| (id, svid.last_used))
             .collect();
         cached.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let uncached = self
-            .entries
-            .values()
-            .filter(|e| !e.disable_x509_svid_prefetch)
-            .map(|e| &e.id)
-            .filter(|id| !self.svids.contains_key(*id) && !keep.contains(*id));
-        let candidates: Vec<String> = cached
-            .into_iter()
-            .map(|(id, _)| id.clone())
-            .chain(uncached.cloned())
-            .collect();
-        for id in candidates {
+        for (id, _) in cached {
+            if keep.len() >= max_size {
+                return keep;
+            }
+            keep.insert(id.clone());
+        }
+        for entry in self.entries.values() {
             if keep.len() >= max_size {
                 break;
             }
-            keep.insert(id);
+            if !entry.disable_x509_svid_prefetch
+                && !self.svids.contains_key(&entry.id)
+                && !keep.contains(&entry.id)
+            {
+                keep.insert(entry.id.clone());
+            }
         }
         keep
     }
 
-    /// Replaces the entries, drops the SVIDs of deleted or evicted entries, stamps the
-    /// subscribed ones as used, and says which kept entries need a new SVID (none yet, past
-    /// half-life, or minted for an older revision).
+    /// Replaces the entries (see [`State::replace_entries`]) and plans the mints
+    /// ([`State::plan_mints`]).
+    #[cfg(test)]
     pub(super) fn apply_entries(
         &mut self,
         entries: BTreeMap<String, CachedEntry>,
         max_size: usize,
         now: i64,
     ) -> Vec<MintRequest> {
+        self.replace_entries(entries);
+        self.plan_mints(max_size, now)
+    }
+
+    /// After the entries changed: drops the SVIDs of evicted entries, stamps the subscribed
+    /// ones as used, and says which kept entries need a new SVID (none yet, past half-life,
+    /// or minted for an older revision).
+    pub(super) fn plan_mints(&mut self, max_size: usize, now: i64) -> Vec<MintRequest> {
         self.drop_closed_subscribers();
+        self.refresh_matched();
         self.tick = self.tick.saturating_add(1);
-        self.entries = entries;
         let keep = self.entries_to_keep(max_size);
-        self.svids.retain(|id, _| keep.contains(id));
+        let evicted: Vec<String> = self
+            .svids
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        for id in &evicted {
+            self.svids.remove(id);
+            self.mark_entry_id(id);
+        }
         let tick = self.tick;
         for id in self.subscribed_entries() {
             if let Some(svid) = self.svids.get_mut(&id) {
@@ -221,16 +479,19 @@ impl State {
     /// What a workload with `selectors` sees now, and whether some matching entry has no
     /// SVID yet. Marks the SVIDs it returns as used.
     pub(super) fn view(&mut self, selectors: &SelectorSet) -> (WorkloadUpdate, bool) {
+        self.views_computed = self.views_computed.wrapping_add(1);
         let tick = self.tick;
         let mut identities = Vec::new();
         let mut federated = BTreeMap::new();
         let mut missing = false;
-        for entry in self.entries.values().filter(|e| e.matches(selectors)) {
-            let Some(svid) = self.svids.get_mut(&entry.id) else {
+        let matching: Vec<&CachedEntry> = self.matching(selectors).collect();
+        let mut used = Vec::with_capacity(matching.len());
+        for entry in matching {
+            let Some(svid) = self.svids.get(&entry.id) else {
                 missing = true;
                 continue;
             };
-            svid.last_used = tick;
+            used.push(entry.id.clone());
             for td in &entry.federates_with {
                 if let Some(bundle) = self.federated.get(td) {
                     federated.insert(td.clone(), Arc::clone(bundle));
@@ -245,8 +506,11 @@ impl State {
                 federates_with: entry.federates_with.clone(),
             });
         }
-        // `entries` is a BTreeMap, so identities are already in entry ID order, as upstream
-        // sorts them (the first is the workload's default SVID).
+        for id in used {
+            if let Some(svid) = self.svids.get_mut(&id) {
+                svid.last_used = tick;
+            }
+        }
         let update = WorkloadUpdate {
             identities,
             bundle: Arc::clone(&self.bundle),
@@ -255,24 +519,33 @@ impl State {
         (update, missing)
     }
 
-    /// Pushes a new value to every subscriber whose view changed.
+    /// Pushes a new value to every marked subscriber whose view changed; the others are not
+    /// even recomputed.
     pub(super) fn notify_subscribers(&mut self) {
         self.drop_closed_subscribers();
-        let selectors: Vec<SelectorSet> = self
-            .subscribers
-            .iter()
-            .map(|s| s.selectors.clone())
-            .collect();
-        let views: Vec<WorkloadUpdate> = selectors.iter().map(|s| self.view(s).0).collect();
-        for (subscriber, view) in self.subscribers.iter().zip(views) {
-            subscriber.tx.send_if_modified(|current| {
-                if same_view(current, &view) {
-                    false
-                } else {
-                    *current = Arc::new(view);
-                    true
-                }
-            });
+        self.refresh_matched();
+        let keys: Vec<u64> = if self.all_dirty {
+            self.subscribers.keys().copied().collect()
+        } else {
+            self.dirty.iter().copied().collect()
+        };
+        self.all_dirty = false;
+        self.dirty.clear();
+        for key in keys {
+            let Some(selectors) = self.subscribers.get(&key).map(|s| s.selectors.clone()) else {
+                continue;
+            };
+            let view = self.view(&selectors).0;
+            if let Some(subscriber) = self.subscribers.get(&key) {
+                subscriber.tx.send_if_modified(|current| {
+                    if same_view(current, &view) {
+                        false
+                    } else {
+                        *current = Arc::new(view);
+                        true
+                    }
+                });
+            }
         }
     }
 
@@ -318,6 +591,7 @@ mod tests {
             federates_with: Vec::new(),
             hint: String::new(),
             revision: 0,
+            created_at: 0,
             disable_x509_svid_prefetch: false,
             jwt_svid_include_jti: false,
         }
@@ -366,16 +640,12 @@ mod tests {
     fn keep_prefers_subscribed_then_recently_used_then_new() {
         let mut st = state();
         for id in ["a", "b", "c", "d"] {
-            st.entries
-                .insert(id.to_owned(), entry(id, &[&format!("t:v:{id}")]));
+            st.upsert_entry(entry(id, &[&format!("t:v:{id}")]));
         }
         st.svids.insert("a".to_owned(), svid(1));
         st.svids.insert("b".to_owned(), svid(5));
         let (tx, _rx) = watch::channel(Arc::new(st.view(&set(&[])).0));
-        st.subscribers.push(Subscriber {
-            selectors: set(&["t:v:d"]),
-            tx,
-        });
+        st.add_subscriber(set(&["t:v:d"]), tx);
         let keep = st.entries_to_keep(2);
         assert_eq!(keep, ["b", "d"].iter().map(|s| (*s).to_owned()).collect());
         // The limit is soft for subscribed entries.
@@ -400,11 +670,8 @@ mod tests {
             .collect();
         assert_eq!(needed, ["eager"]);
 
-        let (tx, _rx) = watch::channel(Arc::new(st.view(&set(&[])).0));
-        st.subscribers.push(Subscriber {
-            selectors: set(&["t:v:lazy"]),
-            tx,
-        });
+        let (tx, rx) = watch::channel(Arc::new(st.view(&set(&[])).0));
+        st.add_subscriber(set(&["t:v:lazy"]), tx);
         let needed: Vec<String> = st
             .apply_entries(entries.clone(), 10, 10)
             .into_iter()
@@ -412,7 +679,8 @@ mod tests {
             .collect();
         assert_eq!(needed, ["eager", "lazy"]);
         st.svids.insert("lazy".to_owned(), svid(0));
-        st.subscribers.clear();
+        drop(rx);
+        st.drop_closed_subscribers();
         assert!(st.entries_to_keep(10).contains("lazy"), "kept once minted");
     }
 
@@ -434,12 +702,99 @@ mod tests {
     fn dropped_subscribers_are_forgotten() {
         let mut st = state();
         let (tx, rx) = watch::channel(Arc::new(st.view(&set(&[])).0));
-        st.subscribers.push(Subscriber {
-            selectors: set(&["t:v:a"]),
-            tx,
-        });
+        st.add_subscriber(set(&["t:v:a"]), tx);
         drop(rx);
         st.notify_subscribers();
-        assert!(st.subscribers.is_empty());
+        assert_eq!(st.subscriber_count(), 0);
+    }
+
+    fn subscribe(st: &mut State, selectors: &[&str]) -> watch::Receiver<Arc<WorkloadUpdate>> {
+        let selectors = set(selectors);
+        let (tx, rx) = watch::channel(Arc::new(st.view(&selectors).0));
+        st.add_subscriber(selectors, tx);
+        rx
+    }
+
+    /// A workload's view is built from the entries filed under its selectors: with 10,000
+    /// other entries on the agent, its view holds exactly its own, in entry ID order.
+    #[test]
+    fn a_view_is_found_through_the_selector_index() {
+        let mut st = state();
+        for i in 0..10_000 {
+            st.upsert_entry(entry(&format!("other{i:05}"), &[&format!("unix:uid:{i}")]));
+        }
+        st.upsert_entry(entry("mine-b", &["unix:uid:me"]));
+        st.upsert_entry(entry("mine-a", &["unix:uid:me", "unix:gid:0"]));
+        st.upsert_entry(entry("not-mine", &["unix:uid:me", "unix:gid:1"]));
+        let workload = set(&["unix:uid:me", "unix:gid:0", "unix:user:x"]);
+        let ids: Vec<&str> = st.matching(&workload).map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["mine-a", "mine-b"]);
+        // The candidates are the entries filed under the workload's selectors, not all.
+        assert!(st.entry_index.candidates(&workload).count() <= 3);
+    }
+
+    /// A change to one workload's entry recomputes and notifies only the subscribers it
+    /// matches; a bundle change concerns everyone.
+    #[test]
+    fn only_affected_subscribers_are_recomputed_and_notified() {
+        let mut st = state();
+        st.upsert_entry(entry("a", &["unix:uid:1"]));
+        st.upsert_entry(entry("b", &["unix:uid:2"]));
+        st.svids.insert("a".to_owned(), svid(0));
+        st.svids.insert("b".to_owned(), svid(0));
+        let mut rx_a = subscribe(&mut st, &["unix:uid:1", "unix:gid:0"]);
+        let mut rx_b = subscribe(&mut st, &["unix:uid:2", "unix:gid:0"]);
+        st.notify_subscribers();
+        rx_a.mark_unchanged();
+        rx_b.mark_unchanged();
+
+        let before = st.views_computed;
+        let mut changed = entry("a", &["unix:uid:1"]);
+        changed.hint = "new".to_owned();
+        st.upsert_entry(changed);
+        st.notify_subscribers();
+        assert_eq!(
+            st.views_computed - before,
+            1,
+            "only a's subscriber recomputed"
+        );
+        assert!(rx_a.has_changed().unwrap());
+        assert!(!rx_b.has_changed().unwrap());
+        assert_eq!(rx_a.borrow_and_update().identities[0].hint, "new");
+
+        // A new entry for both (gid:0) reaches both; an unrelated entry reaches nobody.
+        st.upsert_entry(entry("c", &["unix:uid:9"]));
+        let before = st.views_computed;
+        st.notify_subscribers();
+        assert_eq!(st.views_computed, before);
+        st.upsert_entry(entry("shared", &["unix:gid:0"]));
+        st.store_svid("shared", svid(0));
+        st.notify_subscribers();
+        assert!(rx_a.has_changed().unwrap() && rx_b.has_changed().unwrap());
+        rx_a.mark_unchanged();
+        rx_b.mark_unchanged();
+
+        // Removing b's entry reaches b only.
+        st.remove_entry("b");
+        let before = st.views_computed;
+        st.notify_subscribers();
+        assert_eq!(st.views_computed - before, 1);
+        assert!(!rx_a.has_changed().unwrap());
+        assert!(rx_b.has_changed().unwrap());
+        let ids: Vec<String> = rx_b
+            .borrow()
+            .identities
+            .iter()
+            .map(|i| i.entry_id.clone())
+            .collect();
+        assert_eq!(ids, ["shared"]);
+
+        // A new bundle reaches every subscriber.
+        let mut bundle = Bundle::new(TrustDomain::new("example.org").unwrap());
+        bundle.sequence_number = 7;
+        st.set_bundles(bundle, BTreeMap::new());
+        let before = st.views_computed;
+        st.notify_subscribers();
+        assert_eq!(st.views_computed - before, 2);
     }
 }

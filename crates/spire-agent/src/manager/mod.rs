@@ -16,11 +16,13 @@ use tokio::sync::watch;
 
 mod cache;
 mod jwt_cache;
+mod selector_index;
 pub mod server_api;
 pub mod sync;
 
+pub use server_api::{EntryRevision, HintsOffer, StaleEntries, SyncHints, SyncedEntries};
 pub use server_api::{ServerApi, bundle_from_proto};
-pub use sync::{CacheStats, Clock, Manager, ManagerOptions, chain_is_under};
+pub use sync::{CacheStats, Clock, Manager, ManagerOptions, SyncReport, chain_is_under};
 
 /// Why the manager could not answer; the Workload API maps these to gRPC codes.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,60 @@ use spire_proto::spire::api::types;
 
 use super::ManagerError;
 
+/// One entry's revision, as SyncAuthorizedEntries lists it before sending whole entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRevision {
+    /// The entry ID.
+    pub id: String,
+    /// Its revision number.
+    pub revision: i64,
+    /// When it was created (Unix seconds; 0 from servers that do not send it): a deleted
+    /// and recreated entry can have the same ID and revision.
+    pub created_at: i64,
+}
+
+/// What one sync learned of the authorized entries.
+#[derive(Debug, Clone)]
+pub enum SyncedEntries {
+    /// Every authorized entry, whole (GetAuthorizedEntries, or a SyncAuthorizedEntries
+    /// answer small enough to be sent whole).
+    Full(Vec<types::Entry>),
+    /// The revision of every authorized entry, plus the whole entries of those the agent
+    /// asked for (it did not have them at that revision). Entries not listed were removed.
+    Revisions {
+        /// Every authorized entry's revision.
+        revisions: Vec<EntryRevision>,
+        /// The entries asked for.
+        entries: Vec<types::Entry>,
+    },
+}
+
+/// Given a page of revisions, the IDs of the entries the agent must fetch whole (not
+/// cached, or cached at another revision).
+pub type StaleEntries<'a> = &'a (dyn Fn(&[EntryRevision]) -> Vec<String> + Send + Sync);
+
+/// A stream of "your authorized view changed, sync now" hints from the server.
+pub type SyncHints =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<(), ManagerError>> + Send>>;
+
+/// Whether the server offers push hints ([`ServerApi::watch_sync_hints`]).
+#[non_exhaustive]
+pub enum HintsOffer {
+    /// The server streams hints.
+    Offered(SyncHints),
+    /// The server does not have the service (upstream servers): poll only.
+    NotOffered,
+}
+
+impl std::fmt::Debug for HintsOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Offered(_) => f.write_str("Offered"),
+            Self::NotOffered => f.write_str("NotOffered"),
+        }
+    }
+}
+
 /// The server calls the manager makes. Errors should be [`ManagerError::Unavailable`] when
 /// the server could not be reached, so the sync loop backs off and keeps serving its cache.
 #[async_trait]
@@ -20,6 +74,23 @@ pub trait ServerApi: Send + Sync + 'static {
     /// Every registration entry the server authorizes this agent to mint SVIDs for (entries
     /// parented to the agent or to its node aliases).
     async fn authorized_entries(&self) -> Result<Vec<types::Entry>, ManagerError>;
+
+    /// The authorized entries through SyncAuthorizedEntries: revisions first, then only the
+    /// entries `stale` names, as upstream's agent syncs. A server without the RPC is asked
+    /// with GetAuthorizedEntries instead. The default is the latter.
+    async fn sync_authorized_entries(
+        &self,
+        stale: StaleEntries<'_>,
+    ) -> Result<SyncedEntries, ManagerError> {
+        let _ = stale;
+        Ok(SyncedEntries::Full(self.authorized_entries().await?))
+    }
+
+    /// Subscribes to the server's sync hints (our own `spire_rs.agent.notify.v1` service).
+    /// The first item arrives once the subscription is live. The default offers none.
+    async fn watch_sync_hints(&self) -> Result<HintsOffer, ManagerError> {
+        Ok(HintsOffer::NotOffered)
+    }
 
     /// Signs one CSR per entry in a single `BatchNewX509SVID` call. The answer has one result
     /// per CSR, in the same order: the certificate chain (leaf first, DER) or why that one

@@ -1,5 +1,6 @@
 //! The [`Manager`]: syncs with the server every `sync_interval` (with jittered backoff on
-//! failure), mints every missing or half-expired X509-SVID in one batch per sync, and serves
+//! failure, or at once on a server hint), mints every missing or half-expired X509-SVID in
+//! batches of up to 500 per sync, and serves
 //! subscriptions and JWT-SVIDs from its cache.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,9 +18,9 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::cache::{CachedEntry, CachedSvid, MintRequest, State, Subscriber, same_view};
+use super::cache::{CachedEntry, CachedSvid, MintRequest, State, same_view};
 use super::jwt_cache::{CachedJwt, JwtCache};
-use super::server_api::{ServerApi, bundle_from_proto};
+use super::server_api::{EntryRevision, HintsOffer, ServerApi, SyncedEntries, bundle_from_proto};
 use super::{JwtIdentity, ManagerError, WorkloadIdentities, WorkloadUpdate};
 
 /// The time source; tests inject one to move past an SVID's half-life.
@@ -28,6 +29,22 @@ pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 /// How often an extra sync may run for a subscriber waiting on a missing SVID (upstream's
 /// SVID sync interval).
 const MIN_TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
+
+/// The most CSRs one BatchNewX509SVID call carries: a server's signing rate limit (500 per
+/// second per agent address, upstream's burst) refuses larger batches outright, and waits
+/// on smaller ones.
+const MAX_CSRS_PER_BATCH: usize = 500;
+
+/// How long a sync hint from the server waits for more before the sync starts, so a burst
+/// of changes (a batch of entries) costs one sync.
+const HINT_DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// How long the agent waits before asking again a server that does not offer sync hints
+/// (it may be replaced by one that does, as when upstream's server is swapped for ours).
+const HINTS_RETRY_WHEN_NOT_OFFERED: Duration = Duration::from_secs(300);
+
+/// Longest wait before re-subscribing to sync hints after the stream failed.
+const HINTS_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The version this agent reports with PostStatus: ours, marked so an operator can tell it
 /// from an upstream agent's in `agent list`.
@@ -55,6 +72,11 @@ pub struct ManagerOptions {
     pub retry_base: Duration,
     /// Longest retry delay (default 4 min).
     pub retry_max: Duration,
+    /// `experimental.use_sync_authorized_entries` (default true): sync with
+    /// SyncAuthorizedEntries revisions; false forces GetAuthorizedEntries.
+    pub use_sync_authorized_entries: bool,
+    /// Subscribe to the server's sync hints when it offers them (default true).
+    pub follow_sync_hints: bool,
 }
 
 impl Default for ManagerOptions {
@@ -67,6 +89,8 @@ impl Default for ManagerOptions {
             clock: Arc::new(OffsetDateTime::now_utc),
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(240),
+            use_sync_authorized_entries: true,
+            follow_sync_hints: true,
         }
     }
 }
@@ -80,6 +104,11 @@ impl std::fmt::Debug for ManagerOptions {
             .field("svid_key_type", &self.svid_key_type)
             .field("retry_base", &self.retry_base)
             .field("retry_max", &self.retry_max)
+            .field(
+                "use_sync_authorized_entries",
+                &self.use_sync_authorized_entries,
+            )
+            .field("follow_sync_hints", &self.follow_sync_hints)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +126,21 @@ pub struct CacheStats {
     pub last_sync_success: Option<i64>,
 }
 
+/// What the last successful sync did, for `debug` output and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Whether SyncAuthorizedEntries revisions were used (false: every entry was fetched).
+    pub revision_based: bool,
+    /// Entries received whole.
+    pub entries_fetched: usize,
+    /// Entries authorized after the sync.
+    pub entries_total: usize,
+    /// X509-SVIDs minted.
+    pub svids_minted: usize,
+    /// How long getting the entries took (server time plus transfer).
+    pub entries_elapsed: Duration,
+}
+
 /// The agent's cache of entries, SVIDs and bundles, kept in sync with the server.
 pub struct Manager {
     api: Arc<dyn ServerApi>,
@@ -108,6 +152,10 @@ pub struct Manager {
     sync_lock: tokio::sync::Mutex<()>,
     /// Raised when a subscriber waits for an SVID that is not minted yet.
     sync_now: Notify,
+    /// Raised when the server hints that this agent's view changed.
+    hinted: Notify,
+    /// What the last successful sync did.
+    last_sync: Mutex<Option<SyncReport>>,
     bundles_tx: watch::Sender<Arc<BTreeMap<String, Arc<Bundle>>>>,
     /// Unix seconds of the last successful sync.
     last_sync_success: Mutex<Option<i64>>,
@@ -144,6 +192,8 @@ impl Manager {
             jwt: Mutex::new(jwt),
             sync_lock: tokio::sync::Mutex::new(()),
             sync_now: Notify::new(),
+            hinted: Notify::new(),
+            last_sync: Mutex::new(None),
             bundles_tx,
             last_sync_success: Mutex::new(None),
             tainted_roots: watch::Sender::new(Vec::new()),
@@ -196,12 +246,33 @@ impl Manager {
         Arc::clone(&self.state().bundle)
     }
 
-    /// One sync: fetch entries and bundles, drop what was deleted, mint every needed
-    /// X509-SVID in one batch, and tell subscribers whose view changed. On error the cache
-    /// keeps what it had (SVIDs minted in this sync before the error are kept).
+    /// What the last successful sync did; `None` before the first.
+    pub fn last_sync(&self) -> Option<SyncReport> {
+        *self
+            .last_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a sync now (after a short debounce), as a server hint does.
+    pub fn hint_sync(&self) {
+        self.hinted.notify_one();
+    }
+
+    /// One sync: fetch entries (only the changed ones when the server has
+    /// SyncAuthorizedEntries) and bundles, drop what was deleted, mint every needed
+    /// X509-SVID in one batch, and tell the subscribers whose view changed. On error the
+    /// cache keeps what it had (SVIDs minted in this sync before the error are kept).
     pub async fn sync_once(&self) -> Result<(), ManagerError> {
         let _guard = self.sync_lock.lock().await;
-        let raw_entries = self.api.authorized_entries().await?;
+        let started = Instant::now();
+        let synced = if self.options.use_sync_authorized_entries {
+            let stale = |page: &[EntryRevision]| self.state().stale_ids(page);
+            self.api.sync_authorized_entries(&stale).await?
+        } else {
+            SyncedEntries::Full(self.api.authorized_entries().await?)
+        };
+        let entries_elapsed = started.elapsed();
         let raw_bundle = self.api.bundle().await?;
         let tainted_roots: Vec<Vec<u8>> = raw_bundle
             .x509_authorities
@@ -230,22 +301,42 @@ impl Manager {
             )));
         }
 
-        let mut entries = BTreeMap::new();
-        for raw in &raw_entries {
-            match CachedEntry::from_proto(raw) {
-                Ok(entry) => {
-                    entries.insert(entry.id.clone(), entry);
+        let parse = |raw: Vec<spire_proto::spire::api::types::Entry>| {
+            let mut entries = BTreeMap::new();
+            for raw in &raw {
+                match CachedEntry::from_proto(raw) {
+                    Ok(entry) => {
+                        entries.insert(entry.id.clone(), entry);
+                    }
+                    Err(reason) => tracing::warn!("ignoring registration entry: {reason}"),
                 }
-                Err(reason) => tracing::warn!("ignoring registration entry: {reason}"),
             }
-        }
-        let federated = self.fetch_federated_bundles(&entries).await;
+            entries
+        };
+        let (revision_based, entries_fetched, wanted) = {
+            match synced {
+                SyncedEntries::Full(raw) => {
+                    let fetched = raw.len();
+                    let entries = parse(raw);
+                    let mut state = self.state();
+                    state.replace_entries(entries);
+                    (false, fetched, state.federated_trust_domains())
+                }
+                SyncedEntries::Revisions { revisions, entries } => {
+                    let fetched = entries.len();
+                    let entries = parse(entries).into_values().collect();
+                    let mut state = self.state();
+                    state.apply_revisions(&revisions, entries);
+                    (true, fetched, state.federated_trust_domains())
+                }
+            }
+        };
+        let federated = self.fetch_federated_bundles(wanted).await;
 
         let now = self.now();
-        let needed = {
+        let (needed, entries_total) = {
             let mut state = self.state();
-            state.bundle = Arc::new(bundle);
-            state.federated = federated;
+            state.set_bundles(bundle, federated);
             mark_tainted(&mut state, &tainted_roots);
             self.tainted_roots.send_if_modified(|current| {
                 if *current == tainted_roots {
@@ -255,7 +346,7 @@ impl Manager {
                     true
                 }
             });
-            let needed = state.apply_entries(entries, self.options.x509_svid_cache_max_size, now);
+            let needed = state.plan_mints(self.options.x509_svid_cache_max_size, now);
             let all = state.all_bundles();
             self.bundles_tx.send_if_modified(|current| {
                 if **current == all {
@@ -265,9 +356,10 @@ impl Manager {
                     true
                 }
             });
-            needed
+            (needed, state.entries.len())
         };
 
+        let svids_minted = needed.len();
         let result = if needed.is_empty() {
             Ok(())
         } else {
@@ -279,24 +371,42 @@ impl Manager {
                 .last_sync_success
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.now());
+            tracing::debug!(
+                revision_based,
+                entries_fetched,
+                entries_total,
+                svids_minted,
+                entries_ms = entries_elapsed.as_secs_f64() * 1000.0,
+                total_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "synced with the server"
+            );
+            *self
+                .last_sync
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SyncReport {
+                revision_based,
+                entries_fetched,
+                entries_total,
+                svids_minted,
+                entries_elapsed,
+            });
         }
         result
     }
 
-    /// Federated bundles for every trust domain some entry federates with; a bundle that
-    /// cannot be fetched now keeps its cached version.
+    /// Federated bundles for every trust domain in `wanted` (those some entry federates
+    /// with); a bundle that cannot be fetched now keeps its cached version.
     async fn fetch_federated_bundles(
         &self,
-        entries: &BTreeMap<String, CachedEntry>,
+        wanted: BTreeSet<String>,
     ) -> BTreeMap<String, Arc<Bundle>> {
-        let wanted: BTreeSet<&str> = entries
-            .values()
-            .flat_map(|e| e.federates_with.iter().map(String::as_str))
-            .filter(|td| *td != self.trust_domain.name())
-            .collect();
         let previous = self.state().federated.clone();
         let mut federated = BTreeMap::new();
-        for td in wanted {
+        for td in wanted
+            .iter()
+            .map(String::as_str)
+            .filter(|td| *td != self.trust_domain.name())
+        {
             let fetched = match self.api.federated_bundle(td).await {
                 Ok(Some(proto)) => bundle_from_proto(&proto).map(Some),
                 Ok(None) => Ok(None),
@@ -324,8 +434,18 @@ impl Manager {
         federated
     }
 
+    /// Mints `needed` in batches of at most [`MAX_CSRS_PER_BATCH`], one after the other.
+    async fn mint(&self, mut needed: Vec<MintRequest>) -> Result<(), ManagerError> {
+        while !needed.is_empty() {
+            let rest = needed.split_off(needed.len().min(MAX_CSRS_PER_BATCH));
+            self.mint_batch(needed).await?;
+            needed = rest;
+        }
+        Ok(())
+    }
+
     /// Generates keys and CSRs for `needed`, sends them in one batch and stores the results.
-    async fn mint(&self, needed: Vec<MintRequest>) -> Result<(), ManagerError> {
+    async fn mint_batch(&self, needed: Vec<MintRequest>) -> Result<(), ManagerError> {
         let key_type = self.options.svid_key_type;
         let count = needed.len();
         let prepared = tokio::task::spawn_blocking(move || {
@@ -377,8 +497,8 @@ impl Manager {
                         .get(&request.entry_id)
                         .is_some_and(|e| e.revision == request.revision);
                     if still_current {
-                        state.svids.insert(
-                            request.entry_id.clone(),
+                        state.store_svid(
+                            &request.entry_id,
                             CachedSvid {
                                 chain,
                                 key: Arc::new(key),
@@ -405,6 +525,17 @@ impl Manager {
     /// for a not-yet-minted SVID starts a sync early.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         self.post_status().await;
+        let hints = self
+            .options
+            .follow_sync_hints
+            .then(|| tokio::spawn(Arc::clone(&self).follow_hints(cancel.clone())));
+        self.sync_loop(&cancel).await;
+        if let Some(hints) = hints {
+            hints.abort();
+        }
+    }
+
+    async fn sync_loop(&self, cancel: &CancellationToken) {
         let mut failures: u32 = 0;
         loop {
             let started = Instant::now();
@@ -426,6 +557,11 @@ impl Manager {
                             () = cancel.cancelled() => return,
                             () = tokio::time::sleep(wait) => {}
                         }
+                    }                    () = self.hinted.notified() => {
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = tokio::time::sleep(HINT_DEBOUNCE) => {}
+                        }
                     }
                 }
             } else {
@@ -439,6 +575,75 @@ impl Manager {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
+            }
+        }
+    }
+
+    /// Follows the server's sync hints until `cancel`: every hint starts a sync (see
+    /// [`Manager::hint_sync`]). A server without the service (upstream's) is asked again
+    /// only every few minutes, the sync interval meanwhile being the only trigger; a
+    /// stream that fails is opened again with a growing delay.
+    async fn follow_hints(self: Arc<Self>, cancel: CancellationToken) {
+        use tokio_stream::StreamExt as _;
+
+        let mut failures: u32 = 0;
+        loop {
+            let offer = tokio::select! {
+                () = cancel.cancelled() => return,
+                offer = self.api.watch_sync_hints() => offer,
+            };
+            let delay = match offer {
+                Ok(HintsOffer::Offered(mut hints)) => {
+                    tracing::debug!("following the server's sync hints");
+                    loop {
+                        let hint = tokio::select! {
+                            () = cancel.cancelled() => return,
+                            hint = hints.next() => hint,
+                        };
+                        match hint {
+                            Some(Ok(())) => {
+                                failures = 0;
+                                self.hint_sync();
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!("the server's sync hints stopped: {e}");
+                                break;
+                            }
+                            None => {
+                                tracing::debug!("the server closed its sync hints");
+                                break;
+                            }
+                        }
+                    }
+                    failures = failures.saturating_add(1);
+                    backoff_delay(
+                        Duration::from_millis(500),
+                        HINTS_RETRY_MAX,
+                        failures,
+                        random_unit(),
+                    )
+                }
+                Ok(HintsOffer::NotOffered) => {
+                    tracing::info!(
+                        sync_interval = ?self.options.sync_interval,
+                        "the server offers no sync hints; changes arrive at the next sync"
+                    );
+                    HINTS_RETRY_WHEN_NOT_OFFERED
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!("subscribing to the server's sync hints failed: {e}");
+                    backoff_delay(
+                        Duration::from_millis(500),
+                        HINTS_RETRY_MAX,
+                        failures,
+                        random_unit(),
+                    )
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
             }
         }
     }
@@ -460,9 +665,7 @@ impl Manager {
         spiffe_id: Option<&SpiffeId>,
     ) -> Vec<CachedEntry> {
         self.state()
-            .entries
-            .values()
-            .filter(|e| e.matches(selectors))
+            .matching(selectors)
             .filter(|e| spiffe_id.is_none_or(|id| *id == e.spiffe_id))
             .cloned()
             .collect()
@@ -591,7 +794,7 @@ impl WorkloadIdentities for Manager {
             state.drop_closed_subscribers();
             let (update, missing) = state.view(&selectors);
             let (tx, rx) = watch::channel(Arc::new(update));
-            state.subscribers.push(Subscriber { selectors, tx });
+            state.add_subscriber(selectors, tx);
             (rx, missing)
         };
         if missing {

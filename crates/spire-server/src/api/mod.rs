@@ -19,6 +19,7 @@ pub mod entry;
 pub mod health;
 pub mod localauthority;
 pub mod logger;
+pub mod notify;
 pub mod ratelimit;
 pub mod svid;
 pub mod trustdomain;

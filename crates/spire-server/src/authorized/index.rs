@@ -3,6 +3,7 @@
 //! and keeps it fresh from the datastore.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use spire_core::selector::Selector;
@@ -36,6 +37,14 @@ pub struct EntryIndex {
     aliases_by_selector: HashMap<Selector, HashSet<String>>,
     /// Agents by SPIFFE ID, with their node selectors.
     agents: HashMap<String, Arc<AttestedNode>>,
+    /// Agent IDs by each of their node selectors, to find the agents a node-alias entry
+    /// applies to without scanning every agent.
+    agents_by_selector: HashMap<Selector, HashSet<String>>,
+    /// Every entry by a hash of its SPIFFE ID (a hash keeps this small; lookups compare the
+    /// IDs), to walk from an entry up to the agents it is authorized to.
+    by_spiffe_id: HashMap<u64, Vec<Arc<RegistrationEntry>>>,
+    /// Hashes SPIFFE IDs for `by_spiffe_id`.
+    hasher: RandomState,
 }
 
 impl EntryIndex {
@@ -84,6 +93,10 @@ impl EntryIndex {
         self.remove_entry(&entry.entry_id);
         self.entries
             .insert(entry.entry_id.clone(), Arc::clone(&entry));
+        self.by_spiffe_id
+            .entry(self.hasher.hash_one(entry.spiffe_id.as_str()))
+            .or_default()
+            .push(Arc::clone(&entry));
         if is_node_alias(&entry.parent_id) {
             let mut selectors = entry.selectors.clone();
             selectors.sort();
@@ -109,6 +122,13 @@ impl EntryIndex {
         let Some(old) = self.entries.remove(entry_id) else {
             return;
         };
+        let key = self.hasher.hash_one(old.spiffe_id.as_str());
+        if let Some(same_id) = self.by_spiffe_id.get_mut(&key) {
+            same_id.retain(|e| e.entry_id != entry_id);
+            if same_id.is_empty() {
+                self.by_spiffe_id.remove(&key);
+            }
+        }
         if let Some(alias) = self.aliases.remove(entry_id) {
             for selector in &alias.selectors {
                 if let Some(ids) = self.aliases_by_selector.get_mut(selector) {
@@ -128,12 +148,83 @@ impl EntryIndex {
 
     /// Adds an agent or replaces the one with the same SPIFFE ID (selectors included).
     pub fn upsert_agent(&mut self, agent: Arc<AttestedNode>) {
+        self.remove_agent(&agent.spiffe_id);
+        for selector in &agent.selectors {
+            self.agents_by_selector
+                .entry(selector.clone())
+                .or_default()
+                .insert(agent.spiffe_id.clone());
+        }
         self.agents.insert(agent.spiffe_id.clone(), agent);
     }
 
     /// Removes an agent; unknown IDs are ignored.
     pub fn remove_agent(&mut self, agent_id: &str) {
-        self.agents.remove(agent_id);
+        let Some(old) = self.agents.remove(agent_id) else {
+            return;
+        };
+        for selector in &old.selectors {
+            if let Some(ids) = self.agents_by_selector.get_mut(selector) {
+                ids.remove(agent_id);
+                if ids.is_empty() {
+                    self.agents_by_selector.remove(selector);
+                }
+            }
+        }
+    }
+
+    /// Adds to `out` the SPIFFE IDs of the agents whose authorized entries include `entry`
+    /// or, for a node-alias entry, hang below it: its parent, its parent's parents up to
+    /// the agents (through node aliases to the agents whose selectors they match). Costs
+    /// the ancestors and the agents found, not the size of the index. IDs that turn out
+    /// not to be agents (a parent that is an entry only) may be included; callers only
+    /// look them up.
+    pub fn agents_concerned_by(&self, entry: &RegistrationEntry, out: &mut HashSet<String>) {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut pending: Vec<&RegistrationEntry> = vec![entry];
+        while let Some(entry) = pending.pop() {
+            if is_node_alias(&entry.parent_id) {
+                self.agents_matching_alias(entry, out);
+                continue;
+            }
+            let parent = entry.parent_id.as_str();
+            if !seen.insert(parent) {
+                continue;
+            }
+            out.insert(parent.to_owned());
+            if let Some(same_id) = self.by_spiffe_id.get(&self.hasher.hash_one(parent)) {
+                pending.extend(
+                    same_id
+                        .iter()
+                        .filter(|e| e.spiffe_id == parent)
+                        .map(AsRef::as_ref),
+                );
+            }
+        }
+    }
+
+    /// The agents a node-alias entry applies to: those of its trust domain whose node
+    /// selectors include all of the alias's.
+    fn agents_matching_alias(&self, alias: &RegistrationEntry, out: &mut HashSet<String>) {
+        let mut smallest: Option<&HashSet<String>> = None;
+        for selector in &alias.selectors {
+            let Some(ids) = self.agents_by_selector.get(selector) else {
+                return;
+            };
+            if smallest.is_none_or(|s| ids.len() < s.len()) {
+                smallest = Some(ids);
+            }
+        }
+        for agent_id in smallest.into_iter().flatten() {
+            let Some(agent) = self.agents.get(agent_id) else {
+                continue;
+            };
+            if server_id_for(agent_id).as_deref() == Some(alias.parent_id.as_str())
+                && alias.selectors.iter().all(|s| agent.selectors.contains(s))
+            {
+                out.insert(agent_id.clone());
+            }
+        }
     }
 
     /// Entries the agent may obtain: those parented by the agent; the descendants of every
@@ -362,6 +453,65 @@ mod tests {
             [agent(AGENT, vec![sel("k", "v")])],
         );
         assert!(index.authorized_entries(AGENT).is_empty());
+    }
+
+    /// A change is traced to the agents it concerns: the parent agent, through nested
+    /// parents, and through node aliases to the agents whose selectors they match.
+    #[test]
+    fn changes_are_traced_to_the_agents_they_concern() {
+        const OTHER: &str = "spiffe://example.org/spire/agent/join_token/other";
+        let index = EntryIndex::from_records(
+            [
+                entry(
+                    "alias",
+                    SERVER,
+                    "spiffe://example.org/a",
+                    vec![sel("k", "v")],
+                ),
+                entry(
+                    "under-alias",
+                    "spiffe://example.org/a",
+                    "spiffe://example.org/w",
+                    vec![sel("u", "1")],
+                ),
+                entry(
+                    "direct",
+                    AGENT,
+                    "spiffe://example.org/d",
+                    vec![sel("u", "2")],
+                ),
+                entry(
+                    "nested",
+                    "spiffe://example.org/d",
+                    "spiffe://example.org/n",
+                    vec![sel("u", "3")],
+                ),
+            ],
+            [
+                agent(AGENT, vec![sel("k", "v"), sel("x", "y")]),
+                agent(OTHER, vec![sel("x", "y")]),
+            ],
+        );
+        let concerned = |id: &str| {
+            let mut out = HashSet::new();
+            index.agents_concerned_by(&index.entry(id).unwrap(), &mut out);
+            let mut out: Vec<String> = out
+                .into_iter()
+                .filter(|id| index.agent(id).is_some())
+                .collect();
+            out.sort();
+            out
+        };
+        assert_eq!(concerned("direct"), [AGENT]);
+        assert_eq!(concerned("nested"), [AGENT]);
+        assert_eq!(concerned("under-alias"), [AGENT]);
+        assert_eq!(concerned("alias"), [AGENT]);
+        let mut out = HashSet::new();
+        index.agents_concerned_by(
+            &entry("new", OTHER, "spiffe://example.org/o", vec![sel("u", "4")]),
+            &mut out,
+        );
+        assert!(out.contains(OTHER) && !out.contains(AGENT));
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //!
 //! Readers take a read lock on the in-memory [`EntryIndex`]; the refresher builds new records
 //! outside the lock and holds the write lock only to swap them in.
+//!
+//! Every applied change is also traced to the agents it concerns, whose [`SyncHints`]
+//! channels tell them to sync now (see `api::notify`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -23,9 +26,11 @@ use crate::datastore::{
 };
 
 mod cursor;
+mod hints;
 mod index;
 
 use cursor::EventCursor;
+pub use hints::{AgentGone, AgentSignal, SyncHints};
 pub use index::EntryIndex;
 
 /// A read-only snapshot answer for one agent.
@@ -75,6 +80,7 @@ pub struct AuthorizedIndex {
     options: IndexOptions,
     index: RwLock<EntryIndex>,
     sync: tokio::sync::Mutex<SyncState>,
+    hints: Arc<SyncHints>,
 }
 
 impl std::fmt::Debug for AuthorizedIndex {
@@ -106,6 +112,7 @@ impl AuthorizedIndex {
             options,
             index: RwLock::new(index),
             sync: tokio::sync::Mutex::new(state),
+            hints: Arc::new(SyncHints::new()),
         }))
     }
 
@@ -137,6 +144,11 @@ impl AuthorizedIndex {
     /// The cached entry with this ID (node-alias entries included).
     pub fn entry(&self, entry_id: &str) -> Option<Arc<RegistrationEntry>> {
         self.read().entry(entry_id)
+    }
+
+    /// The connected agents' sync hint channels, signalled as changes are applied.
+    pub fn hints(&self) -> &Arc<SyncHints> {
+        &self.hints
     }
 
     /// How many entries the index holds, for debug and metrics output.
@@ -202,6 +214,9 @@ impl AuthorizedIndex {
         // Freeing every old record takes a while at scale: do it after the lock is released.
         drop(old);
         *state = next;
+        // What changed is not traced through a reload (it heals missed events); a hint
+        // costs every connected agent one revision-only sync.
+        self.hints.all_entries_changed();
         Ok(())
     }
 
@@ -232,10 +247,24 @@ impl AuthorizedIndex {
         let changed = agents.observe(&events, now);
         for agent_id in &changed {
             let fetched = ds.fetch_attested_node(agent_id).await?;
-            let mut index = self.write();
+            let before = self.agent(agent_id);
+            {
+                let mut index = self.write();
+                match &fetched {
+                    Some(agent) => index.upsert_agent(Arc::new(agent.clone())),
+                    None => index.remove_agent(agent_id),
+                }
+            }
             match fetched {
-                Some(agent) => index.upsert_agent(Arc::new(agent)),
-                None => index.remove_agent(agent_id),
+                None if before.is_some() => self.hints.agent_gone(agent_id, AgentGone::Deleted),
+                Some(agent) if agent.is_banned() => {
+                    self.hints.agent_gone(agent_id, AgentGone::Banned);
+                }
+                Some(agent) if before.is_none_or(|b| b.selectors != agent.selectors) => {
+                    // New node selectors can change which node aliases apply.
+                    self.hints.entries_changed([agent_id]);
+                }
+                _ => {}
             }
         }
         state.agents = agents;
@@ -249,13 +278,23 @@ impl AuthorizedIndex {
             .into_iter()
             .map(|entry| (entry.entry_id.clone(), Arc::new(entry)))
             .collect();
-        let mut index = self.write();
-        for id in ids {
-            match by_id.remove(id) {
-                Some(entry) => index.upsert_entry(entry),
-                None => index.remove_entry(id),
+        let mut concerned = HashSet::new();
+        {
+            let mut index = self.write();
+            for id in ids {
+                if let Some(old) = index.entry(id) {
+                    index.agents_concerned_by(&old, &mut concerned);
+                }
+                match by_id.remove(id) {
+                    Some(entry) => {
+                        index.upsert_entry(Arc::clone(&entry));
+                        index.agents_concerned_by(&entry, &mut concerned);
+                    }
+                    None => index.remove_entry(id),
+                }
             }
         }
+        self.hints.entries_changed(&concerned);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, EntryIndex> {
@@ -305,4 +344,50 @@ async fn full_load(
         "loaded authorized-entry index"
     );
     Ok((index, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::AttestedNode;
+    use spire_core::selector::Selector;
+
+    /// With 1,000 connected agents, an entry under one of them signals that agent only:
+    /// the change is traced through the index, not broadcast.
+    #[test]
+    fn an_entry_change_signals_only_the_agents_it_concerns() {
+        let agent_id = |i: usize| format!("spiffe://example.org/spire/agent/x/{i}");
+        let index = EntryIndex::from_records(
+            [],
+            (0..1000).map(|i| AttestedNode {
+                spiffe_id: agent_id(i),
+                cert_serial_number: "1".to_owned(),
+                selectors: vec![Selector {
+                    kind: "k".to_owned(),
+                    value: format!("v{i}"),
+                }],
+                ..AttestedNode::default()
+            }),
+        );
+        let hints = SyncHints::new();
+        let receivers: Vec<_> = (0..1000)
+            .map(|i| hints.subscribe(&agent_id(i)).unwrap())
+            .collect();
+        let entry = RegistrationEntry {
+            entry_id: "e".to_owned(),
+            parent_id: agent_id(7),
+            spiffe_id: "spiffe://example.org/w".to_owned(),
+            ..RegistrationEntry::default()
+        };
+        let mut concerned = HashSet::new();
+        index.agents_concerned_by(&entry, &mut concerned);
+        hints.entries_changed(&concerned);
+        let signalled: Vec<usize> = receivers
+            .iter()
+            .enumerate()
+            .filter(|(_, rx)| rx.has_changed().unwrap())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(signalled, [7]);
+    }
 }

@@ -216,6 +216,11 @@ const POLICY_TABLE: &[(&str, Policy)] = &[
         "/spire.api.server.trustdomain.v1.TrustDomain/RefreshBundle",
         LOCAL_OR_ADMIN,
     ),
+    // Ours, not upstream's: sync hints for connected agents (api::notify).
+    (
+        "/spire_rs.agent.notify.v1.AgentNotify/WatchSyncHints",
+        AGENT,
+    ),
 ];
 
 /// The LocalAuthority RPCs: every one is local or admin.

@@ -26,6 +26,7 @@ use crate::api::debug::DebugApi;
 use crate::api::entry::EntryApi;
 use crate::api::localauthority::LocalAuthorityApi;
 use crate::api::logger::LoggerApi;
+use crate::api::notify::NotifyApi;
 use crate::api::svid::SvidApi;
 use crate::api::trustdomain::TrustDomainApi;
 use crate::api::{ApiContext, Peer};
@@ -37,6 +38,7 @@ use spire_proto::spire::api::server::localauthority::v1::local_authority_server:
 use spire_proto::spire::api::server::logger::v1::logger_server::LoggerServer;
 use spire_proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use spire_proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer;
+use spire_proto::spire_rs::agent::notify::v1::agent_notify_server::AgentNotifyServer;
 
 pub mod auth;
 pub mod health_http;
@@ -158,6 +160,7 @@ pub fn routes(ctx: &Arc<ApiContext>, health: crate::api::health::GrpcHealthServe
         .add_service(AgentServer::new(AgentApi::new(ctx.clone())))
         .add_service(EntryServer::new(EntryApi::new(ctx.clone())))
         .add_service(SvidServer::new(SvidApi::new(ctx.clone())))
+        .add_service(AgentNotifyServer::new(NotifyApi::new(ctx.clone())))
         .add_service(health);
     builder.routes()
 }
@@ -238,6 +241,16 @@ impl Endpoints {
             let datastore = ctx.datastore.clone();
             let stop = stop.clone();
             tasks.spawn(async move { bundles.refresh_until_cancelled(datastore, stop).await });
+        }
+        {
+            // Sync hint streams never end on their own: end them when the listeners stop,
+            // or graceful shutdown would wait for every connected agent.
+            let hints = ctx.index.hints().clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                hints.close();
+            });
         }
         let (connections, incoming) = tokio::sync::mpsc::channel(tcp::BACKLOG);
         tasks.spawn(tcp::accept_loop(

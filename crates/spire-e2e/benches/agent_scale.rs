@@ -1,0 +1,429 @@
+//! How the agent scales with the number of entries it holds, against the real binaries
+//! (release build), measured from outside as a workload and an operator see them:
+//!
+//! - FetchX509SVID and FetchJWTSVID calls/s (new connection per call) with 1 entry and with
+//!   100,000 entries (other uids) on the agent: the selector index keeps them close;
+//! - `entry create` → SVID on a watching workload, p50/p99, at the default 5 s sync
+//!   interval: the server's sync hint starts the agent's sync at once;
+//! - a fresh agent's first sync at 10,000 and 100,000 entries (the agent logs how long the
+//!   entries took, server time plus transfer, and the whole sync with minting), and the
+//!   steady-state sync with nothing changed.
+//!
+//! Run with `cargo build --release --bins && cargo bench -p spire-e2e --bench agent_scale`
+//! (or `scripts/bench.sh`). `SPIRE_BENCH_QUICK=1` divides the sizes by ten.
+//! `SPIRE_BENCH_PROGRAMS=upstream` runs upstream v1.13.3's server and agent instead (from
+//! `. target/interop-deps.env`), without the fresh-agent table (it reads our agent's log).
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a benchmark: failing loudly is its whole job"
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid, interop_program};
+use spire_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use spire_proto::workload::{JwtsvidRequest, X509svidRequest};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+const TRUST_DOMAIN: &str = "example.org";
+const AGENT_ALIAS: &str = "spiffe://example.org/bench-agent";
+
+/// Whether upstream's binaries are measured instead of ours.
+fn upstream() -> bool {
+    std::env::var("SPIRE_BENCH_PROGRAMS").is_ok_and(|v| v == "upstream")
+}
+
+fn program(name: &str) -> PathBuf {
+    match (upstream(), name) {
+        (true, "spire-server") => interop_program("SPIRE_UPSTREAM_SERVER"),
+        (true, _) => interop_program("SPIRE_UPSTREAM_AGENT"),
+        (false, _) => binary(name),
+    }
+}
+
+fn quick() -> bool {
+    std::env::var_os("SPIRE_BENCH_QUICK").is_some()
+}
+
+/// Divides `n` by ten in quick mode.
+fn size(n: usize) -> usize {
+    if quick() { n / 10 } else { n }
+}
+
+async fn connect(socket: &Path) -> Channel {
+    let socket: PathBuf = socket.to_path_buf();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .unwrap()
+}
+
+fn request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    request
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    X509,
+    Jwt,
+}
+
+/// One call on a new connection; returns how many SVIDs it got.
+async fn call_once(socket: &Path, call: Call) -> usize {
+    let mut client = SpiffeWorkloadApiClient::new(connect(socket).await);
+    match call {
+        Call::X509 => {
+            let mut stream = client
+                .fetch_x509svid(request(X509svidRequest {}))
+                .await
+                .unwrap()
+                .into_inner();
+            stream.message().await.unwrap().unwrap().svids.len()
+        }
+        Call::Jwt => {
+            let response = client
+                .fetch_jwtsvid(request(JwtsvidRequest {
+                    audience: vec!["bench".to_owned()],
+                    spiffe_id: String::new(),
+                }))
+                .await
+                .unwrap();
+            response.into_inner().svids.len()
+        }
+    }
+}
+
+/// `clients` concurrent workloads calling in a loop for `duration`; calls/s.
+async fn load(socket: &Path, call: Call, clients: usize, duration: Duration) -> f64 {
+    let socket = Arc::new(socket.to_path_buf());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let socket = socket.clone();
+        tasks.spawn(async move {
+            let mut calls = 0_usize;
+            while started.elapsed() < duration {
+                assert_eq!(call_once(&socket, call).await, 1, "one entry matches");
+                calls += 1;
+            }
+            calls
+        });
+    }
+    let mut total = 0;
+    while let Some(calls) = tasks.join_next().await {
+        total += calls.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// Registers entries `range` under the agent alias, each for a uid no process has, through
+/// `entry create -data` 1000 at a time.
+fn create_entries(server: &ServerProcess, dir: &Path, range: std::ops::Range<usize>) {
+    for first in range.clone().step_by(1000) {
+        let entries: Vec<serde_json::Value> = (first..range.end.min(first + 1000))
+            .map(|i| {
+                serde_json::json!({
+                    "spiffe_id": format!("spiffe://{TRUST_DOMAIN}/other/{i}"),
+                    "parent_id": AGENT_ALIAS,
+                    "selectors": [{"type": "unix", "value": format!("uid:{}", 1_000_000 + i)}],
+                })
+            })
+            .collect();
+        let file = dir.join("entries.json");
+        std::fs::write(&file, serde_json::json!({ "entries": entries }).to_string()).unwrap();
+        server.cli_ok(&["entry", "create", "-data", file.to_str().unwrap()]);
+    }
+}
+
+/// One "synced with the server" line of an agent log (log_level DEBUG).
+#[derive(Debug, Clone, Copy)]
+struct SyncLine {
+    fetched: usize,
+    total: usize,
+    entries_ms: f64,
+    total_ms: f64,
+}
+
+fn sync_lines(agent: &AgentProcess) -> Vec<SyncLine> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[start..].split_whitespace().next().map(str::to_owned)
+    };
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("synced with the server"))
+        .filter_map(|l| {
+            Some(SyncLine {
+                fetched: field(l, "entries_fetched")?.parse().ok()?,
+                total: field(l, "entries_total")?.parse().ok()?,
+                entries_ms: field(l, "entries_ms")?.parse().ok()?,
+                total_ms: field(l, "total_ms")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn wait_sync(
+    agent: &AgentProcess,
+    limit: Duration,
+    wanted: impl Fn(&SyncLine) -> bool,
+) -> SyncLine {
+    let start = Instant::now();
+    loop {
+        if let Some(line) = sync_lines(agent).into_iter().find(|l| wanted(l)) {
+            return line;
+        }
+        assert!(start.elapsed() < limit, "no awaited sync:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn agent_config(dir: &Path, server: &ServerProcess) -> (PathBuf, PathBuf) {
+    let socket = dir.join("agent.sock");
+    let data = dir.join("agent-data");
+    let config = format!(
+        r#"agent {{
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    trust_domain = "{TRUST_DOMAIN}"
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{socket}"
+    insecure_bootstrap = true
+}}
+plugins {{
+    NodeAttestor "join_token" {{ plugin_data {{}} }}
+    KeyManager "memory" {{ plugin_data {{}} }}
+    WorkloadAttestor "unix" {{ plugin_data {{}} }}
+}}
+"#,
+        data = data.display(),
+        port = server.port,
+        socket = socket.display(),
+    );
+    let path = dir.join("agent.conf");
+    std::fs::write(&path, config).unwrap();
+    (path, socket)
+}
+
+fn start_agent(dir: &Path, server: &ServerProcess) -> AgentProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let token = server.generate_join_token(AGENT_ALIAS);
+    let (config, socket) = agent_config(dir, server);
+    AgentProcess::start_program_with_config(
+        &program("spire-agent"),
+        dir,
+        &config,
+        socket,
+        Some(&token),
+    )
+}
+
+/// Calls/s rows for one entry count.
+fn fetch_rows(runtime: &tokio::runtime::Runtime, socket: &Path, entries: usize) {
+    let duration = Duration::from_secs(if quick() { 2 } else { 5 });
+    for (call, name) in [(Call::X509, "FetchX509SVID"), (Call::Jwt, "FetchJWTSVID")] {
+        for clients in [1, 16] {
+            runtime.block_on(load(socket, call, clients, Duration::from_millis(300)));
+            let rate = runtime.block_on(load(socket, call, clients, duration));
+            println!("| {name} | {entries} | {clients} | {rate:.0} |");
+        }
+    }
+}
+
+/// One round: a workload holds a stream; an entry for it is created and later deleted (so
+/// the load rows keep seeing one SVID); returns create → update.
+fn watch_latency(
+    runtime: &tokio::runtime::Runtime,
+    server: &ServerProcess,
+    socket: &Path,
+    uid: u32,
+    id: &str,
+) -> Duration {
+    runtime.block_on(async {
+        let mut client = SpiffeWorkloadApiClient::new(connect(socket).await);
+        let mut stream = client
+            .fetch_x509svid(request(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap();
+        let start = Instant::now();
+        let created = server.cli_json(&[
+            "entry",
+            "create",
+            "-parentID",
+            AGENT_ALIAS,
+            "-spiffeID",
+            id,
+            "-selector",
+            &format!("unix:uid:{uid}"),
+        ]);
+        let elapsed = loop {
+            let update = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                .await
+                .expect("no update within 60 s")
+                .unwrap()
+                .unwrap();
+            if update.svids.iter().any(|s| s.spiffe_id == id) {
+                break start.elapsed();
+            }
+        };
+        let entry_id = created["results"][0]["entry"]["id"].as_str().unwrap();
+        server.cli_ok(&["entry", "delete", "-entryID", entry_id]);
+        loop {
+            let update = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                .await
+                .expect("no update within 60 s")
+                .unwrap()
+                .unwrap();
+            if update.svids.len() == 1 {
+                break;
+            }
+        }
+        elapsed
+    })
+}
+
+/// A fresh agent's first sync with `entries` authorized entries, as a table row.
+fn fresh_agent_row(server: &ServerProcess, dir: &Path, entries: usize) -> String {
+    let started = Instant::now();
+    let mut agent = start_agent(dir, server);
+    let first = wait_sync(&agent, Duration::from_secs(600), |l| l.total >= entries);
+    let wall = started.elapsed();
+    let steady = wait_sync(&agent, Duration::from_secs(60), |l| {
+        l.fetched == 0 && l.total == first.total
+    });
+    agent.stop();
+    format!(
+        "| {} | {:.1} | {:.1} | {} | {:.2} |",
+        first.total,
+        first.entries_ms,
+        first.total_ms,
+        ms(wall),
+        steady.entries_ms
+    )
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_program(
+        &program("spire-server"),
+        dir.path(),
+        "ratelimit { signing = false }",
+    );
+    println!(
+        "Programs: {}",
+        if upstream() {
+            "upstream v1.13.3"
+        } else {
+            "ours"
+        }
+    );
+    println!();
+    let uid = current_uid();
+    let agent = start_agent(&dir.path().join("agent"), &server);
+    agent.cli_eventually(&["healthcheck"], Duration::from_secs(30));
+    server.create_uid_entry(AGENT_ALIAS, "spiffe://example.org/bench/workload", uid, &[]);
+    agent.cli_eventually(&["api", "fetch", "x509"], Duration::from_secs(30));
+
+    let small = size(10_000);
+    let large = size(100_000);
+
+    println!("### Workload API with 1 and {large} entries on the agent (new connection per call)");
+    println!();
+    println!("| call | entries | concurrent clients | calls/s |");
+    println!("|---|---:|---:|---:|");
+    fetch_rows(&runtime, &agent.socket_path, 1);
+    let latency_small = (0..if quick() { 5 } else { 20 })
+        .map(|round| {
+            let id = format!("spiffe://{TRUST_DOMAIN}/late/one/{round}");
+            watch_latency(&runtime, &server, &agent.socket_path, uid, &id)
+        })
+        .collect::<Vec<_>>();
+
+    create_entries(&server, dir.path(), 0..small);
+    let fresh_small = if upstream() {
+        String::new()
+    } else {
+        fresh_agent_row(&server, &dir.path().join("fresh-small"), small + 1)
+    };
+    create_entries(&server, dir.path(), small..large);
+    if upstream() {
+        // Upstream's agent does not log its syncs this way: give it a few sync intervals.
+        std::thread::sleep(Duration::from_secs(30));
+    } else {
+        wait_sync(&agent, Duration::from_secs(900), |l| l.total > large);
+    }
+    fetch_rows(&runtime, &agent.socket_path, large + 1);
+    println!();
+
+    let latency_large = (0..if quick() { 5 } else { 20 })
+        .map(|round| {
+            let id = format!("spiffe://{TRUST_DOMAIN}/late/many/{round}");
+            watch_latency(&runtime, &server, &agent.socket_path, uid, &id)
+        })
+        .collect::<Vec<_>>();
+    println!(
+        "### Entry create → SVID on a watching workload (CLI included, default 5 s sync interval)"
+    );
+    println!();
+    println!("| entries on the agent | rounds | p50 ms | p99 ms | max ms |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (entries, mut times) in [(1, latency_small), (large + 1, latency_large)] {
+        times.sort();
+        println!(
+            "| {entries} | {} | {} | {} | {} |",
+            times.len(),
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99)),
+            ms(*times.last().unwrap())
+        );
+    }
+    println!();
+
+    if upstream() {
+        return;
+    }
+    let fresh_large = fresh_agent_row(&server, &dir.path().join("fresh-large"), large + 1);
+    println!("### A fresh agent's first sync, and a sync with nothing changed");
+    println!();
+    println!(
+        "| entries | entries fetched in ms | first sync ms (with up to 1000 SVIDs minted) | start → synced ms | unchanged sync, entries ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    println!("{fresh_small}");
+    println!("{fresh_large}");
+    println!();
+}
