@@ -261,7 +261,9 @@ fn exactly_one_bootstrap_bundle_source() {
     let base = "trust_domain = \"example.org\"\nserver_address = \"s\"\n";
     let err = resolve_err(&with_agent(base));
     assert!(
-        err.contains("trust_bundle_path or trust_bundle_url must be configured"),
+        err.contains(
+            "trust_bundle_path, trust_bundle_url, or trust_bundle_spiffe_workload_api must be configured"
+        ),
         "{err}"
     );
     let err = resolve_err(&with_agent(&format!(
@@ -513,4 +515,52 @@ fn upstream_kubernetes_plugin_examples_load() {
     assert!(err.contains("kubelet_port"), "{err}");
     let err = resolve_err(&with_plugins("").replace("cluster = \"MyCluster\"", ""));
     assert!(err.contains("missing required cluster block"), "{err}");
+}
+
+#[test]
+fn trust_bundle_spiffe_workload_api_stands_alone_and_must_be_a_unix_address() {
+    let base = "trust_domain = \"example.org\"\nserver_address = \"127.0.0.1\"\n";
+    let c = load(&with_agent(&format!(
+        "{base}trust_bundle_spiffe_workload_api = \"unix:///run/spire/agent.sock\""
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(
+        c.bootstrap_bundle,
+        BootstrapBundle::WorkloadApi {
+            socket_path: PathBuf::from("/run/spire/agent.sock"),
+            address: "unix:///run/spire/agent.sock".into(),
+        }
+    );
+    for (other, message) in [
+        (
+            "insecure_bootstrap = true",
+            "only one of insecure_bootstrap or trust_bundle_spiffe_workload_api can be specified, not both",
+        ),
+        (
+            "trust_bundle_url = \"https://b.example.org\"",
+            "only one of trust_bundle_url or trust_bundle_spiffe_workload_api can be specified, not both",
+        ),
+        (
+            "trust_bundle_unix_socket = \"/run/b.sock\"",
+            "trust_bundle_unix_socket can not be used with trust_bundle_spiffe_workload_api",
+        ),
+    ] {
+        let err = resolve_err(&with_agent(&format!(
+            "{base}{other}\ntrust_bundle_spiffe_workload_api = \"unix:///run/spire/agent.sock\""
+        )));
+        assert!(err.contains(message), "{other}: {err}");
+        assert!(
+            err.contains("agent.trust_bundle_spiffe_workload_api"),
+            "{err}"
+        );
+    }
+    let err = resolve_err(&with_agent(&format!(
+        "{base}trust_bundle_spiffe_workload_api = \"/run/spire/agent.sock\""
+    )));
+    assert!(
+        err.contains("not a valid SPIFFE Workload API endpoint address"),
+        "{err}"
+    );
 }

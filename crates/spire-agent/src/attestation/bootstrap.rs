@@ -1,8 +1,9 @@
 //! Which bundle the agent trusts before it has talked to the server: the bundle kept in
 //! `data_dir` from a previous run wins; otherwise `trust_bundle_path`, or
 //! `trust_bundle_url` downloaded now (in `trust_bundle_format`, optionally through
-//! `trust_bundle_unix_socket`), or, with `insecure_bootstrap`, none at all for the first
-//! attestation (as upstream).
+//! `trust_bundle_unix_socket`), or the trust domain's bundle from another agent's Workload
+//! API (`trust_bundle_spiffe_workload_api`), or, with `insecure_bootstrap`, none at all for
+//! the first attestation (as upstream).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use spire_common::http_get;
 /// How long connecting, sending the request and reading the whole bundle may take; a
 /// bundle server that hangs must not hang the agent's start forever.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the other agent's Workload API has to answer, as upstream's.
+const WORKLOAD_API_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest bundle body accepted; real bundles are a few kilobytes.
 const MAX_BUNDLE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -55,7 +58,68 @@ pub async fn bootstrap_trust(
                 download_trust_bundle(url, unix_socket.as_deref(), *format, trust_domain).await?;
             Ok(ServerTrust::Bundle(roots))
         }
+        BootstrapBundle::WorkloadApi {
+            socket_path,
+            address,
+        } => {
+            let roots = fetch_workload_api_bundle(socket_path, address, trust_domain).await?;
+            Ok(ServerTrust::Bundle(roots))
+        }
     }
+}
+
+/// The X.509 authorities of `trust_domain` from the Workload API at `socket_path`, as
+/// upstream's `fetchTrustBundleFromWorkloadAPI` (one FetchX509Bundles answer).
+async fn fetch_workload_api_bundle(
+    socket_path: &Path,
+    address: &str,
+    trust_domain: &TrustDomain,
+) -> Result<Vec<Vec<u8>>, AttestError> {
+    use spire_proto::workload as wl;
+    let fetch = async {
+        let mut client = crate::cli::client::workload_client(socket_path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = client
+            .fetch_x509_bundles(wl::X509BundlesRequest {})
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        stream
+            .message()
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .ok_or_else(|| "the Workload API closed the stream without an answer".to_owned())
+    };
+    let response = tokio::time::timeout(WORKLOAD_API_TIMEOUT, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {} seconds",
+                WORKLOAD_API_TIMEOUT.as_secs()
+            ))
+        })
+        .map_err(|e| {
+            AttestError::Bootstrap(format!(
+                "unable to fetch trust bundle from SPIFFE Workload API {address}: {e}"
+            ))
+        })?;
+    let bundle = response
+        .bundles
+        .get(&trust_domain.id_string())
+        .filter(|der| !der.is_empty())
+        .ok_or_else(|| {
+            AttestError::Bootstrap(format!(
+                "SPIFFE Workload API {address} did not provide a trust bundle for trust domain \"{}\"",
+                trust_domain.name()
+            ))
+        })?;
+    spire_core::x509::parse_certificates(bundle).map_err(|e| {
+        AttestError::Bootstrap(format!(
+            "SPIFFE Workload API {address} sent an unreadable bundle for \"{}\": {e}",
+            trust_domain.name()
+        ))
+    })
 }
 
 /// Downloads the bootstrap bundle with an HTTP GET of `url` and returns its X.509

@@ -174,6 +174,10 @@ pub struct AgentSection {
     /// `trust_bundle_unix_socket`: fetch `trust_bundle_url` through this unix socket.
     #[serde(default, deserialize_with = "de::opt_string")]
     pub trust_bundle_unix_socket: Option<String>,
+    /// `trust_bundle_spiffe_workload_api`: the Workload API (`unix:///path`) to fetch the
+    /// bootstrap bundle from (an agent nested under another agent).
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub trust_bundle_spiffe_workload_api: Option<String>,
     /// `trust_bundle_url` (https).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub trust_bundle_url: Option<String>,

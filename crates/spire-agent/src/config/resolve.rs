@@ -46,6 +46,14 @@ pub enum BootstrapBundle {
         /// Send the request through this unix socket instead of TCP.
         unix_socket: Option<PathBuf>,
     },
+    /// `trust_bundle_spiffe_workload_api`: the trust domain's X.509 bundle from another
+    /// SPIFFE Workload API (the agent this one is nested under), fetched at bootstrap.
+    WorkloadApi {
+        /// The Workload API's unix socket.
+        socket_path: PathBuf,
+        /// The address as configured (`unix:///run/spire/agent.sock`), for messages.
+        address: String,
+    },
     /// `insecure_bootstrap = true`: trust the server's first answer (tests and development).
     Insecure,
 }
@@ -508,13 +516,21 @@ fn resolve_trust_domain(file: &str, a: &AgentSection) -> Result<TrustDomain, Con
     })
 }
 
-/// Upstream's rules: exactly one of insecure_bootstrap, trust_bundle_url and
-/// trust_bundle_path; URLs must be https (unless fetched over a unix socket).
+/// Upstream's rules: exactly one of insecure_bootstrap, trust_bundle_url,
+/// trust_bundle_path and trust_bundle_spiffe_workload_api; URLs must be https (unless
+/// fetched over a unix socket).
 fn resolve_bootstrap(file: &str, a: &AgentSection) -> Result<BootstrapBundle, ConfigError> {
     let insecure = a.insecure_bootstrap.unwrap_or(false);
     let path = a.trust_bundle_path.as_deref();
     let url = a.trust_bundle_url.as_deref();
     let key = "agent.trust_bundle_path";
+    if let Some(address) = a
+        .trust_bundle_spiffe_workload_api
+        .as_deref()
+        .filter(|a| !a.is_empty())
+    {
+        return resolve_workload_api_bootstrap(file, a, insecure, address);
+    }
     match (insecure, url, path) {
         (true, Some(_), Some(_)) => {
             return Err(ConfigError::invalid(
@@ -542,8 +558,9 @@ fn resolve_bootstrap(file: &str, a: &AgentSection) -> Result<BootstrapBundle, Co
             return Err(ConfigError::invalid(
                 file,
                 key,
-                "trust_bundle_path or trust_bundle_url must be configured unless \
-                 insecure_bootstrap is set (or pass -trustBundle / -trustBundleUrl)",
+                "trust_bundle_path, trust_bundle_url, or trust_bundle_spiffe_workload_api must be \
+                 configured unless insecure_bootstrap is set (or pass -trustBundle / \
+                 -trustBundleUrl)",
             ));
         }
         (false, Some(_), Some(_)) => {
@@ -613,10 +630,59 @@ fn resolve_bootstrap(file: &str, a: &AgentSection) -> Result<BootstrapBundle, Co
         None => Err(ConfigError::invalid(
             file,
             key,
-            "trust_bundle_path or trust_bundle_url must be configured unless insecure_bootstrap \
+            "trust_bundle_path, trust_bundle_url, or trust_bundle_spiffe_workload_api must be configured unless insecure_bootstrap \
              is set",
         )),
     }
+}
+
+/// `trust_bundle_spiffe_workload_api`, alone as upstream requires, as a unix socket address
+/// (`unix:///path` or `unix:/path`).
+fn resolve_workload_api_bootstrap(
+    file: &str,
+    a: &AgentSection,
+    insecure: bool,
+    address: &str,
+) -> Result<BootstrapBundle, ConfigError> {
+    let key = "agent.trust_bundle_spiffe_workload_api";
+    let conflict = if insecure {
+        Some(
+            "only one of insecure_bootstrap or trust_bundle_spiffe_workload_api can be specified, not both",
+        )
+    } else if a.trust_bundle_url.is_some() {
+        Some(
+            "only one of trust_bundle_url or trust_bundle_spiffe_workload_api can be specified, not both",
+        )
+    } else if a.trust_bundle_path.is_some() {
+        Some(
+            "only one of trust_bundle_path or trust_bundle_spiffe_workload_api can be specified, not both",
+        )
+    } else if a.trust_bundle_unix_socket.is_some() {
+        Some("trust_bundle_unix_socket can not be used with trust_bundle_spiffe_workload_api")
+    } else {
+        None
+    };
+    if let Some(message) = conflict {
+        return Err(ConfigError::invalid(file, key, message));
+    }
+    let socket_path = address
+        .strip_prefix("unix://")
+        .or_else(|| address.strip_prefix("unix:"))
+        .filter(|p| p.starts_with('/'))
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                file,
+                key,
+                format!(
+                    "trust_bundle_spiffe_workload_api is not a valid SPIFFE Workload API endpoint \
+                     address: {address:?}; write the agent socket as \"unix:///path/to/agent.sock\""
+                ),
+            )
+        })?;
+    Ok(BootstrapBundle::WorkloadApi {
+        socket_path: PathBuf::from(socket_path),
+        address: address.to_owned(),
+    })
 }
 
 fn resolve_join_token(file: &str, a: &AgentSection) -> Result<Option<String>, ConfigError> {
