@@ -112,25 +112,11 @@ impl CaManager {
             }
         }
         if !append.is_empty() {
-            let before = self
-                .datastore
-                .fetch_bundle(self.trust_domain.name())
-                .await
-                .ok()
-                .flatten()
-                .map(|b| b.sequence_number);
-            let after = self
-                .datastore
-                .append_bundle(types::Bundle {
-                    trust_domain: self.trust_domain.name().to_owned(),
-                    x509_authorities: append,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| datastore_error("unable to append to the trust bundle", e))?;
-            if before != Some(after.sequence_number) {
-                self.bundle_updated();
-            }
+            self.append_to_bundle(types::Bundle {
+                x509_authorities: append,
+                ..Default::default()
+            })
+            .await?;
         }
         self.tracker().pending.extend(newly_tainted);
         Ok(())
@@ -144,6 +130,16 @@ impl CaManager {
         if keys.is_empty() {
             return Ok(());
         }
+        self.append_to_bundle(types::Bundle {
+            jwt_authorities: keys,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Appends `extra`'s authorities to our trust domain's bundle and tells the bundle
+    /// watchers when that changed it (an authority already present changes nothing).
+    async fn append_to_bundle(&self, extra: types::Bundle) -> Result<(), CaError> {
         let before = self
             .datastore
             .fetch_bundle(self.trust_domain.name())
@@ -155,8 +151,7 @@ impl CaManager {
             .datastore
             .append_bundle(types::Bundle {
                 trust_domain: self.trust_domain.name().to_owned(),
-                jwt_authorities: keys,
-                ..Default::default()
+                ..extra
             })
             .await
             .map_err(|e| datastore_error("unable to append to the trust bundle", e))?;
