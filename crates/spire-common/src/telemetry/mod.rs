@@ -200,12 +200,16 @@ impl Metrics {
     /// The registration key of `key` with `labels`, or `None` when the metric is filtered out.
     fn key(inner: &Inner, key: &[&str], labels: &[(&str, String)]) -> Option<Key> {
         let c = &inner.config;
-        let dotted = std::iter::once(c.prefix.as_str())
-            .chain(key.iter().copied())
-            .collect::<Vec<_>>()
-            .join(".");
-        if !allowed(&dotted, &c.allowed_prefixes, &c.blocked_prefixes) {
-            return None;
+        // Every RPC comes through here: the dotted name is only built when a prefix filter
+        // needs it.
+        if !(c.allowed_prefixes.is_empty() && c.blocked_prefixes.is_empty()) {
+            let dotted = std::iter::once(c.prefix.as_str())
+                .chain(key.iter().copied())
+                .collect::<Vec<_>>()
+                .join(".");
+            if !allowed(&dotted, &c.allowed_prefixes, &c.blocked_prefixes) {
+                return None;
+            }
         }
         let mut all: Vec<Label> = labels
             .iter()
