@@ -63,6 +63,11 @@ scripts/test-databases.sh >/dev/null
 # shellcheck source=/dev/null
 . target/test-databases.env
 
+step "cargo build --bins"
+# The end-to-end tests spawn every binary of the workspace; `cargo test` alone builds only the
+# binaries of packages that have integration tests (oidc-discovery-provider has none).
+cargo build --workspace --bins --locked
+
 step "cargo test"
 # --no-fail-fast: every test binary runs even after one fails, so the summary counts them all.
 # The status is kept rather than ending the script here, so the summary is printed either way.
