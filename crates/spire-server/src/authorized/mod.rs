@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::datastore::{
-    AttestedNode, DataStore, DataStoreError, ListEntriesRequest, ListNodesRequest,
+    AttestedNode, DataStore, DataStoreError, ListEntriesRequest, ListNodesRequest, Pagination,
     RegistrationEntry,
 };
 
@@ -323,20 +323,44 @@ async fn full_load(
     };
     drop((entry_events, agent_events));
 
-    let (entries, _) = ds
-        .list_registration_entries(&ListEntriesRequest::default())
-        .await?;
-    let (agents, _) = ds
-        .list_attested_nodes(&ListNodesRequest {
-            fetch_selectors: true,
-            ..ListNodesRequest::default()
+    // Page by page, each page indexed before the next is read: the rows and wire-format
+    // records of one page are all that is transient, so the allocator reuses the same memory
+    // page after page. Listing everything at once kept ~40% more resident memory after a
+    // restart than the running server needs (freed, but fragmented and never returned).
+    let mut index = EntryIndex::new();
+    let mut pagination = first_page();
+    loop {
+        let request = ListEntriesRequest {
+            pagination: Some(pagination),
+            ..ListEntriesRequest::default()
+        };
+        let (entries, token) = ds.list_registration_entries(&request).await?;
+        index = index_page(index, move |index| {
+            entries
+                .into_iter()
+                .for_each(|e| index.upsert_entry(Arc::new(e)));
         })
         .await?;
-    let index = tokio::task::spawn_blocking(move || EntryIndex::from_records(entries, agents))
-        .await
-        .map_err(|err| {
-            DataStoreError::Internal(format!("building the authorized-entry index failed: {err}"))
-        })?;
+        let Some(next) = next_page(token) else { break };
+        pagination = next;
+    }
+    let mut pagination = first_page();
+    loop {
+        let request = ListNodesRequest {
+            fetch_selectors: true,
+            pagination: Some(pagination),
+            ..ListNodesRequest::default()
+        };
+        let (agents, token) = ds.list_attested_nodes(&request).await?;
+        index = index_page(index, move |index| {
+            agents
+                .into_iter()
+                .for_each(|a| index.upsert_agent(Arc::new(a)));
+        })
+        .await?;
+        let Some(next) = next_page(token) else { break };
+        pagination = next;
+    }
     tracing::info!(
         entries = index.entry_count(),
         agents = index.agent_count(),
@@ -344,6 +368,40 @@ async fn full_load(
         "loaded authorized-entry index"
     );
     Ok((index, state))
+}
+
+/// Records per datastore page of a full load: large enough that paging costs nothing
+/// measurable, small enough that one page's transient rows stay a few MiB.
+const FULL_LOAD_PAGE_SIZE: u32 = 2_000;
+
+fn first_page() -> Pagination {
+    Pagination {
+        token: String::new(),
+        page_size: FULL_LOAD_PAGE_SIZE,
+    }
+}
+
+/// The next page after `token`, or `None` when the listing is complete (empty token).
+fn next_page(token: String) -> Option<Pagination> {
+    (!token.is_empty()).then_some(Pagination {
+        token,
+        page_size: FULL_LOAD_PAGE_SIZE,
+    })
+}
+
+/// Runs `add` on the index off the async runtime (a page of upserts is CPU work).
+async fn index_page(
+    mut index: EntryIndex,
+    add: impl FnOnce(&mut EntryIndex) + Send + 'static,
+) -> Result<EntryIndex, DataStoreError> {
+    tokio::task::spawn_blocking(move || {
+        add(&mut index);
+        index
+    })
+    .await
+    .map_err(|err| {
+        DataStoreError::Internal(format!("building the authorized-entry index failed: {err}"))
+    })
 }
 
 #[cfg(test)]
