@@ -2,7 +2,9 @@
 //! entries, by selector; agents by SPIFFE ID. [`super::AuthorizedIndex`] wraps it in a lock
 //! and keeps it fresh from the datastore.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -12,6 +14,44 @@ use crate::datastore::{AttestedNode, RegistrationEntry};
 
 /// The path of the server's own SPIFFE ID; entries parented by it are node aliases.
 const SERVER_ID_PATH: &str = "/spire/server";
+
+/// An entry keyed by its entry ID, so the maps below share the entry's own ID string rather
+/// than holding copies (at 100k entries, copies cost ~10 MiB).
+#[derive(Debug, Clone)]
+struct ById(Arc<RegistrationEntry>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.entry_id
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.entry_id == other.0.entry_id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so lookups by `&str` find it (the `Borrow` contract).
+        self.0.entry_id.as_str().hash(state);
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.entry_id.cmp(&other.0.entry_id)
+    }
+}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// A node-alias entry with its selectors deduplicated, ready for subset checks.
 #[derive(Debug)]
@@ -28,9 +68,9 @@ struct Alias {
 #[derive(Debug, Default)]
 pub struct EntryIndex {
     /// Every entry (node aliases included) by entry ID.
-    entries: HashMap<String, Arc<RegistrationEntry>>,
-    /// Non-alias entries by parent ID, then by entry ID (sorted, so answers are stable).
-    children: HashMap<String, BTreeMap<String, Arc<RegistrationEntry>>>,
+    entries: HashSet<ById>,
+    /// Non-alias entries by parent ID, sorted by entry ID (so answers are stable).
+    children: HashMap<String, BTreeSet<ById>>,
     /// Node-alias entries by entry ID.
     aliases: HashMap<String, Alias>,
     /// Entry IDs of node-alias entries that carry a selector.
@@ -80,7 +120,7 @@ impl EntryIndex {
 
     /// The entry with this ID.
     pub fn entry(&self, entry_id: &str) -> Option<Arc<RegistrationEntry>> {
-        self.entries.get(entry_id).cloned()
+        self.entries.get(entry_id).map(|e| Arc::clone(&e.0))
     }
 
     /// The agent with this SPIFFE ID.
@@ -91,8 +131,7 @@ impl EntryIndex {
     /// Adds an entry or replaces the one with the same entry ID (its parent may have changed).
     pub fn upsert_entry(&mut self, entry: Arc<RegistrationEntry>) {
         self.remove_entry(&entry.entry_id);
-        self.entries
-            .insert(entry.entry_id.clone(), Arc::clone(&entry));
+        self.entries.insert(ById(Arc::clone(&entry)));
         self.by_spiffe_id
             .entry(self.hasher.hash_one(entry.spiffe_id.as_str()))
             .or_default()
@@ -113,13 +152,13 @@ impl EntryIndex {
             self.children
                 .entry(entry.parent_id.clone())
                 .or_default()
-                .insert(entry.entry_id.clone(), entry);
+                .insert(ById(entry));
         }
     }
 
     /// Removes an entry; unknown IDs are ignored.
     pub fn remove_entry(&mut self, entry_id: &str) {
-        let Some(old) = self.entries.remove(entry_id) else {
+        let Some(ById(old)) = self.entries.take(entry_id) else {
             return;
         };
         let key = self.hasher.hash_one(old.spiffe_id.as_str());
@@ -254,7 +293,7 @@ impl EntryIndex {
                 continue;
             };
             found.reserve(children.len());
-            for child in children.values() {
+            for ById(child) in children {
                 found.push(Arc::clone(child));
                 let child_id = child.spiffe_id.as_str();
                 if seen.insert(child_id) {
