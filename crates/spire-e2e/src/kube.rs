@@ -46,6 +46,11 @@ pub struct RunningContainer<'a> {
     pub image_id: &'a str,
 }
 
+/// How long etcd and kube-apiserver may take to become ready. Alone they need ~3 s; with the
+/// whole test suite on 2 cores, kube-apiserver's start-up (it compiles its OpenAPI schema)
+/// once took over 60 s.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// The etcd and kube-apiserver processes, with their logs in `dir`; stopped on drop (the
 /// API server first, so it does not spin reconnecting to a gone etcd).
 struct Processes {
@@ -68,7 +73,8 @@ impl Processes {
         }
         assert!(
             Instant::now() < deadline,
-            "kube-apiserver not ready within 60 s:\n{}",
+            "kube-apiserver not ready within {} s:\n{}",
+            START_TIMEOUT.as_secs(),
             read("apiserver.err")
         );
     }
@@ -188,7 +194,7 @@ impl KubeCluster {
         // The serving certificate (and its CA) appear once the API server starts.
         let crt = certs.join("apiserver.crt");
         let kubeconfig = dir.join("kubeconfig.json");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + START_TIMEOUT;
         while !crt.exists() {
             processes.assert_running(deadline);
             std::thread::sleep(Duration::from_millis(50));
