@@ -165,8 +165,8 @@ impl KeySet {
 /// stand-in for a provider serves its signing keys as.
 pub fn public_jwk(spki_der: &[u8], kid: &str) -> Result<Value, JwsError> {
     let params = PublicKeyParams::from_spki(spki_der).map_err(JwsError::KeySet)?;
-    let mut jwk = serde_json::to_value(params.to_jwk_value())
-        .map_err(|e| JwsError::KeySet(e.to_string()))?;
+    let mut jwk =
+        serde_json::to_value(params.to_jwk_value()).map_err(|e| JwsError::KeySet(e.to_string()))?;
     if let Value::Object(fields) = &mut jwk {
         fields.insert("kid".into(), Value::from(kid));
         fields.insert("use".into(), Value::from("sig"));

@@ -133,7 +133,12 @@ fn claims_are_checked_with_leeway() {
         Err(JwsError::Claim("exp"))
     );
     assert!(matches!(
-        check_claims(&claims(json!({"exp": 1000, "iat": 2000, "aud": "x"})), &["x"], 900, 60),
+        check_claims(
+            &claims(json!({"exp": 1000, "iat": 2000, "aud": "x"})),
+            &["x"],
+            900,
+            60
+        ),
         Err(JwsError::IssuedInFuture { .. })
     ));
 }
