@@ -310,6 +310,12 @@ fn node_attestor(config: &ResolvedAgentConfig) -> Arc<dyn NodeAttestor> {
         NodeAttestorChoice::SshPop(c) => Arc::new(
             crate::plugins::nodeattestor::sshpop::SshPopAttestor::new(c.clone()),
         ),
+        NodeAttestorChoice::GcpIit(c) => Arc::new(
+            crate::plugins::nodeattestor::gcp_iit::GcpIitAttestor::new(c.clone()),
+        ),
+        NodeAttestorChoice::AzureMsi(c) => {
+            Arc::new(crate::plugins::nodeattestor::azure_msi::AzureMsiAttestor::new(c.clone()))
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod acme;
 pub mod cli;
+pub mod cloud_http;
 pub mod fs;
 pub mod grpc_status;
 pub mod health;

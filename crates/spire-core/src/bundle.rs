@@ -508,6 +508,11 @@ impl PublicKeyParams {
         }
     }
 
+    /// The key as a JWK JSON object (no `kid`).
+    pub(crate) fn to_jwk_value(&self) -> Value {
+        serde_json::to_value(self.to_jwk()).unwrap_or(Value::Null)
+    }
+
     fn to_jwk(&self) -> Jwk {
         let b64 = |bytes: &[u8]| Some(URL_SAFE_NO_PAD.encode(bytes));
         match self {
@@ -538,6 +543,19 @@ fn certificate_key(der: &[u8]) -> Result<PublicKeyParams, BundleError> {
         ));
     }
     PublicKeyParams::from_parsed_spki(cert.public_key()).map_err(BundleError::BadPublicKey)
+}
+
+/// The key ID and public key of one JWK of a key set: what [`crate::jws`] reads from a
+/// cloud provider's JWKS with the same rules as bundle documents.
+pub(crate) fn jwk_public_key(value: Value) -> Result<(Option<String>, PublicKeyParams), String> {
+    let jwk: Jwk = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let params = PublicKeyParams::from_jwk(&jwk)?;
+    Ok((jwk.kid, params))
+}
+
+/// The public key of a DER certificate, for key sets published as certificates.
+pub(crate) fn certificate_public_key(der: &[u8]) -> Result<PublicKeyParams, String> {
+    certificate_key(der).map_err(|e| e.to_string())
 }
 
 /// Decoding as lenient as Go's decoders behind go-jose: padding optional, trailing bits allowed.

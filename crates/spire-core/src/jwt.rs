@@ -271,7 +271,7 @@ impl JwtAlgorithm {
         !matches!(self, Self::Es256 | Self::Es384 | Self::Es512)
     }
 
-    fn fits(self, key: &PublicKeyParams) -> bool {
+    pub(crate) fn fits(self, key: &PublicKeyParams) -> bool {
         match key {
             PublicKeyParams::Ec { curve, .. } => match self {
                 Self::Es256 => *curve == EcCurve::P256,
@@ -291,7 +291,7 @@ impl JwtAlgorithm {
         }
     }
 
-    fn verification(self) -> &'static dyn signature::VerificationAlgorithm {
+    pub(crate) fn verification(self) -> &'static dyn signature::VerificationAlgorithm {
         match self {
             Self::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
             Self::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
@@ -470,7 +470,11 @@ pub fn mint_jwt_svid(
 }
 
 /// Signs `message` with `key` using `alg`, giving the JWS signature bytes (r||s for ECDSA).
-fn sign(key: &PrivateKey, alg: JwtAlgorithm, message: &[u8]) -> Result<Vec<u8>, JwtSvidError> {
+pub(crate) fn sign(
+    key: &PrivateKey,
+    alg: JwtAlgorithm,
+    message: &[u8],
+) -> Result<Vec<u8>, JwtSvidError> {
     let fail = || JwtSvidError::Signing(key.key_type());
     let rng = SystemRandom::new();
     let ecdsa = |alg: &'static signature::EcdsaSigningAlgorithm| {

@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod config;
 pub mod duration;
 pub mod goflags;
+pub mod jws;
 pub mod jwt;
 pub mod keys;
 pub mod pem;

@@ -60,6 +60,10 @@ pub enum NodeAttestorChoice {
     X509Pop(X509PopConfig),
     /// `NodeAttestor "sshpop"`: an SSH host certificate and proof of the host key.
     SshPop(SshPopConfig),
+    /// `NodeAttestor "gcp_iit"`: the GCE instance identity token.
+    GcpIit(crate::plugins::nodeattestor::gcp_iit::GcpIitConfig),
+    /// `NodeAttestor "azure_msi"`: an Azure managed identity token.
+    AzureMsi(crate::plugins::nodeattestor::azure_msi::AzureMsiConfig),
 }
 
 impl NodeAttestorChoice {
@@ -70,6 +74,8 @@ impl NodeAttestorChoice {
             Self::K8sPsat(_) => k8s_psat::NAME,
             Self::X509Pop(_) => x509pop::NAME,
             Self::SshPop(_) => sshpop::NAME,
+            Self::GcpIit(_) => crate::plugins::nodeattestor::gcp_iit::NAME,
+            Self::AzureMsi(_) => crate::plugins::nodeattestor::azure_msi::NAME,
         }
     }
 }
@@ -317,6 +323,20 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
             }
+            ("NodeAttestor", "gcp_iit") => {
+                use crate::plugins::nodeattestor::gcp_iit;
+                let d: gcp_iit::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::GcpIit(
+                    gcp_iit::GcpIitConfig::from_data(d),
+                ));
+            }
+            ("NodeAttestor", "azure_msi") => {
+                use crate::plugins::nodeattestor::azure_msi;
+                let d: azure_msi::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::AzureMsi(
+                    azure_msi::AzureMsiConfig::from_data(d),
+                ));
+            }
             ("NodeAttestor", "k8s_psat") => {
                 let d: K8sPsatData = decl.parse_data()?;
                 let Some(cluster) = d.cluster.filter(|c| !c.is_empty()) else {
@@ -455,7 +475,7 @@ fn supported_names(kind: &str) -> &'static str {
     match kind {
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\" and \"sshpop\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\" and \"azure_msi\""
         }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\" and \"k8s\"",
         _ => "no built-in plugins of this type are available yet; remove the block",

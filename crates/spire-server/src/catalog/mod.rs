@@ -66,6 +66,10 @@ pub enum NodeAttestorChoice {
     X509Pop(X509PopConfig),
     /// `NodeAttestor "sshpop"`.
     SshPop(SshPopConfig),
+    /// `NodeAttestor "gcp_iit"`.
+    GcpIit(crate::plugins::nodeattestor::gcp_iit::GcpIitConfig),
+    /// `NodeAttestor "azure_msi"`.
+    AzureMsi(crate::plugins::nodeattestor::azure_msi::AzureMsiConfig),
 }
 
 /// `database_type` of the SQL DataStore.
@@ -280,6 +284,20 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     data_file, &data_path, d,
                 )?));
             }
+            ("NodeAttestor", "gcp_iit") => {
+                use crate::plugins::nodeattestor::gcp_iit;
+                let d: gcp_iit::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::GcpIit(
+                    gcp_iit::GcpIitConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
+            ("NodeAttestor", "azure_msi") => {
+                use crate::plugins::nodeattestor::azure_msi;
+                let d: azure_msi::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::AzureMsi(
+                    azure_msi::AzureMsiConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("Notifier", k8sbundle::NAME) => {
                 let d: k8sbundle::Data = decl.parse_data()?;
                 notifiers.push(NotifierChoice::K8sBundle(K8sBundleConfig::from_data(
@@ -333,7 +351,7 @@ fn supported_names(kind: &str) -> &'static str {
         "DataStore" => "the supported DataStore is \"sql\"",
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\" and \"sshpop\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\" and \"azure_msi\""
         }
         "UpstreamAuthority" => "supported UpstreamAuthorities are \"disk\" and \"spire\"",
         "Notifier" => "the supported Notifier is \"k8sbundle\"",

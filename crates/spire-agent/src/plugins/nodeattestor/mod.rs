@@ -4,6 +4,8 @@
 
 use async_trait::async_trait;
 
+pub mod azure_msi;
+pub mod gcp_iit;
 pub mod join_token;
 pub mod k8s_psat;
 pub mod sshpop;

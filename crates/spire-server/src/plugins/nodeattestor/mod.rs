@@ -10,9 +10,14 @@ use async_trait::async_trait;
 use spire_core::spiffe_id::SpiffeId;
 use tonic::{Code, Status};
 
+pub mod azure_msi;
+pub mod azure_resolve;
+pub mod gcp_credentials;
+pub mod gcp_iit;
 pub mod join_token;
 pub mod k8s_psat;
 pub mod sshpop;
+pub mod tofu;
 pub mod x509pop;
 
 /// What a successful attestation proves about the agent.
@@ -87,6 +92,34 @@ impl NodeAttestors {
                     trust_domain.clone(),
                     Arc::clone(&datastore),
                 )),
+                C::GcpIit(config) => {
+                    match gcp_iit::GcpIitAttestor::new(
+                        config.clone(),
+                        trust_domain.clone(),
+                        Arc::clone(&datastore),
+                    ) {
+                        Ok(attestor) => Arc::new(attestor),
+                        Err(e) => {
+                            // Validated when the catalog was built; cannot happen.
+                            tracing::error!(error = %e, "gcp_iit node attestor not started");
+                            continue;
+                        }
+                    }
+                }
+                C::AzureMsi(config) => {
+                    match azure_msi::AzureMsiAttestor::new(
+                        config.clone(),
+                        trust_domain.clone(),
+                        Arc::clone(&datastore),
+                    ) {
+                        Ok(attestor) => Arc::new(attestor),
+                        Err(e) => {
+                            // Validated when the catalog was built; cannot happen.
+                            tracing::error!(error = %e, "azure_msi node attestor not started");
+                            continue;
+                        }
+                    }
+                }
                 C::SshPop(config) => {
                     match sshpop::SshPopAttestor::new(config, trust_domain) {
                         Ok(attestor) => Arc::new(attestor),
