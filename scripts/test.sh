@@ -26,7 +26,8 @@ mkdir -p target
         scripts/interop-deps.sh >/dev/null &&
         scripts/k8s-deps.sh >/dev/null &&
         scripts/ops-deps.sh >/dev/null &&
-        scripts/sds-deps.sh >/dev/null
+        scripts/sds-deps.sh >/dev/null &&
+        scripts/docker-deps.sh >/dev/null
 ) >target/third-party.log 2>&1 &
 third_party=$!
 # A failing step below ends the script; the builds do not outlive it.
@@ -60,6 +61,8 @@ cat target/third-party.log
 . target/ops-deps.env
 # shellcheck source=/dev/null
 . target/sds-deps.env
+# shellcheck source=/dev/null
+. target/docker-deps.env
 
 step "databases (PostgreSQL, MariaDB) for the datastore suite"
 scripts/test-databases.sh >/dev/null
