@@ -146,6 +146,8 @@ pub mod sds {
     pub use envoy_types::pb::envoy::r#type::v3 as types;
     /// The well-known types as the Envoy messages use them (`Any`, `Struct`).
     pub use envoy_types::pb::google::protobuf;
+    /// `google.rpc.Status`, the `error_detail` of a NACK.
+    pub use envoy_types::pb::google::rpc;
 }
 
 /// Well-known types as the generated code uses them (with proto3 JSON support).
