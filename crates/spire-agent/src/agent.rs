@@ -33,6 +33,7 @@ use crate::plugins::nodeattestor::NodeAttestor;
 use crate::plugins::nodeattestor::join_token::JoinTokenAttestor;
 use crate::plugins::nodeattestor::k8s_psat::K8sPsatAttestor;
 use crate::plugins::workloadattestor::WorkloadAttestor;
+use crate::plugins::workloadattestor::docker::DockerAttestor;
 use crate::plugins::workloadattestor::k8s::K8sAttestor;
 use crate::plugins::workloadattestor::unix::{UnixAttestor, UnixAttestorConfig};
 use crate::storage::AgentStorage;
@@ -267,14 +268,28 @@ pub async fn run(
         allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.iter().cloned().collect(),
         allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
         metrics: metrics.clone(),
+        sds: config.sds.clone(),
+        disable_sds_api: config.disable_sds_api,
+        disable_workload_api: config.disable_workload_api,
     };
-    let workload_task = tokio::spawn(workload::serve_with_options(
-        manager,
-        attestors,
-        options,
-        config.socket_path.clone(),
-        cancel.clone(),
-    ));
+    let workload_task = if config.disable_sds_api && config.disable_workload_api {
+        tracing::info!(
+            apis = "Workload and SDS APIs",
+            "Skipping agent APIs because public endpoint is disabled"
+        );
+        drop((manager, attestors, options));
+        tokio::spawn(async {
+            std::future::pending::<Result<(), workload::WorkloadApiError>>().await
+        })
+    } else {
+        tokio::spawn(workload::serve_with_options(
+            manager,
+            attestors,
+            options,
+            config.socket_path.clone(),
+            cancel.clone(),
+        ))
+    };
 
     let result = tokio::select! {
         () = shutdown => {
@@ -374,6 +389,10 @@ fn workload_attestors(
                 WorkloadAttestorChoice::K8s(k8s) => Arc::new(
                     K8sAttestor::new(k8s.clone())
                         .map_err(|e| anyhow::anyhow!("plugins.WorkloadAttestor.k8s: {e}"))?,
+                ),
+                WorkloadAttestorChoice::Docker(docker) => Arc::new(
+                    DockerAttestor::new(docker.clone())
+                        .map_err(|e| anyhow::anyhow!("plugins.WorkloadAttestor.docker: {e}"))?,
                 ),
             })
         })

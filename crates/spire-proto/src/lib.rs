@@ -142,6 +142,12 @@ pub mod sds {
     pub use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
     pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;
     pub use envoy_types::pb::envoy::service::secret::v3 as secret;
+    /// Envoy's common types (`SemanticVersion` of a node's build version).
+    pub use envoy_types::pb::envoy::r#type::v3 as types;
+    /// The well-known types as the Envoy messages use them (`Any`, `Struct`).
+    pub use envoy_types::pb::google::protobuf;
+    /// `google.rpc.Status`, the `error_detail` of a NACK.
+    pub use envoy_types::pb::google::rpc;
 }
 
 /// Well-known types as the generated code uses them (with proto3 JSON support).

@@ -25,6 +25,12 @@ pub struct RunArgs {
     /// A directory the agent can use for its runtime data
     #[arg(long = "dataDir", value_name = "string")]
     pub data_dir: Option<String>,
+    /// Disable the Envoy SDS API
+    #[arg(long = "disableSDSAPI", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub disable_sds_api: bool,
+    /// Disable the SPIFFE Workload API
+    #[arg(long = "disableWorkloadAPI", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub disable_workload_api: bool,
     /// Expand environment variables in SPIRE config file
     #[arg(long = "expandEnv", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub expand_env: bool,
@@ -98,6 +104,8 @@ impl RunArgs {
             allow_unauthenticated_verifiers: self.allow_unauthenticated_verifiers,
             insecure_bootstrap: self.insecure_bootstrap,
             retry_bootstrap: self.retry_bootstrap,
+            disable_sds_api: self.disable_sds_api,
+            disable_workload_api: self.disable_workload_api,
         }
     }
 }

@@ -102,6 +102,13 @@ pub struct AgentSection {
     /// `data_dir` (default `.`).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub data_dir: Option<String>,
+    /// `disable_sds_api`: do not serve Envoy SDS on the public socket (upstream v1.15.3).
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    pub disable_sds_api: Option<bool>,
+    /// `disable_workload_api`: do not serve the SPIFFE Workload API on the public socket
+    /// (upstream v1.15.3). With both disabled no public socket is opened.
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    pub disable_workload_api: Option<bool>,
     /// `experimental { }`.
     #[serde(default, deserialize_with = "de::block")]
     pub experimental: ExperimentalSection,
@@ -264,7 +271,8 @@ pub struct ExperimentalSection {
 /// Upstream's flags: `-config`, `-dataDir`, `-joinToken`, `-logFile`, `-logFormat`,
 /// `-logLevel`, `-logSourceLocation`, `-serverAddress`, `-serverPort`, `-socketPath`,
 /// `-trustDomain`, `-trustBundle`, `-trustBundleUrl`, `-trustBundleFormat`,
-/// `-allowUnauthenticatedVerifiers`, `-insecureBootstrap`, `-retryBootstrap`, `-expandEnv`.
+/// `-allowUnauthenticatedVerifiers`, `-insecureBootstrap`, `-retryBootstrap`, `-expandEnv`,
+/// `-disableSDSAPI`, `-disableWorkloadAPI`.
 /// A `None` (or `false` for the booleans) leaves the file's value, as upstream merges only
 /// non-zero flag values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -307,6 +315,10 @@ pub struct Overrides {
     pub insecure_bootstrap: bool,
     /// `-retryBootstrap`.
     pub retry_bootstrap: bool,
+    /// `-disableSDSAPI`.
+    pub disable_sds_api: bool,
+    /// `-disableWorkloadAPI`.
+    pub disable_workload_api: bool,
 }
 
 impl Overrides {
@@ -354,6 +366,8 @@ impl AgentConfig {
         );
         flag(&mut agent.insecure_bootstrap, o.insecure_bootstrap);
         flag(&mut agent.retry_bootstrap, o.retry_bootstrap);
+        flag(&mut agent.disable_sds_api, o.disable_sds_api);
+        flag(&mut agent.disable_workload_api, o.disable_workload_api);
     }
 }
 

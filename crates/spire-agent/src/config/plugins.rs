@@ -16,6 +16,7 @@ use super::{ConfigError, de};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
 use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
+use crate::plugins::workloadattestor::docker::DockerAttestorConfig;
 use crate::plugins::workloadattestor::k8s::{
     self as k8s, K8sAttestorConfig, KubeletCredentials, KubeletEndpoint,
 };
@@ -44,7 +45,7 @@ impl Plugins {
     pub fn unix_attestor(&self) -> Option<&UnixAttestorConfig> {
         self.workload_attestors.iter().find_map(|w| match w {
             WorkloadAttestorChoice::Unix(c) => Some(c),
-            WorkloadAttestorChoice::K8s(_) => None,
+            WorkloadAttestorChoice::K8s(_) | WorkloadAttestorChoice::Docker(_) => None,
         })
     }
 }
@@ -99,6 +100,8 @@ pub enum WorkloadAttestorChoice {
     Unix(UnixAttestorConfig),
     /// `WorkloadAttestor "k8s"`.
     K8s(K8sAttestorConfig),
+    /// `WorkloadAttestor "docker"`.
+    Docker(DockerAttestorConfig),
 }
 
 /// `WorkloadAttestor "unix"` settings (upstream's `plugin_agent_workloadattestor_unix.md`).
@@ -290,6 +293,32 @@ fn k8s_config(file: &str, path: &str, d: K8sData) -> Result<K8sAttestorConfig, C
     })
 }
 
+/// `WorkloadAttestor "docker"` keys, upstream's (`plugin_agent_workloadattestor_docker.md`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DockerData {
+    #[serde(default, deserialize_with = "de::opt_string")]
+    docker_socket_path: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    docker_version: Option<String>,
+    #[serde(default, deserialize_with = "de::string_list")]
+    container_id_cgroup_matchers: Vec<String>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    use_new_container_locator: Option<bool>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    verbose_container_locator_logs: Option<bool>,
+    #[serde(default, deserialize_with = "de::block")]
+    experimental: DockerExperimental,
+}
+
+/// `experimental { sigstore { ... } }` of the docker attestor: known, and refused.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DockerExperimental {
+    #[serde(default)]
+    sigstore: Option<serde::de::IgnoredAny>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UnixData {
@@ -429,6 +458,32 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                     directory: PathBuf::from(directory),
                 });
             }
+            ("WorkloadAttestor", "docker") => {
+                let d: DockerData = decl.parse_data()?;
+                if d.experimental.sigstore.is_some() {
+                    return Err(ConfigError::invalid(
+                        decl.data_file(),
+                        format!("{}.experimental.sigstore", decl.data_path()),
+                        "image signature verification with Sigstore is not built into \
+                         spire-rs; remove the experimental.sigstore block",
+                    ));
+                }
+                let config = DockerAttestorConfig::resolve(
+                    d.docker_socket_path,
+                    d.docker_version,
+                    d.container_id_cgroup_matchers,
+                    d.use_new_container_locator,
+                    d.verbose_container_locator_logs.unwrap_or(false),
+                )
+                .map_err(|(key, message)| {
+                    ConfigError::invalid(
+                        decl.data_file(),
+                        format!("{}.{key}", decl.data_path()),
+                        message,
+                    )
+                })?;
+                workload_attestors.push(WorkloadAttestorChoice::Docker(config));
+            }
             ("WorkloadAttestor", "unix") => {
                 let d: UnixData = decl.parse_data()?;
                 workload_attestors.push(WorkloadAttestorChoice::Unix(UnixAttestorConfig {
@@ -477,7 +532,7 @@ fn supported_names(kind: &str) -> &'static str {
         "NodeAttestor" => {
             "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\" and \"azure_msi\""
         }
-        "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\" and \"k8s\"",
+        "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\", \"k8s\" and \"docker\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }
 }

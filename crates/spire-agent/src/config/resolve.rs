@@ -207,6 +207,10 @@ pub struct ResolvedAgentConfig {
     pub retry_bootstrap: bool,
     /// Envoy SDS names.
     pub sds: SdsSettings,
+    /// `disable_sds_api`: no SDS on the public socket.
+    pub disable_sds_api: bool,
+    /// `disable_workload_api`: no Workload API on the public socket.
+    pub disable_workload_api: bool,
     /// Experimental settings.
     pub experimental: ExperimentalSettings,
     /// The plugins to run.
@@ -307,8 +311,13 @@ impl AgentConfig {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SOCKET_PATH.to_owned()),
         );
+        let disable_sds_api = a.disable_sds_api.unwrap_or(false);
+        let disable_workload_api = a.disable_workload_api.unwrap_or(false);
+        // With both APIs disabled there is no public socket to keep the admin socket apart
+        // from, as upstream.
         let admin_socket_path = match &a.admin_socket_path {
             None => None,
+            Some(admin) if disable_sds_api && disable_workload_api => Some(PathBuf::from(admin)),
             Some(admin) => Some(check_admin_socket(file, &socket_path, Path::new(admin))?),
         };
 
@@ -483,6 +492,8 @@ impl AgentConfig {
             rebootstrap_delay: a.rebootstrap_delay.unwrap_or(DEFAULT_REBOOTSTRAP_DELAY),
             retry_bootstrap: a.retry_bootstrap.unwrap_or(false),
             sds,
+            disable_sds_api,
+            disable_workload_api,
             experimental,
             plugins,
             profiling_enabled: a.profiling_enabled.unwrap_or(false),

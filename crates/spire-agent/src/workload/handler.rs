@@ -66,41 +66,43 @@ impl WorkloadApiService {
     /// attested pid still is the caller; gives the caller's selectors.
     async fn attest<T>(&self, request: &Request<T>) -> Result<Vec<Selector>, Status> {
         check_security_header(request)?;
-        let caller = request
-            .extensions()
-            .get::<Caller>()
-            .copied()
-            .ok_or_else(|| {
-                Status::internal("unable to resolve the caller's pid: is this a supported system?")
-            })?;
-        let selectors = self.run_attestors(caller).await?;
-        peer::verify_still_alive(&caller).map_err(|reason| {
-            tracing::warn!(pid = caller.process.pid, %reason, "Refusing workload: caller changed during attestation");
-            Status::unauthenticated(format!(
-                "could not verify existence of the original caller: {reason}"
-            ))
-        })?;
-        tracing::debug!(
-            pid = caller.process.pid,
-            count = selectors.len(),
-            "PID attested to have selectors"
-        );
-        Ok(selectors)
+        attest_caller(&self.attestors, request.extensions()).await
     }
+}
 
-    /// Attests the caller; a failure reads as upstream's (Unauthenticated when the process
-    /// went away, Internal otherwise).
-    async fn run_attestors(&self, caller: Caller) -> Result<Vec<Selector>, Status> {
-        attest_process(&self.attestors, caller.process)
-            .await
-            .map_err(|failure| {
-                let message = failure.to_string();
-                match failure.error {
-                    AttestError::ProcessGone(_) => Status::unauthenticated(message),
-                    _ => Status::internal(message),
-                }
-            })
-    }
+/// Attests the peer of a call on the agent's socket (the [`Caller`] the listener put in the
+/// request's extensions) and makes sure the attested pid still is the caller; gives the
+/// caller's selectors. Shared by the Workload API and Envoy SDS, which attest alike.
+pub(crate) async fn attest_caller(
+    attestors: &[Arc<dyn WorkloadAttestor>],
+    extensions: &http::Extensions,
+) -> Result<Vec<Selector>, Status> {
+    let caller = extensions.get::<Caller>().copied().ok_or_else(|| {
+        Status::internal("unable to resolve the caller's pid: is this a supported system?")
+    })?;
+    // A failure reads as upstream's: Unauthenticated when the process went away, Internal
+    // otherwise.
+    let selectors = attest_process(attestors, caller.process)
+        .await
+        .map_err(|failure| {
+            let message = failure.to_string();
+            match failure.error {
+                AttestError::ProcessGone(_) => Status::unauthenticated(message),
+                _ => Status::internal(message),
+            }
+        })?;
+    peer::verify_still_alive(&caller).map_err(|reason| {
+        tracing::warn!(pid = caller.process.pid, %reason, "Refusing workload: caller changed during attestation");
+        Status::unauthenticated(format!(
+            "could not verify existence of the original caller: {reason}"
+        ))
+    })?;
+    tracing::debug!(
+        pid = caller.process.pid,
+        count = selectors.len(),
+        "PID attested to have selectors"
+    );
+    Ok(selectors)
 }
 
 /// Every workload attestor failed on a process; the first failure.

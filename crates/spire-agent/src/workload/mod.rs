@@ -20,11 +20,13 @@ use spire_core::spiffe_id::TrustDomain;
 use spire_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SdsSettings;
 use crate::manager::WorkloadIdentities;
 use crate::plugins::workloadattestor::WorkloadAttestor;
+use crate::sds::{SdsService, SecretDiscoveryServiceServer as SdsServiceServer};
 
 pub use handler::WorkloadApiService;
-pub(crate) use handler::attest_process;
+pub(crate) use handler::{attest_caller, attest_process};
 use listener::incoming;
 pub use listener::{Caller, CallerStream, SocketError};
 pub use stream::UpdateStream;
@@ -59,6 +61,12 @@ pub struct WorkloadApiOptions {
     pub allow_unauthenticated_verifiers: bool,
     /// Where upstream's per-RPC metrics go.
     pub metrics: spire_common::telemetry::Metrics,
+    /// The `sds { }` names Envoy SDS answers with.
+    pub sds: SdsSettings,
+    /// `disable_sds_api`: no Envoy SDS on the socket.
+    pub disable_sds_api: bool,
+    /// `disable_workload_api`: no `SpiffeWorkloadAPI` on the socket (SDS and health only).
+    pub disable_workload_api: bool,
 }
 
 /// Serves the Workload API on `socket_path` with default [`WorkloadApiOptions`] until
@@ -81,7 +89,8 @@ pub async fn serve(
 
 /// Serves the Workload API on `socket_path` until `cancel` fires: creates the folder (0755)
 /// if needed, replaces a stale socket, opens the socket to everyone (0777) and answers the
-/// five `SpiffeWorkloadAPI` RPCs. Open streams end when `cancel` fires.
+/// five `SpiffeWorkloadAPI` RPCs and Envoy SDS v3 (each unless disabled in `options`). Open
+/// streams end when `cancel` fires.
 pub async fn serve_with_options(
     identities: Arc<dyn WorkloadIdentities>,
     attestors: Vec<Arc<dyn WorkloadAttestor>>,
@@ -91,16 +100,38 @@ pub async fn serve_with_options(
 ) -> Result<(), WorkloadApiError> {
     // Anyone may connect: attestation, not file permissions, decides who gets what.
     let listener = spire_common::socket::bind_workload(&socket_path)?;
-    tracing::info!(path = %socket_path.display(), "Starting Workload API");
+    let apis = match (options.disable_workload_api, options.disable_sds_api) {
+        (false, false) => "Workload and SDS APIs",
+        (false, true) => "Workload API",
+        _ => "SDS API",
+    };
+    tracing::info!(path = %socket_path.display(), apis, "Starting Workload and SDS APIs");
     let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(options.metrics.clone());
-    let service = WorkloadApiService::new(identities, attestors, options, cancel.clone());
+    let attestors: Arc<[Arc<dyn WorkloadAttestor>]> = attestors.into();
+    let sds = (!options.disable_sds_api).then(|| {
+        SdsServiceServer::new(SdsService::new(
+            Arc::clone(&identities),
+            Arc::clone(&attestors),
+            options.sds.clone(),
+            cancel.clone(),
+        ))
+    });
+    let workload = (!options.disable_workload_api).then(|| {
+        SpiffeWorkloadApiServer::new(WorkloadApiService::new(
+            identities,
+            attestors.to_vec(),
+            options,
+            cancel.clone(),
+        ))
+    });
     // `spire-agent healthcheck` asks grpc.health.v1 on this socket, as upstream's does.
     let (_health_reporter, health_service) = tonic_health::server::health_reporter();
     let result = tonic::transport::Server::builder()
         .layer(rpc_metrics)
         .layer(spire_common::grpc_status::MessageSizeStatusLayer)
         .add_service(health_service)
-        .add_service(SpiffeWorkloadApiServer::new(service))
+        .add_optional_service(workload)
+        .add_optional_service(sds)
         .serve_with_incoming_shutdown(incoming(listener), cancel.cancelled_owned())
         .await;
     if let Err(e) = std::fs::remove_file(&socket_path)

@@ -104,7 +104,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, ContainerInfoError> {
 }
 
 /// The path field of each `/proc/<pid>/cgroup` line (`hierarchy:controllers:path`).
-fn cgroup_paths(text: &str) -> Result<Vec<String>, ContainerInfoError> {
+pub(crate) fn cgroup_paths(text: &str) -> Result<Vec<String>, ContainerInfoError> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
