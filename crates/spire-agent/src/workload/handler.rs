@@ -91,15 +91,19 @@ impl WorkloadApiService {
     /// Attests the caller; a failure reads as upstream's (Unauthenticated when the process
     /// went away, Internal otherwise).
     async fn run_attestors(&self, caller: Caller) -> Result<Vec<Selector>, Status> {
-        attest_process(&self.attestors, caller.process)
-            .await
-            .map_err(|failure| {
-                let message = failure.to_string();
-                match failure.error {
-                    AttestError::ProcessGone(_) => Status::unauthenticated(message),
-                    _ => Status::internal(message),
-                }
-            })
+        let started = std::time::Instant::now();
+        let attested = attest_process(&self.attestors, caller.process).await;
+        spire_common::telemetry::agent::workload_attested(
+            attested.as_ref().ok().map(Vec::len),
+            started,
+        );
+        attested.map_err(|failure| {
+            let message = failure.to_string();
+            match failure.error {
+                AttestError::ProcessGone(_) => Status::unauthenticated(message),
+                _ => Status::internal(message),
+            }
+        })
     }
 }
 
@@ -124,7 +128,13 @@ pub(crate) async fn attest_process(
     for (index, attestor) in attestors.iter().enumerate() {
         let attestor = Arc::clone(attestor);
         tasks.spawn(async move {
+            let started = std::time::Instant::now();
             let result = attestor.attest(process).await;
+            spire_common::telemetry::agent::workload_attestor_called(
+                attestor.name(),
+                result.is_ok(),
+                started,
+            );
             (index, attestor.name(), result)
         });
     }

@@ -146,7 +146,7 @@ impl InMemSink {
         };
         let current = current_interval(&mut intervals, now);
         match kind {
-            Kind::Gauge => {
+            Kind::Gauge | Kind::PrecisionGauge => {
                 current.gauges.insert(name, value);
             }
             Kind::Counter => current.counters.entry(name).or_default().ingest(value),

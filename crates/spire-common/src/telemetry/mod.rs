@@ -23,10 +23,12 @@
 //! Code away from the gRPC layers emits through [`global`], which the process sets once at
 //! start ([`install_global`]); with no sink it is a no-op that allocates nothing.
 
+pub mod agent;
 pub mod inmem;
 pub mod names;
 mod prometheus;
 pub mod rpc;
+pub mod server;
 pub mod udp;
 
 pub use prometheus::{bind_prometheus, serve_prometheus};
@@ -215,6 +217,9 @@ pub enum Kind {
     Counter,
     /// Replaces the last value.
     Gauge,
+    /// A gauge whose value needs float64 precision in statsd lines (Unix times; upstream's
+    /// `SetPrecisionGauge`).
+    PrecisionGauge,
     /// One observation (latencies in milliseconds, sizes).
     Sample,
 }
@@ -370,7 +375,9 @@ impl Metrics {
                     .recorder
                     .register_counter(&k, &METADATA)
                     .increment(value.max(0.0) as u64),
-                Kind::Gauge => p.recorder.register_gauge(&k, &METADATA).set(value),
+                Kind::Gauge | Kind::PrecisionGauge => {
+                    p.recorder.register_gauge(&k, &METADATA).set(value);
+                }
                 Kind::Sample => p.recorder.register_histogram(&k, &METADATA).record(value),
             }
         }
@@ -416,7 +423,7 @@ impl Metrics {
             Ok(d) => d.as_secs_f64(),
             Err(e) => -e.duration().as_secs_f64(),
         };
-        self.set_gauge(key, labels, secs.trunc());
+        self.emit(Kind::PrecisionGauge, key, labels, secs.trunc());
     }
 
     /// Records a finished call as upstream's call counters do: counter `key` +1 and the

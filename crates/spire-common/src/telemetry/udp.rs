@@ -225,17 +225,21 @@ pub(crate) fn statsd_line(
     value: f64,
 ) -> String {
     let mut line = dotted(prefix, key, labels.iter().map(Label::value));
-    let kind = match kind {
+    let symbol = match kind {
         Kind::Counter => "c",
-        Kind::Gauge => "g",
+        Kind::Gauge | Kind::PrecisionGauge => "g",
         Kind::Sample => "ms",
     };
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "go-metrics carries float32 values"
-    )]
-    let value = value as f32;
-    line.push_str(&format!(":{value:.6}|{kind}\n"));
+    if kind == Kind::PrecisionGauge {
+        line.push_str(&format!(":{value:.6}|{symbol}\n"));
+    } else {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "go-metrics carries float32 values"
+        )]
+        let value = value as f32;
+        line.push_str(&format!(":{value:.6}|{symbol}\n"));
+    }
     line
 }
 
@@ -253,14 +257,18 @@ pub(crate) fn dogstatsd_line(
         clippy::cast_possible_truncation,
         reason = "go-metrics carries float32 values"
     )]
-    let value = f64::from(value as f32);
+    let value = if kind == Kind::PrecisionGauge {
+        value
+    } else {
+        f64::from(value as f32)
+    };
     match kind {
         #[allow(
             clippy::cast_possible_truncation,
             reason = "datadog-go sends counts as int64"
         )]
         Kind::Counter => line.push_str(&format!(":{}|c", value as i64)),
-        Kind::Gauge => line.push_str(&format!(":{value}|g")),
+        Kind::Gauge | Kind::PrecisionGauge => line.push_str(&format!(":{value}|g")),
         Kind::Sample => line.push_str(&format!(":{value:.6}|ms")),
     }
     let mut first = true;
@@ -480,6 +488,15 @@ mod tests {
         assert_eq!(
             dogstatsd_line(Kind::Gauge, "p", &["g"], &[], &[], 0.1),
             "p.g:0.10000000149011612|g"
+        );
+        // Unix times keep every second (float32 would round to 128 s).
+        assert_eq!(
+            dogstatsd_line(Kind::PrecisionGauge, "p", &["t"], &[], &[], 1_796_600_001.0),
+            "p.t:1796600001|g"
+        );
+        assert_eq!(
+            statsd_line(Kind::PrecisionGauge, "p", &["t"], &[], 1_796_600_001.0),
+            "p.t:1796600001.000000|g\n"
         );
     }
 
