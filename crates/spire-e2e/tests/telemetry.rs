@@ -224,10 +224,10 @@ fn a_real_prometheus_scrapes_upstreams_series_from_server_and_agent() {
     );
     prometheus.query_eventually("spire_server_uptime_in_ms", timeout);
 
-    // Non-RPC series, each from the place that does the work.
+    // Non-RPC series, each from the place that does the work. The server was restarted, so
+    // its CA and JWT key were loaded (activated again) rather than prepared.
     for query in [
         "spire_server_ca_manager_x509_ca_activate",
-        "spire_server_ca_manager_x509_ca_prepare{status=\"OK\"}",
         "spire_server_manager_jwt_key_activate",
         "spire_server_manager_x509_ca_rotate_expiration{trust_domain_id=\"example_org\"} > time()",
         "spire_server_manager_jwt_key_rotate_expiration > time()",
@@ -236,7 +236,7 @@ fn a_real_prometheus_scrapes_upstreams_series_from_server_and_agent() {
         "spire_server_datastore_registration_entry_create_elapsed_time_bucket",
         "spire_server_entry_cache_reload{status=\"OK\"}",
         "spire_server_entry_entries_by_entryid_cache_count >= 1",
-        "spire_server_server_key_manager_generate_key{status=\"OK\"}",
+        "spire_server_server_key_manager_get_public_key{status=\"OK\"}",
         "spire_server_svid_expiration > time()",
         "spire_agent_node_attestor_new_svid{attestor=\"join_token\",status=\"OK\"}",
         "spire_agent_manager_sync_fetch_entries_updates{status=\"OK\"}",
