@@ -96,6 +96,7 @@ pub async fn run(
     let started_at = Instant::now();
     let telemetry = telemetry_config(&config)?;
     let metrics = Metrics::new(telemetry.clone())?;
+    telemetry::install_global(metrics.clone());
     let prometheus = telemetry::bind_prometheus(&telemetry).await?;
     prepare_data_dir(&config)?;
     tracing::info!(
@@ -111,6 +112,9 @@ pub async fn run(
                 .context("cannot open plugins.KeyManager \"disk\" directory")?,
         ),
     };
+    let key_manager: Arc<dyn KeyManager> = Arc::new(
+        crate::plugins::keymanager::metered::MeteredKeyManager::new(key_manager),
+    );
 
     let trust = attestation::bootstrap_trust(
         storage.load_bundle(),

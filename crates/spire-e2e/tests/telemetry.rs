@@ -1,7 +1,10 @@
 //! Telemetry as an operator's monitoring sees it: a real Prometheus (Debian's package)
 //! scrapes our server and agent, and its query API returns upstream's series for the calls
 //! made: the agent's attestation on the server, a Workload API fetch on the agent, the
-//! `started` gauge, and the latency histograms.
+//! `started` gauge, the latency histograms, and the non-RPC series (CA rotation, datastore
+//! calls, agent sync, SVID expiry). A UDP listener receives the same metrics as statsd and
+//! DogStatsD lines from both processes, and an `InMem` server writes its data to the log
+//! on SIGUSR1.
 
 #![allow(
     clippy::expect_used,
@@ -220,6 +223,168 @@ fn a_real_prometheus_scrapes_upstreams_series_from_server_and_agent() {
         "{started:?}"
     );
     prometheus.query_eventually("spire_server_uptime_in_ms", timeout);
+
+    // Non-RPC series, each from the place that does the work. The server was restarted, so
+    // its CA and JWT key were loaded (activated again) rather than prepared.
+    for query in [
+        "spire_server_ca_manager_x509_ca_activate",
+        "spire_server_manager_jwt_key_activate",
+        "spire_server_manager_x509_ca_rotate_expiration{trust_domain_id=\"example_org\"} > time()",
+        "spire_server_manager_jwt_key_rotate_expiration > time()",
+        "spire_server_server_ca_sign_x509_svid >= 2",
+        "spire_server_datastore_node_create{status=\"OK\"}",
+        "spire_server_datastore_registration_entry_create_elapsed_time_bucket",
+        "spire_server_entry_cache_reload{status=\"OK\"}",
+        "spire_server_entry_entries_by_entryid_cache_count >= 1",
+        "spire_server_server_key_manager_get_public_key{status=\"OK\"}",
+        "spire_server_svid_expiration > time()",
+        "spire_agent_node_attestor_new_svid{attestor=\"join_token\",status=\"OK\"}",
+        "spire_agent_manager_sync_fetch_entries_updates{status=\"OK\"}",
+        "spire_agent_manager_sync_fetch_svids_updates{status=\"OK\"}",
+        "spire_agent_lru_cache_record_map_size >= 1",
+        "spire_agent_agent_svid_expiration > time()",
+        "spire_agent_workload_api_workload_attestation{status=\"OK\"}",
+        "spire_agent_workload_api_workload_attestor{attestor=\"unix\",status=\"OK\"}",
+        "spire_agent_agent_key_manager_generate_key{status=\"OK\"}",
+    ] {
+        prometheus.query_eventually(query, timeout);
+    }
+}
+
+/// Datagrams received on a UDP socket, split into lines.
+struct UdpCollector {
+    socket: std::net::UdpSocket,
+    lines: Vec<String>,
+}
+
+impl UdpCollector {
+    fn bind() -> Self {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        Self {
+            socket,
+            lines: Vec::new(),
+        }
+    }
+
+    fn address(&self) -> String {
+        self.socket.local_addr().unwrap().to_string()
+    }
+
+    /// Waits for a line `matches` accepts; returns it.
+    fn line_eventually(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(line) = self.lines.iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} line among {:#?}",
+                self.lines
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let packet = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.lines
+                    .extend(packet.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+            }
+        }
+    }
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn statsd_and_dogstatsd_collectors_receive_upstreams_lines_from_server_and_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut statsd = UdpCollector::bind();
+    let mut dogstatsd = UdpCollector::bind();
+    let sinks = format!(
+        "\ntelemetry {{\n  Statsd = [{{ address = \"{}\" }}]\n  DogStatsd = [{{ address = \"{}\" }}]\n}}\n",
+        statsd.address(),
+        dogstatsd.address()
+    );
+    let mut server = ServerProcess::start(dir.path(), "");
+    let mut config = std::fs::read_to_string(&server.config_path).unwrap();
+    config.push_str(&sinks);
+    std::fs::write(&server.config_path, config).unwrap();
+    server.start_again();
+
+    let token = server.generate_join_token("spiffe://example.org/statsd-agent");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let (agent_config, socket) = AgentProcess::write_config(&agent_dir, server.port, "");
+    let mut text = std::fs::read_to_string(&agent_config).unwrap();
+    text.push_str(&sinks);
+    std::fs::write(&agent_config, text).unwrap();
+    let agent = AgentProcess::start_with_config(&agent_dir, &agent_config, socket, Some(&token));
+    agent.cli_eventually(&["healthcheck"], Duration::from_secs(60));
+
+    let host = host();
+    // go-metrics' statsd: label values appended to the name, `%f` values.
+    statsd.line_eventually("server AttestAgent counter", |l| {
+        l == format!("spire_server.rpc.agent.v1.agent.attest_agent.OK.{host}:1.000000|c")
+    });
+    statsd.line_eventually("server AttestAgent latency", |l| {
+        l.starts_with(&format!(
+            "spire_server.rpc.agent.v1.agent.attest_agent.elapsed_time.OK.{host}:"
+        )) && l.ends_with("|ms")
+    });
+    statsd.line_eventually("agent started gauge", |l| {
+        l.starts_with("spire_agent.started.")
+            && l.ends_with(&format!(".example_org.{host}:1.000000|g"))
+    });
+    statsd.line_eventually("agent node attestation", |l| {
+        l == format!("spire_agent.node.attestor.new_svid.join_token.OK.{host}:1.000000|c")
+    });
+    statsd.line_eventually("server datastore call", |l| {
+        l == format!("spire_server.datastore.node.create.OK.{host}:1.000000|c")
+    });
+    // datadog-go: tags, integer counts.
+    dogstatsd.line_eventually("server AttestAgent counter", |l| {
+        l == format!("spire_server.rpc.agent.v1.agent.attest_agent:1|c|#status:OK,host:{host}")
+    });
+    dogstatsd.line_eventually("agent uptime gauge", |l| {
+        l.starts_with("spire_agent.uptime_in_ms:") && l.ends_with(&format!("|g|#host:{host}"))
+    });
+    dogstatsd.line_eventually("CA expiry gauge", |l| {
+        l.starts_with("spire_server.manager.x509_ca.rotate.expiration:")
+            && l.ends_with(&format!("|g|#trust_domain_id:example_org,host:{host}"))
+    });
+    dogstatsd.line_eventually("agent sync", |l| {
+        l == format!("spire_agent.manager.sync.fetch_entries_updates:1|c|#status:OK,host:{host}")
+    });
+}
+
+#[test]
+fn an_inmem_server_writes_its_metrics_to_the_log_on_sigusr1() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), "");
+    let mut config = std::fs::read_to_string(&server.config_path).unwrap();
+    config.push_str("\ntelemetry {\n  InMem {}\n  EnableHostnameLabel = false\n}\n");
+    std::fs::write(&server.config_path, config).unwrap();
+    server.start_again();
+    server.generate_join_token("spiffe://example.org/inmem");
+    // The interval being filled is not printed: wait for it to close.
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = server.pid().unwrap();
+    spire_e2e::eventually("an InMem dump in the log", Duration::from_secs(60), || {
+        spire_e2e::send_signal(pid, spire_e2e::Signal::USR1).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let log = server.log();
+        log.contains("[G] 'spire_server.started.")
+            && log.contains(" +0000 UTC][C] 'spire_server.rpc.agent.v1.agent.create_join_token.OK': Count: 1 Sum: 1.000 LastUpdated: ")
+    });
+    // The server keeps serving after the signal.
+    server.generate_join_token("spiffe://example.org/inmem-2");
 }
 
 #[test]
@@ -227,8 +392,9 @@ fn a_sink_this_build_lacks_is_refused_at_start_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), "");
     let mut config = std::fs::read_to_string(&server.config_path).unwrap();
-    config.push_str("\ntelemetry {\n  Statsd = [{ address = \"127.0.0.1:8125\" }]\n}\n");
-    let path = dir.path().join("statsd.conf");
+    config
+        .push_str("\ntelemetry {\n  M3 = [{ address = \"127.0.0.1:9052\", env = \"prod\" }]\n}\n");
+    let path = dir.path().join("m3.conf");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(spire_e2e::binary("spire-server"))
         .args(["validate", "-config"])
@@ -241,5 +407,5 @@ fn a_sink_this_build_lacks_is_refused_at_start_with_its_name() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("telemetry.Statsd"), "{text}");
+    assert!(text.contains("telemetry.M3"), "{text}");
 }

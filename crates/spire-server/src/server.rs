@@ -120,9 +120,12 @@ pub async fn run(
 
     let telemetry = telemetry_config(&config)?;
     let metrics = Metrics::new(telemetry.clone())?;
+    telemetry::install_global(metrics.clone());
     let prometheus = telemetry::bind_prometheus(&telemetry).await?;
 
-    let datastore: Arc<dyn DataStore> = Arc::new(open_datastore(&catalog).await?);
+    let datastore: Arc<dyn DataStore> = Arc::new(crate::datastore::metered::MeteredDataStore::new(
+        Arc::new(open_datastore(&catalog).await?),
+    ));
     let key_manager = key_manager(&catalog)?;
     let upstream = upstream_authority(&catalog, &config)?;
     let notifiers = Notifiers::from_catalog(&catalog.notifiers)
@@ -407,13 +410,16 @@ fn sql_settings(catalog: &Catalog) -> (SqlConfig, SqlOptions) {
 }
 
 fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {
-    Ok(match &catalog.key_manager {
+    let plugin: Arc<dyn KeyManager> = match &catalog.key_manager {
         KeyManagerChoice::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerChoice::Disk { keys_path } => Arc::new(
             DiskKeyManager::open(keys_path)
                 .context("cannot open plugins.KeyManager \"disk\" keys_path")?,
         ),
-    })
+    };
+    Ok(Arc::new(
+        crate::plugins::keymanager::metered::MeteredKeyManager::new(plugin),
+    ))
 }
 
 fn upstream_authority(

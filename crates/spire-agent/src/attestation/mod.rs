@@ -154,6 +154,17 @@ pub async fn attest(
     attestor: &dyn NodeAttestor,
     key: &PrivateKey,
 ) -> Result<AttestResult, AttestError> {
+    let started = std::time::Instant::now();
+    let result = attest_agent(client, attestor, key).await;
+    spire_common::telemetry::agent::node_attested(attestor.name(), result.is_ok(), started);
+    result
+}
+
+async fn attest_agent(
+    client: &ServerClient,
+    attestor: &dyn NodeAttestor,
+    key: &PrivateKey,
+) -> Result<AttestResult, AttestError> {
     let payload = attestor.attestation_data().await?;
     let csr = spire_core::x509::csr_der(key)
         .map_err(|e| AttestError::Key(format!("cannot build the agent CSR: {e}")))?;

@@ -97,7 +97,10 @@ pub async fn keep_agent_svid(
             }
             DenialKind::MustReattest => {
                 tracing::warn!(error = %denial, "agent needs to re-attest; attempting to re-attest");
-                match reattest(&config, attestor.as_ref(), &current).await {
+                let started = std::time::Instant::now();
+                let reattested = reattest(&config, attestor.as_ref(), &current).await;
+                spire_common::telemetry::agent::node_reattested(reattested.is_ok(), started);
+                match reattested {
                     Ok((next, reattestable)) => {
                         tracing::info!("agent re-attested");
                         current = next;

@@ -77,6 +77,7 @@ pub async fn run_rotation(
         let due = renewal_due(leaf)?;
         let not_after = spire_core::x509::certificate_not_after(leaf)
             .map_err(|e| AttestError::Protocol(format!("the agent SVID cannot be read: {e}")))?;
+        spire_common::telemetry::agent::svid_expiration(not_after.into());
         let mut tainted = config.tainted_roots.clone();
         tokio::select! {
             woke = sleep_until(due, &cancel) => {
@@ -94,7 +95,10 @@ pub async fn run_rotation(
             // which the server refuses for it.
             return Err(AttestError::ReattestDue);
         }
-        match rotate_once(&config, &current).await {
+        let started = std::time::Instant::now();
+        let rotated = rotate_once(&config, &current).await;
+        spire_common::telemetry::agent::svid_rotated(rotated.is_ok(), started);
+        match rotated {
             Ok(next) => {
                 tracing::info!(
                     key_id = %next.key_id,

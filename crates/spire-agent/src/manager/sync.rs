@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use spire_common::telemetry::agent as telemetry;
 use spire_core::bundle::Bundle;
 use spire_core::jwt::parse_jwt_svid_insecure;
 use spire_core::keys::{KeyType, PrivateKey};
@@ -266,12 +267,14 @@ impl Manager {
     pub async fn sync_once(&self) -> Result<(), ManagerError> {
         let _guard = self.sync_lock.lock().await;
         let started = Instant::now();
-        let synced = if self.options.use_sync_authorized_entries {
+        let fetched = if self.options.use_sync_authorized_entries {
             let stale = |page: &[EntryRevision]| self.state().stale_ids(page);
-            self.api.sync_authorized_entries(&stale).await?
+            self.api.sync_authorized_entries(&stale).await
         } else {
-            SyncedEntries::Full(self.api.authorized_entries().await?)
+            self.api.authorized_entries().await.map(SyncedEntries::Full)
         };
+        telemetry::sync_entries_fetched(fetched.is_ok(), started);
+        let synced = fetched?;
         let entries_elapsed = started.elapsed();
         let raw_bundle = self.api.bundle().await?;
         let tainted_roots: Vec<Vec<u8>> = raw_bundle
@@ -348,6 +351,7 @@ impl Manager {
             });
             let needed = state.plan_mints(self.options.x509_svid_cache_max_size, now);
             let all = state.all_bundles();
+            telemetry::sync_stats(all.len(), state.entries.len());
             self.bundles_tx.send_if_modified(|current| {
                 if **current == all {
                     false
@@ -360,12 +364,20 @@ impl Manager {
         };
 
         let svids_minted = needed.len();
+        telemetry::expiring_svids(svids_minted);
         let result = if needed.is_empty() {
             Ok(())
         } else {
-            self.mint(needed).await
+            let minting = Instant::now();
+            let minted = self.mint(needed).await;
+            telemetry::sync_svids_fetched(minted.is_ok(), minting);
+            minted
         };
         self.state().notify_subscribers();
+        if telemetry::enabled() {
+            let stats = self.cache_stats();
+            telemetry::cache_sizes(stats.entries, stats.x509_svids);
+        }
         if result.is_ok() {
             *self
                 .last_sync_success

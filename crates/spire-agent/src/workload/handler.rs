@@ -80,17 +80,21 @@ pub(crate) async fn attest_caller(
     let caller = extensions.get::<Caller>().copied().ok_or_else(|| {
         Status::internal("unable to resolve the caller's pid: is this a supported system?")
     })?;
+    let started = std::time::Instant::now();
+    let attested = attest_process(attestors, caller.process).await;
+    spire_common::telemetry::agent::workload_attested(
+        attested.as_ref().ok().map(Vec::len),
+        started,
+    );
     // A failure reads as upstream's: Unauthenticated when the process went away, Internal
     // otherwise.
-    let selectors = attest_process(attestors, caller.process)
-        .await
-        .map_err(|failure| {
-            let message = failure.to_string();
-            match failure.error {
-                AttestError::ProcessGone(_) => Status::unauthenticated(message),
-                _ => Status::internal(message),
-            }
-        })?;
+    let selectors = attested.map_err(|failure| {
+        let message = failure.to_string();
+        match failure.error {
+            AttestError::ProcessGone(_) => Status::unauthenticated(message),
+            _ => Status::internal(message),
+        }
+    })?;
     peer::verify_still_alive(&caller).map_err(|reason| {
         tracing::warn!(pid = caller.process.pid, %reason, "Refusing workload: caller changed during attestation");
         Status::unauthenticated(format!(
@@ -126,7 +130,13 @@ pub(crate) async fn attest_process(
     for (index, attestor) in attestors.iter().enumerate() {
         let attestor = Arc::clone(attestor);
         tasks.spawn(async move {
+            let started = std::time::Instant::now();
             let result = attestor.attest(process).await;
+            spire_common::telemetry::agent::workload_attestor_called(
+                attestor.name(),
+                result.is_ok(),
+                started,
+            );
             (index, attestor.name(), result)
         });
     }

@@ -1,30 +1,47 @@
-//! The `telemetry { }` block: metrics with upstream's names and labels, exported to
-//! Prometheus (`Prometheus { host port }`: every path of that listener answers in the text
-//! exposition format, as upstream's does).
+//! The `telemetry { }` block: metrics with upstream's names and labels, sent to every
+//! configured sink (a fan-out, as upstream's one go-metrics instance per sink):
+//!
+//! * `Prometheus { host port }`: every path of that listener answers in the text exposition
+//!   format, as upstream's does;
+//! * `Statsd = [{ address }]` and `DogStatsd = [{ address }]`: UDP lines in go-metrics' and
+//!   datadog-go's formats ([`udp`]);
+//! * `InMem { }`: aggregated in memory and written to the log on SIGUSR1 ([`inmem`]).
 //!
 //! Names are upstream's (`names`), with the `MetricPrefix` (default `spire_server` /
 //! `spire_agent`) in front; labels are the call's own (`status` for RPCs), then
 //! `trust_domain` with `EnableTrustDomainLabel`, then `host` unless `EnableHostnameLabel =
 //! false`. `AllowedPrefixes`/`BlockedPrefixes` match the longest prefix of the dotted key
 //! (prefix included), `AllowedLabels`/`BlockedLabels` drop labels by name, as go-metrics'
-//! filters do. Beyond upstream, latencies (`…_elapsed_time`, milliseconds) are Prometheus
-//! histograms rather than summaries, so they aggregate across servers.
+//! filters do; they apply to every metric and every sink. Beyond upstream, latencies
+//! (`…_elapsed_time`, milliseconds) are Prometheus histograms rather than summaries, so they
+//! aggregate across servers.
 //!
-//! The statsd, DogStatsD, M3 and InMem sinks are refused at start with the block named
-//! (an accepted block that sends nothing would hide a monitoring gap).
+//! `M3` is refused at start with the block named: no M3 collector runs here to test it
+//! against, and an accepted block that sends nothing would hide a monitoring gap. So is
+//! `Prometheus.tls` (upstream v1.15 only).
+//!
+//! Code away from the gRPC layers emits through [`global`], which the process sets once at
+//! start ([`install_global`]); with no sink it is a no-op that allocates nothing.
 
+pub mod agent;
+pub mod inmem;
 pub mod names;
+mod prometheus;
 pub mod rpc;
+pub mod server;
+pub mod udp;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+pub use prometheus::{bind_prometheus, serve_prometheus};
 
-use axum::Router;
-use axum::http::header;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use spire_core::config::sections::TelemetrySection;
 use tokio_util::sync::CancellationToken;
+
+use udp::{Flavor, UdpSink, UdpTarget};
 
 /// Histogram buckets of the `…_elapsed_time` latencies, in milliseconds.
 const LATENCY_BUCKETS_MS: [f64; 14] = [
@@ -40,12 +57,30 @@ const UPTIME_INTERVAL: Duration = Duration::from_secs(10);
 pub enum TelemetryError {
     /// A sink this build does not have.
     #[error(
-        "telemetry.{0} is not supported by this SPIRE build: remove the block, or export through telemetry.Prometheus"
+        "telemetry.{0} is not supported by this SPIRE build: remove the block, or export through telemetry.Prometheus, Statsd or DogStatsd"
     )]
     UnsupportedSink(&'static str),
+    /// A key upstream v1.13.3 does not know either.
+    #[error(
+        "telemetry.{section}.{key}: unknown configuration key (upstream removed it); remove it"
+    )]
+    UnknownKey {
+        /// The sink block.
+        section: &'static str,
+        /// The key.
+        key: &'static str,
+    },
     /// A Prometheus block without a port.
     #[error("telemetry.Prometheus needs a port")]
     NoPrometheusPort,
+    /// A statsd or DogStatsD address that cannot be used.
+    #[error("telemetry.{sink}: {reason}")]
+    SinkAddress {
+        /// `Statsd` or `DogStatsd`.
+        sink: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// The Prometheus listener could not bind.
     #[error("unable to listen for Prometheus on {address}: {source}")]
     Bind {
@@ -55,7 +90,7 @@ pub enum TelemetryError {
         source: std::io::Error,
     },
     /// The exporter refused its settings.
-    #[error("cannot set up the Prometheus exporter: {0}")]
+    #[error("cannot set up the telemetry exporter: {0}")]
     Exporter(String),
 }
 
@@ -73,6 +108,12 @@ pub struct PrometheusListener {
 pub struct TelemetryConfig {
     /// `Prometheus { }`, when present.
     pub prometheus: Option<PrometheusListener>,
+    /// `Statsd = [{ address }]`.
+    pub statsd: Vec<UdpTarget>,
+    /// `DogStatsd = [{ address }]`.
+    pub dogstatsd: Vec<UdpTarget>,
+    /// `InMem { }` is present.
+    pub in_mem: bool,
     /// The first key part of every metric (`MetricPrefix`, or the service name).
     pub prefix: String,
     /// The `trust_domain` label's value (sanitised), with `EnableTrustDomainLabel`.
@@ -97,18 +138,25 @@ impl TelemetryConfig {
         service: &str,
         trust_domain: &str,
     ) -> Result<Self, TelemetryError> {
-        if !section.statsd.is_empty() {
-            return Err(TelemetryError::UnsupportedSink("Statsd"));
-        }
-        if !section.dog_statsd.is_empty() {
-            return Err(TelemetryError::UnsupportedSink("DogStatsd"));
-        }
         if !section.m3.is_empty() {
             return Err(TelemetryError::UnsupportedSink("M3"));
         }
-        if section.in_mem.is_some() {
-            return Err(TelemetryError::UnsupportedSink("InMem"));
+        if section.in_mem.as_ref().is_some_and(|m| m.enabled.is_some()) {
+            return Err(TelemetryError::UnknownKey {
+                section: "InMem",
+                key: "enabled",
+            });
         }
+        let statsd = section
+            .statsd
+            .iter()
+            .map(|s| udp::statsd_target(s.address.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dogstatsd = section
+            .dog_statsd
+            .iter()
+            .map(|s| udp::dogstatsd_target(s.address.as_deref(), |k| std::env::var(k).ok()))
+            .collect::<Result<Vec<_>, _>>()?;
         let prometheus = match &section.prometheus {
             None => None,
             Some(p) if p.tls.is_some() => {
@@ -130,6 +178,9 @@ impl TelemetryConfig {
             .unwrap_or_else(|| service.to_owned());
         Ok(Self {
             prometheus,
+            statsd,
+            dogstatsd,
+            in_mem: section.in_mem.is_some(),
             prefix,
             trust_domain_label: section
                 .enable_trust_domain_label
@@ -142,6 +193,14 @@ impl TelemetryConfig {
             blocked_labels: section.blocked_labels.clone(),
         })
     }
+
+    /// Whether any sink is configured.
+    pub fn has_sink(&self) -> bool {
+        self.prometheus.is_some()
+            || !self.statsd.is_empty()
+            || !self.dogstatsd.is_empty()
+            || self.in_mem
+    }
 }
 
 /// The host's name as Go's `os.Hostname` reads it on Linux.
@@ -151,10 +210,30 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-struct Inner {
-    config: TelemetryConfig,
+/// What a metric is, as go-metrics distinguishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Adds to a running total.
+    Counter,
+    /// Replaces the last value.
+    Gauge,
+    /// A gauge whose value needs float64 precision in statsd lines (Unix times; upstream's
+    /// `SetPrecisionGauge`).
+    PrecisionGauge,
+    /// One observation (latencies in milliseconds, sizes).
+    Sample,
+}
+
+struct PrometheusSink {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+}
+
+struct Inner {
+    config: TelemetryConfig,
+    prometheus: Option<PrometheusSink>,
+    udp: Vec<UdpSink>,
+    inmem: Option<Arc<inmem::InMemSink>>,
 }
 
 /// Where metrics go. Cloning shares the sinks; `Metrics::default()` records nothing (no
@@ -174,21 +253,62 @@ impl std::fmt::Debug for Metrics {
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
+/// The process's metrics for code that has no handle passed to it.
+static GLOBAL: RwLock<Metrics> = RwLock::new(Metrics(None));
+
+/// Makes `metrics` what [`global`] returns (set once at start; a reload may replace it).
+pub fn install_global(metrics: Metrics) {
+    if let Ok(mut global) = GLOBAL.write() {
+        *global = metrics;
+    }
+}
+
+/// The process's metrics (a no-op until [`install_global`]).
+pub fn global() -> Metrics {
+    GLOBAL.read().map(|m| m.clone()).unwrap_or_default()
+}
+
 impl Metrics {
     /// Metrics for `config`; records nothing when it has no sink.
     pub fn new(config: TelemetryConfig) -> Result<Self, TelemetryError> {
-        if config.prometheus.is_none() {
+        if !config.has_sink() {
             return Ok(Self::default());
         }
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&LATENCY_BUCKETS_MS)
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?
-            .build_recorder();
-        let handle = recorder.handle();
+        let prometheus = match config.prometheus {
+            None => None,
+            Some(_) => {
+                let recorder = PrometheusBuilder::new()
+                    .set_buckets(&LATENCY_BUCKETS_MS)
+                    .map_err(|e| TelemetryError::Exporter(e.to_string()))?
+                    .build_recorder();
+                let handle = recorder.handle();
+                Some(PrometheusSink { recorder, handle })
+            }
+        };
+        let mut udp = Vec::new();
+        for target in &config.statsd {
+            udp.push(UdpSink::start(Flavor::Statsd, target.clone())?);
+        }
+        let global_tags: Vec<String> = std::env::var("DD_ENTITY_ID")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| format!("dd.internal.entity_id:{v}"))
+            .into_iter()
+            .collect();
+        for target in &config.dogstatsd {
+            udp.push(UdpSink::start(
+                Flavor::DogStatsd {
+                    global_tags: global_tags.clone(),
+                },
+                target.clone(),
+            )?);
+        }
+        let inmem = config.in_mem.then(|| Arc::new(inmem::InMemSink::default()));
         Ok(Self(Some(Arc::new(Inner {
             config,
-            recorder,
-            handle,
+            prometheus,
+            udp,
+            inmem,
         }))))
     }
 
@@ -197,8 +317,8 @@ impl Metrics {
         self.0.is_some()
     }
 
-    /// The registration key of `key` with `labels`, or `None` when the metric is filtered out.
-    fn key(inner: &Inner, key: &[&str], labels: &[(&str, String)]) -> Option<Key> {
+    /// The labels of `key` after the filters, or `None` when the metric is filtered out.
+    fn labels(inner: &Inner, key: &[&str], labels: &[(&str, String)]) -> Option<Vec<Label>> {
         let c = &inner.config;
         // Every RPC comes through here: the dotted name is only built when a prefix filter
         // needs it.
@@ -225,40 +345,85 @@ impl Metrics {
             !c.blocked_labels.iter().any(|b| b == l.key())
                 && (c.allowed_labels.is_empty() || c.allowed_labels.iter().any(|a| a == l.key()))
         });
-        Some(Key::from_parts(names::prometheus_name(&c.prefix, key), all))
+        Some(all)
+    }
+
+    /// Sends one metric to every sink.
+    pub fn emit(&self, kind: Kind, key: &[&str], labels: &[(&str, String)], value: f64) {
+        let Some(inner) = &self.0 else {
+            return;
+        };
+        let Some(labels) = Self::labels(inner, key, labels) else {
+            return;
+        };
+        let prefix = inner.config.prefix.as_str();
+        for sink in &inner.udp {
+            sink.emit(kind, prefix, key, &labels, value);
+        }
+        if let Some(sink) = &inner.inmem {
+            sink.emit(kind, prefix, key, &labels, value);
+        }
+        if let Some(p) = &inner.prometheus {
+            let k = Key::from_parts(names::prometheus_name(prefix, key), labels);
+            match kind {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "counters are whole and non-negative; go-metrics drops negative ones"
+                )]
+                Kind::Counter => p
+                    .recorder
+                    .register_counter(&k, &METADATA)
+                    .increment(value.max(0.0) as u64),
+                Kind::Gauge | Kind::PrecisionGauge => {
+                    p.recorder.register_gauge(&k, &METADATA).set(value);
+                }
+                Kind::Sample => p.recorder.register_histogram(&k, &METADATA).record(value),
+            }
+        }
     }
 
     /// Adds `value` to the counter `key`.
+    #[allow(clippy::cast_precision_loss, reason = "counter increments are small")]
     pub fn incr_counter(&self, key: &[&str], labels: &[(&str, String)], value: u64) {
-        if let Some(inner) = &self.0
-            && let Some(k) = Self::key(inner, key, labels)
-        {
-            inner
-                .recorder
-                .register_counter(&k, &METADATA)
-                .increment(value);
-        }
+        self.emit(Kind::Counter, key, labels, value as f64);
     }
 
     /// Sets the gauge `key`.
     pub fn set_gauge(&self, key: &[&str], labels: &[(&str, String)], value: f64) {
-        if let Some(inner) = &self.0
-            && let Some(k) = Self::key(inner, key, labels)
-        {
-            inner.recorder.register_gauge(&k, &METADATA).set(value);
-        }
+        self.emit(Kind::Gauge, key, labels, value);
     }
 
     /// Records `value` in the histogram `key`.
     pub fn add_sample(&self, key: &[&str], labels: &[(&str, String)], value: f64) {
-        if let Some(inner) = &self.0
-            && let Some(k) = Self::key(inner, key, labels)
-        {
-            inner
-                .recorder
-                .register_histogram(&k, &METADATA)
-                .record(value);
+        self.emit(Kind::Sample, key, labels, value);
+    }
+
+    /// Records the milliseconds since `started` in `key` + `elapsed_time` (upstream's
+    /// `Latency`).
+    pub fn measure_since(&self, key: &[&str], labels: &[(&str, String)], started: Instant) {
+        if self.0.is_none() {
+            return;
         }
+        let mut elapsed_key = key.to_vec();
+        elapsed_key.push("elapsed_time");
+        self.add_sample(
+            &elapsed_key,
+            labels,
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+
+    /// Sets the gauge `key` to `at` as Unix seconds (absolute expiry gauges).
+    pub fn set_time_gauge(&self, key: &[&str], labels: &[(&str, String)], at: SystemTime) {
+        if self.0.is_none() {
+            return;
+        }
+        let secs = match at.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        self.emit(Kind::PrecisionGauge, key, labels, secs.trunc());
     }
 
     /// Records a finished call as upstream's call counters do: counter `key` +1 and the
@@ -277,14 +442,35 @@ impl Metrics {
         let mut all = labels.to_vec();
         all.push(("status", status.to_owned()));
         self.incr_counter(key, &all, 1);
-        let mut elapsed_key = key.to_vec();
-        elapsed_key.push("elapsed_time");
-        self.add_sample(&elapsed_key, &all, started.elapsed().as_secs_f64() * 1000.0);
+        self.measure_since(key, &all, started);
+    }
+
+    /// [`Metrics::record_call`] for an internal operation: status `OK` when `ok`, else
+    /// `Unknown` (what upstream's `status.Code` gives for a non-gRPC error).
+    pub fn record_outcome(
+        &self,
+        key: &[&str],
+        labels: &[(&str, String)],
+        ok: bool,
+        started: Instant,
+    ) {
+        self.record_call(key, labels, if ok { "OK" } else { "Unknown" }, started);
     }
 
     /// The Prometheus text exposition of everything recorded, when Prometheus is on.
     pub fn prometheus_text(&self) -> Option<String> {
-        self.0.as_ref().map(|inner| inner.handle.render())
+        self.0
+            .as_ref()
+            .and_then(|inner| inner.prometheus.as_ref())
+            .map(|p| p.handle.render())
+    }
+
+    /// The lines an InMem dump (SIGUSR1) writes now, when `InMem` is on.
+    pub fn inmem_dump(&self) -> Option<Vec<String>> {
+        self.0
+            .as_ref()
+            .and_then(|inner| inner.inmem.as_ref())
+            .map(|m| m.dump())
     }
 }
 
@@ -304,84 +490,46 @@ fn allowed(dotted: &str, allowed: &[String], blocked: &[String]) -> bool {
     }
 }
 
-/// Serves the Prometheus text exposition on every path of `listener` until `cancel` fires.
-pub async fn serve_prometheus(
-    listener: tokio::net::TcpListener,
-    metrics: Metrics,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    let router = Router::new().fallback(move || {
-        let metrics = metrics.clone();
-        async move {
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                metrics.prometheus_text().unwrap_or_default(),
-            )
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-}
-
-/// Binds the Prometheus listener of `config`, if any (`localhost` and other names resolve).
-pub async fn bind_prometheus(
-    config: &TelemetryConfig,
-) -> Result<Option<tokio::net::TcpListener>, TelemetryError> {
-    let Some(p) = &config.prometheus else {
-        return Ok(None);
-    };
-    if p.host != "localhost" {
-        tracing::warn!(
-            host = %p.host,
-            "Agent or server is configured to accept remote network connections for Prometheus \
-             scraping; ensure that the port is protected"
-        );
-    }
-    let listener = tokio::net::TcpListener::bind((p.host.as_str(), p.port))
-        .await
-        .map_err(|source| TelemetryError::Bind {
-            address: format!("{}:{}", p.host, p.port),
-            source,
-        })?;
-    tracing::info!(host = %p.host, port = p.port, "Starting prometheus exporter");
-    Ok(Some(listener))
-}
-
 /// Upstream's process gauges: `started` (1, labelled `version` and `trust_domain_id`) once,
-/// and `uptime_in_ms` every 10 seconds, until `cancel` fires.
+/// and `uptime_in_ms` every 10 seconds, until `cancel` fires. With `InMem`, this task also
+/// writes the InMem data to the log on SIGUSR1.
 pub async fn report_process_gauges(
     metrics: Metrics,
     version: &'static str,
     trust_domain: String,
     cancel: CancellationToken,
 ) {
-    if !metrics.enabled() {
+    let Some(inner) = metrics.0.clone() else {
         return;
-    }
-    metrics.set_gauge(
-        &["started"],
-        &[
-            ("version", version.to_owned()),
-            ("trust_domain_id", trust_domain),
-        ],
-        1.0,
-    );
-    let started = Instant::now();
-    loop {
-        metrics.set_gauge(
-            &["uptime_in_ms"],
-            &[],
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(UPTIME_INTERVAL) => {}
+    };
+    let signals = async {
+        if let Some(sink) = &inner.inmem {
+            inmem::dump_on_sigusr1(sink.clone(), cancel.clone()).await;
         }
-    }
+    };
+    let gauges = async {
+        metrics.set_gauge(
+            &["started"],
+            &[
+                ("version", version.to_owned()),
+                ("trust_domain_id", trust_domain),
+            ],
+            1.0,
+        );
+        let started = Instant::now();
+        loop {
+            metrics.set_gauge(
+                &["uptime_in_ms"],
+                &[],
+                started.elapsed().as_secs_f64() * 1000.0,
+            );
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(UPTIME_INTERVAL) => {}
+            }
+        }
+    };
+    tokio::join!(signals, gauges);
 }
 
 #[cfg(test)]
@@ -448,17 +596,78 @@ mod tests {
     #[test]
     fn sinks_this_build_lacks_are_refused_by_name() {
         let mut section = TelemetrySection::default();
-        section.statsd.push(Default::default());
+        section.m3.push(Default::default());
         let err =
             TelemetryConfig::from_section(&section, "spire_server", "example.org").unwrap_err();
-        assert!(err.to_string().contains("telemetry.Statsd"), "{err}");
+        assert!(err.to_string().contains("telemetry.M3"), "{err}");
+        // `InMem { enabled }` is an unknown key since upstream v1.9.
         let section = TelemetrySection {
-            in_mem: Some(Default::default()),
+            in_mem: Some(spire_core::config::sections::InMemSection {
+                enabled: Some(true),
+            }),
             ..TelemetrySection::default()
         };
         let err =
             TelemetryConfig::from_section(&section, "spire_agent", "example.org").unwrap_err();
-        assert!(err.to_string().contains("telemetry.InMem"), "{err}");
+        assert!(err.to_string().contains("telemetry.InMem.enabled"), "{err}");
+        let section = TelemetrySection {
+            in_mem: Some(Default::default()),
+            ..TelemetrySection::default()
+        };
+        let config = TelemetryConfig::from_section(&section, "spire_agent", "example.org").unwrap();
+        assert!(config.in_mem && config.has_sink());
+        let mut section = TelemetrySection::default();
+        section.statsd.push(Default::default());
+        let err =
+            TelemetryConfig::from_section(&section, "spire_server", "example.org").unwrap_err();
+        assert!(err.to_string().contains("telemetry.Statsd"), "{err}");
+    }
+
+    #[test]
+    fn every_sink_gets_the_same_metrics_after_the_filters() {
+        let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let address = collector.local_addr().unwrap().to_string();
+        let metrics = Metrics::new(TelemetryConfig {
+            statsd: vec![UdpTarget::Udp(address)],
+            in_mem: true,
+            blocked_prefixes: vec!["spire_server.datastore".into()],
+            blocked_labels: vec!["trust_domain".into()],
+            ..config()
+        })
+        .unwrap();
+        metrics.incr_counter(&["datastore", "bundle", "fetch"], &[], 1);
+        metrics.incr_counter(&["ca_manager", "x509_ca_activate"], &[], 1);
+        let text = metrics.prometheus_text().unwrap();
+        assert!(
+            text.contains("spire_server_ca_manager_x509_ca_activate{host=\"h1\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("datastore"), "{text}");
+        let mut buf = [0u8; 2048];
+        let n = collector.recv(&mut buf).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            "spire_server.ca_manager.x509_ca_activate.h1:1.000000|c\n"
+        );
+        assert!(metrics.inmem_dump().is_some());
+    }
+
+    #[test]
+    fn time_gauges_are_unix_seconds() {
+        let metrics = Metrics::new(config()).unwrap();
+        metrics.set_time_gauge(
+            &["agent_svid", "expiration"],
+            &[],
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
+        );
+        let text = metrics.prometheus_text().unwrap();
+        assert!(
+            text.contains("spire_server_agent_svid_expiration{trust_domain=\"example_org\",host=\"h1\"} 1700000000"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn resolve_logging(
     Ok((level, format))
 }
 
-/// `telemetry { }`: accepted and kept; metrics are not exported yet.
+/// `telemetry { }`: the sinks and labels of upstream's block; `spire_common::telemetry` acts on it.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySection {

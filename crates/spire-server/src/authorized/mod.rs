@@ -198,14 +198,22 @@ impl AuthorizedIndex {
     /// One run-loop step: a full reload when due, otherwise an event poll.
     async fn tick(&self) -> Result<(), DataStoreError> {
         let mut state = self.sync.lock().await;
+        let started = std::time::Instant::now();
         let reload_due = state.loaded_at.elapsed() >= self.options.full_reload_interval
             || state.entries.needs_reload()
             || state.agents.needs_reload();
-        if reload_due {
+        let result = if reload_due {
             self.full_reload(&mut state).await
         } else {
             self.apply_events(&mut state).await
-        }
+        };
+        spire_common::telemetry::server::entry_cache_reloaded(
+            result.is_ok(),
+            started,
+            self.entry_count(),
+            self.agent_count(),
+        );
+        result
     }
 
     async fn full_reload(&self, state: &mut SyncState) -> Result<(), DataStoreError> {

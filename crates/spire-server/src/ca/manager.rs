@@ -11,7 +11,9 @@
 //! datastore resumes with the same authorities.
 
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use spire_common::telemetry::server as metrics;
 
 use spire_core::jwt::{JwtSvidParams, mint_jwt_svid, new_jwt_id};
 use spire_core::keys::{KeyType, PrivateKey};
@@ -459,6 +461,13 @@ impl CaManager {
     }
 
     async fn prune_bundle_at(&self, now: OffsetDateTime) -> Result<bool, CaError> {
+        let started = Instant::now();
+        let result = self.prune_expired(now).await;
+        metrics::bundle_pruned(result.as_ref().map(|c| *c).map_err(|_| ()), started);
+        result
+    }
+
+    async fn prune_expired(&self, now: OffsetDateTime) -> Result<bool, CaError> {
         let before = (now - BUNDLE_PRUNE_GRACE).unix_timestamp();
         let changed = self
             .datastore
@@ -711,6 +720,17 @@ impl CaManager {
     /// Mints a CA into the current slot when it is empty, else into the next slot, and puts
     /// what consumers need to trust it into the bundle before it can sign anything.
     async fn prepare_x509(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        let started = Instant::now();
+        let result = self.prepare_x509_slot(state, now).await;
+        metrics::x509_ca_prepared(result.is_ok(), started);
+        result
+    }
+
+    async fn prepare_x509_slot(
+        &self,
+        state: &mut State,
+        now: OffsetDateTime,
+    ) -> Result<(), CaError> {
         let use_current = state.current_x509.is_empty();
         let slot = if use_current {
             &mut state.current_x509
@@ -885,6 +905,7 @@ impl CaManager {
             local_authority_id = %slot.authority_id,
             "X509 CA activated"
         );
+        metrics::x509_ca_activated(self.trust_domain.name(), slot.not_after.into());
         if !state
             .journal
             .set_x509_status(&authority_id, issued_at.unix_timestamp(), Status::Active)
@@ -917,6 +938,17 @@ impl CaManager {
     }
 
     async fn prepare_jwt(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        let started = Instant::now();
+        let result = self.prepare_jwt_slot(state, now).await;
+        metrics::jwt_key_prepared(result.is_ok(), started);
+        result
+    }
+
+    async fn prepare_jwt_slot(
+        &self,
+        state: &mut State,
+        now: OffsetDateTime,
+    ) -> Result<(), CaError> {
         let use_current = state.current_jwt.is_empty();
         let slot = if use_current {
             &mut state.current_jwt
@@ -992,6 +1024,7 @@ impl CaManager {
             local_authority_id = %slot.authority_id,
             "JWT key activated"
         );
+        metrics::jwt_key_activated(self.trust_domain.name(), slot.not_after.into());
         if !state
             .journal
             .set_jwt_status(&authority_id, issued_at.unix_timestamp(), Status::Active)
@@ -1022,8 +1055,28 @@ impl CaManager {
     }
 
     async fn renew_identity(&self, state: &mut State, now: OffsetDateTime) -> Result<(), CaError> {
+        let started = Instant::now();
+        match self.renew_identity_at(state, now).await {
+            Ok(None) => Ok(()),
+            Ok(Some(not_after)) => {
+                metrics::server_svid_rotated(Ok(not_after.into()), started);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::server_svid_rotated(Err(()), started);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renews the server's own SVID; returns its expiry (`None` when there is no CA yet).
+    async fn renew_identity_at(
+        &self,
+        state: &mut State,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, CaError> {
         let Some(ca) = self.active_x509() else {
-            return Ok(());
+            return Ok(None);
         };
         let key = generate_key(self.config.ca_key_type).await?;
         let server_id = self
@@ -1051,7 +1104,7 @@ impl CaManager {
             chain,
             key: Arc::new(key),
         }));
-        Ok(())
+        Ok(Some(not_after))
     }
 
     // ---- signing ----
@@ -1098,6 +1151,7 @@ impl CaManager {
         template.subject = subject;
         let leaf =
             x509::x509_svid_for_key(&issuer, public_key_der, &template).map_err(x509_error)?;
+        metrics::ca_signed(metrics::Signed::X509Svid);
         let mut chain = Vec::with_capacity(1 + ca.upstream_chain.len());
         chain.push(leaf);
         chain.extend(ca.upstream_chain.iter().cloned());
@@ -1176,6 +1230,7 @@ impl CaManager {
             validity: Validity::from_now(self.now(), to_time(ttl)?),
         };
         let cert = x509::intermediate_ca(&issuer, public_key_der, &template).map_err(x509_error)?;
+        metrics::ca_signed(metrics::Signed::X509CaSvid);
         let mut chain = Vec::with_capacity(1 + ca.upstream_chain.len());
         chain.push(cert);
         chain.extend(ca.upstream_chain.iter().cloned());
@@ -1243,6 +1298,7 @@ impl CaManager {
             },
         )
         .map_err(|e| CaError::Internal(format!("unable to sign JWT-SVID: {e}")))?;
+        metrics::ca_signed(metrics::Signed::JwtSvid);
         Ok(SignedJwtSvid {
             token,
             issued_at,

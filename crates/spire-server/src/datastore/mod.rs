@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use spire_core::selector::{Selector, SelectorMatch};
 use spire_proto::spire::api::types;
 
+pub mod metered;
 pub mod sql;
 
 /// Everything that can go wrong in the datastore; the API layer maps each variant to the

@@ -413,6 +413,22 @@ pub async fn update_bundle(
     trust_domain: &TrustDomain,
     relationship: &Relationship,
 ) -> Result<(Refreshed, Option<Bundle>), RefreshError> {
+    let started = std::time::Instant::now();
+    let result = fetch_and_store_bundle(datastore, trust_domain, relationship).await;
+    spire_common::telemetry::server::federated_bundle_fetched(
+        trust_domain.name(),
+        result.is_ok(),
+        matches!(result, Ok((Refreshed::Stored, _))),
+        started,
+    );
+    result
+}
+
+async fn fetch_and_store_bundle(
+    datastore: &dyn DataStore,
+    trust_domain: &TrustDomain,
+    relationship: &Relationship,
+) -> Result<(Refreshed, Option<Bundle>), RefreshError> {
     let auth = match &relationship.endpoint_spiffe_id {
         None => EndpointAuth::Web,
         Some(endpoint_id) => {

@@ -13,6 +13,7 @@ use spire_core::keys::{KeyType, PrivateKey};
 
 pub mod disk;
 pub mod memory;
+pub mod metered;
 
 pub use self::disk::{DiskKeyManager, DiskKeyManagerConfig};
 pub use self::memory::MemoryKeyManager;
