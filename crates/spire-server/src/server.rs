@@ -129,6 +129,15 @@ pub async fn run(
         .await
         .context("cannot set up plugins.Notifier")?;
 
+    let mut node_attestors = NodeAttestors::from_catalog(
+        &catalog.node_attestors,
+        datastore.clone(),
+        &config.trust_domain,
+    );
+    node_attestors
+        .load_external(&catalog.node_attestors, &config.trust_domain)
+        .await?;
+
     let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
         .await
         .context("cannot start the CA")?;
@@ -165,11 +174,7 @@ pub async fn run(
         log_level,
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(config.rate_limit.attestation, config.rate_limit.signing),
-        node_attestors: NodeAttestors::from_catalog(
-            &catalog.node_attestors,
-            datastore.clone(),
-            &config.trust_domain,
-        ),
+        node_attestors,
         bundle_refresher: bundle_refresher.clone(),
     });
 

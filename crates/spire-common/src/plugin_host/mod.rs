@@ -13,7 +13,7 @@
 mod hclog;
 mod process;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -41,41 +41,7 @@ const DEINIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a plugin has to exit after `Shutdown` before it is killed (go-plugin's client).
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// Where a plugin's configuration text comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginData {
-    /// `plugin_data` (possibly empty): fixed for the life of the process.
-    Fixed(String),
-    /// `plugin_data_file`: read at start-up and again on every SIGUSR1.
-    File(PathBuf),
-}
-
-impl PluginData {
-    /// The configuration text as the plugin receives it.
-    pub fn load(&self) -> std::io::Result<String> {
-        match self {
-            Self::Fixed(text) => Ok(text.clone()),
-            Self::File(path) => std::fs::read_to_string(path),
-        }
-    }
-}
-
-/// One `Type "name" { plugin_cmd = .. }` declaration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalPlugin {
-    /// The plugin type (`NodeAttestor`): also go-plugin's magic cookie key and value.
-    pub kind: String,
-    /// The plugin name from the configuration.
-    pub name: String,
-    /// `plugin_cmd`: the binary, resolved against the working directory (never `PATH`).
-    pub cmd: PathBuf,
-    /// `plugin_args`.
-    pub args: Vec<String>,
-    /// `plugin_checksum`: the hex sha256 the binary must have, when set.
-    pub checksum: Option<String>,
-    /// `plugin_data` or `plugin_data_file`.
-    pub data: PluginData,
-}
+pub use spire_core::config::plugins::{ExternalPlugin, PluginData};
 
 /// Why an external plugin could not be loaded, naming the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

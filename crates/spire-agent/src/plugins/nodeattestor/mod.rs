@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+pub mod external;
 pub mod join_token;
 pub mod k8s_psat;
 pub mod sshpop;

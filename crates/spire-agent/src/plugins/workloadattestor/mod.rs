@@ -1,6 +1,7 @@
 //! WorkloadAttestor plugins turn the calling process (its pid) into selectors.
 
 pub mod containerinfo;
+pub mod external;
 pub mod k8s;
 pub mod unix;
 

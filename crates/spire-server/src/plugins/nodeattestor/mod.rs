@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use spire_core::spiffe_id::SpiffeId;
 use tonic::{Code, Status};
 
+pub mod external;
 pub mod join_token;
 pub mod k8s_psat;
 pub mod sshpop;
@@ -74,6 +75,8 @@ impl NodeAttestors {
         let mut out = Self::default();
         for choice in choices {
             let attestor: Arc<dyn NodeAttestor> = match choice {
+                // Loaded asynchronously by `load_external`.
+                C::External(_) => continue,
                 C::JoinToken => Arc::new(join_token::JoinTokenAttestor::new(
                     Arc::clone(&datastore),
                     trust_domain.clone(),
@@ -101,6 +104,31 @@ impl NodeAttestors {
             out.insert(attestor);
         }
         out
+    }
+
+    /// Starts, initializes and configures the external attestors the catalog chose and adds
+    /// them; a plugin that fails stops start-up with its name and the reason. The loaded
+    /// plugins are returned so the caller keeps their processes for the server's lifetime.
+    pub async fn load_external(
+        &mut self,
+        choices: &[crate::catalog::NodeAttestorChoice],
+        trust_domain: &spire_core::spiffe_id::TrustDomain,
+    ) -> Result<(), spire_common::plugin_host::PluginLoadError> {
+        for choice in choices {
+            if let crate::catalog::NodeAttestorChoice::External(plugin) = choice {
+                let loaded = spire_common::plugin_host::LoadedPlugin::load(
+                    plugin,
+                    external::SERVICE,
+                    trust_domain.name(),
+                    &[],
+                )
+                .await?;
+                self.insert(Arc::new(external::ExternalNodeAttestor::new(Arc::new(
+                    loaded,
+                ))));
+            }
+        }
+        Ok(())
     }
 
     /// Only `join_token`: what most tests and the quickstart use.
