@@ -24,15 +24,20 @@ use spire_e2e::{
 const TD: &str = "example.org";
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
 
-/// A test plugin binary; a missing build is a loud failure saying how to make it.
-fn plugin(name: &str) -> PathBuf {
+/// The folder of the built test plugins; a missing one is a loud failure saying how to make it.
+fn plugins_dir() -> PathBuf {
     let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
         panic!(
             "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
              module proxy) and `. target/plugin-deps.env`"
         )
     });
-    let path = PathBuf::from(dir).join(name);
+    PathBuf::from(dir)
+}
+
+/// A test plugin binary.
+fn plugin(name: &str) -> PathBuf {
+    let path = plugins_dir().join(name);
     assert!(
         path.exists(),
         "{} is missing: run scripts/plugin-deps.sh",
@@ -48,17 +53,25 @@ fn dir(parent: &Path, name: &str) -> PathBuf {
 }
 
 fn server_block(extra: &str) -> String {
+    server_block_in(&plugins_dir(), extra)
+}
+
+fn server_block_in(plugins: &Path, extra: &str) -> String {
     format!(
         "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n{extra}        plugin_data {{\n            secret = \"s3cret\"\n            group = \"blue\"\n        }}\n    }}\n",
-        plugin("challengeattestor-server").display()
+        plugins.join("challengeattestor-server").display()
     )
 }
 
 fn agent_blocks(node_plugin: &str) -> String {
+    agent_blocks_in(&plugins_dir(), node_plugin)
+}
+
+fn agent_blocks_in(plugins: &Path, node_plugin: &str) -> String {
     format!(
         "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            node = \"node-a\"\n            secret = \"s3cret\"\n        }}\n    }}\n    WorkloadAttestor \"pidwa\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            label = \"e2e\"\n        }}\n    }}\n",
-        plugin(node_plugin).display(),
-        plugin("pidattestor").display()
+        plugins.join(node_plugin).display(),
+        plugins.join("pidattestor").display()
     )
 }
 
@@ -99,13 +112,22 @@ fn write_agent_config(dir: &Path, port: u16, blocks: &str) -> (PathBuf, PathBuf)
 
 /// What one host made of the plugins: the agent's ID and node selectors, and the workload's
 /// SVID ID.
-fn attest_with(server_program: &Path, agent_program: &Path, case: &Path) -> (String, Vec<String>) {
-    let server = start_server(server_program, &dir(case, "server"), &server_block(""));
+fn attest_with(
+    server_program: &Path,
+    agent_program: &Path,
+    case: &Path,
+    plugins: &Path,
+) -> (String, Vec<String>) {
+    let server = start_server(
+        server_program,
+        &dir(case, "server"),
+        &server_block_in(plugins, ""),
+    );
     let agent_dir = dir(case, "agent");
     let (config, socket) = write_agent_config(
         &agent_dir,
         server.port,
-        &agent_blocks("challengeattestor-agent"),
+        &agent_blocks_in(plugins, "challengeattestor-agent"),
     );
     let agent =
         AgentProcess::start_program_with_config(agent_program, &agent_dir, &config, socket, None);
@@ -135,21 +157,56 @@ fn attest_with(server_program: &Path, agent_program: &Path, case: &Path) -> (Str
     (shown["id"].to_string(), selectors)
 }
 
+/// Fails when a process whose binary is in `dir` still runs 20 s from now.
+fn assert_no_plugin_runs_from(dir: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: Vec<PathBuf> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_link(e.path().join("exe")).ok())
+            .filter(|exe| exe.starts_with(dir))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plugin processes outlived their host: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn our_host_and_upstreams_attest_the_same_with_the_same_plugin_binaries() {
     let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
     let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
     let tmp = tempfile::tempdir().unwrap();
+    // Private names (hard links) of the plugins, so the check for leftover processes sees
+    // only this test's.
+    let links = tempfile::tempdir_in(plugins_dir()).unwrap();
+    for name in [
+        "challengeattestor-server",
+        "challengeattestor-agent",
+        "pidattestor",
+    ] {
+        std::fs::hard_link(plugin(name), links.path().join(name)).unwrap();
+    }
 
     let ours = attest_with(
         &binary("spire-server"),
         &binary("spire-agent"),
         &dir(tmp.path(), "ours"),
+        links.path(),
     );
+    // Stopping our server and agent ended their plugin processes.
+    assert_no_plugin_runs_from(links.path());
     let upstreams = attest_with(
         &upstream_server,
         &upstream_agent,
         &dir(tmp.path(), "upstream"),
+        links.path(),
     );
     assert_eq!(
         ours.1,
