@@ -125,10 +125,11 @@ pub async fn run(
     };
     let client = ServerClient::new(&address, trust, None)?;
 
-    let attestor = node_attestor(&config).await?;
+    let mut external_plugins = Vec::new();
+    let attestor = node_attestor(&config, &mut external_plugins).await?;
     // Plugins and listeners whose settings can be wrong are set up before attesting, so a
     // bad kubelet CA path or a taken health port never costs a single-use join token.
-    let attestors = workload_attestors(&config).await?;
+    let attestors = workload_attestors(&config, &mut external_plugins).await?;
     let health_listener = if config.health_checks.listener_enabled {
         Some(health::bind(&config.health_checks).await?)
     } else {
@@ -185,6 +186,10 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(manager.clone().run(cancel.clone()));
+    tasks.spawn(spire_common::plugin_host::reconfigure_on_signal(
+        external_plugins,
+        cancel.child_token(),
+    ));
     if let Some(listener) = prometheus {
         let (metrics, cancel) = (metrics.clone(), cancel.clone());
         tasks.spawn(async move {
@@ -303,6 +308,7 @@ async fn load_external(
     plugin: &spire_core::config::plugins::ExternalPlugin,
     service: &str,
     config: &ResolvedAgentConfig,
+    loaded_plugins: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
 ) -> anyhow::Result<Arc<spire_common::plugin_host::LoadedPlugin>> {
     let loaded = spire_common::plugin_host::LoadedPlugin::load(
         plugin,
@@ -311,15 +317,20 @@ async fn load_external(
         &[],
     )
     .await?;
-    Ok(Arc::new(loaded))
+    let loaded = Arc::new(loaded);
+    loaded_plugins.push(Arc::clone(&loaded));
+    Ok(loaded)
 }
 
 /// The configured node attestor, used at start and for re-attestation.
-async fn node_attestor(config: &ResolvedAgentConfig) -> anyhow::Result<Arc<dyn NodeAttestor>> {
+async fn node_attestor(
+    config: &ResolvedAgentConfig,
+    loaded: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
+) -> anyhow::Result<Arc<dyn NodeAttestor>> {
     use crate::plugins::nodeattestor::external::{ExternalNodeAttestor, SERVICE};
     Ok(match &config.plugins.node_attestor {
         NodeAttestorChoice::External(plugin) => Arc::new(ExternalNodeAttestor::new(
-            load_external(plugin, SERVICE, config).await?,
+            load_external(plugin, SERVICE, config, loaded).await?,
         )),
         NodeAttestorChoice::JoinToken => {
             Arc::new(JoinTokenAttestor::new(config.join_token.clone()))
@@ -373,13 +384,14 @@ async fn agent_svid(
 /// credentials now, so a missing file stops the start with its name.
 async fn workload_attestors(
     config: &ResolvedAgentConfig,
+    loaded: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
 ) -> anyhow::Result<Vec<Arc<dyn WorkloadAttestor>>> {
     use crate::plugins::workloadattestor::external::{ExternalWorkloadAttestor, SERVICE};
     let mut attestors: Vec<Arc<dyn WorkloadAttestor>> = Vec::new();
     for choice in &config.plugins.workload_attestors {
         attestors.push(match choice {
             WorkloadAttestorChoice::External(plugin) => Arc::new(ExternalWorkloadAttestor::new(
-                load_external(plugin, SERVICE, config).await?,
+                load_external(plugin, SERVICE, config, loaded).await?,
             )),
             WorkloadAttestorChoice::Unix(unix) => Arc::new(UnixAttestor::new(UnixAttestorConfig {
                 discover_workload_path: unix.discover_workload_path,

@@ -261,3 +261,49 @@ fn a_plugin_of_the_wrong_type_stops_the_agent_naming_the_plugin() {
         "{out}"
     );
 }
+
+#[test]
+fn sigusr1_reconfigures_a_plugin_from_its_data_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("challenge.hcl");
+    std::fs::write(&data, "secret = \"s3cret\"\ngroup = \"blue\"\n").unwrap();
+    let block = format!(
+        "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n        plugin_data_file = \"{}\"\n    }}\n",
+        plugin("challengeattestor-server").display(),
+        data.display()
+    );
+    let server = start_server(&binary("spire-server"), &dir(tmp.path(), "server"), &block);
+    let group_of = |node: &str| -> Vec<String> {
+        let agent_dir = dir(tmp.path(), node);
+        let blocks = agent_blocks("challengeattestor-agent").replace("node-a", node);
+        let (config, socket) = write_agent_config(&agent_dir, server.port, &blocks);
+        let mut agent = AgentProcess::start_program_with_config(
+            &binary("spire-agent"),
+            &agent_dir,
+            &config,
+            socket,
+            None,
+        );
+        let shown = server.cli_json(&[
+            "agent",
+            "show",
+            "-spiffeID",
+            &format!("spiffe://{TD}/spire/agent/challenge/{node}"),
+        ]);
+        agent.stop();
+        selector_strings(&shown["selectors"])
+            .into_iter()
+            .filter(|s| s.starts_with("challenge:group:"))
+            .collect()
+    };
+    assert_eq!(group_of("node-a"), ["challenge:group:blue"]);
+
+    std::fs::write(&data, "secret = \"s3cret\"\ngroup = \"green\"\n").unwrap();
+    spire_e2e::send_signal(server.pid().unwrap(), spire_e2e::Signal::USR1).unwrap();
+    spire_e2e::eventually(
+        "the server reconfigures the plugin",
+        Duration::from_secs(30),
+        || server.log().contains("Plugin reconfigured"),
+    );
+    assert_eq!(group_of("node-b"), ["challenge:group:green"]);
+}

@@ -134,7 +134,7 @@ pub async fn run(
         datastore.clone(),
         &config.trust_domain,
     );
-    node_attestors
+    let external_plugins = node_attestors
         .load_external(&catalog.node_attestors, &config.trust_domain)
         .await?;
 
@@ -180,6 +180,10 @@ pub async fn run(
 
     let mut tasks = JoinSet::new();
     tasks.spawn(bundle_refresher.run());
+    tasks.spawn(spire_common::plugin_host::reconfigure_on_signal(
+        external_plugins,
+        cancel.child_token(),
+    ));
     if let Err(e) = start_notifiers(&notifiers, &config, &ca, &datastore, &cancel, &mut tasks).await
     {
         cancel.cancel();

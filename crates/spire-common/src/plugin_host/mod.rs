@@ -287,6 +287,48 @@ impl LoadedPlugin {
     }
 }
 
+/// Reconfigures `plugins` configured with `plugin_data_file` from their files on every SIGUSR1
+/// until `cancel`, as upstream's `ReconfigureOnSignal`. Returns at once (installing no
+/// handler) when none reads a file. A failed reconfiguration is logged and the plugin keeps
+/// its previous configuration.
+pub async fn reconfigure_on_signal(
+    plugins: Vec<std::sync::Arc<LoadedPlugin>>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let plugins: Vec<_> = plugins
+        .into_iter()
+        .filter(|p| matches!(p.plugin.data, PluginData::File(_)))
+        .collect();
+    if plugins.is_empty() {
+        return;
+    }
+    let kind = tokio::signal::unix::SignalKind::user_defined1();
+    let mut signals = match tokio::signal::unix::signal(kind) {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGUSR1; plugins will not be reconfigured");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            received = signals.recv() => if received.is_none() { return },
+        }
+        tracing::info!("Reconfigure signal received");
+        for plugin in &plugins {
+            if let Err(e) = plugin.reconfigure().await {
+                tracing::error!(
+                    plugin_type = %plugin.kind(),
+                    plugin_name = %plugin.name(),
+                    error = %e,
+                    "Failed to reconfigure plugin"
+                );
+            }
+        }
+    }
+}
+
 /// Compares the binary's sha256 with `plugin_checksum` before anything runs.
 fn verify_checksum(path: &Path, expected: &str) -> Result<(), String> {
     let want = hex::decode(expected)

@@ -113,7 +113,11 @@ impl NodeAttestors {
         &mut self,
         choices: &[crate::catalog::NodeAttestorChoice],
         trust_domain: &spire_core::spiffe_id::TrustDomain,
-    ) -> Result<(), spire_common::plugin_host::PluginLoadError> {
+    ) -> Result<
+        Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
+        spire_common::plugin_host::PluginLoadError,
+    > {
+        let mut plugins = Vec::new();
         for choice in choices {
             if let crate::catalog::NodeAttestorChoice::External(plugin) = choice {
                 let loaded = spire_common::plugin_host::LoadedPlugin::load(
@@ -123,12 +127,12 @@ impl NodeAttestors {
                     &[],
                 )
                 .await?;
-                self.insert(Arc::new(external::ExternalNodeAttestor::new(Arc::new(
-                    loaded,
-                ))));
+                let loaded = Arc::new(loaded);
+                plugins.push(Arc::clone(&loaded));
+                self.insert(Arc::new(external::ExternalNodeAttestor::new(loaded)));
             }
         }
-        Ok(())
+        Ok(plugins)
     }
 
     /// Only `join_token`: what most tests and the quickstart use.
