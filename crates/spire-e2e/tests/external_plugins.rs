@@ -307,3 +307,36 @@ fn sigusr1_reconfigures_a_plugin_from_its_data_file() {
     );
     assert_eq!(group_of("node-b"), ["challenge:group:green"]);
 }
+
+/// The first line the test notifier wrote for a server (`program`) started with it.
+fn notified_with(program: &Path, case: &Path) -> String {
+    let events = case.join("events.txt");
+    let block = format!(
+        "{JOIN_TOKEN_BLOCK}    Notifier \"file\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            path = \"{}\"\n        }}\n    }}\n",
+        plugin("filenotifier").display(),
+        events.display()
+    );
+    let server = start_server(program, &dir(case, "server"), &block);
+    spire_e2e::eventually(
+        "the notifier hears of the loaded bundle",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&events).is_ok_and(|t| t.contains('\n')),
+    );
+    drop(server);
+    let text = std::fs::read_to_string(&events).unwrap();
+    text.lines().next().unwrap().to_owned()
+}
+
+#[test]
+fn an_external_notifier_hears_of_the_loaded_bundle_as_under_upstream() {
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = notified_with(&binary("spire-server"), &dir(tmp.path(), "ours"));
+    let upstreams = notified_with(&upstream_server, &dir(tmp.path(), "upstream"));
+    for line in [&ours, &upstreams] {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[..3], ["loaded", TD, "1"], "{line}");
+        // The DER of the CA certificate (a SEQUENCE).
+        assert!(fields[3].starts_with("30"), "{line}");
+    }
+}

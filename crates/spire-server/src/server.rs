@@ -125,7 +125,7 @@ pub async fn run(
     let datastore: Arc<dyn DataStore> = Arc::new(open_datastore(&catalog).await?);
     let key_manager = key_manager(&catalog)?;
     let upstream = upstream_authority(&catalog, &config)?;
-    let notifiers = Notifiers::from_catalog(&catalog.notifiers)
+    let notifiers = Notifiers::from_catalog(&catalog.notifiers, &config.trust_domain)
         .await
         .context("cannot set up plugins.Notifier")?;
 

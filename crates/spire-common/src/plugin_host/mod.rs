@@ -27,6 +27,7 @@ use spire_proto::spire::service::common::config::v1::{ConfigureRequest, CoreConf
 use spire_proto::spire::service::private::init::v1::init_client::InitClient;
 use spire_proto::spire::service::private::init::v1::{DeinitRequest, InitRequest};
 
+pub use process::kill_all;
 use process::{PluginAddress, PluginProcess};
 
 /// The gRPC service every configurable plugin implements.

@@ -22,6 +22,40 @@ const APP_PROTOCOL_VERSION: &str = "1";
 /// Lines of stderr kept to explain a plugin that exits before its handshake.
 const STDERR_TAIL: usize = 10;
 
+/// Plugin processes running now, so [`kill_all`] can end them when the host exits without
+/// unwinding (`std::process::exit` skips the drops that would kill them).
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn register(pid: Option<u32>) {
+    if let (Some(pid), Ok(mut running)) = (pid, RUNNING.lock()) {
+        running.push(pid);
+    }
+}
+
+fn unregister(pid: Option<u32>) {
+    if let (Some(pid), Ok(mut running)) = (pid, RUNNING.lock()) {
+        running.retain(|p| *p != pid);
+    }
+}
+
+/// Sends SIGKILL to `pid` at once (not waiting for the runtime to run the watcher task).
+fn kill_now(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Kills every plugin process still running; the binaries call this right before they exit.
+pub fn kill_all() {
+    let pids = RUNNING.lock().map(|r| r.clone()).unwrap_or_default();
+    for pid in pids {
+        kill_now(pid);
+    }
+}
+
 /// Where the plugin's gRPC server listens, from its handshake line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PluginAddress {
@@ -36,6 +70,18 @@ pub(crate) struct PluginProcess {
     pub(crate) pid: Option<u32>,
     exited: watch::Receiver<Option<String>>,
     stop: Option<DropGuard>,
+}
+
+impl Drop for PluginProcess {
+    fn drop(&mut self) {
+        // Still ours and running: kill it now; the watcher task reaps it.
+        if self.stop.is_some()
+            && self.exit().is_none()
+            && let Some(pid) = self.pid
+        {
+            kill_now(pid);
+        }
+    }
 }
 
 impl PluginProcess {
@@ -120,6 +166,7 @@ pub(crate) async fn start(
         .spawn()
         .map_err(|e| fail(format!("cannot start {}: {e}", path.display())))?;
     let pid = child.id();
+    register(pid);
     tracing::debug!(
         plugin_type = %plugin.kind,
         plugin_name = %plugin.name,
@@ -145,6 +192,7 @@ pub(crate) async fn start(
         });
     }
     let Some(stdout) = child.stdout.take() else {
+        unregister(pid);
         return Err(fail("the plugin's stdout could not be read".to_owned()));
     };
     let mut stdout = BufReader::new(stdout).lines();
@@ -155,11 +203,13 @@ pub(crate) async fn start(
             // Let the stderr reader catch up so the reason can be shown.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let status = status.map(describe).unwrap_or_else(|e| e.to_string());
+            unregister(pid);
             return Err(fail(exited_early(&plugin.kind, &status, &tail)));
         }
         () = tokio::time::sleep(timeout) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
+            unregister(pid);
             return Err(fail(format!(
                 "timed out after {}s waiting for the plugin handshake on stdout; is {} a SPIRE plugin?",
                 timeout.as_secs(),
@@ -180,6 +230,7 @@ pub(crate) async fn start(
                 }
             };
             tokio::time::sleep(Duration::from_millis(200)).await;
+            unregister(pid);
             return Err(fail(exited_early(&plugin.kind, &status, &tail)));
         }
     };
@@ -188,6 +239,7 @@ pub(crate) async fn start(
         Err(reason) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
+            unregister(pid);
             return Err(fail(format!(
                 "{reason}; this usually means {} is not a SPIRE plugin",
                 path.display()
@@ -206,6 +258,7 @@ pub(crate) async fn start(
     let (exited_tx, exited) = watch::channel(None);
     let token = CancellationToken::new();
     tokio::spawn(watch_exit(
+        pid,
         child,
         token.clone(),
         exited_tx,
@@ -224,6 +277,7 @@ pub(crate) async fn start(
 
 /// Waits for the plugin to exit (logging it as go-plugin's client does) or kills it when asked.
 async fn watch_exit(
+    pid: Option<u32>,
     mut child: Child,
     stop: CancellationToken,
     exited: watch::Sender<Option<String>>,
@@ -237,6 +291,7 @@ async fn watch_exit(
             (child.wait().await, true)
         }
     };
+    unregister(child.id().or(pid));
     let status = status.map(describe).unwrap_or_else(|e| e.to_string());
     if asked {
         tracing::debug!(plugin_type = %kind, plugin_name = %name, status = %status, "Plugin process stopped");

@@ -3,7 +3,7 @@
 //!
 //! The server needs exactly one DataStore, exactly one KeyManager, at least one NodeAttestor
 //! and at most one UpstreamAuthority; Notifiers are optional. A block with `plugin_cmd` names
-//! an external plugin (NodeAttestor so far), loaded when the server starts; other names are
+//! an external plugin (NodeAttestor and Notifier so far), loaded when the server starts; other names are
 //! built-ins, and unknown names and unknown `plugin_data` keys are errors naming the block. This module only chooses and validates; the server's start-up code
 //! builds the plugin instances from the [`Catalog`].
 
@@ -53,6 +53,8 @@ pub struct Catalog {
 pub enum NotifierChoice {
     /// `Notifier "k8sbundle"`: the bundle into a ConfigMap, webhooks and APIServices.
     K8sBundle(K8sBundleConfig),
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
+    External(ExternalPlugin),
 }
 
 /// A server NodeAttestor and its validated settings.
@@ -219,13 +221,17 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
 
     for decl in declarations {
         if let Some(external) = decl.external.clone() {
+            if decl.kind == "Notifier" {
+                notifiers.push(NotifierChoice::External(external));
+                continue;
+            }
             if decl.kind != "NodeAttestor" {
                 return Err(ConfigError::invalid(
                     file,
                     format!("plugins.{}.{}.plugin_cmd", decl.kind, decl.name),
                     format!(
                         "external {} plugins are not supported yet (external NodeAttestor \
-                         plugins are); use a built-in {}",
+                         and Notifier plugins are); use a built-in {}",
                         decl.kind, decl.kind
                     ),
                 ));
