@@ -271,3 +271,44 @@ async fn a_plugin_that_never_completes_the_handshake_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_no_process_runs(&bin).await;
 }
+
+#[tokio::test]
+async fn a_plugin_that_dies_at_run_time_is_reported_and_calls_fail() {
+    let dir = tempfile::tempdir_in(plugins_dir()).unwrap();
+    let bin = copy_plugin("challengeattestor-server", dir.path());
+    let plugin = LoadedPlugin::load(
+        &spec("NodeAttestor", &bin, r#"secret = "x""#),
+        SERVER_NA,
+        "example.org",
+        &[],
+    )
+    .await
+    .expect("the plugin loads");
+    let pid = plugin.pid().expect("a pid");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while plugin.exit_status().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin's death was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        plugin.exit_status().unwrap().contains("signal: 9"),
+        "{:?}",
+        plugin.exit_status()
+    );
+    let mut client = server_na::node_attestor_client::NodeAttestorClient::new(plugin.channel());
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    assert!(
+        client
+            .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .is_err()
+    );
+    plugin.shutdown().await;
+}
