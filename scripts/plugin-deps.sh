@@ -6,7 +6,8 @@
 #
 #   ${SPIRE_RS_CACHE:-~/.cache/spire-rs}/go-plugins-<hash>/bin/
 #
-# Writes `export SPIRE_TEST_PLUGINS=<that folder>` to target/plugin-deps.env and prints it;
+# Writes `export SPIRE_TEST_PLUGINS=<that folder>` and SPIRE_PLUGIN_SDK_DIR (the SDK's source,
+# for the proto wire test) to target/plugin-deps.env and prints them;
 # progress goes to standard error. A missing toolchain or a refused download is an error.
 # Usage: scripts/plugin-deps.sh
 set -euo pipefail
@@ -35,6 +36,13 @@ else
     printf 'plugin-deps: test plugins cached in %s\n' "$dir/bin" >&2
 fi
 
+# The SDK's own source, whose .proto files the spire-proto wire test compares with ours.
+sdk_dir=$(cd "$src" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' github.com/spiffe/spire-plugin-sdk)
+[ -d "$sdk_dir/proto" ] || die "spire-plugin-sdk source not found (go list gave '$sdk_dir')"
+
 mkdir -p target
-echo "export SPIRE_TEST_PLUGINS='$dir/bin'" >target/plugin-deps.env
+{
+    echo "export SPIRE_TEST_PLUGINS='$dir/bin'"
+    echo "export SPIRE_PLUGIN_SDK_DIR='$sdk_dir'"
+} >target/plugin-deps.env
 cat target/plugin-deps.env
