@@ -24,6 +24,7 @@ mkdir -p target
 (
     scripts/conformance-deps.sh &&
         scripts/interop-deps.sh >/dev/null &&
+        scripts/plugin-deps.sh >/dev/null &&
         scripts/k8s-deps.sh >/dev/null &&
         scripts/ops-deps.sh >/dev/null &&
         scripts/sds-deps.sh >/dev/null &&
@@ -55,6 +56,8 @@ trap - EXIT
 cat target/third-party.log
 # shellcheck source=/dev/null
 . target/interop-deps.env
+# shellcheck source=/dev/null
+. target/plugin-deps.env
 # shellcheck source=/dev/null
 . target/k8s-deps.env
 # shellcheck source=/dev/null

@@ -130,10 +130,11 @@ pub async fn run(
     };
     let client = ServerClient::new(&address, trust, None)?;
 
-    let attestor = node_attestor(&config);
+    let mut external_plugins = Vec::new();
+    let attestor = node_attestor(&config, &mut external_plugins).await?;
     // Plugins and listeners whose settings can be wrong are set up before attesting, so a
     // bad kubelet CA path or a taken health port never costs a single-use join token.
-    let attestors = workload_attestors(&config)?;
+    let attestors = workload_attestors(&config, &mut external_plugins).await?;
     let health_listener = if config.health_checks.listener_enabled {
         Some(health::bind(&config.health_checks).await?)
     } else {
@@ -190,6 +191,10 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(manager.clone().run(cancel.clone()));
+    tasks.spawn(spire_common::plugin_host::reconfigure_on_signal(
+        external_plugins,
+        cancel.child_token(),
+    ));
     if let Some(listener) = prometheus {
         let (metrics, cancel) = (metrics.clone(), cancel.clone());
         tasks.spawn(async move {
@@ -316,9 +321,36 @@ pub async fn run(
     result
 }
 
+/// Starts, initializes and configures an external plugin; a failure stops start-up naming
+/// the plugin and the reason.
+async fn load_external(
+    plugin: &spire_core::config::plugins::ExternalPlugin,
+    service: &str,
+    config: &ResolvedAgentConfig,
+    loaded_plugins: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
+) -> anyhow::Result<Arc<spire_common::plugin_host::LoadedPlugin>> {
+    let loaded = spire_common::plugin_host::LoadedPlugin::load(
+        plugin,
+        service,
+        config.trust_domain.name(),
+        &[],
+    )
+    .await?;
+    let loaded = Arc::new(loaded);
+    loaded_plugins.push(Arc::clone(&loaded));
+    Ok(loaded)
+}
+
 /// The configured node attestor, used at start and for re-attestation.
-fn node_attestor(config: &ResolvedAgentConfig) -> Arc<dyn NodeAttestor> {
-    match &config.plugins.node_attestor {
+async fn node_attestor(
+    config: &ResolvedAgentConfig,
+    loaded: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
+) -> anyhow::Result<Arc<dyn NodeAttestor>> {
+    use crate::plugins::nodeattestor::external::{ExternalNodeAttestor, SERVICE};
+    Ok(match &config.plugins.node_attestor {
+        NodeAttestorChoice::External(plugin) => Arc::new(ExternalNodeAttestor::new(
+            load_external(plugin, SERVICE, config, loaded).await?,
+        )),
         NodeAttestorChoice::JoinToken => {
             Arc::new(JoinTokenAttestor::new(config.join_token.clone()))
         }
@@ -335,7 +367,7 @@ fn node_attestor(config: &ResolvedAgentConfig) -> Arc<dyn NodeAttestor> {
         NodeAttestorChoice::AzureMsi(c) => {
             Arc::new(crate::plugins::nodeattestor::azure_msi::AzureMsiAttestor::new(c.clone()))
         }
-    }
+    })
 }
 
 /// The stored agent SVID when it is still valid and its key is in the key manager (no
@@ -375,32 +407,32 @@ async fn agent_svid(
 
 /// The configured workload attestors, in config order. The `k8s` attestor reads its kubelet
 /// credentials now, so a missing file stops the start with its name.
-fn workload_attestors(
+async fn workload_attestors(
     config: &ResolvedAgentConfig,
+    loaded: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
 ) -> anyhow::Result<Vec<Arc<dyn WorkloadAttestor>>> {
-    config
-        .plugins
-        .workload_attestors
-        .iter()
-        .map(|choice| -> anyhow::Result<Arc<dyn WorkloadAttestor>> {
-            Ok(match choice {
-                WorkloadAttestorChoice::Unix(unix) => {
-                    Arc::new(UnixAttestor::new(UnixAttestorConfig {
-                        discover_workload_path: unix.discover_workload_path,
-                        workload_size_limit: unix.workload_size_limit,
-                    }))
-                }
-                WorkloadAttestorChoice::K8s(k8s) => Arc::new(
-                    K8sAttestor::new(k8s.clone())
-                        .map_err(|e| anyhow::anyhow!("plugins.WorkloadAttestor.k8s: {e}"))?,
-                ),
-                WorkloadAttestorChoice::Docker(docker) => Arc::new(
-                    DockerAttestor::new(docker.clone())
-                        .map_err(|e| anyhow::anyhow!("plugins.WorkloadAttestor.docker: {e}"))?,
-                ),
-            })
-        })
-        .collect()
+    use crate::plugins::workloadattestor::external::{ExternalWorkloadAttestor, SERVICE};
+    let mut attestors: Vec<Arc<dyn WorkloadAttestor>> = Vec::new();
+    for choice in &config.plugins.workload_attestors {
+        attestors.push(match choice {
+            WorkloadAttestorChoice::External(plugin) => Arc::new(ExternalWorkloadAttestor::new(
+                load_external(plugin, SERVICE, config, loaded).await?,
+            )),
+            WorkloadAttestorChoice::Unix(unix) => Arc::new(UnixAttestor::new(UnixAttestorConfig {
+                discover_workload_path: unix.discover_workload_path,
+                workload_size_limit: unix.workload_size_limit,
+            })),
+            WorkloadAttestorChoice::K8s(k8s) => Arc::new(
+                K8sAttestor::new(k8s.clone())
+                    .map_err(|e| anyhow::anyhow!("plugins.WorkloadAttestor.k8s: {e}"))?,
+            ),
+            WorkloadAttestorChoice::Docker(docker) => Arc::new(
+                DockerAttestor::new(docker.clone())
+                    .map_err(|e| anyhow::anyhow!("plugins.WorkloadAttestor.docker: {e}"))?,
+            ),
+        });
+    }
+    Ok(attestors)
 }
 
 /// Keeps the server connection's trust and `data_dir` in step with the bundle the manager

@@ -20,5 +20,7 @@ fn main() {
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let code = runtime.block_on(spire_agent::cli::run_cli(args, &mut stdout, &mut stderr));
+    // `exit` skips the drops that end external plugin processes: end them here.
+    spire_common::plugin_host::kill_all();
     std::process::exit(code);
 }

@@ -105,6 +105,123 @@ pub mod spire {
             }
         }
     }
+    /// `spire.plugin.*`: the plugin interfaces of spire-plugin-sdk v1.4.4, which external
+    /// plugins (`plugin_cmd`) implement.
+    pub mod plugin {
+        /// `spire.plugin.types`: messages shared by the plugin interfaces.
+        pub mod types {
+            include_package!("spire.plugin.types");
+        }
+        /// Server plugin interfaces.
+        pub mod server {
+            /// `spire.plugin.server.keymanager.v1`.
+            pub mod keymanager {
+                pub mod v1 {
+                    include_package!("spire.plugin.server.keymanager.v1");
+                }
+            }
+            /// `spire.plugin.server.nodeattestor.v1`.
+            pub mod nodeattestor {
+                pub mod v1 {
+                    include_package!("spire.plugin.server.nodeattestor.v1");
+                }
+            }
+            /// `spire.plugin.server.noderesolver.v1`.
+            pub mod noderesolver {
+                pub mod v1 {
+                    include_package!("spire.plugin.server.noderesolver.v1");
+                }
+            }
+            /// `spire.plugin.server.notifier.v1`.
+            pub mod notifier {
+                pub mod v1 {
+                    include_package!("spire.plugin.server.notifier.v1");
+                }
+            }
+            /// `spire.plugin.server.upstreamauthority.v1`.
+            pub mod upstreamauthority {
+                pub mod v1 {
+                    include_package!("spire.plugin.server.upstreamauthority.v1");
+                }
+            }
+        }
+        /// Agent plugin interfaces.
+        pub mod agent {
+            /// `spire.plugin.agent.keymanager.v1`.
+            pub mod keymanager {
+                pub mod v1 {
+                    include_package!("spire.plugin.agent.keymanager.v1");
+                }
+            }
+            /// `spire.plugin.agent.nodeattestor.v1`.
+            pub mod nodeattestor {
+                pub mod v1 {
+                    include_package!("spire.plugin.agent.nodeattestor.v1");
+                }
+            }
+            /// `spire.plugin.agent.svidstore.v1`.
+            pub mod svidstore {
+                pub mod v1 {
+                    include_package!("spire.plugin.agent.svidstore.v1");
+                }
+            }
+            /// `spire.plugin.agent.workloadattestor.v1`.
+            pub mod workloadattestor {
+                pub mod v1 {
+                    include_package!("spire.plugin.agent.workloadattestor.v1");
+                }
+            }
+        }
+    }
+    /// `spire.service.*`: services every plugin may implement (`Config`) and the SDK's
+    /// internal `Init` handshake.
+    pub mod service {
+        /// Services common to server and agent plugins.
+        pub mod common {
+            /// `spire.service.common.config.v1`: `Configure`.
+            pub mod config {
+                pub mod v1 {
+                    include_package!("spire.service.common.config.v1");
+                }
+            }
+        }
+        /// Services internal to the plugin framework.
+        pub mod private {
+            /// `spire.service.private.init.v1`: `Init`/`Deinit`.
+            pub mod init {
+                pub mod v1 {
+                    include_package!("spire.service.private.init.v1");
+                }
+            }
+        }
+    }
+    /// `spire.hostservice.*`: services SPIRE offers to external plugins.
+    pub mod hostservice {
+        /// Host services of both server and agent.
+        pub mod common {
+            /// `spire.hostservice.common.metrics.v1`.
+            pub mod metrics {
+                pub mod v1 {
+                    include_package!("spire.hostservice.common.metrics.v1");
+                }
+            }
+        }
+        /// Host services of the server.
+        pub mod server {
+            /// `spire.hostservice.server.agentstore.v1`.
+            pub mod agentstore {
+                pub mod v1 {
+                    include_package!("spire.hostservice.server.agentstore.v1");
+                }
+            }
+            /// `spire.hostservice.server.identityprovider.v1`.
+            pub mod identityprovider {
+                pub mod v1 {
+                    include_package!("spire.hostservice.server.identityprovider.v1");
+                }
+            }
+        }
+    }
     /// `spire.agent.debug.v1`: upstream names this package without `api`.
     pub mod agent {
         pub mod debug {
@@ -126,6 +243,12 @@ pub mod spire_rs {
             }
         }
     }
+}
+
+/// `plugin`: hashicorp go-plugin's own services (`GRPCBroker`, `GRPCController`), which
+/// every external plugin serves next to its SPIRE services.
+pub mod goplugin {
+    include!(concat!(env!("OUT_DIR"), "/plugin.rs"));
 }
 
 /// The SPIFFE Workload API (`SpiffeWorkloadAPI`; upstream's file has no package).

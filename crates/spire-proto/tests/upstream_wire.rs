@@ -227,6 +227,28 @@ fn newest_released_spire_api_sdk_is_wire_identical() {
     assert_eq!(compared, 25, "every spire-api-sdk file is compared");
 }
 
+/// spire-plugin-sdk v1.4.4, which external plugins are built on: `scripts/plugin-deps.sh`
+/// names its source folder in `SPIRE_PLUGIN_SDK_DIR`. Its public protos and its private
+/// `Init` service must be ours exactly, or plugins would not understand us.
+#[test]
+fn spire_plugin_sdk_is_wire_identical() {
+    let dir = std::env::var_os("SPIRE_PLUGIN_SDK_DIR").unwrap_or_else(|| {
+        panic!(
+            "SPIRE_PLUGIN_SDK_DIR is not set: run scripts/plugin-deps.sh and source \
+             target/plugin-deps.env (the test command does both)"
+        )
+    });
+    let root = PathBuf::from(dir);
+    let public = assert_wire(&root.join("proto"), "spire", Relation::Identical);
+    assert_eq!(public, 16, "every spire-plugin-sdk file is compared");
+    let init = assert_wire(
+        &root.join("internal/proto"),
+        "spire/service/private",
+        Relation::Identical,
+    );
+    assert_eq!(init, 1, "the Init service is compared");
+}
+
 #[test]
 fn workload_api_is_wire_identical() {
     let root = package_dir("spiffe").join("src/proto");

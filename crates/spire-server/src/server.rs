@@ -128,9 +128,18 @@ pub async fn run(
     ));
     let key_manager = key_manager(&catalog)?;
     let upstream = upstream_authority(&catalog, &config)?;
-    let notifiers = Notifiers::from_catalog(&catalog.notifiers)
+    let notifiers = Notifiers::from_catalog(&catalog.notifiers, &config.trust_domain)
         .await
         .context("cannot set up plugins.Notifier")?;
+
+    let mut node_attestors = NodeAttestors::from_catalog(
+        &catalog.node_attestors,
+        datastore.clone(),
+        &config.trust_domain,
+    );
+    let external_plugins = node_attestors
+        .load_external(&catalog.node_attestors, &config.trust_domain)
+        .await?;
 
     let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
         .await
@@ -168,16 +177,16 @@ pub async fn run(
         log_level,
         started_at: Instant::now(),
         rate_limits: RateLimiters::new(config.rate_limit.attestation, config.rate_limit.signing),
-        node_attestors: NodeAttestors::from_catalog(
-            &catalog.node_attestors,
-            datastore.clone(),
-            &config.trust_domain,
-        ),
+        node_attestors,
         bundle_refresher: bundle_refresher.clone(),
     });
 
     let mut tasks = JoinSet::new();
     tasks.spawn(bundle_refresher.run());
+    tasks.spawn(spire_common::plugin_host::reconfigure_on_signal(
+        external_plugins,
+        cancel.child_token(),
+    ));
     if let Err(e) = start_notifiers(&notifiers, &config, &ca, &datastore, &cancel, &mut tasks).await
     {
         cancel.cancel();

@@ -506,7 +506,26 @@ fn catalog_refuses_unknown_plugins_by_name() {
     let msg = catalog::from_config(&load(&text).unwrap())
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("external plugins are not supported"), "{msg}");
+    assert!(
+        msg.contains("external KeyManager plugins are not supported yet"),
+        "{msg}"
+    );
+
+    // An external NodeAttestor is accepted; its data reaches the plugin as text.
+    let text = MINIMAL.replace(
+        "NodeAttestor \"join_token\" { plugin_data {} }",
+        "NodeAttestor \"tpm\" {\n plugin_cmd = \"/opt/tpm\"\n plugin_args = [\"-v\"]\n plugin_data { ca = \"/x\" } }",
+    );
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    let [NodeAttestorChoice::External(plugin)] = cat.node_attestors.as_slice() else {
+        panic!("{:?}", cat.node_attestors);
+    };
+    assert_eq!(plugin.cmd, std::path::Path::new("/opt/tpm"));
+    assert_eq!(plugin.args, ["-v"]);
+    assert_eq!(
+        plugin.data,
+        spire_core::config::plugins::PluginData::Fixed(r#"{"ca":"/x"}"#.into())
+    );
 
     // A disabled plugin is skipped, whatever it is.
     let text = MINIMAL.replace(

@@ -1,7 +1,8 @@
 //! The `plugins { Type "name" { plugin_data { .. } } }` block both binaries read: walking the
 //! shapes HCL and JSON give it, the keys every plugin block takes, and upstream's rules for
 //! them (a plugin given twice, `enabled = false`, `plugin_data` or `plugin_data_file`,
-//! external `plugin_cmd` refused). Each binary then interprets the declarations it supports.
+//! `plugin_cmd` naming an external plugin). Each binary then interprets the declarations it
+//! supports.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -20,6 +21,46 @@ pub struct PluginDeclaration {
     pub data: Value,
     /// The file errors in `data` are reported against: the config or the data file.
     data_file: String,
+    /// Set when the block names an external plugin with `plugin_cmd`.
+    pub external: Option<ExternalPlugin>,
+}
+
+/// Where an external plugin's configuration text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginData {
+    /// `plugin_data` (possibly empty), fixed for the life of the process: an HCL block is
+    /// handed over as JSON, which the HCL parsers plugins use read as well.
+    Fixed(String),
+    /// `plugin_data_file`: read at start-up and again on every SIGUSR1, as upstream does.
+    File(std::path::PathBuf),
+}
+
+impl PluginData {
+    /// The configuration text as the plugin receives it.
+    pub fn load(&self) -> std::io::Result<String> {
+        match self {
+            Self::Fixed(text) => Ok(text.clone()),
+            Self::File(path) => std::fs::read_to_string(path),
+        }
+    }
+}
+
+/// One `Type "name" { plugin_cmd = .. }` declaration: a plugin binary speaking upstream's
+/// plugin protocol (spire-plugin-sdk), hosted by `spire_common::plugin_host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalPlugin {
+    /// The plugin type (`NodeAttestor`): also go-plugin's magic cookie key and value.
+    pub kind: String,
+    /// The plugin name from the configuration.
+    pub name: String,
+    /// `plugin_cmd`: the binary, resolved against the working directory (never `PATH`).
+    pub cmd: std::path::PathBuf,
+    /// `plugin_args`.
+    pub args: Vec<String>,
+    /// `plugin_checksum`: the hex sha256 the binary must have, when set.
+    pub checksum: Option<String>,
+    /// `plugin_data` or `plugin_data_file`.
+    pub data: PluginData,
 }
 
 impl PluginDeclaration {
@@ -81,15 +122,9 @@ pub fn enabled_plugins(
         if body.enabled == Some(false) {
             continue;
         }
-        if let Some(cmd) = &body.plugin_cmd {
-            return Err(invalid(
-                file,
-                format!("plugins.{}.{}.plugin_cmd", decl.kind, decl.name),
-                format!(
-                    "external plugins are not supported ({label} sets plugin_cmd = {cmd:?}); \
-                     remove the block or use a built-in plugin"
-                ),
-            ));
+        if let Some(cmd) = body.plugin_cmd.clone().filter(|c| !c.is_empty()) {
+            enabled.push(external(file, decl, body, cmd, &label)?);
+            continue;
         }
         let (data, data_source) = plugin_data(file, &decl, &body, read_file)?;
         enabled.push(PluginDeclaration {
@@ -97,9 +132,51 @@ pub fn enabled_plugins(
             name: decl.name,
             data,
             data_file: data_source.unwrap_or_else(|| file.to_owned()),
+            external: None,
         });
     }
     Ok(enabled)
+}
+
+/// An external plugin's declaration: its data is handed to the plugin as text, unparsed
+/// (the plugin validates it in `Configure`), and `plugin_data_file` is read when it starts.
+fn external(
+    file: &str,
+    decl: Declaration,
+    body: PluginBody,
+    cmd: String,
+    label: &str,
+) -> Result<PluginDeclaration, ConfigError> {
+    let key = format!("plugins.{}.{}", decl.kind, decl.name);
+    let data = match (body.plugin_data, body.plugin_data_file) {
+        (Some(data), Some(_)) if !data.is_null() => {
+            return Err(invalid(
+                file,
+                key,
+                format!(
+                    "{label}: plugin_data and plugin_data_file are mutually exclusive; keep one"
+                ),
+            ));
+        }
+        (_, Some(path)) => PluginData::File(path.into()),
+        (None | Some(Value::Null), None) => PluginData::Fixed(String::new()),
+        (Some(Value::String(text)), None) => PluginData::Fixed(text),
+        (Some(data), None) => PluginData::Fixed(normalize_data(data).to_string()),
+    };
+    Ok(PluginDeclaration {
+        external: Some(ExternalPlugin {
+            kind: decl.kind.clone(),
+            name: decl.name.clone(),
+            cmd: cmd.into(),
+            args: body.plugin_args,
+            checksum: body.plugin_checksum.filter(|c| !c.is_empty()),
+            data,
+        }),
+        kind: decl.kind,
+        name: decl.name,
+        data: Value::Object(Map::new()),
+        data_file: file.to_owned(),
+    })
 }
 
 /// Takes the one plugin of `kind` from `found`; none or several is an error that says what
@@ -151,16 +228,8 @@ struct PluginBody {
     #[serde(default, deserialize_with = "de::opt_string")]
     plugin_cmd: Option<String>,
     #[serde(default, deserialize_with = "de::string_list")]
-    #[allow(
-        dead_code,
-        reason = "accepted for upstream compatibility; only with plugin_cmd"
-    )]
     plugin_args: Vec<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
-    #[allow(
-        dead_code,
-        reason = "accepted for upstream compatibility; only with plugin_cmd"
-    )]
     plugin_checksum: Option<String>,
     #[serde(default)]
     plugin_data: Option<Value>,

@@ -2,9 +2,9 @@
 //! which built-in plugins run, with their validated settings.
 //!
 //! The server needs exactly one DataStore, exactly one KeyManager, at least one NodeAttestor
-//! and at most one UpstreamAuthority; Notifiers are optional. Names are built-ins only (external plugins via
-//! `plugin_cmd` are not supported); unknown names and unknown `plugin_data` keys are errors
-//! naming the block. This module only chooses and validates; the server's start-up code
+//! and at most one UpstreamAuthority; Notifiers are optional. A block with `plugin_cmd` names
+//! an external plugin (NodeAttestor and Notifier so far), loaded when the server starts; other names are
+//! built-ins, and unknown names and unknown `plugin_data` keys are errors naming the block. This module only chooses and validates; the server's start-up code
 //! builds the plugin instances from the [`Catalog`].
 
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use spire_core::config::plugins::{enabled_plugins, exactly_one};
+use spire_core::config::plugins::{ExternalPlugin, enabled_plugins, exactly_one};
 
 use crate::config::{ConfigError, ServerConfig, de};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
@@ -53,6 +53,8 @@ pub struct Catalog {
 pub enum NotifierChoice {
     /// `Notifier "k8sbundle"`: the bundle into a ConfigMap, webhooks and APIServices.
     K8sBundle(K8sBundleConfig),
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
+    External(ExternalPlugin),
 }
 
 /// A server NodeAttestor and its validated settings.
@@ -70,6 +72,8 @@ pub enum NodeAttestorChoice {
     GcpIit(crate::plugins::nodeattestor::gcp_iit::GcpIitConfig),
     /// `NodeAttestor "azure_msi"`.
     AzureMsi(crate::plugins::nodeattestor::azure_msi::AzureMsiConfig),
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
+    External(ExternalPlugin),
 }
 
 /// `database_type` of the SQL DataStore.
@@ -220,6 +224,25 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
     let mut notifiers: Vec<NotifierChoice> = Vec::new();
 
     for decl in declarations {
+        if let Some(external) = decl.external.clone() {
+            if decl.kind == "Notifier" {
+                notifiers.push(NotifierChoice::External(external));
+                continue;
+            }
+            if decl.kind != "NodeAttestor" {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("plugins.{}.{}.plugin_cmd", decl.kind, decl.name),
+                    format!(
+                        "external {} plugins are not supported yet (external NodeAttestor \
+                         and Notifier plugins are); use a built-in {}",
+                        decl.kind, decl.kind
+                    ),
+                ));
+            }
+            node_attestors.push(NodeAttestorChoice::External(external));
+            continue;
+        }
         let data_file = decl.data_file();
         let data_path = decl.data_path();
         match (decl.kind.as_str(), decl.name.as_str()) {

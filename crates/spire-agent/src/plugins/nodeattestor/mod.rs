@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 
 pub mod azure_msi;
+pub mod external;
 pub mod gcp_iit;
 pub mod join_token;
 pub mod k8s_psat;

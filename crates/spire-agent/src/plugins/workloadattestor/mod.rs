@@ -2,6 +2,7 @@
 
 pub mod containerinfo;
 pub mod docker;
+pub mod external;
 pub mod k8s;
 pub mod unix;
 

@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 
 pub mod azure_msi;
 pub mod azure_resolve;
+pub mod external;
 pub mod gcp_credentials;
 pub mod gcp_iit;
 pub mod join_token;
@@ -79,6 +80,8 @@ impl NodeAttestors {
         let mut out = Self::default();
         for choice in choices {
             let attestor: Arc<dyn NodeAttestor> = match choice {
+                // Loaded asynchronously by `load_external`.
+                C::External(_) => continue,
                 C::JoinToken => Arc::new(join_token::JoinTokenAttestor::new(
                     Arc::clone(&datastore),
                     trust_domain.clone(),
@@ -134,6 +137,35 @@ impl NodeAttestors {
             out.insert(attestor);
         }
         out
+    }
+
+    /// Starts, initializes and configures the external attestors the catalog chose and adds
+    /// them; a plugin that fails stops start-up with its name and the reason. The loaded
+    /// plugins are returned so the caller keeps their processes for the server's lifetime.
+    pub async fn load_external(
+        &mut self,
+        choices: &[crate::catalog::NodeAttestorChoice],
+        trust_domain: &spire_core::spiffe_id::TrustDomain,
+    ) -> Result<
+        Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
+        spire_common::plugin_host::PluginLoadError,
+    > {
+        let mut plugins = Vec::new();
+        for choice in choices {
+            if let crate::catalog::NodeAttestorChoice::External(plugin) = choice {
+                let loaded = spire_common::plugin_host::LoadedPlugin::load(
+                    plugin,
+                    external::SERVICE,
+                    trust_domain.name(),
+                    &[],
+                )
+                .await?;
+                let loaded = Arc::new(loaded);
+                plugins.push(Arc::clone(&loaded));
+                self.insert(Arc::new(external::ExternalNodeAttestor::new(loaded)));
+            }
+        }
+        Ok(plugins)
     }
 
     /// Only `join_token`: what most tests and the quickstart use.

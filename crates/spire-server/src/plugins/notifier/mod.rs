@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::NotifierChoice;
 use crate::datastore::DataStore;
 
+pub mod external;
 pub mod k8sbundle;
 
 /// How often the stored bundle is compared with the last one notified, to catch changes
@@ -84,11 +85,29 @@ pub struct Notifiers {
 }
 
 impl Notifiers {
-    /// Builds the notifiers the catalog chose (reading kubeconfig files and such).
-    pub async fn from_catalog(choices: &[NotifierChoice]) -> Result<Self, NotifierError> {
+    /// Builds the notifiers the catalog chose (reading kubeconfig files and such), starting
+    /// external ones with the server's trust domain.
+    pub async fn from_catalog(
+        choices: &[NotifierChoice],
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, NotifierError> {
         let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
         for choice in choices {
             match choice {
+                NotifierChoice::External(plugin) => {
+                    let loaded = spire_common::plugin_host::LoadedPlugin::load(
+                        plugin,
+                        external::SERVICE,
+                        trust_domain.name(),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| NotifierError::Config {
+                        name: Box::leak(plugin.name.clone().into_boxed_str()),
+                        message: e.to_string(),
+                    })?;
+                    notifiers.push(Arc::new(external::ExternalNotifier::new(Arc::new(loaded))));
+                }
                 NotifierChoice::K8sBundle(config) => {
                     notifiers.push(Arc::new(k8sbundle::K8sBundle::new(config).await?));
                 }

@@ -1,0 +1,72 @@
+// A test agent WorkloadAttestor: selectors `pid:<pid>` and `label:<label from plugin_data>`,
+// plus `ppid:<parent pid>` read from /proc so the answer depends on the real process.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/hcl"
+	"github.com/spiffe/spire-plugin-sdk/pluginmain"
+	workloadattestorv1 "github.com/spiffe/spire-plugin-sdk/proto/spire/plugin/agent/workloadattestor/v1"
+	configv1 "github.com/spiffe/spire-plugin-sdk/proto/spire/service/common/config/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+type config struct {
+	Label string `hcl:"label"`
+}
+
+type plugin struct {
+	workloadattestorv1.UnimplementedWorkloadAttestorServer
+	configv1.UnimplementedConfigServer
+
+	mu     sync.Mutex
+	config *config
+}
+
+func (p *plugin) Configure(_ context.Context, req *configv1.ConfigureRequest) (*configv1.ConfigureResponse, error) {
+	c := new(config)
+	if err := hcl.Decode(c, req.HclConfiguration); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "bad configuration: %v", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.config = c
+	return &configv1.ConfigureResponse{}, nil
+}
+
+func (p *plugin) Attest(_ context.Context, req *workloadattestorv1.AttestRequest) (*workloadattestorv1.AttestResponse, error) {
+	p.mu.Lock()
+	c := p.config
+	p.mu.Unlock()
+	if c == nil {
+		return nil, status.Error(codes.FailedPrecondition, "not configured")
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", req.Pid))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "cannot read the workload's stat: %v", err)
+	}
+	// The fields after the parenthesised command name: state, ppid, ...
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if len(fields) < 2 {
+		return nil, status.Error(codes.Internal, "malformed stat file")
+	}
+	return &workloadattestorv1.AttestResponse{SelectorValues: []string{
+		fmt.Sprintf("pid:%d", req.Pid),
+		"ppid:" + fields[1],
+		"label:" + c.Label,
+	}}, nil
+}
+
+func main() {
+	p := new(plugin)
+	pluginmain.Serve(
+		workloadattestorv1.WorkloadAttestorPluginServer(p),
+		configv1.ConfigServiceServer(p),
+	)
+}

@@ -1,0 +1,342 @@
+//! External plugins (`plugin_cmd`) end to end, with real plugin binaries built on
+//! spire-plugin-sdk v1.4.4 and its pluginmain (crates/spire-e2e/go-plugins, built by
+//! scripts/plugin-deps.sh): a server+agent NodeAttestor pair with a challenge round and an
+//! agent WorkloadAttestor. Our server and agent, then upstream v1.13.3's, load the SAME
+//! binaries and must give the same agent ID, node selectors and workload SVID. Start-up
+//! refuses a wrong checksum and a plugin of the wrong type with an error naming the plugin.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use spire_e2e::{
+    AgentProcess, ServerPaths, ServerProcess, binary, interop_program, run_to_failure,
+    selector_strings, server_config,
+};
+
+const TD: &str = "example.org";
+const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
+
+/// The folder of the built test plugins; a missing one is a loud failure saying how to make it.
+fn plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
+        panic!(
+            "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
+             module proxy) and `. target/plugin-deps.env`"
+        )
+    });
+    PathBuf::from(dir)
+}
+
+/// A test plugin binary.
+fn plugin(name: &str) -> PathBuf {
+    let path = plugins_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/plugin-deps.sh",
+        path.display()
+    );
+    path
+}
+
+fn dir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn server_block(extra: &str) -> String {
+    server_block_in(&plugins_dir(), extra)
+}
+
+fn server_block_in(plugins: &Path, extra: &str) -> String {
+    format!(
+        "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n{extra}        plugin_data {{\n            secret = \"s3cret\"\n            group = \"blue\"\n        }}\n    }}\n",
+        plugins.join("challengeattestor-server").display()
+    )
+}
+
+fn agent_blocks(node_plugin: &str) -> String {
+    agent_blocks_in(&plugins_dir(), node_plugin)
+}
+
+fn agent_blocks_in(plugins: &Path, node_plugin: &str) -> String {
+    format!(
+        "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            node = \"node-a\"\n            secret = \"s3cret\"\n        }}\n    }}\n    WorkloadAttestor \"pidwa\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            label = \"e2e\"\n        }}\n    }}\n",
+        plugins.join(node_plugin).display(),
+        plugins.join("pidattestor").display()
+    )
+}
+
+/// Writes the server config with join_token replaced by `attestors`.
+fn write_server_config(dir: &Path, port: u16, attestors: &str) -> (PathBuf, PathBuf) {
+    let socket = dir.join("api.sock");
+    let data_dir = dir.join("data");
+    let config_path = dir.join("server.conf");
+    let connection_string = format!("{}/datastore.sqlite3", data_dir.display());
+    let config = server_config(&ServerPaths {
+        port,
+        socket: &socket,
+        data_dir: &data_dir,
+        keys: &data_dir.join("keys.json"),
+        database_type: "sqlite3",
+        connection_string: &connection_string,
+        extra_server_keys: "",
+    });
+    assert!(config.contains(JOIN_TOKEN_BLOCK), "{config}");
+    std::fs::write(&config_path, config.replace(JOIN_TOKEN_BLOCK, attestors)).unwrap();
+    (config_path, socket)
+}
+
+fn start_server(program: &Path, dir: &Path, attestors: &str) -> ServerProcess {
+    ServerProcess::start_program_on_free_port(program, dir, |port| {
+        write_server_config(dir, port, attestors)
+    })
+}
+
+/// Writes the agent config for a server on `port` with join_token replaced by `blocks`.
+fn write_agent_config(dir: &Path, port: u16, blocks: &str) -> (PathBuf, PathBuf) {
+    let (config_path, socket) = AgentProcess::write_config(dir, port, "");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    assert!(text.contains(JOIN_TOKEN_BLOCK), "{text}");
+    std::fs::write(&config_path, text.replace(JOIN_TOKEN_BLOCK, blocks)).unwrap();
+    (config_path, socket)
+}
+
+/// What one host made of the plugins: the agent's ID and node selectors, and the workload's
+/// SVID ID.
+fn attest_with(
+    server_program: &Path,
+    agent_program: &Path,
+    case: &Path,
+    plugins: &Path,
+) -> (String, Vec<String>) {
+    let server = start_server(
+        server_program,
+        &dir(case, "server"),
+        &server_block_in(plugins, ""),
+    );
+    let agent_dir = dir(case, "agent");
+    let (config, socket) = write_agent_config(
+        &agent_dir,
+        server.port,
+        &agent_blocks_in(plugins, "challengeattestor-agent"),
+    );
+    let agent =
+        AgentProcess::start_program_with_config(agent_program, &agent_dir, &config, socket, None);
+
+    let agent_id = format!("spiffe://{TD}/spire/agent/challenge/node-a");
+    let shown = server.cli_json(&["agent", "show", "-spiffeID", &agent_id]);
+    assert_eq!(shown["attestation_type"], "challenge", "{shown}");
+    let mut selectors = selector_strings(&shown["selectors"]);
+    selectors.sort();
+
+    // The workload (our CLI fetching an SVID) is attested by the external WorkloadAttestor:
+    // only its `pidwa:label:e2e` selector matches the entry.
+    server.create_entry(&[
+        "-parentID",
+        &agent_id,
+        "-spiffeID",
+        &format!("spiffe://{TD}/workload/external"),
+        "-selector",
+        "pidwa:label:e2e",
+    ]);
+    let fetched = agent.cli_eventually(&["api", "fetch", "x509"], Duration::from_secs(90));
+    assert!(
+        fetched.contains(&format!("spiffe://{TD}/workload/external")),
+        "{fetched}\nagent log:\n{}",
+        agent.log()
+    );
+    (shown["id"].to_string(), selectors)
+}
+
+/// Fails when a process whose binary is in `dir` still runs 20 s from now.
+fn assert_no_plugin_runs_from(dir: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: Vec<PathBuf> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_link(e.path().join("exe")).ok())
+            .filter(|exe| exe.starts_with(dir))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plugin processes outlived their host: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn our_host_and_upstreams_attest_the_same_with_the_same_plugin_binaries() {
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstream_agent = interop_program("SPIRE_UPSTREAM_AGENT");
+    let tmp = tempfile::tempdir().unwrap();
+    // Private names (hard links) of the plugins, so the check for leftover processes sees
+    // only this test's.
+    let links = tempfile::tempdir_in(plugins_dir()).unwrap();
+    for name in [
+        "challengeattestor-server",
+        "challengeattestor-agent",
+        "pidattestor",
+    ] {
+        std::fs::hard_link(plugin(name), links.path().join(name)).unwrap();
+    }
+
+    let ours = attest_with(
+        &binary("spire-server"),
+        &binary("spire-agent"),
+        &dir(tmp.path(), "ours"),
+        links.path(),
+    );
+    // Stopping our server and agent ended their plugin processes.
+    assert_no_plugin_runs_from(links.path());
+    let upstreams = attest_with(
+        &upstream_server,
+        &upstream_agent,
+        &dir(tmp.path(), "upstream"),
+        links.path(),
+    );
+    assert_eq!(
+        ours.1,
+        vec![
+            "challenge:group:blue".to_owned(),
+            "challenge:node:node-a".to_owned()
+        ]
+    );
+    assert_eq!(ours, upstreams);
+}
+
+#[test]
+fn a_wrong_checksum_stops_the_server_naming_the_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let block = server_block(&format!(
+        "        plugin_checksum = \"{}\"\n",
+        "ab".repeat(32)
+    ));
+    let (config, _) = write_server_config(tmp.path(), spire_e2e::free_port(), &block);
+    let mut command = Command::new(binary("spire-server"));
+    command.args(["run", "-config"]).arg(&config);
+    let out = run_to_failure(
+        command,
+        &tmp.path().join("server.log"),
+        Duration::from_secs(60),
+        "the server started although the plugin checksum is wrong",
+    );
+    assert!(out.contains("NodeAttestor \"challenge\""), "{out}");
+    assert!(out.contains("checksums did not match"), "{out}");
+}
+
+#[test]
+fn a_plugin_of_the_wrong_type_stops_the_agent_naming_the_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The server's NodeAttestor binary configured as the agent's.
+    let (config, _) = write_agent_config(
+        tmp.path(),
+        spire_e2e::free_port(),
+        &agent_blocks("challengeattestor-server"),
+    );
+    let mut command = Command::new(binary("spire-agent"));
+    command.args(["run", "-config"]).arg(&config);
+    let out = run_to_failure(
+        command,
+        &tmp.path().join("agent.log"),
+        Duration::from_secs(60),
+        "the agent started with a server plugin as its NodeAttestor",
+    );
+    assert!(out.contains("NodeAttestor \"challenge\""), "{out}");
+    assert!(
+        out.contains("does not implement spire.plugin.agent.nodeattestor.v1.NodeAttestor"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sigusr1_reconfigures_a_plugin_from_its_data_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("challenge.hcl");
+    std::fs::write(&data, "secret = \"s3cret\"\ngroup = \"blue\"\n").unwrap();
+    let block = format!(
+        "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n        plugin_data_file = \"{}\"\n    }}\n",
+        plugin("challengeattestor-server").display(),
+        data.display()
+    );
+    let server = start_server(&binary("spire-server"), &dir(tmp.path(), "server"), &block);
+    let group_of = |node: &str| -> Vec<String> {
+        let agent_dir = dir(tmp.path(), node);
+        let blocks = agent_blocks("challengeattestor-agent").replace("node-a", node);
+        let (config, socket) = write_agent_config(&agent_dir, server.port, &blocks);
+        let mut agent = AgentProcess::start_program_with_config(
+            &binary("spire-agent"),
+            &agent_dir,
+            &config,
+            socket,
+            None,
+        );
+        let shown = server.cli_json(&[
+            "agent",
+            "show",
+            "-spiffeID",
+            &format!("spiffe://{TD}/spire/agent/challenge/{node}"),
+        ]);
+        agent.stop();
+        selector_strings(&shown["selectors"])
+            .into_iter()
+            .filter(|s| s.starts_with("challenge:group:"))
+            .collect()
+    };
+    assert_eq!(group_of("node-a"), ["challenge:group:blue"]);
+
+    std::fs::write(&data, "secret = \"s3cret\"\ngroup = \"green\"\n").unwrap();
+    spire_e2e::send_signal(server.pid().unwrap(), spire_e2e::Signal::USR1).unwrap();
+    spire_e2e::eventually(
+        "the server reconfigures the plugin",
+        Duration::from_secs(30),
+        || server.log().contains("Plugin reconfigured"),
+    );
+    assert_eq!(group_of("node-b"), ["challenge:group:green"]);
+}
+
+/// The first line the test notifier wrote for a server (`program`) started with it.
+fn notified_with(program: &Path, case: &Path) -> String {
+    let events = case.join("events.txt");
+    let block = format!(
+        "{JOIN_TOKEN_BLOCK}    Notifier \"file\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            path = \"{}\"\n        }}\n    }}\n",
+        plugin("filenotifier").display(),
+        events.display()
+    );
+    let server = start_server(program, &dir(case, "server"), &block);
+    spire_e2e::eventually(
+        "the notifier hears of the loaded bundle",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&events).is_ok_and(|t| t.contains('\n')),
+    );
+    drop(server);
+    let text = std::fs::read_to_string(&events).unwrap();
+    text.lines().next().unwrap().to_owned()
+}
+
+#[test]
+fn an_external_notifier_hears_of_the_loaded_bundle_as_under_upstream() {
+    let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = notified_with(&binary("spire-server"), &dir(tmp.path(), "ours"));
+    let upstreams = notified_with(&upstream_server, &dir(tmp.path(), "upstream"));
+    for line in [&ours, &upstreams] {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[..3], ["loaded", TD, "1"], "{line}");
+        // The DER of the CA certificate (a SEQUENCE).
+        assert!(fields[3].starts_with("30"), "{line}");
+    }
+}
