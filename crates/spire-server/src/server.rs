@@ -118,6 +118,9 @@ pub async fn run(
         "starting spire-server"
     );
 
+    if config.disable_jwt_svids {
+        tracing::info!("JWT-SVID profile is disabled");
+    }
     let telemetry = telemetry_config(&config)?;
     let metrics = Metrics::new(telemetry.clone())?;
     let prometheus = telemetry::bind_prometheus(&telemetry).await?;
@@ -161,6 +164,8 @@ pub async fn run(
             admin_ids: config.admin_ids.clone(),
             rate_limit_attestation: config.rate_limit.attestation,
             rate_limit_signing: config.rate_limit.signing,
+            audit_log_enabled: config.audit_log_enabled,
+            disable_jwt_svids: config.disable_jwt_svids,
         },
         log_level,
         started_at: Instant::now(),
@@ -465,6 +470,7 @@ fn ca_config(config: &ResolvedServerConfig) -> CaConfig {
     ca.default_x509_svid_ttl = config.default_x509_svid_ttl;
     ca.default_jwt_svid_ttl = config.default_jwt_svid_ttl;
     ca.agent_ttl = config.agent_ttl;
+    ca.disable_jwt_svids = config.disable_jwt_svids;
     ca
 }
 

@@ -99,6 +99,29 @@ impl Fields {
             };
             return;
         }
+        if name == super::DYNAMIC_FIELDS
+            && let FieldValue::Str(json) = &value
+            && let Ok(serde_json::Value::Object(members)) = serde_json::from_str(json)
+        {
+            for (key, value) in members {
+                let value = match value {
+                    serde_json::Value::String(s) => FieldValue::Str(s),
+                    serde_json::Value::Bool(b) => FieldValue::Bool(b),
+                    serde_json::Value::Number(n) => n
+                        .as_i64()
+                        .map(FieldValue::I64)
+                        .or_else(|| n.as_u64().map(FieldValue::U64))
+                        .unwrap_or_else(|| FieldValue::F64(n.as_f64().unwrap_or_default())),
+                    other => FieldValue::Str(other.to_string()),
+                };
+                self.insert_named(&key, value);
+            }
+            return;
+        }
+        self.insert_named(name, value);
+    }
+
+    fn insert_named(&mut self, name: &str, value: FieldValue) {
         // logrus keeps its own keys and moves a clashing field aside.
         let key = match name {
             "time" | "level" | "msg" => format!("fields.{name}"),
