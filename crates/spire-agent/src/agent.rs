@@ -267,6 +267,7 @@ pub async fn run(
         allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.iter().cloned().collect(),
         allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
         metrics: metrics.clone(),
+        log_selectors: config.log_selectors.clone(),
     };
     let workload_task = tokio::spawn(workload::serve_with_options(
         manager,

@@ -564,3 +564,16 @@ fn trust_bundle_spiffe_workload_api_stands_alone_and_must_be_a_unix_address() {
         "{err}"
     );
 }
+
+#[test]
+fn log_selectors_is_read_as_upstream_v1_15_2() {
+    let c = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    log_selectors = [\"k8s:ns\", \"unix:uid\"]"
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(c.log_selectors, vec!["k8s:ns", "unix:uid"]);
+    let c = load(&with_agent(MINIMAL_AGENT)).unwrap().resolve().unwrap();
+    assert!(c.log_selectors.is_empty());
+}

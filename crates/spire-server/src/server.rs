@@ -221,6 +221,17 @@ pub async fn run(
             .clone()
             .run(config.experimental.cache_reload_interval, cancel.clone()),
     );
+    if let Some(expired_for) = config.prune_attested_nodes_expired_for {
+        tasks.spawn(crate::node_prune::run(
+            datastore.clone(),
+            crate::node_prune::PruneNodes {
+                expired_for,
+                include_tofu: config.prune_tofu_nodes,
+                batch_size: config.prune_attested_nodes_batch_size,
+            },
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(prune_loop(
         datastore.clone(),
         config.experimental.prune_events_older_than,

@@ -183,6 +183,8 @@ pub struct ResolvedAgentConfig {
     pub log_file: Option<PathBuf>,
     /// Include source location in log lines.
     pub log_source_location: bool,
+    /// Selector prefixes the "No identity issued" log may show (`log_selectors`).
+    pub log_selectors: Vec<String>,
     /// Release bundles to callers that match no entry.
     pub allow_unauthenticated_verifiers: bool,
     /// Claims returned when validating JWT-SVIDs of other trust domains.
@@ -471,6 +473,7 @@ impl AgentConfig {
             log_format,
             log_file: a.log_file.clone().map(PathBuf::from),
             log_source_location: a.log_source_location.unwrap_or(false),
+            log_selectors: a.log_selectors.clone(),
             allow_unauthenticated_verifiers: a.allow_unauthenticated_verifiers.unwrap_or(false),
             allowed_foreign_jwt_claims: a.allowed_foreign_jwt_claims.clone(),
             authorized_delegates,

@@ -59,6 +59,8 @@ pub struct WorkloadApiOptions {
     pub allow_unauthenticated_verifiers: bool,
     /// Where upstream's per-RPC metrics go.
     pub metrics: spire_common::telemetry::Metrics,
+    /// `log_selectors`: selector prefixes the "No identity issued" log may show.
+    pub log_selectors: Vec<String>,
 }
 
 /// Serves the Workload API on `socket_path` with default [`WorkloadApiOptions`] until
