@@ -296,6 +296,21 @@ impl AgentConfig {
                 "named_pipe_name is not supported on this platform; use socket_path instead",
             ));
         }
+        if a.profiling_enabled == Some(true) {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.profiling_enabled",
+                "Go pprof profiling is not available in this agent; remove profiling_enabled \
+                 (profiling_port, profiling_freq and profiling_names are only read when it is true)",
+            ));
+        }
+        if a.experimental.require_pq_kem == Some(true) {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.experimental.require_pq_kem",
+                "requiring a post-quantum key exchange is not supported yet; remove the key",
+            ));
+        }
         if a.experimental.admin_named_pipe_name.is_some() && !cfg!(windows) {
             return Err(ConfigError::invalid(
                 file,
