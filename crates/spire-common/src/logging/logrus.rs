@@ -388,8 +388,10 @@ mod tests {
     #[test]
     fn dynamic_fields_are_spread_at_the_top_level_with_their_types() {
         let now = zoned("2026-12-07T01:02:03+00:00[UTC]");
-        let mut fields = Fields::default();
-        fields.msg = "API accessed".into();
+        let mut fields = Fields {
+            msg: "API accessed".into(),
+            ..Fields::default()
+        };
         fields.insert_named(
             super::super::DYNAMIC_FIELDS,
             FieldValue::Str(r#"{"type":"audit","caller_uid":0,"admin":false,"msg":"x"}"#.into()),
