@@ -280,6 +280,7 @@ pub async fn run(
         sds: config.sds.clone(),
         disable_sds_api: config.disable_sds_api,
         disable_workload_api: config.disable_workload_api,
+        log_selectors: config.log_selectors.clone(),
     };
     let workload_task = if config.disable_sds_api && config.disable_workload_api {
         tracing::info!(

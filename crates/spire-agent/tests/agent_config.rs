@@ -564,3 +564,36 @@ fn trust_bundle_spiffe_workload_api_stands_alone_and_must_be_a_unix_address() {
         "{err}"
     );
 }
+
+#[test]
+fn log_selectors_is_read_as_upstream_v1_15_2() {
+    let c = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    log_selectors = [\"k8s:ns\", \"unix:uid\"]"
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(c.log_selectors, vec!["k8s:ns", "unix:uid"]);
+    let c = load(&with_agent(MINIMAL_AGENT)).unwrap().resolve().unwrap();
+    assert!(c.log_selectors.is_empty());
+}
+
+#[test]
+fn profiling_and_require_pq_kem_are_refused_by_name() {
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    profiling_enabled = true"
+    )));
+    assert!(err.contains("agent.profiling_enabled"), "{err}");
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ require_pq_kem = true }}"
+    )));
+    assert!(err.contains("agent.experimental.require_pq_kem"), "{err}");
+    // Their off values load, as upstream.
+    load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    profiling_enabled = false\n    profiling_port = 6060\n    \
+         experimental {{ require_pq_kem = false }}"
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+}

@@ -98,6 +98,8 @@ async fn start(dir: &Path, agent_ttl: Option<Duration>) -> Server {
             admin_ids: Vec::new(),
             rate_limit_attestation: false,
             rate_limit_signing: false,
+            audit_log_enabled: false,
+            disable_jwt_svids: false,
         },
         log_level: Default::default(),
         started_at: Instant::now(),

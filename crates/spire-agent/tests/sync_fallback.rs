@@ -167,7 +167,11 @@ fn async_stream_of(
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
-            if tx.send(Ok(PeerIo::new(tls, Peer::Local))).await.is_err() {
+            if tx
+                .send(Ok(PeerIo::new(tls, Peer::Local { process: None })))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

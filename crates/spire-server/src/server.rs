@@ -118,6 +118,9 @@ pub async fn run(
         "starting spire-server"
     );
 
+    if config.disable_jwt_svids {
+        tracing::info!("JWT-SVID profile is disabled");
+    }
     let telemetry = telemetry_config(&config)?;
     let metrics = Metrics::new(telemetry.clone())?;
     telemetry::install_global(metrics.clone());
@@ -173,6 +176,8 @@ pub async fn run(
             admin_ids: config.admin_ids.clone(),
             rate_limit_attestation: config.rate_limit.attestation,
             rate_limit_signing: config.rate_limit.signing,
+            audit_log_enabled: config.audit_log_enabled,
+            disable_jwt_svids: config.disable_jwt_svids,
         },
         log_level,
         started_at: Instant::now(),
@@ -228,6 +233,17 @@ pub async fn run(
             .clone()
             .run(config.experimental.cache_reload_interval, cancel.clone()),
     );
+    if let Some(expired_for) = config.prune_attested_nodes_expired_for {
+        tasks.spawn(crate::node_prune::run(
+            datastore.clone(),
+            crate::node_prune::PruneNodes {
+                expired_for,
+                include_tofu: config.prune_tofu_nodes,
+                batch_size: config.prune_attested_nodes_batch_size,
+            },
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(prune_loop(
         datastore.clone(),
         config.experimental.prune_events_older_than,
@@ -480,6 +496,7 @@ fn ca_config(config: &ResolvedServerConfig) -> CaConfig {
     ca.default_x509_svid_ttl = config.default_x509_svid_ttl;
     ca.default_jwt_svid_ttl = config.default_jwt_svid_ttl;
     ca.agent_ttl = config.agent_ttl;
+    ca.disable_jwt_svids = config.disable_jwt_svids;
     ca
 }
 

@@ -122,6 +122,8 @@ async fn start(dir: &Path, rate_limit_attestation: bool) -> Server {
             admin_ids: Vec::new(),
             rate_limit_attestation,
             rate_limit_signing: false,
+            audit_log_enabled: false,
+            disable_jwt_svids: false,
         },
         log_level: Default::default(),
         started_at: Instant::now(),

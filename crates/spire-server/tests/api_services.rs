@@ -92,6 +92,8 @@ async fn harness() -> Harness {
             admin_ids: Vec::new(),
             rate_limit_attestation: true,
             rate_limit_signing: true,
+            audit_log_enabled: false,
+            disable_jwt_svids: false,
         },
         log_level: Default::default(),
         started_at: Instant::now(),

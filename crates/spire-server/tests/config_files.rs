@@ -814,3 +814,46 @@ fn upstream_spire_upstream_authority_example_loads() {
         "{err}"
     );
 }
+
+#[test]
+fn keys_this_server_does_not_implement_are_refused_by_name() {
+    let cases = [
+        (
+            "proxy_protocol_trusted_cidrs = [\"10.0.0.0/8\"]",
+            "server.proxy_protocol_trusted_cidrs",
+        ),
+        ("profiling_enabled = true", "server.profiling_enabled"),
+        (
+            "experimental { auth_opa_policy_engine { local { rego_path = \"p.rego\" } } }",
+            "server.experimental.auth_opa_policy_engine",
+        ),
+        (
+            "experimental { require_pq_kem = true }",
+            "server.experimental.require_pq_kem",
+        ),
+        (
+            "experimental { agent_spiffe_id_as_selector = true }",
+            "server.experimental.agent_spiffe_id_as_selector",
+        ),
+        (
+            "experimental { wit_issuer = \"https://x\" }",
+            "server.experimental.wit_issuer",
+        ),
+    ];
+    for (line, key) in cases {
+        let text = MINIMAL.replacen("server {", &format!("server {{\n    {line}"), 1);
+        let err = load(&text)
+            .and_then(|c| c.resolve().map(|_| ()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{line}: {err}");
+    }
+    // Their off values, and profiling keys without profiling_enabled, load as upstream.
+    let text = MINIMAL.replacen(
+        "server {",
+        "server {\n    profiling_enabled = false\n    profiling_port = 6060\n    \
+         proxy_protocol_trusted_cidrs = []\n    experimental { require_pq_kem = false }",
+        1,
+    );
+    load(&text).unwrap().resolve().unwrap();
+}

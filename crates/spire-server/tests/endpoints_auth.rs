@@ -97,6 +97,8 @@ async fn start() -> Server {
             admin_ids: vec![SpiffeId::parse(ADMIN_ID).unwrap()],
             rate_limit_attestation: true,
             rate_limit_signing: true,
+            audit_log_enabled: false,
+            disable_jwt_svids: false,
         },
         log_level: Default::default(),
         started_at: Instant::now(),

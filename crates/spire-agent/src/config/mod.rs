@@ -136,6 +136,10 @@ pub struct AgentSection {
     /// `log_source_location`.
     #[serde(default, deserialize_with = "de::opt_bool")]
     pub log_source_location: Option<bool>,
+    /// `log_selectors` (upstream v1.15.2): selector prefixes (`k8s:ns`) that the Workload
+    /// API's "No identity issued" error may log; none by default, for privacy.
+    #[serde(default, deserialize_with = "de::string_list")]
+    pub log_selectors: Vec<String>,
     /// `profiling_enabled` (undocumented upstream).
     #[serde(default, deserialize_with = "de::opt_bool")]
     pub profiling_enabled: Option<bool>,

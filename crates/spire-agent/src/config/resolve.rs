@@ -183,6 +183,8 @@ pub struct ResolvedAgentConfig {
     pub log_file: Option<PathBuf>,
     /// Include source location in log lines.
     pub log_source_location: bool,
+    /// Selector prefixes the "No identity issued" log may show (`log_selectors`).
+    pub log_selectors: Vec<String>,
     /// Release bundles to callers that match no entry.
     pub allow_unauthenticated_verifiers: bool,
     /// Claims returned when validating JWT-SVIDs of other trust domains.
@@ -296,6 +298,21 @@ impl AgentConfig {
                 file,
                 "agent.experimental.named_pipe_name",
                 "named_pipe_name is not supported on this platform; use socket_path instead",
+            ));
+        }
+        if a.profiling_enabled == Some(true) {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.profiling_enabled",
+                "Go pprof profiling is not available in this agent; remove profiling_enabled \
+                 (profiling_port, profiling_freq and profiling_names are only read when it is true)",
+            ));
+        }
+        if a.experimental.require_pq_kem == Some(true) {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.experimental.require_pq_kem",
+                "requiring a post-quantum key exchange is not supported yet; remove the key",
             ));
         }
         if a.experimental.admin_named_pipe_name.is_some() && !cfg!(windows) {
@@ -480,6 +497,7 @@ impl AgentConfig {
             log_format,
             log_file: a.log_file.clone().map(PathBuf::from),
             log_source_location: a.log_source_location.unwrap_or(false),
+            log_selectors: a.log_selectors.clone(),
             allow_unauthenticated_verifiers: a.allow_unauthenticated_verifiers.unwrap_or(false),
             allowed_foreign_jwt_claims: a.allowed_foreign_jwt_claims.clone(),
             authorized_delegates,

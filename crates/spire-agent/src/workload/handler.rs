@@ -26,6 +26,64 @@ use crate::plugins::workloadattestor::{AttestError, PeerProcess, WorkloadAttesto
 /// The message the `spiffe` crates and go-spiffe recognise as "registered nowhere (yet)".
 const NO_IDENTITY: &str = "no identity issued";
 
+/// The selectors of a caller that `log_selectors` lets the logs show: those whose
+/// `type:value` equals a configured prefix or continues it with `:` (upstream's
+/// `isLoggableSelector`), sorted and joined with `,`; `None` when nothing may be shown.
+pub(super) fn loggable_selectors(selectors: &[Selector], prefixes: &[String]) -> Option<String> {
+    let mut shown: Vec<String> = selectors
+        .iter()
+        .map(ToString::to_string)
+        .filter(|rendered| {
+            prefixes.iter().any(|prefix| {
+                rendered == prefix
+                    || rendered
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with(':'))
+            })
+        })
+        .collect();
+    if shown.is_empty() {
+        return None;
+    }
+    shown.sort();
+    Some(shown.join(","))
+}
+
+/// Upstream's Error "No identity issued" (`registered=false`, `pid`, and the selectors
+/// `log_selectors` allows).
+fn log_no_identity(pid: Option<i32>, selectors: &[Selector], prefixes: &[String]) {
+    match loggable_selectors(selectors, prefixes) {
+        Some(shown) => {
+            tracing::error!(registered = false, pid, selectors = %shown, "No identity issued");
+        }
+        None => tracing::error!(registered = false, pid, "No identity issued"),
+    }
+}
+
+/// Logs "No identity issued" when `result` is that refusal, and passes it on.
+fn logged<T>(
+    result: Result<T, Status>,
+    pid: Option<i32>,
+    selectors: &[Selector],
+    prefixes: &[String],
+) -> Result<T, Status> {
+    if let Err(status) = &result
+        && status.code() == tonic::Code::PermissionDenied
+        && status.message() == NO_IDENTITY
+    {
+        log_no_identity(pid, selectors, prefixes);
+    }
+    result
+}
+
+/// The caller's pid, for logs.
+fn caller_pid<T>(request: &Request<T>) -> Option<i32> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| caller.process.pid)
+}
+
 /// The `SpiffeWorkloadAPI` gRPC service: attests each caller, then answers from the manager.
 #[derive(Clone)]
 pub struct WorkloadApiService {
@@ -293,11 +351,14 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = self.attest(&request).await?;
+        let pid = caller_pid(&request);
+        let prefixes = self.options.log_selectors.clone();
+        let shown = selectors.clone();
         let updates = self.identities.subscribe_when_ready(selectors).await;
         Ok(Response::new(UpdateStream::new(
             updates,
             self.shutdown.clone(),
-            x509_svid_response,
+            move |update| logged(x509_svid_response(update), pid, &shown, &prefixes),
         )))
     }
 
@@ -306,6 +367,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let selectors = self.attest(&request).await?;
+        let pid = caller_pid(&request);
+        let prefixes = self.options.log_selectors.clone();
+        let shown = selectors.clone();
         let updates = self.identities.subscribe_when_ready(selectors).await;
         let allow_unauthenticated = self.options.allow_unauthenticated_verifiers;
         let mut previous: Option<X509BundlesResponse> = None;
@@ -313,7 +377,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             updates,
             self.shutdown.clone(),
             move |update| {
-                let bundles = visible_bundles(update, allow_unauthenticated)?
+                let visible = visible_bundles(update, allow_unauthenticated);
+                let bundles = logged(visible, pid, &shown, &prefixes)?
                     .into_iter()
                     .map(|b| (bundle_key(b), x509_authorities_der(b)))
                     .collect();
@@ -350,12 +415,15 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             })?)
         };
         let selectors = self.attest(&request).await?;
+        let pid = caller_pid(&request);
+        let prefixes = &self.options.log_selectors;
         let body = request.get_ref();
         let minted = self
             .identities
             .fetch_jwt_svids(&selectors, spiffe_id.as_ref(), &body.audience)
             .await
-            .map_err(manager_status)?;
+            .map_err(manager_status);
+        let minted = logged(minted, pid, &selectors, prefixes)?;
         let mut hints = HashSet::new();
         let svids: Vec<Jwtsvid> = minted
             .into_iter()
@@ -367,7 +435,12 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             })
             .collect();
         if svids.is_empty() {
-            return Err(Status::permission_denied(NO_IDENTITY));
+            return logged(
+                Err(Status::permission_denied(NO_IDENTITY)),
+                pid,
+                &selectors,
+                prefixes,
+            );
         }
         Ok(Response::new(JwtsvidResponse { svids }))
     }
@@ -377,6 +450,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let selectors = self.attest(&request).await?;
+        let pid = caller_pid(&request);
+        let prefixes = self.options.log_selectors.clone();
+        let shown = selectors.clone();
         let updates = self.identities.subscribe_when_ready(selectors).await;
         let allow_unauthenticated = self.options.allow_unauthenticated_verifiers;
         let mut previous: Option<JwtBundlesResponse> = None;
@@ -385,7 +461,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             self.shutdown.clone(),
             move |update| {
                 let mut bundles = HashMap::new();
-                for bundle in visible_bundles(update, allow_unauthenticated)? {
+                let visible = visible_bundles(update, allow_unauthenticated);
+                for bundle in logged(visible, pid, &shown, &prefixes)? {
                     bundles.insert(bundle_key(bundle), jwt_authorities_jwks(bundle)?);
                 }
                 let response = JwtBundlesResponse { bundles };
@@ -439,5 +516,36 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             spiffe_id: svid.spiffe_id.to_string(),
             claims: Some(claims),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(kind: &str, value: &str) -> Selector {
+        Selector {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    #[test]
+    fn log_selectors_shows_only_the_configured_prefixes() {
+        let selectors = vec![
+            selector("k8s", "ns:default"),
+            selector("k8s", "sa:app"),
+            selector("k8s", "nsx:other"),
+            selector("unix", "uid:1000"),
+        ];
+        // None configured: nothing is shown (upstream's privacy default).
+        assert_eq!(loggable_selectors(&selectors, &[]), None);
+        // `k8s:ns` matches `k8s:ns:default`, not `k8s:nsx:other`; output sorted.
+        let prefixes = vec!["k8s:ns".to_owned(), "unix:uid:1000".to_owned()];
+        assert_eq!(
+            loggable_selectors(&selectors, &prefixes).as_deref(),
+            Some("k8s:ns:default,unix:uid:1000")
+        );
+        assert_eq!(loggable_selectors(&selectors, &["docker".to_owned()]), None);
     }
 }

@@ -67,6 +67,8 @@ pub struct WorkloadApiOptions {
     pub disable_sds_api: bool,
     /// `disable_workload_api`: no `SpiffeWorkloadAPI` on the socket (SDS and health only).
     pub disable_workload_api: bool,
+    /// `log_selectors`: selector prefixes the "No identity issued" log may show.
+    pub log_selectors: Vec<String>,
 }
 
 /// Serves the Workload API on `socket_path` with default [`WorkloadApiOptions`] until

@@ -99,6 +99,34 @@ impl Fields {
             };
             return;
         }
+        self.insert_named(name, value);
+    }
+
+    /// Inserts one field; the [`super::DYNAMIC_FIELDS`] object is spread into its members.
+    fn insert_named(&mut self, name: &str, value: FieldValue) {
+        if name == super::DYNAMIC_FIELDS
+            && let FieldValue::Str(json) = &value
+            && let Ok(serde_json::Value::Object(members)) = serde_json::from_str(json)
+        {
+            for (key, value) in members {
+                let value = match value {
+                    serde_json::Value::String(s) => FieldValue::Str(s),
+                    serde_json::Value::Bool(b) => FieldValue::Bool(b),
+                    serde_json::Value::Number(n) => n
+                        .as_i64()
+                        .map(FieldValue::I64)
+                        .or_else(|| n.as_u64().map(FieldValue::U64))
+                        .unwrap_or_else(|| FieldValue::F64(n.as_f64().unwrap_or_default())),
+                    other => FieldValue::Str(other.to_string()),
+                };
+                self.insert_plain(&key, value);
+            }
+            return;
+        }
+        self.insert_plain(name, value);
+    }
+
+    fn insert_plain(&mut self, name: &str, value: FieldValue) {
         // logrus keeps its own keys and moves a clashing field aside.
         let key = match name {
             "time" | "level" | "msg" => format!("fields.{name}"),
@@ -354,6 +382,24 @@ mod tests {
             format_line(LogFormat::Text, &now, &Level::DEBUG, &fields),
             "time=\"2026-12-07T01:02:03.5Z\" level=debug msg=\"Starting Server APIs\" \
              address=\"127.0.0.1:8081\" fields.msg=3 subsystem_name=endpoints\n"
+        );
+    }
+
+    #[test]
+    fn dynamic_fields_are_spread_at_the_top_level_with_their_types() {
+        let now = zoned("2026-12-07T01:02:03+00:00[UTC]");
+        let mut fields = Fields {
+            msg: "API accessed".into(),
+            ..Fields::default()
+        };
+        fields.insert_named(
+            super::super::DYNAMIC_FIELDS,
+            FieldValue::Str(r#"{"type":"audit","caller_uid":0,"admin":false,"msg":"x"}"#.into()),
+        );
+        assert_eq!(
+            format_line(LogFormat::Default, &now, &Level::INFO, &fields),
+            "time=\"2026-12-07T01:02:03Z\" level=info msg=\"API accessed\" admin=false \
+             caller_uid=0 fields.msg=x type=audit\n"
         );
     }
 }

@@ -22,6 +22,10 @@ use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use logrus::{LogFormat, LogrusLayer};
+
+/// A field holding a JSON object whose members the logger writes as top-level fields: for
+/// entries whose field names are only known at run time (the server's audit log).
+pub const DYNAMIC_FIELDS: &str = "logrus_fields";
 pub use reopen::{ReopenableFile, ReopenableWriter};
 
 /// Why logging could not be set up or a level not applied.

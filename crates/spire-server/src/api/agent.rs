@@ -10,6 +10,7 @@ use spire_proto::spire::api::types;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::audit::{self, AuditLog};
 use super::convert::{self, make_err};
 use super::ratelimit::LimitKind;
 use super::{ApiContext, Caller};
@@ -247,6 +248,31 @@ impl AgentApi {
     }
 }
 
+/// Upstream's audit fields of an agent list/count filter.
+fn audit_filter(
+    audit: &AuditLog,
+    attestation_type: &str,
+    banned: Option<bool>,
+    can_reattest: Option<bool>,
+    selector_match: Option<&types::SelectorMatch>,
+) {
+    if !attestation_type.is_empty() {
+        audit.add("node_attestor_type", attestation_type);
+    }
+    if let Some(banned) = banned {
+        audit.add("by_banned", banned);
+    }
+    if let Some(can_reattest) = can_reattest {
+        audit.add("by_can_reattest", can_reattest);
+    }
+    if let Some(m) = selector_match {
+        let name = types::selector_match::MatchBehavior::try_from(m.r#match)
+            .map_or_else(|_| m.r#match.to_string(), |b| b.as_str_name().to_owned());
+        audit.add("by_selector_match", name);
+        audit.add("by_selectors", audit::selectors_field(&m.selectors));
+    }
+}
+
 /// The caller the authorization layer found, or an anonymous one.
 pub(crate) fn caller_of<T>(request: &Request<T>) -> Caller {
     request
@@ -355,7 +381,17 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         request: Request<pb::CountAgentsRequest>,
     ) -> Result<Response<pb::CountAgentsResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        if let Some(f) = request.filter.as_ref() {
+            audit_filter(
+                &audit,
+                &f.by_attestation_type,
+                f.by_banned.as_ref().map(|b| b.value),
+                f.by_can_reattest.as_ref().map(|b| b.value),
+                f.by_selector_match.as_ref(),
+            );
+        }
         let list = match request.filter.as_ref() {
             Some(f) => self.list_request(
                 &f.by_attestation_type,
@@ -381,7 +417,17 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        if let Some(f) = request.filter.as_ref() {
+            audit_filter(
+                &audit,
+                &f.by_attestation_type,
+                f.by_banned.as_ref().map(|b| b.value),
+                f.by_can_reattest.as_ref().map(|b| b.value),
+                f.by_selector_match.as_ref(),
+            );
+        }
         let mut list = match request.filter.as_ref() {
             Some(f) => self.list_request(
                 &f.by_attestation_type,
@@ -427,9 +473,11 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<types::Agent>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let agent_id = convert::agent_id_from_proto(&self.ctx.trust_domain, request.id.as_ref())
             .map_err(|e| make_err(Code::InvalidArgument, "invalid agent ID", Some(&e)))?;
+        audit.add("spiffe_id", agent_id.as_str());
         let node = self
             .ctx
             .datastore
@@ -465,9 +513,11 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pbjson_types::Empty>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let agent_id = convert::agent_id_from_proto(&self.ctx.trust_domain, request.id.as_ref())
             .map_err(|e| make_err(Code::InvalidArgument, "invalid agent ID", Some(&e)))?;
+        audit.add("spiffe_id", agent_id.as_str());
         match self
             .ctx
             .datastore
@@ -494,9 +544,11 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         request: Request<pb::BanAgentRequest>,
     ) -> Result<Response<pbjson_types::Empty>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let agent_id = convert::agent_id_from_proto(&self.ctx.trust_domain, request.id.as_ref())
             .map_err(|e| make_err(Code::InvalidArgument, "invalid agent ID", Some(&e)))?;
+        audit.add("spiffe_id", agent_id.as_str());
         // A banned agent is one whose current and new serial numbers are both cleared.
         let banned = AttestedNode {
             spiffe_id: agent_id.to_string(),
@@ -538,6 +590,7 @@ impl pb::agent_server::Agent for AgentApi {
             "attest agent rate limiting",
         )
         .await?;
+        let audit = AuditLog::of(&request);
         let mut inbound = request.into_inner();
         let first = match inbound.message().await {
             Ok(Some(first)) => first,
@@ -556,6 +609,11 @@ impl pb::agent_server::Agent for AgentApi {
                 ));
             }
         };
+        if let Some(pb::attest_agent_request::Step::Params(params)) = &first.step
+            && let Some(data) = &params.data
+        {
+            audit.add("node_attestor_type", data.r#type.as_str());
+        }
         // The attestation runs beside the response stream, so that an attestor can send
         // challenges on it and read the answers from `inbound`.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -572,6 +630,13 @@ impl pb::agent_server::Agent for AgentApi {
                 // The agent went away: stop, with nothing signed or stored for it.
                 () = tx.closed() => return,
             };
+            if let Ok(response) = &result
+                && let Some(pb::attest_agent_response::Step::Result(result)) = &response.step
+                && let Ok(id) =
+                    convert::id_from_proto(result.svid.as_ref().and_then(|svid| svid.id.as_ref()))
+            {
+                audit.add("agent_id", id.as_str());
+            }
             let _ = tx.send(result).await;
         });
         // A refusal before any challenge is the call's status (trailers only), as
@@ -606,7 +671,11 @@ impl pb::agent_server::Agent for AgentApi {
         )
         .await?;
         let agent_id = caller_agent_id(&caller)?.clone();
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        if let Some(params) = &request.params {
+            audit.add("csr", audit::sha256_hex(&params.csr));
+        }
         let node = self
             .ctx
             .datastore
@@ -674,7 +743,9 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<types::JoinToken>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("ttl", request.ttl);
         if request.ttl < 1 {
             return Err(make_err(
                 Code::InvalidArgument,
@@ -691,6 +762,9 @@ impl pb::agent_server::Agent for AgentApi {
             ),
             None => None,
         };
+        if let Some(alias) = &alias {
+            audit.add("spiffe_id", alias.as_str());
+        }
         let token = if request.token.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -756,6 +830,7 @@ impl pb::agent_server::Agent for AgentApi {
         )
         .await?;
         let agent_id = caller_agent_id(&caller)?.clone();
+        AuditLog::of(&request).add("spiffe_id", agent_id.as_str());
         let agent_version = request.into_inner().agent_version;
         // An empty version is a status with nothing to record, as upstream treats it.
         if agent_version.is_empty() {

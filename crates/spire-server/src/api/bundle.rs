@@ -14,6 +14,7 @@ use spire_proto::spire::api::server::bundle::v1::bundle_server::Bundle;
 use spire_proto::spire::api::types;
 use tonic::{Request, Response, Status};
 
+use super::audit::{self, AuditLog};
 use super::convert::{datastore_status, ok_status};
 use super::ratelimit::LimitKind;
 use super::{ApiContext, Caller};
@@ -193,6 +194,15 @@ fn batch_item(
     }
 }
 
+/// Upstream's audit fields of a bundle in a batch (`FieldsFromBundleProto`, without the
+/// per-authority hashes).
+fn bundle_fields(bundle: &types::Bundle) -> audit::Fields {
+    let mut fields = audit::field("trust_domain_id", bundle.trust_domain.as_str());
+    fields.insert("refresh_hint".into(), bundle.refresh_hint.into());
+    fields.insert("sequence_number".into(), bundle.sequence_number.into());
+    fields
+}
+
 #[tonic::async_trait]
 impl Bundle for BundleApi {
     async fn count_bundles(
@@ -214,6 +224,7 @@ impl Bundle for BundleApi {
         &self,
         request: Request<pb::GetBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
+        AuditLog::of(&request).add("trust_domain_id", self.ctx.trust_domain.name());
         let request = request.into_inner();
         let mut bundle = self
             .ctx
@@ -334,7 +345,9 @@ impl Bundle for BundleApi {
         &self,
         request: Request<pb::GetFederatedBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("trust_domain_id", request.trust_domain.as_str());
         let trust_domain = parse_trust_domain(&request.trust_domain).map_err(|_| {
             Status::invalid_argument(format!(
                 "trust domain argument is not a valid SPIFFE ID: {:?}",
@@ -364,13 +377,16 @@ impl Bundle for BundleApi {
         &self,
         request: Request<pb::BatchCreateFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.bundle.len());
         for bundle in request.bundle {
+            let fields = bundle_fields(&bundle);
             let (status, bundle) = batch_item(
                 self.create_federated(bundle).await,
                 request.output_mask.as_ref(),
             );
+            audit.item(status.code, &status.message, fields);
             results.push(pb::batch_create_federated_bundle_response::Result {
                 status: Some(status),
                 bundle,
@@ -385,6 +401,7 @@ impl Bundle for BundleApi {
         &self,
         request: Request<pb::BatchUpdateFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mask = request
             .input_mask
@@ -397,10 +414,12 @@ impl Bundle for BundleApi {
             });
         let mut results = Vec::with_capacity(request.bundle.len());
         for bundle in request.bundle {
+            let fields = bundle_fields(&bundle);
             let (status, bundle) = batch_item(
                 self.update_federated(bundle, mask).await,
                 request.output_mask.as_ref(),
             );
+            audit.item(status.code, &status.message, fields);
             results.push(pb::batch_update_federated_bundle_response::Result {
                 status: Some(status),
                 bundle,
@@ -415,13 +434,16 @@ impl Bundle for BundleApi {
         &self,
         request: Request<pb::BatchSetFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.bundle.len());
         for bundle in request.bundle {
+            let fields = bundle_fields(&bundle);
             let (status, bundle) = batch_item(
                 self.set_federated(bundle).await,
                 request.output_mask.as_ref(),
             );
+            audit.item(status.code, &status.message, fields);
             results.push(pb::batch_set_federated_bundle_response::Result {
                 status: Some(status),
                 bundle,
@@ -438,7 +460,10 @@ impl Bundle for BundleApi {
     ) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
         use pb::batch_delete_federated_bundle_request::Mode;
 
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        let mode_name = Mode::try_from(request.mode)
+            .map_or_else(|_| request.mode.to_string(), |m| m.as_str_name().to_owned());
         let mode = match Mode::try_from(request.mode) {
             Ok(Mode::Restrict) => DeleteBundleMode::Restrict,
             Ok(Mode::Delete) => DeleteBundleMode::Delete,
@@ -463,6 +488,9 @@ impl Bundle for BundleApi {
                     item_status(&status)
                 }
             };
+            let mut fields = audit::field("trust_domain_id", trust_domain.as_str());
+            fields.insert("mode".into(), mode_name.clone().into());
+            audit.item(status.code, &status.message, fields);
             results.push(pb::batch_delete_federated_bundle_response::Result {
                 status: Some(status),
                 trust_domain,

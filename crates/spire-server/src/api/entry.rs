@@ -16,6 +16,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::ApiContext;
 use super::agent::{caller_agent_id, caller_of};
+use super::audit::{self, AuditLog};
 use super::convert::{self, make_err, make_status};
 use crate::datastore::{DataStoreError, ListEntriesRequest, Pagination, RegistrationEntry};
 
@@ -425,13 +426,61 @@ async fn sync_pages<S>(
 type SyncStreamBox =
     Pin<Box<dyn Stream<Item = Result<pb::SyncAuthorizedEntriesResponse, Status>> + Send + 'static>>;
 
+/// Upstream's audit fields of an entry list/count filter (`fieldsFromListEntryFilter`).
+fn audit_entry_filter(
+    audit: &AuditLog,
+    by_spiffe_id: Option<&types::Spiffeid>,
+    by_parent_id: Option<&types::Spiffeid>,
+    by_selectors: Option<&types::SelectorMatch>,
+    by_federates_with: Option<&types::FederatesWithMatch>,
+    by_hint: Option<&pbjson_types::StringValue>,
+    by_downstream: Option<&pbjson_types::BoolValue>,
+) {
+    if let Some(hint) = by_hint {
+        audit.add("hint", hint.value.as_str());
+    }
+    if let Some(Ok(id)) = by_parent_id.map(|id| convert::id_from_proto(Some(id))) {
+        audit.add("parent_id", id.as_str());
+    }
+    if let Some(Ok(id)) = by_spiffe_id.map(|id| convert::id_from_proto(Some(id))) {
+        audit.add("spiffe_id", id.as_str());
+    }
+    if let Some(m) = by_selectors {
+        let name = types::selector_match::MatchBehavior::try_from(m.r#match)
+            .map_or_else(|_| m.r#match.to_string(), |b| b.as_str_name().to_owned());
+        audit.add("by_selector_match", name);
+        audit.add("by_selectors", audit::selectors_field(&m.selectors));
+    }
+    if let Some(m) = by_federates_with {
+        let name = types::federates_with_match::MatchBehavior::try_from(m.r#match)
+            .map_or_else(|_| m.r#match.to_string(), |b| b.as_str_name().to_owned());
+        audit.add("federates_with_match", name);
+        audit.add("federates_with", m.trust_domains.join(","));
+    }
+    if let Some(downstream) = by_downstream {
+        audit.add("downstream", downstream.value);
+    }
+}
+
 #[tonic::async_trait]
 impl pb::entry_server::Entry for EntryApi {
     async fn count_entries(
         &self,
         request: Request<pb::CountEntriesRequest>,
     ) -> Result<Response<pb::CountEntriesResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        if let Some(f) = request.filter.as_ref() {
+            audit_entry_filter(
+                &audit,
+                f.by_spiffe_id.as_ref(),
+                f.by_parent_id.as_ref(),
+                f.by_selectors.as_ref(),
+                f.by_federates_with.as_ref(),
+                f.by_hint.as_ref(),
+                f.by_downstream.as_ref(),
+            );
+        }
         let filter = match request.filter.as_ref() {
             Some(f) => self.filter(
                 f.by_spiffe_id.as_ref(),
@@ -458,7 +507,19 @@ impl pb::entry_server::Entry for EntryApi {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        if let Some(f) = request.filter.as_ref() {
+            audit_entry_filter(
+                &audit,
+                f.by_spiffe_id.as_ref(),
+                f.by_parent_id.as_ref(),
+                f.by_selectors.as_ref(),
+                f.by_federates_with.as_ref(),
+                f.by_hint.as_ref(),
+                f.by_downstream.as_ref(),
+            );
+        }
         let mut filter = match request.filter.as_ref() {
             Some(f) => self.filter(
                 f.by_spiffe_id.as_ref(),
@@ -504,7 +565,9 @@ impl pb::entry_server::Entry for EntryApi {
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<types::Entry>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("entry_id", request.id.as_str());
         if request.id.is_empty() {
             return Err(make_err(Code::InvalidArgument, "missing ID", None));
         }
@@ -525,10 +588,15 @@ impl pb::entry_server::Entry for EntryApi {
         &self,
         request: Request<pb::BatchCreateEntryRequest>,
     ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let results = self
             .create_entries(&request.entries, request.output_mask.as_ref())
             .await;
+        for (entry, result) in request.entries.iter().zip(&results) {
+            let (code, message) = audit::item_status(result.status.as_ref());
+            audit.item(code, message, audit::entry_fields(entry, None));
+        }
         self.refresh_index().await;
         Ok(Response::new(pb::BatchCreateEntryResponse { results }))
     }
@@ -537,6 +605,7 @@ impl pb::entry_server::Entry for EntryApi {
         &self,
         request: Request<pb::BatchUpdateEntryRequest>,
     ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.entries.len());
         for entry in &request.entries {
@@ -549,6 +618,11 @@ impl pb::entry_server::Entry for EntryApi {
                 .await,
             );
         }
+        for (entry, result) in request.entries.iter().zip(&results) {
+            let (code, message) = audit::item_status(result.status.as_ref());
+            let fields = audit::entry_fields(entry, request.input_mask.as_ref());
+            audit.item(code, message, fields);
+        }
         self.refresh_index().await;
         Ok(Response::new(pb::BatchUpdateEntryResponse { results }))
     }
@@ -557,10 +631,14 @@ impl pb::entry_server::Entry for EntryApi {
         &self,
         request: Request<pb::BatchDeleteEntryRequest>,
     ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.ids.len());
         for id in &request.ids {
-            results.push(self.delete_entry(id).await);
+            let result = self.delete_entry(id).await;
+            let (code, message) = audit::item_status(result.status.as_ref());
+            audit.item(code, message, audit::field("entry_id", id.as_str()));
+            results.push(result);
         }
         self.refresh_index().await;
         Ok(Response::new(pb::BatchDeleteEntryResponse { results }))

@@ -9,6 +9,7 @@ use spire_proto::spire::api::server::localauthority::v1::local_authority_server:
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
+use super::audit::AuditLog;
 use super::convert::{ca_status, wit_svids_unsupported};
 
 /// The local authority service.
@@ -20,6 +21,16 @@ impl LocalAuthorityApi {
     /// The service over `ctx`.
     pub fn new(ctx: Arc<ApiContext>) -> Self {
         Self { ctx }
+    }
+}
+
+impl LocalAuthorityApi {
+    /// Upstream's refusal of every JWT authority RPC under `disable_jwt_svids`.
+    fn check_jwt_enabled(&self) -> Result<(), Status> {
+        if self.ctx.settings.disable_jwt_svids {
+            return Err(Status::unimplemented("JWT functionality is disabled"));
+        }
+        Ok(())
     }
 }
 
@@ -37,6 +48,7 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         _request: Request<pb::GetJwtAuthorityStateRequest>,
     ) -> Result<Response<pb::GetJwtAuthorityStateResponse>, Status> {
+        self.check_jwt_enabled()?;
         let (active, prepared, old) = self.ctx.ca.jwt_authority_states().await;
         Ok(Response::new(pb::GetJwtAuthorityStateResponse {
             active,
@@ -49,6 +61,7 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         _request: Request<pb::PrepareJwtAuthorityRequest>,
     ) -> Result<Response<pb::PrepareJwtAuthorityResponse>, Status> {
+        self.check_jwt_enabled()?;
         let state = self
             .ctx
             .ca
@@ -64,7 +77,10 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::ActivateJwtAuthorityRequest>,
     ) -> Result<Response<pb::ActivateJwtAuthorityResponse>, Status> {
+        self.check_jwt_enabled()?;
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("local_authority_id", request.authority_id.as_str());
         let state = self
             .ctx
             .ca
@@ -80,7 +96,10 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::TaintJwtAuthorityRequest>,
     ) -> Result<Response<pb::TaintJwtAuthorityResponse>, Status> {
+        self.check_jwt_enabled()?;
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("local_authority_id", request.authority_id.as_str());
         let state = self
             .ctx
             .ca
@@ -96,7 +115,10 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::RevokeJwtAuthorityRequest>,
     ) -> Result<Response<pb::RevokeJwtAuthorityResponse>, Status> {
+        self.check_jwt_enabled()?;
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("local_authority_id", request.authority_id.as_str());
         let state = self
             .ctx
             .ca
@@ -139,7 +161,9 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::ActivateX509AuthorityRequest>,
     ) -> Result<Response<pb::ActivateX509AuthorityResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("local_authority_id", request.authority_id.as_str());
         let state = self
             .ctx
             .ca
@@ -155,7 +179,9 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::TaintX509AuthorityRequest>,
     ) -> Result<Response<pb::TaintX509AuthorityResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("local_authority_id", request.authority_id.as_str());
         let state = self
             .ctx
             .ca
@@ -171,7 +197,9 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::TaintX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("subject_key_id", request.subject_key_id.as_str());
         let skid = self
             .ctx
             .ca
@@ -187,7 +215,9 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::RevokeX509AuthorityRequest>,
     ) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("local_authority_id", request.authority_id.as_str());
         let state = self
             .ctx
             .ca
@@ -203,7 +233,9 @@ impl LocalAuthority for LocalAuthorityApi {
         &self,
         request: Request<pb::RevokeX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("subject_key_id", request.subject_key_id.as_str());
         let skid = self
             .ctx
             .ca

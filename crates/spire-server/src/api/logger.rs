@@ -70,6 +70,7 @@ impl Logger for LoggerApi {
         &self,
         request: Request<pb::SetLogLevelRequest>,
     ) -> Result<Response<types::Logger>, Status> {
+        let audit = super::audit::AuditLog::of(&request);
         let requested = request.into_inner().new_level;
         let level = LogLevel::try_from(requested).map_err(|_| {
             Status::invalid_argument(format!("invalid log level value {requested}"))
@@ -79,6 +80,7 @@ impl Logger for LoggerApi {
                 "newLevel value cannot be LogLevel_UNSPECIFIED",
             ));
         };
+        audit.add("new_log_level", name);
         self.ctx.log_level.set(name).map_err(|e| {
             Status::invalid_argument(format!("failed to set log level {name:?}: {e}"))
         })?;

@@ -12,6 +12,7 @@ use crate::ca::CaManager;
 use crate::datastore::DataStore;
 
 pub mod agent;
+pub mod audit;
 pub mod bundle;
 pub mod convert;
 pub mod debug;
@@ -63,13 +64,21 @@ pub struct ApiSettings {
     pub rate_limit_attestation: bool,
     /// `ratelimit.signing`.
     pub rate_limit_signing: bool,
+    /// `audit_log_enabled`: every authorized call writes upstream's "API accessed" entry.
+    pub audit_log_enabled: bool,
+    /// `disable_jwt_svids`: the JWT RPCs answer Unimplemented, as upstream's.
+    pub disable_jwt_svids: bool,
 }
 
 /// How the caller reached us, set by the endpoint before authorization.
 #[derive(Debug, Clone)]
 pub enum Peer {
-    /// Over the admin unix socket.
-    Local,
+    /// Over the admin unix socket, with the calling process when the kernel told us
+    /// (`SO_PEERCRED`), for the audit log's `caller_uid`/`caller_gid`/`caller_path`.
+    Local {
+        /// The connecting process.
+        process: Option<LocalProcess>,
+    },
     /// Over TCP, with the client certificate chain if one was presented (already verified
     /// against the trust bundle by the TLS layer).
     Tcp {
@@ -80,6 +89,17 @@ pub enum Peer {
         /// The SPIFFE ID in the leaf, when a chain was presented.
         spiffe_id: Option<SpiffeId>,
     },
+}
+
+/// The process at the other end of an admin socket connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalProcess {
+    /// Its process id, when the kernel reports one.
+    pub pid: Option<i32>,
+    /// Its effective user id at connect time.
+    pub uid: u32,
+    /// Its effective group id at connect time.
+    pub gid: u32,
 }
 
 /// Who the caller is, as the authorization layer found; placed in request extensions for
@@ -98,4 +118,12 @@ pub struct Caller {
     pub spiffe_id: Option<SpiffeId>,
     /// Remote address, if TCP.
     pub addr: Option<SocketAddr>,
+    /// The calling process of an admin socket connection, when known.
+    pub process: Option<LocalProcess>,
+    /// How the policy admitted the call, as upstream logs it in `authorized_as`:
+    /// `nobody` (open RPC), `local`, `admin`, `downstream` or `agent`.
+    pub authorized_as: &'static str,
+    /// What proved it (`authorized_via`): `transport`, `config`, `entries`, `datastore`, or
+    /// empty for an open RPC.
+    pub authorized_via: &'static str,
 }

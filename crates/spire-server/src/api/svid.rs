@@ -21,6 +21,7 @@ use x509_parser::x509::X509Name;
 
 use super::ApiContext;
 use super::agent::{caller_agent_id, caller_of, rate_limit};
+use super::audit::{self, AuditLog};
 use super::convert::{self, make_err, make_status};
 use super::ratelimit::LimitKind;
 use crate::ca::X509SvidRequest;
@@ -119,6 +120,18 @@ impl SvidApi {
     /// Builds the service over the shared API context.
     pub fn new(ctx: Arc<ApiContext>) -> Self {
         Self { ctx }
+    }
+
+    /// Upstream's refusal of every JWT RPC under `disable_jwt_svids`.
+    fn check_jwt_enabled(&self) -> Result<(), Status> {
+        if self.ctx.settings.disable_jwt_svids {
+            return Err(make_err(
+                Code::Unimplemented,
+                "JWT functionality is disabled",
+                None,
+            ));
+        }
+        Ok(())
     }
 
     /// Signs a JWT-SVID for a workload ID of this trust domain (with a `jti` claim when
@@ -271,7 +284,10 @@ impl pb::svid_server::Svid for SvidApi {
         &self,
         request: Request<pb::MintX509svidRequest>,
     ) -> Result<Response<pb::MintX509svidResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("csr", audit::sha256_hex(&request.csr));
+        audit.add("ttl", request.ttl);
         if request.csr.is_empty() {
             return Err(make_err(Code::InvalidArgument, "missing CSR", None));
         }
@@ -309,6 +325,10 @@ impl pb::svid_server::Svid for SvidApi {
                 Some(&e),
             )
         })?;
+        audit.add("spiffe_id", id.as_str());
+        if !csr.dns_names.is_empty() {
+            audit.add("dns_name", csr.dns_names.join(","));
+        }
         let subject = (!csr.subject.is_empty()).then_some(csr.subject);
         let chain = self
             .ctx
@@ -332,6 +352,7 @@ impl pb::svid_server::Svid for SvidApi {
         let expires_at = spire_core::x509::certificate_not_after(leaf)
             .map_err(|e| make_err(Code::Internal, "failed to sign X509-SVID", Some(&e)))?
             .unix_timestamp();
+        audit.add("expires_at", expires_at);
         Ok(Response::new(pb::MintX509svidResponse {
             svid: Some(types::X509svid {
                 cert_chain: chain,
@@ -346,7 +367,14 @@ impl pb::svid_server::Svid for SvidApi {
         &self,
         request: Request<pb::MintJwtsvidRequest>,
     ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+        self.check_jwt_enabled()?;
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("ttl", request.ttl);
+        audit.add("audience", request.audience.join(","));
+        if let Ok(id) = convert::id_from_proto(request.id.as_ref()) {
+            audit.add("spiffe_id", id.as_str());
+        }
         let svid = self
             .mint_jwt(request.id.as_ref(), &request.audience, request.ttl, false)
             .await?;
@@ -358,6 +386,7 @@ impl pb::svid_server::Svid for SvidApi {
         request: Request<pb::BatchNewX509svidRequest>,
     ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
         let caller = caller_of(&request);
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         if request.params.is_empty() {
             return Err(make_err(Code::InvalidArgument, "missing parameters", None));
@@ -375,7 +404,20 @@ impl pb::svid_server::Svid for SvidApi {
         let entries = self.find_entries(agent_id, &wanted).await;
         let mut results = Vec::with_capacity(entries.len());
         for param in &request.params {
-            results.push(self.new_x509_svid(param, &entries).await);
+            let result = self.new_x509_svid(param, &entries).await;
+            if audit.enabled() {
+                let mut fields = audit::field("entry_id", param.entry_id.as_str());
+                fields.insert("csr".into(), audit::sha256_hex(&param.csr).into());
+                if let Some(svid) = &result.svid {
+                    if let Ok(id) = convert::id_from_proto(svid.id.as_ref()) {
+                        fields.insert("spiffe_id".into(), id.as_str().into());
+                    }
+                    fields.insert("expires_at".into(), svid.expires_at.into());
+                }
+                let (code, message) = audit::item_status(result.status.as_ref());
+                audit.item(code, message, fields);
+            }
+            results.push(result);
         }
         Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
@@ -384,7 +426,9 @@ impl pb::svid_server::Svid for SvidApi {
         &self,
         request: Request<pb::NewJwtsvidRequest>,
     ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+        self.check_jwt_enabled()?;
         let caller = caller_of(&request);
+        let audit = AuditLog::of(&request);
         rate_limit(
             &self.ctx,
             &caller,
@@ -395,6 +439,8 @@ impl pb::svid_server::Svid for SvidApi {
         .await?;
         let agent_id = caller_agent_id(&caller)?;
         let request = request.into_inner();
+        audit.add("entry_id", request.entry_id.as_str());
+        audit.add("audience", request.audience.join(","));
         let entries = self
             .find_entries(agent_id, &[request.entry_id.as_str()])
             .await;

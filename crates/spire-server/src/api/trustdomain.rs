@@ -15,6 +15,7 @@ use spire_proto::spire::api::types::{
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
+use super::audit::{self, AuditLog};
 use super::bundle::{item_status, validate_jwt_authorities, validate_x509_authorities};
 use super::convert::{datastore_status, ok_status};
 use crate::datastore::{DataStoreError, Pagination};
@@ -203,6 +204,16 @@ fn batch_item(
     }
 }
 
+/// Upstream's audit fields of a federation relationship in a batch.
+fn relationship_fields(relationship: &FederationRelationship) -> audit::Fields {
+    let mut fields = audit::field("trust_domain_id", relationship.trust_domain.as_str());
+    fields.insert(
+        "bundle_endpoint_url".into(),
+        relationship.bundle_endpoint_url.as_str().into(),
+    );
+    fields
+}
+
 #[tonic::async_trait]
 impl trust_domain_server::TrustDomain for TrustDomainApi {
     async fn list_federation_relationships(
@@ -240,7 +251,9 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
         &self,
         request: Request<pb::GetFederationRelationshipRequest>,
     ) -> Result<Response<FederationRelationship>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("trust_domain_id", request.trust_domain.as_str());
         let trust_domain = parse_trust_domain(&request.trust_domain)?;
         let mut relationship = self
             .ctx
@@ -257,13 +270,16 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
         &self,
         request: Request<pb::BatchCreateFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchCreateFederationRelationshipResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.federation_relationships.len());
         for relationship in request.federation_relationships {
+            let fields = relationship_fields(&relationship);
             let (status, federation_relationship) = batch_item(
                 self.create(relationship).await,
                 request.output_mask.as_ref(),
             );
+            audit.item(status.code, &status.message, fields);
             results.push(pb::batch_create_federation_relationship_response::Result {
                 status: Some(status),
                 federation_relationship,
@@ -279,6 +295,7 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
         &self,
         request: Request<pb::BatchUpdateFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchUpdateFederationRelationshipResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mask = request.input_mask.unwrap_or(FederationRelationshipMask {
             bundle_endpoint_url: true,
@@ -287,10 +304,12 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
         });
         let mut results = Vec::with_capacity(request.federation_relationships.len());
         for relationship in request.federation_relationships {
+            let fields = relationship_fields(&relationship);
             let (status, federation_relationship) = batch_item(
                 self.update(relationship, mask).await,
                 request.output_mask.as_ref(),
             );
+            audit.item(status.code, &status.message, fields);
             results.push(pb::batch_update_federation_relationship_response::Result {
                 status: Some(status),
                 federation_relationship,
@@ -306,6 +325,7 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
         &self,
         request: Request<pb::BatchDeleteFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchDeleteFederationRelationshipResponse>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.trust_domains.len());
         for trust_domain in request.trust_domains {
@@ -313,6 +333,8 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
                 Ok(()) => ok_status(),
                 Err(status) => item_status(&status),
             };
+            let fields = audit::field("trust_domain_id", trust_domain.as_str());
+            audit.item(status.code, &status.message, fields);
             // Echoed by name when it parses, as upstream does.
             let trust_domain =
                 TrustDomain::new(&trust_domain).map_or(trust_domain, |td| td.name().to_owned());
@@ -331,7 +353,9 @@ impl trust_domain_server::TrustDomain for TrustDomainApi {
         &self,
         request: Request<pb::RefreshBundleRequest>,
     ) -> Result<Response<pbjson_types::Empty>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        audit.add("trust_domain_id", request.trust_domain.as_str());
         let trust_domain = parse_trust_domain(&request.trust_domain)?;
         match self
             .ctx

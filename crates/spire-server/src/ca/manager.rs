@@ -436,7 +436,11 @@ impl CaManager {
         if let Err(e) = &x509 {
             tracing::error!(error = %e, "Unable to rotate X509 CA");
         }
-        let jwt = self.rotate_jwt(&mut state, now).await;
+        let jwt = if self.config.disable_jwt_svids {
+            Ok(())
+        } else {
+            self.rotate_jwt(&mut state, now).await
+        };
         if let Err(e) = &jwt {
             tracing::error!(error = %e, "Unable to rotate JWT key");
         }

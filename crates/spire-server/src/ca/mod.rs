@@ -50,6 +50,8 @@ pub struct CaConfig {
     pub upstream_poll_interval: Duration,
     /// The time source.
     pub clock: Clock,
+    /// `disable_jwt_svids`: no JWT signing keys are prepared, activated or rotated.
+    pub disable_jwt_svids: bool,
 }
 
 impl CaConfig {
@@ -68,6 +70,7 @@ impl CaConfig {
             rotate_interval: Duration::from_secs(10),
             upstream_poll_interval: Duration::from_secs(5),
             clock: system_clock(),
+            disable_jwt_svids: false,
         }
     }
 }

@@ -304,6 +304,55 @@ fn ttl_warning(name: &str, ttl: Duration, ca_ttl: Duration) -> Option<String> {
     Some(message)
 }
 
+/// Keys upstream acts on that this server does not implement: refused at start, naming the
+/// key and why, instead of being accepted and ignored.
+fn refuse_unsupported(file: &str, s: &ServerSection) -> Result<(), ConfigError> {
+    let refuse = |key: &str, why: &str| Err(ConfigError::invalid(file, key, why.to_owned()));
+    if !s.proxy_protocol_trusted_cidrs.is_empty() {
+        return refuse(
+            "server.proxy_protocol_trusted_cidrs",
+            "PROXY protocol is not supported by this server yet; remove the key and let the              load balancer pass TCP through (callers then appear with the balancer's address)",
+        );
+    }
+    if s.profiling_enabled == Some(true) {
+        return refuse(
+            "server.profiling_enabled",
+            "Go pprof profiling is not available in this server; remove profiling_enabled              (profiling_port, profiling_freq and profiling_names are only read when it is true)",
+        );
+    }
+    let e = &s.experimental;
+    if e.auth_opa_policy_engine.is_some() {
+        return refuse(
+            "server.experimental.auth_opa_policy_engine",
+            "custom OPA authorization policies are not supported; this server enforces              upstream's default policy. Remove the block rather than run with a policy that              would be ignored",
+        );
+    }
+    if e.require_pq_kem == Some(true) {
+        return refuse(
+            "server.experimental.require_pq_kem",
+            "requiring a post-quantum key exchange is not supported yet; remove the key",
+        );
+    }
+    if e.agent_spiffe_id_as_selector == Some(true) {
+        return refuse(
+            "server.experimental.agent_spiffe_id_as_selector",
+            "adding the agent's SPIFFE ID as a node selector is not supported yet; remove the              key and register entries under the agent's ID as parent instead",
+        );
+    }
+    if e.wit_key_type.is_some() || e.wit_issuer.is_some() {
+        let key = if e.wit_key_type.is_some() {
+            "server.experimental.wit_key_type"
+        } else {
+            "server.experimental.wit_issuer"
+        };
+        return refuse(
+            key,
+            "WIT-SVIDs are not supported by this server; remove the key",
+        );
+    }
+    Ok(())
+}
+
 /// Parses a key type name case-insensitively, as upstream does.
 fn key_type(file: &str, key: &str, value: &str) -> Result<KeyType, ConfigError> {
     value.to_ascii_lowercase().parse().map_err(|_| {
@@ -480,6 +529,7 @@ impl ServerConfig {
             None => Federation::default(),
             Some(f) => resolve_federation(file, f, &data_dir, &mut warnings)?,
         };
+        refuse_unsupported(file, s)?;
         let experimental = resolve_experimental(file, &s.experimental, &mut warnings)?;
 
         let h = &self.health_checks;

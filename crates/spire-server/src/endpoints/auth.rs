@@ -274,7 +274,10 @@ pub async fn authorize(ctx: &ApiContext, peer: &Peer, path: &str) -> Result<Call
     let mut caller = Caller::default();
     let mut chain: Option<&[Vec<u8>]> = None;
     match peer {
-        Peer::Local => caller.local = true,
+        Peer::Local { process } => {
+            caller.local = true;
+            caller.process = *process;
+        }
         Peer::Tcp {
             addr,
             chain: presented,
@@ -287,14 +290,19 @@ pub async fn authorize(ctx: &ApiContext, peer: &Peer, path: &str) -> Result<Call
     }
 
     if policy.any {
+        caller.authorized_as = "nobody";
         return Ok(caller);
     }
     if policy.local && caller.local {
+        caller.authorized_as = "local";
+        caller.authorized_via = "transport";
         return Ok(caller);
     }
     if let Some(id) = caller.spiffe_id.clone() {
         if policy.admin && ctx.settings.admin_ids.contains(&id) {
             caller.admin = true;
+            caller.authorized_as = "admin";
+            caller.authorized_via = "config";
             return Ok(caller);
         }
         if policy.admin || policy.downstream {
@@ -312,12 +320,16 @@ pub async fn authorize(ctx: &ApiContext, peer: &Peer, path: &str) -> Result<Call
                 .0;
             if policy.admin && entries.iter().any(|entry| entry.admin) {
                 caller.admin = true;
+                caller.authorized_as = "admin";
+                caller.authorized_via = "entries";
                 return Ok(caller);
             }
             if policy.downstream
                 && let Some(entry) = entries.iter().find(|entry| entry.downstream)
             {
                 caller.downstream_entry_id = Some(entry.entry_id.clone());
+                caller.authorized_as = "downstream";
+                caller.authorized_via = "entries";
                 return Ok(caller);
             }
         }
@@ -335,6 +347,8 @@ pub async fn authorize(ctx: &ApiContext, peer: &Peer, path: &str) -> Result<Call
         };
         authorize_agent(ctx, &id, leaf).await?;
         caller.agent_id = Some(id);
+        caller.authorized_as = "agent";
+        caller.authorized_via = "datastore";
         return Ok(caller);
     }
     tracing::debug!(method = path, caller = ?caller.spiffe_id, "authorization denied");

@@ -40,6 +40,7 @@ use spire_proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use spire_proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer;
 use spire_proto::spire_rs::agent::notify::v1::agent_notify_server::AgentNotifyServer;
 
+pub mod audit;
 pub mod auth;
 pub mod health_http;
 pub mod tcp;
@@ -265,12 +266,14 @@ impl Endpoints {
             let stop = stop.clone();
             let routes = routes.clone();
             let layer = auth::AuthLayer::new(ctx.clone());
+            let audit = audit::AuditLayer::new(ctx.settings.audit_log_enabled);
             let rpc_metrics = rpc_metrics.clone();
             async move {
                 let result = tonic::transport::Server::builder()
                     .layer(rpc_metrics)
                     .layer(spire_common::grpc_status::MessageSizeStatusLayer)
                     .layer(layer)
+                    .layer(audit)
                     .serve_with_incoming_shutdown(
                         routes,
                         unix::incoming(unix),
@@ -287,12 +290,14 @@ impl Endpoints {
         let tcp_server = {
             let stop = stop.clone();
             let layer = auth::AuthLayer::new(ctx.clone());
+            let audit = audit::AuditLayer::new(ctx.settings.audit_log_enabled);
             let rpc_metrics = rpc_metrics.clone();
             async move {
                 let result = tonic::transport::Server::builder()
                     .layer(rpc_metrics)
                     .layer(spire_common::grpc_status::MessageSizeStatusLayer)
                     .layer(layer)
+                    .layer(audit)
                     .serve_with_incoming_shutdown(
                         routes,
                         tokio_stream::wrappers::ReceiverStream::new(incoming),

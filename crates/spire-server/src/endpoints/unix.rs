@@ -8,7 +8,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::{Stream, StreamExt};
 
 use super::PeerIo;
-use crate::api::Peer;
+use crate::api::{LocalProcess, Peer};
 
 pub use spire_common::socket::SocketError;
 
@@ -16,6 +16,20 @@ pub use spire_common::socket::SocketError;
 pub fn incoming(
     listener: UnixListener,
 ) -> impl Stream<Item = io::Result<PeerIo<UnixStream>>> + Send + 'static {
-    tokio_stream::wrappers::UnixListenerStream::new(listener)
-        .map(|stream| stream.map(|stream| PeerIo::new(stream, Peer::Local)))
+    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|stream| {
+        stream.map(|stream| {
+            let process = local_process(&stream);
+            PeerIo::new(stream, Peer::Local { process })
+        })
+    })
+}
+
+/// The connecting process's credentials (`SO_PEERCRED`), for the audit log.
+fn local_process(stream: &UnixStream) -> Option<LocalProcess> {
+    let cred = stream.peer_cred().ok()?;
+    Some(LocalProcess {
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
 }
