@@ -25,7 +25,8 @@ mkdir -p target
     scripts/conformance-deps.sh &&
         scripts/interop-deps.sh >/dev/null &&
         scripts/k8s-deps.sh >/dev/null &&
-        scripts/ops-deps.sh >/dev/null
+        scripts/ops-deps.sh >/dev/null &&
+        scripts/cloud-deps.sh >/dev/null
 ) >target/third-party.log 2>&1 &
 third_party=$!
 # A failing step below ends the script; the builds do not outlive it.
@@ -57,6 +58,8 @@ cat target/third-party.log
 . target/k8s-deps.env
 # shellcheck source=/dev/null
 . target/ops-deps.env
+# shellcheck source=/dev/null
+. target/cloud-deps.env
 
 step "databases (PostgreSQL, MariaDB) for the datastore suite"
 scripts/test-databases.sh >/dev/null

@@ -310,6 +310,9 @@ fn node_attestor(config: &ResolvedAgentConfig) -> Arc<dyn NodeAttestor> {
         NodeAttestorChoice::SshPop(c) => Arc::new(
             crate::plugins::nodeattestor::sshpop::SshPopAttestor::new(c.clone()),
         ),
+        NodeAttestorChoice::AwsIid(c) => Arc::new(
+            crate::plugins::nodeattestor::aws_iid::AwsIidAttestor::new(c),
+        ),
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 use spire_core::config::plugins::{enabled_plugins, exactly_one};
 
 use super::{ConfigError, de};
+use crate::plugins::nodeattestor::aws_iid::{self, AwsIidConfig};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
 use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
@@ -60,6 +61,8 @@ pub enum NodeAttestorChoice {
     X509Pop(X509PopConfig),
     /// `NodeAttestor "sshpop"`: an SSH host certificate and proof of the host key.
     SshPop(SshPopConfig),
+    /// `NodeAttestor "aws_iid"`: the EC2 instance identity document.
+    AwsIid(AwsIidConfig),
 }
 
 impl NodeAttestorChoice {
@@ -70,6 +73,7 @@ impl NodeAttestorChoice {
             Self::K8sPsat(_) => k8s_psat::NAME,
             Self::X509Pop(_) => x509pop::NAME,
             Self::SshPop(_) => sshpop::NAME,
+            Self::AwsIid(_) => aws_iid::NAME,
         }
     }
 }
@@ -114,6 +118,14 @@ struct NoData {}
 struct DiskKeyManagerData {
     #[serde(default, deserialize_with = "de::opt_string")]
     directory: Option<String>,
+}
+
+/// `NodeAttestor "aws_iid"` keys, upstream's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwsIidData {
+    #[serde(default, deserialize_with = "de::opt_string")]
+    ec2_metadata_endpoint: Option<String>,
 }
 
 /// `NodeAttestor "x509pop"` keys, upstream's.
@@ -335,6 +347,12 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                         .into(),
                 }));
             }
+            ("NodeAttestor", aws_iid::NAME) => {
+                let d: AwsIidData = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::AwsIid(AwsIidConfig {
+                    ec2_metadata_endpoint: d.ec2_metadata_endpoint.unwrap_or_default(),
+                }));
+            }
             ("NodeAttestor", x509pop::NAME) => {
                 let d: X509PopData = decl.parse_data()?;
                 let required = |key: &str, value: Option<String>| {
@@ -455,7 +473,7 @@ fn supported_names(kind: &str) -> &'static str {
     match kind {
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\" and \"sshpop\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\" and \"aws_iid\""
         }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\" and \"k8s\"",
         _ => "no built-in plugins of this type are available yet; remove the block",

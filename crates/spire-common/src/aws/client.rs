@@ -187,13 +187,15 @@ impl AwsClient {
         } else {
             config.region.clone()
         };
-        let tls = crate::http_get::system_roots_tls_config()
+        let mut tls = crate::http_get::system_roots_tls_config()
             .or_else(|_| empty_roots_tls_config())
             .map_err(|message| AwsError::Transport {
                 service: "aws",
                 action: "client set-up".into(),
                 message,
             })?;
+        // The connector sets ALPN itself (and refuses a configuration that has it).
+        tls.alpn_protocols.clear();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -445,16 +447,13 @@ impl AwsClient {
             Some(c) => c,
             None => match credentials::from_env().or_else(credentials::from_shared_file) {
                 Some(c) => c,
-                None => Imds::from_env()
-                    .role_credentials()
-                    .await
-                    .map_err(|e| {
-                        AwsError::Credentials(format!(
-                            "set access_key_id/secret_access_key, AWS_ACCESS_KEY_ID/\
+                None => Imds::from_env().role_credentials().await.map_err(|e| {
+                    AwsError::Credentials(format!(
+                        "set access_key_id/secret_access_key, AWS_ACCESS_KEY_ID/\
                              AWS_SECRET_ACCESS_KEY or ~/.aws/credentials, or run on an \
                              instance with a role ({e})"
-                        ))
-                    })?,
+                    ))
+                })?,
             },
         };
         let credentials = match &self.inner.config.assume_role_arn {

@@ -52,7 +52,9 @@ impl Credentials {
 
 /// Credentials from the environment variables, when both keys are set.
 pub fn from_env() -> Option<Credentials> {
-    let id = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|v| !v.is_empty())?;
+    let id = std::env::var("AWS_ACCESS_KEY_ID")
+        .ok()
+        .filter(|v| !v.is_empty())?;
     let secret = std::env::var("AWS_SECRET_ACCESS_KEY")
         .ok()
         .filter(|v| !v.is_empty())?;

@@ -62,7 +62,9 @@ impl Imds {
         if let Some(token) = token {
             headers.push(("x-aws-ec2-metadata-token", token));
         }
-        let (status, body) = self.send("GET", &format!("/latest/{path}"), &headers).await?;
+        let (status, body) = self
+            .send("GET", &format!("/latest/{path}"), &headers)
+            .await?;
         if status != 200 {
             return Err(ImdsError(format!(
                 "instance metadata service answered GET /latest/{path} with HTTP {status}"

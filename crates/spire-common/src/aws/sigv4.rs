@@ -128,7 +128,9 @@ mod tests {
     fn example_credentials() -> Credentials {
         Credentials {
             access_key_id: "AKIDEXAMPLE".into(),
-            secret_access_key: zeroize::Zeroizing::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+            secret_access_key: zeroize::Zeroizing::new(
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            ),
             session_token: None,
             expires_at: None,
         }

@@ -16,10 +16,12 @@ use serde_json::Value;
 use spire_core::config::plugins::{enabled_plugins, exactly_one};
 
 use crate::config::{ConfigError, ServerConfig, de};
+use crate::plugins::nodeattestor::aws_iid::{self, AwsIidConfig};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
 use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
 use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
+use crate::plugins::upstreamauthority::awssecret::{self, AwsSecretConfig};
 use crate::plugins::upstreamauthority::spire::{self as spire_ua, SpireUpstreamAuthorityConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
@@ -66,6 +68,8 @@ pub enum NodeAttestorChoice {
     X509Pop(X509PopConfig),
     /// `NodeAttestor "sshpop"`.
     SshPop(SshPopConfig),
+    /// `NodeAttestor "aws_iid"`.
+    AwsIid(AwsIidConfig),
 }
 
 /// `database_type` of the SQL DataStore.
@@ -143,6 +147,8 @@ pub enum UpstreamAuthorityChoice {
     },
     /// `UpstreamAuthority "spire"`: another SPIRE server (nested SPIRE).
     Spire(SpireUpstreamAuthorityConfig),
+    /// `UpstreamAuthority "awssecret"`: a CA from AWS Secrets Manager.
+    AwsSecret(AwsSecretConfig),
 }
 
 #[derive(Deserialize)]
@@ -258,6 +264,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     SpireUpstreamAuthorityConfig::from_data(data_file, &data_path, d)?,
                 ));
             }
+            ("UpstreamAuthority", awssecret::NAME) => {
+                let d: awssecret::Data = decl.parse_data()?;
+                upstream_authorities.push(UpstreamAuthorityChoice::AwsSecret(
+                    AwsSecretConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
@@ -277,6 +289,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
             ("NodeAttestor", sshpop::NAME) => {
                 let d: sshpop::Data = decl.parse_data()?;
                 node_attestors.push(NodeAttestorChoice::SshPop(SshPopConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
+            }
+            ("NodeAttestor", aws_iid::NAME) => {
+                let d: aws_iid::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::AwsIid(AwsIidConfig::from_data(
                     data_file, &data_path, d,
                 )?));
             }
@@ -333,9 +351,11 @@ fn supported_names(kind: &str) -> &'static str {
         "DataStore" => "the supported DataStore is \"sql\"",
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\" and \"sshpop\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\" and \"aws_iid\""
         }
-        "UpstreamAuthority" => "supported UpstreamAuthorities are \"disk\" and \"spire\"",
+        "UpstreamAuthority" => {
+            "supported UpstreamAuthorities are \"disk\", \"spire\" and \"awssecret\""
+        }
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+pub mod aws_iid;
 pub mod join_token;
 pub mod k8s_psat;
 pub mod sshpop;

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use spire_core::spiffe_id::SpiffeId;
 use tonic::{Code, Status};
 
+pub mod aws_iid;
 pub mod join_token;
 pub mod k8s_psat;
 pub mod sshpop;
@@ -83,6 +84,11 @@ impl NodeAttestors {
                     trust_domain.clone(),
                 )),
                 C::X509Pop(config) => Arc::new(x509pop::X509PopAttestor::new(
+                    config.clone(),
+                    trust_domain.clone(),
+                    Arc::clone(&datastore),
+                )),
+                C::AwsIid(config) => Arc::new(aws_iid::AwsIidAttestor::new(
                     config.clone(),
                     trust_domain.clone(),
                     Arc::clone(&datastore),
