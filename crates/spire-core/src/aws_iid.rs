@@ -393,9 +393,9 @@ mod tests {
     #[test]
     fn garbage_is_refused_naming_the_check() {
         let cert = aws_ca_certificate("us-east-1", SignatureKind::Rsa2048).unwrap();
-        let err = verify_pkcs7(&[cert.clone()], "{}", "%%%").unwrap_err();
+        let err = verify_pkcs7(std::slice::from_ref(&cert), "{}", "%%%").unwrap_err();
         assert_eq!(err.check, "signature encoding");
-        let err = verify_pkcs7(&[cert.clone()], "{}", "MAA=").unwrap_err();
+        let err = verify_pkcs7(std::slice::from_ref(&cert), "{}", "MAA=").unwrap_err();
         assert_eq!(err.check, "signature encoding");
         let err = verify_rsa1024(&[cert], "{}", "AAAA").unwrap_err();
         assert_eq!(err.check, "signature");

@@ -84,7 +84,7 @@ impl Imds {
             .await?;
         match status {
             200 => Ok(Some(body.trim().to_owned())),
-            403 | 404 | 405 => Ok(None),
+            403..=405 => Ok(None),
             other => Err(ImdsError(format!(
                 "instance metadata service answered the IMDSv2 token request with HTTP {other}"
             ))),
