@@ -28,7 +28,8 @@ mkdir -p target
         scripts/k8s-deps.sh >/dev/null &&
         scripts/ops-deps.sh >/dev/null &&
         scripts/sds-deps.sh >/dev/null &&
-        scripts/docker-deps.sh >/dev/null
+        scripts/docker-deps.sh >/dev/null &&
+        scripts/cloud-deps.sh >/dev/null
 ) >target/third-party.log 2>&1 &
 third_party=$!
 # A failing step below ends the script; the builds do not outlive it.
@@ -66,6 +67,8 @@ cat target/third-party.log
 . target/sds-deps.env
 # shellcheck source=/dev/null
 . target/docker-deps.env
+# shellcheck source=/dev/null
+. target/cloud-deps.env
 
 step "databases (PostgreSQL, MariaDB) for the datastore suite"
 scripts/test-databases.sh >/dev/null

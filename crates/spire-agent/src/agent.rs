@@ -368,6 +368,9 @@ async fn node_attestor(
         NodeAttestorChoice::AzureMsi(c) => {
             Arc::new(crate::plugins::nodeattestor::azure_msi::AzureMsiAttestor::new(c.clone()))
         }
+        NodeAttestorChoice::AwsIid(c) => Arc::new(
+            crate::plugins::nodeattestor::aws_iid::AwsIidAttestor::new(c),
+        ),
     })
 }
 

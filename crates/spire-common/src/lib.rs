@@ -5,6 +5,7 @@
 //! certificate from files are shared with `oidc-discovery-provider` too.
 
 pub mod acme;
+pub mod aws;
 pub mod cli;
 pub mod cloud_http;
 pub mod fs;

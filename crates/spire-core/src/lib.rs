@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_path_template;
+pub mod aws_iid;
 pub mod bundle;
 pub mod config;
 pub mod duration;

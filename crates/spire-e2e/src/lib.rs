@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
 
+pub mod aws;
 pub mod cloud;
 pub mod ghostunnel;
 pub mod kube;

@@ -130,7 +130,7 @@ pub async fn run(
         Arc::new(open_datastore(&catalog).await?),
     ));
     let key_manager = key_manager(&catalog)?;
-    let upstream = upstream_authority(&catalog, &config)?;
+    let upstream = upstream_authority(&catalog, &config).await?;
     let notifiers = Notifiers::from_catalog(&catalog.notifiers, &config.trust_domain)
         .await
         .context("cannot set up plugins.Notifier")?;
@@ -447,7 +447,7 @@ fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {
     ))
 }
 
-fn upstream_authority(
+async fn upstream_authority(
     catalog: &Catalog,
     config: &ResolvedServerConfig,
 ) -> anyhow::Result<Option<Arc<dyn UpstreamAuthority>>> {
@@ -476,6 +476,16 @@ fn upstream_authority(
             let spire = SpireUpstreamAuthority::new(spire.clone(), &config.trust_domain)
                 .context("cannot load plugins.UpstreamAuthority \"spire\"")?;
             Ok(Some(Arc::new(spire)))
+        }
+        UpstreamAuthorityChoice::AwsSecret(c) => {
+            let aws =
+                crate::plugins::upstreamauthority::awssecret::AwsSecretUpstreamAuthority::load(
+                    c,
+                    &config.trust_domain,
+                )
+                .await
+                .context("cannot load plugins.UpstreamAuthority \"awssecret\"")?;
+            Ok(Some(Arc::new(aws)))
         }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use spire_core::config::plugins::{ExternalPlugin, enabled_plugins, exactly_one};
 
 use super::{ConfigError, de};
+use crate::plugins::nodeattestor::aws_iid::{self, AwsIidConfig};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
 use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
@@ -70,6 +71,8 @@ pub enum NodeAttestorChoice {
     AzureMsi(crate::plugins::nodeattestor::azure_msi::AzureMsiConfig),
     /// A `plugin_cmd` plugin speaking upstream's plugin protocol.
     External(ExternalPlugin),
+    /// `NodeAttestor "aws_iid"`: the EC2 instance identity document.
+    AwsIid(AwsIidConfig),
 }
 
 impl NodeAttestorChoice {
@@ -83,6 +86,7 @@ impl NodeAttestorChoice {
             Self::SshPop(_) => sshpop::NAME,
             Self::GcpIit(_) => crate::plugins::nodeattestor::gcp_iit::NAME,
             Self::AzureMsi(_) => crate::plugins::nodeattestor::azure_msi::NAME,
+            Self::AwsIid(_) => aws_iid::NAME,
         }
     }
 }
@@ -131,6 +135,14 @@ struct NoData {}
 struct DiskKeyManagerData {
     #[serde(default, deserialize_with = "de::opt_string")]
     directory: Option<String>,
+}
+
+/// `NodeAttestor "aws_iid"` keys, upstream's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwsIidData {
+    #[serde(default, deserialize_with = "de::opt_string")]
+    ec2_metadata_endpoint: Option<String>,
 }
 
 /// `NodeAttestor "x509pop"` keys, upstream's.
@@ -410,6 +422,12 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                         .into(),
                 }));
             }
+            ("NodeAttestor", aws_iid::NAME) => {
+                let d: AwsIidData = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::AwsIid(AwsIidConfig {
+                    ec2_metadata_endpoint: d.ec2_metadata_endpoint.unwrap_or_default(),
+                }));
+            }
             ("NodeAttestor", x509pop::NAME) => {
                 let d: X509PopData = decl.parse_data()?;
                 let required = |key: &str, value: Option<String>| {
@@ -556,7 +574,7 @@ fn supported_names(kind: &str) -> &'static str {
     match kind {
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\" and \"azure_msi\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
         }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\", \"k8s\" and \"docker\"",
         _ => "no built-in plugins of this type are available yet; remove the block",

@@ -16,10 +16,12 @@ use serde_json::Value;
 use spire_core::config::plugins::{ExternalPlugin, enabled_plugins, exactly_one};
 
 use crate::config::{ConfigError, ServerConfig, de};
+use crate::plugins::nodeattestor::aws_iid::{self, AwsIidConfig};
 use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
 use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
 use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
+use crate::plugins::upstreamauthority::awssecret::{self, AwsSecretConfig};
 use crate::plugins::upstreamauthority::spire::{self as spire_ua, SpireUpstreamAuthorityConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
@@ -74,6 +76,8 @@ pub enum NodeAttestorChoice {
     AzureMsi(crate::plugins::nodeattestor::azure_msi::AzureMsiConfig),
     /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
     External(ExternalPlugin),
+    /// `NodeAttestor "aws_iid"`.
+    AwsIid(AwsIidConfig),
 }
 
 /// `database_type` of the SQL DataStore.
@@ -151,6 +155,8 @@ pub enum UpstreamAuthorityChoice {
     },
     /// `UpstreamAuthority "spire"`: another SPIRE server (nested SPIRE).
     Spire(SpireUpstreamAuthorityConfig),
+    /// `UpstreamAuthority "awssecret"`: a CA from AWS Secrets Manager.
+    AwsSecret(AwsSecretConfig),
 }
 
 #[derive(Deserialize)]
@@ -285,6 +291,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     SpireUpstreamAuthorityConfig::from_data(data_file, &data_path, d)?,
                 ));
             }
+            ("UpstreamAuthority", awssecret::NAME) => {
+                let d: awssecret::Data = decl.parse_data()?;
+                upstream_authorities.push(UpstreamAuthorityChoice::AwsSecret(
+                    AwsSecretConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
@@ -320,6 +332,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                 node_attestors.push(NodeAttestorChoice::AzureMsi(
                     azure_msi::AzureMsiConfig::from_data(data_file, &data_path, d)?,
                 ));
+            }
+            ("NodeAttestor", aws_iid::NAME) => {
+                let d: aws_iid::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::AwsIid(AwsIidConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
             }
             ("Notifier", k8sbundle::NAME) => {
                 let d: k8sbundle::Data = decl.parse_data()?;
@@ -374,9 +392,11 @@ fn supported_names(kind: &str) -> &'static str {
         "DataStore" => "the supported DataStore is \"sql\"",
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\" and \"azure_msi\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
         }
-        "UpstreamAuthority" => "supported UpstreamAuthorities are \"disk\" and \"spire\"",
+        "UpstreamAuthority" => {
+            "supported UpstreamAuthorities are \"disk\", \"spire\" and \"awssecret\""
+        }
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         _ => "no built-in plugins of this type are available yet; remove the block",
     }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use spire_core::spiffe_id::SpiffeId;
 use tonic::{Code, Status};
 
+pub mod aws_iid;
 pub mod azure_msi;
 pub mod azure_resolve;
 pub mod external;
@@ -123,6 +124,11 @@ impl NodeAttestors {
                         }
                     }
                 }
+                C::AwsIid(config) => Arc::new(aws_iid::AwsIidAttestor::new(
+                    config.clone(),
+                    trust_domain.clone(),
+                    Arc::clone(&datastore),
+                )),
                 C::SshPop(config) => {
                     match sshpop::SshPopAttestor::new(config, trust_domain) {
                         Ok(attestor) => Arc::new(attestor),

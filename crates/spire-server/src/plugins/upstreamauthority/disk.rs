@@ -149,7 +149,7 @@ fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, String> {
 }
 
 /// Whether `child` carries a valid signature by `parent`'s key and names it as issuer.
-fn signed_by(child: &[u8], parent: &[u8]) -> bool {
+pub(crate) fn signed_by(child: &[u8], parent: &[u8]) -> bool {
     match (parse_cert(child), parse_cert(parent)) {
         (Ok(child), Ok(parent)) => {
             child.issuer().as_raw() == parent.subject().as_raw()
@@ -236,7 +236,7 @@ fn load(config: &DiskUpstreamAuthorityConfig) -> Result<Loaded, UpstreamAuthorit
 }
 
 /// The subject the CSR asks for, so `ca_subject` carries over to the intermediate.
-fn csr_subject(csr_der: &[u8]) -> Subject {
+pub(crate) fn csr_subject(csr_der: &[u8]) -> Subject {
     let Ok((_, csr)) = X509CertificationRequest::from_der(csr_der) else {
         return Subject::default();
     };
