@@ -13,5 +13,6 @@ pub mod health;
 pub use spire_common::logging;
 pub mod manager;
 pub mod plugins;
+pub mod reload;
 pub mod storage;
 pub mod workload;

@@ -12,6 +12,7 @@ pub mod health;
 pub mod http_get;
 pub mod k8s;
 pub mod logging;
+pub mod reload;
 pub mod serving_cert;
 pub mod socket;
 pub mod telemetry;

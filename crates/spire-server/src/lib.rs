@@ -14,4 +14,5 @@ pub mod endpoints;
 pub mod federation;
 pub use spire_common::logging;
 pub mod plugins;
+pub mod reload;
 pub mod server;

@@ -147,8 +147,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerIo<T> {
 }
 
 /// Every gRPC service the server offers, as one router.
-pub fn routes(ctx: &Arc<ApiContext>, health: crate::api::health::GrpcHealthServer) -> Routes {
+pub fn routes(
+    ctx: &Arc<ApiContext>,
+    health: crate::api::health::GrpcHealthServer,
+    reloader: Option<&Arc<crate::reload::Reloader>>,
+) -> Routes {
     let mut builder = Routes::builder();
+    if let Some(reloader) = reloader {
+        // Local callers only (see the policy table): TCP callers are refused.
+        builder.add_service(reloader.service());
+    }
     builder
         .add_service(BundleServer::new(BundleApi::new(ctx.clone())))
         .add_service(DebugServer::new(DebugApi::new(ctx.clone())))
@@ -174,6 +182,7 @@ pub struct Endpoints {
     tls: rustls::ServerConfig,
     bundles: Arc<tls::BundleCache>,
     metrics: spire_common::telemetry::Metrics,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl Endpoints {
@@ -202,7 +211,14 @@ impl Endpoints {
             tls,
             bundles,
             metrics: spire_common::telemetry::Metrics::default(),
+            reloader: None,
         })
+    }
+
+    /// Serves `spire-server config reload` with `reloader`.
+    pub fn with_reloader(mut self, reloader: Option<Arc<crate::reload::Reloader>>) -> Self {
+        self.reloader = reloader;
+        self
     }
 
     /// Records upstream's per-RPC metrics of both listeners into `metrics`.
@@ -225,6 +241,7 @@ impl Endpoints {
             tls,
             bundles,
             metrics,
+            reloader,
         } = self;
         let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(metrics);
         let stop = cancel.child_token();
@@ -260,7 +277,7 @@ impl Endpoints {
             stop.clone(),
         ));
 
-        let routes = routes(&ctx, health);
+        let routes = routes(&ctx, health, reloader.as_ref());
         let unix_server = {
             let stop = stop.clone();
             let routes = routes.clone();
@@ -319,11 +336,13 @@ pub async fn serve(
     ctx: Arc<ApiContext>,
     config: EndpointsConfig,
     metrics: spire_common::telemetry::Metrics,
+    reloader: Option<Arc<crate::reload::Reloader>>,
     cancel: CancellationToken,
 ) -> Result<(), EndpointsError> {
     Endpoints::bind(ctx, &config)
         .await?
         .with_metrics(metrics)
+        .with_reloader(reloader)
         .run(cancel)
         .await
 }
