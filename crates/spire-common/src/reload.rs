@@ -60,11 +60,10 @@ fn walk(prefix: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<St
     let (old, new) = (unwrap_block(old), unwrap_block(new));
     let old_obj = old.and_then(Value::as_object);
     let new_obj = new.and_then(Value::as_object);
-    let descend = match (old, new) {
-        (Some(Value::Object(_)), Some(Value::Object(_))) => true,
-        (Some(Value::Object(_)), None) | (None, Some(Value::Object(_))) => true,
-        _ => false,
-    };
+    let descend = matches!(
+        (old, new),
+        (Some(Value::Object(_)), Some(Value::Object(_)) | None) | (None, Some(Value::Object(_)))
+    );
     if descend {
         let mut keys: Vec<&String> = old_obj
             .into_iter()

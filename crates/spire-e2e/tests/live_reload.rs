@@ -17,92 +17,119 @@ use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid, eventually, se
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs `program args -socketPath socket` and returns its output.
-fn run(program: &str, socket: &Path, args: &[&str]) -> Output {
-    Command::new(binary(program))
-        .args(args)
-        .arg("-socketPath")
-        .arg(socket)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program} {args:?}: {e}"))
+/// Helpers (test-only code: panics report failures).
+#[cfg(test)]
+mod support {
+    use super::*;
+
+    /// Runs `program args -socketPath socket` and returns its output.
+    pub(crate) fn run(program: &str, socket: &Path, args: &[&str]) -> Output {
+        Command::new(binary(program))
+            .args(args)
+            .arg("-socketPath")
+            .arg(socket)
+            .output()
+            .unwrap_or_else(|e| panic!("run {program} {args:?}: {e}"))
+    }
+
+    pub(crate) fn stdout(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub(crate) fn json_ok(program: &str, socket: &Path, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-output", "json"]);
+        let out = run(program, socket, &all);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{program} {args:?}: not JSON ({e}): {}", stdout(&out)))
+    }
+
+    pub(crate) fn keys(list: &serde_json::Value) -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["key"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Rewrites the config file at `path`, replacing `from` with `to`.
+    pub(crate) fn edit(path: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read config: {e}"));
+        assert!(text.contains(from), "{from:?} not in {text}");
+        std::fs::write(path, text.replacen(from, to, 1))
+            .unwrap_or_else(|e| panic!("write config: {e}"));
+    }
+
+    /// The lifetime in seconds of a JWT-SVID minted without `-ttl`.
+    pub(crate) fn jwt_ttl(server: &ServerProcess) -> i64 {
+        let token = server.cli_ok(&[
+            "jwt",
+            "mint",
+            "-spiffeID",
+            "spiffe://example.org/reload",
+            "-audience",
+            "db",
+        ]);
+        let payload = token
+            .trim()
+            .split('.')
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap_or_else(|e| panic!("JWT payload not base64 ({e}): {token}"));
+        let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap_or_default();
+        claims["exp"].as_i64().unwrap_or_default() - claims["iat"].as_i64().unwrap_or_default()
+    }
+
+    /// The lifetime in seconds of an X509-SVID minted without `-ttl`, less the backdating of
+    /// its `notBefore` (up to a minute).
+    pub(crate) fn x509_ttl(server: &ServerProcess) -> i64 {
+        let minted = server.cli_json(&["x509", "mint", "-spiffeID", "spiffe://example.org/reload"]);
+        let leaf = base64::engine::general_purpose::STANDARD
+            .decode(minted[0]["x509_svid"][0].as_str().unwrap_or_default())
+            .unwrap_or_default();
+        let validity = spire_core::x509::certificate_validity(&leaf)
+            .unwrap_or_else(|e| panic!("minted SVID unreadable: {e}"));
+        let lifetime = (validity.not_after - validity.not_before).whole_seconds();
+        lifetime - lifetime % 60
+    }
+
+    pub(crate) fn log_level(program: &str, socket: &Path) -> String {
+        json_ok(program, socket, &["logger", "get"])["current_level"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A server, and an agent with an admin socket, for the agent tests.
+    pub(crate) fn server_and_agent(
+        dir: &Path,
+    ) -> (ServerProcess, AgentProcess, std::path::PathBuf, String) {
+        let server = ServerProcess::start(&dir.join("server"), "");
+        let token = server.generate_join_token("");
+        let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+        let admin = dir.join("admin.sock");
+        let agent_dir = dir.join("agent");
+        std::fs::create_dir_all(&agent_dir).unwrap_or_else(|e| panic!("{e}"));
+        let (config, socket) = AgentProcess::write_config(
+            &agent_dir,
+            server.port,
+            &format!("admin_socket_path = \"{}\"", admin.display()),
+        );
+        let agent = AgentProcess::start_with_config(&agent_dir, &config, socket, Some(&token));
+        (server, agent, admin, agent_id)
+    }
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_ok(program: &str, socket: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.extend(["-output", "json"]);
-    let out = run(program, socket, &all);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout(&out))
-        .unwrap_or_else(|e| panic!("{program} {args:?}: not JSON ({e}): {}", stdout(&out)))
-}
-
-fn keys(list: &serde_json::Value) -> Vec<String> {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["key"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// Rewrites the config file at `path`, replacing `from` with `to`.
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read config: {e}"));
-    assert!(text.contains(from), "{from:?} not in {text}");
-    std::fs::write(path, text.replacen(from, to, 1))
-        .unwrap_or_else(|e| panic!("write config: {e}"));
-}
-
-/// The lifetime in seconds of a JWT-SVID minted without `-ttl`.
-fn jwt_ttl(server: &ServerProcess) -> i64 {
-    let token = server.cli_ok(&[
-        "jwt",
-        "mint",
-        "-spiffeID",
-        "spiffe://example.org/reload",
-        "-audience",
-        "db",
-    ]);
-    let payload = token
-        .trim()
-        .split('.')
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap_or_else(|e| panic!("JWT payload not base64 ({e}): {token}"));
-    let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap_or_default();
-    claims["exp"].as_i64().unwrap_or_default() - claims["iat"].as_i64().unwrap_or_default()
-}
-
-/// The lifetime in seconds of an X509-SVID minted without `-ttl`, less the backdating of
-/// its `notBefore` (up to a minute).
-fn x509_ttl(server: &ServerProcess) -> i64 {
-    let minted = server.cli_json(&["x509", "mint", "-spiffeID", "spiffe://example.org/reload"]);
-    let leaf = base64::engine::general_purpose::STANDARD
-        .decode(minted[0]["x509_svid"][0].as_str().unwrap_or_default())
-        .unwrap_or_default();
-    let validity = spire_core::x509::certificate_validity(&leaf)
-        .unwrap_or_else(|e| panic!("minted SVID unreadable: {e}"));
-    let lifetime = (validity.not_after - validity.not_before).whole_seconds();
-    lifetime - lifetime % 60
-}
-
-fn log_level(program: &str, socket: &Path) -> String {
-    json_ok(program, socket, &["logger", "get"])["current_level"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
+use support::*;
 
 #[test]
 fn server_reload_applies_live_keys_refuses_restart_keys_and_survives_bad_files() {
@@ -243,23 +270,6 @@ fn server_reload_applies_live_keys_refuses_restart_keys_and_survives_bad_files()
         log.contains("Configuration reload failed; the running configuration is kept"),
         "{log}"
     );
-}
-
-/// A server, and an agent with an admin socket, for the agent tests.
-fn server_and_agent(dir: &Path) -> (ServerProcess, AgentProcess, std::path::PathBuf, String) {
-    let server = ServerProcess::start(&dir.join("server"), "");
-    let token = server.generate_join_token("");
-    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
-    let admin = dir.join("admin.sock");
-    let agent_dir = dir.join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap_or_else(|e| panic!("{e}"));
-    let (config, socket) = AgentProcess::write_config(
-        &agent_dir,
-        server.port,
-        &format!("admin_socket_path = \"{}\"", admin.display()),
-    );
-    let agent = AgentProcess::start_with_config(&agent_dir, &config, socket, Some(&token));
-    (server, agent, admin, agent_id)
 }
 
 #[test]

@@ -96,9 +96,9 @@ fn attestor_names(choices: &[NodeAttestorChoice]) -> Vec<String> {
 /// A duration as operators write it (`1h`, `90s`).
 fn show_duration(d: std::time::Duration) -> String {
     let secs = d.as_secs();
-    if secs % 3600 == 0 && secs > 0 {
+    if secs.is_multiple_of(3600) && secs > 0 {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 && secs > 0 {
+    } else if secs.is_multiple_of(60) && secs > 0 {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
