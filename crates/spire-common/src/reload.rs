@@ -72,6 +72,10 @@ fn walk(prefix: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<St
             .collect();
         keys.sort();
         keys.dedup();
+        if keys.is_empty() && old != new && !prefix.is_empty() {
+            // An empty block added or removed: the block itself changed.
+            out.push(prefix.to_owned());
+        }
         for key in keys {
             walk(
                 &join(prefix, key),
