@@ -45,7 +45,8 @@ use spire_common::telemetry::{self, Metrics, TelemetryConfig};
 pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     // Before anything is created, as upstream: nothing is group-writable or open to others.
     let loose_umask = spire_common::fs::set_minimum_umask();
-    let config = config::load_and_resolve(&args.overrides())?;
+    let overrides = args.overrides();
+    let config = config::load_and_resolve(&overrides)?;
     let log_level = crate::logging::init_with_source_location(
         &config.log_level,
         config.log_format.as_str(),
@@ -58,7 +59,7 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    run(config, log_level, shutdown_signal()).await
+    run_with_reload(config, log_level, shutdown_signal(), Some(overrides)).await
 }
 
 /// Creates `data_dir` (0750), or narrows an existing one that is more open, unless the
@@ -93,6 +94,24 @@ pub async fn run(
     log_level: LogLevelHandle,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_reload(config, log_level, shutdown, None).await
+}
+
+/// Like [`run`]; with `reload` (the `run` flags), SIGHUP and `spire-agent config reload`
+/// read the same file again and apply what can change live ([`crate::reload`]).
+pub async fn run_with_reload(
+    config: ResolvedAgentConfig,
+    log_level: LogLevelHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+    reload: Option<config::Overrides>,
+) -> anyhow::Result<()> {
+    let reloader = match reload {
+        Some(overrides) => Some(
+            crate::reload::Reloader::new(overrides, config.clone(), log_level.clone())
+                .context("cannot read the configuration file again for live reload")?,
+        ),
+        None => None,
+    };
     let started_at = Instant::now();
     let telemetry = telemetry_config(&config)?;
     let metrics = Metrics::new(telemetry.clone())?;
@@ -195,6 +214,9 @@ pub async fn run(
         external_plugins,
         cancel.child_token(),
     ));
+    if let Some(reloader) = &reloader {
+        tasks.spawn(reloader.clone().reload_on_sighup(cancel.clone()));
+    }
     if let Some(listener) = prometheus {
         let (metrics, cancel) = (metrics.clone(), cancel.clone());
         tasks.spawn(async move {
@@ -258,13 +280,14 @@ pub async fn run(
             started_at,
             metrics: metrics.clone(),
         };
-        let admin = admin::serve(
+        let admin = admin::serve_with_reloader(
             options,
             manager.clone(),
             attestors.clone(),
             agent_identity,
             path,
             cancel.clone(),
+            reloader,
         );
         tasks.spawn(async move {
             if let Err(e) = admin.await {

@@ -13,6 +13,7 @@ pub mod health;
 pub use spire_common::logging;
 pub mod manager;
 pub mod plugins;
+pub mod reload;
 pub mod sds;
 pub mod storage;
 pub mod workload;

@@ -15,6 +15,7 @@ pub mod http_get;
 pub mod k8s;
 pub mod logging;
 pub mod plugin_host;
+pub mod reload;
 pub mod serving_cert;
 pub mod socket;
 pub mod telemetry;

@@ -234,8 +234,23 @@ pub mod spire {
 
 /// `spire_rs.*`: services of this implementation that upstream SPIRE does not have.
 pub mod spire_rs {
-    /// Services agents call.
+    /// Services of the admin sockets.
+    pub mod admin {
+        /// `spire_rs.admin.config.v1`: live configuration reload (`config reload`).
+        pub mod config {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/spire_rs.admin.config.v1.rs"));
+            }
+        }
+    }
+    /// Services agents call, and the agent's own admin services.
     pub mod agent {
+        /// `spire_rs.agent.explain.v1`: why a process gets no identity (`api explain`).
+        pub mod explain {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/spire_rs.agent.explain.v1.rs"));
+            }
+        }
         /// `spire_rs.agent.notify.v1`: the server's sync hints to connected agents.
         pub mod notify {
             pub mod v1 {

@@ -15,4 +15,5 @@ pub mod federation;
 pub mod node_prune;
 pub use spire_common::logging;
 pub mod plugins;
+pub mod reload;
 pub mod server;

@@ -56,6 +56,11 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         config_path: Some(args.config.clone()),
         expand_env: args.expand_env,
     };
+    let source = crate::reload::ReloadSource {
+        path: args.config.clone(),
+        expand_env: args.expand_env,
+        overrides: overrides.clone(),
+    };
     let mut file = config::load_file(&args.config, args.expand_env)?;
     file.apply_overrides(&overrides);
     let resolved = file.resolve()?;
@@ -73,11 +78,18 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     for warning in &resolved.warnings {
         tracing::warn!("{warning}");
     }
-    run(resolved, catalog, log_level, shutdown_signal()).await
+    run_with_reload(
+        resolved,
+        catalog,
+        log_level,
+        shutdown_signal(),
+        Some(source),
+    )
+    .await
 }
 
 /// The `telemetry` block, refused with its name when this build cannot honour it.
-fn telemetry_config(config: &ResolvedServerConfig) -> anyhow::Result<TelemetryConfig> {
+pub(crate) fn telemetry_config(config: &ResolvedServerConfig) -> anyhow::Result<TelemetryConfig> {
     TelemetryConfig::from_section(
         &config.telemetry,
         "spire_server",
@@ -104,6 +116,18 @@ pub async fn run(
     catalog: Catalog,
     log_level: crate::logging::LogLevelHandle,
     shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_with_reload(config, catalog, log_level, shutdown, None).await
+}
+
+/// Like [`run`]; with `reload`, SIGHUP and `spire-server config reload` read that file again
+/// and apply what can change live ([`crate::reload`]).
+pub async fn run_with_reload(
+    config: ResolvedServerConfig,
+    catalog: Catalog,
+    log_level: crate::logging::LogLevelHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+    reload: Option<crate::reload::ReloadSource>,
 ) -> anyhow::Result<()> {
     spire_common::fs::ensure_private_dir(&config.data_dir, spire_common::fs::DATA_DIR_MODE)
         .with_context(|| {
@@ -186,12 +210,22 @@ pub async fn run(
         bundle_refresher: bundle_refresher.clone(),
     });
 
+    let reloader = match reload {
+        Some(source) => Some(
+            crate::reload::Reloader::new(source, config.clone(), &catalog, ctx.clone())
+                .context("cannot read the configuration file again for live reload")?,
+        ),
+        None => None,
+    };
     let mut tasks = JoinSet::new();
     tasks.spawn(bundle_refresher.run());
     tasks.spawn(spire_common::plugin_host::reconfigure_on_signal(
         external_plugins,
         cancel.child_token(),
     ));
+    if let Some(reloader) = &reloader {
+        tasks.spawn(reloader.clone().reload_on_sighup(cancel.clone()));
+    }
     if let Err(e) = start_notifiers(&notifiers, &config, &ca, &datastore, &cancel, &mut tasks).await
     {
         cancel.cancel();
@@ -259,7 +293,9 @@ pub async fn run(
             socket_path: config.socket_path.clone(),
         };
         let metrics = metrics.clone();
-        tokio::spawn(async move { endpoints::serve(ctx, endpoints_config, metrics, cancel).await })
+        tokio::spawn(async move {
+            endpoints::serve(ctx, endpoints_config, metrics, reloader, cancel).await
+        })
     };
     let health = HealthChecksConfig {
         listener_enabled: config.health_checks.listener_enabled,

@@ -12,6 +12,7 @@
 
 mod debug;
 mod delegated;
+mod explain;
 mod logger;
 mod stream;
 
@@ -26,6 +27,7 @@ use spire_core::spiffe_id::{SpiffeId, TrustDomain};
 use spire_proto::spire::agent::debug::v1::debug_server::DebugServer;
 use spire_proto::spire::api::agent::delegatedidentity::v1::delegated_identity_server::DelegatedIdentityServer;
 use spire_proto::spire::api::agent::logger::v1::logger_server::LoggerServer;
+use spire_proto::spire_rs::agent::explain::v1::explain_server::ExplainServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -38,6 +40,7 @@ use crate::workload::listener::incoming;
 
 pub use debug::DebugService;
 pub use delegated::DelegatedIdentityService;
+pub use explain::ExplainService;
 pub use logger::LoggerService;
 
 /// Agent settings the admin API answers with.
@@ -80,6 +83,29 @@ pub async fn serve(
     socket_path: PathBuf,
     cancel: CancellationToken,
 ) -> Result<(), AdminError> {
+    serve_with_reloader(
+        options,
+        manager,
+        attestors,
+        agent_svid,
+        socket_path,
+        cancel,
+        None,
+    )
+    .await
+}
+
+/// Like [`serve`], adding spire-rs's own admin services: `Explain` (`spire-agent api
+/// explain`) and, with `reloader`, `Config` (`spire-agent config reload`).
+pub async fn serve_with_reloader(
+    options: AdminOptions,
+    manager: Arc<Manager>,
+    attestors: Vec<Arc<dyn WorkloadAttestor>>,
+    agent_svid: watch::Receiver<AgentIdentity>,
+    socket_path: PathBuf,
+    cancel: CancellationToken,
+    reloader: Option<Arc<crate::reload::Reloader>>,
+) -> Result<(), AdminError> {
     // Only the agent's user and group, as upstream's `createListener`.
     let listener = spire_common::socket::bind_admin(&socket_path)?;
     tracing::info!(path = %socket_path.display(), "Starting Admin APIs");
@@ -90,6 +116,7 @@ pub async fn serve(
         options.started_at,
     );
     let logger = LoggerService::new(options.log_level.clone());
+    let explain = ExplainService::new(Arc::clone(&manager), attestors.clone());
     let delegated = DelegatedIdentityService::new(
         manager,
         attestors,
@@ -104,6 +131,8 @@ pub async fn serve(
         .add_service(DebugServer::new(debug))
         .add_service(LoggerServer::new(logger))
         .add_service(DelegatedIdentityServer::new(delegated))
+        .add_service(ExplainServer::new(explain))
+        .add_optional_service(reloader.map(|r| r.service()))
         .serve_with_incoming_shutdown(incoming(listener), cancel.cancelled_owned())
         .await;
     tracing::info!("Admin APIs have stopped");

@@ -26,6 +26,8 @@ pub(crate) enum ApiCommand {
     Validate(ValidateCommand),
     /// Attaches to the Workload API and prints X509-SVID updates as they're received
     Watch(WatchArgs),
+    /// Explains why a process gets (or does not get) an identity, over the admin socket (spire-rs)
+    Explain(super::explain::ExplainArgs),
 }
 
 /// `api fetch`: X509 by default, or a subcommand.
@@ -129,6 +131,7 @@ pub(crate) async fn run(command: ApiCommand, env: &mut Env<'_>) -> CliResult {
         }) => fetch_jwt(args, env).await,
         ApiCommand::Validate(ValidateCommand::Jwt(args)) => validate_jwt(args, env).await,
         ApiCommand::Watch(args) => watch(args, env).await,
+        ApiCommand::Explain(args) => super::explain::run(args, env).await,
     }
 }
 

@@ -7,7 +7,9 @@
 
 mod api;
 pub(crate) mod client;
+mod config;
 mod debug;
+mod explain;
 mod healthcheck;
 mod logger;
 pub mod run;
@@ -97,6 +99,9 @@ enum Command {
     /// Logger commands (admin API)
     #[command(subcommand)]
     Logger(logger::LoggerCommand),
+    /// Live configuration commands (spire-rs)
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Runs `spire-agent` with `args` (without the program name) and returns the exit status.
@@ -127,6 +132,7 @@ async fn dispatch(command: Command, env: &mut Env<'_>) -> Result<(), Failure> {
         Command::Api(c) => Ok(api::run(c, env).await?),
         Command::Debug(c) => Ok(debug::run(c, env).await?),
         Command::Logger(c) => Ok(logger::run(c, env).await?),
+        Command::Config(c) => Ok(config::run(c, env).await?),
     }
 }
 

@@ -160,6 +160,8 @@ pub struct Manager {
     bundles_tx: watch::Sender<Arc<BTreeMap<String, Arc<Bundle>>>>,
     /// Unix seconds of the last successful sync.
     last_sync_success: Mutex<Option<i64>>,
+    /// Unix seconds and error of the sync loop's last attempt, for `api explain`.
+    last_attempt: Mutex<Option<(i64, Option<String>)>>,
     /// The X.509 authorities the server's bundle marks tainted, for the agent SVID rotation.
     tainted_roots: watch::Sender<Vec<Vec<u8>>>,
 }
@@ -197,6 +199,7 @@ impl Manager {
             last_sync: Mutex::new(None),
             bundles_tx,
             last_sync_success: Mutex::new(None),
+            last_attempt: Mutex::new(None),
             tainted_roots: watch::Sender::new(Vec::new()),
         })
     }
@@ -234,6 +237,24 @@ impl Manager {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
+    }
+
+    /// When the sync loop last tried to sync (Unix seconds) and why it failed (`None`: it
+    /// succeeded); `None` before the first attempt.
+    pub fn last_sync_attempt(&self) -> Option<(i64, Option<String>)> {
+        self.last_attempt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every cached entry: ID, SPIFFE ID and selectors, for `api explain`.
+    pub fn entry_selectors(&self) -> Vec<(String, SpiffeId, SelectorSet)> {
+        self.state()
+            .entries
+            .values()
+            .map(|e| (e.id.clone(), e.spiffe_id.clone(), e.selectors.clone()))
+            .collect()
     }
 
     /// The X.509 authorities the last sync saw tainted; the agent SVID rotation renews an
@@ -551,7 +572,13 @@ impl Manager {
         let mut failures: u32 = 0;
         loop {
             let started = Instant::now();
-            match self.sync_once().await {
+            let result = self.sync_once().await;
+            *self
+                .last_attempt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((self.now(), result.as_ref().err().map(ToString::to_string)));
+            match result {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures = failures.saturating_add(1);

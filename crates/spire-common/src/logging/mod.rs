@@ -94,7 +94,8 @@ fn level_filter(canonical: &str) -> LevelFilter {
 type Reloader = Box<dyn Fn(LevelFilter) -> Result<(), String> + Send + Sync>;
 
 struct Inner {
-    configured: &'static str,
+    /// The configured level; a configuration reload changes it.
+    configured: Mutex<&'static str>,
     current: Mutex<&'static str>,
     reload: Option<Reloader>,
     /// `log_file`, when logs go to a file.
@@ -115,7 +116,7 @@ impl Default for LogLevelHandle {
     fn default() -> Self {
         Self {
             inner: Arc::new(Inner {
-                configured: "info",
+                configured: Mutex::new("info"),
                 current: Mutex::new("info"),
                 reload: None,
                 file: None,
@@ -127,7 +128,7 @@ impl Default for LogLevelHandle {
 impl std::fmt::Debug for LogLevelHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogLevelHandle")
-            .field("configured", &self.inner.configured)
+            .field("configured", &self.configured())
             .field("current", &self.get())
             .finish()
     }
@@ -146,7 +147,12 @@ impl LogLevelHandle {
 
     /// The level from the configuration, which `reset` returns to.
     pub fn configured(&self) -> String {
-        self.inner.configured.to_owned()
+        (*self
+            .inner
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+        .to_owned()
     }
 
     /// Sets the running level; `level` is an upstream level name, any case.
@@ -158,7 +164,41 @@ impl LogLevelHandle {
 
     /// Returns to the configured level.
     pub fn reset(&self) -> Result<(), LoggingError> {
-        self.apply(self.inner.configured)
+        let configured = *self
+            .inner
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.apply(configured)
+    }
+
+    /// A configuration reload's new `log_level`: it becomes the configured level (what
+    /// `logger reset` returns to) and the running one.
+    pub fn set_configured(&self, level: &str) -> Result<(), LoggingError> {
+        let canonical =
+            canonical_level(level).ok_or_else(|| LoggingError::UnknownLevel(level.to_owned()))?;
+        self.apply(canonical)?;
+        *self
+            .inner
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = canonical;
+        Ok(())
+    }
+
+    /// The log file in use; `None` when logs go to stdout.
+    pub fn log_file_path(&self) -> Option<std::path::PathBuf> {
+        self.inner.file.as_ref().map(|f| f.path())
+    }
+
+    /// A configuration reload's new `log_file`: logs go to `path` from now on (SIGUSR2
+    /// reopens it). `Ok(false)` when logs go to stdout, which only a restart changes. When
+    /// `path` cannot be opened the old file stays in use.
+    pub fn switch_log_file(&self, path: &Path) -> Result<bool, LoggingError> {
+        match &self.inner.file {
+            Some(file) => file.switch_to(path).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Reopens `log_file` (after logrotate moved it away); `Ok(false)` when logs go to
@@ -214,7 +254,7 @@ fn build_with_file(
     let reload: Reloader = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
     let level_handle = LogLevelHandle {
         inner: Arc::new(Inner {
-            configured,
+            configured: Mutex::new(configured),
             current: Mutex::new(configured),
             reload: Some(reload),
             file,

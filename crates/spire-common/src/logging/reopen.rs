@@ -14,7 +14,7 @@ use super::LoggingError;
 /// The open log file and the path it is reopened from.
 #[derive(Debug)]
 pub struct ReopenableFile {
-    path: PathBuf,
+    path: Mutex<PathBuf>,
     file: Mutex<File>,
 }
 
@@ -22,7 +22,7 @@ impl ReopenableFile {
     /// Opens `path` for appending (created 0640 when missing).
     pub fn open(path: &Path) -> Result<Arc<Self>, LoggingError> {
         Ok(Arc::new(Self {
-            path: path.to_path_buf(),
+            path: Mutex::new(path.to_path_buf()),
             file: Mutex::new(open_append(path)?),
         }))
     }
@@ -30,14 +30,27 @@ impl ReopenableFile {
     /// Opens the path again and writes there from now on. When it cannot be opened, the old
     /// file is kept (logging goes on) and the error says why.
     pub fn reopen(&self) -> Result<(), LoggingError> {
-        let fresh = open_append(&self.path)?;
+        let fresh = open_append(&self.path())?;
         *self.lock() = fresh;
         Ok(())
     }
 
+    /// Opens `path` and writes there from now on, reopening it on later calls to
+    /// [`ReopenableFile::reopen`] (a configuration reload changed `log_file`). When it cannot
+    /// be opened, the old file is kept.
+    pub fn switch_to(&self, path: &Path) -> Result<(), LoggingError> {
+        let fresh = open_append(path)?;
+        *self.lock() = fresh;
+        *self.path.lock().unwrap_or_else(PoisonError::into_inner) = path.to_path_buf();
+        Ok(())
+    }
+
     /// The configured path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, File> {

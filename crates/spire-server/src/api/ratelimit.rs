@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -49,8 +50,12 @@ pub enum LimitKind {
 /// The limiters shared by every connection.
 #[derive(Debug)]
 pub struct RateLimiters {
-    attestation: Option<PerIpLimiter>,
-    signing: Option<PerIpLimiter>,
+    attestation: PerIpLimiter,
+    signing: PerIpLimiter,
+    /// `ratelimit.attestation`; a configuration reload may flip it.
+    attestation_on: AtomicBool,
+    /// `ratelimit.signing`; a configuration reload may flip it.
+    signing_on: AtomicBool,
     publish_jwt_key: PerIpLimiter,
     post_status: PerIpLimiter,
 }
@@ -67,8 +72,10 @@ impl RateLimiters {
     /// corresponding per-IP limits on.
     pub fn new(attestation: bool, signing: bool) -> Self {
         Self {
-            attestation: attestation.then(|| PerIpLimiter::new(ATTEST_LIMIT_PER_IP)),
-            signing: signing.then(|| PerIpLimiter::new(SIGN_LIMIT_PER_IP)),
+            attestation: PerIpLimiter::new(ATTEST_LIMIT_PER_IP),
+            signing: PerIpLimiter::new(SIGN_LIMIT_PER_IP),
+            attestation_on: AtomicBool::new(attestation),
+            signing_on: AtomicBool::new(signing),
             publish_jwt_key: PerIpLimiter::new(PUSH_JWT_KEY_LIMIT_PER_IP),
             post_status: PerIpLimiter::new(POST_STATUS_LIMIT_PER_IP),
         }
@@ -89,8 +96,14 @@ impl RateLimiters {
             return Ok(());
         };
         let limiter = match kind {
-            LimitKind::Attestation => self.attestation.as_ref(),
-            LimitKind::Signing | LimitKind::DownstreamCa => self.signing.as_ref(),
+            LimitKind::Attestation => self
+                .attestation_on
+                .load(Ordering::Relaxed)
+                .then_some(&self.attestation),
+            LimitKind::Signing | LimitKind::DownstreamCa => self
+                .signing_on
+                .load(Ordering::Relaxed)
+                .then_some(&self.signing),
             LimitKind::PublishJwtKey => Some(&self.publish_jwt_key),
             LimitKind::PostStatus => Some(&self.post_status),
         };
@@ -104,11 +117,25 @@ impl RateLimiters {
         Ok(())
     }
 
+    /// Turns the attestation and signing limits on or off for calls from now on (a
+    /// configuration reload changed the `ratelimit` block).
+    pub fn set_enabled(&self, attestation: bool, signing: bool) {
+        self.attestation_on.store(attestation, Ordering::Relaxed);
+        self.signing_on.store(signing, Ordering::Relaxed);
+    }
+
+    /// Whether the attestation and signing limits are on.
+    pub fn enabled(&self) -> (bool, bool) {
+        (
+            self.attestation_on.load(Ordering::Relaxed),
+            self.signing_on.load(Ordering::Relaxed),
+        )
+    }
+
     /// How many IPs currently have a bucket, over all limits (for tests and debugging).
     pub fn tracked_ips(&self) -> usize {
-        [self.attestation.as_ref(), self.signing.as_ref()]
+        [&self.attestation, &self.signing]
             .into_iter()
-            .flatten()
             .chain([&self.publish_jwt_key, &self.post_status])
             .map(PerIpLimiter::tracked)
             .sum()

@@ -214,6 +214,9 @@ pub struct CaManager {
     upstream_tracker: std::sync::Mutex<upstream::UpstreamTracker>,
     /// Whether the "plugin does not publish JWT keys" warning was logged.
     jwt_unimplemented_warned: std::sync::atomic::AtomicBool,
+    /// `default_x509_svid_ttl` and `default_jwt_svid_ttl` in effect; a configuration reload
+    /// changes them for the next SVID.
+    default_ttls: std::sync::RwLock<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for CaManager {
@@ -320,6 +323,31 @@ async fn generate_key(key_type: KeyType) -> Result<PrivateKey, CaError> {
 }
 
 impl CaManager {
+    /// The X509-SVID TTL used when a request names none.
+    pub fn default_x509_svid_ttl(&self) -> Duration {
+        self.default_ttls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+    }
+
+    /// The JWT-SVID TTL used when a request names none.
+    pub fn default_jwt_svid_ttl(&self) -> Duration {
+        self.default_ttls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+    }
+
+    /// Changes the default X509-SVID and JWT-SVID TTLs for SVIDs signed from now on (a
+    /// configuration reload); SVIDs already signed keep theirs.
+    pub fn set_default_svid_ttls(&self, x509: Duration, jwt: Duration) {
+        *self
+            .default_ttls
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (x509, jwt);
+    }
+
     /// Loads the CA journal and key manager keys (or mints new authorities), activates the
     /// current authorities and issues the server identity, so the returned manager can sign
     /// at once. Fails when no CA can be made (e.g. the upstream authority refuses).
@@ -354,6 +382,10 @@ impl CaManager {
             failed_rotations: std::sync::atomic::AtomicU32::new(0),
             upstream_tracker: std::sync::Mutex::default(),
             jwt_unimplemented_warned: std::sync::atomic::AtomicBool::new(false),
+            default_ttls: std::sync::RwLock::new((
+                config.default_x509_svid_ttl,
+                config.default_jwt_svid_ttl,
+            )),
             config,
         });
         manager.load(now).await?;
@@ -1093,7 +1125,7 @@ impl CaManager {
             server_id,
             Vec::new(),
             Subject::default_x509_svid(),
-            self.config.default_x509_svid_ttl,
+            self.default_x509_svid_ttl(),
             now,
         )?;
         let not_after = chain
@@ -1173,7 +1205,7 @@ impl CaManager {
         let ttl = request
             .ttl
             .filter(|t| !t.is_zero())
-            .unwrap_or(self.config.default_x509_svid_ttl);
+            .unwrap_or_else(|| self.default_x509_svid_ttl());
         let subject = request
             .subject
             .filter(|s| !s.is_empty())
@@ -1201,7 +1233,7 @@ impl CaManager {
             .config
             .agent_ttl
             .filter(|t| !t.is_zero())
-            .unwrap_or(self.config.default_x509_svid_ttl);
+            .unwrap_or_else(|| self.default_x509_svid_ttl());
         self.sign_leaf(
             &ca,
             public_key_der,
@@ -1276,7 +1308,7 @@ impl CaManager {
         let now = self.now();
         let ttl = ttl
             .filter(|t| !t.is_zero())
-            .unwrap_or(self.config.default_jwt_svid_ttl);
+            .unwrap_or_else(|| self.default_jwt_svid_ttl());
         let expires_at = (now + to_time(ttl)?).min(key.not_after).unix_timestamp();
         let issued_at = now.unix_timestamp();
         if expires_at <= issued_at {

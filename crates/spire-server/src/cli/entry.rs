@@ -26,6 +26,8 @@ pub(crate) enum EntryCommand {
     Show(ShowArgs),
     /// Count registration entries
     Count(CountArgs),
+    /// Shows which agents would receive registration entries (spire-rs)
+    Explain(super::entry_explain::ExplainArgs),
 }
 
 /// Flags shared by `entry create` and `entry update`.
@@ -256,6 +258,7 @@ pub(crate) async fn run(command: EntryCommand, env: &mut Env<'_>) -> CliResult {
         EntryCommand::Delete(args) => delete(args, env).await,
         EntryCommand::Show(args) => show(args, env).await,
         EntryCommand::Count(args) => count(args, env).await,
+        EntryCommand::Explain(args) => super::entry_explain::run(args, env).await,
     }
 }
 

@@ -9,7 +9,9 @@
 mod agent;
 mod bundle;
 mod client;
+mod config;
 mod entry;
+mod entry_explain;
 mod federation;
 mod healthcheck;
 mod jwt;
@@ -108,6 +110,9 @@ enum Command {
     /// Logger commands
     #[command(subcommand)]
     Logger(logger::LoggerCommand),
+    /// Live configuration commands (spire-rs)
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Runs `spire-server` with `args` (without the program name) and returns the exit status;
@@ -155,6 +160,7 @@ async fn dispatch(command: Command, env: &mut Env<'_>) -> Result<(), Failure> {
         Command::Localauthority(c) => Ok(localauthority::run(c, env).await?),
         Command::Upstreamauthority(c) => Ok(upstreamauthority::run(c, env).await?),
         Command::Logger(c) => Ok(logger::run(c, env).await?),
+        Command::Config(c) => Ok(config::run(c, env).await?),
     }
 }
 

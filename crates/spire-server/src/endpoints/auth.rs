@@ -221,6 +221,8 @@ const POLICY_TABLE: &[(&str, Policy)] = &[
         "/spire_rs.agent.notify.v1.AgentNotify/WatchSyncHints",
         AGENT,
     ),
+    // spire-rs's live configuration reload: the private admin socket only.
+    ("/spire_rs.admin.config.v1.Config/Reload", LOCAL),
 ];
 
 /// The LocalAuthority RPCs: every one is local or admin.

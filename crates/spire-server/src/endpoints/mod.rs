@@ -148,8 +148,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerIo<T> {
 }
 
 /// Every gRPC service the server offers, as one router.
-pub fn routes(ctx: &Arc<ApiContext>, health: crate::api::health::GrpcHealthServer) -> Routes {
+pub fn routes(
+    ctx: &Arc<ApiContext>,
+    health: crate::api::health::GrpcHealthServer,
+    reloader: Option<&Arc<crate::reload::Reloader>>,
+) -> Routes {
     let mut builder = Routes::builder();
+    if let Some(reloader) = reloader {
+        // Local callers only (see the policy table): TCP callers are refused.
+        builder.add_service(reloader.service());
+    }
     builder
         .add_service(BundleServer::new(BundleApi::new(ctx.clone())))
         .add_service(DebugServer::new(DebugApi::new(ctx.clone())))
@@ -175,6 +183,7 @@ pub struct Endpoints {
     tls: rustls::ServerConfig,
     bundles: Arc<tls::BundleCache>,
     metrics: spire_common::telemetry::Metrics,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl Endpoints {
@@ -203,7 +212,14 @@ impl Endpoints {
             tls,
             bundles,
             metrics: spire_common::telemetry::Metrics::default(),
+            reloader: None,
         })
+    }
+
+    /// Serves `spire-server config reload` with `reloader`.
+    pub fn with_reloader(mut self, reloader: Option<Arc<crate::reload::Reloader>>) -> Self {
+        self.reloader = reloader;
+        self
     }
 
     /// Records upstream's per-RPC metrics of both listeners into `metrics`.
@@ -226,6 +242,7 @@ impl Endpoints {
             tls,
             bundles,
             metrics,
+            reloader,
         } = self;
         let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(metrics);
         let stop = cancel.child_token();
@@ -261,7 +278,7 @@ impl Endpoints {
             stop.clone(),
         ));
 
-        let routes = routes(&ctx, health);
+        let routes = routes(&ctx, health, reloader.as_ref());
         let unix_server = {
             let stop = stop.clone();
             let routes = routes.clone();
@@ -324,11 +341,13 @@ pub async fn serve(
     ctx: Arc<ApiContext>,
     config: EndpointsConfig,
     metrics: spire_common::telemetry::Metrics,
+    reloader: Option<Arc<crate::reload::Reloader>>,
     cancel: CancellationToken,
 ) -> Result<(), EndpointsError> {
     Endpoints::bind(ctx, &config)
         .await?
         .with_metrics(metrics)
+        .with_reloader(reloader)
         .run(cancel)
         .await
 }

@@ -121,7 +121,8 @@ struct Updater {
 pub struct BundleRefresher {
     datastore: Arc<dyn DataStore>,
     own_trust_domain: TrustDomain,
-    from_file: BTreeMap<TrustDomain, Relationship>,
+    /// `federates_with` of the config file; a configuration reload replaces it.
+    from_file: Mutex<BTreeMap<TrustDomain, Relationship>>,
     updaters: Mutex<HashMap<TrustDomain, Updater>>,
     reload: Notify,
     cancel: CancellationToken,
@@ -130,7 +131,7 @@ pub struct BundleRefresher {
 impl std::fmt::Debug for BundleRefresher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BundleRefresher")
-            .field("from_file", &self.from_file)
+            .field("from_file", &*self.lock_from_file())
             .finish_non_exhaustive()
     }
 }
@@ -147,10 +148,12 @@ impl BundleRefresher {
         Arc::new(Self {
             datastore,
             own_trust_domain,
-            from_file: from_file
-                .iter()
-                .map(|(td, fw)| (td.clone(), Relationship::from(fw)))
-                .collect(),
+            from_file: Mutex::new(
+                from_file
+                    .iter()
+                    .map(|(td, fw)| (td.clone(), Relationship::from(fw)))
+                    .collect(),
+            ),
             updaters: Mutex::new(HashMap::new()),
             reload: Notify::new(),
             cancel,
@@ -173,6 +176,22 @@ impl BundleRefresher {
         for (_, updater) in self.lock_updaters().drain() {
             updater.cancel.cancel();
         }
+    }
+
+    /// Replaces the relationships of the config file (a configuration reload changed
+    /// `federates_with`) and reloads: updaters of removed ones stop, new ones start.
+    pub fn set_from_file(&self, from_file: &BTreeMap<TrustDomain, FederatesWith>) {
+        *self.lock_from_file() = from_file
+            .iter()
+            .map(|(td, fw)| (td.clone(), Relationship::from(fw)))
+            .collect();
+        self.trigger_reload();
+    }
+
+    fn lock_from_file(&self) -> std::sync::MutexGuard<'_, BTreeMap<TrustDomain, Relationship>> {
+        self.from_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Asks for a reload now (a relationship was created, updated or deleted).
@@ -259,7 +278,7 @@ impl BundleRefresher {
                 },
             );
         }
-        all.extend(self.from_file.clone());
+        all.extend(self.lock_from_file().clone());
         all.remove(&self.own_trust_domain);
         Ok(all)
     }

@@ -64,10 +64,20 @@ pub fn plugin_error(name: &str, code: Code, message: impl std::fmt::Display) -> 
     Status::new(code, format!("nodeattestor({name}): {message}"))
 }
 
-/// The server's node attestors by name.
-#[derive(Clone, Default)]
+/// The server's node attestors by name. A configuration reload may replace them all at once
+/// ([`NodeAttestors::replace_with`]); attestations already running keep the attestor they
+/// started with.
+#[derive(Default)]
 pub struct NodeAttestors {
-    by_name: BTreeMap<String, Arc<dyn NodeAttestor>>,
+    by_name: std::sync::RwLock<BTreeMap<String, Arc<dyn NodeAttestor>>>,
+}
+
+impl Clone for NodeAttestors {
+    fn clone(&self) -> Self {
+        Self {
+            by_name: std::sync::RwLock::new(self.read().clone()),
+        }
+    }
 }
 
 impl NodeAttestors {
@@ -188,17 +198,45 @@ impl NodeAttestors {
 
     /// Adds `attestor` under its name.
     pub fn insert(&mut self, attestor: Arc<dyn NodeAttestor>) {
-        self.by_name.insert(attestor.name().to_owned(), attestor);
+        self.by_name
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(attestor.name().to_owned(), attestor);
     }
 
     /// The attestor for an attestation data type.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn NodeAttestor>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<dyn NodeAttestor>> {
+        self.read().get(name).cloned()
+    }
+
+    /// The attestors' names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Uses `other`'s attestors for attestations from now on (a configuration reload changed
+    /// their `plugin_data`, e.g. k8s_psat `clusters`). Attestors `other` lacks stay: external
+    /// plugins are not rebuilt by a reload (SIGUSR1 reconfigures them from their data file).
+    pub fn replace_with(&self, other: Self) {
+        let fresh = other
+            .by_name
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.by_name
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(fresh);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn NodeAttestor>>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl std::fmt::Debug for NodeAttestors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.by_name.keys()).finish()
+        f.debug_list().entries(self.read().keys()).finish()
     }
 }

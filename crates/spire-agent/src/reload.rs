@@ -1,0 +1,189 @@
+//! Live configuration reload of a running agent (beyond upstream): on SIGHUP and on
+//! `spire-agent config reload` (the `spire_rs.admin.config.v1.Config` service on the admin
+//! socket, when `admin_socket_path` is set), the agent reads its file again and applies
+//! `agent.log_level` and `agent.log_file` (when logs already go to a file).
+//!
+//! Every other changed key is reported by name as needing a restart and keeps its running
+//! value; the Workload API, its open streams and the cache are never touched. A file that
+//! cannot be read, parsed or validated changes nothing.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use spire_common::logging::LogLevelHandle;
+use spire_common::reload::{
+    AppliedChange, ReloadOutcome, RestartNeeded, changed_keys, key_matches,
+};
+use spire_proto::spire_rs::admin::config::v1::config_server::{Config, ConfigServer};
+use spire_proto::spire_rs::admin::config::v1::{ReloadRequest, ReloadResponse};
+use tonic::{Request, Response, Status};
+
+use crate::config::{self, Overrides, ResolvedAgentConfig};
+
+/// Keys applied live.
+const LIVE_KEYS: &[&str] = &["agent.log_level", "agent.log_file"];
+
+struct Applied {
+    document: Value,
+    config: ResolvedAgentConfig,
+}
+
+/// Reloads the configuration of a running agent; one reload at a time.
+pub struct Reloader {
+    overrides: Overrides,
+    started: Value,
+    log_level: LogLevelHandle,
+    applied: tokio::sync::Mutex<Applied>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("config", &self.overrides.config_path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// A reloader for an agent started with `overrides` (the `run` flags) and `config`,
+    /// changing `log_level`'s logger. Fails when the file cannot be read again.
+    pub fn new(
+        overrides: Overrides,
+        config: ResolvedAgentConfig,
+        log_level: LogLevelHandle,
+    ) -> anyhow::Result<Arc<Self>> {
+        let document =
+            spire_common::reload::read_document(&overrides.config_path(), overrides.expand_env)
+                .map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(Self {
+            overrides,
+            started: document.clone(),
+            log_level,
+            applied: tokio::sync::Mutex::new(Applied { document, config }),
+        }))
+    }
+
+    /// Reads the file again and applies it; the error (the file's problem) changes nothing.
+    pub async fn reload(&self) -> Result<ReloadOutcome, String> {
+        let mut applied = self.applied.lock().await;
+        let path = self.overrides.config_path();
+        let document = spire_common::reload::read_document(&path, self.overrides.expand_env)?;
+        let config = config::load_and_resolve(&self.overrides).map_err(|e| e.to_string())?;
+        crate::agent::telemetry_config(&config).map_err(|e| format!("{e:#}"))?;
+
+        let o = &self.overrides;
+        let flag_wins = |key: &str| -> Option<&'static str> {
+            if key == "agent.log_level" && o.log_level.as_deref().is_some_and(|v| !v.is_empty()) {
+                return Some("set by the -logLevel flag, which wins over the file");
+            }
+            if key == "agent.log_file" && o.log_file.as_deref().is_some_and(|v| !v.is_empty()) {
+                return Some("set by the -logFile flag, which wins over the file");
+            }
+            if key == "agent.log_file"
+                && (applied.config.log_file.is_none() || config.log_file.is_none())
+            {
+                return Some("switching logs between stdout and a file needs a restart");
+            }
+            None
+        };
+        let is_live = |key: &str| LIVE_KEYS.iter().any(|p| key_matches(key, p));
+
+        let mut outcome = ReloadOutcome::default();
+        for key in changed_keys(&self.started, &document) {
+            let reason = match flag_wins(&key) {
+                Some(reason) => reason,
+                None if is_live(&key) => continue,
+                None if key.starts_with("telemetry") => "telemetry sinks are set up at start",
+                None => "read only at start",
+            };
+            outcome.restart_needed.push(RestartNeeded {
+                key,
+                reason: reason.to_owned(),
+            });
+        }
+        let live: Vec<String> = changed_keys(&applied.document, &document)
+            .into_iter()
+            .filter(|k| is_live(k) && flag_wins(k).is_none())
+            .collect();
+        let old = &applied.config;
+        if live.iter().any(|k| k == "agent.log_file")
+            && let Some(new_path) = &config.log_file
+            && old.log_file.as_ref() != Some(new_path)
+        {
+            self.log_level
+                .switch_log_file(new_path)
+                .map_err(|e| format!("agent.log_file: {e}"))?;
+            outcome.applied.push(AppliedChange {
+                key: "agent.log_file".into(),
+                old_value: old
+                    .log_file
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+                new_value: new_path.display().to_string(),
+            });
+        }
+        if live.iter().any(|k| k == "agent.log_level") && old.log_level != config.log_level {
+            self.log_level
+                .set_configured(&config.log_level)
+                .map_err(|e| format!("agent.log_level: {e}"))?;
+            outcome.applied.push(AppliedChange {
+                key: "agent.log_level".into(),
+                old_value: old.log_level.clone(),
+                new_value: config.log_level.clone(),
+            });
+        }
+        *applied = Applied { document, config };
+        outcome.log(&path);
+        Ok(outcome)
+    }
+
+    /// Reloads on every SIGHUP until `cancel` fires; failures are logged.
+    pub async fn reload_on_sighup(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        spire_common::reload::on_sighup(cancel, || {
+            let this = Arc::clone(&self);
+            async move {
+                if let Err(e) = this.reload().await {
+                    tracing::error!(
+                        error = %e,
+                        path = %this.overrides.config_path().display(),
+                        "Configuration reload failed; the running configuration is kept"
+                    );
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The `Config` gRPC service for the admin socket.
+    pub fn service(self: &Arc<Self>) -> ConfigServer<ConfigApi> {
+        ConfigServer::new(ConfigApi {
+            reloader: Arc::clone(self),
+        })
+    }
+}
+
+/// `spire_rs.admin.config.v1.Config` on the agent's admin socket.
+#[derive(Debug)]
+pub struct ConfigApi {
+    reloader: Arc<Reloader>,
+}
+
+#[tonic::async_trait]
+impl Config for ConfigApi {
+    async fn reload(
+        &self,
+        _request: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadResponse>, Status> {
+        match self.reloader.reload().await {
+            Ok(outcome) => Ok(Response::new(
+                outcome.to_proto(&self.reloader.overrides.config_path()),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "Configuration reload failed; the running configuration is kept");
+                Err(Status::invalid_argument(format!(
+                    "configuration not reloaded, nothing changed: {e}"
+                )))
+            }
+        }
+    }
+}
