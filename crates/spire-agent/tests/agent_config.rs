@@ -224,11 +224,11 @@ fn plugin_mistakes_name_the_block() {
     assert!(err.contains("KeyManager \"disk\""), "{err}");
 
     let text = format!(
-        "agent {{ {MINIMAL_AGENT} }}\nplugins {{\n NodeAttestor \"aws_iid\" {{}}\n \
+        "agent {{ {MINIMAL_AGENT} }}\nplugins {{\n NodeAttestor \"tpm_devid\" {{}}\n \
          KeyManager \"memory\" {{}}\n WorkloadAttestor \"unix\" {{}}\n}}"
     );
     let err = resolve_err(&text);
-    assert!(err.contains("plugins.NodeAttestor.aws_iid"), "{err}");
+    assert!(err.contains("plugins.NodeAttestor.tpm_devid"), "{err}");
     assert!(err.contains("join_token"), "{err}");
 
     let text = format!(

@@ -200,11 +200,19 @@ pub(crate) async fn start(
     let handshake = tokio::select! {
         line = stdout.next_line() => line,
         status = child.wait() => {
-            // Let the stderr reader catch up so the reason can be shown.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let status = status.map(describe).unwrap_or_else(|e| e.to_string());
-            unregister(pid);
-            return Err(fail(exited_early(&plugin.kind, &status, &tail)));
+            // A program that printed a line and exited at once may be seen exiting before
+            // its line is read: the pipe still holds it, so the line decides (a non-plugin's
+            // line is then named as such below).
+            match tokio::time::timeout(Duration::from_secs(1), stdout.next_line()).await {
+                Ok(Ok(Some(line))) => Ok(Some(line)),
+                _ => {
+                    // Let the stderr reader catch up so the reason can be shown.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let status = status.map(describe).unwrap_or_else(|e| e.to_string());
+                    unregister(pid);
+                    return Err(fail(exited_early(&plugin.kind, &status, &tail)));
+                }
+            }
         }
         () = tokio::time::sleep(timeout) => {
             let _ = child.start_kill();
