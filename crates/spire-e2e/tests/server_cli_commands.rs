@@ -113,6 +113,23 @@ fn every_command_group_works_against_a_live_server() {
     // Agents: none attested yet.
     let agents = server.cli_ok(&["agent", "count"]);
     assert!(agents.contains('0'), "{agents}");
+
+    // debug getinfo (upstream v1.15): the counts and the server's own SVID chain.
+    let info = server.cli_ok(&["debug", "getinfo"]);
+    assert!(info.starts_with("Server Debug Info:\n  Uptime:"), "{info}");
+    assert!(info.contains("  Registered Agents:       0\n"), "{info}");
+    assert!(info.contains("  Federated Bundles:       0\n"), "{info}");
+    assert!(
+        info.contains("[0] SPIFFE ID:  spiffe://example.org/spire/server\n"),
+        "{info}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["debug", "getinfo", "-output", "json"])).unwrap();
+    assert_eq!(
+        info["svid_chain"][0]["id"]["path"], "/spire/server",
+        "{info}"
+    );
+    assert!(info["uptime"].is_number(), "{info}");
     let unknown = server.cli(&[
         "agent",
         "show",

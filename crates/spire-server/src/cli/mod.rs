@@ -10,6 +10,7 @@ mod agent;
 mod bundle;
 mod client;
 mod config;
+mod debug;
 mod entry;
 mod entry_explain;
 mod federation;
@@ -113,6 +114,9 @@ enum Command {
     /// Live configuration commands (spire-rs)
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Debug commands
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
 }
 
 /// Runs `spire-server` with `args` (without the program name) and returns the exit status;
@@ -161,6 +165,7 @@ async fn dispatch(command: Command, env: &mut Env<'_>) -> Result<(), Failure> {
         Command::Upstreamauthority(c) => Ok(upstreamauthority::run(c, env).await?),
         Command::Logger(c) => Ok(logger::run(c, env).await?),
         Command::Config(c) => Ok(config::run(c, env).await?),
+        Command::Debug(c) => Ok(debug::run(c, env).await?),
     }
 }
 
