@@ -378,7 +378,8 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                         file,
                         format!("plugins.{kind}.{}.plugin_cmd", decl.name),
                         format!(
-                            "external {kind} plugins are not supported yet (external                              NodeAttestor and WorkloadAttestor plugins are); use a built-in {kind}"
+                            "external {kind} plugins are not supported yet (external NodeAttestor and \
+                             WorkloadAttestor plugins are); use a built-in {kind}"
                         ),
                     ));
                 }
