@@ -215,7 +215,10 @@ pub async fn run_with_reload(
         cancel.child_token(),
     ));
     if let Some(reloader) = &reloader {
-        tasks.spawn(reloader.clone().reload_on_sighup(cancel.clone()));
+        tasks.spawn(spire_common::reload::reload_on_sighup(
+            Arc::clone(reloader),
+            cancel.clone(),
+        ));
     }
     if let Some(listener) = prometheus {
         let (metrics, cancel) = (metrics.clone(), cancel.clone());

@@ -12,11 +12,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use spire_common::logging::LogLevelHandle;
 use spire_common::reload::{
-    AppliedChange, ReloadOutcome, RestartNeeded, changed_keys, key_matches,
+    AppliedChange, Reload, ReloadOutcome, RestartNeeded, changed_keys, key_matches,
 };
-use spire_proto::spire_rs::admin::config::v1::config_server::{Config, ConfigServer};
-use spire_proto::spire_rs::admin::config::v1::{ReloadRequest, ReloadResponse};
-use tonic::{Request, Response, Status};
 
 use crate::config::{self, Overrides, ResolvedAgentConfig};
 
@@ -136,54 +133,15 @@ impl Reloader {
         outcome.log(&path);
         Ok(outcome)
     }
-
-    /// Reloads on every SIGHUP until `cancel` fires; failures are logged.
-    pub async fn reload_on_sighup(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
-        spire_common::reload::on_sighup(cancel, || {
-            let this = Arc::clone(&self);
-            async move {
-                if let Err(e) = this.reload().await {
-                    tracing::error!(
-                        error = %e,
-                        path = %this.overrides.config_path().display(),
-                        "Configuration reload failed; the running configuration is kept"
-                    );
-                }
-            }
-        })
-        .await;
-    }
-
-    /// The `Config` gRPC service for the admin socket.
-    pub fn service(self: &Arc<Self>) -> ConfigServer<ConfigApi> {
-        ConfigServer::new(ConfigApi {
-            reloader: Arc::clone(self),
-        })
-    }
-}
-
-/// `spire_rs.admin.config.v1.Config` on the agent's admin socket.
-#[derive(Debug)]
-pub struct ConfigApi {
-    reloader: Arc<Reloader>,
 }
 
 #[tonic::async_trait]
-impl Config for ConfigApi {
-    async fn reload(
-        &self,
-        _request: Request<ReloadRequest>,
-    ) -> Result<Response<ReloadResponse>, Status> {
-        match self.reloader.reload().await {
-            Ok(outcome) => Ok(Response::new(
-                outcome.to_proto(&self.reloader.overrides.config_path()),
-            )),
-            Err(e) => {
-                tracing::error!(error = %e, "Configuration reload failed; the running configuration is kept");
-                Err(Status::invalid_argument(format!(
-                    "configuration not reloaded, nothing changed: {e}"
-                )))
-            }
-        }
+impl Reload for Reloader {
+    async fn reload(&self) -> Result<ReloadOutcome, String> {
+        Reloader::reload(self).await
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self.overrides.config_path()
     }
 }

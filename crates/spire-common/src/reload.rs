@@ -9,7 +9,8 @@
 //! ([`render_plain`], [`render_json`]).
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 use spire_proto::spire_rs::admin::config::v1 as proto;
@@ -214,6 +215,66 @@ where
                 }
                 tracing::info!("SIGHUP received: reloading the configuration");
                 reload().await;
+            }
+        }
+    }
+}
+
+/// A running process's configuration, reloadable from its file (the server's and the agent's
+/// reloaders), served the same way by [`reload_on_sighup`] and [`config_service`].
+#[tonic::async_trait]
+pub trait Reload: Send + Sync + 'static {
+    /// Reads the file again and applies it; the error (the file's problem) changes nothing.
+    async fn reload(&self) -> Result<ReloadOutcome, String>;
+    /// The configuration file, named in logs and in the RPC's answer.
+    fn config_path(&self) -> PathBuf;
+}
+
+/// Reloads on every SIGHUP until `cancel` fires; failures are logged.
+pub async fn reload_on_sighup<R: Reload>(reloader: Arc<R>, cancel: CancellationToken) {
+    on_sighup(cancel, || {
+        let reloader = Arc::clone(&reloader);
+        async move {
+            if let Err(e) = reloader.reload().await {
+                tracing::error!(
+                    error = %e,
+                    path = %reloader.config_path().display(),
+                    "Configuration reload failed; the running configuration is kept"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+/// The `spire_rs.admin.config.v1.Config` service of an admin socket, for `reloader`.
+pub fn config_service<R: Reload>(
+    reloader: Arc<R>,
+) -> proto::config_server::ConfigServer<ConfigApi<R>> {
+    proto::config_server::ConfigServer::new(ConfigApi { reloader })
+}
+
+/// `spire_rs.admin.config.v1.Config`: `config reload` over the admin socket.
+#[derive(Debug)]
+pub struct ConfigApi<R> {
+    reloader: Arc<R>,
+}
+
+#[tonic::async_trait]
+impl<R: Reload> proto::config_server::Config for ConfigApi<R> {
+    async fn reload(
+        &self,
+        _request: tonic::Request<proto::ReloadRequest>,
+    ) -> Result<tonic::Response<proto::ReloadResponse>, tonic::Status> {
+        match self.reloader.reload().await {
+            Ok(outcome) => Ok(tonic::Response::new(
+                outcome.to_proto(&self.reloader.config_path()),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "Configuration reload failed; the running configuration is kept");
+                Err(tonic::Status::invalid_argument(format!(
+                    "configuration not reloaded, nothing changed: {e}"
+                )))
             }
         }
     }

@@ -224,7 +224,10 @@ pub async fn run_with_reload(
         cancel.child_token(),
     ));
     if let Some(reloader) = &reloader {
-        tasks.spawn(reloader.clone().reload_on_sighup(cancel.clone()));
+        tasks.spawn(spire_common::reload::reload_on_sighup(
+            Arc::clone(reloader),
+            cancel.clone(),
+        ));
     }
     if let Err(e) = start_notifiers(&notifiers, &config, &ca, &datastore, &cancel, &mut tasks).await
     {

@@ -132,7 +132,7 @@ pub async fn serve_with_reloader(
         .add_service(LoggerServer::new(logger))
         .add_service(DelegatedIdentityServer::new(delegated))
         .add_service(ExplainServer::new(explain))
-        .add_optional_service(reloader.map(|r| r.service()))
+        .add_optional_service(reloader.map(spire_common::reload::config_service))
         .serve_with_incoming_shutdown(incoming(listener), cancel.cancelled_owned())
         .await;
     tracing::info!("Admin APIs have stopped");

@@ -156,7 +156,7 @@ pub fn routes(
     let mut builder = Routes::builder();
     if let Some(reloader) = reloader {
         // Local callers only (see the policy table): TCP callers are refused.
-        builder.add_service(reloader.service());
+        builder.add_service(spire_common::reload::config_service(Arc::clone(reloader)));
     }
     builder
         .add_service(BundleServer::new(BundleApi::new(ctx.clone())))
