@@ -12,6 +12,7 @@ pub mod domain;
 pub mod handler;
 pub mod health;
 pub mod jwks;
+pub mod request_log;
 pub mod serve;
 pub mod source;
 
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ListenerConfig};
 use crate::domain::DomainPolicy;
 use crate::handler::{Handler, HandlerConfig};
+use crate::request_log::UrlStyle;
 use crate::serve::App;
 use crate::source::KeySource;
 
@@ -94,7 +96,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunErr
     }
     let app = Arc::new(App {
         handler,
-        log_requests: config.log_requests,
+        log_requests: config.log_requests.then(|| {
+            if spire_common::logging::LogFormat::parse(&config.log_format)
+                == Some(spire_common::logging::LogFormat::Json)
+            {
+                UrlStyle::GoStruct
+            } else {
+                UrlStyle::Text
+            }
+        }),
     });
 
     let main = match &config.listener {

@@ -16,14 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::Handler;
 use crate::health::HealthHandler;
+use crate::request_log::UrlStyle;
 
 /// What answers requests on the main listener.
 #[derive(Debug)]
 pub struct App {
     /// The documents.
     pub handler: Handler,
-    /// `log_requests`.
-    pub log_requests: bool,
+    /// `log_requests`: whether to log each request, and how its URL is written.
+    pub log_requests: Option<UrlStyle>,
 }
 
 /// Binds a TCP address given Go-style (`:8080` means every interface).
@@ -181,17 +182,17 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        if app.log_requests {
-            tracing::debug!(
-                remote_addr = %remote,
-                method = %request.method(),
-                url = %request.uri(),
-                user_agent = request
+        if let Some(style) = app.log_requests {
+            crate::request_log::log_request(
+                style,
+                &remote,
+                request.method(),
+                request.uri(),
+                request
                     .headers()
                     .get(http::header::USER_AGENT)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default(),
-                "Incoming request"
             );
         }
         let response = app.handler.handle(&request, tls);

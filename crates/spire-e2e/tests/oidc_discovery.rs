@@ -7,10 +7,14 @@
 //!   issuer URL: discovery document, then keys, then signature, `iss`, `aud` and `exp`; it
 //!   keeps verifying across a JWT key rotation (`localauthority jwt prepare` / `activate`),
 //!   with the provider reading the server's admin socket and, once, an agent's Workload API.
+//!   A long-lived `PyJWKClient` (conformance/python/oidc_rp_long_lived.py) follows the same
+//!   rotation by refreshing on the unknown `kid`, then refuses the old key once it is
+//!   tainted and revoked.
 //! - Upstream SPIRE v1.13.3's `oidc-discovery-provider` (`SPIRE_UPSTREAM_OIDC`, built by
 //!   `scripts/interop-deps.sh`) serves the same sources beside ours: the same documents after
 //!   normalising key order, and the same answers for a bad Host, an unreachable server or
-//!   agent, a bundle without JWT keys, unknown paths and other methods, without a crash.
+//!   agent, a bundle without JWT keys, unknown paths and other methods, without a crash;
+//!   and the same `Incoming request` log lines (`log_requests`, text and JSON).
 
 #![allow(
     clippy::unwrap_used,
@@ -19,8 +23,7 @@
     reason = "integration tests: failures should be loud"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -30,13 +33,20 @@ use spire_e2e::{
     with_ssl_cert_file,
 };
 
+#[path = "oidc_discovery/datastore.rs"]
+mod datastore;
 #[path = "oidc_discovery/harness.rs"]
 mod harness;
+#[path = "oidc_discovery/logs.rs"]
+mod logs;
+#[path = "oidc_discovery/relying_party.rs"]
+mod relying_party;
 
 use harness::{
     Provider, READY_WAIT, assert_same, header_value, https_answer, request, request_with,
     unix_request,
 };
+use relying_party::{LongLivedRelyingParty, refused, verified};
 
 /// The providers poll every second, so a rotation shows within a few.
 const POLL: &str = "1s";
@@ -80,75 +90,6 @@ fn jwt_part(token: &str, part: usize) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs the PyJWT relying party: `issuer`, `audience`, `token`, and where to fetch the
-/// discovery document when it is not the issuer itself.
-fn relying_party(issuer: &str, audience: &str, token: &str, discovery: Option<&str>) -> Output {
-    let root = workspace_root();
-    let python = root.join("target/conformance-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/conformance-deps.sh to install PyJWT (the test command \
-         does)",
-        python.display()
-    );
-    let mut command = Command::new(&python);
-    command
-        .arg(root.join("conformance/python/oidc_rp.py"))
-        .args([issuer, audience, token]);
-    if let Some(discovery) = discovery {
-        command.arg(discovery);
-    }
-    let out = command.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named"),
-        "PyJWT is missing from {}: run scripts/conformance-deps.sh\n{stderr}",
-        python.display()
-    );
-    out
-}
-
-/// The relying party's verdict on a token that must verify: its JSON report.
-fn verified(
-    issuer: &str,
-    audience: &str,
-    token: &str,
-    discovery: Option<&str>,
-) -> serde_json::Value {
-    let out = relying_party(issuer, audience, token, discovery);
-    assert!(
-        out.status.success(),
-        "PyJWT refused the token: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The relying party's verdict on a token that must be refused: what it printed (standard
-/// output and error).
-fn refused(issuer: &str, audience: &str, token: &str) -> String {
-    let out = relying_party(issuer, audience, token, None);
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success(),
-        "PyJWT accepted a token it must refuse: {printed}"
-    );
-    printed
-}
-
 fn keys_of(provider: &Provider) -> Vec<String> {
     let answer = provider.get("/keys", "localhost");
     if answer.status != 200 {
@@ -172,17 +113,25 @@ fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
     let issuer = format!("http://localhost:{port}");
     let (server, agent) = start_domain(dir.path(), &format!("jwt_issuer = \"{issuer}\""));
 
+    let server_api = format!(
+        "domains = [\"localhost\"]\nallow_insecure_scheme = true\nserver_api {{\n address = \
+         \"unix://{}\"\n poll_interval = \"{POLL}\"\n}}",
+        server.socket_path.display()
+    );
     let provider = Provider::start_on(
         &binary("oidc-discovery-provider"),
         dir.path(),
         "provider",
-        &format!(
-            "domains = [\"localhost\"]\nallow_insecure_scheme = true\nserver_api {{\n address = \
-             \"unix://{}\"\n poll_interval = \"{POLL}\"\n}}",
-            server.socket_path.display()
-        ),
+        &server_api,
         port,
         health_port,
+    );
+    // Upstream's provider on the same server, to compare the keys after the revocation.
+    let upstream = Provider::start(
+        &interop_program("SPIRE_UPSTREAM_OIDC"),
+        dir.path(),
+        "upstream-provider",
+        &server_api,
     );
     provider.wait_keys("our provider serves the server's keys");
     assert_eq!(provider.health("/ready"), 200);
@@ -198,6 +147,13 @@ fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
     assert_eq!(report["sub"], "spiffe://example.org/workload");
     assert_eq!(report["kid"], first_kid.as_str());
     assert_eq!(report["jwks_uri"], format!("{issuer}/keys").as_str());
+
+    // A long-lived relying party: one PyJWKClient with cache_keys=True for the whole test.
+    let mut long_lived = LongLivedRelyingParty::start(&issuer);
+    let first = long_lived.verify(AUDIENCE, &token);
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["kid"], first_kid.as_str());
+    assert_eq!(first["fetches"], 1, "{first}");
 
     // The relying party really checks: another audience, a forged signature and another
     // issuer are refused.
@@ -286,8 +242,68 @@ fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
         &after,
         Some(&format!("http://localhost:{wl_port}")),
     );
+    // The long-lived client meets an unknown kid and fetches the keys again.
+    let refreshed = long_lived.verify("after-rotation", &after);
+    assert_eq!(refreshed["ok"], true, "{refreshed}");
+    assert_eq!(refreshed["kid"], next_kid.as_str());
+    assert_eq!(
+        refreshed["fetches"], 2,
+        "one refresh for the new kid: {refreshed}"
+    );
     // The old key stays published until it is tainted and revoked: older tokens verify.
     verified(&issuer, AUDIENCE, &token, None);
+    let cached = long_lived.verify(AUDIENCE, &token);
+    assert_eq!(cached["ok"], true, "{cached}");
+    assert_eq!(
+        cached["fetches"], 2,
+        "a known key is not fetched again: {cached}"
+    );
+
+    // Taint, then revoke the old key: it leaves the bundle, so both providers drop it.
+    server.cli_ok(&["localauthority", "jwt", "taint", "-authorityID", &first_kid]);
+    server.cli_ok(&[
+        "localauthority",
+        "jwt",
+        "revoke",
+        "-authorityID",
+        &first_kid,
+    ]);
+    eventually("the revoked key leaves our /keys", READY_WAIT, || {
+        let keys = keys_of(&provider);
+        keys.contains(&next_kid) && !keys.contains(&first_kid)
+    });
+    eventually(
+        "the revoked key leaves upstream's /keys",
+        READY_WAIT,
+        || {
+            let keys = keys_of(&upstream);
+            keys.contains(&next_kid) && !keys.contains(&first_kid)
+        },
+    );
+    assert_same(
+        "/keys after the revocation",
+        &provider.get("/keys", "localhost"),
+        &upstream.get("/keys", "localhost"),
+    );
+    // A relying party that looks again no longer finds the old key and refuses its tokens.
+    let forgotten = long_lived.forget();
+    assert_eq!(
+        forgotten["kids"],
+        serde_json::json!([next_kid.as_str()]),
+        "{forgotten}"
+    );
+    let revoked = long_lived.verify(AUDIENCE, &token);
+    assert_eq!(revoked["ok"], false, "{revoked}");
+    assert!(
+        revoked["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Unable to find a signing key")),
+        "{revoked}"
+    );
+    let still = long_lived.verify("after-rotation", &after);
+    assert_eq!(still["ok"], true, "{still}");
+    let fresh = refused(&issuer, AUDIENCE, &token);
+    assert!(fresh.contains("Unable to find a signing key"), "{fresh}");
 
     // With the server gone, the provider keeps serving the last keys it read.
     drop(agent);
@@ -295,10 +311,7 @@ fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
     server.stop();
     std::thread::sleep(Duration::from_secs(3));
     let keys = keys_of(&provider);
-    assert!(
-        keys.contains(&first_kid) && keys.contains(&next_kid),
-        "{keys:?}"
-    );
+    assert_eq!(keys, std::slice::from_ref(&next_kid), "{keys:?}");
     verified(&issuer, "after-rotation", &after, None);
     assert!(
         provider.log().contains("Failed to fetch bundle"),
@@ -374,6 +387,16 @@ fn compare(
         "{name}: upstream's stopped:\n{}",
         upstream.log()
     );
+    // log_requests = true (the harness sets it): the same request lines, in the format
+    // the body asks for.
+    let sent: std::collections::BTreeSet<_> = requests.iter().map(|(m, p, _)| (m, p)).collect();
+    logs::assert_same_request_logs(
+        name,
+        &ours.log(),
+        &upstream.log(),
+        body.contains("log_format = \"json\""),
+        sent.len(),
+    );
 }
 
 #[test]
@@ -423,10 +446,10 @@ fn upstreams_provider_gives_the_same_answers() {
     );
     compare(
         dir.path(),
-        "server-api-insecure-scheme-key-use",
+        "server-api-insecure-scheme-key-use-json-log",
         &format!(
             "domains = [\"localhost\"]\nallow_insecure_scheme = true\nset_key_use = true\n\
-             {server_api}"
+             log_format = \"json\"\n{server_api}"
         ),
         Some("/keys"),
         documents,
@@ -488,6 +511,24 @@ fn upstreams_provider_gives_the_same_answers() {
         ),
         Some("/keys"),
         &[("GET", "/keys", "localhost")],
+    );
+
+    // The same through server_api: the server's own bundle without its JWT authorities.
+    datastore::strip_jwt_authorities(
+        &dir.path().join("server/data/datastore.sqlite3"),
+        "spiffe://example.org",
+    );
+    let x509_only = server.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    assert!(!x509_only.contains("jwt-svid"), "{x509_only}");
+    compare(
+        dir.path(),
+        "server-api-without-jwt-keys",
+        &format!("domains = [\"localhost\"]\n{server_api}"),
+        Some("/keys"),
+        &[
+            ("GET", "/keys", "localhost"),
+            ("GET", "/.well-known/openid-configuration", "localhost"),
+        ],
     );
 
     // Nothing to poll: an unreachable server and an unreachable agent.

@@ -57,6 +57,10 @@ enum FieldValue {
     U64(u64),
     F64(f64),
     Bool(bool),
+    /// An object, array or null from [`super::DYNAMIC_FIELDS`]: logrus's JSON formatter
+    /// marshals a struct field as a nested object (upstream's oidc-discovery-provider logs a
+    /// request's `url` so).
+    Json(serde_json::Value),
 }
 
 impl FieldValue {
@@ -68,6 +72,7 @@ impl FieldValue {
             Self::F64(n) => serde_json::Number::from_f64(*n)
                 .map_or_else(|| serde_json::Value::String(n.to_string()), Into::into),
             Self::Bool(b) => (*b).into(),
+            Self::Json(value) => value.clone(),
         }
     }
 
@@ -78,6 +83,7 @@ impl FieldValue {
             Self::U64(n) => n.to_string(),
             Self::F64(n) => n.to_string(),
             Self::Bool(b) => b.to_string(),
+            Self::Json(value) => quote_if_needed(&value.to_string()),
         }
     }
 }
@@ -117,7 +123,7 @@ impl Fields {
                         .map(FieldValue::I64)
                         .or_else(|| n.as_u64().map(FieldValue::U64))
                         .unwrap_or_else(|| FieldValue::F64(n.as_f64().unwrap_or_default())),
-                    other => FieldValue::Str(other.to_string()),
+                    other => FieldValue::Json(other),
                 };
                 self.insert_plain(&key, value);
             }
@@ -400,6 +406,29 @@ mod tests {
             format_line(LogFormat::Default, &now, &Level::INFO, &fields),
             "time=\"2026-12-07T01:02:03Z\" level=info msg=\"API accessed\" admin=false \
              caller_uid=0 fields.msg=x type=audit\n"
+        );
+    }
+
+    #[test]
+    fn nested_dynamic_fields_stay_objects_in_json_and_text_in_text() {
+        let now = zoned("2026-12-07T01:02:03+00:00[UTC]");
+        let mut fields = Fields {
+            msg: "Incoming request".into(),
+            ..Fields::default()
+        };
+        fields.insert_named(
+            super::super::DYNAMIC_FIELDS,
+            FieldValue::Str(r#"{"url":{"Path":"/keys","User":null}}"#.into()),
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(&format_line(LogFormat::Json, &now, &Level::DEBUG, &fields))
+                .unwrap();
+        assert_eq!(line["url"]["Path"], "/keys");
+        assert!(line["url"]["User"].is_null());
+        assert_eq!(
+            format_line(LogFormat::Default, &now, &Level::DEBUG, &fields),
+            "time=\"2026-12-07T01:02:03Z\" level=debug msg=\"Incoming request\" \
+             url=\"{\\\"Path\\\":\\\"/keys\\\",\\\"User\\\":null}\"\n"
         );
     }
 }
