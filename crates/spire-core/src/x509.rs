@@ -754,8 +754,25 @@ pub fn csr_der(key: &PrivateKey) -> Result<Vec<u8>, X509Error> {
     csr_der_with_subject(key, &Subject::default())
 }
 
-/// Builds a DER CSR for `key` carrying `subject`: the server's intermediate CA request to an
-/// UpstreamAuthority, which copies the subject (`ca_subject`) into the certificate.
+/// Builds the server's intermediate CA request to an UpstreamAuthority: `subject`
+/// (`ca_subject`) and the trust domain's SPIFFE ID as URI SAN, as upstream's
+/// `BuildUpstreamSignedX509CACSR` (authorities that copy the CSR's names, such as ACM Private
+/// CA, then issue a CA with the trust domain's ID).
+pub fn upstream_ca_csr_der(
+    key: &PrivateKey,
+    subject: &Subject,
+    trust_domain: &TrustDomain,
+) -> Result<Vec<u8>, X509Error> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject.to_distinguished_name()?;
+    params.subject_alt_names = vec![uri_san(&trust_domain.id_string())?];
+    let csr = params
+        .serialize_request(key.key_pair())
+        .map_err(signing_error)?;
+    Ok(csr.der().to_vec())
+}
+
+/// Builds a DER CSR for `key` carrying `subject` and no SANs.
 pub fn csr_der_with_subject(key: &PrivateKey, subject: &Subject) -> Result<Vec<u8>, X509Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = subject.to_distinguished_name()?;

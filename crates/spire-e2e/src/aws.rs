@@ -1,6 +1,6 @@
 //! AWS test components: moto (the AWS API emulator, installed by scripts/cloud-deps.sh) on
 //! loopback, the fixtures its APIs are filled with (EC2 instances with tags, security groups
-//! and an instance profile; Secrets Manager secrets) and the signed instance identity
+//! and an instance profile; Secrets Manager secrets; an ACM Private CA) and the signed instance identity
 //! documents, and a loopback EC2 instance metadata service (IMDSv2 tokens, optional IMDSv1
 //! only mode) that serves them. Only the IMDS is hand-written: it cannot run here otherwise.
 
@@ -15,6 +15,8 @@ use serde_json::Value;
 
 /// The setup script run in moto's venv.
 const SETUP_SCRIPT: &str = include_str!("aws_setup.py");
+/// The ACM Private CA setup script run in moto's venv.
+const PCA_SETUP_SCRIPT: &str = include_str!("pca_setup.py");
 
 fn env_program(var: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
@@ -65,18 +67,28 @@ impl Moto {
 
     /// Creates the fixtures (see `aws_setup.py`) and returns them as JSON.
     pub fn setup(&self, dir: &Path) -> Value {
+        self.run_setup(dir, "aws_setup.py", SETUP_SCRIPT)
+    }
+
+    /// Creates the ACM Private CA fixture (see `pca_setup.py`) and returns it as JSON.
+    pub fn setup_pca(&self, dir: &Path) -> Value {
+        self.run_setup(dir, "pca_setup.py", PCA_SETUP_SCRIPT)
+    }
+
+    /// Runs a fixture script (boto3 against this moto) in moto's venv; its stdout is JSON.
+    fn run_setup(&self, dir: &Path, name: &str, text: &str) -> Value {
         let python = env_program("SPIRE_TEST_CLOUD_PYTHON");
-        let script = dir.join("aws_setup.py");
-        std::fs::write(&script, SETUP_SCRIPT).unwrap_or_else(|e| panic!("write script: {e}"));
+        let script = dir.join(name);
+        std::fs::write(&script, text).unwrap_or_else(|e| panic!("write script: {e}"));
         let out = Command::new(python)
             .arg(&script)
             .arg(&self.endpoint)
             .arg(dir)
             .output()
-            .unwrap_or_else(|e| panic!("run aws_setup.py: {e}"));
+            .unwrap_or_else(|e| panic!("run {name}: {e}"));
         assert!(
             out.status.success(),
-            "aws_setup.py failed: {}",
+            "{name} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("fixture JSON: {e}"))

@@ -87,10 +87,10 @@ with open(f"{out}/iid-ca.pem", "wb") as f:
         f.write(c.public_bytes(serialization.Encoding.PEM))
 
 
-def document(instance_id):
+def document(instance_id, account_id=None):
     return json.dumps(
         {
-            "accountId": account,
+            "accountId": account_id or account,
             "architecture": "x86_64",
             "availabilityZone": "us-east-1a",
             "billingProducts": None,
@@ -133,7 +133,16 @@ docs = {
     "expired": sign(document(instances[0]), expired_key, expired_cert),
     "stopped": sign(document(stopped), trusted_key, trusted_cert),
     "unsigned": {"document": document(instances[0]), "signature": "", "rsa2048": ""},
+    # verify_organization: a validly signed document of an account outside the organization.
+    "other_account": sign(document(instances[0], "999999999999"), trusted_key, trusted_cert),
 }
+
+# verify_organization: the fixture account is the management account of an organization
+# with one more member account.
+org = session.client("organizations", endpoint_url=endpoint)
+org.create_organization(FeatureSet="ALL")
+org.create_account(Email="member@example.org", AccountName="member")
+org_accounts = sorted(a["Id"] for a in org.list_accounts()["Accounts"] if a["Status"] == "ACTIVE")
 
 # awssecret: an upstream CA (self-signed) whose certificate and key live in Secrets Manager.
 ua_key, ua_cert = make_ca("Upstream CA in Secrets Manager", now - datetime.timedelta(days=1), now + datetime.timedelta(days=365))
@@ -157,6 +166,7 @@ print(
             "ca_path": f"{out}/iid-ca.pem",
             "docs": docs,
             "secrets": secrets,
+            "org_accounts": org_accounts,
         }
     )
 )

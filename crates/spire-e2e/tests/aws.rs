@@ -315,3 +315,47 @@ fn awssecret_upstream_authority_signs_the_server_ca_with_the_ca_in_secrets_manag
     assert!(out.contains("upstreamauthority(awssecret)"), "{out}");
     assert!(out.contains("ResourceNotFoundException"), "{out}");
 }
+
+#[test]
+fn aws_iid_verify_organization_admits_only_accounts_of_the_organization() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start(tmp.path());
+    let fixture = moto.setup(&dir(tmp.path(), "fixture"));
+    let account = fixture["account"].as_str().unwrap();
+    // moto's Organizations lists the management account and the member it created.
+    let org_accounts = fixture["org_accounts"].as_array().unwrap();
+    assert_eq!(org_accounts.len(), 2, "{org_accounts:?}");
+    assert!(
+        org_accounts.iter().any(|a| a == account),
+        "{org_accounts:?}"
+    );
+    let plugin = format!(
+        "    NodeAttestor \"aws_iid\" {{\n        plugin_data {{\n            extra_ca_cert_path = \"{}\"\n            verify_organization {{\n                management_account_id = \"{account}\"\n                assume_org_role = \"spire-org-reader\"\n                management_account_region = \"us-east-1\"\n                org_account_map_ttl = \"1m\"\n            }}\n        }}\n    }}\n",
+        fixture["ca_path"].as_str().unwrap()
+    );
+    let server = start_server(&dir(tmp.path(), "server"), &moto, &plugin, "");
+
+    // An instance of the management account attests.
+    let imds = FakeImds::start(&fixture["docs"]["valid"], true);
+    let mut agent = start_agent(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent"),
+        &server,
+        &imds,
+    );
+    let shown = server.cli_json(&["agent", "show", "-spiffeID", &agent_id(&fixture, 0)]);
+    assert_eq!(shown["attestation_type"], "aws_iid", "{shown}");
+    agent.stop();
+
+    // A validly signed document of an account outside the organization is refused.
+    let other = FakeImds::start(&fixture["docs"]["other_account"], true);
+    let log = agent_refused(&dir(tmp.path(), "other"), &server, &other);
+    assert!(
+        log.contains(
+            "nodes account id: 999999999999 is not part of configured organization or doesn't \
+             have ACTIVE status"
+        ),
+        "{log}"
+    );
+    assert_eq!(server.agent_ids().len(), 1);
+}

@@ -526,6 +526,12 @@ async fn upstream_authority(
                 .context("cannot load plugins.UpstreamAuthority \"awssecret\"")?;
             Ok(Some(Arc::new(aws)))
         }
+        UpstreamAuthorityChoice::AwsPca(c) => {
+            let pca = crate::plugins::upstreamauthority::aws_pca::AwsPcaUpstreamAuthority::load(c)
+                .await
+                .context("cannot load plugins.UpstreamAuthority \"aws_pca\"")?;
+            Ok(Some(Arc::new(pca)))
+        }
     }
 }
 

@@ -861,3 +861,25 @@ fn subject_of_only_empty_strings_is_empty() {
     assert!(subject.is_empty());
     assert!(!Subject::default_ca().is_empty());
 }
+
+#[test]
+fn upstream_ca_csr_names_the_trust_domain() {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let csr = upstream_ca_csr_der(&key, &Subject::default(), &td("example.org")).unwrap();
+    let (_, parsed) = X509CertificationRequest::from_der(&csr).unwrap();
+    let uris: Vec<String> = parsed
+        .requested_extensions()
+        .into_iter()
+        .flatten()
+        .filter_map(|ext| match ext {
+            x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => Some(san),
+            _ => None,
+        })
+        .flat_map(|san| san.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris, vec!["spiffe://example.org".to_owned()]);
+}

@@ -857,7 +857,7 @@ impl CaManager {
         upstream: &dyn UpstreamAuthority,
         key: Arc<PrivateKey>,
     ) -> Result<X509Ca, CaError> {
-        let csr = x509::csr_der_with_subject(&key, &self.config.ca_subject)
+        let csr = x509::upstream_ca_csr_der(&key, &self.config.ca_subject, &self.trust_domain)
             .map_err(|e| CaError::Internal(e.to_string()))?;
         let minted = upstream
             .mint_x509_ca(&csr, self.config.ca_ttl)

@@ -21,6 +21,7 @@ use crate::plugins::nodeattestor::k8s_psat::{self, K8sPsatConfig};
 use crate::plugins::nodeattestor::sshpop::{self, SshPopConfig};
 use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
 use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
+use crate::plugins::upstreamauthority::aws_pca::{self, AwsPcaConfig};
 use crate::plugins::upstreamauthority::awssecret::{self, AwsSecretConfig};
 use crate::plugins::upstreamauthority::spire::{self as spire_ua, SpireUpstreamAuthorityConfig};
 
@@ -157,6 +158,8 @@ pub enum UpstreamAuthorityChoice {
     Spire(SpireUpstreamAuthorityConfig),
     /// `UpstreamAuthority "awssecret"`: a CA from AWS Secrets Manager.
     AwsSecret(AwsSecretConfig),
+    /// `UpstreamAuthority "aws_pca"`: AWS Certificate Manager Private CA.
+    AwsPca(AwsPcaConfig),
 }
 
 #[derive(Deserialize)]
@@ -297,6 +300,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     AwsSecretConfig::from_data(data_file, &data_path, d)?,
                 ));
             }
+            ("UpstreamAuthority", aws_pca::NAME) => {
+                let d: aws_pca::Data = decl.parse_data()?;
+                upstream_authorities.push(UpstreamAuthorityChoice::AwsPca(
+                    AwsPcaConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
@@ -395,7 +404,7 @@ fn supported_names(kind: &str) -> &'static str {
             "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
         }
         "UpstreamAuthority" => {
-            "supported UpstreamAuthorities are \"disk\", \"spire\" and \"awssecret\""
+            "supported UpstreamAuthorities are \"disk\", \"spire\", \"awssecret\" and \"aws_pca\""
         }
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         _ => "no built-in plugins of this type are available yet; remove the block",

@@ -24,6 +24,7 @@ use spire_core::spiffe_id::{SpiffeId, TrustDomain};
 use tokio::sync::Mutex;
 use tonic::{Code, Status};
 
+use super::aws_iid_org::{OrgConfig, OrgData, OrgValidator};
 use super::{Attested, Challenger, NodeAttestor, plugin_error};
 use crate::config::ConfigError;
 use crate::datastore::DataStore;
@@ -61,8 +62,8 @@ pub struct Data {
     assume_role: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     partition: Option<String>,
-    #[serde(default)]
-    verify_organization: Option<Json>,
+    #[serde(default, deserialize_with = "de::opt_block")]
+    verify_organization: Option<OrgData>,
     #[serde(default)]
     validate_eks_cluster_membership: Option<Json>,
     /// Ours: a PEM file of further certificates trusted to sign documents of any region.
@@ -91,6 +92,8 @@ pub struct AwsIidConfig {
     pub partition: String,
     /// Certificates of `extra_ca_cert_path`, DER.
     pub extra_ca_certs: Vec<Vec<u8>>,
+    /// `verify_organization`: only accounts of the AWS organization attest.
+    pub verify_organization: Option<OrgConfig>,
 }
 
 impl PartialEq for AwsIidConfig {
@@ -103,6 +106,7 @@ impl PartialEq for AwsIidConfig {
             && self.assume_role == other.assume_role
             && self.partition == other.partition
             && self.extra_ca_certs == other.extra_ca_certs
+            && self.verify_organization == other.verify_organization
     }
 }
 
@@ -114,14 +118,6 @@ impl AwsIidConfig {
         let invalid = |key: &str, message: String| {
             ConfigError::invalid(file, format!("{path}.{key}"), message)
         };
-        if data.verify_organization.is_some() {
-            return Err(invalid(
-                "verify_organization",
-                "verify_organization (AWS Organizations account check) is not supported by this \
-                 server yet; remove the block"
-                    .into(),
-            ));
-        }
         if data.validate_eks_cluster_membership.is_some() {
             return Err(invalid(
                 "validate_eks_cluster_membership",
@@ -182,6 +178,10 @@ impl AwsIidConfig {
                 })?
             }
         };
+        let verify_organization = data
+            .verify_organization
+            .map(|org| OrgConfig::from_data(file, &format!("{path}.verify_organization"), org))
+            .transpose()?;
         Ok(Self {
             credentials,
             skip_block_device: data.skip_block_device.unwrap_or(false),
@@ -194,6 +194,7 @@ impl AwsIidConfig {
             assume_role: data.assume_role.filter(|r| !r.is_empty()),
             partition,
             extra_ca_certs,
+            verify_organization,
         })
     }
 }
@@ -205,6 +206,8 @@ pub struct AwsIidAttestor {
     datastore: Arc<dyn DataStore>,
     /// One client per `account@region`, as upstream caches them.
     clients: Mutex<HashMap<String, AwsClient>>,
+    /// The `verify_organization` check, or why its client could not be made.
+    org: Option<Result<OrgValidator, String>>,
 }
 
 impl AwsIidAttestor {
@@ -214,11 +217,19 @@ impl AwsIidAttestor {
         trust_domain: TrustDomain,
         datastore: Arc<dyn DataStore>,
     ) -> Self {
+        let org = config.verify_organization.clone().map(|org| {
+            let credentials = config
+                .credentials
+                .as_ref()
+                .map(|(id, secret)| Credentials::new(id, secret, None));
+            OrgValidator::new(org, &config.partition, credentials).map_err(|e| e.to_string())
+        });
         Self {
             config,
             trust_domain,
             datastore,
             clients: Mutex::new(HashMap::new()),
+            org,
         }
     }
 
@@ -349,6 +360,31 @@ impl NodeAttestor for AwsIidAttestor {
         _challenger: &mut dyn Challenger,
     ) -> Result<Attested, Status> {
         let doc = self.verified_document(payload)?;
+        if let Some(org) = &self.org {
+            let org = org
+                .as_ref()
+                .map_err(|e| err(Code::Internal, format!("failed to get org client: {e}")))?;
+            let member = org.is_member_account(&doc.account_id).await.map_err(|e| {
+                err(
+                    Code::Internal,
+                    format!(
+                        "failed aws ec2 attestation, issue while verifying if nodes account id: \
+                         {} belong to org: {e}",
+                        doc.account_id
+                    ),
+                )
+            })?;
+            if !member {
+                return Err(err(
+                    Code::Internal,
+                    format!(
+                        "failed aws ec2 attestation, nodes account id: {} is not part of \
+                         configured organization or doesn't have ACTIVE status",
+                        doc.account_id
+                    ),
+                ));
+            }
+        }
         let client = self.client(&doc.region, &doc.account_id).await?;
         let xml = client
             .query(
@@ -674,6 +710,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("verify_organization"), "{e}");
+        assert!(e.contains("management_account_id"), "{e}");
+        let c = parse(
+            r#"{"verify_organization": {"management_account_id": "1", "assume_org_role": "r"}}"#,
+        )
+        .unwrap();
+        assert!(c.verify_organization.is_some());
         assert!(serde_json::from_str::<Data>(r#"{"unknown": 1}"#).is_err());
         let e = parse(r#"{"agent_path_template": "/{{ nope }}"}"#)
             .unwrap_err()

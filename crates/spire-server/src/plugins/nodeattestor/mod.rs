@@ -11,6 +11,7 @@ use spire_core::spiffe_id::SpiffeId;
 use tonic::{Code, Status};
 
 pub mod aws_iid;
+pub mod aws_iid_org;
 pub mod azure_msi;
 pub mod azure_resolve;
 pub mod external;

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use spire_proto::spire::api::types;
 
+pub mod aws_pca;
 pub mod awssecret;
 pub mod disk;
 pub mod spire;
