@@ -7,6 +7,7 @@
 //! Run with `cargo bench -p spire-server --bench server_api` (or `scripts/bench.sh`); prints
 //! markdown tables to stdout and progress to stderr. On another engine:
 //! `SPIRE_BENCH_DATABASE=postgres SPIRE_TEST_POSTGRES='dbname=spire ...' cargo bench ...`.
+//! `SPIRE_BENCH_ONLY=create` runs scenario 3 alone.
 //! Scenarios:
 //!
 //! 1. `svid.v1.BatchNewX509SVID`: SVIDs/s from 2 concurrent callers, batches of 100 CSRs,
@@ -62,6 +63,8 @@ const SVID_BATCH: usize = 100;
 const SVID_RUN: Duration = Duration::from_secs(6);
 /// Set to run every scenario at a tenth of its size (a smoke run, e.g. in a debug build).
 const QUICK_ENV: &str = "SPIRE_BENCH_QUICK";
+/// Set to `create` to run only scenario 3 (BatchCreateEntry), e.g. to compare builds.
+const ONLY_ENV: &str = "SPIRE_BENCH_ONLY";
 /// Upstream's CLI sends `entry create -data` files in batches of this many.
 const ENTRY_BATCH: usize = 50;
 /// Batches per caller in the BatchCreateEntry scenarios.
@@ -85,6 +88,11 @@ fn quick() -> bool {
 /// `full` normally, a tenth of it (at least 1) in a smoke run.
 fn scaled(full: usize) -> usize {
     if quick() { (full / 10).max(1) } else { full }
+}
+
+/// Whether only the BatchCreateEntry scenario runs (`SPIRE_BENCH_ONLY=create`).
+fn only_create() -> bool {
+    std::env::var(ONLY_ENV).is_ok_and(|v| v == "create")
 }
 
 fn svid_run() -> Duration {
@@ -848,14 +856,18 @@ fn met(ok: bool) -> &'static str {
 
 fn main() {
     let cores = nproc();
-    eprintln!("openssl speed -seconds 5 ecdsap256 (about 10 s)");
-    let ceiling = openssl_ecdsa_p256();
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if only_create() {
+        let create_rows = runtime.block_on(bench_create());
+        print_create(&create_rows);
+        return;
+    }
+    eprintln!("openssl speed -seconds 5 ecdsap256 (about 10 s)");
+    let ceiling = openssl_ecdsa_p256();
     let svid_rows = runtime.block_on(bench_svid());
     let create_rows = runtime.block_on(bench_create());
     let sync = runtime.block_on(bench_sync());
@@ -954,23 +966,7 @@ fn main() {
         );
     }
 
-    println!();
-    println!(
-        "### 3. BatchCreateEntry into {} ({ENTRY_BATCH} entries per call, \
-         {} calls per caller)",
-        engine.label(),
-        scaled(ENTRY_BATCHES_PER_CALLER)
-    );
-    println!();
-    println!("| callers | entries/s | call median (ms) | call p99 (ms) | target >= 5000/s |");
-    println!("|---:|---:|---:|---:|---|");
-    for (callers, (rate, median, p99)) in &create_rows {
-        println!(
-            "| {callers} | {rate:.0} | {median:.1} | {p99:.1} | {} |",
-            met(*rate >= 5000.0)
-        );
-    }
-
+    print_create(&create_rows);
     println!();
     println!(
         "### 4. {} entries in {}: full index reload and the real server's memory",
@@ -999,4 +995,25 @@ fn main() {
         "Memory of `{}` (`/proc/<pid>/status`, 2 s after its admin socket opened).",
         server_binary().display()
     );
+}
+
+/// Prints the BatchCreateEntry table (scenario 3).
+fn print_create(create_rows: &[(usize, (f64, f64, f64))]) {
+    let engine = Engine::from_env();
+    println!();
+    println!(
+        "### 3. BatchCreateEntry into {} ({ENTRY_BATCH} entries per call, \
+         {} calls per caller)",
+        engine.label(),
+        scaled(ENTRY_BATCHES_PER_CALLER)
+    );
+    println!();
+    println!("| callers | entries/s | call median (ms) | call p99 (ms) | target >= 5000/s |");
+    println!("|---:|---:|---:|---:|---|");
+    for (callers, (rate, median, p99)) in create_rows {
+        println!(
+            "| {callers} | {rate:.0} | {median:.1} | {p99:.1} | {} |",
+            met(*rate >= 5000.0)
+        );
+    }
 }

@@ -1194,6 +1194,107 @@ async fn batch_create_is_fast_and_listing_many_entries_is_bulk(db: &TestDb) {
     );
 }
 
+/// A batch answers per entry exactly as entry-by-entry creation would: a taken entry ID and a
+/// repeated one fail alone and write nothing (no children, no event), an invalid entry fails
+/// alone, an equal entry is returned; and what it stores (children in their order, one
+/// change event per created entry) is what the single create stores.
+async fn batch_results_and_rows_match_single_creates(db: &TestDb) {
+    let ds = db.open().await;
+    ds.create_bundle(bundle("fed.org", &[], &[])).await.unwrap();
+    ds.create_bundle(bundle("other.org", &[], &[]))
+        .await
+        .unwrap();
+    let rich = |id: &str, spiffe_id: &str| RegistrationEntry {
+        entry_id: id.into(),
+        dns_names: vec!["b.example".into(), "a.example".into(), "c.example".into()],
+        federates_with: vec!["spiffe://other.org".into(), "spiffe://fed.org".into()],
+        ..entry(
+            spiffe_id,
+            "spiffe://td/agent",
+            &["unix:uid:2", "k8s:ns:a", "unix:gid:1"],
+        )
+    };
+    ds.create_registration_entry(rich("taken-1", "spiffe://td/taken"))
+        .await
+        .unwrap();
+    let taken = ds
+        .fetch_registration_entry("taken-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let events_before = ds.list_registration_entry_events(0).await.unwrap();
+    assert_eq!(events_before.len(), 1);
+
+    let batch = vec![
+        rich("new-a", "spiffe://td/a"),
+        rich("taken-1", "spiffe://td/elsewhere"),
+        rich("new-a", "spiffe://td/a-again"),
+        entry("spiffe://td/bad", "spiffe://td/agent", &[]),
+        rich("", "spiffe://td/a"),
+        rich("new-b", "spiffe://td/b"),
+    ];
+    let results = ds.create_or_return_registration_entries_batch(batch).await;
+    assert_eq!(results.len(), 6);
+    let (a, existed) = results[0].as_ref().unwrap();
+    assert!(!existed);
+    assert!(matches!(results[1], Err(DataStoreError::AlreadyExists(_))));
+    assert!(matches!(results[2], Err(DataStoreError::AlreadyExists(_))));
+    assert!(matches!(
+        results[3],
+        Err(DataStoreError::InvalidArgument(_))
+    ));
+    let (same, existed) = results[4].as_ref().unwrap();
+    assert!(existed, "an equal entry of the same batch is returned");
+    assert_eq!(same.entry_id, "new-a");
+    let (b, existed) = results[5].as_ref().unwrap();
+    assert!(!existed);
+
+    // The taken entry is untouched; the new ones are stored as a single create stores them.
+    let stored_taken = ds
+        .fetch_registration_entry("taken-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored_taken, taken);
+    let single = ds
+        .create_registration_entry(rich("single", "spiffe://td/single"))
+        .await
+        .unwrap();
+    let single = ds
+        .fetch_registration_entry(&single.entry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    for created in [a, b] {
+        let stored = ds
+            .fetch_registration_entry(&created.entry_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.selectors, single.selectors);
+        assert_eq!(stored.dns_names, single.dns_names);
+        assert_eq!(stored.federates_with, single.federates_with);
+        assert_eq!(stored.spiffe_id, created.spiffe_id);
+        assert_eq!(stored.created_at, created.created_at);
+        assert_eq!(stored.revision_number, 0);
+    }
+    let count = ds
+        .count_registration_entries(&ListEntriesRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(count, 4, "taken-1, new-a, new-b, single");
+
+    // One event per created entry, in creation order, after the earlier one.
+    let events: Vec<String> = ds
+        .list_registration_entry_events(events_before[0].event_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(events, ["new-a", "new-b", "single"]);
+}
+
 /// SPIRE 1.15's two columns: an entry's additional attributes survive create (single and
 /// batch), update only inside the mask, and clear back to none; an agent's version is
 /// written only through its mask bit.
@@ -1406,4 +1507,5 @@ on_every_engine!(
     federation_relationships_crud,
     refreshed_bundles_are_never_replaced_by_older_ones,
     batch_create_is_fast_and_listing_many_entries_is_bulk,
+    batch_results_and_rows_match_single_creates,
 );
