@@ -203,6 +203,8 @@ pub async fn run_with_reload(
             jwt_svid_cache_max_size: config.jwt_svid_cache_max_size,
             svid_key_type: config.workload_x509_svid_key_type,
             use_sync_authorized_entries: config.experimental.use_sync_authorized_entries,
+            availability_target: config.availability_target,
+            jwt_svid_cache_hit_timeout: config.experimental.jwt_svid_cache_hit_timeout,
             ..ManagerOptions::default()
         },
     );
@@ -252,6 +254,7 @@ pub async fn run_with_reload(
         reattestable,
         updates: Some(svid_updates),
         tainted_roots: Some(manager.tainted_roots()),
+        availability_target: config.availability_target,
     };
     let svid_keeper = tokio::spawn(attestation::keep_agent_svid(
         rotation,
@@ -307,6 +310,9 @@ pub async fn run_with_reload(
         disable_sds_api: config.disable_sds_api,
         disable_workload_api: config.disable_workload_api,
         log_selectors: config.log_selectors.clone(),
+        rate_limiter: Arc::new(crate::workload::ratelimit::WorkloadRateLimiter::new(
+            &config.ratelimit,
+        )),
     };
     let workload_task = if config.disable_sds_api && config.disable_workload_api {
         tracing::info!(

@@ -78,6 +78,13 @@ pub struct ManagerOptions {
     pub use_sync_authorized_entries: bool,
     /// Subscribe to the server's sync hints when it offers them (default true).
     pub follow_sync_hints: bool,
+    /// `availability_target`: renew workload X509-SVIDs once only this much lifetime is
+    /// left, when that comes before the half-life.
+    pub availability_target: Option<Duration>,
+    /// `experimental.jwt_svid_cache_hit_timeout` (default 30 s): how long a JWT-SVID request
+    /// waits for the server when an unexpired JWT-SVID is cached; then the cached one is
+    /// served.
+    pub jwt_svid_cache_hit_timeout: Duration,
 }
 
 impl Default for ManagerOptions {
@@ -92,6 +99,8 @@ impl Default for ManagerOptions {
             retry_max: Duration::from_secs(240),
             use_sync_authorized_entries: true,
             follow_sync_hints: true,
+            availability_target: None,
+            jwt_svid_cache_hit_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -110,6 +119,11 @@ impl std::fmt::Debug for ManagerOptions {
                 &self.use_sync_authorized_entries,
             )
             .field("follow_sync_hints", &self.follow_sync_hints)
+            .field("availability_target", &self.availability_target)
+            .field(
+                "jwt_svid_cache_hit_timeout",
+                &self.jwt_svid_cache_hit_timeout,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -370,7 +384,11 @@ impl Manager {
                     true
                 }
             });
-            let needed = state.plan_mints(self.options.x509_svid_cache_max_size, now);
+            let needed = state.plan_mints(
+                self.options.x509_svid_cache_max_size,
+                now,
+                self.options.availability_target,
+            );
             let all = state.all_bundles();
             telemetry::sync_stats(all.len(), state.entries.len());
             self.bundles_tx.send_if_modified(|current| {
@@ -729,7 +747,25 @@ impl Manager {
         if let Some(cached) = cached.as_ref().filter(|c| c.fresh(now)) {
             return Ok(cached.token.clone());
         }
-        let token = match self.api.new_jwt_svid(&entry.id, audience).await {
+        // With an unexpired JWT-SVID in hand, the server gets only the cache-hit timeout
+        // before the cached one is served (upstream's RPCTimeoutWithCacheHit).
+        let has_cache_hit = cached.as_ref().is_some_and(|c| c.unexpired(now));
+        let minted = if has_cache_hit {
+            tokio::time::timeout(
+                self.options.jwt_svid_cache_hit_timeout,
+                self.api.new_jwt_svid(&entry.id, audience),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ManagerError::Unavailable(format!(
+                    "the server did not answer within jwt_svid_cache_hit_timeout ({})",
+                    spire_core::duration::format(self.options.jwt_svid_cache_hit_timeout)
+                )))
+            })
+        } else {
+            self.api.new_jwt_svid(&entry.id, audience).await
+        };
+        let token = match minted {
             Ok(token) => token,
             Err(e) => {
                 return match cached.filter(|c| c.unexpired(now)) {
