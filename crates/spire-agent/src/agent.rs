@@ -105,10 +105,18 @@ pub async fn run_with_reload(
     shutdown: impl std::future::Future<Output = ()>,
     reload: Option<config::Overrides>,
 ) -> anyhow::Result<()> {
+    let rate_limiter = Arc::new(crate::workload::ratelimit::WorkloadRateLimiter::new(
+        &config.ratelimit,
+    ));
     let reloader = match reload {
         Some(overrides) => Some(
-            crate::reload::Reloader::new(overrides, config.clone(), log_level.clone())
-                .context("cannot read the configuration file again for live reload")?,
+            crate::reload::Reloader::new(
+                overrides,
+                config.clone(),
+                log_level.clone(),
+                Arc::clone(&rate_limiter),
+            )
+            .context("cannot read the configuration file again for live reload")?,
         ),
         None => None,
     };
@@ -310,9 +318,7 @@ pub async fn run_with_reload(
         disable_sds_api: config.disable_sds_api,
         disable_workload_api: config.disable_workload_api,
         log_selectors: config.log_selectors.clone(),
-        rate_limiter: Arc::new(crate::workload::ratelimit::WorkloadRateLimiter::new(
-            &config.ratelimit,
-        )),
+        rate_limiter,
     };
     let workload_task = if config.disable_sds_api && config.disable_workload_api {
         tracing::info!(

@@ -1,7 +1,8 @@
 //! Live configuration reload of a running agent (beyond upstream): on SIGHUP and on
 //! `spire-agent config reload` (the `spire_rs.admin.config.v1.Config` service on the admin
 //! socket, when `admin_socket_path` is set), the agent reads its file again and applies
-//! `agent.log_level` and `agent.log_file` (when logs already go to a file).
+//! `agent.log_level`, `agent.log_file` (when logs already go to a file) and
+//! `agent.experimental.ratelimit`.
 //!
 //! Every other changed key is reported by name as needing a restart and keeps its running
 //! value; the Workload API, its open streams and the cache are never touched. A file that
@@ -16,9 +17,14 @@ use spire_common::reload::{
 };
 
 use crate::config::{self, Overrides, ResolvedAgentConfig};
+use crate::workload::ratelimit::WorkloadRateLimiter;
 
 /// Keys applied live.
-const LIVE_KEYS: &[&str] = &["agent.log_level", "agent.log_file"];
+const LIVE_KEYS: &[&str] = &[
+    "agent.log_level",
+    "agent.log_file",
+    "agent.experimental.ratelimit",
+];
 
 struct Applied {
     document: Value,
@@ -30,6 +36,7 @@ pub struct Reloader {
     overrides: Overrides,
     started: Value,
     log_level: LogLevelHandle,
+    rate_limiter: Arc<WorkloadRateLimiter>,
     applied: tokio::sync::Mutex<Applied>,
 }
 
@@ -43,11 +50,13 @@ impl std::fmt::Debug for Reloader {
 
 impl Reloader {
     /// A reloader for an agent started with `overrides` (the `run` flags) and `config`,
-    /// changing `log_level`'s logger. Fails when the file cannot be read again.
+    /// changing `log_level`'s logger and the Workload API's `rate_limiter`. Fails when the
+    /// file cannot be read again.
     pub fn new(
         overrides: Overrides,
         config: ResolvedAgentConfig,
         log_level: LogLevelHandle,
+        rate_limiter: Arc<WorkloadRateLimiter>,
     ) -> anyhow::Result<Arc<Self>> {
         let document =
             spire_common::reload::read_document(&overrides.config_path(), overrides.expand_env)
@@ -56,6 +65,7 @@ impl Reloader {
             overrides,
             started: document.clone(),
             log_level,
+            rate_limiter,
             applied: tokio::sync::Mutex::new(Applied { document, config }),
         }))
     }
@@ -129,9 +139,41 @@ impl Reloader {
                 new_value: config.log_level.clone(),
             });
         }
+        if live
+            .iter()
+            .any(|k| key_matches(k, "agent.experimental.ratelimit"))
+            && old.ratelimit != config.ratelimit
+        {
+            self.rate_limiter.set_limits(&config.ratelimit);
+            outcome.applied.push(AppliedChange {
+                key: "agent.experimental.ratelimit".into(),
+                old_value: describe_limits(&old.ratelimit),
+                new_value: describe_limits(&config.ratelimit),
+            });
+        }
         *applied = Applied { document, config };
         outcome.log(&path);
         Ok(outcome)
+    }
+}
+
+/// `fetch_x509_svid=10 fetch_jwt_svid=5`, or `unlimited`.
+fn describe_limits(limits: &crate::config::RateLimitSection) -> String {
+    let set: Vec<String> = [
+        ("fetch_x509_svid", limits.fetch_x509_svid),
+        ("fetch_jwt_svid", limits.fetch_jwt_svid),
+        ("fetch_x509_bundles", limits.fetch_x509_bundles),
+        ("fetch_jwt_bundles", limits.fetch_jwt_bundles),
+        ("stream_secrets", limits.stream_secrets),
+        ("fetch_secrets", limits.fetch_secrets),
+    ]
+    .into_iter()
+    .filter_map(|(name, limit)| limit.filter(|l| *l > 0).map(|l| format!("{name}={l}")))
+    .collect();
+    if set.is_empty() {
+        "unlimited".to_owned()
+    } else {
+        set.join(" ")
     }
 }
 

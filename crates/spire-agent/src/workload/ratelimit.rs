@@ -6,10 +6,11 @@
 //! the same selector set shares one bucket, and callers with no selectors share the
 //! `<unattested>` bucket. A refused call fails with `Unavailable: rate limit exceeded for
 //! <method>` and counts `workload_api_rate_limit_exceeded{method}`. Streams are limited when
-//! they open. The agent's own calls (its health check) are never limited.
+//! they open. The agent's own calls (its health check) are never limited. A configuration
+//! reload may change the limits while the agent runs ([`WorkloadRateLimiter::set_limits`]).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use spire_core::selector::Selector;
@@ -43,13 +44,20 @@ struct Bucket {
 /// The limits of every method, and the buckets of every selector set seen.
 #[derive(Debug, Default)]
 pub struct WorkloadRateLimiter {
-    limits: HashMap<&'static str, u32>,
+    limits: RwLock<HashMap<&'static str, u32>>,
     buckets: Mutex<HashMap<(&'static str, String), Bucket>>,
 }
 
 impl WorkloadRateLimiter {
     /// Limits from `experimental.ratelimit`; methods without a limit (or 0) are never limited.
     pub fn new(config: &RateLimitSection) -> Self {
+        let limiter = Self::default();
+        limiter.set_limits(config);
+        limiter
+    }
+
+    /// Replaces every limit (a configuration reload); buckets start full again.
+    pub fn set_limits(&self, config: &RateLimitSection) {
         let limits = [
             (FETCH_X509_SVID, config.fetch_x509_svid),
             (FETCH_JWT_SVID, config.fetch_jwt_svid),
@@ -64,10 +72,11 @@ impl WorkloadRateLimiter {
         for (method, limit) in &limits {
             tracing::info!(method, limit, "Workload API/SDS rate limiting enabled");
         }
-        Self {
-            limits,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        *self.limits.write().unwrap_or_else(PoisonError::into_inner) = limits;
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Takes a token for a call of `method` by a caller with `selectors`, or refuses the
@@ -78,7 +87,13 @@ impl WorkloadRateLimiter {
         selectors: &[Selector],
         caller_pid: Option<i32>,
     ) -> Result<(), Status> {
-        let Some(limit) = self.limits.get(method).copied() else {
+        let limit = self
+            .limits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(method)
+            .copied();
+        let Some(limit) = limit else {
             return Ok(());
         };
         let own_pid = i32::try_from(std::process::id()).ok();
@@ -188,6 +203,18 @@ mod tests {
         let own = i32::try_from(std::process::id()).ok();
         for _ in 0..10 {
             assert!(l.check(FETCH_X509_SVID, &a, own).is_ok());
+        }
+    }
+
+    #[test]
+    fn new_limits_apply_to_the_next_call() {
+        let l = limiter(1);
+        let a = [sel("unix", "uid:1")];
+        assert!(l.check(FETCH_X509_SVID, &a, Some(1)).is_ok());
+        assert!(l.check(FETCH_X509_SVID, &a, Some(1)).is_err());
+        l.set_limits(&RateLimitSection::default());
+        for _ in 0..10 {
+            assert!(l.check(FETCH_X509_SVID, &a, Some(1)).is_ok());
         }
     }
 
