@@ -216,6 +216,9 @@ pub async fn run_with_reload(
             ..ManagerOptions::default()
         },
     );
+    if let Some(reloader) = &reloader {
+        reloader.attach_manager(Arc::clone(&manager));
+    }
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();

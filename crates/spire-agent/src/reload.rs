@@ -1,8 +1,8 @@
 //! Live configuration reload of a running agent (beyond upstream): on SIGHUP and on
 //! `spire-agent config reload` (the `spire_rs.admin.config.v1.Config` service on the admin
 //! socket, when `admin_socket_path` is set), the agent reads its file again and applies
-//! `agent.log_level`, `agent.log_file` (when logs already go to a file) and
-//! `agent.experimental.ratelimit`.
+//! `agent.log_level`, `agent.log_file` (when logs already go to a file),
+//! `agent.experimental.ratelimit` and `agent.experimental.sync_interval`.
 //!
 //! Every other changed key is reported by name as needing a restart and keeps its running
 //! value; the Workload API, its open streams and the cache are never touched. A file that
@@ -17,6 +17,7 @@ use spire_common::reload::{
 };
 
 use crate::config::{self, Overrides, ResolvedAgentConfig};
+use crate::manager::Manager;
 use crate::workload::ratelimit::WorkloadRateLimiter;
 
 /// Keys applied live.
@@ -24,6 +25,7 @@ const LIVE_KEYS: &[&str] = &[
     "agent.log_level",
     "agent.log_file",
     "agent.experimental.ratelimit",
+    "agent.experimental.sync_interval",
 ];
 
 struct Applied {
@@ -37,6 +39,8 @@ pub struct Reloader {
     started: Value,
     log_level: LogLevelHandle,
     rate_limiter: Arc<WorkloadRateLimiter>,
+    /// The cache manager, once the agent has attested (see [`Reloader::attach_manager`]).
+    manager: std::sync::OnceLock<Arc<Manager>>,
     applied: tokio::sync::Mutex<Applied>,
 }
 
@@ -66,8 +70,15 @@ impl Reloader {
             started: document.clone(),
             log_level,
             rate_limiter,
+            manager: std::sync::OnceLock::new(),
             applied: tokio::sync::Mutex::new(Applied { document, config }),
         }))
+    }
+
+    /// Lets reloads change the running manager's `sync_interval` (the manager exists only
+    /// once the agent has attested, after the reloader).
+    pub fn attach_manager(&self, manager: Arc<Manager>) {
+        let _ = self.manager.set(manager);
     }
 
     /// Reads the file again and applies it; the error (the file's problem) changes nothing.
@@ -149,6 +160,17 @@ impl Reloader {
                 key: "agent.experimental.ratelimit".into(),
                 old_value: describe_limits(&old.ratelimit),
                 new_value: describe_limits(&config.ratelimit),
+            });
+        }
+        if live.iter().any(|k| k == "agent.experimental.sync_interval")
+            && old.experimental.sync_interval != config.experimental.sync_interval
+            && let Some(manager) = self.manager.get()
+        {
+            manager.set_sync_interval(config.experimental.sync_interval);
+            outcome.applied.push(AppliedChange {
+                key: "agent.experimental.sync_interval".into(),
+                old_value: spire_core::duration::format(old.experimental.sync_interval),
+                new_value: spire_core::duration::format(config.experimental.sync_interval),
             });
         }
         *applied = Applied { document, config };

@@ -885,3 +885,43 @@ async fn a_slow_server_gets_the_cache_hit_timeout_then_the_cached_jwt_is_served(
     );
     assert_eq!(server.jwt_calls.load(Ordering::SeqCst), 2);
 }
+
+/// A configuration reload of `experimental.sync_interval` reaches a running sync loop at
+/// once, even one waiting out a long interval.
+#[tokio::test]
+async fn a_new_sync_interval_applies_to_the_running_loop() {
+    let server = FakeServer::new(TestClock::new());
+    let m = manager_with(&server, |o| {
+        o.sync_interval = Duration::from_secs(3600);
+        o.follow_sync_hints = false;
+    });
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&m).run(cancel.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.entry_calls.load(Ordering::SeqCst) < 1 {
+        assert!(std::time::Instant::now() < deadline, "no first sync");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.entry_calls.load(Ordering::SeqCst),
+        1,
+        "hourly: one sync so far"
+    );
+
+    m.set_sync_interval(Duration::from_millis(20));
+    assert_eq!(m.sync_interval(), Duration::from_millis(20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.entry_calls.load(Ordering::SeqCst) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop kept the hourly interval"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops when cancelled")
+        .unwrap();
+}

@@ -131,7 +131,10 @@ fn a_config_reload_changes_the_limits_of_a_running_agent() {
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(
         &agent.config_path,
-        text.replace("fetch_jwt_svid = 2", "fetch_jwt_svid = 0"),
+        text.replace(
+            "fetch_jwt_svid = 2\n        }",
+            "fetch_jwt_svid = 0\n        }\n        sync_interval = \"2s\"",
+        ),
     )
     .unwrap();
     let out = Command::new(binary("spire-agent"))

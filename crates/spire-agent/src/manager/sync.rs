@@ -178,6 +178,8 @@ pub struct Manager {
     last_attempt: Mutex<Option<(i64, Option<String>)>>,
     /// The X.509 authorities the server's bundle marks tainted, for the agent SVID rotation.
     tainted_roots: watch::Sender<Vec<Vec<u8>>>,
+    /// `experimental.sync_interval`, which a configuration reload may change.
+    sync_interval: watch::Sender<Duration>,
 }
 
 impl Manager {
@@ -201,6 +203,7 @@ impl Manager {
         let jwt = JwtCache::new(options.jwt_svid_cache_max_size);
         let state = State::new(initial_bundle);
         let (bundles_tx, _) = watch::channel(Arc::new(state.all_bundles()));
+        let sync_interval = watch::Sender::new(options.sync_interval);
         Arc::new(Self {
             api,
             trust_domain,
@@ -215,6 +218,7 @@ impl Manager {
             last_sync_success: Mutex::new(None),
             last_attempt: Mutex::new(None),
             tainted_roots: watch::Sender::new(Vec::new()),
+            sync_interval,
         })
     }
 
@@ -571,6 +575,18 @@ impl Manager {
         Ok(())
     }
 
+    /// Changes the time between syncs (a configuration reload of
+    /// `experimental.sync_interval`); a sync loop waiting on the old interval starts over
+    /// with the new one at once.
+    pub fn set_sync_interval(&self, interval: Duration) {
+        self.sync_interval.send_replace(interval);
+    }
+
+    /// The current time between syncs.
+    pub fn sync_interval(&self) -> Duration {
+        *self.sync_interval.borrow()
+    }
+
     /// Syncs every `sync_interval` until `cancel`; after a failure waits with jittered
     /// exponential backoff instead, serving the cached SVIDs meanwhile. A subscriber waiting
     /// for a not-yet-minted SVID starts a sync early.
@@ -588,6 +604,7 @@ impl Manager {
 
     async fn sync_loop(&self, cancel: &CancellationToken) {
         let mut failures: u32 = 0;
+        let mut interval_changed = self.sync_interval.subscribe();
         loop {
             let started = Instant::now();
             let result = self.sync_once().await;
@@ -606,7 +623,8 @@ impl Manager {
             if failures == 0 {
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(self.options.sync_interval) => {}
+                    () = tokio::time::sleep(self.sync_interval()) => {}
+                    Ok(()) = interval_changed.changed() => {}
                     () = self.sync_now.notified() => {
                         let wait = (started + MIN_TRIGGERED_SYNC_SPACING)
                             .saturating_duration_since(Instant::now());
@@ -682,7 +700,7 @@ impl Manager {
                 }
                 Ok(HintsOffer::NotOffered) => {
                     tracing::info!(
-                        sync_interval = ?self.options.sync_interval,
+                        sync_interval = ?self.sync_interval(),
                         "the server offers no sync hints; changes arrive at the next sync"
                     );
                     HINTS_RETRY_WHEN_NOT_OFFERED
