@@ -105,10 +105,18 @@ pub async fn run_with_reload(
     shutdown: impl std::future::Future<Output = ()>,
     reload: Option<config::Overrides>,
 ) -> anyhow::Result<()> {
+    let rate_limiter = Arc::new(crate::workload::ratelimit::WorkloadRateLimiter::new(
+        &config.ratelimit,
+    ));
     let reloader = match reload {
         Some(overrides) => Some(
-            crate::reload::Reloader::new(overrides, config.clone(), log_level.clone())
-                .context("cannot read the configuration file again for live reload")?,
+            crate::reload::Reloader::new(
+                overrides,
+                config.clone(),
+                log_level.clone(),
+                Arc::clone(&rate_limiter),
+            )
+            .context("cannot read the configuration file again for live reload")?,
         ),
         None => None,
     };
@@ -203,9 +211,14 @@ pub async fn run_with_reload(
             jwt_svid_cache_max_size: config.jwt_svid_cache_max_size,
             svid_key_type: config.workload_x509_svid_key_type,
             use_sync_authorized_entries: config.experimental.use_sync_authorized_entries,
+            availability_target: config.availability_target,
+            jwt_svid_cache_hit_timeout: config.experimental.jwt_svid_cache_hit_timeout,
             ..ManagerOptions::default()
         },
     );
+    if let Some(reloader) = &reloader {
+        reloader.attach_manager(Arc::clone(&manager));
+    }
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -252,6 +265,7 @@ pub async fn run_with_reload(
         reattestable,
         updates: Some(svid_updates),
         tainted_roots: Some(manager.tainted_roots()),
+        availability_target: config.availability_target,
     };
     let svid_keeper = tokio::spawn(attestation::keep_agent_svid(
         rotation,
@@ -307,6 +321,7 @@ pub async fn run_with_reload(
         disable_sds_api: config.disable_sds_api,
         disable_workload_api: config.disable_workload_api,
         log_selectors: config.log_selectors.clone(),
+        rate_limiter,
     };
     let workload_task = if config.disable_sds_api && config.disable_workload_api {
         tracing::info!(

@@ -14,6 +14,7 @@ pub use spire_common::logging;
 pub mod manager;
 pub mod plugins;
 pub mod reload;
+pub mod rotation_strategy;
 pub mod sds;
 pub mod storage;
 pub mod workload;

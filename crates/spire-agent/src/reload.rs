@@ -1,7 +1,8 @@
 //! Live configuration reload of a running agent (beyond upstream): on SIGHUP and on
 //! `spire-agent config reload` (the `spire_rs.admin.config.v1.Config` service on the admin
 //! socket, when `admin_socket_path` is set), the agent reads its file again and applies
-//! `agent.log_level` and `agent.log_file` (when logs already go to a file).
+//! `agent.log_level`, `agent.log_file` (when logs already go to a file),
+//! `agent.experimental.ratelimit` and `agent.experimental.sync_interval`.
 //!
 //! Every other changed key is reported by name as needing a restart and keeps its running
 //! value; the Workload API, its open streams and the cache are never touched. A file that
@@ -16,9 +17,16 @@ use spire_common::reload::{
 };
 
 use crate::config::{self, Overrides, ResolvedAgentConfig};
+use crate::manager::Manager;
+use crate::workload::ratelimit::WorkloadRateLimiter;
 
 /// Keys applied live.
-const LIVE_KEYS: &[&str] = &["agent.log_level", "agent.log_file"];
+const LIVE_KEYS: &[&str] = &[
+    "agent.log_level",
+    "agent.log_file",
+    "agent.experimental.ratelimit",
+    "agent.experimental.sync_interval",
+];
 
 struct Applied {
     document: Value,
@@ -30,6 +38,9 @@ pub struct Reloader {
     overrides: Overrides,
     started: Value,
     log_level: LogLevelHandle,
+    rate_limiter: Arc<WorkloadRateLimiter>,
+    /// The cache manager, once the agent has attested (see [`Reloader::attach_manager`]).
+    manager: std::sync::OnceLock<Arc<Manager>>,
     applied: tokio::sync::Mutex<Applied>,
 }
 
@@ -43,11 +54,13 @@ impl std::fmt::Debug for Reloader {
 
 impl Reloader {
     /// A reloader for an agent started with `overrides` (the `run` flags) and `config`,
-    /// changing `log_level`'s logger. Fails when the file cannot be read again.
+    /// changing `log_level`'s logger and the Workload API's `rate_limiter`. Fails when the
+    /// file cannot be read again.
     pub fn new(
         overrides: Overrides,
         config: ResolvedAgentConfig,
         log_level: LogLevelHandle,
+        rate_limiter: Arc<WorkloadRateLimiter>,
     ) -> anyhow::Result<Arc<Self>> {
         let document =
             spire_common::reload::read_document(&overrides.config_path(), overrides.expand_env)
@@ -56,8 +69,16 @@ impl Reloader {
             overrides,
             started: document.clone(),
             log_level,
+            rate_limiter,
+            manager: std::sync::OnceLock::new(),
             applied: tokio::sync::Mutex::new(Applied { document, config }),
         }))
+    }
+
+    /// Lets reloads change the running manager's `sync_interval` (the manager exists only
+    /// once the agent has attested, after the reloader).
+    pub fn attach_manager(&self, manager: Arc<Manager>) {
+        let _ = self.manager.set(manager);
     }
 
     /// Reads the file again and applies it; the error (the file's problem) changes nothing.
@@ -129,9 +150,52 @@ impl Reloader {
                 new_value: config.log_level.clone(),
             });
         }
+        if live
+            .iter()
+            .any(|k| key_matches(k, "agent.experimental.ratelimit"))
+            && old.ratelimit != config.ratelimit
+        {
+            self.rate_limiter.set_limits(&config.ratelimit);
+            outcome.applied.push(AppliedChange {
+                key: "agent.experimental.ratelimit".into(),
+                old_value: describe_limits(&old.ratelimit),
+                new_value: describe_limits(&config.ratelimit),
+            });
+        }
+        if live.iter().any(|k| k == "agent.experimental.sync_interval")
+            && old.experimental.sync_interval != config.experimental.sync_interval
+            && let Some(manager) = self.manager.get()
+        {
+            manager.set_sync_interval(config.experimental.sync_interval);
+            outcome.applied.push(AppliedChange {
+                key: "agent.experimental.sync_interval".into(),
+                old_value: spire_core::duration::format(old.experimental.sync_interval),
+                new_value: spire_core::duration::format(config.experimental.sync_interval),
+            });
+        }
         *applied = Applied { document, config };
         outcome.log(&path);
         Ok(outcome)
+    }
+}
+
+/// `fetch_x509_svid=10 fetch_jwt_svid=5`, or `unlimited`.
+fn describe_limits(limits: &crate::config::RateLimitSection) -> String {
+    let set: Vec<String> = [
+        ("fetch_x509_svid", limits.fetch_x509_svid),
+        ("fetch_jwt_svid", limits.fetch_jwt_svid),
+        ("fetch_x509_bundles", limits.fetch_x509_bundles),
+        ("fetch_jwt_bundles", limits.fetch_jwt_bundles),
+        ("stream_secrets", limits.stream_secrets),
+        ("fetch_secrets", limits.fetch_secrets),
+    ]
+    .into_iter()
+    .filter_map(|(name, limit)| limit.filter(|l| *l > 0).map(|l| format!("{name}={l}")))
+    .collect();
+    if set.is_empty() {
+        "unlimited".to_owned()
+    } else {
+        set.join(" ")
     }
 }
 

@@ -125,13 +125,19 @@ fn every_documented_key_is_accepted_and_typed() {
         "spiffe://example.org/delegate"
     );
     assert_eq!(c.availability_target, Some(Duration::from_secs(48 * 3600)));
-    assert_eq!(c.rebootstrap_mode, RebootstrapMode::Auto);
+    assert_eq!(c.rebootstrap_mode, RebootstrapMode::Never);
+    assert_eq!(c.rebootstrap_delay, Duration::from_secs(15 * 60));
     assert_eq!(c.x509_svid_cache_max_size, 5000);
     assert_eq!(c.jwt_svid_cache_max_size, 2000);
     assert_eq!(c.workload_x509_svid_key_type, KeyType::Rsa2048);
     assert_eq!(c.sds.default_all_bundles_name, "my_all");
     assert!(c.sds.disable_spiffe_cert_validation);
     assert_eq!(c.ratelimit.fetch_x509_svid, Some(10));
+    assert_eq!(c.ratelimit.fetch_secrets, Some(1));
+    assert_eq!(
+        c.experimental.jwt_svid_cache_hit_timeout,
+        Duration::from_secs(7)
+    );
     assert_eq!(c.experimental.sync_interval, Duration::from_secs(10));
     assert_eq!(c.plugins.key_manager, KeyManagerChoice::Memory);
     let unix = c.plugins.unix_attestor().unwrap();
@@ -203,10 +209,12 @@ fn unknown_keys_are_named_with_their_block() {
     assert!(err.contains("trust_domian"), "{err}");
     assert!(err.contains("agent"), "{err}");
 
-    let err = load("agent { sds { default_name = \"x\" } }")
+    // Upstream never checks `sds { }` (see the warning test below); it does check
+    // `health_checks { }`.
+    let err = load("health_checks { listner_enabled = true }")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("default_name"), "{err}");
+    assert!(err.contains("listner_enabled"), "{err}");
 
     let err = load("agnet { }").unwrap_err().to_string();
     assert!(err.contains("agnet"), "{err}");
@@ -596,4 +604,105 @@ fn profiling_and_require_pq_kem_are_refused_by_name() {
     .unwrap()
     .resolve()
     .unwrap();
+}
+
+#[test]
+fn rebootstrap_auto_and_always_are_refused_by_name_in_file_and_flags() {
+    for mode in ["auto", "always"] {
+        let err = resolve_err(&with_agent(&format!(
+            "{MINIMAL_AGENT}\n    rebootstrap_mode = \"{mode}\""
+        )));
+        assert!(err.contains("agent.rebootstrap_mode"), "{err}");
+        assert!(err.contains("not supported by this agent"), "{err}");
+    }
+    // The flags land on the same keys.
+    let mut cfg = load(&with_agent(MINIMAL_AGENT)).unwrap();
+    cfg.apply_overrides(&Overrides {
+        rebootstrap_mode: Some("always".into()),
+        ..Overrides::default()
+    });
+    let err = cfg.resolve().unwrap_err().to_string();
+    assert!(err.contains("agent.rebootstrap_mode"), "{err}");
+    let mut cfg = load(&with_agent(MINIMAL_AGENT)).unwrap();
+    cfg.apply_overrides(&Overrides {
+        rebootstrap_mode: Some("never".into()),
+        rebootstrap_delay: Some(Duration::from_secs(60)),
+        ..Overrides::default()
+    });
+    let c = cfg.resolve().unwrap();
+    assert_eq!(c.rebootstrap_mode, RebootstrapMode::Never);
+    assert_eq!(c.rebootstrap_delay, Duration::from_secs(60));
+}
+
+#[test]
+fn experimental_ratelimit_and_broker_of_v1_15_load_or_are_refused_by_name() {
+    let c = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ ratelimit {{ fetch_x509_svid = 5 stream_secrets = 2 }} }}"
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(c.ratelimit.fetch_x509_svid, Some(5));
+    assert_eq!(c.ratelimit.stream_secrets, Some(2));
+    // ratelimit is checked strictly, as upstream checks it.
+    let err = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ ratelimit {{ fetch_x509 = 5 }} }}"
+    )))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown key \"fetch_x509\""), "{err}");
+    // The old top-level block says where the key lives now.
+    let err = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    ratelimit {{ fetch_x509_svid = 5 }}"
+    )))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("experimental { ratelimit"), "{err}");
+    // The Broker API block loads and is refused by name.
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ broker {{ socket_path = \"/run/broker.sock\" brokers = [{{ id = \"spiffe://example.org/b\" allowed_reference_types = [{{ type_url = \"*\" }}] }}] }} }}"
+    )));
+    assert!(err.contains("agent.experimental.broker"), "{err}");
+    assert!(err.contains("SPIFFE Broker API"), "{err}");
+}
+
+#[test]
+fn jwt_svid_cache_hit_timeout_is_bounded_as_upstream() {
+    for (value, message) in [
+        ("4s", "must be greater than 5s"),
+        ("31s", "must be less than 30s"),
+    ] {
+        let err = resolve_err(&with_agent(&format!(
+            "{MINIMAL_AGENT}\n    experimental {{ jwt_svid_cache_hit_timeout = \"{value}\" }}"
+        )));
+        assert!(
+            err.contains("agent.experimental.jwt_svid_cache_hit_timeout"),
+            "{err}"
+        );
+        assert!(err.contains(message), "{err}");
+    }
+    let c = load(&with_agent(MINIMAL_AGENT)).unwrap().resolve().unwrap();
+    assert_eq!(
+        c.experimental.jwt_svid_cache_hit_timeout,
+        Duration::from_secs(30)
+    );
+}
+
+#[test]
+fn unknown_keys_in_experimental_sds_and_telemetry_warn_as_upstream_ignores_them() {
+    let text = with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ old_flag = true }}\n    sds {{ legacy = 1 }}"
+    )) + "\ntelemetry { Unknown = 1 }\n";
+    let c = load(&text).unwrap().resolve().unwrap();
+    for needle in [
+        "agent.experimental is ignored, as upstream ignores it: old_flag",
+        "agent.sds is ignored, as upstream ignores it: legacy",
+        "telemetry is ignored, as upstream ignores it: Unknown",
+    ] {
+        assert!(
+            c.warnings.iter().any(|w| w.contains(needle)),
+            "{needle}: {:?}",
+            c.warnings
+        );
+    }
 }

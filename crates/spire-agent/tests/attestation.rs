@@ -400,6 +400,7 @@ async fn rotation_renews_at_half_life_and_persists_across_restart() {
             reattestable: false,
             updates: Some(tx),
             tainted_roots: None,
+            availability_target: None,
         },
         AgentSvid {
             chain: result.svid_chain.clone(),
@@ -701,6 +702,7 @@ async fn a_reattestable_agent_attests_again_after_eviction_and_carries_on() {
             reattestable: true,
             updates: None,
             tainted_roots: None,
+            availability_target: None,
         },
         Arc::new(JoinTokenAttestor::new(Some(second.clone()))),
         AgentSvid {

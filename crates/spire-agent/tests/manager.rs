@@ -105,17 +105,23 @@ struct FakeServer {
     jwt_calls: AtomicUsize,
     /// Every version PostStatus reported.
     statuses: Mutex<Vec<String>>,
+    /// How long NewJWTSVID takes to answer.
+    jwt_delay: Mutex<Duration>,
 }
 
 impl FakeServer {
     fn new(clock: TestClock) -> Arc<Self> {
+        Self::with_svid_ttl(clock, time::Duration::hours(1))
+    }
+
+    fn with_svid_ttl(clock: TestClock, svid_ttl: time::Duration) -> Arc<Self> {
         Arc::new(Self {
             ca: Ca::new(TD),
             clock,
             entries: Mutex::new(Vec::new()),
             federated: Mutex::new(HashMap::new()),
             extra_roots: Mutex::new(Vec::new()),
-            svid_ttl: time::Duration::hours(1),
+            svid_ttl,
             jwt_ttl: 300,
             failing: AtomicBool::new(false),
             entry_calls: AtomicUsize::new(0),
@@ -123,6 +129,7 @@ impl FakeServer {
             csrs_signed: AtomicUsize::new(0),
             jwt_calls: AtomicUsize::new(0),
             statuses: Mutex::new(Vec::new()),
+            jwt_delay: Mutex::new(Duration::ZERO),
         })
     }
 
@@ -257,6 +264,8 @@ impl ServerApi for FakeServer {
     ) -> Result<String, ManagerError> {
         self.check_up()?;
         self.jwt_calls.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.jwt_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         let subject = self
             .spiffe_id_of(entry_id)
             .ok_or_else(|| ManagerError::Internal(format!("no entry {entry_id}")))?;
@@ -816,4 +825,103 @@ async fn a_bundle_change_reaches_subscribers_and_the_bundle_watch() {
     assert_eq!(bundles.borrow_and_update()[TD].x509_authorities.len(), 2);
     // The SVID itself did not change.
     assert_eq!(server.batch_calls.load(Ordering::SeqCst), 1);
+}
+
+/// `availability_target`: with 72 h SVIDs and a 48 h target, an SVID is renewed once 48 h
+/// are left (after 24 h), before its half-life (36 h); without the target, at half-life.
+#[tokio::test]
+async fn availability_target_renews_workload_svids_before_half_life() {
+    for (target, renewed_after_25h) in [(None, false), (Some(48), true)] {
+        let clock = TestClock::new();
+        let server = FakeServer::with_svid_ttl(clock.clone(), time::Duration::hours(72));
+        server.add_entry("a", &["unix:uid:1000"], &[]);
+        let m = manager_with(&server, |o| {
+            o.availability_target = target.map(|h| Duration::from_secs(h * 3600));
+        });
+        m.sync_once().await.unwrap();
+        let _rx = m.subscribe(selectors(&["unix:uid:1000"]));
+        clock.advance(time::Duration::hours(23));
+        m.sync_once().await.unwrap();
+        assert_eq!(server.batch_calls.load(Ordering::SeqCst), 1, "{target:?}");
+        clock.advance(time::Duration::hours(2));
+        m.sync_once().await.unwrap();
+        let expected = if renewed_after_25h { 2 } else { 1 };
+        assert_eq!(
+            server.batch_calls.load(Ordering::SeqCst),
+            expected,
+            "{target:?}"
+        );
+        clock.advance(time::Duration::hours(12));
+        m.sync_once().await.unwrap();
+        assert_eq!(server.batch_calls.load(Ordering::SeqCst), 2, "{target:?}");
+    }
+}
+
+/// `experimental.jwt_svid_cache_hit_timeout`: with an unexpired JWT-SVID cached, a slow
+/// server gets only that long before the cached token is served.
+#[tokio::test]
+async fn a_slow_server_gets_the_cache_hit_timeout_then_the_cached_jwt_is_served() {
+    let clock = TestClock::new();
+    let server = FakeServer::new(clock.clone());
+    server.add_entry("a", &["unix:uid:1000"], &[]);
+    let m = manager_with(&server, |o| {
+        o.jwt_svid_cache_hit_timeout = Duration::from_millis(300);
+    });
+    m.sync_once().await.unwrap();
+    let sel = selectors(&["unix:uid:1000"]);
+    let aud = vec!["a".to_owned()];
+    let first = m.fetch_jwt_svids(&sel, None, &aud).await.unwrap();
+
+    // Past half-life, not expired: a renewal is tried, but the server takes 20 s.
+    clock.advance(time::Duration::seconds(151));
+    *server.jwt_delay.lock().unwrap() = Duration::from_secs(20);
+    let started = std::time::Instant::now();
+    let served = m.fetch_jwt_svids(&sel, None, &aud).await.unwrap();
+    assert_eq!(served[0].token, first[0].token);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?} instead of the 300 ms cache-hit timeout",
+        started.elapsed()
+    );
+    assert_eq!(server.jwt_calls.load(Ordering::SeqCst), 2);
+}
+
+/// A configuration reload of `experimental.sync_interval` reaches a running sync loop at
+/// once, even one waiting out a long interval.
+#[tokio::test]
+async fn a_new_sync_interval_applies_to_the_running_loop() {
+    let server = FakeServer::new(TestClock::new());
+    let m = manager_with(&server, |o| {
+        o.sync_interval = Duration::from_secs(3600);
+        o.follow_sync_hints = false;
+    });
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&m).run(cancel.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.entry_calls.load(Ordering::SeqCst) < 1 {
+        assert!(std::time::Instant::now() < deadline, "no first sync");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.entry_calls.load(Ordering::SeqCst),
+        1,
+        "hourly: one sync so far"
+    );
+
+    m.set_sync_interval(Duration::from_millis(20));
+    assert_eq!(m.sync_interval(), Duration::from_millis(20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.entry_calls.load(Ordering::SeqCst) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop kept the hourly interval"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops when cancelled")
+        .unwrap();
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiContext, ApiSettings, ratelimit::RateLimiters};
-use crate::authorized::{AuthorizedIndex, IndexOptions};
+use crate::authorized::AuthorizedIndex;
 use crate::ca::{CaConfig, CaManager};
 use crate::catalog::{self, Catalog, DatabaseType, KeyManagerChoice, UpstreamAuthorityChoice};
 use crate::cli::RunArgs;
@@ -171,15 +171,12 @@ pub async fn run_with_reload(
     let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
         .await
         .context("cannot start the CA")?;
-    let index = AuthorizedIndex::load_with(
-        datastore.clone(),
-        IndexOptions {
-            full_reload_interval: config.experimental.full_cache_reload_interval,
-            ..IndexOptions::default()
-        },
-    )
-    .await
-    .context("cannot load registration entries and agents from the datastore")?;
+    if config.experimental.events_based_cache {
+        tracing::info!("Using events based cache");
+    }
+    let index = AuthorizedIndex::load_with(datastore.clone(), config.index_options())
+        .await
+        .context("cannot load registration entries and agents from the datastore")?;
 
     let cancel = CancellationToken::new();
     let bundle_refresher = BundleRefresher::new(
@@ -296,8 +293,17 @@ pub async fn run_with_reload(
             socket_path: config.socket_path.clone(),
         };
         let metrics = metrics.clone();
+        let proxy_trusted = config.proxy_protocol_trusted_cidrs.clone();
         tokio::spawn(async move {
-            endpoints::serve(ctx, endpoints_config, metrics, reloader, cancel).await
+            endpoints::serve(
+                ctx,
+                endpoints_config,
+                metrics,
+                reloader,
+                proxy_trusted,
+                cancel,
+            )
+            .await
         })
     };
     let health = HealthChecksConfig {

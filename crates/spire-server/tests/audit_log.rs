@@ -94,6 +94,15 @@ struct Server {
 }
 
 async fn start(audit_log_enabled: bool, disable_jwt_svids: bool) -> Server {
+    start_with_proxy(audit_log_enabled, disable_jwt_svids, &[]).await
+}
+
+/// A server whose TCP listener accepts PROXY headers from `trusted_cidrs`.
+async fn start_with_proxy(
+    audit_log_enabled: bool,
+    disable_jwt_svids: bool,
+    trusted_cidrs: &[&str],
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = spire_server::datastore::sql::SqlConfig {
         database_type: "sqlite3".into(),
@@ -159,7 +168,8 @@ async fn start(audit_log_enabled: bool, disable_jwt_svids: bool) -> Server {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_proxy_protocol(trusted_cidrs.iter().map(|c| c.parse().unwrap()).collect());
     let tcp = endpoints.local_tcp_addr().unwrap();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(endpoints.run(cancel.clone()));
@@ -476,5 +486,152 @@ async fn disable_jwt_svids_refuses_the_jwt_rpcs_and_keeps_no_jwt_keys() {
         .unwrap()
         .into_inner();
     assert!(minted.svid.is_some());
+    server.stop().await;
+}
+
+/// A TLS channel whose TCP connection first sends `preamble` (a PROXY header), as a load
+/// balancer would, then the TLS handshake.
+fn tls_channel_after(addr: SocketAddr, config: rustls::ClientConfig, preamble: Vec<u8>) -> Channel {
+    use tokio::io::AsyncWriteExt;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Endpoint::from_static("http://spire-server.tcp").connect_with_connector_lazy(tower::service_fn(
+        move |_| {
+            let connector = connector.clone();
+            let preamble = preamble.clone();
+            async move {
+                let mut tcp = TcpStream::connect(addr).await?;
+                tcp.write_all(&preamble).await?;
+                let name = ServerName::try_from("spire-server").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        },
+    ))
+}
+
+/// GetBundle over TCP after `preamble`; the `caller_addr` of its audit entry.
+async fn audited_caller_addr(
+    server: &Server,
+    captured: &Captured,
+    preamble: Vec<u8>,
+) -> Result<String, tonic::Status> {
+    BundleClient::new(tls_channel_after(server.tcp, client_tls(None), preamble))
+        .get_bundle(bundlepb::GetBundleRequest { output_mask: None })
+        .await?;
+    let audit = captured.audit_entries();
+    let last = audit.last().unwrap();
+    assert_eq!(last["method"], "GetBundle");
+    Ok(last["caller_addr"].as_str().unwrap().to_owned())
+}
+
+fn v2_header(source: &str, destination: SocketAddr) -> Vec<u8> {
+    use ppp::v2::{Builder, Command, Protocol, Version};
+    let source: SocketAddr = source.parse().unwrap();
+    let destination = if source.is_ipv6() {
+        SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), destination.port())
+    } else {
+        destination
+    };
+    Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        (source, destination),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn proxy_protocol_headers_from_trusted_sources_name_the_caller() {
+    let (captured, _guard) = capture();
+    let server = start_with_proxy(true, false, &["127.0.0.0/8"]).await;
+
+    // v1, as HAProxy's `send-proxy` writes it.
+    let v1 = format!(
+        "PROXY TCP4 203.0.113.7 127.0.0.1 40000 {}\r\n",
+        server.tcp.port()
+    );
+    let addr = audited_caller_addr(&server, &captured, v1.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(addr, "203.0.113.7:40000");
+
+    // v2 (binary), IPv4 and IPv6, as `send-proxy-v2` and cloud load balancers write it.
+    let addr = audited_caller_addr(
+        &server,
+        &captured,
+        v2_header("198.51.100.9:41000", server.tcp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(addr, "198.51.100.9:41000");
+    let addr = audited_caller_addr(
+        &server,
+        &captured,
+        v2_header("[2001:db8::7]:42000", server.tcp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(addr, "[2001:db8::7]:42000");
+
+    // The header is optional from a trusted source, and LOCAL / UNKNOWN keep the peer.
+    let addr = audited_caller_addr(&server, &captured, Vec::new())
+        .await
+        .unwrap();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let addr = audited_caller_addr(&server, &captured, b"PROXY UNKNOWN\r\n".to_vec())
+        .await
+        .unwrap();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // A malformed header closes the connection.
+    let err = audited_caller_addr(&server, &captured, b"PROXY TCP4 nonsense\r\n".to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn proxy_protocol_headers_from_untrusted_sources_close_the_connection() {
+    let (captured, _guard) = capture();
+    // 127.0.0.1 is not in the trusted range.
+    let server = start_with_proxy(true, false, &["10.0.0.0/8"]).await;
+    let v1 = format!(
+        "PROXY TCP4 203.0.113.7 127.0.0.1 40000 {}\r\n",
+        server.tcp.port()
+    );
+    let err = audited_caller_addr(&server, &captured, v1.into_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let err = audited_caller_addr(
+        &server,
+        &captured,
+        v2_header("198.51.100.9:41000", server.tcp),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    // Without a header the same source is served, with its own address.
+    let addr = audited_caller_addr(&server, &captured, Vec::new())
+        .await
+        .unwrap();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_proxy_protocol_a_header_is_just_bad_tls() {
+    let (captured, _guard) = capture();
+    let server = start(true, false).await;
+    let v1 = format!(
+        "PROXY TCP4 203.0.113.7 127.0.0.1 40000 {}\r\n",
+        server.tcp.port()
+    );
+    let err = audited_caller_addr(&server, &captured, v1.into_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
     server.stop().await;
 }

@@ -789,6 +789,7 @@ async fn run_polls_until_cancelled_and_reloads_periodically() {
         IndexOptions {
             full_reload_interval: Duration::from_millis(200),
             missed_event_timeout: Duration::from_secs(60),
+            ..IndexOptions::default()
         },
     )
     .await
@@ -829,4 +830,80 @@ async fn failed_refresh_keeps_the_last_good_state_and_retries_the_same_events() 
     store.fail_fetches.store(false, Ordering::SeqCst);
     index.refresh().await.unwrap();
     assert!(authorized(&index, AGENT).is_empty());
+}
+
+/// The index options a `server.conf` with these `experimental` lines selects.
+fn options_from_config(experimental: &str) -> IndexOptions {
+    let text = format!(
+        r#"
+server {{
+    trust_domain = "example.org"
+    data_dir = "./.data"
+    experimental {{
+{experimental}
+    }}
+}}
+plugins {{
+    DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connection_string = "x" }} }}
+    KeyManager "memory" {{ plugin_data {{}} }}
+    NodeAttestor "join_token" {{ plugin_data {{}} }}
+}}
+"#
+    );
+    let config = spire_server::config::load_str("server.conf", &text, false).unwrap();
+    config.resolve().unwrap().index_options()
+}
+
+/// Runs an index with `options`, polling every 20 ms, until an entry created with an event
+/// shows; returns what the agent sees then, with an entry written without an event (a
+/// change whose event was lost) in the datastore since before.
+async fn seen_after_one_event(options: IndexOptions) -> Vec<String> {
+    let store = store_with_agents(&[]).await;
+    let index = AuthorizedIndex::load_with(Arc::clone(&store) as Arc<dyn DataStore>, options)
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&index).run(Duration::from_millis(20), cancel.clone()));
+    store.put_entry_without_event(workload("lost", AGENT, &id("/lost")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    create(&store, [workload("evented", AGENT, &id("/evented"))]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !authorized(&index, AGENT).contains(&"evented".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the evented entry never showed: {:?}",
+            authorized(&index, AGENT)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A few more polls: a full reload would have picked the lost entry up by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = authorized(&index, AGENT);
+    cancel.cancel();
+    task.await.unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn events_based_cache_false_rebuilds_from_the_datastore_every_cache_reload_interval() {
+    // Upstream's default: the whole cache is rebuilt every cache_reload_interval, so even a
+    // change without an event shows within one interval.
+    let options = options_from_config("cache_reload_interval = \"20ms\"");
+    assert_eq!(options.full_reload_interval, Duration::from_millis(20));
+    assert_eq!(options.missed_event_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(seen_after_one_event(options).await, ["evented", "lost"]);
+}
+
+#[tokio::test]
+async fn events_based_cache_true_follows_events_and_rebuilds_every_full_cache_reload_interval() {
+    let options = options_from_config(
+        "events_based_cache = true\n cache_reload_interval = \"20ms\"\n event_timeout = \"2m\"",
+    );
+    assert_eq!(options.full_reload_interval, Duration::from_secs(24 * 3600));
+    assert_eq!(options.missed_event_timeout, Duration::from_secs(120));
+    assert_eq!(seen_after_one_event(options).await, ["evented"]);
+
+    let options =
+        options_from_config("events_based_cache = true\n full_cache_reload_interval = \"20ms\"");
+    assert_eq!(options.full_reload_interval, Duration::from_millis(20));
 }

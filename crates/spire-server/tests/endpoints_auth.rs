@@ -27,7 +27,7 @@ use spire_proto::spire::api::server::logger::v1 as loggerpb;
 use spire_proto::spire::api::server::logger::v1::logger_client::LoggerClient;
 use spire_proto::spire::api::types;
 use spire_server::api::{ApiContext, ApiSettings};
-use spire_server::authorized::AuthorizedIndex;
+use spire_server::authorized::{AuthorizedIndex, IndexOptions};
 use spire_server::ca::{CaConfig, CaManager, X509SvidRequest};
 use spire_server::datastore::DataStore;
 use spire_server::endpoints::health_http::{self, HealthChecksConfig};
@@ -52,6 +52,10 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(IndexOptions::default()).await
+}
+
+async fn start_with(index_options: IndexOptions) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = spire_server::datastore::sql::SqlConfig {
         database_type: "sqlite3".into(),
@@ -77,7 +81,9 @@ async fn start() -> Server {
     )
     .await
     .unwrap();
-    let index = AuthorizedIndex::load(datastore.clone()).await.unwrap();
+    let index = AuthorizedIndex::load_with(datastore.clone(), index_options)
+        .await
+        .unwrap();
     let node_attestors = NodeAttestors::join_token_only(datastore.clone(), &trust_domain);
     let bundle_refresher = spire_server::federation::refresher::BundleRefresher::new(
         datastore.clone(),
@@ -721,5 +727,102 @@ async fn agents_are_authorized_by_their_current_serial() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("is banned"), "{}", err.message());
+    server.stop().await;
+}
+
+/// An attested agent's SVID, its serial, and a TLS channel presenting it.
+async fn attested_agent(server: &Server, agent_id: &str) -> (String, Channel) {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let chain = server
+        .ctx
+        .ca
+        .sign_agent_x509_svid(&key.public_key_der(), &SpiffeId::parse(agent_id).unwrap())
+        .await
+        .unwrap();
+    let serial = spire_core::x509::certificate_serial_decimal(&chain[0]).unwrap();
+    let not_after = spire_core::x509::certificate_not_after(&chain[0])
+        .unwrap()
+        .unix_timestamp();
+    server
+        .ctx
+        .datastore
+        .create_attested_node(spire_server::datastore::AttestedNode {
+            spiffe_id: agent_id.into(),
+            attestation_data_type: "join_token".into(),
+            cert_serial_number: serial.clone(),
+            cert_not_after: not_after,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (
+        serial,
+        tls_channel(server.tcp, client_tls(Some((chain, &key)))),
+    )
+}
+
+/// Bans the agent directly in the datastore, as another server sharing it would.
+async fn ban_in_datastore(server: &Server, agent_id: &str) {
+    let mut node = server
+        .ctx
+        .datastore
+        .fetch_attested_node(agent_id)
+        .await
+        .unwrap()
+        .unwrap();
+    node.cert_serial_number.clear();
+    node.new_cert_serial_number.clear();
+    server
+        .ctx
+        .datastore
+        .update_attested_node(node, spire_server::datastore::AttestedNodeMask::ALL)
+        .await
+        .unwrap();
+}
+
+async fn agent_call(channel: &Channel) -> Code {
+    match BundleClient::new(channel.clone())
+        .get_federated_bundle(bundlepb::GetFederatedBundleRequest {
+            trust_domain: "other.org".into(),
+            output_mask: None,
+        })
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test]
+async fn max_attested_node_info_staleness_zero_reads_the_datastore_on_every_call() {
+    let server = start().await;
+    let agent_id = "spiffe://example.org/spire/agent/join_token/fresh";
+    let (_, channel) = attested_agent(&server, agent_id).await;
+    // Authorized (then NotFound: no such federated bundle).
+    assert_eq!(agent_call(&channel).await, Code::NotFound);
+    ban_in_datastore(&server, agent_id).await;
+    assert_eq!(agent_call(&channel).await, Code::PermissionDenied);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_attested_node_info_staleness_lets_a_recent_read_authorize() {
+    let server = start_with(IndexOptions {
+        max_attested_node_info_staleness: Duration::from_secs(2),
+        ..IndexOptions::default()
+    })
+    .await;
+    let agent_id = "spiffe://example.org/spire/agent/join_token/cached";
+    let (_, channel) = attested_agent(&server, agent_id).await;
+    assert_eq!(agent_call(&channel).await, Code::NotFound);
+    // Banned behind this server's back: the serial read a moment ago still authorizes,
+    // as upstream's node cache does within max_attested_node_info_staleness...
+    ban_in_datastore(&server, agent_id).await;
+    assert_eq!(agent_call(&channel).await, Code::NotFound);
+    // ...and once it is stale the datastore is read again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(agent_call(&channel).await, Code::PermissionDenied);
+    // A banned agent is not cached: it stays refused.
+    assert_eq!(agent_call(&channel).await, Code::PermissionDenied);
     server.stop().await;
 }

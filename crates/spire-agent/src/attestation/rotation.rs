@@ -47,14 +47,26 @@ pub struct RotationConfig {
     /// The X.509 authorities the server marked tainted (from the manager's syncs): an SVID
     /// signed under one is renewed at once instead of at its half-life.
     pub tainted_roots: Option<watch::Receiver<Vec<Vec<u8>>>>,
+    /// `availability_target`: renew once only this much lifetime is left, when that comes
+    /// before the half-life (see [`crate::rotation_strategy`]).
+    pub availability_target: Option<std::time::Duration>,
 }
 
 /// When the SVID whose leaf is `leaf_der` should be renewed: half-way between its
-/// not-before and not-after, as upstream.
-pub fn renewal_due(leaf_der: &[u8]) -> Result<OffsetDateTime, AttestError> {
+/// not-before and not-after, or earlier as `availability_target` asks, as upstream.
+pub fn renewal_due(
+    leaf_der: &[u8],
+    availability_target: Option<std::time::Duration>,
+) -> Result<OffsetDateTime, AttestError> {
     let validity = spire_core::x509::certificate_validity(leaf_der)
         .map_err(|e| AttestError::Protocol(format!("the agent SVID cannot be read: {e}")))?;
-    Ok(validity.not_before + (validity.not_after - validity.not_before) / 2)
+    let due = crate::rotation_strategy::renewal_due(
+        validity.not_before.unix_timestamp(),
+        validity.not_after.unix_timestamp(),
+        availability_target,
+    );
+    OffsetDateTime::from_unix_timestamp(due)
+        .map_err(|e| AttestError::Protocol(format!("the agent SVID cannot be read: {e}")))
 }
 
 /// Renews the agent SVID at every half-life until `cancel` fires (then `Ok`); a
@@ -74,7 +86,7 @@ pub async fn run_rotation(
             .chain
             .first()
             .ok_or_else(|| AttestError::Protocol("the agent SVID chain is empty".into()))?;
-        let due = renewal_due(leaf)?;
+        let due = renewal_due(leaf, config.availability_target)?;
         let not_after = spire_core::x509::certificate_not_after(leaf)
             .map_err(|e| AttestError::Protocol(format!("the agent SVID cannot be read: {e}")))?;
         spire_common::telemetry::agent::svid_expiration(not_after.into());

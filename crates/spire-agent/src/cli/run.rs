@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::printer::go_bool;
+use super::printer::{go_bool, go_duration};
 use super::{Env, Failure};
 use crate::config::{self, Overrides, ResolvedAgentConfig};
 
@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// Include source file, line number and function name in log lines
     #[arg(long = "logSourceLocation", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub log_source_location: bool,
+    /// The time to delay after seeing a x509 cert mismatch from the server before rebootstrapping
+    #[arg(long = "rebootstrapDelay", value_name = "string", value_parser = go_duration)]
+    pub rebootstrap_delay: Option<std::time::Duration>,
+    /// Can be one of 'never', 'auto', or 'always'
+    #[arg(long = "rebootstrapMode", value_name = "string")]
+    pub rebootstrap_mode: Option<String>,
     /// If true, the agent retries bootstrap with backoff
     #[arg(long = "retryBootstrap", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub retry_bootstrap: bool,
@@ -106,6 +112,8 @@ impl RunArgs {
             retry_bootstrap: self.retry_bootstrap,
             disable_sds_api: self.disable_sds_api,
             disable_workload_api: self.disable_workload_api,
+            rebootstrap_mode: self.rebootstrap_mode.clone(),
+            rebootstrap_delay: self.rebootstrap_delay,
         }
     }
 }

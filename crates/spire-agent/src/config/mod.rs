@@ -7,6 +7,7 @@
 //! bootstrap bundle choice, socket placement, plugins) and fills in upstream's defaults,
 //! returning warnings to log once logging is up.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -152,9 +153,6 @@ pub struct AgentSection {
     /// `profiling_port`.
     #[serde(default, deserialize_with = "de::opt_port")]
     pub profiling_port: Option<u16>,
-    /// `ratelimit { }`: per-UID Workload API call limits (Linux only).
-    #[serde(default, deserialize_with = "de::block")]
-    pub ratelimit: RateLimitSection,
     /// `rebootstrap_mode`: never, auto or always (default never).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub rebootstrap_mode: Option<String>,
@@ -205,8 +203,11 @@ pub struct AgentSection {
 
 /// `sds { }`: Envoy SDS resource names.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SdsSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `default_svid_name` (default `default`).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub default_svid_name: Option<String>,
@@ -221,32 +222,46 @@ pub struct SdsSection {
     pub disable_spiffe_cert_validation: Option<bool>,
 }
 
-/// `ratelimit { }`: the most calls per second per Unix user ID for each Workload API method;
-/// 0 (the default) means unlimited.
+/// `experimental.ratelimit { }` (upstream v1.15.2): the most calls per second for each
+/// Workload API / SDS method, per attested selector set; absent or 0 means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
     /// `fetch_x509_svid`.
     #[serde(default, deserialize_with = "de::opt_u32")]
     pub fetch_x509_svid: Option<u32>,
-    /// `fetch_x509_bundles`.
-    #[serde(default, deserialize_with = "de::opt_u32")]
-    pub fetch_x509_bundles: Option<u32>,
     /// `fetch_jwt_svid`.
     #[serde(default, deserialize_with = "de::opt_u32")]
     pub fetch_jwt_svid: Option<u32>,
+    /// `fetch_x509_bundles`.
+    #[serde(default, deserialize_with = "de::opt_u32")]
+    pub fetch_x509_bundles: Option<u32>,
     /// `fetch_jwt_bundles`.
     #[serde(default, deserialize_with = "de::opt_u32")]
     pub fetch_jwt_bundles: Option<u32>,
-    /// `validate_jwt_svid`.
+    /// `stream_secrets` (Envoy SDS).
     #[serde(default, deserialize_with = "de::opt_u32")]
-    pub validate_jwt_svid: Option<u32>,
+    pub stream_secrets: Option<u32>,
+    /// `fetch_secrets` (Envoy SDS).
+    #[serde(default, deserialize_with = "de::opt_u32")]
+    pub fetch_secrets: Option<u32>,
 }
 
 /// `experimental { }`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExperimentalSection {
+    /// `ratelimit { }`: Workload API / SDS limits per selector set (checked strictly, as
+    /// upstream checks it).
+    #[serde(default, deserialize_with = "de::block")]
+    pub ratelimit: RateLimitSection,
+    /// `broker { }` (upstream v1.15.3's SPIFFE Broker API), kept as written to be refused by
+    /// name.
+    #[serde(default)]
+    pub broker: Option<Value>,
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `sync_interval` (default 5s).
     #[serde(default, deserialize_with = "de::opt_duration")]
     pub sync_interval: Option<Duration>,
@@ -323,6 +338,10 @@ pub struct Overrides {
     pub disable_sds_api: bool,
     /// `-disableWorkloadAPI`.
     pub disable_workload_api: bool,
+    /// `-rebootstrapMode`.
+    pub rebootstrap_mode: Option<String>,
+    /// `-rebootstrapDelay`, as written (a Go duration).
+    pub rebootstrap_delay: Option<Duration>,
 }
 
 impl Overrides {
@@ -355,6 +374,10 @@ impl AgentConfig {
         set(&mut agent.trust_bundle_path, &o.trust_bundle_path);
         set(&mut agent.trust_bundle_url, &o.trust_bundle_url);
         set(&mut agent.trust_bundle_format, &o.trust_bundle_format);
+        set(&mut agent.rebootstrap_mode, &o.rebootstrap_mode);
+        if let Some(delay) = o.rebootstrap_delay.filter(|d| !d.is_zero()) {
+            agent.rebootstrap_delay = Some(delay);
+        }
         if let Some(port) = o.server_port.filter(|p| *p != 0) {
             agent.server_port = Some(port);
         }
@@ -373,6 +396,35 @@ impl AgentConfig {
         flag(&mut agent.disable_sds_api, o.disable_sds_api);
         flag(&mut agent.disable_workload_api, o.disable_workload_api);
     }
+}
+
+/// Keys that are not where upstream reads them, with where they belong.
+const MOVED_KEYS: &[(&str, &str)] = &[(
+    "ratelimit",
+    "ratelimit is not an agent key; upstream v1.15.2 reads Workload API limits from \
+     experimental { ratelimit { fetch_x509_svid = N ... } }",
+)];
+
+fn explain_moved(err: ConfigError) -> ConfigError {
+    if let ConfigError::UnknownKey {
+        file,
+        key,
+        block,
+        expected,
+    } = err
+    {
+        let expected = MOVED_KEYS
+            .iter()
+            .find(|(k, _)| *k == key && block == "the \"agent\" block")
+            .map_or(expected, |(_, hint)| (*hint).to_owned());
+        return ConfigError::UnknownKey {
+            file,
+            key,
+            block,
+            expected,
+        };
+    }
+    err
 }
 
 /// Parses configuration text (HCL, or JSON when `source` ends in `.json` or the text starts
@@ -396,7 +448,8 @@ pub fn load_str_with_env(
     expand_env: bool,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<AgentConfig, ConfigError> {
-    let doc: FileDoc = spire_core::config::load(source_name, text, expand_env, lookup)?;
+    let doc: FileDoc =
+        spire_core::config::load(source_name, text, expand_env, lookup).map_err(explain_moved)?;
     Ok(AgentConfig {
         source: source_name.to_owned(),
         agent: doc.agent,

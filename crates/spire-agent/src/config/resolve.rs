@@ -143,8 +143,9 @@ impl Default for SdsSettings {
 pub struct ExperimentalSettings {
     /// Time between syncs with the server (default 5s).
     pub sync_interval: Duration,
-    /// How long a JWT-SVID request waits on a cache hit being minted, when set.
-    pub jwt_svid_cache_hit_timeout: Option<Duration>,
+    /// How long a JWT-SVID request waits for the server when an unexpired JWT-SVID is
+    /// cached (5s to 30s, default 30s); on timeout the cached one is served.
+    pub jwt_svid_cache_hit_timeout: Duration,
     /// Use `SyncAuthorizedEntries` (default true; the switch is deprecated upstream).
     pub use_sync_authorized_entries: bool,
     /// Require post-quantum key exchange on TLS.
@@ -199,7 +200,8 @@ pub struct ResolvedAgentConfig {
     pub jwt_svid_cache_max_size: usize,
     /// Key type of workload X509-SVIDs (ec-p256 unless set).
     pub workload_x509_svid_key_type: KeyType,
-    /// Per-UID Workload API rate limits, as written (absent or 0: unlimited).
+    /// `experimental.ratelimit`: Workload API / SDS calls per second per selector set
+    /// (absent or 0: unlimited).
     pub ratelimit: RateLimitSection,
     /// Re-bootstrap behaviour.
     pub rebootstrap_mode: RebootstrapMode,
@@ -430,6 +432,17 @@ impl AgentConfig {
                 }
             },
         };
+        if rebootstrap_mode != RebootstrapMode::Never {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.rebootstrap_mode",
+                "rebootstrapping (\"auto\" and \"always\") is not supported by this agent yet: \
+                 it never replaces a trust bundle that the server no longer matches on its own. \
+                 Remove the key (or -rebootstrapMode) or set it to \"never\", upstream's \
+                 default; recover an agent that lost trust by deleting its data_dir and \
+                 attesting again",
+            ));
+        }
         if a.retry_bootstrap.is_some() {
             warnings.push(
                 "The 'retry_bootstrap' configuration is deprecated; use rebootstrap_mode"
@@ -466,6 +479,18 @@ impl AgentConfig {
             );
         }
 
+        for (block, unknown) in [
+            ("agent.sds", &a.sds.unknown),
+            ("telemetry", &self.telemetry.unknown),
+        ] {
+            if !unknown.is_empty() {
+                let keys: Vec<&str> = unknown.keys().map(String::as_str).collect();
+                warnings.push(format!(
+                    "Unknown configuration in {block} is ignored, as upstream ignores it: {}",
+                    keys.join(",")
+                ));
+            }
+        }
         let experimental = resolve_experimental(file, &a.experimental, &mut warnings)?;
 
         let h = &self.health_checks;
@@ -505,7 +530,7 @@ impl AgentConfig {
             x509_svid_cache_max_size,
             jwt_svid_cache_max_size,
             workload_x509_svid_key_type,
-            ratelimit: a.ratelimit,
+            ratelimit: a.experimental.ratelimit,
             rebootstrap_mode,
             rebootstrap_delay: a.rebootstrap_delay.unwrap_or(DEFAULT_REBOOTSTRAP_DELAY),
             retry_bootstrap: a.retry_bootstrap.unwrap_or(false),
@@ -772,6 +797,11 @@ fn check_admin_socket(
     Ok(admin.to_path_buf())
 }
 
+/// Upstream's default (and largest) `experimental.jwt_svid_cache_hit_timeout`: its RPC timeout.
+pub(super) const DEFAULT_JWT_SVID_CACHE_HIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The smallest `experimental.jwt_svid_cache_hit_timeout` upstream accepts.
+const MIN_JWT_SVID_CACHE_HIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn resolve_experimental(
     file: &str,
     e: &ExperimentalSection,
@@ -792,6 +822,50 @@ fn resolve_experimental(
             "sync_interval must be greater than zero; write a duration such as \"5s\"",
         ));
     }
+    if let Some(broker) = &e.broker
+        && !broker.is_null()
+    {
+        return Err(ConfigError::invalid(
+            file,
+            "agent.experimental.broker",
+            "the SPIFFE Broker API (upstream v1.15.3) is not supported by this agent; remove the \
+             block (workloads keep using the Workload API and the Delegated Identity API)",
+        ));
+    }
+    if !e.unknown.is_empty() {
+        let keys: Vec<&str> = e.unknown.keys().map(String::as_str).collect();
+        warnings.push(format!(
+            "Unknown configuration in agent.experimental is ignored, as upstream ignores it: {}",
+            keys.join(",")
+        ));
+    }
+    let jwt_svid_cache_hit_timeout = match e.jwt_svid_cache_hit_timeout {
+        None => DEFAULT_JWT_SVID_CACHE_HIT_TIMEOUT,
+        Some(t) if t < MIN_JWT_SVID_CACHE_HIT_TIMEOUT => {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.experimental.jwt_svid_cache_hit_timeout",
+                format!(
+                    "jwt_svid_cache_hit_timeout ({}) must be greater than 5s",
+                    spire_core::duration::format(t)
+                ),
+            ));
+        }
+        Some(t) if t > DEFAULT_JWT_SVID_CACHE_HIT_TIMEOUT => {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.experimental.jwt_svid_cache_hit_timeout",
+                format!(
+                    "jwt_svid_cache_hit_timeout ({}) must be less than 30s",
+                    spire_core::duration::format(t)
+                ),
+            ));
+        }
+        Some(t) => {
+            warnings.push("The use of 'jwt_svid_cache_hit_timeout' is experimental".to_owned());
+            t
+        }
+    };
     if e.use_sync_authorized_entries.is_some() {
         warnings.push(
             "The 'use_sync_authorized_entries' configuration is deprecated. The option to \
@@ -804,7 +878,7 @@ fn resolve_experimental(
     }
     Ok(ExperimentalSettings {
         sync_interval,
-        jwt_svid_cache_hit_timeout: e.jwt_svid_cache_hit_timeout,
+        jwt_svid_cache_hit_timeout,
         use_sync_authorized_entries: e.use_sync_authorized_entries.unwrap_or(true),
         require_pq_kem: e.require_pq_kem.unwrap_or(false),
         feature_flags: e.feature_flags.clone(),

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use spire_core::bundle::Bundle;
 use spire_core::keys::PrivateKey;
@@ -96,11 +97,16 @@ pub(super) struct CachedSvid {
 }
 
 impl CachedSvid {
-    /// Past half of its lifetime (or expired), or under a tainted authority: time to mint a
-    /// new one.
-    pub(super) fn needs_rotation(&self, now: i64) -> bool {
-        let lifetime = self.not_after.saturating_sub(self.not_before);
-        self.tainted || now >= self.not_before.saturating_add(lifetime / 2)
+    /// Past half of its lifetime (or only `availability_target` left, when that comes
+    /// first), expired, or under a tainted authority: time to mint a new one.
+    pub(super) fn needs_rotation(&self, now: i64, availability_target: Option<Duration>) -> bool {
+        self.tainted
+            || now
+                >= crate::rotation_strategy::renewal_due(
+                    self.not_before,
+                    self.not_after,
+                    availability_target,
+                )
     }
 }
 
@@ -434,13 +440,18 @@ impl State {
         now: i64,
     ) -> Vec<MintRequest> {
         self.replace_entries(entries);
-        self.plan_mints(max_size, now)
+        self.plan_mints(max_size, now, None)
     }
 
     /// After the entries changed: drops the SVIDs of evicted entries, stamps the subscribed
     /// ones as used, and says which kept entries need a new SVID (none yet, past half-life,
     /// or minted for an older revision).
-    pub(super) fn plan_mints(&mut self, max_size: usize, now: i64) -> Vec<MintRequest> {
+    pub(super) fn plan_mints(
+        &mut self,
+        max_size: usize,
+        now: i64,
+        availability_target: Option<Duration>,
+    ) -> Vec<MintRequest> {
         self.drop_closed_subscribers();
         self.refresh_matched();
         self.tick = self.tick.saturating_add(1);
@@ -464,9 +475,9 @@ impl State {
         keep.iter()
             .filter_map(|id| self.entries.get(id))
             .filter(|entry| {
-                self.svids
-                    .get(&entry.id)
-                    .is_none_or(|svid| svid.revision != entry.revision || svid.needs_rotation(now))
+                self.svids.get(&entry.id).is_none_or(|svid| {
+                    svid.revision != entry.revision || svid.needs_rotation(now, availability_target)
+                })
             })
             .map(|entry| MintRequest {
                 entry_id: entry.id.clone(),
@@ -631,9 +642,9 @@ mod tests {
     #[test]
     fn rotation_is_due_at_half_life() {
         let s = svid(0);
-        assert!(!s.needs_rotation(49));
-        assert!(s.needs_rotation(50));
-        assert!(s.needs_rotation(1000));
+        assert!(!s.needs_rotation(49, None));
+        assert!(s.needs_rotation(50, None));
+        assert!(s.needs_rotation(1000, None));
     }
 
     #[test]

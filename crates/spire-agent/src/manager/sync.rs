@@ -78,6 +78,13 @@ pub struct ManagerOptions {
     pub use_sync_authorized_entries: bool,
     /// Subscribe to the server's sync hints when it offers them (default true).
     pub follow_sync_hints: bool,
+    /// `availability_target`: renew workload X509-SVIDs once only this much lifetime is
+    /// left, when that comes before the half-life.
+    pub availability_target: Option<Duration>,
+    /// `experimental.jwt_svid_cache_hit_timeout` (default 30 s): how long a JWT-SVID request
+    /// waits for the server when an unexpired JWT-SVID is cached; then the cached one is
+    /// served.
+    pub jwt_svid_cache_hit_timeout: Duration,
 }
 
 impl Default for ManagerOptions {
@@ -92,6 +99,8 @@ impl Default for ManagerOptions {
             retry_max: Duration::from_secs(240),
             use_sync_authorized_entries: true,
             follow_sync_hints: true,
+            availability_target: None,
+            jwt_svid_cache_hit_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -110,6 +119,11 @@ impl std::fmt::Debug for ManagerOptions {
                 &self.use_sync_authorized_entries,
             )
             .field("follow_sync_hints", &self.follow_sync_hints)
+            .field("availability_target", &self.availability_target)
+            .field(
+                "jwt_svid_cache_hit_timeout",
+                &self.jwt_svid_cache_hit_timeout,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +178,8 @@ pub struct Manager {
     last_attempt: Mutex<Option<(i64, Option<String>)>>,
     /// The X.509 authorities the server's bundle marks tainted, for the agent SVID rotation.
     tainted_roots: watch::Sender<Vec<Vec<u8>>>,
+    /// `experimental.sync_interval`, which a configuration reload may change.
+    sync_interval: watch::Sender<Duration>,
 }
 
 impl Manager {
@@ -187,6 +203,7 @@ impl Manager {
         let jwt = JwtCache::new(options.jwt_svid_cache_max_size);
         let state = State::new(initial_bundle);
         let (bundles_tx, _) = watch::channel(Arc::new(state.all_bundles()));
+        let sync_interval = watch::Sender::new(options.sync_interval);
         Arc::new(Self {
             api,
             trust_domain,
@@ -201,6 +218,7 @@ impl Manager {
             last_sync_success: Mutex::new(None),
             last_attempt: Mutex::new(None),
             tainted_roots: watch::Sender::new(Vec::new()),
+            sync_interval,
         })
     }
 
@@ -370,7 +388,11 @@ impl Manager {
                     true
                 }
             });
-            let needed = state.plan_mints(self.options.x509_svid_cache_max_size, now);
+            let needed = state.plan_mints(
+                self.options.x509_svid_cache_max_size,
+                now,
+                self.options.availability_target,
+            );
             let all = state.all_bundles();
             telemetry::sync_stats(all.len(), state.entries.len());
             self.bundles_tx.send_if_modified(|current| {
@@ -553,6 +575,18 @@ impl Manager {
         Ok(())
     }
 
+    /// Changes the time between syncs (a configuration reload of
+    /// `experimental.sync_interval`); a sync loop waiting on the old interval starts over
+    /// with the new one at once.
+    pub fn set_sync_interval(&self, interval: Duration) {
+        self.sync_interval.send_replace(interval);
+    }
+
+    /// The current time between syncs.
+    pub fn sync_interval(&self) -> Duration {
+        *self.sync_interval.borrow()
+    }
+
     /// Syncs every `sync_interval` until `cancel`; after a failure waits with jittered
     /// exponential backoff instead, serving the cached SVIDs meanwhile. A subscriber waiting
     /// for a not-yet-minted SVID starts a sync early.
@@ -570,6 +604,7 @@ impl Manager {
 
     async fn sync_loop(&self, cancel: &CancellationToken) {
         let mut failures: u32 = 0;
+        let mut interval_changed = self.sync_interval.subscribe();
         loop {
             let started = Instant::now();
             let result = self.sync_once().await;
@@ -588,7 +623,8 @@ impl Manager {
             if failures == 0 {
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(self.options.sync_interval) => {}
+                    () = tokio::time::sleep(self.sync_interval()) => {}
+                    Ok(()) = interval_changed.changed() => {}
                     () = self.sync_now.notified() => {
                         let wait = (started + MIN_TRIGGERED_SYNC_SPACING)
                             .saturating_duration_since(Instant::now());
@@ -664,7 +700,7 @@ impl Manager {
                 }
                 Ok(HintsOffer::NotOffered) => {
                     tracing::info!(
-                        sync_interval = ?self.options.sync_interval,
+                        sync_interval = ?self.sync_interval(),
                         "the server offers no sync hints; changes arrive at the next sync"
                     );
                     HINTS_RETRY_WHEN_NOT_OFFERED
@@ -729,7 +765,25 @@ impl Manager {
         if let Some(cached) = cached.as_ref().filter(|c| c.fresh(now)) {
             return Ok(cached.token.clone());
         }
-        let token = match self.api.new_jwt_svid(&entry.id, audience).await {
+        // With an unexpired JWT-SVID in hand, the server gets only the cache-hit timeout
+        // before the cached one is served (upstream's RPCTimeoutWithCacheHit).
+        let has_cache_hit = cached.as_ref().is_some_and(|c| c.unexpired(now));
+        let minted = if has_cache_hit {
+            tokio::time::timeout(
+                self.options.jwt_svid_cache_hit_timeout,
+                self.api.new_jwt_svid(&entry.id, audience),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ManagerError::Unavailable(format!(
+                    "the server did not answer within jwt_svid_cache_hit_timeout ({})",
+                    spire_core::duration::format(self.options.jwt_svid_cache_hit_timeout)
+                )))
+            })
+        } else {
+            self.api.new_jwt_svid(&entry.id, audience).await
+        };
+        let token = match minted {
             Ok(token) => token,
             Err(e) => {
                 return match cached.filter(|c| c.unexpired(now)) {

@@ -23,7 +23,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::SdsSettings;
 use crate::manager::WorkloadIdentities;
 use crate::plugins::workloadattestor::WorkloadAttestor;
-use crate::workload::attest_caller;
+use crate::workload::ratelimit::{self, WorkloadRateLimiter};
+use crate::workload::{Caller, attest_caller};
+
+/// The pid of the process calling on the socket, when the listener learned it.
+fn caller_pid(extensions: &tonic::Extensions) -> Option<i32> {
+    extensions.get::<Caller>().map(|caller| caller.process.pid)
+}
 
 pub use spire_proto::sds::secret::secret_discovery_service_server::SecretDiscoveryServiceServer;
 
@@ -36,6 +42,7 @@ pub struct SdsService {
     identities: Arc<dyn WorkloadIdentities>,
     attestors: Arc<[Arc<dyn WorkloadAttestor>]>,
     settings: Arc<SdsSettings>,
+    rate_limiter: Arc<WorkloadRateLimiter>,
     shutdown: CancellationToken,
 }
 
@@ -54,12 +61,14 @@ impl SdsService {
         identities: Arc<dyn WorkloadIdentities>,
         attestors: Arc<[Arc<dyn WorkloadAttestor>]>,
         settings: SdsSettings,
+        rate_limiter: Arc<WorkloadRateLimiter>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             identities,
             attestors,
             settings: Arc::new(settings),
+            rate_limiter,
             shutdown,
         }
     }
@@ -86,6 +95,11 @@ impl SecretDiscoveryService for SdsService {
             .inspect_err(
                 |e| tracing::error!(error = %e.message(), "Failed to attest the workload"),
             )?;
+        self.rate_limiter.check(
+            ratelimit::STREAM_SECRETS,
+            &selectors,
+            caller_pid(request.extensions()),
+        )?;
         let updates = self.identities.subscribe_when_ready(selectors).await;
         let responses = stream::spawn(
             Arc::clone(&self.settings),
@@ -105,6 +119,11 @@ impl SecretDiscoveryService for SdsService {
             .inspect_err(
                 |e| tracing::error!(error = %e.message(), "Failed to attest the workload"),
             )?;
+        self.rate_limiter.check(
+            ratelimit::FETCH_SECRETS,
+            &selectors,
+            caller_pid(request.extensions()),
+        )?;
         let update = Arc::clone(&self.identities.subscribe(selectors).borrow());
         let request = request.into_inner();
         let response = response::build_response(&self.settings, "", &request, &update)

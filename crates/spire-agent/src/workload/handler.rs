@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::ratelimit;
 use super::stream::UpdateStream;
 use super::{Caller, SECURITY_HEADER, WorkloadApiOptions, peer};
 use crate::manager::{ManagerError, WorkloadIdentities, WorkloadUpdate, X509Identity};
@@ -125,6 +126,20 @@ impl WorkloadApiService {
     async fn attest<T>(&self, request: &Request<T>) -> Result<Vec<Selector>, Status> {
         check_security_header(request)?;
         attest_caller(&self.attestors, request.extensions()).await
+    }
+
+    /// Attests the caller, then takes a token of `method`'s `experimental.ratelimit` bucket
+    /// for its selector set.
+    async fn attest_limited<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+    ) -> Result<Vec<Selector>, Status> {
+        let selectors = self.attest(request).await?;
+        self.options
+            .rate_limiter
+            .check(method, &selectors, caller_pid(request))?;
+        Ok(selectors)
     }
 }
 
@@ -350,7 +365,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.attest(&request).await?;
+        let selectors = self
+            .attest_limited(&request, ratelimit::FETCH_X509_SVID)
+            .await?;
         let pid = caller_pid(&request);
         let prefixes = self.options.log_selectors.clone();
         let shown = selectors.clone();
@@ -366,7 +383,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.attest(&request).await?;
+        let selectors = self
+            .attest_limited(&request, ratelimit::FETCH_X509_BUNDLES)
+            .await?;
         let pid = caller_pid(&request);
         let prefixes = self.options.log_selectors.clone();
         let shown = selectors.clone();
@@ -414,7 +433,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                 Status::invalid_argument(format!("invalid requested SPIFFE ID: {e}"))
             })?)
         };
-        let selectors = self.attest(&request).await?;
+        let selectors = self
+            .attest_limited(&request, ratelimit::FETCH_JWT_SVID)
+            .await?;
         let pid = caller_pid(&request);
         let prefixes = &self.options.log_selectors;
         let body = request.get_ref();
@@ -449,7 +470,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.attest(&request).await?;
+        let selectors = self
+            .attest_limited(&request, ratelimit::FETCH_JWT_BUNDLES)
+            .await?;
         let pid = caller_pid(&request);
         let prefixes = self.options.log_selectors.clone();
         let shown = selectors.clone();

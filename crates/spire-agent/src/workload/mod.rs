@@ -9,6 +9,7 @@
 mod handler;
 pub(crate) mod listener;
 pub(crate) mod peer;
+pub mod ratelimit;
 mod stream;
 
 use std::collections::BTreeSet;
@@ -69,6 +70,9 @@ pub struct WorkloadApiOptions {
     pub disable_workload_api: bool,
     /// `log_selectors`: selector prefixes the "No identity issued" log may show.
     pub log_selectors: Vec<String>,
+    /// `experimental.ratelimit`: per selector set limits on Workload API and SDS calls
+    /// (the default limits nothing).
+    pub rate_limiter: Arc<ratelimit::WorkloadRateLimiter>,
 }
 
 /// Serves the Workload API on `socket_path` with default [`WorkloadApiOptions`] until
@@ -115,6 +119,7 @@ pub async fn serve_with_options(
             Arc::clone(&identities),
             Arc::clone(&attestors),
             options.sds.clone(),
+            Arc::clone(&options.rate_limiter),
             cancel.clone(),
         ))
     });

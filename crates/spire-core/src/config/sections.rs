@@ -69,8 +69,11 @@ pub fn resolve_logging(
 
 /// `telemetry { }`: the sinks and labels of upstream's block; `spire_common::telemetry` acts on it.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TelemetrySection {
+    /// Keys upstream does not know directly in `telemetry { }`. Upstream never checks this
+    /// block (only its sinks), so they load there; kept to be named in a warning.
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde_json::Value>,
     /// `Prometheus { host port tls {} }`.
     #[serde(rename = "Prometheus", default, deserialize_with = "de::opt_block")]
     pub prometheus: Option<PrometheusSection>,

@@ -52,8 +52,12 @@ pub struct IndexOptions {
     /// lost (pruned before it was read, or timed out) is picked up within this bound.
     pub full_reload_interval: Duration,
     /// How long a skipped event ID is looked for before its transaction is assumed rolled
-    /// back (upstream's `sql_transaction_timeout` plays this role).
+    /// back (upstream's `experimental.event_timeout`).
     pub missed_event_timeout: Duration,
+    /// `max_attested_node_info_staleness`: how long an agent's serial read from the
+    /// datastore may authorize its calls without reading it again (0, the default: every
+    /// agent call reads the datastore).
+    pub max_attested_node_info_staleness: Duration,
 }
 
 impl Default for IndexOptions {
@@ -61,6 +65,7 @@ impl Default for IndexOptions {
         Self {
             full_reload_interval: Duration::from_secs(10 * 60),
             missed_event_timeout: Duration::from_secs(10 * 60),
+            max_attested_node_info_staleness: Duration::ZERO,
         }
     }
 }
@@ -81,6 +86,9 @@ pub struct AuthorizedIndex {
     index: RwLock<EntryIndex>,
     sync: tokio::sync::Mutex<SyncState>,
     hints: Arc<SyncHints>,
+    /// Agent serials the authorizer read from the datastore, and when
+    /// (`max_attested_node_info_staleness`).
+    node_serials: std::sync::Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl std::fmt::Debug for AuthorizedIndex {
@@ -113,7 +121,41 @@ impl AuthorizedIndex {
             index: RwLock::new(index),
             sync: tokio::sync::Mutex::new(state),
             hints: Arc::new(SyncHints::new()),
+            node_serials: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Whether `serial` is agent `agent_id`'s current SVID serial as read from the datastore
+    /// less than `max_attested_node_info_staleness` ago; always false when that is 0.
+    pub fn agent_serial_is_fresh(&self, agent_id: &str, serial: &str) -> bool {
+        let staleness = self.options.max_attested_node_info_staleness;
+        if staleness.is_zero() {
+            return false;
+        }
+        let serials = self
+            .node_serials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        serials
+            .get(agent_id)
+            .is_some_and(|(current, read_at)| current == serial && read_at.elapsed() < staleness)
+    }
+
+    /// Records agent `agent_id`'s current serial as just read from the datastore (an empty
+    /// serial, a banned agent, is forgotten), for [`Self::agent_serial_is_fresh`].
+    pub fn remember_agent_serial(&self, agent_id: &str, serial: &str) {
+        if self.options.max_attested_node_info_staleness.is_zero() {
+            return;
+        }
+        let mut serials = self
+            .node_serials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if serial.is_empty() {
+            serials.remove(agent_id);
+        } else {
+            serials.insert(agent_id.to_owned(), (serial.to_owned(), Instant::now()));
+        }
     }
 
     /// Entries the agent may obtain: those parented by the agent, by node-alias entries whose

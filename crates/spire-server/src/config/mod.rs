@@ -158,9 +158,6 @@ pub struct ServerSection {
     /// `socket_path` (default /tmp/spire-server/private/api.sock).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub socket_path: Option<String>,
-    /// `tls_config { min_tls_version cipher_suites curve_preferences }`.
-    #[serde(default, deserialize_with = "de::opt_block")]
-    pub tls_config: Option<TlsConfigSection>,
     /// `trust_domain` (required).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub trust_domain: Option<String>,
@@ -208,25 +205,13 @@ pub struct RateLimitSection {
     pub signing: Option<bool>,
 }
 
-/// `tls_config { }`: TLS settings for the server's listeners.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfigSection {
-    /// `min_tls_version`, e.g. `VersionTLS13`.
-    #[serde(default, deserialize_with = "de::opt_string")]
-    pub min_tls_version: Option<String>,
-    /// `cipher_suites` (Go names).
-    #[serde(default, deserialize_with = "de::string_list")]
-    pub cipher_suites: Vec<String>,
-    /// `curve_preferences` (Go names).
-    #[serde(default, deserialize_with = "de::string_list")]
-    pub curve_preferences: Vec<String>,
-}
-
 /// `experimental { }`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExperimentalSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `agent_spiffe_id_as_selector`.
     #[serde(default, deserialize_with = "de::opt_bool")]
     pub agent_spiffe_id_as_selector: Option<bool>,
@@ -270,8 +255,11 @@ pub struct ExperimentalSection {
 
 /// `federation { }`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FederationSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `bundle_endpoint { }`: this server's bundle endpoint.
     #[serde(default, deserialize_with = "de::opt_block")]
     pub bundle_endpoint: Option<BundleEndpointSection>,
@@ -303,8 +291,11 @@ pub struct BundleEndpointSection {
 
 /// `profile "<name>" { }` of the bundle endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BundleEndpointProfileSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `https_web { acme {} | serving_cert_file {} }`.
     #[serde(default, deserialize_with = "de::opt_block")]
     pub https_web: Option<HttpsWebSection>,
@@ -313,15 +304,22 @@ pub struct BundleEndpointProfileSection {
     pub https_spiffe: Option<EmptySection>,
 }
 
-/// A block that takes no keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmptySection {}
+/// A block that takes no keys (upstream ignores any written there).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct EmptySection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
+}
 
 /// `https_web { }` of the bundle endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HttpsWebSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `acme { }`.
     #[serde(default, deserialize_with = "de::opt_block")]
     pub acme: Option<AcmeSection>,
@@ -350,8 +348,11 @@ pub struct AcmeSection {
 
 /// `serving_cert_file { }`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServingCertFileSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `cert_file_path`.
     #[serde(default, deserialize_with = "de::opt_string")]
     pub cert_file_path: Option<String>,
@@ -365,8 +366,11 @@ pub struct ServingCertFileSection {
 
 /// `federates_with "<trust domain>" { }`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FederatesWithSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `bundle_endpoint_url` (required, https).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub bundle_endpoint_url: Option<String>,
@@ -377,8 +381,11 @@ pub struct FederatesWithSection {
 
 /// `bundle_endpoint_profile "<name>" { }` of a federation relationship.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FederatesWithProfileSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `https_spiffe { endpoint_spiffe_id }`.
     #[serde(default, deserialize_with = "de::opt_block")]
     pub https_spiffe: Option<HttpsSpiffeSection>,
@@ -389,8 +396,11 @@ pub struct FederatesWithProfileSection {
 
 /// `https_spiffe { }` of a federation relationship.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HttpsSpiffeSection {
+    /// Keys upstream does not know here. Upstream never checks this block, so they load
+    /// there; they are kept to be named in a warning rather than refused.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
     /// `endpoint_spiffe_id`: the SPIFFE ID the endpoint server must present.
     #[serde(default, deserialize_with = "de::opt_string")]
     pub endpoint_spiffe_id: Option<String>,
@@ -474,6 +484,11 @@ const REMOVED_KEYS: &[(&str, &str)] = &[
     (
         "upstream_bundle",
         "upstream_bundle was removed; upstream CA certificates are always in the bundle",
+    ),
+    (
+        "tls_config",
+        "tls_config is not a SPIRE server key (upstream releases refuse it too): the TCP \
+         listener always uses TLS 1.2 or newer with rustls' safe defaults; remove the block",
     ),
     (
         "omit_x509svid_uid",

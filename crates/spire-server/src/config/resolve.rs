@@ -12,7 +12,6 @@ use super::{
     BundleEndpointSection, ConfigError, DEFAULT_BIND_ADDRESS, DEFAULT_BIND_PORT, DEFAULT_CA_TTL,
     DEFAULT_JWT_SVID_TTL, DEFAULT_SOCKET_PATH, DEFAULT_X509_SVID_TTL, ExperimentalSection,
     FederatesWithSection, FederationSection, ServerConfig, ServerSection, TelemetrySection,
-    TlsConfigSection,
 };
 
 /// Upstream's CA rotation constants: an SVID TTL is guaranteed only up to `ca_ttl / 6`,
@@ -226,10 +225,8 @@ pub struct ResolvedServerConfig {
     pub prune_tofu_nodes: bool,
     /// Nodes pruned per cycle (default 1000).
     pub prune_attested_nodes_batch_size: u32,
-    /// CIDRs allowed to send PROXY protocol headers.
-    pub proxy_protocol_trusted_cidrs: Vec<String>,
-    /// Listener TLS settings, as written.
-    pub tls_config: Option<TlsConfigSection>,
+    /// Sources whose PROXY protocol v1/v2 headers name the caller on the TCP listener.
+    pub proxy_protocol_trusted_cidrs: Vec<crate::endpoints::proxy_protocol::Cidr>,
     /// Profiling (undocumented upstream).
     pub profiling_enabled: bool,
     /// Profiling port.
@@ -304,16 +301,95 @@ fn ttl_warning(name: &str, ttl: Duration, ca_ttl: Duration) -> Option<String> {
     Some(message)
 }
 
+impl ResolvedServerConfig {
+    /// How the authorized-entry index stays fresh, from `experimental` and
+    /// `max_attested_node_info_staleness`.
+    ///
+    /// With `events_based_cache = false` (upstream's default) upstream rebuilds its entry
+    /// cache from the datastore every `cache_reload_interval`; so does this index then (a
+    /// full reload on every poll). With `true`, the index follows the change events and
+    /// reloads everything only every `full_cache_reload_interval`, as upstream's events-based
+    /// cache. Skipped events are awaited for `event_timeout`.
+    pub fn index_options(&self) -> crate::authorized::IndexOptions {
+        let e = &self.experimental;
+        crate::authorized::IndexOptions {
+            full_reload_interval: if e.events_based_cache {
+                e.full_cache_reload_interval
+            } else {
+                e.cache_reload_interval
+            },
+            missed_event_timeout: e.event_timeout,
+            max_attested_node_info_staleness: self.max_attested_node_info_staleness,
+        }
+    }
+}
+
+/// Names the keys written in blocks upstream never checks (`experimental`, `federation`,
+/// `federates_with` and the endpoint profiles, `telemetry` itself): upstream loads such a
+/// file and ignores them, so this server loads it too, and says which keys do nothing.
+fn warn_ignored_keys(s: &ServerSection, telemetry: &TelemetrySection, warnings: &mut Vec<String>) {
+    let mut note = |block: &str, unknown: &BTreeMap<String, Value>| {
+        if !unknown.is_empty() {
+            let keys: Vec<&str> = unknown.keys().map(String::as_str).collect();
+            warnings.push(format!(
+                "Unknown configuration in {block} is ignored, as upstream ignores it: {}",
+                keys.join(",")
+            ));
+        }
+    };
+    note("server.experimental", &s.experimental.unknown);
+    note("telemetry", &telemetry.unknown);
+    let Some(f) = &s.federation else { return };
+    note("server.federation", &f.unknown);
+    if let Some(profile) = f.bundle_endpoint.as_ref().and_then(|b| b.profile.as_ref()) {
+        note(
+            "server.federation.bundle_endpoint.profile",
+            &profile.unknown,
+        );
+        if let Some(web) = &profile.https_web {
+            note(
+                "server.federation.bundle_endpoint.profile.https_web",
+                &web.unknown,
+            );
+            if let Some(files) = &web.serving_cert_file {
+                note(
+                    "server.federation.bundle_endpoint.profile.https_web.serving_cert_file",
+                    &files.unknown,
+                );
+            }
+        }
+        if let Some(spiffe) = &profile.https_spiffe {
+            note(
+                "server.federation.bundle_endpoint.profile.https_spiffe",
+                &spiffe.unknown,
+            );
+        }
+    }
+    for (td, fw) in &f.federates_with {
+        let block = format!("server.federation.federates_with {td:?}");
+        note(&block, &fw.unknown);
+        if let Some(p) = &fw.bundle_endpoint_profile {
+            note(&format!("{block}.bundle_endpoint_profile"), &p.unknown);
+            if let Some(spiffe) = &p.https_spiffe {
+                note(
+                    &format!("{block}.bundle_endpoint_profile.https_spiffe"),
+                    &spiffe.unknown,
+                );
+            }
+            if let Some(web) = &p.https_web {
+                note(
+                    &format!("{block}.bundle_endpoint_profile.https_web"),
+                    &web.unknown,
+                );
+            }
+        }
+    }
+}
+
 /// Keys upstream acts on that this server does not implement: refused at start, naming the
 /// key and why, instead of being accepted and ignored.
 fn refuse_unsupported(file: &str, s: &ServerSection) -> Result<(), ConfigError> {
     let refuse = |key: &str, why: &str| Err(ConfigError::invalid(file, key, why.to_owned()));
-    if !s.proxy_protocol_trusted_cidrs.is_empty() {
-        return refuse(
-            "server.proxy_protocol_trusted_cidrs",
-            "PROXY protocol is not supported by this server yet; remove the key and let the              load balancer pass TCP through (callers then appear with the balancer's address)",
-        );
-    }
     if s.profiling_enabled == Some(true) {
         return refuse(
             "server.profiling_enabled",
@@ -401,6 +477,7 @@ impl ServerConfig {
             ));
         }
         let mut warnings = Vec::new();
+        warn_ignored_keys(s, &self.telemetry, &mut warnings);
 
         let trust_domain = resolve_trust_domain(file, s)?;
         let bind_address = s
@@ -579,8 +656,22 @@ impl ServerConfig {
                 .filter(|d| !d.is_zero()),
             prune_tofu_nodes: s.prune_tofu_nodes.unwrap_or(false),
             prune_attested_nodes_batch_size: s.prune_attested_nodes_batch_size.unwrap_or(1000),
-            proxy_protocol_trusted_cidrs: s.proxy_protocol_trusted_cidrs.clone(),
-            tls_config: s.tls_config.clone(),
+            proxy_protocol_trusted_cidrs: s
+                .proxy_protocol_trusted_cidrs
+                .iter()
+                .map(|cidr| {
+                    cidr.parse().map_err(|e| {
+                        ConfigError::invalid(
+                            file,
+                            "server.proxy_protocol_trusted_cidrs",
+                            format!(
+                                "invalid proxy_protocol_trusted_cidrs value {cidr:?}: {e}; \
+                                 write networks such as \"10.0.0.0/8\""
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             profiling_enabled: s.profiling_enabled.unwrap_or(false),
             profiling_port: s.profiling_port.unwrap_or(0),
             profiling_freq: s.profiling_freq.unwrap_or(0),

@@ -373,6 +373,11 @@ async fn authorize_agent(ctx: &ApiContext, id: &SpiffeId, leaf: &[u8]) -> Result
     }
     let serial = spire_core::x509::certificate_serial_decimal(leaf)
         .map_err(|e| Status::permission_denied(format!("invalid agent SVID: {e}")))?;
+    // max_attested_node_info_staleness: a serial read from the datastore recently enough
+    // authorizes without reading it again, as upstream's node cache.
+    if ctx.index.agent_serial_is_fresh(id.as_str(), &serial) {
+        return Ok(());
+    }
     let node = ctx
         .datastore
         .fetch_attested_node(id.as_str())
@@ -384,6 +389,8 @@ async fn authorize_agent(ctx: &ApiContext, id: &SpiffeId, leaf: &[u8]) -> Result
             format!("agent {:?} is not attested", id.as_str()),
         ));
     };
+    ctx.index
+        .remember_agent_serial(id.as_str(), &node.cert_serial_number);
     if node.cert_serial_number.is_empty() {
         return Err(agent_denied(
             Reason::AgentBanned,
@@ -411,6 +418,7 @@ async fn authorize_agent(ctx: &ApiContext, id: &SpiffeId, leaf: &[u8]) -> Result
                 tracing::warn!(agent = id.as_str(), error = %e, "unable to activate the new agent SVID");
                 Status::internal(format!("unable to activate the new agent SVID: {e}"))
             })?;
+        ctx.index.remember_agent_serial(id.as_str(), &serial);
         return Ok(());
     }
     Err(agent_denied(

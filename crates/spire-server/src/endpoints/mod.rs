@@ -43,6 +43,7 @@ use spire_proto::spire_rs::agent::notify::v1::agent_notify_server::AgentNotifySe
 pub mod audit;
 pub mod auth;
 pub mod health_http;
+pub mod proxy_protocol;
 pub mod tcp;
 pub mod tls;
 pub mod unix;
@@ -184,6 +185,7 @@ pub struct Endpoints {
     bundles: Arc<tls::BundleCache>,
     metrics: spire_common::telemetry::Metrics,
     reloader: Option<Arc<crate::reload::Reloader>>,
+    proxy_trusted: Arc<[proxy_protocol::Cidr]>,
 }
 
 impl Endpoints {
@@ -213,12 +215,27 @@ impl Endpoints {
             bundles,
             metrics: spire_common::telemetry::Metrics::default(),
             reloader: None,
+            proxy_trusted: Arc::from(Vec::new()),
         })
     }
 
     /// Serves `spire-server config reload` with `reloader`.
     pub fn with_reloader(mut self, reloader: Option<Arc<crate::reload::Reloader>>) -> Self {
         self.reloader = reloader;
+        self
+    }
+
+    /// Accepts PROXY protocol v1/v2 headers on the TCP listener from `trusted` sources
+    /// (`proxy_protocol_trusted_cidrs`); empty (the default) turns it off.
+    pub fn with_proxy_protocol(mut self, trusted: Vec<proxy_protocol::Cidr>) -> Self {
+        if !trusted.is_empty() {
+            let shown: Vec<String> = trusted.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                trusted_cidrs = %shown.join(","),
+                "PROXY protocol enabled on TCP listener"
+            );
+        }
+        self.proxy_trusted = trusted.into();
         self
     }
 
@@ -243,6 +260,7 @@ impl Endpoints {
             bundles,
             metrics,
             reloader,
+            proxy_trusted,
         } = self;
         let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(metrics);
         let stop = cancel.child_token();
@@ -275,6 +293,7 @@ impl Endpoints {
             tcp,
             tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             connections,
+            proxy_trusted,
             stop.clone(),
         ));
 
@@ -342,12 +361,14 @@ pub async fn serve(
     config: EndpointsConfig,
     metrics: spire_common::telemetry::Metrics,
     reloader: Option<Arc<crate::reload::Reloader>>,
+    proxy_trusted: Vec<proxy_protocol::Cidr>,
     cancel: CancellationToken,
 ) -> Result<(), EndpointsError> {
     Endpoints::bind(ctx, &config)
         .await?
         .with_metrics(metrics)
         .with_reloader(reloader)
+        .with_proxy_protocol(proxy_trusted)
         .run(cancel)
         .await
 }

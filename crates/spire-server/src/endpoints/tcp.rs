@@ -15,6 +15,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::PeerIo;
+use super::proxy_protocol::{Cidr, Preamble, read_preamble};
 use crate::api::Peer;
 
 /// A client that has not finished the TLS handshake by then is dropped.
@@ -26,9 +27,10 @@ pub const BACKLOG: usize = 128;
 /// A TLS connection with its caller information.
 pub type TlsConnection = PeerIo<TlsStream<TcpStream>>;
 
-/// The peer of a finished handshake: address, presented chain and its SPIFFE ID.
-fn peer_of(stream: &TlsStream<TcpStream>) -> Peer {
-    let (tcp, session) = stream.get_ref();
+/// The peer of a finished handshake: address (the PROXY header's source when one was
+/// accepted), presented chain and its SPIFFE ID.
+fn peer_of(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> Peer {
+    let (_, session) = stream.get_ref();
     let chain: Option<Vec<Vec<u8>>> = session
         .peer_certificates()
         .map(|certs| certs.iter().map(|der| der.as_ref().to_vec()).collect());
@@ -37,7 +39,7 @@ fn peer_of(stream: &TlsStream<TcpStream>) -> Peer {
         .and_then(|chain| chain.first())
         .and_then(|leaf| spire_core::x509::certificate_spiffe_id(leaf).ok());
     Peer::Tcp {
-        addr: tcp.peer_addr().ok(),
+        addr: Some(addr),
         chain,
         spiffe_id,
     }
@@ -45,10 +47,13 @@ fn peer_of(stream: &TlsStream<TcpStream>) -> Peer {
 
 /// Accepts on `listener` until `cancel` fires or the receiver is dropped, sending every
 /// connection that completed its handshake to `connections`.
+/// With `proxy_trusted` non-empty, every connection may start with a PROXY protocol header
+/// (see [`super::proxy_protocol`]).
 pub async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     connections: mpsc::Sender<io::Result<TlsConnection>>,
+    proxy_trusted: Arc<[Cidr]>,
     cancel: CancellationToken,
 ) {
     let acceptor = Arc::new(acceptor);
@@ -72,20 +77,40 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let connections = connections.clone();
-        handshakes.spawn(handshake(acceptor, tcp, addr, connections));
+        handshakes.spawn(handshake(
+            acceptor,
+            tcp,
+            addr,
+            Arc::clone(&proxy_trusted),
+            connections,
+        ));
     }
     handshakes.shutdown().await;
 }
 
 async fn handshake(
     acceptor: Arc<TlsAcceptor>,
-    tcp: TcpStream,
-    addr: SocketAddr,
+    mut tcp: TcpStream,
+    mut addr: SocketAddr,
+    proxy_trusted: Arc<[Cidr]>,
     connections: mpsc::Sender<io::Result<TlsConnection>>,
 ) {
+    if !proxy_trusted.is_empty() {
+        match read_preamble(&mut tcp, addr, &proxy_trusted, HANDSHAKE_TIMEOUT).await {
+            Ok(Preamble::Proxied(source)) => {
+                tracing::debug!(peer = %addr, caller_addr = %source, "PROXY header accepted");
+                addr = source;
+            }
+            Ok(Preamble::None | Preamble::Local) => {}
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "Connection closed before TLS");
+                return;
+            }
+        }
+    }
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
-            let peer = peer_of(&stream);
+            let peer = peer_of(&stream, addr);
             let _ = connections.send(Ok(PeerIo::new(stream, peer))).await;
         }
         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
