@@ -886,9 +886,10 @@ async fn seen_after_one_event(options: IndexOptions) -> Vec<String> {
 
 #[tokio::test]
 async fn events_based_cache_false_rebuilds_from_the_datastore_every_cache_reload_interval() {
-    // Upstream's default: the whole cache is rebuilt every cache_reload_interval, so even a
-    // change without an event shows within one interval.
-    let options = options_from_config("cache_reload_interval = \"20ms\"");
+    // Upstream's default, written out: the whole cache is rebuilt every cache_reload_interval,
+    // so even a change without an event shows within one interval.
+    let options =
+        options_from_config("events_based_cache = false\n cache_reload_interval = \"20ms\"");
     assert_eq!(options.full_reload_interval, Duration::from_millis(20));
     assert_eq!(options.missed_event_timeout, Duration::from_secs(15 * 60));
     assert_eq!(seen_after_one_event(options).await, ["evented", "lost"]);
@@ -906,4 +907,13 @@ async fn events_based_cache_true_follows_events_and_rebuilds_every_full_cache_re
     let options =
         options_from_config("events_based_cache = true\n full_cache_reload_interval = \"20ms\"");
     assert_eq!(options.full_reload_interval, Duration::from_millis(20));
+}
+
+#[tokio::test]
+async fn events_based_cache_unset_follows_events() {
+    // Our default differs from upstream's: without the key the cache follows the change
+    // events, so a large registry is not read back from the datastore every 5 seconds.
+    let options = options_from_config("cache_reload_interval = \"20ms\"");
+    assert_eq!(options.full_reload_interval, Duration::from_secs(24 * 3600));
+    assert_eq!(seen_after_one_event(options).await, ["evented"]);
 }

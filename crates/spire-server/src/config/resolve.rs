@@ -133,7 +133,7 @@ pub struct ExperimentalSettings {
     pub cache_reload_interval: Duration,
     /// Time between full entry cache rebuilds (default 24h).
     pub full_cache_reload_interval: Duration,
-    /// Events-based entry cache.
+    /// Events-based entry cache: on unless `events_based_cache = false` is written.
     pub events_based_cache: bool,
     /// Events older than this are pruned (default 12h).
     pub prune_events_older_than: Duration,
@@ -305,11 +305,12 @@ impl ResolvedServerConfig {
     /// How the authorized-entry index stays fresh, from `experimental` and
     /// `max_attested_node_info_staleness`.
     ///
-    /// With `events_based_cache = false` (upstream's default) upstream rebuilds its entry
-    /// cache from the datastore every `cache_reload_interval`; so does this index then (a
-    /// full reload on every poll). With `true`, the index follows the change events and
-    /// reloads everything only every `full_cache_reload_interval`, as upstream's events-based
-    /// cache. Skipped events are awaited for `event_timeout`.
+    /// With `events_based_cache = false` upstream rebuilds its entry cache from the datastore
+    /// every `cache_reload_interval`; so does this index then (a full reload on every poll).
+    /// With `true`, and when the key is not set (upstream's default is `false`; ours is the
+    /// events-based cache, which costs the datastore far less at scale), the index follows
+    /// the change events and reloads everything only every `full_cache_reload_interval`, as
+    /// upstream's events-based cache. Skipped events are awaited for `event_timeout`.
     pub fn index_options(&self) -> crate::authorized::IndexOptions {
         let e = &self.experimental;
         crate::authorized::IndexOptions {
@@ -742,7 +743,7 @@ fn resolve_experimental(
         full_cache_reload_interval: e
             .full_cache_reload_interval
             .unwrap_or(Duration::from_secs(24 * 3600)),
-        events_based_cache: e.events_based_cache.unwrap_or(false),
+        events_based_cache: e.events_based_cache.unwrap_or(true),
         prune_events_older_than: e
             .prune_events_older_than
             .unwrap_or(Duration::from_secs(12 * 3600)),
