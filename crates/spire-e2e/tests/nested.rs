@@ -635,3 +635,105 @@ fn upstream_nested_server_under_our_root_server() {
         ..Programs::ours()
     });
 }
+
+/// Upstream's own nested configurations (the `nested-rotation` suite's server.conf files, in
+/// tests/data/nested-rotation, and the `UpstreamAuthority "spire"` sample of upstream's plugin
+/// doc with its trailing commas) pass `spire-server validate` with our binary and upstream's.
+/// The `/opt/spire` paths are moved to a temporary directory where the x509pop CA bundle
+/// exists: our `validate` also loads the plugins' files (upstream's does not, and fails on a
+/// missing one only at start).
+#[test]
+fn upstream_nested_configs_validate_with_both_binaries() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = dir.path();
+    let ca = dir.join("agent-cacert.pem");
+    let key = spire_core::keys::PrivateKey::generate(spire_core::keys::KeyType::EcP256)
+        .unwrap_or_else(|e| panic!("key: {e}"));
+    let der = spire_core::x509::self_signed_ca(
+        &key,
+        &spire_core::x509::CaTemplate::new(
+            spire_core::spiffe_id::TrustDomain::new("domain.test").unwrap(),
+            spire_core::x509::Validity::from_now(
+                time::OffsetDateTime::now_utc(),
+                time::Duration::hours(1),
+            ),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("CA: {e}"));
+    std::fs::write(&ca, spire_core::pem::encode_certificates([der.as_slice()])).unwrap();
+    let data = workspace_root().join("crates/spire-e2e/tests/data/nested-rotation");
+    let localize = |text: &str| {
+        text.replace(
+            "/opt/spire/conf/server/agent-cacert.pem",
+            &ca.display().to_string(),
+        )
+        .replace("/opt/spire", &dir.display().to_string())
+    };
+    let mut configs: Vec<(String, String)> = ["root", "intermediateA", "leafA", "leafB"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(data.join(format!("{name}-server.conf")))
+                .unwrap_or_else(|e| panic!("read {name}-server.conf: {e}"));
+            (name.to_string(), localize(&text))
+        })
+        .collect();
+    let root = configs[0].1.clone();
+    configs.push((
+        "plugin doc sample".into(),
+        root.replacen(
+            "plugins {",
+            r#"plugins {
+    UpstreamAuthority "spire" {
+        plugin_data {
+            server_address = "upstream-spire-server",
+            server_port = "8081",
+            workload_api_socket = "/tmp/spire-agent/public/api.sock"
+        }
+    }"#,
+            1,
+        ),
+    ));
+    for (name, text) in &configs {
+        let path = dir.join("server.conf");
+        std::fs::write(&path, text).unwrap();
+        for program in [
+            binary("spire-server"),
+            interop_program("SPIRE_UPSTREAM_SERVER"),
+        ] {
+            let out = Command::new(&program)
+                .args(["validate", "-config"])
+                .arg(&path)
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success()
+                    && stdout.contains("SPIRE server configuration file is valid."),
+                "{name} with {}: {stdout}{}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // The control: both refuse a config without its trust domain (upstream's validate does not
+    // look into plugin_data, so a plugin error would not do).
+    let broken = configs[4].1.replace("trust_domain = \"domain.test\"", "");
+    assert_ne!(broken, configs[4].1);
+    let path = dir.join("server.conf");
+    std::fs::write(&path, broken).unwrap();
+    for program in [
+        binary("spire-server"),
+        interop_program("SPIRE_UPSTREAM_SERVER"),
+    ] {
+        let out = Command::new(&program)
+            .args(["validate", "-config"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("file is valid."),
+            "{} accepted a config without trust_domain",
+            program.display()
+        );
+    }
+}
