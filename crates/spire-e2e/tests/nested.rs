@@ -48,6 +48,9 @@ struct Programs {
     /// The nested server (server level and its `spire` plugin) and its agent run with
     /// `require_pq_kem = true` (ours only: upstream v1.13.3 names the withdrawn Kyber draft).
     nested_pq: bool,
+    /// A second nesting level (a server nested under the nested server, its agent and a
+    /// workload), as upstream's `nested-rotation` suite; all-ours run only, to keep it short.
+    second_level: bool,
 }
 
 impl Programs {
@@ -60,6 +63,7 @@ impl Programs {
             no_gap: true,
             root_pq: true,
             nested_pq: true,
+            second_level: true,
         }
     }
 }
@@ -462,6 +466,85 @@ fn run_nested(programs: &Programs) {
     verify_with_go_spiffe(&nested_agent, &work, &old_roots)
         .unwrap_or_else(|e| panic!("{e}\nnested agent log:\n{}", nested_agent.log()));
 
+    // The second level: an agent of the nested server serves the `-downstream` entry of a
+    // server nested under it, whose own agent serves a workload.
+    let second = programs.second_level.then(|| {
+        let alias = "spiffe://example.org/nested-agent-2";
+        let token = nested.generate_join_token(alias);
+        let agent = AgentProcess::start_program_at_port(
+            &programs.nested_agent,
+            &sub("nested-agent-2"),
+            nested.port,
+            Some(&token),
+            pq_keys(programs.nested_pq),
+        );
+        nested.create_uid_entry(
+            alias,
+            "spiffe://example.org/nested-server-2",
+            uid,
+            &["-downstream"],
+        );
+        agent.cli_eventually(&["api", "fetch", "x509"], STEP_TIMEOUT);
+        let server_dir = sub("nested-2");
+        let socket = agent.socket_path.clone();
+        let server = ServerProcess::start_program_on_free_port(
+            &programs.nested_server,
+            &server_dir,
+            |port| {
+                nested_server_config(port, &server_dir, nested.port, &socket, programs.nested_pq)
+            },
+        );
+        let alias = "spiffe://example.org/nested-agent-3";
+        let token = server.generate_join_token(alias);
+        let workload_agent = AgentProcess::start_program_at_port(
+            &programs.nested_agent,
+            &sub("nested-agent-3"),
+            server.port,
+            Some(&token),
+            pq_keys(programs.nested_pq),
+        );
+        server.create_uid_entry(alias, "spiffe://example.org/workload-2", uid, &[]);
+        let work = sub("work-2");
+        poll(
+            "the second-level workload's chain verifying against the root bundle",
+            STEP_TIMEOUT,
+            // Not served yet is no gap: the entry may still be on its way to the agent.
+            || verify_with_openssl(&workload_agent, &work, &old_roots, false),
+        );
+        verify_with_go_spiffe(&workload_agent, &work, &old_roots)
+            .unwrap_or_else(|e| panic!("second level: {e}"));
+        // leaf, second-level CA, nested CA. Upstream's subject rule: the signing CA's subject
+        // with OU=DOWNSTREAM-<length of the signer's chain>; the nested server's chain is its
+        // own CA alone (the root is self-signed), so the second level is DOWNSTREAM-1 again.
+        let chain = pem_certificates(
+            &std::fs::read_to_string(work.join("fetched").join("svid.0.pem"))
+                .unwrap_or_else(|e| panic!("read svid.0.pem: {e}")),
+        );
+        assert_eq!(chain.len(), 3, "leaf, second-level CA, nested CA");
+        for ca in &chain[1..] {
+            let pem = spire_core::pem::encode_certificates([ca.as_slice()]);
+            let mut openssl = Command::new("openssl")
+                .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("run openssl: {e}"));
+            {
+                use std::io::Write as _;
+                let mut stdin = openssl.stdin.take().unwrap_or_else(|| panic!("stdin"));
+                stdin
+                    .write_all(pem.as_bytes())
+                    .unwrap_or_else(|e| panic!("write to openssl: {e}"));
+            }
+            let out = openssl
+                .wait_with_output()
+                .unwrap_or_else(|e| panic!("openssl: {e}"));
+            let subject = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(subject.contains("OU=DOWNSTREAM-1"), "{subject}");
+        }
+        (agent, server, workload_agent, work)
+    });
+
     // A workload holds its stream open through the rotation.
     let workload = Workload::new(&nested_agent.socket_path);
     let (stream, first) = workload.open_with(1, STEP_TIMEOUT);
@@ -543,6 +626,19 @@ fn run_nested(programs: &Programs) {
     );
     verify_with_go_spiffe(&nested_agent, &work, &new_root)
         .unwrap_or_else(|e| panic!("{e}\nnested agent log:\n{}", nested_agent.log()));
+    // Two levels down, the taint cascades the same way.
+    if let Some((_, server, workload_agent, work)) = &second {
+        poll(
+            "the second-level workload's chain moving to the new root",
+            STEP_TIMEOUT,
+            || verify_with_openssl(workload_agent, work, &new_root, programs.no_gap),
+        );
+        let state = server.cli_json(&["localauthority", "x509", "show"]);
+        assert!(
+            state["old"]["authority_id"].is_string(),
+            "the second level rotated its CA: {state}"
+        );
+    }
     if programs.no_gap {
         let first = first
             .into_iter()
@@ -600,6 +696,7 @@ fn run_nested(programs: &Programs) {
             "failed to revoke X.509 upstream authority",
         ],
     );
+    drop(second);
     drop(nested_agent);
     drop(nested);
     drop(root_agent);
@@ -619,6 +716,7 @@ fn our_nested_server_under_upstream_root_server() {
         // Upstream's root keeps Go's default key exchanges (X25519MLKEM768 among them); our
         // nested server and its `spire` plugin require the post-quantum one.
         root_pq: false,
+        second_level: false,
         ..Programs::ours()
     });
 }
@@ -632,6 +730,7 @@ fn upstream_nested_server_under_our_root_server() {
         // Our root requires X25519MLKEM768 and upstream's nested server (Go's defaults)
         // offers it; upstream's own require_pq_kem names the withdrawn Kyber draft.
         nested_pq: false,
+        second_level: false,
         ..Programs::ours()
     });
 }
