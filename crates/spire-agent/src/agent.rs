@@ -121,6 +121,8 @@ pub async fn run_with_reload(
         None => None,
     };
     let started_at = Instant::now();
+    // Before any connection to the server: attestation, sync and rotation all follow it.
+    spire_common::tls::require_pq_kem(config.experimental.require_pq_kem);
     let telemetry = telemetry_config(&config)?;
     let metrics = Metrics::new(telemetry.clone())?;
     telemetry::install_global(metrics.clone());

@@ -587,15 +587,19 @@ fn log_selectors_is_read_as_upstream_v1_15_2() {
 }
 
 #[test]
-fn profiling_and_require_pq_kem_are_refused_by_name() {
+fn profiling_is_refused_by_name_and_require_pq_kem_loads() {
     let err = resolve_err(&with_agent(&format!(
         "{MINIMAL_AGENT}\n    profiling_enabled = true"
     )));
     assert!(err.contains("agent.profiling_enabled"), "{err}");
-    let err = resolve_err(&with_agent(&format!(
+    // require_pq_kem is implemented (PQ-only key exchange toward the server).
+    let c = load(&with_agent(&format!(
         "{MINIMAL_AGENT}\n    experimental {{ require_pq_kem = true }}"
-    )));
-    assert!(err.contains("agent.experimental.require_pq_kem"), "{err}");
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert!(c.experimental.require_pq_kem);
     // Their off values load, as upstream.
     load(&with_agent(&format!(
         "{MINIMAL_AGENT}\n    profiling_enabled = false\n    profiling_port = 6060\n    \

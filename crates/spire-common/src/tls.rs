@@ -4,6 +4,7 @@
 //! server, the server toward `https_spiffe` federation bundle endpoints.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -26,9 +27,43 @@ pub struct SpiffeIdVerifier {
     provider: Arc<CryptoProvider>,
 }
 
-/// The crypto provider every TLS configuration of ours uses.
+/// Whether `experimental.require_pq_kem = true` is in force for this process: upstream's TLS
+/// policy is process-wide (the server's API listener and federation client, the agent's
+/// connections to its server), so it is set once at start by [`require_pq_kem`].
+static REQUIRE_PQ_KEM: AtomicBool = AtomicBool::new(false);
+
+/// Applies upstream's `experimental.require_pq_kem` policy to every later [`provider`] of this
+/// process: TLS 1.3 with X25519MLKEM768 as the only key exchange. Upstream v1.13.3 lists the
+/// withdrawn Kyber draft (0x6399) there, which its Go 1.24+ toolchain no longer implements;
+/// X25519MLKEM768 is the post-quantum hybrid Go and rustls both speak.
+pub fn require_pq_kem(enabled: bool) {
+    REQUIRE_PQ_KEM.store(enabled, Ordering::Relaxed);
+    if enabled {
+        tracing::debug!(
+            "Experimental option 'require_pq_kem' is enabled; all TLS connections will require \
+             use of a post-quantum safe KEM"
+        );
+    }
+}
+
+/// The crypto provider every TLS configuration of ours uses toward SPIRE peers: the default
+/// one, or the post-quantum-only one when [`require_pq_kem`] is in force.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    if REQUIRE_PQ_KEM.load(Ordering::Relaxed) {
+        Arc::new(pq_kem_provider())
+    } else {
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    }
+}
+
+/// The default provider restricted to X25519MLKEM768, a TLS 1.3-only group (so TLS 1.2 can
+/// never be negotiated with it).
+pub fn pq_kem_provider() -> CryptoProvider {
+    let mut crypto = rustls::crypto::aws_lc_rs::default_provider();
+    crypto
+        .kx_groups
+        .retain(|group| group.name() == rustls::NamedGroup::X25519MLKEM768);
+    crypto
 }
 
 impl SpiffeIdVerifier {

@@ -43,6 +43,14 @@ struct Programs {
     /// upstream's agent drops a tainted SVID from its cache before minting the next one, so
     /// its Workload API answers "no identity issued" for a moment (its workloads retry).
     no_gap: bool,
+    /// Root server and agent run with `experimental.require_pq_kem = true` (ours only).
+    root_pq: bool,
+    /// The nested server (server level and its `spire` plugin) and its agent run with
+    /// `require_pq_kem = true` (ours only: upstream v1.13.3 names the withdrawn Kyber draft).
+    nested_pq: bool,
+    /// A second nesting level (a server nested under the nested server, its agent and a
+    /// workload), as upstream's `nested-rotation` suite; all-ours run only, to keep it short.
+    second_level: bool,
 }
 
 impl Programs {
@@ -53,7 +61,69 @@ impl Programs {
             nested_server: binary("spire-server"),
             nested_agent: binary("spire-agent"),
             no_gap: true,
+            root_pq: true,
+            nested_pq: true,
+            second_level: true,
         }
+    }
+}
+
+/// `experimental.require_pq_kem = true` for a server or agent block, or nothing.
+fn pq_keys(enabled: bool) -> &'static str {
+    if enabled {
+        "experimental {\n        require_pq_kem = true\n    }"
+    } else {
+        ""
+    }
+}
+
+/// Whether a TLS 1.3 client offering only classic key exchanges (X25519, P-256: OpenSSL 3.0
+/// has no ML-KEM) completes a handshake with the server on `port`.
+fn accepts_classic_key_exchange(port: u16) -> bool {
+    // `timeout`: a handshake that neither completes nor fails must not hang the test.
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "openssl",
+            "s_client",
+            "-tls1_3",
+            "-groups",
+            "X25519:P-256",
+            "-connect",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl (apt-get install openssl): {e}"));
+    out.status.success()
+}
+
+/// Checks the key exchange policy of the server on `port`: with `require_pq_kem` a classic-only
+/// client is refused (the server's own agent and peers got through, so X25519MLKEM768 works);
+/// without it the same client gets in (the control).
+fn assert_key_exchange_policy(what: &str, port: u16, require_pq_kem: bool) {
+    assert_eq!(
+        accepts_classic_key_exchange(port),
+        !require_pq_kem,
+        "{what} (require_pq_kem = {require_pq_kem}): a client offering only X25519/P-256"
+    );
+}
+
+/// The PEM bundle `api fetch x509 -write` last wrote next to the SVID (see
+/// [`verify_with_openssl`]), as DER certificates.
+fn fetched_bundle(dir: &Path) -> Vec<Vec<u8>> {
+    let pem = std::fs::read_to_string(dir.join("fetched").join("bundle.0.pem"))
+        .unwrap_or_else(|e| panic!("read bundle.0.pem: {e}"));
+    pem_certificates(&pem)
+}
+
+/// A failing `upstreamauthority` CLI call's stderr, which must contain `expected`.
+fn assert_cli_refusal(server: &ServerProcess, args: &[&str], expected: &[&str]) {
+    let out = server.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} must fail: {stderr}");
+    for part in expected {
+        assert!(stderr.contains(part), "{args:?}: {part:?} not in {stderr}");
     }
 }
 
@@ -103,6 +173,7 @@ fn nested_server_config(
     dir: &Path,
     root_port: u16,
     root_agent_socket: &Path,
+    require_pq_kem: bool,
 ) -> (PathBuf, PathBuf) {
     let socket = dir.join("api.sock");
     let data_dir = dir.join("data");
@@ -114,7 +185,7 @@ fn nested_server_config(
         keys: &data_dir.join("keys.json"),
         database_type: "sqlite3",
         connection_string: &connection_string,
-        extra_server_keys: "",
+        extra_server_keys: pq_keys(require_pq_kem),
     })
     .replacen(
         "plugins {\n",
@@ -125,6 +196,9 @@ fn nested_server_config(
             server_address = "127.0.0.1"
             server_port = "{root_port}"
             workload_api_socket = "{socket}"
+            experimental {{
+                require_pq_kem = {require_pq_kem}
+            }}
         }}
     }}
 "#,
@@ -290,7 +364,11 @@ fn run_nested(programs: &Programs) {
     };
 
     // Root server and agent.
-    let root = ServerProcess::start_program(&programs.root_server, &sub("root"), "");
+    let root = ServerProcess::start_program(
+        &programs.root_server,
+        &sub("root"),
+        pq_keys(programs.root_pq),
+    );
     let root_agent_alias = "spiffe://example.org/root-agent";
     let token = root.generate_join_token(root_agent_alias);
     let root_agent = AgentProcess::start_program_at_port(
@@ -298,7 +376,7 @@ fn run_nested(programs: &Programs) {
         &sub("root-agent"),
         root.port,
         Some(&token),
-        "",
+        pq_keys(programs.root_pq),
     );
     root.create_uid_entry(
         root_agent_alias,
@@ -313,7 +391,13 @@ fn run_nested(programs: &Programs) {
     let root_agent_socket = root_agent.socket_path.clone();
     let nested =
         ServerProcess::start_program_on_free_port(&programs.nested_server, &nested_dir, |port| {
-            nested_server_config(port, &nested_dir, root.port, &root_agent_socket)
+            nested_server_config(
+                port,
+                &nested_dir,
+                root.port,
+                &root_agent_socket,
+                programs.nested_pq,
+            )
         });
     let nested_agent_alias = "spiffe://example.org/nested-agent";
     let token = nested.generate_join_token(nested_agent_alias);
@@ -322,7 +406,7 @@ fn run_nested(programs: &Programs) {
         &sub("nested-agent"),
         nested.port,
         Some(&token),
-        "",
+        pq_keys(programs.nested_pq),
     );
     nested.create_uid_entry(
         nested_agent_alias,
@@ -367,6 +451,11 @@ fn run_nested(programs: &Programs) {
     );
 
     nested_agent.cli_eventually(&["api", "fetch", "x509"], STEP_TIMEOUT);
+    // Every hop above went through the servers' TLS listeners: with require_pq_kem only
+    // X25519MLKEM768 was possible there (agents, the nested server's plugin, go and rust
+    // clients); a classic-only client is refused, and accepted where the policy is off.
+    assert_key_exchange_policy("root server", root.port, programs.root_pq);
+    assert_key_exchange_policy("nested server", nested.port, programs.nested_pq);
     let work = sub("work");
     let old_roots = bundle_roots(&root);
     poll(
@@ -376,6 +465,85 @@ fn run_nested(programs: &Programs) {
     );
     verify_with_go_spiffe(&nested_agent, &work, &old_roots)
         .unwrap_or_else(|e| panic!("{e}\nnested agent log:\n{}", nested_agent.log()));
+
+    // The second level: an agent of the nested server serves the `-downstream` entry of a
+    // server nested under it, whose own agent serves a workload.
+    let second = programs.second_level.then(|| {
+        let alias = "spiffe://example.org/nested-agent-2";
+        let token = nested.generate_join_token(alias);
+        let agent = AgentProcess::start_program_at_port(
+            &programs.nested_agent,
+            &sub("nested-agent-2"),
+            nested.port,
+            Some(&token),
+            pq_keys(programs.nested_pq),
+        );
+        nested.create_uid_entry(
+            alias,
+            "spiffe://example.org/nested-server-2",
+            uid,
+            &["-downstream"],
+        );
+        agent.cli_eventually(&["api", "fetch", "x509"], STEP_TIMEOUT);
+        let server_dir = sub("nested-2");
+        let socket = agent.socket_path.clone();
+        let server = ServerProcess::start_program_on_free_port(
+            &programs.nested_server,
+            &server_dir,
+            |port| {
+                nested_server_config(port, &server_dir, nested.port, &socket, programs.nested_pq)
+            },
+        );
+        let alias = "spiffe://example.org/nested-agent-3";
+        let token = server.generate_join_token(alias);
+        let workload_agent = AgentProcess::start_program_at_port(
+            &programs.nested_agent,
+            &sub("nested-agent-3"),
+            server.port,
+            Some(&token),
+            pq_keys(programs.nested_pq),
+        );
+        server.create_uid_entry(alias, "spiffe://example.org/workload-2", uid, &[]);
+        let work = sub("work-2");
+        poll(
+            "the second-level workload's chain verifying against the root bundle",
+            STEP_TIMEOUT,
+            // Not served yet is no gap: the entry may still be on its way to the agent.
+            || verify_with_openssl(&workload_agent, &work, &old_roots, false),
+        );
+        verify_with_go_spiffe(&workload_agent, &work, &old_roots)
+            .unwrap_or_else(|e| panic!("second level: {e}"));
+        // leaf, second-level CA, nested CA. Upstream's subject rule: the signing CA's subject
+        // with OU=DOWNSTREAM-<length of the signer's chain>; the nested server's chain is its
+        // own CA alone (the root is self-signed), so the second level is DOWNSTREAM-1 again.
+        let chain = pem_certificates(
+            &std::fs::read_to_string(work.join("fetched").join("svid.0.pem"))
+                .unwrap_or_else(|e| panic!("read svid.0.pem: {e}")),
+        );
+        assert_eq!(chain.len(), 3, "leaf, second-level CA, nested CA");
+        for ca in &chain[1..] {
+            let pem = spire_core::pem::encode_certificates([ca.as_slice()]);
+            let mut openssl = Command::new("openssl")
+                .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("run openssl: {e}"));
+            {
+                use std::io::Write as _;
+                let mut stdin = openssl.stdin.take().unwrap_or_else(|| panic!("stdin"));
+                stdin
+                    .write_all(pem.as_bytes())
+                    .unwrap_or_else(|e| panic!("write to openssl: {e}"));
+            }
+            let out = openssl
+                .wait_with_output()
+                .unwrap_or_else(|e| panic!("openssl: {e}"));
+            let subject = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(subject.contains("OU=DOWNSTREAM-1"), "{subject}");
+        }
+        (agent, server, workload_agent, work)
+    });
 
     // A workload holds its stream open through the rotation.
     let workload = Workload::new(&nested_agent.socket_path);
@@ -428,6 +596,27 @@ fn run_nested(programs: &Programs) {
         "{state}\nnested server log:\n{}",
         nested.log()
     );
+    // `upstreamauthority taint` on the nested server (its `spire` upstream authority): the
+    // root it names is already tainted (the root server drove it), and the root signing the
+    // current CA cannot be tainted; both refusals as upstream's.
+    assert_cli_refusal(
+        &nested,
+        &["upstreamauthority", "taint", "-subjectKeyID", &old_root_id],
+        &[
+            "could not taint X.509 upstream authority",
+            "code = Internal",
+            "failed to taint upstream authority",
+        ],
+    );
+    assert_cli_refusal(
+        &nested,
+        &["upstreamauthority", "taint", "-subjectKeyID", &new_root_id],
+        &[
+            "could not taint X.509 upstream authority",
+            "code = InvalidArgument",
+            "unable to use upstream authority singing current authority",
+        ],
+    );
     // ... and the workload's chain moves to the new root with the Workload API answering
     // all along (every poll fetches successfully).
     poll(
@@ -437,6 +626,19 @@ fn run_nested(programs: &Programs) {
     );
     verify_with_go_spiffe(&nested_agent, &work, &new_root)
         .unwrap_or_else(|e| panic!("{e}\nnested agent log:\n{}", nested_agent.log()));
+    // Two levels down, the taint cascades the same way.
+    if let Some((_, server, workload_agent, work)) = &second {
+        poll(
+            "the second-level workload's chain moving to the new root",
+            STEP_TIMEOUT,
+            || verify_with_openssl(workload_agent, work, &new_root, programs.no_gap),
+        );
+        let state = server.cli_json(&["localauthority", "x509", "show"]);
+        assert!(
+            state["old"]["authority_id"].is_string(),
+            "the second level rotated its CA: {state}"
+        );
+    }
     if programs.no_gap {
         let first = first
             .into_iter()
@@ -445,6 +647,14 @@ fn run_nested(programs: &Programs) {
         stream.rotation_of(&first);
         assert!(stream.is_open(), "the workload's stream stays open");
     }
+
+    // Until revoked, the tainted old root stays in the bundle the nested agent hands out.
+    assert!(
+        fetched_bundle(&work)
+            .iter()
+            .any(|der| skid(der) == old_root_id),
+        "the tainted old root is still in the workload's bundle before revocation"
+    );
 
     // Revoking the old root at the root removes it downstream too.
     root.cli_json(&[
@@ -464,8 +674,29 @@ fn run_nested(programs: &Programs) {
                 .ok_or_else(|| format!("{authorities:?}"))
         },
     );
-    verify_with_openssl(&nested_agent, &work, &new_root, programs.no_gap)
-        .unwrap_or_else(|e| panic!("after revocation: {e}"));
+    // ... down to the bundle the nested agent gives its workload.
+    poll(
+        "the old root gone from the nested workload's bundle",
+        STEP_TIMEOUT,
+        || {
+            verify_with_openssl(&nested_agent, &work, &new_root, programs.no_gap)?;
+            let ids: Vec<String> = fetched_bundle(&work).iter().map(|d| skid(d)).collect();
+            (!ids.contains(&old_root_id) && ids.contains(&new_root_id))
+                .then_some(())
+                .ok_or_else(|| format!("bundle.0.pem roots: {ids:?}"))
+        },
+    );
+    // `upstreamauthority revoke` on the nested server for the root already gone: refused
+    // (nothing left to revoke), as upstream's.
+    assert_cli_refusal(
+        &nested,
+        &["upstreamauthority", "revoke", "-subjectKeyID", &old_root_id],
+        &[
+            "could not revoke X.509 upstream authority",
+            "failed to revoke X.509 upstream authority",
+        ],
+    );
+    drop(second);
     drop(nested_agent);
     drop(nested);
     drop(root_agent);
@@ -482,6 +713,10 @@ fn our_nested_server_under_upstream_root_server() {
     run_nested(&Programs {
         root_server: interop_program("SPIRE_UPSTREAM_SERVER"),
         root_agent: interop_program("SPIRE_UPSTREAM_AGENT"),
+        // Upstream's root keeps Go's default key exchanges (X25519MLKEM768 among them); our
+        // nested server and its `spire` plugin require the post-quantum one.
+        root_pq: false,
+        second_level: false,
         ..Programs::ours()
     });
 }
@@ -492,6 +727,112 @@ fn upstream_nested_server_under_our_root_server() {
         nested_server: interop_program("SPIRE_UPSTREAM_SERVER"),
         nested_agent: interop_program("SPIRE_UPSTREAM_AGENT"),
         no_gap: false,
+        // Our root requires X25519MLKEM768 and upstream's nested server (Go's defaults)
+        // offers it; upstream's own require_pq_kem names the withdrawn Kyber draft.
+        nested_pq: false,
+        second_level: false,
         ..Programs::ours()
     });
+}
+
+/// Upstream's own nested configurations (the `nested-rotation` suite's server.conf files, in
+/// tests/data/nested-rotation, and the `UpstreamAuthority "spire"` sample of upstream's plugin
+/// doc with its trailing commas) pass `spire-server validate` with our binary and upstream's.
+/// The `/opt/spire` paths are moved to a temporary directory where the x509pop CA bundle
+/// exists: our `validate` also loads the plugins' files (upstream's does not, and fails on a
+/// missing one only at start).
+#[test]
+fn upstream_nested_configs_validate_with_both_binaries() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = dir.path();
+    let ca = dir.join("agent-cacert.pem");
+    let key = spire_core::keys::PrivateKey::generate(spire_core::keys::KeyType::EcP256)
+        .unwrap_or_else(|e| panic!("key: {e}"));
+    let der = spire_core::x509::self_signed_ca(
+        &key,
+        &spire_core::x509::CaTemplate::new(
+            spire_core::spiffe_id::TrustDomain::new("domain.test").unwrap(),
+            spire_core::x509::Validity::from_now(
+                time::OffsetDateTime::now_utc(),
+                time::Duration::hours(1),
+            ),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("CA: {e}"));
+    std::fs::write(&ca, spire_core::pem::encode_certificates([der.as_slice()])).unwrap();
+    let data = workspace_root().join("crates/spire-e2e/tests/data/nested-rotation");
+    let localize = |text: &str| {
+        text.replace(
+            "/opt/spire/conf/server/agent-cacert.pem",
+            &ca.display().to_string(),
+        )
+        .replace("/opt/spire", &dir.display().to_string())
+    };
+    let mut configs: Vec<(String, String)> = ["root", "intermediateA", "leafA", "leafB"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(data.join(format!("{name}-server.conf")))
+                .unwrap_or_else(|e| panic!("read {name}-server.conf: {e}"));
+            (name.to_string(), localize(&text))
+        })
+        .collect();
+    let root = configs[0].1.clone();
+    configs.push((
+        "plugin doc sample".into(),
+        root.replacen(
+            "plugins {",
+            r#"plugins {
+    UpstreamAuthority "spire" {
+        plugin_data {
+            server_address = "upstream-spire-server",
+            server_port = "8081",
+            workload_api_socket = "/tmp/spire-agent/public/api.sock"
+        }
+    }"#,
+            1,
+        ),
+    ));
+    for (name, text) in &configs {
+        let path = dir.join("server.conf");
+        std::fs::write(&path, text).unwrap();
+        for program in [
+            binary("spire-server"),
+            interop_program("SPIRE_UPSTREAM_SERVER"),
+        ] {
+            let out = Command::new(&program)
+                .args(["validate", "-config"])
+                .arg(&path)
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success()
+                    && stdout.contains("SPIRE server configuration file is valid."),
+                "{name} with {}: {stdout}{}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // The control: both refuse a config without its trust domain (upstream's validate does not
+    // look into plugin_data, so a plugin error would not do).
+    let broken = configs[4].1.replace("trust_domain = \"domain.test\"", "");
+    assert_ne!(broken, configs[4].1);
+    let path = dir.join("server.conf");
+    std::fs::write(&path, broken).unwrap();
+    for program in [
+        binary("spire-server"),
+        interop_program("SPIRE_UPSTREAM_SERVER"),
+    ] {
+        let out = Command::new(&program)
+            .args(["validate", "-config"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("file is valid."),
+            "{} accepted a config without trust_domain",
+            program.display()
+        );
+    }
 }

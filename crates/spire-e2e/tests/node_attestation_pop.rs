@@ -698,3 +698,134 @@ plugins {{
         }
     }
 }
+
+/// One server with upstream's multi-CA and file-based forms: x509pop with `ca_bundle_paths`
+/// (an agent of each CA attests, one of a third CA is refused) and `agent_path_template =
+/// "/cn/{{ .Subject.CommonName }}"` giving the agent IDs, and sshpop configured with
+/// `cert_authorities_path` only. Then x509pop's spiffe mode with an explicit `spiffe_prefix`
+/// (the key upstream's code reads; upstream's doc calls it `svid_prefix`, which we also take).
+#[test]
+fn x509pop_ca_bundle_paths_and_template_sshpop_cert_authorities_path_and_spiffe_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = dir(tmp.path(), "pki");
+    let ca_a = OpensslCa::root(&pki, "ca-a");
+    let ca_b = OpensslCa::root(&pki, "ca-b");
+    let ca_c = OpensslCa::root(&pki, "ca-c");
+    let node_a = ca_a.node("node-a", KeyAlg::P256, &[]);
+    let node_b = ca_b.node("node-b", KeyAlg::P256, &[]);
+    let node_c = ca_c.node("node-c", KeyAlg::P256, &[]);
+    let keys = dir(tmp.path(), "ssh");
+    let ssh_ca = SshCa::new(&keys, "host-ca");
+    let host = ssh_ca.host("host-1", "ed25519", "node-1.example.com", "-5m:+1h");
+    let authorities = keys.join("cert_authorities");
+    std::fs::write(&authorities, format!("{}\n", ssh_ca.public_line)).unwrap();
+
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server"),
+        &format!(
+            "    NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            \
+             ca_bundle_paths = [\"{}\", \"{}\"]\n            \
+             agent_path_template = \"/cn/{{{{ .Subject.CommonName }}}}\"\n        }}\n    }}\n\
+             \x20   NodeAttestor \"sshpop\" {{\n        plugin_data {{\n            \
+             cert_authorities_path = \"{}\"\n        }}\n    }}\n",
+            ca_a.cert.display(),
+            ca_b.cert.display(),
+            authorities.display()
+        ),
+    );
+    let mut agents = Vec::new();
+    for (name, node) in [("a", &node_a), ("b", &node_b)] {
+        agents.push(start_agent(
+            &binary("spire-agent"),
+            &dir(tmp.path(), &format!("agent-{name}")),
+            &server,
+            &x509pop_agent_block(&node.cert, &node.key, None),
+        ));
+    }
+    agents.push(start_agent(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent-ssh"),
+        &server,
+        &sshpop_agent_block(&host.key, &host.cert),
+    ));
+    let mut ids = server.agent_ids();
+    ids.sort();
+    let mut expected = vec![
+        format!("spiffe://{TD}/spire/agent/cn/node-a"),
+        format!("spiffe://{TD}/spire/agent/cn/node-b"),
+        format!(
+            "spiffe://{TD}/spire/agent/sshpop/{}",
+            ssh_cert_fingerprint(&host.cert)
+        ),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let shown = server.cli_json(&[
+        "agent",
+        "show",
+        "-spiffeID",
+        &format!("spiffe://{TD}/spire/agent/cn/node-b"),
+    ]);
+    assert!(
+        selector_strings(&shown["selectors"]).contains(&format!(
+            "x509pop:ca:fingerprint:{}",
+            openssl_sha1_fingerprint(&ca_b.cert)
+        )),
+        "{shown}"
+    );
+    // A node of a CA in neither bundle file is refused.
+    let log = agent_refused(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent-c"),
+        &server,
+        &x509pop_agent_block(&node_c.cert, &node_c.key, None),
+    );
+    assert!(log.contains(DENIED), "{log}");
+    for mut agent in agents {
+        agent.stop();
+    }
+    drop(server);
+
+    // spiffe mode with an explicit prefix: the trimmed path makes the agent ID, an SVID
+    // under the default prefix no longer qualifies.
+    let server = start_server(
+        &binary("spire-server"),
+        &dir(tmp.path(), "server-spiffe"),
+        "    NodeAttestor \"x509pop\" {\n        plugin_data {\n            mode = \"spiffe\"\n            spiffe_prefix = \"/hosts/\"\n        }\n    }\n",
+    );
+    let mint = |name: &str, id: &str| {
+        let minted = dir(tmp.path(), name);
+        server.cli_ok(&[
+            "x509",
+            "mint",
+            "-spiffeID",
+            id,
+            "-write",
+            &minted.display().to_string(),
+        ]);
+        x509pop_agent_block(&minted.join("svid.pem"), &minted.join("key.pem"), None)
+    };
+    let block = mint("minted-host", &format!("spiffe://{TD}/hosts/rack-1"));
+    let _agent = start_agent(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent-spiffe"),
+        &server,
+        &block,
+    );
+    assert_eq!(
+        server.agent_ids(),
+        vec![format!("spiffe://{TD}/spire/agent/x509pop/rack-1")]
+    );
+    let block = mint(
+        "minted-default",
+        &format!("spiffe://{TD}/spire-exchange/rack-2"),
+    );
+    let log = agent_refused(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent-default-prefix"),
+        &server,
+        &block,
+    );
+    assert!(log.contains("x509 cert doesnt match SVID prefix"), "{log}");
+}

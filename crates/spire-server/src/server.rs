@@ -145,6 +145,8 @@ pub async fn run_with_reload(
     if config.disable_jwt_svids {
         tracing::info!("JWT-SVID profile is disabled");
     }
+    // Before any TLS configuration is built: the API listener and federation client follow it.
+    spire_common::tls::require_pq_kem(config.experimental.require_pq_kem);
     let telemetry = telemetry_config(&config)?;
     let metrics = Metrics::new(telemetry.clone())?;
     telemetry::install_global(metrics.clone());
@@ -381,7 +383,9 @@ async fn start_bundle_endpoint(
     cancel: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let provider = spire_common::tls::provider();
+    // Upstream's require_pq_kem policy does not cover the bundle endpoint (foreign servers
+    // and browsers fetch it): the default key exchanges always.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("cannot build the bundle endpoint's TLS configuration")?

@@ -1204,6 +1204,87 @@ async fn downstream_ca_requires_a_downstream_caller() {
     assert!(cert.verify_signature(Some(root.public_key())).is_ok());
 }
 
+/// `(not_before, not_after, path length constraint)` of a DER certificate, in Unix seconds.
+fn ca_validity(der: &[u8]) -> (i64, i64, Option<Option<u32>>) {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let path_len = cert
+        .basic_constraints()
+        .unwrap()
+        .map(|bc| bc.value.path_len_constraint);
+    (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+        path_len,
+    )
+}
+
+#[tokio::test]
+async fn downstream_ca_ttl_defaults_to_ca_ttl_and_is_capped_at_the_signing_ca() {
+    let h = harness().await;
+    let caller = Caller {
+        downstream_entry_id: Some("downstream".into()),
+        ..Caller::default()
+    };
+    let mint = |preferred_ttl: i32| {
+        let svid = &h.svid;
+        let caller = caller.clone();
+        async move {
+            svid.new_downstream_x509ca(req(
+                caller,
+                svidpb::NewDownstreamX509caRequest {
+                    csr: csr(),
+                    preferred_ttl,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let ca_ttl = i64::try_from(
+        CaConfig::new(TrustDomain::new(TD).unwrap())
+            .ca_ttl
+            .as_secs(),
+    )
+    .unwrap();
+    let default_ttl = mint(0).await;
+    // The signing CA is self-signed here: its expiry is the root's.
+    let (_, signing_not_after, _) = ca_validity(&default_ttl.x509_authorities[0]);
+    let (not_before, not_after, path_len) = ca_validity(&default_ttl.ca_cert_chain[0]);
+    // preferred_ttl 0 asks for the server's ca_ttl (24h by default), which reaches the
+    // signing CA's own expiry (minted moments earlier with the same TTL): capped there.
+    assert!(
+        not_after <= signing_not_after,
+        "a downstream CA never outlives its signer: {not_after} > {signing_not_after}"
+    );
+    let lifetime = not_after - not_before;
+    assert!(
+        (ca_ttl - 120..=ca_ttl + 30).contains(&lifetime),
+        "preferred_ttl 0 gives ca_ttl ({ca_ttl} s): lifetime {lifetime}"
+    );
+    // Upstream sets no path length constraint on a downstream CA (a nested server may nest
+    // further): basic constraints CA:TRUE without pathlen.
+    assert_eq!(path_len, Some(None), "CA:TRUE with no pathlen");
+
+    // A preferred TTL beyond the signing CA's expiry is capped at that expiry.
+    let long = mint(i32::try_from(10 * ca_ttl).unwrap()).await;
+    let (_, not_after, path_len) = ca_validity(&long.ca_cert_chain[0]);
+    assert_eq!(
+        not_after, signing_not_after,
+        "capped at the signing CA's not_after"
+    );
+    assert_eq!(path_len, Some(None));
+
+    // A short preferred TTL is honoured as asked.
+    let short = mint(300).await;
+    let (not_before, not_after, _) = ca_validity(&short.ca_cert_chain[0]);
+    assert!(
+        (300..=300 + 30).contains(&(not_after - not_before)),
+        "preferred_ttl 300: {}",
+        not_after - not_before
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Streaming RPCs over a loopback server
 // ---------------------------------------------------------------------------------------

@@ -824,5 +824,103 @@ async fn max_attested_node_info_staleness_lets_a_recent_read_authorize() {
     assert_eq!(agent_call(&channel).await, Code::PermissionDenied);
     // A banned agent is not cached: it stays refused.
     assert_eq!(agent_call(&channel).await, Code::PermissionDenied);
+#[tokio::test]
+async fn only_downstream_svids_may_mint_cas_and_publish_jwt_keys() {
+    use spire_proto::spire::api::server::svid::v1 as svidpb;
+    use spire_proto::spire::api::server::svid::v1::svid_client::SvidClient;
+    use spire_server::datastore::RegistrationEntry;
+
+    let server = start().await;
+    for (spiffe_id, downstream) in [
+        ("spiffe://example.org/workload", false),
+        ("spiffe://example.org/nested-server", true),
+    ] {
+        server
+            .ctx
+            .datastore
+            .create_registration_entry(RegistrationEntry {
+                spiffe_id: spiffe_id.into(),
+                parent_id: "spiffe://example.org/spire/agent/join_token/abc".into(),
+                selectors: vec![spire_core::selector::Selector::parse("unix:uid:1000").unwrap()],
+                downstream,
+                ..RegistrationEntry::default()
+            })
+            .await
+            .unwrap();
+    }
+    let csr = || {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        svidpb::NewDownstreamX509caRequest {
+            csr: spire_core::x509::csr_der(&key).unwrap(),
+            preferred_ttl: 600,
+        }
+    };
+    let jwt_key = || {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        bundlepb::PublishJwtAuthorityRequest {
+            jwt_authority: Some(types::JwtKey {
+                public_key: key.public_key_der(),
+                key_id: "nested-kid".into(),
+                expires_at: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+                tainted: false,
+            }),
+        }
+    };
+
+    // A registered workload whose entry is not `-downstream`, and a caller without any
+    // certificate: the authorization layer refuses both with PermissionDenied, as upstream's
+    // `allow_if_downstream` policy (the handler's Internal is never reached).
+    let (chain, key) = server.svid("spiffe://example.org/workload").await;
+    let workload = tls_channel(server.tcp, client_tls(Some((chain, &key))));
+    let anonymous = tls_channel(server.tcp, client_tls(None));
+    for channel in [workload, anonymous] {
+        let err = SvidClient::new(channel.clone())
+            .new_downstream_x509ca(csr())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(
+            err.message(),
+            "Authorization denied for method /spire.api.server.svid.v1.SVID/NewDownstreamX509CA"
+        );
+        let err = BundleClient::new(channel)
+            .publish_jwt_authority(jwt_key())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(
+            err.message(),
+            "Authorization denied for method /spire.api.server.bundle.v1.Bundle/PublishJWTAuthority"
+        );
+    }
+    // The admin socket is no downstream either.
+    let err = SvidClient::new(unix_channel(&server.socket))
+        .new_downstream_x509ca(csr())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // The SVID of the `-downstream` entry may do both.
+    let (chain, key) = server.svid("spiffe://example.org/nested-server").await;
+    let nested = tls_channel(server.tcp, client_tls(Some((chain, &key))));
+    let minted = SvidClient::new(nested.clone())
+        .new_downstream_x509ca(csr())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!minted.ca_cert_chain.is_empty());
+    let published = BundleClient::new(nested)
+        .publish_jwt_authority(jwt_key())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        published
+            .jwt_authorities
+            .iter()
+            .any(|k| k.key_id == "nested-kid"),
+        "{published:?}"
+    );
+
     server.stop().await;
 }

@@ -310,13 +310,6 @@ impl AgentConfig {
                  (profiling_port, profiling_freq and profiling_names are only read when it is true)",
             ));
         }
-        if a.experimental.require_pq_kem == Some(true) {
-            return Err(ConfigError::invalid(
-                file,
-                "agent.experimental.require_pq_kem",
-                "requiring a post-quantum key exchange is not supported yet; remove the key",
-            ));
-        }
         if a.experimental.admin_named_pipe_name.is_some() && !cfg!(windows) {
             return Err(ConfigError::invalid(
                 file,

@@ -404,12 +404,6 @@ fn refuse_unsupported(file: &str, s: &ServerSection) -> Result<(), ConfigError> 
             "custom OPA authorization policies are not supported; this server enforces              upstream's default policy. Remove the block rather than run with a policy that              would be ignored",
         );
     }
-    if e.require_pq_kem == Some(true) {
-        return refuse(
-            "server.experimental.require_pq_kem",
-            "requiring a post-quantum key exchange is not supported yet; remove the key",
-        );
-    }
     if e.agent_spiffe_id_as_selector == Some(true) {
         return refuse(
             "server.experimental.agent_spiffe_id_as_selector",

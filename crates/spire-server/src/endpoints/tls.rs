@@ -284,7 +284,8 @@ pub fn server_config(
     identity: watch::Receiver<Option<ServerIdentity>>,
     bundles: Arc<BundleCache>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // experimental.require_pq_kem applies here, as upstream's TLS policy on this listener.
+    let provider = spire_common::tls::provider();
     let verifier = Arc::new(SpiffeClientVerifier::new(bundles, provider.clone()));
     let resolver = Arc::new(IdentityResolver::new(identity, provider.clone()));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -347,12 +347,9 @@ impl SpireUpstreamAuthority {
 }
 
 /// The crypto provider with X25519MLKEM768 as the only key exchange, upstream's
-/// `require_pq_kem` policy.
+/// `require_pq_kem` policy (shared with the server-level setting).
 fn pq_provider() -> Result<Arc<rustls::crypto::CryptoProvider>, UpstreamAuthorityError> {
-    let mut crypto = rustls::crypto::aws_lc_rs::default_provider();
-    crypto
-        .kx_groups
-        .retain(|group| group.name() == rustls::NamedGroup::X25519MLKEM768);
+    let crypto = spire_common::tls::pq_kem_provider();
     if crypto.kx_groups.is_empty() {
         return Err(UpstreamAuthorityError::Config(
             "upstreamauthority(spire): experimental.require_pq_kem = true needs the \
