@@ -824,6 +824,9 @@ async fn max_attested_node_info_staleness_lets_a_recent_read_authorize() {
     assert_eq!(agent_call(&channel).await, Code::PermissionDenied);
     // A banned agent is not cached: it stays refused.
     assert_eq!(agent_call(&channel).await, Code::PermissionDenied);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn only_downstream_svids_may_mint_cas_and_publish_jwt_keys() {
     use spire_proto::spire::api::server::svid::v1 as svidpb;
