@@ -16,4 +16,5 @@ pub mod plugins;
 pub mod reload;
 pub mod sds;
 pub mod storage;
+pub mod svid_store;
 pub mod workload;

@@ -33,6 +33,9 @@ pub(super) struct CachedEntry {
     pub(super) disable_x509_svid_prefetch: bool,
     /// `additional_attributes.jwt_svid_include_jti`: every JWT-SVID is unique, never cached.
     pub(super) jwt_svid_include_jti: bool,
+    /// `store_svid`: the SVID goes to the SVIDStore its selectors name, never to a workload;
+    /// it is always minted and kept.
+    pub(super) store_svid: bool,
 }
 
 impl CachedEntry {
@@ -67,13 +70,17 @@ impl CachedEntry {
             jwt_svid_include_jti: entry
                 .additional_attributes
                 .is_some_and(|a| a.jwt_svid_include_jti),
+            store_svid: entry.store_svid,
         })
     }
 
     /// Whether a workload with `selectors` gets this entry: the entry's selectors must be a
-    /// non-empty subset of the workload's.
+    /// non-empty subset of the workload's. Entries whose SVID is stored (`store_svid`) are
+    /// never given to workloads, as upstream keeps them out of the workload cache.
     pub(super) fn matches(&self, selectors: &SelectorSet) -> bool {
-        !self.selectors.is_empty() && self.selectors.matches(selectors, SelectorMatch::Subset)
+        !self.store_svid
+            && !self.selectors.is_empty()
+            && self.selectors.matches(selectors, SelectorMatch::Subset)
     }
 }
 
@@ -395,8 +402,15 @@ impl State {
     /// is soft for them, as upstream's), then the most recently used others, then entries
     /// without an SVID yet in ID order (except those with `disable_x509_svid_prefetch`,
     /// which wait for a subscriber), until `max_size` is reached.
+    /// Entries with `store_svid` are always kept, like subscribed ones: the agent stores them.
     pub(super) fn entries_to_keep(&self, max_size: usize) -> BTreeSet<String> {
         let mut keep = self.subscribed_entries();
+        keep.extend(
+            self.entries
+                .values()
+                .filter(|e| e.store_svid)
+                .map(|e| e.id.clone()),
+        );
         let mut cached: Vec<(&String, u64)> = self
             .svids
             .iter()
@@ -594,6 +608,7 @@ mod tests {
             created_at: 0,
             disable_x509_svid_prefetch: false,
             jwt_svid_include_jti: false,
+            store_svid: false,
         }
     }
 

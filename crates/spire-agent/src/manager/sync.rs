@@ -257,6 +257,41 @@ impl Manager {
             .collect()
     }
 
+    /// The entries registered with `store_svid`, with their current SVID (once minted) and
+    /// the bundles a store receives, for the SVIDStore service.
+    pub fn svids_to_store(&self) -> Vec<super::StoreRecord> {
+        let state = self.state();
+        state
+            .entries
+            .values()
+            .filter(|e| e.store_svid)
+            .map(|e| super::StoreRecord {
+                entry_id: e.id.clone(),
+                spiffe_id: e.spiffe_id.clone(),
+                selectors: e
+                    .selectors
+                    .iter()
+                    .map(|s| (s.kind.clone(), s.value.clone()))
+                    .collect(),
+                svid: state
+                    .svids
+                    .get(&e.id)
+                    .filter(|svid| svid.revision == e.revision)
+                    .map(|svid| super::StoredSvid {
+                        chain: svid.chain.clone(),
+                        key: Arc::clone(&svid.key),
+                        not_after: svid.not_after,
+                    }),
+                bundle: Arc::clone(&state.bundle),
+                federated_bundles: e
+                    .federates_with
+                    .iter()
+                    .filter_map(|td| state.federated.get(td).map(|b| (td.clone(), Arc::clone(b))))
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// The X.509 authorities the last sync saw tainted; the agent SVID rotation renews an
     /// SVID signed under one of them at once.
     pub fn tainted_roots(&self) -> watch::Receiver<Vec<Vec<u8>>> {
