@@ -41,11 +41,12 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 
 /// What the store saw for one agent program: the first stored SVID, and the names deleted.
 fn store_with(agent_program: &Path, case: &Path) -> (serde_json::Value, String) {
-    let server = ServerProcess::start(&case.join("server"), "");
-    let agent_dir = case.join("agent");
-    let store_dir = case.join("store");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    std::fs::create_dir_all(&store_dir).unwrap();
+    let (server_dir, agent_dir, store_dir) =
+        (case.join("server"), case.join("agent"), case.join("store"));
+    for d in [&server_dir, &agent_dir, &store_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let server = ServerProcess::start(&server_dir, "");
     let (config_path, socket) = AgentProcess::write_config(&agent_dir, server.port, "");
     let text = std::fs::read_to_string(&config_path).unwrap();
     let block = format!(

@@ -748,6 +748,26 @@ mod tests {
         assert!(st.entry_index.candidates(&workload).count() <= 3);
     }
 
+    /// An entry whose SVID goes to an SVIDStore is never given to a workload, even one with
+    /// its selectors, and its SVID is minted beyond the cache bound and without subscribers.
+    #[test]
+    fn store_svid_entries_are_minted_but_never_matched() {
+        let mut st = state();
+        let mut stored = entry("stored", &["unix:uid:1"]);
+        stored.store_svid = true;
+        st.upsert_entry(stored);
+        st.upsert_entry(entry("plain", &["unix:uid:1"]));
+        let workload = set(&["unix:uid:1"]);
+        let ids: Vec<&str> = st.matching(&workload).map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["plain"]);
+        let minted: Vec<String> = st
+            .plan_mints(0, 0)
+            .into_iter()
+            .map(|m| m.entry_id)
+            .collect();
+        assert_eq!(minted, ["stored"]);
+    }
+
     /// A change to one workload's entry recomputes and notifies only the subscribers it
     /// matches; a bundle change concerns everyone.
     #[test]

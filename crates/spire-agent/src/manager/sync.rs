@@ -119,8 +119,10 @@ impl std::fmt::Debug for ManagerOptions {
 pub struct CacheStats {
     /// Authorized entries known from the last sync.
     pub entries: usize,
-    /// X509-SVIDs held.
+    /// X509-SVIDs held for workloads.
     pub x509_svids: usize,
+    /// X509-SVIDs held for `store_svid` entries (upstream's SVIDStore cache).
+    pub svidstore_x509_svids: usize,
     /// JWT-SVIDs held.
     pub jwt_svids: usize,
     /// When the last sync succeeded (Unix seconds), for `debug getinfo`'s `lastSyncSuccess`.
@@ -224,13 +226,23 @@ impl Manager {
 
     /// Sizes of the caches.
     pub fn cache_stats(&self) -> CacheStats {
-        let (entries, x509_svids) = {
+        let (entries, x509_svids, svidstore_x509_svids) = {
             let state = self.state();
-            (state.entries.len(), state.svids.len())
+            let stored = state
+                .svids
+                .keys()
+                .filter(|id| state.entries.get(*id).is_some_and(|e| e.store_svid))
+                .count();
+            (
+                state.entries.len(),
+                state.svids.len().saturating_sub(stored),
+                stored,
+            )
         };
         CacheStats {
             entries,
             x509_svids,
+            svidstore_x509_svids,
             jwt_svids: self.jwt_cache().len(),
             last_sync_success: *self
                 .last_sync_success
