@@ -3,7 +3,7 @@
 //!
 //! The agent needs exactly one KeyManager, exactly one NodeAttestor and at least one
 //! WorkloadAttestor, as upstream's catalog requires. A block with `plugin_cmd` names an
-//! external plugin (NodeAttestor and WorkloadAttestor so far), loaded at start-up; other
+//! external plugin (NodeAttestor, WorkloadAttestor and SVIDStore so far), loaded at start-up; other
 //! names are built-ins, and unknown names and unknown `plugin_data` keys are errors naming
 //! the block.
 
