@@ -164,6 +164,7 @@ pub async fn run_with_reload(
     // Plugins and listeners whose settings can be wrong are set up before attesting, so a
     // bad kubelet CA path or a taken health port never costs a single-use join token.
     let attestors = workload_attestors(&config, &mut external_plugins).await?;
+    let svid_stores = svid_stores(&config, &mut external_plugins).await?;
     let health_listener = if config.health_checks.listener_enabled {
         Some(health::bind(&config.health_checks).await?)
     } else {
@@ -225,6 +226,12 @@ pub async fn run_with_reload(
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(manager.clone().run(cancel.clone()));
+    if !svid_stores.is_empty() {
+        tasks.spawn(
+            crate::svid_store::SvidStoreService::new(svid_stores)
+                .run(manager.clone(), cancel.clone()),
+        );
+    }
     tasks.spawn(spire_common::plugin_host::reconfigure_on_signal(
         external_plugins,
         cancel.child_token(),
@@ -365,6 +372,14 @@ pub async fn run_with_reload(
     result
 }
 
+/// The host services the agent offers to its external plugins, as upstream: `Metrics`, into
+/// the process's telemetry.
+fn host_services() -> spire_common::plugin_host::HostServices {
+    use spire_common::plugin_host::hostservice::metrics::MetricsHostService;
+    spire_common::plugin_host::HostServices::none()
+        .with(MetricsHostService::new(telemetry::global()).server())
+}
+
 /// Starts, initializes and configures an external plugin; a failure stops start-up naming
 /// the plugin and the reason.
 async fn load_external(
@@ -377,7 +392,7 @@ async fn load_external(
         plugin,
         service,
         config.trust_domain.name(),
-        &[],
+        &host_services(),
     )
     .await?;
     let loaded = Arc::new(loaded);
@@ -480,6 +495,21 @@ async fn workload_attestors(
         });
     }
     Ok(attestors)
+}
+
+/// The configured SVIDStores (external plugins only), by name.
+async fn svid_stores(
+    config: &ResolvedAgentConfig,
+    loaded: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
+) -> anyhow::Result<crate::plugins::svidstore::SvidStores> {
+    use crate::plugins::svidstore::external::{ExternalSvidStore, SERVICE};
+    let mut stores = crate::plugins::svidstore::SvidStores::default();
+    for plugin in &config.plugins.svid_stores {
+        stores.insert(Arc::new(ExternalSvidStore::new(
+            load_external(plugin, SERVICE, config, loaded).await?,
+        )));
+    }
+    Ok(stores)
 }
 
 /// Keeps the server connection's trust and `data_dir` in step with the bundle the manager

@@ -17,4 +17,5 @@ pub mod reload;
 pub mod rotation_strategy;
 pub mod sds;
 pub mod storage;
+pub mod svid_store;
 pub mod workload;

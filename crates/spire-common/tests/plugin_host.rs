@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use spire_common::plugin_host::{ExternalPlugin, LoadedPlugin, PluginData};
+use spire_common::plugin_host::{ExternalPlugin, HostServices, LoadedPlugin, PluginData};
 use spire_proto::spire::plugin::server::nodeattestor::v1 as server_na;
 
 const SERVER_NA: &str = "spire.plugin.server.nodeattestor.v1.NodeAttestor";
@@ -94,7 +94,7 @@ async fn a_plugin_is_configured_with_the_trust_domain_and_answers_its_service() 
         ),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
     )
     .await
     .expect("the plugin loads");
@@ -143,7 +143,7 @@ async fn a_wrong_checksum_is_refused_before_the_binary_runs() {
     let bin = copy_plugin("challengeattestor-server", dir.path());
     let mut plugin = spec("NodeAttestor", &bin, "");
     plugin.checksum = Some("00".repeat(32));
-    let err = LoadedPlugin::load(&plugin, SERVER_NA, "example.org", &[])
+    let err = LoadedPlugin::load(&plugin, SERVER_NA, "example.org", &HostServices::none())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("checksums did not match"), "{err}");
@@ -153,7 +153,7 @@ async fn a_wrong_checksum_is_refused_before_the_binary_runs() {
     let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &std::fs::read(&bin).unwrap());
     plugin.checksum = Some(hex::encode(sha.as_ref()));
     plugin.data = PluginData::Fixed(r#"secret = "x""#.into());
-    let loaded = LoadedPlugin::load(&plugin, SERVER_NA, "example.org", &[])
+    let loaded = LoadedPlugin::load(&plugin, SERVER_NA, "example.org", &HostServices::none())
         .await
         .expect("the right checksum loads");
     loaded.shutdown().await;
@@ -168,7 +168,7 @@ async fn a_binary_that_is_not_a_plugin_is_refused() {
         &spec("NodeAttestor", &bin, ""),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
     )
     .await
     .unwrap_err();
@@ -189,7 +189,7 @@ async fn a_plugin_of_another_type_is_refused() {
         &spec("NodeAttestor", &bin, ""),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
     )
     .await
     .unwrap_err();
@@ -202,7 +202,7 @@ async fn a_plugin_of_another_type_is_refused() {
         &spec("NodeAttestor", &bin, ""),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
     )
     .await
     .unwrap_err();
@@ -227,7 +227,7 @@ async fn a_plugin_that_exits_during_configure_is_refused() {
         &spec("NodeAttestor", &bin, ""),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
     )
     .await
     .unwrap_err();
@@ -245,7 +245,7 @@ async fn a_plugin_configure_error_is_reported() {
         &spec("NodeAttestor", &bin, r#"group = "x""#),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
     )
     .await
     .unwrap_err();
@@ -262,7 +262,7 @@ async fn a_plugin_that_never_completes_the_handshake_is_refused() {
         &spec("NodeAttestor", &bin, ""),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
         Duration::from_secs(3),
     )
     .await
@@ -280,7 +280,7 @@ async fn a_plugin_that_dies_at_run_time_is_reported_and_calls_fail() {
         &spec("NodeAttestor", &bin, r#"secret = "x""#),
         SERVER_NA,
         "example.org",
-        &[],
+        &HostServices::none(),
     )
     .await
     .expect("the plugin loads");

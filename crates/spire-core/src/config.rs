@@ -8,6 +8,7 @@
 
 pub mod de;
 mod hcl1;
+pub mod hcl_print;
 pub mod plugins;
 pub mod sections;
 

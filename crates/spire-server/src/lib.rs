@@ -12,6 +12,7 @@ pub mod config;
 pub mod datastore;
 pub mod endpoints;
 pub mod federation;
+pub mod hostservice;
 pub mod node_prune;
 pub use spire_common::logging;
 pub mod plugins;

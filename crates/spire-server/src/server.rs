@@ -155,11 +155,20 @@ pub async fn run_with_reload(
     let datastore: Arc<dyn DataStore> = Arc::new(crate::datastore::metered::MeteredDataStore::new(
         Arc::new(open_datastore(&catalog).await?),
     ));
+    let host_services = crate::hostservice::ServerHostServices::new(
+        config.trust_domain.clone(),
+        datastore.clone(),
+        metrics.clone(),
+    );
     let key_manager = key_manager(&catalog)?;
     let upstream = upstream_authority(&catalog, &config).await?;
-    let notifiers = Notifiers::from_catalog(&catalog.notifiers, &config.trust_domain)
-        .await
-        .context("cannot set up plugins.Notifier")?;
+    let notifiers = Notifiers::from_catalog(
+        &catalog.notifiers,
+        &config.trust_domain,
+        &host_services.host_services(),
+    )
+    .await
+    .context("cannot set up plugins.Notifier")?;
 
     let mut node_attestors = NodeAttestors::from_catalog(
         &catalog.node_attestors,
@@ -167,12 +176,17 @@ pub async fn run_with_reload(
         &config.trust_domain,
     );
     let external_plugins = node_attestors
-        .load_external(&catalog.node_attestors, &config.trust_domain)
+        .load_external(
+            &catalog.node_attestors,
+            &config.trust_domain,
+            &host_services.host_services(),
+        )
         .await?;
 
     let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
         .await
         .context("cannot start the CA")?;
+    host_services.bind_ca(&ca);
     if config.experimental.events_based_cache {
         tracing::info!("Using events based cache");
     }

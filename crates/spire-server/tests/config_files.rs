@@ -510,7 +510,8 @@ fn catalog_refuses_unknown_plugins_by_name() {
         "{msg}"
     );
 
-    // An external NodeAttestor is accepted; its data reaches the plugin as text.
+    // An external NodeAttestor is accepted; its data reaches the plugin as HCL text, as
+    // upstream re-prints the block.
     let text = MINIMAL.replace(
         "NodeAttestor \"join_token\" { plugin_data {} }",
         "NodeAttestor \"tpm\" {\n plugin_cmd = \"/opt/tpm\"\n plugin_args = [\"-v\"]\n plugin_data { ca = \"/x\" } }",
@@ -523,7 +524,7 @@ fn catalog_refuses_unknown_plugins_by_name() {
     assert_eq!(plugin.args, ["-v"]);
     assert_eq!(
         plugin.data,
-        spire_core::config::plugins::PluginData::Fixed(r#"{"ca":"/x"}"#.into())
+        spire_core::config::plugins::PluginData::Fixed(r#"ca = "/x""#.into())
     );
 
     // A disabled plugin is skipped, whatever it is.

@@ -88,8 +88,8 @@ impl DebugService {
             last_sync_success: stats.last_sync_success.unwrap_or(GO_ZERO_TIME_UNIX),
             cached_x509_svids_count: i32::try_from(stats.x509_svids).unwrap_or(i32::MAX),
             cached_jwt_svids_count: i32::try_from(stats.jwt_svids).unwrap_or(i32::MAX),
-            // No SVIDStore plugin exists here yet, so it caches nothing.
-            cached_svidstore_x509_svids_count: 0,
+            cached_svidstore_x509_svids_count: i32::try_from(stats.svidstore_x509_svids)
+                .unwrap_or(i32::MAX),
         })
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The agent needs exactly one KeyManager, exactly one NodeAttestor and at least one
 //! WorkloadAttestor, as upstream's catalog requires. A block with `plugin_cmd` names an
-//! external plugin (NodeAttestor and WorkloadAttestor so far), loaded at start-up; other
+//! external plugin (NodeAttestor, WorkloadAttestor and SVIDStore so far), loaded at start-up; other
 //! names are built-ins, and unknown names and unknown `plugin_data` keys are errors naming
 //! the block.
 
@@ -40,6 +40,8 @@ pub struct Plugins {
     pub key_manager: KeyManagerChoice,
     /// The WorkloadAttestors, in the order written.
     pub workload_attestors: Vec<WorkloadAttestorChoice>,
+    /// The SVIDStores (external plugins only), in the order written.
+    pub svid_stores: Vec<ExternalPlugin>,
 }
 
 impl Plugins {
@@ -365,6 +367,7 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
     let mut node_attestors = Vec::new();
     let mut key_managers = Vec::new();
     let mut workload_attestors = Vec::new();
+    let mut svid_stores = Vec::new();
 
     for decl in declarations {
         if let Some(external) = decl.external.clone() {
@@ -373,13 +376,14 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                 "WorkloadAttestor" => {
                     workload_attestors.push(WorkloadAttestorChoice::External(external));
                 }
+                "SVIDStore" => svid_stores.push(external),
                 kind => {
                     return Err(ConfigError::invalid(
                         file,
                         format!("plugins.{kind}.{}.plugin_cmd", decl.name),
                         format!(
-                            "external {kind} plugins are not supported yet (external NodeAttestor and \
-                             WorkloadAttestor plugins are); use a built-in {kind}"
+                            "external {kind} plugins are not supported yet (external NodeAttestor, \
+                             WorkloadAttestor and SVIDStore plugins are); use a built-in {kind}"
                         ),
                     ));
                 }
@@ -568,6 +572,7 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
         node_attestor,
         key_manager,
         workload_attestors,
+        svid_stores,
     })
 }
 
@@ -578,6 +583,10 @@ fn supported_names(kind: &str) -> &'static str {
             "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
         }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\", \"k8s\" and \"docker\"",
+        "SVIDStore" => {
+            "the built-in SVIDStores \"aws_secretsmanager\" and \"gcp_secretmanager\" are not \
+             available in this build; run an external SVIDStore with plugin_cmd"
+        }
         _ => "no built-in plugins of this type are available yet; remove the block",
     }
 }

@@ -34,6 +34,9 @@ pub(super) struct CachedEntry {
     pub(super) disable_x509_svid_prefetch: bool,
     /// `additional_attributes.jwt_svid_include_jti`: every JWT-SVID is unique, never cached.
     pub(super) jwt_svid_include_jti: bool,
+    /// `store_svid`: the SVID goes to the SVIDStore its selectors name, never to a workload;
+    /// it is always minted and kept.
+    pub(super) store_svid: bool,
 }
 
 impl CachedEntry {
@@ -68,13 +71,17 @@ impl CachedEntry {
             jwt_svid_include_jti: entry
                 .additional_attributes
                 .is_some_and(|a| a.jwt_svid_include_jti),
+            store_svid: entry.store_svid,
         })
     }
 
     /// Whether a workload with `selectors` gets this entry: the entry's selectors must be a
-    /// non-empty subset of the workload's.
+    /// non-empty subset of the workload's. Entries whose SVID is stored (`store_svid`) are
+    /// never given to workloads, as upstream keeps them out of the workload cache.
     pub(super) fn matches(&self, selectors: &SelectorSet) -> bool {
-        !self.selectors.is_empty() && self.selectors.matches(selectors, SelectorMatch::Subset)
+        !self.store_svid
+            && !self.selectors.is_empty()
+            && self.selectors.matches(selectors, SelectorMatch::Subset)
     }
 }
 
@@ -401,8 +408,15 @@ impl State {
     /// is soft for them, as upstream's), then the most recently used others, then entries
     /// without an SVID yet in ID order (except those with `disable_x509_svid_prefetch`,
     /// which wait for a subscriber), until `max_size` is reached.
+    /// Entries with `store_svid` are always kept, like subscribed ones: the agent stores them.
     pub(super) fn entries_to_keep(&self, max_size: usize) -> BTreeSet<String> {
         let mut keep = self.subscribed_entries();
+        keep.extend(
+            self.entries
+                .values()
+                .filter(|e| e.store_svid)
+                .map(|e| e.id.clone()),
+        );
         let mut cached: Vec<(&String, u64)> = self
             .svids
             .iter()
@@ -605,6 +619,7 @@ mod tests {
             created_at: 0,
             disable_x509_svid_prefetch: false,
             jwt_svid_include_jti: false,
+            store_svid: false,
         }
     }
 
@@ -742,6 +757,26 @@ mod tests {
         assert_eq!(ids, ["mine-a", "mine-b"]);
         // The candidates are the entries filed under the workload's selectors, not all.
         assert!(st.entry_index.candidates(&workload).count() <= 3);
+    }
+
+    /// An entry whose SVID goes to an SVIDStore is never given to a workload, even one with
+    /// its selectors, and its SVID is minted beyond the cache bound and without subscribers.
+    #[test]
+    fn store_svid_entries_are_minted_but_never_matched() {
+        let mut st = state();
+        let mut stored = entry("stored", &["unix:uid:1"]);
+        stored.store_svid = true;
+        st.upsert_entry(stored);
+        st.upsert_entry(entry("plain", &["unix:uid:1"]));
+        let workload = set(&["unix:uid:1"]);
+        let ids: Vec<&str> = st.matching(&workload).map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["plain"]);
+        let minted: Vec<String> = st
+            .plan_mints(0, 0)
+            .into_iter()
+            .map(|m| m.entry_id)
+            .collect();
+        assert_eq!(minted, ["stored"]);
     }
 
     /// A change to one workload's entry recomputes and notifies only the subscribers it

@@ -70,6 +70,36 @@ pub struct WorkloadUpdate {
     pub federated_bundles: BTreeMap<String, Arc<Bundle>>,
 }
 
+/// An entry registered with `store_svid` and what the SVIDStore service puts for it.
+#[derive(Clone)]
+pub struct StoreRecord {
+    /// The registration entry.
+    pub entry_id: String,
+    /// The entry's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The entry's selectors as (type, value): the type names the store, the values are its
+    /// metadata.
+    pub selectors: Vec<(String, String)>,
+    /// The SVID minted for the entry's current revision; `None` until it is.
+    pub svid: Option<StoredSvid>,
+    /// The agent's trust domain bundle.
+    pub bundle: Arc<Bundle>,
+    /// The bundles of the trust domains the entry federates with (those the agent has), by
+    /// trust domain name.
+    pub federated_bundles: BTreeMap<String, Arc<Bundle>>,
+}
+
+/// The X509-SVID of a [`StoreRecord`].
+#[derive(Clone)]
+pub struct StoredSvid {
+    /// Leaf first, then intermediates (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// Its private key.
+    pub key: Arc<PrivateKey>,
+    /// The leaf's expiry, Unix seconds.
+    pub not_after: i64,
+}
+
 /// A minted JWT-SVID.
 #[derive(Debug, Clone)]
 pub struct JwtIdentity {

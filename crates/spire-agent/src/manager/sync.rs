@@ -133,8 +133,10 @@ impl std::fmt::Debug for ManagerOptions {
 pub struct CacheStats {
     /// Authorized entries known from the last sync.
     pub entries: usize,
-    /// X509-SVIDs held.
+    /// X509-SVIDs held for workloads.
     pub x509_svids: usize,
+    /// X509-SVIDs held for `store_svid` entries (upstream's SVIDStore cache).
+    pub svidstore_x509_svids: usize,
     /// JWT-SVIDs held.
     pub jwt_svids: usize,
     /// When the last sync succeeded (Unix seconds), for `debug getinfo`'s `lastSyncSuccess`.
@@ -242,13 +244,23 @@ impl Manager {
 
     /// Sizes of the caches.
     pub fn cache_stats(&self) -> CacheStats {
-        let (entries, x509_svids) = {
+        let (entries, x509_svids, svidstore_x509_svids) = {
             let state = self.state();
-            (state.entries.len(), state.svids.len())
+            let stored = state
+                .svids
+                .keys()
+                .filter(|id| state.entries.get(*id).is_some_and(|e| e.store_svid))
+                .count();
+            (
+                state.entries.len(),
+                state.svids.len().saturating_sub(stored),
+                stored,
+            )
         };
         CacheStats {
             entries,
             x509_svids,
+            svidstore_x509_svids,
             jwt_svids: self.jwt_cache().len(),
             last_sync_success: *self
                 .last_sync_success
@@ -272,6 +284,41 @@ impl Manager {
             .entries
             .values()
             .map(|e| (e.id.clone(), e.spiffe_id.clone(), e.selectors.clone()))
+            .collect()
+    }
+
+    /// The entries registered with `store_svid`, with their current SVID (once minted) and
+    /// the bundles a store receives, for the SVIDStore service.
+    pub fn svids_to_store(&self) -> Vec<super::StoreRecord> {
+        let state = self.state();
+        state
+            .entries
+            .values()
+            .filter(|e| e.store_svid)
+            .map(|e| super::StoreRecord {
+                entry_id: e.id.clone(),
+                spiffe_id: e.spiffe_id.clone(),
+                selectors: e
+                    .selectors
+                    .iter()
+                    .map(|s| (s.kind.clone(), s.value.clone()))
+                    .collect(),
+                svid: state
+                    .svids
+                    .get(&e.id)
+                    .filter(|svid| svid.revision == e.revision)
+                    .map(|svid| super::StoredSvid {
+                        chain: svid.chain.clone(),
+                        key: Arc::clone(&svid.key),
+                        not_after: svid.not_after,
+                    }),
+                bundle: Arc::clone(&state.bundle),
+                federated_bundles: e
+                    .federates_with
+                    .iter()
+                    .filter_map(|td| state.federated.get(td).map(|b| (td.clone(), Arc::clone(b))))
+                    .collect(),
+            })
             .collect()
     }
 

@@ -2,4 +2,5 @@
 
 pub mod keymanager;
 pub mod nodeattestor;
+pub mod svidstore;
 pub mod workloadattestor;

@@ -10,7 +10,9 @@
 //! or agent, behind the same trait as the built-ins. Dropping a [`LoadedPlugin`] kills the
 //! process; [`LoadedPlugin::shutdown`] ends it gracefully first.
 
+mod broker;
 mod hclog;
+pub mod hostservice;
 mod process;
 
 use std::path::Path;
@@ -27,6 +29,7 @@ use spire_proto::spire::service::common::config::v1::{ConfigureRequest, CoreConf
 use spire_proto::spire::service::private::init::v1::init_client::InitClient;
 use spire_proto::spire::service::private::init::v1::{DeinitRequest, InitRequest};
 
+pub use broker::{HOST_SERVICE_PROVIDER_ID, HostServices};
 pub use process::kill_all;
 use process::{PluginAddress, PluginProcess};
 
@@ -73,6 +76,8 @@ pub struct LoadedPlugin {
     services: Vec<String>,
     trust_domain: String,
     last_data: Mutex<String>,
+    // Dropped before the process: the host services stop with the plugin.
+    _host_server: Option<broker::HostServer>,
     process: PluginProcess,
 }
 
@@ -89,12 +94,12 @@ impl std::fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// Checks, starts, initializes and configures `plugin`, which must implement the gRPC
     /// service `service` (e.g. `spire.plugin.server.nodeattestor.v1.NodeAttestor`).
-    /// `host_services` are the host service names offered to it.
+    /// `host_services` are offered to it through go-plugin's broker, as upstream does.
     pub async fn load(
         plugin: &ExternalPlugin,
         service: &str,
         trust_domain: &str,
-        host_services: &[&str],
+        host_services: &HostServices,
     ) -> Result<Self, PluginLoadError> {
         Self::load_with_timeout(plugin, service, trust_domain, host_services, START_TIMEOUT).await
     }
@@ -104,7 +109,7 @@ impl LoadedPlugin {
         plugin: &ExternalPlugin,
         service: &str,
         trust_domain: &str,
-        host_services: &[&str],
+        host_services: &HostServices,
         start_timeout: Duration,
     ) -> Result<Self, PluginLoadError> {
         let fail = |reason: String| PluginLoadError::new(plugin, reason);
@@ -133,12 +138,18 @@ impl LoadedPlugin {
             services: Vec::new(),
             trust_domain: trust_domain.to_owned(),
             last_data: Mutex::new(data.clone()),
+            _host_server: None,
             process,
         };
+        loaded._host_server = Some(
+            broker::serve(loaded.channel.clone(), host_services, &plugin.name)
+                .await
+                .map_err(fail)?,
+        );
 
         let mut client = InitClient::new(loaded.channel.clone());
         let init = client.init(InitRequest {
-            host_service_names: host_services.iter().map(|s| (*s).to_owned()).collect(),
+            host_service_names: host_services.names().to_vec(),
         });
         let services = match tokio::time::timeout(CALL_TIMEOUT, init).await {
             Ok(Ok(response)) => response.into_inner().plugin_service_names,

@@ -28,8 +28,8 @@ pub struct PluginDeclaration {
 /// Where an external plugin's configuration text comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginData {
-    /// `plugin_data` (possibly empty), fixed for the life of the process: an HCL block is
-    /// handed over as JSON, which the HCL parsers plugins use read as well.
+    /// `plugin_data` (possibly empty), fixed for the life of the process: a block (from HCL
+    /// or JSON) is handed over as HCL text, as upstream re-prints it; a string as written.
     Fixed(String),
     /// `plugin_data_file`: read at start-up and again on every SIGUSR1, as upstream does.
     File(std::path::PathBuf),
@@ -161,7 +161,7 @@ fn external(
         (_, Some(path)) => PluginData::File(path.into()),
         (None | Some(Value::Null), None) => PluginData::Fixed(String::new()),
         (Some(Value::String(text)), None) => PluginData::Fixed(text),
-        (Some(data), None) => PluginData::Fixed(normalize_data(data).to_string()),
+        (Some(data), None) => PluginData::Fixed(super::hcl_print::to_hcl(&normalize_data(data))),
     };
     Ok(PluginDeclaration {
         external: Some(ExternalPlugin {

@@ -163,6 +163,7 @@ impl NodeAttestors {
         &mut self,
         choices: &[crate::catalog::NodeAttestorChoice],
         trust_domain: &spire_core::spiffe_id::TrustDomain,
+        host_services: &spire_common::plugin_host::HostServices,
     ) -> Result<
         Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
         spire_common::plugin_host::PluginLoadError,
@@ -174,7 +175,7 @@ impl NodeAttestors {
                     plugin,
                     external::SERVICE,
                     trust_domain.name(),
-                    &[],
+                    host_services,
                 )
                 .await?;
                 let loaded = Arc::new(loaded);

@@ -53,7 +53,7 @@ impl ExternalNotifier {
 }
 
 /// The bundle in the plugin SDK's shape (which has no taint flags).
-fn plugin_bundle(bundle: &types::Bundle) -> plugin_types::Bundle {
+pub(crate) fn plugin_bundle(bundle: &types::Bundle) -> plugin_types::Bundle {
     plugin_types::Bundle {
         trust_domain: bundle.trust_domain.clone(),
         x509_authorities: bundle

@@ -90,6 +90,7 @@ impl Notifiers {
     pub async fn from_catalog(
         choices: &[NotifierChoice],
         trust_domain: &TrustDomain,
+        host_services: &spire_common::plugin_host::HostServices,
     ) -> Result<Self, NotifierError> {
         let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
         for choice in choices {
@@ -99,7 +100,7 @@ impl Notifiers {
                         plugin,
                         external::SERVICE,
                         trust_domain.name(),
-                        &[],
+                        host_services,
                     )
                     .await
                     .map_err(|e| NotifierError::Config {
