@@ -26,6 +26,8 @@ use crate::federation::acme::{AcmeConfig, AcmeManager};
 use crate::federation::endpoint::BundleEndpointServer;
 use crate::federation::refresher::BundleRefresher;
 use crate::federation::serving_cert::ServingCert;
+use crate::plugins::bundlepublisher::BundlePublishers;
+use crate::plugins::credentialcomposer::CredentialComposers;
 use crate::plugins::keymanager::KeyManager;
 use crate::plugins::keymanager::disk::DiskKeyManager;
 use crate::plugins::keymanager::memory::MemoryKeyManager;
@@ -154,21 +156,34 @@ pub async fn run_with_reload(
         Arc::new(open_datastore(&catalog).await?),
     ));
     let key_manager = key_manager(&catalog)?;
-    let upstream = upstream_authority(&catalog, &config).await?;
+    let (upstream, upstream_plugin) = upstream_authority(&catalog, &config).await?;
     let notifiers = Notifiers::from_catalog(&catalog.notifiers, &config.trust_domain)
         .await
         .context("cannot set up plugins.Notifier")?;
+    let (bundle_publishers, publisher_plugins) =
+        BundlePublishers::from_catalog(&catalog.bundle_publishers, &config.trust_domain)
+            .await
+            .context("cannot set up plugins.BundlePublisher")?;
 
     let mut node_attestors = NodeAttestors::from_catalog(
         &catalog.node_attestors,
         datastore.clone(),
         &config.trust_domain,
     );
-    let external_plugins = node_attestors
+    let (credential_composers, composer_plugins) =
+        CredentialComposers::from_catalog(&catalog.credential_composers, &config.trust_domain)
+            .await
+            .context("cannot set up plugins.CredentialComposer")?;
+    let mut external_plugins = node_attestors
         .load_external(&catalog.node_attestors, &config.trust_domain)
         .await?;
+    external_plugins.extend(upstream_plugin);
+    external_plugins.extend(publisher_plugins);
+    external_plugins.extend(composer_plugins);
+    let mut ca_config = ca_config(&config);
+    ca_config.credential_composers = credential_composers;
 
-    let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
+    let ca = CaManager::new(ca_config, key_manager, upstream, datastore.clone())
         .await
         .context("cannot start the CA")?;
     let index = AuthorizedIndex::load_with(
@@ -265,6 +280,14 @@ pub async fn run_with_reload(
         cancel.clone(),
     ));
     tasks.spawn(ca.clone().run(cancel.clone()));
+    tasks.spawn(bundle_publishers.run(
+        datastore.clone(),
+        config.trust_domain.clone(),
+        ca.bundle_changes(),
+        BUNDLE_POLL_INTERVAL,
+        crate::plugins::bundlepublisher::REFRESH_INTERVAL,
+        cancel.clone(),
+    ));
     tasks.spawn(
         index
             .clone()
@@ -486,13 +509,43 @@ fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {
     ))
 }
 
+/// The configured UpstreamAuthority, and its plugin process when it is external (for
+/// SIGUSR1 reconfiguration).
+type UpstreamAuthoritySetup = (
+    Option<Arc<dyn UpstreamAuthority>>,
+    Option<Arc<spire_common::plugin_host::LoadedPlugin>>,
+);
+
 async fn upstream_authority(
     catalog: &Catalog,
     config: &ResolvedServerConfig,
-) -> anyhow::Result<Option<Arc<dyn UpstreamAuthority>>> {
+) -> anyhow::Result<UpstreamAuthoritySetup> {
     let Some(choice) = &catalog.upstream_authority else {
-        return Ok(None);
+        return Ok((None, None));
     };
+    if let UpstreamAuthorityChoice::External(plugin) = choice {
+        let loaded = spire_common::plugin_host::LoadedPlugin::load(
+            plugin,
+            crate::plugins::upstreamauthority::external::SERVICE,
+            config.trust_domain.name(),
+            &[],
+        )
+        .await
+        .context("cannot set up plugins.UpstreamAuthority")?;
+        let loaded = Arc::new(loaded);
+        let upstream = crate::plugins::upstreamauthority::external::ExternalUpstreamAuthority::new(
+            loaded.clone(),
+        );
+        return Ok((Some(Arc::new(upstream)), Some(loaded)));
+    }
+    let upstream = builtin_upstream_authority(choice, config).await?;
+    Ok((Some(upstream), None))
+}
+
+async fn builtin_upstream_authority(
+    choice: &UpstreamAuthorityChoice,
+    config: &ResolvedServerConfig,
+) -> anyhow::Result<Arc<dyn UpstreamAuthority>> {
     match choice {
         UpstreamAuthorityChoice::Disk {
             key_file_path,
@@ -509,12 +562,12 @@ async fn upstream_authority(
                 config.trust_domain.clone(),
             )
             .context("cannot load plugins.UpstreamAuthority \"disk\"")?;
-            Ok(Some(Arc::new(disk)))
+            Ok(Arc::new(disk))
         }
         UpstreamAuthorityChoice::Spire(spire) => {
             let spire = SpireUpstreamAuthority::new(spire.clone(), &config.trust_domain)
                 .context("cannot load plugins.UpstreamAuthority \"spire\"")?;
-            Ok(Some(Arc::new(spire)))
+            Ok(Arc::new(spire))
         }
         UpstreamAuthorityChoice::AwsSecret(c) => {
             let aws =
@@ -524,7 +577,10 @@ async fn upstream_authority(
                 )
                 .await
                 .context("cannot load plugins.UpstreamAuthority \"awssecret\"")?;
-            Ok(Some(Arc::new(aws)))
+            Ok(Arc::new(aws))
+        }
+        UpstreamAuthorityChoice::External(_) => {
+            anyhow::bail!("an external UpstreamAuthority is not a built-in")
         }
     }
 }
