@@ -1,4 +1,5 @@
-// A test server UpstreamAuthority: signs the server's intermediate CA with the CA key and
+// A test server UpstreamAuthority: signs the server's intermediate CA (URI SAN: the trust
+// domain from the core configuration) with the CA key and
 // certificate named by plugin_data `key_path` and `cert_path` (PEM). The upstream roots it
 // reports are that certificate plus any certificates in the PEM file `extra_roots_path`;
 // whenever that file changes, the new roots are sent on every open MintX509CAAndSubscribe
@@ -12,6 +13,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"math/big"
+	"net/url"
 	"os"
 	"sync"
 	"time"
@@ -39,6 +41,7 @@ type plugin struct {
 	cfg     config
 	key     crypto.Signer
 	cert    *x509.Certificate
+	td      string
 	jwtKeys []*types.JWTKey
 }
 
@@ -69,7 +72,10 @@ func (p *plugin) Configure(_ context.Context, req *configv1.ConfigureRequest) (*
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cfg, p.key, p.cert = *c, signer, certs[0]
+	if req.CoreConfiguration.GetTrustDomain() == "" {
+		return nil, status.Error(codes.InvalidArgument, "the core configuration has no trust domain")
+	}
+	p.cfg, p.key, p.cert, p.td = *c, signer, certs[0], req.CoreConfiguration.GetTrustDomain()
 	return &configv1.ConfigureResponse{}, nil
 }
 
@@ -116,7 +122,7 @@ func (p *plugin) roots() ([]*types.X509Certificate, string) {
 
 func (p *plugin) MintX509CAAndSubscribe(req *upstreamauthorityv1.MintX509CARequest, stream upstreamauthorityv1.UpstreamAuthority_MintX509CAAndSubscribeServer) error {
 	p.mu.Lock()
-	key, cert := p.key, p.cert
+	key, cert, td := p.key, p.cert, p.td
 	p.mu.Unlock()
 	if key == nil {
 		return status.Error(codes.FailedPrecondition, "not configured")
@@ -139,9 +145,10 @@ func (p *plugin) MintX509CAAndSubscribe(req *upstreamauthorityv1.MintX509CAReque
 		return status.Errorf(codes.Internal, "serial: %v", err)
 	}
 	template := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               csr.Subject,
-		URIs:                  csr.URIs,
+		SerialNumber: serial,
+		Subject:      csr.Subject,
+		// As upstream's plugins: the CA's one URI SAN is the trust domain's ID.
+		URIs:                  []*url.URL{{Scheme: "spiffe", Host: td}},
 		NotBefore:             now.Add(-10 * time.Second),
 		NotAfter:              notAfter,
 		BasicConstraintsValid: true,
