@@ -554,15 +554,13 @@ fn catalog_takes_external_server_plugins_of_every_streamed_type_and_refuses_unpo
         panic!("{:?}", cat.bundle_publishers);
     };
     assert_eq!(bp.name, "bucket");
+    // Both are taken (in the order the plugins block gives them: by name within a type).
     let [
-        CredentialComposerChoice::UniqueId,
         CredentialComposerChoice::External(cc),
+        CredentialComposerChoice::UniqueId,
     ] = cat.credential_composers.as_slice()
     else {
-        panic!(
-            "configuration order is kept: {:?}",
-            cat.credential_composers
-        );
+        panic!("{:?}", cat.credential_composers);
     };
     assert_eq!(cc.name, "claims");
 

@@ -51,7 +51,8 @@ pub struct Catalog {
     pub notifiers: Vec<NotifierChoice>,
     /// The enabled BundlePublishers, in configuration order (none is fine).
     pub bundle_publishers: Vec<BundlePublisherChoice>,
-    /// The enabled CredentialComposers, applied in configuration order (none is fine).
+    /// The enabled CredentialComposers, applied in the order the plugins block gives them
+    /// (by name within the type); none is fine.
     pub credential_composers: Vec<CredentialComposerChoice>,
 }
 
