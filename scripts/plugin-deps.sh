@@ -6,8 +6,8 @@
 #
 #   ${SPIRE_RS_CACHE:-~/.cache/spire-rs}/go-plugins-<hash>/bin/
 #
-# Writes `export SPIRE_TEST_PLUGINS=<that folder>` and SPIRE_PLUGIN_SDK_DIR (the SDK's source,
-# for the proto wire test) to target/plugin-deps.env and prints them;
+# Writes `export SPIRE_TEST_PLUGINS=<that folder>`, SPIRE_PLUGIN_SDK_DIR and SPIRE_PLUGIN_SDK_113_DIR
+# (the sources of SDK v1.4.4 and of the SDK commit upstream v1.13.3 pins, for the proto wire test) to target/plugin-deps.env and prints them;
 # progress goes to standard error. A missing toolchain or a refused download is an error.
 # Usage: scripts/plugin-deps.sh
 set -euo pipefail
@@ -31,6 +31,10 @@ if [ ! -f "$dir/.complete" ]; then
     mkdir -p "$dir/bin"
     (cd "$src" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -o "$dir/bin/" ./...) >&2 ||
         die "go build in $src failed (see above): is the Go module proxy reachable?"
+    # BundlePublisher and CredentialComposer are not in the v1.4.4 tag: those plugins are a
+    # second module on the SDK commit upstream SPIRE v1.13.3 pins.
+    (cd "$src/sdk113" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -o "$dir/bin/" ./...) >&2 ||
+        die "go build in $src/sdk113 failed (see above): is the Go module proxy reachable?"
     touch "$dir/.complete"
 else
     printf 'plugin-deps: test plugins cached in %s\n' "$dir/bin" >&2
@@ -39,10 +43,13 @@ fi
 # The SDK's own source, whose .proto files the spire-proto wire test compares with ours.
 sdk_dir=$(cd "$src" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' github.com/spiffe/spire-plugin-sdk)
 [ -d "$sdk_dir/proto" ] || die "spire-plugin-sdk source not found (go list gave '$sdk_dir')"
+sdk113_dir=$(cd "$src/sdk113" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' github.com/spiffe/spire-plugin-sdk)
+[ -d "$sdk113_dir/proto" ] || die "spire-plugin-sdk source of upstream v1.13.3 not found (go list gave '$sdk113_dir')"
 
 mkdir -p target
 {
     echo "export SPIRE_TEST_PLUGINS='$dir/bin'"
     echo "export SPIRE_PLUGIN_SDK_DIR='$sdk_dir'"
+    echo "export SPIRE_PLUGIN_SDK_113_DIR='$sdk113_dir'"
 } >target/plugin-deps.env
 cat target/plugin-deps.env

@@ -469,6 +469,41 @@ pub fn mint_jwt_svid(
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
+/// Signs a JWT with `claims` as they are (a CredentialComposer may have added or changed
+/// any of them), with the same header as [`mint_jwt_svid`].
+pub fn mint_jwt_with_claims(
+    key: &PrivateKey,
+    key_id: &str,
+    algorithm: Option<JwtAlgorithm>,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, JwtSvidError> {
+    if key_id.is_empty() {
+        return Err(JwtSvidError::EmptyKeyId);
+    }
+    let alg = algorithm.unwrap_or_else(|| JwtAlgorithm::for_key_type(key.key_type()));
+    if !alg.fits_key_type(key.key_type()) {
+        return Err(JwtSvidError::AlgorithmKeyMismatch {
+            alg,
+            key: key_type_description(key.key_type()),
+        });
+    }
+    let header = HeaderOut {
+        alg: alg.as_str(),
+        kid: key_id,
+        typ: "JWT",
+    };
+    let fail = |_| JwtSvidError::Signing(key.key_type());
+    let header = serde_json::to_vec(&header).map_err(fail)?;
+    let claims = serde_json::to_vec(claims).map_err(fail)?;
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let sig = sign(key, alg, signing_input.as_bytes())?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
 /// Signs `message` with `key` using `alg`, giving the JWS signature bytes (r||s for ECDSA).
 pub(crate) fn sign(
     key: &PrivateKey,

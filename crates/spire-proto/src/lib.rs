@@ -114,6 +114,18 @@ pub mod spire {
         }
         /// Server plugin interfaces.
         pub mod server {
+            /// `spire.plugin.server.bundlepublisher.v1`.
+            pub mod bundlepublisher {
+                pub mod v1 {
+                    include_package!("spire.plugin.server.bundlepublisher.v1");
+                }
+            }
+            /// `spire.plugin.server.credentialcomposer.v1`.
+            pub mod credentialcomposer {
+                pub mod v1 {
+                    include_package!("spire.plugin.server.credentialcomposer.v1");
+                }
+            }
             /// `spire.plugin.server.keymanager.v1`.
             pub mod keymanager {
                 pub mod v1 {

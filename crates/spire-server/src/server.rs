@@ -26,6 +26,8 @@ use crate::federation::acme::{AcmeConfig, AcmeManager};
 use crate::federation::endpoint::BundleEndpointServer;
 use crate::federation::refresher::BundleRefresher;
 use crate::federation::serving_cert::ServingCert;
+use crate::plugins::bundlepublisher::BundlePublishers;
+use crate::plugins::credentialcomposer::CredentialComposers;
 use crate::plugins::keymanager::KeyManager;
 use crate::plugins::keymanager::disk::DiskKeyManager;
 use crate::plugins::keymanager::memory::MemoryKeyManager;
@@ -161,7 +163,8 @@ pub async fn run_with_reload(
         metrics.clone(),
     );
     let key_manager = key_manager(&catalog)?;
-    let upstream = upstream_authority(&catalog, &config).await?;
+    let (upstream, upstream_plugin) =
+        upstream_authority(&catalog, &config, &host_services.host_services()).await?;
     let notifiers = Notifiers::from_catalog(
         &catalog.notifiers,
         &config.trust_domain,
@@ -169,21 +172,40 @@ pub async fn run_with_reload(
     )
     .await
     .context("cannot set up plugins.Notifier")?;
+    let (bundle_publishers, publisher_plugins) = BundlePublishers::from_catalog(
+        &catalog.bundle_publishers,
+        &config.trust_domain,
+        &host_services.host_services(),
+    )
+    .await
+    .context("cannot set up plugins.BundlePublisher")?;
 
     let mut node_attestors = NodeAttestors::from_catalog(
         &catalog.node_attestors,
         datastore.clone(),
         &config.trust_domain,
     );
-    let external_plugins = node_attestors
+    let (credential_composers, composer_plugins) = CredentialComposers::from_catalog(
+        &catalog.credential_composers,
+        &config.trust_domain,
+        &host_services.host_services(),
+    )
+    .await
+    .context("cannot set up plugins.CredentialComposer")?;
+    let mut external_plugins = node_attestors
         .load_external(
             &catalog.node_attestors,
             &config.trust_domain,
             &host_services.host_services(),
         )
         .await?;
+    external_plugins.extend(upstream_plugin);
+    external_plugins.extend(publisher_plugins);
+    external_plugins.extend(composer_plugins);
+    let mut ca_config = ca_config(&config);
+    ca_config.credential_composers = credential_composers;
 
-    let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
+    let ca = CaManager::new(ca_config, key_manager, upstream, datastore.clone())
         .await
         .context("cannot start the CA")?;
     host_services.bind_ca(&ca);
@@ -278,6 +300,14 @@ pub async fn run_with_reload(
         cancel.clone(),
     ));
     tasks.spawn(ca.clone().run(cancel.clone()));
+    tasks.spawn(bundle_publishers.run(
+        datastore.clone(),
+        config.trust_domain.clone(),
+        ca.bundle_changes(),
+        BUNDLE_POLL_INTERVAL,
+        crate::plugins::bundlepublisher::REFRESH_INTERVAL,
+        cancel.clone(),
+    ));
     tasks.spawn(
         index
             .clone()
@@ -510,13 +540,44 @@ fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {
     ))
 }
 
+/// The configured UpstreamAuthority, and its plugin process when it is external (for
+/// SIGUSR1 reconfiguration).
+type UpstreamAuthoritySetup = (
+    Option<Arc<dyn UpstreamAuthority>>,
+    Option<Arc<spire_common::plugin_host::LoadedPlugin>>,
+);
+
 async fn upstream_authority(
     catalog: &Catalog,
     config: &ResolvedServerConfig,
-) -> anyhow::Result<Option<Arc<dyn UpstreamAuthority>>> {
+    host_services: &spire_common::plugin_host::HostServices,
+) -> anyhow::Result<UpstreamAuthoritySetup> {
     let Some(choice) = &catalog.upstream_authority else {
-        return Ok(None);
+        return Ok((None, None));
     };
+    if let UpstreamAuthorityChoice::External(plugin) = choice {
+        let loaded = spire_common::plugin_host::LoadedPlugin::load(
+            plugin,
+            crate::plugins::upstreamauthority::external::SERVICE,
+            config.trust_domain.name(),
+            host_services,
+        )
+        .await
+        .context("cannot set up plugins.UpstreamAuthority")?;
+        let loaded = Arc::new(loaded);
+        let upstream = crate::plugins::upstreamauthority::external::ExternalUpstreamAuthority::new(
+            loaded.clone(),
+        );
+        return Ok((Some(Arc::new(upstream)), Some(loaded)));
+    }
+    let upstream = builtin_upstream_authority(choice, config).await?;
+    Ok((Some(upstream), None))
+}
+
+async fn builtin_upstream_authority(
+    choice: &UpstreamAuthorityChoice,
+    config: &ResolvedServerConfig,
+) -> anyhow::Result<Arc<dyn UpstreamAuthority>> {
     match choice {
         UpstreamAuthorityChoice::Disk {
             key_file_path,
@@ -533,12 +594,12 @@ async fn upstream_authority(
                 config.trust_domain.clone(),
             )
             .context("cannot load plugins.UpstreamAuthority \"disk\"")?;
-            Ok(Some(Arc::new(disk)))
+            Ok(Arc::new(disk))
         }
         UpstreamAuthorityChoice::Spire(spire) => {
             let spire = SpireUpstreamAuthority::new(spire.clone(), &config.trust_domain)
                 .context("cannot load plugins.UpstreamAuthority \"spire\"")?;
-            Ok(Some(Arc::new(spire)))
+            Ok(Arc::new(spire))
         }
         UpstreamAuthorityChoice::AwsSecret(c) => {
             let aws =
@@ -548,13 +609,16 @@ async fn upstream_authority(
                 )
                 .await
                 .context("cannot load plugins.UpstreamAuthority \"awssecret\"")?;
-            Ok(Some(Arc::new(aws)))
+            Ok(Arc::new(aws))
+        }
+        UpstreamAuthorityChoice::External(_) => {
+            anyhow::bail!("an external UpstreamAuthority is not a built-in")
         }
         UpstreamAuthorityChoice::AwsPca(c) => {
             let pca = crate::plugins::upstreamauthority::aws_pca::AwsPcaUpstreamAuthority::load(c)
                 .await
                 .context("cannot load plugins.UpstreamAuthority \"aws_pca\"")?;
-            Ok(Some(Arc::new(pca)))
+            Ok(Arc::new(pca))
         }
     }
 }

@@ -537,6 +537,60 @@ fn catalog_refuses_unknown_plugins_by_name() {
 }
 
 #[test]
+fn catalog_takes_external_server_plugins_of_every_streamed_type_and_refuses_unported_publishers() {
+    use spire_server::catalog::{BundlePublisherChoice, CredentialComposerChoice};
+    let blocks = "NodeAttestor \"join_token\" { plugin_data {} }\n \
+        UpstreamAuthority \"vendor\" {\n plugin_cmd = \"/opt/ua\"\n plugin_data { ca = \"/x\" } }\n \
+        BundlePublisher \"bucket\" {\n plugin_cmd = \"/opt/bp\"\n plugin_data {} }\n \
+        CredentialComposer \"uniqueid\" { plugin_data {} }\n \
+        CredentialComposer \"claims\" {\n plugin_cmd = \"/opt/cc\"\n plugin_data {} }";
+    let text = MINIMAL.replace("NodeAttestor \"join_token\" { plugin_data {} }", blocks);
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    let Some(UpstreamAuthorityChoice::External(ua)) = &cat.upstream_authority else {
+        panic!("{:?}", cat.upstream_authority);
+    };
+    assert_eq!(ua.cmd, std::path::Path::new("/opt/ua"));
+    let [BundlePublisherChoice::External(bp)] = cat.bundle_publishers.as_slice() else {
+        panic!("{:?}", cat.bundle_publishers);
+    };
+    assert_eq!(bp.name, "bucket");
+    // Both are taken (in the order the plugins block gives them: by name within a type).
+    let [
+        CredentialComposerChoice::External(cc),
+        CredentialComposerChoice::UniqueId,
+    ] = cat.credential_composers.as_slice()
+    else {
+        panic!("{:?}", cat.credential_composers);
+    };
+    assert_eq!(cc.name, "claims");
+
+    // Upstream's built-in publishers are not ported: refused by name, saying what works.
+    let text = MINIMAL.replace(
+        "NodeAttestor \"join_token\" { plugin_data {} }",
+        "NodeAttestor \"join_token\" { plugin_data {} }\n BundlePublisher \"aws_s3\" { plugin_data { bucket = \"b\" } }",
+    );
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("plugins.BundlePublisher.aws_s3")
+            && msg.contains("\"aws_s3\" is not available")
+            && msg.contains("plugin_cmd"),
+        "{msg}"
+    );
+
+    // An external UpstreamAuthority counts towards the one allowed.
+    let text = MINIMAL.replace(
+        "NodeAttestor \"join_token\" { plugin_data {} }",
+        "NodeAttestor \"join_token\" { plugin_data {} }\n UpstreamAuthority \"vendor\" {\n plugin_cmd = \"/opt/ua\"\n plugin_data {} }\n UpstreamAuthority \"disk\" { plugin_data { key_file_path = \"k\"\n cert_file_path = \"c\" } }",
+    );
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("at most one UpstreamAuthority"), "{msg}");
+}
+
+#[test]
 fn catalog_refuses_unknown_plugin_data_keys() {
     let text = MINIMAL.replace(
         "KeyManager \"memory\" { plugin_data {} }",

@@ -31,6 +31,7 @@ use super::{
     AuthorityState, CaConfig, CaError, RefusalKind, ServerIdentity, SignedJwtSvid, X509SvidRequest,
 };
 use crate::datastore::{DataStore, DataStoreError};
+use crate::plugins::credentialcomposer::{ComposerError, X509CaAttributes, X509SvidAttributes};
 use crate::plugins::keymanager::KeyManager;
 use crate::plugins::upstreamauthority::UpstreamAuthority;
 
@@ -240,6 +241,11 @@ fn datastore_error(context: &str, e: DataStoreError) -> CaError {
 }
 
 /// Maps certificate building errors: those caused by the request are InvalidArgument.
+/// A composer's failure: signing stops with it, as upstream's template builder does.
+fn composer_error(e: ComposerError) -> CaError {
+    CaError::Internal(e.to_string())
+}
+
 fn x509_error(e: X509Error) -> CaError {
     match e {
         X509Error::UnsupportedPublicKey(_)
@@ -842,7 +848,9 @@ impl CaManager {
     ) -> Result<X509Ca, CaError> {
         let template = CaTemplate {
             trust_domain: self.trust_domain.clone(),
-            subject: self.config.ca_subject.clone(),
+            subject: self
+                .composed_ca_subject(self.config.ca_subject.clone())
+                .await?,
             validity: Validity::from_now(now, to_time(self.config.ca_ttl)?),
         };
         let certificate = x509::self_signed_ca(&key, &template)
@@ -857,7 +865,10 @@ impl CaManager {
         upstream: &dyn UpstreamAuthority,
         key: Arc<PrivateKey>,
     ) -> Result<X509Ca, CaError> {
-        let csr = x509::upstream_ca_csr_der(&key, &self.config.ca_subject, &self.trust_domain)
+        let subject = self
+            .composed_ca_subject(self.config.ca_subject.clone())
+            .await?;
+        let csr = x509::upstream_ca_csr_der(&key, &subject, &self.trust_domain)
             .map_err(|e| CaError::Internal(e.to_string()))?;
         let minted = upstream
             .mint_x509_ca(&csr, self.config.ca_ttl)
@@ -1119,12 +1130,26 @@ impl CaManager {
             .trust_domain
             .id_with_path("/spire/server")
             .map_err(|e| CaError::Internal(e.to_string()))?;
+        let (subject, dns_names) = if self.config.credential_composers.is_empty() {
+            (Subject::default_x509_svid(), Vec::new())
+        } else {
+            let composed = self
+                .config
+                .credential_composers
+                .server_x509_svid(X509SvidAttributes {
+                    subject: Subject::default_x509_svid(),
+                    dns_sans: Vec::new(),
+                })
+                .await
+                .map_err(composer_error)?;
+            (composed.subject, composed.dns_sans)
+        };
         let chain = self.sign_leaf(
             &ca,
             &key.public_key_der(),
             server_id,
-            Vec::new(),
-            Subject::default_x509_svid(),
+            dns_names,
+            subject,
             self.default_x509_svid_ttl(),
             now,
         )?;
@@ -1206,15 +1231,37 @@ impl CaManager {
             .ttl
             .filter(|t| !t.is_zero())
             .unwrap_or_else(|| self.default_x509_svid_ttl());
-        let subject = request
+        let mut subject = request
             .subject
             .filter(|s| !s.is_empty())
             .unwrap_or_else(Subject::default_x509_svid);
+        let mut dns_names = request.dns_names;
+        if !self.config.credential_composers.is_empty() {
+            // As upstream's template builder: the first DNS name is the CN before composing.
+            if let Some(first) = dns_names.first() {
+                subject.common_name = Some(first.clone());
+            }
+            let composed = self
+                .config
+                .credential_composers
+                .workload_x509_svid(
+                    &request.spiffe_id,
+                    &request.public_key_der,
+                    X509SvidAttributes {
+                        subject,
+                        dns_sans: dns_names,
+                    },
+                )
+                .await
+                .map_err(composer_error)?;
+            subject = composed.subject;
+            dns_names = composed.dns_sans;
+        }
         self.sign_leaf(
             &ca,
             &request.public_key_der,
             request.spiffe_id,
-            request.dns_names,
+            dns_names,
             subject,
             ttl,
             self.now(),
@@ -1234,12 +1281,30 @@ impl CaManager {
             .agent_ttl
             .filter(|t| !t.is_zero())
             .unwrap_or_else(|| self.default_x509_svid_ttl());
+        let (subject, dns_names) = if self.config.credential_composers.is_empty() {
+            (Subject::default_x509_svid(), Vec::new())
+        } else {
+            let composed = self
+                .config
+                .credential_composers
+                .agent_x509_svid(
+                    agent_id,
+                    public_key_der,
+                    X509SvidAttributes {
+                        subject: Subject::default_x509_svid(),
+                        dns_sans: Vec::new(),
+                    },
+                )
+                .await
+                .map_err(composer_error)?;
+            (composed.subject, composed.dns_sans)
+        };
         self.sign_leaf(
             &ca,
             public_key_der,
             agent_id.clone(),
-            Vec::new(),
-            Subject::default_x509_svid(),
+            dns_names,
+            subject,
             ttl,
             self.now(),
         )
@@ -1260,6 +1325,7 @@ impl CaManager {
         let mut subject =
             crate::plugins::upstreamauthority::disk::certificate_subject(&ca.certificate);
         subject.organizational_unit = vec![format!("DOWNSTREAM-{parent_chain_len}")];
+        let subject = self.composed_ca_subject(subject).await?;
         let template = CaTemplate {
             trust_domain: self.trust_domain.clone(),
             subject,
@@ -1316,6 +1382,18 @@ impl CaManager {
                 "the active JWT key has expired".into(),
             ));
         }
+        if !self.config.credential_composers.is_empty() {
+            return self
+                .sign_composed_jwt_svid(
+                    &key,
+                    spiffe_id,
+                    audience,
+                    issued_at,
+                    expires_at,
+                    include_jti,
+                )
+                .await;
+        }
         let token = mint_jwt_svid(
             &key.key,
             &key.kid,
@@ -1339,6 +1417,70 @@ impl CaManager {
             token,
             issued_at,
             expires_at,
+        })
+    }
+
+    /// The CA subject after the CredentialComposers (unchanged when none is configured).
+    async fn composed_ca_subject(&self, subject: Subject) -> Result<Subject, CaError> {
+        if self.config.credential_composers.is_empty() {
+            return Ok(subject);
+        }
+        let composed = self
+            .config
+            .credential_composers
+            .server_x509_ca(X509CaAttributes { subject })
+            .await
+            .map_err(composer_error)?;
+        Ok(composed.subject)
+    }
+
+    /// Signs a JWT-SVID whose claims went through the CredentialComposers, as upstream's
+    /// `BuildWorkloadJWTSVIDClaims`: `sub`, `exp`, `aud`, `iat` (and `iss`, `jti`) first,
+    /// then each composer; `exp`/`iat` come back as JSON numbers and are signed as integers.
+    async fn sign_composed_jwt_svid(
+        &self,
+        key: &JwtKey,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        issued_at: i64,
+        expires_at: i64,
+        include_jti: bool,
+    ) -> Result<SignedJwtSvid, CaError> {
+        use serde_json::Value;
+        let mut claims = crate::plugins::credentialcomposer::JwtClaims::new();
+        claims.insert("sub".into(), Value::from(spiffe_id.as_str()));
+        claims.insert("exp".into(), Value::from(expires_at));
+        claims.insert("aud".into(), Value::from(audience.to_vec()));
+        claims.insert("iat".into(), Value::from(issued_at));
+        if let Some(issuer) = &self.config.jwt_issuer {
+            claims.insert("iss".into(), Value::from(issuer.as_str()));
+        }
+        if include_jti {
+            let jti = new_jwt_id().map_err(|e| CaError::Internal(e.to_string()))?;
+            claims.insert("jti".into(), Value::from(jti));
+        }
+        let mut claims = self
+            .config
+            .credential_composers
+            .workload_jwt_svid(spiffe_id, claims)
+            .await
+            .map_err(composer_error)?;
+        let mut times = [("iat", issued_at), ("exp", expires_at)];
+        for (name, value) in &mut times {
+            if let Some(number) = claims.get(*name).and_then(Value::as_f64) {
+                #[allow(clippy::cast_possible_truncation, reason = "Unix seconds")]
+                let seconds = number as i64;
+                *value = seconds;
+                claims.insert((*name).into(), Value::from(seconds));
+            }
+        }
+        let token = spire_core::jwt::mint_jwt_with_claims(&key.key, &key.kid, None, &claims)
+            .map_err(|e| CaError::Internal(format!("unable to sign JWT-SVID: {e}")))?;
+        metrics::ca_signed(metrics::Signed::JwtSvid);
+        Ok(SignedJwtSvid {
+            token,
+            issued_at: times[0].1,
+            expires_at: times[1].1,
         })
     }
 

@@ -52,6 +52,8 @@ pub struct CaConfig {
     pub clock: Clock,
     /// `disable_jwt_svids`: no JWT signing keys are prepared, activated or rotated.
     pub disable_jwt_svids: bool,
+    /// The CredentialComposers applied to every credential built; empty costs nothing.
+    pub credential_composers: crate::plugins::credentialcomposer::CredentialComposers,
 }
 
 impl CaConfig {
@@ -71,6 +73,7 @@ impl CaConfig {
             upstream_poll_interval: Duration::from_secs(5),
             clock: system_clock(),
             disable_jwt_svids: false,
+            credential_composers: Default::default(),
         }
     }
 }

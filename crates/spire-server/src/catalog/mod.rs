@@ -2,8 +2,9 @@
 //! which built-in plugins run, with their validated settings.
 //!
 //! The server needs exactly one DataStore, exactly one KeyManager, at least one NodeAttestor
-//! and at most one UpstreamAuthority; Notifiers are optional. A block with `plugin_cmd` names
-//! an external plugin (NodeAttestor and Notifier so far), loaded when the server starts; other names are
+//! and at most one UpstreamAuthority; Notifiers, BundlePublishers and CredentialComposers are
+//! optional. A block with `plugin_cmd` names an external plugin (NodeAttestor, Notifier,
+//! UpstreamAuthority, BundlePublisher, CredentialComposer), loaded when the server starts; other names are
 //! built-ins, and unknown names and unknown `plugin_data` keys are errors naming the block. This module only chooses and validates; the server's start-up code
 //! builds the plugin instances from the [`Catalog`].
 
@@ -49,7 +50,36 @@ pub struct Catalog {
     pub node_attestors: Vec<NodeAttestorChoice>,
     /// The enabled Notifiers, in configuration order (none is fine).
     pub notifiers: Vec<NotifierChoice>,
+    /// The enabled BundlePublishers, in configuration order (none is fine).
+    pub bundle_publishers: Vec<BundlePublisherChoice>,
+    /// The enabled CredentialComposers, applied in the order the plugins block gives them
+    /// (by name within the type); none is fine.
+    pub credential_composers: Vec<CredentialComposerChoice>,
 }
+
+/// A server BundlePublisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundlePublisherChoice {
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
+    External(ExternalPlugin),
+}
+
+/// A server CredentialComposer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialComposerChoice {
+    /// `CredentialComposer "uniqueid"`: x500UniqueIdentifier on workload X509-SVIDs.
+    UniqueId,
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
+    External(ExternalPlugin),
+}
+
+/// Upstream's built-in BundlePublishers, which are not ported: refused by name.
+const UNPORTED_BUNDLE_PUBLISHERS: [&str; 4] = [
+    "aws_s3",
+    "gcp_cloudstorage",
+    "aws_rolesanywhere_trustanchor",
+    "k8s_configmap",
+];
 
 /// A server Notifier and its validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +190,8 @@ pub enum UpstreamAuthorityChoice {
     AwsSecret(AwsSecretConfig),
     /// `UpstreamAuthority "aws_pca"`: AWS Certificate Manager Private CA.
     AwsPca(AwsPcaConfig),
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
+    External(ExternalPlugin),
 }
 
 #[derive(Deserialize)]
@@ -231,25 +263,36 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
     let mut upstream_authorities = Vec::new();
     let mut node_attestors: Vec<NodeAttestorChoice> = Vec::new();
     let mut notifiers: Vec<NotifierChoice> = Vec::new();
+    let mut bundle_publishers: Vec<BundlePublisherChoice> = Vec::new();
+    let mut credential_composers: Vec<CredentialComposerChoice> = Vec::new();
 
     for decl in declarations {
         if let Some(external) = decl.external.clone() {
-            if decl.kind == "Notifier" {
-                notifiers.push(NotifierChoice::External(external));
-                continue;
+            match decl.kind.as_str() {
+                "Notifier" => notifiers.push(NotifierChoice::External(external)),
+                "NodeAttestor" => node_attestors.push(NodeAttestorChoice::External(external)),
+                "UpstreamAuthority" => {
+                    upstream_authorities.push(UpstreamAuthorityChoice::External(external));
+                }
+                "BundlePublisher" => {
+                    bundle_publishers.push(BundlePublisherChoice::External(external));
+                }
+                "CredentialComposer" => {
+                    credential_composers.push(CredentialComposerChoice::External(external));
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("plugins.{}.{}.plugin_cmd", decl.kind, decl.name),
+                        format!(
+                            "external {} plugins are not supported yet (external NodeAttestor, \
+                             Notifier, UpstreamAuthority, BundlePublisher and \
+                             CredentialComposer plugins are); use a built-in {}",
+                            decl.kind, decl.kind
+                        ),
+                    ));
+                }
             }
-            if decl.kind != "NodeAttestor" {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!("plugins.{}.{}.plugin_cmd", decl.kind, decl.name),
-                    format!(
-                        "external {} plugins are not supported yet (external NodeAttestor \
-                         and Notifier plugins are); use a built-in {}",
-                        decl.kind, decl.kind
-                    ),
-                ));
-            }
-            node_attestors.push(NodeAttestorChoice::External(external));
             continue;
         }
         let data_file = decl.data_file();
@@ -354,6 +397,21 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     data_file, &data_path, d,
                 )?));
             }
+            ("CredentialComposer", crate::plugins::credentialcomposer::uniqueid::NAME) => {
+                decl.parse_data::<NoData>()?;
+                credential_composers.push(CredentialComposerChoice::UniqueId);
+            }
+            ("BundlePublisher", name) if UNPORTED_BUNDLE_PUBLISHERS.contains(&name) => {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("plugins.BundlePublisher.{name}"),
+                    format!(
+                        "the built-in BundlePublisher {name:?} is not available in this \
+                         implementation; {}",
+                        supported_names("BundlePublisher")
+                    ),
+                ));
+            }
             (kind, name) => {
                 return Err(ConfigError::invalid(
                     file,
@@ -393,6 +451,8 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
         upstream_authority: upstream_authorities.pop(),
         node_attestors,
         notifiers,
+        bundle_publishers,
+        credential_composers,
     })
 }
 
@@ -407,6 +467,14 @@ fn supported_names(kind: &str) -> &'static str {
             "supported UpstreamAuthorities are \"disk\", \"spire\", \"awssecret\" and \"aws_pca\""
         }
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
+        "BundlePublisher" => {
+            "no built-in BundlePublisher is available; run an external one with plugin_cmd \
+             (upstream's plugin binaries work)"
+        }
+        "CredentialComposer" => {
+            "the supported built-in CredentialComposer is \"uniqueid\"; run others with \
+             plugin_cmd (upstream's plugin binaries work)"
+        }
         _ => "no built-in plugins of this type are available yet; remove the block",
     }
 }

@@ -90,7 +90,7 @@ impl IdentityProviderService for IdentityProvider {
                 cert_chain: identity.chain.clone(),
                 private_key: identity.key.pkcs8_der().to_vec(),
             }),
-            bundle: Some(crate::plugins::notifier::external::plugin_bundle(&bundle)),
+            bundle: Some(crate::plugins::sdk_types::to_plugin_bundle(&bundle)),
         }))
     }
 }

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use spire_common::plugin_host::LoadedPlugin;
 use spire_proto::spire::api::types;
 use spire_proto::spire::plugin::server::notifier::v1 as pb;
-use spire_proto::spire::plugin::types as plugin_types;
 
 use super::{Notifier, NotifierError};
+use crate::plugins::sdk_types::to_plugin_bundle as plugin_bundle;
 
 /// The gRPC service a Notifier plugin implements.
 pub const SERVICE: &str = "spire.plugin.server.notifier.v1.Notifier";
@@ -49,31 +49,6 @@ impl ExternalNotifier {
             name: self.name,
             message: status.message().to_owned(),
         }
-    }
-}
-
-/// The bundle in the plugin SDK's shape (which has no taint flags).
-pub(crate) fn plugin_bundle(bundle: &types::Bundle) -> plugin_types::Bundle {
-    plugin_types::Bundle {
-        trust_domain: bundle.trust_domain.clone(),
-        x509_authorities: bundle
-            .x509_authorities
-            .iter()
-            .map(|a| plugin_types::X509Certificate {
-                asn1: a.asn1.clone(),
-            })
-            .collect(),
-        jwt_authorities: bundle
-            .jwt_authorities
-            .iter()
-            .map(|k| plugin_types::JwtKey {
-                public_key: k.public_key.clone(),
-                key_id: k.key_id.clone(),
-                expires_at: k.expires_at,
-            })
-            .collect(),
-        refresh_hint: bundle.refresh_hint,
-        sequence_number: bundle.sequence_number,
     }
 }
 
