@@ -153,7 +153,7 @@ pub async fn run_with_reload(
     let datastore: Arc<dyn DataStore> = Arc::new(crate::datastore::metered::MeteredDataStore::new(
         Arc::new(open_datastore(&catalog).await?),
     ));
-    let key_manager = key_manager(&catalog)?;
+    let (key_manager, key_manager_plugin) = key_manager(&catalog, &config.trust_domain).await?;
     let upstream = upstream_authority(&catalog, &config).await?;
     let notifiers = Notifiers::from_catalog(&catalog.notifiers, &config.trust_domain)
         .await
@@ -164,9 +164,10 @@ pub async fn run_with_reload(
         datastore.clone(),
         &config.trust_domain,
     );
-    let external_plugins = node_attestors
+    let mut external_plugins = node_attestors
         .load_external(&catalog.node_attestors, &config.trust_domain)
         .await?;
+    external_plugins.extend(key_manager_plugin);
 
     let ca = CaManager::new(ca_config(&config), key_manager, upstream, datastore.clone())
         .await
@@ -473,16 +474,46 @@ fn sql_settings(catalog: &Catalog) -> (SqlConfig, SqlOptions) {
     (sql, options)
 }
 
-fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {
+/// The KeyManager, and its plugin process when it is external (for SIGUSR1 reconfiguration).
+async fn key_manager(
+    catalog: &Catalog,
+    trust_domain: &spire_core::spiffe_id::TrustDomain,
+) -> anyhow::Result<(
+    Arc<dyn KeyManager>,
+    Option<Arc<spire_common::plugin_host::LoadedPlugin>>,
+)> {
+    use crate::plugins::keymanager::{aws_kms, external};
+    let mut loaded = None;
     let plugin: Arc<dyn KeyManager> = match &catalog.key_manager {
         KeyManagerChoice::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerChoice::Disk { keys_path } => Arc::new(
             DiskKeyManager::open(keys_path)
                 .context("cannot open plugins.KeyManager \"disk\" keys_path")?,
         ),
+        KeyManagerChoice::AwsKms(config) => Arc::new(
+            aws_kms::AwsKmsKeyManager::open(config, trust_domain.name(), None)
+                .await
+                .context("cannot configure plugins.KeyManager \"aws_kms\"")?,
+        ),
+        KeyManagerChoice::External(plugin) => {
+            let plugin = Arc::new(
+                spire_common::plugin_host::LoadedPlugin::load(
+                    plugin,
+                    external::SERVICE,
+                    trust_domain.name(),
+                    &[],
+                )
+                .await?,
+            );
+            loaded = Some(Arc::clone(&plugin));
+            Arc::new(external::ExternalKeyManager::new(plugin))
+        }
     };
-    Ok(Arc::new(
-        crate::plugins::keymanager::metered::MeteredKeyManager::new(plugin),
+    Ok((
+        Arc::new(crate::plugins::keymanager::metered::MeteredKeyManager::new(
+            plugin,
+        )),
+        loaded,
     ))
 }
 

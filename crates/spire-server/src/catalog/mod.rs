@@ -3,7 +3,7 @@
 //!
 //! The server needs exactly one DataStore, exactly one KeyManager, at least one NodeAttestor
 //! and at most one UpstreamAuthority; Notifiers are optional. A block with `plugin_cmd` names
-//! an external plugin (NodeAttestor and Notifier so far), loaded when the server starts; other names are
+//! an external plugin (NodeAttestor, KeyManager and Notifier so far), loaded when the server starts; other names are
 //! built-ins, and unknown names and unknown `plugin_data` keys are errors naming the block. This module only chooses and validates; the server's start-up code
 //! builds the plugin instances from the [`Catalog`].
 
@@ -139,6 +139,10 @@ pub enum KeyManagerChoice {
         /// `keys_path`.
         keys_path: PathBuf,
     },
+    /// `KeyManager "aws_kms"`: keys in AWS KMS, signing through `kms:Sign`.
+    AwsKms(crate::plugins::keymanager::aws_kms::AwsKmsConfig),
+    /// A `plugin_cmd` plugin speaking upstream's KeyManager v1 protocol, loaded at start-up.
+    External(ExternalPlugin),
 }
 
 /// Which UpstreamAuthority signs the server's intermediate CA.
@@ -235,13 +239,17 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                 notifiers.push(NotifierChoice::External(external));
                 continue;
             }
+            if decl.kind == "KeyManager" {
+                key_managers.push(KeyManagerChoice::External(external));
+                continue;
+            }
             if decl.kind != "NodeAttestor" {
                 return Err(ConfigError::invalid(
                     file,
                     format!("plugins.{}.{}.plugin_cmd", decl.kind, decl.name),
                     format!(
-                        "external {} plugins are not supported yet (external NodeAttestor \
-                         and Notifier plugins are); use a built-in {}",
+                        "external {} plugins are not supported yet (external NodeAttestor, \
+                         KeyManager and Notifier plugins are); use a built-in {}",
                         decl.kind, decl.kind
                     ),
                 ));
@@ -266,6 +274,13 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                 key_managers.push(KeyManagerChoice::Disk {
                     keys_path: PathBuf::from(keys_path),
                 });
+            }
+            ("KeyManager", crate::plugins::keymanager::aws_kms::NAME) => {
+                use crate::plugins::keymanager::aws_kms::{AwsKmsConfig, Data};
+                let d: Data = decl.parse_data()?;
+                key_managers.push(KeyManagerChoice::AwsKms(AwsKmsConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
             }
             ("UpstreamAuthority", "disk") => {
                 let d: DiskUpstreamData = decl.parse_data()?;
@@ -390,7 +405,10 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
 fn supported_names(kind: &str) -> &'static str {
     match kind {
         "DataStore" => "the supported DataStore is \"sql\"",
-        "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
+        "KeyManager" => {
+            "supported KeyManagers are \"disk\", \"memory\" and \"aws_kms\" (or any with \
+             plugin_cmd)"
+        }
         "NodeAttestor" => {
             "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
         }
