@@ -122,7 +122,9 @@ fn the_server_ca_signs_through_an_external_key_manager_and_a_dead_plugin_gives_e
 
     // An agent attests (its SVID is signed through the plugin and verified on its side).
     let token = server.generate_join_token(&format!("spiffe://{TD}/node"));
-    let agent = AgentProcess::start(&tmp.path().join("agent"), &server, Some(&token));
+    let agent_dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let agent = AgentProcess::start(&agent_dir, &server, Some(&token));
     agent.cli_eventually(&["healthcheck"], Duration::from_secs(90));
     mint_and_verify(&server, &format!("spiffe://{TD}/minted"));
     let jwt = server.cli_json(&[
