@@ -242,6 +242,22 @@ impl JwtAlgorithm {
         Self::Ps512,
     ];
 
+    /// How a remote key signs for this algorithm: hash and padding (`None` for ES512, which
+    /// no SPIRE key type signs with).
+    pub fn scheme(self) -> Option<crate::keys::SignatureScheme> {
+        use crate::keys::{HashAlgorithm, SignatureScheme};
+        let (hash, pss) = match self {
+            Self::Es256 | Self::Rs256 => (HashAlgorithm::Sha256, false),
+            Self::Es384 | Self::Rs384 => (HashAlgorithm::Sha384, false),
+            Self::Rs512 => (HashAlgorithm::Sha512, false),
+            Self::Ps256 => (HashAlgorithm::Sha256, true),
+            Self::Ps384 => (HashAlgorithm::Sha384, true),
+            Self::Ps512 => (HashAlgorithm::Sha512, true),
+            Self::Es512 => return None,
+        };
+        Some(SignatureScheme { hash, pss })
+    }
+
     /// The JOSE name, e.g. `ES256`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -429,6 +445,46 @@ pub fn mint_jwt_svid(
     key_id: &str,
     params: &JwtSvidParams,
 ) -> Result<String, JwtSvidError> {
+    let unsigned = jwt_svid_unsigned(key.key_type(), key_id, params)?;
+    let sig = sign(key, unsigned.alg, unsigned.signing_input.as_bytes())?;
+    Ok(unsigned.assemble(&sig))
+}
+
+/// A JWT-SVID laid out and waiting for its signature, for a key held outside this process
+/// (a KMS or an external KeyManager plugin) to sign with its own round trip.
+#[derive(Debug, Clone)]
+pub struct UnsignedJwt {
+    signing_input: String,
+    alg: JwtAlgorithm,
+}
+
+impl UnsignedJwt {
+    /// The JWS signing input (`header.claims`), what the key signs.
+    pub fn signing_input(&self) -> &[u8] {
+        self.signing_input.as_bytes()
+    }
+
+    /// The algorithm named in the header.
+    pub fn algorithm(&self) -> JwtAlgorithm {
+        self.alg
+    }
+
+    /// The compact token, given the JWS signature (fixed-width `r || s` for ECDSA).
+    pub fn assemble(&self, jws_signature: &[u8]) -> String {
+        format!(
+            "{}.{}",
+            self.signing_input,
+            URL_SAFE_NO_PAD.encode(jws_signature)
+        )
+    }
+}
+
+/// [`mint_jwt_svid`] for a key of `key_type` held elsewhere: the token to have it sign.
+pub fn jwt_svid_unsigned(
+    key_type: KeyType,
+    key_id: &str,
+    params: &JwtSvidParams,
+) -> Result<UnsignedJwt, JwtSvidError> {
     if key_id.is_empty() {
         return Err(JwtSvidError::EmptyKeyId);
     }
@@ -437,11 +493,11 @@ pub fn mint_jwt_svid(
     }
     let alg = params
         .algorithm
-        .unwrap_or_else(|| JwtAlgorithm::for_key_type(key.key_type()));
-    if !alg.fits_key_type(key.key_type()) {
+        .unwrap_or_else(|| JwtAlgorithm::for_key_type(key_type));
+    if !alg.fits_key_type(key_type) {
         return Err(JwtSvidError::AlgorithmKeyMismatch {
             alg,
-            key: key_type_description(key.key_type()),
+            key: key_type_description(key_type),
         });
     }
     let header = HeaderOut {
@@ -457,7 +513,7 @@ pub fn mint_jwt_svid(
         jti: params.jwt_id.as_deref(),
         sub: params.subject.as_str(),
     };
-    let fail = |_| JwtSvidError::Signing(key.key_type());
+    let fail = |_| JwtSvidError::Signing(key_type);
     let header = serde_json::to_vec(&header).map_err(fail)?;
     let claims = serde_json::to_vec(&claims).map_err(fail)?;
     let signing_input = format!(
@@ -465,8 +521,7 @@ pub fn mint_jwt_svid(
         URL_SAFE_NO_PAD.encode(header),
         URL_SAFE_NO_PAD.encode(claims)
     );
-    let sig = sign(key, alg, signing_input.as_bytes())?;
-    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    Ok(UnsignedJwt { signing_input, alg })
 }
 
 /// Signs a JWT with `claims` as they are (a CredentialComposer may have added or changed
@@ -477,14 +532,27 @@ pub fn mint_jwt_with_claims(
     algorithm: Option<JwtAlgorithm>,
     claims: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<String, JwtSvidError> {
+    let unsigned = jwt_with_claims_unsigned(key.key_type(), key_id, algorithm, claims)?;
+    let sig = sign(key, unsigned.alg, unsigned.signing_input.as_bytes())?;
+    Ok(unsigned.assemble(&sig))
+}
+
+/// [`mint_jwt_with_claims`] for a key of `key_type` held elsewhere: the token to have it
+/// sign.
+pub fn jwt_with_claims_unsigned(
+    key_type: KeyType,
+    key_id: &str,
+    algorithm: Option<JwtAlgorithm>,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<UnsignedJwt, JwtSvidError> {
     if key_id.is_empty() {
         return Err(JwtSvidError::EmptyKeyId);
     }
-    let alg = algorithm.unwrap_or_else(|| JwtAlgorithm::for_key_type(key.key_type()));
-    if !alg.fits_key_type(key.key_type()) {
+    let alg = algorithm.unwrap_or_else(|| JwtAlgorithm::for_key_type(key_type));
+    if !alg.fits_key_type(key_type) {
         return Err(JwtSvidError::AlgorithmKeyMismatch {
             alg,
-            key: key_type_description(key.key_type()),
+            key: key_type_description(key_type),
         });
     }
     let header = HeaderOut {
@@ -492,7 +560,7 @@ pub fn mint_jwt_with_claims(
         kid: key_id,
         typ: "JWT",
     };
-    let fail = |_| JwtSvidError::Signing(key.key_type());
+    let fail = |_| JwtSvidError::Signing(key_type);
     let header = serde_json::to_vec(&header).map_err(fail)?;
     let claims = serde_json::to_vec(claims).map_err(fail)?;
     let signing_input = format!(
@@ -500,8 +568,7 @@ pub fn mint_jwt_with_claims(
         URL_SAFE_NO_PAD.encode(header),
         URL_SAFE_NO_PAD.encode(claims)
     );
-    let sig = sign(key, alg, signing_input.as_bytes())?;
-    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    Ok(UnsignedJwt { signing_input, alg })
 }
 
 /// Signs `message` with `key` using `alg`, giving the JWS signature bytes (r||s for ECDSA).

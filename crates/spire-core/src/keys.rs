@@ -240,6 +240,16 @@ impl PrivateKey {
         rcgen::PublicKeyData::subject_public_key_info(&self.key_pair)
     }
 
+    /// The public half, for laying out certificates.
+    pub fn public_key(&self) -> PublicKey {
+        let key_bits = rcgen::PublicKeyData::der_bytes(&self.key_pair).to_vec();
+        PublicKey {
+            key_type: self.key_type,
+            spki_der: self.public_key_der(),
+            key_bits,
+        }
+    }
+
     /// The key as rcgen's signer, for building certificates.
     pub(crate) fn key_pair(&self) -> &rcgen::KeyPair {
         &self.key_pair
@@ -252,6 +262,129 @@ impl fmt::Debug for PrivateKey {
             .field("key_type", &self.key_type)
             .finish_non_exhaustive()
     }
+}
+
+/// The public half of a signing key and the type that says how it signs: all the CA knows of
+/// a key held outside this process (a KMS key, an external KeyManager plugin's key), and
+/// enough to lay out certificates whose signature is made elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key_type: KeyType,
+    spki_der: Vec<u8>,
+    /// The subjectPublicKey bits of the SPKI, what rcgen calls the key's DER bytes.
+    key_bits: Vec<u8>,
+}
+
+impl PublicKey {
+    /// Reads a DER SubjectPublicKeyInfo of one of the four supported key types.
+    pub fn from_spki_der(spki_der: &[u8]) -> Result<Self, KeyError> {
+        use x509_parser::prelude::FromDer;
+        let key_type = public_key_type(spki_der)?;
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| KeyError::PublicKey(e.to_string()))?;
+        let key_bits = spki.subject_public_key.data.to_vec();
+        Ok(Self {
+            key_type,
+            spki_der: spki_der.to_vec(),
+            key_bits,
+        })
+    }
+
+    /// The key's type, which fixes its signature algorithm.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+}
+
+impl rcgen::PublicKeyData for PublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.key_bits
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.key_type.signature_algorithm()
+    }
+}
+
+/// The hash a signature is made over, as KeyManager plugins and KMS name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+impl HashAlgorithm {
+    /// The digest of `message`.
+    pub fn digest(self, message: &[u8]) -> Vec<u8> {
+        let alg = match self {
+            Self::Sha256 => &aws_lc_rs::digest::SHA256,
+            Self::Sha384 => &aws_lc_rs::digest::SHA384,
+            Self::Sha512 => &aws_lc_rs::digest::SHA512,
+        };
+        aws_lc_rs::digest::digest(alg, message).as_ref().to_vec()
+    }
+}
+
+/// How a remote key is asked to sign: the hash its input was made with and, for RSA, whether
+/// the signature is PSS (else PKCS#1 v1.5). ECDSA signatures come back ASN.1 DER encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignatureScheme {
+    /// The hash of the digest being signed.
+    pub hash: HashAlgorithm,
+    /// RSA-PSS (salt length = hash length) instead of PKCS#1 v1.5.
+    pub pss: bool,
+}
+
+impl KeyType {
+    /// The scheme X.509 certificates and CSRs are signed with by a key of this type (the
+    /// algorithm [`KeyType::signature_algorithm`] names).
+    pub fn x509_scheme(self) -> SignatureScheme {
+        let hash = match self {
+            Self::EcP384 => HashAlgorithm::Sha384,
+            Self::EcP256 | Self::Rsa2048 | Self::Rsa4096 => HashAlgorithm::Sha256,
+        };
+        SignatureScheme { hash, pss: false }
+    }
+}
+
+/// Turns an ASN.1 DER ECDSA signature (`SEQUENCE { r, s }`, what KMS and Go's `crypto.Signer`
+/// return) into the fixed-width `r || s` JWS uses, each half `half_len` bytes.
+pub fn ecdsa_der_to_fixed(der: &[u8], half_len: usize) -> Result<Vec<u8>, KeyError> {
+    use x509_parser::der_parser::ber::BerObjectContent;
+    let bad = |why: &str| KeyError::PublicKey(format!("malformed ECDSA signature: {why}"));
+    let (rest, seq) = x509_parser::der_parser::parse_der(der).map_err(|e| bad(&e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    let items = seq.as_sequence().map_err(|_| bad("not a SEQUENCE"))?;
+    let [r, s] = items.as_slice() else {
+        return Err(bad("not two integers"));
+    };
+    let mut out = Vec::with_capacity(half_len * 2);
+    for part in [r, s] {
+        let BerObjectContent::Integer(bytes) = &part.content else {
+            return Err(bad("not an INTEGER"));
+        };
+        let trimmed: &[u8] = {
+            let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+            bytes.get(start..).unwrap_or_default()
+        };
+        if trimmed.len() > half_len {
+            return Err(bad("integer too long"));
+        }
+        out.extend(std::iter::repeat_n(0u8, half_len - trimmed.len()));
+        out.extend_from_slice(trimmed);
+    }
+    Ok(out)
 }
 
 /// Tells the type of a DER SubjectPublicKeyInfo, e.g. a CSR's or a JWT authority's key.
@@ -351,6 +484,31 @@ mod tests {
             KeyError::NoPemKey
         );
         assert!(public_key_type(b"\x30\x03\x02\x01\x00").is_err());
+    }
+
+    #[test]
+    fn ecdsa_der_signatures_become_fixed_width() {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key.pkcs8_der()).unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        for _ in 0..20 {
+            let der = pair.sign(&rng, b"message").unwrap();
+            let fixed = ecdsa_der_to_fixed(der.as_ref(), 32).unwrap();
+            assert_eq!(fixed.len(), 64);
+            let public = aws_lc_rs::signature::KeyPair::public_key(&pair);
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public.as_ref())
+                .verify(b"message", &fixed)
+                .unwrap();
+        }
+        assert!(ecdsa_der_to_fixed(b"\x30\x00", 32).is_err());
+        let public = key.public_key();
+        assert_eq!(
+            public,
+            PublicKey::from_spki_der(&key.public_key_der()).unwrap()
+        );
+        assert_eq!(public.key_type(), KeyType::EcP256);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::keys::PrivateKey;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Why a certificate, CSR or X509-SVID could not be built, read or verified.
@@ -429,26 +429,30 @@ pub struct CheckedIssuer {
     not_after: OffsetDateTime,
 }
 
-impl<'a> Issuer<'a> {
-    /// Checks that `ca_cert_der` is a CA certificate and that `key` is its private key.
-    pub fn new(ca_cert_der: &[u8], key: &'a PrivateKey) -> Result<Self, X509Error> {
+impl CheckedIssuer {
+    /// Checks that `ca_cert_der` is a CA certificate for the public key `key_spki_der`.
+    pub fn check(ca_cert_der: &[u8], key_spki_der: &[u8]) -> Result<Self, X509Error> {
         let cert = parse_one(ca_cert_der)?;
         if !is_ca(&cert, 0)? {
             return Err(X509Error::IssuerNotCa);
         }
-        let key_spki = key.public_key_der();
-        let key_bits = parse_spki(&key_spki)?.subject_public_key.data;
+        let key_bits = parse_spki(key_spki_der)?.subject_public_key.data;
         if key_bits != cert.public_key().subject_public_key.data {
             return Err(X509Error::IssuerKeyMismatch);
         }
         Ok(Self {
-            key,
-            checked: CheckedIssuer {
-                subject_name_der: cert.subject().as_raw().to_vec(),
-                subject_key_id: subject_key_id_of(&cert, 0)?,
-                not_after: cert.validity().not_after.to_datetime(),
-            },
+            subject_name_der: cert.subject().as_raw().to_vec(),
+            subject_key_id: subject_key_id_of(&cert, 0)?,
+            not_after: cert.validity().not_after.to_datetime(),
         })
+    }
+}
+
+impl<'a> Issuer<'a> {
+    /// Checks that `ca_cert_der` is a CA certificate and that `key` is its private key.
+    pub fn new(ca_cert_der: &[u8], key: &'a PrivateKey) -> Result<Self, X509Error> {
+        let checked = CheckedIssuer::check(ca_cert_der, &key.public_key_der())?;
+        Ok(Self { key, checked })
     }
 
     /// Rebuilds an issuer from what [`Issuer::new`] checked earlier for this same `key`.
@@ -467,15 +471,106 @@ impl<'a> Issuer<'a> {
     }
 }
 
+/// A CA whose private key is held outside this process (a KMS or an external KeyManager
+/// plugin): its public key and what was checked of its certificate. Certificates it issues
+/// come out [`Unsigned`], to be signed by whoever holds the key.
+#[derive(Debug, Clone)]
+pub struct RemoteIssuer {
+    public: PublicKey,
+    checked: CheckedIssuer,
+}
+
+impl RemoteIssuer {
+    /// Checks that `ca_cert_der` is a CA certificate for `public`.
+    pub fn new(ca_cert_der: &[u8], public: PublicKey) -> Result<Self, X509Error> {
+        let checked = CheckedIssuer::check(ca_cert_der, public.spki_der())?;
+        Ok(Self { public, checked })
+    }
+
+    /// The CA's public key, whose type says how the signature is made.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// When the CA expires.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.checked.not_after
+    }
+}
+
+/// A certificate or CSR laid out and waiting for its signature: the DER a key signs
+/// ([`Unsigned::tbs`]) and how the signature is put in ([`Unsigned::assemble`]). This lets a
+/// key outside this process sign with its own round trip.
+#[derive(Debug, Clone)]
+pub struct Unsigned {
+    tbs: Vec<u8>,
+    algorithm: Vec<u8>,
+}
+
+impl Unsigned {
+    /// The bytes to sign (a TBSCertificate or CertificationRequestInfo).
+    pub fn tbs(&self) -> &[u8] {
+        &self.tbs
+    }
+
+    /// The signed DER, given the signature over [`Unsigned::tbs`] (ECDSA as ASN.1 DER).
+    pub fn assemble(&self, signature: &[u8]) -> Vec<u8> {
+        let signature_bits = der_tlv(TAG_BIT_STRING, &[&[0u8][..], signature].concat());
+        der_tlv(
+            TAG_SEQUENCE,
+            &[self.tbs.as_slice(), &self.algorithm, &signature_bits].concat(),
+        )
+    }
+
+    /// Signs with a key held in this process.
+    pub fn sign(&self, key: &PrivateKey) -> Result<Vec<u8>, X509Error> {
+        let signature =
+            rcgen::SigningKey::sign(key.key_pair(), &self.tbs).map_err(signing_error)?;
+        Ok(self.assemble(&signature))
+    }
+
+    /// Splits rcgen's draft (signed by [`Placeholder`]) into what is signed and the algorithm.
+    fn from_draft(draft: &[u8]) -> Result<Self, X509Error> {
+        let [tbs, algorithm, _no_signature]: [&[u8]; 3] = der_children(draft)?
+            .try_into()
+            .map_err(|_| layout_error())?;
+        Ok(Self {
+            tbs: tbs.to_vec(),
+            algorithm: algorithm.to_vec(),
+        })
+    }
+}
+
+fn layout_error() -> X509Error {
+    X509Error::Signing("unexpected certificate layout from rcgen".into())
+}
+
 /// Builds a self-signed root CA certificate for a trust domain: CA=true (critical), key
 /// usage keyCertSign and cRLSign (critical), URI SAN `spiffe://<td>`, as upstream does.
 pub fn self_signed_ca(key: &PrivateKey, template: &CaTemplate) -> Result<Vec<u8>, X509Error> {
+    self_signed_ca_layout(key.key_pair(), template)?.sign(key)
+}
+
+/// [`self_signed_ca`] for a key held elsewhere: the certificate to have `key` sign.
+pub fn self_signed_ca_unsigned(
+    key: &PublicKey,
+    template: &CaTemplate,
+) -> Result<Unsigned, X509Error> {
+    self_signed_ca_layout(key, template)
+}
+
+fn self_signed_ca_layout(
+    key: &impl rcgen::PublicKeyData,
+    template: &CaTemplate,
+) -> Result<Unsigned, X509Error> {
     let validity = template.validity.capped_at(None)?;
     let mut params = ca_params(template, validity)?;
     params.key_identifier_method =
-        KeyIdMethod::PreSpecified(key_identifier(&key.public_key_der())?);
-    let cert = params.self_signed(key.key_pair()).map_err(signing_error)?;
-    Ok(cert.der().to_vec())
+        KeyIdMethod::PreSpecified(key_identifier(&key.subject_public_key_info())?);
+    let draft = params
+        .self_signed(&Placeholder(key))
+        .map_err(signing_error)?;
+    Unsigned::from_draft(draft.der())
 }
 
 /// Builds a CA certificate for `subject_public_key` (SPKI DER, e.g. from a CSR or a
@@ -485,11 +580,38 @@ pub fn intermediate_ca(
     subject_public_key: &[u8],
     template: &CaTemplate,
 ) -> Result<Vec<u8>, X509Error> {
-    let validity = template
-        .validity
-        .capped_at(Some(issuer.checked.not_after))?;
+    intermediate_ca_layout(
+        issuer.key.key_pair(),
+        &issuer.checked,
+        subject_public_key,
+        template,
+    )?
+    .sign(issuer.key)
+}
+
+/// [`intermediate_ca`] for a CA whose key is held elsewhere.
+pub fn intermediate_ca_unsigned(
+    issuer: &RemoteIssuer,
+    subject_public_key: &[u8],
+    template: &CaTemplate,
+) -> Result<Unsigned, X509Error> {
+    intermediate_ca_layout(
+        &issuer.public,
+        &issuer.checked,
+        subject_public_key,
+        template,
+    )
+}
+
+fn intermediate_ca_layout(
+    issuer_key: &impl rcgen::PublicKeyData,
+    checked: &CheckedIssuer,
+    subject_public_key: &[u8],
+    template: &CaTemplate,
+) -> Result<Unsigned, X509Error> {
+    let validity = template.validity.capped_at(Some(checked.not_after))?;
     let params = ca_params(template, validity)?;
-    sign(params, subject_public_key, issuer)
+    layout(params, subject_public_key, issuer_key, checked)
 }
 
 fn ca_params(template: &CaTemplate, validity: Validity) -> Result<CertificateParams, X509Error> {
@@ -524,12 +646,39 @@ pub fn x509_svid_for_key(
     subject_public_key: &[u8],
     template: &SvidTemplate,
 ) -> Result<Vec<u8>, X509Error> {
+    x509_svid_layout(
+        issuer.key.key_pair(),
+        &issuer.checked,
+        subject_public_key,
+        template,
+    )?
+    .sign(issuer.key)
+}
+
+/// [`x509_svid_for_key`] for a CA whose key is held elsewhere.
+pub fn x509_svid_unsigned(
+    issuer: &RemoteIssuer,
+    subject_public_key: &[u8],
+    template: &SvidTemplate,
+) -> Result<Unsigned, X509Error> {
+    x509_svid_layout(
+        &issuer.public,
+        &issuer.checked,
+        subject_public_key,
+        template,
+    )
+}
+
+fn x509_svid_layout(
+    issuer_key: &impl rcgen::PublicKeyData,
+    checked: &CheckedIssuer,
+    subject_public_key: &[u8],
+    template: &SvidTemplate,
+) -> Result<Unsigned, X509Error> {
     if template.spiffe_id.path().is_empty() {
         return Err(X509Error::LeafIdWithoutPath(template.spiffe_id.clone()));
     }
-    let validity = template
-        .validity
-        .capped_at(Some(issuer.checked.not_after))?;
+    let validity = template.validity.capped_at(Some(checked.not_after))?;
     let mut subject = non_empty_or(&template.subject, Subject::default_x509_svid);
     if let Some(first) = template.dns_names.first() {
         subject.common_name = Some(first.clone());
@@ -553,7 +702,7 @@ pub fn x509_svid_for_key(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    sign(params, subject_public_key, issuer)
+    layout(params, subject_public_key, issuer_key, checked)
 }
 
 fn non_empty_or(subject: &Subject, default: fn() -> Subject) -> Subject {
@@ -618,43 +767,45 @@ fn signing_error(e: rcgen::Error) -> X509Error {
     X509Error::Signing(e.to_string())
 }
 
-/// Signs `params` for `subject_public_key` with `issuer`, with the issuer's exact name.
-fn sign(
+/// Lays `params` out for `subject_public_key` as issued by `issuer_key` with the issuer's
+/// exact name, ready for the issuer's signature.
+fn layout(
     mut params: CertificateParams,
     subject_public_key: &[u8],
-    issuer: &Issuer<'_>,
-) -> Result<Vec<u8>, X509Error> {
+    issuer_key: &impl rcgen::PublicKeyData,
+    checked: &CheckedIssuer,
+) -> Result<Unsigned, X509Error> {
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(subject_public_key)
         .map_err(|e| X509Error::UnsupportedPublicKey(e.to_string()))?;
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(subject_public_key)?);
-    params.use_authority_key_identifier_extension = issuer.checked.subject_key_id.is_some();
+    params.use_authority_key_identifier_extension = checked.subject_key_id.is_some();
 
     let mut issuer_params = CertificateParams::default();
     issuer_params.distinguished_name = DistinguishedName::new();
     issuer_params.key_identifier_method =
-        KeyIdMethod::PreSpecified(issuer.checked.subject_key_id.clone().unwrap_or_default());
-    let layout_only = rcgen::Issuer::new(issuer_params, Unsigned(issuer.key.key_pair()));
+        KeyIdMethod::PreSpecified(checked.subject_key_id.clone().unwrap_or_default());
+    let layout_only = rcgen::Issuer::new(issuer_params, Placeholder(issuer_key));
     let draft = params
         .signed_by(&public_key, &layout_only)
         .map_err(signing_error)?;
-    sign_with_issuer_name(draft.der(), &issuer.checked.subject_name_der, issuer.key)
+    with_issuer_name(draft.der(), &checked.subject_name_der)
 }
 
-/// Stands in for the issuer key while rcgen lays a certificate out: it signs nothing, as the
-/// certificate is signed once its issuer name is in place.
-struct Unsigned<'a>(&'a rcgen::KeyPair);
+/// Stands in for the signing key while rcgen lays a certificate or CSR out: it signs
+/// nothing, as the result is signed once it is complete (see [`Unsigned`]).
+struct Placeholder<'a, K: ?Sized>(&'a K);
 
-impl rcgen::PublicKeyData for Unsigned<'_> {
+impl<K: rcgen::PublicKeyData + ?Sized> rcgen::PublicKeyData for Placeholder<'_, K> {
     fn der_bytes(&self) -> &[u8] {
-        rcgen::PublicKeyData::der_bytes(self.0)
+        self.0.der_bytes()
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        rcgen::PublicKeyData::algorithm(self.0)
+        self.0.algorithm()
     }
 }
 
-impl rcgen::SigningKey for Unsigned<'_> {
+impl<K: rcgen::PublicKeyData + ?Sized> rcgen::SigningKey for Placeholder<'_, K> {
     fn sign(&self, _msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         Ok(Vec::new())
     }
@@ -667,13 +818,8 @@ const EMPTY_NAME: [u8; 2] = [0x30, 0x00];
 const TAG_SEQUENCE: u8 = 0x30;
 const TAG_BIT_STRING: u8 = 0x03;
 
-/// Puts `issuer_name` (DER Name) into rcgen's unsigned draft and signs it with `key`.
-fn sign_with_issuer_name(
-    draft: &[u8],
-    issuer_name: &[u8],
-    key: &PrivateKey,
-) -> Result<Vec<u8>, X509Error> {
-    let layout_error = || X509Error::Signing("unexpected certificate layout from rcgen".into());
+/// Puts `issuer_name` (DER Name) into rcgen's unsigned draft.
+fn with_issuer_name(draft: &[u8], issuer_name: &[u8]) -> Result<Unsigned, X509Error> {
     let [tbs, algorithm, _no_signature]: [&[u8]; 3] = der_children(draft)?
         .try_into()
         .map_err(|_| layout_error())?;
@@ -682,13 +828,10 @@ fn sign_with_issuer_name(
         Some(field) if *field == EMPTY_NAME => *field = issuer_name,
         _ => return Err(layout_error()),
     }
-    let tbs = der_tlv(TAG_SEQUENCE, &fields.concat());
-    let signature = rcgen::SigningKey::sign(key.key_pair(), &tbs).map_err(signing_error)?;
-    let signature_bits = der_tlv(TAG_BIT_STRING, &[&[0u8][..], &signature].concat());
-    Ok(der_tlv(
-        TAG_SEQUENCE,
-        &[tbs.as_slice(), algorithm, &signature_bits].concat(),
-    ))
+    Ok(Unsigned {
+        tbs: der_tlv(TAG_SEQUENCE, &fields.concat()),
+        algorithm: algorithm.to_vec(),
+    })
 }
 
 /// The encoded elements inside a DER constructed value.
@@ -780,6 +923,21 @@ pub fn csr_der_with_subject(key: &PrivateKey, subject: &Subject) -> Result<Vec<u
         .serialize_request(key.key_pair())
         .map_err(signing_error)?;
     Ok(csr.der().to_vec())
+}
+
+/// [`upstream_ca_csr_der`] for a key held elsewhere: the CSR to have `key` sign.
+pub fn upstream_ca_csr_unsigned(
+    key: &PublicKey,
+    subject: &Subject,
+    trust_domain: &TrustDomain,
+) -> Result<Unsigned, X509Error> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject.to_distinguished_name()?;
+    params.subject_alt_names = vec![uri_san(&trust_domain.id_string())?];
+    let draft = params
+        .serialize_request(&Placeholder(key))
+        .map_err(signing_error)?;
+    Unsigned::from_draft(draft.der())
 }
 
 /// Splits concatenated DER certificates (the Workload API's chain encoding) into one DER

@@ -162,7 +162,12 @@ pub async fn run_with_reload(
         datastore.clone(),
         metrics.clone(),
     );
-    let key_manager = key_manager(&catalog)?;
+    let (key_manager, key_manager_plugin) = key_manager(
+        &catalog,
+        &config.trust_domain,
+        &host_services.host_services(),
+    )
+    .await?;
     let (upstream, upstream_plugin) =
         upstream_authority(&catalog, &config, &host_services.host_services()).await?;
     let notifiers = Notifiers::from_catalog(
@@ -199,6 +204,7 @@ pub async fn run_with_reload(
             &host_services.host_services(),
         )
         .await?;
+    external_plugins.extend(key_manager_plugin);
     external_plugins.extend(upstream_plugin);
     external_plugins.extend(publisher_plugins);
     external_plugins.extend(composer_plugins);
@@ -527,16 +533,47 @@ fn sql_settings(catalog: &Catalog) -> (SqlConfig, SqlOptions) {
     (sql, options)
 }
 
-fn key_manager(catalog: &Catalog) -> anyhow::Result<Arc<dyn KeyManager>> {
+/// The KeyManager, and its plugin process when it is external (for SIGUSR1 reconfiguration).
+async fn key_manager(
+    catalog: &Catalog,
+    trust_domain: &spire_core::spiffe_id::TrustDomain,
+    host_services: &spire_common::plugin_host::HostServices,
+) -> anyhow::Result<(
+    Arc<dyn KeyManager>,
+    Option<Arc<spire_common::plugin_host::LoadedPlugin>>,
+)> {
+    use crate::plugins::keymanager::{aws_kms, external};
+    let mut loaded = None;
     let plugin: Arc<dyn KeyManager> = match &catalog.key_manager {
         KeyManagerChoice::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerChoice::Disk { keys_path } => Arc::new(
             DiskKeyManager::open(keys_path)
                 .context("cannot open plugins.KeyManager \"disk\" keys_path")?,
         ),
+        KeyManagerChoice::AwsKms(config) => Arc::new(
+            aws_kms::AwsKmsKeyManager::open(config, trust_domain.name(), None)
+                .await
+                .context("cannot configure plugins.KeyManager \"aws_kms\"")?,
+        ),
+        KeyManagerChoice::External(plugin) => {
+            let plugin = Arc::new(
+                spire_common::plugin_host::LoadedPlugin::load(
+                    plugin,
+                    external::SERVICE,
+                    trust_domain.name(),
+                    host_services,
+                )
+                .await?,
+            );
+            loaded = Some(Arc::clone(&plugin));
+            Arc::new(external::ExternalKeyManager::new(plugin))
+        }
     };
-    Ok(Arc::new(
-        crate::plugins::keymanager::metered::MeteredKeyManager::new(plugin),
+    Ok((
+        Arc::new(crate::plugins::keymanager::metered::MeteredKeyManager::new(
+            plugin,
+        )),
+        loaded,
     ))
 }
 

@@ -502,13 +502,39 @@ fn catalog_refuses_unknown_plugins_by_name() {
         "KeyManager \"memory\" { plugin_data {} }",
         "KeyManager \"memory\" {\n plugin_cmd = \"/opt/km\"\n plugin_data {} }",
     );
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    let KeyManagerChoice::External(plugin) = &cat.key_manager else {
+        panic!("{:?}", cat.key_manager);
+    };
+    assert_eq!(plugin.cmd, PathBuf::from("/opt/km"));
+
+    // aws_kms takes upstream's keys and checks them as upstream does.
+    let text = MINIMAL.replace(
+        "KeyManager \"memory\" { plugin_data {} }",
+        "KeyManager \"aws_kms\" { plugin_data {\n region = \"us-east-2\"\n key_identifier_value = \"srv-1\"\n key_policy_file = \"/p.json\" } }",
+    );
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    let KeyManagerChoice::AwsKms(kms) = &cat.key_manager else {
+        panic!("{:?}", cat.key_manager);
+    };
+    assert_eq!(kms.region, "us-east-2");
+    let text = MINIMAL.replace(
+        "KeyManager \"memory\" { plugin_data {} }",
+        "KeyManager \"aws_kms\" { plugin_data {\n region = \"us-east-2\" } }",
+    );
     let msg = catalog::from_config(&load(&text).unwrap())
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("external KeyManager plugins are not supported yet"),
+        msg.contains("configuration requires a key identifier file or a key identifier value")
+            && msg.contains("plugins.KeyManager.aws_kms"),
         "{msg}"
     );
+    let text = MINIMAL.replace("KeyManager \"memory\"", "KeyManager \"awskms\"");
+    let msg = catalog::from_config(&load(&text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("\"aws_kms\""), "{msg}");
 
     // An external NodeAttestor is accepted; its data reaches the plugin as HCL text, as
     // upstream re-prints the block.

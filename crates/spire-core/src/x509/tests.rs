@@ -7,6 +7,21 @@ use x509_parser::extensions::KeyUsage;
 use super::*;
 use crate::keys::KeyType;
 
+/// Lays out `params` under `issuer` and signs in process, as the public signing functions do.
+fn sign(
+    params: CertificateParams,
+    subject_public_key: &[u8],
+    issuer: &Issuer<'_>,
+) -> Result<Vec<u8>, X509Error> {
+    layout(
+        params,
+        subject_public_key,
+        issuer.key.key_pair(),
+        &issuer.checked,
+    )?
+    .sign(issuer.key)
+}
+
 /// The key types every behaviour is checked with.
 const KEY_TYPES: [KeyType; 3] = [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048];
 
@@ -882,4 +897,85 @@ fn upstream_ca_csr_names_the_trust_domain() {
         })
         .collect();
     assert_eq!(uris, vec!["spiffe://example.org".to_owned()]);
+}
+
+/// Signs `tbs` as a KMS does: only the digest leaves for the signer, which signs it with the
+/// scheme of its key type (ECDSA as ASN.1 DER, RSA PKCS#1 v1.5).
+fn sign_like_a_remote_key(key: &PrivateKey, tbs: &[u8]) -> Vec<u8> {
+    use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, RsaKeyPair};
+    let scheme = key.key_type().x509_scheme();
+    let digest = scheme.hash.digest(tbs);
+    match key.key_type() {
+        KeyType::EcP256 | KeyType::EcP384 => {
+            let alg = if key.key_type() == KeyType::EcP256 {
+                &sig::ECDSA_P256_SHA256_ASN1_SIGNING
+            } else {
+                &sig::ECDSA_P384_SHA384_ASN1_SIGNING
+            };
+            let pair = EcdsaKeyPair::from_pkcs8(alg, key.pkcs8_der()).unwrap();
+            let digest = aws_lc_rs::digest::Digest::import_less_safe(
+                &digest,
+                if key.key_type() == KeyType::EcP256 {
+                    &aws_lc_rs::digest::SHA256
+                } else {
+                    &aws_lc_rs::digest::SHA384
+                },
+            )
+            .unwrap();
+            pair.sign_digest(&digest).unwrap().as_ref().to_vec()
+        }
+        KeyType::Rsa2048 | KeyType::Rsa4096 => {
+            let pair = RsaKeyPair::from_pkcs8(key.pkcs8_der()).unwrap();
+            let digest =
+                aws_lc_rs::digest::Digest::import_less_safe(&digest, &aws_lc_rs::digest::SHA256)
+                    .unwrap();
+            let mut out = vec![0; pair.public_modulus_len()];
+            pair.sign_digest(&sig::RSA_PKCS1_SHA256, &digest, &mut out)
+                .unwrap();
+            out
+        }
+    }
+}
+
+#[test]
+fn a_ca_key_held_elsewhere_signs_a_root_an_intermediate_svids_and_a_csr_that_verify() {
+    for key_type in KEY_TYPES {
+        let root_key = PrivateKey::generate(key_type).unwrap();
+        let remote = root_key.public_key();
+        let td = td("example.org");
+        let root_template =
+            CaTemplate::new(td.clone(), Validity::from_now(now(), Duration::days(2)));
+        let unsigned = self_signed_ca_unsigned(&remote, &root_template).unwrap();
+        let root = unsigned.assemble(&sign_like_a_remote_key(&root_key, unsigned.tbs()));
+        let issuer = RemoteIssuer::new(&root, remote.clone()).unwrap();
+
+        let ca_key = PrivateKey::generate(key_type).unwrap();
+        let template = CaTemplate::new(td, Validity::from_now(now(), Duration::days(1)));
+        let unsigned =
+            intermediate_ca_unsigned(&issuer, &ca_key.public_key_der(), &template).unwrap();
+        let intermediate = unsigned.assemble(&sign_like_a_remote_key(&root_key, unsigned.tbs()));
+
+        let leaf_key = PrivateKey::generate(key_type).unwrap();
+        let template = SvidTemplate::new(
+            id("spiffe://example.org/workload"),
+            Validity::from_now(now(), Duration::hours(1)),
+        );
+        let unsigned = x509_svid_unsigned(&issuer, &leaf_key.public_key_der(), &template).unwrap();
+        let leaf = unsigned.assemble(&sign_like_a_remote_key(&root_key, unsigned.tbs()));
+        assert_eq!(
+            verify_x509_svid(&[leaf], std::slice::from_ref(&root), now())
+                .unwrap()
+                .as_str(),
+            "spiffe://example.org/workload",
+            "{key_type}"
+        );
+        // The intermediate signed remotely is a CA the in-process path can sign under.
+        let under = Issuer::new(&intermediate, &ca_key).unwrap();
+        let leaf = x509_svid_for_key(&under, &leaf_key.public_key_der(), &template).unwrap();
+        verify_x509_svid(&[leaf, intermediate], &[root], now()).unwrap();
+
+        let unsigned = upstream_ca_csr_unsigned(&remote, &Subject::default_ca(), &td).unwrap();
+        let csr = unsigned.assemble(&sign_like_a_remote_key(&root_key, unsigned.tbs()));
+        assert_eq!(csr_public_key(&csr).unwrap(), root_key.public_key_der());
+    }
 }

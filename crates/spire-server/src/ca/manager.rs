@@ -15,24 +15,23 @@ use std::time::{Duration, Instant};
 
 use spire_common::telemetry::server as metrics;
 
-use spire_core::jwt::{JwtSvidParams, mint_jwt_svid, new_jwt_id};
+use spire_core::jwt::{JwtSvidParams, new_jwt_id};
 use spire_core::keys::{KeyType, PrivateKey};
 use spire_core::spiffe_id::{SpiffeId, TrustDomain};
-use spire_core::x509::{
-    self, CaTemplate, CheckedIssuer, Issuer, Subject, SvidTemplate, Validity, X509Error,
-};
+use spire_core::x509::{self, CaTemplate, Subject, SvidTemplate, Validity, X509Error};
 use spire_proto::spire::api::types;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{Journal, JwtKeyEntry, Status, X509CaEntry};
+use super::signer::{self, CaSigner, X509OrKey};
 use super::{
     AuthorityState, CaConfig, CaError, RefusalKind, ServerIdentity, SignedJwtSvid, X509SvidRequest,
 };
 use crate::datastore::{DataStore, DataStoreError};
 use crate::plugins::credentialcomposer::{ComposerError, X509CaAttributes, X509SvidAttributes};
-use crate::plugins::keymanager::KeyManager;
+use crate::plugins::keymanager::{KeyManager, SigningKey};
 use crate::plugins::upstreamauthority::UpstreamAuthority;
 
 mod upstream;
@@ -50,42 +49,40 @@ const BUNDLE_PRUNE_GRACE: time::Duration = time::Duration::hours(24);
 /// How often expired authorities are pruned from the bundle.
 const BUNDLE_PRUNE_INTERVAL: time::Duration = time::Duration::hours(6);
 
-/// An X509 CA that can sign: its key, certificate and the chain from the upstream authority.
+/// An X509 CA that can sign: its key (checked against the certificate once, so signing does
+/// not parse it again), certificate and the chain from the upstream authority.
 struct X509Ca {
-    key: Arc<PrivateKey>,
+    signer: CaSigner,
     certificate: Vec<u8>,
     /// The CA certificate followed by upstream intermediates; empty when self-signed.
     upstream_chain: Vec<Vec<u8>>,
-    /// The certificate checked against the key once, so signing does not parse it again.
-    issuer: CheckedIssuer,
 }
 
 impl X509Ca {
     fn new(
-        key: Arc<PrivateKey>,
+        key: SigningKey,
         certificate: Vec<u8>,
         upstream_chain: Vec<Vec<u8>>,
     ) -> Result<Self, CaError> {
-        let issuer = Issuer::new(&certificate, &key)
-            .map_err(|e| CaError::Internal(format!("X509 CA unusable: {e}")))?
-            .checked()
-            .clone();
         Ok(Self {
-            key,
+            signer: CaSigner::new(key, &certificate)?,
             certificate,
             upstream_chain,
-            issuer,
         })
     }
+}
 
-    fn issuer(&self) -> Issuer<'_> {
-        Issuer::from_checked(&self.key, self.issuer.clone())
+/// Maps a failure to build or sign a certificate.
+fn sign_error(e: X509OrKey) -> CaError {
+    match e {
+        X509OrKey::X509(e) => x509_error(e),
+        X509OrKey::Key(e) => e,
     }
 }
 
 /// A JWT signing key with its `kid` and expiry.
 struct JwtKey {
-    key: Arc<PrivateKey>,
+    key: SigningKey,
     kid: String,
     not_after: OffsetDateTime,
 }
@@ -843,7 +840,7 @@ impl CaManager {
 
     async fn self_sign_x509_ca(
         &self,
-        key: Arc<PrivateKey>,
+        key: SigningKey,
         now: OffsetDateTime,
     ) -> Result<X509Ca, CaError> {
         let template = CaTemplate {
@@ -853,8 +850,7 @@ impl CaManager {
                 .await?,
             validity: Validity::from_now(now, to_time(self.config.ca_ttl)?),
         };
-        let certificate = x509::self_signed_ca(&key, &template)
-            .map_err(|e| CaError::Internal(format!("unable to self-sign the X509 CA: {e}")))?;
+        let certificate = signer::self_signed_ca(&key, &template).await?;
         self.append_bundle(vec![certificate.clone()], vec![])
             .await?;
         X509Ca::new(key, certificate, Vec::new())
@@ -863,13 +859,12 @@ impl CaManager {
     async fn upstream_sign_x509_ca(
         &self,
         upstream: &dyn UpstreamAuthority,
-        key: Arc<PrivateKey>,
+        key: SigningKey,
     ) -> Result<X509Ca, CaError> {
         let subject = self
             .composed_ca_subject(self.config.ca_subject.clone())
             .await?;
-        let csr = x509::upstream_ca_csr_der(&key, &subject, &self.trust_domain)
-            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let csr = signer::upstream_ca_csr(&key, &subject, &self.trust_domain).await?;
         let minted = upstream
             .mint_x509_ca(&csr, self.config.ca_ttl)
             .await
@@ -1144,15 +1139,17 @@ impl CaManager {
                 .map_err(composer_error)?;
             (composed.subject, composed.dns_sans)
         };
-        let chain = self.sign_leaf(
-            &ca,
-            &key.public_key_der(),
-            server_id,
-            dns_names,
-            subject,
-            self.default_x509_svid_ttl(),
-            now,
-        )?;
+        let chain = self
+            .sign_leaf(
+                &ca,
+                &key.public_key_der(),
+                server_id,
+                dns_names,
+                subject,
+                self.default_x509_svid_ttl(),
+                now,
+            )
+            .await?;
         let not_after = chain
             .first()
             .map(|leaf| x509::certificate_not_after(leaf))
@@ -1196,7 +1193,7 @@ impl CaManager {
     /// Signs a leaf with `ca`; the chain is the leaf then the upstream chain (empty when
     /// self-signed), as upstream's `makeCertChain`.
     #[allow(clippy::too_many_arguments, reason = "one call site per SVID kind")]
-    fn sign_leaf(
+    async fn sign_leaf(
         &self,
         ca: &X509Ca,
         public_key_der: &[u8],
@@ -1206,12 +1203,14 @@ impl CaManager {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<Vec<u8>>, CaError> {
-        let issuer = ca.issuer();
         let mut template = SvidTemplate::new(spiffe_id, Validity::from_now(now, to_time(ttl)?));
         template.dns_names = dns_names;
         template.subject = subject;
-        let leaf =
-            x509::x509_svid_for_key(&issuer, public_key_der, &template).map_err(x509_error)?;
+        let leaf = ca
+            .signer
+            .x509_svid(public_key_der, &template)
+            .await
+            .map_err(sign_error)?;
         metrics::ca_signed(metrics::Signed::X509Svid);
         let mut chain = Vec::with_capacity(1 + ca.upstream_chain.len());
         chain.push(leaf);
@@ -1266,6 +1265,7 @@ impl CaManager {
             ttl,
             self.now(),
         )
+        .await
     }
 
     /// Signs an agent X509-SVID (TTL default `agent_ttl`, else the default X509-SVID TTL).
@@ -1308,6 +1308,7 @@ impl CaManager {
             ttl,
             self.now(),
         )
+        .await
     }
 
     /// Signs a downstream intermediate CA for a `downstream` entry's caller.
@@ -1318,7 +1319,6 @@ impl CaManager {
     ) -> Result<Vec<Vec<u8>>, CaError> {
         let ca = self.require_active_x509()?;
         let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(self.config.ca_ttl);
-        let issuer = ca.issuer();
         // As upstream's credential builder: the parent's subject with OU DOWNSTREAM-<n>,
         // n being the length of the parent chain (the CA alone when self-signed).
         let parent_chain_len = ca.upstream_chain.len().max(1);
@@ -1331,7 +1331,11 @@ impl CaManager {
             subject,
             validity: Validity::from_now(self.now(), to_time(ttl)?),
         };
-        let cert = x509::intermediate_ca(&issuer, public_key_der, &template).map_err(x509_error)?;
+        let cert = ca
+            .signer
+            .intermediate_ca(public_key_der, &template)
+            .await
+            .map_err(sign_error)?;
         metrics::ca_signed(metrics::Signed::X509CaSvid);
         let mut chain = Vec::with_capacity(1 + ca.upstream_chain.len());
         chain.push(cert);
@@ -1394,7 +1398,7 @@ impl CaManager {
                 )
                 .await;
         }
-        let token = mint_jwt_svid(
+        let token = signer::jwt_svid(
             &key.key,
             &key.kid,
             &JwtSvidParams {
@@ -1411,7 +1415,7 @@ impl CaManager {
                 },
             },
         )
-        .map_err(|e| CaError::Internal(format!("unable to sign JWT-SVID: {e}")))?;
+        .await?;
         metrics::ca_signed(metrics::Signed::JwtSvid);
         Ok(SignedJwtSvid {
             token,
@@ -1474,8 +1478,7 @@ impl CaManager {
                 claims.insert((*name).into(), Value::from(seconds));
             }
         }
-        let token = spire_core::jwt::mint_jwt_with_claims(&key.key, &key.kid, None, &claims)
-            .map_err(|e| CaError::Internal(format!("unable to sign JWT-SVID: {e}")))?;
+        let token = signer::jwt_with_claims(&key.key, &key.kid, &claims).await?;
         metrics::ca_signed(metrics::Signed::JwtSvid);
         Ok(SignedJwtSvid {
             token,

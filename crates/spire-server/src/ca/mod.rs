@@ -183,6 +183,7 @@ pub use self::manager::CaManager;
 
 mod journal;
 mod manager;
+mod signer;
 
 /// Re-exported so callers name one module.
 pub use spire_proto::spire::api::server::localauthority::v1::AuthorityState;

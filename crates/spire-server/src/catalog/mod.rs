@@ -3,8 +3,8 @@
 //!
 //! The server needs exactly one DataStore, exactly one KeyManager, at least one NodeAttestor
 //! and at most one UpstreamAuthority; Notifiers, BundlePublishers and CredentialComposers are
-//! optional. A block with `plugin_cmd` names an external plugin (NodeAttestor, Notifier,
-//! UpstreamAuthority, BundlePublisher, CredentialComposer), loaded when the server starts; other names are
+//! optional. A block with `plugin_cmd` names an external plugin (NodeAttestor, KeyManager,
+//! Notifier, UpstreamAuthority, BundlePublisher, CredentialComposer), loaded when the server starts; other names are
 //! built-ins, and unknown names and unknown `plugin_data` keys are errors naming the block. This module only chooses and validates; the server's start-up code
 //! builds the plugin instances from the [`Catalog`].
 
@@ -170,6 +170,10 @@ pub enum KeyManagerChoice {
         /// `keys_path`.
         keys_path: PathBuf,
     },
+    /// `KeyManager "aws_kms"`: keys in AWS KMS, signing through `kms:Sign`.
+    AwsKms(crate::plugins::keymanager::aws_kms::AwsKmsConfig),
+    /// A `plugin_cmd` plugin speaking upstream's KeyManager v1 protocol, loaded at start-up.
+    External(ExternalPlugin),
 }
 
 /// Which UpstreamAuthority signs the server's intermediate CA.
@@ -270,6 +274,7 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
         if let Some(external) = decl.external.clone() {
             match decl.kind.as_str() {
                 "Notifier" => notifiers.push(NotifierChoice::External(external)),
+                "KeyManager" => key_managers.push(KeyManagerChoice::External(external)),
                 "NodeAttestor" => node_attestors.push(NodeAttestorChoice::External(external)),
                 "UpstreamAuthority" => {
                     upstream_authorities.push(UpstreamAuthorityChoice::External(external));
@@ -286,7 +291,7 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                         format!("plugins.{}.{}.plugin_cmd", decl.kind, decl.name),
                         format!(
                             "external {} plugins are not supported yet (external NodeAttestor, \
-                             Notifier, UpstreamAuthority, BundlePublisher and \
+                             KeyManager, Notifier, UpstreamAuthority, BundlePublisher and \
                              CredentialComposer plugins are); use a built-in {}",
                             decl.kind, decl.kind
                         ),
@@ -312,6 +317,13 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                 key_managers.push(KeyManagerChoice::Disk {
                     keys_path: PathBuf::from(keys_path),
                 });
+            }
+            ("KeyManager", crate::plugins::keymanager::aws_kms::NAME) => {
+                use crate::plugins::keymanager::aws_kms::{AwsKmsConfig, Data};
+                let d: Data = decl.parse_data()?;
+                key_managers.push(KeyManagerChoice::AwsKms(AwsKmsConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
             }
             ("UpstreamAuthority", "disk") => {
                 let d: DiskUpstreamData = decl.parse_data()?;
@@ -459,7 +471,10 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
 fn supported_names(kind: &str) -> &'static str {
     match kind {
         "DataStore" => "the supported DataStore is \"sql\"",
-        "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
+        "KeyManager" => {
+            "supported KeyManagers are \"disk\", \"memory\" and \"aws_kms\" (or any with \
+             plugin_cmd)"
+        }
         "NodeAttestor" => {
             "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
         }

@@ -17,7 +17,7 @@ use spire_core::keys::{KeyType, PrivateKey};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use super::{KeyManager, KeyManagerError, check_key_id, generate_blocking};
+use super::{KeyManager, KeyManagerError, SigningKey, check_key_id, generate_blocking};
 
 /// The `plugin_data` of `KeyManager "disk"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -138,7 +138,7 @@ impl KeyManager for DiskKeyManager {
         &self,
         id: &str,
         key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError> {
+    ) -> Result<SigningKey, KeyManagerError> {
         check_key_id(id)?;
         let key = Arc::new(generate_blocking(key_type).await?);
         let mut keys = self.keys.lock().await;
@@ -153,11 +153,17 @@ impl KeyManager for DiskKeyManager {
         // Only a key that reached the disk is used: the CA must not sign with a key that
         // would be lost on restart.
         *keys = next;
-        Ok(key)
+        Ok(SigningKey::Local(key))
     }
 
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError> {
-        Ok(self.keys.lock().await.get(id).cloned())
+    async fn get_key(&self, id: &str) -> Result<Option<SigningKey>, KeyManagerError> {
+        Ok(self
+            .keys
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .map(SigningKey::Local))
     }
 }
 
@@ -214,7 +220,10 @@ mod tests {
         );
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let encoded = value["keys"]["JWT-Signer-B"].as_str().unwrap();
-        assert_eq!(STANDARD.decode(encoded).unwrap(), key.pkcs8_der());
+        assert_eq!(
+            STANDARD.decode(encoded).unwrap(),
+            key.local().unwrap().pkcs8_der()
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use async_trait::async_trait;
 use spire_core::keys::{KeyType, PrivateKey};
 
-use super::{KeyManager, KeyManagerError, check_key_id, generate_blocking};
+use super::{KeyManager, KeyManagerError, SigningKey, check_key_id, generate_blocking};
 
 /// Keeps keys in a map; nothing is written anywhere.
 #[derive(Debug, Default)]
@@ -32,23 +32,24 @@ impl KeyManager for MemoryKeyManager {
         &self,
         id: &str,
         key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError> {
+    ) -> Result<SigningKey, KeyManagerError> {
         check_key_id(id)?;
         let key = Arc::new(generate_blocking(key_type).await?);
         self.keys
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.to_owned(), Arc::clone(&key));
-        Ok(key)
+        Ok(SigningKey::Local(key))
     }
 
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError> {
+    async fn get_key(&self, id: &str) -> Result<Option<SigningKey>, KeyManagerError> {
         Ok(self
             .keys
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
-            .cloned())
+            .cloned()
+            .map(SigningKey::Local))
     }
 }
 
@@ -69,6 +70,7 @@ mod tests {
         assert_ne!(first.public_key_der(), second.public_key_der());
         let got = km.get_key("x509-CA-A").await.unwrap().unwrap();
         assert_eq!(got.key_type(), KeyType::EcP384);
+        assert!(got.local().is_some(), "memory keys sign in process");
         assert!(km.generate_key("", KeyType::EcP256).await.is_err());
     }
 }

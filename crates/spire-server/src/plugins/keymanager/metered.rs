@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use spire_common::telemetry::server::key_manager_call;
-use spire_core::keys::{KeyType, PrivateKey};
+use spire_core::keys::KeyType;
 
-use super::{KeyManager, KeyManagerError};
+use super::{KeyManager, KeyManagerError, SigningKey};
 
 /// [`KeyManager`] with call metrics.
 pub struct MeteredKeyManager(Arc<dyn KeyManager>);
@@ -32,14 +32,14 @@ impl KeyManager for MeteredKeyManager {
         &self,
         id: &str,
         key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError> {
+    ) -> Result<SigningKey, KeyManagerError> {
         let started = Instant::now();
         let result = self.0.generate_key(id, key_type).await;
         key_manager_call("generate_key", result.is_ok(), started);
         result
     }
 
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError> {
+    async fn get_key(&self, id: &str) -> Result<Option<SigningKey>, KeyManagerError> {
         let started = Instant::now();
         let result = self.0.get_key(id).await;
         key_manager_call("get_public_key", result.is_ok(), started);

@@ -1,21 +1,24 @@
 //! KeyManager plugins hold the CA and JWT signing keys under stable IDs
 //! (`x509-CA-A`, `x509-CA-B`, `JWT-Signer-A`, `JWT-Signer-B`, as upstream names them).
 //!
-//! Two built-ins, chosen by name in the `KeyManager "<name>" { }` block:
-//! [`memory`] (keys are lost on restart, so every start mints a new CA) and [`disk`] (keys
-//! persist in upstream's JSON key file, so a restart keeps the same CA).
-
-use std::sync::Arc;
+//! Built-ins, chosen by name in the `KeyManager "<name>" { }` block: [`memory`] (keys are
+//! lost on restart, so every start mints a new CA), [`disk`] (keys persist in upstream's JSON
+//! key file, so a restart keeps the same CA) and [`aws_kms`] (keys live in AWS KMS and sign
+//! there). A `plugin_cmd` KeyManager runs as an [`external`] plugin.
 
 use async_trait::async_trait;
 use spire_core::keys::{KeyType, PrivateKey};
 
+pub mod aws_kms;
 pub mod disk;
+pub mod external;
 pub mod memory;
 pub mod metered;
+pub mod signing_key;
 
 pub use self::disk::{DiskKeyManager, DiskKeyManagerConfig};
 pub use self::memory::MemoryKeyManager;
+pub use self::signing_key::{RemoteKey, RemoteSigner, SigningKey};
 
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +33,8 @@ pub enum KeyManagerError {
 }
 
 /// Stores signing keys by ID. Memory and disk implementations keep the key material in
-/// process, so the CA signs with [`PrivateKey`] directly.
+/// process ([`SigningKey::Local`], signed with directly); `aws_kms` and external plugins
+/// hold it elsewhere ([`SigningKey::Remote`], signed through them).
 #[async_trait]
 pub trait KeyManager: Send + Sync + 'static {
     /// The plugin name, e.g. `disk`.
@@ -40,9 +44,9 @@ pub trait KeyManager: Send + Sync + 'static {
         &self,
         id: &str,
         key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError>;
+    ) -> Result<SigningKey, KeyManagerError>;
     /// The key under `id`, if any.
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError>;
+    async fn get_key(&self, id: &str) -> Result<Option<SigningKey>, KeyManagerError>;
 }
 
 /// Generates a key off the async runtime: RSA-4096 generation takes seconds.
