@@ -772,7 +772,7 @@ mod tests {
         let ids: Vec<&str> = st.matching(&workload).map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["plain"]);
         let minted: Vec<String> = st
-            .plan_mints(0, 0)
+            .plan_mints(0, 0, None)
             .into_iter()
             .map(|m| m.entry_id)
             .collect();

@@ -950,7 +950,7 @@ fn a_ca_key_held_elsewhere_signs_a_root_an_intermediate_svids_and_a_csr_that_ver
         let issuer = RemoteIssuer::new(&root, remote.clone()).unwrap();
 
         let ca_key = PrivateKey::generate(key_type).unwrap();
-        let template = CaTemplate::new(td, Validity::from_now(now(), Duration::days(1)));
+        let template = CaTemplate::new(td.clone(), Validity::from_now(now(), Duration::days(1)));
         let unsigned =
             intermediate_ca_unsigned(&issuer, &ca_key.public_key_der(), &template).unwrap();
         let intermediate = unsigned.assemble(&sign_like_a_remote_key(&root_key, unsigned.tbs()));
