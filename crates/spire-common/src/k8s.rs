@@ -102,6 +102,19 @@ impl ApiServerClient {
     }
 }
 
+/// A failed call of a plugin that writes to the API server (the `k8sbundle` notifier, the
+/// `k8s_configmap` BundlePublisher), in words an operator can act on: a 403 says which
+/// permissions to `grant`, anything but an API answer means the API server was not reached.
+pub fn describe_api_error(e: &kube::Error, grant: &str) -> String {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => {
+            format!("forbidden: {} ({grant})", status.message)
+        }
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => format!("API server unreachable: {other}"),
+    }
+}
+
 /// A connection to the API server, for the calls of one attestation.
 #[derive(Clone)]
 pub struct Connected {

@@ -2,7 +2,9 @@
 //! loopback): our spire-server keeps the trust bundle in a ConfigMap and as `caBundle` in
 //! labelled webhook configurations and APIServices, follows rotation, taint and revocation,
 //! survives the API server going away and the ConfigMap going missing, and refuses to start
-//! when it cannot publish at all or is misconfigured.
+//! when it cannot publish at all or is misconfigured. The same flow runs the
+//! `k8s_configmap` BundlePublisher beside it (no second API server): it creates or updates
+//! its ConfigMaps by server-side apply, in the SPIFFE and PEM formats, and follows rotation.
 
 #![allow(
     clippy::expect_used,
@@ -60,6 +62,93 @@ fn notifier_block(kubeconfig: &Path) -> String {
     }}"#,
         kubeconfig.display()
     )
+}
+
+/// A `BundlePublisher "k8s_configmap"` block publishing to two ConfigMaps of the same API
+/// server: `spire/published-spiffe` (created by the publisher) in the SPIFFE format with a
+/// refresh hint, and `spire/published-pem` (created beforehand, other keys kept) as PEM.
+fn publisher_block(kubeconfig: &Path) -> String {
+    format!(
+        r#"    BundlePublisher "k8s_configmap" {{
+        plugin_data {{
+            clusters = {{
+                "spiffe-cluster" = {{
+                    configmap_name = "published-spiffe"
+                    configmap_key = "bundle.spiffe"
+                    namespace = "spire"
+                    kubeconfig_path = "{path}"
+                    format = "spiffe"
+                    refresh_hint = "2m"
+                }},
+                "pem-cluster" = {{
+                    configmap_name = "published-pem"
+                    configmap_key = "bundle.pem"
+                    namespace = "spire"
+                    kubeconfig_path = "{path}"
+                    format = "PEM"
+                }}
+            }}
+        }}
+    }}"#,
+        path = kubeconfig.display()
+    )
+}
+
+/// The data of ConfigMap spire/`name` and its field managers, or why not.
+fn config_map_contents(
+    cluster: &KubeCluster,
+    name: &str,
+) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), String> {
+    cluster.with(async |client| {
+        let cm = Api::<ConfigMap>::namespaced(client, "spire")
+            .get(name)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        let managers = cm
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect();
+        Ok((cm.data.unwrap_or_default(), managers))
+    })
+}
+
+/// Waits until the publisher's two ConfigMaps hold what `bundle show` prints.
+fn assert_publisher_wrote(cluster: &KubeCluster, server: &ServerProcess, timeout: Duration) {
+    eventually("the BundlePublisher wrote the bundle", timeout, || {
+        let pem = server.cli_ok(&["bundle", "show"]);
+        let (data, managers) = config_map_contents(cluster, "published-pem")?;
+        assert_eq!(
+            data.get("other").map(String::as_str),
+            Some("kept"),
+            "other keys of an existing ConfigMap are left alone"
+        );
+        if data.get("bundle.pem") != Some(&pem) {
+            return Err(format!("published-pem holds {data:?}, bundle show {pem:?}"));
+        }
+        assert!(
+            managers
+                .iter()
+                .any(|m| m == "spire-bundlepublisher-k8s_configmap"),
+            "{managers:?}"
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&server.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+        let (data, _) = config_map_contents(cluster, "published-spiffe")?;
+        let text = data
+            .get("bundle.spiffe")
+            .ok_or_else(|| format!("published-spiffe holds {data:?}"))?;
+        let published: serde_json::Value = serde_json::from_str(text).unwrap();
+        if published["keys"] != shown["keys"] {
+            return Err(format!(
+                "published-spiffe holds {published}, bundle show {shown}"
+            ));
+        }
+        assert_eq!(published["spiffe_refresh_hint"], 120, "{published}");
+        Ok(())
+    });
 }
 
 /// `spire-server run` with `config`, which must exit; its output.
@@ -339,7 +428,11 @@ fn k8sbundle_publishes_the_bundle_to_a_real_api_server() {
     );
     let server_dir = dir.path().join("server");
     std::fs::create_dir_all(&server_dir).unwrap();
-    let notifier = notifier_block(&cluster.kubeconfig);
+    let notifier = format!(
+        "{}\n\n{}",
+        notifier_block(&cluster.kubeconfig),
+        publisher_block(&cluster.kubeconfig)
+    );
 
     // No ConfigMap: the bundle cannot be published, so the server does not start (upstream's
     // advice semantics), saying which object is missing.
@@ -356,6 +449,11 @@ fn k8sbundle_publishes_the_bundle_to_a_real_api_server() {
 
     // Objects that exist before the server starts.
     create_config_map(&cluster);
+    cluster.create(
+        "namespaces/spire/configmaps",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "published-pem"}, "data": {"other": "kept"}}),
+    );
     create_webhook(&cluster, "before", true);
     create_webhook(&cluster, "unlabelled", false);
     let service_before = create_api_service(&cluster, "before.example.com");
@@ -371,6 +469,7 @@ fn k8sbundle_publishes_the_bundle_to_a_real_api_server() {
         Duration::from_secs(10),
     );
     assert_eq!(certificates(&pem), 1, "{pem}");
+    assert_publisher_wrote(&cluster, &server, Duration::from_secs(10));
     assert_eq!(
         webhook_ca_bundles(&cluster, "unlabelled"),
         vec![None::<String>, None],
@@ -405,6 +504,7 @@ fn k8sbundle_publishes_the_bundle_to_a_real_api_server() {
         Duration::from_secs(5),
     );
     assert_eq!(certificates(&pem), 2, "{pem}");
+    assert_publisher_wrote(&cluster, &server, Duration::from_secs(10));
     let shown = server.cli_json(&["localauthority", "x509", "show"]);
     let old = shown["active"]["authority_id"].as_str().unwrap().to_owned();
     server.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &next]);
@@ -430,6 +530,7 @@ fn k8sbundle_publishes_the_bundle_to_a_real_api_server() {
         Duration::from_secs(5),
     );
     assert_eq!(certificates(&pem), 1, "{pem}");
+    assert_publisher_wrote(&cluster, &server, Duration::from_secs(10));
 
     // The API server goes away while the bundle changes: the failure is logged, naming the
     // object, and the write is retried until the API server is back.

@@ -196,23 +196,29 @@ fn full_agent_configs_name_the_first_unconfigured_plugin_and_their_agent_keys_lo
 }
 
 #[test]
-fn helm_chart_default_server_config_names_the_bundle_publisher_and_loads_without_it() {
+fn helm_chart_default_server_config_loads_with_its_k8s_configmap_bundle_publisher() {
     let checkout = upstream_checkout();
     let file = data("helm-spire-server.json");
-    assert_refused_naming(
-        "spire-server",
-        &file,
-        checkout.path(),
-        "BundlePublisher \"k8s_configmap\"",
-    );
-    // `--set bundlePublisher.k8sConfigMap.enabled=false` renders without the block.
+    // The chart enables `BundlePublisher "k8s_configmap"` by default (a list of maps keyed
+    // by cluster ID, as the chart renders HCL maps to JSON).
+    assert_valid("spire-server", &file, checkout.path());
+    // Its keys are checked: a bad format is refused naming the cluster's key.
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    json["plugins"]
-        .as_object_mut()
-        .unwrap()
-        .remove("BundlePublisher");
-    let trimmed = checkout.path().join("helm-no-bundlepublisher.json");
-    std::fs::write(&trimmed, serde_json::to_string_pretty(&json).unwrap()).unwrap();
-    assert_valid("spire-server", &trimmed, checkout.path());
+    json["plugins"]["BundlePublisher"]["k8s_configmap"]["plugin_data"]["clusters"][0]["chart-internal"]
+        ["format"] = "der".into();
+    let bad = checkout.path().join("helm-bad-format.json");
+    std::fs::write(&bad, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    assert_refused_naming(
+        "spire-server",
+        &bad,
+        checkout.path(),
+        "plugins.BundlePublisher.k8s_configmap.plugin_data.clusters.chart-internal.format",
+    );
+    assert_refused_naming(
+        "spire-server",
+        &bad,
+        checkout.path(),
+        "unknown bundle format: \"der\"",
+    );
 }

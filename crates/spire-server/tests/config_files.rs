@@ -601,8 +601,25 @@ fn catalog_takes_external_server_plugins_of_every_streamed_type_and_refuses_unpo
     assert!(
         msg.contains("plugins.BundlePublisher.aws_s3")
             && msg.contains("\"aws_s3\" is not available")
+            && msg.contains("the supported built-in BundlePublisher is \"k8s_configmap\"")
             && msg.contains("plugin_cmd"),
         "{msg}"
+    );
+
+    // The built-in `k8s_configmap` publisher reads upstream's HCL map of clusters.
+    let text = MINIMAL.replace(
+        "NodeAttestor \"join_token\" { plugin_data {} }",
+        "NodeAttestor \"join_token\" { plugin_data {} }\n BundlePublisher \"k8s_configmap\" {\n plugin_data {\n clusters = {\n \"c1\" = {\n configmap_name = \"spire-bundle\"\n configmap_key = \"bundle\"\n namespace = \"spire\"\n kubeconfig_path = \"/k/c1\"\n format = \"jwks\"\n },\n \"c2\" = {\n configmap_name = \"b\"\n configmap_key = \"k\"\n namespace = \"n\"\n format = \"pem\"\n }\n }\n }\n }",
+    );
+    let cat = catalog::from_config(&load(&text).unwrap()).unwrap();
+    let [BundlePublisherChoice::K8sConfigMap(config)] = cat.bundle_publishers.as_slice() else {
+        panic!("{:?}", cat.bundle_publishers);
+    };
+    let ids: Vec<_> = config.clusters.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["c1", "c2"]);
+    assert_eq!(
+        config.clusters[0].kubeconfig_path.as_deref(),
+        Some(std::path::Path::new("/k/c1"))
     );
 
     // An external UpstreamAuthority counts towards the one allowed.

@@ -60,6 +60,8 @@ pub struct Catalog {
 /// A server BundlePublisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundlePublisherChoice {
+    /// `BundlePublisher "k8s_configmap"`: the bundle under a key of Kubernetes ConfigMaps.
+    K8sConfigMap(crate::plugins::bundlepublisher::k8s_configmap::K8sConfigMapConfig),
     /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
     External(ExternalPlugin),
 }
@@ -74,11 +76,10 @@ pub enum CredentialComposerChoice {
 }
 
 /// Upstream's built-in BundlePublishers, which are not ported: refused by name.
-const UNPORTED_BUNDLE_PUBLISHERS: [&str; 4] = [
+const UNPORTED_BUNDLE_PUBLISHERS: [&str; 3] = [
     "aws_s3",
     "gcp_cloudstorage",
     "aws_rolesanywhere_trustanchor",
-    "k8s_configmap",
 ];
 
 /// A server Notifier and its validated settings.
@@ -413,6 +414,13 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                 decl.parse_data::<NoData>()?;
                 credential_composers.push(CredentialComposerChoice::UniqueId);
             }
+            ("BundlePublisher", crate::plugins::bundlepublisher::k8s_configmap::NAME) => {
+                use crate::plugins::bundlepublisher::k8s_configmap::{Data, K8sConfigMapConfig};
+                let d: Data = decl.parse_data()?;
+                bundle_publishers.push(BundlePublisherChoice::K8sConfigMap(
+                    K8sConfigMapConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("BundlePublisher", name) if UNPORTED_BUNDLE_PUBLISHERS.contains(&name) => {
                 return Err(ConfigError::invalid(
                     file,
@@ -483,8 +491,8 @@ fn supported_names(kind: &str) -> &'static str {
         }
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         "BundlePublisher" => {
-            "no built-in BundlePublisher is available; run an external one with plugin_cmd \
-             (upstream's plugin binaries work)"
+            "the supported built-in BundlePublisher is \"k8s_configmap\"; run others with \
+             plugin_cmd (upstream's plugin binaries work)"
         }
         "CredentialComposer" => {
             "the supported built-in CredentialComposer is \"uniqueid\"; run others with \

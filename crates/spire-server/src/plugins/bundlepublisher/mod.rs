@@ -7,8 +7,9 @@
 //! publishes at once, and a poll of the stored bundle every [`BUNDLE_POLL_INTERVAL`] catches
 //! changes made elsewhere (bundle API, other servers sharing the database).
 //!
-//! Upstream's built-in publishers (`aws_s3`, `gcp_cloudstorage`, `aws_rolesanywhere_trustanchor`,
-//! `k8s_configmap`) are not ported; external (`plugin_cmd`) publishers are.
+//! Built in is `k8s_configmap` (the bundle in a Kubernetes ConfigMap); upstream's other
+//! built-ins (`aws_s3`, `gcp_cloudstorage`, `aws_rolesanywhere_trustanchor`) are not ported,
+//! external (`plugin_cmd`) publishers are.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::datastore::DataStore;
 pub use crate::plugins::notifier::BUNDLE_POLL_INTERVAL;
 
 pub mod external;
+pub mod k8s_configmap;
 
 /// How often every publisher gets the bundle even when it did not change (upstream's
 /// `refreshInterval`), so a target changed behind the server's back is repaired.
@@ -84,6 +86,9 @@ impl BundlePublishers {
                     let loaded = Arc::new(loaded);
                     loaded_plugins.push(loaded.clone());
                     publishers.push(Arc::new(external::ExternalBundlePublisher::new(loaded)));
+                }
+                BundlePublisherChoice::K8sConfigMap(config) => {
+                    publishers.push(Arc::new(k8s_configmap::K8sConfigMap::new(config).await?));
                 }
             }
         }

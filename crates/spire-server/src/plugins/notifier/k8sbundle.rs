@@ -748,15 +748,11 @@ fn is_conflict(e: &kube::Error) -> bool {
 
 /// An API error in words an operator can act on.
 fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(status) if status.code == 403 => format!(
-            "forbidden: {} (grant the server's identity get and patch on configmaps, and get, \
-             list, patch and watch on the labelled kinds)",
-            status.message
-        ),
-        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
-        other => format!("API server unreachable: {other}"),
-    }
+    spire_common::k8s::describe_api_error(
+        e,
+        "grant the server's identity get and patch on configmaps, and get, list, patch and \
+         watch on the labelled kinds",
+    )
 }
 
 #[cfg(test)]
