@@ -476,58 +476,71 @@ fn explain_shows_missing_selectors_and_receiving_agents() {
     drop(agent);
 }
 
-/// Appends `text` to the config file at `path`.
-fn append(path: &Path, text: &str) {
-    let mut all = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read config: {e}"));
-    all.push_str(text);
-    std::fs::write(path, all).unwrap_or_else(|e| panic!("write config: {e}"));
-}
+/// Telemetry helpers (test-only code: panics report failures).
+#[cfg(test)]
+mod telemetry_support {
+    use super::*;
 
-/// `GET /metrics` on 127.0.0.1:`port`: the response, or `None` when nothing answers.
-fn scrape(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.starts_with("HTTP/1.1 200").then_some(text)
-}
+    /// Appends `text` to the config file at `path`.
+    pub(crate) fn append(path: &Path, text: &str) {
+        let mut all = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read config: {e}"));
+        all.push_str(text);
+        std::fs::write(path, all).unwrap_or_else(|e| panic!("write config: {e}"));
+    }
 
-/// A UDP collector for statsd lines.
-fn collector() -> (std::net::UdpSocket, String) {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("udp: {e}"));
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap_or_else(|e| panic!("udp: {e}"));
-    let address = socket
-        .local_addr()
-        .unwrap_or_else(|e| panic!("udp: {e}"))
-        .to_string();
-    (socket, address)
-}
+    /// `GET /metrics` on 127.0.0.1:`port`: the response, or `None` when nothing answers.
+    pub(crate) fn scrape(port: u16) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        text.starts_with("HTTP/1.1 200").then_some(text)
+    }
 
-/// Waits until `socket` receives a statsd line starting with `prefix`, calling `poke`
-/// between reads so the process has something to count.
-fn receives_line(socket: &std::net::UdpSocket, prefix: &str, mut poke: impl FnMut()) -> String {
-    let mut seen = String::new();
-    eventually(&format!("a statsd line {prefix}…"), TIMEOUT, || {
-        poke();
-        let mut buf = [0u8; 9000];
-        while let Ok(n) = socket.recv(&mut buf) {
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if seen.lines().any(|l| l.starts_with(prefix)) {
-                return true;
+    /// A UDP collector for statsd lines.
+    pub(crate) fn collector() -> (std::net::UdpSocket, String) {
+        let socket =
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("udp: {e}"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap_or_else(|e| panic!("udp: {e}"));
+        let address = socket
+            .local_addr()
+            .unwrap_or_else(|e| panic!("udp: {e}"))
+            .to_string();
+        (socket, address)
+    }
+
+    /// Waits until `socket` receives a statsd line starting with `prefix`, calling `poke`
+    /// between reads so the process has something to count.
+    pub(crate) fn receives_line(
+        socket: &std::net::UdpSocket,
+        prefix: &str,
+        mut poke: impl FnMut(),
+    ) -> String {
+        let mut seen = String::new();
+        eventually(&format!("a statsd line {prefix}…"), TIMEOUT, || {
+            poke();
+            let mut buf = [0u8; 9000];
+            while let Ok(n) = socket.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if seen.lines().any(|l| l.starts_with(prefix)) {
+                    return true;
+                }
             }
-        }
-        false
-    });
-    seen
+            false
+        });
+        seen
+    }
 }
+
+use telemetry_support::*;
 
 #[test]
 fn server_reload_applies_telemetry_sinks_live() {
