@@ -39,7 +39,8 @@ use crate::plugins::workloadattestor::unix::{UnixAttestor, UnixAttestorConfig};
 use crate::storage::AgentStorage;
 use crate::workload::{self, WorkloadApiOptions};
 use spire_common::health;
-use spire_common::telemetry::{self, Metrics, TelemetryConfig};
+use spire_common::telemetry::live::LiveTelemetry;
+use spire_common::telemetry::{self, TelemetryConfig};
 
 /// Loads the config named by the `run` flags and runs the agent until a signal stops it.
 pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
@@ -124,9 +125,14 @@ pub async fn run_with_reload(
     // Before any connection to the server: attestation, sync and rotation all follow it.
     spire_common::tls::require_pq_kem(config.experimental.require_pq_kem);
     let telemetry = telemetry_config(&config)?;
-    let metrics = Metrics::new(telemetry.clone())?;
-    telemetry::install_global(metrics.clone());
-    let prometheus = telemetry::bind_prometheus(&telemetry).await?;
+    // Telemetry (and its Prometheus listener) stops when this function returns, however.
+    let telemetry_stop = CancellationToken::new();
+    let _telemetry_guard = telemetry_stop.clone().drop_guard();
+    let live_telemetry = LiveTelemetry::start(telemetry, telemetry_stop).await?;
+    let metrics = live_telemetry.metrics();
+    if let Some(reloader) = &reloader {
+        reloader.attach_telemetry(live_telemetry.clone());
+    }
     prepare_data_dir(&config)?;
     tracing::info!(
         trust_domain = config.trust_domain.name(),
@@ -241,14 +247,6 @@ pub async fn run_with_reload(
             Arc::clone(reloader),
             cancel.clone(),
         ));
-    }
-    if let Some(listener) = prometheus {
-        let (metrics, cancel) = (metrics.clone(), cancel.clone());
-        tasks.spawn(async move {
-            if let Err(e) = telemetry::serve_prometheus(listener, metrics, cancel).await {
-                tracing::error!(error = %e, "Prometheus listener stopped");
-            }
-        });
     }
     tasks.spawn(telemetry::report_process_gauges(
         metrics.clone(),

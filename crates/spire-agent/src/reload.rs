@@ -2,7 +2,8 @@
 //! `spire-agent config reload` (the `spire_rs.admin.config.v1.Config` service on the admin
 //! socket, when `admin_socket_path` is set), the agent reads its file again and applies
 //! `agent.log_level`, `agent.log_file` (when logs already go to a file),
-//! `agent.experimental.ratelimit` and `agent.experimental.sync_interval`.
+//! `agent.experimental.ratelimit`, `agent.experimental.sync_interval` and the `telemetry`
+//! block (sinks added, removed or moved, prefix, labels and filters).
 //!
 //! Every other changed key is reported by name as needing a restart and keeps its running
 //! value; the Workload API, its open streams and the cache are never touched. A file that
@@ -15,6 +16,7 @@ use spire_common::logging::LogLevelHandle;
 use spire_common::reload::{
     AppliedChange, Reload, ReloadOutcome, RestartNeeded, changed_keys, key_matches,
 };
+use spire_common::telemetry::live::LiveTelemetry;
 
 use crate::config::{self, Overrides, ResolvedAgentConfig};
 use crate::manager::Manager;
@@ -26,6 +28,7 @@ const LIVE_KEYS: &[&str] = &[
     "agent.log_file",
     "agent.experimental.ratelimit",
     "agent.experimental.sync_interval",
+    "telemetry",
 ];
 
 struct Applied {
@@ -41,6 +44,8 @@ pub struct Reloader {
     rate_limiter: Arc<WorkloadRateLimiter>,
     /// The cache manager, once the agent has attested (see [`Reloader::attach_manager`]).
     manager: std::sync::OnceLock<Arc<Manager>>,
+    /// The running telemetry (see [`Reloader::attach_telemetry`]).
+    telemetry: std::sync::OnceLock<Arc<LiveTelemetry>>,
     applied: tokio::sync::Mutex<Applied>,
 }
 
@@ -71,6 +76,7 @@ impl Reloader {
             log_level,
             rate_limiter,
             manager: std::sync::OnceLock::new(),
+            telemetry: std::sync::OnceLock::new(),
             applied: tokio::sync::Mutex::new(Applied { document, config }),
         }))
     }
@@ -81,13 +87,18 @@ impl Reloader {
         let _ = self.manager.set(manager);
     }
 
+    /// Lets reloads change the running telemetry sinks (set up after the reloader).
+    pub fn attach_telemetry(&self, telemetry: Arc<LiveTelemetry>) {
+        let _ = self.telemetry.set(telemetry);
+    }
+
     /// Reads the file again and applies it; the error (the file's problem) changes nothing.
     pub async fn reload(&self) -> Result<ReloadOutcome, String> {
         let mut applied = self.applied.lock().await;
         let path = self.overrides.config_path();
         let document = spire_common::reload::read_document(&path, self.overrides.expand_env)?;
         let config = config::load_and_resolve(&self.overrides).map_err(|e| e.to_string())?;
-        crate::agent::telemetry_config(&config).map_err(|e| format!("{e:#}"))?;
+        let telemetry = crate::agent::telemetry_config(&config).map_err(|e| format!("{e:#}"))?;
 
         let o = &self.overrides;
         let flag_wins = |key: &str| -> Option<&'static str> {
@@ -111,7 +122,6 @@ impl Reloader {
             let reason = match flag_wins(&key) {
                 Some(reason) => reason,
                 None if is_live(&key) => continue,
-                None if key.starts_with("telemetry") => "telemetry sinks are set up at start",
                 None => "read only at start",
             };
             outcome.restart_needed.push(RestartNeeded {
@@ -124,6 +134,19 @@ impl Reloader {
             .filter(|k| is_live(k) && flag_wins(k).is_none())
             .collect();
         let old = &applied.config;
+        // Fallible first: a Prometheus port that cannot be bound stops the reload before
+        // anything else changed.
+        let live_telemetry = self.telemetry.get();
+        let old_telemetry = live_telemetry.map(|t| t.config());
+        let telemetry = match live_telemetry {
+            Some(live_telemetry) if live.iter().any(|k| key_matches(k, "telemetry")) => {
+                live_telemetry
+                    .prepare(telemetry)
+                    .await
+                    .map_err(|e| format!("telemetry: {e}"))?
+            }
+            _ => None,
+        };
         if live.iter().any(|k| k == "agent.log_file")
             && let Some(new_path) = &config.log_file
             && old.log_file.as_ref() != Some(new_path)
@@ -171,6 +194,17 @@ impl Reloader {
                 key: "agent.experimental.sync_interval".into(),
                 old_value: spire_core::duration::format(old.experimental.sync_interval),
                 new_value: spire_core::duration::format(config.experimental.sync_interval),
+            });
+        }
+        if let (Some(live_telemetry), Some(old_telemetry), Some(telemetry)) =
+            (live_telemetry, old_telemetry, telemetry)
+        {
+            let new_value = telemetry.summary();
+            live_telemetry.commit(telemetry);
+            outcome.applied.push(AppliedChange {
+                key: "telemetry".into(),
+                old_value: old_telemetry.summary(),
+                new_value,
             });
         }
         *applied = Applied { document, config };

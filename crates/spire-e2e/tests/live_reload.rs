@@ -475,3 +475,203 @@ fn explain_shows_missing_selectors_and_receiving_agents() {
     );
     drop(agent);
 }
+
+/// Telemetry helpers (test-only code: panics report failures).
+#[cfg(test)]
+mod telemetry_support {
+    use super::*;
+
+    /// Appends `text` to the config file at `path`.
+    pub(crate) fn append(path: &Path, text: &str) {
+        let mut all = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read config: {e}"));
+        all.push_str(text);
+        std::fs::write(path, all).unwrap_or_else(|e| panic!("write config: {e}"));
+    }
+
+    /// `GET /metrics` on 127.0.0.1:`port`: the response, or `None` when nothing answers.
+    pub(crate) fn scrape(port: u16) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        text.starts_with("HTTP/1.1 200").then_some(text)
+    }
+
+    /// A UDP collector for statsd lines.
+    pub(crate) fn collector() -> (std::net::UdpSocket, String) {
+        let socket =
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("udp: {e}"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap_or_else(|e| panic!("udp: {e}"));
+        let address = socket
+            .local_addr()
+            .unwrap_or_else(|e| panic!("udp: {e}"))
+            .to_string();
+        (socket, address)
+    }
+
+    /// Waits until `socket` receives a statsd line starting with `prefix`, calling `poke`
+    /// between reads so the process has something to count.
+    pub(crate) fn receives_line(
+        socket: &std::net::UdpSocket,
+        prefix: &str,
+        mut poke: impl FnMut(),
+    ) -> String {
+        let mut seen = String::new();
+        eventually(&format!("a statsd line {prefix}…"), TIMEOUT, || {
+            poke();
+            let mut buf = [0u8; 9000];
+            while let Ok(n) = socket.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if seen.lines().any(|l| l.starts_with(prefix)) {
+                    return true;
+                }
+            }
+            false
+        });
+        seen
+    }
+}
+
+use telemetry_support::*;
+
+#[test]
+fn server_reload_applies_telemetry_sinks_live() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let server = ServerProcess::start(dir.path(), "");
+    let socket = server.socket_path.clone();
+    let config = server.config_path.clone();
+    let [first_port, second_port] = spire_e2e::free_ports::<2>();
+    assert!(scrape(first_port).is_none());
+
+    // Prometheus turned on by a reload.
+    let good = std::fs::read_to_string(&config).unwrap_or_default();
+    append(
+        &config,
+        &format!(
+            "\ntelemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {first_port}\n  }}\n}}\n"
+        ),
+    );
+    let on = json_ok("spire-server", &socket, &["config", "reload"]);
+    assert_eq!(keys(&on["applied"]), vec!["telemetry"], "{on}");
+    assert_eq!(keys(&on["restart_needed"]), Vec::<String>::new(), "{on}");
+    server.cli_ok(&["entry", "show"]);
+    let text = scrape(first_port).unwrap_or_else(|| panic!("no /metrics on {first_port}"));
+    assert!(
+        text.contains("spire_server_rpc_entry_v1_entry_list_entries"),
+        "{text}"
+    );
+
+    // Moved to another port, with a statsd address added: the new port serves, the old one
+    // does not, and the running server sends statsd lines.
+    let (udp, address) = collector();
+    std::fs::write(
+        &config,
+        format!(
+            "{good}\ntelemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {second_port}\n  }}\n  Statsd = [{{ address = \"{address}\" }}]\n}}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let moved = run("spire-server", &socket, &["config", "reload"]);
+    assert!(moved.status.success(), "{moved:?}");
+    let plain = stdout(&moved);
+    assert!(
+        plain.contains(&format!("Prometheus=127.0.0.1:{first_port}"))
+            && plain.contains(&format!(
+                "Prometheus=127.0.0.1:{second_port} Statsd={address}"
+            )),
+        "{plain}"
+    );
+    eventually("the old Prometheus port closes", TIMEOUT, || {
+        scrape(first_port).is_none()
+    });
+    let text = scrape(second_port).unwrap_or_else(|| panic!("no /metrics on {second_port}"));
+    assert!(
+        text.contains("spire_server_rpc_entry_v1_entry_list_entries"),
+        "{text}"
+    );
+    receives_line(&udp, "spire_server.rpc.", || {
+        server.cli_ok(&["entry", "show"]);
+    });
+
+    // A Prometheus port that cannot be bound fails the reload and changes nothing: the
+    // statsd address beside it is not removed.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let taken_port = taken.local_addr().map(|a| a.port()).unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "{good}\ntelemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {taken_port}\n  }}\n}}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bad = run("spire-server", &socket, &["config", "reload"]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("nothing changed")
+            && err.contains(&format!(
+                "unable to listen for Prometheus on 127.0.0.1:{taken_port}"
+            )),
+        "{err}"
+    );
+    // An unsupported sink is refused the same way.
+    std::fs::write(
+        &config,
+        format!(
+            "{good}\ntelemetry {{\n  M3 = [{{ address = \"127.0.0.1:9052\", env = \"x\" }}]\n}}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let m3 = run("spire-server", &socket, &["config", "reload"]);
+    assert_eq!(m3.status.code(), Some(1), "{m3:?}");
+    assert!(scrape(second_port).is_some());
+    while udp.recv(&mut [0u8; 9000]).is_ok() {}
+    receives_line(&udp, "spire_server.rpc.", || {
+        server.cli_ok(&["entry", "show"]);
+    });
+
+    // Removed: the sinks stop.
+    std::fs::write(&config, &good).unwrap_or_else(|e| panic!("{e}"));
+    let off = json_ok("spire-server", &socket, &["config", "reload"]);
+    assert_eq!(keys(&off["applied"]), vec!["telemetry"], "{off}");
+    eventually("the Prometheus port closes", TIMEOUT, || {
+        scrape(second_port).is_none()
+    });
+    drop(taken);
+}
+
+#[test]
+fn agent_reload_adds_a_statsd_sink_live() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    std::fs::create_dir_all(dir.path().join("server")).unwrap_or_else(|e| panic!("{e}"));
+    let (_server, agent, admin, _agent_id) = server_and_agent(dir.path());
+    let config = agent.config_path.clone();
+    let (udp, address) = collector();
+    append(
+        &config,
+        &format!("\ntelemetry {{\n  Statsd = [{{ address = \"{address}\" }}]\n}}\n"),
+    );
+    let applied = json_ok("spire-agent", &admin, &["config", "reload"]);
+    assert_eq!(keys(&applied["applied"]), vec!["telemetry"], "{applied}");
+    assert_eq!(
+        keys(&applied["restart_needed"]),
+        Vec::<String>::new(),
+        "{applied}"
+    );
+    // The agent's Workload API calls and its periodic sync are counted.
+    let workload_socket = agent.socket_path.clone();
+    receives_line(&udp, "spire_agent.", || {
+        let _ = Command::new(binary("spire-agent"))
+            .args(["api", "fetch", "x509", "-timeout", "2s", "-socketPath"])
+            .arg(&workload_socket)
+            .output();
+    });
+}

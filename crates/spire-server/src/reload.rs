@@ -8,7 +8,9 @@
 //! - `server.ratelimit.attestation`, `server.ratelimit.signing`;
 //! - `server.federation.federates_with` (relationships from the file);
 //! - `plugins.NodeAttestor "<name>" plugin_data` of the attestors already running (e.g.
-//!   k8s_psat `clusters`, x509pop `ca_bundle_path`).
+//!   k8s_psat `clusters`, x509pop `ca_bundle_path`);
+//! - the `telemetry` block: sinks added, removed or moved (a new Prometheus port is bound
+//!   before anything else changes), prefix, labels and filters.
 //!
 //! Every other changed key is reported by name as needing a restart and keeps its running
 //! value. A file that cannot be read, parsed or validated changes nothing.
@@ -20,6 +22,8 @@ use serde_json::Value;
 use spire_common::reload::{
     AppliedChange, Reload, ReloadOutcome, RestartNeeded, changed_keys, key_matches,
 };
+
+use spire_common::telemetry::live::LiveTelemetry;
 
 use crate::api::ApiContext;
 use crate::catalog::{self, NodeAttestorChoice};
@@ -35,6 +39,7 @@ const LIVE_KEYS: &[&str] = &[
     "server.ratelimit",
     "server.federation.federates_with",
     "plugins.NodeAttestor.*.plugin_data",
+    "telemetry",
 ];
 
 /// How the server was started: what a reload reads again.
@@ -64,6 +69,7 @@ pub struct Reloader {
     /// The external (`plugin_cmd`) node attestors: a reload does not rebuild them.
     external_attestors: Vec<String>,
     ctx: Arc<ApiContext>,
+    telemetry: Arc<LiveTelemetry>,
     applied: tokio::sync::Mutex<Applied>,
 }
 
@@ -107,12 +113,14 @@ fn show_duration(d: std::time::Duration) -> String {
 
 impl Reloader {
     /// A reloader for a server started from `source` with `config` and `catalog`, acting on
-    /// the running services of `ctx`. Fails when the file cannot be read again as it was.
+    /// the running services of `ctx` and its `telemetry`. Fails when the file cannot be read
+    /// again as it was.
     pub fn new(
         source: ReloadSource,
         config: ResolvedServerConfig,
         catalog: &catalog::Catalog,
         ctx: Arc<ApiContext>,
+        telemetry: Arc<LiveTelemetry>,
     ) -> anyhow::Result<Arc<Self>> {
         let document = spire_common::reload::read_document(&source.path, source.expand_env)
             .map_err(anyhow::Error::msg)?;
@@ -129,6 +137,7 @@ impl Reloader {
                 })
                 .collect(),
             ctx,
+            telemetry,
             applied: tokio::sync::Mutex::new(Applied { document, config }),
         }))
     }
@@ -143,7 +152,7 @@ impl Reloader {
         file.apply_overrides(&self.source.overrides);
         let config = file.resolve().map_err(|e| e.to_string())?;
         let catalog = catalog::from_config(&file).map_err(|e| e.to_string())?;
-        crate::server::telemetry_config(&config).map_err(|e| format!("{e:#}"))?;
+        let telemetry = crate::server::telemetry_config(&config).map_err(|e| format!("{e:#}"))?;
 
         let same_attestors = attestor_names(&catalog.node_attestors) == self.attestor_names;
         let flag_wins = |key: &str| -> Option<&'static str> {
@@ -184,8 +193,6 @@ impl Reloader {
             } else if !is_live(&key) {
                 let reason = if is_external(&key) {
                     "an external plugin's plugin_data needs a restart; with plugin_data_file, SIGUSR1 reconfigures it from the file, as upstream"
-                } else if key.starts_with("telemetry") {
-                    "telemetry sinks are set up at start"
                 } else if key.starts_with("plugins.NodeAttestor.") {
                     "adding, removing or enabling node attestors needs a restart; only plugin_data of running ones changes live"
                 } else {
@@ -204,8 +211,17 @@ impl Reloader {
         let touched = |pattern: &str| live.iter().any(|k| key_matches(k, pattern));
         let old = &applied.config;
 
-        // Fallible first: a log file that cannot be opened stops the reload before anything
-        // else changed.
+        // Fallible first: a Prometheus port that cannot be bound or a log file that cannot
+        // be opened stops the reload before anything else changed.
+        let old_telemetry = self.telemetry.config();
+        let telemetry = if touched("telemetry") {
+            self.telemetry
+                .prepare(telemetry)
+                .await
+                .map_err(|e| format!("telemetry: {e}"))?
+        } else {
+            None
+        };
         if touched("server.log_file")
             && let Some(new_path) = &config.log_file
             && old.log_file.as_ref() != Some(new_path)
@@ -326,6 +342,15 @@ impl Reloader {
                     new_value: "(changed)".into(),
                 });
             }
+        }
+        if let Some(telemetry) = telemetry {
+            let new_value = telemetry.summary();
+            self.telemetry.commit(telemetry);
+            outcome.applied.push(AppliedChange {
+                key: "telemetry".into(),
+                old_value: old_telemetry.summary(),
+                new_value,
+            });
         }
         for warning in &config.warnings {
             tracing::warn!("{warning}");

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use spire_common::telemetry::{self, Metrics, TelemetryConfig};
+use spire_common::telemetry::live::LiveTelemetry;
+use spire_common::telemetry::{self, TelemetryConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -150,9 +151,11 @@ pub async fn run_with_reload(
     // Before any TLS configuration is built: the API listener and federation client follow it.
     spire_common::tls::require_pq_kem(config.experimental.require_pq_kem);
     let telemetry = telemetry_config(&config)?;
-    let metrics = Metrics::new(telemetry.clone())?;
-    telemetry::install_global(metrics.clone());
-    let prometheus = telemetry::bind_prometheus(&telemetry).await?;
+    // Telemetry (and its Prometheus listener) stops when this function returns, however.
+    let telemetry_stop = CancellationToken::new();
+    let _telemetry_guard = telemetry_stop.clone().drop_guard();
+    let live_telemetry = LiveTelemetry::start(telemetry, telemetry_stop).await?;
+    let metrics = live_telemetry.metrics();
 
     let datastore: Arc<dyn DataStore> = Arc::new(crate::datastore::metered::MeteredDataStore::new(
         Arc::new(open_datastore(&catalog).await?),
@@ -253,8 +256,14 @@ pub async fn run_with_reload(
 
     let reloader = match reload {
         Some(source) => Some(
-            crate::reload::Reloader::new(source, config.clone(), &catalog, ctx.clone())
-                .context("cannot read the configuration file again for live reload")?,
+            crate::reload::Reloader::new(
+                source,
+                config.clone(),
+                &catalog,
+                ctx.clone(),
+                live_telemetry.clone(),
+            )
+            .context("cannot read the configuration file again for live reload")?,
         ),
         None => None,
     };
@@ -286,14 +295,6 @@ pub async fn run_with_reload(
             &mut tasks,
         )
         .await?;
-    }
-    if let Some(listener) = prometheus {
-        let (metrics, cancel) = (metrics.clone(), cancel.clone());
-        tasks.spawn(async move {
-            if let Err(e) = telemetry::serve_prometheus(listener, metrics, cancel).await {
-                tracing::error!(error = %e, "Prometheus listener stopped");
-            }
-        });
     }
     tasks.spawn(telemetry::report_process_gauges(
         metrics.clone(),

@@ -228,7 +228,7 @@ fn go_time(t: SystemTime) -> String {
 
 /// Writes the InMem data to the log on every SIGUSR1 until `cancel` fires.
 pub(crate) async fn dump_on_sigusr1(
-    sink: std::sync::Arc<InMemSink>,
+    metrics: super::Metrics,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut signals = match tokio::signal::unix::signal(
@@ -247,7 +247,7 @@ pub(crate) async fn dump_on_sigusr1(
                 if got.is_none() {
                     return;
                 }
-                for line in sink.dump() {
+                for line in metrics.inmem_dump().unwrap_or_default() {
                     tracing::info!(subsystem_name = "telemetry", "{line}");
                 }
             }

@@ -22,9 +22,14 @@
 //!
 //! Code away from the gRPC layers emits through [`global`], which the process sets once at
 //! start ([`install_global`]); with no sink it is a no-op that allocates nothing.
+//!
+//! Every clone of a [`Metrics`] shares one sink set, which a configuration reload swaps
+//! ([`live::LiveTelemetry`]): the gRPC layers, the global handle and the Prometheus listener
+//! all follow the new `telemetry` block at once (beyond upstream, which reads it only at start).
 
 pub mod agent;
 pub mod inmem;
+pub mod live;
 pub mod names;
 mod prometheus;
 pub mod rpc;
@@ -194,6 +199,17 @@ impl TelemetryConfig {
         })
     }
 
+    /// Whether `other` names and labels metrics as this does (the sinks aside).
+    fn same_naming(&self, other: &Self) -> bool {
+        self.prefix == other.prefix
+            && self.trust_domain_label == other.trust_domain_label
+            && self.host_label == other.host_label
+            && self.allowed_prefixes == other.allowed_prefixes
+            && self.blocked_prefixes == other.blocked_prefixes
+            && self.allowed_labels == other.allowed_labels
+            && self.blocked_labels == other.blocked_labels
+    }
+
     /// Whether any sink is configured.
     pub fn has_sink(&self) -> bool {
         self.prometheus.is_some()
@@ -231,20 +247,21 @@ struct PrometheusSink {
 
 struct Inner {
     config: TelemetryConfig,
-    prometheus: Option<PrometheusSink>,
+    prometheus: Option<Arc<PrometheusSink>>,
     udp: Vec<UdpSink>,
     inmem: Option<Arc<inmem::InMemSink>>,
 }
 
-/// Where metrics go. Cloning shares the sinks; `Metrics::default()` records nothing (no
-/// sink configured), so code can always emit.
+/// Where metrics go. Cloning shares the sinks, and a reload's new sinks
+/// ([`live::LiveTelemetry`]); `Metrics::default()` records nothing (no sink configured), so
+/// code can always emit.
 #[derive(Clone, Default)]
-pub struct Metrics(Option<Arc<Inner>>);
+pub struct Metrics(Arc<RwLock<Option<Arc<Inner>>>>);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Metrics")
-            .field(&self.0.as_ref().map(|i| &i.config))
+            .field(&self.current().map(|i| i.config.clone()))
             .finish()
     }
 }
@@ -254,36 +271,53 @@ static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// The process's metrics for code that has no handle passed to it.
-static GLOBAL: RwLock<Metrics> = RwLock::new(Metrics(None));
+static GLOBAL: RwLock<Option<Metrics>> = RwLock::new(None);
 
-/// Makes `metrics` what [`global`] returns (set once at start; a reload may replace it).
+/// What [`global`] returns before [`install_global`]: records nothing, and is never swapped.
+static DISABLED: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
+
+/// Makes `metrics` what [`global`] returns (set once at start; a reload swaps the sinks
+/// behind it).
 pub fn install_global(metrics: Metrics) {
     if let Ok(mut global) = GLOBAL.write() {
-        *global = metrics;
+        *global = Some(metrics);
     }
 }
 
 /// The process's metrics (a no-op until [`install_global`]).
 pub fn global() -> Metrics {
-    GLOBAL.read().map(|m| m.clone()).unwrap_or_default()
+    GLOBAL
+        .read()
+        .ok()
+        .and_then(|m| m.clone())
+        .unwrap_or_else(|| DISABLED.clone())
 }
 
-impl Metrics {
-    /// Metrics for `config`; records nothing when it has no sink.
-    pub fn new(config: TelemetryConfig) -> Result<Self, TelemetryError> {
+impl Inner {
+    /// The sinks of `config`, or `None` when it has none. The Prometheus registry and the
+    /// InMem aggregates of `previous` are kept when they stay on with the same naming (so a
+    /// reload that only adds a statsd address does not reset the Prometheus counters).
+    fn build(
+        config: TelemetryConfig,
+        previous: Option<&Inner>,
+    ) -> Result<Option<Arc<Self>>, TelemetryError> {
         if !config.has_sink() {
-            return Ok(Self::default());
+            return Ok(None);
         }
+        let same_naming = previous.filter(|p| p.config.same_naming(&config));
         let prometheus = match config.prometheus {
             None => None,
-            Some(_) => {
-                let recorder = PrometheusBuilder::new()
-                    .set_buckets(&LATENCY_BUCKETS_MS)
-                    .map_err(|e| TelemetryError::Exporter(e.to_string()))?
-                    .build_recorder();
-                let handle = recorder.handle();
-                Some(PrometheusSink { recorder, handle })
-            }
+            Some(_) => match same_naming.and_then(|p| p.prometheus.clone()) {
+                Some(kept) => Some(kept),
+                None => {
+                    let recorder = PrometheusBuilder::new()
+                        .set_buckets(&LATENCY_BUCKETS_MS)
+                        .map_err(|e| TelemetryError::Exporter(e.to_string()))?
+                        .build_recorder();
+                    let handle = recorder.handle();
+                    Some(Arc::new(PrometheusSink { recorder, handle }))
+                }
+            },
         };
         let mut udp = Vec::new();
         for target in &config.statsd {
@@ -303,18 +337,41 @@ impl Metrics {
                 target.clone(),
             )?);
         }
-        let inmem = config.in_mem.then(|| Arc::new(inmem::InMemSink::default()));
-        Ok(Self(Some(Arc::new(Inner {
+        let inmem = config.in_mem.then(|| {
+            same_naming
+                .and_then(|p| p.inmem.clone())
+                .unwrap_or_default()
+        });
+        Ok(Some(Arc::new(Inner {
             config,
             prometheus,
             udp,
             inmem,
-        }))))
+        })))
+    }
+}
+
+impl Metrics {
+    /// Metrics for `config`; records nothing when it has no sink.
+    pub fn new(config: TelemetryConfig) -> Result<Self, TelemetryError> {
+        Ok(Self(Arc::new(RwLock::new(Inner::build(config, None)?))))
+    }
+
+    /// The sinks in effect now.
+    fn current(&self) -> Option<Arc<Inner>> {
+        self.0.read().ok().and_then(|i| i.clone())
+    }
+
+    /// Swaps in `inner` for every clone of this handle.
+    fn replace(&self, inner: Option<Arc<Inner>>) {
+        if let Ok(mut current) = self.0.write() {
+            *current = inner;
+        }
     }
 
     /// Whether anything is recorded.
     pub fn enabled(&self) -> bool {
-        self.0.is_some()
+        self.current().is_some()
     }
 
     /// The labels of `key` after the filters, or `None` when the metric is filtered out.
@@ -350,10 +407,10 @@ impl Metrics {
 
     /// Sends one metric to every sink.
     pub fn emit(&self, kind: Kind, key: &[&str], labels: &[(&str, String)], value: f64) {
-        let Some(inner) = &self.0 else {
+        let Some(inner) = self.current() else {
             return;
         };
-        let Some(labels) = Self::labels(inner, key, labels) else {
+        let Some(labels) = Self::labels(&inner, key, labels) else {
             return;
         };
         let prefix = inner.config.prefix.as_str();
@@ -402,7 +459,7 @@ impl Metrics {
     /// Records the milliseconds since `started` in `key` + `elapsed_time` (upstream's
     /// `Latency`).
     pub fn measure_since(&self, key: &[&str], labels: &[(&str, String)], started: Instant) {
-        if self.0.is_none() {
+        if !self.enabled() {
             return;
         }
         let mut elapsed_key = key.to_vec();
@@ -416,7 +473,7 @@ impl Metrics {
 
     /// Sets the gauge `key` to `at` as Unix seconds (absolute expiry gauges).
     pub fn set_time_gauge(&self, key: &[&str], labels: &[(&str, String)], at: SystemTime) {
-        if self.0.is_none() {
+        if !self.enabled() {
             return;
         }
         let secs = match at.duration_since(UNIX_EPOCH) {
@@ -436,7 +493,7 @@ impl Metrics {
         status: &str,
         started: Instant,
     ) {
-        if self.0.is_none() {
+        if !self.enabled() {
             return;
         }
         let mut all = labels.to_vec();
@@ -459,18 +516,14 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything recorded, when Prometheus is on.
     pub fn prometheus_text(&self) -> Option<String> {
-        self.0
-            .as_ref()
-            .and_then(|inner| inner.prometheus.as_ref())
-            .map(|p| p.handle.render())
+        self.current()
+            .and_then(|inner| inner.prometheus.as_ref().map(|p| p.handle.render()))
     }
 
     /// The lines an InMem dump (SIGUSR1) writes now, when `InMem` is on.
     pub fn inmem_dump(&self) -> Option<Vec<String>> {
-        self.0
-            .as_ref()
-            .and_then(|inner| inner.inmem.as_ref())
-            .map(|m| m.dump())
+        self.current()
+            .and_then(|inner| inner.inmem.as_ref().map(|m| m.dump()))
     }
 }
 
@@ -491,22 +544,15 @@ fn allowed(dotted: &str, allowed: &[String], blocked: &[String]) -> bool {
 }
 
 /// Upstream's process gauges: `started` (1, labelled `version` and `trust_domain_id`) once,
-/// and `uptime_in_ms` every 10 seconds, until `cancel` fires. With `InMem`, this task also
-/// writes the InMem data to the log on SIGUSR1.
+/// and `uptime_in_ms` every 10 seconds, until `cancel` fires. This task also writes the InMem
+/// data to the log on SIGUSR1 while `InMem` is on (it may be turned on by a reload).
 pub async fn report_process_gauges(
     metrics: Metrics,
     version: &'static str,
     trust_domain: String,
     cancel: CancellationToken,
 ) {
-    let Some(inner) = metrics.0.clone() else {
-        return;
-    };
-    let signals = async {
-        if let Some(sink) = &inner.inmem {
-            inmem::dump_on_sigusr1(sink.clone(), cancel.clone()).await;
-        }
-    };
+    let signals = inmem::dump_on_sigusr1(metrics.clone(), cancel.clone());
     let gauges = async {
         metrics.set_gauge(
             &["started"],
