@@ -394,20 +394,24 @@ fn refuse_unsupported(file: &str, s: &ServerSection) -> Result<(), ConfigError> 
     if s.profiling_enabled == Some(true) {
         return refuse(
             "server.profiling_enabled",
-            "Go pprof profiling is not available in this server; remove profiling_enabled              (profiling_port, profiling_freq and profiling_names are only read when it is true)",
+            "Go pprof profiling is not available in this server; remove profiling_enabled \
+             (profiling_port, profiling_freq and profiling_names are only read when it is true)",
         );
     }
     let e = &s.experimental;
     if e.auth_opa_policy_engine.is_some() {
         return refuse(
             "server.experimental.auth_opa_policy_engine",
-            "custom OPA authorization policies are not supported; this server enforces              upstream's default policy. Remove the block rather than run with a policy that              would be ignored",
+            "custom OPA authorization policies are not supported; this server enforces \
+             upstream's default policy. Remove the block rather than run with a policy that \
+             would be ignored",
         );
     }
     if e.agent_spiffe_id_as_selector == Some(true) {
         return refuse(
             "server.experimental.agent_spiffe_id_as_selector",
-            "adding the agent's SPIFFE ID as a node selector is not supported yet; remove the              key and register entries under the agent's ID as parent instead",
+            "adding the agent's SPIFFE ID as a node selector is not supported yet; remove the \
+             key and register entries under the agent's ID as parent instead",
         );
     }
     if e.wit_key_type.is_some() || e.wit_issuer.is_some() {
