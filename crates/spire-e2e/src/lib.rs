@@ -41,6 +41,36 @@ pub fn interop_program(var: &str) -> PathBuf {
     path
 }
 
+/// The folder of the Go test plugins `scripts/plugin-deps.sh` builds (named by
+/// `SPIRE_TEST_PLUGINS` in `target/plugin-deps.env`); a loud failure saying how to make it.
+pub fn test_plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
+        panic!(
+            "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
+             module proxy) and `. target/plugin-deps.env`"
+        )
+    });
+    PathBuf::from(dir)
+}
+
+/// A Go test plugin binary by name; a missing one is a loud failure saying how to build it.
+pub fn test_plugin(name: &str) -> PathBuf {
+    let path = test_plugins_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/plugin-deps.sh",
+        path.display()
+    );
+    path
+}
+
+/// Creates (if needed) and returns the folder `name` under `parent`.
+pub fn subdir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
+    d
+}
+
 /// Like [`interop_program`] for any path the environment variable `var` names, a folder
 /// such as `PEBBLE_CERTS_DIR` included.
 pub fn interop_path(var: &str) -> PathBuf {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use spire_e2e::aws::{FakeImds, Moto, with_env};
+use spire_e2e::subdir as dir;
 use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, interop_program, run_to_failure,
     selector_strings, server_config,
@@ -32,12 +33,6 @@ const TD: &str = "example.org";
 const DENIED: &str = "the SPIRE server denied the agent: nodeattestor(aws_iid)";
 
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-fn dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Starts our spire-server with `moto`'s environment, `plugins` (HCL blocks) added beside
 /// join_token and `extra_server_keys` inside `server { }`.

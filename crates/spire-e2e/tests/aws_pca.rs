@@ -27,17 +27,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use spire_e2e::aws::{Moto, with_env};
+use spire_e2e::subdir as dir;
 use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, current_uid, run_to_failure, server_config,
 };
 
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-fn dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn config_text(dir: &Path, port: u16, plugin: &str) -> (PathBuf, PathBuf) {
     let socket = dir.join("api.sock");

@@ -12,29 +12,14 @@
     reason = "tests"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use spire_e2e::test_plugin as plugin;
 use spire_e2e::{AgentProcess, ServerPaths, ServerProcess, binary, interop_program, server_config};
 
 const TD: &str = "example.org";
-
-fn plugin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
-        panic!(
-            "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
-             module proxy) and `. target/plugin-deps.env`"
-        )
-    });
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/plugin-deps.sh",
-        path.display()
-    );
-    path
-}
 
 /// Starts `program` with the disk KeyManager replaced by the external one at `plugin_cmd`,
 /// logging signatures to `sign_log`.

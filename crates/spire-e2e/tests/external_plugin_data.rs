@@ -11,28 +11,13 @@
     reason = "tests"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use spire_e2e::test_plugin as plugin;
 use spire_e2e::{ServerPaths, ServerProcess, binary, eventually, interop_program, server_config};
 
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-fn plugin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
-        panic!(
-            "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
-             module proxy) and `. target/plugin-deps.env`"
-        )
-    });
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/plugin-deps.sh",
-        path.display()
-    );
-    path
-}
 
 /// The plugin_data written in server.conf, with nested and labeled blocks, maps and lists.
 fn plugin_data(output: &Path) -> String {

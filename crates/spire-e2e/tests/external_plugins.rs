@@ -20,37 +20,10 @@ use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, interop_program, run_to_failure,
     selector_strings, server_config,
 };
+use spire_e2e::{subdir as dir, test_plugin as plugin, test_plugins_dir as plugins_dir};
 
 const TD: &str = "example.org";
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-/// The folder of the built test plugins; a missing one is a loud failure saying how to make it.
-fn plugins_dir() -> PathBuf {
-    let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
-        panic!(
-            "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
-             module proxy) and `. target/plugin-deps.env`"
-        )
-    });
-    PathBuf::from(dir)
-}
-
-/// A test plugin binary.
-fn plugin(name: &str) -> PathBuf {
-    let path = plugins_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/plugin-deps.sh",
-        path.display()
-    );
-    path
-}
-
-fn dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn server_block(extra: &str) -> String {
     server_block_in(&plugins_dir(), extra)

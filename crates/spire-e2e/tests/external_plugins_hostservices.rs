@@ -10,37 +10,16 @@
     reason = "tests"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, interop_program, selector_strings,
     server_config,
 };
+use spire_e2e::{subdir as dir, test_plugin as plugin};
 
 const TD: &str = "example.org";
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-fn plugin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
-        panic!(
-            "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
-             module proxy) and `. target/plugin-deps.env`"
-        )
-    });
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/plugin-deps.sh",
-        path.display()
-    );
-    path
-}
-
-fn dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn start_server(program: &Path, dir: &Path) -> ServerProcess {
     let block = format!(

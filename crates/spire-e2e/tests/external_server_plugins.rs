@@ -18,7 +18,7 @@
     reason = "tests"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,32 +26,10 @@ use base64::Engine as _;
 use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, current_uid, eventually, server_config,
 };
+use spire_e2e::{subdir as dir, test_plugin as plugin};
 
 const TD: &str = "example.org";
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-/// A test plugin binary; a missing one is a loud failure saying how to build it.
-fn plugin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SPIRE_TEST_PLUGINS").unwrap_or_else(|| {
-        panic!(
-            "SPIRE_TEST_PLUGINS is not set: run scripts/plugin-deps.sh (needs Go and the Go \
-             module proxy) and `. target/plugin-deps.env`"
-        )
-    });
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/plugin-deps.sh",
-        path.display()
-    );
-    path
-}
-
-fn dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Starts our server with `blocks` added to its `plugins { }` (join_token stays).
 fn start_server(dir: &Path, blocks: &str) -> ServerProcess {

@@ -23,6 +23,7 @@ use serde_json::json;
 use spire_e2e::cloud::{
     EntraSigner, FakeCloud, GoogleSigner, azure_vm_resources, gce_claims, gce_instance, msi_claims,
 };
+use spire_e2e::subdir as dir;
 use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, interop_program, run_to_failure,
     selector_strings, server_config,
@@ -81,12 +82,6 @@ fn agent_refused(dir: &Path, server: &ServerProcess, attestor: &str) -> String {
         Duration::from_secs(90),
         "the agent kept running although its attestation should be refused",
     )
-}
-
-fn dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
-    d
 }
 
 fn shown_selectors(server: &ServerProcess, agent_id: &str) -> (serde_json::Value, Vec<String>) {

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use spire_e2e::pop::{KeyAlg, OpensslCa, SshCa, openssl_serial, openssl_sha1_fingerprint};
+use spire_e2e::subdir as dir;
 use spire_e2e::{
     AgentProcess, ServerPaths, ServerProcess, binary, interop_program, run_to_failure,
     selector_strings, server_config,
@@ -109,12 +110,6 @@ fn sshpop_server_block(ca_line: &str, extra: &str) -> String {
     format!(
         "    NodeAttestor \"sshpop\" {{\n        plugin_data {{\n            cert_authorities = [\"{ca_line}\"]\n            {extra}\n        }}\n    }}\n"
     )
-}
-
-fn dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
-    d
 }
 
 /// Upstream's sshpop fingerprint of a `-cert.pub` file, computed with `openssl`:
