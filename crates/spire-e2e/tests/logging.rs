@@ -52,6 +52,36 @@ fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
         );
     }
 
+    // Lines say which part wrote them, as upstream's `subsystem_name`, and where the APIs
+    // listen; CA times are RFC 3339 as Go marshals them.
+    let entries: Vec<serde_json::Value> = written
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let find = |msg: &str| {
+        entries
+            .iter()
+            .find(|e| e["msg"] == msg)
+            .unwrap_or_else(|| panic!("no {msg:?} line in:\n{written}"))
+    };
+    assert_eq!(find("X509 CA prepared")["subsystem_name"], "ca_manager");
+    let expiration = find("X509 CA activated")["expiration"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        expiration.ends_with('Z') && &expiration[10..11] == "T",
+        "expiration {expiration} is not RFC 3339"
+    );
+    let starting: Vec<_> = entries
+        .iter()
+        .filter(|e| e["msg"] == "Starting Server APIs")
+        .collect();
+    assert_eq!(starting.len(), 2, "{written}");
+    assert!(starting.iter().all(|e| e["subsystem_name"] == "endpoints"));
+    assert!(starting.iter().any(|e| e["network"] == "tcp"));
+    assert!(starting.iter().any(|e| e["network"] == "unix"));
+
     let rotated = dir.path().join("spire-server.log.1");
     std::fs::rename(&log_file, &rotated).unwrap();
     send_signal(server.pid().unwrap(), Signal::USR2).unwrap();

@@ -304,6 +304,14 @@ impl<S: Subscriber> Layer<S> for LogrusLayer {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let meta = event.metadata();
+        if !fields.data.contains_key("subsystem_name")
+            && let Some(name) = super::subsystem::subsystem_for(meta.target())
+        {
+            fields.data.insert(
+                "subsystem_name".to_owned(),
+                FieldValue::Str(name.to_owned()),
+            );
+        }
         if self.source_location {
             if let (Some(file), Some(line)) = (meta.file(), meta.line()) {
                 let base = file.rsplit('/').next().unwrap_or(file);
@@ -430,5 +438,43 @@ mod tests {
             "time=\"2026-12-07T01:02:03Z\" level=debug msg=\"Incoming request\" \
              url=\"{\\\"Path\\\":\\\"/keys\\\",\\\"User\\\":null}\"\n"
         );
+    }
+
+    #[test]
+    fn lines_carry_the_subsystem_of_the_module_that_wrote_them() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let layer = LogrusLayer::new(
+            LogFormat::Json,
+            BoxMakeWriter::new(move || writer.clone()),
+            false,
+        );
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::info!(target: "spire_server::ca::manager", "X509 CA prepared");
+            tracing::info!(target: "spire_server::api::audit", subsystem_name = "api", "API accessed");
+            tracing::info!(target: "spire_server::server", "starting spire-server");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines[0]["subsystem_name"], "ca_manager");
+        assert_eq!(lines[1]["subsystem_name"], "api");
+        assert!(lines[2].get("subsystem_name").is_none(), "{}", lines[2]);
     }
 }

@@ -8,6 +8,7 @@
 
 mod logrus;
 mod reopen;
+mod subsystem;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -259,6 +259,14 @@ fn x509_error(e: X509Error) -> CaError {
     }
 }
 
+/// A time as upstream's JSON log lines write it (Go's `time.Time` marshals as RFC 3339 with
+/// nanoseconds, trailing zeros trimmed), in UTC.
+fn log_time(t: OffsetDateTime) -> String {
+    let utc = t.to_offset(time::UtcOffset::UTC);
+    utc.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| utc.to_string())
+}
+
 fn to_time(ttl: Duration) -> Result<time::Duration, CaError> {
     time::Duration::try_from(ttl)
         .map_err(|_| CaError::InvalidArgument(format!("TTL {ttl:?} is too large")))
@@ -828,8 +836,8 @@ impl CaManager {
         self.save_journal(state).await;
         tracing::info!(
             slot = slot_id,
-            issued_at = %now,
-            expiration = %validity.not_after,
+            issued_at = %log_time(now),
+            expiration = %log_time(validity.not_after),
             self_signed = self.upstream.is_none(),
             local_authority_id = %authority_id,
             upstream_authority_id = %upstream_authority_id,
@@ -942,9 +950,10 @@ impl CaManager {
         let (authority_id, issued_at) = (slot.authority_id.clone(), slot.issued_at);
         tracing::info!(
             slot = slot.id,
-            issued_at = %slot.issued_at,
-            expiration = %slot.not_after,
+            issued_at = %log_time(slot.issued_at),
+            expiration = %log_time(slot.not_after),
             local_authority_id = %slot.authority_id,
+            upstream_authority_id = %slot.upstream_authority_id,
             "X509 CA activated"
         );
         metrics::x509_ca_activated(self.trust_domain.name(), slot.not_after.into());
@@ -1046,8 +1055,8 @@ impl CaManager {
         self.save_journal(state).await;
         tracing::info!(
             slot = slot_id,
-            issued_at = %now,
-            expiration = %not_after,
+            issued_at = %log_time(now),
+            expiration = %log_time(not_after),
             local_authority_id = %kid,
             "JWT key prepared"
         );
@@ -1061,8 +1070,8 @@ impl CaManager {
         let (authority_id, issued_at) = (slot.authority_id.clone(), slot.issued_at);
         tracing::info!(
             slot = slot.id,
-            issued_at = %slot.issued_at,
-            expiration = %slot.not_after,
+            issued_at = %log_time(slot.issued_at),
+            expiration = %log_time(slot.not_after),
             local_authority_id = %slot.authority_id,
             "JWT key activated"
         );

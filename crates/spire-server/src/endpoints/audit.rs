@@ -93,7 +93,7 @@ where
 pub fn base_fields(path: &str, caller: &Caller) -> Fields {
     let (service, method) = names(path);
     let mut fields = Fields::new();
-    fields.insert("subsystem_name".into(), "endpoints".into());
+    fields.insert("subsystem_name".into(), "api".into());
     fields.insert("service".into(), service.into());
     fields.insert("method".into(), method.into());
     fields.insert("request_id".into(), uuid::Uuid::new_v4().to_string().into());

@@ -262,6 +262,17 @@ impl Endpoints {
             reloader,
             proxy_trusted,
         } = self;
+        // Upstream's start-up lines, which operators grep for the listening addresses.
+        if let Ok(addr) = tcp.local_addr() {
+            tracing::info!(address = %addr, network = "tcp", "Starting Server APIs");
+        }
+        if let Some(path) = unix
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+        {
+            tracing::info!(address = %path, network = "unix", "Starting Server APIs");
+        }
         let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(metrics);
         let stop = cancel.child_token();
         let mut tasks = JoinSet::new();
@@ -350,6 +361,7 @@ impl Endpoints {
         let (unix_result, tcp_result) = tokio::join!(unix_server, tcp_server);
         stop.cancel();
         while tasks.join_next().await.is_some() {}
+        tracing::info!("Server APIs have stopped");
         unix_result.and(tcp_result)
     }
 }
