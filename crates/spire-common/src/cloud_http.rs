@@ -74,16 +74,20 @@ impl CloudHttpClient {
     /// container), HTTPS requests fail naming the cause while plain HTTP still works.
     pub fn new() -> Self {
         let tls = match crate::http_get::system_roots_tls_config() {
-            Ok(mut config) => {
-                // The connector sets ALPN itself and refuses a preset list.
-                config.alpn_protocols.clear();
-                config
-            }
+            Ok(config) => config,
             Err(e) => {
                 tracing::warn!(error = %e, "HTTPS requests to cloud providers will fail");
                 empty_roots_config()
             }
         };
+        Self::with_tls(tls)
+    }
+
+    /// A client with its own TLS configuration (a private CA's roots, a client certificate
+    /// for mutual TLS), e.g. for an on-premises CA's REST API.
+    pub fn with_tls(mut tls: rustls::ClientConfig) -> Self {
+        // The connector sets ALPN itself and refuses a preset list.
+        tls.alpn_protocols.clear();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

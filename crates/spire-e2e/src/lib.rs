@@ -21,6 +21,7 @@ pub mod cloud;
 pub mod ghostunnel;
 pub mod kube;
 pub mod pebble;
+pub mod pki;
 pub mod pop;
 pub mod workload;
 
@@ -954,6 +955,34 @@ plugins {{
         connection_string = hcl_escape(paths.connection_string),
         extra = paths.extra_server_keys,
     )
+}
+
+/// Writes [`server_config`] with SQLite into `dir` for `port`, with `plugins` (HCL plugin
+/// blocks) added after the join_token NodeAttestor, for tests of one more plugin; returns the
+/// config path and the admin socket, as [`ServerProcess::start_on_free_port`] wants them.
+pub fn write_server_config_with_plugins(
+    dir: &Path,
+    port: u16,
+    plugins: &str,
+) -> (PathBuf, PathBuf) {
+    const JOIN_TOKEN_BLOCK: &str =
+        "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
+    let socket = dir.join("api.sock");
+    let data_dir = dir.join("data");
+    let config_path = dir.join("server.conf");
+    let connection_string = format!("{}/datastore.sqlite3", data_dir.display());
+    let config = server_config(&ServerPaths {
+        port,
+        socket: &socket,
+        data_dir: &data_dir,
+        keys: &data_dir.join("keys.json"),
+        database_type: "sqlite3",
+        connection_string: &connection_string,
+        extra_server_keys: "",
+    })
+    .replace(JOIN_TOKEN_BLOCK, &format!("{JOIN_TOKEN_BLOCK}{plugins}"));
+    std::fs::write(&config_path, config).unwrap();
+    (config_path, socket)
 }
 
 /// Where a test agent keeps everything, for [`agent_config`].

@@ -22,36 +22,15 @@
     reason = "tests"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use spire_e2e::aws::{Moto, with_env};
+use spire_e2e::pki::{openssl_verify, pem_certificates, write_pem};
 use spire_e2e::subdir as dir;
-use spire_e2e::{
-    AgentProcess, ServerPaths, ServerProcess, binary, current_uid, run_to_failure, server_config,
-};
-
-const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-fn config_text(dir: &Path, port: u16, plugin: &str) -> (PathBuf, PathBuf) {
-    let socket = dir.join("api.sock");
-    let data_dir = dir.join("data");
-    let config_path = dir.join("server.conf");
-    let connection_string = format!("{}/datastore.sqlite3", data_dir.display());
-    let config = server_config(&ServerPaths {
-        port,
-        socket: &socket,
-        data_dir: &data_dir,
-        keys: &data_dir.join("keys.json"),
-        database_type: "sqlite3",
-        connection_string: &connection_string,
-        extra_server_keys: "",
-    })
-    .replace(JOIN_TOKEN_BLOCK, &format!("{JOIN_TOKEN_BLOCK}{plugin}"));
-    std::fs::write(&config_path, config).unwrap();
-    (config_path, socket)
-}
+use spire_e2e::write_server_config_with_plugins as config_text;
+use spire_e2e::{AgentProcess, ServerProcess, binary, current_uid, run_to_failure};
 
 /// `UpstreamAuthority "aws_pca"` with `keys` (HCL lines) in its `plugin_data`.
 fn plugin(keys: &[(&str, &str)]) -> String {
@@ -68,51 +47,6 @@ fn plugin(keys: &[(&str, &str)]) -> String {
 fn start_server(dir: &Path, env: &[(String, String)], plugin: &str) -> ServerProcess {
     let program = with_env(dir, &binary("spire-server"), env);
     ServerProcess::start_program_on_free_port(&program, dir, |port| config_text(dir, port, plugin))
-}
-
-fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
-    spire_core::pem::decode_certificates(text.as_bytes()).unwrap()
-}
-
-fn write_pem(path: &Path, certs: &[Vec<u8>]) -> PathBuf {
-    std::fs::write(
-        path,
-        spire_core::pem::encode_certificates(certs.iter().map(Vec::as_slice)),
-    )
-    .unwrap();
-    path.to_owned()
-}
-
-/// `openssl verify` of `leaf` against `roots` through `intermediates`.
-fn openssl_verify(
-    dir: &Path,
-    roots: &[Vec<u8>],
-    intermediates: &[Vec<u8>],
-    leaf: &[u8],
-) -> Result<(), String> {
-    let mut command = Command::new("openssl");
-    command
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(write_pem(&dir.join("roots.pem"), roots));
-    if !intermediates.is_empty() {
-        command
-            .arg("-untrusted")
-            .arg(write_pem(&dir.join("intermediates.pem"), intermediates));
-    }
-    let out = command
-        .arg(write_pem(&dir.join("leaf.pem"), &[leaf.to_vec()]))
-        .output()
-        .unwrap_or_else(|e| panic!("run openssl (apt-get install openssl): {e}"));
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 /// A self-signed CA certificate that is not the PCA's, for `supplemental_bundle_path`.

@@ -1,7 +1,8 @@
 //! Upstream's own example configurations, unchanged, through the real `spire-server validate`
-//! and `spire-agent validate`: the quickstart files load; the "full" files and the Helm
-//! chart's default server ConfigMap name the one plugin this build does not have, and load
-//! once that plugin is left out.
+//! and `spire-agent validate`: the quickstart files and the Helm chart's default server
+//! ConfigMap load; the "full" files, which enable every plugin as a reference, are refused
+//! only where upstream's own server and agent cannot run them either (two UpstreamAuthorities,
+//! an empty `k8s_psat` cluster), and load once that is resolved.
 //!
 //! The files in `tests/data/upstream_conf` are byte-for-byte copies of upstream SPIRE's
 //! `conf/` at v1.13.3 and v1.15.3 (`server.conf`, `agent.conf` and the dummy CA files are the
@@ -122,7 +123,11 @@ fn quickstart_configs_validate_unchanged() {
 }
 
 #[test]
-fn full_server_configs_name_the_missing_upstream_authority_and_load_without_it() {
+fn full_server_configs_load_with_either_of_their_two_upstream_authorities() {
+    // server_full.conf enables every server plugin as a reference, two UpstreamAuthorities
+    // ("disk" and "ejbca") among them, which upstream's own server cannot run either (its
+    // catalog takes at most one; its `validate` does not load the catalog). Every plugin
+    // block loads: the file minus either UpstreamAuthority is valid.
     let checkout = upstream_checkout();
     for version in ["v1.13.3", "v1.15.3"] {
         let file = data(&format!("{version}-server_full.conf"));
@@ -130,18 +135,20 @@ fn full_server_configs_name_the_missing_upstream_authority_and_load_without_it()
             "spire-server",
             &file,
             checkout.path(),
-            "UpstreamAuthority \"ejbca\"",
+            "at most one UpstreamAuthority may be configured; found 2",
         );
         let text = std::fs::read_to_string(&file).unwrap();
-        let trimmed = checkout
-            .path()
-            .join(format!("{version}-server_full-no-ejbca.conf"));
-        std::fs::write(
-            &trimmed,
-            without_plugin(&text, "UpstreamAuthority", "ejbca"),
-        )
-        .unwrap();
-        assert_valid("spire-server", &trimmed, checkout.path());
+        for left_out in ["ejbca", "disk"] {
+            let trimmed = checkout
+                .path()
+                .join(format!("{version}-server_full-no-{left_out}.conf"));
+            std::fs::write(
+                &trimmed,
+                without_plugin(&text, "UpstreamAuthority", left_out),
+            )
+            .unwrap();
+            assert_valid("spire-server", &trimmed, checkout.path());
+        }
     }
 }
 

@@ -658,6 +658,11 @@ async fn builtin_upstream_authority(
                 .context("cannot load plugins.UpstreamAuthority \"aws_pca\"")?;
             Ok(Arc::new(pca))
         }
+        UpstreamAuthorityChoice::Ejbca(c) => {
+            let ejbca = crate::plugins::upstreamauthority::ejbca::EjbcaUpstreamAuthority::load(c)
+                .context("cannot load plugins.UpstreamAuthority \"ejbca\"")?;
+            Ok(Arc::new(ejbca))
+        }
     }
 }
 

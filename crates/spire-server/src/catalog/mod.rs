@@ -24,6 +24,7 @@ use crate::plugins::nodeattestor::x509pop::{self, X509PopConfig};
 use crate::plugins::notifier::k8sbundle::{self, K8sBundleConfig};
 use crate::plugins::upstreamauthority::aws_pca::{self, AwsPcaConfig};
 use crate::plugins::upstreamauthority::awssecret::{self, AwsSecretConfig};
+use crate::plugins::upstreamauthority::ejbca::{self, EjbcaConfig};
 use crate::plugins::upstreamauthority::spire::{self as spire_ua, SpireUpstreamAuthorityConfig};
 
 /// Plugin types upstream's server knows; the ones without built-ins here are refused by name.
@@ -195,6 +196,8 @@ pub enum UpstreamAuthorityChoice {
     AwsSecret(AwsSecretConfig),
     /// `UpstreamAuthority "aws_pca"`: AWS Certificate Manager Private CA.
     AwsPca(AwsPcaConfig),
+    /// `UpstreamAuthority "ejbca"`: a Keyfactor EJBCA CA through its REST API.
+    Ejbca(EjbcaConfig),
     /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
     External(ExternalPlugin),
 }
@@ -362,6 +365,12 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     AwsPcaConfig::from_data(data_file, &data_path, d)?,
                 ));
             }
+            ("UpstreamAuthority", ejbca::NAME) => {
+                let d: ejbca::Data = decl.parse_data()?;
+                upstream_authorities.push(UpstreamAuthorityChoice::Ejbca(EjbcaConfig::from_data(
+                    data_file, &data_path, d,
+                )?));
+            }
             ("NodeAttestor", "join_token") => {
                 decl.parse_data::<NoData>()?;
                 node_attestors.push(NodeAttestorChoice::JoinToken);
@@ -487,7 +496,7 @@ fn supported_names(kind: &str) -> &'static str {
             "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
         }
         "UpstreamAuthority" => {
-            "supported UpstreamAuthorities are \"disk\", \"spire\", \"awssecret\" and \"aws_pca\""
+            "supported UpstreamAuthorities are \"disk\", \"spire\", \"awssecret\", \"aws_pca\" and \"ejbca\""
         }
         "Notifier" => "the supported Notifier is \"k8sbundle\"",
         "BundlePublisher" => {

@@ -8,6 +8,7 @@ use spire_proto::spire::api::types;
 pub mod aws_pca;
 pub mod awssecret;
 pub mod disk;
+pub mod ejbca;
 pub mod external;
 pub mod spire;
 
