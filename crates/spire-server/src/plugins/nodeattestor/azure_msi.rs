@@ -87,6 +87,10 @@ struct TenantData {
     app_id: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     app_secret: Option<String>,
+    /// Deprecated upstream (its config struct no longer has it): the server's own identity
+    /// is used whenever no app registration is given, whatever this says.
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    use_msi: Option<bool>,
 }
 
 /// One tenant's settings.
@@ -124,6 +128,14 @@ impl AzureMsiConfig {
         }
         let mut tenants = BTreeMap::new();
         for (id, t) in data.tenants {
+            if t.use_msi.is_some() {
+                tracing::warn!(
+                    tenant = %id,
+                    "{path}.tenants.{id}.use_msi in {file} is deprecated and has no effect: the \
+                     server's managed identity is used when subscription_id, app_id and \
+                     app_secret are not set, as upstream; remove the key"
+                );
+            }
             let given = |v: Option<String>| v.filter(|v| !v.is_empty());
             let (subscription_id, app_id, app_secret) = (
                 given(t.subscription_id),
@@ -423,6 +435,11 @@ mod tests {
     fn bad_configs_name_the_tenant_and_key() {
         let err = parse("{}").unwrap_err().to_string();
         assert!(err.contains("at least one tenant"), "{err}");
+        // Upstream's server_full.conf still shows the deprecated use_msi: it loads.
+        let config = parse(r#"{"tenants": {"t1": {"use_msi": true}, "t2": {"use_msi": false}}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.tenants["t1"].credentials, Credentials::Default);
+        assert_eq!(config.tenants["t2"].credentials, Credentials::Default);
         let err = parse(r#"{"tenants": {"t1": {"app_id": "a", "app_secret": "p"}}}"#)
             .unwrap_err()
             .to_string();
