@@ -83,14 +83,67 @@ fn write_agent_config(dir: &Path, port: u16, blocks: &str) -> (PathBuf, PathBuf)
     (config_path, socket)
 }
 
-/// What one host made of the plugins: the agent's ID and node selectors, and the workload's
-/// SVID ID.
+/// The fields of the first logrus text line of `log` whose message is `msg` (values unquoted),
+/// without the ones that differ from run to run (`time`, `pid`; the plugin's own `timestamp`
+/// is checked for its shape only).
+fn logged_fields(log: &str, msg: &str) -> std::collections::BTreeMap<String, String> {
+    let wanted = format!("msg=\"{msg}\"");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&wanted))
+        .unwrap_or_else(|| panic!("no {msg:?} line in:\n{log}"));
+    let mut fields = std::collections::BTreeMap::new();
+    let mut rest = line;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().to_owned();
+        let after = &rest[eq + 1..];
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut end = 0;
+            let bytes = quoted.as_bytes();
+            while end < bytes.len()
+                && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\'))
+            {
+                end += 1;
+            }
+            (
+                quoted[..end].to_owned(),
+                quoted.get(end + 1..).unwrap_or(""),
+            )
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_owned(), &after[end..])
+        };
+        match key.as_str() {
+            "time" | "pid" => {}
+            // The plugin's own time, as hclog formats it (`2006-01-02T15:04:05.000Z0700`).
+            "timestamp" => {
+                assert!(
+                    value.len() >= 24 && &value[10..11] == "T" && &value[19..20] == ".",
+                    "{line}"
+                );
+                fields.insert(key, "present".to_owned());
+            }
+            _ => {
+                fields.insert(key, value);
+            }
+        }
+        rest = next;
+    }
+    fields
+}
+
+/// What one host made of the plugins: the agent's ID and node selectors, the workload's
+/// SVID ID, and the fields of the line the external WorkloadAttestor logged.
 fn attest_with(
     server_program: &Path,
     agent_program: &Path,
     case: &Path,
     plugins: &Path,
-) -> (String, Vec<String>) {
+) -> (
+    String,
+    Vec<String>,
+    std::collections::BTreeMap<String, String>,
+) {
     let server = start_server(
         server_program,
         &dir(case, "server"),
@@ -127,7 +180,9 @@ fn attest_with(
         "{fetched}\nagent log:\n{}",
         agent.log()
     );
-    (shown["id"].to_string(), selectors)
+    // The plugin's own log line (through the SDK's logger) reaches the agent's log, named.
+    let logged = logged_fields(&agent.log(), "Attesting workload");
+    (shown["id"].to_string(), selectors, logged)
 }
 
 /// Fails when a process whose binary is in `dir` still runs 20 s from now.
@@ -188,6 +243,9 @@ fn our_host_and_upstreams_attest_the_same_with_the_same_plugin_binaries() {
             "challenge:node:node-a".to_owned()
         ]
     );
+    assert_eq!(ours.2["plugin_name"], "pidwa", "{:?}", ours.2);
+    assert_eq!(ours.2["plugin_type"], "WorkloadAttestor", "{:?}", ours.2);
+    assert_eq!(ours.2["label"], "e2e", "{:?}", ours.2);
     assert_eq!(ours, upstreams);
 }
 

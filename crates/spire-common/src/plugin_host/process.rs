@@ -177,7 +177,8 @@ pub(crate) async fn start(
 
     let tail = Arc::new(Mutex::new(Vec::<String>::new()));
     if let Some(stderr) = child.stderr.take() {
-        let (kind, name, tail) = (plugin.kind.clone(), plugin.name.clone(), Arc::clone(&tail));
+        let mut forwarder = super::hclog::Forwarder::new(&plugin.kind, &plugin.name, path);
+        let tail = Arc::clone(&tail);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -187,7 +188,7 @@ pub(crate) async fn start(
                     }
                     tail.push(line.clone());
                 }
-                super::hclog::forward(&kind, &name, &line);
+                forwarder.forward(&line);
             }
         });
     }

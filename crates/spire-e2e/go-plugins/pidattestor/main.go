@@ -1,5 +1,6 @@
 // A test agent WorkloadAttestor: selectors `pid:<pid>` and `label:<label from plugin_data>`,
-// plus `ppid:<parent pid>` read from /proc so the answer depends on the real process.
+// plus `ppid:<parent pid>` read from /proc so the answer depends on the real process. Each
+// attestation is logged through the SDK's logger, so a test can find the line in the host's log.
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl"
 	"github.com/spiffe/spire-plugin-sdk/pluginmain"
 	workloadattestorv1 "github.com/spiffe/spire-plugin-sdk/proto/spire/plugin/agent/workloadattestor/v1"
@@ -27,6 +29,12 @@ type plugin struct {
 
 	mu     sync.Mutex
 	config *config
+	logger hclog.Logger
+}
+
+// SetLogger is called by the SDK with a logger whose lines reach the host's log.
+func (p *plugin) SetLogger(logger hclog.Logger) {
+	p.logger = logger
 }
 
 func (p *plugin) Configure(_ context.Context, req *configv1.ConfigureRequest) (*configv1.ConfigureResponse, error) {
@@ -55,6 +63,9 @@ func (p *plugin) Attest(_ context.Context, req *workloadattestorv1.AttestRequest
 	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
 	if len(fields) < 2 {
 		return nil, status.Error(codes.Internal, "malformed stat file")
+	}
+	if p.logger != nil {
+		p.logger.Info("Attesting workload", "pid", req.Pid, "label", c.Label)
 	}
 	return &workloadattestorv1.AttestResponse{SelectorValues: []string{
 		fmt.Sprintf("pid:%d", req.Pid),
