@@ -650,10 +650,10 @@ async fn an_expired_stored_svid_is_not_reused_the_join_token_attests_again() {
     let mut tokenless = agent_config(&server, dir.path(), None);
     tokenless.retry_bootstrap = false;
     let err = tokio::time::timeout(Duration::from_secs(30), spawn_agent(tokenless).1)
-    .await
-    .unwrap()
-    .unwrap()
-    .unwrap_err();
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert!(format!("{err:#}").contains("-joinToken"), "{err:#}");
 
     // With one it attests.

@@ -154,6 +154,12 @@ fn an_agent_started_before_its_server_retries_and_attests_once_the_server_is_up(
     // With the default, it retries with backoff, saying when it tries again...
     let agent_dir = dir(tmp.path(), "agent");
     let (agent_config, socket) = write_agent(&agent_dir, port, None, None, "");
+    let metrics_port = free_port();
+    let mut text = std::fs::read_to_string(&agent_config).unwrap();
+    text.push_str(&format!(
+        "\ntelemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {metrics_port}\n  }}\n}}\n"
+    ));
+    std::fs::write(&agent_config, text).unwrap();
     let (mut agent, log_path) = spawn_agent(&agent_dir, &agent_config, &["-joinToken", &token]);
     eventually("the agent logs a retry", Duration::from_secs(30), || {
         read(&log_path).contains("Failed to retrieve attestation result")
@@ -168,6 +174,25 @@ fn an_agent_started_before_its_server_retries_and_attests_once_the_server_is_up(
         !socket.exists(),
         "no Workload API before the agent has an SVID"
     );
+    // Upstream's gauges say a bootstrap is under way and count its bundle reads.
+    let metrics = scrape(metrics_port);
+    assert_eq!(
+        gauge(&metrics, "spire_agent_bootstraped", ""),
+        Some(0.0),
+        "{metrics}"
+    );
+    let attempts = gauge(
+        &metrics,
+        "spire_agent_bootstrap_attempts",
+        "mode=\"bootstrap\"",
+    );
+    assert!(attempts.is_some_and(|a| a >= 1.0), "{metrics}");
+    let started = gauge(
+        &metrics,
+        "spire_agent_bootstrap_seconds",
+        "mode=\"bootstrap\"",
+    );
+    assert!(started.is_some_and(|s| s > 1.7e9), "{metrics}");
 
     // ...and attests once the server is back.
     server.start_again();
@@ -187,7 +212,53 @@ fn an_agent_started_before_its_server_retries_and_attests_once_the_server_is_up(
         },
     );
     assert!(agent.try_wait().unwrap().is_none(), "{}", read(&log_path));
+    let metrics = scrape(metrics_port);
+    assert_eq!(
+        gauge(&metrics, "spire_agent_bootstraped", ""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        gauge(
+            &metrics,
+            "spire_agent_bootstrap_attempts",
+            "mode=\"rebootstrap\""
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
     stop(agent);
+}
+
+/// `GET /metrics` from the Prometheus listener on `port`.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The value of the series `name` whose labels contain `label` (any labels when empty).
+fn gauge(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .find(|line| line.contains(label))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }
 
 /// `bundle show` of `server` into `path`.
