@@ -279,8 +279,11 @@ fn chains_to(svid: &Path, bundle: &Path) -> bool {
         .success()
 }
 
-#[test]
-fn rebootstrap_always_attests_again_from_the_bundle_file_after_the_server_ca_changes() {
+/// The server is reinstalled with a new CA under an agent (`program`) in
+/// `rebootstrap_mode = "always"`: after `rebootstrap_delay` the agent attests again from its
+/// (updated) bundle file and serves SVIDs of the new CA. Upstream's agent exits to do so
+/// and is started again here, as its supervisor would; ours carries on in process.
+fn rebootstrap_after_the_server_ca_changes(program: &Path, exits_to_rebootstrap: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let pki = dir(tmp.path(), "pki");
     let root = OpensslCa::root(&pki, "root-ca");
@@ -318,8 +321,13 @@ fn rebootstrap_always_attests_again_from_the_bundle_file_after_the_server_ca_cha
         Some(&agent_block),
         "rebootstrap_mode = \"always\"\n    rebootstrap_delay = \"3s\"\n    experimental { sync_interval = \"1s\" }",
     );
-    let agent =
-        AgentProcess::start_with_config(&agent_dir, &agent_config, agent_socket.clone(), None);
+    let mut agent = AgentProcess::start_program_with_config(
+        program,
+        &agent_dir,
+        &agent_config,
+        agent_socket.clone(),
+        None,
+    );
     let fetched = dir(tmp.path(), "fetched-1");
     let fetched_arg = fetched.display().to_string();
     agent.cli_eventually(
@@ -341,6 +349,24 @@ fn rebootstrap_always_attests_again_from_the_bundle_file_after_the_server_ca_cha
 
     // After rebootstrap_delay the agent forgets its trust, attests again from the file and
     // serves an SVID of the new CA.
+    if exits_to_rebootstrap {
+        let status = agent.wait_exit(Duration::from_secs(120));
+        assert!(!status.success(), "{}", agent.log());
+        assert!(
+            agent
+                .log()
+                .contains("Trust Bandle and Server dont agree.... rebootstrapping"),
+            "{}",
+            agent.log()
+        );
+        agent = AgentProcess::start_program_with_config(
+            program,
+            &agent_dir,
+            &agent_config,
+            agent_socket.clone(),
+            None,
+        );
+    }
     let fetched = dir(tmp.path(), "fetched-2");
     let fetched_arg = fetched.display().to_string();
     eventually(
@@ -360,6 +386,21 @@ fn rebootstrap_always_attests_again_from_the_bundle_file_after_the_server_ca_cha
         second.agent_ids().contains(&agent_id),
         "{:?}",
         second.agent_ids()
+    );
+}
+
+#[test]
+fn rebootstrap_always_attests_again_from_the_bundle_file_after_the_server_ca_changes() {
+    rebootstrap_after_the_server_ca_changes(&binary("spire-agent"), false);
+}
+
+#[test]
+fn upstream_agent_rebootstraps_against_our_server_after_its_ca_changes() {
+    // Our server tells upstream's agent that x509pop agents may re-attest (`reattestable`),
+    // which its `always` mode requires.
+    rebootstrap_after_the_server_ca_changes(
+        &spire_e2e::interop_program("SPIRE_UPSTREAM_AGENT"),
+        true,
     );
 }
 
