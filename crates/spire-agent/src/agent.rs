@@ -15,11 +15,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminOptions};
+use crate::attestation::bootstrap_state::BootstrapState;
+use crate::attestation::rebootstrap::{self, RebootstrapNeeded};
 use crate::attestation::{self, AgentSvid, RotationConfig};
 use crate::cli::RunArgs;
 use crate::client::{AgentIdentity, ServerAddress, ServerClient, ServerTrust};
 use crate::config::{
-    self, KeyManagerChoice, NodeAttestorChoice, ResolvedAgentConfig, WorkloadAttestorChoice,
+    self, KeyManagerChoice, NodeAttestorChoice, RebootstrapMode, ResolvedAgentConfig,
+    WorkloadAttestorChoice,
 };
 use crate::health::AgentHealth;
 use crate::manager::server_api::bundle_from_proto;
@@ -100,6 +103,8 @@ pub async fn run(
 
 /// Like [`run`]; with `reload` (the `run` flags), SIGHUP and `spire-agent config reload`
 /// read the same file again and apply what can change live ([`crate::reload`]).
+/// When trust in the server is lost for good under `rebootstrap_mode`, the run ends and
+/// starts again from the bootstrap trust source in the same process.
 pub async fn run_with_reload(
     config: ResolvedAgentConfig,
     log_level: LogLevelHandle,
@@ -109,18 +114,6 @@ pub async fn run_with_reload(
     let rate_limiter = Arc::new(crate::workload::ratelimit::WorkloadRateLimiter::new(
         &config.ratelimit,
     ));
-    let reloader = match reload {
-        Some(overrides) => Some(
-            crate::reload::Reloader::new(
-                overrides,
-                config.clone(),
-                log_level.clone(),
-                Arc::clone(&rate_limiter),
-            )
-            .context("cannot read the configuration file again for live reload")?,
-        ),
-        None => None,
-    };
     let started_at = Instant::now();
     // Before any connection to the server: attestation, sync and rotation all follow it.
     spire_common::tls::require_pq_kem(config.experimental.require_pq_kem);
@@ -129,10 +122,6 @@ pub async fn run_with_reload(
     let telemetry_stop = CancellationToken::new();
     let _telemetry_guard = telemetry_stop.clone().drop_guard();
     let live_telemetry = LiveTelemetry::start(telemetry, telemetry_stop).await?;
-    let metrics = live_telemetry.metrics();
-    if let Some(reloader) = &reloader {
-        reloader.attach_telemetry(live_telemetry.clone());
-    }
     prepare_data_dir(&config)?;
     tracing::info!(
         trust_domain = config.trust_domain.name(),
@@ -150,40 +139,124 @@ pub async fn run_with_reload(
     let key_manager: Arc<dyn KeyManager> = Arc::new(
         crate::plugins::keymanager::metered::MeteredKeyManager::new(key_manager),
     );
+    let bootstrap_state = BootstrapState::new(storage.load_bundle().is_some());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let reloader = match &reload {
+            Some(overrides) => {
+                let reloader = crate::reload::Reloader::new(
+                    overrides.clone(),
+                    config.clone(),
+                    log_level.clone(),
+                    Arc::clone(&rate_limiter),
+                )
+                .context("cannot read the configuration file again for live reload")?;
+                reloader.attach_telemetry(live_telemetry.clone());
+                Some(reloader)
+            }
+            None => None,
+        };
+        let run = RunContext {
+            config: &config,
+            log_level: log_level.clone(),
+            reloader,
+            rate_limiter: Arc::clone(&rate_limiter),
+            metrics: live_telemetry.metrics(),
+            started_at,
+            storage: Arc::clone(&storage),
+            key_manager: Arc::clone(&key_manager),
+            bootstrap_state: bootstrap_state.clone(),
+        };
+        match run_once(run, shutdown.as_mut()).await {
+            Err(e) if e.chain().any(|c| c.is::<RebootstrapNeeded>()) => {
+                tracing::warn!("{e:#}; attesting again from the bootstrap trust bundle");
+            }
+            other => return other,
+        }
+    }
+}
 
-    let trust = attestation::bootstrap_trust(
-        storage.load_bundle(),
-        &config.bootstrap_bundle,
-        &config.trust_domain,
-    )
-    .await?;
-    let insecure = matches!(trust, ServerTrust::InsecureBootstrap);
+/// What one run of the agent (until shutdown or a rebootstrap) works with.
+struct RunContext<'a> {
+    config: &'a ResolvedAgentConfig,
+    log_level: LogLevelHandle,
+    reloader: Option<Arc<crate::reload::Reloader>>,
+    rate_limiter: Arc<crate::workload::ratelimit::WorkloadRateLimiter>,
+    metrics: telemetry::Metrics,
+    started_at: Instant,
+    storage: Arc<AgentStorage>,
+    key_manager: Arc<dyn KeyManager>,
+    bootstrap_state: BootstrapState,
+}
+
+/// Obtains the agent SVID (retrying as `retry_bootstrap` says), then serves until
+/// `shutdown` completes or trust in the server is lost for good ([`RebootstrapNeeded`]).
+async fn run_once(
+    run: RunContext<'_>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
+    let RunContext {
+        config,
+        log_level,
+        reloader,
+        rate_limiter,
+        metrics,
+        started_at,
+        storage,
+        key_manager,
+        bootstrap_state,
+    } = run;
+    let mut rebootstrap_mode = config.rebootstrap_mode;
+    if rebootstrap_mode != RebootstrapMode::Never
+        && let Some((_, reattestable)) = storage.load_svid()
+    {
+        rebootstrap_mode = rebootstrap::mode_for(rebootstrap_mode, reattestable)?;
+    }
     let address = ServerAddress {
         server_address: config.server_address.clone(),
         server_port: config.server_port,
         trust_domain: config.trust_domain.clone(),
     };
-    let client = ServerClient::new(&address, trust, None)?;
 
     let mut external_plugins = Vec::new();
-    let attestor = node_attestor(&config, &mut external_plugins).await?;
+    let attestor = node_attestor(config, &mut external_plugins).await?;
     // Plugins and listeners whose settings can be wrong are set up before attesting, so a
     // bad kubelet CA path or a taken health port never costs a single-use join token.
-    let attestors = workload_attestors(&config, &mut external_plugins).await?;
-    let svid_stores = svid_stores(&config, &mut external_plugins).await?;
+    let attestors = workload_attestors(config, &mut external_plugins).await?;
+    let svid_stores = svid_stores(config, &mut external_plugins).await?;
     let health_listener = if config.health_checks.listener_enabled {
         Some(health::bind(&config.health_checks).await?)
     } else {
         None
     };
-    let (svid, reattestable) =
-        agent_svid(attestor.as_ref(), &client, &storage, key_manager.as_ref())
-            .await
-            .context("cannot obtain an agent SVID")?;
-    if insecure || client.bundle().is_none() {
-        let roots = attestation::fetch_bundle(&client).await?;
-        client.set_bundle(roots.clone())?;
+    let attempt = || {
+        bootstrap_attempt(
+            config,
+            &address,
+            &bootstrap_state,
+            &storage,
+            attestor.as_ref(),
+            key_manager.as_ref(),
+        )
+    };
+    let never_stops = CancellationToken::new();
+    let bootstrapped = rebootstrap::BootstrapLoop {
+        retry: config.retry_bootstrap,
+        backoff: rebootstrap::BootstrapBackoff::new(rebootstrap_mode != RebootstrapMode::Never),
+        mode: &mut rebootstrap_mode,
+        delay: config.rebootstrap_delay,
+        state: &bootstrap_state,
+        storage: &storage,
+        cancel: &never_stops,
     }
+    .run(attempt);
+    let (client, svid, reattestable) = tokio::select! {
+        () = shutdown.as_mut() => {
+            tracing::info!("stopping spire-agent");
+            return Ok(());
+        }
+        bootstrapped = bootstrapped => bootstrapped?,
+    };
     // As upstream's manager does at start: the bundle in use goes to data_dir, so later
     // starts trust it rather than the bootstrap source (trust_bundle_path or _url).
     if let Some(roots) = client.bundle()
@@ -230,6 +303,14 @@ pub async fn run_with_reload(
     }
 
     let cancel = CancellationToken::new();
+    let trust_watch = tokio::spawn(rebootstrap::watch_server_trust(
+        manager.clone(),
+        bootstrap_state.clone(),
+        storage.clone(),
+        rebootstrap_mode,
+        config.rebootstrap_delay,
+        cancel.clone(),
+    ));
     let mut tasks = JoinSet::new();
     tasks.spawn(manager.clone().run(cancel.clone()));
     if !svid_stores.is_empty() {
@@ -350,7 +431,7 @@ pub async fn run_with_reload(
     };
 
     let result = tokio::select! {
-        () = shutdown => {
+        () = shutdown.as_mut() => {
             tracing::info!("stopping spire-agent");
             Ok(())
         }
@@ -364,10 +445,44 @@ pub async fn run_with_reload(
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the agent cannot continue")),
             Err(e) => Err(anyhow::anyhow!("agent SVID keeper failed: {e}")),
         },
+        needed = trust_watch => match needed {
+            Ok(needed) => Err(anyhow::Error::new(needed)),
+            Err(e) => Err(anyhow::anyhow!("server trust watch failed: {e}")),
+        },
     };
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// One attempt to obtain the agent SVID: the trust bundle (stored, else from the bootstrap
+/// source), a client for the server, and the stored SVID or a new one from node
+/// attestation. Returns the client, the SVID and whether it may be re-attested.
+async fn bootstrap_attempt(
+    config: &ResolvedAgentConfig,
+    address: &ServerAddress,
+    state: &BootstrapState,
+    storage: &AgentStorage,
+    attestor: &dyn NodeAttestor,
+    key_manager: &dyn KeyManager,
+) -> anyhow::Result<((ServerClient, AgentSvid, bool), bool)> {
+    let stored = storage.load_bundle();
+    if stored.is_none() {
+        state.bundle_read();
+    }
+    let trust =
+        attestation::bootstrap_trust(stored, &config.bootstrap_bundle, &config.trust_domain)
+            .await?;
+    let insecure = matches!(trust, ServerTrust::InsecureBootstrap);
+    let client = ServerClient::new(address, trust, None)?;
+    let (svid, reattestable) = agent_svid(attestor, &client, storage, key_manager)
+        .await
+        .context("cannot obtain an agent SVID")?;
+    if insecure || client.bundle().is_none() {
+        let roots = attestation::fetch_bundle(&client).await?;
+        client.set_bundle(roots.clone())?;
+    }
+    Ok(((client, svid, reattestable), reattestable))
 }
 
 /// The host services the agent offers to its external plugins, as upstream: `Metrics`, into

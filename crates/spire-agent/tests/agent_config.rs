@@ -610,32 +610,110 @@ fn profiling_is_refused_by_name_and_require_pq_kem_loads() {
     .unwrap();
 }
 
+/// An agent that bootstraps from a bundle file (rebootstrapping needs one).
+const BUNDLE_AGENT: &str = r#"
+    trust_domain = "example.org"
+    server_address = "127.0.0.1"
+    trust_bundle_path = "/nonexistent/bundle.pem"
+"#;
+
 #[test]
-fn rebootstrap_auto_and_always_are_refused_by_name_in_file_and_flags() {
-    for mode in ["auto", "always"] {
+fn rebootstrap_auto_and_always_load_with_upstream_rules_in_file_and_flags() {
+    for (mode, want) in [
+        ("auto", RebootstrapMode::Auto),
+        ("always", RebootstrapMode::Always),
+        ("never", RebootstrapMode::Never),
+    ] {
+        let c = load(&with_agent(&format!(
+            "{BUNDLE_AGENT}\n    rebootstrap_mode = \"{mode}\"\n    rebootstrap_delay = \"30s\""
+        )))
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(c.rebootstrap_mode, want);
+        assert_eq!(c.rebootstrap_delay, Duration::from_secs(30));
+        assert!(c.retry_bootstrap, "retrying is on by default");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+    // Upstream refuses rebootstrapping without a bootstrap source to go back to...
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    rebootstrap_mode = \"always\""
+    )));
+    assert!(err.contains("agent.rebootstrap_mode"), "{err}");
+    assert!(
+        err.contains("insecure_bootstrap option can not be used with rebootstrapping"),
+        "{err}"
+    );
+    // ...and with retry_bootstrap set either way.
+    for retry in ["true", "false"] {
         let err = resolve_err(&with_agent(&format!(
-            "{MINIMAL_AGENT}\n    rebootstrap_mode = \"{mode}\""
+            "{BUNDLE_AGENT}\n    rebootstrap_mode = \"auto\"\n    retry_bootstrap = {retry}"
         )));
-        assert!(err.contains("agent.rebootstrap_mode"), "{err}");
-        assert!(err.contains("not supported by this agent"), "{err}");
+        assert!(err.contains("agent.retry_bootstrap"), "{err}");
+        assert!(
+            err.contains("you can not set retry_bootstrap when using reboostrap_mode"),
+            "{err}"
+        );
     }
     // The flags land on the same keys.
-    let mut cfg = load(&with_agent(MINIMAL_AGENT)).unwrap();
+    let mut cfg = load(&with_agent(BUNDLE_AGENT)).unwrap();
     cfg.apply_overrides(&Overrides {
         rebootstrap_mode: Some("always".into()),
-        ..Overrides::default()
-    });
-    let err = cfg.resolve().unwrap_err().to_string();
-    assert!(err.contains("agent.rebootstrap_mode"), "{err}");
-    let mut cfg = load(&with_agent(MINIMAL_AGENT)).unwrap();
-    cfg.apply_overrides(&Overrides {
-        rebootstrap_mode: Some("never".into()),
         rebootstrap_delay: Some(Duration::from_secs(60)),
         ..Overrides::default()
     });
     let c = cfg.resolve().unwrap();
-    assert_eq!(c.rebootstrap_mode, RebootstrapMode::Never);
+    assert_eq!(c.rebootstrap_mode, RebootstrapMode::Always);
     assert_eq!(c.rebootstrap_delay, Duration::from_secs(60));
+    let mut cfg = load(&with_agent(BUNDLE_AGENT)).unwrap();
+    cfg.apply_overrides(&Overrides {
+        rebootstrap_mode: Some("auto".into()),
+        retry_bootstrap: Some(true),
+        ..Overrides::default()
+    });
+    let err = cfg.resolve().unwrap_err().to_string();
+    assert!(err.contains("agent.retry_bootstrap"), "{err}");
+    let err = resolve_err(&with_agent(&format!(
+        "{BUNDLE_AGENT}\n    rebootstrap_mode = \"sometimes\""
+    )));
+    assert!(err.contains("agent.rebootstrap_mode"), "{err}");
+}
+
+#[test]
+fn retry_bootstrap_defaults_to_true_and_setting_it_warns_as_upstream() {
+    let c = load(&with_agent(MINIMAL_AGENT)).unwrap().resolve().unwrap();
+    assert!(c.retry_bootstrap);
+    assert!(c.warnings.iter().all(|w| !w.contains("retry_bootstrap")));
+    let c = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    retry_bootstrap = false"
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert!(!c.retry_bootstrap);
+    assert!(
+        c.warnings.iter().any(|w| w
+            == "The 'retry_bootstrap' configuration is deprecated. It will be removed in SPIRE \
+                1.14. Please test without the flag before upgrading."),
+        "{:?}",
+        c.warnings
+    );
+    // -retryBootstrap=false overrides the file; an absent flag leaves it.
+    let mut cfg = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    retry_bootstrap = true"
+    )))
+    .unwrap();
+    cfg.apply_overrides(&Overrides {
+        retry_bootstrap: Some(false),
+        ..Overrides::default()
+    });
+    assert!(!cfg.resolve().unwrap().retry_bootstrap);
+    let mut cfg = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    retry_bootstrap = false"
+    )))
+    .unwrap();
+    cfg.apply_overrides(&Overrides::default());
+    assert!(!cfg.resolve().unwrap().retry_bootstrap);
 }
 
 #[test]

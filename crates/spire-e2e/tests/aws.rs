@@ -89,7 +89,11 @@ fn start_agent(
 fn agent_refused(dir: &Path, server: &ServerProcess, imds: &FakeImds) -> String {
     let (config, _) = agent_config(dir, server, imds);
     let mut command = Command::new(binary("spire-agent"));
-    command.args(["run", "-config"]).arg(&config);
+    // A refusal ends the agent at once instead of retrying for a minute (retry_bootstrap).
+    command
+        .args(["run", "-config"])
+        .arg(&config)
+        .arg("-retryBootstrap=false");
     run_to_failure(
         command,
         &dir.join("agent.log"),

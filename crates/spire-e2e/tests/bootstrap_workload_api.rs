@@ -51,7 +51,9 @@ fn a_nested_agent_takes_the_bundle_from_its_parents_workload_api() {
     command
         .args(["run", "-config"])
         .arg(&config)
-        .args(["-joinToken", &token]);
+        .args(["-joinToken", &token])
+        // A failure ends the agent at once instead of retrying for a minute.
+        .arg("-retryBootstrap=false");
     let log = run_to_failure(
         command,
         &lonely_dir.join("agent.log"),

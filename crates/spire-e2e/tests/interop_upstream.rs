@@ -103,7 +103,11 @@ impl Pairing {
     /// no SVID to carry on with; returns what it printed.
     fn agent_cannot_start_without_a_token(&self) -> String {
         let mut command = Command::new(&self.agent_program);
-        command.args(["run", "-config"]).arg(&self.agent_config);
+        // A failure ends the agent at once instead of retrying for a minute.
+        command
+            .args(["run", "-config"])
+            .arg(&self.agent_config)
+            .arg("-retryBootstrap=false");
         run_to_failure(
             command,
             &self.agent_dir.join("refused-start.log"),

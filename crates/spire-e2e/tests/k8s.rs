@@ -123,7 +123,11 @@ fn failed_attestation(
     std::fs::write(&token_path, token).unwrap();
     let (config, _) = agent_config(dir, server, &token_path, kubelet, sa_token, free_port());
     let mut command = std::process::Command::new(binary("spire-agent"));
-    command.args(["run", "-config"]).arg(&config);
+    // A refusal ends the agent at once instead of retrying for a minute (retry_bootstrap).
+    command
+        .args(["run", "-config"])
+        .arg(&config)
+        .arg("-retryBootstrap=false");
     run_to_failure(
         command,
         &dir.join("agent.log"),

@@ -71,7 +71,11 @@ fn start_agent(program: &Path, dir: &Path, server: &ServerProcess, attestor: &st
 fn agent_refused(program: &Path, dir: &Path, server: &ServerProcess, attestor: &str) -> String {
     let (config, _) = agent_config(dir, server, attestor);
     let mut command = Command::new(program);
-    command.args(["run", "-config"]).arg(&config);
+    // A refusal ends the agent at once instead of retrying for a minute (retry_bootstrap).
+    command
+        .args(["run", "-config"])
+        .arg(&config)
+        .arg("-retryBootstrap=false");
     run_to_failure(
         command,
         &dir.join("agent.log"),

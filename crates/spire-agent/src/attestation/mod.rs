@@ -16,7 +16,10 @@ use crate::plugins::nodeattestor::{NodeAttestor, PluginError};
 use crate::storage::StorageError;
 
 pub mod bootstrap;
+pub mod bootstrap_state;
 pub mod reattest;
+pub mod rebootstrap;
+pub mod retry;
 pub mod rotation;
 
 pub use self::bootstrap::{bootstrap_trust, download_trust_bundle};

@@ -62,8 +62,8 @@ pub struct RunArgs {
     #[arg(long = "rebootstrapMode", value_name = "string")]
     pub rebootstrap_mode: Option<String>,
     /// If true, the agent retries bootstrap with backoff
-    #[arg(long = "retryBootstrap", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
-    pub retry_bootstrap: bool,
+    #[arg(long = "retryBootstrap", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    pub retry_bootstrap: Option<bool>,
     /// IP address or DNS name of the SPIRE server
     #[arg(long = "serverAddress", value_name = "string")]
     pub server_address: Option<String>,

@@ -113,7 +113,17 @@ async fn sync_exchange(
 /// reacts to it (re-attestation or shutdown).
 fn call_failed(client: &ServerClient, rpc: &str, status: &tonic::Status) -> ManagerError {
     client.note_status(status);
-    let message = format!("{rpc} failed: {}: {}", status.code(), status.message());
+    // The transport's causes (e.g. the TLS refusal of the server's certificate) are kept:
+    // rebootstrapping reacts to a server that no longer chains to the agent's bundle.
+    let mut message = format!("{rpc} failed: {}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
     match status.code() {
         Code::InvalidArgument => ManagerError::InvalidArgument(message),
         _ => ManagerError::Unavailable(message),

@@ -159,7 +159,7 @@ pub struct AgentSection {
     /// `rebootstrap_delay` (default 10m).
     #[serde(default, deserialize_with = "de::opt_duration")]
     pub rebootstrap_delay: Option<Duration>,
-    /// `retry_bootstrap` (older upstream releases; accepted with a warning).
+    /// `retry_bootstrap` (default true; upstream v1.13.3 warns that it is deprecated).
     #[serde(default, deserialize_with = "de::opt_bool")]
     pub retry_bootstrap: Option<bool>,
     /// `sds { }`.
@@ -332,8 +332,8 @@ pub struct Overrides {
     pub allow_unauthenticated_verifiers: bool,
     /// `-insecureBootstrap`.
     pub insecure_bootstrap: bool,
-    /// `-retryBootstrap`.
-    pub retry_bootstrap: bool,
+    /// `-retryBootstrap`, when given (as upstream, only a flag that was set counts).
+    pub retry_bootstrap: Option<bool>,
     /// `-disableSDSAPI`.
     pub disable_sds_api: bool,
     /// `-disableWorkloadAPI`.
@@ -392,7 +392,9 @@ impl AgentConfig {
             o.allow_unauthenticated_verifiers,
         );
         flag(&mut agent.insecure_bootstrap, o.insecure_bootstrap);
-        flag(&mut agent.retry_bootstrap, o.retry_bootstrap);
+        if let Some(retry) = o.retry_bootstrap {
+            agent.retry_bootstrap = Some(retry);
+        }
         flag(&mut agent.disable_sds_api, o.disable_sds_api);
         flag(&mut agent.disable_workload_api, o.disable_workload_api);
     }

@@ -108,9 +108,11 @@ pub enum RebootstrapMode {
     /// Never re-bootstrap (upstream's default).
     #[default]
     Never,
-    /// Re-bootstrap when the server's CA no longer validates, after `rebootstrap_delay`.
+    /// Re-bootstrap when the server's certificate no longer chains to the agent's bundle
+    /// for `rebootstrap_delay`, if the node attestor and the server allow it; when they do
+    /// not, warn and behave as `never`.
     Auto,
-    /// Always re-bootstrap on start.
+    /// As `auto`, but the agent refuses to start when rebootstrapping is not allowed.
     Always,
 }
 
@@ -207,7 +209,8 @@ pub struct ResolvedAgentConfig {
     pub rebootstrap_mode: RebootstrapMode,
     /// Wait before re-bootstrapping (default 10m).
     pub rebootstrap_delay: Duration,
-    /// Retry bootstrap with backoff (older upstream key).
+    /// `retry_bootstrap` (default true): retry obtaining the first agent SVID with backoff
+    /// for up to a minute instead of stopping at the first failure.
     pub retry_bootstrap: bool,
     /// Envoy SDS names.
     pub sds: SdsSettings,
@@ -425,20 +428,30 @@ impl AgentConfig {
                 }
             },
         };
-        if rebootstrap_mode != RebootstrapMode::Never {
+        // Upstream's rules (cmd/spire-agent/cli/run): rebootstrapping needs a bootstrap
+        // source to go back to, and brings its own retry schedule.
+        if rebootstrap_mode != RebootstrapMode::Never && a.insecure_bootstrap == Some(true) {
             return Err(ConfigError::invalid(
                 file,
                 "agent.rebootstrap_mode",
-                "rebootstrapping (\"auto\" and \"always\") is not supported by this agent yet: \
-                 it never replaces a trust bundle that the server no longer matches on its own. \
-                 Remove the key (or -rebootstrapMode) or set it to \"never\", upstream's \
-                 default; recover an agent that lost trust by deleting its data_dir and \
-                 attesting again",
+                "insecure_bootstrap option can not be used with rebootstrapping; set \
+                 trust_bundle_path, trust_bundle_url or trust_bundle_spiffe_workload_api \
+                 instead, or rebootstrap_mode = \"never\"",
+            ));
+        }
+        if rebootstrap_mode != RebootstrapMode::Never && a.retry_bootstrap.is_some() {
+            return Err(ConfigError::invalid(
+                file,
+                "agent.retry_bootstrap",
+                "you can not set retry_bootstrap when using reboostrap_mode; remove \
+                 retry_bootstrap (or -retryBootstrap): rebootstrapping always retries",
             ));
         }
         if a.retry_bootstrap.is_some() {
+            // Upstream v1.13.3 prints this whenever the key or the flag is set.
             warnings.push(
-                "The 'retry_bootstrap' configuration is deprecated; use rebootstrap_mode"
+                "The 'retry_bootstrap' configuration is deprecated. It will be removed in \
+                 SPIRE 1.14. Please test without the flag before upgrading."
                     .to_owned(),
             );
         }
@@ -526,7 +539,7 @@ impl AgentConfig {
             ratelimit: a.experimental.ratelimit,
             rebootstrap_mode,
             rebootstrap_delay: a.rebootstrap_delay.unwrap_or(DEFAULT_REBOOTSTRAP_DELAY),
-            retry_bootstrap: a.retry_bootstrap.unwrap_or(false),
+            retry_bootstrap: a.retry_bootstrap.unwrap_or(true),
             sds,
             disable_sds_api,
             disable_workload_api,
