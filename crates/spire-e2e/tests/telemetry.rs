@@ -1,8 +1,9 @@
 //! Telemetry as an operator's monitoring sees it: a real Prometheus (Debian's package)
 //! scrapes our server and agent, and its query API returns upstream's series for the calls
 //! made: the agent's attestation on the server, a Workload API fetch on the agent, the
-//! `started` gauge, the latency histograms, and the non-RPC series (CA rotation, datastore
-//! calls, agent sync, SVID expiry). A UDP listener receives the same metrics as statsd and
+//! `started` gauge, the latency histograms, the non-RPC series (CA rotation, datastore
+//! calls, agent sync, SVID expiry, Workload API connections, cache counters) and the
+//! `process_*` series. A UDP listener receives the same metrics as statsd and
 //! DogStatsD lines from both processes, and an `InMem` server writes its data to the log
 //! on SIGUSR1.
 
@@ -246,8 +247,21 @@ fn a_real_prometheus_scrapes_upstreams_series_from_server_and_agent() {
         "spire_agent_workload_api_workload_attestation{status=\"OK\"}",
         "spire_agent_workload_api_workload_attestor{attestor=\"unix\",status=\"OK\"}",
         "spire_agent_agent_key_manager_generate_key{status=\"OK\"}",
+        // Series upstream has beyond the first set: per-API connections on the Workload API
+        // listener, the LRU cache's entry counters and the sync stats, the server's
+        // event-cache gauges, and the Go client's process series (unprefixed, on both).
+        "spire_agent_workload_api_connection >= 1",
+        "spire_agent_workload_api_connections >= 0",
+        "spire_agent_lru_cache_entry_add >= 1",
+        "spire_agent_sync_entries_dropped",
+        "spire_server_entry_entries_by_parentid_cache_count >= 1",
+        "count(process_resident_memory_bytes > 1000000) == 2",
+        "count(process_start_time_seconds < time()) == 2",
+        "count(process_open_fds <= process_max_fds) == 2",
+        "process_cpu_seconds_total{instance=\"127.0.0.1:{agent_metrics}\"}",
     ] {
-        prometheus.query_eventually(query, timeout);
+        let query = query.replace("{agent_metrics}", &agent_metrics.to_string());
+        prometheus.query_eventually(&query, timeout);
     }
 }
 

@@ -6,6 +6,9 @@
 //! tokens) unless `prune_tofu_nodes` is set: deleting those would let their identity be
 //! taken again. Each deletion also removes the node's selectors and records a node event,
 //! so the authorized-entry caches of every server forget the agent.
+//!
+//! Each cycle counts in upstream's `node_manager_prune` and `datastore_node_prune` call
+//! counters (upstream's datastore prunes in one call; ours lists then deletes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,7 +92,10 @@ pub async fn run(datastore: Arc<dyn DataStore>, settings: PruneNodes, cancel: Ca
             () = tokio::time::sleep(interval) => {}
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if let Err(e) = prune_once(datastore.as_ref(), &settings, now).await {
+        let started = std::time::Instant::now();
+        let pruned = prune_once(datastore.as_ref(), &settings, now).await;
+        spire_common::telemetry::server::attested_nodes_pruned(pruned.is_ok(), started);
+        if let Err(e) = pruned {
             tracing::error!(
                 subsystem_name = "node_manager",
                 error = %e,

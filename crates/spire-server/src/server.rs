@@ -707,9 +707,15 @@ async fn prune_loop(
     loop {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let events_cutoff = now - i64::try_from(events_older_than.as_secs()).unwrap_or(i64::MAX);
+        let entries_started = std::time::Instant::now();
+        let entries_pruned = datastore.prune_registration_entries(now).await;
+        spire_common::telemetry::server::registration_entries_pruned(
+            entries_pruned.is_ok(),
+            entries_started,
+        );
         let results = [
             datastore.prune_join_tokens(now).await,
-            datastore.prune_registration_entries(now).await,
+            entries_pruned,
             datastore
                 .prune_registration_entry_events(events_cutoff)
                 .await,

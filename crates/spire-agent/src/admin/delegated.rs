@@ -250,6 +250,7 @@ impl DelegatedIdentity for DelegatedIdentityService {
         &self,
         request: Request<pb::SubscribeToX509sviDsRequest>,
     ) -> Result<Response<Self::SubscribeToX509SVIDsStream>, Status> {
+        let started = std::time::Instant::now();
         let caller = self.authorize_caller(&request).await?;
         let request = request.into_inner();
         let selectors = self
@@ -260,12 +261,21 @@ impl DelegatedIdentity for DelegatedIdentityService {
         // SVID instead of sending a partial list.
         let updates = self.manager.subscribe_when_ready(selectors).await;
         let authorized = Arc::clone(&self.authorized_delegates);
+        // Upstream's `delegated_identity_api_subscribe_x509_svids_first_update` latency: until
+        // the first message that carries an SVID.
+        let mut first_update = Some(started);
         Ok(Response::new(WatchResponses::new(
             updates,
             self.shutdown.clone(),
             move |update: &Arc<WorkloadUpdate>| {
                 check_delegate(&authorized, &caller.borrow())?;
-                x509_svids_response(update).map(Some)
+                let response = x509_svids_response(update)?;
+                if !update.identities.is_empty()
+                    && let Some(started) = first_update.take()
+                {
+                    spire_common::telemetry::agent::delegated_first_x509_update(started);
+                }
+                Ok(Some(response))
             },
         )))
     }

@@ -124,9 +124,10 @@ pub async fn serve_with_reloader(
         cancel.clone(),
     );
     let result = tonic::transport::Server::builder()
-        .layer(spire_common::telemetry::rpc::RpcMetricsLayer::new(
-            options.metrics.clone(),
-        ))
+        .layer(
+            spire_common::telemetry::rpc::RpcMetricsLayer::new(options.metrics.clone())
+                .with_connections(),
+        )
         .layer(spire_common::grpc_status::MessageSizeStatusLayer)
         .add_service(DebugServer::new(debug))
         .add_service(LoggerServer::new(logger))

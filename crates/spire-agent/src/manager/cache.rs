@@ -14,6 +14,8 @@ use spire_core::spiffe_id::SpiffeId;
 use spire_proto::spire::api::types;
 use tokio::sync::watch;
 
+use spire_common::telemetry::agent::EntryChanges;
+
 use super::selector_index::{EntryIndex, SubscriberIndex};
 use super::server_api::EntryRevision;
 use super::{WorkloadUpdate, X509Identity};
@@ -82,6 +84,21 @@ impl CachedEntry {
         !self.store_svid
             && !self.selectors.is_empty()
             && self.selectors.matches(selectors, SelectorMatch::Subset)
+    }
+}
+
+/// Counts a cached entry replaced by a different one from the server, as upstream's sync
+/// stats and LRU cache count it: `stale` when its revision or creation differs, `updated`
+/// (workload entries only) when its selectors or federated trust domains changed.
+fn count_replaced(changes: &mut EntryChanges, old: &CachedEntry, new: &CachedEntry) {
+    if old.revision != new.revision || old.created_at != new.created_at {
+        changes.stale += 1;
+    }
+    fn federation(e: &CachedEntry) -> BTreeSet<&String> {
+        e.federates_with.iter().collect()
+    }
+    if !new.store_svid && (old.selectors != new.selectors || federation(old) != federation(new)) {
+        changes.updated += 1;
     }
 }
 
@@ -157,6 +174,20 @@ pub(super) struct State {
     pub(super) tick: u64,
     /// How many workload views were computed, for tests and benchmarks of the index.
     pub(super) views_computed: u64,
+    /// How the entries changed since the last sync's metrics took them.
+    pub(super) changes: EntryChanges,
+    /// Why the last [`State::plan_mints`] wanted cached SVIDs replaced.
+    pub(super) last_plan: MintReasons,
+}
+
+/// Why cached X509-SVIDs are minted again, counted as upstream's cache manager does
+/// (`cache_manager_expiring_svids`, `cache_manager_outdated_svids`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct MintReasons {
+    /// Past half-life, expired or under a tainted authority.
+    pub(super) expiring: usize,
+    /// Minted for an older revision of the entry.
+    pub(super) outdated: usize,
 }
 
 impl State {
@@ -175,6 +206,8 @@ impl State {
             all_dirty: false,
             tick: 0,
             views_computed: 0,
+            changes: EntryChanges::default(),
+            last_plan: MintReasons::default(),
         }
     }
 
@@ -256,8 +289,15 @@ impl State {
 
     /// Adds or replaces an entry; subscribers of its old and new selectors are marked.
     pub(super) fn upsert_entry(&mut self, entry: CachedEntry) {
-        if self.entries.get(&entry.id) == Some(&entry) {
-            return;
+        match self.entries.get(&entry.id) {
+            Some(old) if *old == entry => return,
+            Some(old) => count_replaced(&mut self.changes, old, &entry),
+            None => {
+                self.changes.missing += 1;
+                if !entry.store_svid {
+                    self.changes.added += 1;
+                }
+            }
         }
         self.mark_entry_id(&entry.id);
         self.mark_entry(&entry.selectors);
@@ -273,6 +313,10 @@ impl State {
         self.mark_entry_id(id);
         self.entry_index.remove(id);
         if let Some(old) = self.entries.remove(id) {
+            self.changes.dropped += 1;
+            if !old.store_svid {
+                self.changes.removed += 1;
+            }
             self.count_federation(&old, false);
         }
         self.svids.remove(id);
@@ -486,19 +530,30 @@ impl State {
                 svid.last_used = tick;
             }
         }
-        keep.iter()
+        let mut reasons = MintReasons::default();
+        let needed = keep
+            .iter()
             .filter_map(|id| self.entries.get(id))
-            .filter(|entry| {
-                self.svids.get(&entry.id).is_none_or(|svid| {
-                    svid.revision != entry.revision || svid.needs_rotation(now, availability_target)
-                })
+            .filter(|entry| match self.svids.get(&entry.id) {
+                None => true,
+                Some(svid) if svid.needs_rotation(now, availability_target) => {
+                    reasons.expiring += 1;
+                    true
+                }
+                Some(svid) if svid.revision != entry.revision => {
+                    reasons.outdated += 1;
+                    true
+                }
+                Some(_) => false,
             })
             .map(|entry| MintRequest {
                 entry_id: entry.id.clone(),
                 spiffe_id: entry.spiffe_id.clone(),
                 revision: entry.revision,
             })
-            .collect()
+            .collect();
+        self.last_plan = reasons;
+        needed
     }
 
     /// What a workload with `selectors` sees now, and whether some matching entry has no
@@ -708,6 +763,119 @@ mod tests {
         drop(rx);
         st.drop_closed_subscribers();
         assert!(st.entries_to_keep(10).contains("lazy"), "kept once minted");
+    }
+
+    /// What upstream's sync stats and LRU counters would count, sync by sync.
+    #[test]
+    fn entry_changes_are_counted_as_upstreams_sync_and_lru_cache_count_them() {
+        let mut st = state();
+        let mut stored = entry("stored", &["disk:name:x"]);
+        stored.store_svid = true;
+        let entries = |list: Vec<CachedEntry>| {
+            list.into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect::<BTreeMap<_, _>>()
+        };
+        st.replace_entries(entries(vec![
+            entry("a", &["t:v:a"]),
+            entry("b", &["t:v:b"]),
+            stored.clone(),
+        ]));
+        let first = std::mem::take(&mut st.changes);
+        assert_eq!(
+            first,
+            EntryChanges {
+                missing: 3,
+                added: 2,
+                ..EntryChanges::default()
+            },
+            "the SVIDStore entry is missing but not in the workload (LRU) cache"
+        );
+
+        // Nothing changed: nothing counted.
+        st.replace_entries(entries(vec![
+            entry("a", &["t:v:a"]),
+            entry("b", &["t:v:b"]),
+            stored.clone(),
+        ]));
+        assert_eq!(std::mem::take(&mut st.changes), EntryChanges::default());
+
+        // `a` at a new revision with the same selectors is stale, not updated; `b` gets new
+        // selectors at a new revision (stale and updated); `stored` is dropped but was never
+        // in the workload cache; `c` is new.
+        let mut a = entry("a", &["t:v:a"]);
+        a.revision = 1;
+        let mut b = entry("b", &["t:v:b", "t:v:x"]);
+        b.revision = 1;
+        st.replace_entries(entries(vec![a, b, entry("c", &["t:v:c"])]));
+        assert_eq!(
+            std::mem::take(&mut st.changes),
+            EntryChanges {
+                missing: 1,
+                stale: 2,
+                dropped: 1,
+                added: 1,
+                updated: 1,
+                removed: 0,
+            }
+        );
+
+        // A federation change is an update; a removal of a workload entry counts twice.
+        let mut c = entry("c", &["t:v:c"]);
+        c.federates_with = vec!["spiffe://other.org".to_owned()];
+        st.apply_revisions(
+            &[EntryRevision {
+                id: "c".to_owned(),
+                revision: 0,
+                created_at: 0,
+            }],
+            vec![c],
+        );
+        assert_eq!(
+            std::mem::take(&mut st.changes),
+            EntryChanges {
+                dropped: 2,
+                removed: 2,
+                updated: 1,
+                ..EntryChanges::default()
+            }
+        );
+    }
+
+    /// Upstream's `cache_manager_expiring_svids` and `cache_manager_outdated_svids`: cached
+    /// SVIDs due for rotation, and those minted for an older revision; a new entry is
+    /// neither.
+    #[test]
+    fn mints_are_told_apart_as_expiring_or_outdated() {
+        let mut st = state();
+        let mut entries = BTreeMap::new();
+        for id in ["fresh", "old", "changed", "new"] {
+            entries.insert(id.to_owned(), entry(id, &[&format!("t:v:{id}")]));
+        }
+        let mut changed = entry("changed", &["t:v:changed"]);
+        changed.revision = 3;
+        entries.insert("changed".to_owned(), changed);
+        st.svids.insert("fresh".to_owned(), svid(0));
+        st.svids.insert("old".to_owned(), svid(0));
+        st.svids.insert("changed".to_owned(), svid(0));
+        // At 10 only the revision changed; at 60 `fresh` and `old` are past half-life, and
+        // `changed` is counted once, as expiring (upstream checks expiry first).
+        assert_eq!(st.apply_entries(entries.clone(), 10, 10).len(), 2);
+        assert_eq!(
+            st.last_plan,
+            MintReasons {
+                expiring: 0,
+                outdated: 1
+            }
+        );
+        assert_eq!(st.apply_entries(entries, 10, 60).len(), 4);
+        assert_eq!(
+            st.last_plan,
+            MintReasons {
+                expiring: 3,
+                outdated: 0
+            }
+        );
     }
 
     #[test]

@@ -376,8 +376,10 @@ impl Manager {
             .map(|k| k.key_id.clone())
             .collect();
         let bundle = bundle_from_proto(&raw_bundle)?;
+        let taint_started = Instant::now();
         let dropped = self.jwt_cache().remove_signed_by(&tainted_jwt_keys);
         if dropped > 0 {
+            telemetry::tainted_svids_processed(true, dropped, taint_started);
             tracing::info!(
                 count = dropped,
                 "JWT-SVIDs signed by a tainted authority were dropped from the cache"
@@ -426,7 +428,11 @@ impl Manager {
         let (needed, entries_total) = {
             let mut state = self.state();
             state.set_bundles(bundle, federated);
-            mark_tainted(&mut state, &tainted_roots);
+            let taint_started = Instant::now();
+            let marked = mark_tainted(&mut state, &tainted_roots);
+            if marked > 0 {
+                telemetry::tainted_svids_processed(false, marked, taint_started);
+            }
             self.tainted_roots.send_if_modified(|current| {
                 if *current == tainted_roots {
                     false
@@ -442,6 +448,9 @@ impl Manager {
             );
             let all = state.all_bundles();
             telemetry::sync_stats(all.len(), state.entries.len());
+            telemetry::entry_changes(&std::mem::take(&mut state.changes));
+            telemetry::expiring_svids(state.last_plan.expiring);
+            telemetry::outdated_svids(state.last_plan.outdated);
             self.bundles_tx.send_if_modified(|current| {
                 if **current == all {
                     false
@@ -454,7 +463,6 @@ impl Manager {
         };
 
         let svids_minted = needed.len();
-        telemetry::expiring_svids(svids_minted);
         let result = if needed.is_empty() {
             Ok(())
         } else {
@@ -1008,9 +1016,10 @@ impl WorkloadIdentities for Manager {
 
 /// Marks the cached SVIDs signed under one of `tainted_roots` for minting again (upstream's
 /// `TaintX509SVIDs`), and tells the rotation of the agent's own SVID about the roots.
-fn mark_tainted(state: &mut State, tainted_roots: &[Vec<u8>]) {
+/// Returns how many were newly marked.
+fn mark_tainted(state: &mut State, tainted_roots: &[Vec<u8>]) -> usize {
     if tainted_roots.is_empty() {
-        return;
+        return 0;
     }
     let mut marked = 0usize;
     for svid in state.svids.values_mut() {
@@ -1025,6 +1034,7 @@ fn mark_tainted(state: &mut State, tainted_roots: &[Vec<u8>]) {
             "X.509-SVIDs signed by a tainted authority will be rotated"
         );
     }
+    marked
 }
 
 /// Whether some certificate of `chain` is one of `roots` or is signed by one of them.

@@ -112,7 +112,8 @@ pub async fn serve_with_options(
         _ => "SDS API",
     };
     tracing::info!(path = %socket_path.display(), apis, "Starting Workload and SDS APIs");
-    let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(options.metrics.clone());
+    let rpc_metrics = spire_common::telemetry::rpc::RpcMetricsLayer::new(options.metrics.clone())
+        .with_connections();
     let attestors: Arc<[Arc<dyn WorkloadAttestor>]> = attestors.into();
     let sds = (!options.disable_sds_api).then(|| {
         SdsServiceServer::new(SdsService::new(

@@ -31,6 +31,7 @@ pub mod agent;
 pub mod inmem;
 pub mod live;
 pub mod names;
+pub mod process;
 mod prometheus;
 pub mod rpc;
 pub mod server;
@@ -515,6 +516,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything recorded, when Prometheus is on.
+    /// (The scrape handler adds the `process_*` series, [`process::exposition`].)
     pub fn prometheus_text(&self) -> Option<String> {
         self.current()
             .and_then(|inner| inner.prometheus.as_ref().map(|p| p.handle.render()))
@@ -579,8 +581,22 @@ pub async fn report_process_gauges(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Metrics with only a Prometheus sink, no host or trust domain label, for tests that
+    /// compare exposition lines.
+    pub(crate) fn prometheus_metrics(prefix: &str) -> Metrics {
+        Metrics::new(TelemetryConfig {
+            prometheus: Some(PrometheusListener {
+                host: "localhost".into(),
+                port: 1,
+            }),
+            prefix: prefix.into(),
+            ..TelemetryConfig::default()
+        })
+        .unwrap()
+    }
 
     fn config() -> TelemetryConfig {
         TelemetryConfig {

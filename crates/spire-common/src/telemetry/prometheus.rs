@@ -1,5 +1,6 @@
 //! The `Prometheus { host port }` listener: every path answers with the text exposition of
-//! what was recorded, as upstream's handler (mounted at the root) does.
+//! what was recorded, then the `process_*` series, as upstream's handler (mounted at the
+//! root, serving the default registry with its process collector) does.
 
 use axum::Router;
 use axum::http::header;
@@ -21,7 +22,10 @@ pub async fn serve_prometheus(
                     header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
-                metrics.prometheus_text().unwrap_or_default(),
+                metrics
+                    .prometheus_text()
+                    .map(|text| text + &super::process::exposition())
+                    .unwrap_or_default(),
             )
         }
     });

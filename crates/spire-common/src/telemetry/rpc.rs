@@ -3,9 +3,17 @@
 //! streaming call is recorded when its stream ends (its status is in the trailers). A stream
 //! the client closes first (a Workload API watcher going away) counts as `OK`, as upstream's
 //! streaming handlers return no error when their caller leaves.
+//!
+//! On the agent's Workload API and admin listeners the layer also counts calls per API as
+//! upstream's `withPerServiceConnectionMetrics` does ([`RpcMetricsLayer::with_connections`]):
+//! `<api>_connection` +1 when a call starts, and the gauge `<api>_connections` of calls in
+//! flight (open streams included), for `workload_api`, `sds_api` and
+//! `delegated_identity_api`.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,12 +27,24 @@ use crate::cli::client::code_name_i32;
 #[derive(Debug, Clone, Default)]
 pub struct RpcMetricsLayer {
     metrics: Metrics,
+    connections: Option<Arc<Connections>>,
 }
 
 impl RpcMetricsLayer {
     /// Records into `metrics` (nothing when it has no sink).
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            connections: None,
+        }
+    }
+
+    /// Also counts the calls of the agent's APIs (`workload_api_connection(s)`,
+    /// `sds_api_connection(s)`, `delegated_identity_api_connection(s)`), with gauges of
+    /// their own: upstream keeps one count per listener.
+    pub fn with_connections(mut self) -> Self {
+        self.connections = Some(Arc::default());
+        self
     }
 }
 
@@ -35,7 +55,74 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
         RpcMetrics {
             inner,
             metrics: self.metrics.clone(),
+            connections: self.connections.clone(),
         }
+    }
+}
+
+/// The calls in flight of each API one listener serves.
+#[derive(Debug, Default)]
+struct Connections {
+    workload_api: AtomicI64,
+    sds_api: AtomicI64,
+    delegated_identity_api: AtomicI64,
+}
+
+impl Connections {
+    /// The metric key part and counter of the API `path` belongs to (upstream's raw
+    /// service names), or `None` for the others (health, reflection, debug, logger).
+    fn of(self: &Arc<Self>, path: &str) -> Option<(&'static str, Arc<Self>)> {
+        let service = path.strip_prefix('/')?.split('/').next()?;
+        let api = match service {
+            "SpiffeWorkloadAPI" => "workload_api",
+            "envoy.service.secret.v3.SecretDiscoveryService" => "sds_api",
+            "spire.api.agent.delegatedidentity.v1.DelegatedIdentity" => "delegated_identity_api",
+            _ => return None,
+        };
+        Some((api, Arc::clone(self)))
+    }
+
+    fn counter(&self, api: &str) -> &AtomicI64 {
+        match api {
+            "workload_api" => &self.workload_api,
+            "sds_api" => &self.sds_api,
+            _ => &self.delegated_identity_api,
+        }
+    }
+}
+
+/// One call of an API counted in [`Connections`]: `<api>_connection` +1 and the gauge up
+/// when made, the gauge down when the call ends (or its response is dropped).
+struct Connection {
+    metrics: Metrics,
+    api: &'static str,
+    connections: Arc<Connections>,
+}
+
+impl Connection {
+    fn open(metrics: Metrics, api: &'static str, connections: Arc<Connections>) -> Self {
+        let open = connections.counter(api).fetch_add(1, Ordering::Relaxed) + 1;
+        metrics.incr_counter(&[api, "connection"], &[], 1);
+        #[allow(clippy::cast_precision_loss, reason = "connection counts")]
+        metrics.set_gauge(&[api, "connections"], &[], open as f64);
+        Self {
+            metrics,
+            api,
+            connections,
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let open = self
+            .connections
+            .counter(self.api)
+            .fetch_sub(1, Ordering::Relaxed)
+            - 1;
+        #[allow(clippy::cast_precision_loss, reason = "connection counts")]
+        self.metrics
+            .set_gauge(&[self.api, "connections"], &[], open as f64);
     }
 }
 
@@ -44,6 +131,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 pub struct RpcMetrics<S> {
     inner: S,
     metrics: Metrics,
+    connections: Option<Arc<Connections>>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
@@ -60,11 +148,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let key = self
-            .metrics
-            .enabled()
+        let enabled = self.metrics.enabled();
+        let key = enabled
             .then(|| names::rpc_key(request.uri().path()))
             .flatten();
+        let connection = self
+            .connections
+            .as_ref()
+            .filter(|_| enabled)
+            .and_then(|c| c.of(request.uri().path()))
+            .map(|(api, c)| Connection::open(self.metrics.clone(), api, c));
         let response = self.inner.call(request);
         let metrics = self.metrics.clone();
         Box::pin(async move {
@@ -77,6 +170,7 @@ where
                 key,
                 started: Instant::now(),
                 done: false,
+                connection,
             };
             let (parts, body) = response.into_parts();
             // A trailers-only answer (an error before any message) has its status here.
@@ -106,6 +200,8 @@ struct Call {
     key: Vec<String>,
     started: Instant,
     done: bool,
+    /// Released when the call is recorded.
+    connection: Option<Connection>,
 }
 
 impl Call {
@@ -118,6 +214,7 @@ impl Call {
             return;
         }
         self.done = true;
+        self.connection = None;
         let key: Vec<&str> = self.key.iter().map(String::as_str).collect();
         self.metrics
             .record_call(&key, &[], code_name_i32(code), self.started);
@@ -165,5 +262,147 @@ impl http_body::Body for Recorded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::Ready;
+
+    use tower::{Layer as _, Service as _};
+
+    use super::*;
+    use crate::telemetry::{PrometheusListener, TelemetryConfig};
+
+    /// A response body that never ends: an open stream.
+    struct Open;
+
+    impl http_body::Body for Open {
+        type Data = <Body as http_body::Body>::Data;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    /// A handler answering every call with an open stream.
+    struct Handler;
+
+    impl tower::Service<http::Request<()>> for Handler {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::new(Open))))
+        }
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn agent_api_calls_count_as_connections_while_in_flight() {
+        let metrics = Metrics::new(TelemetryConfig {
+            prometheus: Some(PrometheusListener {
+                host: "localhost".into(),
+                port: 1,
+            }),
+            prefix: "spire_agent".into(),
+            ..TelemetryConfig::default()
+        })
+        .unwrap();
+        let mut service = RpcMetricsLayer::new(metrics.clone())
+            .with_connections()
+            .layer(Handler);
+        let first = service
+            .call(request("/SpiffeWorkloadAPI/FetchX509SVID"))
+            .await
+            .unwrap();
+        let second = service
+            .call(request("/SpiffeWorkloadAPI/FetchJWTBundles"))
+            .await
+            .unwrap();
+        let sds = service
+            .call(request(
+                "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
+            ))
+            .await
+            .unwrap();
+        let health = service
+            .call(request("/grpc.health.v1.Health/Check"))
+            .await
+            .unwrap();
+        let text = metrics.prometheus_text().unwrap();
+        assert!(
+            text.contains("spire_agent_workload_api_connection 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spire_agent_workload_api_connections 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spire_agent_sds_api_connection 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spire_agent_sds_api_connections 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("health_connection"), "{text}");
+        drop((first, health));
+        let text = metrics.prometheus_text().unwrap();
+        assert!(
+            text.contains("spire_agent_workload_api_connections 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spire_agent_workload_api_connection 2\n"),
+            "{text}"
+        );
+        drop((second, sds));
+        let text = metrics.prometheus_text().unwrap();
+        assert!(
+            text.contains("spire_agent_workload_api_connections 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spire_agent_sds_api_connections 0\n"),
+            "{text}"
+        );
+
+        // A listener without connection counting (the server's) emits none.
+        let plain = Metrics::new(TelemetryConfig {
+            prometheus: Some(PrometheusListener {
+                host: "localhost".into(),
+                port: 1,
+            }),
+            prefix: "spire_server".into(),
+            ..TelemetryConfig::default()
+        })
+        .unwrap();
+        let mut service = RpcMetricsLayer::new(plain.clone()).layer(Handler);
+        drop(
+            service
+                .call(request(
+                    "/spire.api.agent.delegatedidentity.v1.DelegatedIdentity/SubscribeToX509SVIDs",
+                ))
+                .await
+                .unwrap(),
+        );
+        let text = plain.prometheus_text().unwrap();
+        assert!(!text.contains("connection"), "{text}");
+        assert!(text.contains("spire_server_rpc_"), "{text}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use super::global;
+use super::{Metrics, global};
 
 /// `ca_manager_x509_ca_prepare`: a call counter around preparing an X509 CA.
 pub fn x509_ca_prepared(ok: bool, started: Instant) {
@@ -118,6 +118,115 @@ pub fn entry_cache_reloaded(ok: bool, started: Instant, entries: usize, agents: 
     }
 }
 
+/// The authorized-entry index's sizes in upstream's event-based cache terms: what each
+/// gauge would count in upstream's btrees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexGauges {
+    /// `entry_entries_by_parentid_cache_count`: entries that are not node aliases.
+    pub entries_by_parent_id: usize,
+    /// `entry_nodealiases_by_entryid_cache_count`: node-alias entries.
+    pub node_aliases_by_entry_id: usize,
+    /// `entry_nodealiases_by_selector_cache_count`: (node alias, selector) pairs.
+    pub node_aliases_by_selector: usize,
+    /// `entry_skipped_entry_event_ids_count`: skipped entry event IDs still watched.
+    pub skipped_entry_event_ids: usize,
+    /// `node_skipped_node_event_ids_count`: skipped node event IDs still watched.
+    pub skipped_node_event_ids: usize,
+}
+
+/// Sets the gauges of `now` that differ from `last` (what was last emitted), as upstream
+/// emits its event-cache gauges only on change.
+pub fn index_gauges(last: &IndexGauges, now: &IndexGauges) {
+    emit_index_gauges(&global(), last, now);
+}
+
+#[allow(clippy::cast_precision_loss, reason = "cache sizes")]
+fn emit_index_gauges(m: &Metrics, last: &IndexGauges, now: &IndexGauges) {
+    if !m.enabled() {
+        return;
+    }
+    let gauges: [(&[&str], usize, usize); 5] = [
+        (
+            &["entry", "entries_by_parentid_cache", "count"],
+            last.entries_by_parent_id,
+            now.entries_by_parent_id,
+        ),
+        (
+            &["entry", "nodealiases_by_entryid_cache", "count"],
+            last.node_aliases_by_entry_id,
+            now.node_aliases_by_entry_id,
+        ),
+        (
+            &["entry", "nodealiases_by_selector_cache", "count"],
+            last.node_aliases_by_selector,
+            now.node_aliases_by_selector,
+        ),
+        (
+            &["entry", "skipped_entry_event_ids", "count"],
+            last.skipped_entry_event_ids,
+            now.skipped_entry_event_ids,
+        ),
+        (
+            &["node", "skipped_node_event_ids", "count"],
+            last.skipped_node_event_ids,
+            now.skipped_node_event_ids,
+        ),
+    ];
+    for (key, before, after) in gauges {
+        if before != after {
+            m.set_gauge(key, &[], after as f64);
+        }
+    }
+}
+
+/// `node_manager_prune` and `datastore_node_prune`: call counters around one cycle of
+/// attested-node pruning (upstream's node manager and its one datastore call).
+pub fn attested_nodes_pruned(ok: bool, started: Instant) {
+    emit_attested_nodes_pruned(&global(), ok, started);
+}
+
+fn emit_attested_nodes_pruned(m: &Metrics, ok: bool, started: Instant) {
+    if !m.enabled() {
+        return;
+    }
+    m.record_outcome(&["node", "manager", "prune"], &[], ok, started);
+    m.record_outcome(&["datastore", "node", "prune"], &[], ok, started);
+}
+
+/// `rateLimit_<service>_<method>` (upstream's raw key, e.g.
+/// `rateLimit_agent_v1_agent_attest_agent`): a call counter around applying the rate limit
+/// of the RPC `rpc` (its gRPC path); `refused` is the refusal's code.
+pub fn rate_limited(rpc: &str, refused: Option<tonic::Code>, started: Instant) {
+    emit_rate_limited(&global(), rpc, refused, started);
+}
+
+fn emit_rate_limited(m: &Metrics, rpc: &str, refused: Option<tonic::Code>, started: Instant) {
+    if !m.enabled() {
+        return;
+    }
+    let Some(mut key) = super::names::rpc_key(rpc) else {
+        return;
+    };
+    "rateLimit".clone_into(&mut key[0]);
+    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    let status = refused.map_or("OK", |code| crate::cli::client::code_name_i32(code as i32));
+    m.record_call(&key, &[], status, started);
+}
+
+/// `registration_entry_manager_prune`: a call counter around pruning expired entries.
+pub fn registration_entries_pruned(ok: bool, started: Instant) {
+    emit_registration_entries_pruned(&global(), ok, started);
+}
+
+fn emit_registration_entries_pruned(m: &Metrics, ok: bool, started: Instant) {
+    m.record_outcome(
+        &["registration_entry", "manager", "prune"],
+        &[],
+        ok,
+        started,
+    );
+}
+
 /// `datastore_<object>_<op>`: a call counter around one datastore operation (`key` is
 /// e.g. `["registration_entry", "list"]`).
 pub fn datastore_call(key: &[&str], ok: bool, started: Instant) {
@@ -132,9 +241,13 @@ pub fn datastore_call(key: &[&str], ok: bool, started: Instant) {
 }
 
 /// `server_key_manager_<op>`: a call counter around a key manager call (`generate_key`,
-/// `get_public_key`).
+/// `get_public_key`, `sign_data`).
 pub fn key_manager_call(op: &str, ok: bool, started: Instant) {
-    global().record_outcome(&["server_key_manager", op], &[], ok, started);
+    emit_key_manager_call(&global(), op, ok, started);
+}
+
+fn emit_key_manager_call(m: &Metrics, op: &str, ok: bool, started: Instant) {
+    m.record_outcome(&["server_key_manager", op], &[], ok, started);
 }
 
 /// `bundle_manager_fetch_federated_bundle` (a call counter, label `trust_domain_id`), and
@@ -165,5 +278,89 @@ pub(crate) fn seconds_until(at: SystemTime) -> f64 {
     match at.duration_since(SystemTime::now()) {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::tests::prometheus_metrics;
+
+    #[test]
+    fn event_cache_gauges_are_set_only_when_they_change() {
+        let m = prometheus_metrics("spire_server");
+        let first = IndexGauges {
+            entries_by_parent_id: 7,
+            node_aliases_by_entry_id: 2,
+            node_aliases_by_selector: 3,
+            skipped_entry_event_ids: 0,
+            skipped_node_event_ids: 1,
+        };
+        emit_index_gauges(&m, &IndexGauges::default(), &first);
+        let text = m.prometheus_text().unwrap();
+        for line in [
+            "spire_server_entry_entries_by_parentid_cache_count 7\n",
+            "spire_server_entry_nodealiases_by_entryid_cache_count 2\n",
+            "spire_server_entry_nodealiases_by_selector_cache_count 3\n",
+            "spire_server_node_skipped_node_event_ids_count 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        // Zero from zero is no change: upstream never sets it.
+        assert!(!text.contains("skipped_entry_event_ids"), "{text}");
+        let second = IndexGauges {
+            entries_by_parent_id: 8,
+            skipped_node_event_ids: 0,
+            ..first
+        };
+        emit_index_gauges(&m, &first, &second);
+        let text = m.prometheus_text().unwrap();
+        assert!(
+            text.contains("spire_server_entry_entries_by_parentid_cache_count 8\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spire_server_node_skipped_node_event_ids_count 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pruning_and_remote_signing_are_call_counters_under_upstreams_keys() {
+        let m = prometheus_metrics("spire_server");
+        emit_attested_nodes_pruned(&m, true, Instant::now());
+        emit_registration_entries_pruned(&m, false, Instant::now());
+        emit_key_manager_call(&m, "sign_data", true, Instant::now());
+        emit_key_manager_call(&m, "sign_data", true, Instant::now());
+        let text = m.prometheus_text().unwrap();
+        for line in [
+            "spire_server_node_manager_prune{status=\"OK\"} 1\n",
+            "spire_server_datastore_node_prune{status=\"OK\"} 1\n",
+            "spire_server_registration_entry_manager_prune{status=\"Unknown\"} 1\n",
+            "spire_server_server_key_manager_sign_data{status=\"OK\"} 2\n",
+            "spire_server_server_key_manager_sign_data_elapsed_time_count{status=\"OK\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_count_under_upstreams_raw_key_with_the_refusal_code() {
+        let m = prometheus_metrics("spire_server");
+        let rpc = "/spire.api.server.agent.v1.Agent/AttestAgent";
+        emit_rate_limited(&m, rpc, None, Instant::now());
+        emit_rate_limited(
+            &m,
+            rpc,
+            Some(tonic::Code::ResourceExhausted),
+            Instant::now(),
+        );
+        let text = m.prometheus_text().unwrap();
+        for line in [
+            "spire_server_rateLimit_agent_v1_agent_attest_agent{status=\"OK\"} 1\n",
+            "spire_server_rateLimit_agent_v1_agent_attest_agent{status=\"ResourceExhausted\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
     }
 }

@@ -293,9 +293,11 @@ pub(crate) fn caller_agent_id(caller: &Caller) -> Result<&SpiffeId, Status> {
     })
 }
 
-/// Rate-limits a call, rewording the limiter's refusal as upstream does.
+/// Rate-limits a call of the RPC `rpc` (its gRPC path, for the `rateLimit_*` metrics),
+/// rewording the limiter's refusal as upstream does.
 pub(crate) async fn rate_limit(
     ctx: &ApiContext,
+    rpc: &str,
     caller: &Caller,
     kind: LimitKind,
     count: usize,
@@ -303,7 +305,7 @@ pub(crate) async fn rate_limit(
 ) -> Result<(), Status> {
     let count = u32::try_from(count).unwrap_or(u32::MAX);
     ctx.rate_limits
-        .limit(caller, kind, count)
+        .limit_call(rpc, caller, kind, count)
         .await
         .map_err(|status| {
             make_err(
@@ -584,6 +586,7 @@ impl pb::agent_server::Agent for AgentApi {
         let caller = caller_of(&request);
         rate_limit(
             &self.ctx,
+            "/spire.api.server.agent.v1.Agent/AttestAgent",
             &caller,
             LimitKind::Attestation,
             1,
@@ -664,6 +667,7 @@ impl pb::agent_server::Agent for AgentApi {
         let caller = caller_of(&request);
         rate_limit(
             &self.ctx,
+            "/spire.api.server.agent.v1.Agent/RenewAgent",
             &caller,
             LimitKind::Signing,
             1,
@@ -823,6 +827,7 @@ impl pb::agent_server::Agent for AgentApi {
         let caller = caller_of(&request);
         rate_limit(
             &self.ctx,
+            "/spire.api.server.agent.v1.Agent/PostStatus",
             &caller,
             LimitKind::PostStatus,
             1,

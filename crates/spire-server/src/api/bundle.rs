@@ -279,7 +279,12 @@ impl Bundle for BundleApi {
             .unwrap_or_default();
         self.ctx
             .rate_limits
-            .limit(&caller, LimitKind::PublishJwtKey, 1)
+            .limit_call(
+                "/spire.api.server.bundle.v1.Bundle/PublishJWTAuthority",
+                &caller,
+                LimitKind::PublishJwtKey,
+                1,
+            )
             .await?;
         let Some(authority) = request.into_inner().jwt_authority else {
             return Err(Status::invalid_argument("missing JWT authority"));

@@ -7,6 +7,9 @@
 //! (ResourceExhausted). Callers over the admin socket have no IP and are never limited.
 //! Buckets of IPs that stopped calling are dropped after a minute, as upstream does, so a
 //! scan from many addresses cannot grow the maps forever.
+//!
+//! Every call of an RPC whose limit is on counts in upstream's `rateLimit_<service>_<method>`
+//! call counter ([`RateLimiters::limit_call`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -115,6 +118,39 @@ impl RateLimiters {
             tokio::time::sleep(wait).await;
         }
         Ok(())
+    }
+
+    /// [`RateLimiters::limit`] for the RPC `rpc` (its gRPC path), counted as upstream's
+    /// `rateLimit_<service>_<method>` call counter (status `OK` or the refusal's code, the
+    /// wait included in its latency) whenever the limit is on, whoever calls.
+    pub async fn limit_call(
+        &self,
+        rpc: &str,
+        caller: &Caller,
+        kind: LimitKind,
+        count: u32,
+    ) -> Result<(), tonic::Status> {
+        if !self.active(kind) {
+            return self.limit(caller, kind, count).await;
+        }
+        let started = std::time::Instant::now();
+        let result = self.limit(caller, kind, count).await;
+        spire_common::telemetry::server::rate_limited(
+            rpc,
+            result.as_ref().err().map(tonic::Status::code),
+            started,
+        );
+        result
+    }
+
+    /// Whether calls of `kind` go through a limiter now (upstream counts those only, not
+    /// the ones whose limit the configuration turned off).
+    pub fn active(&self, kind: LimitKind) -> bool {
+        match kind {
+            LimitKind::Attestation => self.attestation_on.load(Ordering::Relaxed),
+            LimitKind::Signing | LimitKind::DownstreamCa => self.signing_on.load(Ordering::Relaxed),
+            LimitKind::PublishJwtKey | LimitKind::PostStatus => true,
+        }
     }
 
     /// Turns the attestation and signing limits on or off for calls from now on (a

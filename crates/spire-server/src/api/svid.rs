@@ -393,6 +393,7 @@ impl pb::svid_server::Svid for SvidApi {
         }
         rate_limit(
             &self.ctx,
+            "/spire.api.server.svid.v1.SVID/BatchNewX509SVID",
             &caller,
             LimitKind::Signing,
             request.params.len(),
@@ -431,6 +432,7 @@ impl pb::svid_server::Svid for SvidApi {
         let audit = AuditLog::of(&request);
         rate_limit(
             &self.ctx,
+            "/spire.api.server.svid.v1.SVID/NewJWTSVID",
             &caller,
             LimitKind::Signing,
             1,
@@ -474,6 +476,7 @@ impl pb::svid_server::Svid for SvidApi {
         let caller = caller_of(&request);
         rate_limit(
             &self.ctx,
+            "/spire.api.server.svid.v1.SVID/NewDownstreamX509CA",
             &caller,
             LimitKind::DownstreamCa,
             1,

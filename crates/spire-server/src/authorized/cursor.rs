@@ -121,6 +121,11 @@ impl EventCursor {
         self.overflowed
     }
 
+    /// How many skipped event IDs are still watched (upstream's `skipped_*_event_ids`).
+    pub(super) fn missed_count(&self) -> usize {
+        self.missed.len()
+    }
+
     /// The skipped event IDs still being watched.
     #[cfg(test)]
     pub(super) fn missed_ids(&self) -> Vec<u64> {
@@ -169,6 +174,7 @@ mod tests {
         // 3 and 4 are not committed yet.
         assert_eq!(cursor.observe(&[ev(5, "e")], now), ["e"]);
         assert_eq!(cursor.missed_ids(), [3, 4]);
+        assert_eq!(cursor.missed_count(), 2, "the skipped_*_event_ids gauge");
         assert_eq!(cursor.query_after(), 2);
 
         // 4 commits; listing after 2 returns 4 and 5 again, only 4 is new.
@@ -179,6 +185,7 @@ mod tests {
             ["c", "f"]
         );
         assert!(cursor.missed_ids().is_empty());
+        assert_eq!(cursor.missed_count(), 0);
         assert_eq!(cursor.query_after(), 6);
     }
 

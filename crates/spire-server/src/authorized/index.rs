@@ -85,6 +85,8 @@ pub struct EntryIndex {
     by_spiffe_id: HashMap<u64, Vec<Arc<RegistrationEntry>>>,
     /// Hashes SPIFFE IDs for `by_spiffe_id`.
     hasher: RandomState,
+    /// How many (node alias, selector) pairs `aliases_by_selector` holds.
+    alias_selector_pairs: usize,
 }
 
 impl EntryIndex {
@@ -118,6 +120,22 @@ impl EntryIndex {
         self.agents.len()
     }
 
+    /// Number of entries that are not node aliases (upstream's entries-by-parent-ID cache).
+    pub fn child_entry_count(&self) -> usize {
+        self.entries.len() - self.aliases.len()
+    }
+
+    /// Number of node-alias entries (upstream's node-aliases-by-entry-ID cache).
+    pub fn node_alias_count(&self) -> usize {
+        self.aliases.len()
+    }
+
+    /// Number of (node alias, distinct selector) pairs (upstream's node-aliases-by-selector
+    /// cache).
+    pub fn node_alias_selector_count(&self) -> usize {
+        self.alias_selector_pairs
+    }
+
     /// The entry with this ID.
     pub fn entry(&self, entry_id: &str) -> Option<Arc<RegistrationEntry>> {
         self.entries.get(entry_id).map(|e| Arc::clone(&e.0))
@@ -140,6 +158,7 @@ impl EntryIndex {
             let mut selectors = entry.selectors.clone();
             selectors.sort();
             selectors.dedup();
+            self.alias_selector_pairs += selectors.len();
             for selector in &selectors {
                 self.aliases_by_selector
                     .entry(selector.clone())
@@ -169,6 +188,7 @@ impl EntryIndex {
             }
         }
         if let Some(alias) = self.aliases.remove(entry_id) {
+            self.alias_selector_pairs -= alias.selectors.len();
             for selector in &alias.selectors {
                 if let Some(ids) = self.aliases_by_selector.get_mut(selector) {
                     ids.remove(entry_id);
@@ -453,6 +473,46 @@ mod tests {
         assert_eq!(index.entry_count(), 0);
         assert!(index.aliases_by_selector.is_empty());
         assert!(index.children.is_empty());
+    }
+
+    /// The sizes behind upstream's event-cache gauges follow every change.
+    #[test]
+    fn sizes_count_children_aliases_and_alias_selector_pairs() {
+        let mut index = EntryIndex::from_records(
+            [
+                entry("w1", AGENT, "spiffe://example.org/w1", vec![sel("k", "v")]),
+                entry("w2", AGENT, "spiffe://example.org/w2", vec![sel("k", "v")]),
+                entry(
+                    "alias",
+                    SERVER,
+                    "spiffe://example.org/a",
+                    vec![sel("k", "v"), sel("k", "v"), sel("k", "w")],
+                ),
+            ],
+            [agent(AGENT, vec![sel("k", "v")])],
+        );
+        let sizes = |i: &EntryIndex| {
+            (
+                i.child_entry_count(),
+                i.node_alias_count(),
+                i.node_alias_selector_count(),
+            )
+        };
+        // Duplicate selectors of one alias count once, as in upstream's btree.
+        assert_eq!(sizes(&index), (2, 1, 2));
+        // A child turned into an alias with one selector.
+        index.upsert_entry(Arc::new(entry(
+            "w2",
+            SERVER,
+            "spiffe://example.org/w2",
+            vec![sel("k", "x")],
+        )));
+        assert_eq!(sizes(&index), (1, 2, 3));
+        index.remove_entry("alias");
+        assert_eq!(sizes(&index), (1, 1, 1));
+        index.remove_entry("w2");
+        index.remove_entry("w1");
+        assert_eq!(sizes(&index), (0, 0, 0));
     }
 
     #[test]

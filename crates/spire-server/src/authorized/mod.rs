@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use spire_common::telemetry::server::IndexGauges;
 use tokio_util::sync::CancellationToken;
 
 use crate::datastore::{
@@ -77,6 +78,8 @@ struct SyncState {
     entries: EventCursor,
     agents: EventCursor,
     loaded_at: Instant,
+    /// The event-cache gauges as last emitted (upstream emits them on change).
+    last_gauges: IndexGauges,
 }
 
 /// The in-memory index, kept fresh from the datastore.
@@ -249,13 +252,38 @@ impl AuthorizedIndex {
         } else {
             self.apply_events(&mut state).await
         };
+        // Upstream's entries-by-entry-ID cache holds no node aliases (they have their own).
+        let (entries, agents) = {
+            let index = self.read();
+            (index.child_entry_count(), index.agent_count())
+        };
         spire_common::telemetry::server::entry_cache_reloaded(
             result.is_ok(),
             started,
-            self.entry_count(),
-            self.agent_count(),
+            entries,
+            agents,
         );
+        self.emit_gauges(&mut state);
         result
+    }
+
+    /// Upstream's event-cache gauges, those that changed since last emitted.
+    fn emit_gauges(&self, state: &mut SyncState) {
+        if !spire_common::telemetry::global().enabled() {
+            return;
+        }
+        let now = {
+            let index = self.read();
+            IndexGauges {
+                entries_by_parent_id: index.child_entry_count(),
+                node_aliases_by_entry_id: index.node_alias_count(),
+                node_aliases_by_selector: index.node_alias_selector_count(),
+                skipped_entry_event_ids: state.entries.missed_count(),
+                skipped_node_event_ids: state.agents.missed_count(),
+            }
+        };
+        spire_common::telemetry::server::index_gauges(&state.last_gauges, &now);
+        state.last_gauges = now;
     }
 
     async fn full_reload(&self, state: &mut SyncState) -> Result<(), DataStoreError> {
@@ -370,6 +398,7 @@ async fn full_load(
         entries: EventCursor::from_listing(&entry_events, started, previous.map(|p| &p.entries)),
         agents: EventCursor::from_listing(&agent_events, started, previous.map(|p| &p.agents)),
         loaded_at: started,
+        last_gauges: previous.map(|p| p.last_gauges).unwrap_or_default(),
     };
     drop((entry_events, agent_events));
 

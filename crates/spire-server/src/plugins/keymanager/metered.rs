@@ -1,7 +1,7 @@
 //! A key manager that counts its calls as upstream's wrapper does
 //! (`server_key_manager_generate_key`, `server_key_manager_get_public_key`), around any
-//! [`KeyManager`]. Signing happens in process with the key, so upstream's
-//! `server_key_manager_sign_data` has no counterpart.
+//! [`KeyManager`]. Signatures by a remote key count in `server_key_manager_sign_data`
+//! where they happen ([`super::RemoteKey::sign`]); in-process keys sign with no call.
 
 use std::sync::Arc;
 use std::time::Instant;

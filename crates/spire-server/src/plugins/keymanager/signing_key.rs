@@ -3,7 +3,8 @@
 //! which signs a digest through its KeyManager over the network.
 //!
 //! The CA signs many X509-SVIDs with the active key, so the in-process case stays a plain
-//! [`PrivateKey`] and never goes through the async remote path.
+//! [`PrivateKey`] and never goes through the async remote path. A remote signature counts
+//! in upstream's `server_key_manager_sign_data` call counter.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +80,8 @@ impl RemoteKey {
         message: &[u8],
         scheme: SignatureScheme,
     ) -> Result<Vec<u8>, KeyManagerError> {
-        let (signature, fingerprint) = tokio::time::timeout(
+        let started = std::time::Instant::now();
+        let signed = tokio::time::timeout(
             REMOTE_SIGN_TIMEOUT,
             self.signer.sign(&self.id, message, scheme),
         )
@@ -89,7 +91,11 @@ impl RemoteKey {
                 "signing with key {:?} timed out after {REMOTE_SIGN_TIMEOUT:?}",
                 self.id
             ))
-        })??;
+        })
+        .and_then(|signed| signed);
+        // Upstream's `server_key_manager_sign_data` call counter around the plugin call.
+        spire_common::telemetry::server::key_manager_call("sign_data", signed.is_ok(), started);
+        let (signature, fingerprint) = signed?;
         if signature.is_empty() {
             return Err(KeyManagerError::Key(format!(
                 "key manager returned an empty signature for key {:?}",
