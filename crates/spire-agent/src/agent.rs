@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use spire_common::logging::LogLevelHandle;
-use spire_core::keys::PrivateKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -140,12 +139,19 @@ pub async fn run_with_reload(
         "starting spire-agent"
     );
     let storage = Arc::new(AgentStorage::open(&config.data_dir)?);
+    let mut external_plugins = Vec::new();
     let key_manager: Arc<dyn KeyManager> = match &config.plugins.key_manager {
         KeyManagerChoice::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerChoice::Disk { directory } => Arc::new(
             DiskKeyManager::open(directory)
                 .context("cannot open plugins.KeyManager \"disk\" directory")?,
         ),
+        KeyManagerChoice::External(plugin) => {
+            use crate::plugins::keymanager::external::{ExternalKeyManager, SERVICE};
+            Arc::new(ExternalKeyManager::new(
+                load_external(plugin, SERVICE, &config, &mut external_plugins).await?,
+            ))
+        }
     };
     let key_manager: Arc<dyn KeyManager> = Arc::new(
         crate::plugins::keymanager::metered::MeteredKeyManager::new(key_manager),
@@ -165,7 +171,6 @@ pub async fn run_with_reload(
     };
     let client = ServerClient::new(&address, trust, None)?;
 
-    let mut external_plugins = Vec::new();
     let attestor = node_attestor(&config, &mut external_plugins).await?;
     // Plugins and listeners whose settings can be wrong are set up before attesting, so a
     // bad kubelet CA path or a taken health port never costs a single-use join token.
@@ -449,7 +454,7 @@ async fn agent_svid(
         return Ok((AgentSvid { chain, key, key_id }, reattestable));
     }
     let key_id = next_agent_svid_key_id(None);
-    let key: Arc<PrivateKey> = key_manager
+    let key = key_manager
         .generate_key(key_id, AGENT_SVID_KEY_TYPE)
         .await?;
     let attested = attestation::attest(client, attestor, &key).await?;

@@ -3,7 +3,7 @@
 //!
 //! The agent needs exactly one KeyManager, exactly one NodeAttestor and at least one
 //! WorkloadAttestor, as upstream's catalog requires. A block with `plugin_cmd` names an
-//! external plugin (NodeAttestor, WorkloadAttestor and SVIDStore so far), loaded at start-up; other
+//! external plugin (any of the four types), loaded at start-up; other
 //! names are built-ins, and unknown names and unknown `plugin_data` keys are errors naming
 //! the block.
 
@@ -103,6 +103,8 @@ pub enum KeyManagerChoice {
         /// `directory`: where the key file is written.
         directory: PathBuf,
     },
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol; it holds the key.
+    External(ExternalPlugin),
 }
 
 /// A workload attestor.
@@ -377,14 +379,12 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                     workload_attestors.push(WorkloadAttestorChoice::External(external));
                 }
                 "SVIDStore" => svid_stores.push(external),
+                "KeyManager" => key_managers.push(KeyManagerChoice::External(external)),
                 kind => {
                     return Err(ConfigError::invalid(
                         file,
                         format!("plugins.{kind}.{}.plugin_cmd", decl.name),
-                        format!(
-                            "external {kind} plugins are not supported yet (external NodeAttestor, \
-                             WorkloadAttestor and SVIDStore plugins are); use a built-in {kind}"
-                        ),
+                        format!("unknown plugin type {kind}"),
                     ));
                 }
             }
