@@ -202,11 +202,14 @@ mod tests {
         );
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let encoded = value["keys"]["agent-svid-A"].as_str().unwrap();
-        assert_eq!(STANDARD.decode(encoded).unwrap(), key.pkcs8_der());
+        assert_eq!(
+            STANDARD.decode(encoded).unwrap(),
+            key.local().unwrap().pkcs8_der()
+        );
 
         let reloaded = DiskKeyManager::open(dir.path()).unwrap();
         let got = reloaded.get_key("agent-svid-A").await.unwrap().unwrap();
-        assert_eq!(got.pkcs8_der(), key.pkcs8_der());
+        assert_eq!(got.public_key_der(), key.public_key_der());
     }
 
     #[cfg(unix)]

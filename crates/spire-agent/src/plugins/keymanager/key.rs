@@ -34,6 +34,14 @@ impl AgentKey {
         }
     }
 
+    /// The key material, when it is in this process.
+    pub fn local(&self) -> Option<&Arc<PrivateKey>> {
+        match self {
+            Self::Local(key) => Some(key),
+            Self::Plugin(_) => None,
+        }
+    }
+
     /// A CSR for this key with an empty subject, what the server mints agent SVIDs from.
     pub async fn csr_der(&self) -> Result<Vec<u8>, KeyManagerError> {
         let fail = |e: spire_core::x509::X509Error| KeyManagerError::Key(e.to_string());

@@ -66,7 +66,7 @@ mod tests {
             .await
             .unwrap();
         let got = km.get_key("agent-svid-A").await.unwrap().unwrap();
-        assert_eq!(got.pkcs8_der(), key.pkcs8_der());
+        assert_eq!(got.public_key_der(), key.public_key_der());
         assert_eq!(km.get_keys().await.unwrap().len(), 1);
         assert!(km.generate_key("", KeyType::EcP256).await.is_err());
     }
