@@ -500,7 +500,7 @@ async fn workload_attestors(
     Ok(attestors)
 }
 
-/// The configured SVIDStores (external plugins only), by name.
+/// The configured SVIDStores (external plugins and `aws_secretsmanager`), by name.
 async fn svid_stores(
     config: &ResolvedAgentConfig,
     loaded: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
@@ -511,6 +511,12 @@ async fn svid_stores(
         stores.insert(Arc::new(ExternalSvidStore::new(
             load_external(plugin, SERVICE, config, loaded).await?,
         )));
+    }
+    if let Some(aws) = &config.plugins.aws_secretsmanager {
+        use crate::plugins::svidstore::aws_secretsmanager::{AwsSecretsManager, NAME};
+        stores.insert(Arc::new(
+            AwsSecretsManager::new(NAME, aws, None).map_err(|e| anyhow::anyhow!(e))?,
+        ));
     }
     Ok(stores)
 }

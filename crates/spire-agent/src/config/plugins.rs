@@ -40,8 +40,11 @@ pub struct Plugins {
     pub key_manager: KeyManagerChoice,
     /// The WorkloadAttestors, in the order written.
     pub workload_attestors: Vec<WorkloadAttestorChoice>,
-    /// The SVIDStores (external plugins only), in the order written.
+    /// The external (`plugin_cmd`) SVIDStores, in the order written.
     pub svid_stores: Vec<ExternalPlugin>,
+    /// The built-in `aws_secretsmanager` SVIDStore, when configured.
+    pub aws_secretsmanager:
+        Option<crate::plugins::svidstore::aws_secretsmanager::AwsSecretsManagerConfig>,
 }
 
 impl Plugins {
@@ -370,6 +373,7 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
     let mut key_managers = Vec::new();
     let mut workload_attestors = Vec::new();
     let mut svid_stores = Vec::new();
+    let mut aws_secretsmanager = None;
 
     for decl in declarations {
         if let Some(external) = decl.external.clone() {
@@ -533,6 +537,18 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                 })?;
                 workload_attestors.push(WorkloadAttestorChoice::Docker(config));
             }
+            ("SVIDStore", crate::plugins::svidstore::aws_secretsmanager::NAME) => {
+                let d: crate::plugins::svidstore::aws_secretsmanager::AwsSecretsManagerConfig =
+                    decl.parse_data()?;
+                if d.region.is_empty() {
+                    return Err(ConfigError::invalid(
+                        decl.data_file(),
+                        format!("{}.region", decl.data_path()),
+                        "region is required: set region = \"<aws region>\"",
+                    ));
+                }
+                aws_secretsmanager = Some(d);
+            }
             ("WorkloadAttestor", "unix") => {
                 let d: UnixData = decl.parse_data()?;
                 workload_attestors.push(WorkloadAttestorChoice::Unix(UnixAttestorConfig {
@@ -573,6 +589,7 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
         key_manager,
         workload_attestors,
         svid_stores,
+        aws_secretsmanager,
     })
 }
 
@@ -584,7 +601,7 @@ fn supported_names(kind: &str) -> &'static str {
         }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\", \"k8s\" and \"docker\"",
         "SVIDStore" => {
-            "the built-in SVIDStores \"aws_secretsmanager\" and \"gcp_secretmanager\" are not \
+            "the built-in SVIDStore is \"aws_secretsmanager\"; \"gcp_secretmanager\" is not \
              available in this build; run an external SVIDStore with plugin_cmd"
         }
         _ => "no built-in plugins of this type are available yet; remove the block",
