@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use spire_common::logging::LogLevelHandle;
-use spire_core::keys::PrivateKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -129,12 +128,20 @@ pub async fn run_with_reload(
         "starting spire-agent"
     );
     let storage = Arc::new(AgentStorage::open(&config.data_dir)?);
+    // The KeyManager plugin process lives as long as the agent, across rebootstraps.
+    let mut key_manager_plugin = Vec::new();
     let key_manager: Arc<dyn KeyManager> = match &config.plugins.key_manager {
         KeyManagerChoice::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerChoice::Disk { directory } => Arc::new(
             DiskKeyManager::open(directory)
                 .context("cannot open plugins.KeyManager \"disk\" directory")?,
         ),
+        KeyManagerChoice::External(plugin) => {
+            use crate::plugins::keymanager::external::{ExternalKeyManager, SERVICE};
+            Arc::new(ExternalKeyManager::new(
+                load_external(plugin, SERVICE, &config, &mut key_manager_plugin).await?,
+            ))
+        }
     };
     let key_manager: Arc<dyn KeyManager> = Arc::new(
         crate::plugins::keymanager::metered::MeteredKeyManager::new(key_manager),
@@ -564,7 +571,7 @@ async fn agent_svid(
         return Ok((AgentSvid { chain, key, key_id }, reattestable));
     }
     let key_id = next_agent_svid_key_id(None);
-    let key: Arc<PrivateKey> = key_manager
+    let key = key_manager
         .generate_key(key_id, AGENT_SVID_KEY_TYPE)
         .await?;
     let attested = attestation::attest(client, attestor, &key).await?;
@@ -610,7 +617,7 @@ async fn workload_attestors(
     Ok(attestors)
 }
 
-/// The configured SVIDStores (external plugins only), by name.
+/// The configured SVIDStores (external plugins and `aws_secretsmanager`), by name.
 async fn svid_stores(
     config: &ResolvedAgentConfig,
     loaded: &mut Vec<Arc<spire_common::plugin_host::LoadedPlugin>>,
@@ -621,6 +628,12 @@ async fn svid_stores(
         stores.insert(Arc::new(ExternalSvidStore::new(
             load_external(plugin, SERVICE, config, loaded).await?,
         )));
+    }
+    if let Some(aws) = &config.plugins.aws_secretsmanager {
+        use crate::plugins::svidstore::aws_secretsmanager::{AwsSecretsManager, NAME};
+        stores.insert(Arc::new(
+            AwsSecretsManager::new(NAME, aws, None).map_err(|e| anyhow::anyhow!(e))?,
+        ));
     }
     Ok(stores)
 }

@@ -145,7 +145,7 @@ impl FakeServer {
         .unwrap();
         AgentIdentity {
             chain: vec![leaf],
-            key: Arc::new(key),
+            key: spire_agent::plugins::keymanager::AgentKey::Local(Arc::new(key)),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `SVIDStore` plugin type in agent.conf: external stores (`plugin_cmd`) are accepted with
-//! their HCL data, upstream's built-in stores are refused by name with the way out.
+//! their HCL data; the built-in `aws_secretsmanager` needs a region; `gcp_secretmanager` is
+//! refused by name with the way out.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
 
@@ -31,19 +32,34 @@ fn an_external_svidstore_is_accepted_with_its_data_as_hcl() {
 }
 
 #[test]
-fn upstreams_built_in_svidstores_are_refused_by_name() {
-    for name in ["aws_secretsmanager", "gcp_secretmanager"] {
-        let text = conf(&format!("SVIDStore \"{name}\" {{ plugin_data {{}} }}"));
-        let err = config::load_str("agent.conf", &text, false)
-            .and_then(|c| c.resolve())
-            .map(|_| ())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(&format!("plugins.SVIDStore.{name}")), "{err}");
-        assert!(
-            err.contains("not available in this build")
-                && err.contains("external SVIDStore with plugin_cmd"),
-            "{err}"
-        );
-    }
+fn gcp_secretmanager_is_refused_by_name_and_aws_secretsmanager_needs_a_region() {
+    let text = conf("SVIDStore \"gcp_secretmanager\" { plugin_data {} }");
+    let err = config::load_str("agent.conf", &text, false)
+        .and_then(|c| c.resolve())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("plugins.SVIDStore.gcp_secretmanager"), "{err}");
+    assert!(
+        err.contains("not available in this build")
+            && err.contains("external SVIDStore with plugin_cmd"),
+        "{err}"
+    );
+
+    let text = conf("SVIDStore \"aws_secretsmanager\" { plugin_data {} }");
+    let err = config::load_str("agent.conf", &text, false)
+        .and_then(|c| c.resolve())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("region is required"), "{err}");
+
+    let text = conf("SVIDStore \"aws_secretsmanager\" { plugin_data { region = \"us-east-1\" } }");
+    let resolved = config::load_str("agent.conf", &text, false)
+        .and_then(|c| c.resolve())
+        .unwrap();
+    assert_eq!(
+        resolved.plugins.aws_secretsmanager.unwrap().region,
+        "us-east-1"
+    );
 }

@@ -19,7 +19,7 @@ use spire_agent::attestation::{self, AgentSvid, AttestError, RotationConfig};
 use spire_agent::client::{AgentIdentity, DenialKind, ServerAddress, ServerClient, ServerTrust};
 use spire_agent::config::{BootstrapBundle, TrustBundleFormat};
 use spire_agent::plugins::keymanager::{
-    AGENT_SVID_KEY_A, AGENT_SVID_KEY_B, AGENT_SVID_KEY_TYPE, DiskKeyManager, KeyManager,
+    AGENT_SVID_KEY_A, AGENT_SVID_KEY_B, AGENT_SVID_KEY_TYPE, AgentKey, DiskKeyManager, KeyManager,
     find_agent_svid_key,
 };
 use spire_agent::plugins::nodeattestor::join_token::JoinTokenAttestor;
@@ -225,7 +225,7 @@ async fn authorized_entries(client: &ServerClient) -> Result<usize, tonic::Statu
 async fn attest_join_token(
     client: &ServerClient,
     token: &str,
-    key: &PrivateKey,
+    key: &AgentKey,
 ) -> Result<attestation::AttestResult, attestation::AttestError> {
     attestation::attest(client, &JoinTokenAttestor::new(Some(token.to_owned())), key).await
 }
@@ -240,7 +240,7 @@ async fn join_token_attestation_renewal_and_refusals() {
     // Attest with a fresh token: the SVID names the join-token agent path and chains to
     // the bundle.
     let token = server.join_token().await;
-    let key = Arc::new(PrivateKey::generate(KeyType::EcP256).unwrap());
+    let key = AgentKey::Local(Arc::new(PrivateKey::generate(KeyType::EcP256).unwrap()));
     let result = attest_join_token(&client, &token, &key).await.unwrap();
     assert!(!result.reattestable);
     let agent_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
@@ -265,7 +265,7 @@ async fn join_token_attestation_renewal_and_refusals() {
     assert_eq!(attestation::fetch_bundle(&client).await.unwrap(), roots);
 
     // Renewal: a fresh key, a new SVID with the same ID, accepted on the next connection.
-    let new_key = Arc::new(PrivateKey::generate(KeyType::EcP256).unwrap());
+    let new_key = AgentKey::Local(Arc::new(PrivateKey::generate(KeyType::EcP256).unwrap()));
     let renewed = attestation::renew(&client, &new_key).await.unwrap();
     assert_eq!(spiffe_id(&renewed), agent_id);
     assert_ne!(serial(&renewed), serial(&result.svid_chain));
@@ -425,7 +425,7 @@ async fn rotation_renews_at_half_life_and_persists_across_restart() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(slot_b.pkcs8_der(), renewed.key.pkcs8_der());
+    assert_eq!(slot_b.public_key_der(), renewed.key.public_key_der());
     assert_eq!(client.identity().unwrap().chain, renewed.chain);
     assert_eq!(authorized_entries(&client).await.unwrap(), 0);
     assert_eq!(storage.load_svid(), Some((renewed.chain.clone(), false)));

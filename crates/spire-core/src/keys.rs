@@ -299,6 +299,46 @@ impl PublicKey {
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
     }
+
+    /// Checks that `signature` (ECDSA as ASN.1 DER) is this key's signature of `message`
+    /// under `scheme`, so a key held elsewhere (a KeyManager plugin, KMS) that signs with
+    /// another key or garbles the signature is caught before the signature is used.
+    pub fn verify(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+        scheme: SignatureScheme,
+    ) -> Result<(), KeyError> {
+        use aws_lc_rs::signature as sig;
+        let algorithm: &'static dyn sig::VerificationAlgorithm =
+            match (self.key_type, scheme.hash, scheme.pss) {
+                (KeyType::EcP256, HashAlgorithm::Sha256, _) => &sig::ECDSA_P256_SHA256_ASN1,
+                (KeyType::EcP256, HashAlgorithm::Sha384, _) => &sig::ECDSA_P256_SHA384_ASN1,
+                (KeyType::EcP384, HashAlgorithm::Sha256, _) => &sig::ECDSA_P384_SHA256_ASN1,
+                (KeyType::EcP384, HashAlgorithm::Sha384, _) => &sig::ECDSA_P384_SHA384_ASN1,
+                (KeyType::EcP256 | KeyType::EcP384, HashAlgorithm::Sha512, _) => {
+                    return Err(KeyError::PublicKey(
+                        "ECDSA signatures over SHA-512 are not supported".into(),
+                    ));
+                }
+                (KeyType::Rsa2048 | KeyType::Rsa4096, hash, pss) => match (hash, pss) {
+                    (HashAlgorithm::Sha256, false) => &sig::RSA_PKCS1_2048_8192_SHA256,
+                    (HashAlgorithm::Sha384, false) => &sig::RSA_PKCS1_2048_8192_SHA384,
+                    (HashAlgorithm::Sha512, false) => &sig::RSA_PKCS1_2048_8192_SHA512,
+                    (HashAlgorithm::Sha256, true) => &sig::RSA_PSS_2048_8192_SHA256,
+                    (HashAlgorithm::Sha384, true) => &sig::RSA_PSS_2048_8192_SHA384,
+                    (HashAlgorithm::Sha512, true) => &sig::RSA_PSS_2048_8192_SHA512,
+                },
+            };
+        sig::UnparsedPublicKey::new(algorithm, &self.key_bits)
+            .verify(message, signature)
+            .map_err(|_| {
+                KeyError::PublicKey(format!(
+                    "the signature does not verify with the {} public key",
+                    self.key_type
+                ))
+            })
+    }
 }
 
 impl rcgen::PublicKeyData for PublicKey {
@@ -417,6 +457,21 @@ pub fn public_key_type(spki_der: &[u8]) -> Result<KeyType, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_accepts_the_keys_signature_and_refuses_others() {
+        for t in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
+            let key = PrivateKey::generate(t).unwrap();
+            let other = PrivateKey::generate(t).unwrap();
+            let public = PublicKey::from_spki_der(&key.public_key_der()).unwrap();
+            let signature = rcgen::SigningKey::sign(key.key_pair(), b"message").unwrap();
+            let forged = rcgen::SigningKey::sign(other.key_pair(), b"message").unwrap();
+            let scheme = t.x509_scheme();
+            public.verify(b"message", &signature, scheme).unwrap();
+            assert!(public.verify(b"massage", &signature, scheme).is_err());
+            assert!(public.verify(b"message", &forged, scheme).is_err());
+        }
+    }
 
     #[test]
     fn key_type_names_round_trip() {

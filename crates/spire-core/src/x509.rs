@@ -897,6 +897,15 @@ pub fn csr_der(key: &PrivateKey) -> Result<Vec<u8>, X509Error> {
     csr_der_with_subject(key, &Subject::default())
 }
 
+/// [`csr_der`] for a key held elsewhere (an agent KeyManager plugin): the CSR to have `key`
+/// sign, with an empty subject and no SANs.
+pub fn csr_unsigned(key: &PublicKey) -> Result<Unsigned, X509Error> {
+    let draft = CertificateParams::default()
+        .serialize_request(&Placeholder(key))
+        .map_err(signing_error)?;
+    Unsigned::from_draft(draft.der())
+}
+
 /// Builds the server's intermediate CA request to an UpstreamAuthority: `subject`
 /// (`ca_subject`) and the trust domain's SPIFFE ID as URI SAN, as upstream's
 /// `BuildUpstreamSignedX509CACSR` (authorities that copy the CSR's names, such as ACM Private

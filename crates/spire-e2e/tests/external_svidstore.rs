@@ -81,10 +81,12 @@ fn store_with(agent_program: &Path, case: &Path) -> (serde_json::Value, String) 
     );
 
     server.cli_ok(&["entry", "delete", "-entryID", &entry_id]);
+    // The plugin removes the file, then logs the deletion: wait for both.
+    let deleted_log = store_dir.join("deleted.log");
     eventually(
         "the stored SVID is deleted with its entry",
         Duration::from_secs(90),
-        || !stored_path.exists(),
+        || !stored_path.exists() && deleted_log.exists(),
     );
     let deleted = std::fs::read_to_string(store_dir.join("deleted.log")).unwrap();
     drop(agent);

@@ -3,7 +3,7 @@
 //! (`agent.v1.RenewAgent` at half-life, see [`rotation`]), and what happens when the server
 //! stops accepting the agent (see [`reattest`]).
 
-use spire_core::keys::PrivateKey;
+use crate::plugins::keymanager::AgentKey;
 use spire_proto::spire::api::server::agent::v1 as agentpb;
 use spire_proto::spire::api::server::bundle::v1 as bundlepb;
 use spire_proto::spire::api::types;
@@ -155,7 +155,7 @@ pub struct AttestResult {
 pub async fn attest(
     client: &ServerClient,
     attestor: &dyn NodeAttestor,
-    key: &PrivateKey,
+    key: &AgentKey,
 ) -> Result<AttestResult, AttestError> {
     let started = std::time::Instant::now();
     let result = attest_agent(client, attestor, key).await;
@@ -166,10 +166,12 @@ pub async fn attest(
 async fn attest_agent(
     client: &ServerClient,
     attestor: &dyn NodeAttestor,
-    key: &PrivateKey,
+    key: &AgentKey,
 ) -> Result<AttestResult, AttestError> {
     let payload = attestor.attestation_data().await?;
-    let csr = spire_core::x509::csr_der(key)
+    let csr = key
+        .csr_der()
+        .await
         .map_err(|e| AttestError::Key(format!("cannot build the agent CSR: {e}")))?;
     let request = agentpb::AttestAgentRequest {
         step: Some(agentpb::attest_agent_request::Step::Params(
@@ -232,11 +234,10 @@ async fn attest_agent(
 /// Renews the agent SVID for `new_key` (upstream uses a fresh key per renewal) over the
 /// client's current identity; returns the new chain, leaf first. The server makes it the
 /// agent's current SVID on its first use.
-pub async fn renew(
-    client: &ServerClient,
-    new_key: &PrivateKey,
-) -> Result<Vec<Vec<u8>>, AttestError> {
-    let csr = spire_core::x509::csr_der(new_key)
+pub async fn renew(client: &ServerClient, new_key: &AgentKey) -> Result<Vec<Vec<u8>>, AttestError> {
+    let csr = new_key
+        .csr_der()
+        .await
         .map_err(|e| AttestError::Key(format!("cannot build the renewal CSR: {e}")))?;
     let svid = client
         .agent_client()
@@ -278,7 +279,7 @@ pub async fn fetch_bundle(client: &ServerClient) -> Result<Vec<Vec<u8>>, AttestE
 }
 
 /// The agent identity the server just issued must be an X509-SVID for our key.
-fn check_svid(chain: &[Vec<u8>], key: &PrivateKey) -> Result<(), AttestError> {
+fn check_svid(chain: &[Vec<u8>], key: &AgentKey) -> Result<(), AttestError> {
     let leaf = chain
         .first()
         .ok_or_else(|| AttestError::Protocol("the server returned an empty SVID chain".into()))?;

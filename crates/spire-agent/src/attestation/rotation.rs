@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spire_core::keys::PrivateKey;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{AttestError, renew};
 use crate::client::{AgentIdentity, ServerClient};
-use crate::plugins::keymanager::{AGENT_SVID_KEY_TYPE, KeyManager, next_agent_svid_key_id};
+use crate::plugins::keymanager::{
+    AGENT_SVID_KEY_TYPE, AgentKey, KeyManager, next_agent_svid_key_id,
+};
 use crate::storage::AgentStorage;
 
 /// First wait after a failed renewal; grows ×1.5 per failure up to [`MAX_BACKOFF`].
@@ -25,8 +26,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(240);
 pub struct AgentSvid {
     /// The SVID chain, leaf first, DER.
     pub chain: Vec<Vec<u8>>,
-    /// The SVID's private key.
-    pub key: Arc<PrivateKey>,
+    /// The SVID's private key (in process or in a KeyManager plugin).
+    pub key: AgentKey,
     /// The KeyManager ID of `key` (`agent-svid-A` or `agent-svid-B`).
     pub key_id: String,
 }

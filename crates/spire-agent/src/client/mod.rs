@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::plugins::keymanager::AgentKey;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use spire_core::keys::PrivateKey;
 use spire_core::spiffe_id::TrustDomain;
 use spire_proto::spire::api::server::agent::v1::agent_client::AgentClient;
 use spire_proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
@@ -72,8 +72,8 @@ pub enum ClientError {
 pub struct AgentIdentity {
     /// The SVID chain, leaf first.
     pub chain: Vec<Vec<u8>>,
-    /// The SVID's private key.
-    pub key: Arc<PrivateKey>,
+    /// The SVID's private key (in process or in a KeyManager plugin).
+    pub key: AgentKey,
 }
 
 /// How the agent decides to trust the server it dials.
@@ -191,11 +191,7 @@ impl ServerClient {
 
     /// Presents `chain` and `key` on every later connection (after attestation or
     /// renewal). The cached connection is dropped; calls already running finish on it.
-    pub fn set_identity(
-        &self,
-        chain: Vec<Vec<u8>>,
-        key: Arc<PrivateKey>,
-    ) -> Result<(), ClientError> {
+    pub fn set_identity(&self, chain: Vec<Vec<u8>>, key: AgentKey) -> Result<(), ClientError> {
         let mut state = self.lock();
         let identity = AgentIdentity { chain, key };
         let roots = state.roots.clone();

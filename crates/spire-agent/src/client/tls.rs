@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
 use spire_common::tls::{SpiffeIdVerifier, provider};
 
 use super::{AgentIdentity, ClientError};
@@ -38,22 +40,45 @@ pub(super) fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match identity {
         None => builder.with_no_client_auth(),
-        Some(identity) => builder
-            .with_client_auth_cert(
-                identity
-                    .chain
-                    .iter()
-                    .cloned()
-                    .map(CertificateDer::from)
-                    .collect(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key.pkcs8_der().to_vec())),
-            )
-            .map_err(|e| {
+        Some(identity) => {
+            let invalid = |e: String| {
                 ClientError::InvalidIdentity(format!(
                     "the agent SVID and key cannot be used as a TLS client certificate: {e}"
                 ))
-            })?,
+            };
+            let chain: Vec<CertificateDer<'static>> = identity
+                .chain
+                .iter()
+                .cloned()
+                .map(CertificateDer::from)
+                .collect();
+            let certified =
+                CertifiedKey::new(chain, identity.key.tls_signing_key().map_err(invalid)?);
+            // As `with_client_auth_cert` does: the key must be the certificate's.
+            certified.keys_match().map_err(|e| invalid(e.to_string()))?;
+            builder.with_client_cert_resolver(Arc::new(AgentSvidCert(Arc::new(certified))))
+        }
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// Presents the agent SVID to the server whatever it asks, as upstream's client does. The
+/// key may sign in a KeyManager plugin (`AgentKey::Plugin`), which rustls's own
+/// `with_client_auth_cert` cannot express.
+#[derive(Debug)]
+struct AgentSvidCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for AgentSvidCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! The agent needs exactly one KeyManager, exactly one NodeAttestor and at least one
 //! WorkloadAttestor, as upstream's catalog requires. A block with `plugin_cmd` names an
-//! external plugin (NodeAttestor, WorkloadAttestor and SVIDStore so far), loaded at start-up; other
+//! external plugin (any of the four types), loaded at start-up; other
 //! names are built-ins, and unknown names and unknown `plugin_data` keys are errors naming
 //! the block.
 
@@ -40,8 +40,11 @@ pub struct Plugins {
     pub key_manager: KeyManagerChoice,
     /// The WorkloadAttestors, in the order written.
     pub workload_attestors: Vec<WorkloadAttestorChoice>,
-    /// The SVIDStores (external plugins only), in the order written.
+    /// The external (`plugin_cmd`) SVIDStores, in the order written.
     pub svid_stores: Vec<ExternalPlugin>,
+    /// The built-in `aws_secretsmanager` SVIDStore, when configured.
+    pub aws_secretsmanager:
+        Option<crate::plugins::svidstore::aws_secretsmanager::AwsSecretsManagerConfig>,
 }
 
 impl Plugins {
@@ -103,6 +106,8 @@ pub enum KeyManagerChoice {
         /// `directory`: where the key file is written.
         directory: PathBuf,
     },
+    /// A `plugin_cmd` plugin speaking upstream's plugin protocol; it holds the key.
+    External(ExternalPlugin),
 }
 
 /// A workload attestor.
@@ -368,6 +373,7 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
     let mut key_managers = Vec::new();
     let mut workload_attestors = Vec::new();
     let mut svid_stores = Vec::new();
+    let mut aws_secretsmanager = None;
 
     for decl in declarations {
         if let Some(external) = decl.external.clone() {
@@ -377,14 +383,12 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                     workload_attestors.push(WorkloadAttestorChoice::External(external));
                 }
                 "SVIDStore" => svid_stores.push(external),
+                "KeyManager" => key_managers.push(KeyManagerChoice::External(external)),
                 kind => {
                     return Err(ConfigError::invalid(
                         file,
                         format!("plugins.{kind}.{}.plugin_cmd", decl.name),
-                        format!(
-                            "external {kind} plugins are not supported yet (external NodeAttestor, \
-                             WorkloadAttestor and SVIDStore plugins are); use a built-in {kind}"
-                        ),
+                        format!("unknown plugin type {kind}"),
                     ));
                 }
             }
@@ -533,6 +537,18 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                 })?;
                 workload_attestors.push(WorkloadAttestorChoice::Docker(config));
             }
+            ("SVIDStore", crate::plugins::svidstore::aws_secretsmanager::NAME) => {
+                let d: crate::plugins::svidstore::aws_secretsmanager::AwsSecretsManagerConfig =
+                    decl.parse_data()?;
+                if d.region.is_empty() {
+                    return Err(ConfigError::invalid(
+                        decl.data_file(),
+                        format!("{}.region", decl.data_path()),
+                        "region is required: set region = \"<aws region>\"",
+                    ));
+                }
+                aws_secretsmanager = Some(d);
+            }
             ("WorkloadAttestor", "unix") => {
                 let d: UnixData = decl.parse_data()?;
                 workload_attestors.push(WorkloadAttestorChoice::Unix(UnixAttestorConfig {
@@ -573,6 +589,7 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
         key_manager,
         workload_attestors,
         svid_stores,
+        aws_secretsmanager,
     })
 }
 
@@ -584,7 +601,7 @@ fn supported_names(kind: &str) -> &'static str {
         }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\", \"k8s\" and \"docker\"",
         "SVIDStore" => {
-            "the built-in SVIDStores \"aws_secretsmanager\" and \"gcp_secretmanager\" are not \
+            "the built-in SVIDStore is \"aws_secretsmanager\"; \"gcp_secretmanager\" is not \
              available in this build; run an external SVIDStore with plugin_cmd"
         }
         _ => "no built-in plugins of this type are available yet; remove the block",

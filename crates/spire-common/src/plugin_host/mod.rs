@@ -13,6 +13,7 @@
 mod broker;
 mod hclog;
 pub mod hostservice;
+pub mod keymanager;
 mod process;
 
 use std::path::Path;
@@ -73,6 +74,7 @@ impl PluginLoadError {
 pub struct LoadedPlugin {
     plugin: ExternalPlugin,
     channel: Channel,
+    address: PluginAddress,
     services: Vec<String>,
     trust_domain: String,
     last_data: Mutex<String>,
@@ -135,6 +137,7 @@ impl LoadedPlugin {
         let mut loaded = Self {
             plugin: plugin.clone(),
             channel,
+            address,
             services: Vec::new(),
             trust_domain: trust_domain.to_owned(),
             last_data: Mutex::new(data.clone()),
@@ -201,6 +204,18 @@ impl LoadedPlugin {
     /// The gRPC channel to the plugin's services.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// A new connection to the plugin's gRPC server, driven by the runtime this is awaited
+    /// on: a thread with its own runtime (the agent's TLS signer) must not depend on the
+    /// tasks of the runtime behind [`Self::channel`], which may be waiting on it.
+    pub async fn connect_again(&self) -> Result<Channel, String> {
+        connect(&self.address)
+            .await
+            .map_err(|e| match self.exit_status() {
+                Some(exit) => format!("cannot connect to the plugin: plugin exited ({exit}): {e}"),
+                None => format!("cannot connect to the plugin: {e}"),
+            })
     }
 
     /// The gRPC service names the plugin reported in `Init`.

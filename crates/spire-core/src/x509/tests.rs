@@ -979,3 +979,11 @@ fn a_ca_key_held_elsewhere_signs_a_root_an_intermediate_svids_and_a_csr_that_ver
         assert_eq!(csr_public_key(&csr).unwrap(), root_key.public_key_der());
     }
 }
+
+#[test]
+fn a_csr_signed_elsewhere_carries_the_key_and_verifies() {
+    let key = crate::keys::PrivateKey::generate(KeyType::EcP256).unwrap();
+    let public = PublicKey::from_spki_der(&key.public_key_der()).unwrap();
+    let csr = csr_unsigned(&public).unwrap().sign(&key).unwrap();
+    assert_eq!(csr_public_key(&csr).unwrap(), key.public_key_der());
+}

@@ -17,7 +17,7 @@ use spire_core::keys::{KeyType, PrivateKey};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use super::{KeyManager, KeyManagerError, check_key_id, generate_blocking};
+use super::{AgentKey, KeyManager, KeyManagerError, check_key_id, generate_blocking};
 use spire_common::fs::atomic_write_private;
 
 /// The key file's name inside `directory`, as upstream names it.
@@ -148,11 +148,7 @@ impl KeyManager for DiskKeyManager {
         "disk"
     }
 
-    async fn generate_key(
-        &self,
-        id: &str,
-        key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError> {
+    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<AgentKey, KeyManagerError> {
         check_key_id(id)?;
         let key = Arc::new(generate_blocking(key_type).await?);
         let mut keys = self.keys.lock().await;
@@ -167,20 +163,20 @@ impl KeyManager for DiskKeyManager {
         // Only a key that reached the disk is used: an SVID for a key lost on restart
         // would force a re-attestation a join token cannot do.
         *keys = next;
-        Ok(key)
+        Ok(AgentKey::Local(key))
     }
 
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError> {
-        Ok(self.keys.lock().await.get(id).cloned())
+    async fn get_key(&self, id: &str) -> Result<Option<AgentKey>, KeyManagerError> {
+        Ok(self.keys.lock().await.get(id).cloned().map(AgentKey::Local))
     }
 
-    async fn get_keys(&self) -> Result<Vec<(String, Arc<PrivateKey>)>, KeyManagerError> {
+    async fn get_keys(&self) -> Result<Vec<(String, AgentKey)>, KeyManagerError> {
         Ok(self
             .keys
             .lock()
             .await
             .iter()
-            .map(|(id, key)| (id.clone(), key.clone()))
+            .map(|(id, key)| (id.clone(), AgentKey::Local(key.clone())))
             .collect())
     }
 }
@@ -206,11 +202,14 @@ mod tests {
         );
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let encoded = value["keys"]["agent-svid-A"].as_str().unwrap();
-        assert_eq!(STANDARD.decode(encoded).unwrap(), key.pkcs8_der());
+        assert_eq!(
+            STANDARD.decode(encoded).unwrap(),
+            key.local().unwrap().pkcs8_der()
+        );
 
         let reloaded = DiskKeyManager::open(dir.path()).unwrap();
         let got = reloaded.get_key("agent-svid-A").await.unwrap().unwrap();
-        assert_eq!(got.pkcs8_der(), key.pkcs8_der());
+        assert_eq!(got.public_key_der(), key.public_key_der());
     }
 
     #[cfg(unix)]

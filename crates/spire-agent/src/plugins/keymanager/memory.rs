@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use spire_core::keys::{KeyType, PrivateKey};
 use tokio::sync::Mutex;
 
-use super::{KeyManager, KeyManagerError, check_key_id, generate_blocking};
+use super::{AgentKey, KeyManager, KeyManagerError, check_key_id, generate_blocking};
 
 /// Keys in a map, gone on restart.
 #[derive(Debug, Default)]
@@ -29,28 +29,24 @@ impl KeyManager for MemoryKeyManager {
         "memory"
     }
 
-    async fn generate_key(
-        &self,
-        id: &str,
-        key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError> {
+    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<AgentKey, KeyManagerError> {
         check_key_id(id)?;
         let key = Arc::new(generate_blocking(key_type).await?);
         self.keys.lock().await.insert(id.to_owned(), key.clone());
-        Ok(key)
+        Ok(AgentKey::Local(key))
     }
 
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError> {
-        Ok(self.keys.lock().await.get(id).cloned())
+    async fn get_key(&self, id: &str) -> Result<Option<AgentKey>, KeyManagerError> {
+        Ok(self.keys.lock().await.get(id).cloned().map(AgentKey::Local))
     }
 
-    async fn get_keys(&self) -> Result<Vec<(String, Arc<PrivateKey>)>, KeyManagerError> {
+    async fn get_keys(&self) -> Result<Vec<(String, AgentKey)>, KeyManagerError> {
         Ok(self
             .keys
             .lock()
             .await
             .iter()
-            .map(|(id, key)| (id.clone(), key.clone()))
+            .map(|(id, key)| (id.clone(), AgentKey::Local(key.clone())))
             .collect())
     }
 }
@@ -70,7 +66,7 @@ mod tests {
             .await
             .unwrap();
         let got = km.get_key("agent-svid-A").await.unwrap().unwrap();
-        assert_eq!(got.pkcs8_der(), key.pkcs8_der());
+        assert_eq!(got.public_key_der(), key.public_key_der());
         assert_eq!(km.get_keys().await.unwrap().len(), 1);
         assert!(km.generate_key("", KeyType::EcP256).await.is_err());
     }

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use spire_common::telemetry::agent::key_manager_call;
-use spire_core::keys::{KeyType, PrivateKey};
+use spire_core::keys::KeyType;
 
-use super::{KeyManager, KeyManagerError};
+use super::{AgentKey, KeyManager, KeyManagerError};
 
 /// [`KeyManager`] with call metrics.
 #[derive(Debug)]
@@ -28,25 +28,21 @@ impl KeyManager for MeteredKeyManager {
         self.0.name()
     }
 
-    async fn generate_key(
-        &self,
-        id: &str,
-        key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError> {
+    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<AgentKey, KeyManagerError> {
         let started = Instant::now();
         let result = self.0.generate_key(id, key_type).await;
         key_manager_call("generate_key", result.is_ok(), started);
         result
     }
 
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError> {
+    async fn get_key(&self, id: &str) -> Result<Option<AgentKey>, KeyManagerError> {
         let started = Instant::now();
         let result = self.0.get_key(id).await;
         key_manager_call("get_key", result.is_ok(), started);
         result
     }
 
-    async fn get_keys(&self) -> Result<Vec<(String, Arc<PrivateKey>)>, KeyManagerError> {
+    async fn get_keys(&self) -> Result<Vec<(String, AgentKey)>, KeyManagerError> {
         let started = Instant::now();
         let result = self.0.get_keys().await;
         key_manager_call("get_keys", result.is_ok(), started);

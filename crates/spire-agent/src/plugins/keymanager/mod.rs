@@ -4,18 +4,20 @@
 //! every renewal so the previous key stays usable until the new SVID is in place. Two
 //! built-ins, chosen by name in the `KeyManager "<name>" { }` block: [`memory`] (keys are
 //! lost on restart, so every start re-attests) and [`disk`] (keys persist in upstream's
-//! `keys.json` inside `directory`, so a restart reuses the stored agent SVID).
-
-use std::sync::Arc;
+//! `keys.json` inside `directory`, so a restart reuses the stored agent SVID). A `plugin_cmd`
+//! KeyManager runs as an [`external`] plugin holding the key itself.
 
 use async_trait::async_trait;
 use spire_core::keys::{KeyType, PrivateKey};
 
 pub mod disk;
+pub mod external;
+pub mod key;
 pub mod memory;
 pub mod metered;
 
 pub use self::disk::{DiskKeyManager, DiskKeyManagerConfig};
+pub use self::key::AgentKey;
 pub use self::memory::MemoryKeyManager;
 
 /// The first of the two agent SVID key slots (upstream's ID).
@@ -38,22 +40,19 @@ pub enum KeyManagerError {
     Key(String),
 }
 
-/// Stores the agent's private keys by ID. The built-ins keep key material in process, so
-/// callers get a [`PrivateKey`] to sign CSRs and TLS handshakes with.
+/// Stores the agent's private keys by ID. The built-ins keep key material in process
+/// ([`AgentKey::Local`]); an external plugin keeps it and signs for the agent
+/// ([`AgentKey::Plugin`]).
 #[async_trait]
 pub trait KeyManager: Send + Sync + std::fmt::Debug + 'static {
     /// The plugin name, e.g. `disk`.
     fn name(&self) -> &'static str;
     /// Generates a key under `id`, replacing any existing one.
-    async fn generate_key(
-        &self,
-        id: &str,
-        key_type: KeyType,
-    ) -> Result<Arc<PrivateKey>, KeyManagerError>;
+    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<AgentKey, KeyManagerError>;
     /// The key under `id`, if any.
-    async fn get_key(&self, id: &str) -> Result<Option<Arc<PrivateKey>>, KeyManagerError>;
+    async fn get_key(&self, id: &str) -> Result<Option<AgentKey>, KeyManagerError>;
     /// Every key, sorted by ID; the agent finds its SVID's key among them at start.
-    async fn get_keys(&self) -> Result<Vec<(String, Arc<PrivateKey>)>, KeyManagerError>;
+    async fn get_keys(&self) -> Result<Vec<(String, AgentKey)>, KeyManagerError>;
 }
 
 /// The slot the next agent SVID key goes to: `agent-svid-B` when the current key is in
@@ -72,7 +71,7 @@ pub fn next_agent_svid_key_id(current: Option<&str>) -> &'static str {
 pub async fn find_agent_svid_key(
     key_manager: &dyn KeyManager,
     leaf_der: &[u8],
-) -> Result<Option<(String, Arc<PrivateKey>)>, KeyManagerError> {
+) -> Result<Option<(String, AgentKey)>, KeyManagerError> {
     let Ok(public) = spire_core::x509::certificate_public_key(leaf_der) else {
         return Ok(None);
     };

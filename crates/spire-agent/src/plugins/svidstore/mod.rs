@@ -2,9 +2,10 @@
 //! `store_svid` (`-storeSVID`), for workloads that cannot call the Workload API (upstream's
 //! `pkg/agent/plugin/svidstore`). An entry names its store by the type of its selectors
 //! (`<store name>:<key>:<value>`, all of one type); the selector values are the metadata the
-//! store receives. Only external (`plugin_cmd`) stores are available here; the built-ins
-//! `aws_secretsmanager` and `gcp_secretmanager` are refused by name in the configuration.
+//! store receives. External (`plugin_cmd`) stores and the built-in [`aws_secretsmanager`] are
+//! available; the built-in `gcp_secretmanager` is refused by name in the configuration.
 
+pub mod aws_secretsmanager;
 pub mod external;
 
 use std::collections::BTreeMap;
