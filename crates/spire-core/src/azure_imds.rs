@@ -590,6 +590,11 @@ fn verify_chain(
         .map_err(|e| {
             chain_error(match e {
                 webpki::Error::UnknownIssuer => "certificate signed by unknown authority".into(),
+                webpki::Error::InvalidSignatureForPublicKey => {
+                    "certificate signed by unknown authority (a signature in the chain does not \
+                     verify)"
+                        .into()
+                }
                 webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
                     "x509: certificate has expired or is not yet valid".into()
                 }
