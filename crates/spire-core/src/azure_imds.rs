@@ -571,10 +571,8 @@ fn verify_chain(
     let leaf = CertificateDer::from(signer_der);
     let end_entity = webpki::EndEntityCert::try_from(&leaf)
         .map_err(|e| chain_error(format!("unreadable signing certificate: {e:?}")))?;
-    let intermediates: Vec<CertificateDer<'_>> = intermediate
-        .map(|d| CertificateDer::from(d))
-        .into_iter()
-        .collect();
+    let intermediates: Vec<CertificateDer<'_>> =
+        intermediate.map(CertificateDer::from).into_iter().collect();
     let secs = u64::try_from(now.unix_timestamp()).unwrap_or(0);
     end_entity
         .verify_for_usage(

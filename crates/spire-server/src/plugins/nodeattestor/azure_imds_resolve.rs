@@ -209,9 +209,17 @@ pub struct VirtualMachine {
     pub resource_group: String,
     /// `tags`, string values only.
     pub tags: std::collections::BTreeMap<String, String>,
-    /// Per network interface: the security group (`resource group`, `name`), if any, and the
-    /// (`vnet`, `subnet`) pairs of its IP configurations.
-    pub interfaces: Vec<(Option<(String, String)>, Vec<(String, String)>)>,
+    /// The network interfaces.
+    pub interfaces: Vec<NetworkInterface>,
+}
+
+/// A VM's network interface (upstream's `NetworkInterface`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkInterface {
+    /// The security group (`resource group`, `name`), if any.
+    pub security_group: Option<(String, String)>,
+    /// The (`vnet`, `subnet`) pairs of its IP configurations.
+    pub subnets: Vec<(String, String)>,
 }
 
 /// Authenticated Resource Manager calls.
@@ -315,7 +323,10 @@ impl Arm<'_> {
                 .flatten()
                 .map(|s| (text(s, "vnet"), text(s, "name")))
                 .collect();
-            vm.interfaces.push((sg, subnets));
+            vm.interfaces.push(NetworkInterface {
+                security_group: sg,
+                subnets,
+            });
         }
         Ok(vm)
     }
@@ -430,7 +441,10 @@ fn vm_of_scale_set_instance(instance: &Value, group: &str) -> Result<VirtualMach
                 _ => continue 'interfaces,
             }
         }
-        vm.interfaces.push((sg, subnets));
+        vm.interfaces.push(NetworkInterface {
+            security_group: sg,
+            subnets,
+        });
     }
     Ok(vm)
 }
@@ -521,13 +535,13 @@ pub fn selectors(
             out.insert(format!("vm-tag:{tag}:{value}"));
         }
     }
-    for (sg, subnets) in &vm.interfaces {
-        if let Some((group, name)) = sg
+    for interface in &vm.interfaces {
+        if let Some((group, name)) = &interface.security_group
             && (!group.is_empty() || !name.is_empty())
         {
             out.insert(format!("network-security-group:{group}:{name}"));
         }
-        for (vnet, subnet) in subnets {
+        for (vnet, subnet) in &interface.subnets {
             out.insert(format!("virtual-network:{vnet}"));
             out.insert(format!("virtual-network-subnet:{vnet}:{subnet}"));
         }
@@ -562,11 +576,14 @@ mod tests {
             ]
             .into(),
             interfaces: vec![
-                (
-                    Some(("frontend".into(), "webservers".into())),
-                    vec![("vnet".into(), "default".into())],
-                ),
-                (Some((String::new(), String::new())), vec![]),
+                NetworkInterface {
+                    security_group: Some(("frontend".into(), "webservers".into())),
+                    subnets: vec![("vnet".into(), "default".into())],
+                },
+                NetworkInterface {
+                    security_group: Some((String::new(), String::new())),
+                    subnets: vec![],
+                },
             ],
         };
         let allowed = BTreeSet::from(["env".to_owned(), "missing".to_owned()]);
