@@ -546,6 +546,9 @@ async fn node_attestor(
         NodeAttestorChoice::AzureMsi(c) => {
             Arc::new(crate::plugins::nodeattestor::azure_msi::AzureMsiAttestor::new(c.clone()))
         }
+        NodeAttestorChoice::AzureImds(c) => {
+            Arc::new(crate::plugins::nodeattestor::azure_imds::AzureImdsAttestor::new(c.clone()))
+        }
         NodeAttestorChoice::AwsIid(c) => Arc::new(
             crate::plugins::nodeattestor::aws_iid::AwsIidAttestor::new(c),
         ),

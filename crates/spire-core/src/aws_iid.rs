@@ -120,14 +120,14 @@ fn rsa_public_key(cert_der: &[u8]) -> Result<Vec<u8>, VerifyError> {
 
 /// A DER element: tag, its content, and the whole encoding.
 #[derive(Debug, Clone, Copy)]
-struct Tlv<'a> {
-    tag: u8,
-    content: &'a [u8],
-    raw: &'a [u8],
+pub(crate) struct Tlv<'a> {
+    pub(crate) tag: u8,
+    pub(crate) content: &'a [u8],
+    pub(crate) raw: &'a [u8],
 }
 
 /// Reads one DER element from the front of `input`, returning it and the rest.
-fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
+pub(crate) fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, mut rest) = rest.split_first()?;
     let length = if first < 0x80 {
@@ -160,7 +160,7 @@ fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
 }
 
 /// All elements of a constructed element's content.
-fn children(content: &[u8]) -> Option<Vec<Tlv<'_>>> {
+pub(crate) fn children(content: &[u8]) -> Option<Vec<Tlv<'_>>> {
     let mut out = Vec::new();
     let mut rest = content;
     while !rest.is_empty() {
@@ -348,13 +348,13 @@ pub fn verify_pkcs7(
         })
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+pub(crate) fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     &bytes[start..]
 }
 
 /// Seconds since the epoch of a UTCTime or GeneralizedTime (`...Z`).
-fn parse_asn1_time(tlv: Tlv<'_>) -> Option<i64> {
+pub(crate) fn parse_asn1_time(tlv: Tlv<'_>) -> Option<i64> {
     let text = std::str::from_utf8(tlv.content).ok()?;
     let text = text.strip_suffix('Z')?;
     let (year, rest) = match tlv.tag {

@@ -9,6 +9,7 @@
 
 pub mod agent_path_template;
 pub mod aws_iid;
+pub mod azure_imds;
 pub mod bundle;
 pub mod config;
 pub mod duration;

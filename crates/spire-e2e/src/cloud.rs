@@ -55,8 +55,102 @@ pub struct CloudState {
     pub arm_resources: BTreeMap<String, Value>,
     /// VM resource IDs by the principal ID of their managed identity.
     pub vms_by_principal: BTreeMap<String, String>,
+    /// `azure_imds`: the VM whose attested documents IMDS signs, for the nonce asked.
+    pub azure_imds_vm: Option<AzureImdsVm>,
+    /// `azure_imds`: tenant IDs by tenant domain (Entra ID's OpenID configuration).
+    pub azure_tenants: BTreeMap<String, String>,
+    /// `azure_imds`: intermediates by CA Issuers URL path.
+    pub ca_issuers: BTreeMap<String, Vec<u8>>,
+    /// Resource Graph rows of `microsoft.compute/virtualmachines` (`id`, `name`, `location`,
+    /// `tags`, `vmId`, `networkProfile`, `resourceGroup`, as upstream's query projects them).
+    pub graph_vms: Vec<Value>,
+    /// Resource Graph rows of network interfaces (`name`, `resourceGroup`, `subnets`,
+    /// `securityGroup`), by the lower-cased resource ID of their VM.
+    pub graph_nics: BTreeMap<String, Vec<Value>>,
+    /// Resource Graph rows of scale sets (`id`, `name`, `location`, `resourceGroup`,
+    /// `subscriptionId`).
+    pub graph_scale_sets: Vec<Value>,
     /// Every request, in order.
     pub requests: Vec<Recorded>,
+}
+
+/// The VM IMDS serves `azure_imds` documents for.
+pub struct AzureImdsVm {
+    /// Azure's signing chain, as the test holds it.
+    pub signer: Arc<crate::azure_imds::ImdsSigner>,
+    /// `vmId`.
+    pub vm_id: String,
+    /// `subscriptionId`.
+    pub subscription: String,
+    /// A fixed answer instead of a fresh document (a replayed or forged one).
+    pub fixed_answer: Option<Value>,
+}
+
+impl std::fmt::Debug for AzureImdsVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureImdsVm")
+            .field("vm_id", &self.vm_id)
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the part of a Resource Graph query the fake understands: upstream's three queries
+/// (a VM by `vmId`, a VM's network interfaces, a scale set by name), over `subscriptions`.
+fn graph_answer(s: &CloudState, body: &str) -> (u16, String) {
+    let Ok(request) = serde_json::from_str::<Value>(body) else {
+        return (400, json!({"error": {"code": "BadRequest"}}).to_string());
+    };
+    let query = request.get("query").and_then(Value::as_str).unwrap_or("");
+    let subscriptions: Vec<&str> = request
+        .get("subscriptions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let quoted = |after: &str, quote: char| {
+        query
+            .split(after)
+            .nth(1)
+            .and_then(|r| r.split(quote).next())
+            .map(str::to_owned)
+    };
+    let in_subscription = |row: &Value, id_key: &str| {
+        let id = row.get(id_key).and_then(Value::as_str).unwrap_or("");
+        subscriptions.is_empty()
+            || subscriptions.iter().any(|sub| {
+                id.to_lowercase()
+                    .starts_with(&format!("/subscriptions/{}/", sub.to_lowercase()))
+            })
+    };
+    let rows: Vec<Value> = if query.contains("'microsoft.compute/virtualmachines'") {
+        let vm_id = quoted("properties.vmId == '", '\'').unwrap_or_default();
+        s.graph_vms
+            .iter()
+            .filter(|r| r.get("vmId").and_then(Value::as_str) == Some(vm_id.as_str()))
+            .filter(|r| in_subscription(r, "id"))
+            .cloned()
+            .collect()
+    } else if query.contains("\"microsoft.network/networkinterfaces\"") {
+        let vm = quoted("tolower(\"", '"').unwrap_or_default().to_lowercase();
+        s.graph_nics.get(&vm).cloned().unwrap_or_default()
+    } else if query.contains("'microsoft.compute/virtualmachinescalesets'") {
+        let name = quoted("where name == '", '\'').unwrap_or_default();
+        s.graph_scale_sets
+            .iter()
+            .filter(|r| r.get("name").and_then(Value::as_str) == Some(name.as_str()))
+            .filter(|r| in_subscription(r, "id"))
+            .cloned()
+            .collect()
+    } else {
+        return (400, json!({"error": {"code": "InvalidQuery"}}).to_string());
+    };
+    (
+        200,
+        json!({"totalRecords": rows.len(), "count": rows.len(), "data": rows, "facets": [], "resultTruncated": "false"})
+            .to_string(),
+    )
 }
 
 /// The running fake.
@@ -269,6 +363,49 @@ async fn handle(
         } else {
             (400, json!({"error": "invalid_resource"}).to_string())
         }
+    } else if path == "/metadata/attested/document" {
+        let nonce = query_param(&parts.uri, "nonce").unwrap_or_default();
+        match (&s.azure_imds_vm, azure_metadata) {
+            (_, false) => (400, "missing Metadata: true".to_owned()),
+            (None, true) => (404, "no attested document".to_owned()),
+            (Some(vm), true) => match &vm.fixed_answer {
+                Some(answer) => (200, answer.to_string()),
+                None => (
+                    200,
+                    vm.signer
+                        .document(&vm.vm_id, &vm.subscription, &nonce)
+                        .to_string(),
+                ),
+            },
+        }
+    } else if let Some(der) = s.ca_issuers.get(path) {
+        let der = der.clone();
+        drop(s);
+        return http::Response::builder()
+            .status(200)
+            .header(http::header::CONTENT_TYPE, "application/pkix-cert")
+            .body(Full::new(Bytes::from(der)))
+            .unwrap_or_else(|e| panic!("response: {e}"));
+    } else if let Some(domain) = path
+        .strip_suffix("/.well-known/openid-configuration")
+        .and_then(|p| p.strip_prefix('/'))
+        .filter(|d| *d != "common")
+    {
+        match s.azure_tenants.get(domain) {
+            Some(tenant) => (200, json!({"issuer": format!("https://sts.windows.net/{tenant}/"), "token_endpoint": format!("http://127.0.0.1:{port}/{tenant}/oauth2/token")}).to_string()),
+            None => (400, json!({"error": "invalid_tenant", "error_description": format!("AADSTS90002: Tenant '{domain}' not found.")}).to_string()),
+        }
+    } else if path == "/providers/Microsoft.ResourceGraph/resources"
+        && parts.method == http::Method::POST
+    {
+        if bearer_ok(ARM_ACCESS_TOKEN) {
+            graph_answer(&s, &body)
+        } else {
+            (
+                401,
+                json!({"error": {"code": "AuthenticationFailed"}}).to_string(),
+            )
+        }
     } else if path == "/metadata/instance" {
         if azure_metadata {
             (200, s.azure_instance.to_string())
@@ -280,7 +417,9 @@ async fn handle(
     } else if path == "/common/discovery/keys" {
         (200, s.azure_jwks.to_string())
     } else if path.ends_with("/oauth2/v2.0/token") && parts.method == http::Method::POST {
-        if body.contains("grant_type=client_credentials") && body.contains("client_secret=") {
+        if body.contains("grant_type=client_credentials")
+            && (body.contains("client_secret=") || body.contains("client_assertion="))
+        {
             (200, json!({"access_token": ARM_ACCESS_TOKEN, "token_type": "Bearer", "expires_in": 3599}).to_string())
         } else {
             (400, json!({"error": "invalid_client"}).to_string())

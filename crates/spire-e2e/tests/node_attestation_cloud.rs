@@ -1,4 +1,4 @@
-//! `gcp_iit` and `azure_msi` node attestation end to end: the real spire-server and
+//! `gcp_iit`, `azure_msi` and `azure_imds` node attestation end to end: the real spire-server and
 //! spire-agent binaries against a loopback stand-in for the GCP metadata server, Google's
 //! certificates and Compute Engine API, and Azure IMDS, Entra ID and Resource Manager
 //! (`spire_e2e::cloud::FakeCloud`), serving tokens the test signs with its own keys. The agent
@@ -17,11 +17,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use spire_e2e::azure_imds::{INTERMEDIATE_PATH, ImdsSigner};
 use spire_e2e::cloud::{
-    EntraSigner, FakeCloud, GoogleSigner, azure_vm_resources, gce_claims, gce_instance, msi_claims,
+    AzureImdsVm, EntraSigner, FakeCloud, GoogleSigner, azure_vm_resources, gce_claims,
+    gce_instance, msi_claims,
 };
 use spire_e2e::subdir as dir;
 use spire_e2e::{
@@ -343,4 +346,161 @@ fn azure_msi_token_of_an_unknown_tenant_is_refused() {
         "{out}"
     );
     assert!(server.agent_ids().is_empty(), "no agent was created");
+}
+
+const IMDS_DOMAIN: &str = "example.onmicrosoft.com";
+const IMDS_VM_ID: &str = "990878d4-068a-4ac4-9ee9-1231d2218ef2";
+
+/// The Azure stand-in for `azure_imds`: IMDS signing documents with the test's chain, the
+/// intermediate at its CA Issuers path, the tenant's OpenID configuration, and the VM and its
+/// network interface in Resource Graph.
+fn azure_imds_setup(tmp: &Path) -> (FakeCloud, Arc<ImdsSigner>, PathBuf) {
+    let cloud = FakeCloud::start();
+    let signer = Arc::new(ImdsSigner::new("eastus.metadata.azure.com", 24));
+    let roots = tmp.join("azure-test-root.pem");
+    std::fs::write(&roots, &signer.root_pem).unwrap();
+    let base = format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/agents/providers");
+    let vm = format!("{base}/Microsoft.Compute/virtualMachines/agent-vm");
+    cloud.with(|s| {
+        s.azure_imds_vm = Some(AzureImdsVm {
+            signer: Arc::clone(&signer),
+            vm_id: IMDS_VM_ID.into(),
+            subscription: SUBSCRIPTION.into(),
+            fixed_answer: None,
+        });
+        s.azure_instance = json!({"compute": {"name": "agent-vm", "subscriptionId": SUBSCRIPTION, "resourceGroupName": "agents", "vmScaleSetName": "", "location": "eastus", "vmId": IMDS_VM_ID}});
+        s.ca_issuers
+            .insert(INTERMEDIATE_PATH.into(), signer.intermediate_der.clone());
+        s.azure_tenants.insert(IMDS_DOMAIN.into(), TENANT.into());
+        s.graph_vms.push(json!({
+            "id": vm, "name": "agent-vm", "location": "eastus",
+            "tags": {"role": "agent"}, "vmId": IMDS_VM_ID, "resourceGroup": "agents",
+            "networkProfile": {"networkInterfaces": [{"id": format!("{base}/Microsoft.Network/networkInterfaces/agent-vm-nic")}]},
+        }));
+        s.graph_nics.insert(
+            vm.to_lowercase(),
+            vec![json!({"name": "agent-vm-nic", "resourceGroup": "agents",
+                "subnets": [{"vnet": "prod-vnet", "name": "default"}],
+                "securityGroup": {"resourceGroup": "agents", "name": "agents-nsg"}})],
+        );
+    });
+    (cloud, signer, roots)
+}
+
+fn azure_imds_server_block(cloud: &FakeCloud, roots: &Path) -> String {
+    format!(
+        r#"    NodeAttestor "azure_imds" {{
+        plugin_data {{
+            tenants = {{
+                "{IMDS_DOMAIN}" = {{
+                    secret_auth = {{
+                        app_id = "spire-server-app-id"
+                        app_secret = "app-secret"
+                    }}
+                    restrict_to_subscriptions = ["{SUBSCRIPTION}"]
+                    allowed_vm_tags = ["role"]
+                }}
+            }}
+            authority_host = "{url}/"
+            resource_manager_endpoint = "{url}/"
+            ca_issuers_endpoint = "{url}"
+            extra_ca_cert_path = "{roots}"
+        }}
+    }}
+"#,
+        url = cloud.url(),
+        roots = roots.display()
+    )
+}
+
+fn azure_imds_agent_block(cloud: &FakeCloud) -> String {
+    format!(
+        "    NodeAttestor \"azure_imds\" {{\n        plugin_data {{\n            tenant_domain = \"{IMDS_DOMAIN}\"\n            imds_endpoint = \"{}\"\n        }}\n    }}\n",
+        cloud.url()
+    )
+}
+
+#[test]
+fn azure_imds_agent_attests_with_an_attested_document_and_a_workload_gets_an_svid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, signer, roots) = azure_imds_setup(tmp.path());
+    let server = start_server(
+        &dir(tmp.path(), "server"),
+        &azure_imds_server_block(&cloud, &roots),
+    );
+    let mut agent = start_agent(
+        &binary("spire-agent"),
+        &dir(tmp.path(), "agent"),
+        &server,
+        &azure_imds_agent_block(&cloud),
+    );
+    // Upstream's documented agent ID and selectors for this VM.
+    let agent_id =
+        format!("spiffe://{TD}/spire/agent/azure_imds/{TENANT}/{SUBSCRIPTION}/{IMDS_VM_ID}");
+    let (shown, selectors) = shown_selectors(&server, &agent_id);
+    assert_eq!(shown["attestation_type"], "azure_imds", "{shown}");
+    assert_eq!(shown["can_reattest"], false, "{shown}");
+    let mut expected = vec![
+        format!("azure_imds:subscription-id:{SUBSCRIPTION}"),
+        "azure_imds:vm-name:agent-vm".to_owned(),
+        "azure_imds:vm-location:eastus".to_owned(),
+        "azure_imds:resource-group:agents".to_owned(),
+        "azure_imds:vm-tag:role:agent".to_owned(),
+        "azure_imds:network-security-group:agents:agents-nsg".to_owned(),
+        "azure_imds:virtual-network:prod-vnet".to_owned(),
+        "azure_imds:virtual-network-subnet:prod-vnet:default".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(selectors, expected);
+    // The document was asked for the server's 32-character nonce.
+    let asked = cloud.requests_to("/metadata/attested/document");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].uri.contains("api-version=2025-04-07&nonce="),
+        "{asked:?}"
+    );
+
+    // A workload on the attested node gets its SVID.
+    let uid = spire_e2e::current_uid();
+    server.create_uid_entry(
+        &agent_id,
+        &format!("spiffe://{TD}/azure-workload"),
+        uid,
+        &[],
+    );
+    let fetched = agent.cli_eventually(&["api", "fetch", "x509"], Duration::from_secs(90));
+    assert!(
+        fetched.contains(&format!("spiffe://{TD}/azure-workload")),
+        "{fetched}"
+    );
+    agent.stop();
+
+    // The same VM from a fresh agent (its data lost, or a copy): trust on first use.
+    let out = agent_refused(
+        &dir(tmp.path(), "again"),
+        &server,
+        &azure_imds_agent_block(&cloud),
+    );
+    assert!(
+        out.contains(DENIED)
+            && out.contains("attestation data has already been used to attest an agent"),
+        "{out}"
+    );
+
+    // A document replayed from earlier (an old nonce) is refused.
+    let old = signer.document(IMDS_VM_ID, SUBSCRIPTION, "0123456789abcdef0123456789abcdef");
+    cloud.with(|s| {
+        if let Some(vm) = s.azure_imds_vm.as_mut() {
+            vm.fixed_answer = Some(old);
+        }
+    });
+    let out = agent_refused(
+        &dir(tmp.path(), "replayed"),
+        &server,
+        &azure_imds_agent_block(&cloud),
+    );
+    assert!(
+        out.contains(DENIED) && out.contains("nonce mismatch"),
+        "{out}"
+    );
 }

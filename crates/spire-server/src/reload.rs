@@ -91,6 +91,7 @@ fn attestor_names(choices: &[NodeAttestorChoice]) -> Vec<String> {
             NodeAttestorChoice::SshPop(_) => "sshpop".to_owned(),
             NodeAttestorChoice::GcpIit(_) => "gcp_iit".to_owned(),
             NodeAttestorChoice::AzureMsi(_) => "azure_msi".to_owned(),
+            NodeAttestorChoice::AzureImds(_) => "azure_imds".to_owned(),
             NodeAttestorChoice::AwsIid(_) => "aws_iid".to_owned(),
             NodeAttestorChoice::External(plugin) => plugin.name.clone(),
         })

@@ -74,6 +74,8 @@ pub enum NodeAttestorChoice {
     GcpIit(crate::plugins::nodeattestor::gcp_iit::GcpIitConfig),
     /// `NodeAttestor "azure_msi"`: an Azure managed identity token.
     AzureMsi(crate::plugins::nodeattestor::azure_msi::AzureMsiConfig),
+    /// `NodeAttestor "azure_imds"`: an Azure IMDS attested document for the server's nonce.
+    AzureImds(crate::plugins::nodeattestor::azure_imds::AzureImdsConfig),
     /// A `plugin_cmd` plugin speaking upstream's plugin protocol.
     External(ExternalPlugin),
     /// `NodeAttestor "aws_iid"`: the EC2 instance identity document.
@@ -91,6 +93,7 @@ impl NodeAttestorChoice {
             Self::SshPop(_) => sshpop::NAME,
             Self::GcpIit(_) => crate::plugins::nodeattestor::gcp_iit::NAME,
             Self::AzureMsi(_) => crate::plugins::nodeattestor::azure_msi::NAME,
+            Self::AzureImds(_) => crate::plugins::nodeattestor::azure_imds::NAME,
             Self::AwsIid(_) => aws_iid::NAME,
         }
     }
@@ -413,6 +416,18 @@ pub fn from_value(file: &str, plugins: Option<&Value>) -> Result<Plugins, Config
                     azure_msi::AzureMsiConfig::from_data(d),
                 ));
             }
+            ("NodeAttestor", "azure_imds") => {
+                use crate::plugins::nodeattestor::azure_imds;
+                let d: azure_imds::Data = decl.parse_data()?;
+                let config = azure_imds::AzureImdsConfig::from_data(d).map_err(|e| {
+                    ConfigError::invalid(
+                        decl.data_file(),
+                        format!("{}.tenant_domain", decl.data_path()),
+                        format!("{e}: set tenant_domain to the tenant domain the server's azure_imds tenants know"),
+                    )
+                })?;
+                node_attestors.push(NodeAttestorChoice::AzureImds(config));
+            }
             ("NodeAttestor", "k8s_psat") => {
                 let d: K8sPsatData = decl.parse_data()?;
                 let Some(cluster) = d.cluster.filter(|c| !c.is_empty()) else {
@@ -597,7 +612,7 @@ fn supported_names(kind: &str) -> &'static str {
     match kind {
         "KeyManager" => "supported KeyManagers are \"disk\" and \"memory\"",
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\", \"azure_imds\" and \"aws_iid\""
         }
         "WorkloadAttestor" => "supported WorkloadAttestors are \"unix\", \"k8s\" and \"docker\"",
         "SVIDStore" => {

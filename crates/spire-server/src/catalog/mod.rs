@@ -107,6 +107,8 @@ pub enum NodeAttestorChoice {
     GcpIit(crate::plugins::nodeattestor::gcp_iit::GcpIitConfig),
     /// `NodeAttestor "azure_msi"`.
     AzureMsi(crate::plugins::nodeattestor::azure_msi::AzureMsiConfig),
+    /// `NodeAttestor "azure_imds"`.
+    AzureImds(crate::plugins::nodeattestor::azure_imds::AzureImdsConfig),
     /// A `plugin_cmd` plugin speaking upstream's plugin protocol, loaded at start-up.
     External(ExternalPlugin),
     /// `NodeAttestor "aws_iid"`.
@@ -407,6 +409,13 @@ pub fn from_config(config: &ServerConfig) -> Result<Catalog, ConfigError> {
                     azure_msi::AzureMsiConfig::from_data(data_file, &data_path, d)?,
                 ));
             }
+            ("NodeAttestor", "azure_imds") => {
+                use crate::plugins::nodeattestor::azure_imds;
+                let d: azure_imds::Data = decl.parse_data()?;
+                node_attestors.push(NodeAttestorChoice::AzureImds(
+                    azure_imds::AzureImdsConfig::from_data(data_file, &data_path, d)?,
+                ));
+            }
             ("NodeAttestor", aws_iid::NAME) => {
                 let d: aws_iid::Data = decl.parse_data()?;
                 node_attestors.push(NodeAttestorChoice::AwsIid(AwsIidConfig::from_data(
@@ -493,7 +502,7 @@ fn supported_names(kind: &str) -> &'static str {
              plugin_cmd)"
         }
         "NodeAttestor" => {
-            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\" and \"aws_iid\""
+            "supported NodeAttestors are \"join_token\", \"k8s_psat\", \"x509pop\", \"sshpop\", \"gcp_iit\", \"azure_msi\", \"azure_imds\" and \"aws_iid\""
         }
         "UpstreamAuthority" => {
             "supported UpstreamAuthorities are \"disk\", \"spire\", \"awssecret\", \"aws_pca\" and \"ejbca\""

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 
 pub mod aws_iid;
+pub mod azure_imds;
 pub mod azure_msi;
 pub mod external;
 pub mod gcp_iit;

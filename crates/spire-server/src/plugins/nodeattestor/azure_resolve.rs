@@ -236,7 +236,7 @@ async fn authenticate(
 }
 
 /// A token from Entra ID's client credentials grant.
-async fn client_secret_token(
+pub(super) async fn client_secret_token(
     http: &CloudHttpClient,
     endpoints: &Endpoints,
     tenant_id: &str,
@@ -265,7 +265,7 @@ async fn client_secret_token(
     access_token(&body)
 }
 
-fn access_token(body: &[u8]) -> Result<String, String> {
+pub(super) fn access_token(body: &[u8]) -> Result<String, String> {
     serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| {

@@ -12,6 +12,8 @@ use tonic::{Code, Status};
 
 pub mod aws_iid;
 pub mod aws_iid_org;
+pub mod azure_imds;
+pub mod azure_imds_resolve;
 pub mod azure_msi;
 pub mod azure_resolve;
 pub mod external;
@@ -131,6 +133,20 @@ impl NodeAttestors {
                         Err(e) => {
                             // Validated when the catalog was built; cannot happen.
                             tracing::error!(error = %e, "azure_msi node attestor not started");
+                            continue;
+                        }
+                    }
+                }
+                C::AzureImds(config) => {
+                    match azure_imds::AzureImdsAttestor::new(
+                        config.clone(),
+                        trust_domain.clone(),
+                        Arc::clone(&datastore),
+                    ) {
+                        Ok(attestor) => Arc::new(attestor),
+                        Err(e) => {
+                            // Validated when the catalog was built; cannot happen.
+                            tracing::error!(error = %e, "azure_imds node attestor not started");
                             continue;
                         }
                     }
