@@ -27,7 +27,7 @@ fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
     let server = ServerProcess::start(
         dir.path(),
         &format!(
-            "log_format = \"json\"\n    log_file = \"{}\"",
+            "log_format = \"json\"\n    log_file = \"{}\"\n    audit_log_enabled = true",
             log_file.display()
         ),
     );
@@ -62,11 +62,29 @@ fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
     );
     // The process keeps logging into the new file: a CLI call makes a line.
     server.cli_ok(&["bundle", "show"]);
+    server.cli_ok(&["entry", "count"]);
     assert!(!read(&rotated).contains("Log file reopened"));
-    for line in read(&log_file).lines() {
-        serde_json::from_str::<serde_json::Value>(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-    }
+    let entries: Vec<serde_json::Value> = read(&log_file)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    // audit_log_enabled = true from the file: the CLI's calls have upstream's entries.
+    let audited = |method: &str| {
+        entries
+            .iter()
+            .find(|e| e["type"] == "audit" && e["method"] == method)
+            .unwrap_or_else(|| panic!("no audit entry for {method} in {entries:#?}"))
+            .clone()
+    };
+    let audit = audited("GetBundle");
+    assert_eq!(audit["msg"], "API accessed");
+    assert_eq!(audit["service"], "bundle.v1.Bundle");
+    assert_eq!(audit["status"], "success");
+    assert_eq!(audit["authorized_as"], "nobody");
+    assert!(audit["caller_uid"].is_u64(), "{audit}");
+    let audit = audited("CountEntries");
+    assert_eq!(audit["service"], "entry.v1.Entry");
+    assert_eq!(audit["authorized_as"], "local");
     // The server still serves after the signal (SIGUSR2 must not stop it).
     assert!(server.cli(&["healthcheck"]).status.success());
 }
