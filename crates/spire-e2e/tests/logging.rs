@@ -27,7 +27,7 @@ fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
     let server = ServerProcess::start(
         dir.path(),
         &format!(
-            "log_format = \"json\"\n    log_file = \"{}\"\n    audit_log_enabled = true",
+            "log_format = \"json\"\n    log_file = \"{}\"\n    audit_log_enabled = true\n    disable_jwt_svids = true",
             log_file.display()
         ),
     );
@@ -85,6 +85,19 @@ fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
     let audit = audited("CountEntries");
     assert_eq!(audit["service"], "entry.v1.Entry");
     assert_eq!(audit["authorized_as"], "local");
+    // disable_jwt_svids = true from the file: no JWT-SVID is minted, with upstream's words.
+    let minted = server.cli(&[
+        "jwt",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/w",
+        "-audience",
+        "a",
+    ]);
+    let stderr = String::from_utf8_lossy(&minted.stderr).into_owned()
+        + &String::from_utf8_lossy(&minted.stdout);
+    assert!(!minted.status.success(), "{stderr}");
+    assert!(stderr.contains("JWT functionality is disabled"), "{stderr}");
     // The server still serves after the signal (SIGUSR2 must not stop it).
     assert!(server.cli(&["healthcheck"]).status.success());
 }
