@@ -148,4 +148,16 @@ fn text_lines_start_like_logrus_and_carry_the_source_location() {
         !time.contains('.'),
         "default format has no fraction: {time}"
     );
+
+    // The agent reopens its log_file on SIGUSR2 too (logrotate's postrotate).
+    let rotated = dir.path().join("agent-file.log.1");
+    std::fs::rename(&agent_log, &rotated).unwrap();
+    send_signal(agent.pid().unwrap(), Signal::USR2).unwrap();
+    eventually(
+        "a new agent log file after SIGUSR2",
+        Duration::from_secs(30),
+        || read(&agent_log).contains("Log file reopened"),
+    );
+    assert!(!read(&rotated).contains("Log file reopened"));
+    assert!(agent.cli(&["healthcheck"]).status.success());
 }
