@@ -370,10 +370,11 @@ async fn run_once(
     ));
 
     if let Some(listener) = health_listener {
-        let check = Arc::new(AgentHealth::new(
-            config.socket_path.clone(),
-            agent_identity.clone(),
-        ));
+        // With both public APIs disabled no socket is served, and upstream's check then
+        // answers from the agent having started alone.
+        let public_socket = (!(config.disable_workload_api && config.disable_sds_api))
+            .then(|| config.socket_path.clone());
+        let check = Arc::new(AgentHealth::new(public_socket, agent_identity.clone()));
         let (state, checks) = health::spawn_checks(vec![check], cancel.clone());
         let health_config = config.health_checks.clone();
         let health_cancel = cancel.clone();

@@ -3,8 +3,13 @@
 //! `FetchX509Bundles` call on its own socket and its agent SVID has not expired; it is live
 //! unless the Workload API, once started, stops answering. Details use upstream's
 //! `make_new_x509_err` key: `{"agent":{}}` when healthy.
+//!
+//! With both public APIs disabled (`disable_workload_api` and `disable_sds_api`) there is no
+//! socket to call: as upstream, the agent is then live and, once started, ready, with no
+//! details (`{"agent":null}`); only an expired agent SVID (our addition) makes it unready.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,24 +27,31 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Checks the running agent.
 pub struct AgentHealth {
-    socket_path: PathBuf,
+    /// The public socket; `None` when neither the Workload API nor SDS is served.
+    socket_path: Option<PathBuf>,
     identity: watch::Receiver<AgentIdentity>,
+    /// Whether the Workload API has listened once (upstream's `started`): until then a
+    /// failing check leaves the agent live, so a probe does not restart a starting agent.
+    started: AtomicBool,
 }
 
 impl AgentHealth {
-    /// Checks the Workload API at `socket_path` and the SVID `identity` holds.
-    pub fn new(socket_path: PathBuf, identity: watch::Receiver<AgentIdentity>) -> Self {
+    /// Checks the Workload API at `socket_path` (`None`: both public APIs are disabled) and
+    /// the SVID `identity` holds.
+    pub fn new(socket_path: Option<PathBuf>, identity: watch::Receiver<AgentIdentity>) -> Self {
         Self {
             socket_path,
             identity,
+            started: AtomicBool::new(false),
         }
     }
 
-    /// Why the Workload API does not serve, when it does not. Only an unreachable API
-    /// counts, as upstream's check: any answer, even "no identity issued", means it serves.
-    async fn workload_api_error(&self) -> Option<String> {
+    /// Why the Workload API at `socket_path` does not serve, when it does not. Only an
+    /// unreachable API counts, as upstream's check: any answer, even "no identity issued",
+    /// means it serves.
+    async fn workload_api_error(socket_path: &std::path::Path) -> Option<String> {
         let call = async {
-            let mut client = crate::cli::client::workload_client(&self.socket_path)
+            let mut client = crate::cli::client::workload_client(socket_path)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut stream = match client.fetch_x509_bundles(wl::X509BundlesRequest {}).await {
@@ -81,6 +93,14 @@ impl AgentHealth {
     }
 }
 
+/// Upstream's details object: `make_new_x509_err` when there is an error, else `{}`.
+fn details(error: Option<&String>) -> serde_json::Value {
+    match error {
+        Some(e) => serde_json::json!({ "make_new_x509_err": e }),
+        None => serde_json::json!({}),
+    }
+}
+
 #[async_trait]
 impl HealthCheck for AgentHealth {
     fn name(&self) -> &str {
@@ -88,19 +108,24 @@ impl HealthCheck for AgentHealth {
     }
 
     async fn check(&self) -> HealthState {
-        let started = self.socket_path.exists();
-        let api_error = if started {
-            self.workload_api_error().await
-        } else {
-            Some("workload api is unavailable: not listening yet".to_owned())
+        let Some(socket_path) = &self.socket_path else {
+            // Upstream (no bind address): Ready = started, Live = true, nil details. This
+            // check exists only once the agent has attested and started its tasks.
+            let error = self.svid_error();
+            return HealthState {
+                live: true,
+                ready: error.is_none(),
+                live_details: serde_json::Value::Null,
+                ready_details: error.map_or(serde_json::Value::Null, |e| details(Some(&e))),
+            };
         };
+        if socket_path.exists() {
+            self.started.store(true, Ordering::Relaxed);
+        }
+        let started = self.started.load(Ordering::Relaxed);
+        let api_error = Self::workload_api_error(socket_path).await;
         let error = api_error.clone().or_else(|| self.svid_error());
-        let details = |error: Option<&String>| match error {
-            Some(e) => serde_json::json!({ "make_new_x509_err": e }),
-            None => serde_json::json!({}),
-        };
         HealthState {
-            // While starting, the agent counts as live (a probe must not restart it then).
             live: !started || api_error.is_none(),
             ready: error.is_none(),
             live_details: details(if started { api_error.as_ref() } else { None }),

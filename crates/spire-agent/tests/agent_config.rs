@@ -788,3 +788,58 @@ fn unknown_keys_in_experimental_sds_and_telemetry_warn_as_upstream_ignores_them(
         );
     }
 }
+
+#[test]
+fn feature_flags_are_checked_as_upstreams_fflag() {
+    let c = load(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ feature_flags = [\"i_am_a_test_flag\"] }}"
+    )))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w == "Developer feature flag \"i_am_a_test_flag\" has been enabled"),
+        "{:?}",
+        c.warnings
+    );
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ feature_flags = [\"b\", \"a\"] }}"
+    )));
+    assert!(
+        err.contains(
+            "agent.experimental.feature_flags: error loading feature flags: unknown feature \
+             flag(s): [a b]"
+        ),
+        "{err}"
+    );
+    let err = resolve_err(&with_agent(&format!(
+        "{MINIMAL_AGENT}\n    experimental {{ feature_flags = [\"wit-svid\"] }}"
+    )));
+    assert!(
+        err.contains("WIT-SVIDs, which this agent does not support"),
+        "{err}"
+    );
+}
+
+#[test]
+fn windows_named_pipes_are_refused_naming_the_unix_socket_key() {
+    for (line, message) in [
+        (
+            r#"named_pipe_name = "\\spire-agent\\public\\api""#,
+            "agent.experimental.named_pipe_name: named_pipe_name is not supported on this \
+             platform; use socket_path instead",
+        ),
+        (
+            r#"admin_named_pipe_name = "\\spire-agent\\private\\admin""#,
+            "agent.experimental.admin_named_pipe_name: admin_named_pipe_name is not supported \
+             on this platform; use admin_socket_path instead",
+        ),
+    ] {
+        let err = resolve_err(&with_agent(&format!(
+            "{MINIMAL_AGENT}\n    experimental {{ {line} }}"
+        )));
+        assert!(err.contains(message), "{line}: {err}");
+    }
+}

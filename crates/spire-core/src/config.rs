@@ -7,6 +7,7 @@
 //! `os.ExpandEnv` does.
 
 pub mod de;
+pub mod feature_flags;
 mod hcl1;
 pub mod hcl_print;
 pub mod plugins;

@@ -27,7 +27,7 @@ fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
     let server = ServerProcess::start(
         dir.path(),
         &format!(
-            "log_format = \"json\"\n    log_file = \"{}\"",
+            "log_format = \"json\"\n    log_file = \"{}\"\n    audit_log_enabled = true\n    disable_jwt_svids = true",
             log_file.display()
         ),
     );
@@ -92,11 +92,42 @@ fn json_log_file_has_logrus_keys_and_is_reopened_on_sigusr2() {
     );
     // The process keeps logging into the new file: a CLI call makes a line.
     server.cli_ok(&["bundle", "show"]);
+    server.cli_ok(&["entry", "count"]);
     assert!(!read(&rotated).contains("Log file reopened"));
-    for line in read(&log_file).lines() {
-        serde_json::from_str::<serde_json::Value>(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-    }
+    let entries: Vec<serde_json::Value> = read(&log_file)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    // audit_log_enabled = true from the file: the CLI's calls have upstream's entries.
+    let audited = |method: &str| {
+        entries
+            .iter()
+            .find(|e| e["type"] == "audit" && e["method"] == method)
+            .unwrap_or_else(|| panic!("no audit entry for {method} in {entries:#?}"))
+            .clone()
+    };
+    let audit = audited("GetBundle");
+    assert_eq!(audit["msg"], "API accessed");
+    assert_eq!(audit["service"], "bundle.v1.Bundle");
+    assert_eq!(audit["status"], "success");
+    assert_eq!(audit["authorized_as"], "nobody");
+    assert!(audit["caller_uid"].is_u64(), "{audit}");
+    let audit = audited("CountEntries");
+    assert_eq!(audit["service"], "entry.v1.Entry");
+    assert_eq!(audit["authorized_as"], "local");
+    // disable_jwt_svids = true from the file: no JWT-SVID is minted, with upstream's words.
+    let minted = server.cli(&[
+        "jwt",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/w",
+        "-audience",
+        "a",
+    ]);
+    let stderr = String::from_utf8_lossy(&minted.stderr).into_owned()
+        + &String::from_utf8_lossy(&minted.stdout);
+    assert!(!minted.status.success(), "{stderr}");
+    assert!(stderr.contains("JWT functionality is disabled"), "{stderr}");
     // The server still serves after the signal (SIGUSR2 must not stop it).
     assert!(server.cli(&["healthcheck"]).status.success());
 }
@@ -147,4 +178,16 @@ fn text_lines_start_like_logrus_and_carry_the_source_location() {
         !time.contains('.'),
         "default format has no fraction: {time}"
     );
+
+    // The agent reopens its log_file on SIGUSR2 too (logrotate's postrotate).
+    let rotated = dir.path().join("agent-file.log.1");
+    std::fs::rename(&agent_log, &rotated).unwrap();
+    send_signal(agent.pid().unwrap(), Signal::USR2).unwrap();
+    eventually(
+        "a new agent log file after SIGUSR2",
+        Duration::from_secs(30),
+        || read(&agent_log).contains("Log file reopened"),
+    );
+    assert!(!read(&rotated).contains("Log file reopened"));
+    assert!(agent.cli(&["healthcheck"]).status.success());
 }

@@ -635,3 +635,139 @@ async fn without_proxy_protocol_a_header_is_just_bad_tls() {
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     server.stop().await;
 }
+
+/// The newest audit entry of `method`.
+fn last_of(captured: &Captured, method: &str) -> Value {
+    captured
+        .audit_entries()
+        .into_iter()
+        .rev()
+        .find(|e| e["method"] == method)
+        .unwrap_or_else(|| panic!("no audit entry for {method}"))
+}
+
+#[tokio::test]
+async fn bundle_authority_and_agent_calls_carry_upstreams_request_fields() {
+    use spire_server::api::audit::sha256_hex;
+    let (captured, _guard) = capture();
+    let server = start(true, false).await;
+
+    // AppendBundle: upstream's per-authority fields (FieldsFrom{Jwt,X509}AuthoritiesProto).
+    let ca_key = PrivateKey::generate(spire_core::keys::KeyType::EcP256).unwrap();
+    let validity = spire_core::x509::Validity::from_now(
+        time::OffsetDateTime::now_utc(),
+        time::Duration::hours(1),
+    );
+    let ca_der = spire_core::x509::self_signed_ca(
+        &ca_key,
+        &spire_core::x509::CaTemplate::new(TrustDomain::new(TD).unwrap(), validity),
+    )
+    .unwrap();
+    let jwt_key = PrivateKey::generate(spire_core::keys::KeyType::EcP256)
+        .unwrap()
+        .public_key_der();
+    BundleClient::new(unix_channel(&server.socket))
+        .append_bundle(bundlepb::AppendBundleRequest {
+            x509_authorities: vec![types::X509Certificate {
+                asn1: ca_der.clone(),
+                tainted: false,
+            }],
+            jwt_authorities: vec![types::JwtKey {
+                public_key: jwt_key.clone(),
+                key_id: "appended-key".into(),
+                expires_at: 1_900_000_000,
+                tainted: false,
+            }],
+            wit_authorities: Vec::new(),
+            output_mask: None,
+        })
+        .await
+        .unwrap();
+    let e = last_of(&captured, "AppendBundle");
+    assert_eq!(e["service"], "bundle.v1.Bundle");
+    assert_eq!(e["status"], "success");
+    assert_eq!(e["x509_authorities_asn1_sha256.0"], sha256_hex(&ca_der));
+    assert_eq!(e["jwt_authority_key_id.0"], "appended-key");
+    assert_eq!(e["jwt_authority_expires_at.0"], 1_900_000_000);
+    assert_eq!(e["jwt_authority_public_key_sha256.0"], sha256_hex(&jwt_key));
+
+    // A LocalAuthority RPC.
+    LocalAuthorityClient::new(unix_channel(&server.socket))
+        .get_jwt_authority_state(lapb::GetJwtAuthorityStateRequest {})
+        .await
+        .unwrap();
+    let e = last_of(&captured, "GetJWTAuthorityState");
+    assert_eq!(e["service"], "localauthority.v1.LocalAuthority");
+    assert_eq!(e["status"], "success");
+
+    // An agent: AttestAgent with a join token over TCP, then RenewAgent with its SVID.
+    AgentClient::new(unix_channel(&server.socket))
+        .create_join_token(agentpb::CreateJoinTokenRequest {
+            ttl: 600,
+            token: "audit-token".into(),
+            agent_id: None,
+        })
+        .await
+        .unwrap();
+    let key = PrivateKey::generate(spire_core::keys::KeyType::EcP256).unwrap();
+    let csr = spire_core::x509::csr_der(&key).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(
+            agentpb::attest_agent_request::Params {
+                data: Some(types::AttestationData {
+                    r#type: "join_token".into(),
+                    payload: b"audit-token".to_vec(),
+                }),
+                params: Some(agentpb::AgentX509svidParams { csr: csr.clone() }),
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut responses = AgentClient::new(tls_channel(server.tcp, client_tls(None)))
+        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    drop(tx);
+    let Some(agentpb::attest_agent_response::Step::Result(result)) = response.step else {
+        panic!("join_token needs no challenge");
+    };
+    let chain = result.svid.unwrap().cert_chain;
+    let e = last_of(&captured, "AttestAgent");
+    assert_eq!(e["service"], "agent.v1.Agent");
+    assert_eq!(e["status"], "success");
+    assert_eq!(e["node_attestor_type"], "join_token");
+    assert_eq!(
+        e["agent_id"],
+        "spiffe://example.org/spire/agent/join_token/audit-token"
+    );
+    assert!(
+        e["caller_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+
+    let renew_key = PrivateKey::generate(spire_core::keys::KeyType::EcP256).unwrap();
+    let renew_csr = spire_core::x509::csr_der(&renew_key).unwrap();
+    AgentClient::new(tls_channel(server.tcp, client_tls(Some((chain, &key)))))
+        .renew_agent(agentpb::RenewAgentRequest {
+            params: Some(agentpb::AgentX509svidParams {
+                csr: renew_csr.clone(),
+            }),
+        })
+        .await
+        .unwrap();
+    let e = last_of(&captured, "RenewAgent");
+    assert_eq!(e["status"], "success");
+    assert_eq!(e["authorized_as"], "agent");
+    assert_eq!(
+        e["caller_id"],
+        "spiffe://example.org/spire/agent/join_token/audit-token"
+    );
+    assert_eq!(e["csr"], sha256_hex(&renew_csr));
+
+    server.stop().await;
+}

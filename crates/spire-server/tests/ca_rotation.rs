@@ -1151,3 +1151,44 @@ async fn run_stops_when_cancelled() {
         .expect("run returns after cancel")
         .unwrap();
 }
+
+/// The `alg` in a compact JWT's header.
+fn jwt_alg(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    header["alg"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn jwt_key_type_chooses_the_jwt_signing_algorithm_apart_from_the_ca_key() {
+    let id = SpiffeId::parse("spiffe://example.org/workload").unwrap();
+    for (ca_key_type, jwt_key_type, alg) in [
+        (KeyType::EcP256, Some(KeyType::Rsa2048), "RS256"),
+        (KeyType::EcP256, Some(KeyType::EcP384), "ES384"),
+        // Without jwt_key_type the JWT key follows ca_key_type, as upstream.
+        (KeyType::EcP384, None, "ES384"),
+        (KeyType::EcP256, None, "ES256"),
+    ] {
+        let clock = ManualClock::new();
+        let ds = Arc::new(FakeDataStore::default());
+        let mut config = config(&clock, Duration::from_secs(600));
+        config.ca_key_type = ca_key_type;
+        config.jwt_key_type = jwt_key_type;
+        let ca = CaManager::new(config, Arc::new(MemoryKeyManager::new()), None, ds.clone())
+            .await
+            .unwrap();
+        let svid = ca.sign_jwt_svid(&id, &["a".into()], None).await.unwrap();
+        assert_eq!(
+            jwt_alg(&svid.token),
+            alg,
+            "ca_key_type {ca_key_type:?}, jwt_key_type {jwt_key_type:?}"
+        );
+        // The token verifies against the bundle's JWT authority.
+        let b = jwt_bundle(&bundle(ds.as_ref()).await);
+        validate_jwt_svid(&svid.token, &b, &["a"], clock.now().unix_timestamp()).unwrap();
+    }
+}

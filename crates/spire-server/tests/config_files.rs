@@ -928,6 +928,19 @@ fn keys_this_server_does_not_implement_are_refused_by_name() {
             "experimental { wit_issuer = \"https://x\" }",
             "server.experimental.wit_issuer",
         ),
+        (
+            "experimental { wit_key_type = \"ec-p256\" }",
+            "server.experimental.wit_key_type",
+        ),
+        (
+            "experimental { named_pipe_name = \"\\\\spire-server\\\\private\\\\api\" }",
+            "named_pipe_name is not supported on this platform; use socket_path instead",
+        ),
+        (
+            "use_legacy_downstream_x509_ca_ttl = false",
+            "server.use_legacy_downstream_x509_ca_ttl: unknown configuration detected: \
+             upstream SPIRE removed this key in v1.13",
+        ),
     ];
     for (line, key) in cases {
         let text = MINIMAL.replacen("server {", &format!("server {{\n    {line}"), 1);
@@ -1073,5 +1086,70 @@ fn max_attested_node_info_staleness_reaches_the_agent_authorizer() {
     assert_eq!(
         r.index_options().max_attested_node_info_staleness,
         Duration::ZERO
+    );
+}
+
+/// Resolves MINIMAL with `line` added to the `server` block.
+fn resolve_with(line: &str) -> Result<spire_server::config::ResolvedServerConfig, ConfigError> {
+    let text = MINIMAL.replacen("server {", &format!("server {{\n    {line}"), 1);
+    load(&text)?.resolve()
+}
+
+#[test]
+fn feature_flags_are_checked_as_upstreams_fflag() {
+    // Upstream's test flag loads, with upstream's warning.
+    let r = resolve_with("experimental { feature_flags = [\"i_am_a_test_flag\"] }").unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w == "Developer feature flag \"i_am_a_test_flag\" has been enabled"),
+        "{:?}",
+        r.warnings
+    );
+    // Any other flag fails as upstream's fflag.Load fails, listing them sorted.
+    let err =
+        resolve_with("experimental { feature_flags = [\"zz\", \"i_am_a_test_flag\", \"aa\"] }")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains(
+            "server.experimental.feature_flags: error loading feature flags: unknown feature \
+             flag(s): [aa zz]"
+        ),
+        "{err}"
+    );
+    // wit-svid is upstream's, but it turns on WIT-SVIDs, which this server does not have.
+    let err = resolve_with("experimental { feature_flags = [\"wit-svid\"] }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.experimental.feature_flags")
+            && err.contains("WIT-SVIDs, which this server does not support"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sql_transaction_timeout_is_the_deprecated_alias_of_event_timeout() {
+    let r = resolve_with("experimental { sql_transaction_timeout = \"7m\" }").unwrap();
+    assert_eq!(r.experimental.event_timeout, Duration::from_secs(7 * 60));
+    assert!(
+        r.warnings.iter().any(|w| w
+            == "experimental.sql_transaction_timeout is deprecated, use experimental.event_timeout instead"),
+        "{:?}",
+        r.warnings
+    );
+    let r = resolve_with("experimental { event_timeout = \"3m\" }").unwrap();
+    assert_eq!(r.experimental.event_timeout, Duration::from_secs(3 * 60));
+    let err = resolve_with(
+        "experimental {\n sql_transaction_timeout = \"7m\"\n event_timeout = \"3m\"\n }",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "both experimental sql_transaction_timeout and event_timeout set, only set event_timeout"
+        ),
+        "{err}"
     );
 }

@@ -406,3 +406,74 @@ on_every_engine!(
     servers_share_one_bundle_and_trust_each_others_agents,
     an_agent_attested_elsewhere_gets_its_alias_entries_on_its_first_sync,
 );
+
+/// Runs the server's `catalog.datastore` health check until `done` accepts its state, for at
+/// most two minutes (a refused connection may take the pool's acquire timeout to surface).
+async fn datastore_health_until(
+    check: &Arc<dyn spire_common::health::HealthCheck>,
+    what: &str,
+    done: impl Fn(&spire_common::health::HealthState) -> bool,
+) -> spire_common::health::HealthState {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = check.check().await;
+        if done(&state) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{what}: last state {state:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `/ready` goes false while the datastore is unavailable and back once it returns, with
+/// upstream's `catalog.datastore` details. The database is the test's own PostgreSQL
+/// database, closed to connections (`ALLOW_CONNECTIONS false` and its backends terminated)
+/// rather than the shared server stopped.
+#[tokio::test]
+async fn the_datastore_health_check_follows_the_database() {
+    let db = sql_engines::TestDb::create(sql_engines::Engine::Postgres, "health_follows_db")
+        .await
+        .expect("SPIRE_TEST_POSTGRES must name a PostgreSQL server: run scripts/test-databases.sh");
+    let server = Server::start(&db).await;
+    let check = spire_server::endpoints::health_http::server_checks(
+        server.ctx.clone(),
+        std::path::PathBuf::from("/nonexistent/api.sock"),
+    )
+    .into_iter()
+    .find(|c| c.name() == "catalog.datastore")
+    .unwrap();
+    let healthy = datastore_health_until(&check, "healthy at start", |s| s.ready).await;
+    assert!(healthy.live);
+    assert_eq!(healthy.ready_details, serde_json::json!({}));
+
+    let name = &db.name;
+    db.admin(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .await
+    .unwrap();
+    db.admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await
+    .unwrap();
+    let down = datastore_health_until(&check, "unready without the database", |s| !s.ready).await;
+    assert!(
+        !down.live,
+        "upstream's datastore check sets live and ready alike"
+    );
+    let reason = down.ready_details["list_bundle_err"]
+        .as_str()
+        .unwrap_or_else(|| panic!("upstream's details key: {}", down.ready_details));
+    assert!(!reason.is_empty());
+    assert_eq!(down.live_details, down.ready_details);
+
+    db.admin(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    let back = datastore_health_until(&check, "ready again", |s| s.ready).await;
+    assert!(back.live);
+    assert_eq!(back.ready_details, serde_json::json!({}));
+    drop(server);
+    db.remove().await;
+}

@@ -879,9 +879,13 @@ fn resolve_experimental(
                 .to_owned(),
         );
     }
-    for flag in &e.feature_flags {
-        warnings.push(format!("Developer feature flag {flag:?} has been enabled"));
-    }
+    spire_core::config::feature_flags::check(
+        file,
+        "agent.experimental.feature_flags",
+        "agent",
+        &e.feature_flags,
+        warnings,
+    )?;
     Ok(ExperimentalSettings {
         sync_interval,
         jwt_svid_cache_hit_timeout,

@@ -76,6 +76,13 @@ pub enum TelemetryError {
         /// The key.
         key: &'static str,
     },
+    /// `Prometheus { tls { } }` (upstream v1.15): the endpoint serves plain HTTP only.
+    #[error(
+        "telemetry.Prometheus.tls: serving /metrics over TLS (upstream v1.15) is not supported by \
+         this SPIRE build; remove the tls block to serve plain HTTP (bind host to localhost or \
+         put a TLS proxy in front)"
+    )]
+    PrometheusTls,
     /// A Prometheus block without a port.
     #[error("telemetry.Prometheus needs a port")]
     NoPrometheusPort,
@@ -166,7 +173,7 @@ impl TelemetryConfig {
         let prometheus = match &section.prometheus {
             None => None,
             Some(p) if p.tls.is_some() => {
-                return Err(TelemetryError::UnsupportedSink("Prometheus.tls"));
+                return Err(TelemetryError::PrometheusTls);
             }
             Some(p) => Some(PrometheusListener {
                 host: p
@@ -683,6 +690,53 @@ pub(crate) mod tests {
         let err =
             TelemetryConfig::from_section(&section, "spire_server", "example.org").unwrap_err();
         assert!(err.to_string().contains("telemetry.Statsd"), "{err}");
+    }
+
+    #[test]
+    fn prometheus_tls_is_refused_naming_the_tls_block() {
+        let section = TelemetrySection {
+            prometheus: Some(spire_core::config::sections::PrometheusSection {
+                port: Some(9988),
+                tls: Some(Default::default()),
+                ..Default::default()
+            }),
+            ..TelemetrySection::default()
+        };
+        let err = TelemetryConfig::from_section(&section, "spire_server", "example.org")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("telemetry.Prometheus.tls: "), "{err}");
+        assert!(err.contains("remove the tls block"), "{err}");
+        assert!(
+            !err.contains("export through telemetry.Prometheus"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metric_prefix_and_allowed_labels_shape_the_prometheus_text() {
+        let section = TelemetrySection {
+            prometheus: Some(spire_core::config::sections::PrometheusSection {
+                port: Some(9988),
+                ..Default::default()
+            }),
+            metric_prefix: Some("acme".into()),
+            allowed_labels: vec!["status".into()],
+            ..TelemetrySection::default()
+        };
+        let config =
+            TelemetryConfig::from_section(&section, "spire_server", "example.org").unwrap();
+        let metrics = Metrics::new(config).unwrap();
+        metrics.incr_counter(
+            &["rpc", "entry", "y"],
+            &[("status", "OK".to_owned()), ("method", "m".to_owned())],
+            1,
+        );
+        let text = metrics.prometheus_text().unwrap();
+        // The prefix replaces spire_server; only the allowed label is kept.
+        assert!(text.contains("acme_rpc_entry_y{status=\"OK\"} 1"), "{text}");
+        assert!(!text.contains("spire_server_"), "{text}");
+        assert!(!text.contains("method="), "{text}");
     }
 
     #[test]

@@ -70,6 +70,13 @@ impl AuditLog {
         }
     }
 
+    /// Adds several request fields (upstream's `AddRPCAuditFields` with a map).
+    pub fn add_all(&self, fields: Fields) {
+        if let Some(inner) = &self.inner {
+            lock(inner).fields.extend(fields);
+        }
+    }
+
     /// Writes one entry for a batch item with its own status and fields, without the
     /// request fields (upstream's `AuditRPCWithTypesStatus`).
     pub fn item(&self, code: i32, message: &str, fields: Fields) {
@@ -145,6 +152,53 @@ pub fn selectors_field(selectors: &[spire_proto::spire::api::types::Selector]) -
 /// Hex SHA-256 of `bytes`, as upstream logs CSRs and keys.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}
+
+/// Upstream's `api.HashByte`: [`sha256_hex`], or empty for no bytes.
+pub fn hash_byte(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        String::new()
+    } else {
+        sha256_hex(bytes)
+    }
+}
+
+/// Upstream's `FieldsFromJwtAuthoritiesProto`: `jwt_authority_expires_at.<i>`,
+/// `jwt_authority_key_id.<i>` and `jwt_authority_public_key_sha256.<i>` per authority.
+pub fn jwt_authorities_fields(authorities: &[spire_proto::spire::api::types::JwtKey]) -> Fields {
+    let mut fields = Fields::new();
+    for (i, authority) in authorities.iter().enumerate() {
+        fields.insert(
+            format!("jwt_authority_expires_at.{i}"),
+            authority.expires_at.into(),
+        );
+        fields.insert(
+            format!("jwt_authority_key_id.{i}"),
+            authority.key_id.clone().into(),
+        );
+        fields.insert(
+            format!("jwt_authority_public_key_sha256.{i}"),
+            hash_byte(&authority.public_key).into(),
+        );
+    }
+    fields
+}
+
+/// Upstream's `FieldsFromX509AuthoritiesProto`: `x509_authorities_asn1_sha256.<i>` per
+/// authority.
+pub fn x509_authorities_fields(
+    authorities: &[spire_proto::spire::api::types::X509Certificate],
+) -> Fields {
+    authorities
+        .iter()
+        .enumerate()
+        .map(|(i, authority)| {
+            (
+                format!("x509_authorities_asn1_sha256.{i}"),
+                hash_byte(&authority.asn1).into(),
+            )
+        })
+        .collect()
 }
 
 /// The fields upstream logs for an entry of a batch create or update

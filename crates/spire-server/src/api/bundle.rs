@@ -241,7 +241,12 @@ impl Bundle for BundleApi {
         &self,
         request: Request<pb::AppendBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
+        let audit = AuditLog::of(&request);
         let request = request.into_inner();
+        if audit.enabled() {
+            audit.add_all(audit::jwt_authorities_fields(&request.jwt_authorities));
+            audit.add_all(audit::x509_authorities_fields(&request.x509_authorities));
+        }
         if request.x509_authorities.is_empty() && request.jwt_authorities.is_empty() {
             return Err(Status::invalid_argument("no authorities to append"));
         }
@@ -272,6 +277,15 @@ impl Bundle for BundleApi {
         &self,
         request: Request<pb::PublishJwtAuthorityRequest>,
     ) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
+        let audit = AuditLog::of(&request);
+        if let Some(authority) = &request.get_ref().jwt_authority {
+            audit.add("jwt_authority_expires_at", authority.expires_at);
+            audit.add("jwt_authority_key_id", authority.key_id.clone());
+            audit.add(
+                "jwt_authority_public_key_sha256",
+                audit::hash_byte(&authority.public_key),
+            );
+        }
         let caller = request
             .extensions()
             .get::<Caller>()

@@ -473,6 +473,9 @@ impl pb::svid_server::Svid for SvidApi {
         &self,
         request: Request<pb::NewDownstreamX509caRequest>,
     ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
+        let audit = AuditLog::of(&request);
+        audit.add("csr", audit::hash_byte(&request.get_ref().csr));
+        audit.add("trust_domain_id", self.ctx.trust_domain.id_string());
         let caller = caller_of(&request);
         rate_limit(
             &self.ctx,
@@ -505,6 +508,13 @@ impl pb::svid_server::Svid for SvidApi {
             .await
             .map_err(|e| make_err(Code::Internal, "failed to fetch bundle", Some(&e)))?
             .ok_or_else(|| make_err(Code::NotFound, "bundle not found", None))?;
+        // Upstream adds the CA's expiry (Unix seconds) to the success entry only.
+        if let Some(not_after) = chain
+            .first()
+            .and_then(|leaf| spire_core::x509::certificate_not_after(leaf).ok())
+        {
+            audit.add("expires_at", not_after.unix_timestamp());
+        }
         Ok(Response::new(pb::NewDownstreamX509caResponse {
             ca_cert_chain: chain,
             x509_authorities: bundle

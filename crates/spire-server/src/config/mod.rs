@@ -161,7 +161,8 @@ pub struct ServerSection {
     /// `trust_domain` (required).
     #[serde(default, deserialize_with = "de::opt_string")]
     pub trust_domain: Option<String>,
-    /// `use_legacy_downstream_x509_ca_ttl` (deprecated; accepted with a warning).
+    /// `use_legacy_downstream_x509_ca_ttl` (upstream v1.12 and older): read only to refuse it
+    /// by name, as upstream v1.13+ refuses it as unknown.
     #[serde(default, deserialize_with = "de::opt_bool")]
     pub use_legacy_downstream_x509_ca_ttl: Option<bool>,
     /// `profiling_enabled` (undocumented upstream).

@@ -594,11 +594,15 @@ impl ServerConfig {
             .collect::<Result<Vec<_>, _>>()?;
 
         if s.use_legacy_downstream_x509_ca_ttl.is_some() {
-            warnings.push(
-                "'use_legacy_downstream_x509_ca_ttl' is deprecated and will be removed in a \
-                 future release"
-                    .to_owned(),
-            );
+            // Upstream v1.13+ has no such key and fails with "unknown configuration
+            // detected"; named here so the operator knows what replaced it.
+            return Err(ConfigError::invalid(
+                file,
+                "server.use_legacy_downstream_x509_ca_ttl",
+                "unknown configuration detected: upstream SPIRE removed this key in v1.13 \
+                 (deprecated since v1.11); a downstream X509 CA's lifetime follows the TTL the \
+                 downstream server asks for, never the registration entry's. Remove the key",
+            ));
         }
 
         let federation = match &s.federation {
@@ -728,9 +732,13 @@ fn resolve_experimental(
                 .to_owned(),
         );
     }
-    for flag in &e.feature_flags {
-        warnings.push(format!("Developer feature flag {flag:?} has been enabled"));
-    }
+    spire_core::config::feature_flags::check(
+        file,
+        "server.experimental.feature_flags",
+        "server",
+        &e.feature_flags,
+        warnings,
+    )?;
     let wit_key_type = e
         .wit_key_type
         .as_deref()

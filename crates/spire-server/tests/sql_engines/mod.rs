@@ -109,6 +109,16 @@ impl TestDb {
         })
     }
 
+    /// Runs `sql` on the configured (not the test's) database of a PostgreSQL/MySQL server,
+    /// e.g. to stop connections to the test's database.
+    pub(crate) async fn admin(&self, sql: &str) -> Result<(), String> {
+        let base = self
+            .base
+            .as_deref()
+            .ok_or_else(|| "SQLite has no server to run admin statements on".to_owned())?;
+        admin_statement(self.engine, base, sql).await
+    }
+
     /// The store's configuration, read through upstream's `plugin_data` keys.
     pub(crate) fn config(&self) -> SqlConfig {
         let mut data = serde_json::json!({
