@@ -79,7 +79,7 @@ fn identity() -> watch::Receiver<AgentIdentity> {
     let cert = self_signed_ca(&key, &CaTemplate::new(td, validity)).unwrap();
     let (tx, rx) = watch::channel(AgentIdentity {
         chain: vec![cert],
-        key: Arc::new(key),
+        key: spire_agent::plugins::keymanager::AgentKey::Local(Arc::new(key)),
     });
     std::mem::forget(tx);
     rx
