@@ -13,6 +13,8 @@
 //! (or `scripts/bench.sh`). `SPIRE_BENCH_QUICK=1` divides the sizes by ten.
 //! `SPIRE_BENCH_PROGRAMS=upstream` runs upstream v1.13.3's server and agent instead (from
 //! `. target/interop-deps.env`), without the fresh-agent table (it reads our agent's log).
+//! `SPIRE_BENCH_FETCH_ONLY=1` stops after the 1-entry Workload API rows (to interleave
+//! ours and upstream's on a busy host); `SPIRE_BENCH_NO_FRESH=1` skips the fresh agents.
 
 #![allow(
     clippy::expect_used,
@@ -46,6 +48,16 @@ fn program(name: &str) -> PathBuf {
         (true, _) => interop_program("SPIRE_UPSTREAM_AGENT"),
         (false, _) => binary(name),
     }
+}
+
+/// Whether only the 1-entry Workload API rows are measured.
+fn fetch_only() -> bool {
+    std::env::var_os("SPIRE_BENCH_FETCH_ONLY").is_some()
+}
+
+/// Whether the fresh-agent rows are skipped.
+fn no_fresh() -> bool {
+    upstream() || std::env::var_os("SPIRE_BENCH_NO_FRESH").is_some()
 }
 
 fn quick() -> bool {
@@ -247,7 +259,7 @@ fn start_agent(dir: &Path, server: &ServerProcess) -> AgentProcess {
 fn fetch_rows(runtime: &tokio::runtime::Runtime, socket: &Path, entries: usize) {
     let duration = Duration::from_secs(if quick() { 2 } else { 5 });
     for (call, name) in [(Call::X509, "FetchX509SVID"), (Call::Jwt, "FetchJWTSVID")] {
-        for clients in [1, 16] {
+        for clients in [1, 16, 64] {
             runtime.block_on(load(socket, call, clients, Duration::from_millis(300)));
             let rate = runtime.block_on(load(socket, call, clients, duration));
             println!("| {name} | {entries} | {clients} | {rate:.0} |");
@@ -366,6 +378,9 @@ fn main() {
     println!("| call | entries | concurrent clients | calls/s |");
     println!("|---|---:|---:|---:|");
     fetch_rows(&runtime, &agent.socket_path, 1);
+    if fetch_only() {
+        return;
+    }
     let latency_small = (0..if quick() { 5 } else { 20 })
         .map(|round| {
             let id = format!("spiffe://{TRUST_DOMAIN}/late/one/{round}");
@@ -374,7 +389,7 @@ fn main() {
         .collect::<Vec<_>>();
 
     create_entries(&server, dir.path(), 0..small);
-    let fresh_small = if upstream() {
+    let fresh_small = if no_fresh() {
         String::new()
     } else {
         fresh_agent_row(&server, &dir.path().join("fresh-small"), small + 1)
@@ -413,7 +428,7 @@ fn main() {
     }
     println!();
 
-    if upstream() {
+    if no_fresh() {
         return;
     }
     let fresh_large = fresh_agent_row(&server, &dir.path().join("fresh-large"), large + 1);
