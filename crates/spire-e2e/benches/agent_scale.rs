@@ -179,6 +179,41 @@ struct SyncLine {
     total_ms: f64,
 }
 
+/// The agent's own time (ms) for each named hint it applied: fetching the named entries,
+/// and the whole hinted sync with minting (log_level DEBUG).
+fn named_sync_ms(agent: &AgentProcess) -> Vec<(f64, f64)> {
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let start = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[start..].split_whitespace().next()?.parse().ok()
+    };
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("applied the server's named changes"))
+        .filter_map(|l| Some((field(l, "entries_ms")?, field(l, "total_ms")?)))
+        .collect()
+}
+
+/// Median agent time of the named hints applied after the first `skip`, as a table row.
+fn named_sync_row(agent: &AgentProcess, skip: usize, entries: usize) -> String {
+    let mut fetch: Vec<f64> = Vec::new();
+    let mut total: Vec<f64> = Vec::new();
+    for (f, t) in named_sync_ms(agent).into_iter().skip(skip) {
+        fetch.push(f);
+        total.push(t);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    format!(
+        "| {entries} | {} | {:.1} | {:.1} |",
+        fetch.len(),
+        median(&mut fetch),
+        median(&mut total)
+    )
+}
+
 fn sync_lines(agent: &AgentProcess) -> Vec<SyncLine> {
     let field = |line: &str, name: &str| -> Option<String> {
         let start = line.find(&format!(" {name}="))? + name.len() + 2;
@@ -388,6 +423,8 @@ fn main() {
         })
         .collect::<Vec<_>>();
 
+    let named_small = (!upstream()).then(|| named_sync_row(&agent, 0, 1));
+    let named_before_large = named_sync_ms(&agent).len();
     create_entries(&server, dir.path(), 0..small);
     let fresh_small = if no_fresh() {
         String::new()
@@ -404,12 +441,14 @@ fn main() {
     fetch_rows(&runtime, &agent.socket_path, large + 1);
     println!();
 
+    let named_before_rounds = named_sync_ms(&agent).len().max(named_before_large);
     let latency_large = (0..if quick() { 5 } else { 20 })
         .map(|round| {
             let id = format!("spiffe://{TRUST_DOMAIN}/late/many/{round}");
             watch_latency(&runtime, &server, &agent.socket_path, uid, &id)
         })
         .collect::<Vec<_>>();
+    let named_large = (!upstream()).then(|| named_sync_row(&agent, named_before_rounds, large + 1));
     println!(
         "### Entry create → SVID on a watching workload (CLI included, default 5 s sync interval)"
     );
@@ -427,6 +466,15 @@ fn main() {
         );
     }
     println!();
+    if let (Some(small), Some(large)) = (named_small, named_large) {
+        println!("### The agent's time per named hint (create and delete rounds above), medians");
+        println!();
+        println!("| entries on the agent | named hints | FetchEntries ms | whole hinted sync ms |");
+        println!("|---:|---:|---:|---:|");
+        println!("{small}");
+        println!("{large}");
+        println!();
+    }
 
     if no_fresh() {
         return;

@@ -188,6 +188,27 @@ impl AuthorizedIndex {
         self.read().authorized_entry(agent_id, entry_id)
     }
 
+    /// Of `entry_ids`, the entries the agent (authenticated against the datastore) is
+    /// authorized for, costing the named entries' ancestors rather than every entry of the
+    /// agent (an agent with 100k entries asking to sign one SVID). An agent this index
+    /// does not know yet is handled as in [`Self::authorized_entries_of_attested`].
+    pub async fn authorized_entries_among(
+        &self,
+        agent_id: &str,
+        entry_ids: &[&str],
+    ) -> Vec<Arc<RegistrationEntry>> {
+        if self.agent(agent_id).is_none()
+            && let Err(err) = self.refresh().await
+        {
+            tracing::warn!(agent = agent_id, error = %err, "refreshing the authorized-entry index for an agent it does not know yet failed");
+        }
+        let index = self.read();
+        entry_ids
+            .iter()
+            .filter_map(|id| index.authorized_entry(agent_id, id))
+            .collect()
+    }
+
     /// The cached agent record (serials, ban state, selectors) used to authorize agent calls.
     pub fn agent(&self, agent_id: &str) -> Option<Arc<AttestedNode>> {
         self.read().agent(agent_id)
