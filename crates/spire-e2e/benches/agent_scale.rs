@@ -13,6 +13,8 @@
 //! (or `scripts/bench.sh`). `SPIRE_BENCH_QUICK=1` divides the sizes by ten.
 //! `SPIRE_BENCH_PROGRAMS=upstream` runs upstream v1.13.3's server and agent instead (from
 //! `. target/interop-deps.env`), without the fresh-agent table (it reads our agent's log).
+//! `SPIRE_BENCH_FETCH_ONLY=1` stops after the 1-entry Workload API rows (to interleave
+//! ours and upstream's on a busy host); `SPIRE_BENCH_NO_FRESH=1` skips the fresh agents.
 
 #![allow(
     clippy::expect_used,
@@ -46,6 +48,16 @@ fn program(name: &str) -> PathBuf {
         (true, _) => interop_program("SPIRE_UPSTREAM_AGENT"),
         (false, _) => binary(name),
     }
+}
+
+/// Whether only the 1-entry Workload API rows are measured.
+fn fetch_only() -> bool {
+    std::env::var_os("SPIRE_BENCH_FETCH_ONLY").is_some()
+}
+
+/// Whether the fresh-agent rows are skipped.
+fn no_fresh() -> bool {
+    upstream() || std::env::var_os("SPIRE_BENCH_NO_FRESH").is_some()
 }
 
 fn quick() -> bool {
@@ -167,6 +179,41 @@ struct SyncLine {
     total_ms: f64,
 }
 
+/// The agent's own time (ms) for each named hint it applied: fetching the named entries,
+/// and the whole hinted sync with minting (log_level DEBUG).
+fn named_sync_ms(agent: &AgentProcess) -> Vec<(f64, f64)> {
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let start = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[start..].split_whitespace().next()?.parse().ok()
+    };
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("applied the server's named changes"))
+        .filter_map(|l| Some((field(l, "entries_ms")?, field(l, "total_ms")?)))
+        .collect()
+}
+
+/// Median agent time of the named hints applied after the first `skip`, as a table row.
+fn named_sync_row(agent: &AgentProcess, skip: usize, entries: usize) -> String {
+    let mut fetch: Vec<f64> = Vec::new();
+    let mut total: Vec<f64> = Vec::new();
+    for (f, t) in named_sync_ms(agent).into_iter().skip(skip) {
+        fetch.push(f);
+        total.push(t);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    format!(
+        "| {entries} | {} | {:.1} | {:.1} |",
+        fetch.len(),
+        median(&mut fetch),
+        median(&mut total)
+    )
+}
+
 fn sync_lines(agent: &AgentProcess) -> Vec<SyncLine> {
     let field = |line: &str, name: &str| -> Option<String> {
         let start = line.find(&format!(" {name}="))? + name.len() + 2;
@@ -247,7 +294,7 @@ fn start_agent(dir: &Path, server: &ServerProcess) -> AgentProcess {
 fn fetch_rows(runtime: &tokio::runtime::Runtime, socket: &Path, entries: usize) {
     let duration = Duration::from_secs(if quick() { 2 } else { 5 });
     for (call, name) in [(Call::X509, "FetchX509SVID"), (Call::Jwt, "FetchJWTSVID")] {
-        for clients in [1, 16] {
+        for clients in [1, 16, 64] {
             runtime.block_on(load(socket, call, clients, Duration::from_millis(300)));
             let rate = runtime.block_on(load(socket, call, clients, duration));
             println!("| {name} | {entries} | {clients} | {rate:.0} |");
@@ -366,6 +413,9 @@ fn main() {
     println!("| call | entries | concurrent clients | calls/s |");
     println!("|---|---:|---:|---:|");
     fetch_rows(&runtime, &agent.socket_path, 1);
+    if fetch_only() {
+        return;
+    }
     let latency_small = (0..if quick() { 5 } else { 20 })
         .map(|round| {
             let id = format!("spiffe://{TRUST_DOMAIN}/late/one/{round}");
@@ -373,8 +423,10 @@ fn main() {
         })
         .collect::<Vec<_>>();
 
+    let named_small = (!upstream()).then(|| named_sync_row(&agent, 0, 1));
+    let named_before_large = named_sync_ms(&agent).len();
     create_entries(&server, dir.path(), 0..small);
-    let fresh_small = if upstream() {
+    let fresh_small = if no_fresh() {
         String::new()
     } else {
         fresh_agent_row(&server, &dir.path().join("fresh-small"), small + 1)
@@ -389,12 +441,14 @@ fn main() {
     fetch_rows(&runtime, &agent.socket_path, large + 1);
     println!();
 
+    let named_before_rounds = named_sync_ms(&agent).len().max(named_before_large);
     let latency_large = (0..if quick() { 5 } else { 20 })
         .map(|round| {
             let id = format!("spiffe://{TRUST_DOMAIN}/late/many/{round}");
             watch_latency(&runtime, &server, &agent.socket_path, uid, &id)
         })
         .collect::<Vec<_>>();
+    let named_large = (!upstream()).then(|| named_sync_row(&agent, named_before_rounds, large + 1));
     println!(
         "### Entry create → SVID on a watching workload (CLI included, default 5 s sync interval)"
     );
@@ -412,8 +466,17 @@ fn main() {
         );
     }
     println!();
+    if let (Some(small), Some(large)) = (named_small, named_large) {
+        println!("### The agent's time per named hint (create and delete rounds above), medians");
+        println!();
+        println!("| entries on the agent | named hints | FetchEntries ms | whole hinted sync ms |");
+        println!("|---:|---:|---:|---:|");
+        println!("{small}");
+        println!("{large}");
+        println!();
+    }
 
-    if upstream() {
+    if no_fresh() {
         return;
     }
     let fresh_large = fresh_agent_row(&server, &dir.path().join("fresh-large"), large + 1);

@@ -16,7 +16,7 @@ use tonic::Code;
 use super::ServerClient;
 use crate::manager::ManagerError;
 use crate::manager::server_api::{
-    EntryRevision, HintsOffer, ServerApi, StaleEntries, SyncedEntries,
+    EntryRevision, HintsOffer, NamedChanges, ServerApi, StaleEntries, SyncHint, SyncedEntries,
 };
 
 /// One SyncAuthorizedEntries exchange, as upstream's agent runs it: the first request gets
@@ -174,12 +174,29 @@ impl ServerApi for ServerClient {
         };
         let client = self.clone();
         let hints = stream.map(move |hint| match hint {
-            Ok(_) => Ok(()),
+            Ok(hint) => Ok(SyncHint {
+                sequence: hint.sequence,
+                entries: hint.entries,
+                bundles: hint.bundles,
+                itemized: hint.entries_itemized.then(|| NamedChanges {
+                    changed: hint.changed_entries.into_iter().map(|e| e.id).collect(),
+                    removed: hint.removed_entry_ids,
+                }),
+            }),
             // A denial (banned, deleted) is recorded like on any other call, so the agent
             // stops or attests again at once.
             Err(status) => Err(call_failed(&client, "WatchSyncHints", &status)),
         });
         Ok(HintsOffer::Offered(Box::pin(hints)))
+    }
+
+    async fn fetch_entries(&self, ids: &[String]) -> Result<Vec<types::Entry>, ManagerError> {
+        let response = self
+            .notify_client()
+            .fetch_entries(notify_pb::FetchEntriesRequest { ids: ids.to_vec() })
+            .await
+            .map_err(|status| call_failed(self, "FetchEntries", &status))?;
+        Ok(response.into_inner().entries)
     }
 
     async fn new_x509_svids(

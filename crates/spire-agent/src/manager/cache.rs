@@ -338,6 +338,29 @@ impl State {
         }
     }
 
+    /// Applies the entries a server hint named: `removed` ones are dropped, `fetched` ones
+    /// replace the cached ones; every other entry stays as it is.
+    pub(super) fn apply_named_changes(&mut self, removed: &[String], fetched: Vec<CachedEntry>) {
+        for id in removed {
+            if self.entries.contains_key(id) {
+                self.remove_entry(id);
+            }
+        }
+        for entry in fetched {
+            self.upsert_entry(entry);
+        }
+    }
+
+    /// Whether a federated bundle is held for every trust domain some entry federates
+    /// with (and none other), so a hinted sync need not fetch federated bundles.
+    pub(super) fn federated_bundles_match(&self) -> bool {
+        self.federates_with.len() == self.federated.len()
+            && self
+                .federates_with
+                .keys()
+                .all(|td| self.federated.contains_key(td))
+    }
+
     /// Of a page of revisions, the IDs whose entry is not cached or cached at another
     /// revision (or, when the server sends creation times, another creation).
     pub(super) fn stale_ids(&self, page: &[EntryRevision]) -> Vec<String> {

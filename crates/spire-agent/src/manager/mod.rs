@@ -20,7 +20,9 @@ mod selector_index;
 pub mod server_api;
 pub mod sync;
 
-pub use server_api::{EntryRevision, HintsOffer, StaleEntries, SyncHints, SyncedEntries};
+pub use server_api::{
+    EntryRevision, HintsOffer, NamedChanges, StaleEntries, SyncHint, SyncHints, SyncedEntries,
+};
 pub use server_api::{ServerApi, bundle_from_proto};
 pub use sync::{CacheStats, Clock, Manager, ManagerOptions, SyncReport, chain_is_under};
 

@@ -45,9 +45,33 @@ pub enum SyncedEntries {
 /// cached, or cached at another revision).
 pub type StaleEntries<'a> = &'a (dyn Fn(&[EntryRevision]) -> Vec<String> + Send + Sync);
 
+/// One "your authorized view changed" hint from the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncHint {
+    /// Counts the hints of one stream from 0; a gap means one was missed.
+    pub sequence: u64,
+    /// The authorized entries may have changed.
+    pub entries: bool,
+    /// The bundles may have changed.
+    pub bundles: bool,
+    /// When the server could name every entry change since its previous hint: those.
+    /// `None` with `entries` set means "sync everything".
+    pub itemized: Option<NamedChanges>,
+}
+
+/// Entry changes a hint names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedChanges {
+    /// Entries created or updated (the agent fetches them with
+    /// [`ServerApi::fetch_entries`]).
+    pub changed: Vec<String>,
+    /// Entries the agent is no longer authorized for.
+    pub removed: Vec<String>,
+}
+
 /// A stream of "your authorized view changed, sync now" hints from the server.
 pub type SyncHints =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<(), ManagerError>> + Send>>;
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SyncHint, ManagerError>> + Send>>;
 
 /// Whether the server offers push hints ([`ServerApi::watch_sync_hints`]).
 #[non_exhaustive]
@@ -90,6 +114,16 @@ pub trait ServerApi: Send + Sync + 'static {
     /// The first item arrives once the subscription is live. The default offers none.
     async fn watch_sync_hints(&self) -> Result<HintsOffer, ManagerError> {
         Ok(HintsOffer::NotOffered)
+    }
+
+    /// Of these entry IDs, the entries the agent is authorized for now (our own
+    /// FetchEntries, offered by servers that offer sync hints). The default has none to
+    /// offer; the manager then syncs everything.
+    async fn fetch_entries(&self, ids: &[String]) -> Result<Vec<types::Entry>, ManagerError> {
+        let _ = ids;
+        Err(ManagerError::Internal(
+            "the server offers no FetchEntries".to_owned(),
+        ))
     }
 
     /// Signs one CSR per entry in a single `BatchNewX509SVID` call. The answer has one result

@@ -24,6 +24,8 @@ use super::jwt_cache::{CachedJwt, JwtCache};
 use super::server_api::{EntryRevision, HintsOffer, ServerApi, SyncedEntries, bundle_from_proto};
 use super::{JwtIdentity, ManagerError, WorkloadIdentities, WorkloadUpdate};
 
+mod hinted;
+
 /// The time source; tests inject one to move past an SVID's half-life.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
@@ -171,6 +173,8 @@ pub struct Manager {
     sync_now: Notify,
     /// Raised when the server hints that this agent's view changed.
     hinted: Notify,
+    /// What the hints received since the last sync ask for.
+    pending_hint: Mutex<hinted::PendingHint>,
     /// What the last successful sync did.
     last_sync: Mutex<Option<SyncReport>>,
     bundles_tx: watch::Sender<Arc<BTreeMap<String, Arc<Bundle>>>>,
@@ -215,6 +219,7 @@ impl Manager {
             sync_lock: tokio::sync::Mutex::new(()),
             sync_now: Notify::new(),
             hinted: Notify::new(),
+            pending_hint: Mutex::new(hinted::PendingHint::default()),
             last_sync: Mutex::new(None),
             bundles_tx,
             last_sync_success: Mutex::new(None),
@@ -341,9 +346,17 @@ impl Manager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts a sync now (after a short debounce), as a server hint does.
+    /// Starts a full sync now (after a short debounce), as a server hint that names no
+    /// entries does.
     pub fn hint_sync(&self) {
+        self.pending_hint().want_full();
         self.hinted.notify_one();
+    }
+
+    fn pending_hint(&self) -> MutexGuard<'_, hinted::PendingHint> {
+        self.pending_hint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One sync: fetch entries (only the changed ones when the server has
@@ -352,6 +365,8 @@ impl Manager {
     /// cache keeps what it had (SVIDs minted in this sync before the error are kept).
     pub async fn sync_once(&self) -> Result<(), ManagerError> {
         let _guard = self.sync_lock.lock().await;
+        // Everything hinted so far is fetched below.
+        self.pending_hint().covered();
         let started = Instant::now();
         let fetched = if self.options.use_sync_authorized_entries {
             let stale = |page: &[EntryRevision]| self.state().stale_ids(page);
@@ -660,9 +675,14 @@ impl Manager {
     async fn sync_loop(&self, cancel: &CancellationToken) {
         let mut failures: u32 = 0;
         let mut interval_changed = self.sync_interval.subscribe();
+        let mut hinted = false;
         loop {
             let started = Instant::now();
-            let result = self.sync_once().await;
+            let result = if std::mem::take(&mut hinted) {
+                self.sync_hinted().await
+            } else {
+                self.sync_once().await
+            };
             *self
                 .last_attempt
                 .lock()
@@ -687,11 +707,13 @@ impl Manager {
                             () = cancel.cancelled() => return,
                             () = tokio::time::sleep(wait) => {}
                         }
-                    }                    () = self.hinted.notified() => {
+                    }
+                    () = self.hinted.notified() => {
                         tokio::select! {
                             () = cancel.cancelled() => return,
                             () = tokio::time::sleep(HINT_DEBOUNCE) => {}
                         }
+                        hinted = true;
                     }
                 }
             } else {
@@ -730,10 +752,14 @@ impl Manager {
                             () = cancel.cancelled() => return,
                             hint = hints.next() => hint,
                         };
+                        if !matches!(hint, Some(Ok(_))) {
+                            self.pending_hint().stream_ended();
+                        }
                         match hint {
-                            Some(Ok(())) => {
+                            Some(Ok(hint)) => {
                                 failures = 0;
-                                self.hint_sync();
+                                self.pending_hint().add(&hint);
+                                self.hinted.notify_one();
                             }
                             Some(Err(e)) => {
                                 tracing::debug!("the server's sync hints stopped: {e}");

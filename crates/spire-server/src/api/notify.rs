@@ -1,7 +1,9 @@
 //! `spire_rs.agent.notify.v1.AgentNotify`: our own service (upstream has no such RPC) that
 //! streams "sync now" hints to a connected agent when the authorized-entry index applies a
-//! change that concerns it, or the trust bundle changes. Agents still fetch everything
-//! through the usual entry and bundle RPCs; a hint only moves their next sync forward.
+//! change that concerns it, or the trust bundle changes. A hint names the entries that
+//! changed when it can (see `authorized::hints`), and FetchEntries answers just those, so
+//! an agent with 100k entries does not list them all for one change; otherwise the agent
+//! syncs through the usual entry and bundle RPCs.
 //!
 //! Only agents may call it (the auth layer checks the SVID as for GetAuthorizedEntries). A
 //! ban or deletion ends the agent's streams with the PermissionDenied details its next call
@@ -19,11 +21,19 @@ use tonic::{Request, Response, Status};
 
 use super::ApiContext;
 use super::agent::{caller_agent_id, caller_of};
-use crate::authorized::{AgentGone, AgentSignal, SyncHints};
+use crate::authorized::{AgentGone, AgentSignal, AuthorizedIndex, EntryChange, SyncHints};
+
+/// Most entries a hint names; more changes at once make a hint without names (the agent
+/// syncs everything, which is cheaper than fetching thousands one by one).
+const MAX_NAMED_CHANGES: usize = 256;
+
+/// Most entry IDs one FetchEntries call may ask for.
+const MAX_FETCH_IDS: usize = 1000;
 
 /// The notify service.
 pub struct NotifyApi {
     hints: Arc<SyncHints>,
+    index: Arc<AuthorizedIndex>,
 }
 
 impl NotifyApi {
@@ -35,7 +45,10 @@ impl NotifyApi {
             ctx.ca.bundle_changes(),
             Arc::clone(&hints),
         ));
-        Self { hints }
+        Self {
+            hints,
+            index: Arc::clone(&ctx.index),
+        }
     }
 }
 
@@ -67,6 +80,67 @@ impl pb::agent_notify_server::AgentNotify for NotifyApi {
         let stream: HintStream = Box::pin(ReceiverStream::new(rx));
         Ok(Response::new(stream))
     }
+
+    async fn fetch_entries(
+        &self,
+        request: Request<pb::FetchEntriesRequest>,
+    ) -> Result<Response<pb::FetchEntriesResponse>, Status> {
+        let caller = caller_of(&request);
+        let agent_id = caller_agent_id(&caller)?.to_string();
+        let ids = &request.get_ref().ids;
+        if ids.len() > MAX_FETCH_IDS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_FETCH_IDS} entry IDs per FetchEntries call, got {}",
+                ids.len()
+            )));
+        }
+        let entries = ids
+            .iter()
+            .filter_map(|id| self.index.authorized_entry(&agent_id, id))
+            .filter_map(|entry| match super::convert::entry_to_proto(&entry) {
+                Ok(wire) => Some(wire),
+                Err(err) => {
+                    tracing::error!(entry_id = %entry.entry_id, error = %err, "Failed to convert entry");
+                    None
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::FetchEntriesResponse { entries }))
+    }
+}
+
+/// The hint for what changed between `seen` and `now`: entry changes named when they all
+/// can be (and are few enough), else a bare "entries changed".
+fn hint_between(sequence: u64, seen: &AgentSignal, now: &AgentSignal) -> pb::SyncHint {
+    let mut hint = pb::SyncHint {
+        sequence,
+        entries: now.entries != seen.entries,
+        bundles: now.bundles != seen.bundles,
+        ..pb::SyncHint::default()
+    };
+    if !hint.entries {
+        return hint;
+    }
+    let Some(changes) = now
+        .changes_since(seen.entries)
+        .filter(|c| c.len() <= MAX_NAMED_CHANGES)
+    else {
+        return hint;
+    };
+    hint.entries_itemized = true;
+    for change in changes {
+        match change {
+            EntryChange::Changed { id, revision } => {
+                hint.changed_entries.push(pb::EntryRevision {
+                    id,
+                    revision_number: revision,
+                });
+            }
+            EntryChange::Removed(id) => hint.removed_entry_ids.push(id),
+            EntryChange::Unknown => {}
+        }
+    }
+    hint
 }
 
 /// Sends the first hint at once, then one per observed change (changes that come faster
@@ -76,11 +150,13 @@ async fn stream_hints(
     mut signals: watch::Receiver<AgentSignal>,
     tx: mpsc::Sender<Result<pb::SyncHint, Status>>,
 ) {
-    let mut seen = *signals.borrow_and_update();
+    let mut seen = signals.borrow_and_update().clone();
+    seen.recent.clear();
     let first = pb::SyncHint {
         sequence: 0,
         entries: true,
         bundles: true,
+        ..pb::SyncHint::default()
     };
     if tx.send(Ok(first)).await.is_err() {
         return;
@@ -96,8 +172,17 @@ async fn stream_hints(
                 }
             }
         }
-        let now = *signals.borrow_and_update();
-        if let Some(gone) = now.gone {
+        let (gone, hint, entries, bundles) = {
+            let now = signals.borrow_and_update();
+            let next = sequence.wrapping_add(1);
+            (
+                now.gone,
+                hint_between(next, &seen, &now),
+                now.entries,
+                now.bundles,
+            )
+        };
+        if let Some(gone) = gone {
             let (reason, message) = match gone {
                 AgentGone::Banned => (Reason::AgentBanned, format!("agent {agent_id:?} is banned")),
                 AgentGone::Deleted => (
@@ -112,12 +197,8 @@ async fn stream_hints(
             return;
         }
         sequence = sequence.wrapping_add(1);
-        let hint = pb::SyncHint {
-            sequence,
-            entries: now.entries != seen.entries,
-            bundles: now.bundles != seen.bundles,
-        };
-        seen = now;
+        seen.entries = entries;
+        seen.bundles = bundles;
         if tx.send(Ok(hint)).await.is_err() {
             return;
         }

@@ -175,10 +175,9 @@ impl SvidApi {
     ) -> HashMap<String, Arc<RegistrationEntry>> {
         self.ctx
             .index
-            .authorized_entries_of_attested(agent_id.as_str())
+            .authorized_entries_among(agent_id.as_str(), wanted)
             .await
             .into_iter()
-            .filter(|e| wanted.contains(&e.entry_id.as_str()))
             .map(|e| (e.entry_id.clone(), e))
             .collect()
     }

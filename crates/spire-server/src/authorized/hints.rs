@@ -4,10 +4,14 @@
 //!
 //! One `watch` channel per connected agent (shared by all its streams) carries counters; a
 //! change bumps the counters of the agents it concerns only, and several changes before the
-//! agent reads them coalesce into one hint. A banned or deleted agent is told so, which ends
-//! its streams with the denial it would get on any other call.
+//! agent reads them coalesce into one hint. Each entry change is also logged per agent (the
+//! last [`RECENT_CHANGES`]), so a hint can name the entries that changed and the agent fetch
+//! only those; a stream that fell further behind, or a change that cannot be named (a
+//! reload, a node alias), sends a hint without names and the agent syncs everything. A
+//! banned or deleted agent is told so, which ends its streams with the denial it would get
+//! on any other call.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
@@ -21,15 +25,74 @@ pub enum AgentGone {
     Deleted,
 }
 
+/// How many itemized entry changes are kept per agent; a stream further behind than this
+/// sends a hint without names (the agent then syncs everything).
+pub const RECENT_CHANGES: usize = 1024;
+
+/// One change to an agent's authorized entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryChange {
+    /// The agent is authorized for this entry, now at this revision.
+    Changed {
+        /// The entry ID.
+        id: String,
+        /// Its revision number.
+        revision: i64,
+    },
+    /// The agent is no longer authorized for this entry (deleted or moved away).
+    Removed(String),
+    /// Something changed that cannot be named per entry (a reload, a node alias, new node
+    /// selectors): the agent must sync everything.
+    Unknown,
+}
+
 /// What an agent's hint streams watch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentSignal {
-    /// Bumped when entries it is authorized for may have changed.
+    /// Bumped once per change to entries it is authorized for.
     pub entries: u64,
     /// Bumped when the bundles may have changed.
     pub bundles: u64,
     /// Set when the agent may no longer call the server.
     pub gone: Option<AgentGone>,
+    /// The last changes, oldest first, each with the `entries` count it set.
+    pub recent: VecDeque<(u64, EntryChange)>,
+}
+
+impl AgentSignal {
+    fn push(&mut self, change: EntryChange) {
+        self.entries = self.entries.wrapping_add(1);
+        if self.recent.len() >= RECENT_CHANGES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.entries, change));
+    }
+
+    /// The entry changes after count `seen` up to now, last change of each entry winning,
+    /// or `None` when they cannot all be named (some were dropped, or one is unknown).
+    pub fn changes_since(&self, seen: u64) -> Option<Vec<EntryChange>> {
+        let wanted = self.entries.wrapping_sub(seen);
+        let wanted = usize::try_from(wanted).ok()?;
+        if wanted > self.recent.len() {
+            return None;
+        }
+        let mut out: Vec<EntryChange> = Vec::with_capacity(wanted);
+        let mut at: HashMap<&str, usize> = HashMap::with_capacity(wanted);
+        for (_, change) in self.recent.iter().skip(self.recent.len() - wanted) {
+            let id = match change {
+                EntryChange::Changed { id, .. } | EntryChange::Removed(id) => id.as_str(),
+                EntryChange::Unknown => return None,
+            };
+            match at.get(id) {
+                Some(&i) => out[i] = change.clone(),
+                None => {
+                    at.insert(id, out.len());
+                    out.push(change.clone());
+                }
+            }
+        }
+        Some(out)
+    }
 }
 
 /// The connected agents' hint channels.
@@ -86,16 +149,23 @@ impl SyncHints {
             .count()
     }
 
-    /// Tells these agents their entries may have changed; IDs without a stream (other
-    /// agents, upstream agents, or IDs that are not agents) cost one lookup each.
+    /// Tells these agents their entries may have changed in ways that cannot be named
+    /// (they will sync everything); IDs without a stream (other agents, upstream agents,
+    /// or IDs that are not agents) cost one lookup each.
     pub fn entries_changed<'a>(&self, agent_ids: impl IntoIterator<Item = &'a String>) {
+        self.entry_changes(agent_ids.into_iter().map(|id| (id, EntryChange::Unknown)));
+    }
+
+    /// Tells each agent of one change to its authorized entries; agents without a stream
+    /// cost one lookup each.
+    pub fn entry_changes<'a>(&self, changes: impl IntoIterator<Item = (&'a String, EntryChange)>) {
         let inner = self.lock();
         if inner.agents.is_empty() {
             return;
         }
-        for id in agent_ids {
+        for (id, change) in changes {
             if let Some(tx) = inner.agents.get(id) {
-                tx.send_modify(|s| s.entries = s.entries.wrapping_add(1));
+                tx.send_modify(|s| s.push(change));
             }
         }
     }
@@ -103,7 +173,7 @@ impl SyncHints {
     /// Tells every connected agent its entries may have changed (after a full reload).
     pub fn all_entries_changed(&self) {
         for tx in self.lock().agents.values() {
-            tx.send_modify(|s| s.entries = s.entries.wrapping_add(1));
+            tx.send_modify(|s| s.push(EntryChange::Unknown));
         }
     }
 
@@ -146,6 +216,46 @@ mod tests {
         hints.bundles_changed();
         assert!(b.has_changed().unwrap());
         assert_eq!(hints.connected(), 2);
+    }
+
+    #[test]
+    fn changes_are_named_until_they_cannot_be() {
+        let hints = SyncHints::new();
+        let a = hints.subscribe("spiffe://td/a").unwrap();
+        let agent = "spiffe://td/a".to_owned();
+        let changed = |id: &str, revision| EntryChange::Changed {
+            id: id.to_owned(),
+            revision,
+        };
+        hints.entry_changes([(&agent, changed("e1", 0)), (&agent, changed("e2", 0))]);
+        hints.entry_changes([(&agent, changed("e1", 1))]);
+        hints.entry_changes([(&agent, EntryChange::Removed("e2".to_owned()))]);
+        let now = a.borrow().clone();
+        assert_eq!(now.entries, 4);
+        assert_eq!(
+            now.changes_since(0),
+            Some(vec![
+                changed("e1", 1),
+                EntryChange::Removed("e2".to_owned())
+            ])
+        );
+        assert_eq!(
+            now.changes_since(3),
+            Some(vec![EntryChange::Removed("e2".to_owned())])
+        );
+        assert_eq!(now.changes_since(4), Some(vec![]));
+        // A change that cannot be named spoils every range that includes it.
+        hints.entries_changed([&agent]);
+        let now = a.borrow().clone();
+        assert_eq!(now.changes_since(0), None);
+        assert_eq!(now.changes_since(5), Some(vec![]));
+        // A stream further behind than the log cannot be told what it missed.
+        for i in 0..RECENT_CHANGES {
+            hints.entry_changes([(&agent, changed(&format!("x{i}"), 0))]);
+        }
+        let now = a.borrow().clone();
+        assert_eq!(now.changes_since(4), None);
+        assert_eq!(now.changes_since(5).map(|c| c.len()), Some(RECENT_CHANGES));
     }
 
     #[test]

@@ -141,6 +141,29 @@ impl EntryIndex {
         self.entries.get(entry_id).map(|e| Arc::clone(&e.0))
     }
 
+    /// The entry with this ID when the agent is authorized for it (see
+    /// [`Self::authorized_entries`]): costs the entry's ancestors, not the agent's entries.
+    pub fn authorized_entry(
+        &self,
+        agent_id: &str,
+        entry_id: &str,
+    ) -> Option<Arc<RegistrationEntry>> {
+        let entry = self.entry(entry_id)?;
+        if is_node_alias(&entry.parent_id) {
+            return None;
+        }
+        let mut concerned = HashSet::new();
+        self.agents_concerned_by(&entry, &mut concerned);
+        concerned.contains(agent_id).then_some(entry)
+    }
+
+    /// Whether a change to this entry can change which *other* entries an agent is
+    /// authorized for: a node alias, or an entry whose SPIFFE ID parents other entries.
+    /// Such changes cannot be itemized in a sync hint.
+    pub fn changes_other_entries(&self, entry: &RegistrationEntry) -> bool {
+        is_node_alias(&entry.parent_id) || self.children.contains_key(entry.spiffe_id.as_str())
+    }
+
     /// The agent with this SPIFFE ID.
     pub fn agent(&self, agent_id: &str) -> Option<Arc<AttestedNode>> {
         self.agents.get(agent_id).cloned()

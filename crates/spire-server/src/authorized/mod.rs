@@ -31,7 +31,7 @@ mod hints;
 mod index;
 
 use cursor::EventCursor;
-pub use hints::{AgentGone, AgentSignal, SyncHints};
+pub use hints::{AgentGone, AgentSignal, EntryChange, RECENT_CHANGES, SyncHints};
 pub use index::EntryIndex;
 
 /// A read-only snapshot answer for one agent.
@@ -179,6 +179,37 @@ impl AuthorizedIndex {
             tracing::warn!(agent = agent_id, error = %err, "refreshing the authorized-entry index for an agent it does not know yet failed");
         }
         self.authorized_entries(agent_id)
+    }
+
+    /// The entry with this ID when the agent is authorized for it now, costing the entry's
+    /// ancestors (for FetchEntries, which follows an itemized sync hint).
+    pub fn authorized_entry(
+        &self,
+        agent_id: &str,
+        entry_id: &str,
+    ) -> Option<Arc<RegistrationEntry>> {
+        self.read().authorized_entry(agent_id, entry_id)
+    }
+
+    /// Of `entry_ids`, the entries the agent (authenticated against the datastore) is
+    /// authorized for, costing the named entries' ancestors rather than every entry of the
+    /// agent (an agent with 100k entries asking to sign one SVID). An agent this index
+    /// does not know yet is handled as in [`Self::authorized_entries_of_attested`].
+    pub async fn authorized_entries_among(
+        &self,
+        agent_id: &str,
+        entry_ids: &[&str],
+    ) -> Vec<Arc<RegistrationEntry>> {
+        if self.agent(agent_id).is_none()
+            && let Err(err) = self.refresh().await
+        {
+            tracing::warn!(agent = agent_id, error = %err, "refreshing the authorized-entry index for an agent it does not know yet failed");
+        }
+        let index = self.read();
+        entry_ids
+            .iter()
+            .filter_map(|id| index.authorized_entry(agent_id, id))
+            .collect()
     }
 
     /// The cached agent record (serials, ban state, selectors) used to authorize agent calls.
@@ -356,23 +387,57 @@ impl AuthorizedIndex {
             .into_iter()
             .map(|entry| (entry.entry_id.clone(), Arc::new(entry)))
             .collect();
-        let mut concerned = HashSet::new();
+        // Per agent concerned, what changed for it: the entry at its new revision, the
+        // entry gone from its view, or (a node alias, an entry that parents others) an
+        // unnamed change.
+        let mut changes: Vec<(String, EntryChange)> = Vec::new();
         {
             let mut index = self.write();
             for id in ids {
+                let mut before = HashSet::new();
+                let mut unnamed = false;
                 if let Some(old) = index.entry(id) {
-                    index.agents_concerned_by(&old, &mut concerned);
+                    index.agents_concerned_by(&old, &mut before);
+                    unnamed |= index.changes_other_entries(&old);
                 }
+                let mut after = HashSet::new();
+                let mut revision = 0;
                 match by_id.remove(id) {
                     Some(entry) => {
                         index.upsert_entry(Arc::clone(&entry));
-                        index.agents_concerned_by(&entry, &mut concerned);
+                        index.agents_concerned_by(&entry, &mut after);
+                        unnamed |= index.changes_other_entries(&entry);
+                        revision = entry.revision_number;
                     }
                     None => index.remove_entry(id),
                 }
+                if unnamed {
+                    changes.extend(
+                        before
+                            .union(&after)
+                            .map(|agent| (agent.clone(), EntryChange::Unknown)),
+                    );
+                    continue;
+                }
+                changes.extend(
+                    before
+                        .difference(&after)
+                        .map(|agent| (agent.clone(), EntryChange::Removed(id.clone()))),
+                );
+                changes.extend(after.into_iter().map(|agent| {
+                    let change = EntryChange::Changed {
+                        id: id.clone(),
+                        revision,
+                    };
+                    (agent, change)
+                }));
             }
         }
-        self.hints.entries_changed(&concerned);
+        self.hints.entry_changes(
+            changes
+                .iter()
+                .map(|(agent, change)| (agent, change.clone())),
+        );
     }
 
     fn read(&self) -> RwLockReadGuard<'_, EntryIndex> {

@@ -221,6 +221,7 @@ const POLICY_TABLE: &[(&str, Policy)] = &[
         "/spire_rs.agent.notify.v1.AgentNotify/WatchSyncHints",
         AGENT,
     ),
+    ("/spire_rs.agent.notify.v1.AgentNotify/FetchEntries", AGENT),
     // spire-rs's live configuration reload: the private admin socket only.
     ("/spire_rs.admin.config.v1.Config/Reload", LOCAL),
 ];
