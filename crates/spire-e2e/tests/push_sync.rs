@@ -359,11 +359,14 @@ fn a_revision_sync_fetches_and_mints_only_what_changed() {
         current_uid(),
         &[],
     );
+    // Usually the hint naming the entry gets there first; when the periodic revision sync
+    // (every 5 s) happens to run in between, it is that sync which fetches the one entry.
+    // Either way it costs one fetched entry and one minted SVID.
     let found = || {
         agent.log().lines().any(|l| {
-            l.contains(NAMED_SYNC)
+            (l.contains(NAMED_SYNC) && number(l, "entries_removed") == Some(0)
+                || l.contains("synced with the server"))
                 && number(l, "entries_fetched") == Some(1)
-                && number(l, "entries_removed") == Some(0)
                 && number(l, "entries_total") == Some(first.total + 1)
                 && number(l, "svids_minted") == Some(1)
         })

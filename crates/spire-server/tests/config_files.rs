@@ -74,7 +74,7 @@ fn upstream_quickstart_config_loads() {
 }
 
 #[test]
-fn upstream_full_config_loads_and_names_the_unsupported_plugin() {
+fn upstream_full_config_loads_and_refuses_its_two_upstream_authorities() {
     let cfg = config::load_file(&fixture("upstream_server_full.conf"), false).unwrap();
     let r = cfg.resolve().unwrap();
     let be = r.federation.bundle_endpoint.as_ref().unwrap();
@@ -103,10 +103,11 @@ fn upstream_full_config_loads_and_names_the_unsupported_plugin() {
         FederatesWithProfile::HttpsSpiffe { endpoint_spiffe_id }
             if endpoint_spiffe_id.as_str() == "spiffe://example.com/spire/server"
     ));
-    // The full example enables the EJBCA UpstreamAuthority, which is not built in here.
+    // The full example enables two UpstreamAuthorities ("disk" and "ejbca"), which
+    // upstream's catalog refuses too.
     let err = catalog::from_config(&cfg).unwrap_err().to_string();
     assert!(
-        err.contains("unknown or not yet supported built-in plugin UpstreamAuthority \"ejbca\""),
+        err.contains("at most one UpstreamAuthority may be configured; found 2"),
         "{err}"
     );
 }
