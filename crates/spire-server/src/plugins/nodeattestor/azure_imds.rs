@@ -37,15 +37,6 @@ pub const NAME: &str = "azure_imds";
 pub const DEFAULT_AGENT_PATH_TEMPLATE: &str =
     "/{{ .PluginName }}/{{ .TenantID }}/{{ .SubscriptionID }}/{{ .VMID }}";
 
-/// Microsoft Entra ID unless `authority_host` (or `AZURE_AUTHORITY_HOST`) says otherwise.
-pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
-
-/// Azure Resource Manager unless `resource_manager_endpoint` says otherwise.
-pub const DEFAULT_RESOURCE_MANAGER_ENDPOINT: &str = "https://management.azure.com/";
-
-/// The Instance Metadata Service unless `imds_endpoint` says otherwise.
-pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
-
 /// The nonce's length (upstream's).
 const NONCE_LENGTH: usize = 32;
 
@@ -209,40 +200,17 @@ impl AzureImdsConfig {
                 format!("failed to parse agent path template: {agent_path_template:?}: {e}"),
             )
         })?;
-        let url = |key: &str, value: Option<String>, default: String| {
-            let mut value = value.filter(|v| !v.is_empty()).unwrap_or(default);
-            if !(value.starts_with("https://") || value.starts_with("http://")) {
-                return Err(invalid(
-                    key.into(),
-                    format!("{key} must be an http(s) URL, not {value:?}"),
-                ));
-            }
-            if !value.ends_with('/') {
-                value.push('/');
-            }
-            Ok(value)
-        };
-        let authority_default = std::env::var("AZURE_AUTHORITY_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| DEFAULT_AUTHORITY_HOST.to_owned());
-        let endpoints = Endpoints {
-            authority_host: url("authority_host", data.authority_host, authority_default)?,
-            resource_manager: url(
-                "resource_manager_endpoint",
-                data.resource_manager_endpoint,
-                DEFAULT_RESOURCE_MANAGER_ENDPOINT.to_owned(),
-            )?,
-            imds: url(
-                "imds_endpoint",
-                data.imds_endpoint,
-                DEFAULT_IMDS_ENDPOINT.to_owned(),
-            )?,
-        };
+        let endpoints = Endpoints::from_keys(
+            data.authority_host,
+            data.resource_manager_endpoint,
+            data.imds_endpoint,
+        )
+        .map_err(|(key, message)| invalid(key.into(), message))?;
         let ca_issuers_endpoint = match data.ca_issuers_endpoint {
             None => None,
             Some(v) => Some(
-                url("ca_issuers_endpoint", Some(v), String::new())?
+                super::azure_resolve::endpoint_url("ca_issuers_endpoint", Some(v), String::new())
+                    .map_err(|(key, message)| invalid(key.into(), message))?
                     .trim_end_matches('/')
                     .to_owned(),
             ),
@@ -584,7 +552,7 @@ mod tests {
         assert_eq!(c.allowed_metadata_domains, vec!["metadata.azure.com"]);
         assert_eq!(
             c.endpoints.resource_manager,
-            DEFAULT_RESOURCE_MANAGER_ENDPOINT
+            super::super::azure_resolve::DEFAULT_RESOURCE_MANAGER_ENDPOINT
         );
         let t = &c.tenants["example.onmicrosoft.com"];
         assert!(matches!(t.auth, TenantAuth::Secret { .. }));

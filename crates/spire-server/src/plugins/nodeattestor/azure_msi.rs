@@ -41,15 +41,6 @@ pub const DEFAULT_RESOURCE_ID: &str = "https://management.azure.com/";
 pub const DEFAULT_AGENT_PATH_TEMPLATE: &str =
     "/{{ .PluginName }}/{{ .TenantID }}/{{ .PrincipalID }}";
 
-/// Microsoft Entra ID unless `authority_host` (or `AZURE_AUTHORITY_HOST`) says otherwise.
-pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
-
-/// Azure Resource Manager unless `resource_manager_endpoint` says otherwise.
-pub const DEFAULT_RESOURCE_MANAGER_ENDPOINT: &str = "https://management.azure.com/";
-
-/// The Instance Metadata Service unless `imds_endpoint` says otherwise.
-pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
-
 /// Clock skew tolerated on the token's times (upstream's `tokenLeeway`).
 const TOKEN_LEEWAY_SECONDS: i64 = 5 * 60;
 
@@ -179,36 +170,12 @@ impl AzureMsiConfig {
                 format!("failed to parse agent path template: {agent_path_template:?}: {e}"),
             )
         })?;
-        let url = |key: &str, value: Option<String>, default: String| {
-            let mut value = value.filter(|v| !v.is_empty()).unwrap_or(default);
-            if !(value.starts_with("https://") || value.starts_with("http://")) {
-                return Err(invalid(
-                    key.into(),
-                    format!("{key} must be an http(s) URL, not {value:?}"),
-                ));
-            }
-            if !value.ends_with('/') {
-                value.push('/');
-            }
-            Ok(value)
-        };
-        let authority_default = std::env::var("AZURE_AUTHORITY_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| DEFAULT_AUTHORITY_HOST.to_owned());
-        let endpoints = Endpoints {
-            authority_host: url("authority_host", data.authority_host, authority_default)?,
-            resource_manager: url(
-                "resource_manager_endpoint",
-                data.resource_manager_endpoint,
-                DEFAULT_RESOURCE_MANAGER_ENDPOINT.to_owned(),
-            )?,
-            imds: url(
-                "imds_endpoint",
-                data.imds_endpoint,
-                DEFAULT_IMDS_ENDPOINT.to_owned(),
-            )?,
-        };
+        let endpoints = Endpoints::from_keys(
+            data.authority_host,
+            data.resource_manager_endpoint,
+            data.imds_endpoint,
+        )
+        .map_err(|(key, message)| invalid(key.into(), message))?;
         Ok(Self {
             tenants,
             agent_path_template,
@@ -427,7 +394,7 @@ mod tests {
         assert_eq!(c.agent_path_template, DEFAULT_AGENT_PATH_TEMPLATE);
         assert_eq!(
             c.endpoints.resource_manager,
-            DEFAULT_RESOURCE_MANAGER_ENDPOINT
+            super::super::azure_resolve::DEFAULT_RESOURCE_MANAGER_ENDPOINT
         );
     }
 

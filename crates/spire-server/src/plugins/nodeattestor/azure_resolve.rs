@@ -51,6 +51,15 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Microsoft Entra ID unless `authority_host` (or `AZURE_AUTHORITY_HOST`) says otherwise.
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
+
+/// Azure Resource Manager unless `resource_manager_endpoint` says otherwise.
+pub const DEFAULT_RESOURCE_MANAGER_ENDPOINT: &str = "https://management.azure.com/";
+
+/// The Instance Metadata Service unless `imds_endpoint` says otherwise.
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+
 /// Where keys, tokens and resources are asked for; each ends in `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -60,6 +69,53 @@ pub struct Endpoints {
     pub resource_manager: String,
     /// The Instance Metadata Service (for the default credentials).
     pub imds: String,
+}
+
+/// An endpoint key's value (`default` when unset or empty) as a URL ending in `/`; a value
+/// that is not an http(s) URL is refused with the key's name.
+pub fn endpoint_url(
+    key: &'static str,
+    value: Option<String>,
+    default: String,
+) -> Result<String, (&'static str, String)> {
+    let mut value = value.filter(|v| !v.is_empty()).unwrap_or(default);
+    if !(value.starts_with("https://") || value.starts_with("http://")) {
+        return Err((key, format!("{key} must be an http(s) URL, not {value:?}")));
+    }
+    if !value.ends_with('/') {
+        value.push('/');
+    }
+    Ok(value)
+}
+
+impl Endpoints {
+    /// The endpoints from the plugin keys `authority_host` (else `AZURE_AUTHORITY_HOST`),
+    /// `resource_manager_endpoint` and `imds_endpoint`, defaults for those unset; a value
+    /// that is not an http(s) URL is refused with the key's name.
+    pub fn from_keys(
+        authority_host: Option<String>,
+        resource_manager_endpoint: Option<String>,
+        imds_endpoint: Option<String>,
+    ) -> Result<Self, (&'static str, String)> {
+        let url = endpoint_url;
+        let authority_default = std::env::var("AZURE_AUTHORITY_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_AUTHORITY_HOST.to_owned());
+        Ok(Self {
+            authority_host: url("authority_host", authority_host, authority_default)?,
+            resource_manager: url(
+                "resource_manager_endpoint",
+                resource_manager_endpoint,
+                DEFAULT_RESOURCE_MANAGER_ENDPOINT.to_owned(),
+            )?,
+            imds: url(
+                "imds_endpoint",
+                imds_endpoint,
+                DEFAULT_IMDS_ENDPOINT.to_owned(),
+            )?,
+        })
+    }
 }
 
 /// The sorted, deduplicated selector values of the VM whose identity is `principal_id`.
