@@ -14,6 +14,23 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
+# One run from a fresh clone gains nothing from incremental compilation, whose caches about
+# double the target folder's size (a CI machine ran out of disk with them on).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+step "disk space"
+# A fresh run writes about 7 GiB under target/ with CARGO_INCREMENTAL=0 (the newest build of
+# each artifact, counted on 2026-12-07), plus the Go build cache of the third-party programs.
+# Said now, as a warning (the figure is an estimate), rather than only as ENOSPC mid-build.
+need_gib=9
+target_gib=$(du -s --block-size=1G target 2>/dev/null | cut -f1)
+target_gib=${target_gib:-0}
+free_gib=$(df --output=avail --block-size=1G . | tail -1 | tr -d ' ')
+echo "free: ${free_gib} GiB; target/ holds ${target_gib} GiB; a fresh run needs about ${need_gib} GiB"
+if [ $((free_gib + target_gib)) -lt "$need_gib" ]; then
+    echo "Warning: only ${free_gib} GiB free and ${target_gib} GiB in target/; the build and tests" \
+        "need about ${need_gib} GiB and may fail with 'No space left on device': free some space" >&2
+fi
 
 step "third-party test programs, built in the background while Rust compiles"
 # The conformance clients, upstream SPIRE v1.13.3 and ghostunnel, kube-apiserver v1.37.2,
