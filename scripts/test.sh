@@ -23,7 +23,7 @@ step "disk space"
 # each artifact, counted on 2026-12-07), plus the Go build cache of the third-party programs.
 # Said now, as a warning (the figure is an estimate), rather than only as ENOSPC mid-build.
 need_gib=9
-target_gib=$(du -s --block-size=1G target 2>/dev/null | cut -f1)
+target_gib=$(du -s --block-size=1G target 2>/dev/null | cut -f1 || true)
 target_gib=${target_gib:-0}
 free_gib=$(df --output=avail --block-size=1G . | tail -1 | tr -d ' ')
 echo "free: ${free_gib} GiB; target/ holds ${target_gib} GiB; a fresh run needs about ${need_gib} GiB"
