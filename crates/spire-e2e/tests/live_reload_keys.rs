@@ -143,6 +143,80 @@ fn a_reloaded_log_file_takes_the_next_lines_and_a_bad_one_changes_nothing() {
     );
 }
 
+#[test]
+fn an_agents_reloaded_log_file_takes_the_next_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = ServerProcess::start(&server_dir, "");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let (first, second) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let admin = dir.path().join("admin.sock");
+    let token = server.generate_join_token("");
+    let agent = AgentProcess::start_with_agent_keys(
+        &agent_dir,
+        &server,
+        Some(&token),
+        &format!(
+            "log_file = \"{}\"\n    admin_socket_path = \"{}\"",
+            first.display(),
+            admin.display()
+        ),
+    );
+    let attested = "PID attested to have selectors";
+    let _ = agent.cli(&["api", "fetch", "x509", "-timeout", "2s"]);
+    eventually("the agent logs into the first file", TIMEOUT, || {
+        read(&first).contains(attested)
+    });
+    let reload = |expect_ok: bool| {
+        let out = std::process::Command::new(binary("spire-agent"))
+            .args(["config", "reload", "-output", "json", "-socketPath"])
+            .arg(&admin)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), expect_ok, "{out:?}");
+        out
+    };
+
+    // A file that cannot be opened changes nothing.
+    edit(
+        &agent.config_path,
+        &format!("log_file = \"{}\"", first.display()),
+        &format!(
+            "log_file = \"{}\"",
+            dir.path().join("missing-dir/agent.log").display()
+        ),
+    );
+    let bad = reload(false);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("nothing changed"),
+        "{bad:?}"
+    );
+    let lines = read(&first).matches(attested).count();
+    let _ = agent.cli(&["api", "fetch", "x509", "-timeout", "2s"]);
+    eventually("the agent still logs into the first file", TIMEOUT, || {
+        read(&first).matches(attested).count() > lines
+    });
+
+    let text = read(&agent.config_path).replace(
+        &dir.path()
+            .join("missing-dir/agent.log")
+            .display()
+            .to_string(),
+        &second.display().to_string(),
+    );
+    std::fs::write(&agent.config_path, text).unwrap();
+    let applied: serde_json::Value = serde_json::from_slice(&reload(true).stdout).unwrap();
+    assert_eq!(applied["applied"][0]["key"], "agent.log_file", "{applied}");
+    let lines = read(&first).matches(attested).count();
+    let _ = agent.cli(&["api", "fetch", "x509", "-timeout", "2s"]);
+    eventually("the agent logs into the second file", TIMEOUT, || {
+        read(&second).contains(attested)
+    });
+    assert_eq!(read(&first).matches(attested).count(), lines);
+}
+
 /// The sum of the samples of `name` (exactly, any labels) whose labels include `label`, in
 /// the Prometheus exposition at 127.0.0.1:`port`.
 fn counter(port: u16, name: &str, label: &str) -> f64 {
