@@ -5,7 +5,7 @@
 //! `iat` survives validation only where it is allowed; a token evicted from the one-slot JWT
 //! cache is minted again; an SDS client (go-control-plane's, as Envoy) gets the SVID and
 //! bundles under the configured names and is refused the defaults. And the `-logSourceLocation`
-//! flag puts the source file and function on the server's log lines.
+//! flag puts the source file and function on every log line of the server and the agent.
 
 #![allow(
     clippy::expect_used,
@@ -275,6 +275,41 @@ fn workload_key_type_foreign_claims_jwt_cache_size_and_sds_names_act() {
     );
 }
 
+/// Runs `command` (its output to `log_path`) until its log contains `marker`, then kills
+/// it; the log. Panics when it exits first.
+fn log_until(mut command: Command, log_path: &Path, marker: &str) -> String {
+    let log = std::fs::File::create(log_path).unwrap();
+    let mut child = command
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(log_path).unwrap_or_default();
+    let mut exited = None;
+    eventually(&format!("the log says {marker:?}"), WAIT, || {
+        exited = exited.or_else(|| child.try_wait().ok().flatten());
+        exited.is_some() || read().contains(marker)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = read();
+    assert!(exited.is_none(), "the process exited: {text}");
+    text
+}
+
+/// Every logrus text line of `text` names its source file and function, and the `marker`
+/// line one of our `.rs` files.
+fn all_lines_have_source_location(text: &str, marker: &str) {
+    for line in text.lines().filter(|l| l.starts_with("time=")) {
+        assert!(
+            line.contains(" file=\"") && line.contains(" func="),
+            "no source location: {line}"
+        );
+    }
+    let marked = text.lines().find(|l| l.contains(marker)).unwrap();
+    assert!(marked.contains(".rs:"), "{marked}");
+}
+
 #[test]
 fn the_log_source_location_flag_puts_file_and_func_on_every_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,35 +330,30 @@ fn the_log_source_location_flag_puts_file_and_func_on_every_line() {
         }),
     )
     .unwrap();
-    let log_path = dir.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(binary("spire-server"))
+    let mut server = Command::new(binary("spire-server"));
+    server
         .args(["run", "-config"])
         .arg(&config)
-        .arg("-logSourceLocation")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let mut exited = None;
-    eventually("the server logs its CA activation", WAIT, || {
-        exited = exited.or_else(|| child.try_wait().ok().flatten());
-        exited.is_some() || read().contains("X509 CA activated")
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = read();
-    assert!(exited.is_none(), "the server exited: {text}");
-    for line in text.lines().filter(|l| l.starts_with("time=")) {
-        assert!(
-            line.contains(" file=\"") && line.contains(" func="),
-            "no source location: {line}"
-        );
-    }
-    let activated = text
-        .lines()
-        .find(|l| l.contains("X509 CA activated"))
-        .unwrap();
-    assert!(activated.contains(".rs:"), "{activated}");
+        .arg("-logSourceLocation");
+    let marker = "X509 CA activated";
+    let text = log_until(server, &dir.path().join("server.log"), marker);
+    all_lines_have_source_location(&text, marker);
+
+    // The agent's flag, against a server started without it.
+    let server_dir = dir.path().join("plain-server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = ServerProcess::start(&server_dir, "");
+    assert!(!server.log().contains(" file=\""), "{}", server.log());
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let (config, _) = AgentProcess::write_config(&agent_dir, server.port, "");
+    let mut agent = Command::new(binary("spire-agent"));
+    agent
+        .args(["run", "-config"])
+        .arg(&config)
+        .args(["-joinToken", &server.generate_join_token("")])
+        .arg("-logSourceLocation");
+    let marker = "Starting Workload and SDS APIs";
+    let text = log_until(agent, &agent_dir.join("agent.log"), marker);
+    all_lines_have_source_location(&text, marker);
 }
