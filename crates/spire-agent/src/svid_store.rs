@@ -52,6 +52,7 @@ impl SvidStoreService {
 
     /// One pass: deletes what no longer has an entry, stores what is new or renewed.
     pub async fn process(&mut self, records: Vec<StoreRecord>) {
+        let started = std::time::Instant::now();
         let gone: Vec<String> = self
             .handled
             .keys()
@@ -69,6 +70,7 @@ impl SvidStoreService {
         for record in records {
             self.store(record).await;
         }
+        spire_common::telemetry::agent::store_svid_updates(started);
     }
 
     /// Deletes the SVID stored for `entry_id` under `selectors`; true when it is gone (or

@@ -208,6 +208,17 @@ fn emit_tainted_svids_processed(m: &Metrics, jwt: bool, tainted: usize, started:
     m.add_sample(&["cache_manager", sample, "workload"], &[], tainted as f64);
 }
 
+/// `store_store_svid_updates`: a call counter around one pass of the SVIDStore service
+/// over its records (upstream's `StartStoreSVIDUpdates`, always `OK`: failures of single
+/// puts and deletes are logged, not counted).
+pub fn store_svid_updates(started: Instant) {
+    emit_store_svid_updates(&global(), started);
+}
+
+fn emit_store_svid_updates(m: &Metrics, started: Instant) {
+    m.record_outcome(&["store", "store_svid_updates"], &[], true, started);
+}
+
 /// `delegated_identity_api_subscribe_x509_svids_first_update_elapsed_time`: how long a
 /// Delegated Identity X509-SVID subscription waited for its first SVID.
 pub fn delegated_first_x509_update(started: Instant) {
@@ -259,6 +270,20 @@ mod tests {
             "spire_agent_lru_cache_entry_add 3\n",
             "spire_agent_lru_cache_entry_update 2\n",
             "spire_agent_lru_cache_entry_remove 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_svid_store_pass_is_upstreams_store_svid_updates_call_counter() {
+        let m = prometheus_metrics("spire_agent");
+        emit_store_svid_updates(&m, Instant::now());
+        emit_store_svid_updates(&m, Instant::now());
+        let text = m.prometheus_text().unwrap();
+        for line in [
+            "spire_agent_store_store_svid_updates{status=\"OK\"} 2\n",
+            "spire_agent_store_store_svid_updates_elapsed_time_count{status=\"OK\"} 2\n",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }

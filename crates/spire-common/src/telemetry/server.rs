@@ -100,9 +100,20 @@ pub fn server_svid_rotated(not_after: Result<SystemTime, ()>, started: Instant) 
 }
 
 /// `entry_cache_reload` (a call counter) and the cache size gauges
-/// `entry_entries_by_entryid_cache_count` and `node_agents_by_id_cache_count`.
+/// `entry_entries_by_entryid_cache_count`, `node_agents_by_id_cache_count` and
+/// `node_agents_by_expiresat_cache_count` (upstream keeps every cached agent in both its
+/// by-ID and its by-expiry tree, so both count the agents of the index).
 pub fn entry_cache_reloaded(ok: bool, started: Instant, entries: usize, agents: usize) {
-    let m = global();
+    emit_entry_cache_reloaded(&global(), ok, started, entries, agents);
+}
+
+fn emit_entry_cache_reloaded(
+    m: &Metrics,
+    ok: bool,
+    started: Instant,
+    entries: usize,
+    agents: usize,
+) {
     if !m.enabled() {
         return;
     }
@@ -115,6 +126,11 @@ pub fn entry_cache_reloaded(ok: bool, started: Instant, entries: usize, agents: 
             entries as f64,
         );
         m.set_gauge(&["node", "agents_by_id_cache_count"], &[], agents as f64);
+        m.set_gauge(
+            &["node", "agents_by_expiresat_cache_count"],
+            &[],
+            agents as f64,
+        );
     }
 }
 
@@ -241,7 +257,7 @@ pub fn datastore_call(key: &[&str], ok: bool, started: Instant) {
 }
 
 /// `server_key_manager_<op>`: a call counter around a key manager call (`generate_key`,
-/// `get_public_key`, `sign_data`).
+/// `get_public_key`, `get_public_keys`, `sign_data`).
 pub fn key_manager_call(op: &str, ok: bool, started: Instant) {
     emit_key_manager_call(&global(), op, ok, started);
 }
@@ -323,6 +339,36 @@ mod tests {
             text.contains("spire_server_node_skipped_node_event_ids_count 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_cache_reload_sets_the_agents_by_id_and_by_expiry_gauges() {
+        let m = prometheus_metrics("spire_server");
+        emit_entry_cache_reloaded(&m, true, Instant::now(), 5, 3);
+        let text = m.prometheus_text().unwrap();
+        for line in [
+            "spire_server_entry_cache_reload{status=\"OK\"} 1\n",
+            "spire_server_entry_entries_by_entryid_cache_count 5\n",
+            "spire_server_node_agents_by_id_cache_count 3\n",
+            "spire_server_node_agents_by_expiresat_cache_count 3\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn listing_the_key_managers_keys_is_upstreams_get_public_keys_call_counter() {
+        let m = prometheus_metrics("spire_server");
+        emit_key_manager_call(&m, "get_public_keys", true, Instant::now());
+        emit_key_manager_call(&m, "get_public_keys", false, Instant::now());
+        let text = m.prometheus_text().unwrap();
+        for line in [
+            "spire_server_server_key_manager_get_public_keys{status=\"OK\"} 1\n",
+            "spire_server_server_key_manager_get_public_keys{status=\"Unknown\"} 1\n",
+            "spire_server_server_key_manager_get_public_keys_elapsed_time_count{status=\"OK\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
     }
 
     #[test]

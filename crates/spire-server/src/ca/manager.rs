@@ -531,28 +531,25 @@ impl CaManager {
     // ---- loading ----
 
     /// Finds this server's journal row: the one whose active X509 authority ID is the key ID
-    /// of one of our key manager keys (upstream's `findCAJournal`).
+    /// of one of our key manager keys, all listed at once (upstream's `findCAJournal`).
     async fn find_journal(&self) -> Result<Journal, CaError> {
-        for slot in ["A", "B"] {
-            for id in [x509_key_id(slot), jwt_key_id(slot)] {
-                let key = self
-                    .key_manager
-                    .get_key(&id)
-                    .await
-                    .map_err(|e| CaError::Internal(format!("key manager: {e}")))?;
-                let Some(authority_id) = key.and_then(|k| spki_key_id(&k.public_key_der())) else {
-                    continue;
-                };
-                let row = self
-                    .datastore
-                    .find_ca_journal(&authority_id)
-                    .await
-                    .map_err(|e| datastore_error("failed to find the CA journal", e))?;
-                if let Some(row) = row {
-                    return Journal::from_row(&row).map_err(|e| {
-                        CaError::Internal(format!("unable to decode CA journal {}: {e}", row.id))
-                    });
-                }
+        let keys =
+            self.key_manager.get_keys().await.map_err(|e| {
+                CaError::Internal(format!("failed to get keys from key manager: {e}"))
+            })?;
+        for (_, key) in keys {
+            let Some(authority_id) = spki_key_id(&key.public_key_der()) else {
+                continue;
+            };
+            let row = self
+                .datastore
+                .find_ca_journal(&authority_id)
+                .await
+                .map_err(|e| datastore_error("failed to find the CA journal", e))?;
+            if let Some(row) = row {
+                return Journal::from_row(&row).map_err(|e| {
+                    CaError::Internal(format!("unable to decode CA journal {}: {e}", row.id))
+                });
             }
         }
         tracing::info!(

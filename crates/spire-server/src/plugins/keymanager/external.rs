@@ -104,4 +104,15 @@ impl KeyManager for ExternalKeyManager {
             .map_err(key_error)?
             .map(|key| self.key(&key)))
     }
+
+    async fn get_keys(&self) -> Result<Vec<(String, SigningKey)>, KeyManagerError> {
+        Ok(self
+            .plugin
+            .get_public_keys()
+            .await
+            .map_err(key_error)?
+            .iter()
+            .map(|key| (key.id().to_owned(), self.key(key)))
+            .collect())
+    }
 }

@@ -1,5 +1,6 @@
 //! A key manager that counts its calls as upstream's wrapper does
-//! (`server_key_manager_generate_key`, `server_key_manager_get_public_key`), around any
+//! (`server_key_manager_generate_key`, `server_key_manager_get_public_key`,
+//! `server_key_manager_get_public_keys`), around any
 //! [`KeyManager`]. Signatures by a remote key count in `server_key_manager_sign_data`
 //! where they happen ([`super::RemoteKey::sign`]); in-process keys sign with no call.
 
@@ -43,6 +44,13 @@ impl KeyManager for MeteredKeyManager {
         let started = Instant::now();
         let result = self.0.get_key(id).await;
         key_manager_call("get_public_key", result.is_ok(), started);
+        result
+    }
+
+    async fn get_keys(&self) -> Result<Vec<(String, SigningKey)>, KeyManagerError> {
+        let started = Instant::now();
+        let result = self.0.get_keys().await;
+        key_manager_call("get_public_keys", result.is_ok(), started);
         result
     }
 }

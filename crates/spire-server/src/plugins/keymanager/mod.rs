@@ -47,7 +47,22 @@ pub trait KeyManager: Send + Sync + 'static {
     ) -> Result<SigningKey, KeyManagerError>;
     /// The key under `id`, if any.
     async fn get_key(&self, id: &str) -> Result<Option<SigningKey>, KeyManagerError>;
+    /// Every key held, with its ID (upstream's `GetPublicKeys`): the CA manager looks for
+    /// its journal by them. By default the IDs of [`CA_KEY_IDS`] present, in that order;
+    /// a plugin that can list its keys lists them itself.
+    async fn get_keys(&self) -> Result<Vec<(String, SigningKey)>, KeyManagerError> {
+        let mut keys = Vec::new();
+        for id in CA_KEY_IDS {
+            if let Some(key) = self.get_key(id).await? {
+                keys.push((id.to_owned(), key));
+            }
+        }
+        Ok(keys)
+    }
 }
+
+/// The key IDs the CA manager uses, slot A first (`x509-CA-A`, `JWT-Signer-A`, then B).
+pub const CA_KEY_IDS: [&str; 4] = ["x509-CA-A", "JWT-Signer-A", "x509-CA-B", "JWT-Signer-B"];
 
 /// Generates a key off the async runtime: RSA-4096 generation takes seconds.
 async fn generate_blocking(key_type: KeyType) -> Result<PrivateKey, KeyManagerError> {
