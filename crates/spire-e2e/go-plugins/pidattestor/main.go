@@ -1,6 +1,8 @@
 // A test agent WorkloadAttestor: selectors `pid:<pid>` and `label:<label from plugin_data>`,
 // plus `ppid:<parent pid>` read from /proc so the answer depends on the real process. Each
 // attestation is logged through the SDK's logger, so a test can find the line in the host's log.
+// With `die_file = "<path>"` in plugin_data, an Attest made while that file exists makes the
+// process exit with status 3, like a plugin crashing at run time.
 package main
 
 import (
@@ -20,7 +22,8 @@ import (
 )
 
 type config struct {
-	Label string `hcl:"label"`
+	Label   string `hcl:"label"`
+	DieFile string `hcl:"die_file"`
 }
 
 type plugin struct {
@@ -54,6 +57,12 @@ func (p *plugin) Attest(_ context.Context, req *workloadattestorv1.AttestRequest
 	p.mu.Unlock()
 	if c == nil {
 		return nil, status.Error(codes.FailedPrecondition, "not configured")
+	}
+	if c.DieFile != "" {
+		if _, err := os.Stat(c.DieFile); err == nil {
+			fmt.Fprintf(os.Stderr, "pidattestor: %s exists, exiting\n", c.DieFile)
+			os.Exit(3)
+		}
 	}
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", req.Pid))
 	if err != nil {
