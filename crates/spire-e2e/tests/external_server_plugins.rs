@@ -7,7 +7,7 @@
 //!   bundle, and a root sent later on the mint stream reaches the bundle;
 //! - `filepublisher` (the SDK commit upstream v1.13.3 pins), a BundlePublisher writing each
 //!   bundle it gets to a file: written at start, and again when the CA prepares a new
-//!   authority;
+//!   authority, as under upstream v1.13.3's server;
 //! - `claimcomposer` (same SDK), a CredentialComposer adding a subject OU to workload
 //!   X509-SVIDs and a claim to workload JWT-SVIDs; upstream v1.13.3's server with the same
 //!   composers gives the same subject attributes and claims.
@@ -190,16 +190,18 @@ fn published(path: &Path) -> Option<(u64, usize)> {
     Some((fields.get(1)?.parse().ok()?, fields.get(2)?.parse().ok()?))
 }
 
-#[test]
-fn an_external_bundle_publisher_gets_the_bundle_at_start_and_on_every_change() {
-    let tmp = tempfile::tempdir().unwrap();
-    let target = tmp.path().join("published-bundle");
+/// What a server (`program`) published through `filepublisher`: at start, then after
+/// `localauthority x509 prepare`. Each publication as (trust domain, number of X.509
+/// authorities, whether the first is the bundle's first at start), repeats folded, and whether
+/// the sequence numbers never went down.
+fn publications(program: &Path, case: &Path) -> (Vec<(String, usize, bool)>, bool) {
+    let target = case.join("published-bundle");
     let block = format!(
         "    BundlePublisher \"filepublisher\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            path = \"{}\"\n        }}\n    }}\n",
         plugin("filepublisher").display(),
         target.display()
     );
-    let server = start_server(&dir(tmp.path(), "server"), &block);
+    let server = start_server_program(program, &dir(case, "server"), &block);
 
     eventually(
         "the bundle is published at start",
@@ -215,8 +217,39 @@ fn an_external_bundle_publisher_gets_the_bundle_at_start_and_on_every_change() {
         Duration::from_secs(15),
         || published(&target).is_some_and(|(seq, n)| n == 2 && seq > first_sequence),
     );
-    let log = std::fs::read_to_string(tmp.path().join("published-bundle.log")).unwrap();
-    assert!(log.lines().count() >= 2, "{log}");
+    drop(server);
+    let log = std::fs::read_to_string(case.join("published-bundle.log")).unwrap();
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    let first_der = lines[0][3].split(',').next().unwrap_or_default().to_owned();
+    let mut seen: Vec<(String, usize, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l[0].to_owned(),
+                l[2].parse().unwrap(),
+                l[3].split(',').next() == Some(first_der.as_str()),
+            )
+        })
+        .collect();
+    seen.dedup();
+    let sequences: Vec<u64> = lines.iter().map(|l| l[1].parse().unwrap()).collect();
+    (seen, sequences.windows(2).all(|w| w[0] <= w[1]))
+}
+
+#[test]
+fn an_external_bundle_publisher_gets_the_bundle_at_start_and_on_change_as_under_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = publications(&binary("spire-server"), &dir(tmp.path(), "ours"));
+    assert_eq!(
+        ours,
+        (
+            vec![(TD.to_owned(), 1, true), (TD.to_owned(), 2, true)],
+            true
+        )
+    );
+    let upstream = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstreams = publications(&upstream, &dir(tmp.path(), "upstream"));
+    assert_eq!(ours, upstreams);
 }
 
 /// The JSON claims of the first JWT in `text`.
