@@ -7,7 +7,8 @@
 //!   outlives the refused server or agent;
 //! - a WorkloadAttestor that dies at run time is logged with go-plugin's line ("plugin process
 //!   exited", its path, pid and exit status) as upstream v1.13.3's agent logs it, and the
-//!   Workload API call fails at once naming the plugin instead of hanging;
+//!   Workload API call fails at once naming the plugin instead of hanging; a server
+//!   NodeAttestor dying in `Attest` fails that attestation with the plugin's name and exit;
 //! - SIGUSR1 makes the agent reconfigure a `plugin_data_file` plugin from its file.
 //!
 //! Each test runs its plugins through hard links in a private folder, so the check for
@@ -356,4 +357,92 @@ fn sigusr1_makes_the_agent_reconfigure_a_plugin_from_its_data_file() {
     let fetched = agent.cli_eventually(&["api", "fetch", "x509"], Duration::from_secs(60));
     assert!(fetched.contains("workload/after"), "{fetched}");
     assert!(!fetched.contains("workload/before"), "{fetched}");
+}
+
+/// An agent config for a server on `port` attesting as `node` with challengeattestor-agent.
+fn challenge_agent_config(case: &Path, port: u16, agent_plugin: &Path, node: &str) -> PathBuf {
+    let (config, _) = AgentProcess::write_config(case, port, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let block = format!(
+        "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            node = \"{node}\"\n            secret = \"s3cret\"\n        }}\n    }}\n",
+        agent_plugin.display()
+    );
+    std::fs::write(&config, text.replace(JOIN_TOKEN_BLOCK, &block)).unwrap();
+    config
+}
+
+#[test]
+fn a_server_node_attestor_that_dies_fails_the_attestation_naming_the_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let links = private_plugins(&["challengeattestor-server", "challengeattestor-agent"]);
+    let die_file = tmp.path().join("die");
+    let block = format!(
+        "    NodeAttestor \"challenge\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            secret = \"s3cret\"\n            die_file = \"{}\"\n        }}\n    }}\n",
+        links.path().join("challengeattestor-server").display(),
+        die_file.display()
+    );
+    let server_dir = dir(tmp.path(), "server");
+    let server = ServerProcess::start_on_free_port(&server_dir, |port| {
+        write_server_config_with_plugins(&server_dir, port, &block)
+    });
+    let agent_plugin = links.path().join("challengeattestor-agent");
+
+    // The plugin works: a first agent attests.
+    let first_dir = dir(tmp.path(), "first");
+    let config = challenge_agent_config(&first_dir, server.port, &agent_plugin, "node-a");
+    let mut first = AgentProcess::start_program_with_config(
+        &binary("spire-agent"),
+        &first_dir,
+        &config,
+        first_dir.join("agent.sock"),
+        None,
+    );
+    server.cli_json(&[
+        "agent",
+        "show",
+        "-spiffeID",
+        &format!("spiffe://{TD}/spire/agent/challenge/node-a"),
+    ]);
+    first.stop();
+
+    // It dies in the next attestation: the server logs the exit, and the agent is refused
+    // with the plugin's name and exit status rather than left waiting.
+    std::fs::write(&die_file, "").unwrap();
+    let second_dir = dir(tmp.path(), "second");
+    let config = challenge_agent_config(&second_dir, server.port, &agent_plugin, "node-b");
+    let log_path = second_dir.join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut second = Command::new(binary("spire-agent"))
+        .args(["run", "-config"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    spire_e2e::eventually(
+        "the server logs the plugin's exit",
+        Duration::from_secs(60),
+        || server.log().contains("msg=\"plugin process exited\""),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("nodeattestor(challenge): plugin exited (exit status 3)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent was not told why its attestation failed:\n{}\nserver:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // SIGTERM, so the agent ends its own plugin (a SIGKILLed host cannot).
+    spire_e2e::send_signal(second.id(), spire_e2e::Signal::TERM).unwrap();
+    let _ = second.wait();
+    let fields = logged_fields(&server.log(), "plugin process exited");
+    assert_eq!(fields["error"], "exit status 3", "{fields:?}");
+    assert_eq!(fields["plugin_name"], "challenge", "{fields:?}");
+    drop(server);
+    assert_no_process_runs_from(links.path());
 }
