@@ -15,7 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use spire_common::plugin_host::{ExternalPlugin, HostServices, LoadedPlugin, PluginData};
+use spire_common::plugin_host::{
+    ExternalPlugin, HostServices, LoadTimeouts, LoadedPlugin, PluginData,
+};
 use spire_proto::spire::plugin::server::nodeattestor::v1 as server_na;
 
 const SERVER_NA: &str = "spire.plugin.server.nodeattestor.v1.NodeAttestor";
@@ -232,7 +234,7 @@ async fn a_plugin_that_exits_during_configure_is_refused() {
     .await
     .unwrap_err();
     assert!(err.reason.contains("failed to configure plugin"), "{err}");
-    assert!(err.reason.contains("exit status: 3"), "{err}");
+    assert!(err.reason.contains("exit status 3"), "{err}");
     assert_no_process_runs(&bin).await;
 }
 
@@ -258,16 +260,45 @@ async fn a_plugin_that_never_completes_the_handshake_is_refused() {
     let dir = tempfile::tempdir_in(plugins_dir()).unwrap();
     let bin = copy_plugin("hangplugin", dir.path());
     let started = Instant::now();
-    let err = LoadedPlugin::load_with_timeout(
+    let err = LoadedPlugin::load_with_timeouts(
         &spec("NodeAttestor", &bin, ""),
         SERVER_NA,
         "example.org",
         &HostServices::none(),
-        Duration::from_secs(3),
+        LoadTimeouts {
+            start: Duration::from_secs(3),
+            ..LoadTimeouts::default()
+        },
     )
     .await
     .unwrap_err();
     assert!(err.reason.contains("timed out"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_no_process_runs(&bin).await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_never_answers_configure_is_refused_and_ended() {
+    let dir = tempfile::tempdir_in(plugins_dir()).unwrap();
+    let bin = copy_plugin("hangconfigure", dir.path());
+    let started = Instant::now();
+    let err = LoadedPlugin::load_with_timeouts(
+        &spec("NodeAttestor", &bin, ""),
+        SERVER_NA,
+        "example.org",
+        &HostServices::none(),
+        LoadTimeouts {
+            call: Duration::from_secs(3),
+            ..LoadTimeouts::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.reason
+            .contains("timed out after 3s waiting for the plugin to answer Configure"),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_no_process_runs(&bin).await;
 }
@@ -298,17 +329,20 @@ async fn a_plugin_that_dies_at_run_time_is_reported_and_calls_fail() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        plugin.exit_status().unwrap().contains("signal: 9"),
+        plugin.exit_status().unwrap().contains("signal: killed"),
         "{:?}",
         plugin.exit_status()
     );
     let mut client = server_na::node_attestor_client::NodeAttestorClient::new(plugin.channel());
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let status = client
+        .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    let message = plugin.call_failure(&status).await;
     assert!(
-        client
-            .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .is_err()
+        message.starts_with("plugin exited (signal: killed): "),
+        "{message}"
     );
     plugin.shutdown().await;
 }

@@ -233,6 +233,78 @@ pub fn send_signal(pid: u32, signal: Signal) -> std::io::Result<()> {
     rustix::process::kill_process(pid, signal).map_err(std::io::Error::from)
 }
 
+/// The fields of the first logrus text line of `log` whose message is `msg` (values unquoted),
+/// without the ones that differ from run to run (`time`, `pid`; the plugin's own `timestamp`
+/// is checked for its shape only).
+pub fn logged_fields(log: &str, msg: &str) -> std::collections::BTreeMap<String, String> {
+    let wanted = format!("msg=\"{msg}\"");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&wanted))
+        .unwrap_or_else(|| panic!("no {msg:?} line in:\n{log}"));
+    let mut fields = std::collections::BTreeMap::new();
+    let mut rest = line;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().to_owned();
+        let after = &rest[eq + 1..];
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut end = 0;
+            let bytes = quoted.as_bytes();
+            while end < bytes.len()
+                && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\'))
+            {
+                end += 1;
+            }
+            (
+                quoted[..end].to_owned(),
+                quoted.get(end + 1..).unwrap_or(""),
+            )
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_owned(), &after[end..])
+        };
+        match key.as_str() {
+            "time" | "pid" => {}
+            // The plugin's own time, as hclog formats it (`2006-01-02T15:04:05.000Z0700`).
+            "timestamp" => {
+                assert!(
+                    value.len() >= 24 && &value[10..11] == "T" && &value[19..20] == ".",
+                    "{line}"
+                );
+                fields.insert(key, "present".to_owned());
+            }
+            _ => {
+                fields.insert(key, value);
+            }
+        }
+        rest = next;
+    }
+    fields
+}
+
+/// Fails when a process whose binary is in `dir` (a folder of hard links to test plugins,
+/// private to one test) still runs 20 s from now, zombies aside: plugins must end with their
+/// host.
+pub fn assert_no_process_runs_from(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: Vec<PathBuf> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_link(e.path().join("exe")).ok())
+            .filter(|exe| exe.starts_with(dir))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plugin processes outlived their host: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls `check` every 250 ms until it holds; fails naming `what` after `timeout`.
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();

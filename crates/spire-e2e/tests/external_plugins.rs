@@ -2,8 +2,8 @@
 //! spire-plugin-sdk v1.4.4 and its pluginmain (crates/spire-e2e/go-plugins, built by
 //! scripts/plugin-deps.sh): a server+agent NodeAttestor pair with a challenge round and an
 //! agent WorkloadAttestor. Our server and agent, then upstream v1.13.3's, load the SAME
-//! binaries and must give the same agent ID, node selectors and workload SVID. Start-up
-//! refuses a wrong checksum and a plugin of the wrong type with an error naming the plugin.
+//! binaries and must give the same agent ID, node selectors and workload SVID. (Refusals and
+//! plugins dying or hanging: external_plugin_lifecycle.rs.)
 
 #![allow(
     clippy::expect_used,
@@ -13,21 +13,16 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use spire_e2e::{
-    AgentProcess, ServerPaths, ServerProcess, binary, interop_program, run_to_failure,
-    selector_strings, server_config,
+    AgentProcess, ServerPaths, ServerProcess, assert_no_process_runs_from, binary, interop_program,
+    logged_fields, selector_strings, server_config,
 };
 use spire_e2e::{subdir as dir, test_plugin as plugin, test_plugins_dir as plugins_dir};
 
 const TD: &str = "example.org";
 const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
-
-fn server_block(extra: &str) -> String {
-    server_block_in(&plugins_dir(), extra)
-}
 
 fn server_block_in(plugins: &Path, extra: &str) -> String {
     format!(
@@ -83,55 +78,6 @@ fn write_agent_config(dir: &Path, port: u16, blocks: &str) -> (PathBuf, PathBuf)
     (config_path, socket)
 }
 
-/// The fields of the first logrus text line of `log` whose message is `msg` (values unquoted),
-/// without the ones that differ from run to run (`time`, `pid`; the plugin's own `timestamp`
-/// is checked for its shape only).
-fn logged_fields(log: &str, msg: &str) -> std::collections::BTreeMap<String, String> {
-    let wanted = format!("msg=\"{msg}\"");
-    let line = log
-        .lines()
-        .find(|l| l.contains(&wanted))
-        .unwrap_or_else(|| panic!("no {msg:?} line in:\n{log}"));
-    let mut fields = std::collections::BTreeMap::new();
-    let mut rest = line;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].trim().to_owned();
-        let after = &rest[eq + 1..];
-        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
-            let mut end = 0;
-            let bytes = quoted.as_bytes();
-            while end < bytes.len()
-                && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\'))
-            {
-                end += 1;
-            }
-            (
-                quoted[..end].to_owned(),
-                quoted.get(end + 1..).unwrap_or(""),
-            )
-        } else {
-            let end = after.find(' ').unwrap_or(after.len());
-            (after[..end].to_owned(), &after[end..])
-        };
-        match key.as_str() {
-            "time" | "pid" => {}
-            // The plugin's own time, as hclog formats it (`2006-01-02T15:04:05.000Z0700`).
-            "timestamp" => {
-                assert!(
-                    value.len() >= 24 && &value[10..11] == "T" && &value[19..20] == ".",
-                    "{line}"
-                );
-                fields.insert(key, "present".to_owned());
-            }
-            _ => {
-                fields.insert(key, value);
-            }
-        }
-        rest = next;
-    }
-    fields
-}
-
 /// What one host made of the plugins: the agent's ID and node selectors, the workload's
 /// SVID ID, and the fields of the line the external WorkloadAttestor logged.
 fn attest_with(
@@ -185,27 +131,6 @@ fn attest_with(
     (shown["id"].to_string(), selectors, logged)
 }
 
-/// Fails when a process whose binary is in `dir` still runs 20 s from now.
-fn assert_no_plugin_runs_from(dir: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let running: Vec<PathBuf> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter_map(|e| std::fs::read_link(e.path().join("exe")).ok())
-            .filter(|exe| exe.starts_with(dir))
-            .collect();
-        if running.is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "plugin processes outlived their host: {running:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn our_host_and_upstreams_attest_the_same_with_the_same_plugin_binaries() {
     let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
@@ -229,7 +154,7 @@ fn our_host_and_upstreams_attest_the_same_with_the_same_plugin_binaries() {
         links.path(),
     );
     // Stopping our server and agent ended their plugin processes.
-    assert_no_plugin_runs_from(links.path());
+    assert_no_process_runs_from(links.path());
     let upstreams = attest_with(
         &upstream_server,
         &upstream_agent,
@@ -247,50 +172,6 @@ fn our_host_and_upstreams_attest_the_same_with_the_same_plugin_binaries() {
     assert_eq!(ours.2["plugin_type"], "WorkloadAttestor", "{:?}", ours.2);
     assert_eq!(ours.2["label"], "e2e", "{:?}", ours.2);
     assert_eq!(ours, upstreams);
-}
-
-#[test]
-fn a_wrong_checksum_stops_the_server_naming_the_plugin() {
-    let tmp = tempfile::tempdir().unwrap();
-    let block = server_block(&format!(
-        "        plugin_checksum = \"{}\"\n",
-        "ab".repeat(32)
-    ));
-    let (config, _) = write_server_config(tmp.path(), spire_e2e::free_port(), &block);
-    let mut command = Command::new(binary("spire-server"));
-    command.args(["run", "-config"]).arg(&config);
-    let out = run_to_failure(
-        command,
-        &tmp.path().join("server.log"),
-        Duration::from_secs(60),
-        "the server started although the plugin checksum is wrong",
-    );
-    assert!(out.contains("NodeAttestor \"challenge\""), "{out}");
-    assert!(out.contains("checksums did not match"), "{out}");
-}
-
-#[test]
-fn a_plugin_of_the_wrong_type_stops_the_agent_naming_the_plugin() {
-    let tmp = tempfile::tempdir().unwrap();
-    // The server's NodeAttestor binary configured as the agent's.
-    let (config, _) = write_agent_config(
-        tmp.path(),
-        spire_e2e::free_port(),
-        &agent_blocks("challengeattestor-server"),
-    );
-    let mut command = Command::new(binary("spire-agent"));
-    command.args(["run", "-config"]).arg(&config);
-    let out = run_to_failure(
-        command,
-        &tmp.path().join("agent.log"),
-        Duration::from_secs(60),
-        "the agent started with a server plugin as its NodeAttestor",
-    );
-    assert!(out.contains("NodeAttestor \"challenge\""), "{out}");
-    assert!(
-        out.contains("does not implement spire.plugin.agent.nodeattestor.v1.NodeAttestor"),
-        "{out}"
-    );
 }
 
 #[test]
@@ -339,8 +220,16 @@ fn sigusr1_reconfigures_a_plugin_from_its_data_file() {
     assert_eq!(group_of("node-b"), ["challenge:group:green"]);
 }
 
-/// The first line the test notifier wrote for a server (`program`) started with it.
-fn notified_with(program: &Path, case: &Path) -> String {
+/// One event the test notifier wrote: (event, trust domain, X.509 authorities, whether the
+/// first is the loaded CA, JWT authorities).
+type Heard = (String, String, String, bool, String);
+
+/// What the test notifier heard from a server (`program`) started with it: the bundle loaded
+/// at start, then the bundle updated by `localauthority x509 prepare` and by
+/// `localauthority jwt prepare`. Each event as (event, trust domain, X.509 authorities, whether
+/// the first is the loaded CA, JWT authorities), repeats of one event folded; and the DER
+/// (hex) of the loaded CA.
+fn notified_with(program: &Path, case: &Path) -> (Vec<Heard>, String) {
     let events = case.join("events.txt");
     let block = format!(
         "{JOIN_TOKEN_BLOCK}    Notifier \"file\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            path = \"{}\"\n        }}\n    }}\n",
@@ -348,26 +237,72 @@ fn notified_with(program: &Path, case: &Path) -> String {
         events.display()
     );
     let server = start_server(program, &dir(case, "server"), &block);
-    spire_e2e::eventually(
-        "the notifier hears of the loaded bundle",
-        Duration::from_secs(60),
-        || std::fs::read_to_string(&events).is_ok_and(|t| t.contains('\n')),
-    );
+    let lines = || -> Vec<Vec<String>> {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').map(str::to_owned).collect())
+            .collect()
+    };
+    let heard = |what: &str, check: &dyn Fn(&[String]) -> bool| {
+        spire_e2e::eventually(what, Duration::from_secs(60), || {
+            lines().iter().any(|l| check(l))
+        });
+    };
+    heard("the notifier hears of the loaded bundle", &|l| {
+        l[0] == "loaded"
+    });
+    server.cli_ok(&["localauthority", "x509", "prepare"]);
+    heard("the notifier hears of the prepared X.509 authority", &|l| {
+        l[0] == "updated" && l[2] == "2"
+    });
+    server.cli_ok(&["localauthority", "jwt", "prepare"]);
+    heard("the notifier hears of the prepared JWT authority", &|l| {
+        l[0] == "updated" && l[4] == "2"
+    });
     drop(server);
-    let text = std::fs::read_to_string(&events).unwrap();
-    text.lines().next().unwrap().to_owned()
+    let lines = lines();
+    let loaded = lines[0][3].clone();
+    let mut seen: Vec<Heard> = lines
+        .iter()
+        .map(|l| {
+            (
+                l[0].clone(),
+                l[1].clone(),
+                l[2].clone(),
+                l[3] == loaded,
+                l[4].clone(),
+            )
+        })
+        .collect();
+    seen.dedup();
+    (seen, loaded)
 }
 
 #[test]
-fn an_external_notifier_hears_of_the_loaded_bundle_as_under_upstream() {
+fn an_external_notifier_hears_of_the_loaded_and_updated_bundle_as_under_upstream() {
     let upstream_server = interop_program("SPIRE_UPSTREAM_SERVER");
     let tmp = tempfile::tempdir().unwrap();
-    let ours = notified_with(&binary("spire-server"), &dir(tmp.path(), "ours"));
-    let upstreams = notified_with(&upstream_server, &dir(tmp.path(), "upstream"));
-    for line in [&ours, &upstreams] {
-        let fields: Vec<&str> = line.split(' ').collect();
-        assert_eq!(fields[..3], ["loaded", TD, "1"], "{line}");
-        // The DER of the CA certificate (a SEQUENCE).
-        assert!(fields[3].starts_with("30"), "{line}");
-    }
+    let (ours, loaded) = notified_with(&binary("spire-server"), &dir(tmp.path(), "ours"));
+    let (upstreams, _) = notified_with(&upstream_server, &dir(tmp.path(), "upstream"));
+    let event = |e: &str, x509: &str, jwt: &str| {
+        (
+            e.to_owned(),
+            TD.to_owned(),
+            x509.to_owned(),
+            true,
+            jwt.to_owned(),
+        )
+    };
+    assert_eq!(
+        ours,
+        vec![
+            event("loaded", "1", "1"),
+            event("updated", "2", "1"),
+            event("updated", "2", "2"),
+        ]
+    );
+    // The DER of the CA certificate (a SEQUENCE).
+    assert!(loaded.starts_with("30"), "{loaded}");
+    assert_eq!(ours, upstreams);
 }

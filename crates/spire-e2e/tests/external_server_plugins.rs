@@ -7,9 +7,10 @@
 //!   bundle, and a root sent later on the mint stream reaches the bundle;
 //! - `filepublisher` (the SDK commit upstream v1.13.3 pins), a BundlePublisher writing each
 //!   bundle it gets to a file: written at start, and again when the CA prepares a new
-//!   authority;
+//!   authority, as under upstream v1.13.3's server;
 //! - `claimcomposer` (same SDK), a CredentialComposer adding a subject OU to workload
-//!   X509-SVIDs and a claim to workload JWT-SVIDs.
+//!   X509-SVIDs and a claim to workload JWT-SVIDs; upstream v1.13.3's server with the same
+//!   composers gives the same subject attributes and claims.
 
 #![allow(
     clippy::expect_used,
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use spire_e2e::{
-    AgentProcess, ServerPaths, ServerProcess, binary, current_uid, eventually, server_config,
+    AgentProcess, ServerPaths, ServerProcess, binary, current_uid, eventually, interop_program,
+    server_config,
 };
 use spire_e2e::{subdir as dir, test_plugin as plugin};
 
@@ -33,7 +35,12 @@ const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugi
 
 /// Starts our server with `blocks` added to its `plugins { }` (join_token stays).
 fn start_server(dir: &Path, blocks: &str) -> ServerProcess {
-    ServerProcess::start_program_on_free_port(&binary("spire-server"), dir, |port| {
+    start_server_program(&binary("spire-server"), dir, blocks)
+}
+
+/// [`start_server`] with another `spire-server` binary (upstream's).
+fn start_server_program(program: &Path, dir: &Path, blocks: &str) -> ServerProcess {
+    ServerProcess::start_program_on_free_port(program, dir, |port| {
         let socket = dir.join("api.sock");
         let data_dir = dir.join("data");
         let config_path = dir.join("server.conf");
@@ -183,16 +190,18 @@ fn published(path: &Path) -> Option<(u64, usize)> {
     Some((fields.get(1)?.parse().ok()?, fields.get(2)?.parse().ok()?))
 }
 
-#[test]
-fn an_external_bundle_publisher_gets_the_bundle_at_start_and_on_every_change() {
-    let tmp = tempfile::tempdir().unwrap();
-    let target = tmp.path().join("published-bundle");
+/// What a server (`program`) published through `filepublisher`: at start, then after
+/// `localauthority x509 prepare`. Each publication as (trust domain, number of X.509
+/// authorities, whether the first is the bundle's first at start), repeats folded, and whether
+/// the sequence numbers never went down.
+fn publications(program: &Path, case: &Path) -> (Vec<(String, usize, bool)>, bool) {
+    let target = case.join("published-bundle");
     let block = format!(
         "    BundlePublisher \"filepublisher\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            path = \"{}\"\n        }}\n    }}\n",
         plugin("filepublisher").display(),
         target.display()
     );
-    let server = start_server(&dir(tmp.path(), "server"), &block);
+    let server = start_server_program(program, &dir(case, "server"), &block);
 
     eventually(
         "the bundle is published at start",
@@ -208,8 +217,39 @@ fn an_external_bundle_publisher_gets_the_bundle_at_start_and_on_every_change() {
         Duration::from_secs(15),
         || published(&target).is_some_and(|(seq, n)| n == 2 && seq > first_sequence),
     );
-    let log = std::fs::read_to_string(tmp.path().join("published-bundle.log")).unwrap();
-    assert!(log.lines().count() >= 2, "{log}");
+    drop(server);
+    let log = std::fs::read_to_string(case.join("published-bundle.log")).unwrap();
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    let first_der = lines[0][3].split(',').next().unwrap_or_default().to_owned();
+    let mut seen: Vec<(String, usize, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l[0].to_owned(),
+                l[2].parse().unwrap(),
+                l[3].split(',').next() == Some(first_der.as_str()),
+            )
+        })
+        .collect();
+    seen.dedup();
+    let sequences: Vec<u64> = lines.iter().map(|l| l[1].parse().unwrap()).collect();
+    (seen, sequences.windows(2).all(|w| w[0] <= w[1]))
+}
+
+#[test]
+fn an_external_bundle_publisher_gets_the_bundle_at_start_and_on_change_as_under_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = publications(&binary("spire-server"), &dir(tmp.path(), "ours"));
+    assert_eq!(
+        ours,
+        (
+            vec![(TD.to_owned(), 1, true), (TD.to_owned(), 2, true)],
+            true
+        )
+    );
+    let upstream = interop_program("SPIRE_UPSTREAM_SERVER");
+    let upstreams = publications(&upstream, &dir(tmp.path(), "upstream"));
+    assert_eq!(ours, upstreams);
 }
 
 /// The JSON claims of the first JWT in `text`.
@@ -225,18 +265,17 @@ fn jwt_claims(text: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-#[test]
-fn credential_composers_shape_workload_svids() {
-    let tmp = tempfile::tempdir().unwrap();
+/// What the composers made of a workload's SVIDs under a server (`program`): the X509-SVID's
+/// subject (openssl, one attribute a line, sorted) and the JWT-SVID's claims.
+fn composed(program: &Path, case: &Path) -> (Vec<String>, serde_json::Value, String) {
     let blocks = format!(
         "    CredentialComposer \"uniqueid\" {{\n        plugin_data {{}}\n    }}\n    CredentialComposer \"claimcomposer\" {{\n        plugin_cmd = \"{}\"\n        plugin_data {{\n            unit = \"composed-unit\"\n            claim = \"hello\"\n        }}\n    }}\n",
         plugin("claimcomposer").display()
     );
-    let server = start_server(&dir(tmp.path(), "server"), &blocks);
-    let (agent, workload) = agent_with_workload(&server, tmp.path());
+    let server = start_server_program(program, &dir(case, "server"), &blocks);
+    let (agent, workload) = agent_with_workload(&server, case);
 
-    // X509-SVID: the external composer's OU and the built-in uniqueid's attribute.
-    let out = dir(tmp.path(), "svid");
+    let out = dir(case, "svid");
     agent.cli_eventually(
         &["api", "fetch", "x509", "-write", out.to_str().unwrap()],
         Duration::from_secs(90),
@@ -253,22 +292,40 @@ fn credential_composers_shape_workload_svids() {
         .arg(out.join("svid.0.pem"))
         .output()
         .expect("openssl is needed for this test: install the openssl package");
-    let subject = String::from_utf8_lossy(&subject.stdout).into_owned();
-    assert!(subject.contains("2.5.4.11=composed-unit"), "{subject}");
-    let id = spire_core::SpiffeId::parse(&workload).unwrap();
-    let unique = spire_core::x509::unique_id(&id);
-    assert!(subject.contains(&format!("2.5.4.45={unique}")), "{subject}");
-    assert!(
-        subject.contains("2.5.4.10=SPIRE"),
-        "the default subject stays: {subject}"
-    );
-
-    // JWT-SVID: the claim the plugin added, next to the standard ones.
+    let mut subject: Vec<String> = String::from_utf8_lossy(&subject.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect();
+    subject.sort();
     let fetched = agent.cli_eventually(
         &["api", "fetch", "jwt", "-audience", "composed-aud"],
         Duration::from_secs(60),
     );
-    let claims = jwt_claims(&fetched);
+    (subject, jwt_claims(&fetched), workload)
+}
+
+#[test]
+fn credential_composers_shape_workload_svids_as_under_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (subject, claims, workload) = composed(&binary("spire-server"), &dir(tmp.path(), "ours"));
+
+    // X509-SVID: the external composer's OU and the built-in uniqueid's attribute.
+    let id = spire_core::SpiffeId::parse(&workload).unwrap();
+    let unique = spire_core::x509::unique_id(&id);
+    assert!(
+        subject.iter().any(|l| l == "2.5.4.11=composed-unit"),
+        "{subject:?}"
+    );
+    assert!(
+        subject.iter().any(|l| *l == format!("2.5.4.45={unique}")),
+        "{subject:?}"
+    );
+    assert!(
+        subject.iter().any(|l| l == "2.5.4.10=SPIRE"),
+        "the default subject stays: {subject:?}"
+    );
+
+    // JWT-SVID: the claim the plugin added, next to the standard ones.
     assert_eq!(
         claims["composed"],
         format!("hello for {workload}"),
@@ -282,4 +339,15 @@ fn credential_composers_shape_workload_svids() {
     );
     assert!(claims["exp"].is_i64(), "exp stays an integer: {claims}");
     assert!(claims["iat"].is_i64(), "iat stays an integer: {claims}");
+
+    // Upstream v1.13.3's server with the same composers: the same subject and claims.
+    let upstream = interop_program("SPIRE_UPSTREAM_SERVER");
+    let (up_subject, up_claims, _) = composed(&upstream, &dir(tmp.path(), "upstream"));
+    assert_eq!(subject, up_subject);
+    let keys =
+        |c: &serde_json::Value| -> Vec<String> { c.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&claims), keys(&up_claims), "{claims}\n{up_claims}");
+    for claim in ["composed", "sub", "aud"] {
+        assert_eq!(claims[claim], up_claims[claim], "{claim}");
+    }
 }

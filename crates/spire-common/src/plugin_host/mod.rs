@@ -39,14 +39,36 @@ pub const CONFIG_SERVICE: &str = "spire.service.common.config.v1.Config";
 
 /// How long a plugin may take to print its handshake line (go-plugin's default start timeout).
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `Init` and `Configure` may take before start-up gives up on the plugin.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `Init` and `Configure` (also on SIGUSR1) may take before we give up on the plugin.
+/// Upstream sets no limit, so a plugin that never answers hangs its start-up for good; we stop
+/// with an error instead. 60 s (go-plugin's start timeout) leaves room for plugins that reach
+/// a cloud API or a device while configuring.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `Deinit` may take when the plugin is unloaded (upstream's `deinitTimeout`).
 const DEINIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a plugin has to exit after `Shutdown` before it is killed (go-plugin's client).
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 pub use spire_core::config::plugins::{ExternalPlugin, PluginData};
+
+/// How long loading a plugin may take, step by step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadTimeouts {
+    /// For the handshake line on stdout.
+    pub start: Duration,
+    /// For each of `Init` and `Configure`.
+    pub call: Duration,
+}
+
+impl Default for LoadTimeouts {
+    /// [`START_TIMEOUT`] and [`CALL_TIMEOUT`].
+    fn default() -> Self {
+        Self {
+            start: START_TIMEOUT,
+            call: CALL_TIMEOUT,
+        }
+    }
+}
 
 /// Why an external plugin could not be loaded, naming the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +99,7 @@ pub struct LoadedPlugin {
     address: PluginAddress,
     services: Vec<String>,
     trust_domain: String,
+    call_timeout: Duration,
     last_data: Mutex<String>,
     // Dropped before the process: the host services stop with the plugin.
     _host_server: Option<broker::HostServer>,
@@ -103,16 +126,23 @@ impl LoadedPlugin {
         trust_domain: &str,
         host_services: &HostServices,
     ) -> Result<Self, PluginLoadError> {
-        Self::load_with_timeout(plugin, service, trust_domain, host_services, START_TIMEOUT).await
+        Self::load_with_timeouts(
+            plugin,
+            service,
+            trust_domain,
+            host_services,
+            LoadTimeouts::default(),
+        )
+        .await
     }
 
-    /// [`Self::load`] with another handshake timeout (tests of plugins that hang).
-    pub async fn load_with_timeout(
+    /// [`Self::load`] with other timeouts (tests of plugins that hang).
+    pub async fn load_with_timeouts(
         plugin: &ExternalPlugin,
         service: &str,
         trust_domain: &str,
         host_services: &HostServices,
-        start_timeout: Duration,
+        timeouts: LoadTimeouts,
     ) -> Result<Self, PluginLoadError> {
         let fail = |reason: String| PluginLoadError::new(plugin, reason);
         let path = std::path::absolute(&plugin.cmd)
@@ -130,7 +160,7 @@ impl LoadedPlugin {
             .load()
             .map_err(|e| fail(format!("failed to load plugin data: {e}")))?;
 
-        let (process, address) = process::start(plugin, &path, start_timeout).await?;
+        let (process, address) = process::start(plugin, &path, timeouts.start).await?;
         let channel = connect(&address)
             .await
             .map_err(|e| fail(format!("cannot connect to the plugin's gRPC server: {e}")))?;
@@ -140,6 +170,7 @@ impl LoadedPlugin {
             address,
             services: Vec::new(),
             trust_domain: trust_domain.to_owned(),
+            call_timeout: timeouts.call,
             last_data: Mutex::new(data.clone()),
             _host_server: None,
             process,
@@ -154,7 +185,7 @@ impl LoadedPlugin {
         let init = client.init(InitRequest {
             host_service_names: host_services.names().to_vec(),
         });
-        let services = match tokio::time::timeout(CALL_TIMEOUT, init).await {
+        let services = match tokio::time::timeout(timeouts.call, init).await {
             Ok(Ok(response)) => response.into_inner().plugin_service_names,
             Ok(Err(status)) => {
                 return Err(fail(
@@ -163,7 +194,13 @@ impl LoadedPlugin {
                         .await,
                 ));
             }
-            Err(_) => return Err(fail("timed out initializing the plugin".to_owned())),
+            Err(_) => {
+                return Err(fail(format!(
+                    "timed out after {}s waiting for the plugin to answer Init (it completed the \
+                     handshake); the plugin process was killed",
+                    timeouts.call.as_secs()
+                )));
+            }
         };
         if !services.iter().any(|s| s == service) {
             return Err(fail(format!(
@@ -268,12 +305,38 @@ impl LoadedPlugin {
             }),
             hcl_configuration: data.to_owned(),
         });
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        match tokio::time::timeout(self.call_timeout, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(self
                 .died_or(format!("failed to configure plugin: {}", status.message()))
                 .await),
-            Err(_) => Err("timed out configuring the plugin".to_owned()),
+            Err(_) => Err(format!(
+                "timed out after {}s waiting for the plugin to answer Configure",
+                self.call_timeout.as_secs()
+            )),
+        }
+    }
+
+    /// The message of a failed call to the plugin, saying when its process has died and how
+    /// (a broken connection is all the call itself sees), e.g.
+    /// `plugin exited (exit status 3): transport error`.
+    pub async fn call_failure(&self, status: &tonic::Status) -> String {
+        let broken = matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Internal
+        );
+        // The call may fail a moment before the exit is seen: wait a little for it then.
+        let exit = if broken {
+            self.process.exited_within(Duration::from_millis(500)).await
+        } else {
+            self.exit_status()
+        };
+        match exit {
+            Some(exit) => format!("plugin exited ({exit}): {}", status.message()),
+            None => status.message().to_owned(),
         }
     }
 

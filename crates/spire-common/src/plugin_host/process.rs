@@ -271,8 +271,7 @@ pub(crate) async fn start(
         child,
         token.clone(),
         exited_tx,
-        plugin.kind.clone(),
-        plugin.name.clone(),
+        (plugin.kind.clone(), plugin.name.clone(), path.to_path_buf()),
     ));
     Ok((
         PluginProcess {
@@ -290,9 +289,9 @@ async fn watch_exit(
     mut child: Child,
     stop: CancellationToken,
     exited: watch::Sender<Option<String>>,
-    kind: String,
-    name: String,
+    who: (String, String, PathBuf),
 ) {
+    let (kind, name, path) = who;
     let (status, asked) = tokio::select! {
         status = child.wait() => (status, false),
         () = stop.cancelled() => {
@@ -301,22 +300,53 @@ async fn watch_exit(
         }
     };
     unregister(child.id().or(pid));
+    let success = status.as_ref().is_ok_and(ExitStatus::success);
     let status = status.map(describe).unwrap_or_else(|e| e.to_string());
+    let id = pid.map(|p| p.to_string()).unwrap_or_default();
     if asked {
-        tracing::debug!(plugin_type = %kind, plugin_name = %name, status = %status, "Plugin process stopped");
+        tracing::debug!(plugin_type = %kind, plugin_name = %name, external = true, plugin = %path.display(), id = %id, error = %status, "Plugin process stopped");
+    } else if success {
+        // go-plugin's client's line, with its fields: the binary's path and pid.
+        tracing::info!(plugin_type = %kind, plugin_name = %name, external = true, plugin = %path.display(), id = %id, "plugin process exited");
     } else {
-        tracing::error!(
-            plugin_type = %kind,
-            plugin_name = %name,
-            status = %status,
-            "Plugin process exited; calls to the plugin fail until SPIRE is restarted"
-        );
+        tracing::error!(plugin_type = %kind, plugin_name = %name, external = true, plugin = %path.display(), id = %id, error = %status, "plugin process exited");
     }
     let _ = exited.send(Some(status));
 }
 
-fn describe(status: ExitStatus) -> String {
-    status.to_string()
+/// How a process ended, worded as Go's `os.ProcessState` (what upstream's log shows):
+/// `exit status 3`, `signal: killed`.
+pub(crate) fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    let Some(signal) = status.signal() else {
+        return status.to_string();
+    };
+    let name = match signal {
+        1 => "hangup".to_owned(),
+        2 => "interrupt".to_owned(),
+        3 => "quit".to_owned(),
+        4 => "illegal instruction".to_owned(),
+        5 => "trace/breakpoint trap".to_owned(),
+        6 => "aborted".to_owned(),
+        7 => "bus error".to_owned(),
+        8 => "floating point exception".to_owned(),
+        9 => "killed".to_owned(),
+        10 => "user defined signal 1".to_owned(),
+        11 => "segmentation fault".to_owned(),
+        12 => "user defined signal 2".to_owned(),
+        13 => "broken pipe".to_owned(),
+        14 => "alarm clock".to_owned(),
+        15 => "terminated".to_owned(),
+        other => format!("signal {other}"),
+    };
+    if status.core_dumped() {
+        format!("signal: {name} (core dumped)")
+    } else {
+        format!("signal: {name}")
+    }
 }
 
 fn exited_early(kind: &str, status: &str, tail: &Mutex<Vec<String>>) -> String {
@@ -351,6 +381,20 @@ mod tests {
             parse_handshake("1|1|tcp|127.0.0.1:10000|grpc"),
             Ok(PluginAddress::Tcp("127.0.0.1:10000".into()))
         );
+    }
+
+    #[test]
+    fn exits_are_worded_as_go_words_them() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(describe(ExitStatus::from_raw(0)), "exit status 0");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal: killed");
+        assert_eq!(describe(ExitStatus::from_raw(15)), "signal: terminated");
+        assert_eq!(
+            describe(ExitStatus::from_raw(6 | 0x80)),
+            "signal: aborted (core dumped)"
+        );
+        assert_eq!(describe(ExitStatus::from_raw(40)), "signal: signal 40");
     }
 
     #[test]

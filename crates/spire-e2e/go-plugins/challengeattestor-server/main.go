@@ -11,6 +11,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"os"
 	"sync"
 
 	"github.com/hashicorp/hcl"
@@ -24,6 +26,9 @@ import (
 type config struct {
 	Secret string `hcl:"secret"`
 	Group  string `hcl:"group"`
+	// DieFile: an attestation made while this file exists makes the process exit with
+	// status 3 after reading the payload, like a plugin crashing at run time.
+	DieFile string `hcl:"die_file"`
 }
 
 type plugin struct {
@@ -60,6 +65,12 @@ func (p *plugin) Attest(stream nodeattestorv1.NodeAttestor_AttestServer) error {
 	req, err := stream.Recv()
 	if err != nil {
 		return err
+	}
+	if c.DieFile != "" {
+		if _, err := os.Stat(c.DieFile); err == nil {
+			fmt.Fprintf(os.Stderr, "challengeattestor: %s exists, exiting\n", c.DieFile)
+			os.Exit(3)
+		}
 	}
 	var payload struct {
 		Node string `json:"node"`

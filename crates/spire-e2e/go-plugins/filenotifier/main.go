@@ -1,5 +1,6 @@
 // A test server Notifier: appends one line per event to the file named by plugin_data
-// `path`: "<event> <trust domain> <number of X.509 authorities> <DER of the first, hex>".
+// `path`: "<event> <trust domain> <number of X.509 authorities> <DER of the first, hex>
+// <number of JWT authorities>".
 package main
 
 import (
@@ -59,7 +60,7 @@ func (p *plugin) record(event string, b *types.Bundle) error {
 		return status.Errorf(codes.Internal, "cannot open %s: %v", p.path, err)
 	}
 	defer f.Close()
-	_, err = fmt.Fprintf(f, "%s %s %d %s\n", event, b.TrustDomain, len(b.X509Authorities), first)
+	_, err = fmt.Fprintf(f, "%s %s %d %s %d\n", event, b.TrustDomain, len(b.X509Authorities), first, len(b.JwtAuthorities))
 	return err
 }
 

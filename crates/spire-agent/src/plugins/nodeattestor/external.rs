@@ -51,6 +51,11 @@ impl ExternalNodeAttestor {
     fn error(&self, message: impl Into<String>) -> PluginError {
         PluginError::new(self.name, message)
     }
+
+    /// The plugin's failed call, saying when its process has died.
+    async fn failed(&self, status: tonic::Status) -> PluginError {
+        self.error(self.plugin.call_failure(&status).await)
+    }
 }
 
 #[async_trait]
@@ -65,16 +70,18 @@ impl NodeAttestor for ExternalNodeAttestor {
         *round = None;
         let (challenges, rx) = mpsc::channel(1);
         let mut client = pb::node_attestor_client::NodeAttestorClient::new(self.plugin.channel());
-        let mut answers = client
+        let mut answers = match client
             .aid_attestation(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| self.error(s.message().to_owned()))?
-            .into_inner();
-        let first = answers
-            .message()
-            .await
-            .map_err(|s| self.error(s.message().to_owned()))?
-            .ok_or_else(|| self.error("plugin closed stream unexpectedly"))?;
+        {
+            Ok(answers) => answers.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
+        let first = match answers.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return Err(self.error("plugin closed stream unexpectedly")),
+            Err(status) => return Err(self.failed(status).await),
+        };
         let Some(pb::payload_or_challenge_response::Data::Payload(payload)) = first.data else {
             return Err(self.error("plugin response missing payload"));
         };
@@ -100,12 +107,11 @@ impl NodeAttestor for ExternalNodeAttestor {
             })
             .await
             .map_err(|_| self.error("plugin closed stream unexpectedly"))?;
-        let answer = round
-            .answers
-            .message()
-            .await
-            .map_err(|s| self.error(s.message().to_owned()))?
-            .ok_or_else(|| self.error("plugin closed stream unexpectedly"))?;
+        let answer = match round.answers.message().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Err(self.error("plugin closed stream unexpectedly")),
+            Err(status) => return Err(self.failed(status).await),
+        };
         match answer.data {
             Some(pb::payload_or_challenge_response::Data::ChallengeResponse(r)) => Ok(r),
             _ => Err(self.error("plugin response missing challenge response")),

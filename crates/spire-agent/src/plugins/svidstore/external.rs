@@ -28,9 +28,14 @@ impl ExternalSvidStore {
         pb::svid_store_client::SvidStoreClient::new(self.plugin.channel())
     }
 
-    /// Upstream's facade wording: `svidstore(<name>): <message>`.
-    fn error(&self, status: &tonic::Status) -> SvidStoreError {
-        let message = format!("svidstore({}): {}", self.plugin.name(), status.message());
+    /// Upstream's facade wording: `svidstore(<name>): <message>`, saying when the plugin
+    /// process has died.
+    async fn error(&self, status: tonic::Status) -> SvidStoreError {
+        let message = format!(
+            "svidstore({}): {}",
+            self.plugin.name(),
+            self.plugin.call_failure(&status).await
+        );
         if status.code() == tonic::Code::InvalidArgument {
             SvidStoreError::InvalidArgument(message)
         } else {
@@ -61,20 +66,19 @@ impl SvidStore for ExternalSvidStore {
                 .map(|(td, certs)| (td, certs.concat()))
                 .collect(),
         };
-        self.client()
-            .put_x509svid(request)
-            .await
-            .map(|_| ())
-            .map_err(|s| self.error(&s))
+        match self.client().put_x509svid(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(self.error(status).await),
+        }
     }
 
     async fn delete_x509_svid(&self, metadata: &[String]) -> Result<(), SvidStoreError> {
-        self.client()
-            .delete_x509svid(pb::DeleteX509svidRequest {
-                metadata: metadata.to_vec(),
-            })
-            .await
-            .map(|_| ())
-            .map_err(|s| self.error(&s))
+        let request = pb::DeleteX509svidRequest {
+            metadata: metadata.to_vec(),
+        };
+        match self.client().delete_x509svid(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(self.error(status).await),
+        }
     }
 }

@@ -40,13 +40,16 @@ impl WorkloadAttestor for ExternalWorkloadAttestor {
     async fn attest(&self, peer: PeerProcess) -> Result<Vec<Selector>, AttestError> {
         let mut client =
             pb::workload_attestor_client::WorkloadAttestorClient::new(self.plugin.channel());
-        let response = client
-            .attest(pb::AttestRequest { pid: peer.pid })
-            .await
-            .map_err(|s| {
-                AttestError::Internal(format!("workloadattestor({}): {}", self.name, s.message()))
-            })?
-            .into_inner();
+        let response = match client.attest(pb::AttestRequest { pid: peer.pid }).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                let message = self.plugin.call_failure(&status).await;
+                return Err(AttestError::Internal(format!(
+                    "workloadattestor({}): {message}",
+                    self.name
+                )));
+            }
+        };
         response
             .selector_values
             .into_iter()

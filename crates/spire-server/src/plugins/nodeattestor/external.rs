@@ -32,9 +32,10 @@ impl ExternalNodeAttestor {
         plugin_error(self.plugin.name(), code, message)
     }
 
-    /// A plugin's own status keeps its code and gets the `nodeattestor(<name>): ` prefix.
-    fn wrap(&self, status: &Status) -> Status {
-        self.error(status.code(), status.message())
+    /// A plugin's own status keeps its code and gets the `nodeattestor(<name>): ` prefix;
+    /// a plugin whose process died says so.
+    async fn wrap(&self, status: Status) -> Status {
+        self.error(status.code(), self.plugin.call_failure(&status).await)
     }
 }
 
@@ -68,17 +69,21 @@ impl NodeAttestor for ExternalNodeAttestor {
             .await
             .map_err(|()| self.error(Code::Internal, "plugin closed stream unexpectedly"))?;
         let mut client = pb::node_attestor_client::NodeAttestorClient::new(self.plugin.channel());
-        let mut responses = client
+        let mut responses = match client
             .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| self.wrap(&s))?
-            .into_inner();
+        {
+            Ok(responses) => responses.into_inner(),
+            Err(status) => return Err(self.wrap(status).await),
+        };
         let attributes = loop {
-            let response = responses
-                .message()
-                .await
-                .map_err(|s| self.wrap(&s))?
-                .ok_or_else(|| self.error(Code::Internal, "plugin closed stream unexpectedly"))?;
+            let response = match responses.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    return Err(self.error(Code::Internal, "plugin closed stream unexpectedly"));
+                }
+                Err(status) => return Err(self.wrap(status).await),
+            };
             match response.response {
                 Some(pb::attest_response::Response::AgentAttributes(attributes)) => {
                     break attributes;

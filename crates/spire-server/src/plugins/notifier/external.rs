@@ -44,10 +44,11 @@ impl ExternalNotifier {
         pb::notifier_client::NotifierClient::new(self.plugin.channel())
     }
 
-    fn error(&self, status: &tonic::Status) -> NotifierError {
+    /// The plugin's error, saying when its process has died.
+    async fn error(&self, status: tonic::Status) -> NotifierError {
         NotifierError::Publish {
             name: self.name,
-            message: status.message().to_owned(),
+            message: self.plugin.call_failure(&status).await,
         }
     }
 }
@@ -69,11 +70,10 @@ impl Notifier for ExternalNotifier {
                 },
             )),
         };
-        self.client()
-            .notify_and_advise(request)
-            .await
-            .map(|_| ())
-            .map_err(|s| self.error(&s))
+        match self.client().notify_and_advise(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(self.error(status).await),
+        }
     }
 
     async fn notify_bundle_updated(&self, bundle: &types::Bundle) -> Result<(), NotifierError> {
@@ -84,10 +84,9 @@ impl Notifier for ExternalNotifier {
                 },
             )),
         };
-        self.client()
-            .notify(request)
-            .await
-            .map(|_| ())
-            .map_err(|s| self.error(&s))
+        match self.client().notify(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(self.error(status).await),
+        }
     }
 }
