@@ -17,6 +17,8 @@ use serde_json::Value;
 const SETUP_SCRIPT: &str = include_str!("aws_setup.py");
 /// The ACM Private CA setup script run in moto's venv.
 const PCA_SETUP_SCRIPT: &str = include_str!("pca_setup.py");
+/// The EKS cluster / node group / Auto Scaling group setup script run in moto's venv.
+const EKS_SETUP_SCRIPT: &str = include_str!("eks_setup.py");
 
 fn env_program(var: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
@@ -38,6 +40,7 @@ pub struct Moto {
     child: Child,
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
+    port: u16,
 }
 
 impl Moto {
@@ -50,6 +53,8 @@ impl Moto {
         let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
         let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // Where moto's request recorder writes (see `start_recording`).
+            .env("MOTO_RECORDER_FILEPATH", dir.join("moto_recording.jsonl"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -58,6 +63,7 @@ impl Moto {
         let moto = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            port,
         };
         crate::eventually("moto answers", Duration::from_secs(60), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -75,8 +81,21 @@ impl Moto {
         self.run_setup(dir, "pca_setup.py", PCA_SETUP_SCRIPT)
     }
 
+    /// Creates EKS cluster `cluster` whose node group's Auto Scaling group holds `members`
+    /// (see `eks_setup.py`) and returns it as JSON.
+    pub fn setup_eks(&self, dir: &Path, cluster: &str, members: &[&str]) -> Value {
+        let mut args = vec![cluster];
+        args.extend_from_slice(members);
+        self.run_script(dir, "eks_setup.py", EKS_SETUP_SCRIPT, &args)
+    }
+
     /// Runs a fixture script (boto3 against this moto) in moto's venv; its stdout is JSON.
     fn run_setup(&self, dir: &Path, name: &str, text: &str) -> Value {
+        self.run_script(dir, name, text, &[])
+    }
+
+    /// Runs a fixture script with `args` after the endpoint and `dir`.
+    fn run_script(&self, dir: &Path, name: &str, text: &str, args: &[&str]) -> Value {
         let python = env_program("SPIRE_TEST_CLOUD_PYTHON");
         let script = dir.join(name);
         std::fs::write(&script, text).unwrap_or_else(|e| panic!("write script: {e}"));
@@ -84,6 +103,7 @@ impl Moto {
             .arg(&script)
             .arg(&self.endpoint)
             .arg(dir)
+            .args(args)
             .output()
             .unwrap_or_else(|e| panic!("run {name}: {e}"));
         assert!(
@@ -92,6 +112,45 @@ impl Moto {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("fixture JSON: {e}"))
+    }
+
+    /// Starts moto's request recorder: from now on every AWS request moto serves is kept,
+    /// with its headers and body, for [`Self::recorded_requests`].
+    pub fn start_recording(&self) {
+        self.moto_api("POST", "/moto-api/recorder/reset-recording");
+        self.moto_api("POST", "/moto-api/recorder/start-recording");
+    }
+
+    /// The requests recorded since [`Self::start_recording`]: JSON objects with `method`,
+    /// `url`, `headers` and `body` (`body_encoded`: base64).
+    pub fn recorded_requests(&self) -> Vec<Value> {
+        self.moto_api("GET", "/moto-api/recorder/download-recording")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("recording {l:?}: {e}")))
+            .collect()
+    }
+
+    /// One call of moto's own API (plain HTTP/1.1 on loopback); returns the body.
+    fn moto_api(&self, method: &str, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("connect to moto: {e}"));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap_or_else(|e| panic!("write to moto: {e}"));
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("read from moto: {e}"));
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "moto {method} {path}: {head}"
+        );
+        body.to_owned()
     }
 
     /// The environment a plugin needs to reach moto: endpoint and (any) credentials.
