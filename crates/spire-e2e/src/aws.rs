@@ -1,6 +1,7 @@
 //! AWS test components: moto (the AWS API emulator, installed by scripts/cloud-deps.sh) on
-//! loopback, the fixtures its APIs are filled with (EC2 instances with tags, security groups
-//! and an instance profile; Secrets Manager secrets; an ACM Private CA) and the signed instance identity
+//! loopback with its request recorder, the fixtures its APIs are filled with (EC2 instances
+//! with tags, security groups and an instance profile; Secrets Manager secrets; an ACM
+//! Private CA; an EKS cluster and its node group's Auto Scaling group) and the signed instance identity
 //! documents, and a loopback EC2 instance metadata service (IMDSv2 tokens, optional IMDSv1
 //! only mode) that serves them. Only the IMDS is hand-written: it cannot run here otherwise.
 
@@ -11,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::Value;
 
 /// The setup script run in moto's venv.
@@ -131,6 +133,14 @@ impl Moto {
             .collect()
     }
 
+    /// The requests recorded since [`Self::start_recording`], read as AWS calls.
+    pub fn recorded_calls(&self) -> Vec<AwsCall> {
+        self.recorded_requests()
+            .iter()
+            .map(AwsCall::from_recording)
+            .collect()
+    }
+
     /// One call of moto's own API (plain HTTP/1.1 on loopback); returns the body.
     fn moto_api(&self, method: &str, path: &str) -> String {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
@@ -168,6 +178,73 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One AWS request moto served.
+#[derive(Debug)]
+pub struct AwsCall {
+    /// The SigV4 signing name (`ec2`, `sts`, `eks`, ...).
+    pub service: String,
+    /// The Query `Action`, the JSON protocol's `X-Amz-Target` action, else (REST) the URL
+    /// path.
+    pub operation: String,
+    /// The access key ID the request was signed with.
+    pub key_id: String,
+    /// Whether it carried `X-Amz-Security-Token` (temporary credentials).
+    pub session_token: bool,
+    /// The body, decoded.
+    pub body: String,
+}
+
+impl AwsCall {
+    /// Reads one entry of moto's recording.
+    pub fn from_recording(r: &Value) -> Self {
+        let header = |name: &str| {
+            r["headers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_owned)
+        };
+        let authorization = header("authorization").unwrap_or_default();
+        // `Credential=<key>/<date>/<region>/<service>/aws4_request`.
+        let credential = authorization
+            .split("Credential=")
+            .nth(1)
+            .and_then(|c| c.split(',').next())
+            .unwrap_or_default();
+        let scope: Vec<&str> = credential.split('/').collect();
+        let body = if r["body_encoded"] == true {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(r["body"].as_str().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("recorded body is not base64: {e}"));
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            r["body"].as_str().unwrap_or_default().to_owned()
+        };
+        let operation = body
+            .split('&')
+            .find_map(|p| p.strip_prefix("Action="))
+            .map(str::to_owned)
+            .or_else(|| {
+                // JSON protocol: `X-Amz-Target: <prefix>.<Action>`.
+                header("x-amz-target").and_then(|t| t.rsplit('.').next().map(str::to_owned))
+            })
+            .unwrap_or_else(|| {
+                let url = r["url"].as_str().unwrap_or_default();
+                let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+                format!("/{}", path.split('?').next().unwrap_or_default())
+            });
+        Self {
+            service: scope.get(3).copied().unwrap_or_default().to_owned(),
+            operation,
+            key_id: scope.first().copied().unwrap_or_default().to_owned(),
+            session_token: header("x-amz-security-token").is_some(),
+            body,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use spire_common::aws::client::EC2;
 use spire_common::aws::{AwsClient, AwsConfig, Credentials};
 use spire_core::spiffe_id::TrustDomain;
-use spire_e2e::aws::Moto;
+use spire_e2e::aws::{AwsCall, Moto};
 use spire_e2e::subdir as dir;
 use spire_server::datastore::DataStore;
 use spire_server::datastore::sql::{SqlConfig, SqlDataStore};
@@ -120,75 +120,8 @@ impl Setup {
         )
     }
 
-    /// The recorded requests as `(service, action or path, access key ID, has session
-    /// token, body)`.
-    fn calls(&self) -> Vec<Call> {
-        self.moto
-            .recorded_requests()
-            .iter()
-            .map(Call::from_recording)
-            .collect()
-    }
-}
-
-/// One AWS request moto served.
-#[derive(Debug)]
-struct Call {
-    /// The SigV4 signing name (`ec2`, `sts`, `eks`, ...).
-    service: String,
-    /// The Query `Action`, else the URL path.
-    operation: String,
-    /// The access key ID the request was signed with.
-    key_id: String,
-    /// Whether it carried `X-Amz-Security-Token` (temporary credentials).
-    session_token: bool,
-    body: String,
-}
-
-impl Call {
-    fn from_recording(r: &Value) -> Self {
-        let header = |name: &str| {
-            r["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .and_then(|(_, v)| v.as_str())
-                .map(str::to_owned)
-        };
-        let authorization = header("authorization").unwrap_or_default();
-        // `Credential=<key>/<date>/<region>/<service>/aws4_request`.
-        let credential = authorization
-            .split("Credential=")
-            .nth(1)
-            .and_then(|c| c.split(',').next())
-            .unwrap_or_default();
-        let scope: Vec<&str> = credential.split('/').collect();
-        let body = if r["body_encoded"] == true {
-            use base64::Engine as _;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(r["body"].as_str().unwrap_or_default())
-                .unwrap();
-            String::from_utf8_lossy(&bytes).into_owned()
-        } else {
-            r["body"].as_str().unwrap_or_default().to_owned()
-        };
-        let operation = body
-            .split('&')
-            .find_map(|p| p.strip_prefix("Action="))
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                let url = r["url"].as_str().unwrap_or_default();
-                let path = url.splitn(4, '/').nth(3).unwrap_or_default();
-                format!("/{}", path.split('?').next().unwrap_or_default())
-            });
-        Self {
-            service: scope.get(3).copied().unwrap_or_default().to_owned(),
-            operation,
-            key_id: scope.first().copied().unwrap_or_default().to_owned(),
-            session_token: header("x-amz-security-token").is_some(),
-            body,
-        }
+    fn calls(&self) -> Vec<AwsCall> {
+        self.moto.recorded_calls()
     }
 }
 
@@ -248,7 +181,7 @@ async fn eks_cluster_membership_admits_only_instances_of_the_clusters_node_group
         ops.contains(&("eks", "/clusters/prod/node-groups/prod-empty")),
         "{ops:?}"
     );
-    let asg_calls: Vec<&Call> = calls
+    let asg_calls: Vec<&AwsCall> = calls
         .iter()
         .filter(|c| c.operation == "DescribeAutoScalingGroups")
         .collect();
@@ -301,7 +234,7 @@ async fn assume_role_signs_every_aws_call_with_the_roles_credentials() {
 
     let calls = setup.calls();
     // The role of the document's account is assumed with the configured keys...
-    let sts: Vec<&Call> = calls.iter().filter(|c| c.service == "sts").collect();
+    let sts: Vec<&AwsCall> = calls.iter().filter(|c| c.service == "sts").collect();
     assert_eq!(sts.len(), 1, "{calls:?}");
     assert_eq!(sts[0].operation, "AssumeRole");
     assert_eq!(sts[0].key_id, SERVER_KEY_ID);
