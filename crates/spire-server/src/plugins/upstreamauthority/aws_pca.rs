@@ -396,6 +396,10 @@ impl UpstreamAuthority for AwsPcaUpstreamAuthority {
 }
 
 #[cfg(test)]
+#[path = "aws_pca_recorded.rs"]
+mod recorded_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
