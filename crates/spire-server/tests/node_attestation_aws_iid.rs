@@ -420,3 +420,80 @@ async fn instance_profile_selectors_and_agent_path_template() {
     let attested = setup.attest(&default, "second").await.unwrap();
     assert_eq!(attested.agent_id.to_string(), setup.default_agent_id(1));
 }
+
+/// `server.conf` with `NodeAttestor "aws_iid"` whose `plugin_data` is `body`.
+fn server_conf(body: &str) -> String {
+    format!(
+        r#"
+server {{
+    trust_domain = "example.org"
+    data_dir = "./.data"
+}}
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "sqlite3"
+            connection_string = "./.data/datastore.sqlite3"
+        }}
+    }}
+    KeyManager "memory" {{ plugin_data {{}} }}
+    NodeAttestor "aws_iid" {{
+        plugin_data {{
+{body}
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn eks_clusters(text: &str) -> Option<Vec<String>> {
+    use spire_server::catalog::{self, NodeAttestorChoice};
+    let config = spire_server::config::load_str("server.conf", text, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let catalog = catalog::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    catalog.node_attestors.iter().find_map(|a| match a {
+        NodeAttestorChoice::AwsIid(c) => Some(
+            c.validate_eks_cluster_membership
+                .as_ref()
+                .map(|e| e.cluster_names.clone())
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    })
+}
+
+#[test]
+fn upstreams_eks_block_loads_from_server_conf_in_both_hcl_forms() {
+    // The block form of upstream's server_full.conf, and the attribute form of its doc.
+    let block = server_conf(
+        r#"            validate_eks_cluster_membership {
+                eks_cluster_names = ["production-cluster", "staging-cluster"]
+            }"#,
+    );
+    assert_eq!(
+        eks_clusters(&block).unwrap(),
+        ["production-cluster", "staging-cluster"]
+    );
+    let attribute = server_conf(
+        r#"            validate_eks_cluster_membership = {
+                eks_cluster_names = ["production-cluster"]
+            }"#,
+    );
+    assert_eq!(eks_clusters(&attribute).unwrap(), ["production-cluster"]);
+    // A key upstream does not have is refused, naming it.
+    let unknown = server_conf(
+        r#"            validate_eks_cluster_membership {
+                cluster_names = ["x"]
+            }"#,
+    );
+    let err = spire_server::config::load_str("server.conf", &unknown, false)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            spire_server::catalog::from_config(&c)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_err();
+    assert!(err.contains("cluster_names"), "{err}");
+}

@@ -385,7 +385,9 @@ impl AwsClient {
 
     /// Calls a REST-JSON operation without a body (`GET` of `path`, whose segments are
     /// given unencoded, with `query`) and returns the decoded answer. `action` names the
-    /// operation in errors.
+    /// operation in errors. Segments are percent-encoded once in the URL and once in the
+    /// signed canonical URI; AWS's rule for non-S3 services (encode the sent path again)
+    /// gives the same text for the names EKS allows (letters, digits, `-`, `_`).
     pub async fn rest_json_get(
         &self,
         service: Service,
