@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use spire_common::aws::client::EC2;
+use spire_common::aws::client::{AUTOSCALING, EC2};
 use spire_common::aws::{AwsClient, AwsConfig, Credentials};
 use spire_core::spiffe_id::TrustDomain;
 use spire_e2e::aws::{AwsCall, Moto};
@@ -203,6 +203,22 @@ async fn eks_cluster_membership_admits_only_instances_of_the_clusters_node_group
         ),
     );
 
+    // The outsider joins the node group: its next attestation, well within the 30 s the
+    // instance list is cached, reloads the list on the miss and is admitted.
+    moto_client(&setup)
+        .query(
+            AUTOSCALING,
+            "AttachInstances",
+            &[
+                ("AutoScalingGroupName".into(), asg.to_owned()),
+                ("InstanceIds.member.1".into(), outsider.clone()),
+            ],
+        )
+        .await
+        .unwrap();
+    let attested = setup.attest(&attestor, "second").await.unwrap();
+    assert_eq!(attested.agent_id.to_string(), setup.default_agent_id(1));
+
     // A cluster EKS does not know (moto 5.2.0 answers ListNodegroups of an unknown cluster
     // with an HTTP 500 instead of ResourceNotFoundException).
     let unknown = setup.attestor(json!({
@@ -216,11 +232,6 @@ async fn eks_cluster_membership_admits_only_instances_of_the_clusters_node_group
              cluster: issue while getting list of EKS Nodegroups: eks ListNodegroups"
         ),
     );
-
-    // Without the block the outsider attests: the refusal above was the EKS check.
-    let plain = setup.attestor(json!({}));
-    let attested = setup.attest(&plain, "second").await.unwrap();
-    assert_eq!(attested.agent_id.to_string(), setup.default_agent_id(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,16 +282,21 @@ async fn assume_role_signs_every_aws_call_with_the_roles_credentials() {
     );
 }
 
-/// Detaches the root volume of `instance` in moto: the tampering upstream's block device
-/// check exists to catch (the root volume no longer belongs to the instance it booted).
-async fn detach_root_volume(setup: &Setup, instance: &str) {
-    let client = AwsClient::new(AwsConfig {
+/// A client of moto with the test's own keys, for changing the fixture.
+fn moto_client(setup: &Setup) -> AwsClient {
+    AwsClient::new(AwsConfig {
         region: "us-east-1".into(),
         static_credentials: Some(Credentials::new("AKIDTEST", "test-secret", None)),
         endpoint: Some(setup.moto.endpoint.clone()),
         ..AwsConfig::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Detaches the root volume of `instance` in moto: the tampering upstream's block device
+/// check exists to catch (the root volume no longer belongs to the instance it booted).
+async fn detach_root_volume(setup: &Setup, instance: &str) {
+    let client = moto_client(setup);
     let xml = client
         .query(
             EC2,
