@@ -85,6 +85,7 @@ fn raw_client(endpoint: &str) -> AwsClient {
         }),
         assume_role_arn: None,
         endpoint: Some(endpoint.to_owned()),
+        sts_endpoint: None,
     })
     .unwrap()
 }

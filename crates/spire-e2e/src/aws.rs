@@ -1,6 +1,7 @@
 //! AWS test components: moto (the AWS API emulator, installed by scripts/cloud-deps.sh) on
-//! loopback, the fixtures its APIs are filled with (EC2 instances with tags, security groups
-//! and an instance profile; Secrets Manager secrets; an ACM Private CA) and the signed instance identity
+//! loopback with its request recorder, the fixtures its APIs are filled with (EC2 instances
+//! with tags, security groups and an instance profile; Secrets Manager secrets; an ACM
+//! Private CA; an EKS cluster and its node group's Auto Scaling group) and the signed instance identity
 //! documents, and a loopback EC2 instance metadata service (IMDSv2 tokens, optional IMDSv1
 //! only mode) that serves them. Only the IMDS is hand-written: it cannot run here otherwise.
 
@@ -11,12 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::Value;
 
 /// The setup script run in moto's venv.
 const SETUP_SCRIPT: &str = include_str!("aws_setup.py");
 /// The ACM Private CA setup script run in moto's venv.
 const PCA_SETUP_SCRIPT: &str = include_str!("pca_setup.py");
+/// The EKS cluster / node group / Auto Scaling group setup script run in moto's venv.
+const EKS_SETUP_SCRIPT: &str = include_str!("eks_setup.py");
 
 fn env_program(var: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
@@ -38,6 +42,7 @@ pub struct Moto {
     child: Child,
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
+    port: u16,
 }
 
 impl Moto {
@@ -50,6 +55,8 @@ impl Moto {
         let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
         let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // Where moto's request recorder writes (see `start_recording`).
+            .env("MOTO_RECORDER_FILEPATH", dir.join("moto_recording.jsonl"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -58,6 +65,7 @@ impl Moto {
         let moto = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            port,
         };
         crate::eventually("moto answers", Duration::from_secs(60), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -75,8 +83,21 @@ impl Moto {
         self.run_setup(dir, "pca_setup.py", PCA_SETUP_SCRIPT)
     }
 
+    /// Creates EKS cluster `cluster` whose node group's Auto Scaling group holds `members`
+    /// (see `eks_setup.py`) and returns it as JSON.
+    pub fn setup_eks(&self, dir: &Path, cluster: &str, members: &[&str]) -> Value {
+        let mut args = vec![cluster];
+        args.extend_from_slice(members);
+        self.run_script(dir, "eks_setup.py", EKS_SETUP_SCRIPT, &args)
+    }
+
     /// Runs a fixture script (boto3 against this moto) in moto's venv; its stdout is JSON.
     fn run_setup(&self, dir: &Path, name: &str, text: &str) -> Value {
+        self.run_script(dir, name, text, &[])
+    }
+
+    /// Runs a fixture script with `args` after the endpoint and `dir`.
+    fn run_script(&self, dir: &Path, name: &str, text: &str, args: &[&str]) -> Value {
         let python = env_program("SPIRE_TEST_CLOUD_PYTHON");
         let script = dir.join(name);
         std::fs::write(&script, text).unwrap_or_else(|e| panic!("write script: {e}"));
@@ -84,6 +105,7 @@ impl Moto {
             .arg(&script)
             .arg(&self.endpoint)
             .arg(dir)
+            .args(args)
             .output()
             .unwrap_or_else(|e| panic!("run {name}: {e}"));
         assert!(
@@ -92,6 +114,53 @@ impl Moto {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("fixture JSON: {e}"))
+    }
+
+    /// Starts moto's request recorder: from now on every AWS request moto serves is kept,
+    /// with its headers and body, for [`Self::recorded_requests`].
+    pub fn start_recording(&self) {
+        self.moto_api("POST", "/moto-api/recorder/reset-recording");
+        self.moto_api("POST", "/moto-api/recorder/start-recording");
+    }
+
+    /// The requests recorded since [`Self::start_recording`]: JSON objects with `method`,
+    /// `url`, `headers` and `body` (`body_encoded`: base64).
+    pub fn recorded_requests(&self) -> Vec<Value> {
+        self.moto_api("GET", "/moto-api/recorder/download-recording")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("recording {l:?}: {e}")))
+            .collect()
+    }
+
+    /// The requests recorded since [`Self::start_recording`], read as AWS calls.
+    pub fn recorded_calls(&self) -> Vec<AwsCall> {
+        self.recorded_requests()
+            .iter()
+            .map(AwsCall::from_recording)
+            .collect()
+    }
+
+    /// One call of moto's own API (plain HTTP/1.1 on loopback); returns the body.
+    fn moto_api(&self, method: &str, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("connect to moto: {e}"));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap_or_else(|e| panic!("write to moto: {e}"));
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("read from moto: {e}"));
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "moto {method} {path}: {head}"
+        );
+        body.to_owned()
     }
 
     /// The environment a plugin needs to reach moto: endpoint and (any) credentials.
@@ -109,6 +178,73 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One AWS request moto served.
+#[derive(Debug)]
+pub struct AwsCall {
+    /// The SigV4 signing name (`ec2`, `sts`, `eks`, ...).
+    pub service: String,
+    /// The Query `Action`, the JSON protocol's `X-Amz-Target` action, else (REST) the URL
+    /// path.
+    pub operation: String,
+    /// The access key ID the request was signed with.
+    pub key_id: String,
+    /// Whether it carried `X-Amz-Security-Token` (temporary credentials).
+    pub session_token: bool,
+    /// The body, decoded.
+    pub body: String,
+}
+
+impl AwsCall {
+    /// Reads one entry of moto's recording.
+    pub fn from_recording(r: &Value) -> Self {
+        let header = |name: &str| {
+            r["headers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_owned)
+        };
+        let authorization = header("authorization").unwrap_or_default();
+        // `Credential=<key>/<date>/<region>/<service>/aws4_request`.
+        let credential = authorization
+            .split("Credential=")
+            .nth(1)
+            .and_then(|c| c.split(',').next())
+            .unwrap_or_default();
+        let scope: Vec<&str> = credential.split('/').collect();
+        let body = if r["body_encoded"] == true {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(r["body"].as_str().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("recorded body is not base64: {e}"));
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            r["body"].as_str().unwrap_or_default().to_owned()
+        };
+        let operation = body
+            .split('&')
+            .find_map(|p| p.strip_prefix("Action="))
+            .map(str::to_owned)
+            .or_else(|| {
+                // JSON protocol: `X-Amz-Target: <prefix>.<Action>`.
+                header("x-amz-target").and_then(|t| t.rsplit('.').next().map(str::to_owned))
+            })
+            .unwrap_or_else(|| {
+                let url = r["url"].as_str().unwrap_or_default();
+                let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+                format!("/{}", path.split('?').next().unwrap_or_default())
+            });
+        Self {
+            service: scope.get(3).copied().unwrap_or_default().to_owned(),
+            operation,
+            key_id: scope.first().copied().unwrap_or_default().to_owned(),
+            session_token: header("x-amz-security-token").is_some(),
+            body,
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub use rustix::process::Signal;
 
 pub mod aws;
+pub mod aws_scripted;
 pub mod azure_imds;
 pub mod cloud;
 pub mod ghostunnel;

@@ -260,16 +260,47 @@ fn awssecret_upstream_authority_signs_the_server_ca_with_the_ca_in_secrets_manag
     let moto = Moto::start(tmp.path());
     let fixture = moto.setup(&dir(tmp.path(), "fixture"));
     let secrets = &fixture["secrets"];
+    // The secrets are read as a role of the account (moto's STS).
+    let role = format!(
+        "arn:aws:iam::{}:role/spire-secrets-reader",
+        fixture["account"].as_str().unwrap()
+    );
     let plugin = format!(
-        "    UpstreamAuthority \"awssecret\" {{\n        plugin_data {{\n            region = \"us-east-1\"\n            cert_file_arn = \"{}\"\n            key_file_arn = \"{}\"\n        }}\n    }}\n",
+        "    UpstreamAuthority \"awssecret\" {{\n        plugin_data {{\n            region = \"us-east-1\"\n            cert_file_arn = \"{}\"\n            key_file_arn = \"{}\"\n            assume_role_arn = \"{role}\"\n        }}\n    }}\n",
         secrets["cert_arn"].as_str().unwrap(),
         secrets["key_arn"].as_str().unwrap()
     );
+    moto.start_recording();
     let server = start_server(&dir(tmp.path(), "server"), &moto, &plugin, "");
     let upstream_root = pem_certificates(secrets["cert_pem"].as_str().unwrap());
     // The trust bundle is the upstream root from Secrets Manager.
     let bundle = server.cli_ok(&["bundle", "show"]);
     assert_eq!(pem_certificates(&bundle), upstream_root, "{bundle}");
+    // One AssumeRole with the environment's keys; both secrets read with the role's.
+    let calls = moto.recorded_calls();
+    let sts: Vec<_> = calls.iter().filter(|c| c.service == "sts").collect();
+    assert_eq!(sts.len(), 1, "{calls:?}");
+    assert_eq!(sts[0].operation, "AssumeRole");
+    assert_eq!(sts[0].key_id, "AKIDSPIRESERVER");
+    assert!(
+        sts[0].body.contains(&format!(
+            "RoleArn={}",
+            role.replace(':', "%3A").replace('/', "%2F")
+        )),
+        "{}",
+        sts[0].body
+    );
+    let reads: Vec<_> = calls
+        .iter()
+        .filter(|c| c.operation == "GetSecretValue")
+        .collect();
+    assert_eq!(reads.len(), 2, "{calls:?}");
+    for read in reads {
+        assert!(
+            read.key_id.starts_with("ASIA") && read.session_token,
+            "not read as the role: {read:?}"
+        );
+    }
     // The server's CA chains to it: an agent SVID verifies against the bundle.
     let token = server.generate_join_token("spiffe://example.org/node");
     let mut agent = AgentProcess::start(&dir(tmp.path(), "agent"), &server, Some(&token));

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use spire_e2e::aws::{Moto, with_env};
+use spire_e2e::aws::{AwsCall, Moto, with_env};
 use spire_e2e::pki::{openssl_verify, pem_certificates, write_pem};
 use spire_e2e::subdir as dir;
 use spire_e2e::write_server_config_with_plugins as config_text;
@@ -47,6 +47,36 @@ fn plugin(keys: &[(&str, &str)]) -> String {
 fn start_server(dir: &Path, env: &[(String, String)], plugin: &str) -> ServerProcess {
     let program = with_env(dir, &binary("spire-server"), env);
     ServerProcess::start_program_on_free_port(&program, dir, |port| config_text(dir, port, plugin))
+}
+
+/// The role `assume_role_arn` names (in moto's default account, where the CA lives).
+const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/spire-pca-issuer";
+
+/// One STS `AssumeRole` of [`ROLE_ARN`] signed with the environment's keys, and every
+/// `service` call (`operation` among them) signed with the role's temporary credentials.
+fn assert_assumed_role_signed(calls: &[AwsCall], service: &str, operation: &str) {
+    let sts: Vec<&AwsCall> = calls.iter().filter(|c| c.service == "sts").collect();
+    assert_eq!(sts.len(), 1, "one AssumeRole: {calls:?}");
+    assert_eq!(sts[0].operation, "AssumeRole");
+    assert_eq!(sts[0].key_id, "AKIDSPIRESERVER", "the base credentials");
+    assert!(
+        sts[0]
+            .body
+            .contains("RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fspire-pca-issuer"),
+        "{}",
+        sts[0].body
+    );
+    let of_service: Vec<&AwsCall> = calls.iter().filter(|c| c.service == service).collect();
+    assert!(
+        of_service.iter().any(|c| c.operation == operation),
+        "{calls:?}"
+    );
+    for call in of_service {
+        assert!(
+            call.key_id.starts_with("ASIA") && call.session_token,
+            "not signed as the role: {call:?}"
+        );
+    }
 }
 
 /// A self-signed CA certificate that is not the PCA's, for `supplemental_bundle_path`.
@@ -110,7 +140,8 @@ fn aws_pca_upstream_authority_has_the_server_ca_issued_by_acm_private_ca() {
     assert!(log.contains("issuer certificate is not a CA"), "{log}");
 
     // The CA-extension template moto implements, and a supplemental bundle holding the PCA
-    // root again (deduplicated) and another root: an agent's workload SVID verifies.
+    // root again (deduplicated) and another root: an agent's workload SVID verifies. With
+    // `assume_role_arn`, every ACM PCA call is made as the role (moto's STS).
     let server_dir = dir(tmp.path(), "ca-template");
     let extra = extra_root();
     let supplemental = write_pem(
@@ -118,6 +149,7 @@ fn aws_pca_upstream_authority_has_the_server_ca_issued_by_acm_private_ca() {
         &[root[0].clone(), extra.clone()],
     );
     let supplemental = supplemental.display().to_string();
+    moto.start_recording();
     let server = start_server(
         &server_dir,
         &moto.env(),
@@ -130,6 +162,7 @@ fn aws_pca_upstream_authority_has_the_server_ca_issued_by_acm_private_ca() {
             ),
             ("signing_algorithm", "SHA256WITHRSA"),
             ("supplemental_bundle_path", &supplemental),
+            ("assume_role_arn", ROLE_ARN),
         ]),
     );
     let bundle = pem_certificates(&server.cli_ok(&["bundle", "show"]));
@@ -138,6 +171,7 @@ fn aws_pca_upstream_authority_has_the_server_ca_issued_by_acm_private_ca() {
         vec![root[0].clone(), extra],
         "root, then supplemental"
     );
+    assert_assumed_role_signed(&moto.recorded_calls(), "acm-pca", "IssueCertificate");
     let token = server.generate_join_token("spiffe://example.org/node");
     let agent = AgentProcess::start(&dir(tmp.path(), "agent"), &server, Some(&token));
     server.create_uid_entry(

@@ -50,6 +50,7 @@ fn kms_client(moto: &Moto) -> AwsClient {
         static_credentials: Some(Credentials::new("AKIDTEST", "test-secret", None)),
         assume_role_arn: None,
         endpoint: Some(moto.endpoint.clone()),
+        sts_endpoint: None,
     })
     .unwrap()
 }

@@ -1,8 +1,9 @@
-//! A small AWS API client: SigV4-signed POSTs in the two wire protocols the plugins need —
-//! JSON (`awsJson1_1`: KMS, Secrets Manager, ACM PCA) and Query (form body, XML answer: EC2,
-//! IAM, STS) — with credentials from the usual sources, `assume_role` through STS, and the
-//! endpoint overridable the way the AWS SDKs allow (`AWS_ENDPOINT_URL_<SERVICE>`,
-//! `AWS_ENDPOINT_URL`, or a plugin's own `endpoint` key).
+//! A small AWS API client: SigV4-signed requests in the three wire protocols the plugins
+//! need — JSON (`awsJson1_1`: KMS, Secrets Manager, ACM PCA), Query (form body, XML answer:
+//! EC2, IAM, STS, Auto Scaling) and REST-JSON (resource paths, JSON answer: EKS) — with
+//! credentials from the usual sources, `assume_role` through STS, and the endpoint
+//! overridable the way the AWS SDKs allow (`AWS_ENDPOINT_URL_<SERVICE>`, `AWS_ENDPOINT_URL`,
+//! or a plugin's own `endpoint` key).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -62,6 +63,22 @@ pub const STS: Service = Service {
     env_id: "STS",
     json_target: None,
     api_version: "2011-06-15",
+    global: false,
+};
+/// Amazon EC2 Auto Scaling (Query protocol).
+pub const AUTOSCALING: Service = Service {
+    name: "autoscaling",
+    env_id: "AUTO_SCALING",
+    json_target: None,
+    api_version: "2011-01-01",
+    global: false,
+};
+/// Amazon EKS (REST-JSON protocol: no target, no version parameter).
+pub const EKS: Service = Service {
+    name: "eks",
+    env_id: "EKS",
+    json_target: None,
+    api_version: "2017-11-01",
     global: false,
 };
 /// AWS KMS (JSON protocol).
@@ -152,6 +169,30 @@ pub struct AwsConfig {
     pub assume_role_arn: Option<String>,
     /// The plugin's own endpoint override (e.g. aws_pca's `endpoint`).
     pub endpoint: Option<String>,
+    /// Where `AssumeRole` for `assume_role_arn` goes; `None`: the usual resolution
+    /// (`AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, `sts.<region>.amazonaws.com`), as the
+    /// AWS SDKs do even when the plugin's own service endpoint is overridden.
+    pub sts_endpoint: Option<String>,
+}
+
+/// What came back from one HTTP exchange.
+struct Answer {
+    status: u16,
+    /// `x-amzn-ErrorType` (REST-JSON services name their errors there).
+    error_type: Option<String>,
+    body: Vec<u8>,
+}
+
+/// One request to sign and send.
+struct Call<'a> {
+    service: Service,
+    action: &'a str,
+    method: &'a str,
+    /// The resource path below the endpoint's own path (`/` for JSON and Query).
+    path: &'a str,
+    query: &'a [(String, String)],
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
 }
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -237,7 +278,21 @@ impl AwsClient {
             ),
             ("x-amz-target".to_owned(), format!("{target}.{action}")),
         ];
-        let (status, answer) = self.call(service, action, headers, payload).await?;
+        let Answer {
+            status,
+            body: answer,
+            ..
+        } = self
+            .call(Call {
+                service,
+                action,
+                method: "POST",
+                path: "/",
+                query: &[],
+                headers,
+                body: payload,
+            })
+            .await?;
         let value: Value = if answer.is_empty() {
             Value::Object(Default::default())
         } else {
@@ -292,8 +347,20 @@ impl AwsClient {
             "content-type".to_owned(),
             "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
         )];
-        let (status, answer) = self
-            .call(service, action, headers, form.into_bytes())
+        let Answer {
+            status,
+            body: answer,
+            ..
+        } = self
+            .call(Call {
+                service,
+                action,
+                method: "POST",
+                path: "/",
+                query: &[],
+                headers,
+                body: form.into_bytes(),
+            })
             .await?;
         let text = String::from_utf8_lossy(&answer).into_owned();
         if status >= 300 {
@@ -316,13 +383,80 @@ impl AwsClient {
         Ok(text)
     }
 
-    async fn call(
+    /// Calls a REST-JSON operation without a body (`GET` of `path`, whose segments are
+    /// given unencoded, with `query`) and returns the decoded answer. `action` names the
+    /// operation in errors. Segments are percent-encoded once in the URL and once in the
+    /// signed canonical URI; AWS's rule for non-S3 services (encode the sent path again)
+    /// gives the same text for the names EKS allows (letters, digits, `-`, `_`).
+    pub async fn rest_json_get(
         &self,
         service: Service,
         action: &str,
-        mut headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    ) -> Result<(u16, Vec<u8>), AwsError> {
+        path: &[&str],
+        query: &[(String, String)],
+    ) -> Result<Value, AwsError> {
+        let path: String = path.iter().map(|s| format!("/{s}")).collect();
+        let Answer {
+            status,
+            error_type,
+            body,
+        } = self
+            .call(Call {
+                service,
+                action,
+                method: "GET",
+                path: &path,
+                query,
+                headers: Vec::new(),
+                body: Vec::new(),
+            })
+            .await?;
+        let value: Option<Value> = if body.is_empty() {
+            Some(Value::Object(Default::default()))
+        } else {
+            serde_json::from_slice(&body).ok()
+        };
+        if status >= 300 {
+            let value = value.unwrap_or_default();
+            // `x-amzn-ErrorType: ResourceNotFoundException:http://...`, else the body's type.
+            let code = error_type
+                .as_deref()
+                .and_then(|t| t.split(':').next())
+                .or_else(|| value.get("__type").and_then(Value::as_str))
+                .or_else(|| value.get("code").and_then(Value::as_str))
+                .unwrap_or("UnknownError");
+            let code = code.rsplit('#').next().unwrap_or(code).to_owned();
+            let message = value
+                .get("message")
+                .or_else(|| value.get("Message"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            return Err(AwsError::Api {
+                service: service.name,
+                action: action.to_owned(),
+                status,
+                code,
+                message,
+            });
+        }
+        value.ok_or_else(|| AwsError::Parse {
+            service: service.name,
+            action: action.to_owned(),
+            message: "not JSON".into(),
+        })
+    }
+
+    async fn call(&self, call: Call<'_>) -> Result<Answer, AwsError> {
+        let Call {
+            service,
+            action,
+            method,
+            path: resource,
+            query,
+            mut headers,
+            body,
+        } = call;
         let transport = |message: String| AwsError::Transport {
             service: service.name,
             action: action.to_owned(),
@@ -337,10 +471,32 @@ impl AwsClient {
             .authority()
             .map(|a| a.as_str().to_owned())
             .ok_or_else(|| transport(format!("endpoint {endpoint:?} has no host")))?;
-        let path = match uri.path() {
-            "" => "/".to_owned(),
-            p => p.to_owned(),
+        // The resource path goes below the endpoint's own path, if it has one.
+        let path = match (uri.path().trim_end_matches('/'), resource) {
+            ("", "/") => "/".to_owned(),
+            (base, "/") => base.to_owned(),
+            (base, resource) => format!("{base}{resource}"),
         };
+        let encoded_path = path
+            .split('/')
+            .map(sigv4::encode)
+            .collect::<Vec<_>>()
+            .join("/");
+        let encoded_query = query
+            .iter()
+            .map(|(k, v)| format!("{}={}", sigv4::encode(k), sigv4::encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let target = match (uri.scheme_str(), encoded_query.is_empty()) {
+            (scheme, true) => format!("{}://{host}{encoded_path}", scheme.unwrap_or("https")),
+            (scheme, false) => format!(
+                "{}://{host}{encoded_path}?{encoded_query}",
+                scheme.unwrap_or("https")
+            ),
+        };
+        let target: http::Uri = target
+            .parse()
+            .map_err(|e| transport(format!("invalid request URI {target:?}: {e}")))?;
         let amz_date = amz_date(SystemTime::now());
         headers.push(("host".to_owned(), host));
         headers.push(("x-amz-date".to_owned(), amz_date.clone()));
@@ -349,9 +505,9 @@ impl AwsClient {
         }
         let authorization = sigv4::authorization(
             &SignableRequest {
-                method: "POST",
+                method,
                 path: &path,
-                query: &[],
+                query,
                 headers: &headers,
                 body: &body,
             },
@@ -360,7 +516,7 @@ impl AwsClient {
             service.name,
             &amz_date,
         );
-        let mut request = http::Request::post(uri);
+        let mut request = http::Request::builder().method(method).uri(target);
         for (name, value) in &headers {
             if name != "host" {
                 request = request.header(name.as_str(), value.as_str());
@@ -379,13 +535,22 @@ impl AwsClient {
                 .await
                 .map_err(|e| transport(format!("request to {endpoint} failed: {e:?}")))?;
             let status = response.status().as_u16();
+            let error_type = response
+                .headers()
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let answer = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| transport(format!("reading the answer failed: {e}")))?
                 .to_bytes()
                 .to_vec();
-            Ok((status, answer))
+            Ok(Answer {
+                status,
+                error_type,
+                body: answer,
+            })
         };
         tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
@@ -470,7 +635,8 @@ impl AwsClient {
             region: self.inner.region.clone(),
             static_credentials: Some(base),
             assume_role_arn: None,
-            endpoint: None,
+            endpoint: self.inner.config.sts_endpoint.clone(),
+            sts_endpoint: None,
         })?;
         let session = format!(
             "spire-server-{}",

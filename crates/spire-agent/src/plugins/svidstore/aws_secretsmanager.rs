@@ -153,6 +153,7 @@ impl AwsSecretsManager {
             static_credentials,
             assume_role_arn: None,
             endpoint,
+            sts_endpoint: None,
         })
         .map_err(|e| format!("failed to create secrets manager client: {e}"))?;
         Ok(Self {

@@ -5,7 +5,9 @@
 //! ID already attested (trust on first use: the agent cannot re-attest), and issues
 //! `spiffe://<td>/spire/agent/aws_iid/<account>/<region>/<instance>` unless
 //! `agent_path_template` says otherwise. Selectors `tag:`, `sg:id:`, `sg:name:`, `iamrole:`,
-//! `image:id:`, `instance:id:`, `region:`, `az:`. Keys, defaults and messages are upstream's
+//! `image:id:`, `instance:id:`, `region:`, `az:`. `verify_organization` and
+//! `validate_eks_cluster_membership` restrict attestation to accounts of an AWS organization
+//! and to instances of EKS clusters. Keys, defaults and messages are upstream's
 //! (`doc/plugin_server_nodeattestor_aws_iid.md`); see docs/cloud.md for what differs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,7 +15,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::Value as Json;
 use spire_common::aws::client::{EC2, IAM};
 use spire_common::aws::iid::{IidAttestationData, InstanceIdentityDocument, PLUGIN_NAME};
 use spire_common::aws::{AwsClient, AwsConfig, Credentials};
@@ -24,6 +25,8 @@ use spire_core::spiffe_id::{SpiffeId, TrustDomain};
 use tokio::sync::Mutex;
 use tonic::{Code, Status};
 
+use super::aws_iid_ec2 as ec2;
+use super::aws_iid_eks::{EksConfig, EksData, EksValidator};
 use super::aws_iid_org::{OrgConfig, OrgData, OrgValidator};
 use super::{Attested, Challenger, NodeAttestor, plugin_error};
 use crate::config::ConfigError;
@@ -64,8 +67,8 @@ pub struct Data {
     partition: Option<String>,
     #[serde(default, deserialize_with = "de::opt_block")]
     verify_organization: Option<OrgData>,
-    #[serde(default)]
-    validate_eks_cluster_membership: Option<Json>,
+    #[serde(default, deserialize_with = "de::opt_block")]
+    validate_eks_cluster_membership: Option<EksData>,
     /// Ours: a PEM file of further certificates trusted to sign documents of any region.
     #[serde(default, deserialize_with = "de::opt_string")]
     extra_ca_cert_path: Option<String>,
@@ -94,6 +97,8 @@ pub struct AwsIidConfig {
     pub extra_ca_certs: Vec<Vec<u8>>,
     /// `verify_organization`: only accounts of the AWS organization attest.
     pub verify_organization: Option<OrgConfig>,
+    /// `validate_eks_cluster_membership`: only instances of the EKS clusters attest.
+    pub validate_eks_cluster_membership: Option<EksConfig>,
 }
 
 impl PartialEq for AwsIidConfig {
@@ -107,6 +112,7 @@ impl PartialEq for AwsIidConfig {
             && self.partition == other.partition
             && self.extra_ca_certs == other.extra_ca_certs
             && self.verify_organization == other.verify_organization
+            && self.validate_eks_cluster_membership == other.validate_eks_cluster_membership
     }
 }
 
@@ -118,14 +124,6 @@ impl AwsIidConfig {
         let invalid = |key: &str, message: String| {
             ConfigError::invalid(file, format!("{path}.{key}"), message)
         };
-        if data.validate_eks_cluster_membership.is_some() {
-            return Err(invalid(
-                "validate_eks_cluster_membership",
-                "validate_eks_cluster_membership is not supported by this server yet; remove \
-                 the block"
-                    .into(),
-            ));
-        }
         let id = data.access_key_id.filter(|v| !v.is_empty());
         let secret = data.secret_access_key.filter(|v| !v.is_empty());
         let credentials = match (id, secret) {
@@ -182,6 +180,13 @@ impl AwsIidConfig {
             .verify_organization
             .map(|org| OrgConfig::from_data(file, &format!("{path}.verify_organization"), org))
             .transpose()?;
+        let validate_eks_cluster_membership = data.validate_eks_cluster_membership.map(|eks| {
+            EksConfig::from_data(
+                file,
+                &format!("{path}.validate_eks_cluster_membership"),
+                eks,
+            )
+        });
         Ok(Self {
             credentials,
             skip_block_device: data.skip_block_device.unwrap_or(false),
@@ -195,6 +200,7 @@ impl AwsIidConfig {
             partition,
             extra_ca_certs,
             verify_organization,
+            validate_eks_cluster_membership,
         })
     }
 }
@@ -208,28 +214,52 @@ pub struct AwsIidAttestor {
     clients: Mutex<HashMap<String, AwsClient>>,
     /// The `verify_organization` check, or why its client could not be made.
     org: Option<Result<OrgValidator, String>>,
+    /// The `validate_eks_cluster_membership` check.
+    eks: Option<EksValidator>,
+    /// Where every AWS call goes instead of AWS's endpoints (tests: an emulator).
+    endpoint: Option<String>,
 }
 
 impl AwsIidAttestor {
     /// An attestor for `trust_domain`; `datastore` answers whether an agent ID attested.
+    /// AWS is reached at its usual endpoints (or those of `AWS_ENDPOINT_URL[_<SERVICE>]`).
     pub fn new(
         config: AwsIidConfig,
         trust_domain: TrustDomain,
         datastore: Arc<dyn DataStore>,
+    ) -> Self {
+        Self::with_endpoint(config, trust_domain, datastore, None)
+    }
+
+    /// As [`Self::new`], with every AWS call (EC2, IAM, EKS, Auto Scaling, Organizations,
+    /// STS) sent to `endpoint` when it is set: how tests reach an AWS emulator without
+    /// changing the process environment.
+    pub fn with_endpoint(
+        config: AwsIidConfig,
+        trust_domain: TrustDomain,
+        datastore: Arc<dyn DataStore>,
+        endpoint: Option<String>,
     ) -> Self {
         let org = config.verify_organization.clone().map(|org| {
             let credentials = config
                 .credentials
                 .as_ref()
                 .map(|(id, secret)| Credentials::new(id, secret, None));
-            OrgValidator::new(org, &config.partition, credentials).map_err(|e| e.to_string())
+            OrgValidator::new(org, &config.partition, credentials, endpoint.clone())
+                .map_err(|e| e.to_string())
         });
+        let eks = config
+            .validate_eks_cluster_membership
+            .clone()
+            .map(EksValidator::new);
         Self {
             config,
             trust_domain,
             datastore,
             clients: Mutex::new(HashMap::new()),
             org,
+            eks,
+            endpoint,
         }
     }
 
@@ -252,7 +282,8 @@ impl AwsIidAttestor {
                     self.config.partition
                 )
             }),
-            endpoint: None,
+            endpoint: self.endpoint.clone(),
+            sts_endpoint: self.endpoint.clone(),
         })
         .map_err(|e| err(Code::Internal, format!("failed to create client: {e}")))?;
         clients.insert(key, client.clone());
@@ -386,6 +417,31 @@ impl NodeAttestor for AwsIidAttestor {
             }
         }
         let client = self.client(&doc.region, &doc.account_id).await?;
+        if let Some(eks) = &self.eks {
+            let member = eks
+                .is_node_in_cluster(&client, &doc.instance_id)
+                .await
+                .map_err(|e| {
+                    err(
+                        Code::Internal,
+                        format!(
+                            "failed aws eks attestation, issue while verifying if nodes id: {} \
+                             belong to cluster: {e}",
+                            doc.instance_id
+                        ),
+                    )
+                })?;
+            if !member {
+                return Err(err(
+                    Code::Internal,
+                    format!(
+                        "failed aws eks attestation, nodes id: {} is not part of configured EKS \
+                         cluster",
+                        doc.instance_id
+                    ),
+                ));
+            }
+        }
         let xml = client
             .query(
                 EC2,
@@ -493,197 +549,6 @@ impl NodeAttestor for AwsIidAttestor {
     }
 }
 
-/// Reading EC2 and IAM Query-protocol answers.
-pub mod ec2 {
-    use roxmltree::{Document, Node};
-
-    /// What the attestor reads of one instance.
-    #[derive(Debug, Clone, Default, PartialEq, Eq)]
-    pub struct Instance {
-        /// `instanceId`.
-        pub instance_id: String,
-        /// Tags, key and value.
-        pub tags: Vec<(String, String)>,
-        /// Security groups: id and name.
-        pub security_groups: Vec<(String, String)>,
-        /// `iamInstanceProfile.arn`.
-        pub instance_profile_arn: Option<String>,
-        /// `rootDeviceType` (`ebs` or `instance-store`).
-        pub root_device_type: String,
-        /// `rootDeviceName`.
-        pub root_device_name: String,
-        /// Block devices: name and attach time.
-        pub block_devices: Vec<(String, Option<i64>)>,
-        /// Network interfaces: device index and attach time.
-        pub network_interfaces: Vec<(i64, Option<i64>)>,
-    }
-
-    fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
-        node.children().find(|n| n.has_tag_name(name))
-    }
-
-    fn text(node: Node<'_, '_>, name: &str) -> String {
-        child(node, name)
-            .and_then(|n| n.text())
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-
-    fn items<'a, 'i>(node: Node<'a, 'i>, set: &str) -> Vec<Node<'a, 'i>> {
-        child(node, set)
-            .map(|s| s.children().filter(|n| n.has_tag_name("item")).collect())
-            .unwrap_or_default()
-    }
-
-    fn time(text: &str) -> Option<i64> {
-        spire_common::aws::client::parse_time(text).and_then(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .ok()
-                .and_then(|d| i64::try_from(d.as_secs()).ok())
-        })
-    }
-
-    /// The instances of a `DescribeInstances` answer.
-    pub fn parse_describe_instances(xml: &str) -> Result<Vec<Instance>, String> {
-        let doc = Document::parse(xml).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for reservation in items(doc.root_element(), "reservationSet") {
-            for item in items(reservation, "instancesSet") {
-                out.push(Instance {
-                    instance_id: text(item, "instanceId"),
-                    tags: items(item, "tagSet")
-                        .into_iter()
-                        .map(|t| (text(t, "key"), text(t, "value")))
-                        .collect(),
-                    security_groups: items(item, "groupSet")
-                        .into_iter()
-                        .map(|g| (text(g, "groupId"), text(g, "groupName")))
-                        .collect(),
-                    instance_profile_arn: child(item, "iamInstanceProfile")
-                        .map(|p| text(p, "arn"))
-                        .filter(|a| !a.is_empty()),
-                    root_device_type: text(item, "rootDeviceType"),
-                    root_device_name: text(item, "rootDeviceName"),
-                    block_devices: items(item, "blockDeviceMapping")
-                        .into_iter()
-                        .map(|b| {
-                            let attach = child(b, "ebs").and_then(|e| time(&text(e, "attachTime")));
-                            (text(b, "deviceName"), attach)
-                        })
-                        .collect(),
-                    network_interfaces: items(item, "networkInterfaceSet")
-                        .into_iter()
-                        .filter_map(|n| {
-                            let attachment = child(n, "attachment")?;
-                            let index = text(attachment, "deviceIndex").parse().ok()?;
-                            Some((index, time(&text(attachment, "attachTime"))))
-                        })
-                        .collect(),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Upstream's anti-tampering check: an EBS root volume must have been attached within
-    /// `max_seconds` of the primary network interface (a swapped root volume is refused).
-    pub fn check_block_device(instance: &Instance, max_seconds: i64) -> Result<(), String> {
-        let Some((_, iface_attach)) = instance.network_interfaces.iter().find(|(i, _)| *i == 0)
-        else {
-            return Err(
-                "the EC2 instance network interface with device index 0 is inaccessible".into(),
-            );
-        };
-        if instance.root_device_type == "instance-store" {
-            return Ok(());
-        }
-        let Some((_, root_attach)) = instance
-            .block_devices
-            .iter()
-            .find(|(name, _)| *name == instance.root_device_name)
-        else {
-            return Err(format!(
-                "failed to locate the root device block mapping with name {:?}",
-                instance.root_device_name
-            ));
-        };
-        let disparity = iface_attach.unwrap_or(0).abs_diff(root_attach.unwrap_or(0));
-        if disparity > max_seconds.unsigned_abs() {
-            return Err(format!(
-                "failed checking the disparity device attach times, root BlockDeviceMapping \
-                 and NetworkInterface[0] attach times differ by {disparity} seconds"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The name in `arn:<partition>:iam::<account>:instance-profile[/path]/<name>`.
-    pub fn instance_profile_name(arn: &str) -> Result<String, String> {
-        let parts: Vec<&str> = arn.splitn(6, ':').collect();
-        if parts.len() != 6 || parts.first() != Some(&"arn") {
-            return Err(format!("failed to parse {arn:?}: not an ARN"));
-        }
-        let resource = parts.get(5).copied().unwrap_or_default();
-        let Some(rest) = resource
-            .strip_prefix("instance-profile/")
-            .or_else(|| resource.strip_prefix("instance-profile:"))
-        else {
-            return Err("arn is not for an instance profile".into());
-        };
-        Ok(rest.rsplit('/').next().unwrap_or(rest).to_owned())
-    }
-
-    /// The role ARNs of a `GetInstanceProfile` answer.
-    pub fn parse_instance_profile_roles(xml: &str) -> Result<Vec<String>, String> {
-        let doc = Document::parse(xml).map_err(|e| e.to_string())?;
-        let Some(roles) = doc.descendants().find(|n| n.has_tag_name("Roles")) else {
-            return Ok(Vec::new());
-        };
-        Ok(roles
-            .children()
-            .filter(|n| n.has_tag_name("member"))
-            .map(|m| text(m, "Arn"))
-            .filter(|a| !a.is_empty())
-            .collect())
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn instance_profile_names() {
-            assert_eq!(
-                instance_profile_name("arn:aws:iam::123456789012:instance-profile/a/b/web")
-                    .unwrap(),
-                "web"
-            );
-            assert!(instance_profile_name("arn:aws:iam::1:role/web").is_err());
-            assert!(instance_profile_name("nope").is_err());
-        }
-
-        #[test]
-        fn block_device_disparity() {
-            let mut i = Instance {
-                root_device_type: "ebs".into(),
-                root_device_name: "/dev/xvda".into(),
-                block_devices: vec![("/dev/xvda".into(), Some(1000))],
-                network_interfaces: vec![(0, Some(1030))],
-                ..Instance::default()
-            };
-            assert!(check_block_device(&i, 60).is_ok());
-            i.block_devices = vec![("/dev/xvda".into(), Some(5000))];
-            let e = check_block_device(&i, 60).unwrap_err();
-            assert!(e.contains("differ by 3970 seconds"), "{e}");
-            i.root_device_type = "instance-store".into();
-            assert!(check_block_device(&i, 60).is_ok());
-            i.network_interfaces.clear();
-            assert!(check_block_device(&i, 60).is_err());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,6 +582,16 @@ mod tests {
         .unwrap();
         assert!(c.verify_organization.is_some());
         assert!(serde_json::from_str::<Data>(r#"{"unknown": 1}"#).is_err());
+        let c = parse(r#"{"validate_eks_cluster_membership": {"eks_cluster_names": ["a", "b"]}}"#)
+            .unwrap();
+        assert_eq!(
+            c.validate_eks_cluster_membership.unwrap().cluster_names,
+            ["a", "b"]
+        );
+        // HCL's repeated-block form decodes to a list of one block.
+        let c = parse(r#"{"validate_eks_cluster_membership": [{"eks_cluster_names": ["a"]}]}"#)
+            .unwrap();
+        assert!(c.validate_eks_cluster_membership.is_some());
         let e = parse(r#"{"agent_path_template": "/{{ nope }}"}"#)
             .unwrap_err()
             .to_string();

@@ -133,10 +133,13 @@ impl std::fmt::Debug for OrgValidator {
     }
 }
 
-/// The Organizations endpoint of `partition`, unless the environment overrides it.
-fn endpoint(partition: &str) -> String {
+/// The Organizations endpoint of `partition`, unless the attestor or the environment
+/// overrides it.
+fn endpoint(partition: &str, endpoint: Option<String>) -> String {
     let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-    from_env("AWS_ENDPOINT_URL_ORGANIZATIONS")
+    endpoint
+        .filter(|e| !e.is_empty())
+        .or_else(|| from_env("AWS_ENDPOINT_URL_ORGANIZATIONS"))
         .or_else(|| from_env("AWS_ENDPOINT_URL"))
         .unwrap_or_else(|| {
             match partition {
@@ -150,11 +153,13 @@ fn endpoint(partition: &str) -> String {
 
 impl OrgValidator {
     /// A validator calling Organizations as `assume_org_role` of the management account,
-    /// with the attestor's base credentials.
+    /// with the attestor's base credentials; `override_endpoint` (tests) replaces every AWS
+    /// endpoint, STS's included.
     pub fn new(
         config: OrgConfig,
         partition: &str,
         credentials: Option<Credentials>,
+        override_endpoint: Option<String>,
     ) -> Result<Self, AwsError> {
         let client = AwsClient::new(AwsConfig {
             region: config.management_account_region.clone(),
@@ -163,7 +168,8 @@ impl OrgValidator {
                 "arn:{partition}:iam::{}:role/{}",
                 config.management_account_id, config.assume_org_role
             )),
-            endpoint: Some(endpoint(partition)),
+            endpoint: Some(endpoint(partition, override_endpoint.clone())),
+            sts_endpoint: override_endpoint,
         })?;
         Ok(Self {
             config,

@@ -11,6 +11,8 @@ use spire_core::spiffe_id::SpiffeId;
 use tonic::{Code, Status};
 
 pub mod aws_iid;
+pub mod aws_iid_ec2;
+pub mod aws_iid_eks;
 pub mod aws_iid_org;
 pub mod azure_imds;
 pub mod azure_imds_resolve;

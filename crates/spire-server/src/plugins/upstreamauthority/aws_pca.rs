@@ -174,6 +174,7 @@ impl AwsPcaUpstreamAuthority {
             static_credentials: None,
             assume_role_arn: config.assume_role_arn.clone(),
             endpoint: config.endpoint.as_deref().map(endpoint_url),
+            sts_endpoint: None,
         })
         .map_err(|e| config_error(format!("failed to create client: {e}")))?;
 
@@ -393,6 +394,10 @@ impl UpstreamAuthority for AwsPcaUpstreamAuthority {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "aws_pca_recorded.rs"]
+mod recorded_tests;
 
 #[cfg(test)]
 mod tests {

@@ -171,6 +171,7 @@ impl AwsSecretUpstreamAuthority {
                 .map(|(id, secret, token)| Credentials::new(id, secret, token.as_deref())),
             assume_role_arn: config.assume_role_arn.clone(),
             endpoint: None,
+            sts_endpoint: None,
         })
         .map_err(|e| error(format!("failed to create AWS client: {e}")))?;
         let key_pem = zeroize::Zeroizing::new(read_secret(&client, &config.key_file_arn).await?);

@@ -246,6 +246,7 @@ impl AwsKmsKeyManager {
                 .map(|(id, secret)| Credentials::new(id, secret, None)),
             assume_role_arn: None,
             endpoint,
+            sts_endpoint: None,
         })
         .map_err(|e| error(format!("failed to create client configuration: {e}")))?;
         let (delete_tx, delete_rx) = mpsc::channel(DELETE_QUEUE);
