@@ -303,24 +303,7 @@ impl AwsClient {
             })?
         };
         if status >= 300 {
-            let code = value
-                .get("__type")
-                .and_then(Value::as_str)
-                .unwrap_or("UnknownError");
-            let code = code.rsplit('#').next().unwrap_or(code).to_owned();
-            let message = value
-                .get("message")
-                .or_else(|| value.get("Message"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            return Err(AwsError::Api {
-                service: service.name,
-                action: action.to_owned(),
-                status,
-                code,
-                message,
-            });
+            return Err(json_error(service, action, status, None, &value));
         }
         Ok(value)
     }
@@ -418,27 +401,13 @@ impl AwsClient {
         };
         if status >= 300 {
             let value = value.unwrap_or_default();
-            // `x-amzn-ErrorType: ResourceNotFoundException:http://...`, else the body's type.
-            let code = error_type
-                .as_deref()
-                .and_then(|t| t.split(':').next())
-                .or_else(|| value.get("__type").and_then(Value::as_str))
-                .or_else(|| value.get("code").and_then(Value::as_str))
-                .unwrap_or("UnknownError");
-            let code = code.rsplit('#').next().unwrap_or(code).to_owned();
-            let message = value
-                .get("message")
-                .or_else(|| value.get("Message"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            return Err(AwsError::Api {
-                service: service.name,
-                action: action.to_owned(),
+            return Err(json_error(
+                service,
+                action,
                 status,
-                code,
-                message,
-            });
+                error_type.as_deref(),
+                &value,
+            ));
         }
         value.ok_or_else(|| AwsError::Parse {
             service: service.name,
@@ -705,6 +674,37 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
         .ok()
         .map(SystemTime::from)
+}
+
+/// An AWS error answer of the JSON protocols: the code from `x-amzn-ErrorType`
+/// (`ResourceNotFoundException:http://...`) when sent, else the body's `__type` or `code`,
+/// without its `namespace#` prefix; the message from `message` or `Message`.
+fn json_error(
+    service: Service,
+    action: &str,
+    status: u16,
+    error_type: Option<&str>,
+    body: &Value,
+) -> AwsError {
+    let code = error_type
+        .and_then(|t| t.split(':').next())
+        .or_else(|| body.get("__type").and_then(Value::as_str))
+        .or_else(|| body.get("code").and_then(Value::as_str))
+        .unwrap_or("UnknownError");
+    let code = code.rsplit('#').next().unwrap_or(code).to_owned();
+    let message = body
+        .get("message")
+        .or_else(|| body.get("Message"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    AwsError::Api {
+        service: service.name,
+        action: action.to_owned(),
+        status,
+        code,
+        message,
+    }
 }
 
 #[cfg(test)]
