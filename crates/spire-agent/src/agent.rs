@@ -306,7 +306,7 @@ async fn run_once(
         },
     );
     if let Some(reloader) = &reloader {
-        reloader.attach_manager(Arc::clone(&manager));
+        reloader.attach_manager(Arc::clone(&manager)).await;
     }
 
     let cancel = CancellationToken::new();

@@ -82,8 +82,14 @@ impl Reloader {
     }
 
     /// Lets reloads change the running manager's `sync_interval` (the manager exists only
-    /// once the agent has attested, after the reloader).
-    pub fn attach_manager(&self, manager: Arc<Manager>) {
+    /// once the agent has attested, after the reloader). A `sync_interval` reloaded before
+    /// then is handed to the manager here, so it is not lost.
+    pub async fn attach_manager(&self, manager: Arc<Manager>) {
+        let applied = self.applied.lock().await;
+        let interval = applied.config.experimental.sync_interval;
+        if manager.sync_interval() != interval {
+            manager.set_sync_interval(interval);
+        }
         let _ = self.manager.set(manager);
     }
 
@@ -187,9 +193,12 @@ impl Reloader {
         }
         if live.iter().any(|k| k == "agent.experimental.sync_interval")
             && old.experimental.sync_interval != config.experimental.sync_interval
-            && let Some(manager) = self.manager.get()
         {
-            manager.set_sync_interval(config.experimental.sync_interval);
+            // Before the agent has attested there is no manager yet: attach_manager hands
+            // it the reloaded value.
+            if let Some(manager) = self.manager.get() {
+                manager.set_sync_interval(config.experimental.sync_interval);
+            }
             outcome.applied.push(AppliedChange {
                 key: "agent.experimental.sync_interval".into(),
                 old_value: spire_core::duration::format(old.experimental.sync_interval),

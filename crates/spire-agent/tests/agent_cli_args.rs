@@ -157,6 +157,112 @@ fn healthcheck_reports_an_unavailable_agent() {
     assert!(err.contains("Failed to check health"), "{err}");
 }
 
+/// An agent config bootstrapping from a bundle file (which `validate` does not read), with
+/// `extra` appended after the `agent` block; its path.
+fn bundle_agent_config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("agent.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "agent {{\n trust_domain = \"example.org\"\n server_address = \"s\"\n \
+             trust_bundle_path = \"/nonexistent/bundle.pem\"\n}}\nplugins {{\n \
+             NodeAttestor \"join_token\" {{}}\n KeyManager \"memory\" {{}}\n \
+             WorkloadAttestor \"unix\" {{}}\n}}\n{extra}"
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn rebootstrap_flags_are_read_from_the_command_line_with_upstreams_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bundle_agent_config(dir.path(), "");
+    // Both flags, well formed, with a bootstrap bundle to go back to: valid.
+    let (code, out, err) = agent(&[
+        "validate",
+        "-config",
+        &config,
+        "-rebootstrapMode",
+        "always",
+        "-rebootstrapDelay",
+        "30s",
+    ]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    // -rebootstrapMode reaches upstream's rules: not with insecure_bootstrap...
+    let (code, _, err) = agent(&[
+        "validate",
+        "-config",
+        "conf/agent/agent.conf",
+        "-rebootstrapMode",
+        "always",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "agent.rebootstrap_mode: insecure_bootstrap option can not be used with \
+             rebootstrapping"
+        ),
+        "{err}"
+    );
+    // ...nor with -retryBootstrap, and only upstream's three modes.
+    let (code, _, err) = agent(&[
+        "validate",
+        "-config",
+        &config,
+        "-rebootstrapMode=auto",
+        "-retryBootstrap",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "agent.retry_bootstrap: you can not set retry_bootstrap when using reboostrap_mode"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = agent(&[
+        "validate",
+        "-config",
+        &config,
+        "-rebootstrapMode",
+        "sometimes",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("agent.rebootstrap_mode: unknown rebootstrap_mode \"sometimes\""),
+        "{err}"
+    );
+    // -rebootstrapDelay takes a Go duration.
+    let (code, _, err) = agent(&["validate", "-config", &config, "-rebootstrapDelay", "soon"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(
+            "Error: invalid value 'soon' for '-rebootstrapDelay <string>': invalid duration \
+             \"soon\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_refuses_a_prometheus_tls_block_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bundle_agent_config(
+        dir.path(),
+        "telemetry {\n Prometheus {\n port = 9988\n tls {\n cert_file = \"c.pem\"\n \
+         key_file = \"k.pem\"\n }\n }\n}\n",
+    );
+    let (code, out, err) = agent(&["validate", "-config", &config]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.contains(
+            "telemetry.Prometheus.tls: serving /metrics over TLS (upstream v1.15) is not \
+             supported by this SPIRE build; remove the tls block"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn help_is_go_style_and_succeeds() {
     let (code, out, err) = agent(&["api", "fetch", "-h"]);

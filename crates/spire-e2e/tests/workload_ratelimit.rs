@@ -158,6 +158,23 @@ fn a_config_reload_changes_the_limits_of_a_running_agent() {
         "{shown}"
     );
     assert_eq!(outcome["applied"][0]["new_value"], "unlimited", "{shown}");
+    // experimental.sync_interval, written in the same edit, reaches the running cache
+    // manager (manager.rs `a_new_sync_interval_applies_to_the_running_loop` shows the loop
+    // then syncs at the new interval).
+    assert_eq!(
+        (
+            &outcome["applied"][1]["key"],
+            &outcome["applied"][1]["old_value"],
+            &outcome["applied"][1]["new_value"]
+        ),
+        (
+            &serde_json::json!("agent.experimental.sync_interval"),
+            &serde_json::json!("5s"),
+            &serde_json::json!("2s")
+        ),
+        "{shown}"
+    );
+    assert_eq!(outcome["restart_needed"], serde_json::json!([]), "{shown}");
     assert!(!runtime.block_on(refused_within(&mut workload, 20)));
     drop(agent);
     drop(server);

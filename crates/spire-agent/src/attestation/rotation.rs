@@ -188,3 +188,48 @@ async fn sleep_until(when: OffsetDateTime, cancel: &CancellationToken) -> bool {
         () = tokio::time::sleep(wait) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use spire_core::keys::{KeyType, PrivateKey};
+    use spire_core::spiffe_id::TrustDomain;
+    use spire_core::x509::{CaTemplate, Validity, self_signed_ca};
+
+    use super::*;
+
+    /// 2026-01-01 00:00 UTC.
+    const START: i64 = 1_767_225_600;
+    const HOUR: i64 = 3600;
+
+    fn at(unix: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(unix).unwrap()
+    }
+
+    /// A certificate valid for 72 hours from [`START`], as the agent SVID's leaf.
+    fn leaf_valid_72h() -> Vec<u8> {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let validity = Validity {
+            not_before: at(START),
+            not_after: at(START + 72 * HOUR),
+        };
+        let template = CaTemplate::new(TrustDomain::new("example.org").unwrap(), validity);
+        self_signed_ca(&key, &template).unwrap()
+    }
+
+    #[test]
+    fn availability_target_moves_the_agent_svid_renewal_before_its_half_life() {
+        let leaf = leaf_valid_72h();
+        // Without availability_target: at half-life, 36 h in.
+        assert_eq!(renewal_due(&leaf, None).unwrap(), at(START + 36 * HOUR));
+        // With 48 h: once only 48 h are left, 24 h in.
+        assert_eq!(
+            renewal_due(&leaf, Some(Duration::from_secs(48 * 3600))).unwrap(),
+            at(START + 24 * HOUR)
+        );
+        // A target the lifetime cannot carry (72 h of 72 h) falls back to half-life.
+        assert_eq!(
+            renewal_due(&leaf, Some(Duration::from_secs(72 * 3600))).unwrap(),
+            at(START + 36 * HOUR)
+        );
+    }
+}

@@ -219,6 +219,60 @@ mod tests {
     }
 
     #[test]
+    fn each_key_limits_its_own_method_and_only_it() {
+        let methods = [
+            FETCH_X509_SVID,
+            FETCH_JWT_SVID,
+            FETCH_X509_BUNDLES,
+            FETCH_JWT_BUNDLES,
+            STREAM_SECRETS,
+            FETCH_SECRETS,
+        ];
+        let one = Some(1);
+        let sections = [
+            RateLimitSection {
+                fetch_x509_svid: one,
+                ..RateLimitSection::default()
+            },
+            RateLimitSection {
+                fetch_jwt_svid: one,
+                ..RateLimitSection::default()
+            },
+            RateLimitSection {
+                fetch_x509_bundles: one,
+                ..RateLimitSection::default()
+            },
+            RateLimitSection {
+                fetch_jwt_bundles: one,
+                ..RateLimitSection::default()
+            },
+            RateLimitSection {
+                stream_secrets: one,
+                ..RateLimitSection::default()
+            },
+            RateLimitSection {
+                fetch_secrets: one,
+                ..RateLimitSection::default()
+            },
+        ];
+        let a = [sel("unix", "uid:1")];
+        for (limited, section) in methods.iter().zip(&sections) {
+            let l = WorkloadRateLimiter::new(section);
+            assert!(l.check(limited, &a, Some(1)).is_ok(), "{limited}");
+            let err = l.check(limited, &a, Some(1)).unwrap_err();
+            assert_eq!(err.message(), format!("rate limit exceeded for {limited}"));
+            for other in methods.iter().filter(|m| *m != limited) {
+                for _ in 0..3 {
+                    assert!(
+                        l.check(other, &a, Some(1)).is_ok(),
+                        "{limited} limited {other}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn tokens_come_back_at_the_configured_rate() {
         let l = limiter(50);
         let a = [sel("unix", "uid:1")];
