@@ -1,6 +1,7 @@
 //! `aws_kms` against the KMS answers moto 5.2.0 cannot give: `Sign` with
-//! `MessageType=DIGEST` (moto hashes the digest again) and `ScheduleKeyDeletion` of a replaced
-//! key (moto fails on a key ARN). A loopback stand-in (`spire_e2e::aws_scripted`) serves
+//! `MessageType=DIGEST` (moto hashes the digest again), `ScheduleKeyDeletion` of a replaced
+//! key (moto fails on a key ARN) and the aliases' `LastUpdatedDate` (moto leaves it out), which
+//! the daily disposal of other servers' stale aliases reads. A loopback stand-in (`spire_e2e::aws_scripted`) serves
 //! bodies shaped exactly as the AWS KMS API reference documents them — no response recorded
 //! from real AWS is used:
 //! - `ListAliases` (https://docs.aws.amazon.com/kms/latest/APIReference/API_ListAliases.html),
@@ -11,7 +12,9 @@
 //! - `UpdateAlias`, an empty 200 answer
 //!   (https://docs.aws.amazon.com/kms/latest/APIReference/API_UpdateAlias.html),
 //! - `ScheduleKeyDeletion`
-//!   (https://docs.aws.amazon.com/kms/latest/APIReference/API_ScheduleKeyDeletion.html).
+//!   (https://docs.aws.amazon.com/kms/latest/APIReference/API_ScheduleKeyDeletion.html),
+//! - `DeleteAlias`, an empty 200 answer
+//!   (https://docs.aws.amazon.com/kms/latest/APIReference/API_DeleteAlias.html).
 //!
 //! The public keys are the test's own; the stand-in cannot sign, so the `Sign` answer's
 //! signature is a fixed blob and the test checks what the plugin sent and that it returns
@@ -230,4 +233,125 @@ async fn long_messages_are_signed_as_digest_and_replaced_keys_are_scheduled_for_
         update.body,
         json!({ "AliasName": alias_name(), "TargetKeyId": key_arn(NEW_KEY) })
     );
+}
+
+/// A ListAliases entry as the API reference documents it, updated at 1.7e9 (Unix seconds).
+fn alias_entry(name: &str, key: &str) -> Value {
+    json!({
+        "AliasArn": format!("arn:aws:kms:us-east-1:111122223333:{name}"),
+        "AliasName": name,
+        "CreationDate": 1.700000000e9,
+        "LastUpdatedDate": 1.700000000e9,
+        "TargetKeyId": key
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_servers_aliases_not_refreshed_for_two_weeks_are_deleted_with_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = ScriptedAws::start();
+    let other_server = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let stale = format!("alias/SPIRE_SERVER/example_org/{other_server}/x509-CA-A");
+    let foreign = format!("alias/SPIRE_SERVER/other_org/{other_server}/x509-CA-A");
+    // At start this server has no keys; then two daily passes see the same aliases.
+    kms.answer(
+        "ListAliases",
+        200,
+        json!({ "Aliases": [], "Truncated": false }),
+    );
+    for _ in 0..2 {
+        kms.answer(
+            "ListAliases",
+            200,
+            json!({
+                "Aliases": [alias_entry(&stale, OLD_KEY), alias_entry(&foreign, NEW_KEY)],
+                "Truncated": false
+            }),
+        );
+    }
+    kms.answer(
+        "DescribeKey",
+        200,
+        json!({ "KeyMetadata": key_metadata(OLD_KEY) }),
+    );
+    kms.answer("DeleteAlias", 200, json!({}));
+    kms.answer(
+        "ScheduleKeyDeletion",
+        200,
+        json!({
+            "DeletionDate": 1.700604800e9,
+            "KeyId": key_arn(OLD_KEY),
+            "KeyState": "PendingDeletion",
+            "PendingWindowInDays": 7
+        }),
+    );
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"Version": "2012-10-17", "Statement": []}"#).unwrap();
+    let data: Data = serde_json::from_value(json!({
+        "region": "us-east-1",
+        "access_key_id": "AKIDTEST",
+        "secret_access_key": "test-secret",
+        "key_identifier_value": SERVER_ID,
+        "key_policy_file": policy.to_str().unwrap(),
+    }))
+    .unwrap();
+    let config = AwsKmsConfig::from_data(
+        "server.conf",
+        "plugins.KeyManager.aws_kms.plugin_data",
+        data,
+    )
+    .unwrap();
+    let km = AwsKmsKeyManager::open(&config, "example.org", Some(kms.endpoint.clone()))
+        .await
+        .unwrap();
+    let updated = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let days = |n: u64| Duration::from_secs(n * 24 * 3600);
+
+    // 13 days after its last update the alias is left alone.
+    km.dispose_aliases_at(updated + days(13)).await.unwrap();
+    let ops = |kms: &ScriptedAws| -> Vec<String> {
+        kms.requests().into_iter().map(|r| r.operation).collect()
+    };
+    assert_eq!(ops(&kms), ["ListAliases", "ListAliases"]);
+
+    // After two weeks it is deleted and its key scheduled for deletion; another trust
+    // domain's alias is not looked at.
+    km.dispose_aliases_at(updated + days(15)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ops(&kms).iter().any(|o| o == "ScheduleKeyDeletion") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ScheduleKeyDeletion: {:?}",
+            ops(&kms)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ops(&kms),
+        [
+            "ListAliases",
+            "ListAliases",
+            "ListAliases",
+            "DescribeKey",
+            "DeleteAlias",
+            "ScheduleKeyDeletion"
+        ]
+    );
+    let body = |op: &str| {
+        kms.requests()
+            .into_iter()
+            .find(|r| r.operation == op)
+            .unwrap()
+            .body
+    };
+    assert_eq!(body("DescribeKey")["KeyId"], stale_arn(&stale).as_str());
+    assert_eq!(body("DeleteAlias"), json!({ "AliasName": stale }));
+    assert_eq!(
+        body("ScheduleKeyDeletion"),
+        json!({ "KeyId": OLD_KEY, "PendingWindowInDays": 7 })
+    );
+}
+
+fn stale_arn(name: &str) -> String {
+    format!("arn:aws:kms:us-east-1:111122223333:{name}")
 }
