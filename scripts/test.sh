@@ -14,6 +14,13 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
+# tikv-jemalloc-sys (the binaries' allocator) builds jemalloc from C source.
+for tool in cc make; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "Error: '$tool' is needed to build jemalloc; install it (Debian: apt-get install build-essential)" >&2
+        exit 1
+    fi
+done
 # One run from a fresh clone gains nothing from incremental compilation, whose caches about
 # double the target folder's size (a CI machine ran out of disk with them on).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
