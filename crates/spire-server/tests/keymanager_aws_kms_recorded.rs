@@ -81,6 +81,27 @@ fn public_key_answer(id: &str, spki: &[u8]) -> Value {
     })
 }
 
+/// The plugin's config for server [`SERVER_ID`], with a key policy file in `dir` (so no STS
+/// GetCallerIdentity for the default policy).
+fn config(dir: &std::path::Path) -> AwsKmsConfig {
+    let policy = dir.join("policy.json");
+    std::fs::write(&policy, r#"{"Version": "2012-10-17", "Statement": []}"#).unwrap();
+    let data: Data = serde_json::from_value(json!({
+        "region": "us-east-1",
+        "access_key_id": "AKIDTEST",
+        "secret_access_key": "test-secret",
+        "key_identifier_value": SERVER_ID,
+        "key_policy_file": policy.to_str().unwrap(),
+    }))
+    .unwrap();
+    AwsKmsConfig::from_data(
+        "server.conf",
+        "plugins.KeyManager.aws_kms.plugin_data",
+        data,
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_messages_are_signed_as_digest_and_replaced_keys_are_scheduled_for_deletion() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,23 +160,7 @@ async fn long_messages_are_signed_as_digest_and_replaced_keys_are_scheduled_for_
         }),
     );
 
-    // A key policy file: no STS GetCallerIdentity for the default policy.
-    let policy = dir.path().join("policy.json");
-    std::fs::write(&policy, r#"{"Version": "2012-10-17", "Statement": []}"#).unwrap();
-    let data: Data = serde_json::from_value(json!({
-        "region": "us-east-1",
-        "access_key_id": "AKIDTEST",
-        "secret_access_key": "test-secret",
-        "key_identifier_value": SERVER_ID,
-        "key_policy_file": policy.to_str().unwrap(),
-    }))
-    .unwrap();
-    let config = AwsKmsConfig::from_data(
-        "server.conf",
-        "plugins.KeyManager.aws_kms.plugin_data",
-        data,
-    )
-    .unwrap();
+    let config = config(dir.path());
     let km = AwsKmsKeyManager::open(&config, "example.org", Some(kms.endpoint.clone()))
         .await
         .unwrap();
@@ -285,22 +290,7 @@ async fn other_servers_aliases_not_refreshed_for_two_weeks_are_deleted_with_thei
             "PendingWindowInDays": 7
         }),
     );
-    let policy = dir.path().join("policy.json");
-    std::fs::write(&policy, r#"{"Version": "2012-10-17", "Statement": []}"#).unwrap();
-    let data: Data = serde_json::from_value(json!({
-        "region": "us-east-1",
-        "access_key_id": "AKIDTEST",
-        "secret_access_key": "test-secret",
-        "key_identifier_value": SERVER_ID,
-        "key_policy_file": policy.to_str().unwrap(),
-    }))
-    .unwrap();
-    let config = AwsKmsConfig::from_data(
-        "server.conf",
-        "plugins.KeyManager.aws_kms.plugin_data",
-        data,
-    )
-    .unwrap();
+    let config = config(dir.path());
     let km = AwsKmsKeyManager::open(&config, "example.org", Some(kms.endpoint.clone()))
         .await
         .unwrap();
