@@ -287,7 +287,7 @@ async fn wait_for_key_state(client: &AwsClient, key: &str, state: &str) {
 /// The daily disposal of stale aliases needs `LastUpdatedDate`, which moto 5.2.0's
 /// ListAliases leaves out; it is tested in keymanager_aws_kms_recorded.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_of_the_trust_domain_left_without_an_alias_are_disposed_of_after_48_hours() {
+async fn keys_left_without_an_alias_are_disposed_of_after_48_hours_and_own_aliases_refreshed() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path());
     let client = kms_client(&moto);
@@ -339,4 +339,30 @@ async fn keys_of_the_trust_domain_left_without_an_alias_are_disposed_of_after_48
     wait_for_key_state(&client, orphan, "PendingDeletion").await;
     assert_eq!(key_state(&client, foreign).await, "Enabled");
     assert_eq!(key_state(&client, &own_key).await, "Enabled");
+
+    // The 6-hourly refresh re-points this server's alias at its key (bumping its
+    // LastUpdatedDate for other servers' disposal pass), and nothing else.
+    moto.start_recording();
+    km.refresh_aliases_now().await.unwrap();
+    let updates: Vec<_> = moto
+        .recorded_calls()
+        .into_iter()
+        .filter(|c| c.service == "kms")
+        .collect();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0].operation, "UpdateAlias");
+    let body: Value = serde_json::from_str(&updates[0].body).unwrap();
+    assert_eq!(body["AliasName"], own_alias.as_str());
+    assert!(
+        body["TargetKeyId"].as_str().unwrap().ends_with(&own_key),
+        "{body}"
+    );
+    assert_eq!(
+        aliases(&client)
+            .await
+            .iter()
+            .find(|a| a["AliasName"] == own_alias.as_str())
+            .map(|a| a["TargetKeyId"].clone()),
+        Some(Value::from(own_key.clone()))
+    );
 }

@@ -95,7 +95,7 @@ impl Kms {
 
     /// Re-points every alias at its key, which bumps `LastUpdatedDate` so other servers see
     /// the keys are in use.
-    async fn refresh_aliases(&self) -> Result<(), KeyManagerError> {
+    pub(super) async fn refresh_aliases(&self) -> Result<(), KeyManagerError> {
         tracing::debug!("Refreshing aliases");
         let entries: Vec<KeyEntry> = self
             .entries

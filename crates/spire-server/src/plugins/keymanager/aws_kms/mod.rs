@@ -275,6 +275,12 @@ impl AwsKmsKeyManager {
         &self.kms.server_id
     }
 
+    /// Runs upstream's 6-hourly alias refresh now (every alias of this server re-pointed at
+    /// its key, so other servers see the keys are in use).
+    pub async fn refresh_aliases_now(&self) -> Result<(), KeyManagerError> {
+        self.kms.refresh_aliases().await
+    }
+
     /// Runs upstream's daily disposal of stale aliases of other servers now, as if at `now`.
     pub async fn dispose_aliases_at(&self, now: SystemTime) -> Result<(), KeyManagerError> {
         self.kms.dispose_aliases(now).await
