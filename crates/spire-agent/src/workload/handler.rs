@@ -199,17 +199,22 @@ pub(crate) async fn attest_process(
     attestors: &[Arc<dyn WorkloadAttestor>],
     process: PeerProcess,
 ) -> Result<Vec<Selector>, AttestFailure> {
+    // One attestor (the usual `unix` or `k8s` alone) runs in place: a task of its own would
+    // only add a spawn and a wake-up to every call.
+    if let [attestor] = attestors {
+        return attest_timed(attestor.as_ref(), process).await.map_err(|error| {
+            tracing::error!(pid = process.pid, attestor = attestor.name(), error = %error, "Failed to collect all selectors for PID");
+            AttestFailure {
+                attestor: attestor.name(),
+                error,
+            }
+        });
+    }
     let mut tasks = JoinSet::new();
     for (index, attestor) in attestors.iter().enumerate() {
         let attestor = Arc::clone(attestor);
         tasks.spawn(async move {
-            let started = std::time::Instant::now();
-            let result = attestor.attest(process).await;
-            spire_common::telemetry::agent::workload_attestor_called(
-                attestor.name(),
-                result.is_ok(),
-                started,
-            );
+            let result = attest_timed(attestor.as_ref(), process).await;
             (index, attestor.name(), result)
         });
     }
@@ -234,6 +239,21 @@ pub(crate) async fn attest_process(
     }
     results.sort_by_key(|(index, _)| *index);
     Ok(results.into_iter().flat_map(|(_, s)| s).collect())
+}
+
+/// One attestor's selectors for `process`, timed into upstream's per-attestor metric.
+async fn attest_timed(
+    attestor: &dyn WorkloadAttestor,
+    process: PeerProcess,
+) -> Result<Vec<Selector>, AttestError> {
+    let started = std::time::Instant::now();
+    let result = attestor.attest(process).await;
+    spire_common::telemetry::agent::workload_attestor_called(
+        attestor.name(),
+        result.is_ok(),
+        started,
+    );
+    result
 }
 
 /// Upstream requires exactly one `workload.spiffe.io` value, equal to `true`.

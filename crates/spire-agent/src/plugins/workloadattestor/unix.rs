@@ -6,7 +6,9 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -34,8 +36,8 @@ pub struct UnixAttestorConfig {
 pub struct UnixAttestor {
     config: UnixAttestorConfig,
     proc_root: PathBuf,
-    passwd_path: PathBuf,
-    group_path: PathBuf,
+    users: Arc<AccountFile>,
+    groups: Arc<AccountFile>,
 }
 
 impl UnixAttestor {
@@ -44,8 +46,8 @@ impl UnixAttestor {
         Self {
             config,
             proc_root: PathBuf::from("/proc"),
-            passwd_path: PathBuf::from("/etc/passwd"),
-            group_path: PathBuf::from("/etc/group"),
+            users: Arc::new(AccountFile::new(PathBuf::from("/etc/passwd"))),
+            groups: Arc::new(AccountFile::new(PathBuf::from("/etc/group"))),
         }
     }
 
@@ -53,8 +55,8 @@ impl UnixAttestor {
     /// or an agent whose host's files are mounted elsewhere).
     #[must_use]
     pub fn with_account_files(mut self, passwd: PathBuf, group: PathBuf) -> Self {
-        self.passwd_path = passwd;
-        self.group_path = group;
+        self.users = Arc::new(AccountFile::new(passwd));
+        self.groups = Arc::new(AccountFile::new(group));
         self
     }
 
@@ -74,8 +76,8 @@ impl UnixAttestor {
         })?;
         let ids = ProcessIds::parse(&status)
             .map_err(|e| AttestError::Internal(format!("{}: {e}", status_path.display())))?;
-        let users = read_accounts(&self.passwd_path);
-        let groups = read_accounts(&self.group_path);
+        let users = self.users.accounts();
+        let groups = self.groups.accounts();
 
         let mut values = vec![format!("uid:{}", ids.uid)];
         if let Some(name) = lookup(&users, ids.uid) {
@@ -124,6 +126,13 @@ impl WorkloadAttestor for UnixAttestor {
     }
 
     async fn attest(&self, peer: PeerProcess) -> Result<Vec<Selector>, AttestError> {
+        // Without hashing, attestation is a few reads of `/proc` and of the account files,
+        // which the kernel answers from memory in microseconds: done in place, they cost
+        // less than handing them to a blocking thread and back, on every Workload API call.
+        let hashes = self.config.discover_workload_path && self.config.workload_size_limit >= 0;
+        if !hashes {
+            return self.selectors(peer.pid);
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.selectors(peer.pid))
             .await
@@ -179,6 +188,50 @@ fn effective_id(value: &str, key: &str) -> Result<u32, String> {
     };
     id.parse()
         .map_err(|_| format!("{key} lookup: bad id {id:?}"))
+}
+
+/// A passwd or group file, read again only when it changed on disk (its inode, size or
+/// modification time): every Workload API call looks names up, and these files rarely change.
+#[derive(Debug)]
+struct AccountFile {
+    path: PathBuf,
+    cached: Mutex<Option<(FileStamp, Accounts)>>,
+}
+
+/// The `(id, name)` pairs of an account file, shared by the calls that read them.
+type Accounts = Arc<[(u32, String)]>;
+
+/// What tells that a file changed: a replaced file (as `useradd` and `vipw` write them) has
+/// another inode; one edited in place another size or modification time.
+type FileStamp = (u64, u64, i64, i64);
+
+impl AccountFile {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The file's `(id, name)` pairs; none when it cannot be read.
+    fn accounts(&self) -> Accounts {
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            return Arc::from([]);
+        };
+        let stamp = (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((known, accounts)) = cached.as_ref()
+            && *known == stamp
+        {
+            return Arc::clone(accounts);
+        }
+        let accounts: Accounts = read_accounts(&self.path).into();
+        *cached = Some((stamp, Arc::clone(&accounts)));
+        accounts
+    }
 }
 
 /// `(id, name)` pairs of a passwd or group file (`name:password:id:...`); an unreadable file
@@ -364,8 +417,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(&group, format!("wl-group:x:{gid}:\n")).unwrap();
-        let attestor =
-            UnixAttestor::new(UnixAttestorConfig::default()).with_account_files(passwd, group);
+        let attestor = UnixAttestor::new(UnixAttestorConfig::default())
+            .with_account_files(passwd.clone(), group.clone());
         let peer = PeerProcess {
             pid: own_pid(),
             uid: 0,
@@ -374,6 +427,39 @@ mod tests {
         let selectors = attestor.attest(peer).await.unwrap();
         assert_eq!(values(&selectors, "user:"), vec!["workload".to_owned()]);
         assert_eq!(values(&selectors, "group:"), vec!["wl-group".to_owned()]);
+
+        // The files are read once and kept, but a change is seen on the next call: a file
+        // replaced by rename (as useradd writes it), and one rewritten in place.
+        let renamed = dir.path().join("passwd.new");
+        std::fs::write(
+            &renamed,
+            format!(
+                "renamed:x:{uid}:{gid}::/:/bin/sh
+"
+            ),
+        )
+        .unwrap();
+        std::fs::rename(&renamed, &passwd).unwrap();
+        std::fs::write(
+            &group,
+            format!(
+                "edited-in-place:x:{gid}:
+"
+            ),
+        )
+        .unwrap();
+        let selectors = attestor.attest(peer).await.unwrap();
+        assert_eq!(values(&selectors, "user:"), vec!["renamed".to_owned()]);
+        assert_eq!(
+            values(&selectors, "group:"),
+            vec!["edited-in-place".to_owned()]
+        );
+
+        // A file that goes away gives no names (and no failure), as before.
+        std::fs::remove_file(&group).unwrap();
+        let selectors = attestor.attest(peer).await.unwrap();
+        assert!(values(&selectors, "group:").is_empty());
+        assert_eq!(values(&selectors, "gid:"), vec![gid]);
     }
 
     #[test]
