@@ -80,6 +80,8 @@ struct FakeStore {
     state: Mutex<State>,
     /// When set, fetching entries fails as a broken database connection would.
     fail_fetches: AtomicBool,
+    /// How many times the entry events were listed.
+    entry_event_listings: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeStore {
@@ -246,6 +248,9 @@ impl DataStore for FakeStore {
         unsupported("prune_registration_entries")
     }
     async fn list_registration_entry_events(&self, after: u64) -> Result<Vec<ChangeEvent>> {
+        self.entry_event_listings.fetch_add(1, Ordering::SeqCst);
+        // A database round trip: lets other callers queue up behind this refresh.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         Ok(self
             .state()
             .entry_events
@@ -650,6 +655,41 @@ async fn many_changes_in_one_refresh_all_land() {
     index.refresh().await.unwrap();
     assert_eq!(index.authorized_entries(AGENT).len(), 1_234);
     assert_eq!(index.entry_count(), 1_234);
+}
+
+/// Concurrent writers that each refresh before answering (BatchCreateEntry) all see their
+/// own entry afterwards, and share refreshes instead of each listing the events in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_each_see_their_write_and_share_the_listing() {
+    let store = store_with_agents(&[]).await;
+    let index = load(&store).await;
+    let before = store.entry_event_listings.load(Ordering::SeqCst);
+    let mut writers = tokio::task::JoinSet::new();
+    for n in 0..32 {
+        let (store, index) = (Arc::clone(&store), Arc::clone(&index));
+        writers.spawn(async move {
+            let entry_id = format!("concurrent-{n:02}");
+            create(
+                &store,
+                [workload(&entry_id, AGENT, &id(&format!("/c/{n}")))],
+            )
+            .await;
+            index.refresh().await.unwrap();
+            assert!(
+                index.entry(&entry_id).is_some(),
+                "{entry_id} not visible after its refresh"
+            );
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(index.authorized_entries(AGENT).len(), 32);
+    let listings = store.entry_event_listings.load(Ordering::SeqCst) - before;
+    assert!(
+        listings < 32,
+        "{listings} event listings for 32 refreshes: none was shared"
+    );
 }
 
 #[tokio::test]

@@ -353,6 +353,140 @@ async fn create_or_return_matches_id_parent_and_selector_set(db: &TestDb) {
     assert_ne!(other.entry_id, first.entry_id);
 }
 
+/// Two servers (two stores on one database) creating the same entries at once store each
+/// entry once, and every caller gets the stored one back; two batches claiming the same
+/// entry ID for different entries give it to one of them, and the other batch keeps its
+/// other entries.
+async fn racing_servers_store_each_entry_once(db: &TestDb) {
+    let servers = [Arc::new(db.open().await), Arc::new(db.open().await)];
+    let spec = |i: usize| {
+        entry(
+            &format!("spiffe://td/w{i}"),
+            &format!("spiffe://td/agent{}", i % 3),
+            &[&format!("unix:uid:{i}")],
+        )
+    };
+    let mut racers = tokio::task::JoinSet::new();
+    for racer in 0..8usize {
+        let ds = Arc::clone(&servers[racer % 2]);
+        racers.spawn(async move {
+            // Each racer creates the same 30 entries, in its own order, in batches of 10.
+            let mut order: Vec<usize> = (0..30).collect();
+            order.rotate_left(racer * 7 % 30);
+            let mut got = Vec::new();
+            for chunk in order.chunks(10) {
+                let batch = chunk.iter().map(|&i| spec(i)).collect();
+                for (&i, result) in chunk
+                    .iter()
+                    .zip(ds.create_or_return_registration_entries_batch(batch).await)
+                {
+                    got.push((i, result.unwrap().0.entry_id));
+                }
+            }
+            got
+        });
+    }
+    let mut ids: std::collections::BTreeMap<usize, String> = std::collections::BTreeMap::new();
+    while let Some(got) = racers.join_next().await {
+        for (i, id) in got.unwrap() {
+            let known = ids.entry(i).or_insert_with(|| id.clone());
+            assert_eq!(
+                *known, id,
+                "entry {i} was answered with two different entries"
+            );
+        }
+    }
+    let all = ListEntriesRequest::default();
+    assert_eq!(
+        servers[0].count_registration_entries(&all).await.unwrap(),
+        30
+    );
+
+    // One entry ID wanted by two different entries in two batches at once.
+    let claim = |name: &str| {
+        let mut wanted = entry(
+            &format!("spiffe://td/{name}"),
+            "spiffe://td/agent0",
+            &["unix:uid:7"],
+        );
+        wanted.entry_id = "shared-id".into();
+        vec![
+            wanted,
+            entry(
+                &format!("spiffe://td/{name}-other"),
+                "spiffe://td/agent0",
+                &["unix:uid:8"],
+            ),
+        ]
+    };
+    let (left, right) = tokio::join!(
+        servers[0].create_or_return_registration_entries_batch(claim("left")),
+        servers[1].create_or_return_registration_entries_batch(claim("right")),
+    );
+    let winners = [&left[0], &right[0]].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(winners, 1, "left: {left:?}, right: {right:?}");
+    for refused in [&left[0], &right[0]]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+    {
+        assert!(
+            matches!(refused, DataStoreError::AlreadyExists(_)),
+            "{refused:?}"
+        );
+    }
+    assert!(
+        left[1].is_ok() && right[1].is_ok(),
+        "left: {left:?}, right: {right:?}"
+    );
+    assert_eq!(
+        servers[0].count_registration_entries(&all).await.unwrap(),
+        33
+    );
+}
+
+/// Servers sharing a database serialize entry creation with `SELECT ... FOR UPDATE` on the
+/// `migrations` row: while another server's transaction holds it, ours waits, and goes on
+/// once that transaction commits.
+async fn creation_waits_while_another_server_holds_the_lock(db: &TestDb) {
+    let ds = Arc::new(db.open().await);
+    let lock = "SELECT id FROM migrations ORDER BY id LIMIT 1 FOR UPDATE";
+    macro_rules! holding_the_lock {
+        ($pool:expr) => {{
+            let mut other_server = $pool.begin().await.unwrap();
+            sqlx::query(lock)
+                .fetch_optional(&mut *other_server)
+                .await
+                .unwrap();
+            let ds = Arc::clone(&ds);
+            let create = tokio::spawn(async move {
+                ds.create_or_return_registration_entry(entry(
+                    "spiffe://td/w",
+                    "spiffe://td/a",
+                    &["unix:uid:1"],
+                ))
+                .await
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            assert!(
+                !create.is_finished(),
+                "created while another server held the lock"
+            );
+            other_server.commit().await.unwrap();
+            let (_, existed) = tokio::time::timeout(std::time::Duration::from_secs(10), create)
+                .await
+                .expect("creation still waiting after the lock was released")
+                .unwrap()
+                .unwrap();
+            assert!(!existed);
+        }};
+    }
+    match db.raw().await {
+        sql_engines::Raw::Sqlite(_) => {}
+        sql_engines::Raw::Postgres(pool) => holding_the_lock!(pool),
+        sql_engines::Raw::Mysql(pool) => holding_the_lock!(pool),
+    }
+}
+
 async fn entry_filters_and_every_match_mode(db: &TestDb) {
     let ds = db.open().await;
     for td in ["a.org", "b.org", "c.org"] {
@@ -1496,6 +1630,8 @@ on_every_engine!(
     entry_lifecycle_with_revisions_and_events,
     bad_entries_are_refused_without_leaving_rows,
     create_or_return_matches_id_parent_and_selector_set,
+    racing_servers_store_each_entry_once,
+    creation_waits_while_another_server_holds_the_lock,
     entry_filters_and_every_match_mode,
     paging_sees_every_entry_once_despite_concurrent_inserts,
     expired_entries_are_pruned,

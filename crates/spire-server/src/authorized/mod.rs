@@ -15,6 +15,7 @@
 //! channels tell them to sync now (see `api::notify`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,8 @@ struct SyncState {
     loaded_at: Instant,
     /// The event-cache gauges as last emitted (upstream emits them on change).
     last_gauges: IndexGauges,
+    /// The last [`AuthorizedIndex::refresh`] ticket whose writes the index has applied.
+    refreshed_through: u64,
 }
 
 /// The in-memory index, kept fresh from the datastore.
@@ -88,6 +91,8 @@ pub struct AuthorizedIndex {
     options: IndexOptions,
     index: RwLock<EntryIndex>,
     sync: tokio::sync::Mutex<SyncState>,
+    /// Tickets handed to [`Self::refresh`] callers, in order.
+    refresh_tickets: AtomicU64,
     hints: Arc<SyncHints>,
     /// Agent serials the authorizer read from the datastore, and when
     /// (`max_attested_node_info_staleness`).
@@ -123,6 +128,7 @@ impl AuthorizedIndex {
             options,
             index: RwLock::new(index),
             sync: tokio::sync::Mutex::new(state),
+            refresh_tickets: AtomicU64::new(0),
             hints: Arc::new(SyncHints::new()),
             node_serials: std::sync::Mutex::new(HashMap::new()),
         }))
@@ -238,9 +244,21 @@ impl AuthorizedIndex {
     }
 
     /// Applies pending datastore events now, so a write is visible to the next read.
+    ///
+    /// Callers that wait for the same refresh share it: a caller's writes committed before
+    /// it took its ticket, so a refresh that began after that ticket was handed out has
+    /// applied them, and the caller returns without asking the datastore again (concurrent
+    /// BatchCreateEntry calls do one event listing between them, not one each in turn).
     pub async fn refresh(&self) -> Result<(), DataStoreError> {
+        let ticket = self.refresh_tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let mut state = self.sync.lock().await;
-        self.apply_events(&mut state).await
+        if state.refreshed_through >= ticket {
+            return Ok(());
+        }
+        let covers = self.refresh_tickets.load(Ordering::SeqCst);
+        self.apply_events(&mut state).await?;
+        state.refreshed_through = covers;
+        Ok(())
     }
 
     /// Reloads every entry and agent now, replacing the index in one swap.
@@ -464,6 +482,7 @@ async fn full_load(
         agents: EventCursor::from_listing(&agent_events, started, previous.map(|p| &p.agents)),
         loaded_at: started,
         last_gauges: previous.map(|p| p.last_gauges).unwrap_or_default(),
+        refreshed_through: previous.map_or(0, |p| p.refreshed_through),
     };
     drop((entry_events, agent_events));
 
