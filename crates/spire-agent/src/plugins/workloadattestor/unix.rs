@@ -431,23 +431,9 @@ mod tests {
         // The files are read once and kept, but a change is seen on the next call: a file
         // replaced by rename (as useradd writes it), and one rewritten in place.
         let renamed = dir.path().join("passwd.new");
-        std::fs::write(
-            &renamed,
-            format!(
-                "renamed:x:{uid}:{gid}::/:/bin/sh
-"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&renamed, format!("renamed:x:{uid}:{gid}::/:/bin/sh\n")).unwrap();
         std::fs::rename(&renamed, &passwd).unwrap();
-        std::fs::write(
-            &group,
-            format!(
-                "edited-in-place:x:{gid}:
-"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&group, format!("edited-in-place:x:{gid}:\n")).unwrap();
         let selectors = attestor.attest(peer).await.unwrap();
         assert_eq!(values(&selectors, "user:"), vec!["renamed".to_owned()]);
         assert_eq!(
