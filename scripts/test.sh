@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Each step says when it started (seconds since the script began), so a slow run shows where
 # its time went.
-step() { printf '\n==> %s  [%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
+elapsed() { printf '%dm%02ds' $((SECONDS / 60)) $((SECONDS % 60)); }
+step() { printf '\n==> %s  [%s]\n' "$*" "$(elapsed)"; }
 
 step "toolchain"
 if ! command -v cargo >/dev/null 2>&1; then
@@ -131,7 +132,7 @@ if [ "$test_status" -ne 0 ]; then
     # cargo's own list of the targets that failed, when it printed one.
     sed -n '/^error: [0-9]* targets\{0,1\} failed:/,/^[^ ]/p' "$log" >&2 || true
 fi
-echo "$summary ($((SECONDS / 60))m$(printf '%02d' $((SECONDS % 60)))s in all)"
+echo "$summary ($(elapsed) in all)"
 if [ "$test_status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$results" -lt "$binaries" ]; then
     exit 1
 fi

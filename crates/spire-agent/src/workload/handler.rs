@@ -202,13 +202,12 @@ pub(crate) async fn attest_process(
     // One attestor (the usual `unix` or `k8s` alone) runs in place: a task of its own would
     // only add a spawn and a wake-up to every call.
     if let [attestor] = attestors {
-        return attest_timed(attestor.as_ref(), process).await.map_err(|error| {
-            tracing::error!(pid = process.pid, attestor = attestor.name(), error = %error, "Failed to collect all selectors for PID");
-            AttestFailure {
+        return attest_timed(attestor.as_ref(), process)
+            .await
+            .map_err(|error| AttestFailure {
                 attestor: attestor.name(),
                 error,
-            }
-        });
+            });
     }
     let mut tasks = JoinSet::new();
     for (index, attestor) in attestors.iter().enumerate() {
@@ -224,7 +223,6 @@ pub(crate) async fn attest_process(
         match joined {
             Ok((index, _, Ok(selectors))) => results.push((index, selectors)),
             Ok((_, attestor, Err(error))) => {
-                tracing::error!(pid = process.pid, attestor, error = %error, "Failed to collect all selectors for PID");
                 first_failure.get_or_insert(AttestFailure { attestor, error });
             }
             Err(e) => {
@@ -241,7 +239,8 @@ pub(crate) async fn attest_process(
     Ok(results.into_iter().flat_map(|(_, s)| s).collect())
 }
 
-/// One attestor's selectors for `process`, timed into upstream's per-attestor metric.
+/// One attestor's selectors for `process`, timed into upstream's per-attestor metric; a
+/// failure is logged as upstream logs it.
 async fn attest_timed(
     attestor: &dyn WorkloadAttestor,
     process: PeerProcess,
@@ -253,6 +252,9 @@ async fn attest_timed(
         result.is_ok(),
         started,
     );
+    if let Err(error) = &result {
+        tracing::error!(pid = process.pid, attestor = attestor.name(), error = %error, "Failed to collect all selectors for PID");
+    }
     result
 }
 

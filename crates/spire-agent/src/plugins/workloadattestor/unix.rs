@@ -60,6 +60,12 @@ impl UnixAttestor {
         self
     }
 
+    /// Whether attestation hashes the workload's binary (`unix:sha256`): only with
+    /// `discover_workload_path`, and a negative `workload_size_limit` turns it off.
+    fn hashes_binary(&self) -> bool {
+        self.config.discover_workload_path && self.config.workload_size_limit >= 0
+    }
+
     /// The selectors of `pid`, synchronously (file reads and hashing).
     fn selectors(&self, pid: i32) -> Result<Vec<Selector>, AttestError> {
         let proc_dir = self.proc_root.join(pid.to_string());
@@ -100,7 +106,7 @@ impl UnixAttestor {
                 AttestError::Internal(format!("path lookup: {}: {e}", exe.display()))
             })?;
             values.push(format!("path:{}", path.display()));
-            if self.config.workload_size_limit >= 0 {
+            if self.hashes_binary() {
                 // Hash through /proc/<pid>/exe: it is the binary even when the workload runs
                 // in another mount namespace or the path was replaced since.
                 let digest = sha256_digest(&exe, self.config.workload_size_limit)
@@ -129,8 +135,7 @@ impl WorkloadAttestor for UnixAttestor {
         // Without hashing, attestation is a few reads of `/proc` and of the account files,
         // which the kernel answers from memory in microseconds: done in place, they cost
         // less than handing them to a blocking thread and back, on every Workload API call.
-        let hashes = self.config.discover_workload_path && self.config.workload_size_limit >= 0;
-        if !hashes {
+        if !self.hashes_binary() {
             return self.selectors(peer.pid);
         }
         let this = self.clone();
