@@ -472,11 +472,23 @@ async fn load(store: &Arc<FakeStore>) -> Arc<AuthorizedIndex> {
         .unwrap()
 }
 
-/// Sorted entry IDs the agent gets; fails on duplicates.
+/// Sorted entry IDs the agent gets; fails on duplicates, and when the snapshot a sync would
+/// send (kept from this helper's previous call while nothing concerning the agent changed)
+/// differs from the index, revisions included.
 fn authorized(index: &AuthorizedIndex, agent_id: &str) -> Vec<String> {
     let found = index.authorized_entries(agent_id);
-    let mut ids: Vec<String> = found.iter().map(|e| e.entry_id.clone()).collect();
-    ids.sort();
+    let mut walked: Vec<(String, i64)> = found
+        .iter()
+        .map(|e| (e.entry_id.clone(), e.revision_number))
+        .collect();
+    walked.sort();
+    let snapshot = index.sync_snapshot(agent_id);
+    let kept: Vec<(String, i64)> = snapshot
+        .revisions(0..snapshot.len())
+        .map(|r| (r.id.to_owned(), r.revision_number))
+        .collect();
+    assert_eq!(kept, walked, "the sync snapshot differs from the index");
+    let mut ids: Vec<String> = walked.into_iter().map(|(id, _)| id).collect();
     let before = ids.len();
     ids.dedup();
     assert_eq!(before, ids.len(), "an entry was returned twice: {ids:?}");

@@ -1,7 +1,6 @@
 //! `spire.api.server.entry.v1.Entry`: registration entry management for admins, and the
 //! authorized-entry views agents sync from (answered from the in-memory index, not SQL).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,6 +17,7 @@ use super::ApiContext;
 use super::agent::{caller_agent_id, caller_of};
 use super::audit::{self, AuditLog};
 use super::convert::{self, make_err, make_status};
+use crate::authorized::SyncSnapshot;
 use crate::datastore::{DataStoreError, ListEntriesRequest, Pagination, RegistrationEntry};
 
 /// Upstream's page size for SyncAuthorizedEntries: up to this many entries are sent whole;
@@ -341,12 +341,12 @@ fn wire_entry(entry: &RegistrationEntry, mask: Option<&types::EntryMask>) -> Opt
     }
 }
 
-/// Sends `entries` as pages of revisions, then answers each request for full entries with
+/// Sends the snapshot's revisions in pages, then answers each request for full entries with
 /// pages of at most `page_size`, the last one with `more = false`, until the client closes.
 /// Entries are converted to the wire form only when the client asks for them, so an agent
-/// that is up to date costs one pass over the revisions.
+/// that is up to date costs one copy of the revisions.
 async fn sync_pages<S>(
-    entries: Vec<Arc<RegistrationEntry>>,
+    snapshot: Arc<SyncSnapshot>,
     mask: Option<types::EntryMask>,
     page_size: usize,
     mut inbound: S,
@@ -356,30 +356,28 @@ async fn sync_pages<S>(
 {
     use tokio_stream::StreamExt as _;
 
-    let total = entries.len();
-    for (index, chunk) in entries.chunks(page_size.max(1)).enumerate() {
-        let entry_revisions = chunk
-            .iter()
-            .map(|e| pb::EntryRevision {
-                id: e.entry_id.clone(),
-                revision_number: e.revision_number,
-                created_at: e.created_at,
+    let page_size = page_size.max(1);
+    let total = snapshot.len();
+    for start in (0..total).step_by(page_size) {
+        let end = (start + page_size).min(total);
+        let entry_revisions = snapshot
+            .revisions(start..end)
+            .map(|r| pb::EntryRevision {
+                id: r.id.to_owned(),
+                revision_number: r.revision_number,
+                created_at: r.created_at,
             })
             .collect();
         let response = pb::SyncAuthorizedEntriesResponse {
             entry_revisions,
             entries: Vec::new(),
-            more: (index + 1) * page_size < total,
+            more: end < total,
         };
         if tx.send(Ok(response)).await.is_err() {
             return;
         }
     }
 
-    let by_id: HashMap<&str, &RegistrationEntry> = entries
-        .iter()
-        .map(|e| (e.entry_id.as_str(), e.as_ref()))
-        .collect();
     while let Some(request) = inbound.next().await {
         let mut request = match request {
             Ok(request) => request,
@@ -394,7 +392,7 @@ async fn sync_pages<S>(
         request.ids.dedup();
         let mut page = Vec::new();
         for id in &request.ids {
-            let Some(entry) = by_id.get(id.as_str()) else {
+            let Some(entry) = snapshot.find(id) else {
                 continue;
             };
             let Some(wire) = wire_entry(entry, mask.as_ref()) else {
@@ -691,16 +689,17 @@ impl pb::entry_server::Entry for EntryApi {
                 None,
             ));
         }
-        let records = self
+        let snapshot = self
             .ctx
             .index
-            .authorized_entries_of_attested(agent_id.as_str())
+            .sync_snapshot_of_attested(agent_id.as_str())
             .await;
         let mask = first.output_mask;
-        if records.len() <= self.entry_page_size {
+        if snapshot.len() <= self.entry_page_size {
             let response = pb::SyncAuthorizedEntriesResponse {
                 entry_revisions: Vec::new(),
-                entries: records
+                entries: snapshot
+                    .entries()
                     .iter()
                     .filter_map(|entry| wire_entry(entry, mask.as_ref()))
                     .collect(),
@@ -710,7 +709,13 @@ impl pb::entry_server::Entry for EntryApi {
             return Ok(Response::new(once));
         }
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(sync_pages(records, mask, self.entry_page_size, inbound, tx));
+        let task = tokio::spawn(sync_pages(
+            snapshot,
+            mask,
+            self.entry_page_size,
+            inbound,
+            tx,
+        ));
         let stream: SyncStreamBox = Box::pin(SyncStream {
             inner: ReceiverStream::new(rx),
             task: Some(task),

@@ -10,7 +10,11 @@ use std::sync::Arc;
 
 use spire_core::selector::Selector;
 
+use super::snapshot::{SnapshotCache, SyncSnapshot};
 use crate::datastore::{AttestedNode, RegistrationEntry};
+
+/// A set on the hot path of an agent's sync (one insert per parenting entry).
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
 /// The path of the server's own SPIFFE ID; entries parented by it are node aliases.
 const SERVER_ID_PATH: &str = "/spire/server";
@@ -69,8 +73,9 @@ struct Alias {
 pub struct EntryIndex {
     /// Every entry (node aliases included) by entry ID.
     entries: HashSet<ById>,
-    /// Non-alias entries by parent ID, sorted by entry ID (so answers are stable).
-    children: HashMap<String, BTreeSet<ById>>,
+    /// Non-alias entries by parent ID, sorted by entry ID (so answers are stable). Looked up
+    /// once per entry of every sync, so with a fast (still randomly seeded) hasher.
+    children: HashMap<String, BTreeSet<ById>, foldhash::fast::RandomState>,
     /// Node-alias entries by entry ID.
     aliases: HashMap<String, Alias>,
     /// Entry IDs of node-alias entries that carry a selector.
@@ -87,6 +92,8 @@ pub struct EntryIndex {
     hasher: RandomState,
     /// How many (node alias, selector) pairs `aliases_by_selector` holds.
     alias_selector_pairs: usize,
+    /// The agents' last sync answers; every change drops those of the agents it concerns.
+    snapshots: SnapshotCache,
 }
 
 impl EntryIndex {
@@ -172,6 +179,11 @@ impl EntryIndex {
     /// Adds an entry or replaces the one with the same entry ID (its parent may have changed).
     pub fn upsert_entry(&mut self, entry: Arc<RegistrationEntry>) {
         self.remove_entry(&entry.entry_id);
+        self.insert_entry(Arc::clone(&entry));
+        self.forget_snapshots_concerned_by(&entry);
+    }
+
+    fn insert_entry(&mut self, entry: Arc<RegistrationEntry>) {
         self.entries.insert(ById(Arc::clone(&entry)));
         self.by_spiffe_id
             .entry(self.hasher.hash_one(entry.spiffe_id.as_str()))
@@ -203,6 +215,8 @@ impl EntryIndex {
         let Some(ById(old)) = self.entries.take(entry_id) else {
             return;
         };
+        // Traced while the entry's ancestors are all still indexed.
+        self.forget_snapshots_concerned_by(&old);
         let key = self.hasher.hash_one(old.spiffe_id.as_str());
         if let Some(same_id) = self.by_spiffe_id.get_mut(&key) {
             same_id.retain(|e| e.entry_id != entry_id);
@@ -242,6 +256,9 @@ impl EntryIndex {
 
     /// Removes an agent; unknown IDs are ignored.
     pub fn remove_agent(&mut self, agent_id: &str) {
+        // Its node selectors decide which node aliases apply to it (also when it is
+        // attested again: `upsert_agent` comes through here).
+        self.snapshots.invalidate(agent_id);
         let Some(old) = self.agents.remove(agent_id) else {
             return;
         };
@@ -319,7 +336,7 @@ impl EntryIndex {
     /// authenticate the agent (see [`Self::agent`]) before asking.
     pub fn authorized_entries(&self, agent_id: &str) -> Vec<Arc<RegistrationEntry>> {
         let mut found = Vec::new();
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: FastSet<&str> = FastSet::default();
         let mut pending: Vec<&str> = Vec::new();
         seen.insert(agent_id);
         pending.push(agent_id);
@@ -338,13 +355,47 @@ impl EntryIndex {
             found.reserve(children.len());
             for ById(child) in children {
                 found.push(Arc::clone(child));
+                // Most entries parent nothing: one lookup each, and only parents are kept.
                 let child_id = child.spiffe_id.as_str();
-                if seen.insert(child_id) {
+                if self.children.contains_key(child_id) && seen.insert(child_id) {
                     pending.push(child_id);
                 }
             }
         }
         found
+    }
+
+    /// The agent's authorized entries (as [`Self::authorized_entries`]) for a sync: the
+    /// snapshot kept from its last sync when nothing it is authorized for changed since,
+    /// otherwise a fresh walk, kept for next time. Readers call this under the index's read
+    /// lock and changes need the write lock, so a snapshot is never kept across a change.
+    pub fn sync_snapshot(&self, agent_id: &str) -> Arc<SyncSnapshot> {
+        if let Some(snapshot) = self.snapshots.get(agent_id) {
+            return snapshot;
+        }
+        let snapshot = Arc::new(SyncSnapshot::new(self.authorized_entries(agent_id)));
+        self.snapshots
+            .insert(agent_id, Arc::clone(&snapshot), self.entries.len());
+        snapshot
+    }
+
+    /// How many agents have a sync snapshot kept.
+    pub fn sync_snapshot_count(&self) -> usize {
+        self.snapshots.agents()
+    }
+
+    /// Drops the snapshots of the agents whose authorized entries include `entry` (it is
+    /// about to change or just did). Costs nothing while no snapshot is kept, as during a
+    /// full load.
+    fn forget_snapshots_concerned_by(&mut self, entry: &RegistrationEntry) {
+        if self.snapshots.is_empty() {
+            return;
+        }
+        let mut concerned = HashSet::new();
+        self.agents_concerned_by(entry, &mut concerned);
+        for agent_id in &concerned {
+            self.snapshots.invalidate(agent_id);
+        }
     }
 
     /// The node-alias entries of the agent's trust domain whose selectors are a non-empty

@@ -30,10 +30,12 @@ use crate::datastore::{
 mod cursor;
 mod hints;
 mod index;
+mod snapshot;
 
 use cursor::EventCursor;
 pub use hints::{AgentGone, AgentSignal, EntryChange, RECENT_CHANGES, SyncHints};
 pub use index::EntryIndex;
+pub use snapshot::{Revision, SyncSnapshot};
 
 /// A read-only snapshot answer for one agent.
 pub type AuthorizedEntries = Vec<Arc<RegistrationEntry>>;
@@ -185,6 +187,23 @@ impl AuthorizedIndex {
             tracing::warn!(agent = agent_id, error = %err, "refreshing the authorized-entry index for an agent it does not know yet failed");
         }
         self.authorized_entries(agent_id)
+    }
+
+    /// The agent's authorized entries for a sync (see [`EntryIndex::sync_snapshot`]), for an
+    /// agent the caller already authenticated, as [`Self::authorized_entries_of_attested`].
+    pub async fn sync_snapshot_of_attested(&self, agent_id: &str) -> Arc<SyncSnapshot> {
+        if self.agent(agent_id).is_none()
+            && let Err(err) = self.refresh().await
+        {
+            tracing::warn!(agent = agent_id, error = %err, "refreshing the authorized-entry index for an agent it does not know yet failed");
+        }
+        self.sync_snapshot(agent_id)
+    }
+
+    /// The agent's authorized entries for a sync, kept between syncs while nothing it is
+    /// authorized for changes (see [`EntryIndex::sync_snapshot`]).
+    pub fn sync_snapshot(&self, agent_id: &str) -> Arc<SyncSnapshot> {
+        self.read().sync_snapshot(agent_id)
     }
 
     /// The entry with this ID when the agent is authorized for it now, costing the entry's
