@@ -12,6 +12,7 @@
 
 #[path = "../../tests/sql_engines/connection.rs"]
 mod connection;
+pub(crate) mod server;
 
 use spire_server::datastore::sql::SqlConfig;
 use sqlx::mysql::MySqlPoolOptions;
