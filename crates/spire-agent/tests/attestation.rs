@@ -92,14 +92,10 @@ async fn start(dir: &Path, agent_ttl: Option<Duration>) -> Server {
         ca: ca.clone(),
         index: index.clone(),
         settings: ApiSettings {
-            default_x509_svid_ttl: Duration::from_secs(3600),
-            default_jwt_svid_ttl: Duration::from_secs(300),
             agent_ttl,
-            admin_ids: Vec::new(),
             rate_limit_attestation: false,
             rate_limit_signing: false,
-            audit_log_enabled: false,
-            disable_jwt_svids: false,
+            ..ApiSettings::default()
         },
         log_level: Default::default(),
         started_at: Instant::now(),

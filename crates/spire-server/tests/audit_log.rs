@@ -144,14 +144,11 @@ async fn start_with_proxy(
         ca,
         index,
         settings: ApiSettings {
-            default_x509_svid_ttl: Duration::from_secs(3600),
-            default_jwt_svid_ttl: Duration::from_secs(300),
-            agent_ttl: None,
-            admin_ids: Vec::new(),
             rate_limit_attestation: false,
             rate_limit_signing: false,
             audit_log_enabled,
             disable_jwt_svids,
+            ..ApiSettings::default()
         },
         log_level: Default::default(),
         started_at: Instant::now(),

@@ -81,14 +81,7 @@ impl Server {
             ca,
             index,
             settings: ApiSettings {
-                default_x509_svid_ttl: Duration::from_secs(3600),
-                default_jwt_svid_ttl: Duration::from_secs(300),
-                agent_ttl: None,
-                admin_ids: Vec::new(),
-                rate_limit_attestation: true,
-                rate_limit_signing: true,
-                audit_log_enabled: false,
-                disable_jwt_svids: false,
+                ..ApiSettings::default()
             },
             log_level: Default::default(),
             started_at: Instant::now(),

@@ -70,6 +70,24 @@ pub struct ApiSettings {
     pub disable_jwt_svids: bool,
 }
 
+impl Default for ApiSettings {
+    /// What a `server.conf` that sets none of these keys gets, as upstream: 1 h X509-SVIDs,
+    /// 5 min JWT-SVIDs, agents as long as X509-SVIDs, no admin IDs, both rate limits on,
+    /// no audit log, JWT-SVIDs enabled.
+    fn default() -> Self {
+        Self {
+            default_x509_svid_ttl: crate::config::DEFAULT_X509_SVID_TTL,
+            default_jwt_svid_ttl: crate::config::DEFAULT_JWT_SVID_TTL,
+            agent_ttl: None,
+            admin_ids: Vec::new(),
+            rate_limit_attestation: true,
+            rate_limit_signing: true,
+            audit_log_enabled: false,
+            disable_jwt_svids: false,
+        }
+    }
+}
+
 /// How the caller reached us, set by the endpoint before authorization.
 #[derive(Debug, Clone)]
 pub enum Peer {
