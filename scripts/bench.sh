@@ -72,6 +72,11 @@ if [[ -f crates/spire-server/benches/authorized_sync.rs ]]; then
 fi
 
 echo
+echo "## push_fanout (cargo bench -p spire-server --bench push_fanout)"
+echo
+nice cargo bench -p spire-server --bench push_fanout
+
+echo
 echo "## agent_workload (cargo bench -p spire-e2e --bench agent_workload)"
 echo
 nice cargo bench -p spire-e2e --bench agent_workload
