@@ -47,6 +47,10 @@ use tokio::task::JoinHandle;
 use tonic::Request;
 use tonic::transport::Channel;
 
+/// The allocator the `spire-server` binary uses, so the bench measures the server as shipped.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod support;
 use support::Engine;
 use support::server::{

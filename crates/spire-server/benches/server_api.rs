@@ -46,6 +46,10 @@ use spire_server::api::{ApiContext, Caller};
 use spire_server::datastore::RegistrationEntry;
 use tonic::Request;
 
+/// The allocator the `spire-server` binary uses, so the bench measures the server as shipped.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod support;
 use support::server::{
     Server, ServerThread, TD, add_agent, admin_caller, agent_caller, agent_id, on_own_thread, req,
