@@ -85,9 +85,7 @@ async fn harness() -> Harness {
         datastore,
         ca,
         index,
-        settings: ApiSettings {
-            ..ApiSettings::default()
-        },
+        settings: ApiSettings::default(),
         log_level: Default::default(),
         started_at: Instant::now(),
         rate_limits: Default::default(),

@@ -80,9 +80,7 @@ impl Server {
             datastore,
             ca,
             index,
-            settings: ApiSettings {
-                ..ApiSettings::default()
-            },
+            settings: ApiSettings::default(),
             log_level: Default::default(),
             started_at: Instant::now(),
             rate_limits: Default::default(),

@@ -101,9 +101,7 @@ async fn api(
         datastore,
         ca,
         index,
-        settings: ApiSettings {
-            ..ApiSettings::default()
-        },
+        settings: ApiSettings::default(),
         log_level: Default::default(),
         started_at: Instant::now(),
         rate_limits: Default::default(),

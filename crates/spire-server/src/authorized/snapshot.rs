@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::datastore::RegistrationEntry;
 
-/// Pairs the cache may hold whatever the index's size (about 64 bytes each).
+/// Pairs the cache may hold whatever the index's size (about 70 bytes each with UUID entry IDs).
 const MIN_BUDGET: usize = 100_000;
 
 /// One agent's authorized entries at one moment, sorted by entry ID (the order upstream's
