@@ -78,7 +78,7 @@ impl DelegatedIdentityService {
         &self,
         request: &Request<T>,
     ) -> Result<watch::Receiver<Arc<WorkloadUpdate>>, Status> {
-        let Some(caller) = request.extensions().get::<Caller>().copied() else {
+        let Some(caller) = request.extensions().get::<Caller>().cloned() else {
             tracing::error!("Workload attestation failed: the caller's pid is unknown");
             return Err(Status::internal(ATTESTATION_FAILED));
         };

@@ -150,7 +150,7 @@ pub(crate) async fn attest_caller(
     attestors: &[Arc<dyn WorkloadAttestor>],
     extensions: &http::Extensions,
 ) -> Result<Vec<Selector>, Status> {
-    let caller = extensions.get::<Caller>().copied().ok_or_else(|| {
+    let caller = extensions.get::<Caller>().cloned().ok_or_else(|| {
         Status::internal("unable to resolve the caller's pid: is this a supported system?")
     })?;
     let started = std::time::Instant::now();

@@ -1,6 +1,7 @@
 //! The agent's unix-socket listeners (the Workload API and the admin API): binding a socket
 //! with the permissions each needs, and tagging every accepted connection with its caller's
-//! pid/uid/gid (SO_PEERCRED) and process start time, taken when the connection is accepted.
+//! pid/uid/gid (SO_PEERCRED) and a handle on that process (see [`Liveness`]), taken when the
+//! connection is accepted.
 
 use std::io;
 use std::pin::Pin;
@@ -11,18 +12,18 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
+use super::peer::Liveness;
 use crate::plugins::workloadattestor::PeerProcess;
 
 pub use spire_common::socket::SocketError;
 
 /// The caller of one connection, as the kernel reported it when the connection was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// pid/uid/gid from SO_PEERCRED.
     pub process: PeerProcess,
-    /// The process start time (clock ticks since boot, `/proc/<pid>/stat` field 22) read when
-    /// the connection was accepted; `None` when the process was already gone.
-    pub start_time: Option<u64>,
+    /// Tells after attestation whether the pid still names this process.
+    pub liveness: Liveness,
 }
 
 /// A unix connection tagged with its [`Caller`], which tonic copies into every request's
@@ -37,7 +38,7 @@ impl Connected for CallerStream {
     type ConnectInfo = Caller;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.caller
+        self.caller.clone()
     }
 }
 
@@ -107,12 +108,11 @@ pub(crate) fn incoming(
             uid: cred.uid(),
             gid: cred.gid(),
         };
-        let start_time = super::peer::process_start_time(pid).ok();
         Some(Ok(CallerStream {
             inner: stream,
             caller: Caller {
                 process,
-                start_time,
+                liveness: Liveness::track(pid),
             },
         }))
     })
