@@ -8,8 +8,8 @@
 //! was the caller throughout. Where `pidfd_open` is not available (older kernels, a seccomp
 //! filter), the process start time (field 22 of `/proc/<pid>/stat`, which never changes and
 //! which two processes with the same pid cannot share) is read at accept and compared after
-//! attestation, as upstream does. Either way the agent holds one more descriptor per open
-//! connection, as upstream's agent (which keeps `/proc/<pid>` open) does.
+//! attestation, as upstream does. A pidfd is one more descriptor per open connection, as
+//! upstream's agent (which keeps `/proc/<pid>` open) holds.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -43,7 +43,8 @@ impl Liveness {
         match pidfd_open(raw, PidfdFlags::empty()) {
             Ok(fd) => Liveness::Pidfd(Arc::new(fd)),
             Err(Errno::SRCH) => Liveness::Gone,
-            // ENOSYS (before Linux 5.3) or a seccomp filter: the start time says the same.
+            // ENOSYS (before Linux 5.3), a seccomp filter or no descriptor left: the start
+            // time says the same.
             Err(_) => match process_start_time(pid) {
                 Ok(start_time) => Liveness::StartTime(start_time),
                 Err(_) => Liveness::Gone,
