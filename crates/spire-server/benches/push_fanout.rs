@@ -54,7 +54,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod support;
 use support::Engine;
 use support::server::{
-    ServerThread, TD, add_agent, admin_caller, agent_caller, agent_id, on_own_thread, server,
+    ServerThread, TD, add_agent, admin_caller, agent_caller, agent_id, loopback_incoming,
+    on_own_thread, server,
 };
 
 /// The metadata key that names the simulated agent a request comes from (the bench's
@@ -88,8 +89,7 @@ fn all_selector() -> Selector {
 /// Serves the entry and notify services; a request carrying [`AGENT_HEADER`] comes from
 /// that agent, any other from a local admin.
 async fn serve(ctx: Arc<ApiContext>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (addr, incoming) = loopback_incoming().await;
     let inject = |mut request: Request<()>| {
         let caller: Caller = match request.metadata().get(AGENT_HEADER) {
             Some(value) => {
@@ -101,15 +101,6 @@ async fn serve(ctx: Arc<ApiContext>) -> SocketAddr {
         request.extensions_mut().insert(caller);
         Ok(request)
     };
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(stream) = &conn {
-                let _ = stream.set_nodelay(true);
-            }
-            conn
-        },
-    );
     let notify = AgentNotifyServer::with_interceptor(NotifyApi::new(ctx.clone()), inject);
     let entry = EntryServer::with_interceptor(EntryApi::new(ctx), inject);
     tokio::spawn(

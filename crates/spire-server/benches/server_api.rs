@@ -52,8 +52,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod support;
 use support::server::{
-    Server, ServerThread, TD, add_agent, admin_caller, agent_caller, agent_id, on_own_thread, req,
-    server,
+    Server, ServerThread, TD, add_agent, admin_caller, agent_caller, agent_id, loopback_incoming,
+    on_own_thread, req, server,
 };
 use support::{BenchDb, Engine};
 
@@ -185,22 +185,11 @@ async fn create_entries(entry_api: &EntryApi, entries: Vec<types::Entry>) -> Vec
 /// Serves the SVID and entry services on a loopback port, every request carrying `caller`
 /// as the auth layer would leave it (no TLS: this measures the gRPC path, not the handshake).
 async fn serve(ctx: Arc<ApiContext>, caller: Caller) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (addr, incoming) = loopback_incoming().await;
     let inject = move |mut request: Request<()>| {
         request.extensions_mut().insert(caller.clone());
         Ok(request)
     };
-    // As the real TCP endpoint does: without it small responses wait on delayed ACKs.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(stream) = &conn {
-                let _ = stream.set_nodelay(true);
-            }
-            conn
-        },
-    );
     let svid = SvidServer::with_interceptor(SvidApi::new(ctx.clone()), inject.clone());
     let entry = EntryServer::with_interceptor(EntryApi::new(ctx), inject);
     tokio::spawn(

@@ -173,3 +173,24 @@ impl ServerThread {
         Duration::from_nanos(ns)
     }
 }
+
+/// Connections to a new loopback TCP listener, each with `TCP_NODELAY` set as the server's
+/// TCP endpoint sets it (without it small responses wait on delayed ACKs), and the
+/// listener's address.
+pub(crate) async fn loopback_incoming() -> (
+    SocketAddr,
+    impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(stream) = &conn {
+                let _ = stream.set_nodelay(true);
+            }
+            conn
+        },
+    );
+    (addr, incoming)
+}
