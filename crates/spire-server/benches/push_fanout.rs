@@ -47,16 +47,13 @@ use tokio::task::JoinHandle;
 use tonic::Request;
 use tonic::transport::Channel;
 
-/// The allocator the `spire-server` binary uses, so the bench measures the server as shipped.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 mod support;
 use support::Engine;
 use support::server::{
-    ServerThread, TD, add_agent, admin_caller, agent_caller, agent_id, loopback_incoming,
-    on_own_thread, server,
+    ServerThread, add_agent, admin_caller, agent_caller, agent_id, loopback_incoming,
+    on_own_thread, server, wire_id,
 };
+use support::stats::summary;
 
 /// The metadata key that names the simulated agent a request comes from (the bench's
 /// stand-in for the agent's mTLS SVID).
@@ -176,13 +173,6 @@ async fn settle(hints: &mut mpsc::UnboundedReceiver<Hint>, told: &mut HashSet<us
     }
 }
 
-fn wire_id(path: &str) -> Option<types::Spiffeid> {
-    Some(types::Spiffeid {
-        trust_domain: TD.into(),
-        path: path.into(),
-    })
-}
-
 /// One row's change: an entry for one agent, or a node alias for every agent.
 #[derive(Clone, Copy)]
 enum Change {
@@ -269,18 +259,6 @@ async fn run_row(
         settle(hints, &mut HashSet::new()).await;
     }
     (told_counts, cpus, latencies)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and nearest-rank p99.
-fn median_p99(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let n = samples.len();
-    let p99 = (n * 99).div_ceil(100).clamp(1, n);
-    (ms(samples[n / 2]), ms(samples[p99 - 1]))
 }
 
 async fn bench() -> Vec<Row> {
@@ -408,8 +386,8 @@ fn main() {
     );
     println!("|---|---:|---:|---:|---:|");
     for row in rows {
-        let (cpu, cpu99) = median_p99(row.cpu);
-        let (latency, latency99) = median_p99(row.latency);
+        let (cpu, cpu99, _) = summary(row.cpu);
+        let (latency, latency99, _) = summary(row.latency);
         let min = row.told.iter().min().copied().unwrap_or(0);
         let max = row.told.iter().max().copied().unwrap_or(0);
         println!(

@@ -46,15 +46,12 @@ use spire_server::api::{ApiContext, Caller};
 use spire_server::datastore::RegistrationEntry;
 use tonic::Request;
 
-/// The allocator the `spire-server` binary uses, so the bench measures the server as shipped.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 mod support;
 use support::server::{
     Server, ServerThread, TD, add_agent, admin_caller, agent_caller, agent_id, loopback_incoming,
-    on_own_thread, req, server,
+    on_own_thread, req, server, wire_id,
 };
+use support::stats::{ms, summary};
 use support::{BenchDb, Engine};
 
 /// Concurrent callers; the bench machine has 2 cores.
@@ -109,13 +106,6 @@ fn svid_run() -> Duration {
 // ---------------------------------------------------------------------------------------
 // Server context
 // ---------------------------------------------------------------------------------------
-
-fn wire_id(path: &str) -> Option<types::Spiffeid> {
-    Some(types::Spiffeid {
-        trust_domain: TD.into(),
-        path: path.into(),
-    })
-}
 
 /// A workload entry as `spire-server entry create` would send it.
 fn wire_entry(parent: &SpiffeId, tag: &str, n: usize) -> types::Entry {
@@ -209,22 +199,6 @@ fn serve_on_own_thread(ctx: Arc<ApiContext>, caller: Caller) -> (SocketAddr, Ser
 // ---------------------------------------------------------------------------------------
 // Statistics
 // ---------------------------------------------------------------------------------------
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median, nearest-rank p99 and max of a sample.
-fn summary(mut samples: Vec<Duration>) -> (f64, f64, f64) {
-    samples.sort();
-    let n = samples.len();
-    let p99_rank = (n * 99).div_ceil(100).clamp(1, n);
-    (
-        ms(samples[n / 2]),
-        ms(samples[p99_rank - 1]),
-        ms(samples[n - 1]),
-    )
-}
 
 // ---------------------------------------------------------------------------------------
 // 1. BatchNewX509SVID

@@ -13,6 +13,12 @@
 #[path = "../../tests/sql_engines/connection.rs"]
 mod connection;
 pub(crate) mod server;
+pub(crate) mod stats;
+
+/// The allocator the `spire-server` binary uses, so every benchmark built on this support
+/// measures the server as shipped.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use spire_server::datastore::sql::SqlConfig;
 use sqlx::mysql::MySqlPoolOptions;

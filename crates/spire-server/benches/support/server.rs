@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spire_core::spiffe_id::{SpiffeId, TrustDomain};
+use spire_proto::spire::api::types;
 use spire_server::api::ratelimit::RateLimiters;
 use spire_server::api::{ApiContext, ApiSettings, Caller};
 use spire_server::authorized::AuthorizedIndex;
@@ -193,4 +194,12 @@ pub(crate) async fn loopback_incoming() -> (
         },
     );
     (addr, incoming)
+}
+
+/// A SPIFFE ID of [`TD`] in its wire form.
+pub(crate) fn wire_id(path: &str) -> Option<types::Spiffeid> {
+    Some(types::Spiffeid {
+        trust_domain: TD.into(),
+        path: path.into(),
+    })
 }
