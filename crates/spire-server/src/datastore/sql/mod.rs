@@ -1349,6 +1349,13 @@ mod tests {
         (host, uri.port_u16().unwrap_or(default_port))
     }
 
+    async fn plan_cache_mode(pool: &AnyPool) -> String {
+        sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
     /// On the servers the integration harness names (SPIRE_TEST_POSTGRES, SPIRE_TEST_MYSQL):
     /// both PostgreSQL formats, a read pool of its own, the schema created and found again,
     /// a wrong password and a closed port refused at open with the cause named.
@@ -1395,6 +1402,21 @@ mod tests {
                 .await
                 .unwrap();
             assert!(ds.created_schema());
+            if dialect == Dialect::Postgres {
+                // Every statement is planned with its parameters on both pools, unless the
+                // connection string chooses otherwise.
+                for pool in [&ds.write, &ds.read] {
+                    assert_eq!(plan_cache_mode(pool).await, "force_custom_plan");
+                }
+                let own = SqlDataStore::open(&SqlConfig {
+                    connection_string: format!("{connection_string} plan_cache_mode=auto"),
+                    ..config.clone()
+                })
+                .await
+                .unwrap();
+                assert_eq!(plan_cache_mode(&own.write).await, "auto");
+                own.close().await;
+            }
             ds.create_join_token(JoinToken {
                 token: "t".into(),
                 expiry: 42,
