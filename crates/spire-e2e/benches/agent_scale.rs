@@ -1,8 +1,10 @@
 //! How the agent scales with the number of entries it holds, against the real binaries
 //! (release build), measured from outside as a workload and an operator see them:
 //!
-//! - FetchX509SVID and FetchJWTSVID calls/s (new connection per call) with 1 entry and with
-//!   100,000 entries (other uids) on the agent: the selector index keeps them close;
+//! - FetchX509SVID and FetchJWTSVID calls/s (new connection per call) with 1 entry on the
+//!   agent, then on two agents side by side, one with 1 entry and one with 100,001 (the
+//!   others for uids no process has), measured in turn so the host's noise falls on both:
+//!   the selector index keeps them close. Each row also gives the agent's CPU per call;
 //! - `entry create` → SVID on a watching workload, p50/p99, at the default 5 s sync
 //!   interval: the server's sync hint starts the agent's sync at once;
 //! - a fresh agent's first sync at 10,000 and 100,000 entries (the agent logs how long the
@@ -36,6 +38,8 @@ use tonic::transport::{Channel, Endpoint};
 
 const TRUST_DOMAIN: &str = "example.org";
 const AGENT_ALIAS: &str = "spiffe://example.org/bench-agent";
+/// The agent that keeps one entry while the other gets 100,000.
+const ONE_ENTRY_ALIAS: &str = "spiffe://example.org/bench-agent-one";
 
 /// Whether upstream's binaries are measured instead of ours.
 fn upstream() -> bool {
@@ -119,8 +123,9 @@ async fn call_once(socket: &Path, call: Call) -> usize {
     }
 }
 
-/// `clients` concurrent workloads calling in a loop for `duration`; calls/s.
-async fn load(socket: &Path, call: Call, clients: usize, duration: Duration) -> f64 {
+/// `clients` concurrent workloads calling in a loop for `duration`; the calls made and the
+/// time they took.
+async fn load(socket: &Path, call: Call, clients: usize, duration: Duration) -> (usize, Duration) {
     let socket = Arc::new(socket.to_path_buf());
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -139,7 +144,20 @@ async fn load(socket: &Path, call: Call, clients: usize, duration: Duration) -> 
     while let Some(calls) = tasks.join_next().await {
         total += calls.unwrap();
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    (total, started.elapsed())
+}
+
+/// CPU time (user and system, of all its threads, exited ones included) `pid` has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 14th and 15th of the line.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // In USER_HZ, which Linux fixes at 100 on x86_64 and aarch64 whatever the kernel's HZ.
+    Duration::from_millis(ticks * 10)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -277,9 +295,9 @@ plugins {{
     (path, socket)
 }
 
-fn start_agent(dir: &Path, server: &ServerProcess) -> AgentProcess {
+fn start_agent(dir: &Path, server: &ServerProcess, alias: &str) -> AgentProcess {
     std::fs::create_dir_all(dir).unwrap();
-    let token = server.generate_join_token(AGENT_ALIAS);
+    let token = server.generate_join_token(alias);
     let (config, socket) = agent_config(dir, server);
     AgentProcess::start_program_with_config(
         &program("spire-agent"),
@@ -290,14 +308,88 @@ fn start_agent(dir: &Path, server: &ServerProcess) -> AgentProcess {
     )
 }
 
-/// Calls/s rows for one entry count.
-fn fetch_rows(runtime: &tokio::runtime::Runtime, socket: &Path, entries: usize) {
+/// One measured row: calls/s of `clients` workloads on `agent`, with the CPU time the agent
+/// and the server spent per call meanwhile (the server's is work the calls did not ask for:
+/// the agents' syncs, the server's own timers).
+struct Row {
+    rate: f64,
+    agent_us: f64,
+    server_us: f64,
+}
+
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    server: &ServerProcess,
+    agent: &AgentProcess,
+    call: Call,
+    clients: usize,
+) -> Row {
     let duration = Duration::from_secs(if quick() { 2 } else { 5 });
-    for (call, name) in [(Call::X509, "FetchX509SVID"), (Call::Jwt, "FetchJWTSVID")] {
-        for clients in [1, 16, 64] {
-            runtime.block_on(load(socket, call, clients, Duration::from_millis(300)));
-            let rate = runtime.block_on(load(socket, call, clients, duration));
-            println!("| {name} | {entries} | {clients} | {rate:.0} |");
+    let (agent_pid, server_pid) = (agent.pid().unwrap(), server.pid().unwrap());
+    let socket = &agent.socket_path;
+    runtime.block_on(load(socket, call, clients, Duration::from_millis(300)));
+    let cpu = (cpu_time(agent_pid), cpu_time(server_pid));
+    let (calls, took) = runtime.block_on(load(socket, call, clients, duration));
+    let per_call =
+        |pid: u32, before: Duration| (cpu_time(pid) - before).as_secs_f64() * 1e6 / calls as f64;
+    Row {
+        rate: calls as f64 / took.as_secs_f64(),
+        agent_us: per_call(agent_pid, cpu.0),
+        server_us: per_call(server_pid, cpu.1),
+    }
+}
+
+const CALLS: [(Call, &str); 2] = [(Call::X509, "FetchX509SVID"), (Call::Jwt, "FetchJWTSVID")];
+const CLIENTS: [usize; 3] = [1, 16, 64];
+
+/// Calls/s rows of one agent.
+fn fetch_rows(
+    runtime: &tokio::runtime::Runtime,
+    server: &ServerProcess,
+    agent: &AgentProcess,
+    entries: usize,
+) {
+    for (call, name) in CALLS {
+        for clients in CLIENTS {
+            let row = measure(runtime, server, agent, call, clients);
+            println!(
+                "| {name} | {entries} | {clients} | {:.0} | {:.0} | {:.1} |",
+                row.rate, row.agent_us, row.server_us
+            );
+        }
+    }
+}
+
+/// The same rows on an agent with one entry and on one with many, measured in turn (one,
+/// many, one, many) so that what else the host does falls on both alike.
+fn paired_rows(
+    runtime: &tokio::runtime::Runtime,
+    server: &ServerProcess,
+    one: &AgentProcess,
+    many: &AgentProcess,
+) {
+    let both = |rows: &[Row], f: fn(&Row) -> f64, digits: usize| {
+        rows.iter()
+            .map(|r| format!("{:.*}", digits, f(r)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for (call, name) in CALLS {
+        for clients in CLIENTS {
+            let (mut ones, mut manys) = (Vec::new(), Vec::new());
+            for _ in 0..2 {
+                ones.push(measure(runtime, server, one, call, clients));
+                manys.push(measure(runtime, server, many, call, clients));
+            }
+            let total = |rows: &[Row]| rows.iter().map(|r| r.rate).sum::<f64>();
+            println!(
+                "| {name} | {clients} | {} | {} | {:+.0}% | {} | {} |",
+                both(&ones, |r| r.rate, 0),
+                both(&manys, |r| r.rate, 0),
+                (total(&manys) / total(&ones) - 1.0) * 100.0,
+                both(&ones, |r| r.agent_us, 0),
+                both(&manys, |r| r.agent_us, 0),
+            );
         }
     }
 }
@@ -308,6 +400,7 @@ fn watch_latency(
     runtime: &tokio::runtime::Runtime,
     server: &ServerProcess,
     socket: &Path,
+    parent: &str,
     uid: u32,
     id: &str,
 ) -> Duration {
@@ -324,7 +417,7 @@ fn watch_latency(
             "entry",
             "create",
             "-parentID",
-            AGENT_ALIAS,
+            parent,
             "-spiffeID",
             id,
             "-selector",
@@ -359,7 +452,7 @@ fn watch_latency(
 /// A fresh agent's first sync with `entries` authorized entries, as a table row.
 fn fresh_agent_row(server: &ServerProcess, dir: &Path, entries: usize) -> String {
     let started = Instant::now();
-    let mut agent = start_agent(dir, server);
+    let mut agent = start_agent(dir, server, AGENT_ALIAS);
     let first = wait_sync(&agent, Duration::from_secs(600), |l| l.total >= entries);
     let wall = started.elapsed();
     let steady = wait_sync(&agent, Duration::from_secs(60), |l| {
@@ -400,7 +493,7 @@ fn main() {
     );
     println!();
     let uid = current_uid();
-    let agent = start_agent(&dir.path().join("agent"), &server);
+    let agent = start_agent(&dir.path().join("agent"), &server, AGENT_ALIAS);
     agent.cli_eventually(&["healthcheck"], Duration::from_secs(30));
     server.create_uid_entry(AGENT_ALIAS, "spiffe://example.org/bench/workload", uid, &[]);
     agent.cli_eventually(&["api", "fetch", "x509"], Duration::from_secs(30));
@@ -408,18 +501,20 @@ fn main() {
     let small = size(10_000);
     let large = size(100_000);
 
-    println!("### Workload API with 1 and {large} entries on the agent (new connection per call)");
+    println!("### Workload API with 1 entry on the agent (new connection per call)");
     println!();
-    println!("| call | entries | concurrent clients | calls/s |");
-    println!("|---|---:|---:|---:|");
-    fetch_rows(&runtime, &agent.socket_path, 1);
+    println!(
+        "| call | entries | concurrent clients | calls/s | agent CPU µs/call | server CPU µs/call |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    fetch_rows(&runtime, &server, &agent, 1);
     if fetch_only() {
         return;
     }
     let latency_small = (0..if quick() { 5 } else { 20 })
         .map(|round| {
             let id = format!("spiffe://{TRUST_DOMAIN}/late/one/{round}");
-            watch_latency(&runtime, &server, &agent.socket_path, uid, &id)
+            watch_latency(&runtime, &server, &agent.socket_path, AGENT_ALIAS, uid, &id)
         })
         .collect::<Vec<_>>();
 
@@ -438,14 +533,32 @@ fn main() {
     } else {
         wait_sync(&agent, Duration::from_secs(900), |l| l.total > large);
     }
-    fetch_rows(&runtime, &agent.socket_path, large + 1);
+    let one = start_agent(&dir.path().join("agent-one"), &server, ONE_ENTRY_ALIAS);
+    one.cli_eventually(&["healthcheck"], Duration::from_secs(30));
+    server.create_uid_entry(ONE_ENTRY_ALIAS, "spiffe://example.org/bench/one", uid, &[]);
+    one.cli_eventually(&["api", "fetch", "x509"], Duration::from_secs(30));
+    println!();
+    println!(
+        "### Workload API: an agent with 1 entry and one with {} entries, measured in turn \
+         (one, many, one, many)",
+        large + 1
+    );
+    println!();
+    println!(
+        "| call | concurrent clients | calls/s, 1 entry | calls/s, {} entries | difference | \
+         agent CPU µs/call, 1 entry | agent CPU µs/call, {} entries |",
+        large + 1,
+        large + 1
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    paired_rows(&runtime, &server, &one, &agent);
     println!();
 
     let named_before_rounds = named_sync_ms(&agent).len().max(named_before_large);
     let latency_large = (0..if quick() { 5 } else { 20 })
         .map(|round| {
             let id = format!("spiffe://{TRUST_DOMAIN}/late/many/{round}");
-            watch_latency(&runtime, &server, &agent.socket_path, uid, &id)
+            watch_latency(&runtime, &server, &agent.socket_path, AGENT_ALIAS, uid, &id)
         })
         .collect::<Vec<_>>();
     let named_large = (!upstream()).then(|| named_sync_row(&agent, named_before_rounds, large + 1));
