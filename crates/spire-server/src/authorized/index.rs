@@ -64,6 +64,18 @@ struct Alias {
     selectors: Vec<Selector>,
 }
 
+/// The agents an entry change concerns (see [`EntryIndex::replace_entry`]).
+#[derive(Debug, Default)]
+pub struct ChangeScope {
+    /// Agents whose authorized entries included the entry before the change.
+    pub before: HashSet<String>,
+    /// Agents whose authorized entries include it after.
+    pub after: HashSet<String>,
+    /// Whether either version can change which *other* entries an agent is authorized for
+    /// (a node alias, an entry that parents others): a sync hint cannot itemize that.
+    pub unnamed: bool,
+}
+
 /// Every entry and agent, indexed so one agent's authorized entries are found without
 /// scanning: children by parent ID, node aliases by each of their selectors.
 ///
@@ -177,6 +189,7 @@ impl EntryIndex {
     }
 
     /// Adds an entry or replaces the one with the same entry ID (its parent may have changed).
+    /// See [`Self::replace_entry`] for a change whose concerned agents are wanted too.
     pub fn upsert_entry(&mut self, entry: Arc<RegistrationEntry>) {
         self.remove_entry(&entry.entry_id);
         self.insert_entry(Arc::clone(&entry));
@@ -212,11 +225,42 @@ impl EntryIndex {
 
     /// Removes an entry; unknown IDs are ignored.
     pub fn remove_entry(&mut self, entry_id: &str) {
+        if let Some(old) = self.entry(entry_id) {
+            self.forget_snapshots_concerned_by(&old);
+        }
+        self.detach_entry(entry_id);
+    }
+
+    /// Replaces the entry with this ID by `entry` (`None` deletes it) and drops the snapshots
+    /// of the agents concerned by either version. Returns those agents, for the sync hints
+    /// of an event: each version is traced once, for both uses.
+    pub fn replace_entry(
+        &mut self,
+        entry_id: &str,
+        entry: Option<Arc<RegistrationEntry>>,
+    ) -> ChangeScope {
+        let mut scope = ChangeScope::default();
+        if let Some(old) = self.entry(entry_id) {
+            self.agents_concerned_by(&old, &mut scope.before);
+            scope.unnamed |= self.changes_other_entries(&old);
+            self.detach_entry(entry_id);
+        }
+        if let Some(entry) = entry {
+            self.insert_entry(Arc::clone(&entry));
+            self.agents_concerned_by(&entry, &mut scope.after);
+            scope.unnamed |= self.changes_other_entries(&entry);
+        }
+        for agent_id in scope.before.union(&scope.after) {
+            self.snapshots.invalidate(agent_id);
+        }
+        scope
+    }
+
+    /// Takes an entry out of every map, without touching snapshots.
+    fn detach_entry(&mut self, entry_id: &str) {
         let Some(ById(old)) = self.entries.take(entry_id) else {
             return;
         };
-        // Traced while the entry's ancestors are all still indexed.
-        self.forget_snapshots_concerned_by(&old);
         let key = self.hasher.hash_one(old.spiffe_id.as_str());
         if let Some(same_id) = self.by_spiffe_id.get_mut(&key) {
             same_id.retain(|e| e.entry_id != entry_id);

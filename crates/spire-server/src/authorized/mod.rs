@@ -14,7 +14,7 @@
 //! Every applied change is also traced to the agents it concerns, whose [`SyncHints`]
 //! channels tell them to sync now (see `api::notify`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ mod snapshot;
 
 use cursor::EventCursor;
 pub use hints::{AgentGone, AgentSignal, EntryChange, RECENT_CHANGES, SyncHints};
-pub use index::EntryIndex;
+pub use index::{ChangeScope, EntryIndex};
 pub use snapshot::{Revision, SyncSnapshot};
 
 /// A read-only snapshot answer for one agent.
@@ -431,23 +431,13 @@ impl AuthorizedIndex {
         {
             let mut index = self.write();
             for id in ids {
-                let mut before = HashSet::new();
-                let mut unnamed = false;
-                if let Some(old) = index.entry(id) {
-                    index.agents_concerned_by(&old, &mut before);
-                    unnamed |= index.changes_other_entries(&old);
-                }
-                let mut after = HashSet::new();
-                let mut revision = 0;
-                match by_id.remove(id) {
-                    Some(entry) => {
-                        index.upsert_entry(Arc::clone(&entry));
-                        index.agents_concerned_by(&entry, &mut after);
-                        unnamed |= index.changes_other_entries(&entry);
-                        revision = entry.revision_number;
-                    }
-                    None => index.remove_entry(id),
-                }
+                let entry = by_id.remove(id);
+                let revision = entry.as_ref().map_or(0, |e| e.revision_number);
+                let ChangeScope {
+                    before,
+                    after,
+                    unnamed,
+                } = index.replace_entry(id, entry);
                 if unnamed {
                     changes.extend(
                         before
@@ -619,7 +609,7 @@ mod tests {
             spiffe_id: "spiffe://example.org/w".to_owned(),
             ..RegistrationEntry::default()
         };
-        let mut concerned = HashSet::new();
+        let mut concerned = std::collections::HashSet::new();
         index.agents_concerned_by(&entry, &mut concerned);
         hints.entries_changed(&concerned);
         let signalled: Vec<usize> = receivers

@@ -356,16 +356,25 @@ mod tests {
                         _ => SERVER,
                     };
                     revision += 1;
-                    index.upsert_entry(Arc::new(RegistrationEntry {
+                    let entry = Arc::new(RegistrationEntry {
                         entry_id: format!("e{}", rng.below(24)),
                         parent_id: parent.to_owned(),
                         spiffe_id: rng.pick(&WORKLOADS).to_owned(),
                         selectors: rng.selectors(),
                         revision_number: revision,
                         ..RegistrationEntry::default()
-                    }));
+                    });
+                    // Both ways in: the load's and the event path's.
+                    if rng.below(2) == 0 {
+                        index.upsert_entry(entry);
+                    } else {
+                        index.replace_entry(&entry.entry_id.clone(), Some(entry));
+                    }
                 }
-                5 | 6 => index.remove_entry(&format!("e{}", rng.below(24))),
+                5 => index.remove_entry(&format!("e{}", rng.below(24))),
+                6 => {
+                    index.replace_entry(&format!("e{}", rng.below(24)), None);
+                }
                 7 | 8 => index.upsert_agent(Arc::new(AttestedNode {
                     spiffe_id: rng.pick(&AGENTS[..4]).to_owned(),
                     selectors: rng.selectors(),
