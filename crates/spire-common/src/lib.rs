@@ -8,6 +8,7 @@ pub mod acme;
 pub mod aws;
 pub mod cli;
 pub mod cloud_http;
+pub mod disk_keys;
 pub mod fs;
 pub mod grpc_status;
 pub mod health;

@@ -1,24 +1,18 @@
 //! The `disk` KeyManager: keys persist in `<directory>/keys.json`, so a restarted agent
 //! finds the key of its stored SVID and does not attest again (join tokens are single-use).
 //!
-//! The file is upstream's: `{"keys": {"<key id>": "<base64 PKCS#8 DER>", ...}}`, indented
-//! with tabs, written atomically with mode 0600. A file written by upstream's agent loads
-//! here and the other way round.
+//! The file is upstream's (see [`spire_common::disk_keys`], shared with the server's
+//! plugin): a file written by upstream's agent loads here and the other way round.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Serialize};
-use spire_core::keys::{KeyType, PrivateKey};
-use tokio::sync::Mutex;
-use zeroize::Zeroizing;
+use serde::Deserialize;
+use spire_common::disk_keys::{DiskKeys, DiskKeysError};
+use spire_core::keys::KeyType;
 
 use super::{AgentKey, KeyManager, KeyManagerError, check_key_id, generate_blocking};
-use spire_common::fs::atomic_write_private;
 
 /// The key file's name inside `directory`, as upstream names it.
 pub const KEYS_FILE_NAME: &str = "keys.json";
@@ -34,15 +28,16 @@ pub struct DiskKeyManagerConfig {
 /// Keeps keys in memory and mirrors every change to the key file.
 #[derive(Debug)]
 pub struct DiskKeyManager {
-    path: PathBuf,
-    keys: Mutex<BTreeMap<String, Arc<PrivateKey>>>,
+    keys: DiskKeys,
 }
 
-/// The file layout, as upstream's `entriesData`.
-#[derive(Serialize, Deserialize)]
-struct KeyFile {
-    /// Key ID to base64 (standard, padded) PKCS#8 DER, as Go encodes `[]byte`.
-    keys: BTreeMap<String, String>,
+impl From<DiskKeysError> for KeyManagerError {
+    fn from(e: DiskKeysError) -> Self {
+        match e {
+            DiskKeysError::Io(message) => Self::Io(message),
+            DiskKeysError::Key(message) => Self::Key(message),
+        }
+    }
 }
 
 impl DiskKeyManager {
@@ -66,80 +61,15 @@ impl DiskKeyManager {
                 directory.display()
             ))
         })?;
-        let path = directory.join(KEYS_FILE_NAME);
-        let keys = load_keys(&path)?;
         Ok(Self {
-            path,
-            keys: Mutex::new(keys),
+            keys: DiskKeys::open(directory.join(KEYS_FILE_NAME))?,
         })
     }
 
     /// The key file this manager writes.
     pub fn keys_path(&self) -> &Path {
-        &self.path
+        self.keys.path()
     }
-}
-
-fn load_keys(path: &Path) -> Result<BTreeMap<String, Arc<PrivateKey>>, KeyManagerError> {
-    let text = match std::fs::read(path) {
-        Ok(text) => Zeroizing::new(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => {
-            return Err(KeyManagerError::Io(format!(
-                "keymanager(disk): cannot read key file {}: {e}",
-                path.display()
-            )));
-        }
-    };
-    let file: KeyFile = serde_json::from_slice(&text).map_err(|e| {
-        KeyManagerError::Key(format!(
-            "keymanager(disk): key file {} is not valid keys JSON: {e}",
-            path.display()
-        ))
-    })?;
-    let mut keys = BTreeMap::new();
-    for (id, encoded) in file.keys {
-        let bad = |reason: String| {
-            KeyManagerError::Key(format!(
-                "keymanager(disk): key {id:?} in {} is unusable: {reason}",
-                path.display()
-            ))
-        };
-        let der = Zeroizing::new(
-            STANDARD
-                .decode(encoded.as_bytes())
-                .map_err(|e| bad(format!("not base64: {e}")))?,
-        );
-        let key = PrivateKey::from_der(&der).map_err(|e| bad(e.to_string()))?;
-        keys.insert(id, Arc::new(key));
-    }
-    Ok(keys)
-}
-
-/// Writes the key file as upstream does (`json.MarshalIndent(data, "", "\t")`), atomically
-/// and readable by the owner only.
-fn write_keys(
-    path: &Path,
-    keys: &BTreeMap<String, Arc<PrivateKey>>,
-) -> Result<(), KeyManagerError> {
-    let file = KeyFile {
-        keys: keys
-            .iter()
-            .map(|(id, key)| (id.clone(), STANDARD.encode(key.pkcs8_der())))
-            .collect(),
-    };
-    let mut json = Zeroizing::new(Vec::new());
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
-    let mut serializer = serde_json::Serializer::with_formatter(&mut *json, formatter);
-    file.serialize(&mut serializer)
-        .map_err(|e| KeyManagerError::Io(format!("keymanager(disk): cannot encode keys: {e}")))?;
-    drop(file);
-    atomic_write_private(path, &json).map_err(|e| {
-        KeyManagerError::Io(format!(
-            "keymanager(disk): cannot write key file {}: {e}",
-            path.display()
-        ))
-    })
 }
 
 #[async_trait]
@@ -151,32 +81,21 @@ impl KeyManager for DiskKeyManager {
     async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<AgentKey, KeyManagerError> {
         check_key_id(id)?;
         let key = Arc::new(generate_blocking(key_type).await?);
-        let mut keys = self.keys.lock().await;
-        let mut next = keys.clone();
-        next.insert(id.to_owned(), Arc::clone(&key));
-        let path = self.path.clone();
-        let next = tokio::task::spawn_blocking(move || write_keys(&path, &next).map(|()| next))
-            .await
-            .map_err(|e| {
-                KeyManagerError::Io(format!("keymanager(disk): write task failed: {e}"))
-            })??;
-        // Only a key that reached the disk is used: an SVID for a key lost on restart
-        // would force a re-attestation a join token cannot do.
-        *keys = next;
+        self.keys.insert(id, Arc::clone(&key)).await?;
         Ok(AgentKey::Local(key))
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<AgentKey>, KeyManagerError> {
-        Ok(self.keys.lock().await.get(id).cloned().map(AgentKey::Local))
+        Ok(self.keys.get(id).await.map(AgentKey::Local))
     }
 
     async fn get_keys(&self) -> Result<Vec<(String, AgentKey)>, KeyManagerError> {
         Ok(self
             .keys
-            .lock()
+            .all()
             .await
-            .iter()
-            .map(|(id, key)| (id.clone(), AgentKey::Local(key.clone())))
+            .into_iter()
+            .map(|(id, key)| (id, AgentKey::Local(key)))
             .collect())
     }
 }
@@ -186,6 +105,8 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
 
     #[tokio::test]
     async fn keys_survive_a_reload_in_upstreams_layout() {

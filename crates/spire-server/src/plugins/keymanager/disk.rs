@@ -1,21 +1,15 @@
 //! The `disk` KeyManager: keys persist in one JSON file so a restarted server keeps its CA.
 //!
-//! The file is upstream's: `{"keys": {"<key id>": "<base64 PKCS#8 DER>", ...}}`, indented
-//! with tabs, keys sorted by ID, written atomically (temporary file, fsync, rename) with
-//! mode 0600. A file written by upstream SPIRE loads here and the other way round.
+//! The file is upstream's (see [`spire_common::disk_keys`], shared with the agent's plugin):
+//! a file written by upstream SPIRE loads here and the other way round.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Serialize};
-use spire_common::fs::atomic_write_private;
-use spire_core::keys::{KeyType, PrivateKey};
-use tokio::sync::Mutex;
-use zeroize::Zeroizing;
+use serde::Deserialize;
+use spire_common::disk_keys::{DiskKeys, DiskKeysError};
+use spire_core::keys::KeyType;
 
 use super::{KeyManager, KeyManagerError, SigningKey, check_key_id, generate_blocking};
 
@@ -30,15 +24,16 @@ pub struct DiskKeyManagerConfig {
 /// Keeps keys in memory and mirrors every change to the key file.
 #[derive(Debug)]
 pub struct DiskKeyManager {
-    path: PathBuf,
-    keys: Mutex<HashMap<String, Arc<PrivateKey>>>,
+    keys: DiskKeys,
 }
 
-/// The file layout, as upstream's `entriesData`.
-#[derive(Serialize, Deserialize)]
-struct KeyFile {
-    /// Key ID to base64 (standard, padded) PKCS#8 DER, as Go encodes `[]byte`.
-    keys: BTreeMap<String, String>,
+impl From<DiskKeysError> for KeyManagerError {
+    fn from(e: DiskKeysError) -> Self {
+        match e {
+            DiskKeysError::Io(message) => Self::Io(message),
+            DiskKeysError::Key(message) => Self::Key(message),
+        }
+    }
 }
 
 impl DiskKeyManager {
@@ -56,76 +51,15 @@ impl DiskKeyManager {
                 "keymanager(disk): keys_path is required".into(),
             ));
         }
-        let keys = load_keys(&path)?;
         Ok(Self {
-            path,
-            keys: Mutex::new(keys),
+            keys: DiskKeys::open(path)?,
         })
     }
 
     /// The key file this manager writes.
     pub fn keys_path(&self) -> &Path {
-        &self.path
+        self.keys.path()
     }
-}
-
-fn load_keys(path: &Path) -> Result<HashMap<String, Arc<PrivateKey>>, KeyManagerError> {
-    let text = match std::fs::read(path) {
-        Ok(text) => Zeroizing::new(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => {
-            return Err(KeyManagerError::Io(format!(
-                "keymanager(disk): cannot read key file {}: {e}",
-                path.display()
-            )));
-        }
-    };
-    let file: KeyFile = serde_json::from_slice(&text).map_err(|e| {
-        KeyManagerError::Key(format!(
-            "keymanager(disk): key file {} is not valid keys JSON: {e}",
-            path.display()
-        ))
-    })?;
-    let mut keys = HashMap::with_capacity(file.keys.len());
-    for (id, encoded) in file.keys {
-        let bad = |reason: String| {
-            KeyManagerError::Key(format!(
-                "keymanager(disk): key {id:?} in {} is unusable: {reason}",
-                path.display()
-            ))
-        };
-        let der = Zeroizing::new(
-            STANDARD
-                .decode(encoded.as_bytes())
-                .map_err(|e| bad(format!("not base64: {e}")))?,
-        );
-        let key = PrivateKey::from_der(&der).map_err(|e| bad(e.to_string()))?;
-        keys.insert(id, Arc::new(key));
-    }
-    Ok(keys)
-}
-
-/// Writes the key file as upstream does (`json.MarshalIndent(data, "", "\t")`), atomically
-/// and readable by the owner only.
-fn write_keys(path: &Path, keys: &HashMap<String, Arc<PrivateKey>>) -> Result<(), KeyManagerError> {
-    let file = KeyFile {
-        keys: keys
-            .iter()
-            .map(|(id, key)| (id.clone(), STANDARD.encode(key.pkcs8_der())))
-            .collect(),
-    };
-    let mut json = Zeroizing::new(Vec::new());
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
-    let mut serializer = serde_json::Serializer::with_formatter(&mut *json, formatter);
-    file.serialize(&mut serializer)
-        .map_err(|e| KeyManagerError::Io(format!("keymanager(disk): cannot encode keys: {e}")))?;
-    drop(file);
-    atomic_write_private(path, &json).map_err(|e| {
-        KeyManagerError::Io(format!(
-            "keymanager(disk): cannot write key file {}: {e}",
-            path.display()
-        ))
-    })
 }
 
 #[async_trait]
@@ -141,29 +75,12 @@ impl KeyManager for DiskKeyManager {
     ) -> Result<SigningKey, KeyManagerError> {
         check_key_id(id)?;
         let key = Arc::new(generate_blocking(key_type).await?);
-        let mut keys = self.keys.lock().await;
-        let mut next = keys.clone();
-        next.insert(id.to_owned(), Arc::clone(&key));
-        let path = self.path.clone();
-        let next = tokio::task::spawn_blocking(move || write_keys(&path, &next).map(|()| next))
-            .await
-            .map_err(|e| {
-                KeyManagerError::Io(format!("keymanager(disk): write task failed: {e}"))
-            })??;
-        // Only a key that reached the disk is used: the CA must not sign with a key that
-        // would be lost on restart.
-        *keys = next;
+        self.keys.insert(id, Arc::clone(&key)).await?;
         Ok(SigningKey::Local(key))
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<SigningKey>, KeyManagerError> {
-        Ok(self
-            .keys
-            .lock()
-            .await
-            .get(id)
-            .cloned()
-            .map(SigningKey::Local))
+        Ok(self.keys.get(id).await.map(SigningKey::Local))
     }
 }
 
@@ -172,6 +89,9 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use spire_core::keys::PrivateKey;
 
     #[tokio::test]
     async fn keys_survive_reopen_and_file_is_private() {
