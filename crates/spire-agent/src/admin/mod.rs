@@ -148,7 +148,10 @@ pub async fn serve_with_reloader(
 /// The effective uid and gid of `pid` from `/proc/<pid>/status`, for attesting a pid that a
 /// delegate names (there are no socket credentials for it).
 fn process_ids(pid: i32) -> Option<(u32, u32)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = crate::plugins::workloadattestor::read_proc_file(std::path::Path::new(&format!(
+        "/proc/{pid}/status"
+    )))
+    .ok()?;
     let effective = |key: &str| -> Option<u32> {
         let line = status.lines().find(|l| l.starts_with(key))?;
         line.split_whitespace().nth(2)?.parse().ok()

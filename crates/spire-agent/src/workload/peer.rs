@@ -13,6 +13,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -20,6 +21,7 @@ use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use super::Caller;
+use crate::plugins::workloadattestor::read_proc_file;
 
 /// What tells, after attestation, whether the caller's pid still names the process that
 /// opened the connection.
@@ -55,7 +57,7 @@ impl Liveness {
 
 /// The start time of `pid` in clock ticks since boot, from `/proc/<pid>/stat`.
 pub(crate) fn process_start_time(pid: i32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let stat = read_proc_file(Path::new(&format!("/proc/{pid}/stat")))?;
     parse_start_time(&stat).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -93,7 +93,7 @@ impl Locator {
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, ContainerInfoError> {
-    match std::fs::read_to_string(path) {
+    match super::read_proc_file(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ContainerInfoError::Unreadable(format!(

@@ -127,7 +127,7 @@ impl DockerAttestor {
         let id = match &self.finder {
             Some(finder) => {
                 let path = self.config.proc_root.join(pid.to_string()).join("cgroup");
-                let text = std::fs::read_to_string(&path)
+                let text = super::read_proc_file(&path)
                     .map_err(|e| AttestError::Internal(format!("unable to obtain cgroups: {e}")))?;
                 let paths =
                     cgroup_paths(&text).map_err(|e| AttestError::Internal(e.to_string()))?;
